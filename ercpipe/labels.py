@@ -1,0 +1,42 @@
+"""Class lists of the supported datasets and the aliases that map other spellings onto them.
+
+The label ids are the ones the SDT / SDT-VEGA feature pickles use (spec table 1.3), so features and
+checkpoints exchanged with the official code keep their meaning.
+"""
+from __future__ import annotations
+
+# The manifest stores each dataset's own label spelling (IEMOCAP's three-letter codes, MELD's words);
+# the id is the position in this list.
+IEMOCAP_CLASSES: tuple[str, ...] = ("hap", "sad", "neu", "ang", "exc", "fru")
+MELD_CLASSES: tuple[str, ...] = ("neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger")
+
+CLASSES_BY_FORMAT: dict[str, tuple[str, ...]] = {"iemocap": IEMOCAP_CLASSES, "meld": MELD_CLASSES}
+
+# Canonical emotion name -> every spelling seen in datasets, anchor folders and the official code.
+_ALIAS_GROUPS: dict[str, tuple[str, ...]] = {
+    "happy": ("happy", "hap", "happiness", "joy"),
+    "sad": ("sad", "sadness"),
+    "neutral": ("neutral", "neu"),
+    "anger": ("anger", "angry", "ang"),
+    "excited": ("excited", "exc", "excitement"),
+    "frustration": ("frustration", "frustrated", "fru"),
+    "surprise": ("surprise", "surprised", "sur"),
+    "fear": ("fear", "fearful", "fea"),
+    "disgust": ("disgust", "disgusted", "dis"),
+}
+_CANONICAL: dict[str, str] = {alias: name for name, aliases in _ALIAS_GROUPS.items() for alias in aliases}
+
+
+def canonical_emotion(name: str) -> str:
+    """Map any known spelling ('hap', 'joy', 'Angry') to one canonical emotion name ('happy', 'anger').
+
+    Unknown names are returned lower-cased, so a dataset with its own classes still works as long as
+    its anchor folders use the same words.
+    """
+    key = name.strip().lower()
+    return _CANONICAL.get(key, key)
+
+
+def class_names_for_anchors(classes: list[str] | tuple[str, ...]) -> list[str]:
+    """Canonical names of a dataset's classes, in label-id order (e.g. IEMOCAP -> happy, sad, ...)."""
+    return [canonical_emotion(c) for c in classes]
