@@ -1,0 +1,11 @@
+"""Rule synthetic_anchor_images: drawn faces per emotion, the demo's CLIP anchor image set."""
+from pathlib import Path
+
+from ercpipe.runlog import rule_logging
+
+with rule_logging(snakemake.log[0]):
+    from ercpipe.datasets.drawing import make_anchor_image_set
+
+    settings = snakemake.params.settings
+    make_anchor_image_set(Path(snakemake.output.images), snakemake.params.classes,
+                          per_class=settings.get("per_class", 6), seed=settings.get("seed", 0))

@@ -1,0 +1,13 @@
+"""Rule synthetic_corpus: generate the embedded raw corpus in the dataset owner's layout."""
+from pathlib import Path
+
+from ercpipe.runlog import rule_logging
+
+with rule_logging(snakemake.log[0]):
+    from ercpipe.datasets import synthetic
+
+    root = Path(snakemake.output.root)
+    if snakemake.params.fmt == "iemocap":
+        synthetic.generate_iemocap(root, snakemake.params.settings, Path(snakemake.params.split_file))
+    else:
+        synthetic.generate_meld(root, snakemake.params.settings)

@@ -1,0 +1,67 @@
+# CLIP visual emotion anchors (VEGA): an image set per emotion, encoded by a CLIP image encoder.
+
+
+rule synthetic_anchor_images:
+    output:
+        images=directory("anchors/{anchor_set}/images"),
+    params:
+        settings=lambda wc: ANCHORS[wc.anchor_set]["synthetic"],
+        classes=lambda wc: pipeline_config.anchor_classes(config, wc.anchor_set),
+    log:
+        "logs/synthetic_anchor_images/{anchor_set}.log",
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        "../../envs/base.yaml"
+    script:
+        "../../scripts/synthetic_anchor_images.py"
+
+
+rule mine_anchor_images:
+    input:
+        manifest=lambda wc: manifest_path(ANCHORS[wc.anchor_set]["mine"]["dataset"]),
+        visual=lambda wc: feature_path(
+            ANCHORS[wc.anchor_set]["mine"]["dataset"], "visual", ANCHORS[wc.anchor_set]["mine"]["visual"]
+        ),
+    output:
+        images=directory("anchors/{anchor_set}/mined"),
+    params:
+        settings=lambda wc: ANCHORS[wc.anchor_set]["mine"],
+        face_settings=lambda wc: FEATURES["visual"][ANCHORS[wc.anchor_set]["mine"]["visual"]],
+        face_selection=lambda wc: pipeline_config.face_selection(
+            DATASETS[ANCHORS[wc.anchor_set]["mine"]["dataset"]]
+        ),
+        classes=lambda wc: pipeline_config.dataset_classes(DATASETS[ANCHORS[wc.anchor_set]["mine"]["dataset"]]),
+    log:
+        "logs/mine_anchor_images/{anchor_set}.log",
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    conda:
+        "../../envs/vision.yaml"
+    script:
+        "../../scripts/mine_anchor_images.py"
+
+
+rule encode_anchors:
+    input:
+        images=anchor_image_dir,
+    output:
+        anchors="anchors/{anchor_set}/{clip}.h5",
+    params:
+        clip=lambda wc: ANCHORS[wc.anchor_set]["clip"],
+        classes=lambda wc: pipeline_config.anchor_classes(config, wc.anchor_set),
+    log:
+        "logs/encode_anchors/{anchor_set}/{clip}.log",
+    benchmark:
+        "results/benchmarks/encode_anchors/{anchor_set}/{clip}.tsv"
+    threads: 2
+    resources:
+        mem_mb=6000,
+        runtime=60,
+        gpu=GPU,
+    conda:
+        "../../envs/clip.yaml"
+    script:
+        "../../scripts/encode_anchors.py"

@@ -1,0 +1,124 @@
+# Config validation and the helpers the rules share.
+from pathlib import Path
+
+from snakemake.utils import validate
+
+from ercpipe import config as pipeline_config
+
+try:
+    # Our own pass first: it names every bad key as a dotted path; validate() then fills defaults.
+    pipeline_config.validate_schema(config, workflow.source_path("../schemas/config.schema.yaml"))
+    pipeline_config.check(config, Path.cwd())
+except pipeline_config.ConfigError as err:
+    raise WorkflowError(f"Invalid config: {err}") from None
+validate(config, schema="../schemas/config.schema.yaml")
+
+DATASETS = config["datasets"]
+EXPERIMENTS = config.get("experiments", {})
+ANCHORS = config.get("anchors", {})
+FEATURES = config.get("features", {})
+GPU = 1 if config.get("use_gpu") else 0
+
+
+wildcard_constraints:
+    dataset="|".join(DATASETS) or "NO_DATASET",
+    modality="text|audio|visual",
+    setting=r"[A-Za-z0-9_.-]+",
+    shard=r"\d+",
+    seed=r"\d+",
+    experiment="|".join(EXPERIMENTS) or "NO_EXPERIMENT",
+    anchor_set="|".join(ANCHORS) or "NO_ANCHOR_SET",
+    clip=r"[A-Za-z0-9._-]+",
+
+
+def n_shards(dataset):
+    return DATASETS[dataset].get("shards", 1)
+
+
+def manifest_path(dataset):
+    return f"features/{dataset}/manifest.tsv"
+
+
+def feature_path(dataset, modality, setting):
+    return f"features/{dataset}/{modality}/{setting}.h5"
+
+
+def anchor_path(set_name):
+    return f"anchors/{set_name}/{pipeline_config.clip_name(ANCHORS[set_name]['clip'])}.h5"
+
+
+def experiment_dir(name):
+    return f"results/{EXPERIMENTS[name]['dataset']}/{name}"
+
+
+def experiment_feature_files(name):
+    exp = EXPERIMENTS[name]
+    return {m: feature_path(exp["dataset"], m, s) for m, s in exp["features"].items()}
+
+
+def datasets_in_use():
+    used = {exp["dataset"] for exp in EXPERIMENTS.values()}
+    used |= {a["mine"]["dataset"] for a in ANCHORS.values() if a.get("mine")}
+    return sorted(used)
+
+
+def feature_files_of(dataset):
+    """Every feature file an experiment (or anchor mining) needs for this dataset."""
+    files = set()
+    for exp in EXPERIMENTS.values():
+        if exp["dataset"] == dataset:
+            files |= {feature_path(dataset, m, s) for m, s in exp["features"].items()}
+    for a in ANCHORS.values():
+        if a.get("mine") and a["mine"]["dataset"] == dataset:
+            files.add(feature_path(dataset, "visual", a["mine"]["visual"]))
+    return sorted(files)
+
+
+def all_targets():
+    targets = [f"{experiment_dir(name)}/summary.json" for name in EXPERIMENTS]
+    targets += [f"results/{ds}/coverage.tsv" for ds in datasets_in_use()]
+    return targets
+
+
+# Input and params functions of the rules.
+
+
+def raw_input(wildcards):
+    ds = DATASETS[wildcards.dataset]
+    # A synthetic corpus is an output of the pipeline; real raw folders exist before it runs.
+    return [f"raw/synthetic/{wildcards.dataset}"] if ds.get("synthetic") else []
+
+
+def text_encoder_input(wildcards):
+    settings = FEATURES["text"][wildcards.setting]
+    if settings.get("finetune"):
+        return {"encoder": f"features/{wildcards.dataset}/text_encoders/{wildcards.setting}"}
+    return {}
+
+
+def anchor_image_dir(wildcards):
+    an = ANCHORS[wildcards.anchor_set]
+    if an.get("images"):
+        return an["images"]
+    if an.get("mine"):
+        return f"anchors/{wildcards.anchor_set}/mined"
+    return f"anchors/{wildcards.anchor_set}/images"
+
+
+def train_inputs(wildcards):
+    exp = EXPERIMENTS[wildcards.experiment]
+    if exp["dataset"] != wildcards.dataset:
+        raise WorkflowError(f"experiment {wildcards.experiment} trains on {exp['dataset']}, "
+                            f"not {wildcards.dataset}; use {experiment_dir(wildcards.experiment)}/")
+    inputs = {"manifest": manifest_path(exp["dataset"])}
+    inputs.update({f"features_{m}": path for m, path in experiment_feature_files(wildcards.experiment).items()})
+    if exp.get("anchors"):
+        inputs["anchors"] = anchor_path(exp["anchors"])
+    return inputs
+
+
+def experiment_params(wildcards):
+    """The experiment's own config slice: changing it re-runs this experiment's training only."""
+    exp = dict(EXPERIMENTS[wildcards.experiment])
+    exp.pop("seeds", None)
+    return exp

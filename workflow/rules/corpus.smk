@@ -1,0 +1,19 @@
+# The embedded synthetic raw corpus: lets the whole pipeline run with no dataset and no internet.
+
+
+rule synthetic_corpus:
+    output:
+        root=directory("raw/synthetic/{dataset}"),
+    params:
+        fmt=lambda wc: DATASETS[wc.dataset]["format"],
+        settings=lambda wc: config.get("synthetic", {}).get(DATASETS[wc.dataset]["format"], {}),
+        split_file=workflow.source_path("../resources/iemocap_standard_split.json"),
+    log:
+        "logs/synthetic_corpus/{dataset}.log",
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    conda:
+        "../../envs/base.yaml"
+    script:
+        "../../scripts/synthetic_corpus.py"

@@ -1,0 +1,116 @@
+# Feature extraction: one rule per extractor, each sharded by dialogue chunks, then merged.
+# `params: settings` carries only that extractor's setting, so changing e.g. the text model re-runs
+# the text rules and what depends on them, and nothing else.
+
+
+rule finetune_text_encoder:
+    input:
+        manifest="features/{dataset}/manifest.tsv",
+    output:
+        encoder=directory("features/{dataset}/text_encoders/{setting}"),
+    params:
+        settings=lambda wc: FEATURES["text"][wc.setting],
+    log:
+        "logs/finetune_text_encoder/{dataset}/{setting}.log",
+    benchmark:
+        "results/benchmarks/finetune_text_encoder/{dataset}/{setting}.tsv"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=240,
+        gpu=GPU,
+    conda:
+        "../../envs/text.yaml"
+    script:
+        "../../scripts/finetune_text_encoder.py"
+
+
+rule text_features_shard:
+    input:
+        unpack(text_encoder_input),
+        manifest="features/{dataset}/manifest.tsv",
+    output:
+        shard="features/{dataset}/text/{setting}/shard{shard}.h5",
+    params:
+        settings=lambda wc: FEATURES["text"][wc.setting],
+        n_shards=lambda wc: n_shards(wc.dataset),
+    log:
+        "logs/text_features/{dataset}/{setting}/shard{shard}.log",
+    benchmark:
+        "results/benchmarks/text_features/{dataset}/{setting}/shard{shard}.tsv"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=120,
+        gpu=GPU,
+    conda:
+        "../../envs/text.yaml"
+    script:
+        "../../scripts/text_features.py"
+
+
+rule audio_features_shard:
+    input:
+        manifest="features/{dataset}/manifest.tsv",
+        wavs="features/{dataset}/media/audio/shard{shard}",
+    output:
+        shard="features/{dataset}/audio/{setting}/shard{shard}.h5",
+    params:
+        settings=lambda wc: FEATURES["audio"][wc.setting],
+        n_shards=lambda wc: n_shards(wc.dataset),
+    log:
+        "logs/audio_features/{dataset}/{setting}/shard{shard}.log",
+    benchmark:
+        "results/benchmarks/audio_features/{dataset}/{setting}/shard{shard}.tsv"
+    threads: 2
+    resources:
+        mem_mb=2000,
+        runtime=120,
+    conda:
+        "../../envs/audio.yaml"
+    script:
+        "../../scripts/audio_features.py"
+
+
+rule visual_features_shard:
+    input:
+        manifest="features/{dataset}/manifest.tsv",
+    output:
+        shard="features/{dataset}/visual/{setting}/shard{shard}.h5",
+    params:
+        settings=lambda wc: FEATURES["visual"][wc.setting],
+        face_selection=lambda wc: pipeline_config.face_selection(DATASETS[wc.dataset]),
+        n_shards=lambda wc: n_shards(wc.dataset),
+    log:
+        "logs/visual_features/{dataset}/{setting}/shard{shard}.log",
+    benchmark:
+        "results/benchmarks/visual_features/{dataset}/{setting}/shard{shard}.tsv"
+    threads: 2
+    resources:
+        mem_mb=6000,
+        runtime=480,
+        gpu=GPU,
+    conda:
+        "../../envs/vision.yaml"
+    script:
+        "../../scripts/visual_features.py"
+
+
+rule merge_features:
+    input:
+        manifest="features/{dataset}/manifest.tsv",
+        shards=lambda wc: expand(
+            "features/{{dataset}}/{{modality}}/{{setting}}/shard{shard}.h5",
+            shard=range(n_shards(wc.dataset)),
+        ),
+    output:
+        features="features/{dataset}/{modality}/{setting}.h5",
+    log:
+        "logs/merge_features/{dataset}/{modality}/{setting}.log",
+    resources:
+        mem_mb=4000,
+        runtime=20,
+    conda:
+        "../../envs/base.yaml"
+    script:
+        "../../scripts/merge_features.py"

@@ -1,0 +1,74 @@
+# Training (one job per experiment and seed), then the per-experiment aggregate over seeds.
+
+
+rule train_model:
+    input:
+        unpack(train_inputs),
+    output:
+        metrics="results/{dataset}/{experiment}/seed{seed}/metrics.json",
+        checkpoint="results/{dataset}/{experiment}/seed{seed}/model.pt",
+        history="results/{dataset}/{experiment}/seed{seed}/history.tsv",
+        predictions="results/{dataset}/{experiment}/seed{seed}/predictions.tsv",
+        fused="results/{dataset}/{experiment}/seed{seed}/fused.npz",
+    params:
+        experiment=experiment_params,
+    log:
+        "logs/train_model/{dataset}/{experiment}/seed{seed}.log",
+    benchmark:
+        "results/benchmarks/train_model/{dataset}/{experiment}/seed{seed}.tsv"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=600,
+        gpu=GPU,
+    conda:
+        "../../envs/train.yaml"
+    script:
+        "../../scripts/train_model.py"
+
+
+rule aggregate_experiment:
+    input:
+        runs=lambda wc: expand(
+            "results/{{dataset}}/{{experiment}}/seed{seed}/metrics.json",
+            seed=EXPERIMENTS[wc.experiment]["seeds"],
+        ),
+    output:
+        summary="results/{dataset}/{experiment}/summary.json",
+        table=report(
+            "results/{dataset}/{experiment}/summary.tsv",
+            caption="../report/summary.rst",
+            category="Results",
+            subcategory="{experiment}",
+            labels={"experiment": "{experiment}", "figure": "metrics (mean ± std over seeds)"},
+        ),
+        curves=report(
+            "results/{dataset}/{experiment}/curves.png",
+            caption="../report/curves.rst",
+            category="Results",
+            subcategory="{experiment}",
+            labels={"experiment": "{experiment}", "figure": "training curves"},
+        ),
+        confusion=report(
+            "results/{dataset}/{experiment}/confusion.png",
+            caption="../report/confusion.rst",
+            category="Results",
+            subcategory="{experiment}",
+            labels={"experiment": "{experiment}", "figure": "confusion matrix (test)"},
+        ),
+        tsne=report(
+            "results/{dataset}/{experiment}/tsne.png",
+            caption="../report/tsne.rst",
+            category="Results",
+            subcategory="{experiment}",
+            labels={"experiment": "{experiment}", "figure": "t-SNE of fused representations"},
+        ),
+    log:
+        "logs/aggregate_experiment/{dataset}/{experiment}.log",
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    conda:
+        "../../envs/train.yaml"
+    script:
+        "../../scripts/aggregate_experiment.py"
