@@ -126,3 +126,18 @@ def check(config: dict, workdir: Path = Path(".")) -> None:
             raise ConfigError(f"{where}.anchors: unknown anchor set {exp['anchors']!r}; known: {sorted(anchors)}")
         if len(set(exp["seeds"])) != len(exp["seeds"]):
             raise ConfigError(f"{where}.seeds: seeds must be distinct")
+        from ercpipe.train.presets import resolve_experiment  # light: no torch
+
+        try:
+            resolve_experiment(exp)
+        except ValueError as err:
+            raise ConfigError(f"{where}: {err}") from None
+
+
+def with_defaults(settings: dict | None, defaults: dict, what: str) -> dict:
+    """`settings` with `defaults` filled in; a key not in `defaults` is a ValueError naming it and `what`."""
+    settings = dict(settings or {})
+    unknown = sorted(set(settings) - set(defaults))
+    if unknown:
+        raise ValueError(f"unknown {what} setting(s) {unknown}; known: {sorted(defaults)}")
+    return {**defaults, **settings}

@@ -40,3 +40,9 @@ def canonical_emotion(name: str) -> str:
 def class_names_for_anchors(classes: list[str] | tuple[str, ...]) -> list[str]:
     """Canonical names of a dataset's classes, in label-id order (e.g. IEMOCAP -> happy, sad, ...)."""
     return [canonical_emotion(c) for c in classes]
+
+
+def emotion_aliases(name: str) -> tuple[str, ...]:
+    """Every spelling that canonical_emotion maps onto the same name as `name` (canonical name first)."""
+    canonical = canonical_emotion(name)
+    return _ALIAS_GROUPS.get(canonical, (canonical,))

@@ -58,6 +58,10 @@ def test_schema_errors_name_the_key(demo_config, mutate, expected):
      "datasets.real.root: folder raw/does/not/exist does not exist"),
     (lambda c: c["datasets"].update(mine={"format": "csv", "classes": ["a", "b"]}),
      "datasets.mine.manifest: required for format csv"),
+    (lambda c: c["experiments"]["iemocap_demo_sdt"].update(train={"learning_rate": 1e-3}),
+     "experiments.iemocap_demo_sdt: experiment key train.learning_rate: unknown key"),
+    (lambda c: c["experiments"]["iemocap_demo_sdt"].update(model={"dropout": 1.5}),
+     "experiments.iemocap_demo_sdt: experiment key model.dropout: must be a number"),
 ])
 def test_reference_errors_name_the_key(demo_config, mutate, expected):
     bad = copy.deepcopy(demo_config)
@@ -71,7 +75,9 @@ def test_snakemake_stops_before_any_job(demo_config, tmp_path):
     bad["features"]["text"]["minilm"]["poolin"] = "mean"
     result = dry_run(bad, tmp_path)
     assert result.returncode != 0
-    assert "features.text.minilm: Additional properties are not allowed ('poolin' was unexpected)" in result.stderr
+    # Snakemake prints the WorkflowError on stdout.
+    assert ("features.text.minilm: Additional properties are not allowed ('poolin' was unexpected)"
+            in result.stdout + result.stderr)
     assert not (tmp_path / "features").exists() and not (tmp_path / "raw").exists()
 
 
@@ -95,3 +101,19 @@ def test_anchor_classes_cover_every_dataset_using_the_set(demo_config):
     # IEMOCAP's six and MELD's seven classes, merged through the aliases (hap = joy = happy ...).
     assert sorted(names) == sorted(["happy", "sad", "neutral", "anger", "excited", "frustration", "surprise",
                                     "fear", "disgust"])
+
+
+@pytest.mark.parametrize("modality, module", [("text", "ercpipe.features.text"), ("audio", "ercpipe.features.audio"),
+                                              ("visual", "ercpipe.features.visual")])
+def test_schema_knows_exactly_the_extractor_settings(modality, module):
+    """The schema rejects a misspelt key before any job, so it must list every key the extractor takes."""
+    import importlib
+
+    schema = yaml.safe_load(SCHEMA.read_text())
+    properties = schema["$defs"][f"{modality}_setting"]["properties"]
+    extractor = importlib.import_module(module)
+    assert set(properties) == set(extractor.DEFAULT_SETTINGS)
+    if modality == "text":
+        assert set(properties["context"]["properties"]) == set(extractor.DEFAULT_CONTEXT)
+    if modality == "audio":
+        assert set(properties["feature_set"]["enum"]) == set(extractor.FEATURE_SETS)

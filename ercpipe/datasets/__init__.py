@@ -1,0 +1,106 @@
+"""Raw dataset readers: IEMOCAP and MELD as their owners ship them, and a user's own CSV.
+
+Each reader (`ercpipe.datasets.iemocap.read`, `.meld.read`, `.csv_manifest.read`) turns a raw folder
+into a `ReadResult`: manifest rows (ercpipe.io.manifest.COLUMNS) plus an issue log with every flagged
+and rejected row. `ercpipe.datasets.build.build_manifest` validates the result and writes
+manifest.tsv, issues.tsv and summary.json. This module holds what the readers share; it imports
+nothing heavy (the synthetic corpus generator lives in this package too).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import pandas as pd
+
+from ercpipe.io.manifest import COLUMNS, IssueLog, ManifestError, add_flag
+
+# Keys every dataset config may carry whatever its format: they steer the pipeline (where the raw
+# folder is, how many shards, how the visual extractor picks the face), not how rows are read.
+PIPELINE_KEYS: frozenset[str] = frozenset({"format", "root", "face_selection", "shards", "synthetic"})
+
+# Two times closer than this (seconds) count as equal when looking for overlaps.
+TIME_TOLERANCE = 1e-3
+
+
+@dataclass
+class ReadResult:
+    """What a reader found: manifest rows in manifest order, the issues, and facts for summary.json."""
+
+    frame: pd.DataFrame
+    issues: IssueLog
+    classes: tuple[str, ...]
+    checks: list[dict] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def reader_settings(cfg: dict, defaults: dict, fmt: str) -> dict:
+    """The reader's settings with defaults filled in; an unknown key is a ValueError naming it."""
+    unknown = sorted(set(cfg) - set(defaults) - PIPELINE_KEYS)
+    if unknown:
+        raise ValueError(f"dataset format {fmt!r}: unknown setting(s) {unknown}; known: "
+                         f"{sorted(set(defaults) | PIPELINE_KEYS)}")
+    return {**defaults, **{k: v for k, v in cfg.items() if k in defaults}}
+
+
+def new_row(**values: Any) -> dict:
+    """A manifest row with every column present; `_file` / `_line` say where it was read from."""
+    row: dict[str, Any] = {c: "" for c in COLUMNS}
+    for col in ("audio_start", "audio_end", "video_start", "video_end"):
+        row[col] = math.nan
+    row.update(values)
+    row.setdefault("_file", "")
+    row.setdefault("_line", None)
+    return row
+
+
+def flag_row(row: dict, flag: str, issues: IssueLog, detail: str = "") -> None:
+    """Add `flag` to the row and record it (with the row's file and line) in the issue log."""
+    if flag in row["flags"].split(";"):
+        return
+    row["flags"] = add_flag(row["flags"], flag)
+    issues.flag(flag, file=row["_file"], line=row["_line"], utterance_id=row["utterance_id"], detail=detail)
+
+
+def assign_speaker_slots(rows: list[dict], dialogue_id: str, max_speakers: int | None = None,
+                         where: str = "") -> None:
+    """speaker_slot = order of first appearance of the speaker inside the dialogue (0, 1, ...)."""
+    slots: dict[str, int] = {}
+    for row in rows:
+        slots.setdefault(row["speaker"], len(slots))
+        row["speaker_slot"] = slots[row["speaker"]]
+    if max_speakers is not None and len(slots) > max_speakers:
+        raise ManifestError(
+            f"{where}dialogue {dialogue_id} has {len(slots)} speakers ({', '.join(slots)}); at most "
+            f"{max_speakers} are supported (the model's speaker table); merge minor speakers or drop the dialogue")
+
+
+def flag_overlaps(rows: list[dict], issues: IssueLog,
+                  times: Callable[[dict], tuple[float, float, str]]) -> None:
+    """Flag `overlap` on rows that start before the previous utterance of the same speaker ended.
+
+    `rows` is one dialogue in manifest order; `times(row)` gives (start, end, source): seconds (NaN if
+    unknown) on the time line of `source` (a media file or an episode). Only times on the same time
+    line are compared.
+    """
+    last_end: dict[tuple[str, str], tuple[float, str]] = {}
+    for row in rows:
+        start, end, source = times(row)
+        key = (row["speaker"], source)
+        previous = last_end.get(key)
+        if previous and math.isfinite(start) and start < previous[0] - TIME_TOLERANCE:
+            flag_row(row, "overlap", issues, f"starts at {start:.3f} s, before {previous[1]} of the same "
+                                             f"speaker ends at {previous[0]:.3f} s")
+        if math.isfinite(end):
+            last_end[key] = (end, row["utterance_id"])
+
+
+def rows_to_frame(rows: list[dict]) -> pd.DataFrame:
+    """Manifest frame from row dicts (private `_` keys dropped)."""
+    return pd.DataFrame([{c: r[c] for c in COLUMNS} for r in rows], columns=list(COLUMNS))
+
+
+def number_dialogue(rows: list[dict]) -> None:
+    for index, row in enumerate(rows):
+        row["utterance_index"] = index

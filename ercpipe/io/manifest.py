@@ -150,7 +150,7 @@ def read(path: str | Path) -> pd.DataFrame:
         raise ManifestError(f"manifest {path} does not exist; build it with the manifest rule first")
     df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, quoting=csv.QUOTE_MINIMAL)
     for col in ("audio_start", "audio_end", "video_start", "video_end"):
-        df[col] = df[col].replace("", "nan")
+        df[col] = df[col].mask(df[col] == "")  # empty = NaN (pandas 3 cannot parse the string "nan")
     return normalise(df)
 
 

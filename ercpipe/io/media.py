@@ -101,6 +101,15 @@ def load_audio(path: str | Path, start: float | None = None, end: float | None =
     return signal[i0:i1]
 
 
+# A signal whose peak amplitude is below this (about -100 dBFS, under one 16-bit step) is silence.
+SILENCE_PEAK = 1e-5
+
+
+def is_silent(signal: np.ndarray) -> bool:
+    """True for an empty signal or digital silence (no sample above SILENCE_PEAK)."""
+    return signal.size == 0 or float(np.max(np.abs(signal))) < SILENCE_PEAK
+
+
 def write_wav(path: str | Path, signal: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
     with atomic_path(path) as tmp:
         sf.write(str(tmp), np.asarray(signal, dtype=np.float32), sample_rate, subtype="PCM_16", format="WAV")

@@ -1,0 +1,34 @@
+"""Training of SDT / SDT-VEGA: data, presets, the training loop, evaluation and aggregation (docs/training.md).
+
+Only `presets` is imported eagerly (the Snakefile validates experiments at parse time, without torch);
+everything else loads on first use.
+"""
+from __future__ import annotations
+
+import importlib
+
+from ercpipe.train.presets import DEFAULTS, PRESETS, SCHEMA, known_keys, preset, resolve_experiment
+
+_LAZY = {
+    "run_training": "ercpipe.train.trainer",
+    "TrainingError": "ercpipe.train.trainer",
+    "load_dialogues": "ercpipe.train.data",
+    "Dialogue": "ercpipe.train.data",
+    "DialogueData": "ercpipe.train.data",
+    "DataError": "ercpipe.train.data",
+    "collate": "ercpipe.train.data",
+    "load_model": "ercpipe.train.evaluate",
+    "predict": "ercpipe.train.evaluate",
+    "CheckpointError": "ercpipe.train.evaluate",
+    "aggregate": "ercpipe.train.aggregation",
+    "AggregateError": "ercpipe.train.aggregation",
+    "classification_metrics": "ercpipe.train.metrics",
+}
+
+__all__ = ["DEFAULTS", "PRESETS", "SCHEMA", "known_keys", "preset", "resolve_experiment", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'ercpipe.train' has no attribute {name!r}")

@@ -1,0 +1,164 @@
+"""Anchor image sets (anchors/{set}/{class}/*.png ...) and their CLIP encoding.
+
+A class is assigned by the image's IMMEDIATE parent folder name, mapped through canonical_emotion, so a
+folder "joy" serves MELD's "joy" and IEMOCAP's "hap" alike. The official code instead assigned each image
+to the first class name found anywhere in its path (a root containing "sad" mis-assigns everything; spec O16).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ercpipe.anchors.clip import clip_name, clip_settings, load_clip
+from ercpipe.anchors.store import AnchorSet, write
+from ercpipe.io.features import package_versions, settings_hash
+from ercpipe.labels import canonical_emotion, emotion_aliases
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp"})
+PAPER_IMAGES_PER_CLASS = 35  # the paper's image sets (the official cache is named "35_anchor.pt")
+VERSION_PACKAGES = ("open_clip_torch", "torch", "torchvision", "pillow", "h5py", "numpy")
+
+
+class AnchorImageError(ValueError):
+    """The anchor image set cannot be used; the message names the folder or file and what to do."""
+
+
+def _canonical_classes(class_names: Sequence[str]) -> dict[str, str]:
+    """canonical name -> the dataset's own label, in label order; two labels meaning one emotion is an error."""
+    out: dict[str, str] = {}
+    for label in class_names:
+        name = canonical_emotion(label)
+        if name in out:
+            raise AnchorImageError(f"dataset classes {out[name]!r} and {label!r} both mean {name!r}; "
+                                   "anchor classes must be distinct emotions")
+        out[name] = str(label)
+    if not out:
+        raise AnchorImageError("no classes requested for the anchor image set")
+    return out
+
+
+def _unreadable_reason(path: Path) -> str:
+    """'' if PIL decodes the whole image, else why not (a truncated file only fails when fully loaded)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+    except Exception as err:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
+        return f"{type(err).__name__}: {err}"
+    return ""
+
+
+def scan_image_set(images_dir: str | Path, class_names: Sequence[str]) -> dict[str, list[Path]]:
+    """Images per canonical class (dataset label order), each sorted by name; every image checked with PIL.
+
+    Raises AnchorImageError listing every missing class folder, empty class and unreadable image.
+    Files that are not images, hidden files, sub-folders of class folders and folders of classes not
+    requested are ignored and logged.
+    """
+    images_dir = Path(images_dir)
+    if not images_dir.is_dir():
+        raise AnchorImageError(f"anchor image set {images_dir} is not a folder; create {images_dir}/<class>/ "
+                               "folders of images (e.g. happy/, sad/; see docs/anchors.md)")
+    wanted = _canonical_classes(class_names)
+    folders: dict[str, Path] = {}
+    ignored: list[str] = []
+    for entry in sorted(images_dir.iterdir()):
+        name = canonical_emotion(entry.name)
+        if not entry.is_dir() or entry.name.startswith(".") or name not in wanted:
+            ignored.append(entry.name + ("/" if entry.is_dir() else ""))
+            continue
+        if name in folders:
+            raise AnchorImageError(f"{images_dir}: folders {folders[name].name!r} and {entry.name!r} both hold "
+                                   f"class {name!r}; merge them into one folder")
+        folders[name] = entry
+    problems: list[str] = []
+    for name, label in wanted.items():
+        if name not in folders:
+            problems.append(f"no folder for class {label!r}: create {images_dir}/{name}/ (accepted folder names: "
+                            f"{', '.join(emotion_aliases(name))})")
+    images: dict[str, list[Path]] = {}
+    for name, folder in folders.items():
+        files = []
+        for entry in sorted(folder.iterdir()):
+            if entry.is_file() and not entry.name.startswith(".") and entry.suffix.lower() in IMAGE_EXTENSIONS:
+                files.append(entry)
+            else:
+                ignored.append(f"{folder.name}/{entry.name}" + ("/" if entry.is_dir() else ""))
+        if not files:
+            problems.append(f"class folder {folder} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))}); "
+                            "add images to it")
+        for path in tqdm(files, desc=f"check {folder.name}", unit="img", leave=False, disable=len(files) < 50):
+            reason = _unreadable_reason(path)
+            if reason:
+                problems.append(f"unreadable image {path} ({reason}): replace or delete it")
+        images[name] = files
+    if problems:
+        raise AnchorImageError(f"anchor image set {images_dir} cannot be used:\n  " + "\n  ".join(problems))
+    if ignored:
+        shown = ", ".join(ignored[:20]) + (" ..." if len(ignored) > 20 else "")
+        logger.info("%s: ignored %d entries that are not images of requested classes: %s", images_dir, len(ignored),
+                    shown)
+    ordered = {name: images[name] for name in wanted}
+    counts = {name: len(files) for name, files in ordered.items()}
+    logger.info("%s: images per class %s (the paper used %d per class)", images_dir, counts, PAPER_IMAGES_PER_CLASS)
+    if len(set(counts.values())) > 1:
+        logger.warning("%s: classes have different numbers of images %s; centre anchors of small classes are "
+                       "noisier (the paper used %d per class)", images_dir, counts, PAPER_IMAGES_PER_CLASS)
+    return ordered
+
+
+def encode_images(paths: Sequence[Path], model, preprocess, device, batch_size: int = 32) -> np.ndarray:
+    """L2-normalised CLIP image embeddings float32 [n, k], in the order of `paths`."""
+    import torch
+    from PIL import Image
+
+    parts = []
+    with torch.no_grad():
+        for start in tqdm(range(0, len(paths), batch_size), desc="CLIP images", unit="batch"):
+            batch = []
+            for path in paths[start:start + batch_size]:
+                with Image.open(path) as image:
+                    batch.append(preprocess(image.convert("RGB")))  # RGB as the official code (drops alpha)
+            emb = model.encode_image(torch.stack(batch).to(device)).float()
+            parts.append((emb / emb.norm(dim=-1, keepdim=True)).cpu().numpy())
+    return np.concatenate(parts).astype(np.float32, copy=False)
+
+
+def encode_image_set(images_dir: str | Path, class_names: Sequence[str], clip: dict, out_path: str | Path,
+                     device: str = "auto", batch_size: int = 32) -> None:
+    """Encode an image set with CLIP and write anchors/{set}/{clip_name}.h5 (see ercpipe.anchors.store)."""
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    settings = clip_settings(clip)
+    images_dir = Path(images_dir)
+    images = scan_image_set(images_dir, class_names)
+    from ercpipe.features.visual import resolve_device  # heavy module; only needed when encoding
+
+    torch_device = resolve_device(device)
+    model, preprocess, weights = load_clip(settings, torch_device)
+    flat = [path for files in images.values() for path in files]
+    logger.info("encoding %d images of %d classes with CLIP %s on %s", len(flat), len(images), settings["model"],
+                torch_device)
+    feats = encode_images(flat, model, preprocess, torch_device, batch_size)
+    per_class: dict[str, np.ndarray] = {}
+    start = 0
+    for name, files in images.items():
+        per_class[name] = feats[start:start + len(files)]
+        start += len(files)
+    # Mean of the normalised rows, not renormalised, exactly as the official anchor builder (spec 3.2).
+    centers = np.stack([per_class[name].mean(axis=0) for name in images]).astype(np.float32)
+    anchors = AnchorSet(
+        class_names=list(images), centers=centers, image_features=per_class,
+        image_paths={name: [p.relative_to(images_dir).as_posix() for p in files] for name, files in images.items()},
+        clip_model=settings["model"], pretrained=settings["pretrained"], dim=int(feats.shape[1]),
+        clip_name=clip_name(settings), settings=settings, setting_hash=settings_hash(settings),
+        source=f"images:{images_dir} weights:{weights}", versions=package_versions(VERSION_PACKAGES),
+        dataset_labels=[str(c) for c in class_names])
+    write(out_path, anchors)

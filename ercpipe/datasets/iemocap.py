@@ -1,0 +1,350 @@
+"""IEMOCAP reader: IEMOCAP_full_release as distributed -> manifest rows (the standard 6-class setting).
+
+Expected layout, per session N (1..5):
+
+    {root}/Session{N}/dialog/EmoEvaluation/{dialog}.txt      labels (required)
+    {root}/Session{N}/dialog/transcriptions/{dialog}.txt     text (required)
+    {root}/Session{N}/dialog/avi/DivX/{dialog}.avi           dialogue video (missing -> flagged)
+    {root}/Session{N}/sentences/wav/{dialog}/{utt}.wav       utterance audio (missing -> flagged)
+
+EmoEvaluation blocks start with `[6.2901 - 8.2357]<TAB>Ses01F_impro01_F000<TAB>neu<TAB>[2.5, 2.5, 2.5]`
+followed by per-annotator lines (C-E1:, A-F1:, ...), which are not used. Transcription lines look like
+`Ses01F_impro01_F000 [006.2901-008.2357]: Excuse me.`; lines without an utterance id (`M: [BREATHING]`)
+are not utterances, and transcribed turns without an evaluation block (`Ses01F_impro01_MXX0`) are
+rejected (recorded as `not_evaluated`).
+
+Rows: the label is mapped through `relabel` first (row flagged `relabelled`), then rows whose label is
+not one of ercpipe.labels.IEMOCAP_CLASSES (xxx, oth, fea, sur, dis) are rejected and recorded; so are
+rows of dialogues that the split file does not list. Utterances are in time order; speaker is the
+actor ("Ses01_F"), speaker_slot 0 for M and 1 for F (the SDT / VEGA convention); audio_path is the
+sentence wav (whole file), video_path the dialogue avi with video_start/end = the utterance times.
+
+summary.json "checks" compares the result with the standard release (151 dialogues, 5810 train+valid
+and 1623 test utterances, the per-dialogue counts of the split file) and lists every difference; on the
+synthetic corpus differences are expected.
+
+Settings (dataset config keys) and defaults:
+
+    root: the IEMOCAP_full_release folder (required)
+    split_file: JSON with "train", "valid", "test" dialogue lists (and optionally
+                "utterances_per_dialogue"); default workflow/resources/iemocap_standard_split.json
+    relabel: {raw label: class} applied before filtering, e.g. {sur: hap}; default {}
+    sides: which half of the dialogue video shows each actor, {F: left|right, M: left|right};
+           default {F: left, M: right}; validated here, used by the visual extractor
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from ercpipe.datasets import (ReadResult, flag_overlaps, flag_row, new_row, number_dialogue, reader_settings,
+                              rows_to_frame)
+from ercpipe.datasets.csv_manifest import read_text
+from ercpipe.io.manifest import SPLITS, IssueLog, ManifestError
+from ercpipe.labels import IEMOCAP_CLASSES
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SPLIT_FILE = Path(__file__).resolve().parents[2] / "workflow" / "resources" / "iemocap_standard_split.json"
+DEFAULTS: dict = {"split_file": None, "relabel": {}, "sides": {"F": "left", "M": "right"}}
+
+# Every label the EmoEvaluation files use; anything else means the file is not what we think it is.
+RAW_LABELS: tuple[str, ...] = ("neu", "fru", "sad", "sur", "ang", "hap", "exc", "fea", "dis", "oth", "xxx")
+SPEAKER_SLOTS = {"M": 0, "F": 1}
+
+# The standard release (DialogueRNN / COSMIC / MMGCN / SDT / VEGA features).
+REFERENCE_DIALOGUES = 151
+REFERENCE_TRAIN_VALID = 5810
+REFERENCE_TEST = 1623
+
+_SESSION = re.compile(r"^Session(\d+)$")
+_TRANSCRIPT = re.compile(r"^(\S+)\s+\[\s*([^\]]*?)\s*\]:?\s?(.*)$")
+_NUMBER = r"\d+(?:\.\d*)?"
+
+
+@dataclass
+class Evaluation:
+    """One EmoEvaluation block header."""
+
+    utterance_id: str
+    label: str
+    start: float
+    end: float
+    line: int
+    time_problem: str = ""
+
+
+def check_root(root: Path) -> list[Path]:
+    """Session folders of an IEMOCAP root; ManifestError naming the path and what is expected there."""
+    if not root.is_dir():
+        raise ManifestError(f"IEMOCAP root {root} does not exist; point the dataset's root at the "
+                            "IEMOCAP_full_release folder (it holds Session1 .. Session5)")
+    sessions = sorted((p for p in root.iterdir() if p.is_dir() and _SESSION.match(p.name)),
+                      key=lambda p: int(_SESSION.match(p.name).group(1)))
+    if not sessions:
+        nested = [p for p in root.iterdir() if p.is_dir() and (p / "Session1").is_dir()]
+        hint = f"; {nested[0]} looks like the release folder: use it as root" if nested else ""
+        found = sorted(p.name for p in root.iterdir())[:10]
+        raise ManifestError(f"IEMOCAP root {root} holds no Session<N> folder (found {found}); expected the "
+                            f"IEMOCAP_full_release folder with Session1 .. Session5{hint}")
+    for session in sessions:
+        for sub in ("dialog/EmoEvaluation", "dialog/transcriptions"):
+            if not (session / sub).is_dir():
+                raise ManifestError(f"IEMOCAP: folder {session / sub} is missing; every Session<N> needs "
+                                    "dialog/EmoEvaluation (labels) and dialog/transcriptions (text); is the "
+                                    "release fully extracted?")
+    return sessions
+
+
+def parse_evaluation(path: Path) -> list[Evaluation]:
+    """Block headers of one EmoEvaluation file (annotator lines are skipped)."""
+    entries: list[Evaluation] = []
+    for number, line in enumerate(read_text(path).text.splitlines(), start=1):
+        if not line.startswith("["):
+            continue
+        bracket = re.match(r"^\[([^\]]*)\]\s*(.*)$", line.strip())
+        if not bracket:
+            raise ManifestError(f"{path}, line {number}: cannot parse {line.strip()[:80]!r}; expected "
+                                "'[start - end]<TAB>utterance_id<TAB>label<TAB>[V, A, D]'")
+        rest = bracket.group(2).split()
+        fields = [bracket.group(1), *rest]
+        if len(fields) < 3:
+            raise ManifestError(f"{path}, line {number}: cannot parse {line.strip()[:80]!r}; expected "
+                                "'[start - end]<TAB>utterance_id<TAB>label<TAB>[V, A, D]'")
+        start, end, problem = _parse_span(fields[0])
+        entries.append(Evaluation(fields[1], fields[2].lower(), start, end, number, problem))
+    return entries
+
+
+def _parse_span(span: str) -> tuple[float, float, str]:
+    match = re.fullmatch(rf"\s*({_NUMBER})\s*-\s*({_NUMBER})\s*", span)
+    if not match:
+        return math.nan, math.nan, f"time span [{span}] is not '[start - end]' in seconds"
+    start, end = float(match.group(1)), float(match.group(2))
+    if end <= start:
+        return start, end, f"end {end} is not after start {start}"
+    return start, end, ""
+
+
+def parse_transcription(path: Path) -> dict[str, tuple[str, int]]:
+    """{utterance_id: (text, line number)} of one transcription file."""
+    texts: dict[str, tuple[str, int]] = {}
+    for number, line in enumerate(read_text(path).text.splitlines(), start=1):
+        match = _TRANSCRIPT.match(line.strip())
+        if match and re.search(r"_[FM]", match.group(1)):
+            texts[match.group(1)] = (re.sub(r"\s+", " ", match.group(3)).strip(), number)
+    return texts
+
+
+def load_split(path: Path) -> tuple[dict[str, str], dict[str, int]]:
+    """({dialogue: split}, {dialogue: reference utterance count}) from a split JSON file."""
+    try:
+        data = json.loads(read_text(path).text)
+    except json.JSONDecodeError as err:
+        raise ManifestError(f"split file {path}, line {err.lineno}: not valid JSON ({err.msg})") from err
+    missing = [s for s in SPLITS if not isinstance(data.get(s), list)]
+    if missing:
+        raise ManifestError(f"split file {path} lacks the dialogue list(s) {missing}; expected keys {list(SPLITS)}")
+    split_of: dict[str, str] = {}
+    for split in SPLITS:
+        for dialogue in data[split]:
+            if dialogue in split_of:
+                raise ManifestError(f"split file {path}: dialogue {dialogue} is in both {split_of[dialogue]} and {split}")
+            split_of[dialogue] = split
+    return split_of, {str(k): int(v) for k, v in data.get("utterances_per_dialogue", {}).items()}
+
+
+def _settings(cfg: dict) -> dict:
+    settings = reader_settings(cfg, DEFAULTS, "iemocap")
+    relabel = dict(settings["relabel"] or {})
+    for raw, target in relabel.items():
+        if target not in IEMOCAP_CLASSES:
+            raise ValueError(f"iemocap relabel: {raw!r} -> {target!r}, but the target must be one of "
+                             f"{list(IEMOCAP_CLASSES)}")
+    sides = dict(settings["sides"] or {})
+    bad = {k: v for k, v in sides.items() if k not in ("F", "M") or v not in ("left", "right")}
+    if bad or set(sides) != {"F", "M"}:
+        raise ValueError(f"iemocap sides: expected {{F: left|right, M: left|right}}, got {sides!r}")
+    settings.update(relabel=relabel, sides=sides,
+                    split_file=Path(settings["split_file"]) if settings["split_file"] else DEFAULT_SPLIT_FILE)
+    if not settings["split_file"].is_file():
+        raise ManifestError(f"iemocap split file {settings['split_file']} does not exist; set `split_file` to the "
+                            "standard split JSON (train / valid / test dialogue lists)")
+    return settings
+
+
+class _VideoProbe:
+    """Probe each dialogue video once (PyAV only when a video exists)."""
+
+    def __init__(self) -> None:
+        self.cache: dict[str, tuple[str, str]] = {}
+
+    def problem(self, path: Path) -> tuple[str, str]:
+        key = str(path)
+        if key not in self.cache:
+            if not path.is_file():
+                self.cache[key] = ("missing_video", key)
+            else:
+                from ercpipe.io.media import probe
+
+                info = probe(path)
+                if not info.decodable:
+                    self.cache[key] = ("corrupt_video", f"{key}: {info.error}")
+                elif not info.has_video:
+                    self.cache[key] = ("no_video", key)
+                else:
+                    self.cache[key] = ("", "")
+        return self.cache[key]
+
+
+def _dialogue_rows(name: str, session: Path, emo_file: Path, split: str | None, settings: dict,
+                   issues: IssueLog, seen: dict[str, str], videos: _VideoProbe) -> list[dict]:
+    """Kept rows of one dialogue in time order; rejected rows go to the issue log."""
+    dialogue = emo_file.stem
+    transcript_file = session / "dialog" / "transcriptions" / f"{dialogue}.txt"
+    texts = parse_transcription(transcript_file) if transcript_file.is_file() else None
+    evaluations = parse_evaluation(emo_file)
+    rows: list[dict] = []
+    for entry in evaluations:
+        where = f"{emo_file}, line {entry.line}"
+        if entry.utterance_id in seen:
+            raise ManifestError(f"{where}: utterance {entry.utterance_id} is already labelled at "
+                                f"{seen[entry.utterance_id]}; each utterance needs exactly one evaluation block")
+        seen[entry.utterance_id] = where
+        label = _checked_label(entry, dialogue, settings, where)
+        reason = "dialogue_not_in_split" if split is None else \
+            "label_not_in_classes" if label not in IEMOCAP_CLASSES else ""
+        if reason:
+            detail = (f"dialogue {dialogue} is not in {settings['split_file']}" if split is None else
+                      f"label {entry.label}" + (f" (relabelled {label})" if label != entry.label else "")
+                      + f" is not one of {list(IEMOCAP_CLASSES)}")
+            issues.reject(reason, file=str(emo_file), line=entry.line, utterance_id=entry.utterance_id, detail=detail)
+            continue
+        rows.append(_make_row(name, session, emo_file, entry, label, split, texts, transcript_file, issues, videos))
+    # Transcribed turns without an evaluation block (the release's "..._MXX0" lines) have no label.
+    labelled = {e.utterance_id for e in evaluations}
+    for uid, (_, line) in (texts or {}).items():
+        if uid not in labelled:
+            issues.reject("not_evaluated", file=str(transcript_file), line=line, utterance_id=uid,
+                          detail=f"no EmoEvaluation block for {uid} in {emo_file}")
+    rows = _time_order(rows)
+    number_dialogue(rows)
+    flag_overlaps(rows, issues, lambda r: (r["video_start"], r["video_end"], r["video_path"]))
+    return rows
+
+
+def _checked_label(entry: Evaluation, dialogue: str, settings: dict, where: str) -> str:
+    """The label after `relabel`; ManifestError for a malformed id or a label IEMOCAP does not use."""
+    uid = entry.utterance_id
+    if not uid.startswith(dialogue + "_") or uid[len(dialogue) + 1:len(dialogue) + 2] not in SPEAKER_SLOTS:
+        raise ManifestError(f"{where}: utterance id {uid!r} does not look like {dialogue}_F000 / {dialogue}_M000 "
+                            "(dialogue name, then F or M for the speaking actor)")
+    if entry.label not in RAW_LABELS and entry.label not in settings["relabel"]:
+        raise ManifestError(f"{where}: unknown label {entry.label!r} for {uid}; IEMOCAP labels are "
+                            f"{list(RAW_LABELS)} (map others with the dataset's `relabel` setting)")
+    return settings["relabel"].get(entry.label, entry.label)
+
+
+def _make_row(name: str, session: Path, emo_file: Path, entry: Evaluation, label: str, split: str,
+              texts: dict[str, tuple[str, int]] | None, transcript_file: Path, issues: IssueLog,
+              videos: _VideoProbe) -> dict:
+    """One kept utterance with its media paths and flags."""
+    dialogue, uid = emo_file.stem, entry.utterance_id
+    gender = uid[len(dialogue) + 1]
+    wav = session / "sentences" / "wav" / dialogue / f"{uid}.wav"
+    video = session / "dialog" / "avi" / "DivX" / f"{dialogue}.avi"
+    row = new_row(dataset=name, split=split, dialogue_id=dialogue, utterance_id=uid,
+                  speaker=f"{dialogue[:5]}_{gender}", speaker_slot=SPEAKER_SLOTS[gender], label=label,
+                  text=(texts or {}).get(uid, ("", 0))[0], audio_path=str(wav), video_path=str(video),
+                  video_start=entry.start, video_end=entry.end, _file=str(emo_file), _line=entry.line)
+    if label != entry.label:
+        flag_row(row, "relabelled", issues, f"{entry.label} -> {label}")
+    if entry.time_problem:
+        flag_row(row, "bad_time", issues, entry.time_problem)
+    if not row["text"]:
+        flag_row(row, "empty_text", issues, f"no line for {uid} in {transcript_file}" if texts is not None
+                 else f"{transcript_file} does not exist")
+    if not wav.is_file():
+        flag_row(row, "missing_audio", issues, str(wav))
+    video_problem, detail = videos.problem(video)
+    if video_problem:
+        flag_row(row, video_problem, issues, detail)
+    return row
+
+
+def _time_order(rows: list[dict]) -> list[dict]:
+    """Rows by start time; a row without usable times stays right after the row before it in the file."""
+    keys, last = [], -math.inf
+    for index, row in enumerate(rows):
+        known = math.isfinite(row["video_start"])
+        last = row["video_start"] if known else last
+        keys.append((last, 0 if known else 1, index if not known else 0, row["utterance_id"]))
+    return [rows[i] for i in sorted(range(len(rows)), key=keys.__getitem__)]
+
+
+def reference_checks(rows_per_dialogue: dict[str, int], split_of: dict[str, str], expected: dict[str, int],
+                     split_counts: dict[str, int]) -> list[dict]:
+    """Every way the manifest differs from the standard release (ok=False entries are differences)."""
+    train_valid = split_counts.get("train", 0) + split_counts.get("valid", 0)
+    checks = [
+        {"check": "dialogues", "ok": len(rows_per_dialogue) == REFERENCE_DIALOGUES, "expected": REFERENCE_DIALOGUES,
+         "found": len(rows_per_dialogue)},
+        {"check": "train+valid utterances", "ok": train_valid == REFERENCE_TRAIN_VALID,
+         "expected": REFERENCE_TRAIN_VALID, "found": train_valid},
+        {"check": "test utterances", "ok": split_counts.get("test", 0) == REFERENCE_TEST, "expected": REFERENCE_TEST,
+         "found": split_counts.get("test", 0)},
+    ]
+    absent = sorted(d for d in split_of if d not in rows_per_dialogue)
+    checks.append({"check": "split-file dialogues present in the raw tree", "ok": not absent,
+                   "expected": len(split_of), "found": len(split_of) - len(absent), "missing": absent})
+    for dialogue in sorted(rows_per_dialogue):
+        if dialogue in expected and expected[dialogue] != rows_per_dialogue[dialogue]:
+            checks.append({"check": f"utterances in {dialogue}", "ok": False, "expected": expected[dialogue],
+                           "found": rows_per_dialogue[dialogue]})
+    return checks
+
+
+def read(name: str, cfg: dict) -> ReadResult:
+    """Read IEMOCAP_full_release (see the module docstring) into manifest rows."""
+    settings = _settings(cfg)
+    if not cfg.get("root"):
+        raise ValueError("dataset format 'iemocap' needs `root` (the IEMOCAP_full_release folder)")
+    root = Path(cfg["root"])
+    sessions = check_root(root)
+    split_of, expected = load_split(settings["split_file"])
+    issues = IssueLog()
+    seen: dict[str, str] = {}
+    videos = _VideoProbe()
+    by_dialogue: dict[str, list[dict]] = {}
+    for session in sessions:
+        for sub in ("sentences/wav", "dialog/avi/DivX"):
+            if not (session / sub).is_dir():
+                logger.warning("IEMOCAP: %s is missing; its rows are flagged", session / sub)
+        # Hidden files ("._Ses01F_impro01.txt", macOS metadata) are not label files; anything else named
+        # *.txt is read, so an unreadable one is an error naming it rather than a dialogue silently gone.
+        emo_files = sorted(p for p in (session / "dialog" / "EmoEvaluation").glob("*.txt")
+                           if not p.is_dir() and not p.name.startswith("."))
+        for emo_file in emo_files:
+            rows = _dialogue_rows(name, session, emo_file, split_of.get(emo_file.stem), settings, issues, seen,
+                                  videos)
+            if rows:
+                by_dialogue[emo_file.stem] = rows
+    if not by_dialogue:
+        raise ManifestError(f"IEMOCAP root {root}: no labelled utterance of the 6 classes in any dialogue of the "
+                            f"split file {settings['split_file']}; see the issues for why rows were rejected")
+    order = sorted(by_dialogue, key=lambda d: (SPLITS.index(split_of[d]), d))
+    rows = [row for dialogue in order for row in by_dialogue[dialogue]]
+    split_counts = {s: sum(1 for r in rows if r["split"] == s) for s in SPLITS}
+    checks = reference_checks({d: len(by_dialogue[d]) for d in order}, split_of, expected, split_counts)
+    differences = [c for c in checks if not c["ok"]]
+    if differences:
+        logger.warning("IEMOCAP: %d difference(s) from the standard release (see summary.json checks), e.g. %s",
+                       len(differences), differences[0])
+    logger.info("IEMOCAP: %d utterances in %d dialogues", len(rows), len(order))
+    return ReadResult(rows_to_frame(rows), issues, IEMOCAP_CLASSES, checks,
+                      {"root": str(root), "split_file": str(settings["split_file"]), "relabel": settings["relabel"],
+                       "sides": settings["sides"]})

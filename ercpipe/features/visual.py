@@ -1,0 +1,450 @@
+"""Visual features: sampled frames -> MTCNN faces -> the speaker's face, aligned -> DenseNet -> mean.
+
+Per utterance: frames are sampled at `fps` inside [video_start, video_end) (at most `max_frames`,
+spread evenly over the utterance), MTCNN (facenet-pytorch; its weights ship inside the package)
+finds faces and five landmarks in batches of frames, one face per frame is chosen as the speaker's
+(see `select_face`), rotated so the eyes are level and cropped square with a margin, embedded by the
+backbone, and the per-frame embeddings are averaged. An utterance with no usable video or no
+speaker face in any frame becomes zeros with present=False; the reason is logged and stored as JSON
+in the feature file's `absent` attribute.
+
+Backbones: "densenet121" (torchvision, ImageNet layout, 1024-d global-average-pooled features of
+224x224 RGB crops) and "denseface" (ercpipe.features.denseface, 342-d, 64x64 grayscale crops).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import pickle
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import cv2
+import numpy as np
+import torch
+import torchvision
+from tqdm.auto import tqdm
+
+from ercpipe.config import with_defaults
+from ercpipe.features import denseface as denseface_mod
+from ercpipe.features.audio import log_absent_summary
+from ercpipe.io import features as feature_io
+from ercpipe.io import manifest as manifest_io
+from ercpipe.io.digest import file_digest
+from ercpipe.io.media import MediaError, iter_frames
+
+logger = logging.getLogger(__name__)
+
+# backbone -> (feature dimension, default crop size in pixels)
+BACKBONES: dict[str, tuple[int, int]] = {"densenet121": (1024, 224), "denseface": (denseface_mod.FEATURE_DIM,
+                                                                                  denseface_mod.INPUT_SIZE)}
+
+DEFAULT_SETTINGS: dict = {
+    "detector": "mtcnn",  # the only detector; named so a config states it
+    "fps": 2.0,  # frames sampled per second of utterance
+    "max_frames": 16,  # cap per utterance; longer utterances are sampled evenly over their whole span
+    "min_face_size": 40,  # MTCNN: smallest face side searched for, pixels
+    "thresholds": [0.6, 0.7, 0.7],  # MTCNN P-/R-/O-net score thresholds (the last is the final confidence)
+    "face_margin": 0.2,  # crop side = longest box side * (1 + 2 * margin)
+    "image_size": None,  # crop side fed to the backbone; None = 224 (densenet121) or 64 (denseface)
+    "backbone": "densenet121",  # densenet121 | denseface
+    "weights": None,  # checkpoint path | "random" | None (torch hub cache for densenet121, else random + warning)
+    "batch_size": 32,  # frames per MTCNN call and crops per backbone call
+}
+
+# Faces whose areas are within this fraction of the largest count as equally large ("largest_central").
+AREA_TIE_FRACTION = 0.05
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+TORCHVISION_DENSENET121_FILE = "densenet121-a639ec97.pth"  # name torchvision gives the ImageNet weights
+RANDOM_SEED = 0  # random-init backbones are seeded so every shard computes the same function
+VIDEO_FLAGS = ("missing_video", "corrupt_video", "no_video")
+# torchvision's published ImageNet file uses old names ("norm.1.weight"); current modules say "norm1.weight".
+_OLD_DENSENET_KEY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.([12]\.(?:weight|bias|running_mean|running_var))$")
+
+
+# ----------------------------------------------------------------------------------------- settings
+
+def visual_settings(settings: dict | None) -> dict:
+    """Validated settings with defaults filled in and image_size resolved for the backbone."""
+    out = with_defaults(settings, DEFAULT_SETTINGS, "visual feature")
+    if out["detector"] != "mtcnn":
+        raise ValueError(f"visual detector {out['detector']!r} is not supported; use 'mtcnn'")
+    if out["backbone"] not in BACKBONES:
+        raise ValueError(f"visual backbone {out['backbone']!r} is not one of {sorted(BACKBONES)}")
+    if out["image_size"] is None:
+        out["image_size"] = BACKBONES[out["backbone"]][1]
+    for key in ("max_frames", "min_face_size", "image_size", "batch_size"):
+        if not isinstance(out[key], int) or isinstance(out[key], bool) or out[key] < 1:
+            raise ValueError(f"visual setting {key} must be a positive integer, got {out[key]!r}")
+    if not isinstance(out["fps"], (int, float)) or out["fps"] <= 0:
+        raise ValueError(f"visual setting fps must be a positive number, got {out['fps']!r}")
+    out["fps"] = float(out["fps"])
+    thresholds = out["thresholds"]
+    if (not isinstance(thresholds, (list, tuple)) or len(thresholds) != 3
+            or not all(isinstance(t, (int, float)) and 0 <= t <= 1 for t in thresholds)):
+        raise ValueError(f"visual setting thresholds must be three numbers in [0, 1], got {thresholds!r}")
+    out["thresholds"] = [float(t) for t in thresholds]
+    if not isinstance(out["face_margin"], (int, float)) or not 0 <= out["face_margin"] < 2:
+        raise ValueError(f"visual setting face_margin must be in [0, 2), got {out['face_margin']!r}")
+    if out["weights"] is not None and not isinstance(out["weights"], str):
+        raise ValueError(f"visual setting weights must be a file path, 'random' or null, got {out['weights']!r}")
+    return out
+
+
+def face_selection_settings(face_selection: dict | None) -> dict:
+    """Validate the per-dataset face-selection rule: {"mode": "side", "sides": {...}} or {"mode": "largest_central"}."""
+    face_selection = dict(face_selection or {"mode": "largest_central"})
+    mode = face_selection.get("mode")
+    if mode == "largest_central":
+        extra = sorted(set(face_selection) - {"mode"})
+    elif mode == "side":
+        extra = sorted(set(face_selection) - {"mode", "sides"})
+        sides = face_selection.get("sides")
+        if not isinstance(sides, dict) or not sides or not all(v in ("left", "right") for v in sides.values()):
+            raise ValueError(f"face_selection mode 'side' needs sides = {{letter: 'left'|'right'}}, got {sides!r}")
+    else:
+        raise ValueError(f"face_selection mode {mode!r} is not one of ['largest_central', 'side']")
+    if extra:
+        raise ValueError(f"unknown face_selection key(s) {extra} for mode {mode!r}")
+    return face_selection
+
+
+def stored_settings(settings: dict | None, face_selection: dict | None) -> dict:
+    """The settings dict a visual feature file records (and hashes): validated settings + face_selection."""
+    return {**visual_settings(settings), "face_selection": face_selection_settings(face_selection)}
+
+
+def feature_dim(settings: dict | None) -> int:
+    return BACKBONES[visual_settings(settings)["backbone"]][0]
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+# ----------------------------------------------------------------------------------------- faces
+
+@dataclass
+class Face:
+    box: np.ndarray  # float32 [4]: x1, y1, x2, y2 in pixels
+    prob: float
+    landmarks: np.ndarray  # float32 [5, 2]: eye (image-left), eye (image-right), nose, mouth left, mouth right
+
+    @property
+    def centre(self) -> tuple[float, float]:
+        return float(self.box[0] + self.box[2]) / 2, float(self.box[1] + self.box[3]) / 2
+
+    @property
+    def area(self) -> float:
+        return float(max(0.0, self.box[2] - self.box[0]) * max(0.0, self.box[3] - self.box[1]))
+
+
+def build_detector(settings: dict, device: str | torch.device = "auto"):
+    """An MTCNN that returns every face (keep_all) so the selection rule can choose among them."""
+    from facenet_pytorch import MTCNN  # heavy import, only when faces are needed
+
+    settings = visual_settings(settings)
+    return MTCNN(keep_all=True, select_largest=False, min_face_size=settings["min_face_size"],
+                 thresholds=list(settings["thresholds"]), device=resolve_device(device) if isinstance(device, str)
+                 else device)
+
+
+def detect_faces(detector, frames: list[np.ndarray], batch_size: int = 32) -> list[list[Face]]:
+    """Faces of each RGB frame (all frames of one video have the same size, so they batch)."""
+    out: list[list[Face]] = []
+    for i in range(0, len(frames), batch_size):
+        batch = frames[i:i + batch_size]
+        boxes, probs, points = detector.detect(np.stack(batch), landmarks=True)
+        for frame_boxes, frame_probs, frame_points in zip(boxes, probs, points):
+            if frame_boxes is None:  # facenet-pytorch returns None (object arrays) for a frame without faces
+                out.append([])
+                continue
+            b = np.asarray(frame_boxes, dtype=np.float32).reshape(-1, 4)
+            p = np.asarray(frame_probs, dtype=np.float32).reshape(-1)
+            lm = np.asarray(frame_points, dtype=np.float32).reshape(-1, 5, 2)
+            out.append([Face(b[j], float(p[j]), lm[j]) for j in range(len(b))])
+    return out
+
+
+def select_face(faces: list[Face], frame_width: int, frame_height: int, speaker: str,
+                face_selection: dict) -> Face | None:
+    """The speaker's face in one frame, or None.
+
+    side: the speaker's gender letter is the last character of `speaker` (IEMOCAP "Ses01_F");
+        among faces whose box centre lies on the mapped half of the frame, the most confident.
+    largest_central: the largest box; boxes within AREA_TIE_FRACTION of the largest area tie and
+        the one whose centre is nearest the frame centre wins.
+    """
+    if not faces:
+        return None
+    if face_selection["mode"] == "side":
+        letter = speaker[-1:].upper()
+        sides = {k.upper(): v for k, v in face_selection["sides"].items()}
+        if letter not in sides:
+            raise ValueError(f"speaker {speaker!r}: face_selection side mode maps letters {sorted(sides)}, "
+                             f"but the speaker's last character is {letter!r}; fix the manifest speaker or the "
+                             "sides mapping")
+        half = frame_width / 2
+        on_side = [f for f in faces if (f.centre[0] < half) == (sides[letter] == "left")]
+        return max(on_side, key=lambda f: f.prob) if on_side else None
+    largest = max(f.area for f in faces)
+    tied = [f for f in faces if f.area >= (1 - AREA_TIE_FRACTION) * largest]
+    cx, cy = frame_width / 2, frame_height / 2
+    return min(tied, key=lambda f: math.hypot(f.centre[0] - cx, f.centre[1] - cy))
+
+
+def alignment_matrix(face: Face, size: int, margin: float) -> np.ndarray:
+    """2x3 affine map from frame pixels to a size x size crop: rotate about the box centre so the
+    eyes are level, scale so the margin-padded box fills the crop, centre it."""
+    (lx, ly), (rx, ry) = face.landmarks[0], face.landmarks[1]
+    angle = math.degrees(math.atan2(float(ry - ly), float(rx - lx)))
+    cx, cy = face.centre
+    side = max(float(face.box[2] - face.box[0]), float(face.box[3] - face.box[1]), 1.0) * (1 + 2 * margin)
+    matrix = cv2.getRotationMatrix2D((cx, cy), angle, size / side)
+    matrix[0, 2] += size / 2 - cx
+    matrix[1, 2] += size / 2 - cy
+    return matrix
+
+
+def align_face(frame: np.ndarray, face: Face, size: int, margin: float) -> np.ndarray:
+    """Aligned square RGB uint8 crop [size, size, 3]; pixels outside the frame repeat the border."""
+    return cv2.warpAffine(frame, alignment_matrix(face, size, margin), (size, size), flags=cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_REPLICATE)
+
+
+def sample_frames(video_path: str | Path, start: float | None, end: float | None, fps: float,
+                  max_frames: int) -> list[np.ndarray]:
+    """RGB frames at `fps` inside [start, end); more than max_frames are thinned evenly over the span."""
+    frames = [frame for _, frame in iter_frames(video_path, start, end, fps=fps)]
+    if len(frames) > max_frames:
+        keep = np.linspace(0, len(frames) - 1, max_frames).round().astype(int)
+        frames = [frames[i] for i in keep]
+    return frames
+
+
+def speaker_crops(frames: list[np.ndarray], speaker: str, settings: dict, face_selection: dict,
+                  detector) -> list[np.ndarray]:
+    """Aligned crops of the speaker's face, one per frame in which it was found."""
+    if not frames:
+        return []
+    height, width = frames[0].shape[:2]
+    crops = []
+    for frame, faces in zip(frames, detect_faces(detector, frames, settings["batch_size"])):
+        face = select_face(faces, width, height, speaker, face_selection)
+        if face is not None:
+            crops.append(align_face(frame, face, settings["image_size"], settings["face_margin"]))
+    return crops
+
+
+def utterance_face_crops(video_path, start, end, speaker: str, settings: dict, face_selection: dict, *,
+                         detector=None) -> list[np.ndarray]:
+    """Aligned RGB crops (image_size square) of the speaker's face in one utterance.
+
+    Raises ercpipe.io.media.MediaError (reason missing_video / corrupt_video / no_video) when the
+    video cannot be read. Pass `detector` (from build_detector) to reuse one MTCNN across calls.
+    """
+    settings = visual_settings(settings)
+    face_selection = face_selection_settings(face_selection)
+    detector = detector if detector is not None else build_detector(settings)
+    frames = sample_frames(video_path, start, end, settings["fps"], settings["max_frames"])
+    return speaker_crops(frames, speaker, settings, face_selection, detector)
+
+
+# ----------------------------------------------------------------------------------------- backbones
+
+class FaceEmbedder:
+    """A backbone plus its preprocessing; `embed(crops)` -> float32 [n, dim]."""
+
+    def __init__(self, backbone: str, model: torch.nn.Module, image_size: int, device: torch.device,
+                 weights_source: str, warning: str = ""):
+        self.backbone = backbone
+        self.model = model.to(device).eval()
+        self.image_size = image_size
+        self.device = device
+        self.dim = BACKBONES[backbone][0]
+        self.weights_source = weights_source
+        self.warning = warning
+
+    def _tensor(self, crops: list[np.ndarray]) -> torch.Tensor:
+        size = self.image_size
+        resized = [c if c.shape[:2] == (size, size) else cv2.resize(c, (size, size), interpolation=cv2.INTER_AREA)
+                   for c in crops]
+        if self.backbone == "denseface":
+            gray = np.stack([cv2.cvtColor(c, cv2.COLOR_RGB2GRAY) for c in resized]).astype(np.float32)
+            batch = ((gray - denseface_mod.GRAY_MEAN) / denseface_mod.GRAY_STD)[:, None]
+        else:
+            rgb = np.stack(resized).astype(np.float32) / 255.0
+            batch = ((rgb - IMAGENET_MEAN) / IMAGENET_STD).transpose(0, 3, 1, 2)
+        return torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.backbone == "denseface":
+            return self.model(x)
+        maps = torch.relu(self.model.features(x))
+        return torch.flatten(torch.nn.functional.adaptive_avg_pool2d(maps, 1), 1)
+
+    @torch.inference_mode()
+    def embed(self, crops: list[np.ndarray], batch_size: int = 32) -> np.ndarray:
+        parts = [self._forward(self._tensor(crops[i:i + batch_size])).float().cpu().numpy()
+                 for i in range(0, len(crops), batch_size)]
+        return np.concatenate(parts) if parts else np.zeros((0, self.dim), dtype=np.float32)
+
+
+
+def _seeded(build):
+    # Random init must be identical in every shard job, or the shards would not be comparable.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_SEED)
+        return build()
+
+
+def _load_densenet121_state(model: torch.nn.Module, path: Path) -> None:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as err:
+        raise ValueError(f"{path} cannot be read as a torch checkpoint ({err})") from err
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds a {type(state).__name__}, not a densenet121 state dict")
+    state = {_OLD_DENSENET_KEY.sub(r"\1\2", k.removeprefix("module.")): v for k, v in state.items()}
+    expected = model.state_dict()
+    # BatchNorm step counters are absent from older files (torchvision's own); load_state_dict fills them.
+    missing = sorted(k for k in set(expected) - set(state) if not k.endswith("num_batches_tracked"))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    if missing or unexpected or shapes:
+        raise ValueError(f"{path} is not a torchvision densenet121 state dict: {len(missing)} missing key(s) "
+                         f"{missing[:4]}, {len(unexpected)} unexpected {unexpected[:4]}, shape mismatches "
+                         f"{shapes[:3]}; give the ImageNet file {TORCHVISION_DENSENET121_FILE} or a fine-tuned "
+                         "torchvision densenet121 state dict")
+    model.load_state_dict(state, strict=True)
+
+
+def load_embedder(settings: dict, device: str | torch.device = "auto") -> FaceEmbedder:
+    """The configured backbone with its weights; random init (seeded) is logged and reported."""
+    settings = visual_settings(settings)
+    device = resolve_device(device) if isinstance(device, str) else device
+    backbone, weights = settings["backbone"], settings["weights"]
+    warning = ""
+    if backbone == "densenet121":
+        model = _seeded(lambda: torchvision.models.densenet121(weights=None))
+        path = Path(weights) if weights not in (None, "random") else None
+        if weights is None:
+            cached = Path(torch.hub.get_dir()) / "checkpoints" / TORCHVISION_DENSENET121_FILE
+            path = cached if cached.exists() else None
+            if path is None:
+                warning = (f"no densenet121 weights: settings weights is null and {cached} does not exist; "
+                           "using RANDOM (seeded) weights, so visual features carry no learned face information. "
+                           "Set weights to the ImageNet file or a fine-tuned checkpoint for real experiments.")
+        if path is not None:
+            if not path.exists():
+                raise FileNotFoundError(f"densenet121 weights {path} do not exist; fix visual weights in the config")
+            _load_densenet121_state(model, path)
+    else:
+        if weights not in (None, "random"):
+            model = denseface_mod.load_denseface(weights)
+            path = Path(weights)
+        else:
+            model, path = _seeded(denseface_mod.DenseFace), None
+            if weights is None:
+                warning = ("no DenseFace weights configured (settings weights is null); using RANDOM (seeded) "
+                           "weights. Train or convert a DenseFace checkpoint and set weights to its path.")
+    if path is not None:
+        source = f"{path} (sha256 {file_digest(path)})"
+    else:
+        source = f"random (seed {RANDOM_SEED})"
+    if warning:
+        logger.warning(warning)
+    else:
+        logger.info("visual backbone %s, weights %s", backbone, source)
+    return FaceEmbedder(backbone, model, settings["image_size"], device, source, warning)
+
+
+# ----------------------------------------------------------------------------------------- shards
+
+def _flag_reason(row) -> str:
+    flagged = [f for f in VIDEO_FLAGS if manifest_io.has_flag(row.flags, f)]
+    if flagged:
+        return flagged[0]
+    return "" if row.video_path else "no_video"
+
+
+def _prefetched_frames(rows, settings: dict) -> Iterator[tuple[object, list[np.ndarray] | None, str]]:
+    """(row, frames, reason) per row; the next row's frames decode in a thread while this one is embedded."""
+    def load(row) -> tuple[list[np.ndarray] | None, str]:
+        reason = _flag_reason(row)
+        if reason:
+            return None, reason
+        try:
+            return sample_frames(row.video_path, row.video_start, row.video_end, settings["fps"],
+                                 settings["max_frames"]), ""
+        except MediaError as err:
+            return None, f"{err.reason}: {err}"
+        except (OSError, ValueError, UnicodeDecodeError) as err:
+            # PyAV raises these (not FFmpegError) for some damaged containers and headers.
+            return None, f"corrupt_video: {row.video_path}: {type(err).__name__}: {err}"
+
+    row_list = list(rows)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(load, row_list[0]) if row_list else None
+        for i, row in enumerate(row_list):
+            frames, reason = pending.result()
+            pending = pool.submit(load, row_list[i + 1]) if i + 1 < len(row_list) else None
+            yield row, frames, reason
+
+
+def extract_shard(manifest_path, shard: int, n_shards: int, settings: dict, face_selection: dict, out_path,
+                  threads: int = 1, device: str = "auto") -> None:
+    """Face features for the utterances of one dialogue shard, written to `out_path` (HDF5)."""
+    settings = visual_settings(settings)
+    face_selection = face_selection_settings(face_selection)
+    torch.set_num_threads(max(1, int(threads)))
+    rows = manifest_io.shard_rows(manifest_io.read(manifest_path), shard, n_shards)
+    ids = rows["utterance_id"].tolist()
+    torch_device = resolve_device(device)
+    logger.info("visual shard %d/%d: %d utterances, %s on %s, face selection %s", shard, n_shards, len(ids),
+                settings["backbone"], torch_device, face_selection)
+    detector = build_detector(settings, torch_device)
+    embedder = load_embedder(settings, torch_device)
+
+    feats = np.zeros((len(ids), embedder.dim), dtype=np.float32)
+    present = np.zeros(len(ids), dtype=bool)
+    absent: dict[str, str] = {}
+    frame_count = face_count = 0
+    progress = tqdm(_prefetched_frames(rows.itertuples(index=False), settings), total=len(ids),
+                    desc=f"visual shard {shard}", unit="utt")
+    for i, (row, frames, reason) in enumerate(progress):
+        if not reason and not frames:
+            reason = "no_frames (the video has no frame inside the utterance's time window)"
+        crops = [] if reason else speaker_crops(frames, row.speaker, settings, face_selection, detector)
+        frame_count += len(frames or [])
+        face_count += len(crops)
+        if not reason and not crops:
+            reason = f"no_face (no speaker face in {len(frames)} sampled frame(s))"
+        if reason:
+            absent[row.utterance_id] = reason
+            logger.debug("visual of %s absent: %s", row.utterance_id, reason)
+            continue
+        feats[i] = embedder.embed(crops, settings["batch_size"]).mean(axis=0)
+        present[i] = True
+    log_absent_summary("visual", absent, len(ids), logger)
+    logger.info("visual shard %d: speaker face found in %d of %d sampled frames", shard, face_count, frame_count)
+    attrs = {
+        "modality": "visual", "extractor": f"mtcnn+{settings['backbone']}", "model": settings["backbone"],
+        "settings": stored_settings(settings, face_selection),
+        "versions": feature_io.package_versions(["facenet-pytorch", "torch", "torchvision", "av", "ercpipe"]),
+        "absent": json.dumps(absent, sort_keys=True),
+        "weights_source": embedder.weights_source,
+    }
+    if embedder.warning:
+        attrs["warning"] = embedder.warning
+    feature_io.write(out_path, feature_io.FeatureSet(ids, feats, present, attrs))

@@ -1,0 +1,190 @@
+"""Aggregate the seeds of one experiment: mean +- std of every metric, curves, confusion matrix, t-SNE."""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from ercpipe.io.atomic import atomic_path, write_json
+from ercpipe.train.metrics import SCALAR_METRICS
+
+logger = logging.getLogger(__name__)
+
+
+class AggregateError(ValueError):
+    """The runs cannot be aggregated; the message names the run folder and what is wrong."""
+
+
+def _flatten(metrics: dict) -> dict[str, float]:
+    """Every number of a run's metrics, keyed like 'test.weighted_f1' or 'test.per_class.sad.f1'."""
+    flat: dict[str, float] = {}
+    for split in ("valid", "test"):
+        block = metrics.get(split)
+        if not block:
+            continue
+        for key in SCALAR_METRICS:
+            flat[f"{split}.{key}"] = block[key]
+        for head, value in block.get("unimodal_weighted_f1", {}).items():
+            flat[f"{split}.unimodal_weighted_f1.{head}"] = value
+        for cls, values in block["per_class"].items():
+            for key in ("recall", "precision", "f1"):
+                flat[f"{split}.per_class.{cls}.{key}"] = values[key]
+    flat["selected_epoch"] = metrics["protocol"]["selected_epoch"]
+    flat["epochs_run"] = metrics["protocol"]["epochs_run"]
+    for branch, temps in (metrics.get("temperatures") or {}).items():
+        for m, value in temps.items():
+            flat[f"temperature.{branch}.{m}"] = value
+    if metrics.get("seconds_per_epoch") is not None:
+        flat["seconds_per_epoch"] = metrics["seconds_per_epoch"]
+    return flat
+
+
+def _read_run(run_dir: Path) -> dict:
+    path = run_dir / "metrics.json"
+    if not path.exists():
+        raise AggregateError(f"{path} does not exist; the run in {run_dir} has not finished")
+    return json.loads(path.read_text())
+
+
+def aggregate(run_dirs: Sequence[str | Path], out_dir: str | Path) -> None:
+    """Write summary.json, summary.tsv, curves.png, confusion.png and tsne.png into out_dir."""
+    run_dirs = [Path(p) for p in run_dirs]
+    if not run_dirs:
+        raise AggregateError("no run folders to aggregate")
+    out_dir = Path(out_dir)
+    runs = [_read_run(p) for p in run_dirs]
+    classes = runs[0]["classes"]
+    protocols = {json.dumps({k: r["protocol"][k] for k in ("selection_split", "paper_compat")}) for r in runs}
+    if len(protocols) != 1:
+        raise AggregateError(f"the runs {[str(p) for p in run_dirs]} use different protocols {sorted(protocols)}; "
+                             "aggregate them separately")
+    for run_dir, run in zip(run_dirs, runs):
+        if run["classes"] != classes:
+            raise AggregateError(f"{run_dir} has classes {run['classes']}, the first run has {classes}")
+    flats = [_flatten(r) for r in runs]
+    keys = [k for k in flats[0] if all(k in f for f in flats)]
+    summary_metrics = {}
+    for key in keys:
+        values = np.array([f[key] for f in flats], dtype=float)
+        summary_metrics[key] = {"mean": float(values.mean()),
+                                "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+                                "n": int(len(values)), "values": values.tolist()}
+    confusion = {split: np.mean([np.array(r[split]["confusion"], dtype=float) for r in runs], axis=0).tolist()
+                 for split in ("valid", "test") if all(r.get(split) for r in runs)}
+    summary = {
+        "n_runs": len(runs), "runs": [str(p) for p in run_dirs], "seeds": [r["seed"] for r in runs],
+        "classes": classes, "protocol": runs[0]["protocol"] | {"selected_epoch": None, "epochs_run": None},
+        "paper_compat": runs[0]["protocol"]["paper_compat"],
+        "std": "sample standard deviation over runs (ddof=1); 0 for a single run",
+        "metrics": summary_metrics, "mean_confusion": confusion,
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / "summary.json", summary)
+    table = pd.DataFrame([{"metric": k, "mean": v["mean"], "std": v["std"], "n": v["n"],
+                           "values": ",".join(f"{x:.4g}" for x in v["values"])} for k, v in summary_metrics.items()])
+    with atomic_path(out_dir / "summary.tsv") as tmp:
+        table.to_csv(tmp, sep="\t", index=False, lineterminator="\n", float_format="%.4f", quoting=csv.QUOTE_MINIMAL)
+    _plot_curves(run_dirs, runs, out_dir / "curves.png")
+    split = "test" if "test" in confusion else next(iter(confusion), None)
+    if split:
+        _plot_confusion(np.array(confusion[split]), classes, split, len(runs), out_dir / "confusion.png")
+    _plot_tsne(run_dirs, out_dir / "tsne.png")
+    logger.info("aggregated %d runs into %s", len(runs), out_dir)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
+
+
+def _plot_curves(run_dirs: list[Path], runs: list[dict], path: Path) -> None:
+    plt = _pyplot()
+    selection = runs[0]["protocol"]["selection_split"]
+    panels = [("train_total", "training loss"), (f"{selection}_loss_total", f"{selection} loss"),
+              (f"{selection}_weighted_f1", f"{selection} weighted F1 (%)"),
+              (f"{selection}_accuracy", f"{selection} accuracy (%)")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
+    for run_dir, run in zip(run_dirs, runs):
+        history_path = run_dir / "history.tsv"
+        if not history_path.exists():
+            logger.warning("%s has no history.tsv; its curves are left out", run_dir)
+            continue
+        history = pd.read_csv(history_path, sep="\t")
+        for ax, (column, _) in zip(axes, panels):
+            if column in history:
+                ax.plot(history["epoch"], history[column], label=f"seed {run['seed']}", linewidth=1)
+        selected = run["protocol"]["selected_epoch"]
+        axes[2].axvline(selected, color="grey", linewidth=0.5, linestyle=":")
+    for ax, (_, title) in zip(axes, panels):
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
+def _plot_confusion(matrix: np.ndarray, classes: list[str], split: str, n_runs: int, path: Path) -> None:
+    plt = _pyplot()
+    rows = matrix.sum(axis=1, keepdims=True)
+    normalised = np.divide(matrix, rows, out=np.zeros_like(matrix), where=rows > 0)
+    fig, ax = plt.subplots(figsize=(1.0 * len(classes) + 2, 1.0 * len(classes) + 1.5))
+    image = ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            ax.text(j, i, f"{matrix[i, j]:.1f}\n{100 * normalised[i, j]:.0f}%", ha="center", va="center", fontsize=7,
+                    color="white" if normalised[i, j] > 0.5 else "black")
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"{split}: mean confusion over {n_runs} run(s) (counts, row %)")
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
+def _plot_tsne(run_dirs: list[Path], path: Path) -> None:
+    """t-SNE of the fused test representations of the first run that has them (one seed, by label)."""
+    from sklearn.manifold import TSNE
+
+    plt = _pyplot()
+    source = next((p / "fused.npz" for p in run_dirs if (p / "fused.npz").exists()), None)
+    fig, ax = plt.subplots(figsize=(6, 5))
+    if source is None:
+        ax.text(0.5, 0.5, "no fused representations (no test split)", ha="center", va="center")
+    else:
+        data = np.load(source, allow_pickle=False)
+        fused, labels, classes = data["fused"], data["labels"], [str(c) for c in data["classes"]]
+        n = len(fused)
+        if n < 5:
+            ax.text(0.5, 0.5, f"only {n} test utterances: no t-SNE", ha="center", va="center")
+        else:
+            points = TSNE(n_components=2, perplexity=float(min(30, max(2, (n - 1) // 3))), init="pca",
+                          random_state=0).fit_transform(fused.astype(np.float64))
+            for i, name in enumerate(classes):
+                sel = labels == i
+                if sel.any():
+                    ax.scatter(points[sel, 0], points[sel, 1], s=6, label=name, alpha=0.8)
+            ax.legend(markerscale=2, fontsize=7)
+        ax.set_title(f"t-SNE of fused test representations ({source.parent.name})")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)

@@ -1,0 +1,206 @@
+"""Dialogues from the manifest + HDF5 feature files, padded batches and the training-time feature masking.
+
+Replaces the official 7-tuple pickle (spec 1.1): speakers come from the manifest's `speaker_slot`, labels
+are ids in the dataset's class order (summary.json "classes"), features come from ercpipe.io.features
+with the manifest's utterance ids checked. Batches are batch-first ([B, L, D]); padding follows spec 1.7
+(zeros, label -1, mask False).
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from ercpipe.config import MODALITIES
+from ercpipe.io import features as feature_io
+from ercpipe.io import manifest as manifest_io
+
+logger = logging.getLogger(__name__)
+
+
+class DataError(ValueError):
+    """The manifest, summary or feature files cannot be used for training; the message says what to do."""
+
+
+@dataclass
+class Dialogue:
+    dialogue_id: str
+    split: str
+    utterance_ids: list[str]
+    features: dict[str, torch.Tensor]  # modality -> float32 [n, D_m]
+    present: dict[str, torch.Tensor]  # modality -> bool [n]; False = the modality was missing (row is zeros)
+    labels: torch.Tensor  # int64 [n], -1 = no label
+    speakers: torch.Tensor  # int64 [n], speaker slot
+
+    def __len__(self) -> int:
+        return len(self.utterance_ids)
+
+
+@dataclass
+class DialogueData:
+    dialogues: list[Dialogue]
+    classes: list[str]
+    modalities: tuple[str, ...]
+    dims: dict[str, int]
+    n_speakers: int
+    source: str = ""
+    absent_counts: dict[str, int] = field(default_factory=dict)
+
+    def split(self, *names: str) -> list[Dialogue]:
+        return [d for d in self.dialogues if d.split in names]
+
+    def labels(self, *names: str) -> np.ndarray:
+        parts = [d.labels.numpy() for d in self.split(*names)]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+@dataclass
+class Batch:
+    dialogue_ids: list[str]
+    utterance_ids: list[list[str]]
+    features: dict[str, torch.Tensor]  # modality -> [B, L, D]
+    present: dict[str, torch.Tensor]  # modality -> bool [B, L]
+    mask: torch.Tensor  # bool [B, L]
+    labels: torch.Tensor  # int64 [B, L], -1 on padding
+    speakers: torch.Tensor  # int64 [B, L], 0 on padding (the model maps padding to slot S)
+
+    def to(self, device: torch.device | str) -> "Batch":
+        move = lambda t: t.to(device, non_blocking=True)  # noqa: E731
+        return Batch(self.dialogue_ids, self.utterance_ids, {m: move(t) for m, t in self.features.items()},
+                     {m: move(t) for m, t in self.present.items()}, move(self.mask), move(self.labels),
+                     move(self.speakers))
+
+
+def read_classes(manifest_path: Path) -> list[str]:
+    summary = Path(manifest_path).parent / "summary.json"
+    if not summary.exists():
+        raise DataError(f"{summary} does not exist, so the dataset's class list is unknown; run the manifest "
+                        "rule (it writes summary.json next to the manifest) or pass classes=...")
+    classes = json.loads(summary.read_text()).get("classes")
+    if not classes:
+        raise DataError(f"{summary} has no 'classes' list; rebuild it with the manifest rule")
+    return [str(c) for c in classes]
+
+
+def load_dialogues(manifest_path: str | Path, feature_paths: dict[str, str | Path], modalities: Sequence[str], *,
+                   classes: Sequence[str] | None = None, n_speakers: int | None = None,
+                   allow_unlabelled: bool = False) -> DialogueData:
+    """Read the manifest and the feature files of `modalities`, grouped by dialogue in manifest order.
+
+    classes: label order (default: summary.json next to the manifest). n_speakers: number of speaker
+    slots S (default: max slot + 1 over the whole dataset; a configured value must cover every slot).
+    allow_unlabelled: map an empty label to -1 (inference on new conversations) instead of failing.
+    """
+    manifest_path = Path(manifest_path)
+    modalities = tuple(modalities)
+    bad = [m for m in modalities if m not in MODALITIES]
+    if bad or not modalities:
+        raise DataError(f"modalities must be a non-empty subset of {list(MODALITIES)}, got {list(modalities)}")
+    missing_paths = [m for m in modalities if m not in feature_paths]
+    if missing_paths:
+        raise DataError(f"no feature file given for modality {missing_paths} (feature_paths has "
+                        f"{sorted(feature_paths)}); the experiment uses {list(modalities)}")
+    classes = list(classes) if classes is not None else read_classes(manifest_path)
+    df = manifest_io.read(manifest_path)
+    checked = df.assign(label=df["label"].mask(df["label"] == "", classes[0])) if allow_unlabelled else df
+    manifest_io.validate(checked, classes, source=str(manifest_path))
+    ids = df["utterance_id"].tolist()
+
+    matrices: dict[str, np.ndarray] = {}
+    present: dict[str, np.ndarray] = {}
+    absent_counts: dict[str, int] = {}
+    for m in modalities:
+        fs = feature_io.read(feature_paths[m], expected_ids=ids)
+        found = fs.attrs.get("modality")
+        if found and found != m:
+            raise DataError(f"{feature_paths[m]} holds {found!r} features but was given as the {m!r} file")
+        feats = np.ascontiguousarray(fs.features, dtype=np.float32)
+        absent = ~fs.present
+        # An absent modality row is zeros by contract; enforce it so a stale value can never leak in.
+        feats[absent] = 0.0
+        matrices[m], present[m] = feats, fs.present.copy()
+        absent_counts[m] = int(absent.sum())
+        if absent_counts[m]:
+            logger.info("%s: %d of %d utterances have no %s features (zeros, present=False)",
+                        feature_paths[m], absent_counts[m], len(ids), m)
+
+    class_index = {c: i for i, c in enumerate(classes)}
+    labels = np.array([class_index.get(lab, -1) for lab in df["label"]], dtype=np.int64)
+    slots = df["speaker_slot"].to_numpy(dtype=np.int64)
+    needed = int(slots.max()) + 1 if len(slots) else 1
+    if n_speakers is None:
+        n_speakers = needed
+    elif n_speakers < needed:
+        row = int(np.argmax(slots))
+        raise DataError(f"{manifest_path}: utterance {ids[row]} has speaker_slot {int(slots[row])}, but the "
+                        f"configuration allows {n_speakers} speaker slots (model.n_speakers); raise it to "
+                        f">= {needed} or leave it null")
+
+    dialogues: list[Dialogue] = []
+    positions = np.arange(len(df))
+    for dialogue_id, rows in df.groupby("dialogue_id", sort=False).indices.items():
+        rows = positions[rows]
+        dialogues.append(Dialogue(
+            dialogue_id=str(dialogue_id), split=str(df["split"].iat[rows[0]]),
+            utterance_ids=[ids[i] for i in rows],
+            features={m: torch.from_numpy(matrices[m][rows]) for m in modalities},
+            present={m: torch.from_numpy(present[m][rows]) for m in modalities},
+            labels=torch.from_numpy(labels[rows]), speakers=torch.from_numpy(slots[rows])))
+    dims = {m: int(matrices[m].shape[1]) for m in modalities}
+    logger.info("loaded %d dialogues (%d utterances) from %s: %s; dims %s; %d speaker slots", len(dialogues),
+                len(df), manifest_path, {s: len([d for d in dialogues if d.split == s]) for s in manifest_io.SPLITS},
+                dims, n_speakers)
+    return DialogueData(dialogues, classes, modalities, dims, n_speakers, str(manifest_path), absent_counts)
+
+
+def collate(dialogues: Sequence[Dialogue]) -> Batch:
+    """Pad a list of dialogues to the longest one (spec 1.7, batch-first)."""
+    if not dialogues:
+        raise ValueError("cannot collate an empty batch")
+    lengths = [len(d) for d in dialogues]
+    b, length = len(dialogues), max(lengths)
+    mask = torch.zeros(b, length, dtype=torch.bool)
+    labels = torch.full((b, length), -1, dtype=torch.long)
+    speakers = torch.zeros(b, length, dtype=torch.long)
+    feats, present = {}, {}
+    for m, first in dialogues[0].features.items():
+        feats[m] = torch.zeros(b, length, first.shape[1])
+        present[m] = torch.zeros(b, length, dtype=torch.bool)
+    for i, d in enumerate(dialogues):
+        n = lengths[i]
+        mask[i, :n] = True
+        labels[i, :n] = d.labels
+        speakers[i, :n] = d.speakers
+        for m in feats:
+            feats[m][i, :n] = d.features[m]
+            present[m][i, :n] = d.present[m]
+    return Batch([d.dialogue_id for d in dialogues], [d.utterance_ids for d in dialogues], feats, present, mask,
+                 labels, speakers)
+
+
+def batches(dialogues: Sequence[Dialogue], batch_size: int, shuffle: bool) -> Iterator[Batch]:
+    """Batches in order, or in a fresh random order (global torch RNG) when shuffling; last batch kept."""
+    order = torch.randperm(len(dialogues)).tolist() if shuffle else list(range(len(dialogues)))
+    for start in range(0, len(order), batch_size):
+        yield collate([dialogues[i] for i in order[start:start + batch_size]])
+
+
+def mask_feature_dims(batch: Batch, ratio: float) -> Batch:
+    """Training augmentation (spec 1.6, O13): per dialogue and modality, zero each feature dimension with
+    probability `ratio` for all utterances of that dialogue; no rescaling. Draws on the CPU generator in
+    the order text, visual, audio (the official order), so runs are reproducible on any device."""
+    if ratio <= 0:
+        return batch
+    feats = dict(batch.features)
+    for m in ("text", "visual", "audio"):
+        if m in feats:
+            b, _, dim = feats[m].shape
+            keep = (torch.rand(b, dim) >= ratio).to(feats[m].device, feats[m].dtype)
+            feats[m] = feats[m] * keep[:, None, :]
+    return Batch(batch.dialogue_ids, batch.utterance_ids, feats, batch.present, batch.mask, batch.labels,
+                 batch.speakers)

@@ -1,0 +1,301 @@
+"""Training presets and experiment validation (docs/training.md lists every key).
+
+An experiment is a nested dict {preset: name, model: {...}, loss: {...}, train: {...}} plus any keys the
+pipeline itself uses (dataset, features, anchors, seeds, ...), which are passed through untouched.
+`resolve_experiment` starts from the named preset, applies the experiment's overrides and checks every
+key and value, raising ValueError with the dotted key path. It imports nothing heavy: the Snakefile calls
+it when it parses the config.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+from typing import Any, Callable
+
+from ercpipe.config import MODALITIES
+
+SECTIONS = ("model", "loss", "train")
+
+# ------------------------------------------------------------------------------------------ validators
+Check = Callable[[Any], str | None]  # returns an error text or None
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def boolean(v: Any) -> str | None:
+    return None if isinstance(v, bool) else "must be true or false"
+
+
+def integer(lo: int | None = None, allow_none: bool = False) -> Check:
+    def check(v: Any) -> str | None:
+        if v is None and allow_none:
+            return None
+        if not isinstance(v, int) or isinstance(v, bool) or (lo is not None and v < lo):
+            return f"must be an integer >= {lo}" + (" or null" if allow_none else "")
+        return None
+    return check
+
+
+def number(lo: float | None = None, hi: float | None = None, lo_open: bool = False, hi_open: bool = False,
+           allow_none: bool = False) -> Check:
+    def check(v: Any) -> str | None:
+        if v is None and allow_none:
+            return None
+        ok = _is_number(v) and (lo is None or (v > lo if lo_open else v >= lo)) and \
+            (hi is None or (v < hi if hi_open else v <= hi))
+        if not ok:
+            lo_s = "" if lo is None else f"{'>' if lo_open else '>='} {lo}"
+            hi_s = "" if hi is None else f"{'<' if hi_open else '<='} {hi}"
+            return f"must be a number {' and '.join(s for s in (lo_s, hi_s) if s)}".rstrip() + \
+                (" or null" if allow_none else "")
+        return None
+    return check
+
+
+def choice(*options: str) -> Check:
+    def check(v: Any) -> str | None:
+        return None if v in options else f"must be one of {list(options)}"
+    return check
+
+
+def modalities(v: Any) -> str | None:
+    if not isinstance(v, list) or not v or any(m not in MODALITIES for m in v) or len(set(v)) != len(v):
+        return f"must be a non-empty list of distinct modalities from {list(MODALITIES)}"
+    return None
+
+
+def betas(v: Any) -> str | None:
+    if not isinstance(v, list) or len(v) != 2 or not all(_is_number(b) and 0 <= b < 1 for b in v):
+        return "must be a list of two numbers in [0, 1)"
+    return None
+
+
+def class_weights(v: Any) -> str | None:
+    if v in ("auto", "train", "paper", "none"):
+        return None
+    if isinstance(v, list) and v and all(_is_number(w) and w >= 0 for w in v):
+        return None
+    return "must be 'auto', 'train', 'paper', 'none' or a list of non-negative numbers (one per class)"
+
+
+def temperature(v: Any) -> str | None:
+    if v == "learnable" or (_is_number(v) and v > 0):
+        return None
+    return "must be 'learnable' or a positive number (a fixed temperature)"
+
+
+LAMBDA = number(lo=0.0)
+
+# key -> (default = value of the `official` preset, check). Order = documentation order.
+SCHEMA: dict[str, dict[str, tuple[Any, Check]]] = {
+    "model": {
+        "modalities": (["text", "audio", "visual"], modalities),
+        "hidden_dim": (768, integer(2)),
+        "n_heads": (4, integer(1)),
+        "dropout": (0.53, number(0.0, 1.0, hi_open=True)),
+        "attention_mask_fill": (-1e4, number(hi=0.0, hi_open=True)),
+        "max_positions": (512, integer(1)),
+        "positional_embeddings": (True, boolean),
+        "speaker_embeddings": (True, boolean),
+        "intra_encoders": (True, boolean),
+        "inter_encoders": (True, boolean),
+        "n_speakers": (None, integer(1, allow_none=True)),
+        "gates": ("trainable", choice("trainable", "identity_frozen")),
+        "head_type": ("mlp", choice("mlp", "sdt")),
+        "head_layers": (3, integer(1)),
+        "head_activation": ("gelu", choice("gelu", "elu", "silu", "relu", "tanh")),
+        "head_dropout": (0.3963, number(0.0, 1.0, hi_open=True)),
+        "clip_proj_layers": (2, integer(1)),
+        "clip_proj_activation": ("elu", choice("gelu", "elu", "silu", "relu", "tanh")),
+        "clip_proj_dropout": (0.37442, number(0.0, 1.0, hi_open=True)),
+        "single_branch": (False, boolean),
+        "p_random_anchor": (0.4, number(0.0, 1.0)),
+        "anchors_per_class": (None, integer(1, allow_none=True)),
+        "anchor_subsample_seed": (0, integer(0)),
+        "anchor_logit_scale": (100.0, number(0.0, lo_open=True)),
+        "anchor_sampling_at_eval": (False, boolean),
+        "clip_model": (None, lambda v: None if v is None or isinstance(v, str) else "must be a string or null"),
+    },
+    "loss": {
+        "cls_loss": (True, boolean),
+        "cls_all_cls_kl_loss": (True, boolean),
+        "clip_loss": (True, boolean),
+        "clip_all_clip_kl_loss": (True, boolean),
+        "cls_lambda": (0.952145912451511, LAMBDA),
+        "cls_all_lambda": (0.7666280675458248, LAMBDA),
+        "cls_t_lambda": (0.51322460223468647, LAMBDA),
+        "cls_a_lambda": (0.353586961732085, LAMBDA),
+        "cls_v_lambda": (0.7752948515843562, LAMBDA),
+        "cls_all_cls_kl_lambda": (0.34682017654570013, LAMBDA),
+        "t_cls_all_cls_kl_lambda": (0.3890408530969896, LAMBDA),
+        "a_cls_all_cls_kl_lambda": (0.6867174752097939, LAMBDA),
+        "v_cls_all_cls_kl_lambda": (0.7814637321138567, LAMBDA),
+        "clip_lambda": (0.46216, LAMBDA),
+        "all_clip_lambda": (0.5279318174861871, LAMBDA),
+        "t_clip_lambda": (0.16915412370438695, LAMBDA),
+        "a_clip_lambda": (0.30204579599936027, LAMBDA),
+        "v_clip_lambda": (0.22488632753078353, LAMBDA),
+        "clip_all_clip_kl_lambda": (0.4868, LAMBDA),
+        "t_clip_all_clip_kl_lambda": (0.9357852654818557, LAMBDA),
+        "a_clip_all_clip_kl_lambda": (0.27293, LAMBDA),
+        "v_clip_all_clip_kl_lambda": (0.71586, LAMBDA),
+        "class_weights": ("auto", class_weights),
+        "kl_temperature": ("learnable", temperature),
+        "kl_temperature_init": (2.0, number(0.0, lo_open=True)),
+        "kl_t2": (True, boolean),
+        "kl_class_mean": (True, boolean),
+        "detach_teacher": (False, boolean),
+        "cls_kl_teacher": ("classification", choice("classification", "anchor")),
+        "anchor_kl_teacher": ("anchor", choice("anchor", "classification")),
+    },
+    "train": {
+        "optimizer": ("adamw", choice("adamw", "adam", "sgd")),
+        "lr": (9.839349318565084e-05, number(0.0, lo_open=True)),
+        "weight_decay": (0.009970935438927318, number(0.0)),
+        "betas": ([0.9, 0.999], betas),
+        "eps": (1e-8, number(0.0, lo_open=True)),
+        "momentum": (0.0, number(0.0, 1.0, hi_open=True)),
+        "batch_size": (9, integer(1)),
+        "eval_batch_size": (32, integer(1)),
+        "epochs": (400, integer(1)),
+        "patience": (31, integer(1, allow_none=True)),
+        "scheduler": ("none", choice("none", "cosine")),
+        "warmup_fraction": (0.01, number(0.0, 1.0)),
+        "amp": ("fp16", choice("fp16", "bf16", "off")),
+        "grad_clip": (None, number(0.0, lo_open=True, allow_none=True)),
+        "feature_mask_ratio": (0.1, number(0.0, 1.0, hi_open=True)),
+        "selection_metric": ("weighted_f1", choice("weighted_f1", "accuracy", "macro_f1", "weighted_precision")),
+        "paper_compat": (False, boolean),
+    },
+}
+
+DEFAULTS: dict[str, dict[str, Any]] = {s: {k: v[0] for k, v in keys.items()} for s, keys in SCHEMA.items()}
+
+_ALL_ONE = {k: 1.0 for k in SCHEMA["loss"] if k.endswith("_lambda")}
+
+# Overrides on top of DEFAULTS (= the official VEGA code's IEMOCAP configuration).
+PRESET_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
+    "official": {},
+    "sdt-vega": {},  # alias: the faithful SDT-VEGA configuration
+    "sdt-vega-backbone": {  # the VEGA code with the VEGA branch off (paper: "classification + self-distillation")
+        "loss": {"clip_loss": False, "clip_all_clip_kl_loss": False},
+    },
+    "paper": {  # values the paper states where they differ from the released code (spec 6, O22)
+        "model": {"hidden_dim": 1280, "n_heads": 8, "dropout": 0.5, "head_dropout": 0.5,
+                  "clip_proj_activation": "silu", "clip_proj_dropout": 0.4},
+        "train": {"batch_size": 15},
+    },
+    "sdt": {  # the original SDT repository, IEMOCAP launcher (spec 9)
+        "model": {"hidden_dim": 1024, "n_heads": 8, "dropout": 0.5, "attention_mask_fill": -1e10, "head_type": "sdt"},
+        "loss": {"clip_loss": False, "clip_all_clip_kl_loss": False, **_ALL_ONE, "kl_temperature": 1.0,
+                 "kl_t2": False, "kl_class_mean": False},
+        "train": {"optimizer": "adam", "lr": 1e-4, "weight_decay": 1e-5, "batch_size": 16, "epochs": 150,
+                  "patience": None, "amp": "off", "feature_mask_ratio": 0.0},
+    },
+    "sdt-meld": {  # the original SDT repository, MELD launcher: frozen identity gates, no class weights, T = 8
+        "model": {"hidden_dim": 1024, "n_heads": 8, "dropout": 0.5, "attention_mask_fill": -1e10, "head_type": "sdt",
+                  "gates": "identity_frozen"},
+        "loss": {"clip_loss": False, "clip_all_clip_kl_loss": False, **_ALL_ONE, "kl_temperature": 8.0,
+                 "kl_t2": False, "kl_class_mean": False, "class_weights": "none"},
+        "train": {"optimizer": "adam", "lr": 5e-6, "weight_decay": 1e-5, "batch_size": 8, "epochs": 50,
+                  "patience": None, "amp": "off", "feature_mask_ratio": 0.0},
+    },
+    "demo": {  # small and fast: the 2-core demo on the synthetic corpus
+        "model": {"hidden_dim": 128, "n_heads": 2, "dropout": 0.2, "head_dropout": 0.2, "clip_proj_dropout": 0.2},
+        "train": {"lr": 1e-3, "epochs": 12, "patience": 6, "amp": "off"},
+    },
+}
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {}
+
+
+def _merge(base: dict, overrides: dict) -> dict:
+    out = copy.deepcopy(base)
+    for section, values in overrides.items():
+        out[section].update(copy.deepcopy(values))
+    return out
+
+
+for _name, _over in PRESET_OVERRIDES.items():
+    PRESETS[_name] = _merge(DEFAULTS, _over)
+
+
+def preset(name: str) -> dict[str, dict[str, Any]]:
+    """A deep copy of a preset's full configuration."""
+    if name not in PRESETS:
+        raise ValueError(f"experiment key preset: unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return copy.deepcopy(PRESETS[name])
+
+
+def _as_float(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def _unknown(path: str, key: str, known) -> ValueError:
+    close = difflib.get_close_matches(key, list(known), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return ValueError(f"experiment key {path}: unknown key{hint}; known keys: {sorted(known)}")
+
+
+def resolve_experiment(experiment_cfg: dict) -> dict:
+    """Preset + overrides, validated. Returns {preset, model, loss, train, <pass-through keys>}.
+
+    Raises ValueError naming the dotted key path of the first problem (unknown key, wrong type or value,
+    or an inconsistent combination). Idempotent: resolving a resolved experiment returns it unchanged.
+    """
+    if not isinstance(experiment_cfg, dict):
+        raise ValueError(f"an experiment must be a mapping, got {type(experiment_cfg).__name__}")
+    name = experiment_cfg.get("preset", "official")
+    if not isinstance(name, str):
+        raise ValueError("experiment key preset: must be a preset name string")
+    resolved = preset(name)
+    for section in SECTIONS:
+        overrides = experiment_cfg.get(section)
+        overrides = {} if overrides is None else overrides
+        if not isinstance(overrides, dict):
+            raise ValueError(f"experiment key {section}: must be a mapping of keys to values")
+        for key, value in overrides.items():
+            if key not in SCHEMA[section]:
+                raise _unknown(f"{section}.{key}", key, SCHEMA[section])
+            check = SCHEMA[section][key][1]
+            problem = check(value)
+            if problem and isinstance(value, str) and _as_float(value) is not None and not check(_as_float(value)):
+                # YAML 1.1 reads "1e-4" (no dot) as a string; accept it as the number it spells.
+                value, problem = _as_float(value), None
+            if problem:
+                raise ValueError(f"experiment key {section}.{key}: {problem} (got {value!r})")
+            resolved[section][key] = copy.deepcopy(value)
+    _check_combinations(resolved)
+    out = {k: copy.deepcopy(v) for k, v in experiment_cfg.items() if k not in SECTIONS}
+    out["preset"] = name
+    out.update(resolved)
+    return out
+
+
+def _check_combinations(cfg: dict) -> None:
+    model, loss = cfg["model"], cfg["loss"]
+    if model["hidden_dim"] % model["n_heads"]:
+        raise ValueError(f"experiment key model.n_heads: {model['n_heads']} heads do not divide "
+                         f"model.hidden_dim {model['hidden_dim']}")
+    if not (model["intra_encoders"] or model["inter_encoders"]):
+        raise ValueError("experiment key model.inter_encoders: intra_encoders and inter_encoders cannot both be off")
+    if len(model["modalities"]) == 1 and not model["intra_encoders"]:
+        raise ValueError("experiment key model.intra_encoders: a single-modality model has no inter-modal "
+                         "encoders, so the intra-modal encoder must stay on")
+    if model["single_branch"] and not loss["clip_loss"]:
+        raise ValueError("experiment key model.single_branch: the single-branch head classifies the CLIP "
+                         "projection, which exists only with loss.clip_loss on")
+    if loss["cls_kl_teacher"] == "anchor" and not loss["clip_loss"]:
+        raise ValueError("experiment key loss.cls_kl_teacher: the anchor teacher needs loss.clip_loss on")
+    if not loss["cls_loss"] and not loss["clip_loss"]:
+        raise ValueError("experiment key loss.cls_loss: with cls_loss and clip_loss off no loss term supervises "
+                         "the labels")
+
+
+def known_keys() -> dict[str, list[str]]:
+    """Section -> key names (for the pipeline's JSON schema)."""
+    return {s: list(keys) for s, keys in SCHEMA.items()}

@@ -1,0 +1,437 @@
+"""The training run: one seed of one experiment, resumable, writing everything atomically (docs/training.md).
+
+Protocol. By default the model is selected on the manifest's `valid` split (IEMOCAP's 12 standard
+validation dialogues, MELD dev) and the test split is touched once, at the end, with the selected
+checkpoint: the training loop never receives the test dialogues. `train.paper_compat: true` gives the
+official protocol instead (O8): train on train + valid, select the best epoch on test (scores rounded to
+two decimals as the official code compares them, O19), hard-coded whole-dataset class weights (O10).
+The protocol is recorded in metrics.json.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from ercpipe.io.atomic import atomic_path, write_json
+from ercpipe.model.anchors import subsample_anchor_images
+from ercpipe.model.losses import SDTVegaLoss, inverse_frequency_weights, paper_class_weights
+from ercpipe.model.sdt import ModelSpec, SDTVega, build_model, count_parameters
+from ercpipe.train.data import DialogueData, batches, load_dialogues, mask_feature_dims
+from ercpipe.train.evaluate import (CHECKPOINT_FORMAT, CheckpointError, EvalResult, autocast_context, eval_batches,
+                                    load_checkpoint_file, predictions_frame, resolve_device, run_eval)
+from ercpipe.train.metrics import SCALAR_METRICS, classification_metrics, weighted_f1
+from ercpipe.train.presets import resolve_experiment
+
+logger = logging.getLogger(__name__)
+
+BEST_NAME, LAST_NAME = "model.pt", "last.pt"
+
+
+class TrainingError(ValueError):
+    """The run cannot start or continue as configured; the message says why and what to do."""
+
+
+# ------------------------------------------------------------------------------------------ set-up
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+
+
+def model_spec(cfg: dict, data: DialogueData, clip_dim: int) -> ModelSpec:
+    m, loss = cfg["model"], cfg["loss"]
+    learnable = loss["kl_temperature"] == "learnable"
+    return ModelSpec(
+        input_dims=dict(data.dims), n_classes=len(data.classes), n_speakers=data.n_speakers,
+        modalities=tuple(m["modalities"]), hidden_dim=m["hidden_dim"], n_heads=m["n_heads"], dropout=m["dropout"],
+        mask_fill=m["attention_mask_fill"], max_positions=m["max_positions"],
+        positional_embeddings=m["positional_embeddings"], speaker_embeddings=m["speaker_embeddings"],
+        intra_encoders=m["intra_encoders"], inter_encoders=m["inter_encoders"], gates=m["gates"],
+        head_type=m["head_type"], head_layers=m["head_layers"], head_activation=m["head_activation"],
+        head_dropout=m["head_dropout"], vega=loss["clip_loss"], clip_dim=clip_dim,
+        clip_proj_layers=m["clip_proj_layers"], clip_proj_activation=m["clip_proj_activation"],
+        clip_proj_dropout=m["clip_proj_dropout"], single_branch=m["single_branch"],
+        learnable_temperatures=learnable, temperature_init=loss["kl_temperature_init"],
+        fixed_temperature=1.0 if learnable else float(loss["kl_temperature"]),
+        p_random_anchor=m["p_random_anchor"], anchor_logit_scale=m["anchor_logit_scale"],
+        anchor_sampling_at_eval=m["anchor_sampling_at_eval"])
+
+
+def class_weights_for(cfg: dict, data: DialogueData, train_splits: tuple[str, ...]) -> tuple[np.ndarray | None, str]:
+    """(weights or None, where they came from). 'auto' = train-split inverse frequency, or the official
+    hard-coded vector under train.paper_compat."""
+    choice = cfg["loss"]["class_weights"]
+    n = len(data.classes)
+    if isinstance(choice, list):
+        if len(choice) != n:
+            raise TrainingError(f"loss.class_weights has {len(choice)} values for {n} classes {data.classes}")
+        return np.asarray(choice, dtype=np.float32), "configured"
+    if choice == "none":
+        return None, "none"
+    if choice == "paper" or (choice == "auto" and cfg["train"]["paper_compat"]):
+        weights = paper_class_weights(data.classes)
+        if weights is not None:
+            return weights, "paper (official hard-coded whole-dataset counts, includes test labels)"
+        if choice == "paper":
+            raise TrainingError(f"loss.class_weights = 'paper' exists only for IEMOCAP and MELD classes, not "
+                                f"{data.classes}; use 'train' or a list")
+        logger.warning("no official class weights for classes %s; using training-split inverse frequency", data.classes)
+    weights, absent = inverse_frequency_weights(data.labels(*train_splits), n)
+    if absent:
+        logger.warning("class(es) %s have no training utterance; they get the largest weight",
+                       [data.classes[i] for i in absent])
+    return weights, f"inverse frequency over {'+'.join(train_splits)}"
+
+
+def read_anchors(anchor_path, cfg: dict):
+    from ercpipe import anchors as anchor_io
+
+    return anchor_io.read(anchor_path, expect_clip_model=cfg["model"]["clip_model"])
+
+
+def prepare_anchors(model: SDTVega, cfg: dict, anchor_set, classes: list[str]) -> dict:
+    """Put the anchor set's centres and images (dataset label order, optionally subsampled) into the model."""
+    centers, images = anchor_set.for_classes(classes)
+    per_class = cfg["model"]["anchors_per_class"]
+    if per_class is not None:
+        centers, images = subsample_anchor_images(images, per_class, cfg["model"]["anchor_subsample_seed"], classes)
+    model.set_anchors(centers, images)
+    return {"clip_model": anchor_set.clip_model, "dim": anchor_set.dim, "source": anchor_set.source,
+            "images_per_class": [int(x.shape[0]) for x in images]}
+
+
+def make_optimizer(model: SDTVega, train: dict) -> torch.optim.Optimizer:
+    # One group over every trainable parameter: the official code decays biases, norms, embeddings and
+    # temperatures too (O21).
+    # The fused kernels (CPU and CUDA) compute the same update with far fewer small ops.
+    params = [p for p in model.parameters() if p.requires_grad]
+    if train["optimizer"] == "adamw":
+        return torch.optim.AdamW(params, lr=train["lr"], weight_decay=train["weight_decay"],
+                                 betas=tuple(train["betas"]), eps=train["eps"], fused=True)
+    if train["optimizer"] == "adam":  # SDT: coupled L2
+        return torch.optim.Adam(params, lr=train["lr"], weight_decay=train["weight_decay"],
+                                betas=tuple(train["betas"]), eps=train["eps"], fused=True)
+    return torch.optim.SGD(params, lr=train["lr"], weight_decay=train["weight_decay"], momentum=train["momentum"])
+
+
+def make_scheduler(optimizer, train: dict, steps_per_epoch: int):
+    if train["scheduler"] == "none":
+        return None
+    total = max(1, train["epochs"] * steps_per_epoch)
+    warmup = int(train["warmup_fraction"] * total)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return step / max(1, warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _json_clean(obj):
+    """Plain JSON types only, so checkpoints load with weights_only=True."""
+    return json.loads(json.dumps(obj, default=str))
+
+
+# ------------------------------------------------------------------------------------------ epochs
+
+def train_epoch(model, loss_fn, optimizer, scaler, scheduler, train_dialogues, cfg, device) -> dict:
+    train = cfg["train"]
+    model.train()
+    sums: dict[str, torch.Tensor] = {}
+    n_total, skipped, steps = 0, 0, 0
+    n_batches = math.ceil(len(train_dialogues) / train["batch_size"])
+    for cpu_batch in tqdm(batches(train_dialogues, train["batch_size"], shuffle=True), total=n_batches,
+                          desc="batches", leave=False, mininterval=5):
+        cpu_batch = mask_feature_dims(cpu_batch, train["feature_mask_ratio"])
+        batch = cpu_batch.to(device)
+        with autocast_context(device, train["amp"]):
+            out = model(batch.features, batch.speakers, batch.mask)
+            loss, parts = loss_fn(model, out, batch.labels, batch.mask)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if train["grad_clip"]:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), train["grad_clip"])
+        if scaler.is_enabled():
+            scale_before = scaler.get_scale()
+            scaler.step(optimizer)
+            scaler.update()
+            if scaler.get_scale() < scale_before:  # the step was skipped (inf/NaN gradients)
+                skipped += 1
+        else:
+            optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        n = int((cpu_batch.labels >= 0).sum())
+        for k, v in parts.items():
+            sums[k] = sums.get(k, 0.0) + v.float() * n
+        n_total += n
+        steps += 1
+    row = {f"train_{k}": float(v) / max(n_total, 1) for k, v in sums.items()}
+    row.update(steps=steps, skipped_steps=skipped, lr=optimizer.param_groups[0]["lr"])
+    return row
+
+
+def split_metrics(result: EvalResult, classes: list[str]) -> dict:
+    metrics = classification_metrics(result.labels, result.predictions, classes)
+    metrics["unimodal_weighted_f1"] = {h: weighted_f1(result.labels, z.argmax(1), len(classes))
+                                       for h, z in result.logits.items() if h != "all"}
+    if result.losses:
+        metrics["loss"] = dict(result.losses)
+    return metrics
+
+
+def history_row(split: str, metrics: dict) -> dict:
+    row = {f"{split}_{k}": metrics[k] for k in SCALAR_METRICS}
+    row.update({f"{split}_f1_{h}": v for h, v in metrics["unimodal_weighted_f1"].items()})
+    row.update({f"{split}_loss_{k}": v for k, v in metrics.get("loss", {}).items()})
+    return row
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+
+def save_torch(obj, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def rng_state(device: torch.device) -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def write_history(history: list[dict], path: Path) -> None:
+    columns: list[str] = []
+    for row in history:
+        columns += [k for k in row if k not in columns]
+    with atomic_path(path) as tmp:
+        pd.DataFrame(history, columns=columns).to_csv(tmp, sep="\t", index=False, lineterminator="\n",
+                                                      quoting=csv.QUOTE_MINIMAL, float_format="%.6g")
+
+
+# ------------------------------------------------------------------------------------------ the run
+
+def run_training(manifest_path, feature_paths: dict, anchor_path, experiment: dict, seed: int, out_dir,
+                 device: str = "auto", threads: int | None = None,
+                 on_epoch_end: Callable[[int], None] | None = None) -> dict:
+    """Train one seed; return the content of metrics.json. A run restarted on the same out_dir continues
+    from out_dir/last.pt (same config and seed required). `on_epoch_end(epoch)` is called after each
+    epoch's checkpoint is on disk (tests use it to kill the process there)."""
+    out_dir = Path(out_dir)
+    cfg = _json_clean(resolve_experiment(experiment))
+    train_cfg, paper_compat = cfg["train"], cfg["train"]["paper_compat"]
+    if threads:
+        torch.set_num_threads(int(threads))
+    device = resolve_device(device)
+    seed_everything(seed)
+
+    data = load_dialogues(manifest_path, feature_paths, cfg["model"]["modalities"],
+                          n_speakers=cfg["model"]["n_speakers"])
+    train_splits = ("train", "valid") if paper_compat else ("train",)
+    selection_split = "test" if paper_compat else "valid"
+    train_dialogues = data.split(*train_splits)
+    selection_dialogues = data.split(selection_split)
+    if not train_dialogues:
+        raise TrainingError(f"{manifest_path} has no {'/'.join(train_splits)} dialogues to train on")
+    if not selection_dialogues:
+        raise TrainingError(
+            f"{manifest_path} has no '{selection_split}' dialogues, so no epoch can be selected. "
+            + ("Give the manifest a valid split (IEMOCAP standard split, MELD dev) or set train.paper_compat: "
+               "true to select on test as the official code does." if not paper_compat else ""))
+
+    weights, weights_source = class_weights_for(cfg, data, train_splits)
+    loss_fn = SDTVegaLoss(cfg["loss"], weights)
+    vega = cfg["loss"]["clip_loss"]
+    if vega and anchor_path is None:
+        raise TrainingError("the experiment uses the VEGA branch (loss.clip_loss: true) but no anchor file was given")
+    if not vega and anchor_path is not None:
+        logger.info("loss.clip_loss is off: the anchor file %s is not used", anchor_path)
+    anchor_set = read_anchors(anchor_path, cfg) if vega else None
+    spec = model_spec(cfg, data, anchor_set.dim if vega else 512)
+    model = build_model(spec)
+    model.classes = list(data.classes)
+    anchor_info = None
+    if vega:
+        anchor_info = {"path": str(anchor_path), **prepare_anchors(model, cfg, anchor_set, data.classes)}
+    model.to(device)
+    optimizer = make_optimizer(model, train_cfg)
+    scheduler = make_scheduler(optimizer, train_cfg, math.ceil(len(train_dialogues) / train_cfg["batch_size"]))
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and train_cfg["amp"] == "fp16")
+    select_batches = eval_batches(selection_dialogues, train_cfg["eval_batch_size"])
+    logger.info("model: %s parameters (%s trainable); training on %d dialogues (%s), selecting on %s (%d dialogues); "
+                "device %s, amp %s", f"{count_parameters(model):,}", f"{count_parameters(model, True):,}",
+                len(train_dialogues), "+".join(train_splits), selection_split, len(selection_dialogues), device,
+                train_cfg["amp"] if device.type == "cuda" else "off (CPU)")
+
+    state = {"epoch": 0, "history": [], "best_score": -math.inf, "best_epoch": 0, "bad_epochs": 0,
+             "finished": False, "skipped_steps": 0}
+    last_path, best_path = out_dir / LAST_NAME, out_dir / BEST_NAME
+    if last_path.exists():
+        state = _resume(last_path, cfg, seed, model, optimizer, scaler, scheduler, device)
+
+    epochs = tqdm(range(state["epoch"] + 1, train_cfg["epochs"] + 1), desc="epochs", mininterval=5,
+                  initial=state["epoch"], total=train_cfg["epochs"]) if not state["finished"] else []
+    for epoch in epochs:
+        start = time.time()
+        row = {"epoch": epoch}
+        row.update(train_epoch(model, loss_fn, optimizer, scaler, scheduler, train_dialogues, cfg, device))
+        result = run_eval(model, select_batches, device, train_cfg["amp"], loss_fn)
+        metrics = split_metrics(result, data.classes)
+        row.update(history_row(selection_split, metrics))
+        for branch, temps in model.temperatures().items():
+            row.update({f"T_{branch}_{m}": v for m, v in temps.items()})
+        score = metrics[train_cfg["selection_metric"]]
+        compared = round(score, 2) if paper_compat else score
+        improved = compared > state["best_score"]  # strict: a tie keeps the earlier epoch (O19)
+        if improved:
+            state.update(best_score=compared, best_epoch=epoch, bad_epochs=0)
+            save_torch(_best_payload(model, cfg, spec, data, seed, epoch, selection_split), best_path)
+        else:
+            state["bad_epochs"] += 1
+        state["skipped_steps"] += row["skipped_steps"]
+        if row["skipped_steps"]:
+            logger.warning("epoch %d: %d of %d optimizer steps skipped by the fp16 loss scaler (inf/NaN gradients)",
+                           epoch, row["skipped_steps"], row["steps"])
+        row.update(improved=improved, best_epoch=state["best_epoch"], seconds=round(time.time() - start, 3))
+        state["history"].append(row)
+        state["epoch"] = epoch
+        patience = train_cfg["patience"]
+        stop = patience is not None and state["bad_epochs"] >= patience
+        state["finished"] = stop or epoch == train_cfg["epochs"]
+        save_torch(_last_payload(model, optimizer, scaler, scheduler, cfg, seed, state, device), last_path)
+        write_history(state["history"], out_dir / "history.tsv")
+        logger.info("epoch %d: train loss %.4f | %s %s %.2f, acc %.2f (best %.2f at epoch %d) | %.1f s", epoch,
+                    row.get("train_total", float("nan")), selection_split, train_cfg["selection_metric"], score,
+                    metrics["accuracy"], state["best_score"], state["best_epoch"], row["seconds"])
+        if on_epoch_end is not None:
+            on_epoch_end(epoch)
+        if stop:
+            logger.info("early stop: %d epochs without improvement", state["bad_epochs"])
+            break
+    return _finish(out_dir, cfg, data, seed, state, device, selection_split, train_splits, weights,
+                   weights_source, anchor_info, loss_fn, anchor_set)
+
+
+def _best_payload(model, cfg, spec, data, seed, epoch, selection_split) -> dict:
+    return {"format": CHECKPOINT_FORMAT, "version": 1,
+            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "config": cfg, "spec": spec.to_dict(), "classes": list(data.classes), "epoch": epoch, "seed": seed,
+            "selection_split": selection_split}
+
+
+def _last_payload(model, optimizer, scaler, scheduler, cfg, seed, state, device) -> dict:
+    return {"format": CHECKPOINT_FORMAT + "-last", "config": cfg, "seed": seed,
+            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "rng": rng_state(device), "state": _json_clean(state)}
+
+
+def _resume(path: Path, cfg, seed, model, optimizer, scaler, scheduler, device) -> dict:
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001
+        raise CheckpointError(f"{path} cannot be read ({type(err).__name__}: {err}); "
+                              "delete it to start afresh") from err
+    # Only what shapes the training must match; pipeline keys (e.g. the list of seeds) may change.
+    relevant = ("preset", "model", "loss", "train")
+    stored = payload.get("config") or {}
+    if any(stored.get(k) != cfg.get(k) for k in relevant) or payload.get("seed") != seed:
+        raise TrainingError(f"{path} belongs to a run with a different configuration or seed "
+                            f"(seed {payload.get('seed')} vs {seed}); delete the output folder {path.parent} or "
+                            "use another one")
+    model.load_state_dict(payload["model"], strict=True)
+    optimizer.load_state_dict(payload["optimizer"])
+    if payload["scaler"]:
+        scaler.load_state_dict(payload["scaler"])
+    if scheduler is not None and payload["scheduler"] is not None:
+        scheduler.load_state_dict(payload["scheduler"])
+    set_rng_state(payload["rng"], device)
+    state = payload["state"]
+    state["best_score"] = float(state["best_score"])
+    logger.info("resuming from %s after epoch %d (best %.2f at epoch %d)", path, state["epoch"], state["best_score"],
+                state["best_epoch"])
+    return state
+
+
+def _finish(out_dir, cfg, data, seed, state, device, selection_split, train_splits, weights, weights_source,
+            anchor_info, loss_fn, anchor_set) -> dict:
+    """Reload the selected checkpoint, score valid (if held out) and test once, write the outputs."""
+    train_cfg = cfg["train"]
+    payload = load_checkpoint_file(out_dir / BEST_NAME)
+    model = build_model(ModelSpec.from_dict(payload["spec"]))
+    model.load_state_dict(payload["state_dict"], strict=True)
+    model.classes = list(data.classes)
+    if anchor_set is not None:
+        prepare_anchors(model, cfg, anchor_set, data.classes)
+    model.to(device)
+    results: dict[str, dict] = {}
+    frames = []
+    fused = None
+    for split in ("valid", "test"):
+        if split in train_splits or not data.split(split):
+            continue
+        # The test split is read here, once, after selection (never during training unless paper_compat).
+        result = run_eval(model, eval_batches(data.split(split), train_cfg["eval_batch_size"]), device,
+                          train_cfg["amp"], loss_fn, keep_fused=split == "test")
+        results[split] = split_metrics(result, data.classes)
+        frames.append(predictions_frame(result, data.classes, split))
+        if split == "test":
+            fused = result
+    with atomic_path(out_dir / "predictions.tsv") as tmp:
+        pd.concat(frames).to_csv(tmp, sep="\t", index=False, lineterminator="\n", float_format="%.6g")
+    if fused is not None:
+        with atomic_path(out_dir / "fused.npz") as tmp:
+            np.savez_compressed(tmp, fused=fused.fused.astype(np.float32), labels=fused.labels,
+                                predictions=fused.predictions, utterance_ids=np.array(fused.utterance_ids),
+                                classes=np.array(data.classes))
+    history = state["history"]
+    metrics = {
+        "protocol": {
+            "selection_split": selection_split, "paper_compat": train_cfg["paper_compat"],
+            "train_splits": list(train_splits), "selection_metric": train_cfg["selection_metric"],
+            "selected_epoch": payload["epoch"], "epochs_run": state["epoch"],
+            "stopped_early": state["epoch"] < train_cfg["epochs"],
+            "note": ("official protocol: best epoch chosen on the TEST split (optimistic; spec O8)"
+                     if train_cfg["paper_compat"] else "best epoch chosen on the validation split; test read once"),
+        },
+        "classes": list(data.classes), "seed": seed, "device": str(device),
+        "valid": results.get("valid"), "test": results.get("test"),
+        "temperatures": model.temperatures(),
+        "class_weights": {"source": weights_source, "values": None if weights is None else [float(w) for w in weights]},
+        "anchors": anchor_info,
+        "n_parameters": count_parameters(model), "n_trainable_parameters": count_parameters(model, True),
+        "skipped_steps": state["skipped_steps"],
+        "seconds_per_epoch": float(np.mean([r["seconds"] for r in history])) if history else None,
+        "config": cfg,
+    }
+    write_json(out_dir / "metrics.json", metrics)
+    logger.info("selected epoch %d on %s; test weighted F1 %s, accuracy %s", payload["epoch"], selection_split,
+                _fmt(results.get("test"), "weighted_f1"), _fmt(results.get("test"), "accuracy"))
+    return metrics
+
+
+def _fmt(metrics: dict | None, key: str) -> str:
+    return "n/a" if metrics is None else f"{metrics[key]:.2f}"

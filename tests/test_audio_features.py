@@ -1,0 +1,212 @@
+"""openSMILE audio features on real speech (espeak-ng), silence, missing and too-short audio."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+from scipy.signal import resample_poly
+
+from ercpipe.features import audio
+from ercpipe.io import features as feature_io
+from ercpipe.io import manifest as manifest_io
+from ercpipe.io.media import SAMPLE_RATE, read_wav, write_wav
+
+ESPEAK = shutil.which("espeak-ng")
+needs_espeak = pytest.mark.skipif(ESPEAK is None, reason="espeak-ng is not installed (apt-get install espeak-ng)")
+
+
+def speak(text: str, pitch: int, out: Path) -> np.ndarray:
+    """espeak-ng speech resampled from 22.05 kHz to a 16 kHz mono WAV; returns the signal."""
+    raw = out.with_suffix(".22k.wav")
+    subprocess.run([ESPEAK, "-v", "en-us", "-p", str(pitch), "-s", "190", "-w", str(raw), text], check=True)
+    signal, rate = sf.read(str(raw), dtype="float32")
+    assert rate == 22050
+    signal = resample_poly(signal, 320, 441).astype(np.float32)  # 22050 * 320 / 441 = 16000
+    write_wav(out, signal)
+    raw.unlink()
+    return signal
+
+
+def manifest_rows(ids_by_dialogue: dict[str, list[str]], flags: dict[str, str] | None = None) -> pd.DataFrame:
+    rows = []
+    for dialogue, ids in ids_by_dialogue.items():
+        for index, uid in enumerate(ids):
+            rows.append({"dataset": "t", "split": "train", "dialogue_id": dialogue, "utterance_index": index,
+                         "utterance_id": uid, "speaker": "Ses01_F", "speaker_slot": 0, "label": "neu",
+                         "text": "x", "audio_path": f"/nowhere/{uid}.wav", "audio_start": 0.0, "audio_end": 1.0,
+                         "video_path": "", "video_start": float("nan"), "video_end": float("nan"),
+                         "flags": (flags or {}).get(uid, "")})
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture(scope="session")
+def speech(tmp_path_factory) -> dict[str, np.ndarray]:
+    if ESPEAK is None:
+        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng)")
+    root = tmp_path_factory.mktemp("speech")
+    return {"high": speak("I cannot believe you did that to me again", 80, root / "high.wav"),
+            "low": speak("Well, that is fine, we can talk about it later", 15, root / "low.wav")}
+
+
+@pytest.fixture(scope="session")
+def audio_shard(tmp_path_factory, speech) -> tuple[Path, Path]:
+    """A manifest of two dialogues and an utterance-audio directory with every kind of row."""
+    root = tmp_path_factory.mktemp("audio_shard")
+    audio_dir = root / "audio"
+    write_wav(audio_dir / "d0_u0.wav", speech["high"])
+    write_wav(audio_dir / "d0_u1.wav", speech["low"])
+    write_wav(audio_dir / "d0_u2.wav", np.zeros(SAMPLE_RATE, dtype=np.float32))  # digital silence
+    write_wav(audio_dir / "d1_u2.wav", speech["low"][:100])  # 6 ms: shorter than openSMILE's windows
+    write_wav(audio_dir / "d1_u3.wav", speech["high"])
+    (audio_dir / "d1_u1.wav").write_bytes(b"RIFF\x00\x00")  # stray file: the report's status wins
+    report = pd.DataFrame({
+        "utterance_id": ["d0_u0", "d0_u1", "d0_u2", "d1_u0", "d1_u1", "d1_u2", "d1_u3"],
+        "status": ["ok", "ok", "ok", "missing_audio", "no_audio_stream", "ok", "ok"],
+        "detail": ["", "", "", "/raw/x.wav does not exist", "", "", ""]})
+    report.to_csv(audio_dir / "_report.tsv", sep="\t", index=False)
+    manifest = root / "manifest.tsv"
+    manifest_io.write(manifest_rows({"d0": ["d0_u0", "d0_u1", "d0_u2"],
+                                     "d1": ["d1_u0", "d1_u1", "d1_u2", "d1_u3"]}), manifest)
+    return manifest, audio_dir
+
+
+@needs_espeak
+def test_is10_functionals_are_1582_finite_and_follow_the_signal(speech):
+    smile = audio.make_smile({"feature_set": "IS10"})
+    high = audio.functionals(smile, speech["high"], SAMPLE_RATE)
+    low = audio.functionals(smile, speech["low"], SAMPLE_RATE)
+    assert high.shape == low.shape == (1582,)
+    assert high.dtype == np.float32 and np.isfinite(high).all() and np.isfinite(low).all()
+    assert not np.allclose(high, low)
+    # The same signal gives the same vector: the features are a function of the audio.
+    np.testing.assert_array_equal(high, audio.functionals(smile, speech["high"], SAMPLE_RATE))
+
+
+@needs_espeak
+@pytest.mark.parametrize("feature_set, dim", [("eGeMAPSv02", 88), ("ComParE_2016", 6373)])
+def test_other_feature_sets_have_their_documented_width(speech, feature_set, dim):
+    vector = audio.functionals(audio.make_smile({"feature_set": feature_set}), speech["low"], SAMPLE_RATE)
+    assert vector.shape == (dim,) == (audio.feature_dim({"feature_set": feature_set}),)
+    assert np.isfinite(vector).all()
+
+
+@needs_espeak
+@pytest.mark.filterwarnings("ignore:Segment too short")  # the 6 ms row, on purpose
+def test_extract_shard_writes_features_and_records_absent_rows(audio_shard, speech, tmp_path, caplog):
+    manifest, audio_dir = audio_shard
+    out = tmp_path / "shard0.h5"
+    with caplog.at_level("WARNING", logger="ercpipe.features.audio"):
+        audio.extract_shard(manifest, 0, 1, audio_dir, {}, out, threads=2)
+    assert "audio: 4 of 7 utterances have no features" in caplog.text
+
+    fs = feature_io.read(out, expected_dim=1582,
+                         expected_hash=feature_io.settings_hash(audio.audio_settings({})))
+    assert fs.utterance_ids == ["d0_u0", "d0_u1", "d0_u2", "d1_u0", "d1_u1", "d1_u2", "d1_u3"]
+    assert fs.present.tolist() == [True, True, False, False, False, False, True]
+    assert np.all(fs.features[~fs.present] == 0)
+    assert np.abs(fs.features[fs.present]).sum(axis=1).min() > 0
+    smile = audio.make_smile({})
+    stored, rate = read_wav(audio_dir / "d0_u0.wav")  # 16-bit on disk, so compare with what was stored
+    np.testing.assert_allclose(fs.features[0], audio.functionals(smile, stored, rate), rtol=1e-5)
+    np.testing.assert_allclose(fs.features[0], fs.features[6], rtol=1e-5)  # same speech, same vector
+
+    absent = json.loads(fs.attrs["absent"])
+    assert absent["d0_u2"] == "silent_audio"
+    assert absent["d1_u0"] == "missing_audio: /raw/x.wav does not exist"
+    assert absent["d1_u1"] == "no_audio_stream"
+    assert absent["d1_u2"].startswith("non_finite_features")
+    assert set(absent) == {"d0_u2", "d1_u0", "d1_u1", "d1_u2"}
+    assert fs.attrs["modality"] == "audio" and fs.attrs["extractor"] == "opensmile" and fs.attrs["model"] == "IS10"
+    assert fs.attrs["versions"]["opensmile"] == "2.6.0"
+
+
+@needs_espeak
+@pytest.mark.filterwarnings("ignore:Segment too short")  # the 6 ms row, on purpose
+def test_shards_hold_only_their_dialogues(audio_shard, tmp_path):
+    manifest, audio_dir = audio_shard
+    # Three shards of two dialogues (3 + 4 utterances): d0, d1 and an empty shard.
+    audio.extract_shard(manifest, 1, 3, audio_dir, {"feature_set": "eGeMAPSv02"}, tmp_path / "s1.h5")
+    fs = feature_io.read(tmp_path / "s1.h5", expected_dim=88)
+    assert fs.utterance_ids == ["d1_u0", "d1_u1", "d1_u2", "d1_u3"]
+    assert fs.present.tolist() == [False, False, False, True]
+    audio.extract_shard(manifest, 2, 3, audio_dir, {"feature_set": "eGeMAPSv02"}, tmp_path / "s2.h5")
+    empty = feature_io.read(tmp_path / "s2.h5", expected_dim=88)
+    assert empty.utterance_ids == [] and empty.features.shape == (0, 88)
+
+
+@needs_espeak
+def test_directory_without_report_uses_manifest_flags(speech, tmp_path):
+    audio_dir = tmp_path / "wavs"
+    write_wav(audio_dir / "a.wav", speech["low"])
+    manifest = tmp_path / "m.tsv"
+    manifest_io.write(manifest_rows({"d": ["a", "b", "c"]}, flags={"c": "corrupt_audio"}), manifest)
+    audio.extract_shard(manifest, 0, 1, audio_dir, {"feature_set": "eGeMAPSv02"}, tmp_path / "o.h5")
+    fs = feature_io.read(tmp_path / "o.h5")
+    assert fs.present.tolist() == [True, False, False]
+    assert json.loads(fs.attrs["absent"]) == {"b": "missing_wav", "c": "corrupt_audio"}
+
+
+def test_report_saying_ok_without_the_wav_is_an_error(tmp_path):
+    audio_dir = tmp_path / "audio"
+    audio_dir.mkdir()
+    pd.DataFrame({"utterance_id": ["a"], "status": ["ok"], "detail": [""]}).to_csv(
+        audio_dir / "_report.tsv", sep="\t", index=False)
+    manifest = tmp_path / "m.tsv"
+    manifest_io.write(manifest_rows({"d": ["a"]}), manifest)
+    with pytest.raises(FileNotFoundError, match=r"utterance a is ok but .*a\.wav does not exist"):
+        audio.extract_shard(manifest, 0, 1, audio_dir, {}, tmp_path / "o.h5")
+    assert not (tmp_path / "o.h5").exists()
+
+
+def test_settings_are_validated():
+    assert audio.audio_settings(None) == {"feature_set": "IS10", "level": "functionals"}
+    with pytest.raises(ValueError, match="unknown audio feature setting.*'window'"):
+        audio.audio_settings({"window": 1})
+    with pytest.raises(ValueError, match="feature_set 'IS99'"):
+        audio.audio_settings({"feature_set": "IS99"})
+    with pytest.raises(ValueError, match="level 'lld'"):
+        audio.audio_settings({"level": "lld"})
+
+
+@needs_espeak
+def test_features_from_the_utterance_audio_step(speech, tmp_path):
+    """The real utterance-audio step (ercpipe.datasets.media_prep) feeds extract_shard end to end."""
+    from ercpipe.datasets import media_prep
+
+    session = tmp_path / "session.wav"
+    write_wav(session, np.concatenate([speech["high"], np.zeros(SAMPLE_RATE, np.float32), speech["low"]]))
+    second = 1.0 + len(speech["high"]) / SAMPLE_RATE
+    rows = manifest_rows({"d": ["a", "b", "c", "gap"]})
+    rows["audio_path"] = [str(session), str(session), str(tmp_path / "absent.wav"), str(session)]
+    rows["audio_start"] = [0.0, second, 0.0, second - 0.9]
+    rows["audio_end"] = [second - 1.0, float("nan"), 1.0, second - 0.1]
+    manifest = tmp_path / "m.tsv"
+    manifest_io.write(rows, manifest)
+    audio_dir = tmp_path / "audio"
+    media_prep.write_utterance_audio(manifest, 0, 1, audio_dir)
+    audio.extract_shard(manifest, 0, 1, audio_dir, {"feature_set": "eGeMAPSv02"}, tmp_path / "o.h5")
+    fs = feature_io.read(tmp_path / "o.h5", expected_ids=["a", "b", "c", "gap"], expected_dim=88)
+    assert fs.present.tolist() == [True, True, False, False]
+    absent = json.loads(fs.attrs["absent"])
+    assert absent["c"].startswith("missing_audio") and absent["gap"].startswith("silent_audio")
+    smile = audio.make_smile({"feature_set": "eGeMAPSv02"})
+    np.testing.assert_allclose(fs.features[1], audio.functionals(smile, *read_wav(audio_dir / "b.wav")), rtol=1e-5)
+    assert not np.allclose(fs.features[0], fs.features[1])
+
+
+def test_undecodable_wav_is_recorded_as_corrupt(tmp_path):
+    audio_dir = tmp_path / "audio"
+    audio_dir.mkdir()
+    (audio_dir / "a.wav").write_bytes(b"RIFF\x24\x00\x00\x00WAVEjunk")
+    manifest = tmp_path / "m.tsv"
+    manifest_io.write(manifest_rows({"d": ["a"]}), manifest)
+    audio.extract_shard(manifest, 0, 1, audio_dir, {"feature_set": "eGeMAPSv02"}, tmp_path / "o.h5")
+    fs = feature_io.read(tmp_path / "o.h5")
+    assert fs.present.tolist() == [False]
+    assert json.loads(fs.attrs["absent"])["a"].startswith("corrupt_audio: ")

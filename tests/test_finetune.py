@@ -1,0 +1,119 @@
+"""Text-encoder fine-tuning on a tiny learnable manifest with the tiny random RoBERTa."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from ercpipe.features import finetune, text
+from ercpipe.io import features as feature_io
+from ercpipe.io import manifest as manifest_io
+from test_text_features import make_manifest
+
+KEYWORDS = {"hap": ["happy", "wonderful", "delighted", "great"], "sad": ["sad", "crying", "lonely", "miserable"],
+            "ang": ["angry", "furious", "hate", "annoyed"]}
+FILLERS = ["well I am", "honestly this is", "you know I feel", "today it is", "oh that was", "and now I am"]
+
+
+def learnable_dialogues(count: int, offset: int) -> tuple[dict, dict]:
+    """Dialogues of three utterances whose label is given away by one keyword."""
+    dialogues, labels = {}, {}
+    for d in range(count):
+        utterances, utterance_labels = [], []
+        for u in range(3):
+            label = list(KEYWORDS)[(d + u) % 3]
+            word = KEYWORDS[label][(d * 3 + u + offset) % 4]
+            utterances.append(("Ses01_F" if u % 2 else "Ses01_M", f"{FILLERS[(d + 2 * u + offset) % 6]} {word}"))
+            utterance_labels.append(label)
+        dialogues[f"x{offset}_{d}"], labels[f"x{offset}_{d}"] = utterances, utterance_labels
+    return dialogues, labels
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """manifest.tsv (train / valid / test) and a tiny RoBERTa whose tokenizer saw train + valid text only."""
+    root = tmp_path_factory.mktemp("finetune")
+    train, train_labels = learnable_dialogues(16, 0)
+    valid, valid_labels = learnable_dialogues(6, 1)
+    # Test rows carry a label outside every class list: reading them anywhere in fine-tuning would show.
+    test = {"t0": [("Ses05_F", "zzyzx never seen"), ("Ses05_M", "qwv unknown words")]}
+    dialogues = {**train, **valid, **test}
+    splits = {**{d: "train" for d in train}, **{d: "valid" for d in valid}, "t0": "test"}
+    frame = make_manifest(dialogues, splits=splits, labels={**train_labels, **valid_labels, "t0": ["zzz", "zzz"]},
+                          flags={"x0_0_2": "empty_text"})
+    manifest_io.write(frame, root / "manifest.tsv")
+    texts = [t for d in (train, valid) for utterances in d.values() for _, t in utterances]
+    model = text.write_tiny_roberta(root / "tiny", texts * 3, hidden_size=32, layers=2)
+    return root, frame, model
+
+
+TRAINING = {"epochs": 6, "lr": 3e-3, "batch_size": 8, "warmup": 0.1, "head_dropout": 0.0, "weight_decay": 0.0,
+            "max_length": 64, "seed": 0}
+
+
+def test_finetuning_improves_valid_accuracy_and_never_reads_test(corpus):
+    root, frame, model = corpus
+    out = root / "encoder"
+    settings = {"model": str(model), "pooling": "mean", "finetune": TRAINING}  # one text setting for both steps
+    finetune.finetune_text_encoder(root / "manifest.tsv", settings, out, threads=1, device="cpu")
+    metrics = json.loads((out / "metrics.json").read_text())
+    before = metrics["history"][0]["valid"]["accuracy"]
+    after = metrics["valid_at_selected_epoch"]["accuracy"]
+    assert metrics["selected_epoch"] >= 1 and after > before and after >= 0.8, metrics["history"]
+    assert metrics["classes"] == ["hap", "sad", "neu", "ang", "exc", "fru"]  # IEMOCAP ids, not the test's "zzz"
+    assert metrics["splits_read"] == ["train", "valid"]
+    n_train = int((frame["split"] == "train").sum())
+    assert metrics["utterances"] == {"train": n_train - 1, "valid": int((frame["split"] == "valid").sum())}
+    assert metrics["skipped_empty_text"] == {"train": 1, "valid": 0}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= {
+        p.name for p in out.iterdir()}
+    assert [p.name for p in root.iterdir() if p.name.startswith(".")] == []  # no temporary directory left
+
+    assert metrics["settings"] == finetune.training_view(settings)
+
+    # The saved encoder is what extraction loads in place of settings["model"]; the file's settings say so.
+    text.extract_shard(root / "manifest.tsv", 0, 1, settings, root / "tuned.h5", device="cpu", encoder_dir=out)
+    plain_settings = {"model": str(model), "pooling": "mean"}
+    text.extract_shard(root / "manifest.tsv", 0, 1, plain_settings, root / "plain.h5", device="cpu")
+    tuned = feature_io.read(root / "tuned.h5", expected_ids=frame["utterance_id"].tolist(), expected_dim=32,
+                            expected_hash=feature_io.settings_hash(text.stored_settings(settings)))
+    plain = feature_io.read(root / "plain.h5")
+    assert tuned.attrs["encoder_dir"] == str(out) and tuned.attrs["settings"]["finetune"]["lr"] == 3e-3
+    assert tuned.attrs["setting_hash"] != plain.attrs["setting_hash"]
+    assert not np.allclose(tuned.features, plain.features)
+    with pytest.raises(ValueError, match="run finetune_text_encoder first"):
+        text.extract_shard(root / "manifest.tsv", 0, 1, settings, root / "x.h5", device="cpu")
+    with pytest.raises(ValueError, match="was fine-tuned with settings"):  # a stale encoder is refused
+        text.extract_shard(root / "manifest.tsv", 0, 1, {**settings, "finetune": {**TRAINING, "lr": 1e-3}},
+                           root / "x.h5", device="cpu", encoder_dir=out)
+    assert not (root / "x.h5").exists()
+
+    # Fine-tuned vectors separate the valid classes: nearest train-class centroid is mostly right.
+    def centroid_accuracy(fs) -> float:
+        train = (frame["split"] == "train").to_numpy() & fs.present
+        valid = (frame["split"] == "valid").to_numpy()
+        classes = sorted(set(frame.loc[train, "label"]))
+        centroids = np.stack([fs.features[train & (frame["label"] == c).to_numpy()].mean(0) for c in classes])
+        nearest = np.argmin(((fs.features[valid][:, None] - centroids[None]) ** 2).sum(-1), axis=1)
+        return float((np.array(classes)[nearest] == frame.loc[valid, "label"].to_numpy()).mean())
+
+    assert centroid_accuracy(tuned) >= 0.8 and centroid_accuracy(tuned) > centroid_accuracy(plain)
+
+
+def test_finetune_settings_and_splits_are_checked(corpus, tmp_path):
+    root, frame, model = corpus
+    with pytest.raises(ValueError, match=r"unknown text fine-tuning setting\(s\) \['epoch'\]"):
+        text.text_settings({"finetune": {"epoch": 3}})
+    with pytest.raises(ValueError, match="lr must be a number"):
+        finetune.finetune_settings({"lr": "fast"})
+    assert text.text_settings({"finetune": True})["finetune"] == finetune.DEFAULT_SETTINGS
+    assert text.text_settings({"finetune": False})["finetune"] is None
+    with pytest.raises(ValueError, match="no finetune entry"):
+        finetune.finetune_text_encoder(root / "manifest.tsv", {"model": str(model)}, tmp_path / "encoder")
+    no_valid = frame[frame["split"] != "valid"]
+    manifest_io.write(no_valid, tmp_path / "manifest.tsv")
+    with pytest.raises(ValueError, match="no valid rows"):
+        finetune.finetune_text_encoder(tmp_path / "manifest.tsv", {"model": str(model), "finetune": TRAINING},
+                                       tmp_path / "encoder", device="cpu")
+    assert not (tmp_path / "encoder").exists()

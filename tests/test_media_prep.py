@@ -1,0 +1,121 @@
+"""Utterance audio step: 16 kHz mono WAVs per shard, a report row for every utterance, atomic output."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+
+from ercpipe.datasets.build import build_manifest
+from ercpipe.datasets.media_prep import REPORT_NAME, write_utterance_audio
+from ercpipe.io import manifest as manifest_io
+
+
+def write_clip(path: Path, seconds: float = 1.0, audio: bool = True, silent: bool = False) -> None:
+    """H.264 + 48 kHz stereo AAC, like MELD's clips."""
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("libx264", rate=8)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        sound = container.add_stream("aac", rate=48000, layout="stereo") if audio else None
+        for i in range(int(seconds * 8)):
+            container.mux(video.encode(av.VideoFrame.from_ndarray(np.full((48, 64, 3), 20 * i, np.uint8), "rgb24")))
+        container.mux(video.encode(None))
+        if sound is not None:
+            n = int(seconds * 48000)
+            tone = np.zeros(n, np.float32) if silent else \
+                (0.3 * np.sin(2 * np.pi * 440 * np.arange(n) / 48000)).astype(np.float32)
+            for start in range(0, n, 1024):
+                chunk = np.stack([tone[start:start + 1024]] * 2)
+                frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout="stereo")
+                frame.sample_rate, frame.pts = 48000, start
+                container.mux(sound.encode(frame))
+            container.mux(sound.encode(None))
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("media")
+    t = np.arange(3 * 44100) / 44100
+    stereo = np.stack([np.sin(2 * np.pi * 300 * t), np.sin(2 * np.pi * 500 * t)], axis=1) * 0.25
+    sf.write(str(root / "long.wav"), stereo.astype(np.float32), 44100)
+    write_clip(root / "clip.mp4")
+    write_clip(root / "silent.mp4", silent=True)
+    write_clip(root / "mute.mp4", audio=False)
+    (root / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypisom" + bytes(range(256)) * 4)
+    lines = [
+        "dialogue_id,utterance_id,split,speaker,label,text,audio_path,audio_start,audio_end",
+        "d2,gone,test,A,calm,missing,gone.wav,,",
+        "d2,silent,test,A,calm,silent,silent.mp4,,",
+        "d2,mute,test,A,calm,no track,mute.mp4,,",
+        "d2,broken,test,A,calm,corrupt,broken.mp4,,",
+        "d2,nopath,test,A,calm,no path,,,",
+        "d1,win,train,A,calm,window,long.wav,0.5,1.75",
+        "d1,whole,train,B,calm,whole file,long.wav,,",
+        "d1,mp4,train,A,calm,clip,clip.mp4,,",
+    ]
+    (root / "m.csv").write_text("\n".join(lines) + "\n")
+    build_manifest("media", {"format": "csv", "manifest": str(root / "m.csv"), "classes": ["calm", "other"]},
+                   root / "features")
+    return root / "features" / "manifest.tsv"
+
+
+@pytest.fixture(scope="module")
+def shards(manifest) -> list[Path]:
+    out = []
+    for shard in range(2):
+        out_dir = manifest.parent / "media" / "audio" / f"shard{shard}"
+        write_utterance_audio(manifest, shard, 2, out_dir, threads=2)
+        out.append(out_dir)
+    return out
+
+
+def report_of(shards: list[Path]) -> pd.DataFrame:
+    return pd.concat([pd.read_csv(d / REPORT_NAME, sep="\t", dtype=str, keep_default_na=False) for d in shards])
+
+
+def test_every_row_reported_once_with_status(manifest, shards):
+    report = report_of(shards).set_index("utterance_id")
+    assert sorted(report.index) == sorted(manifest_io.read(manifest)["utterance_id"])
+    assert report["status"].to_dict() == {
+        "win": "ok", "whole": "ok", "mp4": "ok", "gone": "missing_audio", "silent": "silent_audio",
+        "mute": "no_audio_stream", "broken": "corrupt_audio", "nopath": "missing_audio"}
+    assert "gone.wav" in report.loc["gone", "detail"] and "digital silence" in report.loc["silent", "detail"]
+    # The shards follow the manifest's dialogue shards: d2 in shard 0, d1 in shard 1.
+    assert manifest_io.dialogue_shards(manifest_io.read(manifest), 2) == [["d2"], ["d1"]]
+    second = pd.read_csv(shards[1] / REPORT_NAME, sep="\t")
+    assert second["utterance_id"].tolist() == ["win", "whole", "mp4"]
+
+
+def test_wavs_only_for_ok_rows_16k_mono_with_exact_window(shards):
+    wavs = sorted(p.name for d in shards for p in d.glob("*.wav"))
+    assert wavs == ["mp4.wav", "whole.wav", "win.wav"]
+    for name, seconds in (("win.wav", 1.25), ("whole.wav", 3.0)):
+        info = sf.info(str(shards[1] / name))
+        assert (info.samplerate, info.channels) == (16000, 1)
+        assert info.frames == pytest.approx(seconds * 16000, abs=2)
+    signal, _ = sf.read(str(shards[1] / "mp4.wav"))
+    assert abs(signal.size - 16000) < 1100 and np.abs(signal).max() > 0.1  # AAC priming adds < 1024 samples
+    # Stereo is mixed down: the 300 Hz and 500 Hz channels both show up in the spectrum.
+    win, _ = sf.read(str(shards[1] / "win.wav"))
+    spectrum = np.abs(np.fft.rfft(win))
+    freqs = np.fft.rfftfreq(win.size, 1 / 16000)
+    peaks = sorted(freqs[np.argsort(spectrum)[-2:]].round())
+    assert peaks == [300, 500]
+
+
+def test_output_dir_is_replaced_atomically(manifest, tmp_path):
+    out = tmp_path / "shard1"
+    out.mkdir()
+    (out / "stale.wav").write_bytes(b"old")
+    write_utterance_audio(manifest, 1, 2, out, threads=1)
+    assert sorted(p.name for p in out.iterdir()) == [REPORT_NAME, "mp4.wav", "whole.wav", "win.wav"]
+    assert [p.name for p in tmp_path.iterdir()] == ["shard1"]  # no temporary directory left behind
+
+
+def test_empty_shard_writes_empty_report(manifest, tmp_path):
+    write_utterance_audio(manifest, 4, 5, tmp_path / "shard4")  # more shards than dialogues
+    report = pd.read_csv(tmp_path / "shard4" / REPORT_NAME, sep="\t")
+    assert list(report.columns) == ["utterance_id", "status", "detail"] and report.empty

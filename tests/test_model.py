@@ -1,0 +1,338 @@
+"""SDT / SDT-VEGA module: parameter counts, padding, the eager reference, anchors, ablations, official keys."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ercpipe.model import (AnchorBank, ModelSpec, OfficialCheckpointError, build_model, convert_official_state_dict,
+                           count_parameters, load_official_backbone, subsample_anchor_images, to_official_state_dict)
+from ercpipe.train.data import Dialogue, collate
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from reference_sdt_vega import reference_forward  # noqa: E402
+
+IEMOCAP_DIMS = {"text": 1024, "audio": 1582, "visual": 342}
+MELD_DIMS = {"text": 1024, "audio": 300, "visual": 342}
+SMALL_DIMS = {"text": 10, "audio": 7, "visual": 5}
+
+
+def small_spec(**kw) -> ModelSpec:
+    base = dict(input_dims=SMALL_DIMS, n_classes=4, n_speakers=3, hidden_dim=16, n_heads=2, clip_dim=8)
+    base.update(kw)
+    return ModelSpec(**base)
+
+
+def small_model(seed: int = 0, **kw):
+    torch.manual_seed(seed)
+    model = build_model(small_spec(**kw))
+    if model.spec.vega:
+        rng = np.random.default_rng(seed)
+        images = [rng.normal(size=(n, 8)).astype(np.float32) for n in (3, 1, 4, 2)]
+        images = [x / np.linalg.norm(x, axis=1, keepdims=True) for x in images]
+        model.set_anchors(np.stack([x.mean(0) for x in images]), images)
+    return model.eval()
+
+
+def random_dialogue(n: int, seed: int, dims=SMALL_DIMS, n_speakers: int = 3) -> Dialogue:
+    g = torch.Generator().manual_seed(seed)
+    return Dialogue(f"d{seed}", "test", [f"d{seed}_{i}" for i in range(n)],
+                    {m: torch.randn(n, d, generator=g) for m, d in dims.items()},
+                    {m: torch.ones(n, dtype=torch.bool) for m in dims},
+                    torch.randint(0, 4, (n,), generator=g), torch.randint(0, n_speakers, (n,), generator=g))
+
+
+def forward(model, dialogues, with_vega=True):
+    batch = collate(dialogues)
+    return model(batch.features, batch.speakers, batch.mask, with_vega=with_vega), batch
+
+
+# ------------------------------------------------------------------------------------------ counts
+
+@pytest.mark.parametrize("kw, total, trainable", [
+    (dict(input_dims=IEMOCAP_DIMS, n_classes=6, n_speakers=2), 54_075_423, 54_075_423),  # SDT-VEGA, code config
+    (dict(input_dims=IEMOCAP_DIMS, n_classes=6, n_speakers=2, vega=False), 50_138_139, 50_138_139),  # backbone
+    (dict(input_dims=IEMOCAP_DIMS, n_classes=6, n_speakers=2, vega=False, hidden_dim=1024, n_heads=8,
+          head_type="sdt", learnable_temperatures=False), 79_687_704, 79_687_704),  # SDT (paper's 79.7M)
+    (dict(input_dims=MELD_DIMS, n_classes=7, n_speakers=9, vega=False, hidden_dim=1024, n_heads=8, head_type="sdt",
+          learnable_temperatures=False, gates="identity_frozen"), 78_386_204, 68_949_020),  # SDT MELD, frozen gates
+    (dict(input_dims=MELD_DIMS, n_classes=7, n_speakers=9), 49_162_015 + 3_937_284, 49_162_015 + 3_937_284),
+    (dict(input_dims=IEMOCAP_DIMS, n_classes=6, n_speakers=2, hidden_dim=1280, n_heads=8, clip_dim=768),
+     136_647_707 + 10_493_956, 136_647_707 + 10_493_956),  # the paper's stated width
+])
+def test_parameter_counts_equal_the_spec(kw, total, trainable):
+    model = build_model(ModelSpec(**kw), device="meta")
+    assert count_parameters(model) == total
+    assert count_parameters(model, trainable_only=True) == trainable
+
+
+def test_vega_only_parameters_with_a_768_d_clip_space_are_the_papers_4_7m():
+    with_vega = build_model(ModelSpec(IEMOCAP_DIMS, 6, 2, clip_dim=768), device="meta")
+    without = build_model(ModelSpec(IEMOCAP_DIMS, 6, 2, vega=False), device="meta")
+    assert count_parameters(with_vega) - count_parameters(without) == 4_724_740
+
+
+# ------------------------------------------------------------------------------------------ forward
+
+@pytest.mark.parametrize("mask_fill", [-1e4, -1e10])
+def test_padding_does_not_change_valid_outputs(mask_fill):
+    model = small_model(mask_fill=mask_fill)
+    short, long = random_dialogue(3, seed=1), random_dialogue(9, seed=2)
+    with torch.no_grad():
+        alone, _ = forward(model, [short])
+        padded, batch = forward(model, [long, short])
+    assert batch.mask[1].sum() == 3 and batch.labels[1, 3:].eq(-1).all()
+    for head in ("t", "a", "v", "all"):
+        torch.testing.assert_close(padded["logits"][head][1, :3], alone["logits"][head][0], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(padded["anchor_logits"][head][1, :3], alone["anchor_logits"][head][0],
+                                   rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(padded["fused"][1, :3], alone["fused"][0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kw", [
+    {},  # SDT-VEGA
+    dict(vega=False, head_type="sdt", learnable_temperatures=False, mask_fill=-1e10),  # SDT
+    dict(positional_embeddings=False, speaker_embeddings=False),
+    dict(intra_encoders=False),
+    dict(inter_encoders=False),
+    dict(single_branch=True),
+    dict(modalities=("text", "visual")),
+    dict(modalities=("audio",)),
+    dict(head_layers=1, clip_proj_layers=3, clip_proj_activation="silu"),
+])
+def test_batched_fused_attention_matches_the_eager_reference(kw):
+    """The library (padded batch, fused attention) equals the per-dialogue eager formula of spec 2."""
+    model = small_model(**kw)
+    dialogues = [random_dialogue(n, seed=10 + n) for n in (5, 2, 7)]
+    with torch.no_grad():
+        out, batch = forward(model, dialogues)
+        anchors = model.anchor_bank(sample=False) if model.spec.vega else None
+        ref = reference_forward(model, dialogues, anchors)
+    mask = batch.mask
+    for head, z in ref["logits"].items():
+        torch.testing.assert_close(out["logits"][head][mask], z[0], rtol=1e-4, atol=1e-5)
+    if model.spec.vega:
+        for head, z in ref["anchor_logits"].items():
+            torch.testing.assert_close(out["anchor_logits"][head][mask], z[0], rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(out["fused"][mask], ref["fused"][0], rtol=1e-4, atol=1e-5)
+
+
+def test_eval_is_deterministic_and_training_is_not():
+    model = small_model(p_random_anchor=0.5)
+    dialogues = [random_dialogue(6, seed=3), random_dialogue(4, seed=4)]
+    with torch.no_grad():
+        first, _ = forward(model, dialogues)
+        second, _ = forward(model, dialogues)
+        assert model.anchor_bank.last_mode == "centre"  # no anchor sampling at evaluation (O7)
+        for head in first["logits"]:
+            assert torch.equal(first["logits"][head], second["logits"][head])
+            assert torch.equal(first["anchor_logits"][head], second["anchor_logits"][head])
+        model.train()
+        third, _ = forward(model, dialogues)
+    assert not torch.equal(first["logits"]["all"], third["logits"]["all"])  # dropout is active in training
+
+
+def test_anchor_sampling_at_eval_can_be_replicated():
+    model = small_model(p_random_anchor=1.0, anchor_sampling_at_eval=True)
+    with torch.no_grad():
+        forward(model, [random_dialogue(3, seed=5)])
+    assert model.anchor_bank.last_mode == "random"
+
+
+def test_backbone_only_forward_skips_the_vega_branch():
+    model = small_model()
+    with torch.no_grad():
+        full, _ = forward(model, [random_dialogue(4, seed=6)])
+        backbone, _ = forward(model, [random_dialogue(4, seed=6)], with_vega=False)
+    assert backbone["anchor_logits"] is None
+    assert torch.equal(full["logits"]["all"], backbone["logits"]["all"])
+
+
+def test_anchor_sampling_frequency_matches_p_random_anchor():
+    torch.manual_seed(1234)
+    bank = AnchorBank(n_classes=3, dim=4, p_random=0.4)
+    counts = (2, 5, 1)
+    images = [torch.nn.functional.normalize(torch.randn(n, 4), dim=1) for n in counts]
+    bank.set_anchors(torch.stack([x.mean(0) for x in images]), images)
+    centres = torch.nn.functional.normalize(bank.centers, dim=1)
+    n_draws, n_random = 3000, 0
+    picked = [np.zeros(n) for n in counts]
+    for _ in range(n_draws):
+        anchors = bank(sample=True)
+        if bank.last_mode == "random":
+            n_random += 1
+            for c, x in enumerate(images):  # which image of class c was taken?
+                picked[c][int(torch.argmax(x @ anchors[c]))] += 1
+        else:
+            torch.testing.assert_close(anchors, centres)
+    # Binomial(3000, 0.4): sd = 26.8; 4.5 sd is a safe bound with a fixed seed.
+    assert abs(n_random - 0.4 * n_draws) < 4.5 * np.sqrt(n_draws * 0.4 * 0.6)
+    for c, n in enumerate(counts):  # every image of a class is drawn, about uniformly
+        assert picked[c].sum() == n_random and (picked[c] > 0).all()
+        assert picked[c].max() / picked[c].min() < 1.35 if n > 1 else True
+    assert all(bank(sample=False).equal(centres) for _ in range(5))
+
+
+def test_p_random_anchor_extremes():
+    for p, mode in ((0.0, "centre"), (1.0, "random")):
+        bank = AnchorBank(2, 3, p)
+        bank.set_anchors(np.eye(2, 3), [np.eye(3)[:2], np.eye(3)])
+        modes = set()
+        for _ in range(20):
+            bank(sample=True)
+            modes.add(bank.last_mode)
+        assert modes == {mode}
+
+
+def test_subsampled_anchor_images_and_centres():
+    rng = np.random.default_rng(0)
+    images = [rng.normal(size=(n, 4)).astype(np.float32) for n in (5, 3)]
+    centers, kept = subsample_anchor_images(images, 2, seed=0)
+    assert [k.shape[0] for k in kept] == [2, 2]
+    np.testing.assert_allclose(centers, np.stack([k.mean(0) for k in kept]))
+    assert all(any(np.allclose(row, x) for x in images[c]) for c, k in enumerate(kept) for row in k)
+    with pytest.raises(ValueError, match="only 3 image"):
+        subsample_anchor_images(images, 4, class_names=["hap", "sad"])
+
+
+def test_missing_anchors_give_a_clear_error():
+    model = build_model(small_spec()).eval()
+    with pytest.raises(RuntimeError, match="set_anchors"):
+        forward(model, [random_dialogue(2, seed=0)])
+
+
+# ------------------------------------------------------------------------------------------ structure
+
+def test_ablation_structure():
+    no_intra = build_model(small_spec(intra_encoders=False))
+    assert not hasattr(no_intra, "t_t") and hasattr(no_intra, "a_t")
+    assert no_intra.features_reduce_t.in_features == 2 * 16
+    no_inter = build_model(small_spec(inter_encoders=False))
+    assert not hasattr(no_inter, "a_t") and no_inter.features_reduce_t.in_features == 16
+    uni = build_model(small_spec(modalities=("audio",)))
+    names = {n.split(".")[0] for n, _ in uni.named_parameters()}
+    assert names == {"speaker_embeddings", "acouf_input", "a_a", "a_a_gate", "features_reduce_a", "all_output_layer",
+                     "all_clip_proj", "prob_gate_logit"}
+    assert not hasattr(uni, "last_gate")
+    no_spk = build_model(small_spec(speaker_embeddings=False))
+    assert not hasattr(no_spk, "speaker_embeddings")
+    single = build_model(small_spec(single_branch=True))
+    assert single.all_output_layer[0].in_features == 8  # classifies the CLIP projection
+    with pytest.raises(ValueError, match="single_branch"):
+        small_spec(single_branch=True, vega=False)
+    with pytest.raises(ValueError, match="intra_encoders"):
+        small_spec(modalities=("text",), intra_encoders=False)
+
+
+def test_positional_and_speaker_embeddings_change_the_output():
+    d = [random_dialogue(6, seed=8)]
+    with torch.no_grad():
+        base = forward(small_model(), d)[0]["logits"]["all"]
+        no_pos = forward(small_model(positional_embeddings=False), d)[0]["logits"]["all"]
+        no_spk = forward(small_model(speaker_embeddings=False), d)[0]["logits"]["all"]
+    assert not torch.allclose(base, no_pos) and not torch.allclose(base, no_spk)
+
+
+def test_any_speaker_count_and_padding_row_stays_zero():
+    model = small_model(n_speakers=5).train()
+    table = model.speaker_embeddings.weight
+    assert table.shape == (6, 16) and table[5].abs().sum() == 0
+    out, batch = forward(model, [random_dialogue(7, seed=9, n_speakers=5), random_dialogue(2, seed=10, n_speakers=5)])
+    out["logits"]["all"][batch.mask].sum().backward()
+    assert table.grad[5].abs().sum() == 0 and table.grad[:5].abs().sum() > 0
+
+
+def test_frozen_identity_gates_are_silu():
+    model = small_model(gates="identity_frozen")
+    gate = model.t_t_gate
+    assert not gate.fc.weight.requires_grad and torch.equal(gate.fc.weight, torch.eye(16))
+    x = torch.randn(3, 16)
+    torch.testing.assert_close(gate(x), torch.nn.functional.silu(x))
+
+
+def test_half_precision_mask_fill_is_clamped():
+    """-1e10 does not fit fp16; the additive mask must still give finite, padding-invariant outputs."""
+    from ercpipe.model.layers import Layout, MultiHeadedAttention
+
+    torch.manual_seed(0)
+    attn = MultiHeadedAttention(2, 8, 0.0, -1e10).to(torch.float16).eval()
+    x = torch.randn(2, 5, 8, dtype=torch.float16)
+    mask = torch.tensor([[True] * 5, [True, True, False, False, False]])
+    both, alone = Layout(mask), Layout(mask[1:, :2])
+    out = both.unpack(attn(both.pack(x), both.pack(x), both))
+    single = alone.unpack(attn(alone.pack(x[1:, :2]), alone.pack(x[1:, :2]), alone))
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out[1, :2], single[0], rtol=2e-2, atol=2e-2)
+
+
+def test_layout_packs_only_valid_utterances():
+    from ercpipe.model.layers import Layout
+
+    mask = torch.tensor([[True, True, False], [True, False, False]])
+    layout = Layout(mask)
+    x = torch.arange(6.0).view(2, 3, 1)
+    assert layout.pack(x).flatten().tolist() == [0.0, 1.0, 3.0]
+    assert layout.unpack(layout.pack(x)).flatten().tolist() == [0.0, 1.0, 0.0, 3.0, 0.0, 0.0]
+
+
+# ------------------------------------------------------------------------------------------ official keys
+
+def official_like_model(seed: int = 0):
+    """The official structure at a small width (all key names and the 200-entry layout are the same)."""
+    torch.manual_seed(seed)
+    return build_model(ModelSpec({"text": 12, "audio": 9, "visual": 6}, n_classes=6, n_speakers=2, hidden_dim=16,
+                                 n_heads=4, clip_dim=8))
+
+
+def test_official_state_dict_round_trip():
+    source, target = official_like_model(0), official_like_model(1)
+    official = to_official_state_dict(source)
+    assert len(official) == 200  # spec 8.1: 200 entries
+    assert official["textf_input.weight"].shape == (16, 12, 1)
+    assert official["t_t.pos_emb.pe"].shape == (1, 512, 16)
+    assert "a_t.transformer_inter.0.self_attn.linear.weight" in official
+    assert "t_output_layer.6.weight" in official and "t_clip_proj.0.weight" not in official
+    before_vega = target.t_clip_proj[0].weight.clone()
+    load_official_backbone(target, {"state_dict": official})
+    src, tgt = source.state_dict(), target.state_dict()
+    for key in source.backbone_parameter_names():
+        assert torch.equal(src[key], tgt[key]), key
+    assert torch.equal(target.t_clip_proj[0].weight, before_vega)  # VEGA branch untouched
+    dialogues = [random_dialogue(4, seed=1, dims={"text": 12, "audio": 9, "visual": 6}, n_speakers=2)]
+    with torch.no_grad():
+        a = forward(source.eval(), dialogues, with_vega=False)[0]["logits"]["all"]
+        b = forward(target.eval(), dialogues, with_vega=False)[0]["logits"]["all"]
+    assert torch.equal(a, b)
+
+
+def test_official_state_dict_file_is_loaded_with_weights_only(tmp_path):
+    source, target = official_like_model(0), official_like_model(1)
+    path = tmp_path / "IEMOCAP.pth"
+    torch.save(to_official_state_dict(source), path)
+    load_official_backbone(target, path)
+    assert torch.equal(source.a_v_gate.fc.weight, target.a_v_gate.fc.weight)
+
+
+def test_official_state_dict_errors_name_the_keys():
+    model = official_like_model()
+    official = to_official_state_dict(model)
+    broken = dict(official)
+    del broken["v_t.transformer_inter.0.feed_forward.w_1.bias"]
+    broken["extra.weight"] = torch.zeros(1)
+    with pytest.raises(OfficialCheckpointError, match="v_t.transformer_inter.0.feed_forward.w_1.bias") as err:
+        convert_official_state_dict(broken, model)
+    assert "extra.weight" in str(err.value) and "official' preset" in str(err.value)
+    wrong = dict(official)
+    wrong["acouf_input.weight"] = torch.zeros(16, 10, 1)
+    with pytest.raises(OfficialCheckpointError, match="acouf_input.weight: file"):
+        convert_official_state_dict(wrong, model)
+    bad_pe = dict(official)
+    bad_pe["t_t.pos_emb.pe"] = torch.zeros(1, 512, 16)
+    with pytest.raises(OfficialCheckpointError, match="sinusoidal"):
+        convert_official_state_dict(bad_pe, model)
+    scalar = dict(official)
+    scalar["t_cls_temp"] = scalar["t_cls_temp"].reshape(1)  # a [1]-shaped temperature is accepted
+    assert convert_official_state_dict(scalar, model)["t_cls_temp"].shape == ()

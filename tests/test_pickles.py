@@ -1,0 +1,206 @@
+"""Community feature pickles: VEGA 7-tuple and SDT 12/13-tuple -> manifest + HDF5 -> VEGA 7-tuple."""
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ercpipe.features import pickles
+from ercpipe.io import features as feature_io
+from ercpipe.io import manifest as manifest_io
+from ercpipe.labels import IEMOCAP_CLASSES, MELD_CLASSES
+
+DIMS = {"text": 8, "audio": 5, "visual": 3}
+
+
+def _arrays(rng, n: int) -> dict[str, np.ndarray]:
+    return {m: rng.normal(size=(n, d)).astype(np.float32) for m, d in DIMS.items()}
+
+
+def iemocap_parts(seed: int = 0) -> dict:
+    """Dicts keyed like the IEMOCAP release: Ses05 dialogues are test."""
+    rng = np.random.default_rng(seed)
+    sizes = {"Ses01F_impro01": 4, "Ses02M_script01_1": 3, "Ses05F_impro03": 5}
+    parts = {"speakers": {}, "labels": {}, "text": {}, "audio": {}, "visual": {}, "names": {}, "sentences": {}}
+    for vid, n in sizes.items():
+        parts["speakers"][vid] = ["F", "M", "F", "M", "M"][:n]
+        parts["labels"][vid] = [int(x) for x in rng.integers(0, len(IEMOCAP_CLASSES), n)]
+        for m, array in _arrays(rng, n).items():
+            parts[m][vid] = array
+        parts["names"][vid] = [f"{vid}_{g}{k:03d}" for k, g in enumerate(parts["speakers"][vid])]
+        parts["sentences"][vid] = [f"sentence {k} of {vid}" for k in range(n)]
+    parts["visual"]["Ses02M_script01_1"][1] = 0.0  # a face-less utterance: zeros in the pickle
+    parts["train"] = ["Ses01F_impro01", "Ses02M_script01_1"]
+    parts["test"] = ["Ses05F_impro03"]
+    return parts
+
+
+def vega_tuple(parts: dict) -> tuple:
+    return (parts["speakers"], parts["labels"], parts["text"], parts["audio"], parts["visual"],
+            parts["train"], parts["test"])
+
+
+def sdt12_tuple(parts: dict) -> tuple:
+    roberta = [{vid: a + i for vid, a in parts["text"].items()} for i in (1, 2, 3)]  # the unused RoBERTa sets
+    return (parts["names"], parts["speakers"], parts["labels"], parts["text"], *roberta, parts["audio"],
+            parts["visual"], parts["sentences"], parts["train"], parts["test"])
+
+
+def meld_13_tuple(seed: int = 1) -> tuple:
+    """MELD layout: integer dialogue ids, 9-dim one-hot speakers, id lists stored as sets."""
+    rng = np.random.default_rng(seed)
+    sizes = {0: 3, 1: 2, 7: 4}
+    speakers, labels, names, sentences = {}, {}, {}, {}
+    feats = {m: {} for m in DIMS}
+    for vid, n in sizes.items():
+        slots = rng.integers(0, 9, n)
+        speakers[vid] = [[1 if s == j else 0 for j in range(9)] for s in slots]
+        labels[vid] = [int(x) for x in rng.integers(0, len(MELD_CLASSES), n)]
+        names[vid] = list(range(n))  # MELD stores utterance numbers, not names
+        sentences[vid] = [f"meld {vid}/{k}" for k in range(n)]
+        for m, array in _arrays(rng, n).items():
+            feats[m][vid] = array
+    roberta = [feats["text"]] * 3
+    return (names, speakers, labels, feats["text"], *roberta, feats["audio"], feats["visual"], sentences,
+            {0, 1}, {7}, None)
+
+
+def _dump(obj, path: Path) -> Path:
+    path.write_bytes(pickle.dumps(obj, protocol=4))
+    return path
+
+
+def _paths(root: Path) -> dict[str, Path]:
+    return {m: root / f"{m}.h5" for m in DIMS}
+
+
+def _round_trip(tmp_path: Path, obj: tuple, **import_kw) -> tuple[tuple, Path, dict]:
+    source = _dump(obj, tmp_path / "in.pkl")
+    manifest = tmp_path / "manifest.tsv"
+    summary = pickles.import_pickle(source, manifest, _paths(tmp_path), allow_pickle=True, **import_kw)
+    pickles.export_vega(manifest, _paths(tmp_path), tmp_path / "out.pkl")
+    return pickles.load_pickle(tmp_path / "out.pkl", allow_pickle=True), manifest, summary
+
+
+def _assert_same_vega(got: tuple, expected: tuple) -> None:
+    """Equal up to dialogue ids becoming strings (id sets come back sorted, numbers numerically)."""
+    assert len(got) == 7
+    for index in range(5):
+        want_by_id = {str(k): v for k, v in expected[index].items()}
+        assert set(got[index]) == set(want_by_id)
+        for vid, value in want_by_id.items():
+            if index >= 2:  # feature arrays: float32 [N, D] (a stored 1 x N x D comes back squeezed)
+                want = np.asarray(value, np.float32)
+                np.testing.assert_array_equal(got[index][vid], want[0] if want.ndim == 3 else want)
+            else:
+                assert np.array_equal(np.asarray(got[index][vid]), np.asarray(value)), (index, vid)
+    for index in (5, 6):
+        ids = expected[index]
+        assert got[index] == [str(v) for v in (sorted(ids) if isinstance(ids, set) else ids)]
+
+
+def test_vega_7_tuple_round_trip(tmp_path):
+    parts = iemocap_parts()
+    parts["text"]["Ses01F_impro01"] = parts["text"]["Ses01F_impro01"][None]  # 1 x N x D, as VEGA tolerates
+    original = vega_tuple(parts)
+    got, manifest, summary = _round_trip(tmp_path, original)
+    _assert_same_vega(got, original)
+    assert got[2]["Ses01F_impro01"].shape == (4, DIMS["text"])  # the leading axis was squeezed
+    assert summary["layout"] == "vega7" and summary["format"] == "iemocap"
+    assert summary["dims"] == DIMS
+
+    frame = manifest_io.read(manifest)
+    assert frame["dialogue_id"].unique().tolist() == ["Ses01F_impro01", "Ses02M_script01_1", "Ses05F_impro03"]
+    assert frame.groupby("dialogue_id", sort=False)["split"].first().tolist() == ["train", "train", "test"]
+    first = frame.iloc[0]
+    assert (first["speaker"], first["speaker_slot"], first["text"]) == ("Ses01_F", 1, "")
+    assert frame.iloc[1]["speaker_slot"] == 0  # 'M' -> 0, the model's convention
+    assert first["label"] == IEMOCAP_CLASSES[parts["labels"]["Ses01F_impro01"][0]]
+    assert first["utterance_id"] == "Ses01F_impro01_u0"
+
+    visual = feature_io.read(tmp_path / "visual.h5", expected_ids=frame["utterance_id"].tolist())
+    assert visual.attrs["extractor"] == "pickle" and visual.attrs["modality"] == "visual"
+    assert visual.present.sum() == len(frame) - 1
+    assert json.loads(visual.attrs["absent"]) == {"Ses02M_script01_1_u1": "all_zero_in_pickle"}
+    assert len(visual.attrs["source_sha256"]) == 64
+
+
+def test_sdt_12_tuple_imports_names_and_sentences_and_exports_the_vega_subset(tmp_path):
+    parts = iemocap_parts(seed=3)
+    original = sdt12_tuple(parts)
+    got, manifest, summary = _round_trip(tmp_path, original)
+    assert summary["layout"] == "sdt12"
+    _assert_same_vega(got, tuple(original[i] for i in (1, 2, 3, 7, 8, 10, 11)))  # roberta1 is the text
+    frame = manifest_io.read(manifest)
+    assert frame["utterance_id"].tolist() == [u for vid in parts["train"] + parts["test"] for u in parts["names"][vid]]
+    assert frame["text"].tolist()[:2] == ["sentence 0 of Ses01F_impro01", "sentence 1 of Ses01F_impro01"]
+
+
+def test_meld_13_tuple_round_trip_with_a_carved_valid_split(tmp_path):
+    original = meld_13_tuple()
+    got, manifest, summary = _round_trip(tmp_path, original, valid_dialogues=["1"], dataset="meld_pkl")
+    assert summary["format"] == "meld" and summary["splits"] == {"test": 1, "train": 1, "valid": 1}
+    _assert_same_vega(got, tuple(original[i] for i in (1, 2, 3, 7, 8, 10, 11)))  # valid rejoins train
+    frame = manifest_io.read(manifest)
+    assert set(frame["dataset"]) == {"meld_pkl"}
+    assert frame.loc[frame["dialogue_id"] == "1", "split"].unique().tolist() == ["valid"]
+    hot = [int(np.argmax(v)) for v in original[1][0]]
+    assert frame.loc[frame["dialogue_id"] == "0", "speaker_slot"].tolist() == hot
+    assert frame.loc[frame["dialogue_id"] == "0", "label"].tolist() == [MELD_CLASSES[i] for i in original[2][0]]
+
+    pickles.export_vega(manifest, _paths(tmp_path), tmp_path / "no_valid.pkl", valid_as="drop")
+    dropped = pickles.load_pickle(tmp_path / "no_valid.pkl", allow_pickle=True)
+    assert dropped[5] == ["0"] and dropped[6] == ["7"] and "1" not in dropped[1]
+    assert dropped[0]["0"] == [list(v) for v in original[1][0]]  # 9-dim one-hot lists
+
+
+def test_loading_needs_explicit_consent_and_never_runs_the_payload(tmp_path):
+    marker = tmp_path / "payload_ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    source = _dump(Payload(), tmp_path / "evil.pkl")
+    with pytest.raises(pickles.PickleNotAllowedError, match="allow_pickle=True"):
+        pickles.import_pickle(source, tmp_path / "m.tsv", _paths(tmp_path))
+    assert not marker.exists() and not (tmp_path / "m.tsv").exists()
+    with pytest.raises(pickles.PickleNotAllowedError, match="arbitrary code"):
+        pickles.load_pickle(source, allow_pickle="yes")  # only the literal True opts in
+    assert not marker.exists()
+
+
+def test_bad_content_is_named(tmp_path):
+    parts = iemocap_parts()
+    parts["labels"]["Ses02M_script01_1"][2] = 6  # IEMOCAP has ids 0..5
+    with pytest.raises(pickles.PickleFormatError, match=r"dialogue Ses02M_script01_1 utterance 2: label id 6"):
+        pickles.parse_pickle(vega_tuple(parts))
+
+    parts = iemocap_parts()
+    parts["audio"]["Ses05F_impro03"] = parts["audio"]["Ses05F_impro03"][:4]
+    with pytest.raises(pickles.PickleFormatError, match=r"dialogue Ses05F_impro03 audio: .*\(4, 5\) for 5 utterances"):
+        pickles.parse_pickle(vega_tuple(parts))
+
+    meld = list(meld_13_tuple())
+    meld[1][7][0] = [0] * 9
+    with pytest.raises(pickles.PickleFormatError, match="dialogue 7 utterance 0: MELD speaker"):
+        pickles.to_project(pickles.parse_pickle(tuple(meld)))
+
+    with pytest.raises(pickles.PickleFormatError, match="7-tuple"):
+        pickles.load_pickle(_dump((1, 2, 3), tmp_path / "short.pkl"), allow_pickle=True)
+    with pytest.raises(ValueError, match="not train dialogues"):
+        pickles.to_project(pickles.parse_pickle(vega_tuple(iemocap_parts())), valid_dialogues=["Ses05F_impro03"])
+
+
+def test_export_refuses_speakers_the_layout_cannot_hold(tmp_path):
+    original = vega_tuple(iemocap_parts())
+    _round_trip(tmp_path, original)
+    frame = manifest_io.read(tmp_path / "manifest.tsv")
+    frame.loc[0, "speaker_slot"] = 2
+    manifest_io.write(frame, tmp_path / "manifest.tsv")
+    with pytest.raises(ValueError, match="Ses01F_impro01_u0: IEMOCAP speaker_slot 2"):
+        pickles.export_vega(tmp_path / "manifest.tsv", _paths(tmp_path), tmp_path / "bad.pkl")
+    assert not (tmp_path / "bad.pkl").exists()

@@ -1,0 +1,135 @@
+"""Bring-your-own CSV reader (docs/manifest.md): columns, derived fields, flags and bad input."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+
+from ercpipe.datasets.build import build_manifest
+from ercpipe.io import manifest as manifest_io
+from ercpipe.io.manifest import ManifestError
+
+CLASSES = ["calm", "angry", "happy"]
+HEADER = "dialogue_id,utterance_id,split,speaker,label,text,audio_path,audio_start,audio_end,video_path"
+
+
+def write_wav(path: Path, seconds: float = 2.0) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    t = np.arange(int(16000 * seconds)) / 16000
+    sf.write(str(path), (0.2 * np.sin(2 * np.pi * 200 * t)).astype(np.float32), 16000)
+
+
+@pytest.fixture
+def data_dir(tmp_path) -> Path:
+    write_wav(tmp_path / "audio" / "call1.wav")
+    write_wav(tmp_path / "audio" / "call2.wav")
+    return tmp_path
+
+
+def write(path: Path, lines: list[str], header: str = HEADER) -> Path:
+    path.write_text("\n".join([header] + lines) + "\n", encoding="utf-8")
+    return path
+
+
+def build(path: Path, out: Path, **extra) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    build_manifest("mine", {"format": "csv", "manifest": str(path), "classes": CLASSES, **extra}, out)
+    issues = pd.read_csv(out / "issues.tsv", sep="\t", dtype=str, keep_default_na=False)
+    return manifest_io.read(out / "manifest.tsv"), issues, json.loads((out / "summary.json").read_text())
+
+
+GOOD = [
+    "c1,c1_u0,train,Ann,calm,Hello there.,audio/call1.wav,0.0,0.8,",
+    "c1,c1_u1,train,Bob,angry,\"No, stop.\",audio/call1.wav,0.8,1.5,",
+    "c1,c1_u2,train,Ann,happy,Fine!,audio/call1.wav,1.5,2.0,",
+    "c2,c2_u0,test,Cy,calm,Hi.,audio/call2.wav,,,",
+]
+
+
+def test_good_csv(data_dir, tmp_path):
+    df, issues, summary = build(write(data_dir / "mine.csv", GOOD), tmp_path / "out")
+    assert df["utterance_id"].tolist() == ["c1_u0", "c1_u1", "c1_u2", "c2_u0"]
+    assert df["speaker_slot"].tolist() == [0, 1, 0, 0]  # first appearance in the dialogue
+    assert df["utterance_index"].tolist() == [0, 1, 2, 0]
+    assert df["text"].tolist()[1] == "No, stop."
+    assert df["audio_path"].iloc[0] == str(data_dir / "audio" / "call1.wav")  # relative to the CSV's folder
+    assert (df["audio_start"].iloc[1], df["audio_end"].iloc[1]) == (0.8, 1.5)
+    assert math.isnan(df["audio_start"].iloc[3])  # empty = whole file
+    assert (df["flags"] == "no_video").all()  # no video_path: recorded, not fatal
+    assert (issues["reason"] == "no_video").sum() == 4
+    assert summary["classes"] == CLASSES and summary["format"] == "csv"
+    assert summary["counts_per_split"] == {"train": 3, "valid": 0, "test": 1}
+    assert summary["counts_per_label"] == {"calm": 2, "angry": 1, "happy": 1}
+
+
+def test_tsv_with_index_and_slots_and_root(data_dir, tmp_path):
+    header = "dialogue_id\tutterance_id\tsplit\tspeaker\tlabel\ttext\tutterance_index\tspeaker_slot\taudio_path"
+    lines = ["d\tb\tvalid\tX\thappy\tsecond\t1\t5\tcall1.wav", "d\ta\tvalid\tY\tcalm\tfirst\t0\t2\tcall1.wav"]
+    path = write(tmp_path / "m.tsv", lines, header)
+    df, _, _ = build(path, tmp_path / "out", root=str(data_dir / "audio"))
+    assert df["utterance_id"].tolist() == ["a", "b"]  # sorted by the given utterance_index
+    assert df["speaker_slot"].tolist() == [2, 5]  # given slots are kept
+    assert df["audio_path"].tolist() == [str(data_dir / "audio" / "call1.wav")] * 2
+    assert (df["flags"] == "no_video").all()
+
+
+def test_flags_times_media_and_text(data_dir, tmp_path):
+    lines = [
+        "c1,u0,train,Ann,calm,one,audio/call1.wav,0.0,1.0,",
+        "c1,u1,train,Ann,calm,two,audio/call1.wav,0.5,1.2,",   # overlaps u0 (same speaker, same file)
+        "c1,u2,train,Bob,calm,three,audio/call1.wav,1.6,1.4,",  # reversed
+        "c1,u3,train,Bob,calm,,audio/call1.wav,abc,2.0,",       # unparsable, empty text
+        "c1,u4,train,Ann,calm,Itâ€™s,audio/gone.wav,,,",         # missing file, mojibake
+        "c1,u5,train,Ann,calm,six,,,,",                         # no audio at all
+        "c2,v0,train,Ann,calm,other file,audio/call2.wav,0.2,0.6,",  # other file: no overlap with c1
+    ]
+    df, issues, summary = build(write(data_dir / "m.csv", lines), tmp_path / "out")
+    flags = {u: set(f.split(";")) - {"no_video", ""} for u, f in zip(df["utterance_id"], df["flags"])}
+    assert flags == {"u0": set(), "u1": {"overlap"}, "u2": {"bad_time"}, "u3": {"bad_time", "empty_text"},
+                     "u4": {"missing_audio", "text_fixed"}, "u5": {"missing_audio"}, "v0": set()}
+    assert df.set_index("utterance_id").loc["u4", "text"] == "It’s"
+    bad = issues[(issues["reason"] == "bad_time") & (issues["utterance_id"] == "u3")].iloc[0]
+    assert bad["file"] == str(data_dir / "m.csv") and bad["line"] == "5" and "'abc'" in bad["detail"]
+    assert summary["flag_counts"]["overlap"] == 1
+
+
+def test_probe_media_flags_corrupt_audio(data_dir, tmp_path):
+    (data_dir / "audio" / "broken.wav").write_bytes(b"RIFF....WAVEfmt " + b"\x01" * 64)
+    lines = ["c1,u0,train,Ann,calm,ok,audio/call1.wav,,,", "c1,u1,train,Ann,calm,bad,audio/broken.wav,,,"]
+    df, _, _ = build(write(data_dir / "m.csv", lines), tmp_path / "out", probe_media=True)
+    assert df["flags"].tolist() == ["no_video", "no_video;corrupt_audio"]
+    df, _, _ = build(write(data_dir / "m.csv", lines), tmp_path / "out2")  # default: existence only
+    assert df["flags"].tolist() == ["no_video", "no_video"]
+
+
+@pytest.mark.parametrize("lines, header, message", [
+    (["c1,u0,train,Ann,sad,x,,,,"], HEADER, r"m.csv, line 2: label 'sad' of u0 is not one of the configured classes"),
+    (GOOD[:2] + ["c1,c1_u0,train,Ann,calm,x,,,,"], HEADER,
+     r"m.csv, line 4: utterance_id 'c1_u0' already used on line 2"),
+    (["c1,u0,dev,Ann,calm,x,,,,"], HEADER, r"m.csv, line 2: split 'dev' is not one of \['train', 'valid', 'test'\]"),
+    (["c1,u0,train,Ann,calm,x,,,,", "c1,u1,test,Ann,calm,x,,,,"], HEADER, r"dialogue c1 has rows in several splits"),
+    (["c1,u0,train,calm"], "dialogue_id,utterance_id,split,label", r"m.csv: header lacks column\(s\) \['speaker'\]"),
+    (["c1,,train,Ann,calm,x,,,,"], HEADER, r"m.csv, line 2: empty utterance_id"),
+    (["c1,u0,train,Ann,calm,x,,,,,extra,fields"], HEADER, r"m.csv, line 2: 12 fields but the header has 10"),
+])
+def test_bad_input_names_file_and_line(tmp_path, lines, header, message):
+    with pytest.raises(ManifestError, match=message):
+        build(write(tmp_path / "m.csv", lines, header), tmp_path / "out")
+    assert not (tmp_path / "out" / "manifest.tsv").exists()
+
+
+def test_bad_config(tmp_path):
+    with pytest.raises(ManifestError, match=r"manifest CSV .*nope.csv does not exist"):
+        build(tmp_path / "nope.csv", tmp_path / "out")
+    path = write(tmp_path / "m.csv", GOOD)
+    with pytest.raises(ValueError, match=r"needs `classes`"):
+        build_manifest("mine", {"format": "csv", "manifest": str(path)}, tmp_path / "out")
+    with pytest.raises(ValueError, match=r"unknown setting\(s\) \['split_file'\]"):
+        build(path, tmp_path / "out", split_file="x.json")
+    (tmp_path / "bin.csv").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(100))
+    with pytest.raises(ManifestError, match=r"bin.csv is not a text file"):
+        build(tmp_path / "bin.csv", tmp_path / "out")

@@ -1,0 +1,291 @@
+"""IEMOCAP reader on small hand-written release trees (real wav / avi files, real split file)."""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import av
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+
+from ercpipe.datasets import iemocap
+from ercpipe.datasets.build import build_manifest
+from ercpipe.io import manifest as manifest_io
+from ercpipe.io.manifest import ManifestError
+from ercpipe.labels import IEMOCAP_CLASSES
+
+SHARED_SPLIT = Path(__file__).resolve().parents[2] / "shared" / "data" / "iemocap" / "standard_split.json"
+
+# (utterance suffix, start, end, label, text); written to EmoEvaluation in this (not time) order.
+DIALOGUES = {
+    "Ses01F_impro01": [
+        ("F002", 7.0, 8.0, "hap", "I am glad."),
+        ("F000", 1.0, 2.0, "neu", "Excuse me."),
+        ("M000", 2.5, 3.5, "fru", "Yeah?"),
+        ("F001", 4.0, 5.0, "xxx", "Do you have a form?"),
+        ("M001", 5.5, 6.5, "sur", "Oh!"),
+    ],
+    "Ses01M_impro01": [  # valid in the standard split
+        ("M000", 0.5, 1.5, "ang", "No."),
+        ("F000", 2.0, 3.0, "sad", "Sorry."),
+        ("M001", 3.5, 4.5, "exc", "Great!"),
+    ],
+    "Ses05F_impro01": [  # test
+        ("F000", 0.2, 1.2, "neu", "Hi."),
+        ("M000", 1.4, 2.0, "hap", "Hello there."),
+    ],
+}
+
+
+def write_wav(path: Path, seconds: float = 0.3) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    t = np.arange(int(16000 * seconds)) / 16000
+    sf.write(str(path), (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 16000)
+
+
+def write_avi(path: Path, frames: int = 4) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=4)
+        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
+        for i in range(frames):
+            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 40 * i, dtype=np.uint8), format="rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+
+
+def emo_block(uid: str, start: float, end: float, label: str) -> str:
+    return (f"[{start:.4f} - {end:.4f}]\t{uid}\t{label}\t[2.5000, 2.5000, 2.5000]\n"
+            f"C-E1:\tNeutral;\t()\nC-E2:\tNeutral;\t()\nA-E1:\tval 3; act 2; dom  2;\t()\n\n")
+
+
+def make_release(root: Path, dialogues: dict = DIALOGUES) -> Path:
+    for dialogue, utterances in dialogues.items():
+        session = root / f"Session{int(dialogue[3:5])}"
+        emo = "% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]\n\n"
+        emo += "".join(emo_block(f"{dialogue}_{u}", s, e, lab) for u, s, e, lab, _ in utterances)
+        (session / "dialog" / "EmoEvaluation").mkdir(parents=True, exist_ok=True)
+        (session / "dialog" / "EmoEvaluation" / f"{dialogue}.txt").write_text(emo)
+        # Transcriptions are in time order and hold a line without an utterance id, as the real ones do.
+        lines = [f"{dialogue}_{u} [{s:08.4f}-{e:08.4f}]: {text}" for u, s, e, _, text in sorted(
+            utterances, key=lambda x: x[1])]
+        (session / "dialog" / "transcriptions").mkdir(parents=True, exist_ok=True)
+        (session / "dialog" / "transcriptions" / f"{dialogue}.txt").write_text(
+            "\n".join(lines[:1] + ["M: [BREATHING]"] + lines[1:]) + "\n")
+        write_avi(session / "dialog" / "avi" / "DivX" / f"{dialogue}.avi")
+        for u, *_ in utterances:
+            write_wav(session / "sentences" / "wav" / dialogue / f"{dialogue}_{u}.wav")
+    return root
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory) -> Path:
+    return make_release(tmp_path_factory.mktemp("iemocap") / "IEMOCAP_full_release")
+
+
+@pytest.fixture
+def fresh_release(tmp_path) -> Path:
+    return make_release(tmp_path / "IEMOCAP_full_release")
+
+
+def cfg(root: Path, **extra) -> dict:
+    return {"format": "iemocap", "root": str(root), "split_file": str(SHARED_SPLIT), **extra}
+
+
+def read_outputs(out: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    issues = pd.read_csv(out / "issues.tsv", sep="\t", dtype=str, keep_default_na=False)
+    return manifest_io.read(out / "manifest.tsv"), issues, json.loads((out / "summary.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def built(release, tmp_path_factory):
+    out = tmp_path_factory.mktemp("built")
+    build_manifest("iemocap_test", cfg(release), out)
+    return read_outputs(out)
+
+
+def test_rows_order_speakers_and_media(built, release):
+    df, _, _ = built
+    # train, valid, test dialogues in that order; utterances in time order, not file order.
+    assert df["dialogue_id"].unique().tolist() == ["Ses01F_impro01", "Ses01M_impro01", "Ses05F_impro01"]
+    first = df[df["dialogue_id"] == "Ses01F_impro01"]
+    assert first["utterance_id"].tolist() == ["Ses01F_impro01_F000", "Ses01F_impro01_M000", "Ses01F_impro01_F002"]
+    assert first["utterance_index"].tolist() == [0, 1, 2]
+    assert first["speaker"].tolist() == ["Ses01_F", "Ses01_M", "Ses01_F"]
+    assert first["speaker_slot"].tolist() == [1, 0, 1]
+    assert first["text"].tolist() == ["Excuse me.", "Yeah?", "I am glad."]
+    row = first.iloc[0]
+    assert row["audio_path"] == str(release / "Session1/sentences/wav/Ses01F_impro01/Ses01F_impro01_F000.wav")
+    assert math.isnan(row["audio_start"]) and math.isnan(row["audio_end"])
+    assert row["video_path"] == str(release / "Session1/dialog/avi/DivX/Ses01F_impro01.avi")
+    assert (row["video_start"], row["video_end"]) == (1.0, 2.0)
+    assert (df["flags"] == "").all()
+    assert df.groupby("dialogue_id")["split"].first().to_dict() == {
+        "Ses01F_impro01": "train", "Ses01M_impro01": "valid", "Ses05F_impro01": "test"}
+
+
+def test_dropped_labels_recorded_with_file_and_line(built, release):
+    df, issues, summary = built
+    assert "xxx" not in set(df["label"]) and "sur" not in set(df["label"])
+    rejected = issues[issues["action"] == "rejected"].set_index("utterance_id")
+    assert set(rejected.index) == {"Ses01F_impro01_F001", "Ses01F_impro01_M001"}
+    assert (rejected["reason"] == "label_not_in_classes").all()
+    emo_file = release / "Session1/dialog/EmoEvaluation/Ses01F_impro01.txt"
+    lines = emo_file.read_text().splitlines()
+    row = rejected.loc["Ses01F_impro01_F001"]
+    assert row["file"] == str(emo_file)
+    assert "Ses01F_impro01_F001\txxx" in lines[int(row["line"]) - 1]
+    assert summary["rejected_counts"] == {"label_not_in_classes": 2}
+
+
+def test_summary_counts_and_reference_checks(built):
+    df, _, summary = built
+    assert summary["format"] == "iemocap"
+    assert summary["classes"] == list(IEMOCAP_CLASSES)
+    assert summary["counts_per_split"] == {"train": 3, "valid": 3, "test": 2}
+    assert summary["dialogues_per_split"] == {"train": 1, "valid": 1, "test": 1}
+    assert summary["counts_per_label"] == {"hap": 2, "sad": 1, "neu": 2, "ang": 1, "exc": 1, "fru": 1}
+    assert summary["flag_counts"] == {}
+    checks = {c["check"]: c for c in summary["checks"]}
+    assert checks["dialogues"] == {"check": "dialogues", "ok": False, "expected": 151, "found": 3}
+    assert checks["train+valid utterances"]["found"] == 6 and checks["test utterances"]["found"] == 2
+    present = checks["split-file dialogues present in the raw tree"]
+    assert present["found"] == 3 and len(present["missing"]) == 148 and "Ses05F_impro02" in present["missing"]
+    # Per-dialogue counts are compared with the split file's utterances_per_dialogue.
+    assert checks["utterances in Ses01F_impro01"] == {"check": "utterances in Ses01F_impro01", "ok": False,
+                                                      "expected": 26, "found": 3}
+    assert summary["checks_ok"] is False
+
+
+def test_default_split_file_is_the_standard_split(release, tmp_path):
+    assert iemocap.DEFAULT_SPLIT_FILE.read_text() == SHARED_SPLIT.read_text()
+    build_manifest("d", {"format": "iemocap", "root": str(release)}, tmp_path)
+    assert json.loads((tmp_path / "summary.json").read_text())["split_file"] == str(iemocap.DEFAULT_SPLIT_FILE)
+
+
+def test_relabel_and_dialogue_outside_split(release, tmp_path):
+    split = {"train": ["Ses01F_impro01"], "valid": [], "test": ["Ses05F_impro01"]}
+    (tmp_path / "split.json").write_text(json.dumps(split))
+    out = tmp_path / "out"
+    build_manifest("d", cfg(release, split_file=str(tmp_path / "split.json"), relabel={"sur": "hap"}), out)
+    df, issues, summary = read_outputs(out)
+    row = df.set_index("utterance_id").loc["Ses01F_impro01_M001"]
+    assert row["label"] == "hap" and row["flags"] == "relabelled"
+    assert summary["flag_counts"] == {"relabelled": 1}
+    outside = issues[issues["reason"] == "dialogue_not_in_split"]
+    assert sorted(outside["utterance_id"]) == ["Ses01M_impro01_F000", "Ses01M_impro01_M000", "Ses01M_impro01_M001"]
+    assert "Ses01M_impro01" not in set(df["dialogue_id"])
+    flagged = issues[issues["action"] == "flagged"]
+    assert flagged[["reason", "utterance_id"]].values.tolist() == [["relabelled", "Ses01F_impro01_M001"]]
+
+
+def test_missing_media_flagged_not_fatal(fresh_release, tmp_path):
+    (fresh_release / "Session1/sentences/wav/Ses01F_impro01/Ses01F_impro01_M000.wav").unlink()
+    (fresh_release / "Session5/dialog/avi/DivX/Ses05F_impro01.avi").write_bytes(b"not a video at all" * 10)
+    shutil.rmtree(fresh_release / "Session1/dialog/avi")
+    build_manifest("d", cfg(fresh_release), tmp_path)
+    df, issues, summary = read_outputs(tmp_path)
+    flags = df.set_index("utterance_id")["flags"]
+    assert flags["Ses01F_impro01_M000"] == "missing_audio;missing_video"
+    assert flags["Ses01F_impro01_F000"] == "missing_video"
+    assert flags["Ses05F_impro01_F000"] == "corrupt_video"
+    assert summary["flag_counts"] == {"missing_audio": 1, "missing_video": 6, "corrupt_video": 2}
+    assert len(issues[issues["action"] == "flagged"]) == 9
+
+
+def test_bad_and_overlapping_times_are_flagged(fresh_release, tmp_path):
+    emo = fresh_release / "Session5/dialog/EmoEvaluation/Ses05F_impro01.txt"
+    emo.write_text(emo.read_text() + emo_block("Ses05F_impro01_F001", 0.9, 1.8, "sad")
+                   + emo_block("Ses05F_impro01_M001", 3.0, 2.5, "ang")
+                   + emo_block("Ses05F_impro01_M002", math.nan, 1.0, "neu").replace("nan", "1O.5"))
+    for u in ("F001", "M001", "M002"):
+        write_wav(fresh_release / f"Session5/sentences/wav/Ses05F_impro01/Ses05F_impro01_{u}.wav")
+    build_manifest("d", cfg(fresh_release), tmp_path)
+    df, issues, _ = read_outputs(tmp_path)
+    flags = df.set_index("utterance_id")["flags"]
+    assert flags["Ses05F_impro01_F001"] == "empty_text;overlap"  # starts before F000 (0.2-1.2) ended
+    assert flags["Ses05F_impro01_M001"] == "bad_time;empty_text"
+    assert flags["Ses05F_impro01_M002"] == "bad_time;empty_text"
+    overlap = issues[issues["reason"] == "overlap"].iloc[0]
+    assert overlap["utterance_id"] == "Ses05F_impro01_F001" and "Ses05F_impro01_F000" in overlap["detail"]
+    # The unparsable row keeps its place after the row before it in the file.
+    order = df[df["dialogue_id"] == "Ses05F_impro01"]["utterance_id"].tolist()
+    assert order.index("Ses05F_impro01_M002") == order.index("Ses05F_impro01_M001") + 1
+
+
+def test_unevaluated_transcript_turn_is_recorded(fresh_release, tmp_path):
+    transcript = fresh_release / "Session1/dialog/transcriptions/Ses01M_impro01.txt"
+    transcript.write_text(transcript.read_text() + "Ses01M_impro01_MXX0 [005.0000-005.5000]: Mm-hm.\n")
+    build_manifest("d", cfg(fresh_release), tmp_path)
+    df, issues, summary = read_outputs(tmp_path)
+    assert "Ses01M_impro01_MXX0" not in set(df["utterance_id"])
+    row = issues[issues["utterance_id"] == "Ses01M_impro01_MXX0"].iloc[0]
+    assert (row["action"], row["reason"], row["file"]) == ("rejected", "not_evaluated", str(transcript))
+    assert transcript.read_text().splitlines()[int(row["line"]) - 1].startswith("Ses01M_impro01_MXX0")
+    assert summary["rejected_counts"] == {"label_not_in_classes": 2, "not_evaluated": 1}
+
+
+def test_wrong_root_names_path_and_expected_layout(release, tmp_path):
+    with pytest.raises(ManifestError, match=r"does not exist.*IEMOCAP_full_release"):
+        build_manifest("d", cfg(tmp_path / "nowhere"), tmp_path / "out")
+    with pytest.raises(ManifestError, match=rf"{release.parent}.*no Session<N>.*use it as root"):
+        build_manifest("d", cfg(release.parent), tmp_path / "out")
+    assert not (tmp_path / "out" / "manifest.tsv").exists()
+
+
+def test_missing_emo_evaluation_folder(fresh_release, tmp_path):
+    shutil.rmtree(fresh_release / "Session5/dialog/EmoEvaluation")
+    with pytest.raises(ManifestError, match=r"Session5/dialog/EmoEvaluation is missing"):
+        build_manifest("d", cfg(fresh_release), tmp_path)
+
+
+def test_unknown_label_names_file_and_line(fresh_release, tmp_path):
+    emo = fresh_release / "Session1/dialog/EmoEvaluation/Ses01F_impro01.txt"
+    emo.write_text(emo.read_text().replace("\tfru\t", "\tjoy\t"))
+    line = next(i for i, text in enumerate(emo.read_text().splitlines(), 1) if "\tjoy\t" in text)
+    with pytest.raises(ManifestError, match=rf"Ses01F_impro01.txt, line {line}: unknown label 'joy'.*relabel"):
+        build_manifest("d", cfg(fresh_release), tmp_path)
+    # Mapping the label makes it usable.
+    build_manifest("d", cfg(fresh_release, relabel={"joy": "hap"}), tmp_path)
+    assert "relabelled" in manifest_io.read(tmp_path / "manifest.tsv").set_index("utterance_id").loc[
+        "Ses01F_impro01_M000", "flags"]
+
+
+def test_duplicate_utterance_names_both_places(fresh_release, tmp_path):
+    emo = fresh_release / "Session1/dialog/EmoEvaluation/Ses01F_impro01.txt"
+    emo.write_text(emo.read_text() + emo_block("Ses01F_impro01_F000", 9.0, 9.5, "neu"))
+    with pytest.raises(ManifestError, match=r"Ses01F_impro01.txt, line \d+: utterance Ses01F_impro01_F000 is "
+                                            r"already labelled at .*Ses01F_impro01.txt, line \d+"):
+        build_manifest("d", cfg(fresh_release), tmp_path)
+
+
+def test_unreadable_or_garbled_files_name_the_file(fresh_release, tmp_path):
+    emo = fresh_release / "Session1/dialog/EmoEvaluation/Ses01F_impro01.txt"
+    emo.write_bytes(b"\x00\x01binary\x00" * 20)
+    with pytest.raises(ManifestError, match=rf"{emo} is not a text file"):
+        build_manifest("d", cfg(fresh_release), tmp_path)
+    emo.unlink()
+    emo.symlink_to(tmp_path / "gone.txt")  # a dangling link: listed, but cannot be opened
+    with pytest.raises(ManifestError, match=rf"cannot read {emo}"):
+        build_manifest("d", cfg(fresh_release), tmp_path)
+    emo.unlink()
+    emo.write_text("[1.0 - 2.0]\n")
+    with pytest.raises(ManifestError, match=r"Ses01F_impro01.txt, line 1: cannot parse"):
+        build_manifest("d", cfg(fresh_release), tmp_path)
+
+
+def test_bad_settings_are_named(release, tmp_path):
+    with pytest.raises(ValueError, match=r"unknown setting\(s\) \['probe_media'\]"):
+        build_manifest("d", cfg(release, probe_media=True), tmp_path)
+    with pytest.raises(ValueError, match=r"relabel.*'sur' -> 'surprise'"):
+        build_manifest("d", cfg(release, relabel={"sur": "surprise"}), tmp_path)
+    with pytest.raises(ValueError, match=r"sides"):
+        build_manifest("d", cfg(release, sides={"F": "up", "M": "right"}), tmp_path)
+    with pytest.raises(ManifestError, match=r"split file .*nope.json does not exist"):
+        build_manifest("d", cfg(release, split_file=str(tmp_path / "nope.json")), tmp_path)
+    build_manifest("d", cfg(release, sides={"F": "right", "M": "left"}, face_selection={"mode": "side"}), tmp_path)
+    assert json.loads((tmp_path / "summary.json").read_text())["sides"] == {"F": "right", "M": "left"}

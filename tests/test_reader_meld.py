@@ -1,0 +1,257 @@
+"""MELD reader: the real CSVs (text-only folder) and a small hand-written MELD.Raw with real clips."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import av
+import numpy as np
+import pandas as pd
+import pytest
+
+from ercpipe.datasets import meld
+from ercpipe.datasets.build import build_manifest
+from ercpipe.datasets.csv_manifest import repair_mojibake
+from ercpipe.io import manifest as manifest_io
+from ercpipe.io.manifest import ManifestError
+from ercpipe.labels import MELD_CLASSES
+
+HEADER = "Sr No.,Utterance,Speaker,Emotion,Sentiment,Dialogue_ID,Utterance_ID,Season,Episode,StartTime,EndTime"
+
+
+def write_clip(path: Path, seconds: float = 0.5, audio: bool = True, silent: bool = False, rate: int = 16000) -> None:
+    """A small H.264 (+ AAC) clip, as MELD ships them."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("libx264", rate=8)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        sound = container.add_stream("aac", rate=rate, layout="mono") if audio else None
+        for i in range(int(seconds * 8)):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 30 * i, np.uint8), format="rgb24")
+            container.mux(video.encode(frame))
+        container.mux(video.encode(None))
+        if sound is not None:
+            n = int(seconds * rate)
+            signal = np.zeros(n, np.float32) if silent else \
+                (0.3 * np.sin(2 * np.pi * 300 * np.arange(n) / rate)).astype(np.float32)
+            for start in range(0, n, 1024):
+                frame = av.AudioFrame.from_ndarray(signal[None, start:start + 1024], format="fltp", layout="mono")
+                frame.sample_rate, frame.pts = rate, start
+                container.mux(sound.encode(frame))
+            container.mux(sound.encode(None))
+
+
+def csv_line(sr: int, text: str, speaker: str, emotion: str, dia: int, utt: int, start: str, end: str) -> str:
+    quoted = '"' + text.replace('"', '""') + '"'
+    return f'{sr},{quoted},{speaker},{emotion},neutral,{dia},{utt},1,1,"{start}","{end}"'
+
+
+# Rows per split: (text, speaker, emotion, dialogue, utterance, start, end). Deliberately out of order.
+ROWS = {
+    "train": [
+        ("Hi there.", "Ross", "neutral", 0, 0, "00:00:01,000", "00:00:02,000"),
+        ("Oh no!", "Rachel", "sadness", 1, 0, "0:01:00,000", "0:01:02,500"),
+        ("Itâ€™s fine.", "Ross", "joy", 0, 2, "00:00:04,000", "00:00:05,000"),  # mojibake
+        ("What?", "Monica", "surprise", 0, 1, "00:00:02,500", "00:00:03,500"),
+        ("Really.", "Rachel", "anger", 1, 1, "0:01:03,000", "bogus"),  # unparsable time
+    ],
+    "dev": [
+        ("Great.", "Joey", "joy", 0, 0, "00:10:00,000", "00:10:02,000"),
+        ("Ugh.", "Phoebe", "disgust", 0, 1, "00:10:03,000", "00:10:02,900"),  # reversed
+    ],
+    "test": [
+        ("Help!", "Chandler", "fear", 0, 0, "00:05:00,000", "00:05:03,000"),
+        ("Calm down.", "Joey", "neutral", 0, 1, "00:05:01,000", "00:05:02,000"),
+        ("No, you.", "Chandler", "anger", 0, 2, "00:05:02,000", "00:05:04,000"),  # overlaps his own line
+    ],
+}
+CLIP_DIRS = {"train": "train_splits", "dev": "dev_splits_complete", "test": "output_repeated_splits_test"}
+
+
+def write_csv(path: Path, rows: list[tuple], encoding: str = "utf-8-sig") -> None:
+    lines = [HEADER] + [csv_line(i + 1, *row) for i, row in enumerate(rows)]
+    path.write_bytes(("\r\n".join(lines) + "\r\n").encode(encoding))
+
+
+def make_meld(root: Path, with_clips: bool = True) -> Path:
+    root.mkdir(parents=True)
+    for split, rows in ROWS.items():
+        write_csv(root / f"{split}_sent_emo.csv", rows)
+        if with_clips:
+            for *_, dia, utt, _, _ in rows:
+                write_clip(root / CLIP_DIRS[split] / f"dia{dia}_utt{utt}.mp4")
+    if with_clips:
+        # The three defects MELD really has: a missing clip, an undecodable one, one without sound.
+        (root / "train_splits/dia1_utt1.mp4").unlink()
+        (root / "dev_splits_complete/dia0_utt1.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x17" * 300)
+        write_clip(root / "output_repeated_splits_test/dia0_utt2.mp4", audio=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def meld_root(tmp_path_factory) -> Path:
+    return make_meld(tmp_path_factory.mktemp("meld") / "MELD.Raw")
+
+
+def read_outputs(out: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    issues = pd.read_csv(out / "issues.tsv", sep="\t", dtype=str, keep_default_na=False)
+    return manifest_io.read(out / "manifest.tsv"), issues, json.loads((out / "summary.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def built(meld_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("out")
+    build_manifest("meld_small", {"format": "meld", "root": str(meld_root)}, out)
+    return read_outputs(out)
+
+
+def test_rows_ids_order_and_speakers(built, meld_root):
+    df, _, _ = built
+    assert df["utterance_id"].tolist() == [
+        "train_dia0_utt0", "train_dia0_utt1", "train_dia0_utt2", "train_dia1_utt0", "train_dia1_utt1",
+        "dev_dia0_utt0", "dev_dia0_utt1", "test_dia0_utt0", "test_dia0_utt1", "test_dia0_utt2"]
+    assert df["dialogue_id"].unique().tolist() == ["train_dia0", "train_dia1", "dev_dia0", "test_dia0"]
+    assert df["split"].tolist() == ["train"] * 5 + ["valid"] * 2 + ["test"] * 3
+    assert df["utterance_index"].tolist() == [0, 1, 2, 0, 1, 0, 1, 0, 1, 2]
+    assert df["speaker_slot"].tolist() == [0, 1, 0, 0, 0, 0, 1, 0, 1, 0]
+    assert df["text"].tolist()[2] == "It’s fine."
+    first = df.iloc[0]
+    assert first["audio_path"] == first["video_path"] == str(meld_root / "train_splits" / "dia0_utt0.mp4")
+    assert df[["audio_start", "audio_end", "video_start", "video_end"]].isna().all().all()
+
+
+def test_defects_are_kept_and_flagged(built):
+    df, issues, summary = built
+    flags = df.set_index("utterance_id")["flags"].to_dict()
+    assert flags["train_dia0_utt2"] == "text_fixed"
+    assert flags["train_dia1_utt1"] == "bad_time;missing_video;missing_audio"
+    assert flags["dev_dia0_utt1"] == "bad_time;corrupt_video"
+    assert flags["test_dia0_utt2"] == "overlap;no_audio_stream"
+    assert {k for k, v in flags.items() if v} == {"train_dia0_utt2", "train_dia1_utt1", "dev_dia0_utt1",
+                                                   "test_dia0_utt2"}
+    assert summary["flag_counts"] == {"missing_audio": 1, "missing_video": 1, "corrupt_video": 1,
+                                      "no_audio_stream": 1, "bad_time": 2, "overlap": 1, "text_fixed": 1}
+    # Every flag is an issue row naming the CSV file and the line of the record.
+    assert len(issues) == sum(summary["flag_counts"].values())
+    bad_time = issues[(issues["reason"] == "bad_time") & (issues["utterance_id"] == "train_dia1_utt1")].iloc[0]
+    assert bad_time["file"].endswith("train_sent_emo.csv") and bad_time["line"] == "6" and "bogus" in bad_time["detail"]
+
+
+def test_summary(built):
+    _, _, summary = built
+    assert summary["classes"] == list(MELD_CLASSES)
+    assert summary["counts_per_split"] == {"train": 5, "valid": 2, "test": 3}
+    assert summary["dialogues_per_split"] == {"train": 2, "valid": 1, "test": 1}
+    assert summary["counts_per_label"]["neutral"] == 2 and summary["counts_per_label"]["anger"] == 2
+    checks = {c["check"]: c for c in summary["checks"]}
+    assert checks["train utterances"] == {"check": "train utterances", "ok": False, "expected": 9989, "found": 5}
+    assert summary["probe_media"] is True
+
+
+def test_real_csvs_text_only(meld_csv_dir, tmp_path):
+    """The real MELD CSVs in a folder without clips: a complete, text-only manifest."""
+    root = tmp_path / "MELD.Raw"
+    root.mkdir()
+    for name in ("train_sent_emo.csv", "dev_sent_emo.csv", "test_sent_emo.csv"):
+        shutil.copy(meld_csv_dir / name, root / name)
+    build_manifest("meld", {"format": "meld", "root": str(root), "probe_media": False}, tmp_path / "out")
+    df, issues, summary = read_outputs(tmp_path / "out")
+    assert len(df) == 13708
+    assert summary["counts_per_split"] == {"train": 9989, "valid": 1109, "test": 2610}
+    assert summary["dialogues_per_split"] == {"train": 1038, "valid": 114, "test": 280}
+    assert summary["counts_per_label"] == {"neutral": 6436, "surprise": 1636, "fear": 358, "sadness": 1002,
+                                           "joy": 2308, "disgust": 361, "anger": 1607}
+    assert summary["counts_per_split_label"]["train"] == {"neutral": 4710, "surprise": 1205, "fear": 268,
+                                                          "sadness": 683, "joy": 1743, "disgust": 271, "anger": 1109}
+    assert summary["max_speakers_per_dialogue"] == 9 and df["speaker_slot"].max() == 8
+    assert summary["checks_ok"] is True
+    # Every clip is recorded as missing (twice: video and audio), none dropped.
+    assert summary["flag_counts"]["missing_video"] == summary["flag_counts"]["missing_audio"] == 13708
+    assert (issues["reason"] == "missing_video").sum() == 13708
+    # The one start == end row in test is bad_time; "00:06:47,28"-style two-digit fractions parse.
+    assert summary["flag_counts"]["bad_time"] == 1
+    assert df["text"].str.contains("’").sum() > 3000 and not df["text"].str.contains("â€").any()
+    row = df.set_index("utterance_id").loc["train_dia0_utt0"]
+    assert row["speaker"] == "Chandler" and row["label"] == "neutral"
+    assert row["text"] == "also I was the point person on my company’s transition from the KL-5 to GR-6 system."
+
+
+def test_encodings_bom_cp1252_and_mojibake(tmp_path):
+    root = make_meld(tmp_path / "MELD.Raw", with_clips=False)
+    rows = [("Itâ€™s Ã©clair â€” ok", "Ross", "joy", 0, 0, "00:00:01,000", "00:00:02,000"),
+            ("Don\u2019t café", "Ross", "neutral", 0, 1, "00:00:03,000", "00:00:04,000"),
+            ("plain", "Ross", "neutral", 0, 2, "00:00:05,000", "00:00:06,000")]
+    # A file with a BOM whose lines mix UTF-8 mojibake (row 1) and raw cp1252 bytes for ’ and é (row 2).
+    lines = [HEADER] + [csv_line(i + 1, *row) for i, row in enumerate(rows)]
+    (root / "train_sent_emo.csv").write_bytes(b"\xef\xbb\xbf" + b"\r\n".join(
+        [line.encode("cp1252" if i == 2 else "utf-8") for i, line in enumerate(lines)]))
+    write_csv(root / "dev_sent_emo.csv", rows[1:], encoding="utf-8")  # no BOM
+    build_manifest("m", {"format": "meld", "root": str(root), "probe_media": False}, tmp_path / "out")
+    df, _, _ = read_outputs(tmp_path / "out")
+    texts = df.set_index("utterance_id")["text"]
+    flags = df.set_index("utterance_id")["flags"]
+    assert texts["train_dia0_utt0"] == "It’s éclair — ok"
+    assert texts["train_dia0_utt1"] == texts["dev_dia0_utt1"] == "Don’t café"
+    assert "text_fixed" in flags["train_dia0_utt0"] and "text_fixed" in flags["train_dia0_utt1"]
+    assert "text_fixed" not in flags["train_dia0_utt2"] and "text_fixed" not in flags["dev_dia0_utt1"]
+
+
+def test_repair_mojibake_leaves_good_text_alone():
+    assert repair_mojibake("Itâ€™s â€œfineâ€\x9d â€¦") == ("It’s “fine” …", True)
+    assert repair_mojibake("cafÃ©") == ("café", True)
+    for good in ("It’s fine", "café …", "naïve — “x”", "plain"):
+        assert repair_mojibake(good) == (good, False)
+
+
+def test_time_formats():
+    assert meld.parse_time("00:16:16,059") == pytest.approx(976.059)
+    assert meld.parse_time("0:13:42,477") == pytest.approx(822.477)
+    assert meld.parse_time("00:06:47,28") == pytest.approx(407.28)
+    assert meld.parse_time("00:61:00,000") is None and meld.parse_time("") is None
+
+
+def test_wrong_root_and_missing_csv(tmp_path):
+    with pytest.raises(ManifestError, match=r"MELD root .*nowhere does not exist.*MELD.Raw"):
+        build_manifest("m", {"format": "meld", "root": str(tmp_path / "nowhere")}, tmp_path / "out")
+    root = make_meld(tmp_path / "data" / "MELD.Raw", with_clips=False)
+    with pytest.raises(ManifestError, match=rf"{tmp_path / 'data'} lacks .*train_sent_emo.csv.*use it as root"):
+        build_manifest("m", {"format": "meld", "root": str(tmp_path / "data")}, tmp_path / "out")
+    (root / "dev_sent_emo.csv").unlink()
+    with pytest.raises(ManifestError, match=r"lacks \['dev_sent_emo.csv'\]"):
+        build_manifest("m", {"format": "meld", "root": str(root)}, tmp_path / "out")
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda rows: rows + [("Again", "Ross", "neutral", 0, 0, "00:00:09,000", "00:00:10,000")],
+     r"train_sent_emo.csv, line 7: Dialogue_ID 0, Utterance_ID 0 already appears on line 2"),
+    (lambda rows: rows[:1] + [("x", "Ross", "happiness", 0, 1, "00:00:09,000", "00:00:10,000")],
+     r"train_sent_emo.csv, line 3: emotion 'happiness' is not one of MELD's classes"),
+    (lambda rows: rows[:1] + [("x", "Ross", "joy", "zero", 1, "00:00:09,000", "00:00:10,000")],
+     r"train_sent_emo.csv, line 3: Dialogue_ID 'zero' is not an integer"),
+    (lambda rows: [(f"line {i}", f"Friend{i}", "joy", 0, i, "00:00:01,000", "00:00:02,000") for i in range(10)],
+     r"dialogue train_dia0 has 10 speakers .*at most 9"),
+])
+def test_bad_rows_name_file_and_line(tmp_path, mutate, message):
+    root = make_meld(tmp_path / "MELD.Raw", with_clips=False)
+    write_csv(root / "train_sent_emo.csv", mutate(list(ROWS["train"])))
+    with pytest.raises(ManifestError, match=message):
+        build_manifest("m", {"format": "meld", "root": str(root), "probe_media": False}, tmp_path / "out")
+
+
+def test_unreadable_csv_and_bad_header(tmp_path):
+    root = make_meld(tmp_path / "MELD.Raw", with_clips=False)
+    (root / "test_sent_emo.csv").write_text("Sr No.,Text,Who\n1,hello,Ross\n")
+    with pytest.raises(ManifestError, match=r"test_sent_emo.csv: header lacks column\(s\) \['Utterance', 'Speaker'"):
+        build_manifest("m", {"format": "meld", "root": str(root), "probe_media": False}, tmp_path / "out")
+    (root / "test_sent_emo.csv").unlink()
+    (root / "test_sent_emo.csv").mkdir()
+    with pytest.raises(ManifestError, match=r"lacks \['test_sent_emo.csv'\]"):
+        build_manifest("m", {"format": "meld", "root": str(root), "probe_media": False}, tmp_path / "out")
+
+
+def test_unknown_setting_is_named(meld_root, tmp_path):
+    with pytest.raises(ValueError, match=r"unknown setting\(s\) \['relabel'\]"):
+        build_manifest("m", {"format": "meld", "root": str(meld_root), "relabel": {}}, tmp_path)
+    with pytest.raises(ValueError, match=r"format 'avi' is not one of"):
+        build_manifest("m", {"format": "avi", "root": str(meld_root)}, tmp_path)

@@ -1,0 +1,267 @@
+"""Text features: real MiniLM weights, a tiny random RoBERTa loaded by path, context, masks, shard files."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from transformers import AutoModel, AutoTokenizer
+
+from ercpipe.features import text
+from ercpipe.io import features as feature_io
+from ercpipe.io import manifest as manifest_io
+
+REPO = Path(__file__).resolve().parents[1]
+CORPUS = [
+    "I am so happy today, this is wonderful news!",
+    "This is terrible, I feel sad and alone.",
+    "Okay. See you tomorrow at the station.",
+    "Why would you do that to me again?",
+    "Well, that is fine, we can talk about it later.",
+    "What a wonderful surprise, thank you so much!",
+    "Please just leave me alone for a while.",
+    "I guess we will see what happens tomorrow.",
+]
+
+
+def make_manifest(dialogues: dict[str, list[tuple[str, str]]], splits: dict[str, str] | None = None,
+                  labels: dict[str, list[str]] | None = None, flags: dict[str, str] | None = None) -> pd.DataFrame:
+    """Manifest rows for {dialogue_id: [(speaker, text), ...]}; utterance ids are {dialogue}_{index}."""
+    rows = []
+    for dialogue, utterances in dialogues.items():
+        for index, (speaker, utterance) in enumerate(utterances):
+            uid = f"{dialogue}_{index}"
+            rows.append({"dataset": "t", "split": (splits or {}).get(dialogue, "train"), "dialogue_id": dialogue,
+                         "utterance_index": index, "utterance_id": uid, "speaker": speaker,
+                         "speaker_slot": 0 if speaker.endswith("M") else 1,
+                         "label": (labels or {}).get(dialogue, ["neu"] * len(utterances))[index], "text": utterance,
+                         "audio_path": "", "audio_start": float("nan"), "audio_end": float("nan"), "video_path": "",
+                         "video_start": float("nan"), "video_end": float("nan"), "flags": (flags or {}).get(uid, "")})
+    return manifest_io.normalise(pd.DataFrame(rows))
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A random-init RoBERTa with a byte-level BPE trained on CORPUS, saved like a hub model."""
+    return text.write_tiny_roberta(tmp_path_factory.mktemp("tiny") / "tiny-roberta", CORPUS * 2)
+
+
+@pytest.fixture(scope="session")
+def minilm() -> text.TextEncoder:
+    return text.TextEncoder({"model": "packaged:minilm"}, device="cpu")
+
+
+# ------------------------------------------------------------------------------------------ MiniLM
+
+def test_minilm_mean_pooling_matches_sentence_transformers(minilm):
+    sentences = ["I am very happy today.", "I feel so glad and cheerful today!", "The train leaves at noon.",
+                 "Stock prices fell sharply on Monday."]
+    vectors = minilm.encode(sentences)
+    assert vectors.shape == (4, 384) and vectors.dtype == np.float32
+    assert minilm.settings["normalize"] is True  # resolved from the model's Normalize module
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+    # Reference by hand: same tokenizer and weights, mean over the attention mask, then L2.
+    path = text.resolve_model_path("packaged:minilm")
+    tokenizer, model = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
+    batch = tokenizer(sentences, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = model(**batch).last_hidden_state
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    reference = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1).numpy()
+    np.testing.assert_allclose(vectors, reference, atol=1e-5)
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError:
+        pass
+    else:
+        st = SentenceTransformer(str(path), device="cpu").encode(sentences, convert_to_numpy=True)
+        np.testing.assert_allclose(vectors, st, atol=1e-5)
+
+    similarity = vectors @ vectors.T
+    assert similarity[0, 1] > 0.5 > max(similarity[0, 2], similarity[0, 3])
+    assert similarity[0, 1] > similarity[1, 2] and similarity[0, 1] > similarity[1, 3]
+
+
+# ------------------------------------------------------------------------------------------ tiny RoBERTa
+
+def test_tiny_roberta_by_path_cls_mean_and_last_layers(tiny_model):
+    sentences = CORPUS[:3]
+    vectors = {}
+    for name, settings in {"cls": {"pooling": "cls"}, "mean": {"pooling": "mean"},
+                           "mean_last2": {"pooling": "mean", "last_layers": 2},
+                           "cls_last3": {"pooling": "cls", "last_layers": 3}}.items():
+        encoder = text.TextEncoder({"model": str(tiny_model), **settings}, device="cpu")
+        assert type(encoder.model).__name__ == "RobertaModel"  # the class roberta-large loads as
+        assert type(encoder.tokenizer).__name__ == "RobertaTokenizer"
+        assert encoder.settings["normalize"] is False
+        vectors[name] = encoder.encode(sentences)
+        assert vectors[name].shape == (3, 32)
+    names = list(vectors)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            assert not np.allclose(vectors[a], vectors[b], atol=1e-4), (a, b)
+
+    # Reference by hand from the same directory: <s> vector, attention-mask mean, average of hidden layers.
+    tokenizer, model = AutoTokenizer.from_pretrained(tiny_model), AutoModel.from_pretrained(tiny_model).eval()
+    batch = tokenizer(sentences, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        states = model(**batch, output_hidden_states=True).hidden_states
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    last2 = torch.stack(states[-2:]).mean(0)
+    np.testing.assert_allclose(vectors["cls"], states[-1][:, 0].numpy(), atol=1e-5)
+    np.testing.assert_allclose(vectors["mean"], ((states[-1] * mask).sum(1) / mask.sum(1)).numpy(), atol=1e-5)
+    np.testing.assert_allclose(vectors["mean_last2"], ((last2 * mask).sum(1) / mask.sum(1)).numpy(), atol=1e-5)
+    np.testing.assert_allclose(vectors["cls_last3"], torch.stack(states[-3:]).mean(0)[:, 0].numpy(), atol=1e-5)
+
+
+def test_context_changes_only_utterances_with_context_and_keeps_row_order(tiny_model):
+    frame = make_manifest({
+        "d1": [("Ses01_F", CORPUS[0]), ("Ses01_M", CORPUS[1]), ("Ses01_F", CORPUS[2])],
+        "d2": [("Ses01_M", CORPUS[1]), ("Ses01_F", CORPUS[3])],
+    })
+    plain = text.TextEncoder({"model": str(tiny_model)}, device="cpu")
+    context = text.TextEncoder({"model": str(tiny_model), "context": {"previous": 2}}, device="cpu")
+    a, b = plain.encode_rows(frame), context.encode_rows(frame)
+    assert a.features.shape == b.features.shape == (5, 32) and b.present.all()
+    changed = ~np.isclose(a.features, b.features, atol=1e-5).all(axis=1)
+    # d1_0 and d2_0 have no predecessor (context never crosses dialogues); the others do.
+    assert changed.tolist() == [False, True, True, False, True]
+    # Same text, same position in a dialogue without predecessors -> same vector as plain (row order kept).
+    np.testing.assert_allclose(b.features[3], a.features[1], atol=1e-5)
+
+    # The target span is exactly the target's tokens; context sits before it, joined by </s>.
+    inputs = context.build_inputs(frame["text"].tolist(), frame["speaker"].tolist(), frame["dialogue_id"].tolist(),
+                                  [True] * 5)
+    tok = context.tokenizer
+    third = inputs[2]
+    assert tok.decode(third.ids[third.target_start:third.target_end]) == CORPUS[2]
+    assert tok.decode(third.ids) == f"<s>{CORPUS[0]}</s>{CORPUS[1]}</s>{CORPUS[2]}</s>"
+    # Mean pooling with context averages <s>, the target's tokens and the closing </s>, nothing else.
+    with torch.no_grad():
+        hidden = context.model(input_ids=torch.tensor([third.ids])).last_hidden_state[0]
+    pooled = [0, *range(third.target_start, third.target_end), len(third.ids) - 1]
+    np.testing.assert_allclose(b.features[2], hidden[pooled].mean(0).numpy(), atol=1e-5)
+
+    named = text.TextEncoder({"model": str(tiny_model), "context": {"previous": 1, "next": 1, "speaker_names": True,
+                                                                     "separator": " | "}}, device="cpu")
+    second = named.build_inputs(frame["text"].tolist(), frame["speaker"].tolist(), frame["dialogue_id"].tolist(),
+                                [True] * 5)[1]
+    decoded = named.tokenizer.decode(second.ids)
+    assert decoded.startswith(f"<s>Ses01_F:{CORPUS[0]} | Ses01_M:{CORPUS[1]} | Ses01_F:")
+    assert named.tokenizer.decode(second.ids[second.target_start:second.target_end]) == CORPUS[1]
+
+
+def test_context_is_cut_to_max_length_and_long_targets_are_truncated(tiny_model):
+    frame = make_manifest({"d": [("A", CORPUS[0]), ("B", CORPUS[1]), ("A", CORPUS[2]), ("B", " ".join(CORPUS))]})
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    n = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in CORPUS[:3]]
+    # <s> + target + </s> + nearest predecessor fit; the one before it (plus its separator) is one token too many.
+    max_length = 2 + n[2] + (n[1] + 1) + n[0]
+    encoder = text.TextEncoder({"model": str(tiny_model), "context": {"previous": 3}, "max_length": max_length},
+                               device="cpu")
+    inputs = encoder.build_inputs(frame["text"].tolist(), frame["speaker"].tolist(), frame["dialogue_id"].tolist(),
+                                  [True] * 4)
+    assert all(len(item.ids) <= max_length for item in inputs)
+    third = inputs[2]
+    assert encoder.tokenizer.decode(third.ids) == f"<s>{CORPUS[1]}</s>{CORPUS[2]}</s>"
+    assert inputs[3].truncated_from > max_length
+    assert inputs[3].target_end - inputs[3].target_start == max_length - 2 and len(inputs[3].ids) == max_length
+    result = encoder.encode_rows(frame)
+    assert result.truncated == {"d_3": inputs[3].truncated_from} and result.present.all()
+
+
+# ------------------------------------------------------------------------------------------ shards
+
+def test_extract_shard_writes_masked_rows_and_provenance(tmp_path, tiny_model):
+    frame = make_manifest({"d1": [("A", CORPUS[0]), ("B", ""), ("A", CORPUS[2])],
+                           "d2": [("A", CORPUS[3]), ("B", CORPUS[4])],
+                           "d3": [("A", "   "), ("B", CORPUS[5])]},
+                          flags={"d2_1": "empty_text"})
+    manifest_io.write(frame, tmp_path / "manifest.tsv")
+    settings = {"model": str(tiny_model), "context": {"previous": 1}}
+    shard_files = []
+    for shard in range(2):
+        out = tmp_path / f"shard{shard}.h5"
+        text.extract_shard(tmp_path / "manifest.tsv", shard, 2, settings, out, threads=1, device="cpu")
+        expected = manifest_io.shard_rows(frame, shard, 2)["utterance_id"].tolist()
+        fs = feature_io.read(out, expected_ids=expected, expected_hash=feature_io.settings_hash(
+            text.stored_settings(settings)), expected_dim=32)
+        assert fs.attrs["modality"] == "text" and fs.attrs["extractor"] == "text"
+        assert fs.attrs["model"] == str(tiny_model)
+        assert fs.attrs["settings"] == text.stored_settings(settings)
+        assert set(fs.attrs["versions"]) == {"torch", "transformers", "ercpipe"}
+        shard_files.append(out)
+    merged = feature_io.merge(shard_files, tmp_path / "text.h5", frame["utterance_id"].tolist())
+    absent = ["d1_1", "d2_1", "d3_0"]
+    assert merged.present.tolist() == [uid not in absent for uid in frame["utterance_id"]]
+    assert not merged.features[~merged.present].any()
+    assert np.abs(merged.features[merged.present]).sum(axis=1).min() > 0
+    absent_attr = {}
+    for path in shard_files:
+        absent_attr.update(json.loads(feature_io.read(path).attrs["absent"]))
+    assert absent_attr == {uid: "empty_text" for uid in absent}
+
+
+def test_settings_are_validated_and_load_errors_say_what_to_do(tiny_model):
+    with pytest.raises(ValueError, match=r"unknown text feature setting\(s\) \['poolin'\]"):
+        text.text_settings({"poolin": "cls"})
+    with pytest.raises(ValueError, match=r"unknown text context setting\(s\) \['prev'\]"):
+        text.text_settings({"context": {"prev": 1}})
+    with pytest.raises(ValueError, match="pooling 'max'"):
+        text.text_settings({"pooling": "max"})
+    with pytest.raises(ValueError, match="last_layers must be an integer >= 1"):
+        text.text_settings({"last_layers": 0})
+    with pytest.raises(ValueError, match="has only 3 hidden layers"):
+        text.TextEncoder({"model": str(tiny_model), "last_layers": 4}, device="cpu")
+    with pytest.raises(ValueError, match="max_length=600 exceeds"):
+        text.TextEncoder({"model": str(tiny_model), "max_length": 600}, device="cpu")
+    assert text.text_settings({})["normalize"] is True  # packaged MiniLM normalises, as sentence-transformers does
+    assert text.text_settings({"model": str(tiny_model)})["normalize"] is False
+    assert text.stored_settings({}, encoder_dir=tiny_model)["model"] == str(tiny_model)
+    assert text.feature_dim({"model": str(tiny_model)}) == 32 and text.feature_dim({}) == 384
+    with pytest.raises(OSError, match="hf download roberta-large"):
+        text.TextEncoder({"model": "roberta-large"}, device="cpu")  # HF_HUB_OFFLINE=1 (conftest)
+
+
+KILL_SCRIPT = """
+import logging, sys
+logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+from ercpipe.features import text
+text.extract_shard(sys.argv[1], 0, 1, {"model": sys.argv[2], "batch_size": 1}, sys.argv[3], device="cpu")
+"""
+
+
+def test_killed_extraction_leaves_no_complete_looking_file(tmp_path, tiny_model):
+    frame = make_manifest({f"d{d}": [("A", CORPUS[(d + u) % len(CORPUS)]) for u in range(20)] for d in range(500)})
+    manifest_io.write(frame, tmp_path / "manifest.tsv")
+    out = tmp_path / "shard0.h5"
+    log = tmp_path / "stderr.txt"
+    with open(log, "w") as stderr:
+        proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(tmp_path / "manifest.tsv"), str(tiny_model),
+                                 str(out)], cwd=REPO, stderr=stderr, env={**os.environ, "PYTHONPATH": str(REPO)})
+        try:
+            deadline = time.monotonic() + 120
+            while "text shard 0/1: 10000 utterances" not in log.read_text():
+                assert proc.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, "extraction never started"
+                time.sleep(0.1)
+            time.sleep(1.0)  # well into the 10000 single-utterance batches
+            assert proc.poll() is None, "the extraction finished before it could be killed"
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    assert not out.exists()
+    with pytest.raises(feature_io.FeatureFileError, match="does not exist"):
+        feature_io.read(out)

@@ -1,0 +1,425 @@
+"""Training: presets, data loading, the run and its outputs, selection protocol, resume after SIGKILL, aggregation.
+
+Everything runs on a small learnable synthetic problem written as real manifest / HDF5 / anchor files:
+each modality's features are a class prototype plus noise, so a model that trains correctly reaches far
+above chance within a few CPU-seconds.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from ercpipe import anchors as anchor_io
+from ercpipe.io import features as feature_io
+from ercpipe.io import manifest as manifest_io
+from ercpipe.labels import IEMOCAP_CLASSES, canonical_emotion
+from ercpipe.train import (PRESETS, SCHEMA, CheckpointError, DataError, TrainingError, aggregate,
+                           load_dialogues, load_model, predict, resolve_experiment, run_training)
+from ercpipe.train.data import collate, mask_feature_dims
+
+REPO = Path(__file__).resolve().parents[1]
+DIMS = {"text": 16, "audio": 12, "visual": 8}
+TINY = {"preset": "demo", "model": {"hidden_dim": 32, "n_heads": 2},
+        "train": {"epochs": 10, "patience": 5, "batch_size": 4}}
+ABSENT_VISUAL = ("train_d001_u00", "test_d002_u01")  # rows whose visual features are missing (present=False)
+
+
+# ------------------------------------------------------------------------------------------ synthetic data
+
+def write_dataset(root: Path, n_dialogues=(40, 8, 8), seed: int = 0, signal: float = 1.5) -> tuple[Path, dict]:
+    rng = np.random.default_rng(seed)
+    classes = list(IEMOCAP_CLASSES)
+    protos = {m: rng.normal(size=(len(classes), d)) for m, d in DIMS.items()}
+    rows, feats = [], {m: [] for m in DIMS}
+    for split, n in zip(("train", "valid", "test"), n_dialogues):
+        for k in range(n):
+            dialogue_id = f"{split}_d{k:03d}"
+            for j in range(int(rng.integers(2, 11))):
+                label, slot = int(rng.integers(len(classes))), int(rng.integers(2))
+                rows.append(dict(dataset="synth", split=split, dialogue_id=dialogue_id, utterance_index=j,
+                                 utterance_id=f"{dialogue_id}_u{j:02d}", speaker="MF"[slot], speaker_slot=slot,
+                                 label=classes[label], text="", audio_path="", audio_start=np.nan, audio_end=np.nan,
+                                 video_path="", video_start=np.nan, video_end=np.nan, flags=""))
+                for m, d in DIMS.items():
+                    feats[m].append(signal * protos[m][label] + rng.normal(size=d))
+    frame = pd.DataFrame(rows)
+    root.mkdir(parents=True, exist_ok=True)
+    manifest_io.write(frame, root / "manifest.tsv")
+    (root / "summary.json").write_text(json.dumps({"classes": classes}))
+    ids = frame["utterance_id"].tolist()
+    paths = {}
+    for m in DIMS:
+        values = np.asarray(feats[m], dtype=np.float32)
+        present = np.ones(len(ids), dtype=bool)
+        if m == "visual":  # missing rows; the file holds junk there that the loader must zero
+            for u in ABSENT_VISUAL:
+                present[ids.index(u)] = False
+                values[ids.index(u)] = 99.0
+        paths[m] = root / f"{m}.h5"
+        feature_io.write(paths[m], feature_io.FeatureSet(ids, values, present, {
+            "modality": m, "extractor": "synthetic", "model": "none", "settings": {"seed": seed}}))
+    return root / "manifest.tsv", paths
+
+
+def write_anchor_file(path: Path, k: int = 16, per_class: int = 5, seed: int = 1) -> Path:
+    rng = np.random.default_rng(seed)
+    names = [canonical_emotion(c) for c in IEMOCAP_CLASSES]
+    feats = {}
+    for name in names:
+        rows = rng.normal(size=k) + 0.5 * rng.normal(size=(per_class, k))
+        feats[name] = (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+    anchor_io.write(path, anchor_io.AnchorSet(
+        class_names=names, centers=np.stack([feats[n].mean(0) for n in names]).astype(np.float32),
+        image_features=feats, image_paths={n: [] for n in names}, clip_model="synthetic-clip", pretrained=None, dim=k))
+    return path
+
+
+@pytest.fixture(scope="session")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth")
+    manifest, features = write_dataset(root)
+    return {"root": root, "manifest": manifest, "features": features, "anchors": write_anchor_file(root / "anchors.h5")}
+
+
+def train(dataset, out_dir: Path, experiment: dict | None = None, seed: int = 0, manifest: Path | None = None,
+          anchors="default", **kw) -> dict:
+    return run_training(manifest or dataset["manifest"], dataset["features"],
+                        dataset["anchors"] if anchors == "default" else anchors,
+                        resolve_experiment(experiment or TINY), seed, out_dir, device="cpu", threads=1, **kw)
+
+
+@pytest.fixture(scope="session")
+def vega_run(dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("vega_run")
+    return out, train(dataset, out)
+
+
+# ------------------------------------------------------------------------------------------ presets
+
+def test_every_preset_resolves_and_presets_differ_where_the_spec_says():
+    for name in PRESETS:
+        resolved = resolve_experiment({"preset": name})
+        assert set(resolved) == {"preset", "model", "loss", "train"}
+    official, paper, sdt = PRESETS["official"], PRESETS["paper"], PRESETS["sdt"]
+    assert official["model"]["hidden_dim"] == 768 and official["train"]["batch_size"] == 9
+    assert official["train"]["lr"] == 9.839349318565084e-05 and official["model"]["p_random_anchor"] == 0.4
+    assert paper["model"]["hidden_dim"] == 1280 and paper["model"]["clip_proj_activation"] == "silu"
+    assert paper["train"]["batch_size"] == 15
+    assert sdt["train"]["optimizer"] == "adam" and sdt["loss"]["kl_temperature"] == 1.0
+    assert not sdt["loss"]["clip_loss"] and sdt["model"]["head_type"] == "sdt"
+    assert not PRESETS["sdt-vega-backbone"]["loss"]["clip_loss"]
+    assert PRESETS["sdt-meld"]["model"]["gates"] == "identity_frozen"
+
+
+def test_resolve_experiment_validates_with_dotted_paths():
+    resolved = resolve_experiment({"preset": "sdt", "dataset": "iemocap", "seeds": [1, 2],
+                                   "train": {"lr": "5e-6"}, "model": {"modalities": ["text"]}})
+    assert resolved["dataset"] == "iemocap" and resolved["seeds"] == [1, 2]  # pipeline keys pass through
+    assert resolved["train"]["lr"] == 5e-6  # YAML reads 5e-6 as a string
+    assert resolve_experiment(resolved) == resolved  # idempotent
+    bad = [({"model": {"hidden_dimm": 8}}, r"model\.hidden_dimm: unknown key \(did you mean 'hidden_dim'"),
+           ({"train": {"patience": 0}}, r"train\.patience: must be an integer >= 1 or null"),
+           ({"loss": {"class_weights": "inverse"}}, r"loss\.class_weights"),
+           ({"model": {"modalities": ["text", "smell"]}}, r"model\.modalities"),
+           ({"model": {"n_heads": 5}}, r"model\.n_heads: 5 heads do not divide"),
+           ({"model": {"single_branch": True}, "loss": {"clip_loss": False}}, r"model\.single_branch"),
+           ({"loss": {"cls_loss": False, "clip_loss": False}}, r"loss\.cls_loss"),
+           ({"preset": "sdt", "loss": {"cls_kl_teacher": "anchor"}}, r"loss\.cls_kl_teacher"),
+           ({"train": []}, r"experiment key train: must be a mapping"),
+           ({"preset": "fast"}, r"unknown preset 'fast'")]
+    for experiment, message in bad:
+        with pytest.raises(ValueError, match=message):
+            resolve_experiment(experiment)
+
+
+def test_presets_import_without_torch():
+    code = "import sys, ercpipe.train; ercpipe.train.resolve_experiment({}); print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert result.stdout.strip() == "False"
+
+
+def test_every_config_key_is_documented():
+    doc = (REPO / "docs" / "training.md").read_text()
+    missing = [f"{s}.{k}" for s, keys in SCHEMA.items() for k in keys if f"`{k}`" not in doc]
+    assert not missing, f"undocumented keys: {missing}"
+    assert all(f"`{name}`" in doc for name in PRESETS)
+
+
+# ------------------------------------------------------------------------------------------ data
+
+def test_load_dialogues(dataset):
+    data = load_dialogues(dataset["manifest"], dataset["features"], ["text", "visual"])
+    frame = manifest_io.read(dataset["manifest"])
+    assert [d.dialogue_id for d in data.dialogues] == list(dict.fromkeys(frame["dialogue_id"]))
+    assert data.classes == list(IEMOCAP_CLASSES) and data.n_speakers == 2
+    assert data.dims == {"text": 16, "visual": 8} and set(data.dialogues[0].features) == {"text", "visual"}
+    first = data.dialogues[0]
+    rows = frame[frame["dialogue_id"] == first.dialogue_id]
+    assert first.utterance_ids == rows["utterance_id"].tolist()
+    assert first.labels.tolist() == [IEMOCAP_CLASSES.index(x) for x in rows["label"]]
+    assert first.speakers.tolist() == rows["speaker_slot"].tolist()
+    assert len(data.split("train")) == 40 and len(data.split("valid", "test")) == 16
+    assert data.absent_counts == {"text": 0, "visual": 2}
+    for dialogue in data.dialogues:
+        for u in ABSENT_VISUAL:
+            if u in dialogue.utterance_ids:
+                i = dialogue.utterance_ids.index(u)
+                assert not dialogue.present["visual"][i] and dialogue.features["visual"][i].abs().sum() == 0
+    assert load_dialogues(dataset["manifest"], dataset["features"], ["text"], n_speakers=4).n_speakers == 4
+
+
+def test_load_dialogues_errors(dataset, tmp_path):
+    with pytest.raises(DataError, match=r"no feature file given for modality \['audio'\]"):
+        load_dialogues(dataset["manifest"], {"text": dataset["features"]["text"]}, ["text", "audio"])
+    with pytest.raises(DataError, match="speaker_slot 1.*raise it to >= 2"):
+        load_dialogues(dataset["manifest"], dataset["features"], ["text"], n_speakers=1)
+    with pytest.raises(DataError, match="holds 'audio' features but was given as the 'text' file"):
+        load_dialogues(dataset["manifest"], {"text": dataset["features"]["audio"]}, ["text"])
+    frame = manifest_io.read(dataset["manifest"])
+    manifest_io.write(frame.iloc[:-1], tmp_path / "manifest.tsv")  # one utterance fewer than the features
+    with pytest.raises(DataError, match="summary.json"):
+        load_dialogues(tmp_path / "manifest.tsv", dataset["features"], ["text"])
+    with pytest.raises(feature_io.FeatureFileError, match="text.h5.*1 extra"):
+        load_dialogues(tmp_path / "manifest.tsv", dataset["features"], ["text"], classes=IEMOCAP_CLASSES)
+
+
+def test_collate_pads_and_feature_masking_is_per_dialogue(dataset):
+    data = load_dialogues(dataset["manifest"], dataset["features"], ["text", "audio", "visual"])
+    dialogues = data.split("train")[:5]
+    batch = collate(dialogues)
+    lengths = [len(d) for d in dialogues]
+    assert batch.features["audio"].shape == (5, max(lengths), 12)
+    assert batch.mask.sum(1).tolist() == lengths
+    assert (batch.labels[~batch.mask] == -1).all() and (batch.features["text"][~batch.mask] == 0).all()
+    torch.manual_seed(0)
+    big = collate(data.split("train"))
+    masked = mask_feature_dims(big, 0.3)
+    for m in ("text", "audio"):
+        zero = (masked.features[m] == 0) & (big.features[m] != 0)
+        dims_dropped = zero.any(dim=1)  # [B, D]: dimension masked somewhere in the dialogue ...
+        assert (zero.sum(1) == dims_dropped * big.mask.sum(1, keepdim=True)).all()  # ... then in every utterance
+        assert 0.2 < dims_dropped.float().mean() < 0.4
+    assert mask_feature_dims(big, 0.0) is big
+
+
+# ------------------------------------------------------------------------------------------ the run
+
+def test_sdt_vega_learns_and_writes_its_outputs(vega_run, dataset):
+    out, metrics = vega_run
+    for name in ("model.pt", "last.pt", "metrics.json", "history.tsv", "predictions.tsv", "fused.npz"):
+        assert (out / name).exists(), name
+    assert not list(out.glob(".*tmp*"))  # atomic writes left no temporary files
+    assert metrics["test"]["accuracy"] > 60 and metrics["valid"]["accuracy"] > 60  # chance is about 17 %
+    on_disk = json.loads((out / "metrics.json").read_text())
+    assert on_disk["protocol"] == metrics["protocol"]
+    assert metrics["protocol"]["selection_split"] == "valid" and not metrics["protocol"]["paper_compat"]
+    test = metrics["test"]
+    assert set(test) >= {"accuracy", "weighted_f1", "macro_f1", "weighted_precision", "per_class", "confusion",
+                         "unimodal_weighted_f1"}
+    assert np.array(test["confusion"]).sum() == test["n"] == 50 or np.array(test["confusion"]).sum() == test["n"]
+    assert set(test["unimodal_weighted_f1"]) == {"t", "a", "v"}
+    assert set(metrics["temperatures"]) == {"cls", "clip"}
+    assert metrics["class_weights"]["source"].startswith("inverse frequency over train")
+    history = pd.read_csv(out / "history.tsv", sep="\t")
+    assert history["epoch"].tolist() == list(range(1, metrics["protocol"]["epochs_run"] + 1))
+    assert {"train_total", "train_ce_anchor_all", "valid_weighted_f1", "T_cls_t", "skipped_steps"} <= set(history)
+    assert history["train_total"].iloc[-1] < history["train_total"].iloc[0]
+    selected = metrics["protocol"]["selected_epoch"]
+    assert history.loc[history["epoch"] == selected, "valid_weighted_f1"].item() == pytest.approx(
+        history["valid_weighted_f1"].max(), abs=1e-3)
+    predictions = pd.read_csv(out / "predictions.tsv", sep="\t")
+    assert set(predictions["split"]) == {"valid", "test"}
+    assert predictions.filter(like="prob_").sum(axis=1).round(4).eq(1).all()
+    fused = np.load(out / "fused.npz")
+    assert fused["fused"].shape == (test["n"], 32) and len(fused["utterance_ids"]) == test["n"]
+
+
+def test_checkpoint_loads_with_weights_only_and_predicts_the_same(vega_run, dataset):
+    out, metrics = vega_run
+    payload = torch.load(out / "model.pt", map_location="cpu", weights_only=True)
+    assert payload["classes"] == list(IEMOCAP_CLASSES) and payload["config"]["preset"] == "demo"
+    assert payload["epoch"] == metrics["protocol"]["selected_epoch"]
+    model, config, classes = load_model(out / "model.pt", "cpu")
+    assert config == metrics["config"] and classes == list(IEMOCAP_CLASSES)
+    data = load_dialogues(dataset["manifest"], dataset["features"], ["text", "audio", "visual"])
+    frame = predict(model, data.split("test"), batch_size=3)
+    saved = pd.read_csv(out / "predictions.tsv", sep="\t").query("split == 'test'").reset_index(drop=True)
+    assert frame["utterance_id"].tolist() == saved["utterance_id"].tolist()
+    assert frame["prediction"].tolist() == saved["prediction"].tolist()
+    np.testing.assert_allclose(frame.filter(like="prob_").to_numpy(), saved.filter(like="prob_").to_numpy(), atol=1e-5)
+    second = predict(model, data.split("test"), batch_size=8)
+    np.testing.assert_allclose(second.filter(like="prob_").to_numpy(), frame.filter(like="prob_").to_numpy(), atol=1e-6)
+
+
+def test_predict_on_unlabelled_conversations(vega_run, dataset, tmp_path):
+    frame = manifest_io.read(dataset["manifest"])
+    frame.loc[frame["split"] == "test", "label"] = ""
+    manifest_io.write(frame, tmp_path / "manifest.tsv")
+    with pytest.raises(manifest_io.ManifestError, match="label '' of utterance test_d000_u00"):
+        load_dialogues(tmp_path / "manifest.tsv", dataset["features"], ["text"], classes=IEMOCAP_CLASSES)
+    model, config, classes = load_model(vega_run[0] / "model.pt")
+    data = load_dialogues(tmp_path / "manifest.tsv", dataset["features"], config["model"]["modalities"],
+                          classes=classes, allow_unlabelled=True)
+    test = data.split("test")
+    assert all((d.labels == -1).all() for d in test)
+    frame = predict(model, test)
+    assert (frame["label"] == "").all() and frame["prediction"].isin(classes).all()
+    assert len(frame) == sum(len(d) for d in test)
+
+
+def test_load_model_errors(vega_run, tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_model(tmp_path / "none.pt")
+    torch.save({"a": torch.zeros(1)}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="not an ercpipe SDT/SDT-VEGA checkpoint"):
+        load_model(tmp_path / "other.pt")
+    payload = torch.load(vega_run[0] / "model.pt", weights_only=True)
+    del payload["state_dict"]["t_t_gate.fc.weight"]
+    torch.save(payload, tmp_path / "broken.pt")
+    with pytest.raises(CheckpointError, match="t_t_gate.fc.weight"):
+        load_model(tmp_path / "broken.pt")
+
+
+def test_sdt_learns(dataset, tmp_path):
+    experiment = {"preset": "sdt", "model": {"hidden_dim": 32, "n_heads": 2},
+                  "train": {"epochs": 10, "patience": 5, "batch_size": 4, "lr": 1e-3}}
+    metrics = train(dataset, tmp_path, experiment, anchors=None)
+    assert metrics["test"]["accuracy"] > 60
+    assert metrics["anchors"] is None and "clip" not in metrics["temperatures"]
+    assert metrics["temperatures"]["cls"] == {"t": 1.0, "a": 1.0, "v": 1.0}  # fixed SDT temperature
+    history = pd.read_csv(tmp_path / "history.tsv", sep="\t")
+    assert "train_ce_anchor_all" not in history and "train_kl_cls_t" in history
+
+
+def test_validation_selection_never_reads_test_labels(vega_run, dataset, tmp_path):
+    """Scrambling the test labels changes nothing before the final test evaluation."""
+    frame = manifest_io.read(dataset["manifest"])
+    test_rows = frame["split"] == "test"
+    rng = np.random.default_rng(5)
+    frame.loc[test_rows, "label"] = rng.choice(list(IEMOCAP_CLASSES), size=int(test_rows.sum()))
+    root = tmp_path / "scrambled"
+    manifest_io.write(frame, root / "manifest.tsv")
+    (root / "summary.json").write_text((dataset["root"] / "summary.json").read_text())
+    metrics = train(dataset, tmp_path / "run", manifest=root / "manifest.tsv")
+    reference_dir, reference = vega_run
+    assert metrics["protocol"] == reference["protocol"] and metrics["valid"] == reference["valid"]
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "run" / "history.tsv", sep="\t").drop(columns="seconds"),
+                                  pd.read_csv(reference_dir / "history.tsv", sep="\t").drop(columns="seconds"))
+    assert metrics["test"]["accuracy"] < reference["test"]["accuracy"]  # the test labels did change
+
+
+def test_paper_compat_selects_on_test_and_says_so(dataset, tmp_path):
+    experiment = {**TINY, "train": {**TINY["train"], "epochs": 3, "paper_compat": True}}
+    metrics = train(dataset, tmp_path, experiment)
+    protocol = metrics["protocol"]
+    assert protocol["paper_compat"] and protocol["selection_split"] == "test"
+    assert protocol["train_splits"] == ["train", "valid"] and "TEST" in protocol["note"]
+    assert metrics["valid"] is None and metrics["test"] is not None
+    assert metrics["class_weights"]["source"].startswith("paper")
+    np.testing.assert_allclose(metrics["class_weights"]["values"][0], 2.85339499, rtol=1e-6)
+    assert "test_weighted_f1" in pd.read_csv(tmp_path / "history.tsv", sep="\t")
+
+
+def test_unimodal_and_ablation_runs(dataset, tmp_path):
+    text_only = {**TINY, "model": {**TINY["model"], "modalities": ["text"]}, "train": {**TINY["train"], "epochs": 2}}
+    metrics = train(dataset, tmp_path / "text", text_only)
+    assert metrics["test"]["unimodal_weighted_f1"] == {} and metrics["temperatures"] == {"cls": {}, "clip": {}}
+    ablation = {**TINY, "model": {**TINY["model"], "inter_encoders": False, "single_branch": True,
+                                  "anchors_per_class": 2, "positional_embeddings": False},
+                "loss": {"anchor_kl_teacher": "classification", "cls_kl_teacher": "anchor"},
+                "train": {**TINY["train"], "epochs": 2}}
+    metrics = train(dataset, tmp_path / "ablation", ablation)
+    assert metrics["anchors"]["images_per_class"] == [2] * 6
+
+
+def test_run_errors(dataset, tmp_path):
+    with pytest.raises(TrainingError, match="no anchor file"):
+        train(dataset, tmp_path / "a", anchors=None)
+    frame = manifest_io.read(dataset["manifest"])
+    no_valid = frame.assign(split=frame["split"].replace("valid", "train"))
+    manifest_io.write(no_valid, tmp_path / "novalid" / "manifest.tsv")
+    (tmp_path / "novalid" / "summary.json").write_text((dataset["root"] / "summary.json").read_text())
+    with pytest.raises(TrainingError, match="no 'valid' dialogues.*paper_compat"):
+        train(dataset, tmp_path / "b", manifest=tmp_path / "novalid" / "manifest.tsv")
+    with pytest.raises(anchor_io.AnchorFileError, match="expects ViT-B-32"):
+        train(dataset, tmp_path / "c", {**TINY, "model": {**TINY["model"], "clip_model": "ViT-B-32"}})
+
+
+# ------------------------------------------------------------------------------------------ resume
+
+KILL_SCRIPT = """
+import json, os, signal, sys
+from ercpipe.train import run_training
+a = json.loads(sys.argv[1])
+def kill(epoch):
+    if epoch == a["kill_at"]:
+        os.kill(os.getpid(), signal.SIGKILL)
+run_training(a["manifest"], a["features"], a["anchors"], a["experiment"], a["seed"], a["out"], device="cpu",
+             threads=1, on_epoch_end=kill)
+"""
+
+
+def test_resume_after_sigkill_gives_the_uninterrupted_result(vega_run, dataset, tmp_path, caplog):
+    out = tmp_path / "killed"
+    args = {"manifest": str(dataset["manifest"]), "features": {m: str(p) for m, p in dataset["features"].items()},
+            "anchors": str(dataset["anchors"]), "experiment": resolve_experiment(TINY), "seed": 0, "out": str(out),
+            "kill_at": 3}
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    result = subprocess.run([sys.executable, "-c", KILL_SCRIPT, json.dumps(args)], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == -9, result.stderr[-2000:]
+    assert (out / "last.pt").exists() and not (out / "metrics.json").exists()
+    last = torch.load(out / "last.pt", weights_only=True)
+    assert last["state"]["epoch"] == 3 and len(last["state"]["history"]) == 3
+    with caplog.at_level(logging.INFO, logger="ercpipe.train.trainer"):
+        metrics = train(dataset, out)
+    assert "resuming from" in caplog.text and "after epoch 3" in caplog.text
+    reference_dir, reference = vega_run
+    for key in ("protocol", "valid", "test", "temperatures"):
+        assert metrics[key] == reference[key], key
+    resumed = torch.load(out / "model.pt", weights_only=True)["state_dict"]
+    uninterrupted = torch.load(reference_dir / "model.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(resumed[k], uninterrupted[k]) for k in uninterrupted)
+    pd.testing.assert_frame_equal(pd.read_csv(out / "history.tsv", sep="\t").drop(columns="seconds"),
+                                  pd.read_csv(reference_dir / "history.tsv", sep="\t").drop(columns="seconds"))
+
+
+def test_resume_refuses_another_configuration(vega_run, dataset):
+    out, _ = vega_run
+    with pytest.raises(TrainingError, match="different configuration or seed"):
+        train(dataset, out, seed=1)
+
+
+# ------------------------------------------------------------------------------------------ aggregation
+
+def test_aggregate(vega_run, dataset, tmp_path):
+    second = tmp_path / "seed1"
+    train(dataset, second, {**TINY, "train": {**TINY["train"], "epochs": 3}}, seed=1)
+    out = tmp_path / "summary"
+    aggregate([vega_run[0], second], out)
+    for name in ("summary.json", "summary.tsv", "curves.png", "confusion.png", "tsne.png"):
+        assert (out / name).stat().st_size > 0, name
+        if name.endswith(".png"):
+            assert (out / name).read_bytes()[:4] == b"\x89PNG"
+    summary = json.loads((out / "summary.json").read_text())
+    runs = [json.loads((p / "metrics.json").read_text()) for p in (vega_run[0], second)]
+    f1 = summary["metrics"]["test.weighted_f1"]
+    values = [r["test"]["weighted_f1"] for r in runs]
+    assert f1["values"] == values and f1["mean"] == pytest.approx(np.mean(values))
+    assert f1["std"] == pytest.approx(np.std(values, ddof=1))
+    assert "test.per_class.sad.f1" in summary["metrics"] and summary["seeds"] == [0, 1]
+    np.testing.assert_allclose(summary["mean_confusion"]["test"],
+                               np.mean([r["test"]["confusion"] for r in runs], axis=0))
+    table = pd.read_csv(out / "summary.tsv", sep="\t")
+    assert "valid.accuracy" in set(table["metric"])
+    with pytest.raises(Exception, match="has not finished"):
+        aggregate([tmp_path / "missing"], out)

@@ -1,0 +1,303 @@
+"""Face features with the real MTCNN on drawn faces in real H.264 (.mp4) and XVID (.avi) videos."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torchvision
+
+from ercpipe.datasets import drawing
+from ercpipe.features import denseface, visual
+from ercpipe.io import features as feature_io
+from ercpipe.io import manifest as manifest_io
+
+W, H = 640, 360
+BACKGROUND = (70, 90, 110)
+LEFT_SKIN = (225, 175, 140)  # the larger face, on the left half
+RIGHT_SKIN = (150, 100, 65)  # the smaller face, on the right half
+TWO_FACES = ((170, 180, 160, LEFT_SKIN), (470, 180, 130, RIGHT_SKIN))  # centre x, centre y, height, colour
+SIDE = {"mode": "side", "sides": {"F": "left", "M": "right"}}
+
+
+def draw_face(img: np.ndarray, cx: int, cy: int, h: int, skin: tuple[int, int, int]) -> None:
+    """A neutral bald drawn head (ercpipe.datasets.drawing) that the real MTCNN detects."""
+    drawing.draw_face(img, (cx, cy), h, "neutral", drawing.FaceStyle(skin=skin, hair_style="bald"))
+
+
+def frames(n: int, faces) -> list[np.ndarray]:
+    out = []
+    for i in range(n):
+        img = np.full((H, W, 3), BACKGROUND, np.uint8)
+        for cx, cy, h, skin in faces:
+            draw_face(img, cx + i % 3, cy, h, skin)  # a little motion, so the codec has work to do
+        out.append(img)
+    return out
+
+
+def write_mp4(path: Path, images: list[np.ndarray], fps: int = 10) -> Path:
+    """H.264 in .mp4 with PyAV (MELD's container and codec)."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
+        for img in images:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
+        container.mux(stream.encode())
+    return path
+
+
+def write_avi(path: Path, images: list[np.ndarray], fps: int = 10) -> Path:
+    """XVID (MPEG-4 part 2) in .avi with OpenCV (IEMOCAP's container and codec family)."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"XVID"), fps, (W, H))
+    for img in images:
+        writer.write(img[:, :, ::-1])
+    writer.release()
+    return path
+
+
+@pytest.fixture(autouse=True)
+def keep_torch_threads():
+    """extract_shard sets torch's process-wide thread count; give the rest of the suite its own back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def videos(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("videos")
+    return {"mp4": write_mp4(root / "two.mp4", frames(20, TWO_FACES)),
+            "avi": write_avi(root / "two.avi", frames(20, TWO_FACES)),
+            "noface": write_mp4(root / "noface.mp4", frames(10, ()))}
+
+
+@pytest.fixture(scope="session")
+def detector():
+    return visual.build_detector(visual.visual_settings({"weights": "random"}), "cpu")
+
+
+def skin_of(crop: np.ndarray) -> np.ndarray:
+    """Mean colour of the crop's cheek (below the left eye: no features drawn there)."""
+    s = crop.shape[0]
+    return crop[int(s * 0.55):int(s * 0.62), int(s * 0.3):int(s * 0.38)].reshape(-1, 3).mean(axis=0)
+
+
+@pytest.mark.parametrize("kind", ["mp4", "avi"])
+def test_side_selection_picks_the_speakers_half(videos, detector, kind):
+    settings = visual.visual_settings({"weights": "random"})
+    for speaker, skin in (("Ses01_F", LEFT_SKIN), ("Ses01_M", RIGHT_SKIN)):
+        crops = visual.utterance_face_crops(videos[kind], 0.3, 1.5, speaker, settings, SIDE, detector=detector)
+        assert len(crops) == 3  # frames at 0.3, 0.8, 1.3 s at 2 fps
+        assert all(c.shape == (224, 224, 3) and c.dtype == np.uint8 for c in crops)
+        for crop in crops:
+            np.testing.assert_allclose(skin_of(crop), skin, atol=20)
+
+
+def test_largest_central_picks_the_larger_face(videos, detector):
+    settings = visual.visual_settings({"backbone": "denseface", "weights": "random"})
+    crops = visual.utterance_face_crops(videos["mp4"], None, None, "Joey", settings,
+                                        {"mode": "largest_central"}, detector=detector)
+    assert len(crops) == 4 and crops[0].shape == (64, 64, 3)  # 2 s at 2 fps; denseface crops are 64 px
+    np.testing.assert_allclose(skin_of(crops[0]), LEFT_SKIN, atol=20)
+
+
+def test_max_frames_thins_evenly(videos, detector):
+    settings = visual.visual_settings({"fps": 10, "max_frames": 3, "weights": "random"})
+    crops = visual.utterance_face_crops(videos["mp4"], None, None, "x", settings, {"mode": "largest_central"},
+                                        detector=detector)
+    assert len(crops) == 3
+
+
+def test_largest_central_breaks_area_ties_by_distance_to_centre():
+    def face(cx, cy, side):
+        return visual.Face(np.array([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2], np.float32),
+                           0.99, np.zeros((5, 2), np.float32))
+    rule = {"mode": "largest_central"}
+    edge, central, small = face(60, 180, 100), face(330, 170, 99), face(320, 180, 60)
+    assert visual.select_face([edge, central, small], W, H, "x", rule) is central  # 1 % smaller: a tie
+    bigger_edge = face(60, 180, 120)
+    assert visual.select_face([bigger_edge, central], W, H, "x", rule) is bigger_edge
+    assert visual.select_face([], W, H, "x", rule) is None
+    # side mode: the most confident face on the mapped half, None when that half is empty
+    right_only = [face(500, 180, 80)]
+    assert visual.select_face(right_only, W, H, "Ses02_F", SIDE) is None
+    assert visual.select_face(right_only, W, H, "Ses02_M", SIDE) is right_only[0]
+    with pytest.raises(ValueError, match="speaker 'Ses02_X'.*last character is 'X'"):
+        visual.select_face(right_only, W, H, "Ses02_X", SIDE)
+
+
+def test_alignment_levels_the_eyes(detector):
+    img = np.full((H, W, 3), BACKGROUND, np.uint8)
+    draw_face(img, 320, 180, 170, LEFT_SKIN)
+    tilted = cv2.warpAffine(img, cv2.getRotationMatrix2D((320, 180), 20, 1.0), (W, H),
+                            borderMode=cv2.BORDER_REPLICATE)
+    [faces] = visual.detect_faces(detector, [tilted])
+    assert len(faces) == 1 and faces[0].prob > 0.9
+    eyes = faces[0].landmarks[:2]
+    assert abs(eyes[1, 1] - eyes[0, 1]) > 10  # tilted in the frame
+    matrix = visual.alignment_matrix(faces[0], 224, 0.2)
+    aligned_eyes = np.c_[eyes, np.ones(2)] @ matrix.T
+    assert abs(aligned_eyes[1, 1] - aligned_eyes[0, 1]) < 1.0  # level in the crop
+    assert 60 < aligned_eyes[:, 0].mean() < 164  # and near the middle
+
+
+def manifest(rows: list[dict]) -> pd.DataFrame:
+    base = {"dataset": "t", "split": "test", "utterance_index": 0, "speaker_slot": 0, "label": "neu", "text": "x",
+            "audio_path": "", "audio_start": float("nan"), "audio_end": float("nan"), "flags": ""}
+    out = []
+    for i, row in enumerate(rows):
+        out.append({**base, "dialogue_id": f"d{i // 3}", "utterance_index": i % 3, **row})
+    return pd.DataFrame(out)
+
+
+@pytest.fixture(scope="session")
+def visual_manifest(videos, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("visual_manifest") / "manifest.tsv"
+    junk = path.with_name("junk.mp4")
+    junk.write_bytes(videos["mp4"].read_bytes()[:3000])  # a truncated download
+    manifest_io.write(manifest([
+        {"utterance_id": "f_mp4", "speaker": "Ses01_F", "video_path": str(videos["mp4"]),
+         "video_start": 0.0, "video_end": 1.0},
+        {"utterance_id": "m_avi", "speaker": "Ses01_M", "video_path": str(videos["avi"]),
+         "video_start": 0.5, "video_end": 1.5},
+        {"utterance_id": "nobody", "speaker": "Ses01_F", "video_path": str(videos["noface"]),
+         "video_start": float("nan"), "video_end": float("nan")},
+        {"utterance_id": "gone", "speaker": "Ses01_M", "video_path": str(videos["mp4"].with_name("gone.mp4")),
+         "video_start": 0.0, "video_end": 1.0},
+        {"utterance_id": "flagged", "speaker": "Ses01_M", "video_path": "", "video_start": float("nan"),
+         "video_end": float("nan"), "flags": "no_video"},
+        {"utterance_id": "late", "speaker": "Ses01_F", "video_path": str(videos["mp4"]),
+         "video_start": 50.0, "video_end": 51.0},
+        {"utterance_id": "junk", "speaker": "Ses01_F", "video_path": str(junk), "video_start": 0.0,
+         "video_end": 1.0},
+    ]), path)
+    return path
+
+
+def test_extract_shard_denseface_records_every_absent_row(visual_manifest, tmp_path):
+    settings = {"backbone": "denseface", "weights": "random", "fps": 2}
+    out = tmp_path / "shard.h5"
+    visual.extract_shard(visual_manifest, 0, 1, settings, SIDE, out, threads=2, device="cpu")
+    expected_hash = feature_io.settings_hash(visual.stored_settings(settings, SIDE))
+    fs = feature_io.read(out, expected_dim=342, expected_hash=expected_hash)
+    assert fs.utterance_ids == ["f_mp4", "m_avi", "nobody", "gone", "flagged", "late", "junk"]
+    assert fs.present.tolist() == [True, True, False, False, False, False, False]
+    assert np.all(fs.features[~fs.present] == 0)
+    assert np.isfinite(fs.features).all() and np.abs(fs.features[:2]).sum(axis=1).min() > 0
+    assert not np.allclose(fs.features[0], fs.features[1])  # the left and the right face differ
+    absent = json.loads(fs.attrs["absent"])
+    assert absent["nobody"].startswith("no_face")
+    assert absent["gone"].startswith("missing_video")
+    assert absent["flagged"] == "no_video"
+    assert absent["late"].startswith("no_frames")
+    assert absent["junk"].startswith("corrupt_video") and "junk.mp4" in absent["junk"]
+    assert fs.attrs["extractor"] == "mtcnn+denseface" and fs.attrs["model"] == "denseface"
+    assert fs.attrs["settings"]["face_selection"] == SIDE
+    assert fs.attrs["weights_source"] == "random (seed 0)" and "warning" not in fs.attrs
+    # the stored vector is the mean of the per-frame embeddings of the speaker's crops
+    embedder = visual.load_embedder(settings, "cpu")
+    crops = visual.utterance_face_crops(fs_path_video(visual_manifest, "f_mp4"), 0.0, 1.0, "Ses01_F", settings,
+                                        SIDE)
+    np.testing.assert_allclose(fs.features[0], embedder.embed(crops).mean(axis=0), rtol=1e-4, atol=1e-5)
+
+
+def fs_path_video(manifest_path: Path, utterance_id: str) -> str:
+    df = manifest_io.read(manifest_path)
+    return df.loc[df["utterance_id"] == utterance_id, "video_path"].item()
+
+
+def test_densenet121_without_weights_warns_and_loads_the_hub_cache(visual_manifest, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    settings = {"backbone": "densenet121", "weights": None, "max_frames": 1}
+    out = tmp_path / "random.h5"
+    visual.extract_shard(visual_manifest, 0, 3, settings, SIDE, out, device="cpu")  # the first dialogue (of 3)
+    fs = feature_io.read(out, expected_dim=1024)
+    assert fs.utterance_ids == ["f_mp4", "m_avi", "nobody"] and fs.present.tolist() == [True, True, False]
+    assert np.isfinite(fs.features).all() and (fs.features[:2] >= 0).all()  # pooled after a ReLU
+    assert "RANDOM" in fs.attrs["warning"] and fs.attrs["weights_source"] == "random (seed 0)"
+
+    # A file where torchvision caches its ImageNet weights is used; its old-style key names are mapped.
+    model = torchvision.models.densenet121(weights=None)
+    state = {k.replace("norm1.", "norm.1.").replace("conv2.", "conv.2."): v for k, v in model.state_dict().items()
+             if not k.endswith("num_batches_tracked")}  # the published file predates these counters
+    assert any(".norm.1." in k for k in state)
+    cache = tmp_path / "torch_home" / "hub" / "checkpoints" / visual.TORCHVISION_DENSENET121_FILE
+    cache.parent.mkdir(parents=True)
+    torch.save(state, cache)
+    embedder = visual.load_embedder(settings, "cpu")
+    assert embedder.weights_source.startswith(str(cache)) and not embedder.warning
+    crop = np.random.default_rng(0).integers(0, 255, (2, 224, 224, 3), dtype=np.uint8)
+    with torch.inference_mode():
+        expected = torch.nn.functional.adaptive_avg_pool2d(torch.relu(model.eval().features(
+            embedder._tensor(list(crop)))), 1).flatten(1).numpy()
+    np.testing.assert_allclose(embedder.embed(list(crop)), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_random_backbones_have_the_documented_widths_and_are_seeded():
+    crops = list(np.random.default_rng(1).integers(0, 255, (3, 80, 80, 3), dtype=np.uint8))
+    for backbone, dim in (("densenet121", 1024), ("denseface", 342)):
+        first = visual.load_embedder({"backbone": backbone, "weights": "random"}, "cpu")
+        second = visual.load_embedder({"backbone": backbone, "weights": "random"}, "cpu")
+        vectors = first.embed(crops, batch_size=2)
+        assert vectors.shape == (3, dim) and np.isfinite(vectors).all()
+        np.testing.assert_allclose(vectors, second.embed(crops), rtol=1e-5, atol=1e-6)  # shards agree
+
+
+def test_denseface_architecture_and_checkpoint_round_trip(tmp_path):
+    model = denseface.DenseFace(num_classes=8).eval()
+    assert model.feature_dim == 342
+    assert sum(p.numel() for p in model.parameters()) < 1_000_000  # DenseNet-BC-100 k=12: about 0.8 M
+    path = tmp_path / "denseface.pt"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, path)
+    loaded = denseface.load_denseface(path).eval()
+    x = torch.randn(2, 1, 64, 64)
+    with torch.inference_mode():
+        np.testing.assert_array_equal(loaded(x).numpy(), model(x).numpy())
+        assert loaded.logits(x).shape == (2, 8)
+    embedder = visual.load_embedder({"backbone": "denseface", "weights": str(path)}, "cpu")
+    assert embedder.weights_source.startswith(str(path)) and "sha256" in embedder.weights_source
+
+
+def test_denseface_checkpoint_mismatch_is_a_clear_error(tmp_path):
+    state = denseface.DenseFace().state_dict()
+    state.pop("norm_final.weight")
+    state["extra.weight"] = torch.zeros(1)
+    bad = tmp_path / "bad.pt"
+    torch.save(state, bad)
+    with pytest.raises(ValueError, match=r"bad\.pt does not match DenseFace.*1 missing key.*norm_final\.weight"
+                                         r".*1 unexpected key.*extra\.weight"):
+        denseface.load_denseface(bad)
+    wrong = denseface.DenseFace(growth_rate=24).state_dict()
+    torch.save(wrong, tmp_path / "wide.pt")
+    with pytest.raises(ValueError, match="shape mismatch"):
+        denseface.load_denseface(tmp_path / "wide.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="junk.pt cannot be read"):
+        denseface.load_denseface(tmp_path / "junk.pt")
+    with pytest.raises(FileNotFoundError, match="nothere.pt does not exist"):
+        visual.load_embedder({"backbone": "denseface", "weights": str(tmp_path / "nothere.pt")}, "cpu")
+
+
+def test_settings_are_validated():
+    resolved = visual.visual_settings({"backbone": "denseface"})
+    assert resolved["image_size"] == 64 and resolved["fps"] == 2.0 and resolved["max_frames"] == 16
+    assert visual.visual_settings({})["image_size"] == 224
+    with pytest.raises(ValueError, match=r"unknown visual feature setting.*'frame_rate'"):
+        visual.visual_settings({"frame_rate": 2})
+    with pytest.raises(ValueError, match="backbone 'resnet'"):
+        visual.visual_settings({"backbone": "resnet"})
+    with pytest.raises(ValueError, match="thresholds"):
+        visual.visual_settings({"thresholds": [0.6, 0.7]})
+    with pytest.raises(ValueError, match="max_frames must be a positive integer"):
+        visual.visual_settings({"max_frames": 0})
+    with pytest.raises(ValueError, match="face_selection mode 'middle'"):
+        visual.face_selection_settings({"mode": "middle"})
+    with pytest.raises(ValueError, match="needs sides"):
+        visual.face_selection_settings({"mode": "side", "sides": {"F": "top"}})
+    with pytest.raises(ValueError, match=r"unknown face_selection key\(s\) \['sides'\]"):
+        visual.face_selection_settings({"mode": "largest_central", "sides": {}})
