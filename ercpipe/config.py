@@ -129,9 +129,17 @@ def check(config: dict, workdir: Path = Path(".")) -> None:
         from ercpipe.train.presets import resolve_experiment  # light: no torch
 
         try:
-            resolve_experiment(exp)
+            resolved = resolve_experiment(exp)
         except ValueError as err:
             raise ConfigError(f"{where}: {err}") from None
+        vega = resolved["loss"]["clip_loss"]
+        if vega and exp.get("anchors") is None:
+            raise ConfigError(f"{where}.anchors: null, but preset {resolved['preset']!r} trains the VEGA branch "
+                              "(loss.clip_loss: true), which needs anchors: name an anchor set, or train SDT "
+                              "with loss: {clip_loss: false} or a preset without VEGA (sdt, sdt-vega-backbone)")
+        if not vega and exp.get("anchors") is not None:
+            raise ConfigError(f"{where}.anchors: {exp['anchors']!r} is never used because loss.clip_loss is false; "
+                              "set anchors: null, or turn the VEGA branch on")
 
 
 def with_defaults(settings: dict | None, defaults: dict, what: str) -> dict:

@@ -62,6 +62,10 @@ def test_schema_errors_name_the_key(demo_config, mutate, expected):
      "experiments.iemocap_demo_sdt: experiment key train.learning_rate: unknown key"),
     (lambda c: c["experiments"]["iemocap_demo_sdt"].update(model={"dropout": 1.5}),
      "experiments.iemocap_demo_sdt: experiment key model.dropout: must be a number"),
+    (lambda c: c["experiments"]["iemocap_demo_sdt_vega"].update(anchors=None),
+     "experiments.iemocap_demo_sdt_vega.anchors: null, but preset 'demo' trains the VEGA branch"),
+    (lambda c: c["experiments"]["iemocap_demo_sdt"].update(anchors="demo_faces"),
+     "experiments.iemocap_demo_sdt.anchors: 'demo_faces' is never used"),
 ])
 def test_reference_errors_name_the_key(demo_config, mutate, expected):
     bad = copy.deepcopy(demo_config)

@@ -215,8 +215,10 @@ def test_collate_pads_and_feature_masking_is_per_dialogue(dataset):
 
 def test_sdt_vega_learns_and_writes_its_outputs(vega_run, dataset):
     out, metrics = vega_run
-    for name in ("model.pt", "last.pt", "metrics.json", "history.tsv", "predictions.tsv", "fused.npz"):
+    for name in ("model.pt", "metrics.json", "history.tsv", "predictions.tsv", "fused.npz"):
         assert (out / name).exists(), name
+    # The resume state is gone once the run is complete.
+    assert not (out / "last.pt").exists() and not (out / "best.pt").exists()
     assert not list(out.glob(".*tmp*"))  # atomic writes left no temporary files
     assert metrics["test"]["accuracy"] > 60 and metrics["valid"]["accuracy"] > 60  # chance is about 17 %
     on_disk = json.loads((out / "metrics.json").read_text())
@@ -368,16 +370,22 @@ run_training(a["manifest"], a["features"], a["anchors"], a["experiment"], a["see
 """
 
 
-def test_resume_after_sigkill_gives_the_uninterrupted_result(vega_run, dataset, tmp_path, caplog):
-    out = tmp_path / "killed"
+def kill_training_after(dataset, out: Path, epoch: int) -> None:
+    """Train TINY with seed 0 into `out` in a child process that SIGKILLs itself after `epoch`."""
     args = {"manifest": str(dataset["manifest"]), "features": {m: str(p) for m, p in dataset["features"].items()},
             "anchors": str(dataset["anchors"]), "experiment": resolve_experiment(TINY), "seed": 0, "out": str(out),
-            "kill_at": 3}
+            "kill_at": epoch}
     env = dict(os.environ, PYTHONPATH=str(REPO))
     result = subprocess.run([sys.executable, "-c", KILL_SCRIPT, json.dumps(args)], cwd=REPO, env=env,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == -9, result.stderr[-2000:]
-    assert (out / "last.pt").exists() and not (out / "metrics.json").exists()
+
+
+def test_resume_after_sigkill_gives_the_uninterrupted_result(vega_run, dataset, tmp_path, caplog):
+    out = tmp_path / "killed"
+    kill_training_after(dataset, out, epoch=3)
+    assert (out / "last.pt").exists() and (out / "best.pt").exists()
+    assert not (out / "metrics.json").exists() and not (out / "model.pt").exists()
     last = torch.load(out / "last.pt", weights_only=True)
     assert last["state"]["epoch"] == 3 and len(last["state"]["history"]) == 3
     with caplog.at_level(logging.INFO, logger="ercpipe.train.trainer"):
@@ -393,10 +401,26 @@ def test_resume_after_sigkill_gives_the_uninterrupted_result(vega_run, dataset, 
                                   pd.read_csv(reference_dir / "history.tsv", sep="\t").drop(columns="seconds"))
 
 
-def test_resume_refuses_another_configuration(vega_run, dataset):
-    out, _ = vega_run
-    with pytest.raises(TrainingError, match="different configuration or seed"):
-        train(dataset, out, seed=1)
+def test_stale_state_of_another_configuration_is_discarded(dataset, tmp_path, caplog):
+    """Snakemake re-runs a job whose training settings changed in the same folder: start from scratch."""
+    out = tmp_path / "run"
+    kill_training_after(dataset, out, epoch=2)
+    other = {**TINY, "train": {**TINY["train"], "epochs": 3}}
+    with caplog.at_level(logging.INFO, logger="ercpipe.train.trainer"):
+        metrics = train(dataset, out, other)
+    assert "not resuming from" in caplog.text and "differing sections: ['train']" in caplog.text
+    assert "resuming from" not in caplog.text.replace("not resuming from", "")
+    assert metrics["protocol"]["epochs_run"] == 3 and len(pd.read_csv(out / "history.tsv", sep="\t")) == 3
+
+
+def test_resume_needs_the_selected_checkpoint(dataset, tmp_path, caplog):
+    out = tmp_path / "run"
+    kill_training_after(dataset, out, epoch=2)
+    (out / "best.pt").unlink()
+    with caplog.at_level(logging.INFO, logger="ercpipe.train.trainer"):
+        metrics = train(dataset, out)
+    assert "selected checkpoint" in caplog.text and "is missing; training from scratch" in caplog.text
+    assert metrics["protocol"]["epochs_run"] == len(pd.read_csv(out / "history.tsv", sep="\t"))
 
 
 # ------------------------------------------------------------------------------------------ aggregation
@@ -423,3 +447,12 @@ def test_aggregate(vega_run, dataset, tmp_path):
     assert "valid.accuracy" in set(table["metric"])
     with pytest.raises(Exception, match="has not finished"):
         aggregate([tmp_path / "missing"], out)
+
+
+def test_the_pipeline_features_choose_the_modalities():
+    text_audio = {**TINY, "features": {"text": "minilm", "audio": "is10"}}
+    assert resolve_experiment(text_audio)["model"]["modalities"] == ["text", "audio"]
+    narrowed = {**text_audio, "model": {**TINY["model"], "modalities": ["text"]}}
+    assert resolve_experiment(narrowed)["model"]["modalities"] == ["text"]
+    with pytest.raises(ValueError, match=r"model.modalities: \['visual'\] have no feature setting"):
+        resolve_experiment({**text_audio, "model": {"modalities": ["text", "visual"]}})

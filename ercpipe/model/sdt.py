@@ -128,6 +128,8 @@ class SDTVega(nn.Module):
         self.spec = spec
         d, short = spec.hidden_dim, spec.short
         self.classes: list[str] | None = None  # set by the trainer / load_model for readable predictions
+        # Training-split feature standardisation {modality: {mean, std}} (load_model sets it; predict applies it).
+        self.feature_stats: dict | None = None
         if spec.speaker_embeddings:
             # Row S is the padding slot: zero and never updated (padding_idx), for any number of speakers (O4).
             self.speaker_embeddings = nn.Embedding(spec.n_speakers + 1, d, padding_idx=spec.n_speakers)

@@ -158,6 +158,37 @@ def load_dialogues(manifest_path: str | Path, feature_paths: dict[str, str | Pat
     return DialogueData(dialogues, classes, modalities, dims, n_speakers, str(manifest_path), absent_counts)
 
 
+# A dimension whose training values vary less than this is constant: it is centred, not scaled.
+MIN_STD = 1e-6
+
+
+def standardization(dialogues: Sequence[Dialogue], modalities: Sequence[str]) -> dict[str, dict[str, torch.Tensor]]:
+    """Per-dimension mean and std of each modality over the present utterances of `dialogues`.
+
+    Called with the training dialogues only, so no statistic comes from validation or test data. Raw
+    openSMILE functionals span five orders of magnitude (IS10: |x| up to ~5000 next to values below 1),
+    which a bias-free linear projection cannot absorb; standardising puts every modality on one scale.
+    """
+    stats = {}
+    for m in modalities:
+        rows = [d.features[m][d.present[m]] for d in dialogues]
+        x = torch.cat(rows).double() if rows else torch.zeros(0)
+        if len(x) < 2:
+            raise DataError(f"cannot standardise {m} features: fewer than two training utterances have them")
+        std = x.std(dim=0)
+        stats[m] = {"mean": x.mean(dim=0).float(), "std": torch.where(std < MIN_STD, 1.0, std).float()}
+    return stats
+
+
+def standardize(dialogues: Sequence[Dialogue], stats: dict[str, dict[str, torch.Tensor]]) -> None:
+    """Apply `standardization` statistics in place; absent rows stay zeros (their contract)."""
+    for d in dialogues:
+        for m, s in stats.items():
+            if m in d.features:
+                x = (d.features[m] - s["mean"]) / s["std"]
+                d.features[m] = torch.where(d.present[m][:, None], x, torch.zeros_like(x))
+
+
 def collate(dialogues: Sequence[Dialogue]) -> Batch:
     """Pad a list of dialogues to the longest one (spec 1.7, batch-first)."""
     if not dialogues:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +13,7 @@ import pandas as pd
 import torch
 
 from ercpipe.model.sdt import ModelSpec, SDTVega, build_model
-from ercpipe.train.data import Batch, Dialogue, collate
+from ercpipe.train.data import Batch, Dialogue, collate, standardize
 
 logger = logging.getLogger(__name__)
 
@@ -129,6 +130,7 @@ def load_model(checkpoint_path: str | Path, device: str | torch.device = "cpu") 
     except RuntimeError as err:
         raise CheckpointError(f"{checkpoint_path}: the stored weights do not fit the stored model spec: {err}") from err
     model.classes = list(payload["classes"])
+    model.feature_stats = payload.get("feature_stats")
     model.to(resolve_device(device)).eval()
     return model, payload["config"], list(payload["classes"])
 
@@ -137,6 +139,8 @@ def predict(model: SDTVega, dialogues: Sequence[Dialogue], batch_size: int = 32,
             device: str | torch.device | None = None, amp: str = "off") -> pd.DataFrame:
     """Per-utterance predictions (backbone-only forward, as at inference; spec 2.14).
 
+    `dialogues` hold features as the extractors wrote them; the training split's standardisation stored
+    in the checkpoint (load_model sets model.feature_stats) is applied to copies of them here.
     Columns: utterance_id, dialogue_id, label (name, "" if unlabelled), prediction (name), prob_<class>...
     """
     device = next(model.parameters()).device if device is None else resolve_device(device)
@@ -144,7 +148,11 @@ def predict(model: SDTVega, dialogues: Sequence[Dialogue], batch_size: int = 32,
     missing = [m for m in model.spec.modalities if dialogues and m not in dialogues[0].features]
     if missing:
         raise ValueError(f"the model needs {list(model.spec.modalities)} features; the dialogues lack {missing}")
-    result = run_eval(model, eval_batches(list(dialogues), batch_size), device, amp)
+    dialogues = list(dialogues)
+    if getattr(model, "feature_stats", None):
+        dialogues = [dataclasses.replace(d, features=dict(d.features)) for d in dialogues]
+        standardize(dialogues, model.feature_stats)
+    result = run_eval(model, eval_batches(dialogues, batch_size), device, amp)
     return predictions_frame(result, classes)
 
 

@@ -166,6 +166,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, Check]]] = {
         "amp": ("fp16", choice("fp16", "bf16", "off")),
         "grad_clip": (None, number(0.0, lo_open=True, allow_none=True)),
         "feature_mask_ratio": (0.1, number(0.0, 1.0, hi_open=True)),
+        "feature_norm": ("standardize", choice("standardize", "none")),
         "selection_metric": ("weighted_f1", choice("weighted_f1", "accuracy", "macro_f1", "weighted_precision")),
         "paper_compat": (False, boolean),
     },
@@ -204,7 +205,7 @@ PRESET_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
     },
     "demo": {  # small and fast: the 2-core demo on the synthetic corpus
         "model": {"hidden_dim": 128, "n_heads": 2, "dropout": 0.2, "head_dropout": 0.2, "clip_proj_dropout": 0.2},
-        "train": {"lr": 1e-3, "epochs": 12, "patience": 6, "amp": "off"},
+        "train": {"lr": 1e-3, "batch_size": 2, "epochs": 20, "patience": 8, "amp": "off"},
     },
 }
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {}
@@ -269,6 +270,15 @@ def resolve_experiment(experiment_cfg: dict) -> dict:
             if problem:
                 raise ValueError(f"experiment key {section}.{key}: {problem} (got {value!r})")
             resolved[section][key] = copy.deepcopy(value)
+    features = experiment_cfg.get("features")
+    if isinstance(features, dict) and features:
+        # The pipeline's `features:` names the modalities; model.modalities may narrow them, not widen.
+        chosen = (experiment_cfg.get("model") or {}).get("modalities")
+        if chosen is None:
+            resolved["model"]["modalities"] = [m for m in MODALITIES if m in features]
+        elif not set(chosen) <= set(features):
+            raise ValueError(f"experiment key model.modalities: {sorted(set(chosen) - set(features))} have no "
+                             f"feature setting under features: (it has {sorted(features)})")
     _check_combinations(resolved)
     out = {k: copy.deepcopy(v) for k, v in experiment_cfg.items() if k not in SECTIONS}
     out["preset"] = name

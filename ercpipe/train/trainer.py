@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import random
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +28,7 @@ from ercpipe.io.atomic import atomic_path, write_json
 from ercpipe.model.anchors import subsample_anchor_images
 from ercpipe.model.losses import SDTVegaLoss, inverse_frequency_weights, paper_class_weights
 from ercpipe.model.sdt import ModelSpec, SDTVega, build_model, count_parameters
-from ercpipe.train.data import DialogueData, batches, load_dialogues, mask_feature_dims
+from ercpipe.train.data import DialogueData, batches, load_dialogues, mask_feature_dims, standardization, standardize
 from ercpipe.train.evaluate import (CHECKPOINT_FORMAT, CheckpointError, EvalResult, autocast_context, eval_batches,
                                     load_checkpoint_file, predictions_frame, resolve_device, run_eval)
 from ercpipe.train.metrics import SCALAR_METRICS, classification_metrics, weighted_f1
@@ -35,7 +36,10 @@ from ercpipe.train.presets import resolve_experiment
 
 logger = logging.getLogger(__name__)
 
-BEST_NAME, LAST_NAME = "model.pt", "last.pt"
+# model.pt is the rule's output and appears only when the run has finished; while training, the selected
+# checkpoint and the resume state live in best.pt and last.pt, which Snakemake does not know about (it
+# deletes a killed job's outputs before re-running it, and the resume state must survive that).
+BEST_NAME, WORK_BEST_NAME, LAST_NAME = "model.pt", "best.pt", "last.pt"
 
 
 class TrainingError(ValueError):
@@ -237,8 +241,9 @@ def run_training(manifest_path, feature_paths: dict, anchor_path, experiment: di
                  device: str = "auto", threads: int | None = None,
                  on_epoch_end: Callable[[int], None] | None = None) -> dict:
     """Train one seed; return the content of metrics.json. A run restarted on the same out_dir continues
-    from out_dir/last.pt (same config and seed required). `on_epoch_end(epoch)` is called after each
-    epoch's checkpoint is on disk (tests use it to kill the process there)."""
+    from out_dir/last.pt if that state belongs to the same config and seed, else starts afresh (logged).
+    `on_epoch_end(epoch)` is called after each epoch's state is on disk (tests use it to kill the
+    process there)."""
     out_dir = Path(out_dir)
     cfg = _json_clean(resolve_experiment(experiment))
     train_cfg, paper_compat = cfg["train"], cfg["train"]["paper_compat"]
@@ -261,6 +266,12 @@ def run_training(manifest_path, feature_paths: dict, anchor_path, experiment: di
             + ("Give the manifest a valid split (IEMOCAP standard split, MELD dev) or set train.paper_compat: "
                "true to select on test as the official code does." if not paper_compat else ""))
 
+    feature_stats = None
+    if train_cfg["feature_norm"] == "standardize":
+        feature_stats = standardization(train_dialogues, data.modalities)
+        standardize(data.dialogues, feature_stats)
+        logger.info("features standardised with the statistics of the %s split (%s)", "+".join(train_splits),
+                    ", ".join(f"{m}: {len(s['mean'])} dims" for m, s in feature_stats.items()))
     weights, weights_source = class_weights_for(cfg, data, train_splits)
     loss_fn = SDTVegaLoss(cfg["loss"], weights)
     vega = cfg["loss"]["clip_loss"]
@@ -287,9 +298,9 @@ def run_training(manifest_path, feature_paths: dict, anchor_path, experiment: di
 
     state = {"epoch": 0, "history": [], "best_score": -math.inf, "best_epoch": 0, "bad_epochs": 0,
              "finished": False, "skipped_steps": 0}
-    last_path, best_path = out_dir / LAST_NAME, out_dir / BEST_NAME
+    last_path, best_path = out_dir / LAST_NAME, out_dir / WORK_BEST_NAME
     if last_path.exists():
-        state = _resume(last_path, cfg, seed, model, optimizer, scaler, scheduler, device)
+        state = _resume(last_path, best_path, cfg, seed, model, optimizer, scaler, scheduler, device) or state
 
     epochs = tqdm(range(state["epoch"] + 1, train_cfg["epochs"] + 1), desc="epochs", mininterval=5,
                   initial=state["epoch"], total=train_cfg["epochs"]) if not state["finished"] else []
@@ -307,7 +318,7 @@ def run_training(manifest_path, feature_paths: dict, anchor_path, experiment: di
         improved = compared > state["best_score"]  # strict: a tie keeps the earlier epoch (O19)
         if improved:
             state.update(best_score=compared, best_epoch=epoch, bad_epochs=0)
-            save_torch(_best_payload(model, cfg, spec, data, seed, epoch, selection_split), best_path)
+            save_torch(_best_payload(model, cfg, spec, data, seed, epoch, selection_split, feature_stats), best_path)
         else:
             state["bad_epochs"] += 1
         state["skipped_steps"] += row["skipped_steps"]
@@ -334,11 +345,11 @@ def run_training(manifest_path, feature_paths: dict, anchor_path, experiment: di
                    weights_source, anchor_info, loss_fn, anchor_set)
 
 
-def _best_payload(model, cfg, spec, data, seed, epoch, selection_split) -> dict:
+def _best_payload(model, cfg, spec, data, seed, epoch, selection_split, feature_stats) -> dict:
     return {"format": CHECKPOINT_FORMAT, "version": 1,
             "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             "config": cfg, "spec": spec.to_dict(), "classes": list(data.classes), "epoch": epoch, "seed": seed,
-            "selection_split": selection_split}
+            "selection_split": selection_split, "feature_stats": feature_stats}
 
 
 def _last_payload(model, optimizer, scaler, scheduler, cfg, seed, state, device) -> dict:
@@ -349,7 +360,10 @@ def _last_payload(model, optimizer, scaler, scheduler, cfg, seed, state, device)
             "rng": rng_state(device), "state": _json_clean(state)}
 
 
-def _resume(path: Path, cfg, seed, model, optimizer, scaler, scheduler, device) -> dict:
+def _resume(path: Path, best_path: Path, cfg, seed, model, optimizer, scaler, scheduler, device) -> dict | None:
+    """The saved training state (model, optimiser, RNG ... restored), or None after discarding a state
+    that cannot be continued: another configuration or seed (e.g. Snakemake re-runs the job because a
+    training setting changed), or a selected checkpoint that is gone."""
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001
@@ -358,10 +372,18 @@ def _resume(path: Path, cfg, seed, model, optimizer, scaler, scheduler, device) 
     # Only what shapes the training must match; pipeline keys (e.g. the list of seeds) may change.
     relevant = ("preset", "model", "loss", "train")
     stored = payload.get("config") or {}
-    if any(stored.get(k) != cfg.get(k) for k in relevant) or payload.get("seed") != seed:
-        raise TrainingError(f"{path} belongs to a run with a different configuration or seed "
-                            f"(seed {payload.get('seed')} vs {seed}); delete the output folder {path.parent} or "
-                            "use another one")
+    changed = [k for k in relevant if stored.get(k) != cfg.get(k)]
+    reason = None
+    if changed or payload.get("seed") != seed:
+        reason = (f"it belongs to a run with a different configuration or seed (seed {payload.get('seed')} vs "
+                  f"{seed}; differing sections: {changed or 'none'})")
+    elif payload["state"]["best_epoch"] and not best_path.exists():
+        reason = f"its selected checkpoint {best_path} is missing"
+    if reason:
+        logger.warning("not resuming from %s: %s; training from scratch", path, reason)
+        path.unlink()
+        best_path.unlink(missing_ok=True)
+        return None
     model.load_state_dict(payload["model"], strict=True)
     optimizer.load_state_dict(payload["optimizer"])
     if payload["scaler"]:
@@ -380,7 +402,7 @@ def _finish(out_dir, cfg, data, seed, state, device, selection_split, train_spli
             anchor_info, loss_fn, anchor_set) -> dict:
     """Reload the selected checkpoint, score valid (if held out) and test once, write the outputs."""
     train_cfg = cfg["train"]
-    payload = load_checkpoint_file(out_dir / BEST_NAME)
+    payload = load_checkpoint_file(out_dir / WORK_BEST_NAME)
     model = build_model(ModelSpec.from_dict(payload["spec"]))
     model.load_state_dict(payload["state_dict"], strict=True)
     model.classes = list(data.classes)
@@ -427,7 +449,12 @@ def _finish(out_dir, cfg, data, seed, state, device, selection_split, train_spli
         "seconds_per_epoch": float(np.mean([r["seconds"] for r in history])) if history else None,
         "config": cfg,
     }
+    with atomic_path(out_dir / BEST_NAME) as tmp:
+        shutil.copyfile(out_dir / WORK_BEST_NAME, tmp)
     write_json(out_dir / "metrics.json", metrics)
+    # The run is complete: the resume state is no longer needed (a forced re-run trains from scratch).
+    (out_dir / LAST_NAME).unlink(missing_ok=True)
+    (out_dir / WORK_BEST_NAME).unlink(missing_ok=True)
     logger.info("selected epoch %d on %s; test weighted F1 %s, accuracy %s", payload["epoch"], selection_split,
                 _fmt(results.get("test"), "weighted_f1"), _fmt(results.get("test"), "accuracy"))
     return metrics
