@@ -5,7 +5,12 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config.yaml"
+# config.yaml (the demo) is the default; `--configfile other.yaml` replaces it instead of being merged into
+# it, so a real-data configuration never inherits the demo's experiments. `--config key=value` still
+# overrides single values of whichever file is used.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config.yaml"
 
 
 include: "workflow/rules/common.smk"
@@ -18,6 +23,11 @@ include: "workflow/rules/report.smk"
 
 
 report: "workflow/report/workflow.rst"
+
+
+# `all` only collects targets; everything else is a real job (sbatch on a cluster).
+localrules:
+    all,
 
 
 rule all:

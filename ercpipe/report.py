@@ -1,6 +1,7 @@
-"""Tables for the Snakemake report: feature coverage per split and the benchmark summary."""
+"""Tables for the Snakemake report: feature coverage per split, experiment summaries, the benchmark summary."""
 from __future__ import annotations
 
+import html
 from pathlib import Path
 from typing import Sequence
 
@@ -10,7 +11,8 @@ from ercpipe.io import features, manifest
 from ercpipe.io.atomic import atomic_path
 
 
-def feature_coverage(manifest_path: str | Path, feature_paths: Sequence[str | Path], out_path: str | Path) -> pd.DataFrame:
+def feature_coverage(manifest_path: str | Path, feature_paths: Sequence[str | Path], out_path: str | Path,
+                     html_path: str | Path | None = None) -> pd.DataFrame:
     """One row per split (and a total): utterances, defect flags, and present/missing per feature file."""
     df = manifest.read(manifest_path)
     ids = df["utterance_id"].tolist()
@@ -30,10 +32,16 @@ def feature_coverage(manifest_path: str | Path, feature_paths: Sequence[str | Pa
     per_split = per_split.reset_index()
     with atomic_path(out_path) as tmp:
         per_split.to_csv(tmp, sep="\t", index=False)
+    if html_path is not None:
+        note = ("Utterances per split; <i>flag</i> columns count the raw-data defects the reader recorded, "
+                "<i>missing</i> columns the utterances a feature file holds as zeros with present = False.")
+        write_html(html_path, html_page(f"Feature coverage: {Path(manifest_path).parent.name}",
+                                        [("Per split", per_split, note)]))
     return per_split
 
 
-def benchmark_summary(benchmark_paths: Sequence[str | Path], root: str | Path, out_path: str | Path) -> pd.DataFrame:
+def benchmark_summary(benchmark_paths: Sequence[str | Path], root: str | Path, out_path: str | Path,
+                      html_path: str | Path | None = None) -> pd.DataFrame:
     """Collect Snakemake `benchmark:` files into one table (job, wall seconds, peak RSS, CPU time)."""
     rows = []
     root = Path(root)
@@ -47,4 +55,73 @@ def benchmark_summary(benchmark_paths: Sequence[str | Path], root: str | Path, o
     table = pd.DataFrame(rows, columns=["rule", "job", "wall_s", "max_rss_mb", "cpu_time_s"])
     with atomic_path(out_path) as tmp:
         table.to_csv(tmp, sep="\t", index=False)
+    if html_path is not None:
+        per_rule = (table.groupby("rule", sort=False)
+                    .agg(jobs=("job", "size"), wall_s=("wall_s", "sum"), max_rss_mb=("max_rss_mb", "max"),
+                         cpu_time_s=("cpu_time_s", "sum")).reset_index().round(2))
+        write_html(html_path, html_page("Benchmarks", [
+            ("Per rule", per_rule, "Summed wall and CPU seconds of the rule's jobs, largest peak RSS (MB)."),
+            ("Per job", table, "")]))
     return table
+
+
+# ------------------------------------------------------------------------------------- HTML for the report
+# Snakemake's report shows HTML files inline and offers other tables (TSV) only as downloads, so every
+# table the report should show is also written as a small self-contained HTML page.
+
+_STYLE = ("body{font-family:sans-serif;font-size:14px;margin:1em}table{border-collapse:collapse;margin:.5em 0 1.5em}"
+          "th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f2f2f2}"
+          "td:first-child,th:first-child{text-align:left}.warn{color:#b00;font-weight:bold}")
+
+
+def html_page(title: str, sections: Sequence[tuple[str, pd.DataFrame | None, str]]) -> str:
+    """A standalone HTML page: a title, then per section a heading, an optional note and a table."""
+    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+             f"<style>{_STYLE}</style></head><body><h2>{html.escape(title)}</h2>"]
+    for heading, table, note in sections:
+        parts.append(f"<h3>{html.escape(heading)}</h3>")
+        if note:
+            parts.append(f"<p>{note}</p>")  # notes are written by this module and may hold markup
+        if table is not None:
+            parts.append(table.to_html(index=False, border=0, escape=True, na_rep=""))
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_html(path: str | Path, page: str) -> None:
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(page, encoding="utf-8")
+
+
+def _mean_std(metric: dict | None) -> str:
+    if metric is None:
+        return ""
+    return f"{metric['mean']:.2f} ± {metric['std']:.2f}" if metric["n"] > 1 else f"{metric['mean']:.2f}"
+
+
+def experiment_summary_html(summary: dict, title: str) -> str:
+    """The aggregate of one experiment: overall metrics per split, per-class test metrics, the protocol."""
+    metrics, splits = summary["metrics"], [s for s in ("valid", "test") if f"{s}.accuracy" in summary["metrics"]]
+    names = [("accuracy", "accuracy"), ("weighted_f1", "weighted F1"), ("macro_f1", "macro F1"),
+             ("weighted_precision", 'weighted precision (the VEGA paper\'s "ACC")')]
+    names += [(f"unimodal_weighted_f1.{m}", f"weighted F1 of the {m} head") for m in ("t", "a", "v")
+              if any(f"{s}.unimodal_weighted_f1.{m}" in metrics for s in splits)]
+    overall = pd.DataFrame([{"metric": label, **{s: _mean_std(metrics.get(f"{s}.{key}")) for s in splits}}
+                            for key, label in names])
+    per_class = {}
+    for split in splits:
+        per_class[split] = pd.DataFrame([
+            {"class": c, "accuracy (recall)": _mean_std(metrics.get(f"{split}.per_class.{c}.recall")),
+             "precision": _mean_std(metrics.get(f"{split}.per_class.{c}.precision")),
+             "F1": _mean_std(metrics.get(f"{split}.per_class.{c}.f1"))} for c in summary["classes"]])
+    protocol = summary["protocol"]
+    seeds = ", ".join(str(s) for s in summary["seeds"])
+    note = (f"{summary['n_runs']} run(s), seeds {html.escape(seeds)}; mean ± sample std over runs, in percent. "
+            f"Epoch selected on the <b>{html.escape(protocol['selection_split'])}</b> split by "
+            f"{html.escape(protocol['selection_metric'])}.")
+    if summary["paper_compat"]:
+        note += (" <span class='warn'>paper-compat protocol: the epoch was chosen on the TEST split, as the "
+                 "official code does; these test numbers are optimistic.</span>")
+    sections = [("Overall", overall, note)]
+    sections += [(f"Per class ({split})", frame, "") for split, frame in per_class.items()]
+    return html_page(title, sections)

@@ -8,6 +8,8 @@ with rule_logging(snakemake.log[0]):
 
     root = Path(snakemake.output.root)
     if snakemake.params.fmt == "iemocap":
-        synthetic.generate_iemocap(root, snakemake.params.settings, Path(snakemake.params.split_file))
+        from ercpipe.datasets.iemocap import DEFAULT_SPLIT_FILE
+
+        synthetic.generate_iemocap(root, snakemake.params.settings, DEFAULT_SPLIT_FILE)
     else:
         synthetic.generate_meld(root, snakemake.params.settings)

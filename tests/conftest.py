@@ -27,3 +27,14 @@ def meld_csv_dir() -> Path:
     if not (path / "train_sent_emo.csv").exists():
         pytest.skip(f"real MELD CSVs not found at {path} (set ERCPIPE_MELD_CSV_DIR)")
     return path
+
+
+@pytest.fixture(scope="session")
+def pipeline_run(tmp_path_factory):
+    """The whole demo DAG (smaller corpus, few epochs) run once locally: (workdir, configfile, output)."""
+    from workflow_run import small_config, snakemake, write_config
+
+    workdir = tmp_path_factory.mktemp("pipeline") / "local"
+    configfile = write_config(workdir, small_config())
+    result = snakemake(workdir, configfile, "--cores", "2")
+    return workdir, configfile, result.stdout

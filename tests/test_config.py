@@ -121,3 +121,18 @@ def test_schema_knows_exactly_the_extractor_settings(modality, module):
         assert set(properties["context"]["properties"]) == set(extractor.DEFAULT_CONTEXT)
     if modality == "audio":
         assert set(properties["feature_set"]["enum"]) == set(extractor.FEATURE_SETS)
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "workflow" / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_real_data_configs_are_valid(path, tmp_path):
+    """The configurations for real data validate once their raw folders and image sets exist."""
+    config = yaml.safe_load(path.read_text())
+    pipeline_config.validate_schema(config, SCHEMA)
+    for ds in config["datasets"].values():
+        (tmp_path / ds["root"]).mkdir(parents=True, exist_ok=True)
+    for anchor_set in config.get("anchors", {}).values():
+        if anchor_set.get("images"):
+            (tmp_path / anchor_set["images"]).mkdir(parents=True, exist_ok=True)
+    pipeline_config.check(config, tmp_path)
+    with pytest.raises(pipeline_config.ConfigError, match="does not exist"):
+        pipeline_config.check(config, tmp_path / "elsewhere")

@@ -130,6 +130,8 @@ class SDTVega(nn.Module):
         self.classes: list[str] | None = None  # set by the trainer / load_model for readable predictions
         # Training-split feature standardisation {modality: {mean, std}} (load_model sets it; predict applies it).
         self.feature_stats: dict | None = None
+        # modality -> {extractor, model, settings, encoder_dir} of the training features (for ercpipe.infer).
+        self.feature_sources: dict[str, dict] = {}
         if spec.speaker_embeddings:
             # Row S is the padding slot: zero and never updated (padding_idx), for any number of speakers (O4).
             self.speaker_embeddings = nn.Embedding(spec.n_speakers + 1, d, padding_idx=spec.n_speakers)

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from ercpipe.io.atomic import atomic_path, write_json
+from ercpipe.report import experiment_summary_html, write_html
 from ercpipe.train.metrics import SCALAR_METRICS
 
 logger = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ def _read_run(run_dir: Path) -> dict:
 
 
 def aggregate(run_dirs: Sequence[str | Path], out_dir: str | Path) -> None:
-    """Write summary.json, summary.tsv, curves.png, confusion.png and tsne.png into out_dir."""
+    """Write summary.json, summary.tsv, summary.html, curves.png, confusion.png and tsne.png into out_dir."""
     run_dirs = [Path(p) for p in run_dirs]
     if not run_dirs:
         raise AggregateError("no run folders to aggregate")
@@ -89,6 +90,7 @@ def aggregate(run_dirs: Sequence[str | Path], out_dir: str | Path) -> None:
                            "values": ",".join(f"{x:.4g}" for x in v["values"])} for k, v in summary_metrics.items()])
     with atomic_path(out_dir / "summary.tsv") as tmp:
         table.to_csv(tmp, sep="\t", index=False, lineterminator="\n", float_format="%.4f", quoting=csv.QUOTE_MINIMAL)
+    write_html(out_dir / "summary.html", experiment_summary_html(summary, f"Experiment {out_dir.name}"))
     _plot_curves(run_dirs, runs, out_dir / "curves.png")
     split = "test" if "test" in confusion else next(iter(confusion), None)
     if split:

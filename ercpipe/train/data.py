@@ -50,6 +50,9 @@ class DialogueData:
     n_speakers: int
     source: str = ""
     absent_counts: dict[str, int] = field(default_factory=dict)
+    # modality -> how its feature file was made (extractor, model, settings, encoder_dir), from the file's
+    # attributes; checkpoints keep it so inference on a new conversation runs the same extractors.
+    feature_sources: dict[str, dict] = field(default_factory=dict)
 
     def split(self, *names: str) -> list[Dialogue]:
         return [d for d in self.dialogues if d.split in names]
@@ -114,8 +117,10 @@ def load_dialogues(manifest_path: str | Path, feature_paths: dict[str, str | Pat
     matrices: dict[str, np.ndarray] = {}
     present: dict[str, np.ndarray] = {}
     absent_counts: dict[str, int] = {}
+    sources: dict[str, dict] = {}
     for m in modalities:
         fs = feature_io.read(feature_paths[m], expected_ids=ids)
+        sources[m] = {k: fs.attrs.get(k) for k in ("extractor", "model", "settings", "encoder_dir", "setting_hash")}
         found = fs.attrs.get("modality")
         if found and found != m:
             raise DataError(f"{feature_paths[m]} holds {found!r} features but was given as the {m!r} file")
@@ -155,7 +160,7 @@ def load_dialogues(manifest_path: str | Path, feature_paths: dict[str, str | Pat
     logger.info("loaded %d dialogues (%d utterances) from %s: %s; dims %s; %d speaker slots", len(dialogues),
                 len(df), manifest_path, {s: len([d for d in dialogues if d.split == s]) for s in manifest_io.SPLITS},
                 dims, n_speakers)
-    return DialogueData(dialogues, classes, modalities, dims, n_speakers, str(manifest_path), absent_counts)
+    return DialogueData(dialogues, classes, modalities, dims, n_speakers, str(manifest_path), absent_counts, sources)
 
 
 # A dimension whose training values vary less than this is constant: it is centred, not scaled.

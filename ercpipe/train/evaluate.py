@@ -131,6 +131,7 @@ def load_model(checkpoint_path: str | Path, device: str | torch.device = "cpu") 
         raise CheckpointError(f"{checkpoint_path}: the stored weights do not fit the stored model spec: {err}") from err
     model.classes = list(payload["classes"])
     model.feature_stats = payload.get("feature_stats")
+    model.feature_sources = payload.get("features") or {}
     model.to(resolve_device(device)).eval()
     return model, payload["config"], list(payload["classes"])
 

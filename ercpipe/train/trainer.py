@@ -349,7 +349,7 @@ def _best_payload(model, cfg, spec, data, seed, epoch, selection_split, feature_
     return {"format": CHECKPOINT_FORMAT, "version": 1,
             "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             "config": cfg, "spec": spec.to_dict(), "classes": list(data.classes), "epoch": epoch, "seed": seed,
-            "selection_split": selection_split, "feature_stats": feature_stats}
+            "selection_split": selection_split, "feature_stats": feature_stats, "features": data.feature_sources}
 
 
 def _last_payload(model, optimizer, scaler, scheduler, cfg, seed, state, device) -> dict:

@@ -74,9 +74,32 @@ def feature_files_of(dataset):
     return sorted(files)
 
 
+def anchor_sets_in_use():
+    return sorted({exp["anchors"] for exp in EXPERIMENTS.values() if exp.get("anchors")})
+
+
+def benchmark_files():
+    """The `benchmark:` file of every extraction, anchor and training job the experiments need."""
+    files = []
+    for ds in datasets_in_use():
+        for path in feature_files_of(ds):
+            modality, setting = Path(path).parent.name, Path(path).stem
+            files += [f"results/benchmarks/{modality}_features/{ds}/{setting}/shard{k}.tsv"
+                      for k in range(n_shards(ds))]
+            if modality == "text" and FEATURES["text"][setting].get("finetune"):
+                files.append(f"results/benchmarks/finetune_text_encoder/{ds}/{setting}.tsv")
+    for name in anchor_sets_in_use():
+        files.append(f"results/benchmarks/encode_anchors/{name}/{pipeline_config.clip_name(ANCHORS[name]['clip'])}.tsv")
+    for name, exp in EXPERIMENTS.items():
+        files += [f"results/benchmarks/train_model/{exp['dataset']}/{name}/seed{seed}.tsv" for seed in exp["seeds"]]
+    return files
+
+
 def all_targets():
     targets = [f"{experiment_dir(name)}/summary.json" for name in EXPERIMENTS]
     targets += [f"results/{ds}/coverage.tsv" for ds in datasets_in_use()]
+    if EXPERIMENTS:
+        targets.append("results/benchmarks.tsv")
     return targets
 
 

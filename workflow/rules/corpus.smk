@@ -7,7 +7,6 @@ rule synthetic_corpus:
     params:
         fmt=lambda wc: DATASETS[wc.dataset]["format"],
         settings=lambda wc: config.get("synthetic", {}).get(DATASETS[wc.dataset]["format"], {}),
-        split_file=workflow.source_path("../resources/iemocap_standard_split.json"),
     log:
         "logs/synthetic_corpus/{dataset}.log",
     resources:

@@ -6,8 +6,9 @@ rule feature_coverage:
         manifest="features/{dataset}/manifest.tsv",
         features=lambda wc: feature_files_of(wc.dataset),
     output:
-        coverage=report(
-            "results/{dataset}/coverage.tsv",
+        coverage="results/{dataset}/coverage.tsv",
+        coverage_html=report(
+            "results/{dataset}/coverage.html",
             caption="../report/coverage.rst",
             category="Data",
             subcategory="{dataset}",
@@ -22,3 +23,25 @@ rule feature_coverage:
         "../../envs/base.yaml"
     script:
         "../../scripts/feature_coverage.py"
+
+
+rule benchmark_summary:
+    input:
+        benchmarks=benchmark_files(),
+    output:
+        table="results/benchmarks.tsv",
+        table_html=report(
+            "results/benchmarks.html",
+            caption="../report/benchmarks.rst",
+            category="Benchmarks",
+            labels={"table": "wall time, peak memory and CPU time per job"},
+        ),
+    log:
+        "logs/benchmark_summary.log",
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        "../../envs/base.yaml"
+    script:
+        "../../scripts/benchmark_summary.py"

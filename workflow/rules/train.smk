@@ -35,8 +35,9 @@ rule aggregate_experiment:
         ),
     output:
         summary="results/{dataset}/{experiment}/summary.json",
-        table=report(
-            "results/{dataset}/{experiment}/summary.tsv",
+        table="results/{dataset}/{experiment}/summary.tsv",
+        table_html=report(
+            "results/{dataset}/{experiment}/summary.html",
             caption="../report/summary.rst",
             category="Results",
             subcategory="{experiment}",

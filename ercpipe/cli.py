@@ -1,0 +1,142 @@
+"""`ercpipe` command line: the library's entry points for use without Snakemake.
+
+    ercpipe predict --checkpoint results/.../model.pt --conversation talk.csv [--out predictions.tsv]
+    ercpipe predict --checkpoint results/.../model.pt --manifest features/x/manifest.tsv \
+        --features text=features/x/text/minilm.h5 audio=... [--split test]
+    ercpipe import-pickle IEMOCAP.pkl --allow-pickle --dataset iemocap_pkl --out-dir features/iemocap_pkl
+    ercpipe export-vega --manifest M --features text=T audio=A visual=V --out IEMOCAP.pkl
+    ercpipe import-anchors 35_anchor.pt --allow-pickle --classes hap sad neu ang exc fru --clip-model ViT-B-32 --out A.h5
+    ercpipe export-anchors anchors/demo_faces/ViT-B-32.h5 --out 35_anchor.pt
+
+Errors the library raises on bad input (ValueError and its subclasses, missing files) are printed as one
+line naming the problem, with exit status 2; anything else is a bug and keeps its traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from ercpipe.config import MODALITIES
+
+
+def _modality_paths(pairs: list[str], parser: argparse.ArgumentParser) -> dict[str, str]:
+    paths = {}
+    for pair in pairs or []:
+        modality, sep, path = pair.partition("=")
+        if not sep or modality not in MODALITIES or not path:
+            parser.error(f"--features takes MODALITY=PATH with MODALITY one of {list(MODALITIES)}; got {pair!r}")
+        paths[modality] = path
+    return paths
+
+
+def _predict(args, parser) -> None:
+    from ercpipe import infer
+
+    if bool(args.conversation) == bool(args.manifest):
+        parser.error("give either --conversation (a new conversation) or --manifest with --features")
+    if args.conversation:
+        frame = infer.predict_conversation(args.checkpoint, args.conversation, args.out, work_dir=args.work_dir,
+                                           threads=args.threads, device=args.device)
+    else:
+        features = _modality_paths(args.features, parser)
+        frame = infer.predict_features(args.checkpoint, args.manifest, features, args.out,
+                                       splits=args.split or None, device=args.device)
+    print(infer.format_predictions(frame))
+    if args.out:
+        print(f"\nwritten to {args.out}", file=sys.stderr)
+
+
+def _import_pickle(args, parser) -> None:
+    from ercpipe.features.pickles import import_pickle
+
+    out = Path(args.out_dir)
+    features = {m: out / m / f"{args.setting}.h5" for m in args.modalities}
+    summary = import_pickle(args.pickle, out / "manifest.tsv", features, allow_pickle=args.allow_pickle,
+                            fmt=args.format, dataset=args.dataset or out.name)
+    print(summary)
+
+
+def _export_vega(args, parser) -> None:
+    from ercpipe.features.pickles import export_vega
+
+    print(export_vega(args.manifest, _modality_paths(args.features, parser), args.out, fmt=args.format))
+
+
+def _import_anchors(args, parser) -> None:
+    from ercpipe.anchors import import_official
+
+    anchors = import_official(args.pt, args.out, args.classes, args.clip_model, allow_pickle=args.allow_pickle)
+    print(f"{args.out}: {len(anchors.class_names)} classes, {anchors.dim}-d, CLIP {args.clip_model}")
+
+
+def _export_anchors(args, parser) -> None:
+    from ercpipe.anchors import export_official
+
+    export_official(args.anchors, args.out)
+    print(f"written {args.out}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ercpipe", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("predict", help="per-utterance emotions from a trained checkpoint")
+    p.add_argument("--checkpoint", required=True, help="model.pt written by the train_model rule")
+    p.add_argument("--conversation", help="CSV/TSV of a new conversation (columns: see ercpipe.infer)")
+    p.add_argument("--work-dir", help="keep the conversation's manifest and features here (default: a temp dir)")
+    p.add_argument("--manifest", help="a pipeline manifest.tsv whose feature files are given with --features")
+    p.add_argument("--features", nargs="+", metavar="MODALITY=PATH", help="feature files, e.g. text=features/...h5")
+    p.add_argument("--split", nargs="+", choices=["train", "valid", "test"], help="only these splits (with --manifest)")
+    p.add_argument("--out", help="write the predictions (TSV with per-class probabilities)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.set_defaults(run=_predict)
+
+    p = commands.add_parser("import-pickle", help="community SDT/VEGA feature pickle -> manifest + HDF5 files")
+    p.add_argument("pickle")
+    p.add_argument("--allow-pickle", action="store_true", help="required: unpickling can run code; trust the file")
+    p.add_argument("--out-dir", required=True, help="features/{dataset}: gets manifest.tsv and {modality}/{setting}.h5")
+    p.add_argument("--setting", default="pickle", help="file name of the imported settings (default: pickle)")
+    p.add_argument("--modalities", nargs="+", default=list(MODALITIES), choices=MODALITIES)
+    p.add_argument("--format", choices=["iemocap", "meld"], help="default: guessed from the labels")
+    p.add_argument("--dataset", help="dataset name in the manifest (default: the folder name)")
+    p.set_defaults(run=_import_pickle)
+
+    p = commands.add_parser("export-vega", help="manifest + HDF5 files -> VEGA's 7-tuple pickle")
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--features", nargs="+", required=True, metavar="MODALITY=PATH")
+    p.add_argument("--out", required=True)
+    p.add_argument("--format", choices=["iemocap", "meld"])
+    p.set_defaults(run=_export_vega)
+
+    p = commands.add_parser("import-anchors", help="official 35_anchor.pt -> ercpipe anchor file")
+    p.add_argument("pt")
+    p.add_argument("--allow-pickle", action="store_true", help="load a full pickle if weights_only loading fails")
+    p.add_argument("--classes", nargs="+", required=True, help="class names in label-id order")
+    p.add_argument("--clip-model", required=True, help="open_clip name of the CLIP that made the file (ViT-B-32)")
+    p.add_argument("--out", required=True)
+    p.set_defaults(run=_import_anchors)
+
+    p = commands.add_parser("export-anchors", help="ercpipe anchor file -> official 35_anchor.pt layout")
+    p.add_argument("anchors")
+    p.add_argument("--out", required=True)
+    p.set_defaults(run=_export_anchors)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        args.run(args, parser)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"ercpipe {args.command}: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

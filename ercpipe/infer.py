@@ -1,0 +1,221 @@
+"""Inference with a trained checkpoint: on feature files the pipeline made, or on a new raw conversation.
+
+A checkpoint (`results/{dataset}/{experiment}/seed{n}/model.pt`) records, per modality, how its training
+features were made (extractor, model, settings, fine-tuned encoder directory). `predict_conversation`
+runs exactly those extractors on a new conversation, so its features match the training features; the
+checkpoint's training-split standardisation is then applied by `ercpipe.train.predict`. Only the
+backbone runs (no anchors, no training data needed; spec 2.14). Checkpoints load with weights_only.
+
+Conversation file: a CSV (or .tsv) with one row per utterance in spoken order and a header. Columns:
+
+    speaker        required (may be empty); speaker slots follow order of first appearance unless a
+                   `speaker_slot` column gives them (IEMOCAP models: 0 = M, 1 = F)
+    text           the transcript (needed by models with a text branch)
+    audio_path, audio_start, audio_end, video_path, video_start, video_end
+                   media (paths relative to the CSV's folder); times in seconds, empty = whole file
+    utterance_id, dialogue_id, label   optional; label (one of the model's classes) adds a `label`
+                   column to the output for comparison
+
+Media problems follow the pipeline's rules: a missing or broken file gives that modality zeros and a
+`present = False` row, reported in the log and in the output: `flags` (defects the reader found) and
+`absent` (the modalities the model saw as zeros).
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+from ercpipe.io import manifest as manifest_io
+from ercpipe.io.atomic import atomic_path
+
+logger = logging.getLogger(__name__)
+
+OPTIONAL_COLUMNS = ("utterance_id", "dialogue_id", "label", "text", "speaker_slot", "audio_path", "audio_start",
+                    "audio_end", "video_path", "video_start", "video_end")
+
+
+class InferenceError(ValueError):
+    """The checkpoint, the features or the conversation cannot be used; the message says what to do."""
+
+
+def _load(checkpoint: str | Path, device: str):
+    from ercpipe.train.evaluate import load_model
+
+    model, config, classes = load_model(checkpoint, device)
+    return model, classes
+
+
+def predict_features(checkpoint: str | Path, manifest_path: str | Path, feature_paths: dict[str, str | Path],
+                     out_path: str | Path | None = None, splits: Sequence[str] | None = None,
+                     device: str = "auto", batch_size: int = 32) -> pd.DataFrame:
+    """Predictions for the utterances of `manifest_path` (optionally only `splits`) from feature files."""
+    from ercpipe.train.data import load_dialogues
+    from ercpipe.train.evaluate import predict
+
+    model, classes = _load(checkpoint, device)
+    modalities = model.spec.modalities
+    missing = [m for m in modalities if m not in feature_paths]
+    if missing:
+        raise InferenceError(f"{checkpoint} was trained on {list(modalities)}; give a feature file for {missing}")
+    data = load_dialogues(manifest_path, feature_paths, modalities, classes=classes,
+                          n_speakers=model.spec.n_speakers, allow_unlabelled=True)
+    for m in modalities:
+        _check_same_extractor(checkpoint, model.feature_sources.get(m), data.feature_sources[m], m)
+    dialogues = data.split(*splits) if splits else data.dialogues
+    if not dialogues:
+        raise InferenceError(f"{manifest_path} has no dialogues in splits {list(splits or [])}")
+    frame = predict(model, dialogues, batch_size=batch_size)
+    flags = manifest_io.read(manifest_path).set_index("utterance_id")["flags"]
+    frame["flags"] = frame["utterance_id"].map(flags)
+    # Which modalities the model saw as zeros (no face found, no audio, empty text ...).
+    absent = {u: ";".join(m for m in modalities if not bool(d.present[m][i]))
+              for d in dialogues for i, u in enumerate(d.utterance_ids)}
+    frame["absent"] = frame["utterance_id"].map(absent)
+    if out_path is not None:
+        write_predictions(frame, out_path)
+    return frame
+
+
+def _check_same_extractor(checkpoint, trained: dict | None, given: dict, modality: str) -> None:
+    """Features made with other settings than the training features give meaningless predictions."""
+    if not trained or not trained.get("setting_hash"):
+        return  # checkpoints of features imported from pickles carry no extractor settings
+    if trained.get("setting_hash") != given.get("setting_hash"):
+        raise InferenceError(
+            f"the {modality} features were made with settings {given.get('settings')}, but {checkpoint} was "
+            f"trained on {modality} features made with {trained.get('settings')}; extract them with the same "
+            "setting (or use predict_conversation, which does)")
+
+
+def read_conversation(path: str | Path, classes: Sequence[str]) -> tuple[pd.DataFrame, bool]:
+    """The conversation file as bring-your-own manifest rows (split test); (rows, whether labels were given)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InferenceError(f"conversation file {path} does not exist")
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    raw = pd.read_csv(path, sep=delimiter, dtype=str, keep_default_na=False)
+    raw.columns = [c.strip().lstrip("\ufeff") for c in raw.columns]
+    if "speaker" not in raw.columns:
+        raise InferenceError(f"{path}: the header needs a 'speaker' column (columns found: {list(raw.columns)}); "
+                             "see ercpipe.infer for the format")
+    unknown = sorted(set(raw.columns) - set(OPTIONAL_COLUMNS) - {"speaker"})
+    if unknown:
+        logger.info("%s: ignoring column(s) %s", path, unknown)
+    if raw.empty:
+        raise InferenceError(f"{path} has a header but no utterances")
+    rows = pd.DataFrame({c: raw[c] if c in raw.columns else "" for c in ("speaker", *OPTIONAL_COLUMNS)})
+    rows["dialogue_id"] = rows["dialogue_id"].where(rows["dialogue_id"] != "", path.stem)
+    numbers = pd.Series(range(len(rows)), index=rows.index).map(lambda n: f"u{n:03d}")
+    rows["utterance_id"] = rows["utterance_id"].where(rows["utterance_id"] != "",
+                                                     rows["dialogue_id"] + "_" + numbers)
+    labelled = bool((rows["label"] != "").any())
+    if labelled:
+        for line, label in zip(range(2, len(rows) + 2), rows["label"]):
+            if label and label not in classes:
+                raise InferenceError(f"{path}, line {line}: label {label!r} is not one of the model's classes "
+                                     f"{list(classes)}")
+    rows["split"] = "test"
+    return rows, labelled
+
+
+def conversation_manifest(conversation: str | Path, classes: Sequence[str], out_dir: Path) -> Path:
+    """Read the conversation through the pipeline's CSV reader (media checks, text repair) into a manifest."""
+    from ercpipe.datasets.build import read_dataset
+
+    rows, labelled = read_conversation(conversation, classes)
+    given = rows["label"].copy()
+    # The reader requires a label per row; unlabelled rows carry a placeholder that is blanked below.
+    rows["label"] = rows["label"].where(rows["label"] != "", classes[0])
+    if (rows["speaker_slot"] == "").all():
+        rows = rows.drop(columns="speaker_slot")
+    staged = out_dir / "conversation.csv"
+    rows.to_csv(staged, index=False, quoting=csv.QUOTE_MINIMAL)
+    frame, _ = read_dataset("conversation", {"format": "csv", "manifest": str(staged), "classes": list(classes),
+                                             "root": str(Path(conversation).resolve().parent),
+                                             "probe_media": True})
+    frame["label"] = frame["utterance_id"].map(dict(zip(rows["utterance_id"], given)))
+    manifest_path = out_dir / "manifest.tsv"
+    manifest_io.write(frame, manifest_path)
+    logger.info("conversation %s: %d utterances, %s labels", conversation, len(frame),
+                "with" if labelled else "without")
+    return manifest_path
+
+
+def extract_conversation_features(manifest_path: Path, sources: dict[str, dict], modalities: Sequence[str],
+                                  out_dir: Path, threads: int = 1, device: str = "auto") -> dict[str, Path]:
+    """Run the training features' extractors (from the checkpoint's `sources`) on the conversation."""
+    paths = {}
+    for m in modalities:
+        source = sources.get(m) or {}
+        settings = source.get("settings")
+        if not settings:
+            raise InferenceError(f"the checkpoint does not say how its {m} features were made (they were imported, "
+                                 f"e.g. from a pickle); extract them yourself and use predict_features")
+        out = out_dir / f"{m}.h5"
+        if m == "text":
+            from ercpipe.features import text
+
+            encoder_dir = source.get("encoder_dir") or None
+            if encoder_dir and not Path(encoder_dir).is_dir():
+                raise InferenceError(f"the text features were made with the fine-tuned encoder {encoder_dir}, which "
+                                     "does not exist here; run from the pipeline's folder or re-create it")
+            text.extract_shard(manifest_path, 0, 1, settings, out, threads=threads, device=device,
+                               encoder_dir=Path(encoder_dir) if encoder_dir else None)
+        elif m == "audio":
+            from ercpipe.datasets.media_prep import write_utterance_audio
+            from ercpipe.features import audio
+
+            wavs = out_dir / "audio"
+            write_utterance_audio(manifest_path, 0, 1, wavs, threads=threads)
+            audio.extract_shard(manifest_path, 0, 1, wavs, settings, out, threads=threads)
+        else:
+            from ercpipe.features import visual
+
+            settings = dict(settings)
+            face_selection = settings.pop("face_selection", None)
+            visual.extract_shard(manifest_path, 0, 1, settings, face_selection, out, threads=threads, device=device)
+        paths[m] = out
+    return paths
+
+
+def predict_conversation(checkpoint: str | Path, conversation: str | Path, out_path: str | Path | None = None,
+                         work_dir: str | Path | None = None, threads: int = 1, device: str = "auto") -> pd.DataFrame:
+    """Per-utterance emotions of a new conversation (media + transcript); see the module docstring."""
+    model, classes = _load(checkpoint, device)
+    with tempfile.TemporaryDirectory(prefix="ercpipe-infer-") as tmp:
+        work = Path(work_dir) if work_dir else Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        manifest_path = conversation_manifest(conversation, classes, work)
+        feature_paths = extract_conversation_features(manifest_path, model.feature_sources, model.spec.modalities,
+                                                      work / "features", threads=threads, device=device)
+        frame = predict_features(checkpoint, manifest_path, feature_paths, device=device)
+    if out_path is not None:
+        write_predictions(frame, out_path)
+    return frame
+
+
+def write_predictions(frame: pd.DataFrame, out_path: str | Path) -> None:
+    with atomic_path(out_path) as tmp:
+        frame.to_csv(tmp, sep="\t", index=False, lineterminator="\n", float_format="%.6g")
+
+
+def format_predictions(frame: pd.DataFrame) -> str:
+    """A readable table: utterance, prediction, its probability (and the label when there is one)."""
+    probs = frame[[c for c in frame.columns if c.startswith("prob_")]].to_numpy()
+    table = pd.DataFrame({"utterance_id": frame["utterance_id"], "prediction": frame["prediction"],
+                          "probability": probs.max(axis=1).round(3)})
+    if (frame["label"] != "").any():
+        table["label"] = frame["label"]
+    for column in ("absent", "flags"):
+        if column in frame and (frame[column].fillna("") != "").any():
+            table[column] = frame[column]
+    return table.to_string(index=False)
+
+
+__all__ = ["InferenceError", "format_predictions", "predict_conversation", "predict_features",
+           "read_conversation", "write_predictions"]

@@ -1,0 +1,108 @@
+"""Inference: a trained checkpoint on the pipeline's feature files and on a new raw conversation."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ercpipe import infer
+from ercpipe.io import manifest as manifest_io
+
+DATASET, EXPERIMENT = "meld_demo", "meld_demo_sdt_vega"
+
+
+@pytest.fixture(scope="module")
+def trained(pipeline_run):
+    workdir = pipeline_run[0]
+    features = {m: workdir / f"features/{DATASET}/{m}/{s}.h5"
+                for m, s in (("text", "minilm"), ("audio", "is10"), ("visual", "densenet121"))}
+    return {"workdir": workdir, "checkpoint": workdir / f"results/{DATASET}/{EXPERIMENT}/seed0/model.pt",
+            "manifest": workdir / f"features/{DATASET}/manifest.tsv", "features": features}
+
+
+def _probabilities(frame: pd.DataFrame) -> np.ndarray:
+    return frame[[c for c in frame.columns if c.startswith("prob_")]].to_numpy()
+
+
+def test_predictions_on_feature_files_match_the_training_run(trained):
+    frame = infer.predict_features(trained["checkpoint"], trained["manifest"], trained["features"], splits=["test"])
+    run = pd.read_csv(trained["checkpoint"].parent / "predictions.tsv", sep="\t", keep_default_na=False)
+    run = run[run["split"] == "test"].reset_index(drop=True)
+    assert frame["utterance_id"].tolist() == run["utterance_id"].tolist()
+    assert frame["prediction"].tolist() == run["prediction"].tolist()
+    np.testing.assert_allclose(_probabilities(frame), _probabilities(run), atol=1e-5)
+    assert (frame["label"] == run["label"]).all()
+
+
+def test_a_new_raw_conversation_gets_the_same_predictions_as_the_pipeline(trained, tmp_path):
+    """Media + transcript in, emotions out: the checkpoint's extractors run again and agree exactly."""
+    rows = manifest_io.read(trained["manifest"])
+    rows = rows[rows["split"] == "test"]
+    workdir = trained["workdir"]
+    conversation = pd.DataFrame({
+        "dialogue_id": rows["dialogue_id"], "utterance_id": rows["utterance_id"], "speaker": rows["speaker"],
+        "text": rows["text"],
+        "audio_path": [str(workdir / p) if p else "" for p in rows["audio_path"]],
+        "video_path": [str(workdir / p) if p else "" for p in rows["video_path"]]})
+    path = tmp_path / "talk.csv"
+    conversation.to_csv(path, index=False)
+    expected = infer.predict_features(trained["checkpoint"], trained["manifest"], trained["features"], splits=["test"])
+    frame = infer.predict_conversation(trained["checkpoint"], path, tmp_path / "out.tsv", work_dir=tmp_path / "work")
+    assert frame["utterance_id"].tolist() == expected["utterance_id"].tolist()
+    assert frame["prediction"].tolist() == expected["prediction"].tolist()
+    np.testing.assert_allclose(_probabilities(frame), _probabilities(expected), atol=1e-4)
+    assert (frame["label"] == "").all()  # the conversation carried no labels
+    # The clip without an audio track is recorded, not dropped, as in the pipeline.
+    silent = frame["flags"].str.contains("no_audio_stream")
+    assert silent.sum() == 1 and frame.loc[silent, "absent"].iat[0] == "audio"
+    assert frame["absent"].tolist() == expected["absent"].tolist()
+    written = pd.read_csv(tmp_path / "out.tsv", sep="\t", keep_default_na=False)
+    assert written["prediction"].tolist() == frame["prediction"].tolist()
+
+
+def test_a_minimal_transcript_without_ids_or_media(trained, tmp_path, caplog):
+    model_classes = ["neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger"]
+    path = tmp_path / "chat.csv"
+    path.write_text("speaker,text,label\nAnn,I can't believe you did that!,anger\nBob,Oh wow that's great,joy\n"
+                    "Ann,,\n")
+    frame = infer.predict_conversation(trained["checkpoint"], path)
+    assert frame["utterance_id"].tolist() == ["chat_u000", "chat_u001", "chat_u002"]
+    assert frame["label"].tolist() == ["anger", "joy", ""]
+    assert set(frame["prediction"]) <= set(model_classes)
+    assert frame["flags"].str.contains("missing_audio").all() and frame["flags"].str.contains("no_video").all()
+    assert "empty_text" in frame["flags"].iat[2]
+    assert frame["absent"].tolist() == ["audio;visual", "audio;visual", "text;audio;visual"]
+
+
+def test_conversation_errors_name_the_problem(trained, tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("who,text\nAnn,hello\n")
+    with pytest.raises(infer.InferenceError, match="needs a 'speaker' column"):
+        infer.predict_conversation(trained["checkpoint"], bad)
+    bad.write_text("speaker,text,label\nAnn,hello,angry-ish\n")
+    with pytest.raises(infer.InferenceError, match=r"line 2: label 'angry-ish' is not one of the model's classes"):
+        infer.predict_conversation(trained["checkpoint"], bad)
+    with pytest.raises(infer.InferenceError, match="does not exist"):
+        infer.predict_conversation(trained["checkpoint"], tmp_path / "nothing.csv")
+
+
+def test_command_line(trained, tmp_path):
+    exe = str(Path(sys.executable).with_name("ercpipe"))
+    features = [f"{m}={p}" for m, p in trained["features"].items()]
+    out = tmp_path / "predictions.tsv"
+    result = subprocess.run([exe, "predict", "--checkpoint", str(trained["checkpoint"]), "--manifest",
+                             str(trained["manifest"]), "--features", *features, "--split", "test", "--out", str(out)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "prediction" in result.stdout and out.exists()
+    assert len(pd.read_csv(out, sep="\t")) == len(result.stdout.strip().splitlines()) - 1
+    result = subprocess.run([exe, "predict", "--checkpoint", str(trained["checkpoint"]), "--manifest",
+                             str(trained["manifest"]), "--features", features[0]],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert "give a feature file for ['audio', 'visual']" in result.stderr
+    assert "Traceback" not in result.stderr

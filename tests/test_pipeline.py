@@ -1,0 +1,181 @@
+"""The whole DAG, end to end: outputs, re-run semantics, a killed job, and the HTML report in a browser."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import h5py
+import pandas as pd
+import pytest
+import yaml
+
+from workflow_run import REPO, SNAKEMAKE, planned_jobs, snakemake, write_config
+
+EXTRACTION_RULES = {"synthetic_corpus", "build_manifest", "utterance_audio", "text_features_shard",
+                    "audio_features_shard", "visual_features_shard", "synthetic_anchor_images", "encode_anchors"}
+
+
+def test_the_dag_writes_every_output(pipeline_run):
+    workdir, _, output = pipeline_run
+    for dataset, n in (("iemocap_demo", 10), ("meld_demo", 10)):
+        summary = json.loads((workdir / f"features/{dataset}/summary.json").read_text())
+        assert sum(summary["dialogues_per_split"].values()) == n
+        for modality, setting, dim in (("text", "minilm", 384), ("audio", "is10", 1582),
+                                       ("visual", "densenet121", 1024)):
+            with h5py.File(workdir / f"features/{dataset}/{modality}/{setting}.h5") as f:
+                assert f["features"].shape == (summary["utterances"], dim)
+                assert f.attrs["modality"] == modality and "setting_hash" in f.attrs
+    # MELD's planted defects are masked, not dropped: one missing clip, one corrupt, one without audio.
+    coverage = pd.read_csv(workdir / "results/meld_demo/coverage.tsv", sep="\t").set_index("split")
+    assert coverage.loc["all", "flag: missing_video"] == 1 and coverage.loc["all", "flag: corrupt_video"] == 1
+    assert coverage.loc["all", "flag: no_audio_stream"] == 1 and coverage.loc["all", "audio/is10 missing"] >= 3
+    for experiment, dataset, seeds in (("iemocap_demo_sdt_vega", "iemocap_demo", 2), ("iemocap_demo_sdt",
+                                                                                      "iemocap_demo", 1),
+                                       ("meld_demo_sdt_vega", "meld_demo", 1)):
+        out = workdir / "results" / dataset / experiment
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["n_runs"] == seeds and summary["protocol"]["selection_split"] == "valid"
+        for name in ("summary.html", "curves.png", "confusion.png", "tsne.png"):
+            assert (out / name).stat().st_size > 0, name
+        metrics = json.loads((out / "seed0/metrics.json").read_text())
+        assert metrics["protocol"]["epochs_run"] == 3
+        assert (metrics["anchors"] is None) == (experiment == "iemocap_demo_sdt")
+        assert not (out / "seed0/last.pt").exists() and (out / "seed0/model.pt").exists()
+    benchmarks = pd.read_csv(workdir / "results/benchmarks.tsv", sep="\t")
+    assert {"text_features", "audio_features", "visual_features", "encode_anchors", "train_model"} <= set(
+        benchmarks["rule"])
+    assert (benchmarks["wall_s"] > 0).all()
+    assert "Nothing to be done" in snakemake(workdir, pipeline_run[1], "-n").stdout
+
+
+# ------------------------------------------------------------------------------------------ re-run semantics
+
+def _changed(pipeline_run, tmp_path, change) -> dict[str, int]:
+    workdir, configfile, _ = pipeline_run
+    config = yaml.safe_load(configfile.read_text())
+    change(config)
+    other = write_config(tmp_path, config, "changed.yaml")
+    return planned_jobs(snakemake(workdir, other, "-n").stdout)
+
+
+def test_changing_the_text_model_reruns_text_training_and_report_only(pipeline_run, tmp_path):
+    jobs = _changed(pipeline_run, tmp_path, lambda c: c["features"]["text"]["minilm"].update(pooling="cls"))
+    assert jobs["text_features_shard"] == 4 and jobs["train_model"] == 4 and jobs["aggregate_experiment"] == 3
+    assert set(jobs) == {"text_features_shard", "merge_features", "feature_coverage", "train_model",
+                         "aggregate_experiment", "benchmark_summary", "all"}
+    assert jobs["merge_features"] == 2  # the two text files only
+
+
+def test_changing_the_opensmile_set_reruns_audio_and_downstream_only(pipeline_run, tmp_path):
+    jobs = _changed(pipeline_run, tmp_path,
+                    lambda c: c["features"]["audio"]["is10"].update(feature_set="eGeMAPSv02"))
+    assert jobs["audio_features_shard"] == 4 and jobs["merge_features"] == 2
+    assert set(jobs) == {"audio_features_shard", "merge_features", "feature_coverage", "train_model",
+                         "aggregate_experiment", "benchmark_summary", "all"}
+
+
+def test_changing_a_training_hyperparameter_reruns_no_extraction(pipeline_run, tmp_path):
+    jobs = _changed(pipeline_run, tmp_path,
+                    lambda c: c["experiments"]["iemocap_demo_sdt_vega"]["train"].update(lr=5e-4))
+    assert jobs == {"train_model": 2, "aggregate_experiment": 1, "benchmark_summary": 1, "all": 1}
+
+
+def test_a_killed_job_is_marked_incomplete_and_resumes(pipeline_run, tmp_path):
+    source, configfile, _ = pipeline_run
+    workdir = tmp_path / "copy"
+    shutil.copytree(source, workdir, symlinks=True)
+    config = yaml.safe_load(configfile.read_text())
+    config["experiments"]["iemocap_demo_sdt"]["train"].update(epochs=60, patience=None)
+    longer = write_config(workdir, config, "longer.yaml")
+    run_dir = workdir / "results/iemocap_demo/iemocap_demo_sdt/seed0"
+    log = workdir / "logs/train_model/iemocap_demo/iemocap_demo_sdt/seed0.log"
+    target = str(run_dir.relative_to(workdir) / "metrics.json")
+    cmd = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--configfile", str(longer),
+           "--max-threads", "1", "--cores", "1", target]
+    process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while not (log.exists() and "epoch 5:" in log.read_text()):
+            assert process.poll() is None and time.time() < deadline, "training did not reach epoch 5"
+            time.sleep(0.2)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)  # snakemake and its job, as a scheduler or the OOM killer would
+        process.wait()
+    time.sleep(1)
+    assert not (run_dir / "metrics.json").exists() and (run_dir / "last.pt").exists()
+    # The partial output (history.tsv is rewritten every epoch) is marked incomplete ...
+    incomplete = snakemake(workdir, longer, "-n", target, check=False)
+    assert incomplete.returncode != 0 and "IncompleteFilesException" in incomplete.stdout
+    assert "results/iemocap_demo/iemocap_demo_sdt/seed0/history.tsv" in incomplete.stdout
+    # The README's recipe after a kill: --unlock (a stale lock may remain), then --rerun-incomplete.
+    snakemake(workdir, longer, "--unlock")
+    snakemake(workdir, longer, "--cores", "1", "--rerun-incomplete", target)
+    text = log.read_text()
+    assert "resuming from" in text and "not resuming" not in text
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["protocol"]["epochs_run"] == 60
+    assert len(pd.read_csv(run_dir / "history.tsv", sep="\t")) == 60
+
+
+# ------------------------------------------------------------------------------------------ the HTML report
+
+BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync"]
+
+
+def test_the_report_renders_tables_and_images_in_chromium(pipeline_run):
+    playwright = pytest.importorskip("playwright.sync_api")
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (`make test` installs it)")
+    workdir, configfile, _ = pipeline_run
+    report = workdir / "report.html"
+    snakemake(workdir, configfile, "--report", str(report))
+    assert report.stat().st_size > 100_000
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=BROWSER_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        errors: list[str] = []
+        page.on("pageerror", lambda err: errors.append(str(err)))
+        page.goto(report.as_uri())
+        page.wait_for_selector("text=Results")
+        menu = page.inner_text("body")
+        for category in ("Data", "Results", "Benchmarks"):
+            assert category in menu
+
+        def open_item(category: str, subcategory: str | None, label: str):
+            page.goto(report.as_uri())
+            page.get_by_text(category, exact=True).last.click()
+            if subcategory:
+                page.get_by_text(subcategory, exact=True).click()
+            rows = page.locator("tr", has_text=label)
+            if not rows.count():  # items that differ in one label only are chosen with a toggle button
+                page.get_by_text(label).first.click()
+                rows = page.locator("tr", has_text=subcategory or "")
+            rows.locator("a").first.click()  # the "eye": show the item
+            page.wait_for_timeout(500)
+
+        # Tables: the experiment summary (mean ± std over seeds, per class) and the feature coverage.
+        for category, subcategory, label, expected in (
+                ("Results", "iemocap_demo_sdt_vega", "metrics", ["weighted F1", "Per class (test)", "±", "hap"]),
+                ("Data", "meld_demo", "feature coverage", ["visual/densenet121 missing", "flag: corrupt_video"]),
+                ("Benchmarks", None, "wall time", ["train_model", "visual_features"])):
+            open_item(category, subcategory, label)
+            frames = [f for f in page.frames if f != page.main_frame]
+            texts = [f.inner_text("body") for f in frames if f.locator("table").count()]
+            assert texts, f"no table rendered for {label}"
+            for needle in expected:
+                assert any(needle in t for t in texts), (label, needle)
+        # Images: confusion matrix, curves and t-SNE are decoded (natural width > 0).
+        for label in ("confusion matrix", "training curves", "t-SNE"):
+            open_item("Results", "iemocap_demo_sdt_vega", label)
+            widths = page.evaluate("Array.from(document.images).filter(i => i.src.startsWith('data:image/png'))"
+                                   ".map(i => i.naturalWidth)")
+            assert widths and all(w > 100 for w in widths), (label, widths)
+        browser.close()
+    assert not errors, errors

@@ -1,0 +1,73 @@
+"""The demo DAG through a real one-node SLURM on localhost (started by the test), equal to a local run."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+import slurm_cluster
+from workflow_run import REPO, planned_jobs, snakemake, write_config
+
+pytestmark = pytest.mark.slurm
+
+
+def _feature_files(workdir: Path) -> list[Path]:
+    return sorted(p.relative_to(workdir) for p in (workdir / "features").glob("*/*/*.h5"))
+
+
+def _arrays(path: Path) -> dict[str, np.ndarray]:
+    """Every dataset of an HDF5 file, by its path inside the file."""
+    out = {}
+    with h5py.File(path) as f:
+        f.visititems(lambda name, item: out.__setitem__(name, item[()]) if isinstance(item, h5py.Dataset) else None)
+    return out
+
+
+def test_the_demo_dag_runs_through_slurm_and_equals_the_local_run(pipeline_run, tmp_path):
+    reason = slurm_cluster.unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    local, configfile, local_output = pipeline_run
+    workdir = tmp_path / "slurm"
+    config = write_config(workdir, yaml.safe_load(configfile.read_text()))
+    with slurm_cluster.local_slurm(tmp_path / "slurm-state", memory_mb=20000):
+        # The profile a user types, plus what this accounting-free one-node cluster needs (issue #6):
+        # squeue instead of sacct, and short waits.
+        result = snakemake(workdir, config, "--profile", str(REPO / "profiles" / "slurm"),
+                           "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "1",
+                           "--slurm-keep-successful-logs", "--latency-wait", "5", "--jobs", "4", "--retries", "0")
+    output = result.stdout
+    # Every job but the target rule `all` went through sbatch.
+    planned = planned_jobs(output)
+    submitted = re.findall(r"submitted with SLURM jobid (\d+)", output)
+    assert planned and len(submitted) == sum(planned.values()) - planned.get("all", 0), output[-3000:]
+    assert len(set(submitted)) == len(submitted)
+    log_root = workdir / ".snakemake" / "slurm_logs"  # slurm_logs/rule_{rule}/{wildcards}/{jobid}.log
+    slurm_logs = {p.relative_to(log_root).parts[0] for p in log_root.rglob("*.log")}
+    assert {f"rule_{r}" for r in planned if r != "all"} <= slurm_logs
+
+    # Same manifests, features, anchors, predictions and metrics as the local run.
+    for dataset in ("iemocap_demo", "meld_demo"):
+        rel = Path("features") / dataset / "manifest.tsv"
+        assert (workdir / rel).read_text() == (local / rel).read_text(), rel
+    files = _feature_files(local)
+    assert files == _feature_files(workdir) and len(files) == 6
+    for rel in files + [Path("anchors/demo_faces/ViT-B-32.h5")]:
+        mine, theirs = _arrays(workdir / rel), _arrays(local / rel)
+        assert mine.keys() == theirs.keys() and mine, rel
+        for key in mine:
+            assert np.array_equal(mine[key], theirs[key]), (rel, key)
+    runs = sorted(p.parent.relative_to(local) for p in (local / "results").glob("*/*/seed*/metrics.json"))
+    assert len(runs) == 4
+    for rel in runs:
+        mine, theirs = (json.loads((root / rel / "metrics.json").read_text()) for root in (workdir, local))
+        for key in ("protocol", "valid", "test", "temperatures", "class_weights"):
+            assert mine[key] == theirs[key], (rel, key)
+        pd.testing.assert_frame_equal(pd.read_csv(workdir / rel / "predictions.tsv", sep="\t"),
+                                      pd.read_csv(local / rel / "predictions.tsv", sep="\t"))
