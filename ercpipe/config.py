@@ -149,3 +149,10 @@ def with_defaults(settings: dict | None, defaults: dict, what: str) -> dict:
     if unknown:
         raise ValueError(f"unknown {what} setting(s) {unknown}; known: {sorted(defaults)}")
     return {**defaults, **settings}
+
+
+def require_int(value, minimum: int, what: str) -> int:
+    """`value` if it is an integer >= minimum (not a bool), else a ValueError naming `what`."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{what} must be an integer >= {minimum}, got {value!r}")
+    return value

@@ -26,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ercpipe import labels as labels_mod
-from ercpipe.config import with_defaults
+from ercpipe.config import require_int, with_defaults
 from ercpipe.features import text as text_mod
 from ercpipe.io import manifest as manifest_io
 from ercpipe.io.atomic import atomic_dir, write_json
@@ -50,19 +50,14 @@ MAX_GRAD_NORM = 1.0
 TRAIN_SPLITS = ("train", "valid")
 
 
-def _require_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"text fine-tuning setting {name} must be an integer >= {minimum}, got {value!r}")
-    return value
-
 
 def finetune_settings(settings: dict | None) -> dict:
     """Validated fine-tuning keys with defaults filled in; unknown keys raise ValueError naming them."""
     out = with_defaults(settings, DEFAULT_SETTINGS, "text fine-tuning")
     for name, minimum in (("epochs", 1), ("batch_size", 1), ("seed", 0)):
-        _require_int(name, out[name], minimum)
+        require_int(out[name], minimum, f"text fine-tuning setting {name}")
     if out["max_length"] is not None:
-        _require_int("max_length", out["max_length"], 4)
+        require_int(out["max_length"], 4, "text fine-tuning setting max_length")
     for name, low, high in (("lr", 0.0, 1.0), ("weight_decay", 0.0, 1.0), ("warmup", 0.0, 1.0),
                             ("head_dropout", 0.0, 1.0)):
         value = out[name]

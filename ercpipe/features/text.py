@@ -39,7 +39,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from ercpipe.config import with_defaults
+from ercpipe.config import require_int, with_defaults
 from ercpipe.io import features as feature_io
 from ercpipe.io import manifest as manifest_io
 from ercpipe.io.atomic import atomic_dir
@@ -72,16 +72,11 @@ TEXT_FLAGS = ("empty_text",)
 
 # ----------------------------------------------------------------------------------------- settings
 
-def _require_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"text setting {name} must be an integer >= {minimum}, got {value!r}")
-    return value
-
 
 def context_settings(context: dict | None) -> dict:
     out = with_defaults(context, DEFAULT_CONTEXT, "text context")
-    _require_int("context.previous", out["previous"], 0)
-    _require_int("context.next", out["next"], 0)
+    require_int(out["previous"], 0, "text setting context.previous")
+    require_int(out["next"], 0, "text setting context.next")
     if not isinstance(out["speaker_names"], bool):
         raise ValueError(f"text setting context.speaker_names must be true or false, got {out['speaker_names']!r}")
     if out["separator"] is not None and not isinstance(out["separator"], str):
@@ -119,9 +114,9 @@ def text_settings(settings: dict | None) -> dict:
         raise ValueError(f"text setting model must be a hub name, a directory or {PACKAGED_MINILM!r}")
     if out["pooling"] not in POOLINGS:
         raise ValueError(f"text pooling {out['pooling']!r} is not one of {list(POOLINGS)}")
-    _require_int("last_layers", out["last_layers"], 1)
-    _require_int("max_length", out["max_length"], 4)
-    _require_int("batch_size", out["batch_size"], 1)
+    require_int(out["last_layers"], 1, "text setting last_layers")
+    require_int(out["max_length"], 4, "text setting max_length")
+    require_int(out["batch_size"], 1, "text setting batch_size")
     if out["dtype"] not in DTYPES:
         raise ValueError(f"text dtype {out['dtype']!r} is not one of {sorted(DTYPES)}")
     out["context"] = context_settings(out["context"])
