@@ -84,7 +84,7 @@ def predict_features(checkpoint: str | Path, manifest_path: str | Path, feature_
 def _check_same_extractor(checkpoint, trained: dict | None, given: dict, modality: str) -> None:
     """Features made with other settings than the training features give meaningless predictions."""
     if not trained or not trained.get("setting_hash"):
-        return  # checkpoints of features imported from pickles carry no extractor settings
+        return  # nothing recorded to compare with
     if trained.get("setting_hash") != given.get("setting_hash"):
         raise InferenceError(
             f"the {modality} features were made with settings {given.get('settings')}, but {checkpoint} was "
@@ -153,9 +153,10 @@ def extract_conversation_features(manifest_path: Path, sources: dict[str, dict],
     for m in modalities:
         source = sources.get(m) or {}
         settings = source.get("settings")
-        if not settings:
-            raise InferenceError(f"the checkpoint does not say how its {m} features were made (they were imported, "
-                                 f"e.g. from a pickle); extract them yourself and use predict_features")
+        if not settings or source.get("extractor") == "pickle":
+            raise InferenceError(f"the checkpoint's {m} features were not made by an ercpipe extractor (they were "
+                                 "imported, e.g. from a pickle), so they cannot be made for a new conversation; "
+                                 "extract them the same way yourself and use predict_features")
         out = out_dir / f"{m}.h5"
         if m == "text":
             from ercpipe.features import text
