@@ -42,4 +42,5 @@ lint: $(STAMP)
 	$(VENV)/bin/snakemake --lint
 
 clean-demo:
-	rm -rf raw/synthetic features/*_demo anchors/demo_faces* results/*_demo results/report.html .snakemake
+	rm -rf raw/synthetic features/*_demo anchors/demo_faces* results/*_demo results/benchmarks results/benchmarks.tsv \
+		results/benchmarks.html results/report.html logs .snakemake
