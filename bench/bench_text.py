@@ -4,10 +4,11 @@
     .venv/bin/python bench/bench_text.py --n 2000 --threads 2 --json text.json
 
 `bench_text(manifest, threads=...)` is also called by bench/bench_features.py on its corpus. Each
-measurement runs in a fresh process, so its peak resident memory (VmHWM, see _peak_rss_mb) belongs to
-that extractor alone (imports and model included). `load_seconds` is the first model load
-in that process (cold: transformers imports its model code lazily, 2-4 s here); `seconds` is then
-one extract_shard call, its own (warm) model load and the HDF5 write included.
+measurement runs in a fresh process, so its peak resident memory (VmHWM, see
+bench_features.peak_rss_mb) belongs to that extractor alone (imports and model included).
+`load_seconds` is the first model load in that process (cold: transformers imports its model code
+lazily, 2-4 s here); `seconds` is then one extract_shard call, its own (warm) model load and the HDF5
+write included.
 
 Extractors: "minilm" (packaged all-MiniLM-L6-v2, mean pooling), "minilm ctx2" (the same with two
 previous utterances as context), "tiny" (a random-init 32-wide, 3-layer RoBERTa built here: the
@@ -34,6 +35,7 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench_features import peak_rss_mb  # noqa: E402  (same folder)
 from ercpipe.io import manifest as manifest_io  # noqa: E402
 
 WORDS = ("i you we they really never always think know feel want said told going maybe today tomorrow "
@@ -67,19 +69,6 @@ def synthetic_manifest(path: Path, n: int, per_dialogue: int = 16, seed: int = 0
     return path
 
 
-def _peak_rss_mb() -> float:
-    """This process's peak resident memory. VmHWM, not ru_maxrss: on Linux a spawned child's ru_maxrss
-    starts at its parent's RSS at fork time (the parent here holds torch and built models), VmHWM
-    belongs to the child's own address space. ru_maxrss where /proc is missing."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
 
 def _timed_extract(manifest: str, settings: dict, out: str, threads: int) -> dict:
     """In a fresh process: load the model once (timed as load_seconds: transformers imports its model
@@ -102,7 +91,7 @@ def _timed_extract(manifest: str, settings: dict, out: str, threads: int) -> dic
     seconds = time.perf_counter() - start
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return {"seconds": seconds, "cpu_seconds": usage.ru_utime + usage.ru_stime - cpu_start,
-            "load_seconds": load_seconds, "peak_rss_mb": _peak_rss_mb()}
+            "load_seconds": load_seconds, "peak_rss_mb": peak_rss_mb()}
 
 
 def bench_text(manifest: Path, threads: int = 1, extractors: list[str] | None = None,

@@ -111,6 +111,8 @@ def check(config: dict, workdir: Path = Path(".")) -> None:
                 raise ConfigError(f"{where}.mine.dataset: unknown dataset {mine['dataset']!r}")
             if mine["visual"] not in config.get("features", {}).get("visual", {}):
                 raise ConfigError(f"{where}.mine.visual: unknown visual feature setting {mine['visual']!r}")
+    from ercpipe.train.presets import resolve_experiment  # here: presets imports this module; light, no torch
+
     for name, exp in config.get("experiments", {}).items():
         where = f"experiments.{name}"
         if exp["dataset"] not in datasets:
@@ -126,8 +128,6 @@ def check(config: dict, workdir: Path = Path(".")) -> None:
             raise ConfigError(f"{where}.anchors: unknown anchor set {exp['anchors']!r}; known: {sorted(anchors)}")
         if len(set(exp["seeds"])) != len(exp["seeds"]):
             raise ConfigError(f"{where}.seeds: seeds must be distinct")
-        from ercpipe.train.presets import resolve_experiment  # light: no torch
-
         try:
             resolved = resolve_experiment(exp)
         except ValueError as err:

@@ -7,21 +7,17 @@ import shutil
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import h5py
 import pandas as pd
 import pytest
 import yaml
 
-from workflow_run import REPO, SNAKEMAKE, planned_jobs, snakemake, write_config
-
-EXTRACTION_RULES = {"synthetic_corpus", "build_manifest", "utterance_audio", "text_features_shard",
-                    "audio_features_shard", "visual_features_shard", "synthetic_anchor_images", "encode_anchors"}
+from workflow_run import command, planned_jobs, snakemake, write_config
 
 
 def test_the_dag_writes_every_output(pipeline_run):
-    workdir, _, output = pipeline_run
+    workdir = pipeline_run[0]
     for dataset, n in (("iemocap_demo", 10), ("meld_demo", 10)):
         summary = json.loads((workdir / f"features/{dataset}/summary.json").read_text())
         assert sum(summary["dialogues_per_split"].values()) == n
@@ -95,9 +91,7 @@ def test_a_killed_job_is_marked_incomplete_and_resumes(pipeline_run, tmp_path):
     run_dir = workdir / "results/iemocap_demo/iemocap_demo_sdt/seed0"
     log = workdir / "logs/train_model/iemocap_demo/iemocap_demo_sdt/seed0.log"
     target = str(run_dir.relative_to(workdir) / "metrics.json")
-    cmd = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--configfile", str(longer),
-           "--max-threads", "1", "--cores", "1", target]
-    process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    process = subprocess.Popen(command(workdir, longer, "--cores", "1", target), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.time() + 300
         while not (log.exists() and "epoch 5:" in log.read_text()):

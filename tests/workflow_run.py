@@ -39,11 +39,16 @@ def write_config(workdir: Path, config: dict, name: str = "config.yaml") -> Path
     return path
 
 
+def command(workdir: Path, configfile: Path, *args: str) -> list[str]:
+    """The Snakemake command line for the repository's Snakefile in `workdir`."""
+    return [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--configfile", str(configfile),
+            "--max-threads", "1", *args]
+
+
 def snakemake(workdir: Path, configfile: Path, *args: str, timeout: int = DAG_TIMEOUT,
               check: bool = True) -> subprocess.CompletedProcess:
     """Run Snakemake on the repository's Snakefile in `workdir` (stdout and stderr together)."""
-    cmd = ["timeout", "-k", "20", str(timeout), SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(workdir),
-           "--configfile", str(configfile), "--max-threads", "1", *args]
+    cmd = ["timeout", "-k", "20", str(timeout), *command(workdir, configfile, *args)]
     result = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=workdir)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed with exit status {result.returncode}:\n{result.stdout[-6000:]}")
