@@ -117,3 +117,23 @@ def test_finetune_settings_and_splits_are_checked(corpus, tmp_path):
         finetune.finetune_text_encoder(tmp_path / "manifest.tsv", {"model": str(model), "finetune": TRAINING},
                                        tmp_path / "encoder", device="cpu")
     assert not (tmp_path / "encoder").exists()
+
+
+@pytest.mark.parametrize("group_by_length", [True, False])
+def test_epoch_batches_use_every_input_once(group_by_length):
+    import torch
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(3, 120, size=1003).tolist()
+    batches = finetune._epoch_batches(lengths, 16, group_by_length, torch.Generator().manual_seed(1))
+    assert sorted(i for b in batches for i in b) == list(range(1003))
+    assert all(1 <= len(b) <= 16 for b in batches)
+    # Padding per batch: grouping cuts it to a fraction of random batching's.
+    padding = sum(len(b) * max(lengths[i] for i in b) - sum(lengths[i] for i in b) for b in batches)
+    assert (padding < 0.1 * sum(lengths)) == group_by_length
+    again = finetune._epoch_batches(lengths, 16, group_by_length, torch.Generator().manual_seed(1))
+    assert again == batches
+    other = finetune._epoch_batches(lengths, 16, group_by_length, torch.Generator().manual_seed(2))
+    assert other != batches
+    with pytest.raises(ValueError, match="group_by_length must be true or false"):
+        finetune.finetune_settings({"group_by_length": "yes"})
