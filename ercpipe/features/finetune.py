@@ -212,11 +212,11 @@ def finetune_text_encoder(manifest_path, settings: dict, out_dir: Path, threads:
     best_epoch, best_state = 0, {k: v.detach().cpu().clone() for k, v in model.encoder.state_dict().items()}
     best_score = history[0]["valid"]["weighted_f1"]
     logger.info("epoch 0 (before training): valid %s", history[0]["valid"])
+    lengths = [len(x.ids) for x in train_x]
     started = time.perf_counter()
     for epoch in range(1, train["epochs"] + 1):
         model.train()
         losses = []
-        lengths = [len(x.ids) for x in train_x]
         for chunk in tqdm(_epoch_batches(lengths, batch, train["group_by_length"], generator),
                           desc=f"fine-tune epoch {epoch}", unit="batch"):
             logits = model([train_x[i] for i in chunk])
