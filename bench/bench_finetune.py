@@ -8,7 +8,7 @@ Times `--steps` optimiser steps (forward, backward, AdamW) of the model fine-tun
 group_by_length true and false, without context and with two previous utterances + speaker names
 (max_length 128). The first two steps of each measurement are a warm-up and are not timed. Rows:
 seconds per step, the epoch time that implies for the corpus's train rows, and the share of padded
-tokens in the timed batches. Labels do not affect the cost, so the synthetic corpus has one label.
+tokens in the timed batches. Inputs and labels are built by fine-tuning's own `_split_inputs`.
 """
 from __future__ import annotations
 
@@ -37,15 +37,18 @@ def bench_finetune(manifest: Path, threads: int, steps: int, batch_size: int) ->
     torch.set_num_threads(threads)
     rows = manifest_io.read(manifest)
     rows = rows[rows["split"] == "train"].reset_index(drop=True)
-    texts = [str(t).strip() for t in rows["text"]]
+    classes = finetune._classes(rows)
     out = []
     for context_name, (context, max_length) in CONTEXTS.items():
         encoder = text.TextEncoder({"model": text.PACKAGED_MINILM, "pooling": "mean", "context": context,
                                     "max_length": max_length, "normalize": False, "dtype": "fp32"}, "cpu")
-        inputs = [x for x in encoder.build_inputs(texts, rows["speaker"].tolist(), rows["dialogue_id"].tolist(),
-                                                   [bool(t) for t in texts]) if x is not None]
+        # The inputs and labels fine-tuning itself builds (empty transcripts left out the same way).
+        inputs, labels = finetune._split_inputs(encoder, rows, classes)[0]["train"]
         lengths = [len(x.ids) for x in inputs]
-        model = finetune._Classifier(encoder, 7, 0.1)
+        if len(lengths) <= (WARMUP_STEPS + 1) * batch_size:
+            raise SystemExit(f"{manifest}: {len(lengths)} train utterances are too few to time "
+                             f"{WARMUP_STEPS} warm-up steps and one more of batch {batch_size}")
+        model = finetune._Classifier(encoder, len(classes), 0.1)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
         model.train()
         for group in (False, True):
@@ -55,7 +58,7 @@ def bench_finetune(manifest: Path, threads: int, steps: int, batch_size: int) ->
                 if n == WARMUP_STEPS:
                     started = time.perf_counter()
                 loss = torch.nn.functional.cross_entropy(model([inputs[i] for i in batch]),
-                                                         torch.zeros(len(batch), dtype=torch.long))
+                                                         torch.from_numpy(labels[batch]))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
