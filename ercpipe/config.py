@@ -140,6 +140,21 @@ def check(config: dict, workdir: Path = Path(".")) -> None:
         if not vega and exp.get("anchors") is not None:
             raise ConfigError(f"{where}.anchors: {exp['anchors']!r} is never used because loss.clip_loss is false; "
                               "set anchors: null, or turn the VEGA branch on")
+    experiments = config.get("experiments", {})
+    for name, sel in config.get("selections", {}).items():
+        where = f"selections.{name}"
+        if name in experiments:
+            raise ConfigError(f"{where}: an experiment has the same name; both would write results/<dataset>/{name}/, "
+                              "so rename one")
+        unknown = [c for c in sel["candidates"] if c not in experiments]
+        if unknown:
+            raise ConfigError(f"{where}.candidates: unknown experiment(s) {unknown}; known: {sorted(experiments)}")
+        if len(set(sel["candidates"])) != len(sel["candidates"]):
+            raise ConfigError(f"{where}.candidates: candidates must be distinct")
+        on = {experiments[c]["dataset"] for c in sel["candidates"]}
+        if len(on) != 1:
+            raise ConfigError(f"{where}.candidates: the candidates train on different datasets {sorted(on)}; "
+                              "a dev score only compares models on the same dev split")
 
 
 def with_defaults(settings: dict | None, defaults: dict, what: str) -> dict:

@@ -101,6 +101,11 @@ def _mean_std(metric: dict | None) -> str:
 
 def experiment_summary_html(summary: dict, title: str) -> str:
     """The aggregate of one experiment: overall metrics per split, per-class test metrics, the protocol."""
+    return html_page(title, experiment_summary_sections(summary))
+
+
+def experiment_summary_sections(summary: dict) -> list[tuple[str, pd.DataFrame | None, str]]:
+    """The sections of `experiment_summary_html`, for pages that show an experiment among other tables."""
     metrics, splits = summary["metrics"], [s for s in ("valid", "test") if f"{s}.accuracy" in summary["metrics"]]
     names = [("accuracy", "accuracy"), ("weighted_f1", "weighted F1"), ("macro_f1", "macro F1"),
              ("weighted_precision", 'weighted precision (the VEGA paper\'s "ACC")')]
@@ -124,4 +129,4 @@ def experiment_summary_html(summary: dict, title: str) -> str:
                  "official code does; these test numbers are optimistic.</span>")
     sections = [("Overall", overall, note)]
     sections += [(f"Per class ({split})", frame, "") for split, frame in per_class.items()]
-    return html_page(title, sections)
+    return sections

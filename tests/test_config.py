@@ -39,6 +39,9 @@ def test_demo_config_is_valid(demo_config):
     (lambda c: c["features"]["audio"]["is10"].update(feature_set="IS11"), "features.audio.is10.feature_set"),
     (lambda c: c["experiments"]["iemocap_demo_sdt"].update(seeds=[]), "experiments.iemocap_demo_sdt.seeds"),
     (lambda c: c.update(use_gpu="yes"), "use_gpu: 'yes' is not of type 'boolean'"),
+    (lambda c: c.update(selections={"best": {"candidates": ["iemocap_demo_sdt", "iemocap_demo_sdt_vega"],
+                                             "metric": "test.weighted_f1"}}), "selections.best.metric"),
+    (lambda c: c.update(selections={"best": {"candidates": ["iemocap_demo_sdt"]}}), "selections.best.candidates"),
 ])
 def test_schema_errors_name_the_key(demo_config, mutate, expected):
     bad = copy.deepcopy(demo_config)
@@ -66,6 +69,14 @@ def test_schema_errors_name_the_key(demo_config, mutate, expected):
      "experiments.iemocap_demo_sdt_vega.anchors: null, but preset 'demo' trains the VEGA branch"),
     (lambda c: c["experiments"]["iemocap_demo_sdt"].update(anchors="demo_faces"),
      "experiments.iemocap_demo_sdt.anchors: 'demo_faces' is never used"),
+    (lambda c: c.update(selections={"best": {"candidates": ["iemocap_demo_sdt", "nope"]}}),
+     r"selections.best.candidates: unknown experiment\(s\) \['nope'\]"),
+    (lambda c: c.update(selections={"best": {"candidates": ["iemocap_demo_sdt", "meld_demo_sdt_vega"]}}),
+     "selections.best.candidates: the candidates train on different datasets"),
+    (lambda c: c.update(selections={"iemocap_demo_sdt": {"candidates": ["iemocap_demo_sdt", "iemocap_demo_sdt_vega"]}}),
+     "selections.iemocap_demo_sdt: an experiment has the same name"),
+    (lambda c: c.update(selections={"best": {"candidates": ["iemocap_demo_sdt", "iemocap_demo_sdt"]}}),
+     "selections.best.candidates: candidates must be distinct"),
 ])
 def test_reference_errors_name_the_key(demo_config, mutate, expected):
     bad = copy.deepcopy(demo_config)

@@ -73,3 +73,22 @@ def test_csvs_alone_run_text_only_end_to_end(meld_text_run):
         assert (metrics["anchors"] is not None) == bool(experiment.get("anchors"))
         assert (workdir / f"results/meld/{name}/summary.html").exists()
     assert "Nothing to be done" in snakemake(workdir, configfile, "-n").stdout
+
+
+def test_selections_choose_the_encoder_on_dev(meld_text_run):
+    workdir, _, _, config = meld_text_run
+    assert set(config["selections"]) == {"meld_text", "meld_text_vega"}
+    for name, selection in config["selections"].items():
+        dev = {c: json.loads((workdir / f"results/meld/{c}/summary.json").read_text())["metrics"]
+               ["valid.weighted_f1"]["mean"] for c in selection["candidates"]}
+        published = json.loads((workdir / f"results/meld/{name}/summary.json").read_text())
+        chosen = published["selection"]["chosen"]
+        assert dev[chosen] == max(dev.values())
+        assert chosen == next(c for c in selection["candidates"] if dev[c] == max(dev.values()))
+        own = json.loads((workdir / f"results/meld/{chosen}/summary.json").read_text())
+        assert published["metrics"] == own["metrics"]
+        assert (workdir / f"results/meld/{name}/summary.tsv").read_text() == \
+            (workdir / f"results/meld/{chosen}/summary.tsv").read_text()
+        ranking = pd.read_csv(workdir / f"results/meld/{name}/selection.tsv", sep="\t")
+        assert sorted(ranking["experiment"]) == sorted(selection["candidates"])
+        assert ranking.loc[ranking["chosen"], "experiment"].tolist() == [chosen]

@@ -1,4 +1,5 @@
-"""Training of SDT / SDT-VEGA: data, presets, the training loop, evaluation and aggregation (docs/training.md).
+"""Training of SDT / SDT-VEGA: data, presets, the training loop, evaluation, aggregation and selection on dev
+(docs/training.md).
 
 Only `presets` is imported eagerly (the Snakefile validates experiments at parse time, without torch);
 everything else loads on first use.
@@ -23,6 +24,8 @@ _LAZY = {
     "aggregate": "ercpipe.train.aggregation",
     "AggregateError": "ercpipe.train.aggregation",
     "classification_metrics": "ercpipe.train.metrics",
+    "select_experiment": "ercpipe.train.selection",
+    "SelectionError": "ercpipe.train.selection",
 }
 
 __all__ = ["DEFAULTS", "PRESETS", "SCHEMA", "known_keys", "preset", "resolve_experiment", *_LAZY]

@@ -86,10 +86,7 @@ def aggregate(run_dirs: Sequence[str | Path], out_dir: str | Path) -> None:
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "summary.json", summary)
-    table = pd.DataFrame([{"metric": k, "mean": v["mean"], "std": v["std"], "n": v["n"],
-                           "values": ",".join(f"{x:.4g}" for x in v["values"])} for k, v in summary_metrics.items()])
-    with atomic_path(out_dir / "summary.tsv") as tmp:
-        table.to_csv(tmp, sep="\t", index=False, lineterminator="\n", float_format="%.4f", quoting=csv.QUOTE_MINIMAL)
+    write_summary_table(summary_metrics, out_dir / "summary.tsv")
     write_html(out_dir / "summary.html", experiment_summary_html(summary, f"Experiment {out_dir.name}"))
     _plot_curves(run_dirs, runs, out_dir / "curves.png")
     split = "test" if "test" in confusion else next(iter(confusion), None)
@@ -97,6 +94,14 @@ def aggregate(run_dirs: Sequence[str | Path], out_dir: str | Path) -> None:
         _plot_confusion(np.array(confusion[split]), classes, split, len(runs), out_dir / "confusion.png")
     _plot_tsne(run_dirs, out_dir / "tsne.png")
     logger.info("aggregated %d runs into %s", len(runs), out_dir)
+
+
+def write_summary_table(summary_metrics: dict, path: str | Path) -> None:
+    """summary.tsv: one row per metric of a summary (metric, mean, std, n, per-run values)."""
+    table = pd.DataFrame([{"metric": k, "mean": v["mean"], "std": v["std"], "n": v["n"],
+                           "values": ",".join(f"{x:.4g}" for x in v["values"])} for k, v in summary_metrics.items()])
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, sep="\t", index=False, lineterminator="\n", float_format="%.4f", quoting=csv.QUOTE_MINIMAL)
 
 
 def _pyplot():

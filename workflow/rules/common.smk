@@ -15,6 +15,7 @@ validate(config, schema="../schemas/config.schema.yaml")
 
 DATASETS = config["datasets"]
 EXPERIMENTS = config.get("experiments", {})
+SELECTIONS = config.get("selections", {})
 ANCHORS = config.get("anchors", {})
 FEATURES = config.get("features", {})
 GPU = 1 if config.get("use_gpu") else 0
@@ -27,6 +28,7 @@ wildcard_constraints:
     shard=r"\d+",
     seed=r"\d+",
     experiment="|".join(EXPERIMENTS) or "NO_EXPERIMENT",
+    selection="|".join(SELECTIONS) or "NO_SELECTION",
     anchor_set="|".join(ANCHORS) or "NO_ANCHOR_SET",
     clip=r"[A-Za-z0-9._-]+",
 
@@ -49,6 +51,14 @@ def anchor_path(set_name):
 
 def experiment_dir(name):
     return f"results/{EXPERIMENTS[name]['dataset']}/{name}"
+
+
+def selection_dataset(name):
+    return EXPERIMENTS[SELECTIONS[name]["candidates"][0]]["dataset"]  # config.check: one dataset for all
+
+
+def selection_dir(name):
+    return f"results/{selection_dataset(name)}/{name}"
 
 
 def experiment_feature_files(name):
@@ -97,6 +107,7 @@ def benchmark_files():
 
 def all_targets():
     targets = [f"{experiment_dir(name)}/summary.json" for name in EXPERIMENTS]
+    targets += [f"{selection_dir(name)}/summary.json" for name in SELECTIONS]
     targets += [f"results/{ds}/coverage.tsv" for ds in datasets_in_use()]
     if EXPERIMENTS:
         targets.append("results/benchmarks.tsv")
@@ -138,6 +149,14 @@ def train_inputs(wildcards):
     if exp.get("anchors"):
         inputs["anchors"] = anchor_path(exp["anchors"])
     return inputs
+
+
+def selection_inputs(wildcards):
+    """The summaries of a selection's candidates, keyed by experiment name (all on the selection's dataset)."""
+    if selection_dataset(wildcards.selection) != wildcards.dataset:
+        raise WorkflowError(f"selection {wildcards.selection} chooses among experiments on "
+                            f"{selection_dataset(wildcards.selection)}; use {selection_dir(wildcards.selection)}/")
+    return {name: f"{experiment_dir(name)}/summary.json" for name in SELECTIONS[wildcards.selection]["candidates"]}
 
 
 def experiment_params(wildcards):

@@ -73,3 +73,32 @@ rule aggregate_experiment:
         "../../envs/train.yaml"
     script:
         "../../scripts/aggregate_experiment.py"
+
+
+# Choosing on dev: the candidates' summaries in, the winner's summary (and the ranking) out. Test scores
+# are in those summaries but never used to choose (ercpipe.train.selection).
+rule select_experiment:
+    input:
+        unpack(selection_inputs),
+    output:
+        ranking="results/{dataset}/{selection}/selection.tsv",
+        summary="results/{dataset}/{selection}/summary.json",
+        table="results/{dataset}/{selection}/summary.tsv",
+        table_html=report(
+            "results/{dataset}/{selection}/summary.html",
+            caption="../report/selection.rst",
+            category="Results",
+            subcategory="{selection}",
+            labels={"selection": "{selection}", "figure": "candidates ranked on dev, then the chosen one's metrics"},
+        ),
+    params:
+        metric=lambda wc: SELECTIONS[wc.selection].get("metric", "valid.weighted_f1"),
+    log:
+        "logs/select_experiment/{dataset}/{selection}.log",
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        "../../envs/train.yaml"
+    script:
+        "../../scripts/select_experiment.py"

@@ -1,0 +1,95 @@
+"""Choose one of several finished experiments by a dev-split score (never a test score).
+
+A selection names candidate experiments (e.g. the same model on encoders fine-tuned with different seeds).
+Each candidate is trained and aggregated as usual; the selection reads their summaries, ranks them by the
+mean over seeds of one *valid*-split metric, and republishes the winner's summary as its own, with the
+ranking. The candidates' test numbers are never read to choose.
+"""
+from __future__ import annotations
+
+import csv
+import html
+import json
+import logging
+from pathlib import Path
+from typing import Mapping
+
+import pandas as pd
+
+from ercpipe.io.atomic import atomic_path, write_json
+from ercpipe.report import experiment_summary_sections, html_page, write_html
+from ercpipe.train.aggregation import write_summary_table
+
+logger = logging.getLogger(__name__)
+
+# Only dev-split scores may choose: a selection by a test score would make the reported test number optimistic.
+SELECTION_METRICS = ("valid.weighted_f1", "valid.macro_f1", "valid.accuracy")
+
+
+class SelectionError(ValueError):
+    """The candidates cannot be compared; the message names the summary file and what is wrong."""
+
+
+def rank_candidates(summaries: Mapping[str, dict], metric: str) -> list[dict]:
+    """The candidates best first by the mean of `metric` over seeds; ties keep the given order."""
+    if metric not in SELECTION_METRICS:
+        raise SelectionError(f"metric {metric!r} cannot choose among experiments; use one of {list(SELECTION_METRICS)}")
+    rows = []
+    for order, (name, summary) in enumerate(summaries.items()):
+        score = summary["metrics"].get(metric)
+        if score is None:
+            raise SelectionError(f"experiment {name} has no {metric} in its summary (was it trained without a "
+                                 "valid split?); a selection needs every candidate scored on dev")
+        rows.append({"experiment": name, "order": order, "mean": score["mean"], "std": score["std"],
+                     "n": score["n"], "values": score["values"]})
+    rows.sort(key=lambda r: (-r["mean"], r["order"]))
+    return rows
+
+
+def select_experiment(summary_paths: Mapping[str, str | Path], out_dir: str | Path,
+                      metric: str = "valid.weighted_f1") -> str:
+    """Write selection.tsv and the chosen candidate's summary.json / .tsv / .html into out_dir; return its name."""
+    if len(summary_paths) < 2:
+        raise SelectionError(f"a selection needs at least two candidate experiments, got {list(summary_paths)}")
+    summaries = {}
+    for name, path in summary_paths.items():
+        path = Path(path)
+        if not path.exists():
+            raise SelectionError(f"{path} does not exist; experiment {name} has not been aggregated")
+        summaries[name] = json.loads(path.read_text())
+    compat = {name for name, s in summaries.items() if s["paper_compat"]}
+    if compat:
+        raise SelectionError(f"experiments {sorted(compat)} chose their epochs on the test split (paper-compat "
+                             "protocol); a selection on dev among them would still report a test-tuned number")
+    classes = {json.dumps(s["classes"]) for s in summaries.values()}
+    if len(classes) != 1:
+        raise SelectionError(f"the candidates {list(summaries)} predict different classes {sorted(classes)}")
+    ranking = rank_candidates(summaries, metric)
+    chosen = ranking[0]["experiment"]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    table = pd.DataFrame([{"rank": i + 1, "experiment": r["experiment"], f"{metric} mean": r["mean"],
+                           f"{metric} std": r["std"], "n": r["n"],
+                           "values": ",".join(f"{x:.4g}" for x in r["values"]),
+                           "chosen": r["experiment"] == chosen} for i, r in enumerate(ranking)])
+    with atomic_path(out_dir / "selection.tsv") as tmp:
+        table.to_csv(tmp, sep="\t", index=False, lineterminator="\n", float_format="%.4f", quoting=csv.QUOTE_MINIMAL)
+
+    selection = {"metric": metric, "chosen": chosen, "candidates": list(summaries),
+                 "ranking": [{k: r[k] for k in ("experiment", "mean", "std", "n")} for r in ranking],
+                 "chosen_summary": str(Path(summary_paths[chosen]))}
+    write_json(out_dir / "summary.json", {**summaries[chosen], "selection": selection})
+    write_summary_table(summaries[chosen]["metrics"], out_dir / "summary.tsv")
+    write_html(out_dir / "summary.html", _selection_html(out_dir.name, summaries[chosen], table, selection))
+    logger.info("selection %s: %s chosen by %s (%s)", out_dir.name, chosen, metric,
+                ", ".join(f"{r['experiment']} {r['mean']:.2f}" for r in ranking))
+    return chosen
+
+
+def _selection_html(name: str, chosen_summary: dict, table: pd.DataFrame, selection: dict) -> str:
+    note = (f"Candidates ranked by the mean over seeds of <b>{html.escape(selection['metric'])}</b> (dev split "
+            f"only); <b>{html.escape(selection['chosen'])}</b> is chosen and its numbers follow. Test scores "
+            "played no part in the choice.")
+    return html_page(f"Selection {name}: {selection['chosen']}",
+                     [("Candidates (dev)", table, note), *experiment_summary_sections(chosen_summary)])
