@@ -8,8 +8,10 @@
     ercpipe import-anchors 35_anchor.pt --allow-pickle --classes hap sad neu ang exc fru --clip-model ViT-B-32 --out A.h5
     ercpipe export-anchors anchors/demo_faces/ViT-B-32.h5 --out 35_anchor.pt
 
-Errors the library raises on bad input (ValueError and its subclasses, missing files) are printed as one
-line naming the problem, with exit status 2; anything else is a bug and keeps its traceback.
+Errors on bad input (ercpipe.errors.ErcpipeError and the library's other ValueErrors, a missing or
+unreadable file) are printed as one line, `ercpipe: error: <message>` naming the file or key and the fix,
+with exit status 2 (as argparse does for a bad command line); `ercpipe --debug ...` shows the traceback
+instead. Anything else is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
@@ -19,6 +21,11 @@ import sys
 from pathlib import Path
 
 from ercpipe.config import MODALITIES
+from ercpipe.errors import ErcpipeError, one_line
+
+ALLOW_PICKLE_HINT = "add --allow-pickle"
+# Bad input from the user: one line and exit status 2. Other exceptions are bugs and keep their traceback.
+USER_ERRORS = (ErcpipeError, ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
 
 
 def _modality_paths(pairs: list[str], parser: argparse.ArgumentParser) -> dict[str, str]:
@@ -54,7 +61,7 @@ def _import_pickle(args, parser) -> None:
     out = Path(args.out_dir)
     features = {m: out / m / f"{args.setting}.h5" for m in args.modalities}
     summary = import_pickle(args.pickle, out / "manifest.tsv", features, allow_pickle=args.allow_pickle,
-                            fmt=args.format, dataset=args.dataset or out.name)
+                            fmt=args.format, dataset=args.dataset or out.name, how_to_allow=ALLOW_PICKLE_HINT)
     print(summary)
 
 
@@ -67,7 +74,8 @@ def _export_vega(args, parser) -> None:
 def _import_anchors(args, parser) -> None:
     from ercpipe.anchors import import_official
 
-    anchors = import_official(args.pt, args.out, args.classes, args.clip_model, allow_pickle=args.allow_pickle)
+    anchors = import_official(args.pt, args.out, args.classes, args.clip_model, allow_pickle=args.allow_pickle,
+                              how_to_allow=ALLOW_PICKLE_HINT)
     print(f"{args.out}: {len(anchors.class_names)} classes, {anchors.dim}-d, CLIP {args.clip_model}")
 
 
@@ -80,9 +88,13 @@ def _export_anchors(args, parser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ercpipe", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error instead of one line")
     commands = parser.add_subparsers(dest="command", required=True)
+    # --debug is also accepted after the command; SUPPRESS keeps the subcommand from resetting it to False.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
-    p = commands.add_parser("predict", help="per-utterance emotions from a trained checkpoint")
+    p = commands.add_parser("predict", parents=[common], help="per-utterance emotions from a trained checkpoint")
     p.add_argument("--checkpoint", required=True, help="model.pt written by the train_model rule")
     p.add_argument("--conversation", help="CSV/TSV of a new conversation (columns: see ercpipe.infer)")
     p.add_argument("--work-dir", help="keep the conversation's manifest and features here (default: a temp dir)")
@@ -94,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.set_defaults(run=_predict)
 
-    p = commands.add_parser("import-pickle", help="community SDT/VEGA feature pickle -> manifest + HDF5 files")
+    p = commands.add_parser("import-pickle", parents=[common],
+                            help="community SDT/VEGA feature pickle -> manifest + HDF5 files")
     p.add_argument("pickle")
     p.add_argument("--allow-pickle", action="store_true", help="required: unpickling can run code; trust the file")
     p.add_argument("--out-dir", required=True, help="features/{dataset}: gets manifest.tsv and {modality}/{setting}.h5")
@@ -104,14 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", help="dataset name in the manifest (default: the folder name)")
     p.set_defaults(run=_import_pickle)
 
-    p = commands.add_parser("export-vega", help="manifest + HDF5 files -> VEGA's 7-tuple pickle")
+    p = commands.add_parser("export-vega", parents=[common], help="manifest + HDF5 files -> VEGA's 7-tuple pickle")
     p.add_argument("--manifest", required=True)
     p.add_argument("--features", nargs="+", required=True, metavar="MODALITY=PATH")
     p.add_argument("--out", required=True)
     p.add_argument("--format", choices=["iemocap", "meld"])
     p.set_defaults(run=_export_vega)
 
-    p = commands.add_parser("import-anchors", help="official 35_anchor.pt -> ercpipe anchor file")
+    p = commands.add_parser("import-anchors", parents=[common], help="official 35_anchor.pt -> ercpipe anchor file")
     p.add_argument("pt")
     p.add_argument("--allow-pickle", action="store_true", help="load a full pickle if weights_only loading fails")
     p.add_argument("--classes", nargs="+", required=True, help="class names in label-id order")
@@ -119,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.set_defaults(run=_import_anchors)
 
-    p = commands.add_parser("export-anchors", help="ercpipe anchor file -> official 35_anchor.pt layout")
+    p = commands.add_parser("export-anchors", parents=[common],
+                            help="ercpipe anchor file -> official 35_anchor.pt layout")
     p.add_argument("anchors")
     p.add_argument("--out", required=True)
     p.set_defaults(run=_export_anchors)
@@ -132,8 +146,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         args.run(args, parser)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"ercpipe {args.command}: {err}", file=sys.stderr)
+    except USER_ERRORS as err:
+        if args.debug:
+            raise
+        print(f"{parser.prog}: error: {one_line(err)}", file=sys.stderr)
         return 2
     return 0
 

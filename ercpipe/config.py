@@ -10,13 +10,14 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from ercpipe.errors import ErcpipeError
 from ercpipe.labels import CLASSES_BY_FORMAT, canonical_emotion
 
 MODALITIES: tuple[str, ...] = ("text", "audio", "visual")
 SYNTHETIC_ROOT = Path("raw/synthetic")
 
 
-class ConfigError(ValueError):
+class ConfigError(ErcpipeError, ValueError):
     """The configuration is inconsistent; the message names the key and what to change."""
 
 
@@ -35,9 +36,17 @@ def validate_schema(config: dict, schema_path: str | Path) -> None:
         raise ConfigError("config does not match workflow/schemas/config.schema.yaml:\n" + "\n".join(problems))
 
 
-def dataset_root(name: str, cfg: dict) -> Path:
-    """Raw folder of a dataset: raw/synthetic/{name} for generated corpora, else the configured root."""
-    return SYNTHETIC_ROOT / name if cfg.get("synthetic") else Path(cfg["root"])
+def dataset_root(name: str, cfg: dict) -> Path | None:
+    """Raw folder of a dataset: raw/synthetic/{name} for generated corpora, else the configured root.
+
+    None for a csv dataset without `root`: its reader then reads relative media paths from the
+    manifest's folder (ercpipe.datasets.csv_manifest), so it has no raw folder of its own.
+    """
+    if cfg.get("synthetic"):
+        return SYNTHETIC_ROOT / name
+    if cfg.get("root") is None and cfg.get("format") == "csv":
+        return None
+    return Path(cfg["root"])
 
 
 def dataset_classes(cfg: dict) -> list[str]:
@@ -65,7 +74,8 @@ def clip_name(clip: dict) -> str:
 def anchor_classes(config: dict, set_name: str) -> list[str]:
     """Canonical class names an anchor set must cover: every class of every dataset that uses it."""
     names: list[str] = list(config["anchors"][set_name].get("classes") or [])
-    for exp in config.get("experiments", {}).values():
+    # Experiments in name order, so the same config written in another key order gives the same list.
+    for _, exp in sorted(config.get("experiments", {}).items()):
         if exp.get("anchors") == set_name:
             for label in dataset_classes(config["datasets"][exp["dataset"]]):
                 if canonical_emotion(label) not in names:
@@ -78,8 +88,125 @@ def anchor_classes(config: dict, set_name: str) -> list[str]:
     return [canonical_emotion(n) for n in names]
 
 
+# --------------------------------------------------------------------------------------------------
+# Paths the config names: checked at parse time, so a wrong path stops `snakemake` (also -n) before any job.
+
+# A Hugging Face hub id: `name` or `org/name`, each part letters, digits, '-', '_', '.'.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?$")
+_EXPLICIT_PATH_PREFIXES = ("/", "./", "../", "~")
+CLIP_CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".npz")  # = ercpipe.anchors.clip's
+
+
+def text_model_is_path(model: str) -> bool:
+    """True when a text setting's `model` can only be a local directory, so the config check requires it.
+
+    "packaged:..." names a packaged model. A value that starts with "/", "./", "../" or "~", or holds a
+    backslash, is a path. Otherwise a value shaped like a hub id (`roberta-large`, `org/name`) is taken
+    as a hub id and not checked here (it may be a local folder of that name, which transformers prefers;
+    the extraction job says whether it is in the Hugging Face cache), and anything else (`a/b/c`, a
+    trailing '/', spaces) is a path.
+    """
+    if model.startswith("packaged:"):
+        return False
+    if model.startswith(_EXPLICIT_PATH_PREFIXES) or "\\" in model:
+        return True
+    return not _HUB_ID.match(model)
+
+
+def clip_pretrained_is_path(pretrained: str | None) -> bool:
+    """True when a CLIP `pretrained` names a checkpoint file rather than an open_clip tag (as ercpipe.anchors.clip)."""
+    if not pretrained:
+        return False
+    return ("/" in pretrained or "\\" in pretrained or pretrained.startswith("~")
+            or pretrained.lower().endswith(CLIP_CHECKPOINT_SUFFIXES))
+
+
+def _path_problem(where: str, value: str, kind: str, workdir: Path, fix: str) -> str | None:
+    """None if `value` (relative to workdir) is an existing `kind` ("file" | "folder"), else the message line."""
+    path = Path(value)
+    resolved = path if path.is_absolute() else workdir / path
+    if resolved.is_dir() if kind == "folder" else resolved.is_file():
+        return None
+    if value.startswith("~"):
+        return (f"{where}: {value} starts with '~', which is not expanded to your home folder; "
+                f"write the full path ({fix})")
+    if resolved.exists():
+        found = "folder" if resolved.is_dir() else "file"
+        return f"{where}: {value} is a {found}, not a {kind}; {fix}"
+    relative = "" if path.is_absolute() else f" (relative paths start from the working directory {workdir})"
+    return f"{where}: {kind} {value} does not exist{relative}; {fix}"
+
+
+def path_problems(config: dict, workdir: Path = Path(".")) -> list[str]:
+    """One line per file or folder the config names that is not there: dotted key, path, fix.
+
+    Checked: datasets.*.root (not for synthetic: true), .manifest (csv), .split_file; features.text.*.model
+    when it is a path (text_model_is_path); features.visual.*.weights unless null or "random";
+    anchors.*.images; anchors.*.clip.pretrained when it is a checkpoint path. Every setting is checked,
+    also one no experiment uses. Relative paths start from `workdir` (Snakemake's working directory).
+    """
+    problems: list[str | None] = []
+    for name, ds in config.get("datasets", {}).items():
+        where, fmt = f"datasets.{name}", ds.get("format")
+        if ds.get("synthetic"):
+            pass  # its root is an output of the synthetic_corpus rule
+        elif fmt == "csv" and ds.get("root") is not None:
+            problems.append(_path_problem(
+                f"{where}.root", ds["root"], "folder", workdir,
+                "point it at the folder the manifest's relative media paths start from, or leave root out "
+                "(they then start from the manifest's folder; docs/manifest.md)"))
+        elif fmt != "csv" and ds.get("root") is not None:
+            problems.append(_path_problem(
+                f"{where}.root", ds["root"], "folder", workdir,
+                f"point it at the raw {str(fmt).upper()} release folder (README, 'Your data'; docs/manifest.md)"))
+        if fmt == "csv" and ds.get("manifest") is not None:
+            problems.append(_path_problem(f"{where}.manifest", ds["manifest"], "file", workdir,
+                                          "point it at your manifest CSV (format: docs/manifest.md)"))
+        if ds.get("split_file") is not None:
+            problems.append(_path_problem(
+                f"{where}.split_file", ds["split_file"], "file", workdir,
+                "point it at a JSON file with train, valid and test dialogue lists, or leave it out for the "
+                "standard split"))
+    features = config.get("features", {})
+    for name, settings in features.get("text", {}).items():
+        model = settings.get("model")
+        if isinstance(model, str) and text_model_is_path(model):
+            where = f"features.text.{name}.model"
+            fix = ("point it at a local model directory (saved with save_pretrained, holding config.json), "
+                   "or give a Hugging Face name such as roberta-large or org/name (docs/features-text.md)")
+            problem = _path_problem(where, model, "folder", workdir, fix)
+            folder = Path(model) if Path(model).is_absolute() else workdir / model
+            if problem is None and not (folder / "config.json").is_file():
+                problem = f"{where}: folder {model} holds no config.json, so it is not a saved model; {fix}"
+            problems.append(problem)
+    for name, settings in features.get("visual", {}).items():
+        weights = settings.get("weights")
+        if isinstance(weights, str) and weights != "random":
+            backbone = settings.get("backbone", "the backbone")
+            problems.append(_path_problem(
+                f"features.visual.{name}.weights", weights, "file", workdir,
+                f"set it to a {backbone} checkpoint file, \"random\" (random init: demo and tests only) or null "
+                "(densenet121: the ImageNet weights in the torch hub cache; docs/features.md)"))
+    for name, an in config.get("anchors", {}).items():
+        if an.get("images"):
+            problems.append(_path_problem(
+                f"anchors.{name}.images", an["images"], "folder", workdir,
+                "point it at a folder with one sub-folder of images per class (docs/anchors.md), or use "
+                "synthetic: or mine: instead"))
+        pretrained = (an.get("clip") or {}).get("pretrained")
+        if isinstance(pretrained, str) and clip_pretrained_is_path(pretrained):
+            problems.append(_path_problem(
+                f"anchors.{name}.clip.pretrained", pretrained, "file", workdir,
+                "set it to a local open_clip checkpoint file, an open_clip tag such as openai, or null "
+                "(random init; docs/anchors.md)"))
+    return [p for p in problems if p]
+
+
 def check(config: dict, workdir: Path = Path(".")) -> None:
-    """Raise ConfigError for every reference that points nowhere (after schema validation)."""
+    """Raise ConfigError for every reference that points nowhere (after schema validation).
+
+    Every missing path is reported at once (path_problems); the other checks stop at the first problem.
+    """
     datasets = config.get("datasets", {})
     for name, ds in datasets.items():
         where = f"datasets.{name}"
@@ -88,23 +215,21 @@ def check(config: dict, workdir: Path = Path(".")) -> None:
                 raise ConfigError(f"{where}.synthetic: only iemocap and meld corpora can be generated")
         elif "root" not in ds and ds["format"] != "csv":
             raise ConfigError(f"{where}.root: give the raw dataset folder (or set synthetic: true)")
-        elif ds["format"] != "csv" and not (workdir / ds["root"]).is_dir():
-            raise ConfigError(f"{where}.root: folder {ds['root']} does not exist; point it at the raw "
-                              f"{ds['format'].upper()} release (see README, 'Real data')")
         if ds["format"] == "csv":
             for key in ("manifest", "classes"):
                 if key not in ds:
                     raise ConfigError(f"{where}.{key}: required for format csv (see docs/manifest.md)")
-            if not (workdir / ds["manifest"]).is_file():
-                raise ConfigError(f"{where}.manifest: file {ds['manifest']} does not exist")
     anchors = config.get("anchors", {})
     for name, an in anchors.items():
         where = f"anchors.{name}"
         sources = [k for k in ("images", "synthetic", "mine") if an.get(k)]
         if len(sources) != 1:
             raise ConfigError(f"{where}: give exactly one of images (a folder), synthetic, mine; got {sources}")
-        if an.get("images") and not (workdir / an["images"]).is_dir():
-            raise ConfigError(f"{where}.images: folder {an['images']} does not exist")
+    problems = path_problems(config, workdir)
+    if problems:
+        raise ConfigError("\n".join(problems))
+    for name, an in anchors.items():
+        where = f"anchors.{name}"
         mine = an.get("mine")
         if mine:
             if mine["dataset"] not in datasets:

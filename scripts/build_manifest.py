@@ -1,11 +1,10 @@
-"""Rule build_manifest: read a raw dataset into manifest.tsv, issues.tsv and summary.json."""
+"""Rule build_manifest: join the manifest shards into manifest.tsv, issues.tsv and summary.json."""
 from pathlib import Path
 
 from ercpipe.runlog import rule_logging
 
 with rule_logging(snakemake.log[0]):
-    from ercpipe.datasets.build import build_manifest
+    from ercpipe.datasets.build import join_manifest_shards
 
-    dataset_cfg = dict(snakemake.params.dataset, root=snakemake.params.root)
-    dataset_cfg.pop("synthetic", None)
-    build_manifest(snakemake.wildcards.dataset, dataset_cfg, Path(snakemake.output.manifest).parent)
+    join_manifest_shards(snakemake.wildcards.dataset, dict(snakemake.params.dataset), list(snakemake.input.shards),
+                         list(snakemake.input.shard_issues), Path(snakemake.output.manifest).parent)

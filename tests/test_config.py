@@ -147,3 +147,184 @@ def test_shipped_real_data_configs_are_valid(path, tmp_path):
     pipeline_config.check(config, tmp_path)
     with pytest.raises(pipeline_config.ConfigError, match="does not exist"):
         pipeline_config.check(config, tmp_path / "elsewhere")
+
+
+# ------------------------------------------------------------------------------------------ paths in the config
+
+@pytest.mark.parametrize("model, is_path", [
+    ("packaged:minilm", False), ("roberta-large", False), ("FacebookAI/roberta-large", False),
+    ("sentence-transformers/all-MiniLM-L6-v2", False),
+    ("/models/roberta", True), ("./models/roberta", True), ("../roberta", True), ("~/models/roberta", True),
+    ("models/roberta/large", True), ("models/roberta/", True), ("models\\roberta", True), ("my model", True),
+])
+def test_text_model_path_rule(model, is_path):
+    """A text model is a path (and must exist) when it cannot be a hub id; `name` / `org/name` are hub ids."""
+    assert pipeline_config.text_model_is_path(model) is is_path
+
+
+def _with_paths(demo_config: dict, tmp_path: Path) -> dict:
+    """The demo config plus a real-data dataset, a csv dataset, an image anchor set and local-path settings."""
+    config = copy.deepcopy(demo_config)
+    (tmp_path / "raw" / "IEMOCAP_full_release").mkdir(parents=True)
+    (tmp_path / "splits").mkdir()
+    (tmp_path / "splits" / "split.json").write_text("{}")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "mine.csv").write_text("dialogue_id,utterance_id,split,speaker,label\n")
+    (tmp_path / "models" / "roberta").mkdir(parents=True)
+    (tmp_path / "models" / "roberta" / "config.json").write_text("{}")
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "denseface.pth").write_bytes(b"x")
+    (tmp_path / "weights" / "clip.pt").write_bytes(b"x")
+    (tmp_path / "faces" / "happy").mkdir(parents=True)
+    config["datasets"]["real"] = {"format": "iemocap", "root": "raw/IEMOCAP_full_release",
+                                  "split_file": "splits/split.json"}
+    config["datasets"]["mine"] = {"format": "csv", "manifest": "data/mine.csv", "classes": ["calm", "angry"]}
+    config["features"]["text"]["local"] = {"model": "./models/roberta"}
+    config["features"]["visual"]["denseface"] = {"backbone": "denseface", "weights": "weights/denseface.pth"}
+    config["anchors"]["faces"] = {"images": "faces", "clip": {"model": "ViT-B-32", "pretrained": "weights/clip.pt"}}
+    return config
+
+
+def test_paths_that_exist_pass(demo_config, tmp_path):
+    config = _with_paths(demo_config, tmp_path)
+    pipeline_config.check(config, tmp_path)
+    config["datasets"]["mine"]["root"] = "data"
+    config["features"]["text"]["local"]["model"] = str(tmp_path / "models" / "roberta")  # absolute
+    pipeline_config.check(config, tmp_path)
+
+
+FIX_WEIGHTS = ('set it to a denseface checkpoint file, "random" (random init: demo and tests only) or null '
+               "(densenet121: the ImageNet weights in the torch hub cache; docs/features.md)")
+FIX_MODEL = ("point it at a local model directory (saved with save_pretrained, holding config.json), or give a "
+             "Hugging Face name such as roberta-large or org/name (docs/features-text.md)")
+
+
+@pytest.mark.parametrize("mutate, expected", [
+    (lambda c: c["features"]["visual"]["denseface"].update(weights="weights/missing.pth"),
+     "features.visual.denseface.weights: file weights/missing.pth does not exist (relative paths start from the "
+     "working directory {wd}); " + FIX_WEIGHTS),
+    (lambda c: c["features"]["visual"]["denseface"].update(weights="weights"),
+     "features.visual.denseface.weights: weights is a folder, not a file; " + FIX_WEIGHTS),
+    (lambda c: c["features"]["visual"]["denseface"].update(weights="~/denseface.pth"),
+     "features.visual.denseface.weights: ~/denseface.pth starts with '~', which is not expanded to your home "
+     "folder; write the full path (" + FIX_WEIGHTS + ")"),
+    (lambda c: c["features"]["visual"]["denseface"].update(weights="/nonexistent/denseface.pth"),
+     "features.visual.denseface.weights: file /nonexistent/denseface.pth does not exist; " + FIX_WEIGHTS),
+    (lambda c: c["features"]["text"]["local"].update(model="./models/missing"),
+     "features.text.local.model: folder ./models/missing does not exist (relative paths start from the working "
+     "directory {wd}); " + FIX_MODEL),
+    (lambda c: c["features"]["text"]["local"].update(model="models/roberta/large"),
+     "features.text.local.model: folder models/roberta/large does not exist (relative paths start from the "
+     "working directory {wd}); " + FIX_MODEL),
+    (lambda c: c["features"]["text"]["local"].update(model="./weights"),
+     "features.text.local.model: folder ./weights holds no config.json, so it is not a saved model; " + FIX_MODEL),
+    (lambda c: c["anchors"]["faces"]["clip"].update(pretrained="weights/missing.pt"),
+     "anchors.faces.clip.pretrained: file weights/missing.pt does not exist (relative paths start from the "
+     "working directory {wd}); set it to a local open_clip checkpoint file, an open_clip tag such as openai, or "
+     "null (random init; docs/anchors.md)"),
+    (lambda c: c["anchors"]["faces"].update(images="faces/missing"),
+     "anchors.faces.images: folder faces/missing does not exist (relative paths start from the working directory "
+     "{wd}); point it at a folder with one sub-folder of images per class (docs/anchors.md), or use synthetic: "
+     "or mine: instead"),
+    (lambda c: c["datasets"]["real"].update(split_file="splits/missing.json"),
+     "datasets.real.split_file: file splits/missing.json does not exist (relative paths start from the working "
+     "directory {wd}); point it at a JSON file with train, valid and test dialogue lists, or leave it out for "
+     "the standard split"),
+    (lambda c: c["datasets"]["real"].update(root="raw/MELD.Raw"),
+     "datasets.real.root: folder raw/MELD.Raw does not exist (relative paths start from the working directory "
+     "{wd}); point it at the raw IEMOCAP release folder (README, 'Your data'; docs/manifest.md)"),
+    (lambda c: c["datasets"]["mine"].update(manifest="data/other.csv"),
+     "datasets.mine.manifest: file data/other.csv does not exist (relative paths start from the working "
+     "directory {wd}); point it at your manifest CSV (format: docs/manifest.md)"),
+    (lambda c: c["datasets"]["mine"].update(root="media"),
+     "datasets.mine.root: folder media does not exist (relative paths start from the working directory {wd}); "
+     "point it at the folder the manifest's relative media paths start from, or leave root out (they then "
+     "start from the manifest's folder; docs/manifest.md)"),
+])
+def test_a_wrong_path_names_the_key_the_path_and_the_fix(demo_config, tmp_path, mutate, expected):
+    config = _with_paths(demo_config, tmp_path)
+    mutate(config)
+    with pytest.raises(pipeline_config.ConfigError) as caught:
+        pipeline_config.check(config, tmp_path)
+    assert str(caught.value) == expected.format(wd=tmp_path)
+
+
+def test_every_wrong_path_is_reported_at_once(demo_config, tmp_path):
+    config = _with_paths(demo_config, tmp_path)
+    config["features"]["visual"]["denseface"]["weights"] = "weights/missing.pth"
+    config["anchors"]["faces"]["images"] = "faces/missing"
+    with pytest.raises(pipeline_config.ConfigError) as caught:
+        pipeline_config.check(config, tmp_path)
+    lines = str(caught.value).splitlines()
+    assert [line.split(":")[0] for line in lines] == ["features.visual.denseface.weights", "anchors.faces.images"]
+
+
+def test_hub_names_and_tags_are_not_paths(demo_config, tmp_path):
+    config = _with_paths(demo_config, tmp_path)
+    config["features"]["text"]["local"]["model"] = "FacebookAI/roberta-large"  # not here: the job reads the cache
+    config["anchors"]["faces"]["clip"]["pretrained"] = "openai"
+    config["features"]["visual"]["denseface"]["weights"] = None
+    pipeline_config.check(config, tmp_path)
+
+
+def test_snakemake_n_stops_on_a_wrong_path(demo_config, tmp_path):
+    """README: a wrong path stops the run before any job (also `snakemake -n`)."""
+    bad = copy.deepcopy(demo_config)
+    bad["features"]["visual"]["densenet121"]["weights"] = "weights/densenet121.pth"
+    result = dry_run(bad, tmp_path)
+    assert result.returncode != 0
+    assert ("features.visual.densenet121.weights: file weights/densenet121.pth does not exist (relative paths "
+            f"start from the working directory {tmp_path}); set it to a densenet121 checkpoint file"
+            in result.stdout + result.stderr)
+    assert "Job stats" not in result.stdout
+    assert not (tmp_path / "features").exists() and not (tmp_path / "raw").exists()
+
+
+# ------------------------------------------------------------------------------------------ csv datasets
+
+CSV_CONFIG = {
+    "datasets": {"mine": {"format": "csv", "manifest": "data/mine.csv", "classes": ["calm", "angry"]}},
+    "features": {"text": {"minilm": {"model": "packaged:minilm"}}},
+    "experiments": {"mine_sdt": {"dataset": "mine", "features": {"text": "minilm"}, "anchors": None,
+                                 "preset": "sdt", "seeds": [0]}},
+}
+
+
+def _csv_dataset(tmp_path: Path) -> None:
+    import numpy as np
+    import soundfile as sf
+
+    (tmp_path / "data" / "audio").mkdir(parents=True)
+    sf.write(str(tmp_path / "data" / "audio" / "c1.wav"), np.zeros(16000, dtype=np.float32), 16000)
+    (tmp_path / "data" / "mine.csv").write_text(
+        "dialogue_id,utterance_id,split,speaker,label,text,audio_path\n"
+        "c1,c1_u0,train,Ann,calm,Hello there.,audio/c1.wav\n"
+        "c1,c1_u1,train,Bob,angry,No.,\n"
+        "c2,c2_u0,valid,Ann,calm,Hi.,\n"
+        "c3,c3_u0,test,Cy,angry,Go.,\n")
+
+
+def test_csv_dataset_root_is_optional():
+    assert pipeline_config.dataset_root("mine", CSV_CONFIG["datasets"]["mine"]) is None
+    assert pipeline_config.dataset_root("mine", {**CSV_CONFIG["datasets"]["mine"], "root": "media"}) == Path("media")
+    assert pipeline_config.dataset_root("x", {"format": "meld", "synthetic": True}) == Path("raw/synthetic/x")
+
+
+def test_csv_dataset_without_root_runs(tmp_path):
+    """`format: csv` without `root`: the DAG builds, and the manifest rule reads media paths from the CSV's folder."""
+    _csv_dataset(tmp_path)
+    result = dry_run(CSV_CONFIG, tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "build_manifest" in result.stdout and "train_model" in result.stdout
+    cfg = tmp_path / "config.yaml"
+    result = subprocess.run([SNAKEMAKE, "--cores", "1", "--until", "build_manifest", "--configfile", str(cfg), "-d",
+                             str(tmp_path), "-s", str(REPO / "Snakefile")], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    from ercpipe.io import manifest as manifest_io
+
+    manifest = manifest_io.read(tmp_path / "features" / "mine" / "manifest.tsv")
+    assert manifest["utterance_id"].tolist() == ["c1_u0", "c1_u1", "c2_u0", "c3_u0"]
+    # Relative to the CSV's folder (data/), written relative to the working directory as the CSV path is.
+    assert (tmp_path / manifest["audio_path"].iloc[0]).resolve() == (tmp_path / "data" / "audio" / "c1.wav").resolve()
+    assert "missing_audio" not in manifest["flags"].iloc[0]

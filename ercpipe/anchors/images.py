@@ -13,6 +13,7 @@ from typing import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from ercpipe.errors import ErcpipeError
 from ercpipe.anchors.clip import clip_name, clip_settings, load_clip
 from ercpipe.anchors.store import AnchorSet, write
 from ercpipe.io.features import package_versions, settings_hash
@@ -25,7 +26,7 @@ PAPER_IMAGES_PER_CLASS = 35  # the paper's image sets (the official cache is nam
 VERSION_PACKAGES = ("open_clip_torch", "torch", "torchvision", "pillow", "h5py", "numpy")
 
 
-class AnchorImageError(ValueError):
+class AnchorImageError(ErcpipeError, ValueError):
     """The anchor image set cannot be used; the message names the folder or file and what to do."""
 
 

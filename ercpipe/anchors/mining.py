@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from ercpipe.errors import ErcpipeError
 from ercpipe.config import with_defaults
 from ercpipe.io import features as feature_io
 from ercpipe.io import manifest as manifest_io
@@ -34,7 +35,7 @@ MINED_COLUMNS = ("class", "label", "rank", "utterance_id", "split", "distance", 
 CropFn = Callable[..., list]  # (video_path, start, end, speaker, settings, face_selection) -> [RGB uint8 crops]
 
 
-class AnchorMiningError(ValueError):
+class AnchorMiningError(ErcpipeError, ValueError):
     """Mining cannot produce a usable image set; the message names the class and what to do."""
 
 

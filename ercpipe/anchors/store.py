@@ -26,6 +26,7 @@ from typing import Sequence
 import h5py
 import numpy as np
 
+from ercpipe.errors import ErcpipeError
 from ercpipe.io.atomic import atomic_path
 from ercpipe.io.digest import file_digest
 from ercpipe.io.features import package_versions, settings_hash
@@ -40,7 +41,7 @@ CENTRE_TOLERANCE = 1e-4  # |centre - mean of rows| allowed before an imported fi
 _STR = h5py.string_dtype(encoding="utf-8")
 
 
-class AnchorFileError(ValueError):
+class AnchorFileError(ErcpipeError, ValueError):
     """An anchor file is missing, malformed or does not match the run; the message says what to do."""
 
 
@@ -191,23 +192,64 @@ def read(path: str | Path, expect_clip_model: str | None = None) -> AnchorSet:
 
 # ----------------------------------------------------------------------------------------- official format
 
-def _load_torch_file(pt_path: Path, allow_pickle: bool):
+# torch.save's legacy (non-zip) files start with a pickle of the magic number 0x1950a86a20f9469cfc6c
+# (opcode LONG1, 10 bytes), after the protocol header (and a frame header from protocol 4 on).
+_TORCH_LEGACY_MAGIC = b"\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
+OFFICIAL_LAYOUT = "a torch-saved dict with anchor_center and anchor_img_dict, as the official 35_anchor.pt"
+
+
+def _is_torch_file(path: Path) -> bool:
+    """True for what torch.save writes: a zip archive holding */data.pkl, or the legacy pickle format."""
+    import zipfile
+
+    with open(path, "rb") as handle:
+        head = handle.read(32)
+    if head.startswith(b"\x80") and _TORCH_LEGACY_MAGIC in head:
+        return True
+    if not zipfile.is_zipfile(path):
+        return False
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name == "data.pkl" or name.endswith("/data.pkl") for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def _unpickling_reason(err: BaseException) -> str:
+    """The useful part of torch's weights_only refusal: the global it would have to import."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if found:
+        return f"it holds an object of class {found.group(1)}"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else type(err).__name__
+
+
+def _load_torch_file(pt_path: Path, allow_pickle: bool, how_to_allow: str = "pass allow_pickle=True"):
     import torch
 
     if not pt_path.exists():
         raise AnchorFileError(f"official anchor file {pt_path} does not exist")
+    if not pt_path.is_file():
+        raise AnchorFileError(f"official anchor file {pt_path} is not a file")
+    if not _is_torch_file(pt_path):
+        raise AnchorFileError(f"{pt_path} is not a torch file of the expected layout ({OFFICIAL_LAYOUT}); "
+                              "point at the official anchor file")
     try:
         return torch.load(pt_path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        reason = str(err).strip().splitlines()[0]
+        reason = _unpickling_reason(err)
         if not allow_pickle:
             raise AnchorFileError(
-                f"{pt_path} cannot be loaded as plain tensors (torch.load weights_only=True: {reason}). It needs "
-                "full unpickling, which can run arbitrary code stored in the file. Only if you trust where it "
-                "came from, pass allow_pickle=True.") from err
+                f"refusing to unpickle {pt_path}: it cannot be loaded as plain tensors (torch.load "
+                f"weights_only=True: {reason}) and needs full unpickling, which can run arbitrary code stored "
+                f"in the file; only if you trust where it came from, {how_to_allow}") from err
         logger.warning("%s needs full unpickling (%s); loading it because allow_pickle=True", pt_path, reason)
     except (RuntimeError, OSError, EOFError, ValueError) as err:
-        raise AnchorFileError(f"{pt_path} is not a readable torch file ({err})") from err
+        raise AnchorFileError(f"{pt_path} is not a readable torch file ({_unpickling_reason(err)}); "
+                              f"expected {OFFICIAL_LAYOUT}") from err
     try:
         return torch.load(pt_path, map_location="cpu", weights_only=False)
     except Exception as err:  # noqa: BLE001 - anything an arbitrary pickle raises
@@ -234,15 +276,17 @@ def _known_embed_dim(clip_model: str) -> int | None:
 
 
 def import_official(pt_path: str | Path, out_path: str | Path, class_names: Sequence[str], clip_model: str,
-                    allow_pickle: bool = False) -> AnchorSet:
+                    allow_pickle: bool = False, how_to_allow: str = "pass allow_pickle=True") -> AnchorSet:
     """Convert an official `35_anchor.pt` into an ercpipe anchor file.
 
     class_names: the dataset's labels in label-id order (the order of the file's anchor_center rows).
     clip_model: the open_clip name of the CLIP the file was built with (the official config: ViT-B-32
     with OpenAI weights); it is recorded so read(expect_clip_model=...) can refuse a mismatch.
+    A file that needs full unpickling is refused unless allow_pickle; how_to_allow words the opt-in for
+    the caller's user (the CLI: "add --allow-pickle"). A file torch.save did not write is refused.
     """
     pt_path = Path(pt_path)
-    data = _load_torch_file(pt_path, allow_pickle)
+    data = _load_torch_file(pt_path, allow_pickle, how_to_allow)
     if not isinstance(data, dict) or "anchor_center" not in data or "anchor_img_dict" not in data:
         keys = sorted(map(str, data)) if isinstance(data, dict) else type(data).__name__
         raise AnchorFileError(f"{pt_path} is not an official anchor file: expected a dict with anchor_center and "

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 import pandas as pd
 
@@ -33,6 +33,9 @@ class ReadResult:
     classes: tuple[str, ...]
     checks: list[dict] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
+    # The text files the reader parsed (CSVs, transcriptions, label files, split file): the manifest
+    # rule's inputs. Media files are not listed here; they are in the rows.
+    sources: list[str] = field(default_factory=list)
 
 
 def reader_settings(cfg: dict, defaults: dict, fmt: str) -> dict:
@@ -42,6 +45,15 @@ def reader_settings(cfg: dict, defaults: dict, fmt: str) -> dict:
         raise ValueError(f"dataset format {fmt!r}: unknown setting(s) {unknown}; known: "
                          f"{sorted(set(defaults) | PIPELINE_KEYS)}")
     return {**defaults, **{k: v for k, v in cfg.items() if k in defaults}}
+
+
+def probes(probe: bool | Collection[str], path: Any) -> bool:
+    """Whether a reader opens the media file `path`: `probe` is True, False, or the paths to open.
+
+    A reader always checks that a media file exists; opening it (to find corrupt or track-less files)
+    is what costs. The manifest job of one shard opens only its own shard's files.
+    """
+    return probe if isinstance(probe, bool) else str(path) in probe
 
 
 def new_row(**values: Any) -> dict:

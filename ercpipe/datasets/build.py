@@ -9,30 +9,34 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Collection
 
 import pandas as pd
 
 from ercpipe.datasets import ReadResult, csv_manifest, iemocap, meld
 from ercpipe.io import manifest as manifest_io
 from ercpipe.io.atomic import write_json
-from ercpipe.io.manifest import FLAG_NAMES, SPLITS
+from ercpipe.io.manifest import FLAG_NAMES, SPLITS, IssueLog, ManifestError
 
 logger = logging.getLogger(__name__)
 
-READERS: dict[str, Callable[[str, dict], ReadResult]] = {
+# read(name, settings, probe=True): probe=False reads the text files and only checks that media files
+# exist, without opening them (ercpipe.datasets.fingerprint runs it while the workflow's DAG is built);
+# probe=a set of paths opens only those (one manifest shard's media).
+READERS: dict[str, Callable[..., ReadResult]] = {
     "iemocap": iemocap.read,
     "meld": meld.read,
     "csv": csv_manifest.read,
 }
 
 
-def read_dataset(name: str, dataset_cfg: dict) -> tuple[pd.DataFrame, ReadResult]:
+def read_dataset(name: str, dataset_cfg: dict, probe: bool | Collection[str] = True
+                 ) -> tuple[pd.DataFrame, ReadResult]:
     """Run the configured reader; returns the normalised, validated manifest frame and the reader's result."""
     fmt = dataset_cfg.get("format")
     if fmt not in READERS:
         raise ValueError(f"dataset {name}: format {fmt!r} is not one of {sorted(READERS)}")
-    result = READERS[fmt](name, dict(dataset_cfg))
+    result = READERS[fmt](name, dict(dataset_cfg), probe=probe)
     frame = manifest_io.normalise(result.frame)
     manifest_io.validate(frame, result.classes, source=f"dataset {name} ({fmt})")
     return frame, result
@@ -63,15 +67,56 @@ def summarise(name: str, fmt: str, frame: pd.DataFrame, result: ReadResult) -> d
     }
 
 
-def build_manifest(name: str, dataset_cfg: dict, out_dir: Path) -> None:
-    """Write out_dir/manifest.tsv, issues.tsv and summary.json for one configured dataset."""
+def write_manifest(name: str, fmt: str, frame: pd.DataFrame, result: ReadResult, out_dir: Path) -> None:
+    """Write out_dir/manifest.tsv, issues.tsv and summary.json (the manifest last: it means all is done)."""
     out_dir = Path(out_dir)
-    frame, result = read_dataset(name, dataset_cfg)
-    summary = summarise(name, dataset_cfg["format"], frame, result)
-    # Issues and summary first: a manifest on disk means the whole step finished.
+    summary = summarise(name, fmt, frame, result)
     manifest_io.write_issues(result.issues, out_dir / "issues.tsv")
     write_json(out_dir / "summary.json", summary)
     manifest_io.write(frame, out_dir / "manifest.tsv")
     logger.info("dataset %s: %d utterances (%s), %d flagged row(s), %d rejected row(s); wrote %s", name, len(frame),
                 ", ".join(f"{s} {n}" for s, n in summary["counts_per_split"].items()),
                 int((frame["flags"] != "").sum()), sum(summary["rejected_counts"].values()), out_dir)
+
+
+def build_manifest(name: str, dataset_cfg: dict, out_dir: Path) -> None:
+    """Write out_dir/manifest.tsv, issues.tsv and summary.json for one configured dataset, in one step."""
+    frame, result = read_dataset(name, dataset_cfg)
+    write_manifest(name, dataset_cfg["format"], frame, result, out_dir)
+
+
+def build_manifest_shard(name: str, dataset_cfg: dict, shard: int, n_shards: int, manifest_out: Path,
+                         issues_out: Path) -> None:
+    """The manifest rows and flagged issues of one shard (ercpipe.io.manifest.dialogue_shards).
+
+    Reads the dataset's text files whole but opens only this shard's media, so a fixed clip re-runs
+    one shard's job. Rejected rows belong to no shard: join_manifest_shards records them.
+    """
+    frame, _ = read_dataset(name, dataset_cfg, probe=False)
+    rows = manifest_io.shard_rows(frame, shard, n_shards)
+    media = (set(rows["audio_path"]) | set(rows["video_path"])) - {""}
+    frame, result = read_dataset(name, dataset_cfg, probe=media)
+    rows = manifest_io.shard_rows(frame, shard, n_shards)
+    ids = set(rows["utterance_id"])
+    issues = IssueLog([i for i in result.issues.issues if i.action == "flagged" and i.utterance_id in ids])
+    manifest_io.write_issues(issues, issues_out)
+    manifest_io.write(rows, manifest_out)
+    logger.info("dataset %s, shard %d of %d: %d utterances in %d dialogue(s), %d media file(s) opened, %d flag(s)",
+                name, shard, n_shards, len(rows), rows["dialogue_id"].nunique(), len(media), len(issues.issues))
+
+
+def join_manifest_shards(name: str, dataset_cfg: dict, shard_manifests: list[Path], shard_issues: list[Path],
+                         out_dir: Path) -> None:
+    """manifest.tsv, issues.tsv and summary.json from the shards' rows and flags, in the reader's order."""
+    frame, result = read_dataset(name, dataset_cfg, probe=False)
+    parts = [manifest_io.read(p) for p in shard_manifests]
+    joined = pd.concat(parts, ignore_index=True) if parts else frame.iloc[:0]
+    if joined["utterance_id"].tolist() != frame["utterance_id"].tolist():
+        raise ManifestError(f"dataset {name}: the manifest shards {[str(p) for p in shard_manifests]} hold other "
+                            "utterances than the raw data has now (they were built from an older version of it); "
+                            "delete them and re-run")
+    issues = IssueLog([i for i in result.issues.issues if i.action == "rejected"])
+    for path in shard_issues:
+        issues.issues.extend(manifest_io.read_issues(path).issues)
+    result.issues = issues
+    write_manifest(name, dataset_cfg["format"], manifest_io.normalise(joined), result, out_dir)

@@ -24,9 +24,10 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Collection
 
 from ercpipe.datasets import (ReadResult, assign_speaker_slots, flag_overlaps, flag_row, new_row,
-                              number_dialogue, reader_settings, rows_to_frame)
+                              number_dialogue, probes, reader_settings, rows_to_frame)
 from ercpipe.io.manifest import SPLITS, IssueLog, ManifestError
 
 logger = logging.getLogger(__name__)
@@ -217,7 +218,7 @@ def _resolve(base: Path, value: str) -> str:
     return str(path if path.is_absolute() else base / path)
 
 
-def _check_media(row: dict, issues: IssueLog, probe_media: bool) -> None:
+def _check_media(row: dict, issues: IssueLog, probe_media: bool | Collection[str]) -> None:
     from ercpipe.io.media import probe  # PyAV only when media is looked at
 
     if not row["audio_path"]:
@@ -230,7 +231,7 @@ def _check_media(row: dict, issues: IssueLog, probe_media: bool) -> None:
             continue
         if not Path(path).exists():
             flag_row(row, f"missing_{kind}", issues, path)
-        elif probe_media:
+        elif probes(probe_media, path):
             info = probe(path)
             if not info.decodable:
                 flag_row(row, f"corrupt_{kind}", issues, f"{path}: {info.error}")
@@ -261,7 +262,7 @@ def _parse_int(record: CsvRecord, column: str, path: Path) -> int | None:
         raise ManifestError(f"{path}, line {record.line}: {column} {value!r} is not an integer") from None
 
 
-def read(name: str, cfg: dict) -> ReadResult:
+def read(name: str, cfg: dict, probe: bool | Collection[str] = True) -> ReadResult:
     """Read a bring-your-own manifest CSV (docs/manifest.md) into manifest rows."""
     settings = reader_settings(cfg, DEFAULTS, "csv")
     if not settings["manifest"]:
@@ -313,7 +314,7 @@ def read(name: str, cfg: dict) -> ReadResult:
         if not text:
             flag_row(row, "empty_text", issues)
         _row_times(row, record, issues)
-        _check_media(row, issues, settings["probe_media"])
+        _check_media(row, issues, probe if settings["probe_media"] else False)
         dialogues.setdefault(values["dialogue_id"], []).append(
             (_parse_int(record, "utterance_index", path), order, row))
     rows: list[dict] = []
@@ -337,7 +338,7 @@ def read(name: str, cfg: dict) -> ReadResult:
         flag_overlaps(dialogue_rows, issues, _overlap_times)
         rows.extend(dialogue_rows)
     logger.info("csv %s: %d utterances in %d dialogues", path, len(rows), len(dialogues))
-    return ReadResult(rows_to_frame(rows), issues, classes, [], {"source": str(path)})
+    return ReadResult(rows_to_frame(rows), issues, classes, [], {"source": str(path)}, sources=[str(path)])
 
 
 def _overlap_times(row: dict) -> tuple[float, float, str]:

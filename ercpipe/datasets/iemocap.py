@@ -40,9 +40,10 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Collection
 
-from ercpipe.datasets import (ReadResult, flag_overlaps, flag_row, new_row, number_dialogue, reader_settings,
-                              rows_to_frame)
+from ercpipe.datasets import (ReadResult, flag_overlaps, flag_row, new_row, number_dialogue, probes,
+                              reader_settings, rows_to_frame)
 from ercpipe.datasets.csv_manifest import read_text
 from ercpipe.io.manifest import SPLITS, IssueLog, ManifestError
 from ercpipe.labels import IEMOCAP_CLASSES
@@ -178,16 +179,19 @@ def _settings(cfg: dict) -> dict:
 
 
 class _VideoProbe:
-    """Probe each dialogue video once (PyAV only when a video exists)."""
+    """Probe each dialogue video once (PyAV only when a video exists; probe=False: existence only)."""
 
-    def __init__(self) -> None:
+    def __init__(self, probe: bool | Collection[str] = True) -> None:
         self.cache: dict[str, tuple[str, str]] = {}
+        self.probe = probe
 
     def problem(self, path: Path) -> tuple[str, str]:
         key = str(path)
         if key not in self.cache:
             if not path.is_file():
                 self.cache[key] = ("missing_video", key)
+            elif not probes(self.probe, path):
+                self.cache[key] = ("", "")
             else:
                 from ercpipe.io.media import probe
 
@@ -308,8 +312,8 @@ def reference_checks(rows_per_dialogue: dict[str, int], split_of: dict[str, str]
     return checks
 
 
-def read(name: str, cfg: dict) -> ReadResult:
-    """Read IEMOCAP_full_release (see the module docstring) into manifest rows."""
+def read(name: str, cfg: dict, probe: bool | Collection[str] = True) -> ReadResult:
+    """Read IEMOCAP_full_release (see the module docstring) into manifest rows; probe=False opens no video."""
     settings = _settings(cfg)
     if not cfg.get("root"):
         raise ValueError("dataset format 'iemocap' needs `root` (the IEMOCAP_full_release folder)")
@@ -318,7 +322,8 @@ def read(name: str, cfg: dict) -> ReadResult:
     split_of, expected = load_split(settings["split_file"])
     issues = IssueLog()
     seen: dict[str, str] = {}
-    videos = _VideoProbe()
+    videos = _VideoProbe(probe)
+    sources: list[Path] = []
     by_dialogue: dict[str, list[dict]] = {}
     for session in sessions:
         for sub in ("sentences/wav", "dialog/avi/DivX"):
@@ -329,6 +334,7 @@ def read(name: str, cfg: dict) -> ReadResult:
         emo_files = sorted(p for p in (session / "dialog" / "EmoEvaluation").glob("*.txt")
                            if not p.is_dir() and not p.name.startswith("."))
         for emo_file in emo_files:
+            sources += [emo_file, session / "dialog" / "transcriptions" / emo_file.name]
             rows = _dialogue_rows(name, session, emo_file, split_of.get(emo_file.stem), settings, issues, seen,
                                   videos)
             if rows:
@@ -347,4 +353,5 @@ def read(name: str, cfg: dict) -> ReadResult:
     logger.info("IEMOCAP: %d utterances in %d dialogues", len(rows), len(order))
     return ReadResult(rows_to_frame(rows), issues, IEMOCAP_CLASSES, checks,
                       {"root": str(root), "split_file": str(settings["split_file"]), "relabel": settings["relabel"],
-                       "sides": settings["sides"]})
+                       "sides": settings["sides"]},
+                      sources=[str(settings["split_file"])] + [str(p) for p in sources])

@@ -34,11 +34,12 @@ import os
 import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Collection
 
 from tqdm.auto import tqdm
 
 from ercpipe.datasets import (ReadResult, assign_speaker_slots, flag_overlaps, flag_row, new_row,
-                              number_dialogue, reader_settings, rows_to_frame)
+                              number_dialogue, probes, reader_settings, rows_to_frame)
 from ercpipe.datasets.csv_manifest import CsvRecord, clean_text, read_csv_records
 from ercpipe.io.manifest import IssueLog, ManifestError
 from ercpipe.labels import MELD_CLASSES
@@ -159,23 +160,25 @@ def _flag_clip(row: dict, info, issues: IssueLog) -> None:
             flag_row(row, "no_video", issues, clip)
 
 
-def _check_clips(rows: list[dict], issues: IssueLog, probe_media: bool) -> None:
-    if not probe_media:
-        for row in rows:
-            if not Path(row["video_path"]).is_file():
-                _flag_clip(row, None, issues)
+def _check_clips(rows: list[dict], issues: IssueLog, probe: bool | Collection[str]) -> None:
+    """Flag missing clips; open the clips `probe` selects (ercpipe.datasets.probes) and flag what is wrong."""
+    opened = [row for row in rows if probes(probe, row["video_path"])]
+    for row in rows:
+        if not probes(probe, row["video_path"]) and not Path(row["video_path"]).is_file():
+            _flag_clip(row, None, issues)
+    if not opened:
         return
-    from ercpipe.io.media import probe  # PyAV only when clips are opened
+    from ercpipe.io.media import probe as probe_file  # PyAV only when clips are opened
 
     workers = max(1, min(4, os.cpu_count() or 1))
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        infos = pool.map(probe, [row["video_path"] for row in rows])
-        for row, info in zip(rows, tqdm(infos, total=len(rows), desc="probing MELD clips", unit="clip")):
+        infos = pool.map(probe_file, [row["video_path"] for row in opened])
+        for row, info in zip(opened, tqdm(infos, total=len(opened), desc="probing MELD clips", unit="clip")):
             _flag_clip(row, info, issues)
 
 
-def read(name: str, cfg: dict) -> ReadResult:
-    """Read MELD.Raw (see the module docstring) into manifest rows."""
+def read(name: str, cfg: dict, probe: bool | Collection[str] = True) -> ReadResult:
+    """Read MELD.Raw (see the module docstring) into manifest rows; probe=False opens no clip."""
     settings = reader_settings(cfg, DEFAULTS, "meld")
     if not cfg.get("root"):
         raise ValueError("dataset format 'meld' needs `root` (the MELD.Raw folder)")
@@ -201,7 +204,8 @@ def read(name: str, cfg: dict) -> ReadResult:
         checks.append({"check": f"{split} dialogues", "ok": len(dialogues) == REFERENCE_DIALOGUES[split],
                        "expected": REFERENCE_DIALOGUES[split], "found": len(dialogues)})
         logger.info("MELD %s: %d utterances in %d dialogues", meld_split, n_rows, len(dialogues))
-    _check_clips(rows, issues, settings["probe_media"])
+    _check_clips(rows, issues, probe if settings["probe_media"] else False)
     speakers = max((r["speaker_slot"] for r in rows), default=-1) + 1
     return ReadResult(rows_to_frame(rows), issues, MELD_CLASSES, checks,
-                      {"root": str(root), "probe_media": settings["probe_media"], "max_speakers": speakers})
+                      {"root": str(root), "probe_media": settings["probe_media"], "max_speakers": speakers},
+                      sources=[str(root / csv_name) for _, _, csv_name, _ in SPLIT_FILES])

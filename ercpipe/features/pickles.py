@@ -33,6 +33,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from ercpipe.errors import ErcpipeError
 from ercpipe.io import features as feature_io
 from ercpipe.io import manifest as manifest_io
 from ercpipe.io.atomic import atomic_path
@@ -55,11 +56,11 @@ FIELDS["sdt13"] = dict(FIELDS["sdt12"])
 LAYOUT_BY_LENGTH = {7: "vega7", 12: "sdt12", 13: "sdt13"}
 
 
-class PickleNotAllowedError(PermissionError):
+class PickleNotAllowedError(ErcpipeError, PermissionError):
     """Raised when a pickle would be loaded without the caller's explicit consent."""
 
 
-class PickleFormatError(ValueError):
+class PickleFormatError(ErcpipeError, ValueError):
     """The pickle's content does not follow the layout; the message names the dialogue and utterance."""
 
 
@@ -81,21 +82,53 @@ class PickleDataset:
 
 # ----------------------------------------------------------------------------------------- loading
 
-def load_pickle(path: str | Path, *, allow_pickle: bool = False) -> tuple:
-    """The raw tuple of a feature pickle; refuses unless allow_pickle=True (unpickling can run code)."""
+EXPECTED_LAYOUT = "a VEGA 7-tuple or an SDT 12/13-tuple, docs/features-text.md"
+
+
+def _file_kind(path: Path) -> str:
+    """Why a file is recognisably no pickle without unpickling it (HDF5, zip, empty), or '' if it may be one."""
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+    if head.startswith(b"\x89HDF"):
+        return "; it is an HDF5 file (an ercpipe feature file is used as it is, not imported)"
+    if head.startswith(b"PK\x03\x04"):
+        return "; it is a zip archive (torch.save writes these: not a feature pickle)"
+    if not head:
+        return "; the file is empty"
+    return ""
+
+
+def load_pickle(path: str | Path, *, allow_pickle: bool = False,
+                how_to_allow: str = "pass allow_pickle=True") -> tuple:
+    """The raw tuple of a feature pickle; refuses unless allow_pickle=True (unpickling can run code).
+
+    how_to_allow: how the caller's user opts in, for the refusal message (the CLI: "add --allow-pickle").
+    A file that does not unpickle, or unpickles to something else than the expected tuple, is a
+    PickleFormatError naming the file.
+    """
     path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"feature pickle {path} does not exist" if not path.exists()
+                                else f"feature pickle {path} is not a file")
+    kind = _file_kind(path)
+    if kind:  # recognisable without unpickling it
+        raise PickleFormatError(f"{path} is not a pickle of the expected layout ({EXPECTED_LAYOUT}){kind}")
     if allow_pickle is not True:
         raise PickleNotAllowedError(
-            f"refusing to load {path}: unpickling a file can run arbitrary code. Only if you trust where "
-            "the file comes from, opt in with allow_pickle=True (pipeline config: the import's "
-            "allow_pickle: true)")
-    if not path.exists():
-        raise FileNotFoundError(f"feature pickle {path} does not exist")
-    with open(path, "rb") as handle:
-        obj = pickle.load(handle, encoding="latin1")  # latin1: the IEMOCAP releases were pickled by Python 2
+            f"refusing to unpickle {path}: unpickling a file can run arbitrary code stored in it; only if you "
+            f"trust where the file comes from, {how_to_allow}")
+    try:
+        with open(path, "rb") as handle:
+            obj = pickle.load(handle, encoding="latin1")  # latin1: the IEMOCAP releases were pickled by Python 2
+    except Exception as err:  # noqa: BLE001 - a file that is not a pickle raises almost anything
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise PickleFormatError(
+            f"{path} is not a pickle of the expected layout ({EXPECTED_LAYOUT}): it cannot be unpickled "
+            f"({type(err).__name__}{': ' + reason if reason else ''})") from err
     if not isinstance(obj, (tuple, list)) or len(obj) not in LAYOUT_BY_LENGTH:
-        size = len(obj) if isinstance(obj, (tuple, list)) else type(obj).__name__
-        raise PickleFormatError(f"{path}: expected a 7-tuple (VEGA) or a 12/13-tuple (SDT), got {size}")
+        size = f"a {len(obj)}-{type(obj).__name__}" if isinstance(obj, (tuple, list)) else f"a {type(obj).__name__}"
+        raise PickleFormatError(f"{path} is not a pickle of the expected layout: expected a 7-tuple (VEGA) or a "
+                                f"12/13-tuple (SDT), it holds {size}")
     return tuple(obj)
 
 
@@ -282,11 +315,14 @@ def _check_modalities(feature_paths: Mapping[str, object], require_all: bool) ->
 
 def import_pickle(pickle_path: str | Path, manifest_path: str | Path, feature_paths: Mapping[str, str | Path], *,
                   allow_pickle: bool = False, fmt: str | None = None, dataset: str | None = None,
-                  valid_dialogues: Sequence[str] | None = None) -> dict:
-    """Write a manifest and the requested modality files (keys of feature_paths) from a pickle; returns a summary."""
+                  valid_dialogues: Sequence[str] | None = None, how_to_allow: str = "pass allow_pickle=True") -> dict:
+    """Write a manifest and the requested modality files (keys of feature_paths) from a pickle; returns a summary.
+
+    how_to_allow: the refusal's wording of how to opt in (see load_pickle)."""
     _check_modalities(feature_paths, require_all=False)
     pickle_path = Path(pickle_path)
-    ds = parse_pickle(load_pickle(pickle_path, allow_pickle=allow_pickle), fmt=fmt, source=str(pickle_path))
+    ds = parse_pickle(load_pickle(pickle_path, allow_pickle=allow_pickle, how_to_allow=how_to_allow), fmt=fmt,
+                     source=str(pickle_path))
     frame, feature_sets = to_project(ds, dataset=dataset, valid_dialogues=valid_dialogues)
     digest = file_digest(pickle_path, length=64)
     for m, path in feature_paths.items():

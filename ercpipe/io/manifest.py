@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ercpipe.errors import ErcpipeError
 from ercpipe.io.atomic import atomic_path
 
 COLUMNS: tuple[str, ...] = (
@@ -51,7 +52,7 @@ _DTYPES = {
 }
 
 
-class ManifestError(ValueError):
+class ManifestError(ErcpipeError, ValueError):
     """A manifest (or the raw data behind it) is not usable; the message says where and what to do."""
 
 
@@ -157,6 +158,17 @@ def read(path: str | Path) -> pd.DataFrame:
 def write_issues(log: IssueLog, path: str | Path) -> None:
     with atomic_path(path) as tmp:
         log.frame().to_csv(tmp, sep="\t", index=False, lineterminator="\n")
+
+
+def read_issues(path: str | Path) -> IssueLog:
+    """An issues.tsv written by write_issues, back as an IssueLog."""
+    frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    issues = IssueLog()
+    for record in frame.to_dict("records"):
+        line = int(record["line"]) if record["line"] not in ("", "nan") else None
+        issues.issues.append(Issue(record["action"], record["reason"], file=record["file"], line=line,
+                                   utterance_id=record["utterance_id"], detail=record["detail"]))
+    return issues
 
 
 def dialogue_shards(df: pd.DataFrame, n_shards: int) -> list[list[str]]:

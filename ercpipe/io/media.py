@@ -14,12 +14,13 @@ import av
 import numpy as np
 import soundfile as sf
 
+from ercpipe.errors import ErcpipeError
 from ercpipe.io.atomic import atomic_path
 
 SAMPLE_RATE = 16000
 
 
-class MediaError(RuntimeError):
+class MediaError(ErcpipeError, RuntimeError):
     """A media file is missing or cannot be decoded; `reason` is a manifest flag name."""
 
     def __init__(self, reason: str, path: str | Path, detail: str = ""):

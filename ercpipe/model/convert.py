@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from ercpipe.errors import ErcpipeError
 from ercpipe.model.layers import sinusoidal_table
 from ercpipe.model.sdt import INPUT_NAMES, SDTVega, is_vega_key
 
@@ -21,7 +22,7 @@ CONV_KEYS = tuple(f"{name}.weight" for name in INPUT_NAMES.values())
 OFFICIAL_MAX_POSITIONS = 512
 
 
-class OfficialCheckpointError(ValueError):
+class OfficialCheckpointError(ErcpipeError, ValueError):
     """The official state dict does not fit the model; the message lists the keys and what to do."""
 
 

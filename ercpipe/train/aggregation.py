@@ -10,6 +10,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from ercpipe.errors import ErcpipeError
 from ercpipe.io.atomic import atomic_path, write_json
 from ercpipe.report import experiment_summary_html, write_html
 from ercpipe.train.metrics import SCALAR_METRICS
@@ -17,7 +18,7 @@ from ercpipe.train.metrics import SCALAR_METRICS
 logger = logging.getLogger(__name__)
 
 
-class AggregateError(ValueError):
+class AggregateError(ErcpipeError, ValueError):
     """The runs cannot be aggregated; the message names the run folder and what is wrong."""
 
 

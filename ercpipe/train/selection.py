@@ -16,6 +16,7 @@ from typing import Mapping
 
 import pandas as pd
 
+from ercpipe.errors import ErcpipeError
 from ercpipe.io.atomic import atomic_path, write_json
 from ercpipe.report import experiment_summary_sections, html_page, write_html
 from ercpipe.train.aggregation import write_summary_table
@@ -26,7 +27,7 @@ logger = logging.getLogger(__name__)
 SELECTION_METRICS = ("valid.weighted_f1", "valid.macro_f1", "valid.accuracy")
 
 
-class SelectionError(ValueError):
+class SelectionError(ErcpipeError, ValueError):
     """The candidates cannot be compared; the message names the summary file and what is wrong."""
 
 

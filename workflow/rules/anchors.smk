@@ -5,7 +5,7 @@ rule synthetic_anchor_images:
     output:
         images=directory("anchors/{anchor_set}/images"),
     params:
-        settings=lambda wc: ANCHORS[wc.anchor_set]["synthetic"],
+        settings=lambda wc: canonical(ANCHORS[wc.anchor_set]["synthetic"]),
         classes=lambda wc: pipeline_config.anchor_classes(config, wc.anchor_set),
     log:
         "logs/synthetic_anchor_images/{anchor_set}.log",
@@ -27,10 +27,10 @@ rule mine_anchor_images:
     output:
         images=directory("anchors/{anchor_set}/mined"),
     params:
-        settings=lambda wc: ANCHORS[wc.anchor_set]["mine"],
-        face_settings=lambda wc: FEATURES["visual"][ANCHORS[wc.anchor_set]["mine"]["visual"]],
-        face_selection=lambda wc: pipeline_config.face_selection(
-            DATASETS[ANCHORS[wc.anchor_set]["mine"]["dataset"]]
+        settings=lambda wc: canonical(ANCHORS[wc.anchor_set]["mine"]),
+        face_settings=lambda wc: canonical(FEATURES["visual"][ANCHORS[wc.anchor_set]["mine"]["visual"]]),
+        face_selection=lambda wc: canonical(
+            pipeline_config.face_selection(DATASETS[ANCHORS[wc.anchor_set]["mine"]["dataset"]])
         ),
         classes=lambda wc: pipeline_config.dataset_classes(DATASETS[ANCHORS[wc.anchor_set]["mine"]["dataset"]]),
     log:
@@ -50,7 +50,7 @@ rule encode_anchors:
     output:
         anchors="anchors/{anchor_set}/{clip}.h5",
     params:
-        clip=lambda wc: ANCHORS[wc.anchor_set]["clip"],
+        clip=lambda wc: canonical(ANCHORS[wc.anchor_set]["clip"]),
         classes=lambda wc: pipeline_config.anchor_classes(config, wc.anchor_set),
     log:
         "logs/encode_anchors/{anchor_set}/{clip}.log",

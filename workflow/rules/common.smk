@@ -1,9 +1,11 @@
 # Config validation and the helpers the rules share.
+import functools
 from pathlib import Path
 
 from snakemake.utils import validate
 
 from ercpipe import config as pipeline_config
+from ercpipe.datasets.fingerprint import dataset_fingerprint
 
 try:
     # Our own pass first: it names every bad key as a dotted path; validate() then fills defaults.
@@ -117,10 +119,68 @@ def all_targets():
 # Input and params functions of the rules.
 
 
+def canonical(value):
+    """`value` with every mapping's keys in sorted order.
+
+    Snakemake compares a rule's params between runs by their repr, and a dict's repr follows its key
+    order, so the same config written in another order (e.g. by yaml.safe_dump) would re-run every job.
+    Every `params:` value goes through this.
+    """
+    if isinstance(value, dict):
+        return {key: canonical(value[key]) for key in sorted(value, key=str)}
+    if isinstance(value, (list, tuple)):
+        return [canonical(item) for item in value]
+    return value
+
+
+def reader_config(dataset):
+    """The dataset's settings as its reader takes them: root resolved, pipeline-only keys dropped."""
+    cfg = {k: v for k, v in DATASETS[dataset].items() if k not in ("shards", "synthetic")}
+    root = pipeline_config.dataset_root(dataset, DATASETS[dataset])
+    if root is not None:
+        cfg["root"] = str(root)
+    return canonical(cfg)
+
+
+@functools.cache
+def raw_fingerprint(dataset):
+    """Digests of what each step reads of a real raw dataset (ercpipe.datasets.fingerprint).
+
+    None for a generated corpus: it is an output of the pipeline, so its files do not exist while the
+    DAG is built; its steps depend on the corpus folder and the manifest file instead.
+    """
+    if DATASETS[dataset].get("synthetic"):
+        return None
+    try:
+        return dataset_fingerprint(dataset, reader_config(dataset), n_shards(dataset))
+    except (ValueError, OSError) as err:
+        raise WorkflowError(f"dataset {dataset}: the raw data cannot be read: {err}") from None
+
+
 def raw_input(wildcards):
-    ds = DATASETS[wildcards.dataset]
-    # A synthetic corpus is an output of the pipeline; real raw folders exist before it runs.
-    return [f"raw/synthetic/{wildcards.dataset}"] if ds.get("synthetic") else []
+    """The raw files the manifest rule reads: the generated corpus folder, or a real dataset's text files.
+
+    A real dataset's files are `ancient`: whether a manifest job re-runs is decided by the digest of what it
+    reads, text and media (params `raw`), so touching a file without changing it re-runs nothing, and
+    fixing one re-runs only the shards whose rows or media changed.
+    """
+    fingerprint = raw_fingerprint(wildcards.dataset)
+    if fingerprint is None:
+        return [f"raw/synthetic/{wildcards.dataset}"]
+    return [ancient(path) for path in fingerprint.sources]
+
+
+def raw_digest(part):
+    """A params function: the digest of the whole raw dataset ('dataset') or of the job's shard ('shards')."""
+
+    def digest(wildcards):
+        fingerprint = raw_fingerprint(wildcards.dataset)
+        if fingerprint is None:
+            return ""
+        value = getattr(fingerprint, part)
+        return value[int(wildcards.shard)] if isinstance(value, tuple) else value
+
+    return digest
 
 
 def text_encoder_input(wildcards):
@@ -163,4 +223,4 @@ def experiment_params(wildcards):
     """The experiment's own config slice: changing it re-runs this experiment's training only."""
     exp = dict(EXPERIMENTS[wildcards.experiment])
     exp.pop("seeds", None)
-    return exp
+    return canonical(exp)

@@ -1,6 +1,7 @@
 # Feature extraction: one rule per extractor, each sharded by dialogue chunks, then merged.
 # `params: settings` carries only that extractor's setting, so changing e.g. the text model re-runs
-# the text rules and what depends on them, and nothing else.
+# the text rules and what depends on them, and nothing else. A shard job reads its shard's own
+# manifest (rule build_manifest_shard), so a fix in the raw data re-runs only the shards it touches.
 
 
 rule finetune_text_encoder:
@@ -9,7 +10,7 @@ rule finetune_text_encoder:
     output:
         encoder=directory("features/{dataset}/text_encoders/{setting}"),
     params:
-        settings=lambda wc: FEATURES["text"][wc.setting],
+        settings=lambda wc: canonical(FEATURES["text"][wc.setting]),
     log:
         "logs/finetune_text_encoder/{dataset}/{setting}.log",
     benchmark:
@@ -28,12 +29,11 @@ rule finetune_text_encoder:
 rule text_features_shard:
     input:
         unpack(text_encoder_input),
-        manifest="features/{dataset}/manifest.tsv",
+        manifest="features/{dataset}/manifest_shards/shard{shard}.tsv",
     output:
         shard="features/{dataset}/text/{setting}/shard{shard}.h5",
     params:
-        settings=lambda wc: FEATURES["text"][wc.setting],
-        n_shards=lambda wc: n_shards(wc.dataset),
+        settings=lambda wc: canonical(FEATURES["text"][wc.setting]),
     log:
         "logs/text_features/{dataset}/{setting}/shard{shard}.log",
     benchmark:
@@ -51,13 +51,12 @@ rule text_features_shard:
 
 rule audio_features_shard:
     input:
-        manifest="features/{dataset}/manifest.tsv",
+        manifest="features/{dataset}/manifest_shards/shard{shard}.tsv",
         wavs="features/{dataset}/media/audio/shard{shard}",
     output:
         shard="features/{dataset}/audio/{setting}/shard{shard}.h5",
     params:
-        settings=lambda wc: FEATURES["audio"][wc.setting],
-        n_shards=lambda wc: n_shards(wc.dataset),
+        settings=lambda wc: canonical(FEATURES["audio"][wc.setting]),
     log:
         "logs/audio_features/{dataset}/{setting}/shard{shard}.log",
     benchmark:
@@ -74,13 +73,12 @@ rule audio_features_shard:
 
 rule visual_features_shard:
     input:
-        manifest="features/{dataset}/manifest.tsv",
+        manifest="features/{dataset}/manifest_shards/shard{shard}.tsv",
     output:
         shard="features/{dataset}/visual/{setting}/shard{shard}.h5",
     params:
-        settings=lambda wc: FEATURES["visual"][wc.setting],
-        face_selection=lambda wc: pipeline_config.face_selection(DATASETS[wc.dataset]),
-        n_shards=lambda wc: n_shards(wc.dataset),
+        settings=lambda wc: canonical(FEATURES["visual"][wc.setting]),
+        face_selection=lambda wc: canonical(pipeline_config.face_selection(DATASETS[wc.dataset])),
     log:
         "logs/visual_features/{dataset}/{setting}/shard{shard}.log",
     benchmark:

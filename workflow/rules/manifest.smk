@@ -1,9 +1,36 @@
-# Raw dataset -> one manifest row per utterance, plus the issues file and a summary.
+# Raw dataset -> one manifest row per utterance, plus the issues file and a summary. Built per shard
+# (the dialogue chunks of the extraction jobs), so fixing one clip or one CSV row re-runs one shard's
+# manifest job and that shard's extraction jobs; the join then rewrites the dataset's manifest.
+
+
+rule build_manifest_shard:
+    input:
+        raw_input,
+    output:
+        manifest="features/{dataset}/manifest_shards/shard{shard}.tsv",
+        issues="features/{dataset}/manifest_shards/shard{shard}.issues.tsv",
+    params:
+        dataset=lambda wc: reader_config(wc.dataset),
+        n_shards=lambda wc: n_shards(wc.dataset),
+        raw=raw_digest("shards"),
+    log:
+        "logs/build_manifest_shard/{dataset}/shard{shard}.log",
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    conda:
+        "../../envs/base.yaml"
+    script:
+        "../../scripts/build_manifest_shard.py"
 
 
 rule build_manifest:
     input:
         raw_input,
+        shards=lambda wc: expand("features/{{dataset}}/manifest_shards/shard{k}.tsv", k=range(n_shards(wc.dataset))),
+        shard_issues=lambda wc: expand(
+            "features/{{dataset}}/manifest_shards/shard{k}.issues.tsv", k=range(n_shards(wc.dataset))
+        ),
     output:
         manifest="features/{dataset}/manifest.tsv",
         issues=report(
@@ -15,8 +42,8 @@ rule build_manifest:
         ),
         summary="features/{dataset}/summary.json",
     params:
-        dataset=lambda wc: {k: v for k, v in DATASETS[wc.dataset].items() if k not in ("shards",)},
-        root=lambda wc: str(pipeline_config.dataset_root(wc.dataset, DATASETS[wc.dataset])),
+        dataset=lambda wc: reader_config(wc.dataset),
+        raw=raw_digest("dataset"),
     log:
         "logs/build_manifest/{dataset}.log",
     resources:
@@ -30,11 +57,9 @@ rule build_manifest:
 
 rule utterance_audio:
     input:
-        manifest="features/{dataset}/manifest.tsv",
+        manifest="features/{dataset}/manifest_shards/shard{shard}.tsv",
     output:
         wavs=directory("features/{dataset}/media/audio/shard{shard}"),
-    params:
-        n_shards=lambda wc: n_shards(wc.dataset),
     log:
         "logs/utterance_audio/{dataset}/shard{shard}.log",
     threads: 2

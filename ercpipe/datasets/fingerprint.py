@@ -1,0 +1,93 @@
+"""What the manifest steps read of a raw dataset, as short digests the workflow compares between runs.
+
+The manifest is built in shards (the dialogue chunks the extractors use, ercpipe.io.manifest.
+dialogue_shards): one job per shard reads the raw dataset and opens only its own shard's media, then
+one job joins the shards. A shard job must re-run when its part of the raw data changed, and only
+then. The workflow cannot list the media as file inputs (MELD has 13,708 clips, and which clip is in
+which shard is only known after reading the CSVs), so, while the DAG is built, the dataset's reader
+runs without opening any media (`probe=False`: text files are parsed, media files only stat-ed), and
+this module digests the result:
+
+    shards[k]   the rows of shard k (every column), the size and mtime of each media file they name,
+                and the dataset's settings: the `params` of the manifest job of shard k
+    dataset     the same for the whole dataset: the `params` of the job that joins the shards
+
+So fixing one clip or one CSV row re-runs that shard's manifest job and the extraction jobs of that
+shard, not the other shards.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from ercpipe.io.manifest import dialogue_shards
+
+
+@dataclass(frozen=True)
+class RawFingerprint:
+    """Digests of one dataset's raw data (see the module docstring); `sources` are the text files read."""
+
+    dataset: str
+    shards: tuple[str, ...]
+    sources: tuple[str, ...]
+
+
+def _digest(*parts: object) -> str:
+    blob = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _media_stats(frame: pd.DataFrame) -> dict[str, list[int] | None]:
+    """[size, mtime_ns] of every media file the rows name; None for a file that is not there."""
+    stats: dict[str, list[int] | None] = {}
+    for path in pd.unique(pd.concat([frame["audio_path"], frame["video_path"]])):
+        if path:
+            try:
+                st = os.stat(path)
+                stats[path] = [st.st_size, st.st_mtime_ns]
+            except OSError:
+                stats[path] = None
+    return stats
+
+
+def fingerprint(frame: pd.DataFrame, settings: dict, n_shards: int, sources=()) -> RawFingerprint:
+    """Digests of a manifest frame read without probing media (ercpipe.datasets.build.read_dataset)."""
+    stats = _media_stats(frame)
+    by_dialogue = frame.groupby("dialogue_id", sort=False).indices
+    shards = []
+    for dialogues in dialogue_shards(frame, n_shards):
+        part = frame.iloc[[i for d in dialogues for i in by_dialogue[d]]]
+        files = sorted((set(part["audio_path"]) | set(part["video_path"])) - {""})
+        shards.append(_digest(part.astype(str).values.tolist(), [[f, stats[f]] for f in files], settings))
+    everything = _digest(frame.astype(str).values.tolist(), sorted(stats.items()), settings)
+    return RawFingerprint(everything, tuple(shards), tuple(sorted(str(s) for s in sources)))
+
+
+@contextlib.contextmanager
+def _quiet(name: str = "ercpipe"):
+    """The readers' warnings (e.g. IEMOCAP's differences from the release) belong in the manifest job's log,
+    not in every `snakemake` call."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def dataset_fingerprint(name: str, dataset_cfg: dict, n_shards: int) -> RawFingerprint:
+    """Read the raw dataset without opening media and digest it (ManifestError / ValueError if unreadable)."""
+    from ercpipe.datasets.build import read_dataset
+
+    with _quiet():
+        frame, result = read_dataset(name, dataset_cfg, probe=False)
+    sources = [s for s in result.sources if Path(s).is_file()]
+    return fingerprint(frame, dataset_cfg, n_shards, sources)
