@@ -30,6 +30,7 @@ from typing import Sequence
 
 import pandas as pd
 
+from ercpipe.errors import ErcpipeError
 from ercpipe.io import manifest as manifest_io
 from ercpipe.io.atomic import atomic_path
 
@@ -39,7 +40,7 @@ OPTIONAL_COLUMNS = ("utterance_id", "dialogue_id", "label", "text", "speaker_slo
                     "audio_end", "video_path", "video_start", "video_end")
 
 
-class InferenceError(ValueError):
+class InferenceError(ErcpipeError, ValueError):
     """The checkpoint, the features or the conversation cannot be used; the message says what to do."""
 
 
@@ -55,17 +56,18 @@ def predict_features(checkpoint: str | Path, manifest_path: str | Path, feature_
                      device: str = "auto", batch_size: int = 32) -> pd.DataFrame:
     """Predictions for the utterances of `manifest_path` (optionally only `splits`) from feature files."""
     from ercpipe.train.data import load_dialogues
-    from ercpipe.train.evaluate import predict
+    from ercpipe.train.evaluate import feature_expectations, predict
 
     model, classes = _load(checkpoint, device)
     modalities = model.spec.modalities
     missing = [m for m in modalities if m not in feature_paths]
     if missing:
         raise InferenceError(f"{checkpoint} was trained on {list(modalities)}; give a feature file for {missing}")
+    # Each file must have the width and setting the checkpoint was trained on, and the manifest's ids
+    # (one FeatureFileError naming every file that does not, and the fix).
     data = load_dialogues(manifest_path, feature_paths, modalities, classes=classes,
-                          n_speakers=model.spec.n_speakers, allow_unlabelled=True)
-    for m in modalities:
-        _check_same_extractor(checkpoint, model.feature_sources.get(m), data.feature_sources[m], m)
+                          n_speakers=model.spec.n_speakers, allow_unlabelled=True,
+                          expected=feature_expectations(model, checkpoint))
     dialogues = data.split(*splits) if splits else data.dialogues
     if not dialogues:
         raise InferenceError(f"{manifest_path} has no dialogues in splits {list(splits or [])}")
@@ -79,17 +81,6 @@ def predict_features(checkpoint: str | Path, manifest_path: str | Path, feature_
     if out_path is not None:
         write_predictions(frame, out_path)
     return frame
-
-
-def _check_same_extractor(checkpoint, trained: dict | None, given: dict, modality: str) -> None:
-    """Features made with other settings than the training features give meaningless predictions."""
-    if not trained or not trained.get("setting_hash"):
-        return  # nothing recorded to compare with
-    if trained.get("setting_hash") != given.get("setting_hash"):
-        raise InferenceError(
-            f"the {modality} features were made with settings {given.get('settings')}, but {checkpoint} was "
-            f"trained on {modality} features made with {trained.get('settings')}; extract them with the same "
-            "setting (or use predict_conversation, which does)")
 
 
 def read_conversation(path: str | Path, classes: Sequence[str]) -> tuple[pd.DataFrame, bool]:

@@ -9,6 +9,12 @@ with rule_logging(snakemake.log[0], snakemake.threads):
     feature_paths = {key.removeprefix("features_"): Path(path) for key, path in snakemake.input.items()
                      if key.startswith("features_")}
     anchors = snakemake.input.get("anchors")
+    # The config's feature settings ({modality: setting dict}) and the dataset's face selection: every
+    # feature file is checked against them (settings hash, width, utterance ids) before training.
+    feature_settings = getattr(snakemake.params, "feature_settings", None)
+    face_selection = getattr(snakemake.params, "face_selection", None)
     run_training(Path(snakemake.input.manifest), feature_paths, Path(anchors) if anchors else None,
                  resolve_experiment(snakemake.params.experiment), int(snakemake.wildcards.seed),
-                 Path(snakemake.output.metrics).parent, threads=snakemake.threads)
+                 Path(snakemake.output.metrics).parent, threads=snakemake.threads,
+                 feature_settings=dict(feature_settings) if feature_settings is not None else None,
+                 face_selection=dict(face_selection) if face_selection is not None else None)

@@ -210,3 +210,151 @@ def test_undecodable_wav_is_recorded_as_corrupt(tmp_path):
     fs = feature_io.read(tmp_path / "o.h5")
     assert fs.present.tolist() == [False]
     assert json.loads(fs.attrs["absent"])["a"].startswith("corrupt_audio: ")
+
+
+# ------------------------------------------------------------------------------ memory that follows the data
+
+def _tone_and_speech(speech: dict[str, np.ndarray], seconds: float) -> np.ndarray:
+    """`seconds` of the two espeak-ng sentences and pauses, repeated."""
+    base = np.concatenate([speech["high"], np.zeros(SAMPLE_RATE // 4, np.float32), speech["low"],
+                           np.zeros(SAMPLE_RATE // 2, np.float32)])
+    return np.resize(base, int(seconds * SAMPLE_RATE)).astype(np.float32)
+
+
+@needs_espeak
+@pytest.mark.parametrize("feature_set", ["IS10", "eGeMAPSv02", "ComParE_2016"])
+def test_streamed_functionals_are_bit_identical_to_process_signal(speech, tmp_path, feature_set):
+    """The block-wise path (bounded memory) gives exactly openSMILE's whole-signal vector."""
+    smile = audio.make_smile({"feature_set": feature_set})
+    path = tmp_path / "u.wav"
+    write_wav(path, _tone_and_speech(speech, 23.3))  # not a whole number of blocks
+    signal, rate = read_wav(path)
+    direct = smile.process_signal(signal, rate).to_numpy(dtype=np.float32).reshape(-1)
+    np.testing.assert_array_equal(audio.wav_functionals(smile, path), direct)
+    np.testing.assert_array_equal(audio.functionals(smile, signal, rate), direct)
+    # A WAV that is not 16 kHz mono 16-bit (a plain directory of WAVs): the same conversion as before.
+    stereo = np.stack([signal[:5 * rate], 0.5 * signal[:5 * rate]], axis=1)
+    sf.write(str(tmp_path / "s.wav"), stereo, rate, subtype="FLOAT")
+    mixed, _ = read_wav(tmp_path / "s.wav")
+    np.testing.assert_array_equal(audio.wav_functionals(smile, tmp_path / "s.wav"),
+                                  smile.process_signal(mixed, rate).to_numpy(dtype=np.float32).reshape(-1))
+
+
+def test_too_short_signal_gives_nan_like_process_signal():
+    smile = audio.make_smile({"feature_set": "eGeMAPSv02"})
+    vector = audio.functionals(smile, np.full(50, 0.1, np.float32), SAMPLE_RATE)
+    assert vector.shape == (88,) and np.isnan(vector).all()
+
+
+@needs_espeak
+@pytest.mark.parametrize("window", [(float("nan"), float("nan")), (0.37, 2.91), (1.0, float("nan")), (0.0, 0.005),
+                                    (30.0, 31.0)])
+def test_utterance_audio_streams_exactly_the_samples_of_load_audio(speech, tmp_path, window):
+    """media_prep writes each window block by block; the WAV equals load_audio's samples, byte for byte."""
+    import av
+
+    from ercpipe.datasets.media_prep import stream_utterance_wav
+    from ercpipe.io.media import load_audio
+
+    signal = _tone_and_speech(speech, 4.0)
+    sources = {"wav": tmp_path / "src.wav", "mp4": tmp_path / "src.mp4"}
+    sf.write(str(sources["wav"]), np.stack([signal, signal * 0.5], axis=1), SAMPLE_RATE)
+    with av.open(str(sources["mp4"]), "w") as container:  # AAC 48 kHz, as MELD's clips
+        stream = container.add_stream("aac", rate=48000, layout="mono")
+        up = resample_poly(signal, 3, 1).astype(np.float32)
+        for start in range(0, up.size, 1024):
+            frame = av.AudioFrame.from_ndarray(up[None, start:start + 1024], format="flt", layout="mono")
+            frame.sample_rate, frame.pts = 48000, start
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    for kind, source in sources.items():
+        out = tmp_path / f"{kind}.wav"
+        samples, peak = stream_utterance_wav(source, *window, out)
+        expected = load_audio(source, *window)
+        assert samples == expected.size, kind
+        if samples == 0:
+            assert not out.exists()
+            continue
+        write_wav(tmp_path / "ref.wav", expected)
+        assert out.read_bytes() == (tmp_path / "ref.wav").read_bytes(), kind
+        assert peak == pytest.approx(float(np.max(np.abs(expected))))
+
+
+_PEAK_RSS = """
+import json, sys
+from pathlib import Path
+{body}
+with open("/proc/self/status") as fh:
+    peak = [int(line.split()[1]) / 1024 for line in fh if line.startswith("VmHWM:")][0]
+print(json.dumps({{"peak_rss_mb": peak}}))
+"""
+
+
+def _peak_rss_mb(body: str) -> float:
+    """Run `body` in a fresh interpreter; its peak resident memory (VmHWM), MB."""
+    import os
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _PEAK_RSS.format(body=body)], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"}, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])["peak_rss_mb"]
+
+
+@needs_espeak
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="peak RSS is read from /proc (Linux)")
+def test_ten_minute_utterance_fits_its_reservation_and_is_not_cut(speech, tmp_path):
+    """A 10-minute clip through the utterance-audio step and the IS10 extractor, each in its own process:
+    neither exceeds the mem_mb its job reserves, and the stored vector is openSMILE's result on the
+    whole file (openSMILE reading the file itself), so nothing was cut."""
+    from ercpipe import resources
+
+    raw = tmp_path / "raw.wav"
+    write_wav(raw, _tone_and_speech(speech, 600.0))
+    rows = manifest_rows({"d0": ["long"], "d1": ["short"]})
+    rows["audio_path"] = [str(raw), str(raw)]
+    rows["audio_start"] = [float("nan"), 10.0]
+    rows["audio_end"] = [float("nan"), 13.0]
+    manifest = tmp_path / "manifest.tsv"
+    manifest_io.write(rows, manifest)
+    wavs, out = tmp_path / "audio", tmp_path / "is10.h5"
+
+    prep_peak = _peak_rss_mb(f"from ercpipe.datasets.media_prep import write_utterance_audio\n"
+                             f"write_utterance_audio({str(manifest)!r}, 0, 1, Path({str(wavs)!r}), threads=2)")
+    assert sf.info(str(wavs / "long.wav")).frames == 600 * SAMPLE_RATE  # the whole clip, not cut
+    reserved = resources.extraction_resources(manifest, 0, 1, "utterance_audio", 2)
+    assert prep_peak <= reserved["mem_mb"]
+
+    extract_peak = _peak_rss_mb(f"from ercpipe.features import audio\n"
+                                f"audio.extract_shard({str(manifest)!r}, 0, 1, Path({str(wavs)!r}), "
+                                f"{{'feature_set': 'IS10'}}, {str(out)!r}, threads=2)")
+    reserved = resources.extraction_resources(manifest, 0, 1, "audio", 2, audio_dir=wavs,
+                                              settings={"feature_set": "IS10"})
+    assert extract_peak <= reserved["mem_mb"], (extract_peak, reserved)
+    assert isinstance(reserved["mem_mb"], int) and isinstance(reserved["runtime"], int)
+
+    fs = feature_io.read(out, expected_ids=["long", "short"], expected_dim=1582)
+    assert fs.present.tolist() == [True, True] and json.loads(fs.attrs["absent"]) == {}
+    np.testing.assert_array_equal(fs.features[0], _opensmile_on_file(wavs / "long.wav", "IS10"))
+
+
+def _opensmile_on_file(path: Path, feature_set: str) -> np.ndarray:
+    """openSMILE's functionals with its own file reader (cWaveSource) on the whole file: no ercpipe code."""
+    import os
+
+    from opensmile.core.config import config as smile_config
+    from opensmile.core.lib import OpenSMILE
+
+    smile = audio.make_smile({"feature_set": feature_set})
+    options = smile._options()
+    options["source"] = os.path.join(smile.default_config_root, smile_config.FILE_INPUT_CONFIG)
+    options["filename"] = str(path)
+    native = OpenSMILE()
+    native.initialize(smile.config_path, options)
+    rows = []
+    native.external_sink_set_callback_ex(smile_config.EXTERNAL_OUTPUT_COMPONENT,
+                                         lambda data, meta: rows.append(np.array(data, dtype=np.float32)))
+    native.run()
+    native.free()
+    assert len(rows) == 1
+    return rows[0].reshape(-1)

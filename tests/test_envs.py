@@ -2,6 +2,10 @@
 
 Conda cannot reach its channels on the build machine, so the environments are not created here; this
 test keeps them from drifting away from requirements.txt / constraints.txt, which the test suite does run.
+The envs hold only third-party packages, named and pinned: a path, URL or editable line would resolve against
+wherever conda copies the env file (the conda prefix, not envs/) and would tie an env that several checkouts
+share to one of them; the jobs get ercpipe from the checkout that runs them (Snakefile). Conda's pip stage
+itself is replayed in tests/test_conda_pip_stage.py, the jobs' imports in tests/test_conda_jobs.py.
 """
 from __future__ import annotations
 
@@ -25,6 +29,8 @@ def _pins(lines) -> dict[str, str]:
     return pins
 
 
+# A distribution name, optional extras, `==` an exact version: nothing that is a path, URL, option or `-e`.
+PINNED_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*(\[[A-Za-z0-9_,.\- ]*\])?==[A-Za-z0-9_.+!\-]+$")
 PROJECT_PINS = _pins((REPO / "requirements.txt").read_text().splitlines())
 LOCKED_PINS = _pins((REPO / "constraints.txt").read_text().splitlines())
 
@@ -42,10 +48,12 @@ def test_env_file_pins_agree_with_requirements(env_file):
     pip_sections = [d["pip"] for d in deps if isinstance(d, dict)]
     assert len(pip_sections) == 1, "one pip: section"
     pip = pip_sections[0]
-    assert "-e .." in pip, "the env must install this repository's ercpipe package"
+    not_a_named_package = [line for line in pip if not PINNED_NAME.match(str(line).strip())]
+    assert not not_a_named_package, (
+        f"{env_file.name}: pip lines that are not `name==version` {not_a_named_package}: paths, URLs, editable "
+        "installs and options resolve against the conda prefix, and the library must not be in the env")
+    assert not any(str(line).split("==")[0].strip().lower() == "ercpipe" for line in pip), "ercpipe in an env"
     pins = _pins(pip)
-    unpinned = [p for p in pip if p != "-e .." and "==" not in p]
-    assert not unpinned, f"{env_file.name}: unpinned pip packages {unpinned}"
     for name, version in pins.items():
         expected = PROJECT_PINS.get(name) or LOCKED_PINS.get(name)
         assert expected is not None, f"{env_file.name}: {name} is not pinned in requirements.txt/constraints.txt"

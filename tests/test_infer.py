@@ -8,8 +8,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
+import yaml
 
+from ercpipe import config as pipeline_config
 from ercpipe import infer
+from ercpipe.io import features as feature_io
 from ercpipe.io import manifest as manifest_io
 
 DATASET, EXPERIMENT = "meld_demo", "meld_demo_sdt_vega"
@@ -106,3 +110,21 @@ def test_command_line(trained, tmp_path):
     assert result.returncode == 2
     assert "give a feature file for ['audio', 'visual']" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_pipeline_feature_files_match_their_config_settings(pipeline_run):
+    """What training checks (ercpipe.io.features.expect for each experiment's feature setting and its
+    dataset's face selection) holds for every file the pipeline made, and the checkpoints record it."""
+    workdir, configfile = pipeline_run[0], pipeline_run[1]
+    cfg = yaml.safe_load(Path(configfile).read_text())
+    for name, exp in cfg["experiments"].items():
+        face_selection = pipeline_config.face_selection(cfg["datasets"][exp["dataset"]])
+        checkpoint = workdir / f"results/{exp['dataset']}/{name}/seed{exp['seeds'][0]}/model.pt"
+        recorded = torch.load(checkpoint, map_location="cpu", weights_only=True)["features"]
+        for modality, setting in exp["features"].items():
+            path = workdir / f"features/{exp['dataset']}/{modality}/{setting}.h5"
+            expected = feature_io.expect(modality, cfg["features"][modality][setting], face_selection=face_selection,
+                                         name=setting)
+            assert expected.setting_hash is not None
+            assert feature_io.mismatches(feature_io.read(path), expected) == [], path
+            assert recorded[modality]["setting_hash"] == expected.setting_hash

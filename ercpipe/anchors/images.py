@@ -140,7 +140,7 @@ def encode_image_set(images_dir: str | Path, class_names: Sequence[str], clip: d
     settings = clip_settings(clip)
     images_dir = Path(images_dir)
     images = scan_image_set(images_dir, class_names)
-    from ercpipe.features.visual import resolve_device  # heavy module; only needed when encoding
+    from ercpipe.device import resolve_device  # torch; only needed when encoding
 
     torch_device = resolve_device(device)
     model, preprocess, weights = load_clip(settings, torch_device)

@@ -1,7 +1,8 @@
 """Utterance audio: one 16 kHz mono WAV per utterance of a dialogue shard, plus a status report.
 
 For each row of the shard, [audio_start, audio_end) of audio_path (the whole file when the times are
-empty) is decoded with ercpipe.io.media.load_audio and written to out_dir/{utterance_id}.wav.
+empty) is decoded to 16 kHz mono (the samples of ercpipe.io.media.load_audio) and written to
+out_dir/{utterance_id}.wav.
 out_dir/_report.tsv has one line per row: utterance_id, status, detail, where status is
 
     ok               the WAV was written
@@ -12,6 +13,11 @@ out_dir/_report.tsv has one line per row: utterance_id, status, detail, where st
 
 A row that is not ok gets no WAV (the audio extractor then stores zeros with present=False); no row is
 ever left out of the report. The directory is built under a temporary name and renamed when complete.
+
+Memory does not grow with the utterance: each window is decoded and written block by block
+(`stream_utterance_wav`), giving exactly the samples of ercpipe.io.media.load_audio, which holds
+the decoded audio from the file's start to the window's end twice (about 0.14 MB per second of it).
+Nothing is cut: the whole window is written.
 """
 from __future__ import annotations
 
@@ -22,12 +28,15 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import av
+import numpy as np
 import pandas as pd
+import soundfile as sf
 from tqdm.auto import tqdm
 
 from ercpipe.io import manifest as manifest_io
 from ercpipe.io.atomic import atomic_dir
-from ercpipe.io.media import SAMPLE_RATE, MediaError, is_silent, load_audio, write_wav
+from ercpipe.io.media import SAMPLE_RATE, SILENCE_PEAK, MediaError
 
 logger = logging.getLogger(__name__)
 
@@ -39,20 +48,100 @@ def utterance_audio(row, out_dir: Path) -> tuple[str, str]:
     """Write one utterance's WAV into out_dir; returns (status, detail)."""
     if not row.audio_path:
         return "missing_audio", "the manifest row has no audio_path"
+    wav = out_dir / f"{row.utterance_id}.wav"
     try:
-        signal = load_audio(row.audio_path, row.audio_start, row.audio_end)
+        samples, peak = stream_utterance_wav(row.audio_path, row.audio_start, row.audio_end, wav)
     except MediaError as err:
         return err.reason, str(err)
     except (OSError, ValueError, UnicodeDecodeError) as err:
         # PyAV raises these (not FFmpegError) for some damaged containers and headers.
         return "corrupt_audio", f"{row.audio_path}: {type(err).__name__}: {err}"
-    if is_silent(signal):
+    if samples == 0 or peak < SILENCE_PEAK:  # ercpipe.io.media.is_silent
+        wav.unlink(missing_ok=True)
         window = "" if math.isnan(row.audio_start) and math.isnan(row.audio_end) else \
             f" in [{row.audio_start}, {row.audio_end}) s"
-        what = "no samples" if signal.size == 0 else "digital silence"
+        what = "no samples" if samples == 0 else "digital silence"
         return "silent_audio", f"{row.audio_path}{window}: {what}"
-    write_wav(out_dir / f"{row.utterance_id}.wav", signal, SAMPLE_RATE)
-    return "ok", f"{signal.size / SAMPLE_RATE:.3f} s"
+    return "ok", f"{samples / SAMPLE_RATE:.3f} s"
+
+
+def _window(start: float | None, end: float | None) -> tuple[float, float]:
+    lo = 0.0 if start is None or (isinstance(start, float) and math.isnan(start)) else float(start)
+    hi = math.inf if end is None or (isinstance(end, float) and math.isnan(end)) else float(end)
+    return lo, hi
+
+
+def stream_utterance_wav(path, start: float | None, end: float | None, out_path: Path,
+                         sample_rate: int = SAMPLE_RATE) -> tuple[int, float]:
+    """Write the [start, end) window of the first audio stream of `path` to `out_path` (mono, 16-bit PCM)
+    block by block; returns (samples written, peak |amplitude|). No file is left behind on an error.
+
+    The samples are exactly those of ercpipe.io.media.load_audio(path, start, end): the stream is
+    decoded from its beginning with the same resampler, and the window is cut in samples counted from
+    the first frame's time.
+    """
+    lo, hi = _window(start, end)
+    path = Path(path)
+    if not path.exists():
+        raise MediaError("missing_audio", path)
+    first_t, position, written, peak = 0.0, 0, 0, 0.0
+    i0 = i1 = None
+    sink = None
+    pending: list[np.ndarray] = []  # decoded frames are small: write about a second at a time
+
+    def flush() -> None:
+        nonlocal written, peak, sink
+        if not pending:
+            return
+        block = np.concatenate(pending)
+        pending.clear()
+        if sink is None:
+            sink = sf.SoundFile(str(out_path), "w", samplerate=sample_rate, channels=1, subtype="PCM_16",
+                                format="WAV")
+        sink.write(block)
+        written += block.size
+        peak = max(peak, float(np.max(np.abs(block))))
+
+    def emit(block: np.ndarray) -> None:
+        nonlocal position
+        block = block.reshape(-1).astype(np.float32, copy=False)
+        begin, position = position, position + block.size  # this block's samples: [begin, position)
+        a, b = max(i0, begin), position if i1 is None else min(i1, position)
+        if b > a:
+            pending.append(block[a - begin:b - begin])
+            if sum(x.size for x in pending) >= sample_rate:
+                flush()
+
+    try:
+        try:
+            with av.open(str(path)) as container:
+                if not container.streams.audio:
+                    raise MediaError("no_audio_stream", path)
+                stream = container.streams.audio[0]
+                resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+                for i, frame in enumerate(container.decode(stream)):
+                    if i == 0 and frame.pts is not None:
+                        first_t = max(0.0, float(frame.pts * stream.time_base))
+                    if i0 is None:  # fixed by the first frame's time, as load_audio cuts
+                        i0 = max(0, int(round((lo - first_t) * sample_rate)))
+                        i1 = None if math.isinf(hi) else max(i0, int(round((hi - first_t) * sample_rate)))
+                    if frame.pts is not None and float(frame.pts * stream.time_base) >= hi:
+                        break
+                    for out in resampler.resample(frame):
+                        emit(out.to_ndarray())
+                if i0 is not None:
+                    for out in resampler.resample(None):
+                        emit(out.to_ndarray())
+                flush()
+        except av.error.FFmpegError as err:
+            raise MediaError("corrupt_audio", path, str(err)) from err
+        finally:
+            if sink is not None:
+                sink.close()
+    except BaseException:
+        Path(out_path).unlink(missing_ok=True)
+        raise
+    return written, peak
 
 
 def write_utterance_audio(manifest_path, shard: int, n_shards: int, out_dir: Path, threads: int = 1) -> None:

@@ -9,26 +9,44 @@ openSMILE's native library releases the GIL while it computes, so a thread pool 
 per thread) scales with cores as well as `Smile(num_workers=...)` does (measured: 24 utterances,
 130 s of speech, 1.28 s with 2 threads vs 1.30 s with num_workers=2 vs 2.53 s serial) and lets each
 row keep its own failure reason.
+
+Memory: `Smile.process_signal` writes the whole signal into openSMILE's input level (one that grows to
+hold it) before openSMILE runs; with all of the input available at once, openSMILE's memory grows with
+the signal far beyond the signal's own size (IS10 peak RSS: 0.22 GB at 10 s, 1.6 GB at 300 s, 3.1 GB at
+600 s; eGeMAPSv02 and ComParE_2016 less). Feeding the same signal in blocks into that growing level
+does not help (IS10, 300 s: 1.6 GB): the writer runs ahead of openSMILE. Here the blocks
+(BLOCK_SECONDS) go into a ring buffer of WAVE_BUFFER_SECONDS (the buffer openSMILE's own file reader
+uses) while openSMILE runs, so the writer waits for it, and WAVs are read from disk block by block.
+What still grows is openSMILE's history of low-level descriptors, which functionals over the whole
+utterance need (about 0.25 MB per second of audio for IS10; docs/features.md). The vectors are
+bit-identical to `process_signal` on the whole signal (the same float -> int16 conversion, the same
+config and options); the tests check it.
 """
 from __future__ import annotations
 
+import atexit
 import json
 import logging
+import shutil
+import tempfile
 import threading
-from collections import Counter
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import opensmile
 import pandas as pd
+import soundfile as sf
+from opensmile.core.config import config as smile_config
+from opensmile.core.lib import OpenSMILE
 from tqdm.auto import tqdm
 
 from ercpipe.config import with_defaults
 from ercpipe.datasets.media_prep import REPORT_NAME
 from ercpipe.io import features as feature_io
 from ercpipe.io import manifest as manifest_io
-from ercpipe.io.media import is_silent, read_wav
+from ercpipe.io.media import SILENCE_PEAK
 
 logger = logging.getLogger(__name__)
 
@@ -82,10 +100,129 @@ def read_audio_report(audio_dir: Path) -> dict[str, tuple[str, str]]:
     return {u: (s, d) for u, s, d in zip(report["utterance_id"], report["status"], details)}
 
 
+# Streaming input (see the module docstring). openSMILE's cWaveSource buffers 5 s; a block must fit.
+BLOCK_SECONDS = 1.0
+WAVE_BUFFER_SECONDS = 5.0
+# A write refused this long while openSMILE runs means it no longer reads its input: stop, do not hang.
+STALL_SECONDS = 120.0
+
+# cExternalAudioSource as in opensmile's shared/standard_external_wave_input.conf.inc, but writing into
+# a ring buffer instead of a level that grows to hold the whole signal.
+_STREAM_SOURCE_CONF = """\
+[componentInstances:cComponentManager]
+instance[extsource].type=cExternalAudioSource
+
+[extsource:cExternalAudioSource]
+writer.dmLevel=wave
+writer.levelconf.growDyn=0
+writer.levelconf.isRb=1
+writer.levelconf.nT=\\cm[waveBufferFrames{80000}:ring buffer length in frames]
+sampleRate=\\cm[sampleRate{16000}:sample rate]
+nBits=\\cm[nBits{16}:sample bits]
+channels=\\cm[channels{1}:channel size]
+"""
+_conf_lock = threading.Lock()
+_conf_path: Path | None = None
+
+
+def _stream_source_conf() -> Path:
+    """The streaming source config, written once per process into a private temporary directory."""
+    global _conf_path
+    with _conf_lock:
+        if _conf_path is None or not _conf_path.exists():
+            folder = Path(tempfile.mkdtemp(prefix="ercpipe-opensmile-"))
+            atexit.register(shutil.rmtree, folder, True)
+            path = folder / "stream_source.conf.inc"
+            path.write_text(_STREAM_SOURCE_CONF)
+            _conf_path = path
+        return _conf_path
+
+
+def _stream_functionals(smile: opensmile.Smile, blocks, sample_rate: int) -> np.ndarray:
+    """openSMILE functionals of a mono signal given as float blocks (each at most BLOCK_SECONDS long).
+
+    Each block is converted exactly as `Smile.process_signal` converts a whole signal (x 32768, cast to
+    int16) and written into the ring buffer while openSMILE runs in a helper thread; a full buffer makes
+    the writer wait. NaNs when openSMILE gives no output (signal shorter than its analysis windows).
+    """
+    options = smile._options()  # the options process_signal passes (sink, level, buffer modes)
+    options["source"] = str(_stream_source_conf())
+    options["sampleRate"] = int(sample_rate)
+    options["nBits"] = 16
+    options["waveBufferFrames"] = max(int(WAVE_BUFFER_SECONDS * sample_rate), 2 * int(BLOCK_SECONDS * sample_rate))
+    source, sink = smile_config.EXTERNAL_SOURCE_COMPONENT, smile_config.EXTERNAL_OUTPUT_COMPONENT
+    native = OpenSMILE()
+    native.initialize(config_file=smile.config_path, options=options, loglevel=smile.loglevel,
+                      log_file=smile.logfile, debug=smile.verbose)
+    rows: list[np.ndarray] = []
+    native.external_sink_set_callback_ex(sink, lambda data, meta: rows.append(np.array(data, dtype=np.float32)))
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            native.run()
+        except BaseException as err:  # noqa: BLE001 - handed to the feeding thread
+            failure.append(err)
+
+    runner = threading.Thread(target=run, name="opensmile-run", daemon=True)
+    runner.start()
+    try:
+        for block in blocks:
+            scaled = np.asarray(block, dtype=np.float32) * 32768
+            data = scaled.astype(np.int16).tobytes()
+            refused_since = None
+            while not native.external_audio_source_write_data(source, data):
+                if not runner.is_alive():
+                    reason = failure[0] if failure else "no error given"
+                    raise RuntimeError(f"openSMILE stopped before the end of its input: {reason}")
+                refused_since = refused_since or time.monotonic()
+                if time.monotonic() - refused_since > STALL_SECONDS:
+                    raise RuntimeError(f"openSMILE took no audio for {STALL_SECONDS:.0f} s (its input buffer "
+                                       "stays full); stopped")
+                time.sleep(0.002)
+        native.external_audio_source_set_eoi(source)
+    except BaseException:
+        native.abort()
+        runner.join()
+        native.free()
+        raise
+    runner.join()
+    native.free()
+    if failure:
+        raise failure[0]
+    if not rows:
+        return np.full(smile.num_features, np.nan, dtype=np.float32)
+    return np.vstack(rows).astype(np.float32, copy=False).reshape(-1)
+
+
 def functionals(smile: opensmile.Smile, signal: np.ndarray, sample_rate: int) -> np.ndarray:
-    """One float32 vector of openSMILE functionals for a mono signal."""
-    frame = smile.process_signal(np.asarray(signal, dtype=np.float32), sample_rate)
-    return frame.to_numpy(dtype=np.float32).reshape(-1)
+    """One float32 vector of openSMILE functionals for a mono signal (fed to openSMILE in blocks)."""
+    signal = np.asarray(signal, dtype=np.float32)
+    step = max(1, int(BLOCK_SECONDS * sample_rate))
+    return _stream_functionals(smile, (signal[i:i + step] for i in range(0, signal.size, step)), sample_rate)
+
+
+def _wav_blocks(path: Path, step: int):
+    """Mono float32 blocks of a WAV (channels averaged, as ercpipe.io.media.read_wav does)."""
+    for block in sf.blocks(str(path), blocksize=step, dtype="float32", always_2d=True):
+        yield block[:, 0] if block.shape[1] == 1 else block.mean(axis=1)
+
+
+def wav_peak(path: Path) -> tuple[int, int, float]:
+    """(frames, sample rate, peak |amplitude| of the mono mixdown) of a WAV, read block by block."""
+    info = sf.info(str(path))
+    step = max(1, int(BLOCK_SECONDS * info.samplerate))
+    peak = 0.0
+    for block in _wav_blocks(path, step):
+        if block.size:
+            peak = max(peak, float(np.max(np.abs(block))))
+    return info.frames, info.samplerate, peak
+
+
+def wav_functionals(smile: opensmile.Smile, path: Path) -> np.ndarray:
+    """`functionals` of a WAV file, read from disk block by block (the whole signal is never in memory)."""
+    rate = sf.info(str(path)).samplerate
+    return _stream_functionals(smile, _wav_blocks(Path(path), max(1, int(BLOCK_SECONDS * rate))), rate)
 
 
 AUDIO_FLAGS = ("missing_audio", "corrupt_audio", "no_audio_stream", "silent_audio")
@@ -135,20 +272,23 @@ def extract_shard(manifest_path, shard: int, n_shards: int, audio_dir: Path, set
         if reason:
             return None, reason
         try:
-            signal, rate = read_wav(wav)
+            frames, rate, peak = wav_peak(wav)
         except (RuntimeError, OSError) as err:  # soundfile's LibsndfileError is a RuntimeError
             return None, f"corrupt_audio: {wav}: {err}"
-        if is_silent(signal):  # the same test the utterance-audio step applies
+        if frames == 0 or peak < SILENCE_PEAK:  # ercpipe.io.media.is_silent, as the utterance-audio step
             return None, "silent_audio"
         if not hasattr(per_thread, "smile"):
             per_thread.smile = make_smile(settings)
-        vector = functionals(per_thread.smile, signal, rate)
+        try:
+            vector = wav_functionals(per_thread.smile, wav)  # the whole utterance, never cut
+        except sf.LibsndfileError as err:
+            return None, f"corrupt_audio: {wav}: {err}"
         if vector.shape != (dim,):
             raise RuntimeError(f"openSMILE returned {vector.shape} for {wav}; expected ({dim},) for "
                                f"{settings['feature_set']}")
         if not np.isfinite(vector).all():
             # openSMILE fills NaN when the signal is shorter than its analysis windows.
-            return None, f"non_finite_features (signal of {signal.size / rate * 1000:.0f} ms, too short)"
+            return None, f"non_finite_features (signal of {frames / rate * 1000:.0f} ms, too short)"
         return vector, ""
 
     feats = np.zeros((len(ids), dim), dtype=np.float32)
@@ -164,18 +304,8 @@ def extract_shard(manifest_path, shard: int, n_shards: int, audio_dir: Path, set
             else:
                 feats[i] = vector
                 present[i] = True
-    log_absent_summary("audio", absent, len(ids))
+    feature_io.log_absent_summary("audio", absent, len(ids), logger)
     feature_io.write(out_path, feature_io.FeatureSet(ids, feats, present, {
         "modality": "audio", "extractor": "opensmile", "model": settings["feature_set"],
         "settings": settings, "versions": feature_io.package_versions(["opensmile", "ercpipe"]),
         "absent": json.dumps(absent, sort_keys=True)}))
-
-
-def log_absent_summary(modality: str, absent: dict[str, str], total: int, log: logging.Logger = logger) -> None:
-    """One warning per shard: how many rows have no features, counted by reason, with examples."""
-    if not absent:
-        return
-    counts = Counter(reason.split(" ")[0].split(":")[0] for reason in absent.values())
-    examples = ", ".join(list(absent)[:3])
-    log.warning("%s: %d of %d utterances have no features (zeros, present=False): %s; e.g. %s",
-                   modality, len(absent), total, dict(counts), examples)

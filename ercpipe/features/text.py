@@ -40,6 +40,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ercpipe.config import require_int, with_defaults
+from ercpipe.device import resolve_device
 from ercpipe.io import features as feature_io
 from ercpipe.io import manifest as manifest_io
 from ercpipe.io.atomic import atomic_dir
@@ -151,12 +152,6 @@ def feature_dim(settings: dict | None) -> int:
     from transformers import AutoConfig
 
     return int(AutoConfig.from_pretrained(resolve_model_path(text_settings(settings)["model"])).hidden_size)
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 # ----------------------------------------------------------------------------------------- loading

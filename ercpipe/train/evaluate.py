@@ -12,6 +12,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ercpipe.device import resolve_device
+from ercpipe.errors import ErcpipeError
+from ercpipe.io import features as feature_io
 from ercpipe.model.sdt import ModelSpec, SDTVega, build_model
 from ercpipe.train.data import Batch, Dialogue, collate, standardize
 
@@ -20,17 +23,8 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = "ercpipe-sdt-vega"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ErcpipeError, ValueError):
     """A checkpoint file is missing or does not fit; the message names the file and what to do."""
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device} was requested but CUDA is not available; use device='cpu' or 'auto'")
-    return device
 
 
 def autocast_context(device: torch.device, amp: str):
@@ -132,8 +126,60 @@ def load_model(checkpoint_path: str | Path, device: str | torch.device = "cpu") 
     model.classes = list(payload["classes"])
     model.feature_stats = payload.get("feature_stats")
     model.feature_sources = payload.get("features") or {}
+    model.checkpoint_path = str(checkpoint_path)
     model.to(resolve_device(device)).eval()
     return model, payload["config"], list(payload["classes"])
+
+
+def trained_on(model: SDTVega, modality: str) -> str:
+    """'audio features of width 1582 (setting is10: {feature_set: IS10, level: functionals})': what the
+    model was trained on, from its checkpoint's records (setting name = the training file's stem)."""
+    source = (getattr(model, "feature_sources", None) or {}).get(modality) or {}
+    width = model.spec.input_dims.get(modality)
+    text = f"{modality} features of width {width}"
+    if source.get("settings") is not None:
+        name = Path(source["path"]).stem if source.get("path") else None
+        text += (f" (setting {name}: " if name else " (setting ") + \
+            f"{feature_io.describe_settings(source['settings'])})"
+    return text
+
+
+def feature_expectations(model: SDTVega, checkpoint: str | Path | None = None) -> dict[str, feature_io.Expectation]:
+    """Per modality of the model, what a feature file given to it must be: the width it was trained on
+    and, where the checkpoint recorded it, the setting hash of its training file (pass the result as
+    load_dialogues(..., expected=...))."""
+    checkpoint = checkpoint or getattr(model, "checkpoint_path", None) or "the checkpoint"
+    expected = {}
+    for m in model.spec.modalities:
+        source = (getattr(model, "feature_sources", None) or {}).get(m) or {}
+        settings = source.get("settings") if isinstance(source.get("settings"), dict) else None
+        fix = (f"give the {m} file made with that setting, or extract it again with that setting "
+               "(ercpipe predict --conversation runs the checkpoint's extractors on raw media)")
+        expected[m] = feature_io.Expectation(
+            modality=m, settings=settings, setting_hash=source.get("setting_hash") or None,
+            dim=model.spec.input_dims.get(m),
+            source=f"the checkpoint {checkpoint}, trained on {trained_on(model, m)}", fix=fix)
+    return expected
+
+
+def check_dialogue_widths(model: SDTVega, dialogues: Sequence[Dialogue]) -> None:
+    """Every dialogue's feature width must be the one the model was trained on (else a CheckpointError
+    naming the modality and the training setting, instead of a tensor shape error deep in the model)."""
+    problems = []
+    for m in model.spec.modalities:
+        want = model.spec.input_dims.get(m)
+        widths = sorted({int(d.features[m].shape[1]) for d in dialogues if m in d.features})
+        wrong = [w for w in widths if w != want]
+        if wrong:
+            problems.append(f"the {m} features have width {wrong[0]}, but the model{_named(model)} was trained on "
+                            f"{trained_on(model, m)}; give {m} features made with that setting")
+    if problems:
+        raise CheckpointError("; ".join(problems))
+
+
+def _named(model: SDTVega) -> str:
+    path = getattr(model, "checkpoint_path", None)
+    return f" {path}" if path else ""
 
 
 def predict(model: SDTVega, dialogues: Sequence[Dialogue], batch_size: int = 32,
@@ -150,6 +196,7 @@ def predict(model: SDTVega, dialogues: Sequence[Dialogue], batch_size: int = 32,
     if missing:
         raise ValueError(f"the model needs {list(model.spec.modalities)} features; the dialogues lack {missing}")
     dialogues = list(dialogues)
+    check_dialogue_widths(model, dialogues)
     if getattr(model, "feature_stats", None):
         dialogues = [dataclasses.replace(d, features=dict(d.features)) for d in dialogues]
         standardize(dialogues, model.feature_stats)

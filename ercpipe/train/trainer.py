@@ -24,13 +24,15 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from ercpipe.device import resolve_device
+from ercpipe.errors import ErcpipeError
+from ercpipe.io import features as feature_io
 from ercpipe.io.atomic import atomic_path, write_json
 from ercpipe.model.anchors import subsample_anchor_images
 from ercpipe.model.losses import SDTVegaLoss, inverse_frequency_weights, paper_class_weights
 from ercpipe.model.sdt import ModelSpec, SDTVega, build_model, count_parameters
 from ercpipe.train.data import DialogueData, batches, load_dialogues, mask_feature_dims, standardization, standardize
-from ercpipe.train.evaluate import (CHECKPOINT_FORMAT, CheckpointError, EvalResult, autocast_context, eval_batches,
-                                    load_checkpoint_file, predictions_frame, resolve_device, run_eval)
+from ercpipe.train.evaluate import (CHECKPOINT_FORMAT, CheckpointError, EvalResult, autocast_context, eval_batches, load_checkpoint_file, predictions_frame, run_eval)
 from ercpipe.train.metrics import SCALAR_METRICS, classification_metrics, weighted_f1
 from ercpipe.train.presets import resolve_experiment
 
@@ -42,7 +44,7 @@ logger = logging.getLogger(__name__)
 BEST_NAME, WORK_BEST_NAME, LAST_NAME = "model.pt", "best.pt", "last.pt"
 
 
-class TrainingError(ValueError):
+class TrainingError(ErcpipeError, ValueError):
     """The run cannot start or continue as configured; the message says why and what to do."""
 
 
@@ -237,13 +239,42 @@ def write_history(history: list[dict], path: Path) -> None:
 
 # ------------------------------------------------------------------------------------------ the run
 
+def config_expectations(feature_settings: dict | None, feature_paths: dict, modalities,
+                         face_selection: dict | None = None) -> dict[str, feature_io.Expectation] | None:
+    """What each feature file must be, from the config's feature settings ({modality: setting dict}, the
+    dicts under features.{modality}.{name}); the setting's name is the file's stem. None: nothing to check."""
+    if feature_settings is None:
+        return None
+    expected = {}
+    for m in modalities:
+        if m not in feature_settings:
+            logger.warning("no feature setting given for %s: its file %s is checked for its utterance ids only",
+                           m, feature_paths.get(m))
+            continue
+        name = Path(feature_paths[m]).stem if m in feature_paths else None
+        try:
+            expected[m] = feature_io.expect(m, feature_settings[m], name=name,
+                                            face_selection=face_selection if m == "visual" else None)
+        except ValueError as err:
+            raise TrainingError(f"the {m} feature setting {name!r} is not valid: {err}") from None
+    return expected
+
+
 def run_training(manifest_path, feature_paths: dict, anchor_path, experiment: dict, seed: int, out_dir,
                  device: str = "auto", threads: int | None = None,
-                 on_epoch_end: Callable[[int], None] | None = None) -> dict:
+                 on_epoch_end: Callable[[int], None] | None = None, *, feature_settings: dict | None = None,
+                 face_selection: dict | None = None) -> dict:
     """Train one seed; return the content of metrics.json. A run restarted on the same out_dir continues
-    from out_dir/last.pt if that state belongs to the same config and seed, else starts afresh (logged).
-    `on_epoch_end(epoch)` is called after each epoch's state is on disk (tests use it to kill the
-    process there)."""
+    from out_dir/last.pt if that state belongs to the same config, seed and features, else starts afresh
+    (logged). `on_epoch_end(epoch)` is called after each epoch's state is on disk (tests use it to kill
+    the process there).
+
+    feature_settings: {modality: the config's setting dict} the feature files must have been made with
+    (the pipeline passes them; None = not checked). Each file's setting hash (and width, where the
+    setting tells it) must match, else a FeatureFileError names the file, the differing keys and the
+    fix. face_selection: the dataset's face-selection rule, part of a visual file's settings (None =
+    not compared). Every file's utterance ids must be the manifest's in any case.
+    """
     out_dir = Path(out_dir)
     cfg = _json_clean(resolve_experiment(experiment))
     train_cfg, paper_compat = cfg["train"], cfg["train"]["paper_compat"]
@@ -252,8 +283,9 @@ def run_training(manifest_path, feature_paths: dict, anchor_path, experiment: di
     device = resolve_device(device)
     seed_everything(seed)
 
+    expected = config_expectations(feature_settings, feature_paths, cfg["model"]["modalities"], face_selection)
     data = load_dialogues(manifest_path, feature_paths, cfg["model"]["modalities"],
-                          n_speakers=cfg["model"]["n_speakers"])
+                          n_speakers=cfg["model"]["n_speakers"], expected=expected)
     train_splits = ("train", "valid") if paper_compat else ("train",)
     selection_split = "test" if paper_compat else "valid"
     train_dialogues = data.split(*train_splits)
@@ -300,7 +332,8 @@ def run_training(manifest_path, feature_paths: dict, anchor_path, experiment: di
              "finished": False, "skipped_steps": 0}
     last_path, best_path = out_dir / LAST_NAME, out_dir / WORK_BEST_NAME
     if last_path.exists():
-        state = _resume(last_path, best_path, cfg, seed, model, optimizer, scaler, scheduler, device) or state
+        state = _resume(last_path, best_path, cfg, seed, model, optimizer, scaler, scheduler, device,
+                        _feature_identity(data)) or state
 
     epochs = tqdm(range(state["epoch"] + 1, train_cfg["epochs"] + 1), desc="epochs", mininterval=5,
                   initial=state["epoch"], total=train_cfg["epochs"]) if not state["finished"] else []
@@ -331,7 +364,7 @@ def run_training(manifest_path, feature_paths: dict, anchor_path, experiment: di
         patience = train_cfg["patience"]
         stop = patience is not None and state["bad_epochs"] >= patience
         state["finished"] = stop or epoch == train_cfg["epochs"]
-        save_torch(_last_payload(model, optimizer, scaler, scheduler, cfg, seed, state, device), last_path)
+        save_torch(_last_payload(model, optimizer, scaler, scheduler, cfg, seed, state, device, data), last_path)
         write_history(state["history"], out_dir / "history.tsv")
         logger.info("epoch %d: train loss %.4f | %s %s %.2f, acc %.2f (best %.2f at epoch %d) | %.1f s", epoch,
                     row.get("train_total", float("nan")), selection_split, train_cfg["selection_metric"], score,
@@ -352,18 +385,26 @@ def _best_payload(model, cfg, spec, data, seed, epoch, selection_split, feature_
             "selection_split": selection_split, "feature_stats": feature_stats, "features": data.feature_sources}
 
 
-def _last_payload(model, optimizer, scaler, scheduler, cfg, seed, state, device) -> dict:
-    return {"format": CHECKPOINT_FORMAT + "-last", "config": cfg, "seed": seed,
+def _feature_identity(data: DialogueData) -> dict:
+    """What a resume state must have been trained on: per modality the file's setting hash, width and content."""
+    return {m: {k: src.get(k) for k in ("setting_hash", "dim", "content_sha256")}
+            for m, src in data.feature_sources.items()}
+
+
+def _last_payload(model, optimizer, scaler, scheduler, cfg, seed, state, device, data) -> dict:
+    return {"format": CHECKPOINT_FORMAT + "-last", "config": cfg, "seed": seed, "features": _feature_identity(data),
             "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "rng": rng_state(device), "state": _json_clean(state)}
 
 
-def _resume(path: Path, best_path: Path, cfg, seed, model, optimizer, scaler, scheduler, device) -> dict | None:
+def _resume(path: Path, best_path: Path, cfg, seed, model, optimizer, scaler, scheduler, device,
+            features: dict | None = None) -> dict | None:
     """The saved training state (model, optimiser, RNG ... restored), or None after discarding a state
     that cannot be continued: another configuration or seed (e.g. Snakemake re-runs the job because a
-    training setting changed), or a selected checkpoint that is gone."""
+    training setting changed), other feature files (re-extracted after a fix), or a selected checkpoint
+    that is gone."""
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001
@@ -377,6 +418,10 @@ def _resume(path: Path, best_path: Path, cfg, seed, model, optimizer, scaler, sc
     if changed or payload.get("seed") != seed:
         reason = (f"it belongs to a run with a different configuration or seed (seed {payload.get('seed')} vs "
                   f"{seed}; differing sections: {changed or 'none'})")
+    elif features is not None and payload.get("features") is not None and payload["features"] != features:
+        differ = sorted(m for m in set(features) | set(payload["features"])
+                        if features.get(m) != payload["features"].get(m))
+        reason = f"it was trained on other {'/'.join(differ)} feature files (they were made again since)"
     elif payload["state"]["best_epoch"] and not best_path.exists():
         reason = f"its selected checkpoint {best_path} is missing"
     if reason:

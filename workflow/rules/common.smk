@@ -6,6 +6,7 @@ from snakemake.utils import validate
 
 from ercpipe import config as pipeline_config
 from ercpipe.datasets.fingerprint import dataset_fingerprint
+from ercpipe.resources import extraction_resources
 
 try:
     # Our own pass first: it names every bad key as a dotted path; validate() then fills defaults.
@@ -168,6 +169,22 @@ def raw_input(wildcards):
     if fingerprint is None:
         return [f"raw/synthetic/{wildcards.dataset}"]
     return [ancient(path) for path in fingerprint.sources]
+
+
+def shard_resource(kind, key):
+    """A resources callable: `key` (mem_mb or runtime) of an extraction job of `kind`, from what its shard holds
+    (the longest and total utterance durations; ercpipe.resources). Snakemake shows <TBD> until the
+    shard's inputs exist and evaluates it again before the job starts."""
+
+    def value(wildcards, input, threads):
+        extra = {}
+        if kind in ("audio", "visual"):
+            extra["settings"] = FEATURES[kind][wildcards.setting]
+        if kind == "audio":
+            extra["audio_dir"] = input.wavs
+        return extraction_resources(input.manifest, 0, 1, kind, threads, **extra)[key]
+
+    return value
 
 
 def raw_digest(part):

@@ -40,8 +40,8 @@ rule text_features_shard:
         "results/benchmarks/text_features/{dataset}/{setting}/shard{shard}.tsv"
     threads: 2
     resources:
-        mem_mb=4000,
-        runtime=120,
+        mem_mb=shard_resource("text", "mem_mb"),
+        runtime=shard_resource("text", "runtime"),
         gpu=GPU,
     conda:
         "../../envs/text.yaml"
@@ -63,8 +63,8 @@ rule audio_features_shard:
         "results/benchmarks/audio_features/{dataset}/{setting}/shard{shard}.tsv"
     threads: 2
     resources:
-        mem_mb=2000,
-        runtime=120,
+        mem_mb=shard_resource("audio", "mem_mb"),
+        runtime=shard_resource("audio", "runtime"),
     conda:
         "../../envs/audio.yaml"
     script:
@@ -85,8 +85,8 @@ rule visual_features_shard:
         "results/benchmarks/visual_features/{dataset}/{setting}/shard{shard}.tsv"
     threads: 2
     resources:
-        mem_mb=6000,
-        runtime=480,
+        mem_mb=shard_resource("visual", "mem_mb"),
+        runtime=shard_resource("visual", "runtime"),
         gpu=GPU,
     conda:
         "../../envs/vision.yaml"

@@ -64,8 +64,8 @@ rule utterance_audio:
         "logs/utterance_audio/{dataset}/shard{shard}.log",
     threads: 2
     resources:
-        mem_mb=2000,
-        runtime=60,
+        mem_mb=shard_resource("utterance_audio", "mem_mb"),
+        runtime=shard_resource("utterance_audio", "runtime"),
     conda:
         "../../envs/audio.yaml"
     script:

@@ -12,6 +12,15 @@ rule train_model:
         fused="results/{dataset}/{experiment}/seed{seed}/fused.npz",
     params:
         experiment=experiment_params,
+        # What every feature file must have been made with (checked before training, named if not).
+        feature_settings=lambda wc: canonical(
+            {m: FEATURES[m][s] for m, s in EXPERIMENTS[wc.experiment]["features"].items()}
+        ),
+        face_selection=lambda wc: (
+            canonical(pipeline_config.face_selection(DATASETS[wc.dataset]))
+            if "visual" in EXPERIMENTS[wc.experiment]["features"]
+            else None
+        ),
     log:
         "logs/train_model/{dataset}/{experiment}/seed{seed}.log",
     benchmark:

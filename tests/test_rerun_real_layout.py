@@ -1,0 +1,213 @@
+"""Re-runs on raw folders in the real layouts, declared as plain datasets (not `synthetic: true`).
+
+The demo's generated corpus is copied to raw/meld_raw and raw/iemocap_raw and declared `format: meld` /
+`format: iemocap` with a `root:`, the way a user declares the real releases. After a first full run,
+each test changes one thing in a copy of that run (a fixed clip, a fixed CSV row, a changed extractor
+setting, the config written in another key order) and checks the exact set of jobs Snakemake plans,
+then runs them and checks the outputs.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import re
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from workflow_run import small_config, snakemake, write_config
+
+from ercpipe.io import manifest as manifest_io
+
+EXPERIMENTS = {"meld_raw": "meld_raw_sdt", "iemocap_raw": "iemocap_raw_sdt"}
+FEATURES = {"text": "minilm", "audio": "is10", "visual": "densenet121"}
+
+
+def _config() -> dict:
+    config = small_config()
+    config.pop("synthetic")
+    config["anchors"] = {}
+    config["datasets"] = {name: {"format": name.split("_")[0], "root": f"raw/{name}", "shards": 2}
+                          for name in EXPERIMENTS}
+    sdt = config["experiments"]["iemocap_demo_sdt"]
+    config["experiments"] = {exp: dict(copy.deepcopy(sdt), dataset=ds, features=dict(FEATURES))
+                             for ds, exp in EXPERIMENTS.items()}
+    for exp in config["experiments"].values():
+        exp["train"]["epochs"] = 2
+    return config
+
+
+@pytest.fixture(scope="module")
+def first_run(pipeline_run, tmp_path_factory):
+    """The real-layout copies of the demo corpus, run once: (workdir, configfile)."""
+    workdir = tmp_path_factory.mktemp("real_layout") / "run"
+    for name in EXPERIMENTS:
+        shutil.copytree(pipeline_run[0] / "raw" / "synthetic" / name.replace("_raw", "_demo"), workdir / "raw" / name)
+    configfile = write_config(workdir, _config())
+    planned = _planned(snakemake(workdir, configfile, "-n").stdout)
+    assert {rule for rule, _ in planned} >= {"build_manifest_shard", "build_manifest", "text_features_shard",
+                                             "visual_features_shard", "train_model"}
+    assert ("synthetic_corpus" not in {rule for rule, _ in planned}), "a plain dataset is never generated"
+    snakemake(workdir, configfile, "--cores", "2")
+    return workdir, configfile
+
+
+@pytest.fixture()
+def run_copy(first_run, tmp_path):
+    """A copy of the first run (outputs, mtimes and Snakemake's records) to change and re-run."""
+    workdir = tmp_path / "run"
+    shutil.copytree(first_run[0], workdir, symlinks=True)
+    return workdir, workdir / first_run[1].name
+
+
+def _planned(dry_run_output: str) -> set[tuple[str, str]]:
+    """(rule, wildcards) of every job `snakemake -n` plans."""
+    jobs, rule = set(), None
+    for line in dry_run_output.splitlines():
+        match = re.match(r"^(?:local)?rule (\w+):$", line.strip())
+        if match:
+            rule = match.group(1)
+            jobs.add((rule, ""))
+        elif rule and line.strip().startswith("wildcards:"):
+            jobs.discard((rule, ""))
+            jobs.add((rule, line.split(":", 1)[1].strip()))
+            rule = None
+    return jobs
+
+
+def _shard_of(workdir: Path, dataset: str, utterance_id: str) -> int:
+    frame = manifest_io.read(workdir / f"features/{dataset}/manifest.tsv")
+    dialogue = frame.loc[frame["utterance_id"] == utterance_id, "dialogue_id"].item()
+    return next(k for k, ds in enumerate(manifest_io.dialogue_shards(frame, 2)) if dialogue in ds)
+
+
+def _one_shard_jobs(dataset: str, shard: int) -> set[tuple[str, str]]:
+    """Everything a change inside one shard of one dataset re-runs."""
+    exp = EXPERIMENTS[dataset]
+    return {
+        ("build_manifest_shard", f"dataset={dataset}, shard={shard}"),
+        ("build_manifest", f"dataset={dataset}"),
+        ("utterance_audio", f"dataset={dataset}, shard={shard}"),
+        *{(f"{m}_features_shard", f"dataset={dataset}, setting={s}, shard={shard}") for m, s in FEATURES.items()},
+        *{("merge_features", f"dataset={dataset}, modality={m}, setting={s}") for m, s in FEATURES.items()},
+        ("feature_coverage", f"dataset={dataset}"),
+        ("train_model", f"dataset={dataset}, experiment={exp}, seed=0"),
+        ("aggregate_experiment", f"dataset={dataset}, experiment={exp}"),
+        ("benchmark_summary", ""),
+        ("all", ""),
+    }
+
+
+def _features(workdir: Path, dataset: str, modality: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+    with h5py.File(workdir / f"features/{dataset}/{modality}/{FEATURES[modality]}.h5") as f:
+        ids = [u.decode() for u in f["utterance_id"][()]]
+        return ids, f["features"][()], f["present"][()]
+
+
+def _rows_of_other_shards(workdir: Path, dataset: str, shard: int) -> list[str]:
+    frame = manifest_io.read(workdir / f"features/{dataset}/manifest.tsv")
+    others = [d for k, ds in enumerate(manifest_io.dialogue_shards(frame, 2)) if k != shard for d in ds]
+    return frame.loc[frame["dialogue_id"].isin(others), "utterance_id"].tolist()
+
+
+def test_first_run_flags_the_defects_and_is_complete(first_run):
+    workdir, configfile = first_run
+    issues = pd.read_csv(workdir / "features/meld_raw/issues.tsv", sep="\t")
+    assert {"missing_video", "corrupt_video", "no_audio_stream"} <= set(issues["reason"])
+    for name in EXPERIMENTS:
+        summary = json.loads((workdir / f"features/{name}/summary.json").read_text())
+        assert summary["utterances"] == len(manifest_io.read(workdir / f"features/{name}/manifest.tsv")) > 0
+    assert "Nothing to be done" in snakemake(workdir, configfile, "-n").stdout
+
+
+def test_a_fixed_clip_reruns_its_shard_only(run_copy):
+    workdir, configfile = run_copy
+    issues = pd.read_csv(workdir / "features/meld_raw/issues.tsv", sep="\t")
+    corrupt = issues.loc[issues["reason"] == "corrupt_video"].iloc[0]
+    clip = workdir / corrupt["detail"].split(":")[0]
+    shard = _shard_of(workdir, "meld_raw", corrupt["utterance_id"])
+    before = {m: _features(workdir, "meld_raw", m) for m in FEATURES}
+    # The fix: a good clip of the same dialogue in place of the corrupt one.
+    good = next(p for p in sorted(clip.parent.glob(clip.name.split("_utt")[0] + "_utt*.mp4")) if p != clip)
+    shutil.copyfile(good, clip)
+
+    assert _planned(snakemake(workdir, configfile, "-n").stdout) == _one_shard_jobs("meld_raw", shard)
+    snakemake(workdir, configfile, "--cores", "2")
+
+    issues = pd.read_csv(workdir / "features/meld_raw/issues.tsv", sep="\t")
+    assert corrupt["utterance_id"] not in set(issues.loc[issues["reason"] == "corrupt_video", "utterance_id"])
+    ids, visual, present = _features(workdir, "meld_raw", "visual")
+    assert present[ids.index(corrupt["utterance_id"])] and not before["visual"][2][ids.index(corrupt["utterance_id"])]
+    # The other shard's rows were not recomputed: identical features.
+    others = [ids.index(u) for u in _rows_of_other_shards(workdir, "meld_raw", shard)]
+    for modality in FEATURES:
+        np.testing.assert_array_equal(_features(workdir, "meld_raw", modality)[1][others], before[modality][1][others])
+    assert "Nothing to be done" in snakemake(workdir, configfile, "-n").stdout
+
+
+def test_a_fixed_csv_row_reruns_its_shard_only(run_copy):
+    workdir, configfile = run_copy
+    csv_path = workdir / "raw/meld_raw/train_sent_emo.csv"
+    table = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    row = table.iloc[0]
+    uid = f"train_dia{row['Dialogue_ID']}_utt{row['Utterance_ID']}"
+    shard = _shard_of(workdir, "meld_raw", uid)
+    before = _features(workdir, "meld_raw", "text")
+    table.loc[0, "Utterance"] = "I fixed this transcript, and it is completely different now."
+    table.to_csv(csv_path, index=False)
+
+    assert _planned(snakemake(workdir, configfile, "-n").stdout) == _one_shard_jobs("meld_raw", shard)
+    snakemake(workdir, configfile, "--cores", "2")
+
+    frame = manifest_io.read(workdir / "features/meld_raw/manifest.tsv")
+    assert frame.loc[frame["utterance_id"] == uid, "text"].item() == table.loc[0, "Utterance"]
+    ids, text, _ = _features(workdir, "meld_raw", "text")
+    assert not np.allclose(text[ids.index(uid)], before[1][before[0].index(uid)])
+    others = [ids.index(u) for u in _rows_of_other_shards(workdir, "meld_raw", shard)]
+    np.testing.assert_array_equal(text[others], before[1][others])
+    assert "Nothing to be done" in snakemake(workdir, configfile, "-n").stdout
+
+
+def test_a_changed_extractor_setting_reruns_that_extractor_and_training(run_copy):
+    workdir, configfile = run_copy
+    config = yaml.safe_load(configfile.read_text())
+    config["features"]["audio"]["is10"]["feature_set"] = "eGeMAPSv02"
+    configfile.write_text(yaml.safe_dump(config, sort_keys=False))
+    expected = set()
+    for ds, exp in EXPERIMENTS.items():
+        expected |= {("audio_features_shard", f"dataset={ds}, setting=is10, shard={k}") for k in range(2)}
+        expected |= {("merge_features", f"dataset={ds}, modality=audio, setting=is10"),
+                     ("feature_coverage", f"dataset={ds}"), ("train_model", f"dataset={ds}, experiment={exp}, seed=0"),
+                     ("aggregate_experiment", f"dataset={ds}, experiment={exp}")}
+    expected |= {("benchmark_summary", ""), ("all", "")}
+
+    assert _planned(snakemake(workdir, configfile, "-n").stdout) == expected
+    snakemake(workdir, configfile, "--cores", "2")
+
+    for ds in EXPERIMENTS:
+        with h5py.File(workdir / f"features/{ds}/audio/is10.h5") as f:
+            assert f["features"].shape[1] == 88  # eGeMAPSv02 functionals
+    assert "Nothing to be done" in snakemake(workdir, configfile, "-n").stdout
+
+
+def _reordered(value):
+    if isinstance(value, dict):
+        return {key: _reordered(value[key]) for key in reversed(list(value))}
+    if isinstance(value, list):
+        return [_reordered(item) for item in value]
+    return value
+
+
+def test_the_same_config_in_another_key_order_reruns_nothing(first_run, tmp_path):
+    workdir, configfile = first_run
+    config = yaml.safe_load(configfile.read_text())
+    reordered = tmp_path / "reordered.yaml"
+    reordered.write_text(yaml.safe_dump(_reordered(config), sort_keys=False))
+    assert list(yaml.safe_load(reordered.read_text())) == list(reversed(list(config)))
+    result = snakemake(workdir, reordered, "-n")
+    assert "Nothing to be done" in result.stdout, result.stdout[-3000:]
