@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -39,6 +38,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench_features import cpu_seconds, peak_rss_mb  # noqa: E402  (same folder)
+
 SENTENCES = [
     "I cannot believe you did that to me again, after everything we talked about last week.",
     "Well, that is fine, we can talk about it later when everybody has calmed down a little.",
@@ -46,23 +47,6 @@ SENTENCES = [
     "Please just leave me alone for a while, I need some time to think about what happened.",
 ]
 SAMPLE_RATE = 16000
-
-
-def vm_hwm_mb() -> float:
-    """This process's peak resident memory (VmHWM), MB; ru_maxrss where /proc is absent."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 # ------------------------------------------------------------------------------------------ audio
@@ -127,19 +111,19 @@ def child(mode: str, feature_set: str, wav: str, out: str, threads: int) -> dict
         from ercpipe.datasets.media_prep import stream_utterance_wav
         from ercpipe.io.media import load_audio, write_wav
 
-        base = vm_hwm_mb()
-        start, cpu0 = time.perf_counter(), _cpu()
+        base = peak_rss_mb()
+        start, cpu0 = time.perf_counter(), cpu_seconds()
         if mode == "load_audio":
             write_wav(out, load_audio(wav))
         else:
             stream_utterance_wav(wav, None, None, Path(out))
-        return {"peak_rss_mb": vm_hwm_mb(), "base_mb": base, "seconds": time.perf_counter() - start,
-                "cpu_seconds": _cpu() - cpu0}
+        return {"peak_rss_mb": peak_rss_mb(), "base_mb": base, "seconds": time.perf_counter() - start,
+                "cpu_seconds": cpu_seconds() - cpu0}
     from ercpipe.features import audio
 
     smile = audio.make_smile({"feature_set": feature_set})
-    base = vm_hwm_mb()
-    start, cpu0 = time.perf_counter(), _cpu()
+    base = peak_rss_mb()
+    start, cpu0 = time.perf_counter(), cpu_seconds()
     if mode == "process_signal":
         from ercpipe.io.media import read_wav
 
@@ -156,10 +140,10 @@ def child(mode: str, feature_set: str, wav: str, out: str, threads: int) -> dict
         vector = feature_io.read(out).features[0]
     else:
         raise ValueError(mode)
-    seconds, cpu = time.perf_counter() - start, _cpu() - cpu0
+    seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu0
     if mode != "shard":
         np.save(out, vector)
-    return {"peak_rss_mb": vm_hwm_mb(), "base_mb": base, "seconds": seconds, "cpu_seconds": cpu}
+    return {"peak_rss_mb": peak_rss_mb(), "base_mb": base, "seconds": seconds, "cpu_seconds": cpu}
 
 
 def measure(mode: str, feature_set: str, wav: Path, out: Path, threads: int = 1) -> dict:

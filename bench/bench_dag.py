@@ -85,8 +85,8 @@ def main() -> None:
             dry_s.append(time.perf_counter() - start)
             if result.returncode != 0:
                 sys.exit(f"snakemake -n failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-            jobs = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
-    print(f"MELD-sized tree: {clips} clips, {args.shards} shards; {jobs}")
+            jobs = next((line.split()[-1] for line in result.stdout.splitlines() if line.startswith("total")), "?")
+    print(f"MELD-sized tree: {clips} clips, {args.shards} shards, {jobs} jobs planned")
     print("| what | median s | min s | max s |")
     print("|---|---|---|---|")
     for name, values in (("snakemake -n (whole call)", dry_s), ("raw-data digest alone", digest_s)):

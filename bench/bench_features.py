@@ -129,7 +129,7 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _cpu_seconds() -> float:
+def cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
 
@@ -141,11 +141,11 @@ def _timed_extract(kind: str, manifest: str, audio_dir: str, settings: dict, out
     """
     if kind == "audio":
         from ercpipe.features import audio
-        start, cpu_start = time.perf_counter(), _cpu_seconds()
+        start, cpu_start = time.perf_counter(), cpu_seconds()
         audio.extract_shard(manifest, 0, 1, Path(audio_dir), settings, out, threads=threads)
     else:
         from ercpipe.features import visual
-        start, cpu_start = time.perf_counter(), _cpu_seconds()
+        start, cpu_start = time.perf_counter(), cpu_seconds()
         visual.extract_shard(manifest, 0, 1, settings, SIDE, out, threads=threads, device="cpu")
     seconds = time.perf_counter() - start
     usage = resource.getrusage(resource.RUSAGE_SELF)

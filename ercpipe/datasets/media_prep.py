@@ -28,7 +28,6 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import av
 import numpy as np
 import pandas as pd
 import soundfile as sf
@@ -36,7 +35,7 @@ from tqdm.auto import tqdm
 
 from ercpipe.io import manifest as manifest_io
 from ercpipe.io.atomic import atomic_dir
-from ercpipe.io.media import SAMPLE_RATE, SILENCE_PEAK, MediaError
+from ercpipe.io.media import SAMPLE_RATE, SILENCE_PEAK, MediaError, iter_audio
 
 logger = logging.getLogger(__name__)
 
@@ -65,29 +64,15 @@ def utterance_audio(row, out_dir: Path) -> tuple[str, str]:
     return "ok", f"{samples / SAMPLE_RATE:.3f} s"
 
 
-def _window(start: float | None, end: float | None) -> tuple[float, float]:
-    lo = 0.0 if start is None or (isinstance(start, float) and math.isnan(start)) else float(start)
-    hi = math.inf if end is None or (isinstance(end, float) and math.isnan(end)) else float(end)
-    return lo, hi
-
-
 def stream_utterance_wav(path, start: float | None, end: float | None, out_path: Path,
                          sample_rate: int = SAMPLE_RATE) -> tuple[int, float]:
     """Write the [start, end) window of the first audio stream of `path` to `out_path` (mono, 16-bit PCM)
-    block by block; returns (samples written, peak |amplitude|). No file is left behind on an error.
-
-    The samples are exactly those of ercpipe.io.media.load_audio(path, start, end): the stream is
-    decoded from its beginning with the same resampler, and the window is cut in samples counted from
-    the first frame's time.
+    about a second at a time; returns (samples written, peak |amplitude|). No file is left behind on an
+    error. The samples are those of ercpipe.io.media.load_audio(path, start, end).
     """
-    lo, hi = _window(start, end)
-    path = Path(path)
-    if not path.exists():
-        raise MediaError("missing_audio", path)
-    first_t, position, written, peak = 0.0, 0, 0, 0.0
-    i0 = i1 = None
+    written, peak = 0, 0.0
     sink = None
-    pending: list[np.ndarray] = []  # decoded frames are small: write about a second at a time
+    pending: list[np.ndarray] = []  # decoded blocks are small: write about a second at a time
 
     def flush() -> None:
         nonlocal written, peak, sink
@@ -102,39 +87,13 @@ def stream_utterance_wav(path, start: float | None, end: float | None, out_path:
         written += block.size
         peak = max(peak, float(np.max(np.abs(block))))
 
-    def emit(block: np.ndarray) -> None:
-        nonlocal position
-        block = block.reshape(-1).astype(np.float32, copy=False)
-        begin, position = position, position + block.size  # this block's samples: [begin, position)
-        a, b = max(i0, begin), position if i1 is None else min(i1, position)
-        if b > a:
-            pending.append(block[a - begin:b - begin])
-            if sum(x.size for x in pending) >= sample_rate:
-                flush()
-
     try:
         try:
-            with av.open(str(path)) as container:
-                if not container.streams.audio:
-                    raise MediaError("no_audio_stream", path)
-                stream = container.streams.audio[0]
-                resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
-                for i, frame in enumerate(container.decode(stream)):
-                    if i == 0 and frame.pts is not None:
-                        first_t = max(0.0, float(frame.pts * stream.time_base))
-                    if i0 is None:  # fixed by the first frame's time, as load_audio cuts
-                        i0 = max(0, int(round((lo - first_t) * sample_rate)))
-                        i1 = None if math.isinf(hi) else max(i0, int(round((hi - first_t) * sample_rate)))
-                    if frame.pts is not None and float(frame.pts * stream.time_base) >= hi:
-                        break
-                    for out in resampler.resample(frame):
-                        emit(out.to_ndarray())
-                if i0 is not None:
-                    for out in resampler.resample(None):
-                        emit(out.to_ndarray())
-                flush()
-        except av.error.FFmpegError as err:
-            raise MediaError("corrupt_audio", path, str(err)) from err
+            for block in iter_audio(path, start, end, sample_rate):
+                pending.append(block)
+                if sum(x.size for x in pending) >= sample_rate:
+                    flush()
+            flush()
         finally:
             if sink is not None:
                 sink.close()

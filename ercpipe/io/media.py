@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import av
 import numpy as np
@@ -66,40 +66,55 @@ def _window(start: float | None, end: float | None) -> tuple[float, float]:
     return lo, hi
 
 
-def load_audio(path: str | Path, start: float | None = None, end: float | None = None,
-               sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Decode the [start, end) window of the first audio stream to mono float32 at `sample_rate`.
+def iter_audio(path: str | Path, start: float | None = None, end: float | None = None,
+               sample_rate: int = SAMPLE_RATE) -> Iterator[np.ndarray]:
+    """The [start, end) window of the first audio stream, as mono float32 blocks at `sample_rate`.
 
-    The stream is decoded from its beginning (no seeking), so the window is exact in samples; the
-    datasets' audio files are at most a few minutes long.
+    The stream is decoded from its beginning (no seeking), so the window is exact in samples: it is cut
+    in samples counted from the first frame's time. Blocks are the resampler's frames (a few ms each),
+    so a long file is never held whole.
     """
     lo, hi = _window(start, end)
     path = Path(path)
     if not path.exists():
         raise MediaError("missing_audio", path)
-    chunks: list[np.ndarray] = []
-    first_t = 0.0
+    position = 0
+    i0 = i1 = None
     try:
         with av.open(str(path)) as container:
             if not container.streams.audio:
                 raise MediaError("no_audio_stream", path)
             stream = container.streams.audio[0]
             resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+
+            def window(frames):
+                nonlocal position
+                for out in frames:
+                    block = out.to_ndarray().reshape(-1).astype(np.float32, copy=False)
+                    begin, position = position, position + block.size  # this block: samples [begin, position)
+                    a, b = max(i0, begin), position if i1 is None else min(i1, position)
+                    if b > a:
+                        yield block[a - begin:b - begin]
+
             for i, frame in enumerate(container.decode(stream)):
-                if i == 0 and frame.pts is not None:
-                    first_t = max(0.0, float(frame.pts * stream.time_base))
+                if i0 is None:  # the window is fixed by the first frame's time
+                    first_t = max(0.0, float(frame.pts * stream.time_base)) if frame.pts is not None else 0.0
+                    i0 = max(0, int(round((lo - first_t) * sample_rate)))
+                    i1 = None if math.isinf(hi) else max(i0, int(round((hi - first_t) * sample_rate)))
                 if frame.pts is not None and float(frame.pts * stream.time_base) >= hi:
                     break
-                chunks.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(frame))
-            chunks.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(None))
+                yield from window(resampler.resample(frame))
+            if i0 is not None:
+                yield from window(resampler.resample(None))
     except av.error.FFmpegError as err:
         raise MediaError("corrupt_audio", path, str(err)) from err
-    if not chunks:
-        return np.zeros(0, dtype=np.float32)
-    signal = np.concatenate(chunks).astype(np.float32, copy=False)
-    i0 = max(0, int(round((lo - first_t) * sample_rate)))
-    i1 = len(signal) if math.isinf(hi) else max(i0, int(round((hi - first_t) * sample_rate)))
-    return signal[i0:i1]
+
+
+def load_audio(path: str | Path, start: float | None = None, end: float | None = None,
+               sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """The whole [start, end) window of iter_audio as one mono float32 array."""
+    blocks = list(iter_audio(path, start, end, sample_rate))
+    return np.concatenate(blocks) if blocks else np.zeros(0, dtype=np.float32)
 
 
 # A signal whose peak amplitude is below this (about -100 dBFS, under one 16-bit step) is silence.
@@ -123,24 +138,46 @@ def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
     return signal, rate
 
 
+class _SamplingGrid:
+    """Sampling instants lo, lo + 1/fps, ...: a frame is taken when it is the first at or after the next
+    instant (one rule for decoded frames and for packet timestamps, so counts agree)."""
+
+    def __init__(self, lo: float, fps: float):
+        self.next_t = lo
+        self.step = 1.0 / fps
+
+    def take(self, t: float) -> bool:
+        if t + 1e-6 < self.next_t:
+            return False
+        while self.next_t <= t + 1e-6:
+            self.next_t += self.step
+        return True
+
+
+def _video_stream(container, path: Path):
+    if not container.streams.video:
+        raise MediaError("no_video", path)
+    return container.streams.video[0]
+
+
 def iter_frames(path: str | Path, start: float | None = None, end: float | None = None,
-                fps: float = 2.0) -> Iterator[tuple[float, np.ndarray]]:
+                fps: float = 2.0, keep: Callable[[int], bool] | None = None,
+                ) -> Iterator[tuple[float, np.ndarray | None]]:
     """Yield (time in seconds, RGB uint8 frame [H, W, 3]) sampled every 1/fps s inside [start, end).
 
     A frame is taken at the first decoded frame at or after each sampling instant, so an utterance
-    shorter than 1/fps still yields its first frame.
+    shorter than 1/fps still yields its first frame. With `keep`, the i-th sampled frame (from 0) is
+    converted to RGB only where keep(i) is true and is None otherwise (its time is still yielded).
     """
     lo, hi = _window(start, end)
     path = Path(path)
     if not path.exists():
         raise MediaError("missing_video", path)
-    step = 1.0 / fps
-    next_t = lo
+    grid = _SamplingGrid(lo, fps)
+    index = 0
     try:
         with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise MediaError("no_video", path)
-            stream = container.streams.video[0]
+            stream = _video_stream(container, path)
             stream.thread_type = "AUTO"
             if lo > 0:
                 container.seek(int(lo / stream.time_base), stream=stream, backward=True)
@@ -150,10 +187,42 @@ def iter_frames(path: str | Path, start: float | None = None, end: float | None 
                 t = float(frame.pts * stream.time_base)
                 if t >= hi:
                     break
-                if t + 1e-6 < next_t:
+                if not grid.take(t):
                     continue
-                yield t, frame.to_ndarray(format="rgb24")
-                while next_t <= t + 1e-6:
-                    next_t += step
+                yield t, (frame.to_ndarray(format="rgb24") if keep is None or keep(index) else None)
+                index += 1
     except av.error.FFmpegError as err:
         raise MediaError("corrupt_video", path, str(err)) from err
+
+
+def count_sampled_frames(path: str | Path, start: float | None = None, end: float | None = None,
+                         fps: float = 2.0) -> int | None:
+    """How many frames iter_frames will yield, from the packets' timestamps (demuxed, not decoded).
+
+    None where the packets cannot tell (a packet without a timestamp, a read error: iter_frames then
+    reports the defect). A decoder that drops or adds frames makes the real count differ; callers
+    that need the exact count check it against what iter_frames yields.
+    """
+    lo, hi = _window(start, end)
+    path = Path(path)
+    if not path.exists():
+        return None
+    times: list[float] = []
+    try:
+        with av.open(str(path)) as container:
+            stream = _video_stream(container, path)
+            if lo > 0:  # the same seek as iter_frames, so the same packets follow
+                container.seek(int(lo / stream.time_base), stream=stream, backward=True)
+            base = stream.time_base
+            for packet in container.demux(stream):
+                if packet.size == 0 and packet.pts is None:
+                    continue  # the demuxer's final flush packet
+                if packet.pts is None:
+                    return None
+                if packet.dts is not None and float(packet.dts * base) >= hi:
+                    break  # decoding order: every later packet has dts, hence pts, >= hi
+                times.append(float(packet.pts * base))
+    except (av.error.FFmpegError, MediaError, OSError, ValueError, UnicodeDecodeError):
+        return None
+    grid = _SamplingGrid(lo, fps)
+    return sum(1 for t in sorted(times) if t < hi and grid.take(t))
