@@ -2,18 +2,84 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
+import re
 import time
 from pathlib import Path
 from typing import Iterator
 
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_PERCENT = re.compile(r"^(?P<desc>.*?)\s*(?P<pct>\d{1,3})%\|")
+_N_OF_TOTAL = re.compile(r"\|\s*(\d+)/(\d+)\b")
+_COUNT = re.compile(r"^(?P<desc>.*?):?\s*\d+(?:\.\d+)?\w*it(?:/s)?\b|^(?P<desc2>.*?):?\s*\d+it \[")
+
+
+class ProgressLines(io.TextIOBase):
+    """A text stream that turns tqdm's terminal redraws into plain lines for a log file.
+
+    tqdm redraws a bar with `\\r` and moves between nested bars with escape sequences; in a file that
+    is one endless line of control characters. Here a bar is written as a line of its own each time it
+    passes another `step` percent (10 %, 20 %, ..., 100 %), a bar without a total at most every
+    `every_s` seconds, and a bar that restarts (a new epoch's) starts counting again; blank redraws and
+    escape sequences are dropped. Everything else written to the stream passes through unchanged.
+    """
+
+    def __init__(self, stream, step: int = 10, every_s: float = 30.0) -> None:
+        self.stream, self.step, self.every_s = stream, step, every_s
+        self.pending = ""
+        self.shown: dict[str, int] = {}  # bar description -> the last step written
+        self.last_time: dict[str, float] = {}
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self.pending += _ANSI.sub("", text)
+        *segments, self.pending = re.split(r"(\r|\n)", self.pending)
+        for segment, end in zip(segments[::2], segments[1::2]):
+            self._segment(segment, end)
+        return len(text)
+
+    def _segment(self, text: str, end: str) -> None:
+        if not text.strip():
+            return
+        bar = _PERCENT.match(text)
+        if bar:
+            desc, counts = bar.group("desc"), _N_OF_TOTAL.search(text)
+            # The position in steps; the last step only when the bar is complete (tqdm shows 100 % at 99.5 %).
+            done = counts is not None and counts.group(1) == counts.group(2)
+            position = 100 // self.step + 1 if done else int(bar.group("pct")) // self.step
+            if position < self.shown.get(desc, 0):
+                self.shown[desc] = 0  # the bar started again
+            if position > self.shown.get(desc, 0):
+                self.shown[desc] = position
+                self.stream.write(text.rstrip() + "\n")
+            return
+        count = _COUNT.match(text) if end == "\r" or "it/s]" in text or "?it/s]" in text else None
+        if count:
+            desc = count.group("desc") or count.group("desc2") or ""
+            now = time.monotonic()
+            if now - self.last_time.setdefault(desc, now) >= self.every_s:
+                self.last_time[desc] = now
+                self.stream.write(text.rstrip() + "\n")
+            return
+        self.stream.write(text + ("\n" if end else ""))
+
+    def flush(self) -> None:
+        if self.pending:
+            self._segment(self.pending, "")
+            self.pending = ""
+        self.stream.flush()
 
 
 @contextlib.contextmanager
 def rule_logging(log_path: str | os.PathLike | None, threads: int = 1) -> Iterator[logging.Logger]:
     """Route logging, stdout and stderr (tqdm writes there) into `log_path` for the duration.
+
+    Progress bars become plain lines every 10 % (ProgressLines), so the log reads without a terminal.
 
     Thread counts of the numeric libraries follow the rule's `threads:` so jobs do not oversubscribe
     (the extractors also pass `threads` to torch themselves).
@@ -36,8 +102,12 @@ def rule_logging(log_path: str | os.PathLike | None, threads: int = 1) -> Iterat
         logging.captureWarnings(True)
         start = time.time()
         try:
-            with contextlib.redirect_stdout(stream), contextlib.redirect_stderr(stream):
-                yield logger
+            progress = ProgressLines(stream)
+            with contextlib.redirect_stdout(stream), contextlib.redirect_stderr(progress):
+                try:
+                    yield logger
+                finally:
+                    progress.flush()
             logger.info("done in %.1f s", time.time() - start)
         except Exception as err:
             logger.error("failed: %s: %s", type(err).__name__, err, exc_info=True)

@@ -159,9 +159,8 @@ def train_epoch(model, loss_fn, optimizer, scaler, scheduler, train_dialogues, c
     model.train()
     sums: dict[str, torch.Tensor] = {}
     n_total, skipped, steps = 0, 0, 0
-    n_batches = math.ceil(len(train_dialogues) / train["batch_size"])
-    for cpu_batch in tqdm(batches(train_dialogues, train["batch_size"], shuffle=True), total=n_batches,
-                          desc="batches", leave=False, mininterval=5):
+    # No progress bar per batch: an epoch takes seconds, and the epochs bar and the epoch log lines say enough.
+    for cpu_batch in batches(train_dialogues, train["batch_size"], shuffle=True):
         cpu_batch = mask_feature_dims(cpu_batch, train["feature_mask_ratio"])
         batch = cpu_batch.to(device)
         with autocast_context(device, train["amp"]):

@@ -1,0 +1,46 @@
+"""Rule logs read without a terminal: progress bars become plain lines, nothing else is lost."""
+from __future__ import annotations
+
+import logging
+import re
+import warnings
+
+from tqdm import tqdm
+from tqdm.auto import tqdm as auto_tqdm
+
+from ercpipe.runlog import rule_logging
+
+
+def test_progress_bars_become_a_line_every_ten_percent(tmp_path):
+    log = tmp_path / "rule.log"
+    with rule_logging(log) as logger:
+        logger.info("starting")
+        for epoch in range(3):  # a bar per epoch that is left behind, as nested bars are
+            for _ in tqdm(range(40), desc="inner", leave=False, mininterval=0):
+                pass
+        for _ in auto_tqdm(range(1000), desc="text", unit="utt", mininterval=0):
+            pass
+        print("printed by a library")
+        warnings.warn("a warning for the log")
+        logging.getLogger("ercpipe.test").info("finished")
+    text = log.read_text()
+    assert "\r" not in text and "\x1b" not in text
+    lines = text.splitlines()
+    text_lines = [line for line in lines if line.startswith("text:")]
+    # 10 %, 20 %, ..., 100 % (tqdm already prints 100 % at 995/1000), then the complete bar.
+    assert [int(re.search(r"(\d+)%", line).group(1)) for line in text_lines] == [10, 20, 30, 40, 50, 60, 70, 80,
+                                                                                  90, 100, 100]
+    assert text_lines[-1].split("|")[2].strip().startswith("1000/1000")
+    assert sum(line.startswith("inner:") for line in lines) == 3 * 10  # 10 % ... 100 %; each restart counts again
+    assert "printed by a library" in lines
+    assert any("a warning for the log" in line for line in lines)
+    assert "starting" in lines[0] and any(line.endswith("finished") for line in lines)
+
+
+def test_a_bar_without_total_writes_no_redraws(tmp_path):
+    log = tmp_path / "rule.log"
+    with rule_logging(log):
+        for _ in tqdm(iter(range(500)), desc="frames", mininterval=0):
+            pass
+    text = log.read_text()
+    assert "\r" not in text and text.count("frames:") <= 1
