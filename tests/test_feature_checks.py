@@ -150,40 +150,56 @@ VARIANTS = [
 ]
 
 
-def test_expected_settings_and_hash_agree_with_what_the_extractors_write(tmp_path):
-    from ercpipe.features import audio, finetune, text, visual
-
+def test_expected_settings_of_every_shipped_setting_and_variant(tmp_path):
     local = tmp_path / "st-model"  # a local sentence-transformers directory that normalises
     local.mkdir()
     (local / "modules.json").write_text(json.dumps([{"type": "sentence_transformers.models.Normalize"}]))
     (local / "config.json").write_text(json.dumps({"hidden_size": 48}))
     cases = _configured_settings() + VARIANTS + [("text", {"model": str(local)}, None)]
     for modality, setting, face_selection in cases:
-        if modality == "text":
-            made = text.stored_settings(setting)
-        elif modality == "audio":
-            made = audio.audio_settings(setting)
-        else:
-            made = visual.stored_settings(setting, face_selection)
         expected = feature_io.expected_settings(modality, setting, face_selection=face_selection)
-        if modality == "visual" and face_selection is None:  # not given: left out, not defaulted
-            made = {k: v for k, v in made.items() if k != "face_selection"}
-        assert expected == made, (modality, setting, face_selection)
-        assert feature_io.expected_hash(modality, setting, face_selection=face_selection) == \
-            (None if modality == "visual" and face_selection is None else feature_io.settings_hash(made))
-    # The copies of the extractors' defaults are the extractors' defaults.
-    assert feature_io.TEXT_DEFAULTS == text.DEFAULT_SETTINGS
-    assert feature_io.TEXT_CONTEXT_DEFAULTS == text.DEFAULT_CONTEXT
-    assert feature_io.FINETUNE_DEFAULTS == finetune.DEFAULT_SETTINGS
-    assert feature_io.AUDIO_DEFAULTS == audio.DEFAULT_SETTINGS and feature_io.VISUAL_DEFAULTS == visual.DEFAULT_SETTINGS
-    assert feature_io.AUDIO_DIMS == {k: dim for k, (_, dim) in audio.FEATURE_SETS.items()}
-    assert feature_io.VISUAL_BACKBONES == visual.BACKBONES
+        if modality == "visual" and face_selection is None:  # not given: left out (not defaulted), no hash
+            assert "face_selection" not in expected
+            assert feature_io.expected_hash(modality, setting) is None
+        else:
+            assert feature_io.expected_hash(modality, setting, face_selection=face_selection) == \
+                feature_io.settings_hash(expected), (modality, setting, face_selection)
+    assert feature_io.expected_settings("text", {"model": str(local)})["normalize"] is True
+    assert feature_io.expected_settings("visual", {}, face_selection={})["face_selection"] == LARGEST
     assert feature_io.expected_dim("text", {"model": str(local)}) == 48
     assert feature_io.expected_dim("text", {}) == 384
     assert feature_io.expected_dim("text", {"model": "roberta-large"}) is None  # a hub name: not known offline
     assert feature_io.expected_dim("audio", {}) == 1582 and feature_io.expected_dim("visual", VISUAL) == 342
     with pytest.raises(ValueError, match=r"unknown text feature setting\(s\) \['poolin'\]"):
         feature_io.expected_hash("text", {"poolin": "cls"})
+
+
+def test_the_hash_training_expects_is_the_hash_each_extractor_writes(corpus, tmp_path):
+    """Through the real extractors (packaged MiniLM, openSMILE IS10, MTCNN + random densenet121): the file each
+    writes passes the check training and prediction make (feature_io.expect), hash and width included."""
+    from ercpipe.features import audio, visual
+    from ercpipe.io.media import SAMPLE_RATE, write_wav
+
+    manifest = write_manifest(tmp_path / "manifest", n_dialogues=(1, 0, 0))
+    ids = manifest_io.read(manifest)["utterance_id"].tolist()
+    audio_dir = tmp_path / "audio"
+    t = np.arange(SAMPLE_RATE) / SAMPLE_RATE
+    tone = 0.3 * np.sin(2 * np.pi * 220 * t) * (1 + np.sin(2 * np.pi * 3 * t)) / 2
+    write_wav(audio_dir / f"{ids[0]}.wav", tone.astype(np.float32))  # 1 s; the other rows have no WAV
+    audio_setting, visual_setting = AUDIO_IS10, {"backbone": "densenet121", "weights": "random", "fps": 1}
+    audio.extract_shard(manifest, 0, 1, audio_dir, audio_setting, tmp_path / "audio.h5", threads=1)
+    visual.extract_shard(manifest, 0, 1, visual_setting, SIDE, tmp_path / "visual.h5", threads=1, device="cpu")
+    made = [("text", TEXT_MEAN, None, corpus["paths"]["text_mean"]),
+            ("text", TEXT_CLS, None, corpus["paths"]["text_cls"]),
+            ("audio", audio_setting, None, tmp_path / "audio.h5"),
+            ("visual", visual_setting, SIDE, tmp_path / "visual.h5")]
+    for modality, setting, face_selection, path in made:
+        expected = feature_io.expect(modality, setting, face_selection=face_selection)
+        fs = feature_io.read(path, expected=expected)  # raises FeatureFileError on any mismatch
+        assert expected.setting_hash is not None and not expected.partial and expected.dim is not None
+        assert fs.attrs["setting_hash"] == expected.setting_hash, modality
+        assert fs.attrs["settings"] == expected.settings, modality
+    assert feature_io.read(tmp_path / "audio.h5").present.tolist() == [True] + [False] * (len(ids) - 1)
 
 
 def test_the_expected_hash_needs_no_extractor_library():

@@ -42,39 +42,21 @@ from opensmile.core.config import config as smile_config
 from opensmile.core.lib import OpenSMILE
 from tqdm.auto import tqdm
 
-from ercpipe.config import with_defaults
 from ercpipe.datasets.media_prep import REPORT_NAME
+from ercpipe.features import settings as settings_mod
 from ercpipe.io import features as feature_io
 from ercpipe.io import manifest as manifest_io
 from ercpipe.io.media import SILENCE_PEAK
 
 logger = logging.getLogger(__name__)
 
-# Feature set name -> (openSMILE enum member, functionals dimension). The dimensions were checked
-# against opensmile 2.6.0; IS10 is config is09-13/IS10_paraling_compat (the IEMOCAP standard).
+# Feature set name -> (openSMILE enum member, functionals dimension); the names, dimensions, levels and
+# defaults are in ercpipe.features.settings (light: training checks feature files with them).
 FEATURE_SETS: dict[str, tuple[opensmile.FeatureSet, int]] = {
-    "IS09": (opensmile.FeatureSet.IS09, 384),
-    "IS10": (opensmile.FeatureSet.IS10, 1582),
-    "emobase": (opensmile.FeatureSet.emobase, 988),
-    "eGeMAPSv02": (opensmile.FeatureSet.eGeMAPSv02, 88),
-    "ComParE_2016": (opensmile.FeatureSet.ComParE_2016, 6373),
-}
-LEVELS = {"functionals": opensmile.FeatureLevel.Functionals}
-
-DEFAULT_SETTINGS: dict = {
-    "feature_set": "IS10",  # one of FEATURE_SETS
-    "level": "functionals",  # one vector per utterance (the only level a per-utterance file can hold)
-}
-
-
-def audio_settings(settings: dict | None) -> dict:
-    """Validated settings with defaults filled in; this dict is what the feature file's hash covers."""
-    out = with_defaults(settings, DEFAULT_SETTINGS, "audio feature")
-    if out["feature_set"] not in FEATURE_SETS:
-        raise ValueError(f"audio feature_set {out['feature_set']!r} is not one of {sorted(FEATURE_SETS)}")
-    if out["level"] not in LEVELS:
-        raise ValueError(f"audio level {out['level']!r} is not one of {sorted(LEVELS)}")
-    return out
+    name: (opensmile.FeatureSet[name], dim) for name, dim in settings_mod.AUDIO_FEATURE_SETS.items()}
+LEVELS = {name: opensmile.FeatureLevel[member] for name, member in settings_mod.AUDIO_LEVELS.items()}
+DEFAULT_SETTINGS = settings_mod.AUDIO_DEFAULTS
+audio_settings = settings_mod.audio_settings  # validated, defaults filled in: what the file's hash covers
 
 
 def feature_dim(settings: dict | None) -> int:

