@@ -21,11 +21,12 @@ What each model reads:
 * utterance_audio: ercpipe.datasets.media_prep decodes and writes each utterance block by block, so
   its memory does not depend on durations; the time follows the decoded spans the manifest knows
   (a windowed row decodes its file from the start to audio_end).
-* visual: ercpipe.features.visual keeps every frame it samples from an utterance (duration x fps)
-  before thinning to max_frames, so the longest video window the manifest knows (video_end -
-  video_start) sets the memory, at FRAME_BYTES per frame (1280x720 RGB unless given). Whole-file rows
-  (no times, e.g. MELD's clips) have no duration in the manifest; the floor covers about 9 minutes
-  of 720p video at 2 fps for them (see docs/features.md).
+* visual: ercpipe.features.visual decides which sampled frames an utterance keeps before decoding, so
+  it holds at most max_frames frames whatever the utterance's length (and the next utterance's, decoded
+  in a thread meanwhile); memory follows max_frames and batch_size (MTCNN's batch) at FRAME_BYTES per
+  frame (1280x720 RGB unless given), not the durations, so whole-file rows (MELD's clips, no times in
+  the manifest) are covered as well as windowed ones. The defaults stay under the floor. The time
+  follows the sampled frames of the windows the manifest knows (max_frames for a whole-file row).
 * text: the encoder's batch, not the data, sets the memory (the floor); the time follows the rows.
 
 This module imports only the standard library and pandas (the Snakefile imports it at parse time).
@@ -43,6 +44,7 @@ from pathlib import Path
 import pandas as pd
 
 from ercpipe.errors import ErcpipeError
+from ercpipe.features.settings import AUDIO_FEATURE_SETS, VISUAL_DEFAULTS
 
 # Fixed reservations of the rules before this module: the least any job of the rule gets.
 FLOORS: dict[str, dict[str, int]] = {
@@ -62,22 +64,23 @@ AUDIO_BASE_MB = 250.0  # python, numpy, pandas, h5py, opensmile, the first Smile
 AUDIO_THREAD_MB = 30.0  # every further thread's own Smile
 AUDIO_INSTANCE_MB = 50.0  # one running openSMILE instance (config, components, buffers)
 AUDIO_MB_PER_SECOND: dict[str, float] = {"IS10": 0.30, "eGeMAPSv02": 0.30, "ComParE_2016": 0.45}
-AUDIO_DIMS: dict[str, int] = {"IS09": 384, "IS10": 1582, "emobase": 988, "eGeMAPSv02": 88, "ComParE_2016": 6373}
 # CPU seconds per second of audio, one core (IS10 13 ms, eGeMAPSv02 17 ms, ComParE_2016 12 ms measured).
 AUDIO_CPU_PER_SECOND = 0.02
 
 # utterance_audio: PyAV decoding, CPU seconds per second of decoded span (AAC 48 kHz stereo: 10 ms).
 DECODE_CPU_PER_SECOND = 0.015
 
-# visual: peak RSS about 1.0-1.1 GB on 640x360 (bench_features.py) plus the frames of one utterance.
+# visual: peak RSS of extract_shard on one 720p utterance (docs/features.md): about 900 MB with 1 frame kept,
+# 1.4 GB with 16, 1.6 GB with 32, 1.9 GB with 64 (batch_size 32), whatever the clip's length.
 VISUAL_BASE_MB = 1200.0
 FRAME_BYTES = 1280 * 720 * 3
+VISUAL_HELD_FRAMES = 3  # frame copies per kept frame: this utterance's, the next one's (prefetched), MTCNN's stack
+VISUAL_BATCH_FRAMES = 6  # frame-sized buffers per frame of one MTCNN batch (its float32 copy and pyramid)
 VISUAL_SECONDS_PER_FRAME = 0.25  # decode + MTCNN + backbone per sampled frame, one core (measured 0.12-0.15)
 
 # text: transformer encoders on CPU, seconds per utterance (MiniLM 0.01-0.03; roberta-large about 0.2).
 TEXT_SECONDS_PER_ROW = 0.3
 
-_DEFAULT_VISUAL = {"fps": 2.0, "max_frames": 16}
 
 
 class ResourceLimitError(ErcpipeError, ValueError):
@@ -90,13 +93,15 @@ def extraction_resources(manifest_path, shard: int, n_shards: int, modality: str
     """{"mem_mb": int, "runtime": int (minutes)} for one shard of an extraction rule (module docstring).
 
     `audio_dir` (modality "audio") is the utterance-audio directory of the shard; `settings` the
-    extractor's settings from the config (audio: feature_set; visual: fps, max_frames).
+    extractor's settings from the config (audio: feature_set; visual: fps, max_frames, batch_size).
     """
     if modality not in FLOORS:
         raise ValueError(f"modality {modality!r} is not one of {sorted(FLOORS)}")
     threads = max(1, int(threads))
     settings = settings or {}
     rows = _shard_rows(manifest_path, int(shard), int(n_shards))
+    advice = ("split that utterance into shorter rows in the manifest (audio_start/audio_end, "
+              "video_start/video_end) or raise the maximum (max_mem_mb)")
     if modality == "audio":
         if audio_dir is None:
             raise ValueError("modality 'audio' needs audio_dir (the utterance-audio directory of the shard)")
@@ -110,15 +115,15 @@ def extraction_resources(manifest_path, shard: int, n_shards: int, modality: str
         cpu_s = float(spans.sum()) * DECODE_CPU_PER_SECOND / threads
         what = ""
     elif modality == "visual":
-        fps = float(settings.get("fps", _DEFAULT_VISUAL["fps"]))
-        max_frames = int(settings.get("max_frames", _DEFAULT_VISUAL["max_frames"]))
+        fps = float(settings.get("fps", VISUAL_DEFAULTS["fps"]))
+        max_frames = int(settings.get("max_frames", VISUAL_DEFAULTS["max_frames"]))
+        batch_size = int(settings.get("batch_size", VISUAL_DEFAULTS["batch_size"]))
+        estimate_mb = visual_estimate_mb(max_frames, batch_size, frame_bytes)  # the same for every utterance
         windows = video_windows(rows)
-        longest_frames = math.ceil(float(windows.max()) * fps) if windows.notna().any() else 0
-        estimate_mb = VISUAL_BASE_MB + longest_frames * frame_bytes / 2**20
         frames = windows.mul(fps).apply(lambda n: max_frames if math.isnan(n) else min(max_frames, math.ceil(n)))
         cpu_s = float(frames.sum()) * VISUAL_SECONDS_PER_FRAME  # torch threads gain only 1.2-1.3x: not counted
-        what = f"utterance {windows.idxmax()}: a video window of {float(windows.max()):.0f} s" \
-            if windows.notna().any() else ""
+        what = f"max_frames {max_frames}, batch_size {batch_size}, {frame_bytes} bytes per frame"
+        advice = "lower max_frames or batch_size in the visual settings, or raise the maximum (max_mem_mb)"
     else:  # text
         estimate_mb = 0.0
         cpu_s = len(rows) * TEXT_SECONDS_PER_ROW  # one core's speed: torch threads gain little on CPU
@@ -128,8 +133,7 @@ def extraction_resources(manifest_path, shard: int, n_shards: int, modality: str
     if mem_mb > max_mem_mb:
         raise ResourceLimitError(
             f"{modality} shard {shard} of {manifest_path} needs about {mem_mb} MB ({what}), more than the maximum "
-            f"of {max_mem_mb} MB; split that utterance into shorter rows in the manifest (audio_start/audio_end, "
-            f"video_start/video_end) or raise the maximum (max_mem_mb)")
+            f"of {max_mem_mb} MB; {advice}")
     runtime = max(floor["runtime"], int(math.ceil((60.0 + cpu_s * TIME_MARGIN) / 60.0)))
     return {"mem_mb": int(mem_mb), "runtime": int(runtime)}
 
@@ -137,7 +141,7 @@ def extraction_resources(manifest_path, shard: int, n_shards: int, modality: str
 def audio_estimate(seconds: pd.Series, feature_set: str, threads: int) -> tuple[float, float]:
     """(peak MB without margin, CPU-bound wall seconds) of openSMILE over utterances of these durations."""
     slope = AUDIO_MB_PER_SECOND.get(feature_set, max(AUDIO_MB_PER_SECOND.values()))
-    dim = AUDIO_DIMS.get(feature_set, max(AUDIO_DIMS.values()))
+    dim = AUDIO_FEATURE_SETS.get(feature_set, max(AUDIO_FEATURE_SETS.values()))
     durations = seconds[seconds > 0].sort_values(ascending=False)
     running = durations.head(threads)  # the `threads` longest may run at the same time
     mem = (AUDIO_BASE_MB + (threads - 1) * AUDIO_THREAD_MB
@@ -146,6 +150,14 @@ def audio_estimate(seconds: pd.Series, feature_set: str, threads: int) -> tuple[
     total, longest = float(durations.sum()), float(durations.max()) if len(durations) else 0.0
     wall = max(total / threads, longest) * AUDIO_CPU_PER_SECOND
     return mem, wall
+
+
+def visual_estimate_mb(max_frames: int, batch_size: int, frame_bytes: int = FRAME_BYTES) -> float:
+    """Peak MB (without margin) of a visual job: the frames kept per utterance (this one's and the prefetched
+    next one's) and MTCNN's buffers for one batch; independent of the utterances' lengths."""
+    frame_mb = frame_bytes / 2**20
+    return VISUAL_BASE_MB + frame_mb * (VISUAL_HELD_FRAMES * max_frames
+                                        + VISUAL_BATCH_FRAMES * min(max_frames, batch_size))
 
 
 def decode_spans(rows: pd.DataFrame) -> pd.Series:

@@ -115,14 +115,29 @@ def test_missing_inputs_raise_file_not_found_naming_the_path_as_given(shard, tmp
     assert err.value.filename == str(tmp_path / "no_shard")
 
 
-def test_visual_follows_the_longest_window_and_text_the_rows(tmp_path):
+def test_visual_memory_follows_max_frames_not_the_clip_and_text_the_rows(tmp_path):
+    # The visual extractor holds at most max_frames frames per utterance, whatever its length
+    # (tests/test_visual_features.py), so a 30-minute window and a whole file without times reserve the
+    # same: the floor with the default settings.
     long = write_manifest(tmp_path / "long.tsv", {"d": ["a", "b"]}, video_start=[0.0, 100.0],
                           video_end=[100.0, 1900.0])
-    got = resources.extraction_resources(long, 0, 1, "visual", 1, settings={"fps": 2, "max_frames": 16})
-    frames_mb = 1800 * 2 * resources.FRAME_BYTES / 2**20  # today's visual extractor keeps every sampled frame
-    assert got["mem_mb"] == int(np.ceil(resources.MARGIN * (resources.VISUAL_BASE_MB + frames_mb)))
-    whole = write_manifest(tmp_path / "whole.tsv", {"d": ["a"]})  # no times: the floor
-    assert resources.extraction_resources(whole, 0, 1, "visual", 1)["mem_mb"] == 6000
+    whole = write_manifest(tmp_path / "whole.tsv", {"d": ["a"]})  # MELD: no times in the manifest
+    short = write_manifest(tmp_path / "short.tsv", {"d": ["a"]}, video_start=[0.0], video_end=[2.0])
+    for manifest in (long, whole, short):
+        assert resources.extraction_resources(manifest, 0, 1, "visual", 1,
+                                              settings={"fps": 2, "max_frames": 16})["mem_mb"] == 6000
+    assert resources.MARGIN * resources.visual_estimate_mb(16, 32) < 6000
+    # Many kept frames per utterance (or a large MTCNN batch) is what raises it: 400 frames of 720p.
+    heavy = {"fps": 2, "max_frames": 400, "batch_size": 64}
+    frame_mb = resources.FRAME_BYTES / 2**20
+    expected = resources.VISUAL_BASE_MB + frame_mb * (resources.VISUAL_HELD_FRAMES * 400
+                                                      + resources.VISUAL_BATCH_FRAMES * 64)
+    for manifest in (long, whole, short):
+        got = resources.extraction_resources(manifest, 0, 1, "visual", 1, settings=heavy)
+        assert got["mem_mb"] == int(np.ceil(resources.MARGIN * expected)) > 6000
+    message = r"visual shard 0 of .* \(max_frames 400, batch_size 64, 2764800 bytes per frame\).*lower max_frames"
+    with pytest.raises(resources.ResourceLimitError, match=message):
+        resources.extraction_resources(whole, 0, 1, "visual", 1, settings=heavy, max_mem_mb=8000)
 
     many = write_manifest(tmp_path / "many.tsv", {f"d{i}": [f"u{i}_{j}" for j in range(100)] for i in range(300)})
     text = resources.extraction_resources(many, 0, 1, "text", 1)

@@ -29,32 +29,23 @@ import torch
 import torchvision
 from tqdm.auto import tqdm
 
-from ercpipe.config import with_defaults
 from ercpipe.features import denseface as denseface_mod
+from ercpipe.features import settings as settings_mod
 from ercpipe.device import resolve_device
 from ercpipe.io import features as feature_io
 from ercpipe.io import manifest as manifest_io
 from ercpipe.io.digest import file_digest
-from ercpipe.io.media import MediaError, iter_frames
+from ercpipe.io.media import MediaError, count_sampled_frames, iter_frames
 
 logger = logging.getLogger(__name__)
 
-# backbone -> (feature dimension, default crop size in pixels)
-BACKBONES: dict[str, tuple[int, int]] = {"densenet121": (1024, 224), "denseface": (denseface_mod.FEATURE_DIM,
-                                                                                  denseface_mod.INPUT_SIZE)}
-
-DEFAULT_SETTINGS: dict = {
-    "detector": "mtcnn",  # the only detector; named so a config states it
-    "fps": 2.0,  # frames sampled per second of utterance
-    "max_frames": 16,  # cap per utterance; longer utterances are sampled evenly over their whole span
-    "min_face_size": 40,  # MTCNN: smallest face side searched for, pixels
-    "thresholds": [0.6, 0.7, 0.7],  # MTCNN P-/R-/O-net score thresholds (the last is the final confidence)
-    "face_margin": 0.2,  # crop side = longest box side * (1 + 2 * margin)
-    "image_size": None,  # crop side fed to the backbone; None = 224 (densenet121) or 64 (denseface)
-    "backbone": "densenet121",  # densenet121 | denseface
-    "weights": None,  # checkpoint path | "random" | None (torch hub cache for densenet121, else random + warning)
-    "batch_size": 32,  # frames per MTCNN call and crops per backbone call
-}
+# Defaults and settings resolution live in ercpipe.features.settings (light: training checks feature files
+# with them without this module's libraries); these are their names here.
+BACKBONES = settings_mod.VISUAL_BACKBONES  # backbone -> (feature dimension, default crop size in pixels)
+DEFAULT_SETTINGS = settings_mod.VISUAL_DEFAULTS
+visual_settings = settings_mod.visual_settings  # validated, defaults filled in, image_size resolved
+face_selection_settings = settings_mod.face_selection_settings
+stored_settings = settings_mod.stored_visual_settings  # what a feature file records (and hashes)
 
 # Faces whose areas are within this fraction of the largest count as equally large ("largest_central").
 AREA_TIE_FRACTION = 0.05
@@ -69,56 +60,6 @@ _OLD_DENSENET_KEY = re.compile(
 
 
 # ----------------------------------------------------------------------------------------- settings
-
-def visual_settings(settings: dict | None) -> dict:
-    """Validated settings with defaults filled in and image_size resolved for the backbone."""
-    out = with_defaults(settings, DEFAULT_SETTINGS, "visual feature")
-    if out["detector"] != "mtcnn":
-        raise ValueError(f"visual detector {out['detector']!r} is not supported; use 'mtcnn'")
-    if out["backbone"] not in BACKBONES:
-        raise ValueError(f"visual backbone {out['backbone']!r} is not one of {sorted(BACKBONES)}")
-    if out["image_size"] is None:
-        out["image_size"] = BACKBONES[out["backbone"]][1]
-    for key in ("max_frames", "min_face_size", "image_size", "batch_size"):
-        if not isinstance(out[key], int) or isinstance(out[key], bool) or out[key] < 1:
-            raise ValueError(f"visual setting {key} must be a positive integer, got {out[key]!r}")
-    if not isinstance(out["fps"], (int, float)) or out["fps"] <= 0:
-        raise ValueError(f"visual setting fps must be a positive number, got {out['fps']!r}")
-    out["fps"] = float(out["fps"])
-    thresholds = out["thresholds"]
-    if (not isinstance(thresholds, (list, tuple)) or len(thresholds) != 3
-            or not all(isinstance(t, (int, float)) and 0 <= t <= 1 for t in thresholds)):
-        raise ValueError(f"visual setting thresholds must be three numbers in [0, 1], got {thresholds!r}")
-    out["thresholds"] = [float(t) for t in thresholds]
-    if not isinstance(out["face_margin"], (int, float)) or not 0 <= out["face_margin"] < 2:
-        raise ValueError(f"visual setting face_margin must be in [0, 2), got {out['face_margin']!r}")
-    if out["weights"] is not None and not isinstance(out["weights"], str):
-        raise ValueError(f"visual setting weights must be a file path, 'random' or null, got {out['weights']!r}")
-    return out
-
-
-def face_selection_settings(face_selection: dict | None) -> dict:
-    """Validate the per-dataset face-selection rule: {"mode": "side", "sides": {...}} or {"mode": "largest_central"}."""
-    face_selection = dict(face_selection or {"mode": "largest_central"})
-    mode = face_selection.get("mode")
-    if mode == "largest_central":
-        extra = sorted(set(face_selection) - {"mode"})
-    elif mode == "side":
-        extra = sorted(set(face_selection) - {"mode", "sides"})
-        sides = face_selection.get("sides")
-        if not isinstance(sides, dict) or not sides or not all(v in ("left", "right") for v in sides.values()):
-            raise ValueError(f"face_selection mode 'side' needs sides = {{letter: 'left'|'right'}}, got {sides!r}")
-    else:
-        raise ValueError(f"face_selection mode {mode!r} is not one of ['largest_central', 'side']")
-    if extra:
-        raise ValueError(f"unknown face_selection key(s) {extra} for mode {mode!r}")
-    return face_selection
-
-
-def stored_settings(settings: dict | None, face_selection: dict | None) -> dict:
-    """The settings dict a visual feature file records (and hashes): validated settings + face_selection."""
-    return {**visual_settings(settings), "face_selection": face_selection_settings(face_selection)}
-
 
 def feature_dim(settings: dict | None) -> int:
     return BACKBONES[visual_settings(settings)["backbone"]][0]
@@ -214,14 +155,50 @@ def align_face(frame: np.ndarray, face: Face, size: int, margin: float) -> np.nd
                           borderMode=cv2.BORDER_REPLICATE)
 
 
+def thinned_indices(n: int, max_frames: int) -> list[int]:
+    """Which of n sampled frames an utterance keeps: all of them, or max_frames spread evenly (both ends
+    included) when there are more."""
+    if n <= max_frames:
+        return list(range(n))
+    return np.linspace(0, n - 1, max_frames).round().astype(int).tolist()
+
+
+def sample_timed_frames(video_path: str | Path, start: float | None, end: float | None, fps: float,
+                        max_frames: int) -> list[tuple[float, np.ndarray]]:
+    """(time, RGB frame) at `fps` inside [start, end); more than max_frames are thinned evenly over the span.
+
+    Memory does not grow with the utterance: which sampled frames are kept (thinned_indices) is decided
+    before decoding, from the number of sampled frames the packets' timestamps give
+    (media.count_sampled_frames), and only those are converted and held, so at most max_frames frames
+    are alive whatever the clip's length. The decoding pass counts the sampled frames itself; where
+    that differs from the prediction (or the packets cannot tell) it decodes once more with the real
+    count, so the selection is always exactly "every sampled frame, then thinned".
+    """
+    n = count_sampled_frames(video_path, start, end, fps)
+    if n is None:  # no prediction: count in a decoding pass that keeps nothing
+        n = sum(1 for _ in iter_frames(video_path, start, end, fps=fps, keep=lambda i: False))
+    for _attempt in range(2):
+        wanted = thinned_indices(n, max_frames)
+        wanted_set = set(wanted)
+        kept: dict[int, tuple[float, np.ndarray]] = {}
+        count = 0
+        for t, frame in iter_frames(video_path, start, end, fps=fps, keep=wanted_set.__contains__):
+            if frame is not None:
+                kept[count] = (t, frame)
+            count += 1
+        if count == n:
+            return [kept[i] for i in wanted]
+        logger.debug("%s: %d sampled frames predicted, %d decoded; decoding again", video_path, n, count)
+        kept.clear()
+        n = count
+    raise MediaError("corrupt_video", video_path, f"the decoder gave {n} and then {count} sampled frames")
+
+
 def sample_frames(video_path: str | Path, start: float | None, end: float | None, fps: float,
                   max_frames: int) -> list[np.ndarray]:
-    """RGB frames at `fps` inside [start, end); more than max_frames are thinned evenly over the span."""
-    frames = [frame for _, frame in iter_frames(video_path, start, end, fps=fps)]
-    if len(frames) > max_frames:
-        keep = np.linspace(0, len(frames) - 1, max_frames).round().astype(int)
-        frames = [frames[i] for i in keep]
-    return frames
+    """RGB frames at `fps` inside [start, end); more than max_frames are thinned evenly over the span
+    (sample_timed_frames: at most max_frames frames are held while decoding)."""
+    return [frame for _, frame in sample_timed_frames(video_path, start, end, fps, max_frames)]
 
 
 def speaker_crops(frames: list[np.ndarray], speaker: str, settings: dict, face_selection: dict,
