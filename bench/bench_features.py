@@ -10,7 +10,7 @@ The time is the wall time of the call (model loading included, as in a pipeline 
 
 The corpus is generated here: espeak-ng speech (a synthetic harmonic signal when espeak-ng is
 absent) as 16 kHz utterance WAVs with the utterance-audio step's `_report.tsv`, and one H.264 .mp4
-per dialogue (640x360, 10 fps) with two faces drawn by ercpipe.datasets.drawing, one utterance every
+per dialogue (640x360, 10 fps) with two faces drawn by ercpipe.synthetic.faces, one utterance every
 2 s, IEMOCAP-style.
 Text is measured by bench_text() from bench/bench_text.py when that file exists.
 """
@@ -74,7 +74,7 @@ def _speech(text: str, pitch: int, tmp: Path) -> np.ndarray:
 def _write_dialogue_video(path: Path, seconds: float) -> None:
     import av
 
-    from ercpipe.datasets.drawing import FaceStyle, draw_face
+    from ercpipe.synthetic.faces import FaceStyle, draw_face
 
     left, right = FaceStyle(skin=(228, 176, 140)), FaceStyle(skin=(150, 100, 65), hair_style="long")
     with av.open(str(path), "w") as container:

@@ -97,7 +97,7 @@ def _timed_extract(manifest: str, settings: dict, out: str, threads: int) -> dic
 def bench_text(manifest: Path, threads: int = 1, extractors: list[str] | None = None,
                batch_size: int = 32) -> list[dict]:
     """One row per extractor: extractor, utterances, threads, seconds, cpu_seconds, utt_per_s, peak_rss_mb."""
-    from ercpipe.features import text
+    from ercpipe.testing.tiny_models import write_tiny_roberta
 
     frame = manifest_io.read(manifest)
     rows = []
@@ -108,7 +108,7 @@ def bench_text(manifest: Path, threads: int = 1, extractors: list[str] | None = 
             key = settings["model"]
             if key in BUILT_MODELS:
                 if key not in built:
-                    built[key] = text.write_tiny_roberta(Path(tmp) / key, frame["text"].tolist(), **BUILT_MODELS[key])
+                    built[key] = write_tiny_roberta(Path(tmp) / key, frame["text"].tolist(), **BUILT_MODELS[key])
                 settings["model"] = str(built[key])
             with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
                 result = pool.submit(_timed_extract, str(manifest), settings,

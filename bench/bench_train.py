@@ -11,7 +11,7 @@ Model and optimisation: the `official` preset (d = 768, 4 heads, batch 9 dialogu
 
 Steps:
 1. check: the library forward (padded batch, fused attention) and the eager reference of
-   bench/reference_sdt_vega.py (per-dialogue Python loop, explicit softmax attention) give the same
+   ercpipe/testing/reference_sdt_vega.py (per-dialogue Python loop, explicit softmax attention) give the same
    logits, loss and gradients on a few dialogues (eval mode, centre anchors), or the benchmark stops;
 2. library: full training epochs + one evaluation pass over the test split;
 3. reference: the same training step done by the eager reference, for --ref-steps batches.
@@ -36,13 +36,12 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ercpipe.model import ModelSpec, SDTVegaLoss, build_model, count_parameters  # noqa: E402
+from ercpipe.testing.reference_sdt_vega import reference_forward  # noqa: E402
 from ercpipe.train.data import Dialogue, batches, collate, mask_feature_dims  # noqa: E402
 from ercpipe.train.evaluate import autocast_context, eval_batches, run_eval  # noqa: E402
 from ercpipe.train.presets import preset  # noqa: E402
-from reference_sdt_vega import reference_forward  # noqa: E402
 
 DIMS = {"text": 1024, "audio": 1582, "visual": 342}
 SPLITS = {"train": (120, 5810), "test": (31, 1623)}

@@ -4,7 +4,7 @@ from pathlib import Path
 from ercpipe.runlog import rule_logging
 
 with rule_logging(snakemake.log[0]):
-    from ercpipe.datasets.drawing import make_anchor_image_set
+    from ercpipe.synthetic import make_anchor_image_set
 
     settings = snakemake.params.settings
     make_anchor_image_set(Path(snakemake.output.images), snakemake.params.classes,

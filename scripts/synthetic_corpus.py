@@ -4,7 +4,7 @@ from pathlib import Path
 from ercpipe.runlog import rule_logging
 
 with rule_logging(snakemake.log[0]):
-    from ercpipe.datasets import synthetic
+    from ercpipe import synthetic
 
     root = Path(snakemake.output.root)
     if snakemake.params.fmt == "iemocap":

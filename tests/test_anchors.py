@@ -54,11 +54,11 @@ def draw_face(path: Path, emotion: str, rng: np.random.Generator, size: int = 96
 
 
 def make_image_set(root: Path, layout: dict[str, int], seed: int = 0) -> Path:
-    """root/{folder}/img{i}.png; uses ercpipe.datasets.drawing when it exists, else draws faces here."""
+    """root/{folder}/img{i}.png; uses ercpipe.synthetic.faces when it exists, else draws faces here."""
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     try:
-        from ercpipe.datasets.drawing import make_anchor_image_set
+        from ercpipe.synthetic.faces import make_anchor_image_set
     except ImportError:
         make_anchor_image_set = None
     for folder, n in layout.items():
@@ -68,7 +68,7 @@ def make_image_set(root: Path, layout: dict[str, int], seed: int = 0) -> Path:
             scratch = root.parent / f".drawing-{root.name}-{folder}"
             make_anchor_image_set(scratch, [emotion], n, seed)
             made = sorted(p for p in scratch.rglob("*") if p.suffix.lower() in anchors.IMAGE_EXTENSIONS)[:n]
-            assert len(made) == n, f"drawing.make_anchor_image_set made {len(made)} images for {emotion}"
+            assert len(made) == n, f"faces.make_anchor_image_set made {len(made)} images for {emotion}"
             target.mkdir()
             for i, p in enumerate(made):
                 shutil.copy(p, target / f"img{i}{p.suffix}")

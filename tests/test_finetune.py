@@ -9,6 +9,7 @@ import pytest
 from ercpipe.features import finetune, text
 from ercpipe.io import features as feature_io
 from ercpipe.io import manifest as manifest_io
+from ercpipe.testing.tiny_models import write_tiny_roberta
 from test_text_features import make_manifest
 
 KEYWORDS = {"hap": ["happy", "wonderful", "delighted", "great"], "sad": ["sad", "crying", "lonely", "miserable"],
@@ -44,7 +45,7 @@ def corpus(tmp_path_factory):
                           flags={"x0_0_2": "empty_text"})
     manifest_io.write(frame, root / "manifest.tsv")
     texts = [t for d in (train, valid) for utterances in d.values() for _, t in utterances]
-    model = text.write_tiny_roberta(root / "tiny", texts * 3, hidden_size=32, layers=2)
+    model = write_tiny_roberta(root / "tiny", texts * 3, hidden_size=32, layers=2)
     return root, frame, model
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from ercpipe.datasets import synthetic
+from ercpipe import synthetic
 from ercpipe.datasets.build import build_manifest
 from ercpipe.datasets.iemocap import DEFAULT_SPLIT_FILE
 from ercpipe.datasets.media_prep import write_utterance_audio

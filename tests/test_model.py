@@ -1,19 +1,14 @@
 """SDT / SDT-VEGA module: parameter counts, padding, the eager reference, anchors, ablations, official keys."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
 from ercpipe.model import (AnchorBank, ModelSpec, OfficialCheckpointError, build_model, convert_official_state_dict,
                            count_parameters, load_official_backbone, subsample_anchor_images, to_official_state_dict)
+from ercpipe.testing.reference_sdt_vega import reference_forward
 from ercpipe.train.data import Dialogue, collate
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-from reference_sdt_vega import reference_forward  # noqa: E402
 
 IEMOCAP_DIMS = {"text": 1024, "audio": 1582, "visual": 342}
 MELD_DIMS = {"text": 1024, "audio": 300, "visual": 342}

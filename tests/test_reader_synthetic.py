@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from ercpipe.datasets import synthetic
+from ercpipe import synthetic
 from ercpipe.datasets.build import build_manifest
 from ercpipe.datasets.media_prep import REPORT_NAME, write_utterance_audio
 from ercpipe.io import manifest as manifest_io

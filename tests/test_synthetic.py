@@ -13,9 +13,10 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
-from ercpipe.datasets import drawing, synthetic
+from ercpipe import synthetic
 from ercpipe.io.media import SAMPLE_RATE, iter_frames, load_audio, probe
 from ercpipe.labels import IEMOCAP_CLASSES, MELD_CLASSES
+from ercpipe.synthetic import faces
 
 TRANSCRIPT_LINE = re.compile(r"^(Ses0[1-5][FM]_\w+?_[FM](?:\d{3}|XX\d)) \[(\d{3}\.\d{4})-(\d{3}\.\d{4})\]: (\S.*)$")
 EVAL_HEADER = "% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]"
@@ -440,7 +441,7 @@ ANCHOR_CLASSES = ["hap", "sadness", "neutral", "anger", "excited", "frustration"
 
 def test_anchor_image_set_layout_determinism_and_faces(tmp_path, mtcnn):
     out = tmp_path / "images"
-    drawing.make_anchor_image_set(out, ANCHOR_CLASSES, per_class=3, seed=1)
+    faces.make_anchor_image_set(out, ANCHOR_CLASSES, per_class=3, seed=1)
     assert sorted(p.name for p in out.iterdir()) == sorted(ANCHOR_CLASSES)
     found: dict[str, int] = {}
     for name in ANCHOR_CLASSES:
@@ -452,29 +453,29 @@ def test_anchor_image_set_layout_determinism_and_faces(tmp_path, mtcnn):
     assert all(n >= 2 for n in found.values()), found
     assert sum(found.values()) >= 0.9 * 3 * len(ANCHOR_CLASSES), found
     again = tmp_path / "again"  # same seed, other class list: the same pictures per class
-    drawing.make_anchor_image_set(again, ["fear", "hap"], per_class=3, seed=1)
+    faces.make_anchor_image_set(again, ["fear", "hap"], per_class=3, seed=1)
     assert (again / "hap" / "001.png").read_bytes() == (out / "hap" / "001.png").read_bytes()
     assert (again / "fear" / "002.png").read_bytes() == (out / "fear" / "002.png").read_bytes()
     other = tmp_path / "other"
-    drawing.make_anchor_image_set(other, ANCHOR_CLASSES[:1], per_class=1, seed=2)
+    faces.make_anchor_image_set(other, ANCHOR_CLASSES[:1], per_class=1, seed=2)
     assert (other / "hap" / "000.png").read_bytes() != (out / "hap" / "000.png").read_bytes()
     with pytest.raises(ValueError, match="more than once"):
-        drawing.make_anchor_image_set(tmp_path / "dup", ["sad", "sad"], per_class=1, seed=0)
+        faces.make_anchor_image_set(tmp_path / "dup", ["sad", "sad"], per_class=1, seed=0)
 
 
 def test_anchor_faces_differ_from_corpus_faces():
     """Anchor people come from another palette: no skin tone is shared with the corpus actors."""
-    corpus = {drawing.random_style(np.random.default_rng(i), "corpus").skin for i in range(50)}
-    anchor = {drawing.random_style(np.random.default_rng(i), "anchor", tilt_range=12).skin for i in range(50)}
+    corpus = {faces.random_style(np.random.default_rng(i), "corpus").skin for i in range(50)}
+    anchor = {faces.random_style(np.random.default_rng(i), "anchor", tilt_range=12).skin for i in range(50)}
     assert corpus.isdisjoint(anchor) and len(anchor) >= 4
-    tilts = [drawing.random_style(np.random.default_rng(i), "anchor", tilt_range=12).tilt for i in range(20)]
+    tilts = [faces.random_style(np.random.default_rng(i), "anchor", tilt_range=12).tilt for i in range(20)]
     assert max(abs(t) for t in tilts) > 5
 
 
 def test_unknown_emotion_cannot_be_drawn(tmp_path):
     with pytest.raises(ValueError, match="boredom"):
-        drawing.make_anchor_image_set(tmp_path / "x", ["happy", "boredom"], per_class=1, seed=0)
+        faces.make_anchor_image_set(tmp_path / "x", ["happy", "boredom"], per_class=1, seed=0)
     assert not (tmp_path / "x").exists()
     canvas = np.zeros((100, 100, 3), np.uint8)
     with pytest.raises(ValueError, match="drawable"):
-        drawing.draw_face(canvas, (50, 50), 60, "xxx", drawing.FaceStyle())
+        faces.draw_face(canvas, (50, 50), 60, "xxx", faces.FaceStyle())

@@ -18,6 +18,7 @@ from transformers import AutoModel, AutoTokenizer
 from ercpipe.features import text
 from ercpipe.io import features as feature_io
 from ercpipe.io import manifest as manifest_io
+from ercpipe.testing.tiny_models import write_tiny_roberta
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = [
@@ -51,7 +52,7 @@ def make_manifest(dialogues: dict[str, list[tuple[str, str]]], splits: dict[str,
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """A random-init RoBERTa with a byte-level BPE trained on CORPUS, saved like a hub model."""
-    return text.write_tiny_roberta(tmp_path_factory.mktemp("tiny") / "tiny-roberta", CORPUS * 2)
+    return write_tiny_roberta(tmp_path_factory.mktemp("tiny") / "tiny-roberta", CORPUS * 2)
 
 
 @pytest.fixture(scope="session")

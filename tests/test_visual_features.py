@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import weakref
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -12,10 +16,10 @@ import pytest
 import torch
 import torchvision
 
-from ercpipe.datasets import drawing
 from ercpipe.features import denseface, visual
 from ercpipe.io import features as feature_io
 from ercpipe.io import manifest as manifest_io
+from ercpipe.synthetic import faces as drawing
 
 W, H = 640, 360
 BACKGROUND = (70, 90, 110)
@@ -26,7 +30,7 @@ SIDE = {"mode": "side", "sides": {"F": "left", "M": "right"}}
 
 
 def draw_face(img: np.ndarray, cx: int, cy: int, h: int, skin: tuple[int, int, int]) -> None:
-    """A neutral bald drawn head (ercpipe.datasets.drawing) that the real MTCNN detects."""
+    """A neutral bald drawn head (ercpipe.synthetic.faces) that the real MTCNN detects."""
     drawing.draw_face(img, (cx, cy), h, "neutral", drawing.FaceStyle(skin=skin, hair_style="bald"))
 
 
@@ -301,3 +305,178 @@ def test_settings_are_validated():
         visual.face_selection_settings({"mode": "side", "sides": {"F": "top"}})
     with pytest.raises(ValueError, match=r"unknown face_selection key\(s\) \['sides'\]"):
         visual.face_selection_settings({"mode": "largest_central", "sides": {}})
+
+
+# ----------------------------------------------------------------------------------------- frame sampling
+# sample_frames decides which sampled frames it keeps before decoding, so an utterance of any length holds
+# at most max_frames frames; the frames kept are exactly those of "every sampled frame, then thinned".
+
+def _numbered(i: int, width: int, height: int) -> np.ndarray:
+    """A frame that says which one it is (the codec keeps it distinguishable)."""
+    img = np.full((height, width, 3), (i * 7) % 256, np.uint8)
+    img[:, :, 1] = (i // 37) * 16 % 256
+    img[(i * 3) % height, :, 2] = 255
+    return img
+
+
+def write_numbered(path: Path, n: int, rate, width: int, height: int, options: dict | None = None) -> Path:
+    if path.suffix == ".avi":
+        writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"XVID"), rate, (width, height))
+        for i in range(n):
+            writer.write(_numbered(i, width, height)[:, :, ::-1])
+        writer.release()
+        return path
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=rate, options=options or {})
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for i in range(n):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(_numbered(i, width, height), format="rgb24")))
+        container.mux(stream.encode())
+    return path
+
+
+def _old_iter_frames(path, start, end, fps):
+    """ercpipe.io.media.iter_frames before the change, verbatim: the reference the selection must equal."""
+    lo = 0.0 if start is None else float(start)
+    hi = float("inf") if end is None else float(end)
+    step = 1.0 / fps
+    next_t = lo
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        if lo > 0:
+            container.seek(int(lo / stream.time_base), stream=stream, backward=True)
+        for frame in container.decode(stream):
+            if frame.pts is None:
+                continue
+            t = float(frame.pts * stream.time_base)
+            if t >= hi:
+                break
+            if t + 1e-6 < next_t:
+                continue
+            yield t, frame.to_ndarray(format="rgb24")
+            while next_t <= t + 1e-6:
+                next_t += step
+
+
+def old_selection(path, start, end, fps, max_frames) -> list[tuple[float, np.ndarray]]:
+    """sample_frames before the change: every sampled frame held, then thinned to max_frames."""
+    frames = list(_old_iter_frames(path, start, end, fps))
+    if len(frames) > max_frames:
+        keep = np.linspace(0, len(frames) - 1, max_frames).round().astype(int)
+        frames = [frames[i] for i in keep]
+    return frames
+
+
+def assert_same_selection(got: list[tuple[float, np.ndarray]], expected: list[tuple[float, np.ndarray]]) -> None:
+    assert [t for t, _ in got] == [t for t, _ in expected]
+    for (_, a), (_, b) in zip(got, expected):
+        assert a.dtype == np.uint8 and np.array_equal(a, b)
+
+
+class FrameCensus:
+    """Wraps visual.iter_frames and counts the decoded frames still alive (weak references) at every step."""
+
+    def __init__(self, monkeypatch):
+        self.real = visual.iter_frames
+        self.alive: list = []
+        self.peak = self.passes = self.decoded = 0
+        monkeypatch.setattr(visual, "iter_frames", self)
+
+    def __call__(self, *args, **kwargs):
+        self.passes += 1
+        for t, frame in self.real(*args, **kwargs):
+            if frame is not None:
+                self.decoded += 1
+                self.alive.append(weakref.ref(frame))
+            self.alive = [r for r in self.alive if r() is not None]
+            self.peak = max(self.peak, len(self.alive))
+            yield t, frame
+            del frame
+
+
+LONG_W, LONG_H, LONG_SECONDS = 640, 360, 240  # 4 minutes; sampled at 2 fps: 480 frames, 330 MB if all were held
+
+
+@pytest.fixture(scope="session")
+def long_video(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("long") / "long.mp4"
+    return write_numbered(path, LONG_SECONDS * 2, 2, LONG_W, LONG_H, {"preset": "ultrafast"})
+
+
+def test_a_long_clip_holds_at_most_max_frames(long_video, monkeypatch):
+    census = FrameCensus(monkeypatch)
+    frames = visual.sample_frames(long_video, None, None, 2.0, 16)
+    assert census.peak <= 16 + 1, f"{census.peak} decoded frames alive at once"
+    assert census.decoded == 16 and census.passes == 1  # only the kept frames are converted; one decoding pass
+    monkeypatch.undo()
+    expected = old_selection(long_video, None, None, 2.0, 16)
+    assert expected[0][0] == 0.0 and expected[-1][0] == LONG_SECONDS - 0.5  # spread over the whole clip
+    assert len(frames) == 16 and all(np.array_equal(a, b) for a, (_, b) in zip(frames, expected))
+    assert_same_selection(visual.sample_timed_frames(long_video, None, None, 2.0, 16), expected)
+
+
+PEAK_SCRIPT = """
+import sys
+from ercpipe.features import visual
+
+def hwm_mb():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+
+path = sys.argv[1]
+visual.sample_frames(path, 0.0, 2.0, 2.0, 16)  # decoder and libraries loaded
+before = hwm_mb()
+frames = visual.sample_frames(path, None, None, 2.0, 16)
+print(len(frames), hwm_mb() - before)
+"""
+
+
+def test_peak_memory_of_a_long_clip_does_not_grow_with_its_length(long_video):
+    out = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, str(long_video)], capture_output=True, text=True,
+                         check=True).stdout.split()
+    frame_mb = LONG_W * LONG_H * 3 / 2**20
+    assert int(out[0]) == 16
+    # Every sampled frame held (the old way) is 480 x 0.66 = 316 MB above the warm process; 16 kept are 11 MB.
+    assert float(out[1]) < 64 * frame_mb, f"peak RSS grew by {float(out[1]):.0f} MB"
+
+
+@pytest.fixture(scope="session")
+def short_videos(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("short")
+    return {"mp4": write_numbered(root / "b_frames.mp4", 300, 25, 96, 64),  # libx264 defaults: B-frames
+            "ntsc": write_numbered(root / "ntsc.mp4", 200, Fraction(30000, 1001), 96, 64),
+            "avi": write_numbered(root / "xvid.avi", 250, 25, 96, 64)}
+
+
+@pytest.mark.parametrize("kind", ["mp4", "ntsc", "avi"])
+def test_the_selection_is_todays_exactly(short_videos, kind, monkeypatch):
+    path = short_videos[kind]
+    for start, end in ((None, None), (0.3, 1.5), (2.0, 6.7), (3.33, None), (1.0, 1.01), (50.0, 51.0)):
+        for fps, max_frames in ((2.0, 16), (10.0, 3), (7.3, 16), (25.0, 40), (2.0, 1)):
+            expected = old_selection(path, start, end, fps, max_frames)
+            census = FrameCensus(monkeypatch)
+            assert_same_selection(visual.sample_timed_frames(path, start, end, fps, max_frames), expected)
+            assert census.passes == 1 and census.decoded == len(expected)  # the packets predicted the count
+            assert [f.tobytes() for f in visual.sample_frames(path, start, end, fps, max_frames)] == \
+                [f.tobytes() for _, f in expected]
+            monkeypatch.undo()
+    n = len(list(_old_iter_frames(path, None, None, 10.0)))
+    for max_frames in (n - 1, n, n + 1):  # the edges of thinning
+        assert_same_selection(visual.sample_timed_frames(path, None, None, 10.0, max_frames),
+                              old_selection(path, None, None, 10.0, max_frames))
+
+
+@pytest.mark.parametrize("wrong", [None, -1, +1, -1000])
+def test_a_wrong_or_missing_prediction_decodes_again_with_the_real_count(short_videos, monkeypatch, wrong):
+    """Where the packets mislead (a decoder that drops frames) or cannot tell, the result is still today's."""
+    path = short_videos["mp4"]
+    real = visual.count_sampled_frames
+    monkeypatch.setattr(visual, "count_sampled_frames",
+                        lambda *a: None if wrong is None else max(0, real(*a) + wrong))
+    census = FrameCensus(monkeypatch)
+    got = visual.sample_timed_frames(path, 0.5, 11.0, 4.0, 16)
+    assert census.passes == 2 and census.peak <= 16 + 1
+    monkeypatch.undo()
+    assert_same_selection(got, old_selection(path, 0.5, 11.0, 4.0, 16))

@@ -4,7 +4,7 @@ Each reader (`ercpipe.datasets.iemocap.read`, `.meld.read`, `.csv_manifest.read`
 into a `ReadResult`: manifest rows (ercpipe.io.manifest.COLUMNS) plus an issue log with every flagged
 and rejected row. `ercpipe.datasets.build.build_manifest` validates the result and writes
 manifest.tsv, issues.tsv and summary.json. This module holds what the readers share; it imports
-nothing heavy (the synthetic corpus generator lives in this package too).
+nothing heavy. The synthetic corpus that the demo reads with these readers is ercpipe.synthetic.
 """
 from __future__ import annotations
 

@@ -43,7 +43,6 @@ from ercpipe.device import resolve_device
 from ercpipe.features import settings as settings_mod
 from ercpipe.io import features as feature_io
 from ercpipe.io import manifest as manifest_io
-from ercpipe.io.atomic import atomic_dir
 
 logger = logging.getLogger(__name__)
 
@@ -375,38 +374,3 @@ def extract_shard(manifest_path, shard: int, n_shards: int, settings: dict, out_
         "absent": json.dumps(result.absent, sort_keys=True),
         "truncated": json.dumps(result.truncated, sort_keys=True),
         "encoder_dir": str(encoder_dir) if encoder_dir else ""}))
-
-
-# ----------------------------------------------------------------------------------------- tiny model
-
-def write_tiny_roberta(out_dir: str | Path, corpus: Sequence[str], *, hidden_size: int = 32, layers: int = 3,
-                       heads: int = 2, intermediate_size: int | None = None, vocab_size: int = 400,
-                       max_length: int = 512, seed: int = 0) -> Path:
-    """A small random-init RoBERTa + byte-level BPE tokenizer trained on `corpus`, saved as a model directory.
-
-    It loads exactly like a hub RoBERTa (AutoTokenizer / AutoModel by path); for tests, benchmarks and
-    offline dry runs of the pipeline. The features mean nothing until the model is fine-tuned.
-    (hidden_size=1024, layers=24, heads=16, intermediate_size=4096 has roberta-large's shape, apart
-    from the vocabulary, for speed measurements.)
-    """
-    from tokenizers import ByteLevelBPETokenizer
-    from transformers import RobertaConfig, RobertaModel, RobertaTokenizer
-
-    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # RoBERTa's ids 0..4
-    bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(list(corpus), vocab_size=vocab_size, min_frequency=1, special_tokens=specials)
-    vocab = bpe.get_vocab()
-    # Merges serialise as ["a b", ...] or [["a", "b"], ...] depending on the tokenizers version.
-    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m)
-              for m in json.loads(bpe.to_str())["model"]["merges"]]
-    tokenizer = RobertaTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)
-    config = RobertaConfig(vocab_size=len(vocab), hidden_size=hidden_size, num_hidden_layers=layers,
-                           num_attention_heads=heads, intermediate_size=intermediate_size or 2 * hidden_size,
-                           max_position_embeddings=max_length + 2, pad_token_id=1, bos_token_id=0, eos_token_id=2)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = RobertaModel(config)  # with the pooler, like hub checkpoints
-    with atomic_dir(out_dir) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-    return Path(out_dir)

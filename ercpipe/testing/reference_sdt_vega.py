@@ -1,9 +1,10 @@
 """A straightforward eager reference of the SDT / SDT-VEGA forward pass (spec section 2), for checking and timing.
 
-Not library code. It reads the parameters of an `ercpipe.model.SDTVega` and recomputes the outputs the
-plain way: one dialogue at a time in a Python loop (so no padding and no mask), explicit per-head
-softmax attention, explicit formulas for the feed-forward block, gates, reductions, fusion and heads.
-The library version must give the same numbers (bench_train.py and tests/test_model.py check it).
+Test and benchmark support, not pipeline code: no rule, script or library module imports it. It reads the
+parameters of an `ercpipe.model.SDTVega` and recomputes the outputs the plain way: one dialogue at a time
+in a Python loop (so no padding and no mask), explicit per-head softmax attention, explicit formulas for
+the feed-forward block, gates, reductions, fusion and heads. The library version must give the same
+numbers (bench/bench_train.py and tests/test_model.py check it).
 """
 from __future__ import annotations
 
