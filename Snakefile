@@ -40,6 +40,7 @@ include: "workflow/rules/corpus.smk"
 include: "workflow/rules/manifest.smk"
 include: "workflow/rules/features.smk"
 include: "workflow/rules/anchors.smk"
+include: "workflow/rules/pickles.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/report.smk"
 

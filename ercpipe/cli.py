@@ -3,7 +3,8 @@
     ercpipe predict --checkpoint results/.../model.pt --conversation talk.csv [--out predictions.tsv]
     ercpipe predict --checkpoint results/.../model.pt --manifest features/x/manifest.tsv \
         --features text=features/x/text/minilm.h5 audio=... [--split test]
-    ercpipe import-pickle IEMOCAP.pkl --allow-pickle --dataset iemocap_pkl --out-dir features/iemocap_pkl
+    ercpipe import-pickle IEMOCAP.pkl --allow-pickle --dataset iemocap_pkl --out-dir features/iemocap_pkl \
+        [--valid-standard | --valid-fraction 0.1 --valid-seed 0 | --valid-dialogues ID... | --no-valid]
     ercpipe export-vega --manifest M --features text=T audio=A visual=V --out IEMOCAP.pkl
     ercpipe import-anchors 35_anchor.pt --allow-pickle --classes hap sad neu ang exc fru --clip-model ViT-B-32 --out A.h5
     ercpipe export-anchors anchors/demo_faces/ViT-B-32.h5 --out 35_anchor.pt
@@ -20,8 +21,8 @@ import logging
 import sys
 from pathlib import Path
 
-from ercpipe.config import MODALITIES
 from ercpipe.errors import ErcpipeError, one_line
+from ercpipe.labels import MODALITIES
 
 ALLOW_PICKLE_HINT = "add --allow-pickle"
 # Bad input from the user: one line and exit status 2. Other exceptions are bugs and keep their traceback.
@@ -60,8 +61,26 @@ def _import_pickle(args, parser) -> None:
 
     out = Path(args.out_dir)
     features = {m: out / m / f"{args.setting}.h5" for m in args.modalities}
+    chosen = [flag for flag, value in (("--valid-standard", args.valid_standard), ("--valid-fraction",
+              args.valid_fraction is not None), ("--valid-dialogues", args.valid_dialogues), ("--no-valid",
+              args.no_valid)) if value]
+    if len(chosen) > 1:
+        parser.error(f"give at most one of {', '.join(chosen)}")
+    if args.valid_seed is not None and args.valid_fraction is None:
+        parser.error("--valid-seed goes with --valid-fraction")
+    if args.valid_standard:
+        valid_split = {"standard": "iemocap"}
+    elif args.valid_fraction is not None:
+        if not 0 < args.valid_fraction < 1:
+            parser.error(f"--valid-fraction must be between 0 and 1, got {args.valid_fraction}")
+        valid_split = {"fraction": args.valid_fraction, "seed": args.valid_seed or 0}
+    elif args.no_valid:
+        valid_split = "none"
+    else:
+        valid_split = "default"
     summary = import_pickle(args.pickle, out / "manifest.tsv", features, allow_pickle=args.allow_pickle,
-                            fmt=args.format, dataset=args.dataset or out.name, how_to_allow=ALLOW_PICKLE_HINT)
+                            fmt=args.format, dataset=args.dataset or out.name, how_to_allow=ALLOW_PICKLE_HINT,
+                            valid_split=valid_split, valid_dialogues=args.valid_dialogues, classes=args.classes)
     print(summary)
 
 
@@ -115,6 +134,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--modalities", nargs="+", default=list(MODALITIES), choices=MODALITIES)
     p.add_argument("--format", choices=["iemocap", "meld"], help="default: guessed from the labels")
     p.add_argument("--dataset", help="dataset name in the manifest (default: the folder name)")
+    p.add_argument("--classes", nargs="+", help="names of the label ids in order, when not IEMOCAP's or MELD's")
+    valid = p.add_argument_group("validation split (the pickles have train and test lists only; default: "
+                                 "--valid-standard for IEMOCAP labels, --valid-fraction 0.1 --valid-seed 0 otherwise)")
+    valid.add_argument("--valid-standard", action="store_true",
+                       help="the 12 validation dialogues of the standard IEMOCAP split")
+    valid.add_argument("--valid-fraction", type=float, metavar="F", help="a seeded fraction of the train dialogues")
+    valid.add_argument("--valid-seed", type=int, metavar="S", help="seed of --valid-fraction (default 0)")
+    valid.add_argument("--valid-dialogues", nargs="+", metavar="ID", help="these train dialogues")
+    valid.add_argument("--no-valid", action="store_true",
+                       help="no validation split (only train.paper_compat experiments can train on it)")
     p.set_defaults(run=_import_pickle)
 
     p = commands.add_parser("export-vega", parents=[common], help="manifest + HDF5 files -> VEGA's 7-tuple pickle")

@@ -11,10 +11,40 @@ import re
 from pathlib import Path
 
 from ercpipe.errors import ErcpipeError
-from ercpipe.labels import CLASSES_BY_FORMAT, canonical_emotion
+from ercpipe.labels import CLASSES_BY_FORMAT, MODALITIES, canonical_emotion
 
-MODALITIES: tuple[str, ...] = ("text", "audio", "visual")
 SYNTHETIC_ROOT = Path("raw/synthetic")
+# Datasets imported from the community feature pickles (ercpipe.features.pickles): no raw folder, no
+# extraction; the import rule writes the manifest and one feature file per imported setting.
+PICKLE_FORMATS: tuple[str, ...] = ("vega_pickle", "sdt_pickle")
+PICKLE_ONLY_KEYS: tuple[str, ...] = ("path", "allow_pickle", "labels", "valid_split")
+RAW_ONLY_KEYS: tuple[str, ...] = ("root", "synthetic", "manifest", "split_file", "relabel", "sides", "probe_media",
+                                  "face_selection")
+IMPORTED_SOURCE = "pickle"  # a feature setting {source: pickle[, layout: ...]} names an imported file
+
+
+def is_pickle_dataset(cfg: dict) -> bool:
+    return cfg.get("format") in PICKLE_FORMATS
+
+
+def is_imported_setting(setting) -> bool:
+    """A feature setting {source: pickle[, layout]} (= ercpipe.io.features.is_imported_setting, without h5py)."""
+    return isinstance(setting, dict) and setting.get("source") == IMPORTED_SOURCE
+
+
+def export_name_dir(config: dict, name: str) -> str:
+    """results/{dataset}/export/{name}: where the export `name` writes features.pkl (and 35_anchor.pt)."""
+    return f"results/{export_source(config, name)['dataset']}/export/{name}"
+
+
+def export_source(config: dict, name: str) -> dict:
+    """{dataset, features, anchors} of an `exports:` entry (from its experiment, or given directly)."""
+    entry = config["exports"][name]
+    if entry.get("experiment"):
+        exp = config["experiments"][entry["experiment"]]
+        return {"dataset": exp["dataset"], "features": dict(exp["features"]),
+                "anchors": entry.get("anchors", exp.get("anchors"))}
+    return {"dataset": entry["dataset"], "features": dict(entry["features"]), "anchors": entry.get("anchors")}
 
 
 class ConfigError(ErcpipeError, ValueError):
@@ -44,14 +74,22 @@ def dataset_root(name: str, cfg: dict) -> Path | None:
     """
     if cfg.get("synthetic"):
         return SYNTHETIC_ROOT / name
-    if cfg.get("root") is None and cfg.get("format") == "csv":
+    if cfg.get("root") is None and (cfg.get("format") == "csv" or is_pickle_dataset(cfg)):
         return None
     return Path(cfg["root"])
 
 
-def dataset_classes(cfg: dict) -> list[str]:
-    if cfg["format"] == "csv":
+def dataset_classes(cfg: dict, workdir: Path = Path(".")) -> list[str]:
+    """Class names in label-id order. A pickle dataset: `classes`, else those of `labels`, else of the labels
+    the pickle's layout and speakers tell (read once while the DAG is built; check() has checked it)."""
+    if cfg["format"] == "csv" or (is_pickle_dataset(cfg) and cfg.get("classes")):
         return list(cfg["classes"])
+    if is_pickle_dataset(cfg):
+        if cfg.get("labels"):
+            return list(CLASSES_BY_FORMAT[cfg["labels"]])
+        from ercpipe.features.pickles import inspect_dataset
+
+        return list(inspect_dataset("", cfg, workdir)["classes"])
     return list(CLASSES_BY_FORMAT[cfg["format"]])
 
 
@@ -72,12 +110,19 @@ def clip_name(clip: dict) -> str:
 
 
 def anchor_classes(config: dict, set_name: str) -> list[str]:
-    """Canonical class names an anchor set must cover: every class of every dataset that uses it."""
+    """Canonical class names an anchor set must cover: every class of every dataset that uses it (experiments,
+    exports, mining); an official: set's file holds them in this order (its `classes`, else its dataset's)."""
     names: list[str] = list(config["anchors"][set_name].get("classes") or [])
     # Experiments in name order, so the same config written in another key order gives the same list.
     for _, exp in sorted(config.get("experiments", {}).items()):
         if exp.get("anchors") == set_name:
             for label in dataset_classes(config["datasets"][exp["dataset"]]):
+                if canonical_emotion(label) not in names:
+                    names.append(canonical_emotion(label))
+    for export in sorted(config.get("exports", {})):
+        source = export_source(config, export)
+        if source["anchors"] == set_name:
+            for label in dataset_classes(config["datasets"][source["dataset"]]):
                 if canonical_emotion(label) not in names:
                     names.append(canonical_emotion(label))
     mine = config["anchors"][set_name].get("mine")
@@ -140,15 +185,20 @@ def _path_problem(where: str, value: str, kind: str, workdir: Path, fix: str) ->
 def path_problems(config: dict, workdir: Path = Path(".")) -> list[str]:
     """One line per file or folder the config names that is not there: dotted key, path, fix.
 
-    Checked: datasets.*.root (not for synthetic: true), .manifest (csv), .split_file; features.text.*.model
-    when it is a path (text_model_is_path); features.visual.*.weights unless null or "random";
-    anchors.*.images; anchors.*.clip.pretrained when it is a checkpoint path. Every setting is checked,
+    Checked: datasets.*.root (not for synthetic: true), .manifest (csv), .split_file, .path (vega_pickle,
+    sdt_pickle); features.text.*.model when it is a path (text_model_is_path); features.visual.*.weights
+    unless null or "random"; anchors.*.images, anchors.*.official; anchors.*.clip.pretrained when it is a
+    checkpoint path. Every setting is checked,
     also one no experiment uses. Relative paths start from `workdir` (Snakemake's working directory).
     """
     problems: list[str | None] = []
     for name, ds in config.get("datasets", {}).items():
         where, fmt = f"datasets.{name}", ds.get("format")
-        if ds.get("synthetic"):
+        if is_pickle_dataset(ds):
+            if ds.get("path") is not None:
+                problems.append(_path_problem(f"{where}.path", ds["path"], "file", workdir,
+                                              f"point it at the {fmt} file (README, 'Your data'; docs/features.md)"))
+        elif ds.get("synthetic"):
             pass  # its root is an output of the synthetic_corpus rule
         elif fmt == "csv" and ds.get("root") is not None:
             problems.append(_path_problem(
@@ -188,6 +238,9 @@ def path_problems(config: dict, workdir: Path = Path(".")) -> list[str]:
                 f"set it to a {backbone} checkpoint file, \"random\" (random init: demo and tests only) or null "
                 "(densenet121: the ImageNet weights in the torch hub cache; docs/features.md)"))
     for name, an in config.get("anchors", {}).items():
+        if an.get("official"):
+            problems.append(_path_problem(f"anchors.{name}.official", an["official"], "file", workdir,
+                                          "point it at the official 35_anchor.pt (docs/anchors.md)"))
         if an.get("images"):
             problems.append(_path_problem(
                 f"anchors.{name}.images", an["images"], "folder", workdir,
@@ -206,10 +259,20 @@ def check(config: dict, workdir: Path = Path(".")) -> None:
     """Raise ConfigError for every reference that points nowhere (after schema validation).
 
     Every missing path is reported at once (path_problems); the other checks stop at the first problem.
+    A feature pickle dataset (vega_pickle, sdt_pickle) must say allow_pickle: true before its file is
+    opened; then the file is unpickled and checked as the import rule will (ercpipe.features.pickles.
+    inspect_dataset), so a file of the wrong shape stops the run before any job, named with its key.
     """
     datasets = config.get("datasets", {})
     for name, ds in datasets.items():
         where = f"datasets.{name}"
+        if is_pickle_dataset(ds):
+            _check_pickle_keys(name, ds)
+            continue
+        wrong = [k for k in PICKLE_ONLY_KEYS if k in ds]
+        if wrong:
+            raise ConfigError(f"{where}.{wrong[0]}: only for format {' or '.join(PICKLE_FORMATS)} (an imported "
+                              f"feature pickle); format {ds['format']} reads a raw dataset")
         if ds.get("synthetic"):
             if ds["format"] not in ("iemocap", "meld"):
                 raise ConfigError(f"{where}.synthetic: only iemocap and meld corpora can be generated")
@@ -222,18 +285,25 @@ def check(config: dict, workdir: Path = Path(".")) -> None:
     anchors = config.get("anchors", {})
     for name, an in anchors.items():
         where = f"anchors.{name}"
-        sources = [k for k in ("images", "synthetic", "mine") if an.get(k)]
+        sources = [k for k in ("images", "synthetic", "mine", "official") if an.get(k)]
         if len(sources) != 1:
-            raise ConfigError(f"{where}: give exactly one of images (a folder), synthetic, mine; got {sources}")
+            raise ConfigError(f"{where}: give exactly one of images (a folder), synthetic, mine, official (a "
+                              f"35_anchor.pt file); got {sources}")
+        if "allow_pickle" in an and not an.get("official"):
+            raise ConfigError(f"{where}.allow_pickle: only for official: anchor files")
     problems = path_problems(config, workdir)
     if problems:
         raise ConfigError("\n".join(problems))
+    inspected = {name: _inspect_pickle(name, ds, workdir) for name, ds in datasets.items() if is_pickle_dataset(ds)}
     for name, an in anchors.items():
         where = f"anchors.{name}"
         mine = an.get("mine")
         if mine:
             if mine["dataset"] not in datasets:
                 raise ConfigError(f"{where}.mine.dataset: unknown dataset {mine['dataset']!r}")
+            if is_pickle_dataset(datasets[mine["dataset"]]):
+                raise ConfigError(f"{where}.mine.dataset: {mine['dataset']} is a feature pickle, which has no video "
+                                  "to take face images from; mine from a raw dataset or use official: / images:")
             if mine["visual"] not in config.get("features", {}).get("visual", {}):
                 raise ConfigError(f"{where}.mine.visual: unknown visual feature setting {mine['visual']!r}")
     from ercpipe.train.presets import resolve_experiment  # here: presets imports this module; light, no torch
@@ -244,11 +314,7 @@ def check(config: dict, workdir: Path = Path(".")) -> None:
             raise ConfigError(f"{where}.dataset: unknown dataset {exp['dataset']!r}; known: {sorted(datasets)}")
         if not exp["features"]:
             raise ConfigError(f"{where}.features: choose at least one modality")
-        for modality, setting in exp["features"].items():
-            known = config.get("features", {}).get(modality, {})
-            if setting not in known:
-                raise ConfigError(f"{where}.features.{modality}: unknown setting {setting!r}; "
-                                  f"known {modality} settings: {sorted(known)}")
+        _check_feature_settings(config, where, exp["dataset"], exp["features"], inspected)
         if exp.get("anchors") is not None and exp["anchors"] not in anchors:
             raise ConfigError(f"{where}.anchors: unknown anchor set {exp['anchors']!r}; known: {sorted(anchors)}")
         if len(set(exp["seeds"])) != len(exp["seeds"]):
@@ -282,17 +348,100 @@ def check(config: dict, workdir: Path = Path(".")) -> None:
                               "a dev score only compares models on the same dev split")
 
 
-def with_defaults(settings: dict | None, defaults: dict, what: str) -> dict:
-    """`settings` with `defaults` filled in; a key not in `defaults` is a ValueError naming it and `what`."""
-    settings = dict(settings or {})
-    unknown = sorted(set(settings) - set(defaults))
-    if unknown:
-        raise ValueError(f"unknown {what} setting(s) {unknown}; known: {sorted(defaults)}")
-    return {**defaults, **settings}
+    _check_exports(config, inspected)
 
 
-def require_int(value, minimum: int, what: str) -> int:
-    """`value` if it is an integer >= minimum (not a bool), else a ValueError naming `what`."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{what} must be an integer >= {minimum}, got {value!r}")
-    return value
+def _check_pickle_keys(name: str, ds: dict) -> None:
+    where = f"datasets.{name}"
+    wrong = [k for k in RAW_ONLY_KEYS if k in ds]
+    if wrong:
+        raise ConfigError(f"{where}.{wrong[0]}: not a key of format {ds['format']} (an imported feature pickle has "
+                          "no raw folder); its keys: path, allow_pickle, labels, classes, valid_split")
+    if "path" not in ds:
+        raise ConfigError(f"{where}.path: required for format {ds['format']}: the pickle file (docs/features.md)")
+    if ds.get("allow_pickle") is not True:
+        raise ConfigError(
+            f"{where}.allow_pickle: {ds['format']} datasets are read by unpickling {ds['path']}, which can run "
+            f"arbitrary code stored in the file; only if you trust where it comes from, set "
+            f"datasets.{name}.allow_pickle: true")
+    split = ds.get("valid_split")
+    if isinstance(split, dict) and split.get("standard") and ds.get("labels") == "meld":
+        raise ConfigError(f"{where}.valid_split.standard: MELD has no standard validation dialogues inside its "
+                          "train list; use {fraction: 0.1, seed: 0}")
+
+
+def _inspect_pickle(name: str, ds: dict, workdir: Path) -> dict:
+    """The pickle's layout, labels, widths and split (ercpipe.features.pickles.inspect_dataset), or a ConfigError
+    naming the key and the file: a pickle of the wrong shape stops the run before any job."""
+    from ercpipe.features.pickles import inspect_dataset  # only for pickle datasets: numpy, pandas, h5py
+
+    try:
+        return inspect_dataset(name, ds, workdir)
+    except (ValueError, OSError) as err:
+        raise ConfigError(f"datasets.{name}.path: {err}") from None
+
+
+def _check_feature_settings(config: dict, where: str, dataset: str, features: dict, inspected: dict) -> None:
+    """Every feature setting exists; a pickle dataset uses imported settings ({source: pickle}) whose layout, if
+    given, is the pickle's and whose modality the pickle holds; a raw dataset uses extractor settings."""
+    datasets = config.get("datasets", {})
+    pickle = is_pickle_dataset(datasets[dataset])
+    for modality, setting in features.items():
+        known = config.get("features", {}).get(modality, {})
+        if setting not in known:
+            raise ConfigError(f"{where}.features.{modality}: unknown setting {setting!r}; "
+                              f"known {modality} settings: {sorted(known)}")
+        imported = is_imported_setting(known[setting])
+        if pickle and not imported:
+            raise ConfigError(f"{where}.features.{modality}: {setting!r} is an extractor setting, but dataset "
+                              f"{dataset} is a feature pickle ({datasets[dataset]['format']}), whose features are "
+                              f"imported as they are: name a setting {{source: pickle}} (features.{modality})")
+        if not pickle and imported:
+            raise ConfigError(f"{where}.features.{modality}: {setting!r} is an imported setting (source: pickle), "
+                              f"but dataset {dataset} is not a pickle dataset; its features are extracted")
+        if pickle:
+            info = inspected[dataset]
+            layout = known[setting].get("layout")
+            if layout is not None and layout != info["layout"]:
+                raise ConfigError(f"features.{modality}.{setting}.layout: {layout}, but datasets.{dataset}.path holds "
+                                  f"the layout {info['layout']}; fix the layout or leave it out")
+            if not info["dims"].get(modality):
+                raise ConfigError(f"{where}.features.{modality}: the pickle of dataset {dataset} holds no "
+                                  f"{modality} features (width 0); leave the modality out")
+
+
+def _check_exports(config: dict, inspected: dict) -> None:
+    experiments, datasets = config.get("experiments", {}), config.get("datasets", {})
+    for section in ("experiments", "selections"):
+        if "export" in config.get(section, {}):
+            raise ConfigError(f"{section}.export: the name is taken by results/<dataset>/export/ (exports:); "
+                              "rename it")
+    for name, entry in config.get("exports", {}).items():
+        where = f"exports.{name}"
+        if bool(entry.get("experiment")) == bool(entry.get("dataset")):
+            raise ConfigError(f"{where}: give either experiment (its dataset, features and anchors are exported) "
+                              "or dataset with features")
+        if entry.get("experiment"):
+            if entry["experiment"] not in experiments:
+                raise ConfigError(f"{where}.experiment: unknown experiment {entry['experiment']!r}; known: "
+                                  f"{sorted(experiments)}")
+            if "features" in entry:
+                raise ConfigError(f"{where}.features: taken from the experiment; leave it out")
+        else:
+            if entry["dataset"] not in datasets:
+                raise ConfigError(f"{where}.dataset: unknown dataset {entry['dataset']!r}; known: {sorted(datasets)}")
+            if not entry.get("features"):
+                raise ConfigError(f"{where}.features: name the text, audio and visual settings to export")
+        source = export_source(config, name)
+        missing = [m for m in MODALITIES if m not in source["features"]]
+        if missing:
+            raise ConfigError(f"{where}: VEGA's 7-tuple holds text, audio and visual features; "
+                              f"{'the experiment' if entry.get('experiment') else 'features'} lacks {missing}")
+        _check_feature_settings(config, where, source["dataset"], source["features"], inspected)
+        if source["anchors"] is not None and source["anchors"] not in config.get("anchors", {}):
+            raise ConfigError(f"{where}.anchors: unknown anchor set {source['anchors']!r}")
+        classes = dataset_classes(datasets[source["dataset"]])
+        if not (set(classes) <= set(CLASSES_BY_FORMAT["iemocap"]) or set(classes) <= set(CLASSES_BY_FORMAT["meld"])):
+            raise ConfigError(f"{where}: dataset {source['dataset']} has classes {classes}; VEGA's pickle stores "
+                              "IEMOCAP or MELD class ids")
+

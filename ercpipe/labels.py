@@ -1,9 +1,13 @@
-"""Class lists of the supported datasets and the aliases that map other spellings onto them.
+"""The modalities, the class lists of the supported datasets and the aliases that map other spellings onto them.
 
 The label ids are the ones the SDT / SDT-VEGA feature pickles use (spec table 1.3), so features and
 checkpoints exchanged with the official code keep their meaning.
 """
 from __future__ import annotations
+
+# Every modality the pipeline knows, in the order configs, checkpoints and the pickles list them. This
+# module imports nothing: the config checks, the pickle import and the training code all read it.
+MODALITIES: tuple[str, ...] = ("text", "audio", "visual")
 
 # The manifest stores each dataset's own label spelling (IEMOCAP's three-letter codes, MELD's words);
 # the id is the position in this list.

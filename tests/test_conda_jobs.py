@@ -51,6 +51,9 @@ LAZY_IMPORTS_NOT_REACHED = {
         "the ercpipe.anchors package imports mining, whose face detection encode_image_set() never calls",
     ("encode_anchors", "ercpipe.anchors.mining", "ercpipe.io.media"):
         "the ercpipe.anchors package imports mining, whose video decoding encode_image_set() never calls",
+    **{(rule, "ercpipe.anchors.mining", module): f"the ercpipe.anchors package imports mining, which {rule} never calls"
+       for rule in ("import_official_anchors", "export_official_anchors")
+       for module in ("ercpipe.features.visual", "ercpipe.io.media")},
 }
 
 
@@ -148,8 +151,20 @@ def _catches_import_error(handler: ast.ExceptHandler) -> bool:
                                                   ast.unparse(handler.type)))
 
 
+def _registry_module(call: ast.Call) -> str | None:
+    """The extractor module a call `extract_shard("text", ...)` / `extractor("text")` of the registry
+    ercpipe.features.EXTRACTORS imports (the rule scripts name their modality that way)."""
+    from ercpipe.features import EXTRACTORS
+
+    func = call.func.attr if isinstance(call.func, ast.Attribute) else getattr(call.func, "id", None)
+    if func in ("extract_shard", "extractor") and call.args and isinstance(call.args[0], ast.Constant):
+        return EXTRACTORS.get(call.args[0].value)
+    return None
+
+
 def _imports(path: Path, module: str):
-    """(imported module, inside a function, inside try/except ImportError) for every import in the file."""
+    """(imported module, inside a function, inside try/except ImportError) for every import in the file,
+    and the extractor module of every registry call with a literal modality."""
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
 
     def visit(node, lazy, guarded):
@@ -163,6 +178,8 @@ def _imports(path: Path, module: str):
                 for part in [*child.handlers, *child.orelse, *child.finalbody]:
                     yield from visit(ast.Module(body=[part], type_ignores=[]), child_lazy, guarded)
                 continue
+            if isinstance(child, ast.Call) and _registry_module(child):
+                yield _registry_module(child), lazy, guarded
             if isinstance(child, ast.Import):
                 for alias in child.names:
                     yield alias.name, lazy, guarded

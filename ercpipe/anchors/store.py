@@ -276,7 +276,8 @@ def _known_embed_dim(clip_model: str) -> int | None:
 
 
 def import_official(pt_path: str | Path, out_path: str | Path, class_names: Sequence[str], clip_model: str,
-                    allow_pickle: bool = False, how_to_allow: str = "pass allow_pickle=True") -> AnchorSet:
+                    allow_pickle: bool = False, how_to_allow: str = "pass allow_pickle=True",
+                    clip_name: str | None = None) -> AnchorSet:
     """Convert an official `35_anchor.pt` into an ercpipe anchor file.
 
     class_names: the dataset's labels in label-id order (the order of the file's anchor_center rows).
@@ -284,6 +285,8 @@ def import_official(pt_path: str | Path, out_path: str | Path, class_names: Sequ
     with OpenAI weights); it is recorded so read(expect_clip_model=...) can refuse a mismatch.
     A file that needs full unpickling is refused unless allow_pickle; how_to_allow words the opt-in for
     the caller's user (the CLI: "add --allow-pickle"). A file torch.save did not write is refused.
+    clip_name: the file-system name of the CLIP setting to record (the pipeline's anchors/{set}/{clip}.h5
+    name, e.g. ViT-B-32_openai; default: clip_model).
     """
     pt_path = Path(pt_path)
     data = _load_torch_file(pt_path, allow_pickle, how_to_allow)
@@ -341,7 +344,7 @@ def import_official(pt_path: str | Path, out_path: str | Path, class_names: Sequ
     settings = {"model": clip_model, "pretrained": "openai", "imported_from": pt_path.name, "sha256": digest}
     anchors = AnchorSet(
         class_names=canonical, centers=centers, image_features=feats, image_paths={c: [] for c in canonical},
-        clip_model=clip_model, pretrained="openai", dim=dim, clip_name=clip_model, settings=settings,
+        clip_model=clip_model, pretrained="openai", dim=dim, clip_name=clip_name or clip_model, settings=settings,
         setting_hash=settings_hash(settings), source=f"official:{pt_path.name} sha256:{digest}",
         versions=package_versions(["torch", "h5py", "numpy"]), dataset_labels=[str(c) for c in class_names])
     write(out_path, anchors)

@@ -38,11 +38,10 @@ from ercpipe.io import features as feature_io
 from ercpipe.io import manifest as manifest_io
 from ercpipe.io.atomic import atomic_path
 from ercpipe.io.digest import file_digest
-from ercpipe.labels import CLASSES_BY_FORMAT
+from ercpipe.labels import CLASSES_BY_FORMAT, MODALITIES
 
 logger = logging.getLogger(__name__)
 
-MODALITIES: tuple[str, ...] = ("text", "audio", "visual")
 MELD_SPEAKER_SLOTS = 9  # width of MELD's one-hot speaker vectors (the model's speaker table)
 IEMOCAP_SPEAKERS = {"M": 0, "F": 1}
 
@@ -78,6 +77,10 @@ class PickleDataset:
     utterance_names: dict[str, list[str]] = field(default_factory=dict)
     sentences: dict[str, list[str]] = field(default_factory=dict)
     source: str = "pickle"
+    classes: tuple[str, ...] = ()  # class names in label-id order (default: those of fmt)
+
+    def class_names(self) -> tuple[str, ...]:
+        return tuple(self.classes) or CLASSES_BY_FORMAT[self.fmt]
 
 
 # ----------------------------------------------------------------------------------------- loading
@@ -179,8 +182,13 @@ def _guess_format(layout: str, speakers: dict[str, object]) -> str:
     raise PickleFormatError("cannot tell IEMOCAP from MELD: the pickle has no utterances; pass fmt=")
 
 
-def parse_pickle(obj: Sequence, fmt: str | None = None, source: str = "pickle") -> PickleDataset:
-    """Check a raw pickle tuple and turn it into a PickleDataset (errors name dialogue and utterance)."""
+def parse_pickle(obj: Sequence, fmt: str | None = None, source: str = "pickle",
+                 classes: Sequence[str] | None = None) -> PickleDataset:
+    """Check a raw pickle tuple and turn it into a PickleDataset (errors name dialogue and utterance).
+
+    fmt: "iemocap" ('M'/'F' speakers) or "meld" (one-hot speakers); None guesses it from the layout and
+    the speakers. classes: the class names in label-id order when they are not fmt's (e.g. a 4-class
+    IEMOCAP); every label id must index it."""
     layout = LAYOUT_BY_LENGTH.get(len(obj))
     if layout is None:
         raise PickleFormatError(f"{source}: a {len(obj)}-tuple is neither VEGA's 7-tuple nor SDT's 12/13-tuple")
@@ -191,7 +199,10 @@ def parse_pickle(obj: Sequence, fmt: str | None = None, source: str = "pickle") 
     fmt = fmt or _guess_format(layout, speakers)
     if fmt not in CLASSES_BY_FORMAT:
         raise ValueError(f"fmt {fmt!r} is not one of {sorted(CLASSES_BY_FORMAT)}")
-    n_classes = len(CLASSES_BY_FORMAT[fmt])
+    class_names = tuple(str(c) for c in classes) if classes else CLASSES_BY_FORMAT[fmt]
+    if len(set(class_names)) != len(class_names):
+        raise ValueError(f"classes {list(class_names)} has duplicate names")
+    n_classes = len(class_names)
 
     train = _id_list(obj[pos["train"]], "the train id list", source)
     test = _id_list(obj[pos["test"]], "the test id list", source)
@@ -205,7 +216,7 @@ def parse_pickle(obj: Sequence, fmt: str | None = None, source: str = "pickle") 
                        len(unlisted), unlisted[:5])
 
     ds = PickleDataset(layout, fmt, dialogues, {**{d: "train" for d in train}, **{d: "test" for d in test}},
-                       {}, {}, {m: {} for m in MODALITIES}, source=source)
+                       {}, {}, {m: {} for m in MODALITIES}, source=source, classes=tuple(classes or ()))
     names = _str_keys(obj[pos["utterances"]], "utterance ids", source) if "utterances" in pos else {}
     sentences = _str_keys(obj[pos["sentences"]], "sentences", source) if "sentences" in pos else {}
     for vid in dialogues:
@@ -217,7 +228,7 @@ def parse_pickle(obj: Sequence, fmt: str | None = None, source: str = "pickle") 
         for k, label in enumerate(ids):
             if not 0 <= label < n_classes:
                 raise PickleFormatError(f"{source}: dialogue {vid} utterance {k}: label id {label} is not a "
-                                        f"{fmt} class id (0..{n_classes - 1})")
+                                        f"class id of {list(class_names)} (0..{n_classes - 1})")
         spk = list(speakers[vid])
         if len(spk) != n:
             raise PickleFormatError(f"{source}: dialogue {vid} has {len(spk)} speakers for {n} labels")
@@ -269,7 +280,7 @@ def to_project(ds: PickleDataset, dataset: str | None = None, valid_dialogues: S
         raise ValueError(f"{ds.source}: valid dialogue(s) {not_train[:5]} are not train dialogues of the pickle; "
                          "valid can only be carved out of the train id list")
     splits = {**ds.splits, **{v: "valid" for v in valid}}
-    classes = CLASSES_BY_FORMAT[ds.fmt]
+    classes = ds.class_names()
     rows = []
     for vid in ds.dialogues:
         names = ds.utterance_names.get(vid)
@@ -313,28 +324,239 @@ def _check_modalities(feature_paths: Mapping[str, object], require_all: bool) ->
         raise ValueError(f"feature_paths lacks {missing}; the VEGA tuple holds text, audio and visual")
 
 
-def import_pickle(pickle_path: str | Path, manifest_path: str | Path, feature_paths: Mapping[str, str | Path], *,
-                  allow_pickle: bool = False, fmt: str | None = None, dataset: str | None = None,
-                  valid_dialogues: Sequence[str] | None = None, how_to_allow: str = "pass allow_pickle=True") -> dict:
-    """Write a manifest and the requested modality files (keys of feature_paths) from a pickle; returns a summary.
+# ----------------------------------------------------------------------------------------- validation split
 
+# `valid_split` of a pickle dataset (the pickles have train and test id lists only):
+#   {standard: iemocap}        the 12 validation dialogues of workflow/resources/iemocap_standard_split.json
+#   {fraction: f, seed: s}     round(f x train dialogues) train dialogues drawn with numpy's default_rng(s)
+#   {dialogues: [ids]}         these train dialogues
+#   none                       no validation split (only train.paper_compat experiments can train on it)
+# Default: {standard: iemocap} for IEMOCAP labels, else {fraction: 0.1, seed: 0}.
+DEFAULT_FRACTION = {"fraction": 0.1, "seed": 0}
+
+
+def default_valid_split(fmt: str) -> dict:
+    return {"standard": "iemocap"} if fmt == "iemocap" else dict(DEFAULT_FRACTION)
+
+
+# = ercpipe.datasets.iemocap.DEFAULT_SPLIT_FILE (not imported: the raw readers reach the media libraries,
+# which the import rules' env does not install)
+STANDARD_SPLIT_FILE = Path(__file__).resolve().parents[2] / "workflow" / "resources" / "iemocap_standard_split.json"
+
+
+def _standard_valid() -> tuple[list[str], list[str]]:
+    split = json.loads(STANDARD_SPLIT_FILE.read_text())
+    return [str(v) for v in split["valid"]], [str(v) for v in split["test"]]
+
+
+def choose_valid(ds: PickleDataset, valid_split: Mapping | str | None = None,
+                 valid_dialogues: Sequence[str] | None = None) -> tuple[list[str], dict, list[dict]]:
+    """The train dialogues that become `valid`, how they were chosen (for summary.json) and dataset checks.
+
+    valid_dialogues (an explicit list) wins over valid_split; valid_split None or "none": no valid split,
+    "default": default_valid_split(ds.fmt) (what a pipeline dataset without `valid_split` gets).
+    A standard valid dialogue missing from the pickle's train list is a PickleFormatError naming it.
+    """
+    train = [d for d in ds.dialogues if ds.splits[d] == "train"]
+    checks: list[dict] = []
+    if valid_dialogues is not None:
+        spec: Mapping | str | None = {"dialogues": [str(v) for v in valid_dialogues]}
+    else:
+        spec = default_valid_split(ds.fmt) if valid_split == "default" else valid_split
+    if spec is None or spec == "none":
+        return [], {"protocol": "none", "note": "no validation split: only train.paper_compat experiments train "
+                    "on this dataset (they select on test)"}, checks
+    if not isinstance(spec, Mapping) or len(spec) == 0:
+        raise ValueError(f"valid_split {spec!r}: use {{standard: iemocap}}, {{fraction: F, seed: S}}, "
+                         "{dialogues: [...]} or none")
+    if "standard" in spec:
+        if spec["standard"] != "iemocap":
+            raise ValueError(f"valid_split.standard {spec['standard']!r}: only iemocap has a standard validation split")
+        valid, test = _standard_valid()
+        absent = [v for v in valid if ds.splits.get(v) != "train"]
+        if absent:
+            raise PickleFormatError(
+                f"{ds.source}: the standard IEMOCAP validation dialogue(s) {absent[:5]} are not train dialogues of "
+                "the pickle, so this file does not follow the standard split; hold out a seeded fraction instead "
+                "(config: valid_split: {fraction: 0.1, seed: 0}; ercpipe import-pickle: --valid-fraction 0.1)")
+        extra_test, missing_test = sorted(set(ds.splits) - set(train) - set(test)), sorted(set(test) - set(ds.splits))
+        checks.append({"check": "test dialogues are the standard IEMOCAP test split",
+                       "ok": not extra_test and not missing_test, "expected": len(test),
+                       "found": sum(1 for d in ds.dialogues if ds.splits[d] == "test"),
+                       "extra": extra_test[:10], "missing": missing_test[:10]})
+        return valid, {"protocol": "standard", "standard": "iemocap", "dialogues": valid,
+                       "note": "the 12 validation dialogues of the standard IEMOCAP split (taken out of the "
+                               "pickle's train list)"}, checks
+    if "fraction" in spec:
+        fraction, seed = float(spec["fraction"]), int(spec.get("seed", 0))
+        if not 0 < fraction < 1:
+            raise ValueError(f"valid_split.fraction must be between 0 and 1, got {fraction}")
+        if len(train) < 2:
+            raise PickleFormatError(f"{ds.source}: {len(train)} train dialogue(s), too few to hold some out as valid")
+        k = min(len(train) - 1, max(1, int(round(fraction * len(train)))))
+        picked = set(np.random.default_rng(seed).choice(len(train), size=k, replace=False).tolist())
+        valid = [d for i, d in enumerate(train) if i in picked]
+        return valid, {"protocol": "fraction", "fraction": fraction, "seed": seed, "dialogues": valid,
+                       "note": f"{k} of the pickle's {len(train)} train dialogues drawn with "
+                               f"numpy.random.default_rng({seed}).choice (without replacement)"}, checks
+    if "dialogues" in spec:
+        valid = [str(v) for v in spec["dialogues"]]
+        return valid, {"protocol": "dialogues", "dialogues": valid,
+                       "note": "train dialogues listed in the configuration"}, checks
+    raise ValueError(f"valid_split {dict(spec)!r}: use {{standard: iemocap}}, {{fraction: F, seed: S}}, "
+                     "{dialogues: [...]} or none")
+
+
+def import_pickle(pickle_path: str | Path, manifest_path: str | Path | None, feature_paths: Mapping[str, str | Path],
+                  *, allow_pickle: bool = False, fmt: str | None = None, dataset: str | None = None,
+                  valid_dialogues: Sequence[str] | None = None, valid_split: Mapping | str | None = None,
+                  classes: Sequence[str] | None = None, layouts: Sequence[str] | None = None,
+                  dataset_format: str | None = None, how_to_allow: str = "pass allow_pickle=True") -> dict:
+    """Write a manifest (+ issues.tsv and summary.json beside it) and the requested modality files (keys of
+    feature_paths) from a pickle; returns a summary.
+
+    manifest_path None writes only the feature files. valid_split / valid_dialogues: how `valid` is
+    formed (choose_valid; None: no valid split, "default": the standard IEMOCAP validation dialogues, or
+    a seeded 10 % of MELD's train dialogues). classes: class names in label-id order when not fmt's. layouts: the layouts the
+    caller accepts (the config's format: vega_pickle -> vega7, sdt_pickle -> sdt12/sdt13).
+    dataset_format: summary.json's "format" (default vega_pickle / sdt_pickle from the layout).
     how_to_allow: the refusal's wording of how to opt in (see load_pickle)."""
+    from ercpipe.datasets import ReadResult
+    from ercpipe.datasets.summary import write_manifest
+    from ercpipe.io.manifest import IssueLog
+
     _check_modalities(feature_paths, require_all=False)
     pickle_path = Path(pickle_path)
     ds = parse_pickle(load_pickle(pickle_path, allow_pickle=allow_pickle, how_to_allow=how_to_allow), fmt=fmt,
-                     source=str(pickle_path))
-    frame, feature_sets = to_project(ds, dataset=dataset, valid_dialogues=valid_dialogues)
+                      source=str(pickle_path), classes=classes)
+    check_layout(ds, layouts, dataset_format)
+    valid, split_record, checks = choose_valid(ds, valid_split, valid_dialogues)
+    frame, feature_sets = to_project(ds, dataset=dataset, valid_dialogues=valid)
     digest = file_digest(pickle_path, length=64)
     for m, path in feature_paths.items():
         fs = feature_sets[m]
         fs.attrs.update({"source_file": str(pickle_path), "source_sha256": digest})
         feature_io.write(path, fs)
-    manifest_io.write(frame, manifest_path)
+    dims = {m: feature_sets[m].dim for m in MODALITIES}
+    absent = {m: int((~feature_sets[m].present).sum()) for m in MODALITIES}
     summary = {"layout": ds.layout, "format": ds.fmt, "dialogues": len(ds.dialogues), "utterances": len(frame),
                "splits": frame.groupby("split")["dialogue_id"].nunique().to_dict(),
-               "dims": {m: feature_sets[m].dim for m in MODALITIES}, "source_sha256": digest}
-    logger.info("imported %s (%s, %s): %s", pickle_path, ds.layout, ds.fmt, summary)
+               "dims": dims, "source_sha256": digest, "valid_split": split_record}
+    if manifest_path is not None:
+        info = {"source": {"kind": "pickle", "path": str(pickle_path), "sha256": digest, "layout": ds.layout,
+                           "labels": ds.fmt},
+                "valid_split": split_record,
+                "modalities": {m: {"dim": dims[m], "all_zero_rows": absent[m]} for m in MODALITIES},
+                "pickle_splits": {"train": sum(1 for d in ds.dialogues if ds.splits[d] == "train"),
+                                  "test": sum(1 for d in ds.dialogues if ds.splits[d] == "test")}}
+        result = ReadResult(frame, IssueLog(), ds.class_names(), checks=checks, info=info)
+        name = dataset or ds.fmt
+        write_manifest(name, dataset_format or PICKLE_FORMAT_OF_LAYOUT[ds.layout], frame, result,
+                       Path(manifest_path).parent)
+        if Path(manifest_path).name != "manifest.tsv":  # write_manifest names it manifest.tsv
+            (Path(manifest_path).parent / "manifest.tsv").replace(manifest_path)
+    logger.info("imported %s (%s, %s): %s", pickle_path, ds.layout, ds.fmt,
+                {k: v for k, v in summary.items() if k != "valid_split"})
     return summary
+
+
+# ----------------------------------------------------------------------------------------- pipeline datasets
+
+PICKLE_FORMATS: dict[str, tuple[str, ...]] = {"vega_pickle": ("vega7",), "sdt_pickle": ("sdt12", "sdt13")}
+PICKLE_FORMAT_OF_LAYOUT = {layout: fmt for fmt, layouts in PICKLE_FORMATS.items() for layout in layouts}
+LAYOUT_NAMES = {"vega7": "a VEGA 7-tuple", "sdt12": "an SDT 12-tuple", "sdt13": "an SDT 13-tuple"}
+
+
+def check_layout(ds: PickleDataset, layouts: Sequence[str] | None, dataset_format: str | None) -> None:
+    if layouts and ds.layout not in layouts:
+        fix = PICKLE_FORMAT_OF_LAYOUT[ds.layout]
+        raise PickleFormatError(f"{ds.source} holds {LAYOUT_NAMES[ds.layout]}, not what format "
+                                f"{dataset_format or '?'} reads ({', '.join(LAYOUT_NAMES[x] for x in layouts)}); "
+                                f"set format: {fix}")
+
+
+def dataset_import_args(name: str, cfg: Mapping) -> dict:
+    """import_pickle's keyword arguments for the config's dataset `name` (format vega_pickle / sdt_pickle)."""
+    return {"allow_pickle": cfg.get("allow_pickle") is True, "fmt": cfg.get("labels"), "dataset": name,
+            "valid_split": cfg.get("valid_split", "default"), "classes": cfg.get("classes"),
+            "layouts": PICKLE_FORMATS[cfg["format"]], "dataset_format": cfg["format"],
+            "how_to_allow": f"set datasets.{name}.allow_pickle: true"}
+
+
+def import_dataset(name: str, cfg: Mapping, out_dir: str | Path) -> dict:
+    """Rule import_pickle: out_dir/manifest.tsv, issues.tsv, summary.json of a configured pickle dataset."""
+    return import_pickle(cfg["path"], Path(out_dir) / "manifest.tsv", {}, **dataset_import_args(name, cfg))
+
+
+def import_dataset_features(name: str, cfg: Mapping, modality: str, out_path: str | Path,
+                            expected_layout: str | None = None) -> dict:
+    """Rule import_pickle_features: one modality's feature file of a configured pickle dataset.
+
+    expected_layout: the layout the feature setting names (features.{modality}.{setting}.layout), if any."""
+    args = dataset_import_args(name, cfg)
+    if expected_layout is not None:
+        args["layouts"] = [x for x in args["layouts"] if x == expected_layout] or [expected_layout]
+    args["valid_split"] = None  # the feature file does not depend on the split
+    return import_pickle(cfg["path"], None, {modality: out_path}, **args)
+
+
+_INSPECTED: dict[tuple, dict] = {}
+# inspect_dataset's results on disk, so a cluster job's re-parse of the Snakefile (and the next snakemake call)
+# does not unpickle a large release again: keyed by the file's path, size, mtime and the dataset's settings.
+INSPECTION_CACHE = Path(".snakemake") / "ercpipe" / "pickle_checks"
+_INSPECTION_VERSION = 1
+
+
+def inspect_dataset(name: str, cfg: Mapping, workdir: str | Path = ".") -> dict:
+    """What a configured pickle dataset holds, checked as the import will check it (layout, labels, speakers,
+    widths, the validation split): {layout, labels, classes, dims, dialogues, utterances, valid_split}.
+
+    Run while the DAG is built, so a pickle of the wrong shape stops `snakemake` (also -n) before any job,
+    naming the file. Unpickles the file (only with allow_pickle: true; without it, PickleNotAllowedError
+    naming datasets.NAME.allow_pickle). A passed check is cached by path, size, mtime and the dataset's
+    settings, in this process and in workdir/.snakemake/ercpipe/pickle_checks/ (a failed one is not).
+    """
+    path = Path(cfg["path"])
+    path = path if path.is_absolute() else Path(workdir) / path
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns,
+           json.dumps({k: cfg.get(k) for k in ("format", "labels", "classes", "valid_split", "allow_pickle")},
+                      sort_keys=True, default=str), _INSPECTION_VERSION)
+    import hashlib
+
+    cache_file = Path(workdir) / INSPECTION_CACHE / f"{hashlib.sha256(repr(key).encode()).hexdigest()[:32]}.json"
+    if key not in _INSPECTED and cfg.get("allow_pickle") is True and cache_file.is_file():
+        try:
+            _INSPECTED[key] = json.loads(cache_file.read_text())
+        except (OSError, ValueError):
+            pass
+    if key not in _INSPECTED:
+        args = dataset_import_args(name, cfg)
+        ds = parse_pickle(load_pickle(path, allow_pickle=args["allow_pickle"], how_to_allow=args["how_to_allow"]),
+                          fmt=args["fmt"], source=str(cfg["path"]), classes=args["classes"])
+        check_layout(ds, args["layouts"], args["dataset_format"])
+        valid, record, _ = choose_valid(ds, args["valid_split"])
+        for vid in ds.dialogues:  # speakers as the import reads them
+            for k, value in enumerate(ds.speakers[vid]):
+                _speaker(ds.fmt, value, vid, k, ds.source)
+        not_train = [v for v in valid if ds.splits.get(v) != "train"]
+        if not_train:
+            raise PickleFormatError(f"{cfg['path']}: valid dialogue(s) {not_train[:5]} are not train dialogues of "
+                                    f"the pickle (datasets.{name}.valid_split)")
+        _INSPECTED[key] = {
+            "layout": ds.layout, "labels": ds.fmt, "classes": list(ds.class_names()),
+            "dims": {m: int(next(iter(ds.features[m].values())).shape[1]) if ds.dialogues else 0 for m in MODALITIES},
+            "dialogues": {"train": sum(1 for d in ds.dialogues if ds.splits[d] == "train") - len(valid),
+                          "valid": len(valid), "test": sum(1 for d in ds.dialogues if ds.splits[d] == "test")},
+            "utterances": sum(len(v) for v in ds.labels.values()), "valid_split": record["protocol"]}
+        try:
+            from ercpipe.io.atomic import write_json
+
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            write_json(cache_file, _INSPECTED[key])
+        except OSError as err:  # a read-only working directory: check again next time
+            logger.debug("cannot cache the pickle check in %s: %s", cache_file, err)
+    return _INSPECTED[key]
 
 
 # ----------------------------------------------------------------------------------------- project ->

@@ -45,6 +45,8 @@ rule mine_anchor_images:
 
 
 rule encode_anchors:
+    wildcard_constraints:
+        anchor_set=one_of(ENCODED_ANCHORS, "NO_ENCODED_ANCHOR_SET"),  # official: sets: import_official_anchors
     input:
         images=anchor_image_dir,
     output:

@@ -1,5 +1,6 @@
 # Config validation and the helpers the rules share.
 import functools
+import re
 from pathlib import Path
 
 from snakemake.utils import validate
@@ -21,7 +22,19 @@ EXPERIMENTS = config.get("experiments", {})
 SELECTIONS = config.get("selections", {})
 ANCHORS = config.get("anchors", {})
 FEATURES = config.get("features", {})
+EXPORTS = config.get("exports", {})
 GPU = 1 if config.get("use_gpu") else 0
+# Datasets read from a raw release or a CSV (manifest and extraction rules) and datasets imported from a
+# feature pickle (rules in pickles.smk); anchor sets encoded from images and those imported from a 35_anchor.pt.
+PICKLE_DATASETS = [name for name, ds in DATASETS.items() if pipeline_config.is_pickle_dataset(ds)]
+RAW_DATASETS = [name for name in DATASETS if name not in PICKLE_DATASETS]
+OFFICIAL_ANCHORS = [name for name, an in ANCHORS.items() if an.get("official")]
+ENCODED_ANCHORS = [name for name in ANCHORS if name not in OFFICIAL_ANCHORS]
+
+
+def one_of(names, none):
+    """A wildcard constraint matching exactly these names (`none`, a name no config uses, when empty)."""
+    return "|".join(re.escape(n) for n in names) or none
 
 
 wildcard_constraints:
@@ -97,12 +110,16 @@ def benchmark_files():
     for ds in datasets_in_use():
         for path in feature_files_of(ds):
             modality, setting = Path(path).parent.name, Path(path).stem
+            if ds in PICKLE_DATASETS:
+                files.append(f"results/benchmarks/import_pickle_features/{ds}/{modality}/{setting}.tsv")
+                continue
             files += [f"results/benchmarks/{modality}_features/{ds}/{setting}/shard{k}.tsv"
                       for k in range(n_shards(ds))]
             if modality == "text" and FEATURES["text"][setting].get("finetune"):
                 files.append(f"results/benchmarks/finetune_text_encoder/{ds}/{setting}.tsv")
     for name in anchor_sets_in_use():
-        files.append(f"results/benchmarks/encode_anchors/{name}/{pipeline_config.clip_name(ANCHORS[name]['clip'])}.tsv")
+        rule_name = "import_official_anchors" if name in OFFICIAL_ANCHORS else "encode_anchors"
+        files.append(f"results/benchmarks/{rule_name}/{name}/{pipeline_config.clip_name(ANCHORS[name]['clip'])}.tsv")
     for name, exp in EXPERIMENTS.items():
         files += [f"results/benchmarks/train_model/{exp['dataset']}/{name}/seed{seed}.tsv" for seed in exp["seeds"]]
     return files
@@ -114,7 +131,17 @@ def all_targets():
     targets += [f"results/{ds}/coverage.tsv" for ds in datasets_in_use()]
     if EXPERIMENTS:
         targets.append("results/benchmarks.tsv")
+    targets += [path for name in EXPORTS for path in export_outputs(name)]
     return targets
+
+
+def export_outputs(name):
+    """features.pkl (VEGA 7-tuple) of an `exports:` entry, and 35_anchor.pt when it exports anchors."""
+    folder = pipeline_config.export_name_dir(config, name)
+    outputs = [f"{folder}/features.pkl"]
+    if pipeline_config.export_source(config, name)["anchors"]:
+        outputs.append(f"{folder}/35_anchor.pt")
+    return outputs
 
 
 # Input and params functions of the rules.
@@ -159,7 +186,7 @@ def raw_fingerprint(dataset):
 
 
 def raw_input(wildcards):
-    """The raw files the manifest rule reads: the generated corpus folder, or a real dataset's text files.
+    """What the manifest jobs read: the generated corpus folder, or a real dataset's text files.
 
     A real dataset's files are `ancient`: whether a manifest job re-runs is decided by the digest of what it
     reads, text and media (params `raw`), so touching a file without changing it re-runs nothing, and
@@ -241,3 +268,39 @@ def experiment_params(wildcards):
     exp = dict(EXPERIMENTS[wildcards.experiment])
     exp.pop("seeds", None)
     return canonical(exp)
+
+
+# Input and params functions of the pickle rules (pickles.smk).
+
+
+def pickle_dataset_params(dataset, with_split=True):
+    """The dataset's config slice; the feature files do not depend on how valid is formed."""
+    cfg = dict(DATASETS[dataset])
+    cfg.pop("shards", None)
+    if not with_split:
+        cfg.pop("valid_split", None)
+    return canonical(cfg)
+
+
+def imported_setting(wildcards):
+    settings = FEATURES.get(wildcards.modality, {})
+    if wildcards.setting not in settings or not pipeline_config.is_imported_setting(settings[wildcards.setting]):
+        raise WorkflowError(f"features/{wildcards.dataset}/{wildcards.modality}/{wildcards.setting}.h5: dataset "
+                            f"{wildcards.dataset} is a feature pickle; its {wildcards.modality} files are imported "
+                            f"under a setting {{source: pickle}} in features.{wildcards.modality}")
+    return canonical(settings[wildcards.setting])
+
+
+def pickle_mem_mb(wildcards, input):
+    """Unpickling holds the whole tuple, then the manifest frame and one modality's array: ~4x the file."""
+    return max(2000, int(4 * input.size_mb) + 1000)
+
+
+def export_inputs(wildcards):
+    source = pipeline_config.export_source(config, wildcards.export)
+    if source["dataset"] != wildcards.dataset:
+        raise WorkflowError(f"export {wildcards.export} is of dataset {source['dataset']}, not {wildcards.dataset}; "
+                            f"use {pipeline_config.export_name_dir(config, wildcards.export)}/")
+    inputs = {"manifest": manifest_path(source["dataset"])}
+    inputs.update({f"features_{m}": feature_path(source["dataset"], m, s) for m, s in source["features"].items()})
+    return inputs

@@ -4,6 +4,8 @@
 
 
 rule build_manifest_shard:
+    wildcard_constraints:
+        dataset=one_of(RAW_DATASETS, "NO_RAW_DATASET"),  # a pickle dataset's manifest: rule import_pickle
     input:
         raw_input,
     output:
@@ -25,6 +27,8 @@ rule build_manifest_shard:
 
 
 rule build_manifest:
+    wildcard_constraints:
+        dataset=one_of(RAW_DATASETS, "NO_RAW_DATASET"),  # a pickle dataset's manifest: rule import_pickle
     input:
         raw_input,
         shards=lambda wc: expand("features/{{dataset}}/manifest_shards/shard{k}.tsv", k=range(n_shards(wc.dataset))),
