@@ -38,7 +38,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench_features import cpu_seconds, peak_rss_mb  # noqa: E402  (same folder)
+from process_stats import cpu_seconds, peak_rss_mb  # noqa: E402  (same folder)
 
 SENTENCES = [
     "I cannot believe you did that to me again, after everything we talked about last week.",
@@ -132,11 +132,12 @@ def child(mode: str, feature_set: str, wav: str, out: str, threads: int) -> dict
     elif mode == "ercpipe":
         vector = audio.wav_functionals(smile, Path(wav))
     elif mode == "shard":
+        from ercpipe.features import ExtractionContext, extract_shard
         from ercpipe.io import features as feature_io
 
         root = Path(out).parent
-        audio.extract_shard(root / "manifest.tsv", 0, 1, root / "audio", {"feature_set": feature_set}, out,
-                            threads=threads)
+        extract_shard("audio", root / "manifest.tsv", {"feature_set": feature_set}, out, threads=threads,
+                      context=ExtractionContext(audio_dir=root / "audio"))
         vector = feature_io.read(out).features[0]
     else:
         raise ValueError(mode)

@@ -4,7 +4,7 @@
     .venv/bin/python bench/bench_features.py --sizes small --json bench.json
 
 Each measurement runs one `extract_shard` call in a fresh process, so the peak resident memory
-(VmHWM of that process; see peak_rss_mb) belongs to that extractor alone and includes its imports
+(VmHWM of that process; see process_stats.peak_rss_mb) belongs to that extractor alone and includes its imports
 and models.
 The time is the wall time of the call (model loading included, as in a pipeline job).
 
@@ -35,6 +35,7 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from process_stats import cpu_seconds, peak_rss_mb  # noqa: E402  (same folder)
 from ercpipe.io import manifest as manifest_io  # noqa: E402
 from ercpipe.io.media import SAMPLE_RATE, write_wav  # noqa: E402
 
@@ -116,37 +117,17 @@ def make_corpus(root: Path, n_dialogues: int, per_dialogue: int) -> tuple[Path, 
 
 # ------------------------------------------------------------------------------------------ runs
 
-def peak_rss_mb() -> float:
-    """This process's peak resident memory, MB. VmHWM rather than ru_maxrss: on Linux a spawned child's
-    ru_maxrss starts at its parent's RSS at fork time, VmHWM belongs to the child's own address space."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 def _timed_extract(kind: str, manifest: str, audio_dir: str, settings: dict, out: str, threads: int) -> dict:
     """Runs in a fresh process: one extract_shard call; returns seconds and this process's peak RSS.
 
     Imports happen before the clock starts; model loading (inside extract_shard) is timed.
     """
-    if kind == "audio":
-        from ercpipe.features import audio
-        start, cpu_start = time.perf_counter(), cpu_seconds()
-        audio.extract_shard(manifest, 0, 1, Path(audio_dir), settings, out, threads=threads)
-    else:
-        from ercpipe.features import visual
-        start, cpu_start = time.perf_counter(), cpu_seconds()
-        visual.extract_shard(manifest, 0, 1, settings, SIDE, out, threads=threads, device="cpu")
+    from ercpipe.features import ExtractionContext, extract_shard, extractor
+
+    extractor(kind)  # imported before the clock starts
+    context = ExtractionContext(audio_dir=audio_dir) if kind == "audio" else ExtractionContext(face_selection=SIDE)
+    start, cpu_start = time.perf_counter(), cpu_seconds()
+    extract_shard(kind, manifest, settings, out, threads=threads, device="cpu", context=context)
     seconds = time.perf_counter() - start
     usage = resource.getrusage(resource.RUSAGE_SELF)
     # CPU seconds well below seconds x threads mean the process waited for a core (other load).

@@ -5,7 +5,7 @@
 
 `bench_text(manifest, threads=...)` is also called by bench/bench_features.py on its corpus. Each
 measurement runs in a fresh process, so its peak resident memory (VmHWM, see
-bench_features.peak_rss_mb) belongs to that extractor alone (imports and model included).
+process_stats.peak_rss_mb) belongs to that extractor alone (imports and model included).
 `load_seconds` is the first model load in that process (cold: transformers imports its model code
 lazily, 2-4 s here); `seconds` is then one extract_shard call, its own (warm) model load and the HDF5
 write included.
@@ -35,7 +35,7 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench_features import peak_rss_mb  # noqa: E402  (same folder)
+from process_stats import peak_rss_mb  # noqa: E402  (same folder)
 from ercpipe.io import manifest as manifest_io  # noqa: E402
 
 WORDS = ("i you we they really never always think know feel want said told going maybe today tomorrow "
@@ -78,7 +78,7 @@ def _timed_extract(manifest: str, settings: dict, out: str, threads: int) -> dic
 
     import torch
 
-    from ercpipe.features import text
+    from ercpipe.features import extract_shard, text
 
     torch.set_num_threads(threads)
     start = time.perf_counter()
@@ -87,7 +87,7 @@ def _timed_extract(manifest: str, settings: dict, out: str, threads: int) -> dic
     gc.collect()
     usage = resource.getrusage(resource.RUSAGE_SELF)
     cpu_start, start = usage.ru_utime + usage.ru_stime, time.perf_counter()
-    text.extract_shard(manifest, 0, 1, settings, out, threads=threads, device="cpu")
+    extract_shard("text", manifest, settings, out, threads=threads, device="cpu")
     seconds = time.perf_counter() - start
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return {"seconds": seconds, "cpu_seconds": usage.ru_utime + usage.ru_stime - cpu_start,

@@ -38,9 +38,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from ercpipe.model import ModelSpec, SDTVegaLoss, build_model, count_parameters  # noqa: E402
+from ercpipe.model.batch import Dialogue, collate  # noqa: E402
+from ercpipe.model.inference import autocast_context, eval_batches, run_eval  # noqa: E402
 from ercpipe.testing.reference_sdt_vega import reference_forward  # noqa: E402
-from ercpipe.train.data import Dialogue, batches, collate, mask_feature_dims  # noqa: E402
-from ercpipe.train.evaluate import autocast_context, eval_batches, run_eval  # noqa: E402
+from ercpipe.train.data import batches, mask_feature_dims  # noqa: E402
 from ercpipe.train.presets import preset  # noqa: E402
 
 DIMS = {"text": 1024, "audio": 1582, "visual": 342}

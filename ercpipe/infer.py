@@ -3,7 +3,7 @@
 A checkpoint (`results/{dataset}/{experiment}/seed{n}/model.pt`) records, per modality, how its training
 features were made (extractor, model, settings, fine-tuned encoder directory). `predict_conversation`
 runs exactly those extractors on a new conversation, so its features match the training features; the
-checkpoint's training-split standardisation is then applied by `ercpipe.train.predict`. Only the
+checkpoint's training-split standardisation is then applied by `ercpipe.model.inference.predict`. Only the
 backbone runs (no anchors, no training data needed; spec 2.14). Checkpoints load with weights_only.
 
 Conversation file: a CSV (or .tsv) with one row per utterance in spoken order and a header. Columns:
@@ -45,7 +45,7 @@ class InferenceError(ErcpipeError, ValueError):
 
 
 def _load(checkpoint: str | Path, device: str):
-    from ercpipe.train.evaluate import load_model
+    from ercpipe.model.checkpoint import load_model
 
     model, config, classes = load_model(checkpoint, device)
     return model, classes
@@ -55,8 +55,9 @@ def predict_features(checkpoint: str | Path, manifest_path: str | Path, feature_
                      out_path: str | Path | None = None, splits: Sequence[str] | None = None,
                      device: str = "auto", batch_size: int = 32) -> pd.DataFrame:
     """Predictions for the utterances of `manifest_path` (optionally only `splits`) from feature files."""
+    from ercpipe.model.checkpoint import feature_expectations
+    from ercpipe.model.inference import predict
     from ercpipe.train.data import load_dialogues
-    from ercpipe.train.evaluate import feature_expectations, predict
 
     model, classes = _load(checkpoint, device)
     modalities = model.spec.modalities
@@ -140,6 +141,8 @@ def conversation_manifest(conversation: str | Path, classes: Sequence[str], out_
 def extract_conversation_features(manifest_path: Path, sources: dict[str, dict], modalities: Sequence[str],
                                   out_dir: Path, threads: int = 1, device: str = "auto") -> dict[str, Path]:
     """Run the training features' extractors (from the checkpoint's `sources`) on the conversation."""
+    from ercpipe.features import ExtractionContext, extract_shard
+
     paths = {}
     for m in modalities:
         source = sources.get(m) or {}
@@ -149,28 +152,23 @@ def extract_conversation_features(manifest_path: Path, sources: dict[str, dict],
                                  "imported, e.g. from a pickle), so they cannot be made for a new conversation; "
                                  "extract them the same way yourself and use predict_features")
         out = out_dir / f"{m}.h5"
+        # What each extractor needs besides its setting, as the pipeline's rules give it.
         if m == "text":
-            from ercpipe.features import text
-
             encoder_dir = source.get("encoder_dir") or None
             if encoder_dir and not Path(encoder_dir).is_dir():
                 raise InferenceError(f"the text features were made with the fine-tuned encoder {encoder_dir}, which "
                                      "does not exist here; run from the pipeline's folder or re-create it")
-            text.extract_shard(manifest_path, 0, 1, settings, out, threads=threads, device=device,
-                               encoder_dir=Path(encoder_dir) if encoder_dir else None)
+            context = ExtractionContext(encoder_dir=encoder_dir)
         elif m == "audio":
             from ercpipe.datasets.media_prep import write_utterance_audio
-            from ercpipe.features import audio
 
             wavs = out_dir / "audio"
             write_utterance_audio(manifest_path, 0, 1, wavs, threads=threads)
-            audio.extract_shard(manifest_path, 0, 1, wavs, settings, out, threads=threads)
-        else:
-            from ercpipe.features import visual
-
+            context = ExtractionContext(audio_dir=wavs)
+        else:  # the stored visual setting holds the dataset's face selection
             settings = dict(settings)
-            face_selection = settings.pop("face_selection", None)
-            visual.extract_shard(manifest_path, 0, 1, settings, face_selection, out, threads=threads, device=device)
+            context = ExtractionContext(face_selection=settings.pop("face_selection", None))
+        extract_shard(m, manifest_path, settings, out, threads=threads, device=device, context=context)
         paths[m] = out
     return paths
 

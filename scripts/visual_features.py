@@ -1,10 +1,9 @@
 """Rule visual_features_shard: frames -> MTCNN speaker face -> DenseNet, mean-pooled per utterance."""
+from ercpipe.features import ExtractionContext, extract_shard
 from ercpipe.runlog import rule_logging
 
-# snakemake.input.manifest is this shard's own manifest (rule build_manifest_shard): all of it is shard 0 of 1.
+# snakemake.input.manifest is this shard's own manifest (rule build_manifest_shard).
 with rule_logging(snakemake.log[0], snakemake.threads):
-    from ercpipe.features.visual import extract_shard
-
-    extract_shard(snakemake.input.manifest, 0, 1,
-                  snakemake.params.settings, snakemake.params.face_selection, snakemake.output.shard,
-                  threads=snakemake.threads)
+    extract_shard("visual", snakemake.input.manifest, snakemake.params.settings, snakemake.output.shard,
+                  threads=snakemake.threads,
+                  context=ExtractionContext(face_selection=snakemake.params.face_selection))

@@ -13,6 +13,7 @@ import soundfile as sf
 from scipy.signal import resample_poly
 
 from ercpipe.features import audio
+from ercpipe.features.interface import ExtractionContext
 from ercpipe.io import features as feature_io
 from ercpipe.io import manifest as manifest_io
 from ercpipe.io.media import SAMPLE_RATE, read_wav, write_wav
@@ -102,7 +103,7 @@ def test_extract_shard_writes_features_and_records_absent_rows(audio_shard, spee
     manifest, audio_dir = audio_shard
     out = tmp_path / "shard0.h5"
     with caplog.at_level("WARNING", logger="ercpipe.features.audio"):
-        audio.extract_shard(manifest, 0, 1, audio_dir, {}, out, threads=2)
+        audio.extract_shard(manifest, {}, out, threads=2, context=ExtractionContext(audio_dir=audio_dir))
     assert "audio: 4 of 7 utterances have no features" in caplog.text
 
     fs = feature_io.read(out, expected_dim=1582,
@@ -130,12 +131,17 @@ def test_extract_shard_writes_features_and_records_absent_rows(audio_shard, spee
 @pytest.mark.filterwarnings("ignore:Segment too short")  # the 6 ms row, on purpose
 def test_shards_hold_only_their_dialogues(audio_shard, tmp_path):
     manifest, audio_dir = audio_shard
-    # Three shards of two dialogues (3 + 4 utterances): d0, d1 and an empty shard.
-    audio.extract_shard(manifest, 1, 3, audio_dir, {"feature_set": "eGeMAPSv02"}, tmp_path / "s1.h5")
+    # Three shards of two dialogues (3 + 4 utterances): d0, d1 and an empty shard. Each job reads its own
+    # shard's manifest (rule build_manifest_shard writes it with shard_rows) and extracts all of it.
+    frame = manifest_io.read(manifest)
+    context = ExtractionContext(audio_dir=audio_dir)
+    for shard in (1, 2):
+        manifest_io.write(manifest_io.shard_rows(frame, shard, 3), tmp_path / f"shard{shard}.tsv")
+    audio.extract_shard(tmp_path / "shard1.tsv", {"feature_set": "eGeMAPSv02"}, tmp_path / "s1.h5", context=context)
     fs = feature_io.read(tmp_path / "s1.h5", expected_dim=88)
     assert fs.utterance_ids == ["d1_u0", "d1_u1", "d1_u2", "d1_u3"]
     assert fs.present.tolist() == [False, False, False, True]
-    audio.extract_shard(manifest, 2, 3, audio_dir, {"feature_set": "eGeMAPSv02"}, tmp_path / "s2.h5")
+    audio.extract_shard(tmp_path / "shard2.tsv", {"feature_set": "eGeMAPSv02"}, tmp_path / "s2.h5", context=context)
     empty = feature_io.read(tmp_path / "s2.h5", expected_dim=88)
     assert empty.utterance_ids == [] and empty.features.shape == (0, 88)
 
@@ -146,7 +152,8 @@ def test_directory_without_report_uses_manifest_flags(speech, tmp_path):
     write_wav(audio_dir / "a.wav", speech["low"])
     manifest = tmp_path / "m.tsv"
     manifest_io.write(manifest_rows({"d": ["a", "b", "c"]}, flags={"c": "corrupt_audio"}), manifest)
-    audio.extract_shard(manifest, 0, 1, audio_dir, {"feature_set": "eGeMAPSv02"}, tmp_path / "o.h5")
+    audio.extract_shard(manifest, {"feature_set": "eGeMAPSv02"}, tmp_path / "o.h5",
+                        context=ExtractionContext(audio_dir=audio_dir))
     fs = feature_io.read(tmp_path / "o.h5")
     assert fs.present.tolist() == [True, False, False]
     assert json.loads(fs.attrs["absent"]) == {"b": "missing_wav", "c": "corrupt_audio"}
@@ -160,7 +167,7 @@ def test_report_saying_ok_without_the_wav_is_an_error(tmp_path):
     manifest = tmp_path / "m.tsv"
     manifest_io.write(manifest_rows({"d": ["a"]}), manifest)
     with pytest.raises(FileNotFoundError, match=r"utterance a is ok but .*a\.wav does not exist"):
-        audio.extract_shard(manifest, 0, 1, audio_dir, {}, tmp_path / "o.h5")
+        audio.extract_shard(manifest, {}, tmp_path / "o.h5", context=ExtractionContext(audio_dir=audio_dir))
     assert not (tmp_path / "o.h5").exists()
 
 
@@ -190,7 +197,8 @@ def test_features_from_the_utterance_audio_step(speech, tmp_path):
     manifest_io.write(rows, manifest)
     audio_dir = tmp_path / "audio"
     media_prep.write_utterance_audio(manifest, 0, 1, audio_dir)
-    audio.extract_shard(manifest, 0, 1, audio_dir, {"feature_set": "eGeMAPSv02"}, tmp_path / "o.h5")
+    audio.extract_shard(manifest, {"feature_set": "eGeMAPSv02"}, tmp_path / "o.h5",
+                        context=ExtractionContext(audio_dir=audio_dir))
     fs = feature_io.read(tmp_path / "o.h5", expected_ids=["a", "b", "c", "gap"], expected_dim=88)
     assert fs.present.tolist() == [True, True, False, False]
     absent = json.loads(fs.attrs["absent"])
@@ -206,7 +214,8 @@ def test_undecodable_wav_is_recorded_as_corrupt(tmp_path):
     (audio_dir / "a.wav").write_bytes(b"RIFF\x24\x00\x00\x00WAVEjunk")
     manifest = tmp_path / "m.tsv"
     manifest_io.write(manifest_rows({"d": ["a"]}), manifest)
-    audio.extract_shard(manifest, 0, 1, audio_dir, {"feature_set": "eGeMAPSv02"}, tmp_path / "o.h5")
+    audio.extract_shard(manifest, {"feature_set": "eGeMAPSv02"}, tmp_path / "o.h5",
+                        context=ExtractionContext(audio_dir=audio_dir))
     fs = feature_io.read(tmp_path / "o.h5")
     assert fs.present.tolist() == [False]
     assert json.loads(fs.attrs["absent"])["a"].startswith("corrupt_audio: ")
@@ -326,8 +335,9 @@ def test_ten_minute_utterance_fits_its_reservation_and_is_not_cut(speech, tmp_pa
     assert prep_peak <= reserved["mem_mb"]
 
     extract_peak = _peak_rss_mb(f"from ercpipe.features import audio\n"
-                                f"audio.extract_shard({str(manifest)!r}, 0, 1, Path({str(wavs)!r}), "
-                                f"{{'feature_set': 'IS10'}}, {str(out)!r}, threads=2)")
+                                f"from ercpipe.features.interface import ExtractionContext\n"
+                                f"audio.extract_shard({str(manifest)!r}, {{'feature_set': 'IS10'}}, {str(out)!r}, "
+                                f"threads=2, context=ExtractionContext(audio_dir=Path({str(wavs)!r})))")
     reserved = resources.extraction_resources(manifest, 0, 1, "audio", 2, audio_dir=wavs,
                                               settings={"feature_set": "IS10"})
     assert extract_peak <= reserved["mem_mb"], (extract_peak, reserved)

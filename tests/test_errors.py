@@ -26,7 +26,7 @@ KNOWN = [
     ("ercpipe.train.selection", "SelectionError", ValueError),
     ("ercpipe.train.data", "DataError", ValueError),
     ("ercpipe.train.trainer", "TrainingError", ValueError),
-    ("ercpipe.train.evaluate", "CheckpointError", ValueError),
+    ("ercpipe.model.checkpoint", "CheckpointError", ValueError),
     ("ercpipe.train.aggregation", "AggregateError", ValueError),
     ("ercpipe.infer", "InferenceError", ValueError),
 ]

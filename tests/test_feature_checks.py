@@ -91,8 +91,8 @@ def corpus(tmp_path_factory):
     for path in paths.values():
         path.parent.mkdir(parents=True, exist_ok=True)
     n = len(manifest_io.read(manifest))
-    text.extract_shard(manifest, 0, 1, TEXT_MEAN, paths["text_mean"], threads=1, device="cpu")
-    text.extract_shard(manifest, 0, 1, TEXT_CLS, paths["text_cls"], threads=1, device="cpu")
+    text.extract_shard(manifest, TEXT_MEAN, paths["text_mean"], threads=1, device="cpu")
+    text.extract_shard(manifest, TEXT_CLS, paths["text_cls"], threads=1, device="cpu")
     write_like_extractor(paths["audio"], manifest, "audio", audio.audio_settings(AUDIO_IS10), 1582,
                          extractor="opensmile")
     write_like_extractor(paths["egemaps"], manifest, "audio", audio.audio_settings(AUDIO_EGEMAPS), 88,
@@ -178,6 +178,7 @@ def test_the_hash_training_expects_is_the_hash_each_extractor_writes(corpus, tmp
     """Through the real extractors (packaged MiniLM, openSMILE IS10, MTCNN + random densenet121): the file each
     writes passes the check training and prediction make (feature_io.expect), hash and width included."""
     from ercpipe.features import audio, visual
+    from ercpipe.features.interface import ExtractionContext
     from ercpipe.io.media import SAMPLE_RATE, write_wav
 
     manifest = write_manifest(tmp_path / "manifest", n_dialogues=(1, 0, 0))
@@ -187,8 +188,10 @@ def test_the_hash_training_expects_is_the_hash_each_extractor_writes(corpus, tmp
     tone = 0.3 * np.sin(2 * np.pi * 220 * t) * (1 + np.sin(2 * np.pi * 3 * t)) / 2
     write_wav(audio_dir / f"{ids[0]}.wav", tone.astype(np.float32))  # 1 s; the other rows have no WAV
     audio_setting, visual_setting = AUDIO_IS10, {"backbone": "densenet121", "weights": "random", "fps": 1}
-    audio.extract_shard(manifest, 0, 1, audio_dir, audio_setting, tmp_path / "audio.h5", threads=1)
-    visual.extract_shard(manifest, 0, 1, visual_setting, SIDE, tmp_path / "visual.h5", threads=1, device="cpu")
+    audio.extract_shard(manifest, audio_setting, tmp_path / "audio.h5", threads=1,
+                        context=ExtractionContext(audio_dir=audio_dir))
+    visual.extract_shard(manifest, visual_setting, tmp_path / "visual.h5", threads=1, device="cpu",
+                         context=ExtractionContext(face_selection=SIDE))
     made = [("text", TEXT_MEAN, None, corpus["paths"]["text_mean"]),
             ("text", TEXT_CLS, None, corpus["paths"]["text_cls"]),
             ("audio", audio_setting, None, tmp_path / "audio.h5"),

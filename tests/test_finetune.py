@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from ercpipe.features import finetune, text
+from ercpipe.features.interface import ExtractionContext
 from ercpipe.io import features as feature_io
 from ercpipe.io import manifest as manifest_io
 from ercpipe.testing.tiny_models import write_tiny_roberta
@@ -74,9 +75,10 @@ def test_finetuning_improves_valid_accuracy_and_never_reads_test(corpus):
     assert metrics["settings"] == finetune.training_view(settings)
 
     # The saved encoder is what extraction loads in place of settings["model"]; the file's settings say so.
-    text.extract_shard(root / "manifest.tsv", 0, 1, settings, root / "tuned.h5", device="cpu", encoder_dir=out)
+    text.extract_shard(root / "manifest.tsv", settings, root / "tuned.h5", device="cpu",
+                       context=ExtractionContext(encoder_dir=out))
     plain_settings = {"model": str(model), "pooling": "mean"}
-    text.extract_shard(root / "manifest.tsv", 0, 1, plain_settings, root / "plain.h5", device="cpu")
+    text.extract_shard(root / "manifest.tsv", plain_settings, root / "plain.h5", device="cpu")
     tuned = feature_io.read(root / "tuned.h5", expected_ids=frame["utterance_id"].tolist(), expected_dim=32,
                             expected_hash=feature_io.settings_hash(text.stored_settings(settings)))
     plain = feature_io.read(root / "plain.h5")
@@ -84,10 +86,10 @@ def test_finetuning_improves_valid_accuracy_and_never_reads_test(corpus):
     assert tuned.attrs["setting_hash"] != plain.attrs["setting_hash"]
     assert not np.allclose(tuned.features, plain.features)
     with pytest.raises(ValueError, match="run finetune_text_encoder first"):
-        text.extract_shard(root / "manifest.tsv", 0, 1, settings, root / "x.h5", device="cpu")
+        text.extract_shard(root / "manifest.tsv", settings, root / "x.h5", device="cpu")
     with pytest.raises(ValueError, match="was fine-tuned with settings"):  # a stale encoder is refused
-        text.extract_shard(root / "manifest.tsv", 0, 1, {**settings, "finetune": {**TRAINING, "lr": 1e-3}},
-                           root / "x.h5", device="cpu", encoder_dir=out)
+        text.extract_shard(root / "manifest.tsv", {**settings, "finetune": {**TRAINING, "lr": 1e-3}},
+                           root / "x.h5", device="cpu", context=ExtractionContext(encoder_dir=out))
     assert not (root / "x.h5").exists()
 
     # Fine-tuned vectors separate the valid classes: nearest train-class centroid is mostly right.

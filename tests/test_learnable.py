@@ -12,6 +12,7 @@ from ercpipe.datasets.build import build_manifest
 from ercpipe.datasets.iemocap import DEFAULT_SPLIT_FILE
 from ercpipe.datasets.media_prep import write_utterance_audio
 from ercpipe.features import audio, text
+from ercpipe.features.interface import ExtractionContext
 from ercpipe.train import run_training
 
 CHANCE = 100 / 6  # six IEMOCAP classes
@@ -26,8 +27,9 @@ def extracted(tmp_path_factory):
     manifest = out / "manifest.tsv"
     write_utterance_audio(manifest, 0, 1, out / "wavs", threads=2)
     features = {"text": out / "text.h5", "audio": out / "audio.h5"}
-    text.extract_shard(manifest, 0, 1, {"model": "packaged:minilm"}, features["text"], threads=2)
-    audio.extract_shard(manifest, 0, 1, out / "wavs", {"feature_set": "IS10"}, features["audio"], threads=2)
+    text.extract_shard(manifest, {"model": "packaged:minilm"}, features["text"], threads=2)
+    audio.extract_shard(manifest, {"feature_set": "IS10"}, features["audio"], threads=2,
+                        context=ExtractionContext(audio_dir=out / "wavs"))
     return root, manifest, features
 
 

@@ -7,8 +7,8 @@ import torch
 
 from ercpipe.model import (AnchorBank, ModelSpec, OfficialCheckpointError, build_model, convert_official_state_dict,
                            count_parameters, load_official_backbone, subsample_anchor_images, to_official_state_dict)
+from ercpipe.model.batch import Dialogue, collate
 from ercpipe.testing.reference_sdt_vega import reference_forward
-from ercpipe.train.data import Dialogue, collate
 
 IEMOCAP_DIMS = {"text": 1024, "audio": 1582, "visual": 342}
 MELD_DIMS = {"text": 1024, "audio": 300, "visual": 342}

@@ -192,7 +192,9 @@ def test_extract_shard_writes_masked_rows_and_provenance(tmp_path, tiny_model):
     shard_files = []
     for shard in range(2):
         out = tmp_path / f"shard{shard}.h5"
-        text.extract_shard(tmp_path / "manifest.tsv", shard, 2, settings, out, threads=1, device="cpu")
+        # each job reads its own shard's manifest (rule build_manifest_shard writes it with shard_rows)
+        manifest_io.write(manifest_io.shard_rows(frame, shard, 2), tmp_path / f"shard{shard}.tsv")
+        text.extract_shard(tmp_path / f"shard{shard}.tsv", settings, out, threads=1, device="cpu")
         expected = manifest_io.shard_rows(frame, shard, 2)["utterance_id"].tolist()
         fs = feature_io.read(out, expected_ids=expected, expected_hash=feature_io.settings_hash(
             text.stored_settings(settings)), expected_dim=32)
@@ -237,7 +239,7 @@ KILL_SCRIPT = """
 import logging, sys
 logging.basicConfig(level=logging.INFO, stream=sys.stderr)
 from ercpipe.features import text
-text.extract_shard(sys.argv[1], 0, 1, {"model": sys.argv[2], "batch_size": 1}, sys.argv[3], device="cpu")
+text.extract_shard(sys.argv[1], {"model": sys.argv[2], "batch_size": 1}, sys.argv[3], device="cpu")
 """
 
 
@@ -251,7 +253,7 @@ def test_killed_extraction_leaves_no_complete_looking_file(tmp_path, tiny_model)
                                  str(out)], cwd=REPO, stderr=stderr, env={**os.environ, "PYTHONPATH": str(REPO)})
         try:
             deadline = time.monotonic() + 120
-            while "text shard 0/1: 10000 utterances" not in log.read_text():
+            while "manifest.tsv: 10000 utterances" not in log.read_text():
                 assert proc.poll() is None, log.read_text()
                 assert time.monotonic() < deadline, "extraction never started"
                 time.sleep(0.1)

@@ -22,9 +22,10 @@ from ercpipe import anchors as anchor_io
 from ercpipe.io import features as feature_io
 from ercpipe.io import manifest as manifest_io
 from ercpipe.labels import IEMOCAP_CLASSES, canonical_emotion
+from ercpipe.model.batch import collate
 from ercpipe.train import (PRESETS, SCHEMA, CheckpointError, DataError, TrainingError, aggregate,
                            load_dialogues, load_model, predict, resolve_experiment, run_training)
-from ercpipe.train.data import collate, mask_feature_dims
+from ercpipe.train.data import mask_feature_dims
 
 REPO = Path(__file__).resolve().parents[1]
 DIMS = {"text": 16, "audio": 12, "visual": 8}

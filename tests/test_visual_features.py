@@ -17,6 +17,7 @@ import torch
 import torchvision
 
 from ercpipe.features import denseface, visual
+from ercpipe.features.interface import ExtractionContext
 from ercpipe.io import features as feature_io
 from ercpipe.io import manifest as manifest_io
 from ercpipe.synthetic import faces as drawing
@@ -186,7 +187,8 @@ def visual_manifest(videos, tmp_path_factory) -> Path:
 def test_extract_shard_denseface_records_every_absent_row(visual_manifest, tmp_path):
     settings = {"backbone": "denseface", "weights": "random", "fps": 2}
     out = tmp_path / "shard.h5"
-    visual.extract_shard(visual_manifest, 0, 1, settings, SIDE, out, threads=2, device="cpu")
+    visual.extract_shard(visual_manifest, settings, out, threads=2, device="cpu",
+                         context=ExtractionContext(face_selection=SIDE))
     expected_hash = feature_io.settings_hash(visual.stored_settings(settings, SIDE))
     fs = feature_io.read(out, expected_dim=342, expected_hash=expected_hash)
     assert fs.utterance_ids == ["f_mp4", "m_avi", "nobody", "gone", "flagged", "late", "junk"]
@@ -219,7 +221,10 @@ def test_densenet121_without_weights_warns_and_loads_the_hub_cache(visual_manife
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     settings = {"backbone": "densenet121", "weights": None, "max_frames": 1}
     out = tmp_path / "random.h5"
-    visual.extract_shard(visual_manifest, 0, 3, settings, SIDE, out, device="cpu")  # the first dialogue (of 3)
+    # the first dialogue (of 3): what rule build_manifest_shard writes as shard 0's manifest
+    first = tmp_path / "shard0.tsv"
+    manifest_io.write(manifest_io.shard_rows(manifest_io.read(visual_manifest), 0, 3), first)
+    visual.extract_shard(first, settings, out, device="cpu", context=ExtractionContext(face_selection=SIDE))
     fs = feature_io.read(out, expected_dim=1024)
     assert fs.utterance_ids == ["f_mp4", "m_avi", "nobody"] and fs.present.tolist() == [True, True, False]
     assert np.isfinite(fs.features).all() and (fs.features[:2] >= 0).all()  # pooled after a ReLU

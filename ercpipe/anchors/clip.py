@@ -12,7 +12,7 @@ import logging
 import re
 from pathlib import Path
 
-from ercpipe.config import with_defaults
+from ercpipe.checks import with_defaults
 from ercpipe.io.digest import file_digest
 
 logger = logging.getLogger(__name__)

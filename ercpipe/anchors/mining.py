@@ -18,7 +18,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from ercpipe.errors import ErcpipeError
-from ercpipe.config import with_defaults
+from ercpipe.checks import with_defaults
 from ercpipe.io import features as feature_io
 from ercpipe.io import manifest as manifest_io
 from ercpipe.io.atomic import atomic_dir

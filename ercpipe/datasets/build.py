@@ -13,7 +13,7 @@ from typing import Callable, Collection
 import pandas as pd
 
 from ercpipe.datasets import ReadResult, csv_manifest, iemocap, meld
-from ercpipe.datasets.summary import summarise, write_manifest  # noqa: F401 - also this module's API
+from ercpipe.datasets.summary import write_manifest
 from ercpipe.io import manifest as manifest_io
 from ercpipe.io.manifest import IssueLog, ManifestError
 

@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 
 from ercpipe.datasets.media_prep import REPORT_NAME
 from ercpipe.features import settings as settings_mod
+from ercpipe.features.interface import NO_CONTEXT, ExtractionContext
 from ercpipe.io import features as feature_io
 from ercpipe.io import manifest as manifest_io
 from ercpipe.io.media import SILENCE_PEAK
@@ -233,18 +234,23 @@ def _wav_status(utterance_id: str, flags: str, audio_dir: Path,
     return wav, flagged[0] if flagged else "missing_wav"
 
 
-def extract_shard(manifest_path, shard: int, n_shards: int, audio_dir: Path, settings: dict, out_path,
-                  threads: int = 1) -> None:
-    """openSMILE features for the utterances of one dialogue shard, written to `out_path` (HDF5)."""
+def extract_shard(manifest_path, settings: dict | None, out_path, *, threads: int = 1, device: str = "auto",
+                  context: ExtractionContext | None = None) -> None:
+    """openSMILE features for the utterances of the manifest (a job's shard manifest), written to `out_path`
+    (HDF5); the call shape of every extractor (ercpipe.features.interface). `context.audio_dir` holds the
+    utterance WAVs (rule utterance_audio); openSMILE runs on the CPU, so `device` is not used."""
     settings = audio_settings(settings)
-    audio_dir = Path(audio_dir)
-    rows = manifest_io.shard_rows(manifest_io.read(manifest_path), shard, n_shards)
+    audio_dir = (context or NO_CONTEXT).audio_dir
+    if audio_dir is None:
+        raise ValueError("audio extraction needs context=ExtractionContext(audio_dir=...): the folder of "
+                         "utterance WAVs that the utterance-audio step writes")
+    rows = manifest_io.read(manifest_path)
     ids = rows["utterance_id"].tolist()
     dim = FEATURE_SETS[settings["feature_set"]][1]
     if ids and not audio_dir.is_dir():
         raise FileNotFoundError(f"audio directory {audio_dir} does not exist; run the utterance-audio rule first")
     report = read_audio_report(audio_dir) if ids else {}
-    logger.info("audio shard %d/%d: %d utterances, openSMILE %s %s, %d thread(s)", shard, n_shards, len(ids),
+    logger.info("audio %s: %d utterances, openSMILE %s %s, %d thread(s)", manifest_path, len(ids),
                 settings["feature_set"], settings["level"], threads)
 
     per_thread = threading.local()
@@ -279,7 +285,7 @@ def extract_shard(manifest_path, shard: int, n_shards: int, audio_dir: Path, set
     with ThreadPoolExecutor(max_workers=max(1, int(threads))) as pool:
         results = pool.map(one, ids, rows["flags"].tolist())
         for i, (utterance_id, (vector, reason)) in enumerate(
-                tqdm(zip(ids, results), total=len(ids), desc=f"audio shard {shard}", unit="utt")):
+                tqdm(zip(ids, results), total=len(ids), desc="audio", unit="utt")):
             if vector is None:
                 absent[utterance_id] = reason
                 logger.debug("audio of %s absent: %s", utterance_id, reason)

@@ -6,7 +6,7 @@ best valid weighted F1 (ties: the earlier epoch) is kept. Epoch 0 is the encoder
 a run that never improves keeps the original weights. Test rows are dropped right after the
 manifest is read: nothing about them (text, labels, count) reaches this step. The kept encoder is
 saved with save_pretrained together with its tokenizer and metrics.json, into a directory that
-appears only when complete; `text.extract_shard(..., encoder_dir=...)` then uses it.
+appears only when complete; `text.extract_shard(..., context=ExtractionContext(encoder_dir=...))` then uses it.
 
 Inputs are built exactly as the extractor builds them (same pooling and context settings), so the
 head is trained on the vectors the extractor will later write. Utterances with empty text are left
@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from ercpipe import labels as labels_mod
 from ercpipe.features import settings as settings_mod
-from ercpipe.features import text as text_mod
+from ercpipe.features import text_encoder as text_mod  # the encoder, not the extraction module
 from ercpipe.io import manifest as manifest_io
 from ercpipe.io.atomic import atomic_dir, write_json
 

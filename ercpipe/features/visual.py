@@ -30,8 +30,9 @@ import torchvision
 from tqdm.auto import tqdm
 
 from ercpipe.features import denseface as denseface_mod
-from ercpipe.features import settings as settings_mod
 from ercpipe.device import resolve_device
+from ercpipe.features import settings as settings_mod
+from ercpipe.features.interface import NO_CONTEXT, ExtractionContext
 from ercpipe.io import features as feature_io
 from ercpipe.io import manifest as manifest_io
 from ercpipe.io.digest import file_digest
@@ -373,16 +374,18 @@ def _prefetched_frames(rows, settings: dict) -> Iterator[tuple[object, list[np.n
             yield row, frames, reason
 
 
-def extract_shard(manifest_path, shard: int, n_shards: int, settings: dict, face_selection: dict, out_path,
-                  threads: int = 1, device: str = "auto") -> None:
-    """Face features for the utterances of one dialogue shard, written to `out_path` (HDF5)."""
+def extract_shard(manifest_path, settings: dict | None, out_path, *, threads: int = 1, device: str = "auto",
+                  context: ExtractionContext | None = None) -> None:
+    """Face features for the utterances of the manifest (a job's shard manifest), written to `out_path`
+    (HDF5); the call shape of every extractor (ercpipe.features.interface). `context.face_selection` is the
+    dataset's rule for which face is the speaker (default: the largest central face)."""
     settings = visual_settings(settings)
-    face_selection = face_selection_settings(face_selection)
+    face_selection = face_selection_settings((context or NO_CONTEXT).face_selection)
     torch.set_num_threads(max(1, int(threads)))
-    rows = manifest_io.shard_rows(manifest_io.read(manifest_path), shard, n_shards)
+    rows = manifest_io.read(manifest_path)
     ids = rows["utterance_id"].tolist()
     torch_device = resolve_device(device)
-    logger.info("visual shard %d/%d: %d utterances, %s on %s, face selection %s", shard, n_shards, len(ids),
+    logger.info("visual %s: %d utterances, %s on %s, face selection %s", manifest_path, len(ids),
                 settings["backbone"], torch_device, face_selection)
     detector = build_detector(settings, torch_device)
     embedder = load_embedder(settings, torch_device)
@@ -392,7 +395,7 @@ def extract_shard(manifest_path, shard: int, n_shards: int, settings: dict, face
     absent: dict[str, str] = {}
     frame_count = face_count = 0
     progress = tqdm(_prefetched_frames(rows.itertuples(index=False), settings), total=len(ids),
-                    desc=f"visual shard {shard}", unit="utt")
+                    desc="visual", unit="utt")
     for i, (row, frames, reason) in enumerate(progress):
         if not reason and not frames:
             reason = "no_frames (the video has no frame inside the utterance's time window)"
@@ -408,7 +411,7 @@ def extract_shard(manifest_path, shard: int, n_shards: int, settings: dict, face
         feats[i] = embedder.embed(crops, settings["batch_size"]).mean(axis=0)
         present[i] = True
     feature_io.log_absent_summary("visual", absent, len(ids), logger)
-    logger.info("visual shard %d: speaker face found in %d of %d sampled frames", shard, face_count, frame_count)
+    logger.info("visual %s: speaker face found in %d of %d sampled frames", manifest_path, face_count, frame_count)
     attrs = {
         "modality": "visual", "extractor": f"mtcnn+{settings['backbone']}", "model": settings["backbone"],
         "settings": stored_settings(settings, face_selection),

@@ -1,4 +1,8 @@
-"""SDT / SDT-VEGA modules, losses and the official-checkpoint converter (docs/model.md)."""
+"""SDT / SDT-VEGA modules, losses and the official-checkpoint converter (docs/model.md).
+
+Submodules imported on their own: `batch` (Dialogue, Batch, padding), `checkpoint` (model.pt: format, save,
+`load_model`, `CheckpointError`; needs h5py through ercpipe.io.features), `inference` (evaluation passes, `predict`).
+"""
 from ercpipe.model.anchors import AnchorBank, subsample_anchor_images
 from ercpipe.model.convert import (OfficialCheckpointError, convert_official_state_dict, load_official_backbone,
                                    to_official_state_dict)

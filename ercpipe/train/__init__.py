@@ -1,4 +1,4 @@
-"""Training of SDT / SDT-VEGA: data, presets, the training loop, evaluation, aggregation and selection on dev
+"""Training of SDT / SDT-VEGA: data, presets, the training loop, aggregation and selection on dev
 (docs/training.md).
 
 Only `presets` is imported eagerly (the Snakefile validates experiments at parse time, without torch);
@@ -14,13 +14,14 @@ _LAZY = {
     "run_training": "ercpipe.train.trainer",
     "TrainingError": "ercpipe.train.trainer",
     "load_dialogues": "ercpipe.train.data",
-    "Dialogue": "ercpipe.train.data",
+    "Dialogue": "ercpipe.model.batch",
     "DialogueData": "ercpipe.train.data",
     "DataError": "ercpipe.train.data",
-    "collate": "ercpipe.train.data",
-    "load_model": "ercpipe.train.evaluate",
-    "predict": "ercpipe.train.evaluate",
-    "CheckpointError": "ercpipe.train.evaluate",
+    "collate": "ercpipe.model.batch",
+    # checkpoints live in the model package (inference reads them without importing training)
+    "load_model": "ercpipe.model.checkpoint",
+    "predict": "ercpipe.model.inference",
+    "CheckpointError": "ercpipe.model.checkpoint",
     "aggregate": "ercpipe.train.aggregation",
     "AggregateError": "ercpipe.train.aggregation",
     "classification_metrics": "ercpipe.train.metrics",

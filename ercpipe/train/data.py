@@ -1,9 +1,9 @@
-"""Dialogues from the manifest + HDF5 feature files, padded batches and the training-time feature masking.
+"""Dialogues from the manifest + HDF5 feature files, batches in training order and the training-time feature
+masking (the Dialogue and Batch types and their padding are the model's: ercpipe.model.batch).
 
 Replaces the official 7-tuple pickle (spec 1.1): speakers come from the manifest's `speaker_slot`, labels
 are ids in the dataset's class order (summary.json "classes"), features come from ercpipe.io.features
-with the manifest's utterance ids checked. Batches are batch-first ([B, L, D]); padding follows spec 1.7
-(zeros, label -1, mask False).
+with the manifest's utterance ids checked.
 """
 from __future__ import annotations
 
@@ -19,29 +19,16 @@ import numpy as np
 import torch
 
 from ercpipe.errors import ErcpipeError
-from ercpipe.config import MODALITIES
 from ercpipe.io import features as feature_io
 from ercpipe.io import manifest as manifest_io
+from ercpipe.labels import MODALITIES
+from ercpipe.model.batch import Batch, Dialogue, collate
 
 logger = logging.getLogger(__name__)
 
 
 class DataError(ErcpipeError, ValueError):
     """The manifest, summary or feature files cannot be used for training; the message says what to do."""
-
-
-@dataclass
-class Dialogue:
-    dialogue_id: str
-    split: str
-    utterance_ids: list[str]
-    features: dict[str, torch.Tensor]  # modality -> float32 [n, D_m]
-    present: dict[str, torch.Tensor]  # modality -> bool [n]; False = the modality was missing (row is zeros)
-    labels: torch.Tensor  # int64 [n], -1 = no label
-    speakers: torch.Tensor  # int64 [n], speaker slot
-
-    def __len__(self) -> int:
-        return len(self.utterance_ids)
 
 
 @dataclass
@@ -63,23 +50,6 @@ class DialogueData:
     def labels(self, *names: str) -> np.ndarray:
         parts = [d.labels.numpy() for d in self.split(*names)]
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
-
-
-@dataclass
-class Batch:
-    dialogue_ids: list[str]
-    utterance_ids: list[list[str]]
-    features: dict[str, torch.Tensor]  # modality -> [B, L, D]
-    present: dict[str, torch.Tensor]  # modality -> bool [B, L]
-    mask: torch.Tensor  # bool [B, L]
-    labels: torch.Tensor  # int64 [B, L], -1 on padding
-    speakers: torch.Tensor  # int64 [B, L], 0 on padding (the model maps padding to slot S)
-
-    def to(self, device: torch.device | str) -> "Batch":
-        move = lambda t: t.to(device, non_blocking=True)  # noqa: E731
-        return Batch(self.dialogue_ids, self.utterance_ids, {m: move(t) for m, t in self.features.items()},
-                     {m: move(t) for m, t in self.present.items()}, move(self.mask), move(self.labels),
-                     move(self.speakers))
 
 
 def content_digest(fs: feature_io.FeatureSet) -> str:
@@ -113,7 +83,7 @@ def load_dialogues(manifest_path: str | Path, feature_paths: dict[str, str | Pat
     slots S (default: max slot + 1 over the whole dataset; a configured value must cover every slot).
     allow_unlabelled: map an empty label to -1 (inference on new conversations) instead of failing.
     expected: per modality, what its file must be (settings hash, width; ercpipe.io.features.expect for
-    a config setting, ercpipe.train.evaluate.feature_expectations for a checkpoint). Every file's
+    a config setting, ercpipe.model.checkpoint.feature_expectations for a checkpoint). Every file's
     utterance ids must be the manifest's, in its order. All files are checked before anything fails;
     the FeatureFileError names each file that does not match, how, and the fix.
     """
@@ -205,6 +175,7 @@ def standardization(dialogues: Sequence[Dialogue], modalities: Sequence[str]) ->
     Called with the training dialogues only, so no statistic comes from validation or test data. Raw
     openSMILE functionals span five orders of magnitude (IS10: |x| up to ~5000 next to values below 1),
     which a bias-free linear projection cannot absorb; standardising puts every modality on one scale.
+    ercpipe.model.batch.standardize applies the statistics (here and, from the checkpoint, at prediction).
     """
     stats = {}
     for m in modalities:
@@ -215,40 +186,6 @@ def standardization(dialogues: Sequence[Dialogue], modalities: Sequence[str]) ->
         std = x.std(dim=0)
         stats[m] = {"mean": x.mean(dim=0).float(), "std": torch.where(std < MIN_STD, 1.0, std).float()}
     return stats
-
-
-def standardize(dialogues: Sequence[Dialogue], stats: dict[str, dict[str, torch.Tensor]]) -> None:
-    """Apply `standardization` statistics in place; absent rows stay zeros (their contract)."""
-    for d in dialogues:
-        for m, s in stats.items():
-            if m in d.features:
-                x = (d.features[m] - s["mean"]) / s["std"]
-                d.features[m] = torch.where(d.present[m][:, None], x, torch.zeros_like(x))
-
-
-def collate(dialogues: Sequence[Dialogue]) -> Batch:
-    """Pad a list of dialogues to the longest one (spec 1.7, batch-first)."""
-    if not dialogues:
-        raise ValueError("cannot collate an empty batch")
-    lengths = [len(d) for d in dialogues]
-    b, length = len(dialogues), max(lengths)
-    mask = torch.zeros(b, length, dtype=torch.bool)
-    labels = torch.full((b, length), -1, dtype=torch.long)
-    speakers = torch.zeros(b, length, dtype=torch.long)
-    feats, present = {}, {}
-    for m, first in dialogues[0].features.items():
-        feats[m] = torch.zeros(b, length, first.shape[1])
-        present[m] = torch.zeros(b, length, dtype=torch.bool)
-    for i, d in enumerate(dialogues):
-        n = lengths[i]
-        mask[i, :n] = True
-        labels[i, :n] = d.labels
-        speakers[i, :n] = d.speakers
-        for m in feats:
-            feats[m][i, :n] = d.features[m]
-            present[m][i, :n] = d.present[m]
-    return Batch([d.dialogue_id for d in dialogues], [d.utterance_ids for d in dialogues], feats, present, mask,
-                 labels, speakers)
 
 
 def batches(dialogues: Sequence[Dialogue], batch_size: int, shuffle: bool) -> Iterator[Batch]:

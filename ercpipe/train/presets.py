@@ -12,7 +12,7 @@ import copy
 import difflib
 from typing import Any, Callable
 
-from ercpipe.config import MODALITIES
+from ercpipe.labels import MODALITIES
 
 SECTIONS = ("model", "loss", "train")
 

@@ -29,10 +29,13 @@ from ercpipe.errors import ErcpipeError
 from ercpipe.io import features as feature_io
 from ercpipe.io.atomic import atomic_path, write_json
 from ercpipe.model.anchors import subsample_anchor_images
+from ercpipe.model.batch import standardize
+from ercpipe.model.checkpoint import (CHECKPOINT_FORMAT, CheckpointError, checkpoint_payload, load_checkpoint_file,
+                                      model_from_payload, save_torch)
+from ercpipe.model.inference import EvalResult, autocast_context, eval_batches, predictions_frame, run_eval
 from ercpipe.model.losses import SDTVegaLoss, inverse_frequency_weights, paper_class_weights
 from ercpipe.model.sdt import ModelSpec, SDTVega, build_model, count_parameters
-from ercpipe.train.data import DialogueData, batches, load_dialogues, mask_feature_dims, standardization, standardize
-from ercpipe.train.evaluate import (CHECKPOINT_FORMAT, CheckpointError, EvalResult, autocast_context, eval_batches, load_checkpoint_file, predictions_frame, run_eval)
+from ercpipe.train.data import DialogueData, batches, load_dialogues, mask_feature_dims, standardization
 from ercpipe.train.metrics import SCALAR_METRICS, classification_metrics, weighted_f1
 from ercpipe.train.presets import resolve_experiment
 
@@ -209,11 +212,6 @@ def history_row(split: str, metrics: dict) -> dict:
 
 # ------------------------------------------------------------------------------------------ checkpoints
 
-def save_torch(obj, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-
-
 def rng_state(device: torch.device) -> dict:
     state = {"torch": torch.get_rng_state()}
     if device.type == "cuda":
@@ -350,7 +348,9 @@ def run_training(manifest_path, feature_paths: dict, anchor_path, experiment: di
         improved = compared > state["best_score"]  # strict: a tie keeps the earlier epoch (O19)
         if improved:
             state.update(best_score=compared, best_epoch=epoch, bad_epochs=0)
-            save_torch(_best_payload(model, cfg, spec, data, seed, epoch, selection_split, feature_stats), best_path)
+            save_torch(checkpoint_payload(model, spec=spec, config=cfg, classes=data.classes, epoch=epoch, seed=seed,
+                                          selection_split=selection_split, feature_stats=feature_stats,
+                                          features=data.feature_sources), best_path)
         else:
             state["bad_epochs"] += 1
         state["skipped_steps"] += row["skipped_steps"]
@@ -375,13 +375,6 @@ def run_training(manifest_path, feature_paths: dict, anchor_path, experiment: di
             break
     return _finish(out_dir, cfg, data, seed, state, device, selection_split, train_splits, weights,
                    weights_source, anchor_info, loss_fn, anchor_set)
-
-
-def _best_payload(model, cfg, spec, data, seed, epoch, selection_split, feature_stats) -> dict:
-    return {"format": CHECKPOINT_FORMAT, "version": 1,
-            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "config": cfg, "spec": spec.to_dict(), "classes": list(data.classes), "epoch": epoch, "seed": seed,
-            "selection_split": selection_split, "feature_stats": feature_stats, "features": data.feature_sources}
 
 
 def _feature_identity(data: DialogueData) -> dict:
@@ -447,8 +440,7 @@ def _finish(out_dir, cfg, data, seed, state, device, selection_split, train_spli
     """Reload the selected checkpoint, score valid (if held out) and test once, write the outputs."""
     train_cfg = cfg["train"]
     payload = load_checkpoint_file(out_dir / WORK_BEST_NAME)
-    model = build_model(ModelSpec.from_dict(payload["spec"]))
-    model.load_state_dict(payload["state_dict"], strict=True)
+    model = model_from_payload(payload, out_dir / WORK_BEST_NAME)
     model.classes = list(data.classes)
     if anchor_set is not None:
         prepare_anchors(model, cfg, anchor_set, data.classes)

@@ -1,0 +1,132 @@
+"""Checkpoints of SDT / SDT-VEGA (model.pt): the format, writing, loading, and what a loaded model expects
+of the feature files given to it. Training writes them (ercpipe.train.trainer), inference loads them
+(ercpipe.infer, ercpipe.model.inference); neither imports the other.
+
+A checkpoint holds the state dict, the model spec, the resolved experiment, the classes, the training
+split's feature standardisation and, per modality, how its features were made (extractor settings,
+fine-tuned encoder): enough to run the model on a new conversation. Loading is weights_only, keys strict.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from ercpipe.device import resolve_device
+from ercpipe.errors import ErcpipeError
+from ercpipe.io import features as feature_io
+from ercpipe.io.atomic import atomic_path
+from ercpipe.model.batch import Dialogue
+from ercpipe.model.sdt import ModelSpec, SDTVega, build_model
+
+CHECKPOINT_FORMAT = "ercpipe-sdt-vega"
+
+
+class CheckpointError(ErcpipeError, ValueError):
+    """A checkpoint file is missing or does not fit; the message names the file and what to do."""
+
+
+def checkpoint_payload(model: SDTVega, *, spec: ModelSpec, config: dict, classes: Sequence[str], epoch: int,
+                       seed: int, selection_split: str, feature_stats: dict | None, features: dict) -> dict:
+    """What model.pt holds (weights on the CPU)."""
+    return {"format": CHECKPOINT_FORMAT, "version": 1,
+            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "config": config, "spec": spec.to_dict(), "classes": list(classes), "epoch": epoch, "seed": seed,
+            "selection_split": selection_split, "feature_stats": feature_stats, "features": features}
+
+
+def save_torch(obj, path: str | Path) -> None:
+    """torch.save, atomically (a killed job leaves the previous file or none, never half a file)."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def load_checkpoint_file(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist; train the model first")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means the file is not ours
+        raise CheckpointError(f"{path} cannot be read as an ercpipe checkpoint ({type(err).__name__}: {err}); "
+                              "it may be truncated or not a checkpoint") from err
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not an ercpipe SDT/SDT-VEGA checkpoint (no format marker "
+                              f"{CHECKPOINT_FORMAT!r}); official checkpoints load with "
+                              "ercpipe.model.load_official_backbone")
+    return payload
+
+
+def model_from_payload(payload: dict, path: str | Path) -> SDTVega:
+    """The model of a loaded checkpoint payload (on the CPU, in train mode), its weights loaded strictly."""
+    model = build_model(ModelSpec.from_dict(payload["spec"]))
+    try:
+        model.load_state_dict(payload["state_dict"], strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(f"{path}: the stored weights do not fit the stored model spec: {err}") from err
+    return model
+
+
+def load_model(checkpoint_path: str | Path, device: str | torch.device = "cpu") -> tuple[SDTVega, dict, list[str]]:
+    """(model in eval mode on `device`, resolved experiment config, classes) from a model.pt written by
+    run_training. weights_only loading, strict keys."""
+    payload = load_checkpoint_file(checkpoint_path)
+    model = model_from_payload(payload, checkpoint_path)
+    model.classes = list(payload["classes"])
+    model.feature_stats = payload.get("feature_stats")
+    model.feature_sources = payload.get("features") or {}
+    model.checkpoint_path = str(checkpoint_path)
+    model.to(resolve_device(device)).eval()
+    return model, payload["config"], list(payload["classes"])
+
+
+def trained_on(model: SDTVega, modality: str) -> str:
+    """'audio features of width 1582 (setting is10: {feature_set: IS10, level: functionals})': what the
+    model was trained on, from its checkpoint's records (setting name = the training file's stem)."""
+    source = (getattr(model, "feature_sources", None) or {}).get(modality) or {}
+    width = model.spec.input_dims.get(modality)
+    text = f"{modality} features of width {width}"
+    if source.get("settings") is not None:
+        name = Path(source["path"]).stem if source.get("path") else None
+        text += (f" (setting {name}: " if name else " (setting ") + \
+            f"{feature_io.describe_settings(source['settings'])})"
+    return text
+
+
+def feature_expectations(model: SDTVega, checkpoint: str | Path | None = None) -> dict[str, feature_io.Expectation]:
+    """Per modality of the model, what a feature file given to it must be: the width it was trained on
+    and, where the checkpoint recorded it, the setting hash of its training file (pass the result as
+    load_dialogues(..., expected=...))."""
+    checkpoint = checkpoint or getattr(model, "checkpoint_path", None) or "the checkpoint"
+    expected = {}
+    for m in model.spec.modalities:
+        source = (getattr(model, "feature_sources", None) or {}).get(m) or {}
+        settings = source.get("settings") if isinstance(source.get("settings"), dict) else None
+        fix = (f"give the {m} file made with that setting, or extract it again with that setting "
+               "(ercpipe predict --conversation runs the checkpoint's extractors on raw media)")
+        expected[m] = feature_io.Expectation(
+            modality=m, settings=settings, setting_hash=source.get("setting_hash") or None,
+            dim=model.spec.input_dims.get(m),
+            source=f"the checkpoint {checkpoint}, trained on {trained_on(model, m)}", fix=fix)
+    return expected
+
+
+def check_dialogue_widths(model: SDTVega, dialogues: Sequence[Dialogue]) -> None:
+    """Every dialogue's feature width must be the one the model was trained on (else a CheckpointError
+    naming the modality and the training setting, instead of a tensor shape error deep in the model)."""
+    problems = []
+    for m in model.spec.modalities:
+        want = model.spec.input_dims.get(m)
+        widths = sorted({int(d.features[m].shape[1]) for d in dialogues if m in d.features})
+        wrong = [w for w in widths if w != want]
+        if wrong:
+            problems.append(f"the {m} features have width {wrong[0]}, but the model{_named(model)} was trained on "
+                            f"{trained_on(model, m)}; give {m} features made with that setting")
+    if problems:
+        raise CheckpointError("; ".join(problems))
+
+
+def _named(model: SDTVega) -> str:
+    path = getattr(model, "checkpoint_path", None)
+    return f" {path}" if path else ""

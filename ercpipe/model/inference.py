@@ -1,0 +1,121 @@
+"""Evaluation passes and per-utterance predictions of a model (the trainer's validation and test passes,
+and prediction with a loaded checkpoint: ercpipe.model.checkpoint.load_model)."""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ercpipe.device import resolve_device
+from ercpipe.model.batch import Batch, Dialogue, collate, standardize
+from ercpipe.model.checkpoint import check_dialogue_widths
+from ercpipe.model.sdt import SDTVega
+
+
+def autocast_context(device: torch.device, amp: str):
+    """fp16 / bf16 autocast on CUDA; nothing on CPU (mixed precision there is slower and not needed)."""
+    if device.type != "cuda" or amp == "off":
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=torch.float16 if amp == "fp16" else torch.bfloat16)
+
+
+@dataclass
+class EvalResult:
+    utterance_ids: list[str]
+    dialogue_ids: list[str]
+    labels: np.ndarray  # int64 [N], -1 = unlabelled
+    logits: dict[str, np.ndarray]  # head -> float32 [N, C]  (t, a, v, all)
+    fused: np.ndarray | None  # float32 [N, d]
+    losses: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def predictions(self) -> np.ndarray:
+        return self.logits["all"].argmax(axis=1)
+
+    def probabilities(self) -> np.ndarray:
+        return torch.softmax(torch.from_numpy(self.logits["all"]), dim=1).numpy()
+
+
+@torch.no_grad()
+def run_eval(model: SDTVega, batches: Sequence[Batch], device: torch.device, amp: str = "off", loss_fn=None,
+             keep_fused: bool = False) -> EvalResult:
+    """One pass in eval mode (dropout off). With loss_fn the VEGA branch runs too and losses are averaged
+    over utterances; without it the forward is backbone-only (what inference needs)."""
+    was_training = model.training
+    model.eval()
+    ids, dialogue_ids, labels, fused = [], [], [], []
+    logits: dict[str, list[torch.Tensor]] = {}
+    sums: dict[str, torch.Tensor] = {}
+    n_total = 0
+    try:
+        for cpu_batch in batches:
+            batch = cpu_batch.to(device)
+            with autocast_context(device, amp):
+                out = model(batch.features, batch.speakers, batch.mask, with_vega=loss_fn is not None)
+                if loss_fn is not None:
+                    _, parts = loss_fn(model, out, batch.labels, batch.mask)
+            mask = batch.mask
+            if loss_fn is not None:
+                n = int((batch.labels[mask] >= 0).sum())
+                for k, v in parts.items():
+                    sums[k] = sums.get(k, 0.0) + v.float() * n
+                n_total += n
+            for head, z in out["logits"].items():
+                logits.setdefault(head, []).append(z[mask].float().cpu())
+            if keep_fused:
+                fused.append(out["fused"][mask].float().cpu())
+            labels.append(batch.labels[mask].cpu())
+            for d_id, u_ids in zip(cpu_batch.dialogue_ids, cpu_batch.utterance_ids):
+                ids += u_ids
+                dialogue_ids += [d_id] * len(u_ids)
+    finally:
+        model.train(was_training)
+    return EvalResult(
+        utterance_ids=ids, dialogue_ids=dialogue_ids, labels=torch.cat(labels).numpy(),
+        logits={h: torch.cat(v).numpy() for h, v in logits.items()},
+        fused=torch.cat(fused).numpy() if keep_fused else None,
+        losses={k: float(v) / max(n_total, 1) for k, v in sums.items()})
+
+
+def eval_batches(dialogues: Sequence[Dialogue], batch_size: int) -> list[Batch]:
+    """Collated once and reused every epoch (order = manifest order)."""
+    return [collate(dialogues[i:i + batch_size]) for i in range(0, len(dialogues), batch_size)]
+
+
+def predict(model: SDTVega, dialogues: Sequence[Dialogue], batch_size: int = 32,
+            device: str | torch.device | None = None, amp: str = "off") -> pd.DataFrame:
+    """Per-utterance predictions (backbone-only forward, as at inference; spec 2.14).
+
+    `dialogues` hold features as the extractors wrote them; the training split's standardisation stored
+    in the checkpoint (load_model sets model.feature_stats) is applied to copies of them here.
+    Columns: utterance_id, dialogue_id, label (name, "" if unlabelled), prediction (name), prob_<class>...
+    """
+    device = next(model.parameters()).device if device is None else resolve_device(device)
+    classes = model.classes or [str(i) for i in range(model.spec.n_classes)]
+    missing = [m for m in model.spec.modalities if dialogues and m not in dialogues[0].features]
+    if missing:
+        raise ValueError(f"the model needs {list(model.spec.modalities)} features; the dialogues lack {missing}")
+    dialogues = list(dialogues)
+    check_dialogue_widths(model, dialogues)
+    if getattr(model, "feature_stats", None):
+        dialogues = [dataclasses.replace(d, features=dict(d.features)) for d in dialogues]
+        standardize(dialogues, model.feature_stats)
+    result = run_eval(model, eval_batches(dialogues, batch_size), device, amp)
+    return predictions_frame(result, classes)
+
+
+def predictions_frame(result: EvalResult, classes: Sequence[str], split: str | None = None) -> pd.DataFrame:
+    probs = result.probabilities()
+    frame = pd.DataFrame({"utterance_id": result.utterance_ids, "dialogue_id": result.dialogue_ids})
+    if split is not None:
+        frame["split"] = split
+    frame["label"] = [classes[i] if i >= 0 else "" for i in result.labels]
+    frame["prediction"] = [classes[i] for i in result.predictions]
+    for i, c in enumerate(classes):
+        frame[f"prob_{c}"] = probs[:, i]
+    return frame
