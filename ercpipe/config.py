@@ -19,7 +19,7 @@ SYNTHETIC_ROOT = Path("raw/synthetic")
 PICKLE_FORMATS: tuple[str, ...] = ("vega_pickle", "sdt_pickle")
 PICKLE_ONLY_KEYS: tuple[str, ...] = ("path", "allow_pickle", "labels", "valid_split")
 RAW_ONLY_KEYS: tuple[str, ...] = ("root", "synthetic", "manifest", "split_file", "relabel", "sides", "probe_media",
-                                  "face_selection")
+                                  "face_selection", "modalities")
 IMPORTED_SOURCE = "pickle"  # a feature setting {source: pickle[, layout: ...]} names an imported file
 
 
@@ -107,6 +107,26 @@ def clip_name(clip: dict) -> str:
     pretrained = clip.get("pretrained")
     tag = clip["model"] if not pretrained else f"{clip['model']}_{Path(str(pretrained)).stem}"
     return re.sub(r"[^A-Za-z0-9._-]+", "-", tag)
+
+
+def check_drawable_anchors(config: dict, drawable) -> None:
+    """ConfigError if a `synthetic:` anchor set must cover a class that has no drawn face.
+
+    `drawable`: the canonical emotions ercpipe.synthetic.faces can draw (passed in, so this module stays
+    free of OpenCV). The message names the three ways to give such a class its anchor images.
+    """
+    for name, an in config.get("anchors", {}).items():
+        if not an.get("synthetic"):
+            continue
+        missing = [c for c in anchor_classes(config, name) if c not in drawable]
+        if missing:
+            raise ConfigError(
+                f"anchors.{name}.synthetic: no drawn face exists for class(es) {missing}; drawn faces exist for "
+                f"{sorted(drawable)}. Give this anchor set its images instead: images: a folder with one sub-folder "
+                "of face images per class (folder names may be any spelling ercpipe.labels knows, e.g. joy / happy "
+                "/ hap; other names must equal the class), mine: {dataset: <a dataset with video>, visual: "
+                "<visual setting>} to take faces from its training split, or official: a 35_anchor.pt "
+                "(docs/anchors.md)")
 
 
 def anchor_classes(config: dict, set_name: str) -> list[str]:
@@ -301,6 +321,10 @@ def check(config: dict, workdir: Path = Path(".")) -> None:
         if mine:
             if mine["dataset"] not in datasets:
                 raise ConfigError(f"{where}.mine.dataset: unknown dataset {mine['dataset']!r}")
+            if "visual" not in datasets[mine["dataset"]].get("modalities", ["visual"]):
+                raise ConfigError(f"{where}.mine.dataset: {mine['dataset']} declares no visual modality "
+                                  f"(datasets.{mine['dataset']}.modalities), so it has no faces to mine; give the "
+                                  "anchor set images: (one folder per class) or official: (a 35_anchor.pt) instead")
             if is_pickle_dataset(datasets[mine["dataset"]]):
                 raise ConfigError(f"{where}.mine.dataset: {mine['dataset']} is a feature pickle, which has no video "
                                   "to take face images from; mine from a raw dataset or use official: / images:")
@@ -399,6 +423,11 @@ def _check_feature_settings(config: dict, where: str, dataset: str, features: di
         if not pickle and imported:
             raise ConfigError(f"{where}.features.{modality}: {setting!r} is an imported setting (source: pickle), "
                               f"but dataset {dataset} is not a pickle dataset; its features are extracted")
+        declared = datasets[dataset].get("modalities")
+        if not pickle and declared is not None and modality not in declared:
+            raise ConfigError(f"{where}.features.{modality}: dataset {dataset} declares modalities {list(declared)} "
+                              f"(datasets.{dataset}.modalities), so it has no {modality} to extract; leave "
+                              f"{modality} out of this experiment or add it to the dataset's modalities")
         if pickle:
             info = inspected[dataset]
             layout = known[setting].get("layout")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import html
+import json
 from pathlib import Path
 from typing import Sequence
 
@@ -9,6 +10,7 @@ import pandas as pd
 
 from ercpipe.io import features, manifest
 from ercpipe.io.atomic import atomic_path
+from ercpipe.labels import MODALITIES
 
 
 def feature_coverage(manifest_path: str | Path, feature_paths: Sequence[str | Path], out_path: str | Path,
@@ -35,6 +37,13 @@ def feature_coverage(manifest_path: str | Path, feature_paths: Sequence[str | Pa
     if html_path is not None:
         note = ("Utterances per split; <i>flag</i> columns count the raw-data defects the reader recorded, "
                 "<i>missing</i> columns the utterances a feature file holds as zeros with present = False.")
+        summary_path = Path(manifest_path).with_name("summary.json")
+        declared = json.loads(summary_path.read_text()).get("modalities") if summary_path.is_file() else None
+        if declared:
+            absent = [m for m in MODALITIES if m not in declared]
+            note += (f" The dataset has {', '.join(declared)}"
+                     + (f"; it declares no {' or '.join(absent)} (datasets.*.modalities), so none is looked for."
+                        if absent else "."))
         write_html(html_path, html_page(f"Feature coverage: {Path(manifest_path).parent.name}",
                                         [("Per split", per_split, note)]))
     return per_split

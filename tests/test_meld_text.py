@@ -54,12 +54,16 @@ def test_csvs_alone_run_text_only_end_to_end(meld_text_run):
     manifest = pd.read_csv(workdir / "features/meld/manifest.tsv", sep="\t", keep_default_na=False)
     assert len(manifest) == sum(counts.values())
     assert manifest.groupby("split")["dialogue_id"].nunique().to_dict() == {"train": 5, "valid": 3, "test": 3}
-    # No clips: every row is kept and flagged, and the summary reports the difference from the release.
-    assert manifest["flags"].str.contains("missing_video").all() and manifest["flags"].str.contains("missing_audio").all()
+    # Declared text-only: no clip is looked for or flagged; the summary reports the difference from the release.
+    assert not manifest["flags"].str.contains("missing_|no_audio|no_video|corrupt_").any()
+    assert (manifest["audio_path"] == "").all() and (manifest["video_path"] == "").all()
+    issues = pd.read_csv(workdir / "features/meld/issues.tsv", sep="\t")
+    assert not issues["reason"].str.contains("missing_|no_video|no_audio").any()
     summary = json.loads((workdir / "features/meld/summary.json").read_text())
-    assert not summary["checks_ok"]
+    assert not summary["checks_ok"] and summary["modalities"] == ["text"]
     coverage = pd.read_csv(workdir / "results/meld/coverage.tsv", sep="\t").set_index("split")
-    assert coverage.loc["all", "flag: missing_video"] == len(manifest)
+    assert not any(column.startswith("flag: missing") for column in coverage.columns)
+    assert "The dataset has text; it declares no audio or visual" in (workdir / "results/meld/coverage.html").read_text()
     setting = next(iter(config["features"]["text"]))
     with h5py.File(workdir / f"features/meld/text/{setting}.h5") as f:
         assert f["present"][()].all() and f["features"].shape == (len(manifest), 384)

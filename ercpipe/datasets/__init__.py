@@ -18,7 +18,7 @@ from ercpipe.io.manifest import COLUMNS, IssueLog, ManifestError, add_flag
 
 # Keys every dataset config may carry whatever its format: they steer the pipeline (where the raw
 # folder is, how many shards, how the visual extractor picks the face), not how rows are read.
-PIPELINE_KEYS: frozenset[str] = frozenset({"format", "root", "face_selection", "shards", "synthetic"})
+PIPELINE_KEYS: frozenset[str] = frozenset({"format", "root", "face_selection", "shards", "synthetic", "modalities"})
 
 # Two times closer than this (seconds) count as equal when looking for overlaps.
 TIME_TOLERANCE = 1e-3

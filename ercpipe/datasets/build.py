@@ -16,6 +16,7 @@ from ercpipe.datasets import ReadResult, csv_manifest, iemocap, meld
 from ercpipe.datasets.summary import write_manifest
 from ercpipe.io import manifest as manifest_io
 from ercpipe.io.manifest import IssueLog, ManifestError
+from ercpipe.labels import MODALITIES
 
 logger = logging.getLogger(__name__)
 
@@ -35,10 +36,40 @@ def read_dataset(name: str, dataset_cfg: dict, probe: bool | Collection[str] = T
     fmt = dataset_cfg.get("format")
     if fmt not in READERS:
         raise ValueError(f"dataset {name}: format {fmt!r} is not one of {sorted(READERS)}")
+    modalities = list(dataset_cfg.get("modalities") or MODALITIES)
+    if "audio" not in modalities and "visual" not in modalities:
+        probe = False  # no media to look at
     result = READERS[fmt](name, dict(dataset_cfg), probe=probe)
+    _drop_undeclared_media(result, modalities)
     frame = manifest_io.normalise(result.frame)
     manifest_io.validate(frame, result.classes, source=f"dataset {name} ({fmt})")
     return frame, result
+
+
+# The flags that belong to each media modality: a dataset that declares it has none has nothing to flag.
+MEDIA_FLAGS: dict[str, frozenset[str]] = {
+    "audio": frozenset({"missing_audio", "corrupt_audio", "no_audio_stream", "silent_audio"}),
+    "visual": frozenset({"missing_video", "corrupt_video", "no_video"}),
+}
+MEDIA_COLUMNS: dict[str, tuple[str, ...]] = {"audio": ("audio_path", "audio_start", "audio_end"),
+                                            "visual": ("video_path", "video_start", "video_end")}
+
+
+def _drop_undeclared_media(result: ReadResult, modalities: list[str]) -> None:
+    """Without a modality in `datasets.{name}.modalities`, its media columns are empty and its flags and
+    issues are not recorded: a text-only dataset's issues list only real problems (e.g. empty text)."""
+    result.info["modalities"] = [m for m in MODALITIES if m in modalities]
+    absent = [m for m in MEDIA_FLAGS if m not in modalities]
+    if not absent:
+        return
+    dropped = frozenset().union(*(MEDIA_FLAGS[m] for m in absent))
+    frame = result.frame.copy()
+    for modality in absent:
+        path, start, end = MEDIA_COLUMNS[modality]
+        frame[path], frame[start], frame[end] = "", float("nan"), float("nan")
+    frame["flags"] = [";".join(f for f in str(value).split(";") if f and f not in dropped) for value in frame["flags"]]
+    result.frame = frame
+    result.issues = IssueLog([i for i in result.issues.issues if i.reason not in dropped])
 
 
 def build_manifest(name: str, dataset_cfg: dict, out_dir: Path) -> None:

@@ -108,7 +108,8 @@ def expression_for(emotion: str) -> Expression:
     name = canonical_emotion(emotion)
     if name not in EXPRESSIONS:
         raise ValueError(f"no drawn expression for emotion {emotion!r}; drawable: {list(DRAWABLE_EMOTIONS)} "
-                         "(or an alias of one, see ercpipe.labels)")
+                         "(or an alias of one, see ercpipe.labels). For other classes give the anchor set real "
+                         "images (images:), mine them from a dataset's faces (mine:) or use official: (docs/anchors.md)")
     return EXPRESSIONS[name]
 
 

@@ -13,6 +13,10 @@ try:
     # Our own pass first: it names every bad key as a dotted path; validate() then fills defaults.
     pipeline_config.validate_schema(config, workflow.source_path("../schemas/config.schema.yaml"))
     pipeline_config.check(config, Path.cwd())
+    if any(an.get("synthetic") for an in config.get("anchors", {}).values()):
+        from ercpipe.synthetic.faces import DRAWABLE_EMOTIONS
+
+        pipeline_config.check_drawable_anchors(config, DRAWABLE_EMOTIONS)
 except pipeline_config.ConfigError as err:
     raise WorkflowError(f"Invalid config: {err}") from None
 validate(config, schema="../schemas/config.schema.yaml")

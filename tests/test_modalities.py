@@ -1,0 +1,106 @@
+"""Declared modalities per dataset (datasets.*.modalities) and anchor sets a dataset's classes cannot use."""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from ercpipe import config as pipeline_config
+from ercpipe.datasets.build import build_manifest
+from ercpipe.synthetic.faces import DRAWABLE_EMOTIONS
+
+from test_meld_text import slice_meld_csvs
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def meld_csvs(meld_csv_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("meld") / "MELD.Raw"
+    slice_meld_csvs(meld_csv_dir, root)
+    return root
+
+
+def test_a_text_only_dataset_records_no_media_flags(meld_csvs, tmp_path):
+    build_manifest("meld", {"format": "meld", "root": str(meld_csvs), "modalities": ["text"]}, tmp_path / "text")
+    build_manifest("meld", {"format": "meld", "root": str(meld_csvs)}, tmp_path / "all")
+    text = pd.read_csv(tmp_path / "text/issues.tsv", sep="\t")
+    everything = pd.read_csv(tmp_path / "all/issues.tsv", sep="\t")
+    # Without the declaration every utterance is flagged twice (no clip); with it, only the real problems remain.
+    media = {"missing_audio", "missing_video", "corrupt_video", "no_audio_stream", "no_video"}
+    n = len(pd.read_csv(tmp_path / "all/manifest.tsv", sep="\t"))
+    assert (everything["reason"] == "missing_video").sum() == n
+    assert not set(text["reason"]) & media
+    assert sorted(text.drop(columns="detail").values.tolist()) == sorted(
+        everything.loc[~everything["reason"].isin(media)].drop(columns="detail").values.tolist())
+    manifest = pd.read_csv(tmp_path / "text/manifest.tsv", sep="\t", keep_default_na=False)
+    assert (manifest["audio_path"] == "").all() and (manifest["video_path"] == "").all()
+    assert json.loads((tmp_path / "text/summary.json").read_text())["modalities"] == ["text"]
+    assert json.loads((tmp_path / "all/summary.json").read_text())["modalities"] == ["text", "audio", "visual"]
+
+
+@pytest.fixture()
+def demo_config() -> dict:
+    return yaml.safe_load((REPO / "config.yaml").read_text())
+
+
+def test_an_experiment_cannot_use_an_undeclared_modality(demo_config):
+    config = copy.deepcopy(demo_config)
+    config["datasets"]["meld_demo"]["modalities"] = ["text"]
+    with pytest.raises(pipeline_config.ConfigError,
+                       match=r"experiments.meld_demo_sdt_vega.features.audio: dataset meld_demo declares modalities "
+                             r"\['text'\] \(datasets.meld_demo.modalities\)"):
+        pipeline_config.check(config, REPO)
+    config["experiments"]["meld_demo_sdt_vega"]["features"] = {"text": "minilm"}
+    pipeline_config.check(config, REPO)
+
+
+def test_mining_anchors_needs_a_dataset_with_video(demo_config):
+    config = copy.deepcopy(demo_config)
+    config["datasets"]["meld_demo"]["modalities"] = ["text"]
+    config["experiments"]["meld_demo_sdt_vega"]["features"] = {"text": "minilm"}
+    config["anchors"]["demo_faces"] = {"mine": {"dataset": "meld_demo", "visual": "densenet121"},
+                                       "clip": {"model": "ViT-B-32", "pretrained": None}}
+    with pytest.raises(pipeline_config.ConfigError, match=r"anchors.demo_faces.mine.dataset: meld_demo declares no "
+                                                          r"visual modality .* images: .* official:"):
+        pipeline_config.check(config, REPO)
+
+
+def test_classes_without_a_drawn_face_get_the_choices(demo_config, tmp_path):
+    config = copy.deepcopy(demo_config)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("dialogue_id,utterance_id,split,speaker,label,text\n"
+                        "d0,u0,train,A,joyful,hello\nd0,u1,train,B,powerful,hi\n")
+    config["datasets"]["tv"] = {"format": "csv", "manifest": str(manifest), "classes": ["joyful", "powerful"],
+                                "modalities": ["text"]}
+    config["experiments"]["tv_vega"] = {"dataset": "tv", "features": {"text": "minilm"}, "anchors": "demo_faces",
+                                        "preset": "demo", "seeds": [0]}
+    pipeline_config.check(config, REPO)  # the references are fine ...
+    with pytest.raises(pipeline_config.ConfigError) as err:  # ... but the drawn set cannot cover these classes
+        pipeline_config.check_drawable_anchors(config, DRAWABLE_EMOTIONS)
+    message = str(err.value)
+    assert message.startswith("anchors.demo_faces.synthetic: no drawn face exists for class(es) ['joyful', 'powerful']")
+    for choice in ("images:", "mine:", "official:"):
+        assert choice in message
+
+
+def test_snakemake_stops_before_any_job_on_an_undrawable_class(demo_config, tmp_path):
+    from test_config import dry_run
+
+    config = copy.deepcopy(demo_config)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("dialogue_id,utterance_id,split,speaker,label,text\nd0,u0,train,A,joyful,hello\n"
+                        "d0,u1,train,B,mad,hi\n")
+    config["datasets"] = {"tv": {"format": "csv", "manifest": str(manifest), "classes": ["joyful", "mad"],
+                                 "modalities": ["text"]}}
+    config["experiments"] = {"tv_vega": {"dataset": "tv", "features": {"text": "minilm"}, "anchors": "demo_faces",
+                                         "preset": "demo", "seeds": [0]}}
+    result = dry_run(config, tmp_path)
+    assert result.returncode != 0
+    assert "anchors.demo_faces.synthetic: no drawn face exists for class(es) ['joyful', 'mad']" in (
+        result.stdout + result.stderr)
+    assert "Job stats" not in result.stdout
