@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_finetune.py                                  # synthetic corpus, 2 threads
     .venv/bin/python bench/bench_finetune.py --manifest features/meld/manifest.tsv --threads 1
 
-Times `--steps` optimiser steps (forward, backward, AdamW) of the model fine-tuning trains
+Times `--steps` optimizer steps (forward, backward, AdamW) of the model fine-tuning trains
 (ercpipe.features.finetune: encoder + linear head), on batches that `_epoch_batches` draws with
 group_by_length true and false, without context and with two previous utterances + speaker names
 (max_length 128). The first two steps of each measurement are a warm-up and are not timed. Rows:

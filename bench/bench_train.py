@@ -6,13 +6,13 @@
 
 Data: 151 dialogues / 7433 utterances (120 train / 5810, 31 test / 1623, like IEMOCAP), widths
 1024 / 1582 / 342, 6 classes, 2 speaker slots, 35 random unit anchor images per class (k = 512).
-Model and optimisation: the `official` preset (d = 768, 4 heads, batch 9 dialogues, AdamW, all losses,
+Model and optimization: the `official` preset (d = 768, 4 heads, batch 9 dialogues, AdamW, all losses,
 10 % feature masking).
 
 Steps:
 1. check: the library forward (padded batch, fused attention) and the eager reference of
    ercpipe/testing/reference_sdt_vega.py (per-dialogue Python loop, explicit softmax attention) give the same
-   logits, loss and gradients on a few dialogues (eval mode, centre anchors), or the benchmark stops;
+   logits, loss and gradients on a few dialogues (eval mode, center anchors), or the benchmark stops;
 2. library: full training epochs + one evaluation pass over the test split;
 3. reference: the same training step done by the eager reference, for --ref-steps batches.
 Each measurement runs in a fresh process, so its peak resident memory (ru_maxrss) is its own; on GPU the

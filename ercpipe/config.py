@@ -2,15 +2,19 @@
 
 The JSON schema (workflow/schemas/config.schema.yaml) checks keys and types; this module checks what a
 schema cannot (an experiment naming a feature setting that does not exist, a raw folder that is not
-there) and derives file names. It imports nothing heavy: the Snakefile calls it at parse time, also in
-every cluster job.
+there), resolves every extractor setting through ercpipe.features.settings (the schema takes any object
+there, so the keys are written once) and derives file names. It imports nothing heavy: the Snakefile
+calls it at parse time, also in every cluster job.
 """
 from __future__ import annotations
 
+import difflib
 import re
 from pathlib import Path
 
+from ercpipe import clip_setting
 from ercpipe.errors import ErcpipeError
+from ercpipe.features.settings import EXTRACTOR_SETTINGS, SettingError
 from ercpipe.labels import CLASSES_BY_FORMAT, MODALITIES, canonical_emotion
 
 SYNTHETIC_ROOT = Path("raw/synthetic")
@@ -102,11 +106,8 @@ def face_selection(cfg: dict) -> dict:
     return {"mode": "largest_central"}
 
 
-def clip_name(clip: dict) -> str:
-    """File-system-safe name of a CLIP setting, e.g. ViT-B-32 or ViT-L-14-336_openai."""
-    pretrained = clip.get("pretrained")
-    tag = clip["model"] if not pretrained else f"{clip['model']}_{Path(str(pretrained)).stem}"
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", tag)
+# The anchor file's name, anchors/{set}/{clip_name}.h5 (common.smk): the one name ercpipe.anchors records too.
+clip_name = clip_setting.clip_name
 
 
 def check_drawable_anchors(config: dict, drawable) -> None:
@@ -159,7 +160,6 @@ def anchor_classes(config: dict, set_name: str) -> list[str]:
 # A Hugging Face hub id: `name` or `org/name`, each part letters, digits, '-', '_', '.'.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?$")
 _EXPLICIT_PATH_PREFIXES = ("/", "./", "../", "~")
-CLIP_CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".npz")  # = ercpipe.anchors.clip's
 
 
 def text_model_is_path(model: str) -> bool:
@@ -183,7 +183,7 @@ def clip_pretrained_is_path(pretrained: str | None) -> bool:
     if not pretrained:
         return False
     return ("/" in pretrained or "\\" in pretrained or pretrained.startswith("~")
-            or pretrained.lower().endswith(CLIP_CHECKPOINT_SUFFIXES))
+            or pretrained.lower().endswith(clip_setting.CHECKPOINT_SUFFIXES))
 
 
 def _path_problem(where: str, value: str, kind: str, workdir: Path, fix: str) -> str | None:
@@ -283,6 +283,7 @@ def check(config: dict, workdir: Path = Path(".")) -> None:
     opened; then the file is unpickled and checked as the import rule will (ercpipe.features.pickles.
     inspect_dataset), so a file of the wrong shape stops the run before any job, named with its key.
     """
+    check_extractor_settings(config)
     datasets = config.get("datasets", {})
     for name, ds in datasets.items():
         where = f"datasets.{name}"
@@ -373,6 +374,41 @@ def check(config: dict, workdir: Path = Path(".")) -> None:
 
 
     _check_exports(config, inspected)
+
+
+def _unknown_key(where: str, setting: dict, known: dict) -> None:
+    unknown = sorted(set(setting) - set(known))
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], sorted(known), n=1)
+        hint = f"did you mean {close[0]}?" if close else f"known keys: {', '.join(sorted(known))}"
+        raise ConfigError(f"{where}.{unknown[0]}: unknown key; {hint}")
+
+
+def check_extractor_settings(config: dict) -> None:
+    """Resolve every extractor setting of features.{text,audio,visual} as its extractor will
+    (ercpipe.features.settings.EXTRACTOR_SETTINGS): a ConfigError names the dotted key of an unknown key (with
+    the closest known one), a missing required key, or a wrong value (with the settings module's message).
+    Imported settings ({source: pickle}) are checked by the schema."""
+    for modality, settings in config.get("features", {}).items():
+        spec = EXTRACTOR_SETTINGS[modality]
+        for name, setting in settings.items():
+            where = f"features.{modality}.{name}"
+            if is_imported_setting(setting):
+                continue
+            _unknown_key(where, setting, spec.defaults)
+            for key, known in spec.nested.items():
+                if isinstance(setting.get(key), dict):
+                    _unknown_key(f"{where}.{key}", setting[key], known)
+            missing = [key for key in spec.required if key not in setting]
+            if missing:
+                raise ConfigError(f"{where}.{missing[0]}: required (the {modality} extractor's settings: "
+                                  "ercpipe.features.settings)")
+            try:
+                spec.resolve(setting)
+            except SettingError as err:
+                raise ConfigError(f"{where}.{err.key}: {err}") from None
+            except ValueError as err:
+                raise ConfigError(f"{where}: {err}") from None
 
 
 def _check_pickle_keys(name: str, ds: dict) -> None:

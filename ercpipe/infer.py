@@ -3,7 +3,7 @@
 A checkpoint (`results/{dataset}/{experiment}/seed{n}/model.pt`) records, per modality, how its training
 features were made (extractor, model, settings, fine-tuned encoder directory). `predict_conversation`
 runs exactly those extractors on a new conversation, so its features match the training features; the
-checkpoint's training-split standardisation is then applied by `ercpipe.model.inference.predict`. Only the
+checkpoint's training-split standardization is then applied by `ercpipe.model.inference.predict`. Only the
 backbone runs (no anchors, no training data needed; spec 2.14). Checkpoints load with weights_only.
 
 Conversation file: a CSV (or .tsv) with one row per utterance in spoken order and a header. Columns:

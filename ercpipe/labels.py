@@ -41,11 +41,6 @@ def canonical_emotion(name: str) -> str:
     return _CANONICAL.get(key, key)
 
 
-def class_names_for_anchors(classes: list[str] | tuple[str, ...]) -> list[str]:
-    """Canonical names of a dataset's classes, in label-id order (e.g. IEMOCAP -> happy, sad, ...)."""
-    return [canonical_emotion(c) for c in classes]
-
-
 def emotion_aliases(name: str) -> tuple[str, ...]:
     """Every spelling that canonical_emotion maps onto the same name as `name` (canonical name first)."""
     canonical = canonical_emotion(name)

@@ -61,7 +61,7 @@ MAX_MEM_MB = 256_000  # default cap: more than this for one job is refused, nami
 # a job = AUDIO_BASE_MB + per running utterance (AUDIO_INSTANCE_MB + slope x seconds). Slopes rounded
 # up from the 10-600 s fits; sets not measured use the largest.
 AUDIO_BASE_MB = 250.0  # python, numpy, pandas, h5py, opensmile, the first Smile
-AUDIO_THREAD_MB = 30.0  # every further thread's own Smile
+AUDIO_THREAD_MB = 100.0  # every further worker process (its own interpreter pages and Smile; measured ~100 MB)
 AUDIO_INSTANCE_MB = 50.0  # one running openSMILE instance (config, components, buffers)
 AUDIO_MB_PER_SECOND: dict[str, float] = {"IS10": 0.30, "eGeMAPSv02": 0.30, "ComParE_2016": 0.45}
 # CPU seconds per second of audio, one core (IS10 13 ms, eGeMAPSv02 17 ms, ComParE_2016 12 ms measured).

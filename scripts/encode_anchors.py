@@ -1,4 +1,4 @@
-"""Rule encode_anchors: CLIP image embeddings of an anchor set and the per-class centres."""
+"""Rule encode_anchors: CLIP image embeddings of an anchor set and the per-class centers."""
 from ercpipe.runlog import rule_logging
 
 with rule_logging(snakemake.log[0], snakemake.threads):

@@ -208,7 +208,7 @@ def test_encoded_anchor_file(tiny_anchor_file, image_set):
         rows = a.image_features[name]
         assert rows.dtype == np.float32 and rows.shape == (a.counts()[name], 256)
         np.testing.assert_allclose(np.linalg.norm(rows, axis=1), 1.0, atol=1e-5)
-        np.testing.assert_allclose(a.centers[i], rows.mean(axis=0), atol=1e-6)  # mean, not renormalised
+        np.testing.assert_allclose(a.centers[i], rows.mean(axis=0), atol=1e-6)  # mean, not renormalized
         assert np.linalg.norm(a.centers[i]) < 1.0
     # Exactly open_clip's own preprocessing + image tower, seeded init (so every run gives the same model).
     paths = [image_set / p for p in a.image_paths["happy"]]
@@ -242,7 +242,7 @@ def test_read_checks_clip_model_and_file(tiny_anchor_file, tmp_path):
     with h5py.File(broken, "a") as f:
         rows = f["image_features"]["0"]
         rows[0] = rows[0] * 3  # a row that is no longer unit length
-    with pytest.raises(anchors.AnchorFileError, match="'sad' are not L2-normalised"):
+    with pytest.raises(anchors.AnchorFileError, match="'sad' are not L2-normalized"):
         anchors.read(broken)
 
 
@@ -340,7 +340,7 @@ def test_official_import_errors(tmp_path):
     assert loaded.dim == 8 and anchors.read(tmp_path / "p.h5").class_names == ["happy", "sad"]
 
 
-def test_official_import_tolerates_extra_keys_and_unnormalised_rows(tmp_path, caplog):
+def test_official_import_tolerates_extra_keys_and_unnormalized_rows(tmp_path, caplog):
     rng = np.random.default_rng(1)
     feats = {"happy": unit_rows(rng, 2, 16) * 2.0, "sad": unit_rows(rng, 2, 16)}
     data = {"anchor_center": torch.stack([feats["happy"].mean(0) / 2, feats["sad"].mean(0)]),
@@ -350,7 +350,7 @@ def test_official_import_tolerates_extra_keys_and_unnormalised_rows(tmp_path, ca
     caplog.set_level(logging.INFO, logger="ercpipe.anchors")
     a = anchors.import_official(tmp_path / "odd.pt", tmp_path / "odd.h5", ["hap", "sad"], "tiny-16d")
     np.testing.assert_allclose(np.linalg.norm(a.image_features["happy"], axis=1), 1.0, atol=1e-6)
-    assert "ignoring extra key(s) ['path']" in caplog.text and "renormalising" in caplog.text
+    assert "ignoring extra key(s) ['path']" in caplog.text and "renormalizing" in caplog.text
 
 
 # ----------------------------------------------------------------------------------------- mining

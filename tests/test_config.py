@@ -36,7 +36,6 @@ def test_demo_config_is_valid(demo_config):
 @pytest.mark.parametrize("mutate, expected", [
     (lambda c: c["datasets"]["meld_demo"].update(shardz=3), "datasets.meld_demo: Additional properties"),
     (lambda c: c["datasets"]["meld_demo"].update(shards="two"), "datasets.meld_demo.shards: 'two' is not of type"),
-    (lambda c: c["features"]["audio"]["is10"].update(feature_set="IS11"), "features.audio.is10.feature_set"),
     (lambda c: c["experiments"]["iemocap_demo_sdt"].update(seeds=[]), "experiments.iemocap_demo_sdt.seeds"),
     (lambda c: c.update(use_gpu="yes"), "use_gpu: 'yes' is not of type 'boolean'"),
     (lambda c: c.update(selections={"best": {"candidates": ["iemocap_demo_sdt", "iemocap_demo_sdt_vega"],
@@ -77,6 +76,24 @@ def test_schema_errors_name_the_key(demo_config, mutate, expected):
      "selections.iemocap_demo_sdt: an experiment has the same name"),
     (lambda c: c.update(selections={"best": {"candidates": ["iemocap_demo_sdt", "iemocap_demo_sdt"]}}),
      "selections.best.candidates: candidates must be distinct"),
+    # Extractor settings: resolved through ercpipe.features.settings (the schema takes any object there).
+    (lambda c: c["features"]["audio"]["is10"].update(feature_set="IS11"),
+     r"features.audio.is10.feature_set: audio feature_set 'IS11' is not one of \['ComParE_2016'"),
+    (lambda c: c["features"]["text"]["minilm"].update(poolin="mean"),
+     r"features.text.minilm.poolin: unknown key; did you mean pooling\?"),
+    (lambda c: c["features"]["text"]["minilm"].update(context={"previos": 1}),
+     r"features.text.minilm.context.previos: unknown key; did you mean previous\?"),
+    (lambda c: c["features"]["text"]["minilm"].update(finetune={"epochs": 0}),
+     "features.text.minilm.finetune.epochs: text fine-tuning setting epochs must be an integer >= 1, got 0"),
+    (lambda c: c["features"]["text"]["minilm"].update(max_length="long"),
+     "features.text.minilm.max_length: text setting max_length must be an integer >= 4, got 'long'"),
+    (lambda c: c["features"]["text"]["minilm"].pop("model"), "features.text.minilm.model: required"),
+    (lambda c: c["features"]["visual"]["densenet121"].update(fps=0),
+     "features.visual.densenet121.fps: visual setting fps must be a positive number, got 0"),
+    (lambda c: c["features"]["visual"]["densenet121"].update(image_size=8),
+     "features.visual.densenet121.image_size: visual setting image_size must be at least 16 pixels, got 8"),
+    (lambda c: c["features"]["visual"]["densenet121"].update(zzz=1),
+     "features.visual.densenet121.zzz: unknown key; known keys: backbone, batch_size, "),
 ])
 def test_reference_errors_name_the_key(demo_config, mutate, expected):
     bad = copy.deepcopy(demo_config)
@@ -91,8 +108,7 @@ def test_snakemake_stops_before_any_job(demo_config, tmp_path):
     result = dry_run(bad, tmp_path)
     assert result.returncode != 0
     # Snakemake prints the WorkflowError on stdout.
-    assert ("features.text.minilm: Additional properties are not allowed ('poolin' was unexpected)"
-            in result.stdout + result.stderr)
+    assert "features.text.minilm.poolin: unknown key; did you mean pooling?" in result.stdout + result.stderr
     assert not (tmp_path / "features").exists() and not (tmp_path / "raw").exists()
 
 
@@ -109,6 +125,20 @@ def test_clip_name_is_filesystem_safe():
     assert pipeline_config.clip_name({"model": "ViT-B-32", "pretrained": None}) == "ViT-B-32"
     assert pipeline_config.clip_name({"model": "ViT-L-14-336", "pretrained": "openai"}) == "ViT-L-14-336_openai"
     assert pipeline_config.clip_name({"model": "ViT-B-32", "pretrained": "/ckpt/my clip.pt"}) == "ViT-B-32_my-clip"
+    # One name for the file and for the attribute ercpipe.anchors records: a tag's "_" becomes "-" ("_" separates
+    # the parts), and a setting without pretrained names what it loads (the openai weights).
+    assert (pipeline_config.clip_name({"model": "ViT-B-32", "pretrained": "laion2b_s34b_b79k"})
+            == "ViT-B-32_laion2b-s34b-b79k")
+    assert pipeline_config.clip_name({"model": "ViT-B-32"}) == "ViT-B-32_openai"
+    assert pipeline_config.clip_name({"model": "ViT-B-32", "pretrained": None, "batch_size": 8}) == "ViT-B-32"
+
+
+def test_the_anchor_file_and_its_attribute_have_one_clip_name():
+    from ercpipe import clip_setting
+    from ercpipe.anchors import clip
+
+    assert pipeline_config.clip_name is clip_setting.clip_name is clip.clip_name
+    assert clip.clip_settings({"model": "ViT-B-32"})["pretrained"] == "openai"  # what the default loads
 
 
 def test_anchor_classes_cover_every_dataset_using_the_set(demo_config):
@@ -116,22 +146,6 @@ def test_anchor_classes_cover_every_dataset_using_the_set(demo_config):
     # IEMOCAP's six and MELD's seven classes, merged through the aliases (hap = joy = happy ...).
     assert sorted(names) == sorted(["happy", "sad", "neutral", "anger", "excited", "frustration", "surprise",
                                     "fear", "disgust"])
-
-
-@pytest.mark.parametrize("modality, module", [("text", "ercpipe.features.text"), ("audio", "ercpipe.features.audio"),
-                                              ("visual", "ercpipe.features.visual")])
-def test_schema_knows_exactly_the_extractor_settings(modality, module):
-    """The schema rejects a misspelt key before any job, so it must list every key the extractor takes."""
-    import importlib
-
-    schema = yaml.safe_load(SCHEMA.read_text())
-    properties = schema["$defs"][f"{modality}_setting"]["properties"]
-    extractor = importlib.import_module(module)
-    assert set(properties) == set(extractor.DEFAULT_SETTINGS)
-    if modality == "text":
-        assert set(properties["context"]["properties"]) == set(extractor.DEFAULT_CONTEXT)
-    if modality == "audio":
-        assert set(properties["feature_set"]["enum"]) == set(extractor.FEATURE_SETS)
 
 
 # The configurations for the feature pickles need pickle files to check: tests/test_pickle_pipeline.py makes them.

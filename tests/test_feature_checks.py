@@ -151,7 +151,7 @@ VARIANTS = [
 
 
 def test_expected_settings_of_every_shipped_setting_and_variant(tmp_path):
-    local = tmp_path / "st-model"  # a local sentence-transformers directory that normalises
+    local = tmp_path / "st-model"  # a local sentence-transformers directory that normalizes
     local.mkdir()
     (local / "modules.json").write_text(json.dumps([{"type": "sentence_transformers.models.Normalize"}]))
     (local / "config.json").write_text(json.dumps({"hidden_size": 48}))

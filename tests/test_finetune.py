@@ -140,3 +140,41 @@ def test_epoch_batches_use_every_input_once(group_by_length):
     assert other != batches
     with pytest.raises(ValueError, match="group_by_length must be true or false"):
         finetune.finetune_settings({"group_by_length": "yes"})
+
+
+def _old_warmup_factor(step: int, warmup_steps: int, steps: int) -> float:
+    """The warm-up factor finetune_text_encoder built inline with LambdaLR before warmup_linear_decay (copied)."""
+    return ((step + 1) / max(1, warmup_steps) if step < warmup_steps
+            else max(0.0, (steps - step) / max(1, steps - warmup_steps)))
+
+
+def _lrs_per_step(make_scheduler, steps: int, lr: float = 3e-3) -> list[float]:
+    """The learning rate each of `steps` optimizer steps runs with (the training loop's order of calls)."""
+    import torch
+
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], lr=lr)
+    scheduler = make_scheduler(optimizer)
+    out = []
+    for _ in range(steps):
+        out.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return out
+
+
+@pytest.mark.parametrize("warmup_steps,steps", [(0, 1), (0, 12), (1, 1), (1, 10), (3, 12), (6, 60), (5, 5), (7, 9)])
+def test_warmup_schedule_learning_rate_per_step(warmup_steps, steps):
+    from transformers import get_linear_schedule_with_warmup
+
+    lr = 3e-3
+    ours = _lrs_per_step(lambda o: finetune.warmup_linear_decay(o, warmup_steps, steps), steps, lr)
+    assert ours == [lr * _old_warmup_factor(s, warmup_steps, steps) for s in range(steps)]  # exactly, step by step
+    # transformers' schedule starts the warm-up at lr 0 (s / warmup_steps): the same only without a warm-up.
+    # If this starts failing, transformers' function gives these rates and can replace warmup_linear_decay.
+    theirs = _lrs_per_step(lambda o: get_linear_schedule_with_warmup(o, warmup_steps, steps), steps, lr)
+    assert theirs[warmup_steps:] == pytest.approx(ours[warmup_steps:], rel=1e-12, abs=0)
+    if warmup_steps == 0:
+        assert theirs == ours
+    else:
+        assert theirs[0] == 0.0 and ours[0] == pytest.approx(lr / warmup_steps, rel=1e-12)
+        assert theirs[1:warmup_steps] == pytest.approx(ours[:warmup_steps - 1], rel=1e-12, abs=0)

@@ -8,6 +8,7 @@ import torch
 from ercpipe.model import (AnchorBank, ModelSpec, OfficialCheckpointError, build_model, convert_official_state_dict,
                            count_parameters, load_official_backbone, subsample_anchor_images, to_official_state_dict)
 from ercpipe.model.batch import Dialogue, collate
+from ercpipe.model.convert import official_key, our_key
 from ercpipe.testing.reference_sdt_vega import reference_forward
 
 IEMOCAP_DIMS = {"text": 1024, "audio": 1582, "visual": 342}
@@ -121,7 +122,7 @@ def test_eval_is_deterministic_and_training_is_not():
     with torch.no_grad():
         first, _ = forward(model, dialogues)
         second, _ = forward(model, dialogues)
-        assert model.anchor_bank.last_mode == "centre"  # no anchor sampling at evaluation (O7)
+        assert model.anchor_bank.last_mode == "center"  # no anchor sampling at evaluation (O7)
         for head in first["logits"]:
             assert torch.equal(first["logits"][head], second["logits"][head])
             assert torch.equal(first["anchor_logits"][head], second["anchor_logits"][head])
@@ -152,7 +153,7 @@ def test_anchor_sampling_frequency_matches_p_random_anchor():
     counts = (2, 5, 1)
     images = [torch.nn.functional.normalize(torch.randn(n, 4), dim=1) for n in counts]
     bank.set_anchors(torch.stack([x.mean(0) for x in images]), images)
-    centres = torch.nn.functional.normalize(bank.centers, dim=1)
+    centers = torch.nn.functional.normalize(bank.centers, dim=1)
     n_draws, n_random = 3000, 0
     picked = [np.zeros(n) for n in counts]
     for _ in range(n_draws):
@@ -162,17 +163,17 @@ def test_anchor_sampling_frequency_matches_p_random_anchor():
             for c, x in enumerate(images):  # which image of class c was taken?
                 picked[c][int(torch.argmax(x @ anchors[c]))] += 1
         else:
-            torch.testing.assert_close(anchors, centres)
+            torch.testing.assert_close(anchors, centers)
     # Binomial(3000, 0.4): sd = 26.8; 4.5 sd is a safe bound with a fixed seed.
     assert abs(n_random - 0.4 * n_draws) < 4.5 * np.sqrt(n_draws * 0.4 * 0.6)
     for c, n in enumerate(counts):  # every image of a class is drawn, about uniformly
         assert picked[c].sum() == n_random and (picked[c] > 0).all()
         assert picked[c].max() / picked[c].min() < 1.35 if n > 1 else True
-    assert all(bank(sample=False).equal(centres) for _ in range(5))
+    assert all(bank(sample=False).equal(centers) for _ in range(5))
 
 
 def test_p_random_anchor_extremes():
-    for p, mode in ((0.0, "centre"), (1.0, "random")):
+    for p, mode in ((0.0, "center"), (1.0, "random")):
         bank = AnchorBank(2, 3, p)
         bank.set_anchors(np.eye(2, 3), [np.eye(3)[:2], np.eye(3)])
         modes = set()
@@ -182,7 +183,7 @@ def test_p_random_anchor_extremes():
         assert modes == {mode}
 
 
-def test_subsampled_anchor_images_and_centres():
+def test_subsampled_anchor_images_and_centers():
     rng = np.random.default_rng(0)
     images = [rng.normal(size=(n, 4)).astype(np.float32) for n in (5, 3)]
     centers, kept = subsample_anchor_images(images, 2, seed=0)
@@ -203,19 +204,19 @@ def test_missing_anchors_give_a_clear_error():
 
 def test_ablation_structure():
     no_intra = build_model(small_spec(intra_encoders=False))
-    assert not hasattr(no_intra, "t_t") and hasattr(no_intra, "a_t")
-    assert no_intra.features_reduce_t.in_features == 2 * 16
+    assert "t_t" not in no_intra.encoders and "a_t" in no_intra.encoders
+    assert no_intra.reduce["t"].in_features == 2 * 16
     no_inter = build_model(small_spec(inter_encoders=False))
-    assert not hasattr(no_inter, "a_t") and no_inter.features_reduce_t.in_features == 16
+    assert "a_t" not in no_inter.encoders and no_inter.reduce["t"].in_features == 16
     uni = build_model(small_spec(modalities=("audio",)))
-    names = {n.split(".")[0] for n, _ in uni.named_parameters()}
+    names = {official_key(n).split(".")[0] for n, _ in uni.named_parameters()}
     assert names == {"speaker_embeddings", "acouf_input", "a_a", "a_a_gate", "features_reduce_a", "all_output_layer",
                      "all_clip_proj", "prob_gate_logit"}
     assert not hasattr(uni, "last_gate")
     no_spk = build_model(small_spec(speaker_embeddings=False))
     assert not hasattr(no_spk, "speaker_embeddings")
     single = build_model(small_spec(single_branch=True))
-    assert single.all_output_layer[0].in_features == 8  # classifies the CLIP projection
+    assert single.heads["all"][0].in_features == 8  # classifies the CLIP projection
     with pytest.raises(ValueError, match="single_branch"):
         small_spec(single_branch=True, vega=False)
     with pytest.raises(ValueError, match="intra_encoders"):
@@ -242,7 +243,7 @@ def test_any_speaker_count_and_padding_row_stays_zero():
 
 def test_frozen_identity_gates_are_silu():
     model = small_model(gates="identity_frozen")
-    gate = model.t_t_gate
+    gate = model.gates["t_t"]
     assert not gate.fc.weight.requires_grad and torch.equal(gate.fc.weight, torch.eye(16))
     x = torch.randn(3, 16)
     torch.testing.assert_close(gate(x), torch.nn.functional.silu(x))
@@ -290,12 +291,12 @@ def test_official_state_dict_round_trip():
     assert official["t_t.pos_emb.pe"].shape == (1, 512, 16)
     assert "a_t.transformer_inter.0.self_attn.linear.weight" in official
     assert "t_output_layer.6.weight" in official and "t_clip_proj.0.weight" not in official
-    before_vega = target.t_clip_proj[0].weight.clone()
+    before_vega = target.clip_projs["t"][0].weight.clone()
     load_official_backbone(target, {"state_dict": official})
     src, tgt = source.state_dict(), target.state_dict()
     for key in source.backbone_parameter_names():
         assert torch.equal(src[key], tgt[key]), key
-    assert torch.equal(target.t_clip_proj[0].weight, before_vega)  # VEGA branch untouched
+    assert torch.equal(target.clip_projs["t"][0].weight, before_vega)  # VEGA branch untouched
     dialogues = [random_dialogue(4, seed=1, dims={"text": 12, "audio": 9, "visual": 6}, n_speakers=2)]
     with torch.no_grad():
         a = forward(source.eval(), dialogues, with_vega=False)[0]["logits"]["all"]
@@ -308,7 +309,7 @@ def test_official_state_dict_file_is_loaded_with_weights_only(tmp_path):
     path = tmp_path / "IEMOCAP.pth"
     torch.save(to_official_state_dict(source), path)
     load_official_backbone(target, path)
-    assert torch.equal(source.a_v_gate.fc.weight, target.a_v_gate.fc.weight)
+    assert torch.equal(source.gates["a_v"].fc.weight, target.gates["a_v"].fc.weight)
 
 
 def test_official_state_dict_errors_name_the_keys():
@@ -330,4 +331,41 @@ def test_official_state_dict_errors_name_the_keys():
         convert_official_state_dict(bad_pe, model)
     scalar = dict(official)
     scalar["t_cls_temp"] = scalar["t_cls_temp"].reshape(1)  # a [1]-shaped temperature is accepted
-    assert convert_official_state_dict(scalar, model)["t_cls_temp"].shape == ()
+    assert convert_official_state_dict(scalar, model)["cls_temps.t"].shape == ()  # as this model names it
+
+
+def test_official_names_map_both_ways_for_every_key():
+    for spec in (small_spec(), small_spec(vega=False, head_type="sdt", learnable_temperatures=False),
+                 small_spec(modalities=("audio",))):
+        keys = list(build_model(spec).state_dict())
+        flat = [official_key(k) for k in keys]
+        assert len(set(flat)) == len(keys) and [our_key(k) for k in flat] == keys
+        assert all(our_key(k) == k for k in keys)  # our keys pass through
+    assert official_key("encoders.a_t.transformer_inter.0.self_attn.linear.weight") == \
+        "a_t.transformer_inter.0.self_attn.linear.weight"
+    assert official_key("inputs.v.weight") == "visuf_input.weight" and official_key("cls_temps.t") == "t_cls_temp"
+    assert official_key("gates.t_v.fc.weight") == "t_v_gate.fc.weight"
+    assert official_key("clip_projs.all.0.bias") == "all_clip_proj.0.bias"
+
+
+def test_a_checkpoint_with_the_flat_official_names_still_loads(tmp_path):
+    """model.pt files written before the modules were grouped by role hold the flat names (t_t, t_t_gate,
+    t_cls_temp, t_clip_proj, ...); they load into the same model."""
+    from ercpipe.model.checkpoint import checkpoint_payload, load_model
+    from ercpipe.train.presets import resolve_experiment
+
+    source = small_model(3)
+    payload = checkpoint_payload(source, spec=source.spec, config=resolve_experiment({}), classes=list("abcd"),
+                                 epoch=1, seed=0, selection_split="valid", feature_stats=None, features={})
+    payload["state_dict"] = {official_key(k): v for k, v in payload["state_dict"].items()}
+    assert "t_t_gate.fc.weight" in payload["state_dict"] and "t_cls_temp" in payload["state_dict"]
+    torch.save(payload, tmp_path / "model.pt")
+    loaded, _, classes = load_model(tmp_path / "model.pt")
+    assert classes == list("abcd")
+    for key, value in source.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    dialogues = [random_dialogue(5, seed=2)]
+    with torch.no_grad():
+        a = forward(source.eval(), dialogues, with_vega=False)[0]["logits"]["all"]
+        b = forward(loaded.eval(), dialogues, with_vega=False)[0]["logits"]["all"]
+    assert torch.equal(a, b)

@@ -224,8 +224,8 @@ def test_iemocap_video_shows_speaker_emotion_and_neutral_listener(iemocap_root, 
         _, silent = next(iter_frames(avi, 0.0, 0.5, fps=2))
         _, speaking = next(iter_frames(avi, mid, mid + 0.5, fps=2))
         boxes, _ = detect(mtcnn, speaking)
-        centres = sorted((b[0] + b[2]) / 2 for b in boxes)
-        assert len(boxes) == 2 and centres[0] < width / 2 < centres[1], f"{label} {uid}: faces at {centres}"
+        centers = sorted((b[0] + b[2]) / 2 for b in boxes)
+        assert len(boxes) == 2 and centers[0] < width / 2 < centers[1], f"{label} {uid}: faces at {centers}"
         speaker_left = (uid[len(name) + 1] == "F")  # default sides: F left, M right
         changed = np.abs(speaking.astype(int) - silent.astype(int)).max(axis=2) > 40
         speaker_half = changed[:, : width // 2] if speaker_left else changed[:, width // 2:]

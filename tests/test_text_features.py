@@ -46,7 +46,7 @@ def make_manifest(dialogues: dict[str, list[tuple[str, str]]], splits: dict[str,
                          "label": (labels or {}).get(dialogue, ["neu"] * len(utterances))[index], "text": utterance,
                          "audio_path": "", "audio_start": float("nan"), "audio_end": float("nan"), "video_path": "",
                          "video_start": float("nan"), "video_end": float("nan"), "flags": (flags or {}).get(uid, "")})
-    return manifest_io.normalise(pd.DataFrame(rows))
+    return manifest_io.normalize(pd.DataFrame(rows))
 
 
 @pytest.fixture(scope="session")
@@ -227,7 +227,7 @@ def test_settings_are_validated_and_load_errors_say_what_to_do(tiny_model):
         text.TextEncoder({"model": str(tiny_model), "last_layers": 4}, device="cpu")
     with pytest.raises(ValueError, match="max_length=600 exceeds"):
         text.TextEncoder({"model": str(tiny_model), "max_length": 600}, device="cpu")
-    assert text.text_settings({})["normalize"] is True  # packaged MiniLM normalises, as sentence-transformers does
+    assert text.text_settings({})["normalize"] is True  # packaged MiniLM normalizes, as sentence-transformers does
     assert text.text_settings({"model": str(tiny_model)})["normalize"] is False
     assert text.stored_settings({}, encoder_dir=tiny_model)["model"] == str(tiny_model)
     assert text.feature_dim({"model": str(tiny_model)}) == 32 and text.feature_dim({}) == 384

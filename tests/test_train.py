@@ -286,9 +286,9 @@ def test_load_model_errors(vega_run, tmp_path):
     with pytest.raises(CheckpointError, match="not an ercpipe SDT/SDT-VEGA checkpoint"):
         load_model(tmp_path / "other.pt")
     payload = torch.load(vega_run[0] / "model.pt", weights_only=True)
-    del payload["state_dict"]["t_t_gate.fc.weight"]
+    del payload["state_dict"]["gates.t_t.fc.weight"]
     torch.save(payload, tmp_path / "broken.pt")
-    with pytest.raises(CheckpointError, match="t_t_gate.fc.weight"):
+    with pytest.raises(CheckpointError, match="gates.t_t.fc.weight"):
         load_model(tmp_path / "broken.pt")
 
 

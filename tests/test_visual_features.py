@@ -26,7 +26,7 @@ W, H = 640, 360
 BACKGROUND = (70, 90, 110)
 LEFT_SKIN = (225, 175, 140)  # the larger face, on the left half
 RIGHT_SKIN = (150, 100, 65)  # the smaller face, on the right half
-TWO_FACES = ((170, 180, 160, LEFT_SKIN), (470, 180, 130, RIGHT_SKIN))  # centre x, centre y, height, colour
+TWO_FACES = ((170, 180, 160, LEFT_SKIN), (470, 180, 130, RIGHT_SKIN))  # center x, center y, height, colour
 SIDE = {"mode": "side", "sides": {"F": "left", "M": "right"}}
 
 
@@ -118,7 +118,7 @@ def test_max_frames_thins_evenly(videos, detector):
     assert len(crops) == 3
 
 
-def test_largest_central_breaks_area_ties_by_distance_to_centre():
+def test_largest_central_breaks_area_ties_by_distance_to_center():
     def face(cx, cy, side):
         return visual.Face(np.array([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2], np.float32),
                            0.99, np.zeros((5, 2), np.float32))

@@ -1,64 +1,20 @@
-"""CLIP settings and model loading (open_clip) for anchor encoding.
-
-A CLIP setting is a dict {model, pretrained, quick_gelu}:
-    model       open_clip architecture name: "ViT-B-32" (official config) or "ViT-L-14-336" (paper best) ...
-    pretrained  an open_clip tag ("openai", "laion2b_s34b_b79k", ...; downloads, so not offline), a local
-                checkpoint file (.pt/.pth/.bin/.safetensors), or None = random init (tests, offline demos)
-    quick_gelu  None = automatic (from the tag; OpenAI weights need QuickGELU), or True/False to force it
+"""CLIP model loading (open_clip) for anchor encoding. The setting itself {model, pretrained, quick_gelu}
+(defaults, validation, its name) is ercpipe.clip_setting's, which the parse-time config checks share.
 """
 from __future__ import annotations
 
 import logging
-import re
 from pathlib import Path
 
-from ercpipe.checks import with_defaults
+from ercpipe.clip_setting import CHECKPOINT_SUFFIXES, DEFAULT_CLIP, clip_name, clip_settings, is_checkpoint_path
 from ercpipe.io.digest import file_digest
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_CLIP: dict = {"model": "ViT-B-32", "pretrained": "openai", "quick_gelu": None}
-CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".npz")
+__all__ = ["CHECKPOINT_SUFFIXES", "DEFAULT_CLIP", "RANDOM_SEED", "clip_name", "clip_settings", "is_checkpoint_path",
+           "load_clip", "resolve_quick_gelu"]
+
 RANDOM_SEED = 0  # random-init CLIPs are seeded so every run (and shard) computes the same function
-
-
-def clip_settings(clip: dict | None) -> dict:
-    """Validated CLIP setting with defaults filled in."""
-    out = with_defaults(clip, DEFAULT_CLIP, "clip")
-    if not isinstance(out["model"], str) or not out["model"].strip():
-        raise ValueError(f"clip model must be an open_clip model name such as 'ViT-B-32', got {out['model']!r}")
-    out["model"] = out["model"].strip().replace("/", "-")  # "ViT-B/32" (OpenAI spelling) -> "ViT-B-32"
-    if out["pretrained"] is not None and (not isinstance(out["pretrained"], str) or not out["pretrained"].strip()):
-        raise ValueError("clip pretrained must be an open_clip tag, a checkpoint file path, or null (random "
-                         f"init), got {out['pretrained']!r}")
-    if out["quick_gelu"] is not None and not isinstance(out["quick_gelu"], bool):
-        raise ValueError(f"clip quick_gelu must be true, false or null (automatic), got {out['quick_gelu']!r}")
-    return out
-
-
-def is_checkpoint_path(pretrained: str | None) -> bool:
-    """True when `pretrained` names a file rather than an open_clip tag (tags have no '/' or file suffix)."""
-    if not pretrained:
-        return False
-    return ("/" in pretrained or "\\" in pretrained or pretrained.lower().endswith(CHECKPOINT_SUFFIXES)
-            or Path(pretrained).is_file())
-
-
-def clip_name(clip: dict | None) -> str:
-    """Filesystem-safe name of a CLIP setting.
-
-    "ViT-B-32" (random init), "ViT-B-32_openai" (tag), "ViT-L-14-336_<file stem>" (checkpoint file),
-    plus "_quickgelu" / "_gelu" when quick_gelu is set explicitly.
-    """
-    settings = clip_settings(clip)
-    parts = [settings["model"]]
-    pretrained = settings["pretrained"]
-    if pretrained:
-        parts.append(Path(pretrained).stem if is_checkpoint_path(pretrained) else pretrained)
-    if settings["quick_gelu"] is not None:
-        parts.append("quickgelu" if settings["quick_gelu"] else "gelu")
-    # "_" separates the parts, so it is replaced inside them along with anything a file name should not hold.
-    return "_".join(re.sub(r"[^A-Za-z0-9.+-]+", "-", part).strip("-") for part in parts)
 
 
 def _model_config(model: str) -> dict:

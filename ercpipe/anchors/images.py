@@ -110,13 +110,13 @@ def scan_image_set(images_dir: str | Path, class_names: Sequence[str]) -> dict[s
     counts = {name: len(files) for name, files in ordered.items()}
     logger.info("%s: images per class %s (the paper used %d per class)", images_dir, counts, PAPER_IMAGES_PER_CLASS)
     if len(set(counts.values())) > 1:
-        logger.warning("%s: classes have different numbers of images %s; centre anchors of small classes are "
+        logger.warning("%s: classes have different numbers of images %s; center anchors of small classes are "
                        "noisier (the paper used %d per class)", images_dir, counts, PAPER_IMAGES_PER_CLASS)
     return ordered
 
 
 def encode_images(paths: Sequence[Path], model, preprocess, device, batch_size: int = 32) -> np.ndarray:
-    """L2-normalised CLIP image embeddings float32 [n, k], in the order of `paths`."""
+    """L2-normalized CLIP image embeddings float32 [n, k], in the order of `paths`."""
     import torch
     from PIL import Image
 
@@ -153,7 +153,7 @@ def encode_image_set(images_dir: str | Path, class_names: Sequence[str], clip: d
     for name, files in images.items():
         per_class[name] = feats[start:start + len(files)]
         start += len(files)
-    # Mean of the normalised rows, not renormalised, exactly as the official anchor builder (spec 3.2).
+    # Mean of the normalized rows, not renormalized, exactly as the official anchor builder (spec 3.2).
     centers = np.stack([per_class[name].mean(axis=0) for name in images]).astype(np.float32)
     anchors = AnchorSet(
         class_names=list(images), centers=centers, image_features=per_class,

@@ -2,8 +2,8 @@
 
 HDF5 layout (anchors/{set}/{clip_name}.h5):
     /class_names            UTF-8 strings [C], canonical emotion names in the dataset's label order
-    /centers                float32 [C, k], class centre = mean of the class's normalised image features
-    /image_features/{i}     float32 [n_i, k], one L2-normalised CLIP embedding per image of class i
+    /centers                float32 [C, k], class center = mean of the class's normalized image features
+    /image_features/{i}     float32 [n_i, k], one L2-normalized CLIP embedding per image of class i
     /image_paths/{i}        UTF-8 strings [n_i], image paths relative to the set folder ([0] if unknown)
     attributes              kind, format_version, clip_model, clip_name, pretrained ("" = random init),
                             dim, setting_hash, settings (JSON), versions (JSON), source, counts (JSON),
@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 KIND = "ercpipe-anchors"
 FORMAT_VERSION = 1
 UNIT_NORM_TOLERANCE = 1e-3  # float32 rows written by us are within 1e-6; imported files may be fp16
-CENTRE_TOLERANCE = 1e-4  # |centre - mean of rows| allowed before an imported file is questioned
+CENTER_TOLERANCE = 1e-4  # |center - mean of rows| allowed before an imported file is questioned
 _STR = h5py.string_dtype(encoding="utf-8")
 
 
@@ -51,7 +51,7 @@ class AnchorSet:
 
     class_names: list[str]  # canonical emotion names, label order
     centers: np.ndarray  # float32 [C, k]
-    image_features: dict[str, np.ndarray]  # class -> float32 [n_c, k], rows L2-normalised
+    image_features: dict[str, np.ndarray]  # class -> float32 [n_c, k], rows L2-normalized
     image_paths: dict[str, list[str]]  # class -> paths relative to the set folder; [] when unknown (imports)
     clip_model: str  # open_clip architecture name, e.g. "ViT-B-32"
     pretrained: str | None  # open_clip tag, checkpoint path, or None (random init)
@@ -67,7 +67,7 @@ class AnchorSet:
         return {name: int(self.image_features[name].shape[0]) for name in self.class_names}
 
     def for_classes(self, dataset_classes: Sequence[str]) -> tuple[np.ndarray, list[np.ndarray]]:
-        """Centres [C, k] and per-class image features [n_c, k] in the order of `dataset_classes`.
+        """Centers [C, k] and per-class image features [n_c, k] in the order of `dataset_classes`.
 
         Dataset labels are matched through canonical_emotion ("hap", "joy" -> "happy"), so one
         anchor set serves every dataset whose classes it covers.
@@ -93,7 +93,7 @@ class AnchorSet:
             raise AnchorFileError(f"{where}: centers have shape {self.centers.shape}, expected "
                                   f"({len(names)}, {self.dim}) for classes {names}")
         if not np.isfinite(self.centers).all():
-            raise AnchorFileError(f"{where}: non-finite values in the class centres")
+            raise AnchorFileError(f"{where}: non-finite values in the class centers")
         for name in names:
             if name not in self.image_features:
                 raise AnchorFileError(f"{where}: no image features for class {name!r}")
@@ -103,7 +103,7 @@ class AnchorSet:
                                       f"expected (n >= 1, {self.dim})")
             norms = np.linalg.norm(feats.astype(np.float64), axis=1)
             if not np.isfinite(norms).all() or np.abs(norms - 1).max() > UNIT_NORM_TOLERANCE:
-                raise AnchorFileError(f"{where}: image features of class {name!r} are not L2-normalised "
+                raise AnchorFileError(f"{where}: image features of class {name!r} are not L2-normalized "
                                       f"(norms {norms.min():.4f}..{norms.max():.4f})")
             paths = self.image_paths.get(name, [])
             if paths and len(paths) != feats.shape[0]:
@@ -330,12 +330,12 @@ def import_official(pt_path: str | Path, out_path: str | Path, class_names: Sequ
                                   f"expected (n >= 1, {dim})")
         norms = np.linalg.norm(rows, axis=1, keepdims=True)
         if np.abs(norms - 1).max() > UNIT_NORM_TOLERANCE:
-            # The official sampler renormalises each anchor before use, so renormalising rows changes nothing.
-            logger.warning("%s: class %s image features are not unit length (%.4f..%.4f); renormalising them",
+            # The official sampler renormalizes each anchor before use, so renormalizing rows changes nothing.
+            logger.warning("%s: class %s image features are not unit length (%.4f..%.4f); renormalizing them",
                            pt_path, key, norms.min(), norms.max())
             rows = rows / np.maximum(norms, 1e-12)
         feats[name] = rows.astype(np.float32)
-    _check_centre_order(pt_path, canonical, centers, feats)
+    _check_center_order(pt_path, canonical, centers, feats)
     known_dim = _known_embed_dim(clip_model)
     if known_dim is not None and known_dim != dim:
         raise AnchorFileError(f"{pt_path} holds {dim}-d anchors, but CLIP {clip_model} embeds in {known_dim} "
@@ -351,20 +351,20 @@ def import_official(pt_path: str | Path, out_path: str | Path, class_names: Sequ
     return anchors
 
 
-def _check_centre_order(pt_path: Path, names: list[str], centers: np.ndarray, feats: dict[str, np.ndarray]) -> None:
-    """The official centres are the means of each class's rows; a permutation means the class order is wrong."""
+def _check_center_order(pt_path: Path, names: list[str], centers: np.ndarray, feats: dict[str, np.ndarray]) -> None:
+    """The official centers are the means of each class's rows; a permutation means the class order is wrong."""
     means = np.stack([feats[n].mean(axis=0) for n in names])
-    dist = np.abs(centers[:, None, :] - means[None, :, :]).max(axis=2)  # [centre row, class]
+    dist = np.abs(centers[:, None, :] - means[None, :, :]).max(axis=2)  # [center row, class]
     for i, name in enumerate(names):
-        if dist[i, i] <= CENTRE_TOLERANCE:
+        if dist[i, i] <= CENTER_TOLERANCE:
             continue
         j = int(dist[i].argmin())
-        if j != i and dist[i, j] <= CENTRE_TOLERANCE:
+        if j != i and dist[i, j] <= CENTER_TOLERANCE:
             raise AnchorFileError(
                 f"{pt_path}: anchor_center row {i} is the mean of class {names[j]!r}'s images, not of {name!r}; "
                 f"the class order given ({names}) is not the file's label-id order")
         logger.warning("%s: anchor_center row %d differs from the mean of class %s's images by %.2e; keeping the "
-                       "file's centre", pt_path, i, name, dist[i, i])
+                       "file's center", pt_path, i, name, dist[i, i])
 
 
 def export_official(anchor_set_or_path: AnchorSet | str | Path, pt_path: str | Path) -> None:

@@ -32,7 +32,7 @@ READERS: dict[str, Callable[..., ReadResult]] = {
 
 def read_dataset(name: str, dataset_cfg: dict, probe: bool | Collection[str] = True
                  ) -> tuple[pd.DataFrame, ReadResult]:
-    """Run the configured reader; returns the normalised, validated manifest frame and the reader's result."""
+    """Run the configured reader; returns the normalized, validated manifest frame and the reader's result."""
     fmt = dataset_cfg.get("format")
     if fmt not in READERS:
         raise ValueError(f"dataset {name}: format {fmt!r} is not one of {sorted(READERS)}")
@@ -41,7 +41,7 @@ def read_dataset(name: str, dataset_cfg: dict, probe: bool | Collection[str] = T
         probe = False  # no media to look at
     result = READERS[fmt](name, dict(dataset_cfg), probe=probe)
     _drop_undeclared_media(result, modalities)
-    frame = manifest_io.normalise(result.frame)
+    frame = manifest_io.normalize(result.frame)
     manifest_io.validate(frame, result.classes, source=f"dataset {name} ({fmt})")
     return frame, result
 
@@ -112,4 +112,4 @@ def join_manifest_shards(name: str, dataset_cfg: dict, shard_manifests: list[Pat
     for path in shard_issues:
         issues.issues.extend(manifest_io.read_issues(path).issues)
     result.issues = issues
-    write_manifest(name, dataset_cfg["format"], manifest_io.normalise(joined), result, out_dir)
+    write_manifest(name, dataset_cfg["format"], manifest_io.normalize(joined), result, out_dir)

@@ -14,7 +14,7 @@ Architecture (Huang et al., DenseNet-BC, CIFAR layout) on 64x64 grayscale face c
 An optional linear classifier (e.g. 8 FER+ classes) follows; it is not used for features but is
 kept so a trained checkpoint loads with strict key checking. No trained weights ship with this
 package: pass a checkpoint you trained or converted (state dict saved with torch.save).
-Input normalisation follows the FER+ model: gray levels 0-255, (x - 131.0754) / 47.858177.
+Input normalization follows the FER+ model: gray levels 0-255, (x - 131.0754) / 47.858177.
 """
 from __future__ import annotations
 

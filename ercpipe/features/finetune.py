@@ -124,6 +124,18 @@ def _split_inputs(encoder: text_mod.TextEncoder, rows: pd.DataFrame, classes: li
     return out, skipped
 
 
+def warmup_linear_decay(optimizer: torch.optim.Optimizer, warmup_steps: int, steps: int):
+    """Learning rate lr * (s + 1) / warmup_steps for optimizer step s < warmup_steps, then linear decay to 0.
+
+    Not transformers' get_linear_schedule_with_warmup: that one gives lr * s / warmup_steps during the
+    warm-up, so its first step runs at lr 0 and every warm-up step one step behind this schedule (the two
+    agree after the warm-up and when warmup_steps is 0); tests/test_finetune.py compares them step by step.
+    """
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: (step + 1) / max(1, warmup_steps) if step < warmup_steps
+        else max(0.0, (steps - step) / max(1, steps - warmup_steps)))
+
+
 def finetune_text_encoder(manifest_path, settings: dict, out_dir: Path, threads: int = 1,
                           device: str = "auto") -> None:
     """Fine-tune on TRAIN, pick the epoch on VALID, save the encoder + tokenizer + metrics.json to out_dir.
@@ -162,9 +174,7 @@ def finetune_text_encoder(manifest_path, settings: dict, out_dir: Path, threads:
     steps = train["epochs"] * math.ceil(len(train_x) / batch)
     warmup_steps = int(round(train["warmup"] * steps))
     optimizer = torch.optim.AdamW(model.parameters(), lr=train["lr"], weight_decay=train["weight_decay"])
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: (step + 1) / max(1, warmup_steps) if step < warmup_steps
-        else max(0.0, (steps - step) / max(1, steps - warmup_steps)))
+    scheduler = warmup_linear_decay(optimizer, warmup_steps, steps)
     generator = torch.Generator().manual_seed(train["seed"])
 
     history = [{"epoch": 0, "train_loss": None, "valid": _evaluate(model, valid_x, valid_y, batch, len(classes))}]

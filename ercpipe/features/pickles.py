@@ -292,7 +292,7 @@ def to_project(ds: PickleDataset, dataset: str | None = None, valid_dialogues: S
                          "text": ds.sentences[vid][k] if vid in ds.sentences else "",
                          "audio_path": "", "audio_start": np.nan, "audio_end": np.nan, "video_path": "",
                          "video_start": np.nan, "video_end": np.nan, "flags": ""})
-    frame = manifest_io.normalise(pd.DataFrame(rows, columns=list(manifest_io.COLUMNS)))
+    frame = manifest_io.normalize(pd.DataFrame(rows, columns=list(manifest_io.COLUMNS)))
     if frame["utterance_id"].duplicated().any():  # utterance names from the pickle collide: fall back to positions
         logger.warning("%s: the pickle's utterance ids are not unique; using {dialogue}_u{index}", ds.source)
         frame["utterance_id"] = frame["dialogue_id"] + "_u" + frame["utterance_index"].astype(str)

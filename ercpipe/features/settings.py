@@ -10,15 +10,42 @@ the training job's environment does not have. The extractors map the names kept 
 objects (TEXT_DTYPES to torch dtypes, AUDIO_FEATURE_SETS / AUDIO_LEVELS to openSMILE enums).
 
 A new setting of an extractor: its key and default in the *_DEFAULTS dict below, its check in the
-*_settings function, the key in workflow/schemas/config.schema.yaml (tests/test_config.py checks that
-the schema lists exactly these keys), and the extractor reading it.
+*_settings function (a wrong value raises SettingError naming the key), and the extractor reading it.
+Nothing else lists the keys: the config schema takes any object as an extractor setting, and
+ercpipe.config.check resolves every setting through EXTRACTOR_SETTINGS at parse time (unknown key, wrong
+type or range -> ConfigError naming the dotted key, before any job). docs/design.md, "Adding a setting to
+an extractor", walks through one.
 """
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from ercpipe.checks import require_int, with_defaults
+from ercpipe.errors import ErcpipeError
+
+
+class SettingError(ErcpipeError, ValueError):
+    """A wrong value in an extractor setting; `key` is its dotted path inside the setting ("pooling",
+    "context.next", "finetune.lr"), so the config check can name features.{modality}.{name}.{key}."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
+
+
+def _int(value, minimum: int, key: str, what: str) -> None:
+    try:
+        require_int(value, minimum, what)
+    except ValueError as err:
+        raise SettingError(key, str(err)) from None
+
+
+def _dict(value, key: str, what: str) -> None:
+    if value is not None and not isinstance(value, dict):
+        raise SettingError(key, f"{what} must be a mapping of its keys, got {value!r}")
 
 # ----------------------------------------------------------------------------------------- text
 
@@ -36,7 +63,7 @@ TEXT_DEFAULTS: dict = {
     "model": PACKAGED_MINILM,  # hub name | local directory | "packaged:minilm"
     "pooling": "mean",  # "cls" | "mean" (see ercpipe.features.text)
     "last_layers": 1,  # average the pooled layer over the last k hidden layers
-    "normalize": None,  # L2-normalise; None = true for sentence-transformers models that normalise (MiniLM)
+    "normalize": None,  # L2-normalize; None = true for sentence-transformers models that normalize (MiniLM)
     "context": TEXT_CONTEXT_DEFAULTS,
     "max_length": 256,  # tokens per input sequence, template tokens included
     "batch_size": 32,  # sequences per forward pass
@@ -52,7 +79,7 @@ FINETUNE_DEFAULTS: dict = {
     "lr": 1e-5,  # AdamW learning rate (encoder and head)
     "batch_size": 16,  # training utterances per step
     "weight_decay": 0.01,
-    "warmup": 0.1,  # fraction of all optimiser steps with a linear warm-up, then linear decay to 0
+    "warmup": 0.1,  # fraction of all optimizer steps with a linear warm-up, then linear decay to 0
     "max_length": None,  # tokens per training input; None = the text setting's max_length
     "seed": 0,
     "head_dropout": 0.1,  # dropout before the linear classification head
@@ -79,7 +106,7 @@ def text_model_dir(model: str) -> Path | None:
     return Path(model) if Path(model).is_dir() else None
 
 
-def normalises(model_path: str) -> bool:
+def normalizes(model_path: str) -> bool:
     """True if a local sentence-transformers directory ends with a Normalize module (as MiniLM does)."""
     modules = Path(model_path) / "modules.json"
     if not modules.is_file():
@@ -92,34 +119,39 @@ def normalises(model_path: str) -> bool:
 
 
 def context_settings(context: dict | None) -> dict:
+    _dict(context, "context", "text setting context")
     out = with_defaults(context, TEXT_CONTEXT_DEFAULTS, "text context")
-    require_int(out["previous"], 0, "text setting context.previous")
-    require_int(out["next"], 0, "text setting context.next")
+    _int(out["previous"], 0, "context.previous", "text setting context.previous")
+    _int(out["next"], 0, "context.next", "text setting context.next")
     if not isinstance(out["speaker_names"], bool):
-        raise ValueError(f"text setting context.speaker_names must be true or false, got {out['speaker_names']!r}")
+        raise SettingError("context.speaker_names", "text setting context.speaker_names must be true or false, "
+                           f"got {out['speaker_names']!r}")
     if out["separator"] is not None and not isinstance(out["separator"], str):
-        raise ValueError(f"text setting context.separator must be a string or null, got {out['separator']!r}")
+        raise SettingError("context.separator", "text setting context.separator must be a string or null, "
+                           f"got {out['separator']!r}")
     return out
 
 
 def finetune_settings(settings: dict | None) -> dict:
     """Validated fine-tuning keys with defaults filled in; unknown keys raise ValueError naming them."""
+    _dict(settings, "finetune", "text setting finetune")
     out = with_defaults(settings, FINETUNE_DEFAULTS, "text fine-tuning")
     for name, minimum in (("epochs", 1), ("batch_size", 1), ("seed", 0)):
-        require_int(out[name], minimum, f"text fine-tuning setting {name}")
+        _int(out[name], minimum, f"finetune.{name}", f"text fine-tuning setting {name}")
     if out["max_length"] is not None:
-        require_int(out["max_length"], 4, "text fine-tuning setting max_length")
+        _int(out["max_length"], 4, "finetune.max_length", "text fine-tuning setting max_length")
     if not isinstance(out["group_by_length"], bool):
-        raise ValueError("text fine-tuning setting group_by_length must be true or false, "
-                         f"got {out['group_by_length']!r}")
+        raise SettingError("finetune.group_by_length", "text fine-tuning setting group_by_length must be true or "
+                           f"false, got {out['group_by_length']!r}")
     for name, low, high in (("lr", 0.0, 1.0), ("weight_decay", 0.0, 1.0), ("warmup", 0.0, 1.0),
                             ("head_dropout", 0.0, 1.0)):
         value = out[name]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-            raise ValueError(f"text fine-tuning setting {name} must be a number in [{low}, {high}], got {value!r}")
+            raise SettingError(f"finetune.{name}",
+                               f"text fine-tuning setting {name} must be a number in [{low}, {high}], got {value!r}")
         out[name] = float(value)
     if out["lr"] == 0:
-        raise ValueError("text fine-tuning setting lr must be > 0")
+        raise SettingError("finetune.lr", "text fine-tuning setting lr must be > 0")
     return out
 
 
@@ -127,20 +159,25 @@ def text_settings(settings: dict | None) -> dict:
     """Validated settings with defaults filled in (normalize resolved to a bool, finetune to None or a dict)."""
     out = with_defaults(settings, TEXT_DEFAULTS, "text feature")
     if not isinstance(out["model"], str) or not out["model"].strip():
-        raise ValueError(f"text setting model must be a hub name, a directory or {PACKAGED_MINILM!r}")
+        raise SettingError("model", f"text setting model must be a hub name, a directory or {PACKAGED_MINILM!r}")
     if out["pooling"] not in TEXT_POOLINGS:
-        raise ValueError(f"text pooling {out['pooling']!r} is not one of {list(TEXT_POOLINGS)}")
-    require_int(out["last_layers"], 1, "text setting last_layers")
-    require_int(out["max_length"], 4, "text setting max_length")
-    require_int(out["batch_size"], 1, "text setting batch_size")
+        raise SettingError("pooling", f"text pooling {out['pooling']!r} is not one of {list(TEXT_POOLINGS)}")
+    for key, minimum in (("last_layers", 1), ("max_length", 4), ("batch_size", 1)):
+        _int(out[key], minimum, key, f"text setting {key}")
     if out["dtype"] not in TEXT_DTYPES:
-        raise ValueError(f"text dtype {out['dtype']!r} is not one of {sorted(TEXT_DTYPES)}")
+        raise SettingError("dtype", f"text dtype {out['dtype']!r} is not one of {sorted(TEXT_DTYPES)}")
     out["context"] = context_settings(out["context"])
     if out["normalize"] is None:  # the packaged MiniLM ends with a Normalize module; known without loading it
-        require_known_packaged(out["model"])
-        out["normalize"] = out["model"] == PACKAGED_MINILM or normalises(out["model"])
+        try:
+            require_known_packaged(out["model"])
+        except ValueError as err:
+            raise SettingError("model", str(err)) from None
+        out["normalize"] = out["model"] == PACKAGED_MINILM or normalizes(out["model"])
     elif not isinstance(out["normalize"], bool):
-        raise ValueError(f"text setting normalize must be true, false or null, got {out['normalize']!r}")
+        raise SettingError("normalize", f"text setting normalize must be true, false or null, got {out['normalize']!r}")
+    if not isinstance(out["finetune"], (dict, bool, type(None))):
+        raise SettingError("finetune", f"text setting finetune must be true, false, null or a mapping of "
+                           f"{sorted(FINETUNE_DEFAULTS)}, got {out['finetune']!r}")
     if out["finetune"] in (None, False):
         out["finetune"] = None
     else:
@@ -191,9 +228,10 @@ def audio_settings(settings: dict | None) -> dict:
     """Validated settings with defaults filled in; this dict is what the feature file's hash covers."""
     out = with_defaults(settings, AUDIO_DEFAULTS, "audio feature")
     if out["feature_set"] not in AUDIO_FEATURE_SETS:
-        raise ValueError(f"audio feature_set {out['feature_set']!r} is not one of {sorted(AUDIO_FEATURE_SETS)}")
+        raise SettingError("feature_set", f"audio feature_set {out['feature_set']!r} is not one of "
+                           f"{sorted(AUDIO_FEATURE_SETS)}")
     if out["level"] not in AUDIO_LEVELS:
-        raise ValueError(f"audio level {out['level']!r} is not one of {sorted(AUDIO_LEVELS)}")
+        raise SettingError("level", f"audio level {out['level']!r} is not one of {sorted(AUDIO_LEVELS)}")
     return out
 
 
@@ -215,6 +253,11 @@ VISUAL_DEFAULTS: dict = {
     "backbone": "densenet121",  # densenet121 | denseface
     "weights": None,  # checkpoint path | "random" | None (torch hub cache for densenet121, else random + warning)
     "batch_size": 32,  # frames per MTCNN call and crops per backbone call
+    # MTCNN runs on a copy of each frame scaled so its longest side is at most this many pixels (frames at or
+    # below it are used as they are: IEMOCAP's and the synthetic corpora's 720x480 and 640x360); boxes and
+    # landmarks are mapped back and faces cropped from the full frame (MELD's 1280x720 -> a 720x405 copy).
+    # min_face_size counts pixels of that copy. null = detect on the full-resolution frame.
+    "detect_max_side": 720,
 }
 
 
@@ -222,26 +265,35 @@ def visual_settings(settings: dict | None) -> dict:
     """Validated settings with defaults filled in and image_size resolved for the backbone."""
     out = with_defaults(settings, VISUAL_DEFAULTS, "visual feature")
     if out["detector"] != "mtcnn":
-        raise ValueError(f"visual detector {out['detector']!r} is not supported; use 'mtcnn'")
+        raise SettingError("detector", f"visual detector {out['detector']!r} is not supported; use 'mtcnn'")
     if out["backbone"] not in VISUAL_BACKBONES:
-        raise ValueError(f"visual backbone {out['backbone']!r} is not one of {sorted(VISUAL_BACKBONES)}")
+        raise SettingError("backbone", f"visual backbone {out['backbone']!r} is not one of {sorted(VISUAL_BACKBONES)}")
     if out["image_size"] is None:
         out["image_size"] = VISUAL_BACKBONES[out["backbone"]][1]
     for key in ("max_frames", "min_face_size", "image_size", "batch_size"):
         if not isinstance(out[key], int) or isinstance(out[key], bool) or out[key] < 1:
-            raise ValueError(f"visual setting {key} must be a positive integer, got {out[key]!r}")
-    if not isinstance(out["fps"], (int, float)) or out["fps"] <= 0:
-        raise ValueError(f"visual setting fps must be a positive number, got {out['fps']!r}")
+            raise SettingError(key, f"visual setting {key} must be a positive integer, got {out[key]!r}")
+    if out["image_size"] < 16:
+        raise SettingError("image_size",
+                           f"visual setting image_size must be at least 16 pixels, got {out['image_size']!r}")
+    if isinstance(out["fps"], bool) or not isinstance(out["fps"], (int, float)) or out["fps"] <= 0:
+        raise SettingError("fps", f"visual setting fps must be a positive number, got {out['fps']!r}")
     out["fps"] = float(out["fps"])
     thresholds = out["thresholds"]
     if (not isinstance(thresholds, (list, tuple)) or len(thresholds) != 3
             or not all(isinstance(t, (int, float)) and 0 <= t <= 1 for t in thresholds)):
-        raise ValueError(f"visual setting thresholds must be three numbers in [0, 1], got {thresholds!r}")
+        raise SettingError("thresholds",
+                           f"visual setting thresholds must be three numbers in [0, 1], got {thresholds!r}")
     out["thresholds"] = [float(t) for t in thresholds]
     if not isinstance(out["face_margin"], (int, float)) or not 0 <= out["face_margin"] < 2:
-        raise ValueError(f"visual setting face_margin must be in [0, 2), got {out['face_margin']!r}")
+        raise SettingError("face_margin", f"visual setting face_margin must be in [0, 2), got {out['face_margin']!r}")
+    value = out["detect_max_side"]
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise SettingError("detect_max_side",
+                           f"visual setting detect_max_side must be a positive integer or null, got {value!r}")
     if out["weights"] is not None and not isinstance(out["weights"], str):
-        raise ValueError(f"visual setting weights must be a file path, 'random' or null, got {out['weights']!r}")
+        raise SettingError("weights", f"visual setting weights must be a file path, 'random' or null, "
+                           f"got {out['weights']!r}")
     return out
 
 
@@ -266,3 +318,27 @@ def face_selection_settings(face_selection: dict | None) -> dict:
 def stored_visual_settings(settings: dict | None, face_selection: dict | None) -> dict:
     """The settings dict a visual feature file records (and hashes): validated settings + face_selection."""
     return {**visual_settings(settings), "face_selection": face_selection_settings(face_selection)}
+
+
+# ----------------------------------------------------------------------------------------- registry
+
+
+@dataclass(frozen=True)
+class ExtractorSettings:
+    """What the config check needs of one modality's settings: its resolution function (raises SettingError
+    naming the key), its keys with defaults, the keys holding a mapping of their own keys, and the keys a
+    config must give."""
+
+    resolve: Callable[[dict | None], dict]
+    defaults: dict
+    nested: dict = field(default_factory=dict)  # key -> its own defaults (context, finetune)
+    required: tuple[str, ...] = ()
+
+
+# modality -> its settings; ercpipe.config.check resolves every extractor setting of the config through these.
+EXTRACTOR_SETTINGS: dict[str, ExtractorSettings] = {
+    "text": ExtractorSettings(text_settings, TEXT_DEFAULTS, {"context": TEXT_CONTEXT_DEFAULTS,
+                                                             "finetune": FINETUNE_DEFAULTS}, ("model",)),
+    "audio": ExtractorSettings(audio_settings, AUDIO_DEFAULTS, required=("feature_set",)),
+    "visual": ExtractorSettings(visual_settings, VISUAL_DEFAULTS, required=("backbone",)),
+}

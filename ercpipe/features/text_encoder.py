@@ -1,7 +1,7 @@
 """The text encoder: a Hugging Face model (RoBERTa, MiniLM, ...) pooled to one vector per utterance, used by
 extraction (ercpipe.features.text) and fine-tuning (ercpipe.features.finetune), which import it, not each other.
 
-Each utterance is tokenised on its own; optional context (neighbouring utterances of the same
+Each utterance is tokenized on its own; optional context (neighbouring utterances of the same
 dialogue) is placed around it, joined by a separator, inside one sequence:
 
     [template start] prev_k SEP ... prev_1 SEP  TARGET  SEP next_1 ... SEP next_m [template end]
@@ -155,7 +155,7 @@ class TextEncoder:
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self.dim = int(config.hidden_size)
 
-    # ---- tokenisation
+    # ---- tokenization
 
     def _ids(self, texts: Sequence[str]) -> list[list[int]]:
         if not texts:

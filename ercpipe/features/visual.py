@@ -75,7 +75,7 @@ class Face:
     landmarks: np.ndarray  # float32 [5, 2]: eye (image-left), eye (image-right), nose, mouth left, mouth right
 
     @property
-    def centre(self) -> tuple[float, float]:
+    def center(self) -> tuple[float, float]:
         return float(self.box[0] + self.box[2]) / 2, float(self.box[1] + self.box[3]) / 2
 
     @property
@@ -93,11 +93,40 @@ def build_detector(settings: dict, device: str | torch.device = "auto"):
                  else device)
 
 
-def detect_faces(detector, frames: list[np.ndarray], batch_size: int = 32) -> list[list[Face]]:
-    """Faces of each RGB frame (all frames of one video have the same size, so they batch)."""
+def detect_max_side(settings: dict) -> int | None:
+    """The validated `detect_max_side` setting: a positive integer, or None (detect at full resolution)."""
+    return visual_settings(settings)["detect_max_side"]
+
+
+def detection_size(width: int, height: int, max_side: int | None) -> tuple[int, int]:
+    """(width, height) of the copy MTCNN sees: the frame's own size when its longest side is at most
+    `max_side` (or max_side is None), else scaled down to a longest side of `max_side`, aspect kept."""
+    if max_side is None or max(width, height) <= max_side:
+        return width, height
+    scale = max_side / max(width, height)
+    return max(1, int(round(width * scale))), max(1, int(round(height * scale)))
+
+
+def detect_faces(detector, frames: list[np.ndarray], batch_size: int = 32,
+                 max_side: int | None = None) -> list[list[Face]]:
+    """Faces of each RGB frame (all frames of one video have the same size, so they batch).
+
+    With `max_side`, a frame whose longest side is above it is detected on a copy scaled down to that
+    side (cv2 INTER_AREA), and the boxes and landmarks are mapped back to the frame's own pixels (pixel
+    centers aligned, as the resize does), so callers crop from the full-resolution frame. A frame at or
+    below `max_side` is detected as it is.
+    """
     out: list[list[Face]] = []
+    if not frames:
+        return out
+    height, width = frames[0].shape[:2]
+    small_w, small_h = detection_size(width, height, max_side)
+    sx, sy = width / small_w, height / small_h
+    scaled = (small_w, small_h) != (width, height)
     for i in range(0, len(frames), batch_size):
         batch = frames[i:i + batch_size]
+        if scaled:
+            batch = [cv2.resize(f, (small_w, small_h), interpolation=cv2.INTER_AREA) for f in batch]
         boxes, probs, points = detector.detect(np.stack(batch), landmarks=True)
         for frame_boxes, frame_probs, frame_points in zip(boxes, probs, points):
             if frame_boxes is None:  # facenet-pytorch returns None (object arrays) for a frame without faces
@@ -106,6 +135,13 @@ def detect_faces(detector, frames: list[np.ndarray], batch_size: int = 32) -> li
             b = np.asarray(frame_boxes, dtype=np.float32).reshape(-1, 4)
             p = np.asarray(frame_probs, dtype=np.float32).reshape(-1)
             lm = np.asarray(frame_points, dtype=np.float32).reshape(-1, 5, 2)
+            if scaled:  # copy pixel x -> frame pixel (x + 0.5) * sx - 0.5 (and y with sy)
+                b = b.copy()
+                lm = lm.copy()
+                b[:, [0, 2]] = (b[:, [0, 2]] + 0.5) * sx - 0.5
+                b[:, [1, 3]] = (b[:, [1, 3]] + 0.5) * sy - 0.5
+                lm[..., 0] = (lm[..., 0] + 0.5) * sx - 0.5
+                lm[..., 1] = (lm[..., 1] + 0.5) * sy - 0.5
             out.append([Face(b[j], float(p[j]), lm[j]) for j in range(len(b))])
     return out
 
@@ -115,9 +151,9 @@ def select_face(faces: list[Face], frame_width: int, frame_height: int, speaker:
     """The speaker's face in one frame, or None.
 
     side: the speaker's gender letter is the last character of `speaker` (IEMOCAP "Ses01_F");
-        among faces whose box centre lies on the mapped half of the frame, the most confident.
+        among faces whose box center lies on the mapped half of the frame, the most confident.
     largest_central: the largest box; boxes within AREA_TIE_FRACTION of the largest area tie and
-        the one whose centre is nearest the frame centre wins.
+        the one whose center is nearest the frame center wins.
     """
     if not faces:
         return None
@@ -129,20 +165,20 @@ def select_face(faces: list[Face], frame_width: int, frame_height: int, speaker:
                              f"but the speaker's last character is {letter!r}; fix the manifest speaker or the "
                              "sides mapping")
         half = frame_width / 2
-        on_side = [f for f in faces if (f.centre[0] < half) == (sides[letter] == "left")]
+        on_side = [f for f in faces if (f.center[0] < half) == (sides[letter] == "left")]
         return max(on_side, key=lambda f: f.prob) if on_side else None
     largest = max(f.area for f in faces)
     tied = [f for f in faces if f.area >= (1 - AREA_TIE_FRACTION) * largest]
     cx, cy = frame_width / 2, frame_height / 2
-    return min(tied, key=lambda f: math.hypot(f.centre[0] - cx, f.centre[1] - cy))
+    return min(tied, key=lambda f: math.hypot(f.center[0] - cx, f.center[1] - cy))
 
 
 def alignment_matrix(face: Face, size: int, margin: float) -> np.ndarray:
-    """2x3 affine map from frame pixels to a size x size crop: rotate about the box centre so the
-    eyes are level, scale so the margin-padded box fills the crop, centre it."""
+    """2x3 affine map from frame pixels to a size x size crop: rotate about the box center so the
+    eyes are level, scale so the margin-padded box fills the crop, center it."""
     (lx, ly), (rx, ry) = face.landmarks[0], face.landmarks[1]
     angle = math.degrees(math.atan2(float(ry - ly), float(rx - lx)))
-    cx, cy = face.centre
+    cx, cy = face.center
     side = max(float(face.box[2] - face.box[0]), float(face.box[3] - face.box[1]), 1.0) * (1 + 2 * margin)
     matrix = cv2.getRotationMatrix2D((cx, cy), angle, size / side)
     matrix[0, 2] += size / 2 - cx
@@ -209,7 +245,8 @@ def speaker_crops(frames: list[np.ndarray], speaker: str, settings: dict, face_s
         return []
     height, width = frames[0].shape[:2]
     crops = []
-    for frame, faces in zip(frames, detect_faces(detector, frames, settings["batch_size"])):
+    faces_per_frame = detect_faces(detector, frames, settings["batch_size"], detect_max_side(settings))
+    for frame, faces in zip(frames, faces_per_frame):
         face = select_face(faces, width, height, speaker, face_selection)
         if face is not None:
             crops.append(align_face(frame, face, settings["image_size"], settings["face_margin"]))
@@ -224,6 +261,7 @@ def utterance_face_crops(video_path, start, end, speaker: str, settings: dict, f
     video cannot be read. Pass `detector` (from build_detector) to reuse one MTCNN across calls.
     """
     settings = visual_settings(settings)
+    detect_max_side(settings)  # a bad value fails before any decoding
     face_selection = face_selection_settings(face_selection)
     detector = detector if detector is not None else build_detector(settings)
     frames = sample_frames(video_path, start, end, settings["fps"], settings["max_frames"])
@@ -380,6 +418,7 @@ def extract_shard(manifest_path, settings: dict | None, out_path, *, threads: in
     (HDF5); the call shape of every extractor (ercpipe.features.interface). `context.face_selection` is the
     dataset's rule for which face is the speaker (default: the largest central face)."""
     settings = visual_settings(settings)
+    detect_max_side(settings)  # a bad value fails before any model is loaded
     face_selection = face_selection_settings((context or NO_CONTEXT).face_selection)
     torch.set_num_threads(max(1, int(threads)))
     rows = manifest_io.read(manifest_path)

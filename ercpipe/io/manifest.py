@@ -99,7 +99,7 @@ def has_flag(flags: str, name: str) -> bool:
     return name in (flags or "").split(";")
 
 
-def normalise(df: pd.DataFrame) -> pd.DataFrame:
+def normalize(df: pd.DataFrame) -> pd.DataFrame:
     """Column order, dtypes and empty-string / NaN conventions of a manifest frame."""
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
@@ -140,7 +140,7 @@ def validate(df: pd.DataFrame, classes: list[str] | tuple[str, ...], source: str
 
 
 def write(df: pd.DataFrame, path: str | Path) -> None:
-    df = normalise(df)
+    df = normalize(df)
     with atomic_path(path) as tmp:
         df.to_csv(tmp, sep="\t", index=False, quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
 
@@ -152,7 +152,7 @@ def read(path: str | Path) -> pd.DataFrame:
     df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, quoting=csv.QUOTE_MINIMAL)
     for col in ("audio_start", "audio_end", "video_start", "video_end"):
         df[col] = df[col].mask(df[col] == "")  # empty = NaN (pandas 3 cannot parse the string "nan")
-    return normalise(df)
+    return normalize(df)
 
 
 def write_issues(log: IssueLog, path: str | Path) -> None:

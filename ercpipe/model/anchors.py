@@ -1,8 +1,8 @@
-"""VEGA anchors inside the model: class centres, per-image features and stochastic sampling (spec 3.3).
+"""VEGA anchors inside the model: class centers, per-image features and stochastic sampling (spec 3.3).
 
 Semantics are the official code's (O15): once per forward call, with probability `p_random_anchor` every
 class independently takes one of its image features at random ("random mode"), otherwise every class
-takes its centre ("centre mode"). The paper's lambda is the probability of the *centre*; the name here
+takes its center ("center mode"). The paper's lambda is the probability of the *center*; the name here
 says what it is. Draws use the global torch CPU generator, so a run's RNG state (saved in the "last"
 checkpoint) covers them.
 """
@@ -27,7 +27,7 @@ class AnchorBank(nn.Module):
         self.register_buffer("centers", torch.zeros(0), persistent=False)
         self.register_buffer("images", torch.zeros(0), persistent=False)  # [C, N_max, k], zero-padded
         self.register_buffer("counts", torch.zeros(0, dtype=torch.long), persistent=False)
-        self.last_mode = ""  # "centre" | "random", for tests and diagnostics
+        self.last_mode = ""  # "center" | "random", for tests and diagnostics
 
     @property
     def ready(self) -> bool:
@@ -38,7 +38,7 @@ class AnchorBank(nn.Module):
         """centers [C, k] and one [n_c, k] array per class, in the dataset's label order."""
         centers_t = torch.as_tensor(np.asarray(centers), dtype=torch.float32)
         if centers_t.shape != (self.n_classes, self.dim):
-            raise ValueError(f"anchor centres have shape {tuple(centers_t.shape)}, the model expects "
+            raise ValueError(f"anchor centers have shape {tuple(centers_t.shape)}, the model expects "
                              f"({self.n_classes}, {self.dim}) (classes, CLIP width)")
         if len(image_features) != self.n_classes:
             raise ValueError(f"{len(image_features)} anchor image sets for {self.n_classes} classes")
@@ -57,12 +57,12 @@ class AnchorBank(nn.Module):
         self.counts = torch.tensor([f.shape[0] for f in feats], dtype=torch.long, device=device)
 
     def forward(self, sample: bool) -> torch.Tensor:
-        """L2-normalised anchors [C, k]; stochastic only when `sample` (training, or eval if so configured)."""
+        """L2-normalized anchors [C, k]; stochastic only when `sample` (training, or eval if so configured)."""
         if not self.ready:
             raise RuntimeError("the VEGA branch needs anchors: call model.set_anchors(centers, image_features) "
                                "(from ercpipe.anchors.read(path).for_classes(classes)) before the forward pass")
         anchors = self.centers
-        self.last_mode = "centre"
+        self.last_mode = "center"
         if sample and self.p_random > 0.0:
             if torch.rand(()).item() < self.p_random:
                 # one uniform index per class in 0..n_c-1, drawn together (no loop over classes)
@@ -75,7 +75,7 @@ class AnchorBank(nn.Module):
 
 def subsample_anchor_images(image_features: Sequence[np.ndarray], per_class: int, seed: int = 0,
                             class_names: Sequence[str] | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Keep `per_class` images per class (a fixed random subset) and recompute the centres from them, as if
+    """Keep `per_class` images per class (a fixed random subset) and recompute the centers from them, as if
     the anchor set had been built with that many images (paper Table 4, "images per class")."""
     rng = np.random.default_rng(seed)
     kept = []

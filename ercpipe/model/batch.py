@@ -44,7 +44,7 @@ class Batch:
 
 
 def standardize(dialogues: Sequence[Dialogue], stats: dict[str, dict[str, torch.Tensor]]) -> None:
-    """Apply feature standardisation statistics ({modality: {mean, std}}, computed on the training split
+    """Apply feature standardization statistics ({modality: {mean, std}}, computed on the training split
     by ercpipe.train.data.standardization and stored in the checkpoint) in place; absent rows stay zeros
     (their contract)."""
     for d in dialogues:

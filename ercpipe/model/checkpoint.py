@@ -3,7 +3,7 @@ of the feature files given to it. Training writes them (ercpipe.train.trainer), 
 (ercpipe.infer, ercpipe.model.inference); neither imports the other.
 
 A checkpoint holds the state dict, the model spec, the resolved experiment, the classes, the training
-split's feature standardisation and, per modality, how its features were made (extractor settings,
+split's feature standardization and, per modality, how its features were made (extractor settings,
 fine-tuned encoder): enough to run the model on a new conversation. Loading is weights_only, keys strict.
 """
 from __future__ import annotations
@@ -18,6 +18,7 @@ from ercpipe.errors import ErcpipeError
 from ercpipe.io import features as feature_io
 from ercpipe.io.atomic import atomic_path
 from ercpipe.model.batch import Dialogue
+from ercpipe.model.convert import our_key
 from ercpipe.model.sdt import ModelSpec, SDTVega, build_model
 
 CHECKPOINT_FORMAT = "ercpipe-sdt-vega"
@@ -61,8 +62,10 @@ def load_checkpoint_file(path: str | Path) -> dict:
 def model_from_payload(payload: dict, path: str | Path) -> SDTVega:
     """The model of a loaded checkpoint payload (on the CPU, in train mode), its weights loaded strictly."""
     model = build_model(ModelSpec.from_dict(payload["spec"]))
+    # Checkpoints written before the modules were grouped by role hold the official flat names.
+    state = {our_key(key): value for key, value in payload["state_dict"].items()}
     try:
-        model.load_state_dict(payload["state_dict"], strict=True)
+        model.load_state_dict(state, strict=True)
     except RuntimeError as err:
         raise CheckpointError(f"{path}: the stored weights do not fit the stored model spec: {err}") from err
     return model

@@ -1,8 +1,12 @@
 """Load the official SDT-VEGA backbone checkpoint (spec 8.1, e.g. the released IEMOCAP.pth) with strict keys.
 
 The official file is a plain dict parameter name -> tensor holding only the backbone (no CLIP projections,
-anchor temperatures or gamma), 200 entries at the IEMOCAP configuration. Our module names are the official
-ones, with two differences handled here:
+anchor temperatures or gamma), 200 entries at the IEMOCAP configuration. Our modules are grouped by role
+(`encoders.t_t`, `gates.t_t`, `reduce.t`, `inputs.t`, `heads.t`, `cls_temps.t`, `clip_projs.t`, `clip_temps.t`);
+`official_key` / `our_key` map them to and from the official flat names (`t_t`, `t_t_gate`,
+`features_reduce_t`, `textf_input`, `t_output_layer`, `t_cls_temp`, `t_clip_proj`, `t_clip_temp`), which
+checkpoints written before the grouping also use (ercpipe.model.checkpoint reads them through `our_key`).
+Two more differences are handled here:
 * input projections are Conv1d(k=1) kernels [d, D, 1] there and Linear weights [d, D] here;
 * every encoder stores its own copy of the positional table (`E.pos_emb.pe`, [1, 512, d]) there; here the
   table is one non-persistent buffer, so the official copies are checked against it and dropped.
@@ -12,6 +16,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import re
+
 import torch
 
 from ercpipe.errors import ErcpipeError
@@ -20,6 +26,39 @@ from ercpipe.model.sdt import INPUT_NAMES, SDTVega, is_vega_key
 
 CONV_KEYS = tuple(f"{name}.weight" for name in INPUT_NAMES.values())
 OFFICIAL_MAX_POSITIONS = 512
+
+# (our group, official name of an entry) for every grouped module; the other names are the same in both.
+_GROUPS = {"encoders": "{}", "gates": "{}_gate", "reduce": "features_reduce_{}", "heads": "{}_output_layer",
+           "cls_temps": "{}_cls_temp", "clip_projs": "{}_clip_proj", "clip_temps": "{}_clip_temp"}
+_OFFICIAL = [(re.compile("^" + pattern.replace("{}", "([tav]_[tav])" if group in ("encoders", "gates")
+                                                else "([tav]|all)") + "$"), group)
+             for group, pattern in _GROUPS.items()]
+_OFFICIAL_INPUTS = {official: short for short, official in INPUT_NAMES.items()}
+
+
+def official_key(key: str) -> str:
+    """Our state-dict key -> the official one ("encoders.t_t.x" -> "t_t.x", "inputs.t.weight" ->
+    "textf_input.weight"); other keys unchanged."""
+    group, _, rest = key.partition(".")
+    if group == "inputs":
+        short, _, tail = rest.partition(".")
+        return ".".join(filter(None, (INPUT_NAMES[short], tail)))
+    if group in _GROUPS and rest:
+        name, _, tail = rest.partition(".")
+        return ".".join(filter(None, (_GROUPS[group].format(name), tail)))
+    return key
+
+
+def our_key(key: str) -> str:
+    """The official (or pre-grouping checkpoint) key -> ours; inverse of official_key, our keys unchanged."""
+    head, _, tail = key.partition(".")
+    if head in _OFFICIAL_INPUTS:
+        return ".".join(filter(None, ("inputs", _OFFICIAL_INPUTS[head], tail)))
+    for pattern, group in _OFFICIAL:
+        match = pattern.match(head)
+        if match:
+            return ".".join(filter(None, (group, match.group(1), tail)))
+    return key
 
 
 class OfficialCheckpointError(ErcpipeError, ValueError):
@@ -39,8 +78,8 @@ def expected_official_keys(model: SDTVega) -> dict[str, tuple[int, ...]]:
     state = model.state_dict()
     keys: dict[str, tuple[int, ...]] = {}
     for key in model.backbone_parameter_names():
-        shape = tuple(state[key].shape)
-        keys[key] = shape + (1,) if key in CONV_KEYS else shape
+        shape, name = tuple(state[key].shape), official_key(key)
+        keys[name] = shape + (1,) if name in CONV_KEYS else shape
     for name in model.spec.encoder_names():
         keys[f"{name}.pos_emb.pe"] = (1, OFFICIAL_MAX_POSITIONS, model.spec.hidden_dim)
     return keys
@@ -83,7 +122,7 @@ def convert_official_state_dict(official: dict[str, torch.Tensor], model: SDTVeg
             continue
         if key in CONV_KEYS:
             value = value.squeeze(-1)
-        converted[key] = value.reshape(expected[key]) if value.numel() == 1 else value
+        converted[our_key(key)] = value.reshape(expected[key]) if value.numel() == 1 else value
     return converted
 
 
@@ -115,8 +154,8 @@ def to_official_state_dict(model: SDTVega) -> dict[str, torch.Tensor]:
     table = sinusoidal_table(OFFICIAL_MAX_POSITIONS, model.spec.hidden_dim).unsqueeze(0)
     out: dict[str, torch.Tensor] = {}
     for key in model.backbone_parameter_names():
-        value = state[key].detach().cpu().clone()
-        out[key] = value.unsqueeze(-1) if key in CONV_KEYS else value
+        value, name = state[key].detach().cpu().clone(), official_key(key)
+        out[name] = value.unsqueeze(-1) if name in CONV_KEYS else value
     for name in model.spec.encoder_names():
         out[f"{name}.pos_emb.pe"] = table.clone()
     return out

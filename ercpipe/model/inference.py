@@ -91,7 +91,7 @@ def predict(model: SDTVega, dialogues: Sequence[Dialogue], batch_size: int = 32,
             device: str | torch.device | None = None, amp: str = "off") -> pd.DataFrame:
     """Per-utterance predictions (backbone-only forward, as at inference; spec 2.14).
 
-    `dialogues` hold features as the extractors wrote them; the training split's standardisation stored
+    `dialogues` hold features as the extractors wrote them; the training split's standardization stored
     in the checkpoint (load_model sets model.feature_stats) is applied to copies of them here.
     Columns: utterance_id, dialogue_id, label (name, "" if unlabelled), prediction (name), prob_<class>...
     """

@@ -14,7 +14,6 @@ and no unimodal head (it would duplicate the fused head on the same representati
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 from typing import Sequence
 
 import torch
@@ -23,98 +22,10 @@ from torch import nn
 from ercpipe.model.anchors import AnchorBank
 from ercpipe.model.layers import (Encoder, Layout, MultimodalGate, PositionalEncoding, UnimodalGate, mlp,
                                   sdt_unimodal_head)
+from ercpipe.model.spec import MODALITY_SHORT, ModelSpec
 
-MODALITY_SHORT: dict[str, str] = {"text": "t", "audio": "a", "visual": "v"}
-# Official input-projection names (spec 8.1).
+# Official input-projection names (spec 8.1; ercpipe.model.convert maps `inputs.t` to them).
 INPUT_NAMES: dict[str, str] = {"t": "textf_input", "a": "acouf_input", "v": "visuf_input"}
-
-
-@dataclass
-class ModelSpec:
-    """Everything needed to build the module; stored in checkpoints so a model can be rebuilt."""
-
-    input_dims: dict[str, int]  # modality name -> feature width, e.g. {"text": 1024, "audio": 1582, ...}
-    n_classes: int
-    n_speakers: int
-    modalities: tuple[str, ...] = ("text", "audio", "visual")
-    hidden_dim: int = 768
-    n_heads: int = 4
-    dropout: float = 0.53
-    mask_fill: float = -1e4
-    max_positions: int = 512
-    positional_embeddings: bool = True
-    speaker_embeddings: bool = True
-    intra_encoders: bool = True
-    inter_encoders: bool = True
-    gates: str = "trainable"  # "trainable" | "identity_frozen"
-    head_type: str = "mlp"  # "mlp" (VEGA) | "sdt"
-    head_layers: int = 3
-    head_activation: str = "gelu"
-    head_dropout: float = 0.3963
-    vega: bool = True
-    clip_dim: int = 512
-    clip_proj_layers: int = 2
-    clip_proj_activation: str = "elu"
-    clip_proj_dropout: float = 0.37442
-    single_branch: bool = False
-    learnable_temperatures: bool = True
-    temperature_init: float = 2.0
-    fixed_temperature: float = 1.0
-    p_random_anchor: float = 0.4
-    anchor_logit_scale: float = 100.0
-    anchor_sampling_at_eval: bool = False
-
-    def __post_init__(self) -> None:
-        self.modalities = tuple(self.modalities)
-        unknown = [m for m in self.modalities if m not in MODALITY_SHORT]
-        if unknown or not self.modalities or len(set(self.modalities)) != len(self.modalities):
-            raise ValueError(f"modalities must be distinct names from {list(MODALITY_SHORT)}, "
-                             f"got {list(self.modalities)}")
-        missing = [m for m in self.modalities if m not in self.input_dims]
-        if missing:
-            raise ValueError(f"no input width for modality {missing}; input_dims has {sorted(self.input_dims)}")
-        if len(self.modalities) == 1 and not self.intra_encoders:
-            raise ValueError("with a single modality there are no inter-modal encoders, so intra_encoders must be on")
-        if not (self.intra_encoders or self.inter_encoders):
-            raise ValueError("intra_encoders and inter_encoders cannot both be off")
-        if self.single_branch and not self.vega:
-            raise ValueError("single_branch classifies the CLIP projection, which exists only with the VEGA branch")
-        if self.gates not in ("trainable", "identity_frozen"):
-            raise ValueError(f"gates must be 'trainable' or 'identity_frozen', got {self.gates!r}")
-        if self.head_type not in ("mlp", "sdt"):
-            raise ValueError(f"head_type must be 'mlp' or 'sdt', got {self.head_type!r}")
-
-    def to_dict(self) -> dict:
-        out = asdict(self)
-        out["modalities"] = list(self.modalities)
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "ModelSpec":
-        return cls(**data)
-
-    @property
-    def short(self) -> list[str]:
-        """Short names (t, a, v) of the modalities, in canonical order t, a, v."""
-        return [MODALITY_SHORT[m] for m in MODALITY_SHORT if m in self.modalities]
-
-    @property
-    def multimodal(self) -> bool:
-        return len(self.modalities) > 1
-
-    def encoder_names(self) -> list[str]:
-        """"source_target" names in the official execution order tt, at, vt, aa, ta, va, vv, tv, av,
-        which is also the concatenation order of the reductions (own modality first)."""
-        names = []
-        for target in self.short:
-            if self.intra_encoders:
-                names.append(f"{target}_{target}")
-            if self.inter_encoders:
-                names += [f"{source}_{target}" for source in self.short if source != target]
-        return names
-
-    def encoders_of(self, target: str) -> list[str]:
-        return [n for n in self.encoder_names() if n.endswith(f"_{target}")]
 
 
 class SDTVega(nn.Module):
@@ -128,48 +39,49 @@ class SDTVega(nn.Module):
         self.spec = spec
         d, short = spec.hidden_dim, spec.short
         self.classes: list[str] | None = None  # set by the trainer / load_model for readable predictions
-        # Training-split feature standardisation {modality: {mean, std}} (load_model sets it; predict applies it).
+        # Training-split feature standardization {modality: {mean, std}} (load_model sets it; predict applies it).
         self.feature_stats: dict | None = None
         # modality -> {extractor, model, settings, encoder_dir} of the training features (for ercpipe.infer).
         self.feature_sources: dict[str, dict] = {}
+        # Module names follow the roles; ercpipe.model.convert maps them to the official names (`t_t`,
+        # `t_t_gate`, `features_reduce_t`, `textf_input`, `t_output_layer`, `t_cls_temp`, ...). Built in the
+        # official order, so a seed gives the same initial weights.
         if spec.speaker_embeddings:
             # Row S is the padding slot: zero and never updated (padding_idx), for any number of speakers (O4).
             self.speaker_embeddings = nn.Embedding(spec.n_speakers + 1, d, padding_idx=spec.n_speakers)
-        for m in spec.modalities:
-            # Kernel-size-1, bias-free "temporal convolution" = per-utterance linear map (spec 2.2, O3).
-            self.add_module(INPUT_NAMES[MODALITY_SHORT[m]], nn.Linear(spec.input_dims[m], d, bias=False))
+        # Kernel-size-1, bias-free "temporal convolution" = per-utterance linear map (spec 2.2, O3).
+        self.inputs = nn.ModuleDict({MODALITY_SHORT[m]: nn.Linear(spec.input_dims[m], d, bias=False)
+                                     for m in spec.modalities})
         self.pos_emb = PositionalEncoding(d, spec.max_positions)
-        for name in spec.encoder_names():
-            source, target = name.split("_")
-            self.add_module(name, Encoder(d, spec.n_heads, spec.dropout, spec.mask_fill, intra=source == target))
-        for name in spec.encoder_names():
-            self.add_module(f"{name}_gate", UnimodalGate(d, frozen_identity=spec.gates == "identity_frozen"))
-        for m in short:
-            self.add_module(f"features_reduce_{m}", nn.Linear(len(spec.encoders_of(m)) * d, d))
+        # "source_target": the encoder whose queries come from target and keys/values from source.
+        self.encoders = nn.ModuleDict({name: Encoder(d, spec.n_heads, spec.dropout, spec.mask_fill,
+                                                     intra=name.split("_")[0] == name.split("_")[1])
+                                       for name in spec.encoder_names()})
+        self.gates = nn.ModuleDict({name: UnimodalGate(d, frozen_identity=spec.gates == "identity_frozen")
+                                    for name in spec.encoder_names()})
+        self.reduce = nn.ModuleDict({m: nn.Linear(len(spec.encoders_of(m)) * d, d) for m in short})
         if spec.multimodal:
             self.last_gate = MultimodalGate(d)
         # Heads: unimodal ones only when there is something to fuse.
         head_in = spec.clip_dim if spec.single_branch else d
         unimodal = short if spec.multimodal else []
+        self.heads = nn.ModuleDict()
         for m in unimodal + ["all"]:
             if spec.head_type == "mlp":
-                head = mlp(head_in, d, spec.n_classes, spec.head_layers, spec.head_activation, spec.head_dropout)
+                self.heads[m] = mlp(head_in, d, spec.n_classes, spec.head_layers, spec.head_activation,
+                                    spec.head_dropout)
             elif m == "all":
-                head = nn.Linear(head_in, spec.n_classes)
+                self.heads[m] = nn.Linear(head_in, spec.n_classes)
             else:
-                head = sdt_unimodal_head(head_in, spec.n_classes, spec.dropout)
-            self.add_module(f"{m}_output_layer", head)
-        if spec.learnable_temperatures:
-            for m in unimodal:
-                self.register_parameter(f"{m}_cls_temp", nn.Parameter(torch.tensor(math.log(spec.temperature_init))))
+                self.heads[m] = sdt_unimodal_head(head_in, spec.n_classes, spec.dropout)
+        if spec.learnable_temperatures:  # theta per unimodal stream, T = exp(theta)
+            self.cls_temps = nn.ParameterDict({m: _log_temperature(spec) for m in unimodal})
         if spec.vega:
-            for m in unimodal + ["all"]:
-                self.add_module(f"{m}_clip_proj", mlp(d, d, spec.clip_dim, spec.clip_proj_layers,
-                                                      spec.clip_proj_activation, spec.clip_proj_dropout))
+            self.clip_projs = nn.ModuleDict({m: mlp(d, d, spec.clip_dim, spec.clip_proj_layers,
+                                                    spec.clip_proj_activation, spec.clip_proj_dropout)
+                                             for m in unimodal + ["all"]})
             if spec.learnable_temperatures:
-                for m in unimodal:
-                    self.register_parameter(f"{m}_clip_temp",
-                                            nn.Parameter(torch.tensor(math.log(spec.temperature_init))))
+                self.clip_temps = nn.ParameterDict({m: _log_temperature(spec) for m in unimodal})
             # Dead in the official code (O5): never used, never trained. Kept only so parameter counts
             # equal the official model's (spec 7); nothing reads it.
             self.prob_gate_logit = nn.Parameter(torch.zeros(()))
@@ -186,7 +98,7 @@ class SDTVega(nn.Module):
         """T = exp(theta) of the learnable temperature, or the fixed SDT temperature."""
         if not self.spec.learnable_temperatures:
             return self.spec.fixed_temperature
-        return getattr(self, f"{m}_{branch}_temp").exp()
+        return (self.cls_temps if branch == "cls" else self.clip_temps)[m].exp()
 
     def _temperature_value(self, branch: str, m: str) -> float:
         value = self.temperature(branch, m)
@@ -200,7 +112,8 @@ class SDTVega(nn.Module):
         return out
 
     def backbone_parameter_names(self) -> list[str]:
-        """State-dict keys of the backbone = what the official checkpoint stores (no VEGA branch)."""
+        """State-dict keys of the backbone = what the official checkpoint stores (no VEGA branch; official
+        names: ercpipe.model.convert.official_key)."""
         return [k for k in self.state_dict() if not is_vega_key(k)]
 
     # ------------------------------------------------------------------------------------- forward
@@ -229,25 +142,25 @@ class SDTVega(nn.Module):
             x = features[m]
             if x.shape[:2] != (b, length):
                 raise ValueError(f"{m} features have shape {tuple(x.shape)}, expected ({b}, {length}, D)")
-            projected[MODALITY_SHORT[m]] = getattr(self, INPUT_NAMES[MODALITY_SHORT[m]])(layout.pack(x))
+            projected[MODALITY_SHORT[m]] = self.inputs[MODALITY_SHORT[m]](layout.pack(x))
 
         reduced: dict[str, torch.Tensor] = {}
         for target in short:
             gated = []
             for name in spec.encoders_of(target):
                 source = name.split("_")[0]
-                hidden = getattr(self, name)(projected[source], projected[target], additive, layout)
-                gated.append(getattr(self, f"{name}_gate")(hidden))
-            reduced[target] = getattr(self, f"features_reduce_{target}")(torch.cat(gated, dim=-1))
+                hidden = self.encoders[name](projected[source], projected[target], additive, layout)
+                gated.append(self.gates[name](hidden))
+            reduced[target] = self.reduce[target](torch.cat(gated, dim=-1))
         fused = self.last_gate([reduced[m] for m in short]) if spec.multimodal else reduced[short[0]]
 
         streams = dict(reduced) if spec.multimodal else {}
         streams["all"] = fused
         projections = None
         if spec.vega and (with_vega or spec.single_branch):
-            projections = {m: getattr(self, f"{m}_clip_proj")(x) for m, x in streams.items()}
+            projections = {m: self.clip_projs[m](x) for m, x in streams.items()}
         head_inputs = projections if spec.single_branch else streams
-        logits = {m: layout.unpack(getattr(self, f"{m}_output_layer")(x)) for m, x in head_inputs.items()}
+        logits = {m: layout.unpack(self.heads[m](x)) for m, x in head_inputs.items()}
 
         anchor_logits = None
         if spec.vega and with_vega:
@@ -259,10 +172,13 @@ class SDTVega(nn.Module):
         return {"logits": logits, "anchor_logits": anchor_logits, "fused": layout.unpack(fused)}
 
 
+def _log_temperature(spec: ModelSpec) -> nn.Parameter:
+    return nn.Parameter(torch.tensor(math.log(spec.temperature_init)))
+
+
 def is_vega_key(key: str) -> bool:
     """True for the VEGA-only parameters the official checkpoint does not store (spec 8.1)."""
-    head = key.split(".")[0]
-    return head.endswith("_clip_proj") or head.endswith("_clip_temp") or head in ("prob_gate_logit", "anchor_bank")
+    return key.split(".")[0] in ("clip_projs", "clip_temps", "prob_gate_logit", "anchor_bank")
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

@@ -163,13 +163,13 @@ def _draw_outline_shapes(img: np.ndarray, c: float, h: float, style: FaceStyle, 
     cv2.ellipse(img, (ci, ci), (int(a), int(b)), 0, 0, 360, shade, max(1, int(0.012 * h)), aa)
     # Hair on top of the forehead.
     if style.hair_style != "bald":
-        # A cap down to 0.25 h above the centre, then a curved hairline carved back in skin colour.
+        # A cap down to 0.25 h above the center, then a curved hairline carved back in skin colour.
         cv2.ellipse(img, (ci, int(c - 0.25 * h)), (int(a * 1.06), int(0.33 * h)), 0, 180, 360, hair, -1, aa)
         cv2.ellipse(img, (ci, int(c - 0.25 * h)), (int(a * 0.93), int(0.09 * h)), 0, 180, 360, skin, -1, aa)
 
 
 def _draw_head(img: np.ndarray, c: float, h: float, expr: Expression, style: FaceStyle) -> None:
-    """Head, hair and features centred at (c, c) of a square RGB patch (black background)."""
+    """Head, hair and features centered at (c, c) of a square RGB patch (black background)."""
     aa = cv2.LINE_AA
     skin = _mix(style.skin, expr.tint, expr.tint_amount) if expr.tint else style.skin
     shade = _mix(skin, (60, 30, 20), 0.35)
@@ -186,18 +186,18 @@ def _draw_head(img: np.ndarray, c: float, h: float, expr: Expression, style: Fac
     eye_half_h = 0.05 * h * expr.eye_open
     for side in (-1, 1):
         ex = c + side * eye_dx
-        centre = (int(ex), int(eye_y))
-        cv2.ellipse(img, centre, (int(0.085 * h), max(2, int(eye_half_h))), 0, 0, 360, (250, 250, 250), -1, aa)
+        center = (int(ex), int(eye_y))
+        cv2.ellipse(img, center, (int(0.085 * h), max(2, int(eye_half_h))), 0, 0, 360, (250, 250, 250), -1, aa)
         iris_r = max(2, int(min(0.042 * h, eye_half_h * 1.05)))
-        cv2.circle(img, centre, iris_r, style.iris, -1, aa)
-        cv2.circle(img, centre, max(1, int(iris_r * 0.5)), (15, 15, 15), -1, aa)
+        cv2.circle(img, center, iris_r, style.iris, -1, aa)
+        cv2.circle(img, center, max(1, int(iris_r * 0.5)), (15, 15, 15), -1, aa)
         cv2.circle(img, (int(ex + 0.012 * h), int(eye_y - 0.012 * h)), max(1, int(0.01 * h)), (255, 255, 255), -1, aa)
-        cv2.ellipse(img, centre, (int(0.085 * h), max(2, int(eye_half_h))), 0, 180, 360, (40, 30, 30),
+        cv2.ellipse(img, center, (int(0.085 * h), max(2, int(eye_half_h))), 0, 180, 360, (40, 30, 30),
                     max(1, int(0.012 * h)), aa)
     if expr.tear:
         tx, ty = int(c - eye_dx - 0.05 * h), int(eye_y + 0.17 * h)
         cv2.ellipse(img, (tx, ty), (int(0.018 * h), int(0.03 * h)), 0, 0, 360, (120, 180, 240), -1, aa)
-    # Brows: inner ends at +-0.07 h, outer ends at +-0.3 h from the centre line.
+    # Brows: inner ends at +-0.07 h, outer ends at +-0.3 h from the center line.
     brow_y = eye_y - 0.1 * h - expr.brow_raise * 0.055 * h
     thickness = max(2, int(0.028 * h))
     for side in (-1, 1):
@@ -249,7 +249,7 @@ def _draw_mouth(img: np.ndarray, c: float, h: float, expr: Expression, lips: RGB
 
 def draw_face(canvas: np.ndarray, center: tuple[float, float], height: float, emotion: str,
               style: FaceStyle = FaceStyle()) -> None:
-    """Draw a head `height` px tall (chin to crown) centred at `center` (x, y) showing `emotion`, in place.
+    """Draw a head `height` px tall (chin to crown) centered at `center` (x, y) showing `emotion`, in place.
 
     The head is drawn on a square patch (so it can be tilted by `style.tilt`) and composited onto the
     canvas; parts outside the canvas are clipped.
@@ -275,7 +275,7 @@ def _draw_silhouette(mask: np.ndarray, c: float, h: float, style: FaceStyle) -> 
 
 
 def draw_body(canvas: np.ndarray, center: tuple[float, float], height: float, style: FaceStyle) -> None:
-    """Shoulders and torso below a head of `height` px centred at `center`; draw before the face."""
+    """Shoulders and torso below a head of `height` px centered at `center`; draw before the face."""
     cx, cy = center
     top = cy + 0.62 * height
     cv2.ellipse(canvas, (int(cx), int(top + 0.55 * height)), (int(0.85 * height), int(0.6 * height)),

@@ -25,7 +25,7 @@ MELD layout (`generate_meld`), as MELD.Raw ships it::
     {train,dev,test}_sent_emo.csv        real header and columns, CRLF lines, curly quotes and ellipses,
                                          times in both formats ("00:16:16,059" and "0:13:42,477")
     train_splits/dia{D}_utt{U}.mp4       H.264 640x360 + AAC; the speaker's face large and central,
-    dev_splits_complete/...              sometimes a smaller neutral listener off-centre
+    dev_splits_complete/...              sometimes a smaller neutral listener off-center
     output_repeated_splits_test/...
 
 The MELD defects are described in ercpipe.synthetic.settings.
@@ -89,7 +89,7 @@ _IEMOCAP_NAMES = {"neu": "Neutral", "hap": "Happiness", "sad": "Sadness", "ang":
 # Labels annotators confuse, for the minority votes.
 _IEMOCAP_NEIGHBOURS = {"neu": "fru", "hap": "exc", "exc": "hap", "sad": "neu", "ang": "fru", "fru": "ang",
                        "sur": "exc", "fea": "sad", "dis": "ang", "oth": "neu"}
-# (valence, activation, dominance) centres on IEMOCAP's 1-5 scales.
+# (valence, activation, dominance) centers on IEMOCAP's 1-5 scales.
 _IEMOCAP_VAD = {"neu": (3, 2, 3), "hap": (4, 3, 3), "exc": (4, 4, 3), "sad": (2, 2, 2), "ang": (1, 4, 4),
                 "fru": (2, 3, 3), "sur": (3, 4, 3), "fea": (2, 4, 2), "dis": (2, 3, 3), "oth": (3, 3, 3)}
 _ANNOTATOR_NOTES = ("", "", "", "curious", "mildly annoyed", "sarcastic", "tired", "polite")
@@ -199,9 +199,9 @@ def _emo_evaluation_block(turn: _Turn, rng: np.random.Generator) -> list[str]:
         if vote == "oth":
             note = note or "amused"
         lines.append(f"{who}:\t{name};\t({note})")
-    centre = _IEMOCAP_VAD["neu" if label == "xxx" else label]
+    center = _IEMOCAP_VAD["neu" if label == "xxx" else label]
     for who in ("A-E1", "A-E2", f"A-{turn.gender}1"):
-        v, a, d = (int(np.clip(c + rng.integers(-1, 2), 1, 5)) for c in centre)
+        v, a, d = (int(np.clip(c + rng.integers(-1, 2), 1, 5)) for c in center)
         vads.append((v, a, d))
         note = _ANNOTATOR_NOTES[int(rng.integers(len(_ANNOTATOR_NOTES)))]
         lines.append(f"{who}:\tval {v}; act {a}; dom  {d};\t({note})")
@@ -276,10 +276,10 @@ def _render_iemocap_video(path: Path, turns: list[_Turn], total: float, actors: 
     width, height = s["frame_size"]
     fps = s["fps"]
     face_h = s["face_height"]
-    centres = {g: ((0.25 if s["sides"][g] == "left" else 0.75) * width, 0.45 * height) for g in ("F", "M")}
+    centers = {g: ((0.25 if s["sides"][g] == "left" else 0.75) * width, 0.45 * height) for g in ("F", "M")}
     base = room_background(width, height, wall_colour(rng), rng)
     for g in ("F", "M"):
-        draw_body(base, centres[g], face_h, actors[g][1])
+        draw_body(base, centers[g], face_h, actors[g][1])
     cache: dict[tuple[str, str] | None, av.VideoFrame] = {}
 
     def frame_for(state: tuple[str, str] | None) -> av.VideoFrame:
@@ -288,7 +288,7 @@ def _render_iemocap_video(path: Path, turns: list[_Turn], total: float, actors: 
             image = base.copy()
             for g in ("F", "M"):
                 emotion = state[1] if state is not None and state[0] == g else "neu"
-                draw_face(image, centres[g], face_h, emotion, actors[g][1])
+                draw_face(image, centers[g], face_h, emotion, actors[g][1])
             cache[state] = video_frame(image)
         return cache[state]
 
@@ -437,9 +437,9 @@ def _render_meld_dialogue(tree: Path, split: str, rows: list[_MeldRow], s: dict,
             small = 0.62 * s["face_height"]
             draw_body(image, (x, 0.42 * height), small, listener)
             draw_face(image, (x, 0.42 * height), small, "neutral", listener)
-        centre = (width * float(rng.uniform(0.45, 0.55)), height * 0.46)
-        draw_body(image, centre, s["face_height"], style)
-        draw_face(image, centre, s["face_height"], row.emotion, style)
+        center = (width * float(rng.uniform(0.45, 0.55)), height * 0.46)
+        draw_body(image, center, s["face_height"], style)
+        draw_face(image, center, s["face_height"], row.emotion, style)
 
         target = f"{split}/dia{row.dialogue}_utt{row.utterance}"
         defect = defects.get(target)

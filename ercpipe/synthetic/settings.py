@@ -77,7 +77,7 @@ SETTINGS_DOC: dict[str, dict[str, str]] = {
         "fps": "clip frame rate",
         "frame_size": "[width, height] of the clips",
         "face_height": "the speaker's drawn head height in pixels",
-        "second_face_probability": "share of clips with a smaller neutral listener off-centre",
+        "second_face_probability": "share of clips with a smaller neutral listener off-center",
         "audio_rate": "AAC sample rate of the clips (stereo)",
         "defects": "{missing_clip, corrupt_clip, no_audio_stream}: 'split/dia{D}_utt{U}' or null; "
                    "U must be below utterances_per_dialogue[0] so the row always exists",

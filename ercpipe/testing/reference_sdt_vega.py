@@ -13,6 +13,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ercpipe.model.convert import official_key
+
 SHORT = {"text": "t", "audio": "a", "visual": "v"}
 INPUT = {"t": "textf_input", "a": "acouf_input", "v": "visuf_input"}
 ACT = {"gelu": F.gelu, "elu": F.elu, "silu": F.silu, "relu": F.relu, "tanh": torch.tanh}
@@ -74,9 +76,9 @@ def _head(p: dict, name: str, x: torch.Tensor, spec, kind: str, training: bool) 
 
 def reference_dialogue(model, feats: dict[str, torch.Tensor], speakers: torch.Tensor, anchors: torch.Tensor | None,
                        training: bool = False) -> dict:
-    """Outputs for one dialogue (features [n, D_m], speakers [n]); anchors: L2-normalised [C, k] or None."""
+    """Outputs for one dialogue (features [n, D_m], speakers [n]); anchors: L2-normalized [C, k] or None."""
     spec = model.spec
-    p = dict(model.named_parameters())
+    p = {official_key(name): value for name, value in model.named_parameters()}  # by the official names
     d, rate = spec.hidden_dim, spec.dropout
     n = speakers.shape[0]
     device = speakers.device

@@ -32,7 +32,7 @@ def write_tiny_roberta(out_dir: str | Path, corpus: Sequence[str], *, hidden_siz
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(list(corpus), vocab_size=vocab_size, min_frequency=1, special_tokens=specials)
     vocab = bpe.get_vocab()
-    # Merges serialise as ["a b", ...] or [["a", "b"], ...] depending on the tokenizers version.
+    # Merges serialize as ["a b", ...] or [["a", "b"], ...] depending on the tokenizers version.
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m)
               for m in json.loads(bpe.to_str())["model"]["merges"]]
     tokenizer = RobertaTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)

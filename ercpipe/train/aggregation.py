@@ -149,13 +149,13 @@ def _plot_curves(run_dirs: list[Path], runs: list[dict], path: Path) -> None:
 def _plot_confusion(matrix: np.ndarray, classes: list[str], split: str, n_runs: int, path: Path) -> None:
     plt = _pyplot()
     rows = matrix.sum(axis=1, keepdims=True)
-    normalised = np.divide(matrix, rows, out=np.zeros_like(matrix), where=rows > 0)
+    normalized = np.divide(matrix, rows, out=np.zeros_like(matrix), where=rows > 0)
     fig, ax = plt.subplots(figsize=(1.0 * len(classes) + 2, 1.0 * len(classes) + 1.5))
-    image = ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
+    image = ax.imshow(normalized, cmap="Blues", vmin=0, vmax=1)
     for i in range(len(classes)):
         for j in range(len(classes)):
-            ax.text(j, i, f"{matrix[i, j]:.1f}\n{100 * normalised[i, j]:.0f}%", ha="center", va="center", fontsize=7,
-                    color="white" if normalised[i, j] > 0.5 else "black")
+            ax.text(j, i, f"{matrix[i, j]:.1f}\n{100 * normalized[i, j]:.0f}%", ha="center", va="center", fontsize=7,
+                    color="white" if normalized[i, j] > 0.5 else "black")
     ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
     ax.set_yticks(range(len(classes)), classes)
     ax.set_xlabel("predicted")

@@ -165,7 +165,7 @@ def load_dialogues(manifest_path: str | Path, feature_paths: dict[str, str | Pat
     return DialogueData(dialogues, classes, modalities, dims, n_speakers, str(manifest_path), absent_counts, sources)
 
 
-# A dimension whose training values vary less than this is constant: it is centred, not scaled.
+# A dimension whose training values vary less than this is constant: it is centered, not scaled.
 MIN_STD = 1e-6
 
 
@@ -174,7 +174,7 @@ def standardization(dialogues: Sequence[Dialogue], modalities: Sequence[str]) ->
 
     Called with the training dialogues only, so no statistic comes from validation or test data. Raw
     openSMILE functionals span five orders of magnitude (IS10: |x| up to ~5000 next to values below 1),
-    which a bias-free linear projection cannot absorb; standardising puts every modality on one scale.
+    which a bias-free linear projection cannot absorb; standardizing puts every modality on one scale.
     ercpipe.model.batch.standardize applies the statistics (here and, from the checkpoint, at prediction).
     """
     stats = {}
@@ -182,7 +182,7 @@ def standardization(dialogues: Sequence[Dialogue], modalities: Sequence[str]) ->
         rows = [d.features[m][d.present[m]] for d in dialogues]
         x = torch.cat(rows).double() if rows else torch.zeros(0)
         if len(x) < 2:
-            raise DataError(f"cannot standardise {m} features: fewer than two training utterances have them")
+            raise DataError(f"cannot standardize {m} features: fewer than two training utterances have them")
         std = x.std(dim=0)
         stats[m] = {"mean": x.mean(dim=0).float(), "std": torch.where(std < MIN_STD, 1.0, std).float()}
     return stats

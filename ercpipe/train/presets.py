@@ -10,64 +10,20 @@ from __future__ import annotations
 
 import copy
 import difflib
-from typing import Any, Callable
+from typing import Any
 
+from ercpipe.checks import boolean, choice, integer, is_number, number
 from ercpipe.labels import MODALITIES
+from ercpipe.model.spec import combination_problem, experiment_keys, spec_values
 
 SECTIONS = ("model", "loss", "train")
 
 # ------------------------------------------------------------------------------------------ validators
-Check = Callable[[Any], str | None]  # returns an error text or None
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def boolean(v: Any) -> str | None:
-    return None if isinstance(v, bool) else "must be true or false"
-
-
-def integer(lo: int | None = None, allow_none: bool = False) -> Check:
-    def check(v: Any) -> str | None:
-        if v is None and allow_none:
-            return None
-        if not isinstance(v, int) or isinstance(v, bool) or (lo is not None and v < lo):
-            return f"must be an integer >= {lo}" + (" or null" if allow_none else "")
-        return None
-    return check
-
-
-def number(lo: float | None = None, hi: float | None = None, lo_open: bool = False, hi_open: bool = False,
-           allow_none: bool = False) -> Check:
-    def check(v: Any) -> str | None:
-        if v is None and allow_none:
-            return None
-        ok = _is_number(v) and (lo is None or (v > lo if lo_open else v >= lo)) and \
-            (hi is None or (v < hi if hi_open else v <= hi))
-        if not ok:
-            lo_s = "" if lo is None else f"{'>' if lo_open else '>='} {lo}"
-            hi_s = "" if hi is None else f"{'<' if hi_open else '<='} {hi}"
-            return f"must be a number {' and '.join(s for s in (lo_s, hi_s) if s)}".rstrip() + \
-                (" or null" if allow_none else "")
-        return None
-    return check
-
-
-def choice(*options: str) -> Check:
-    def check(v: Any) -> str | None:
-        return None if v in options else f"must be one of {list(options)}"
-    return check
-
-
-def modalities(v: Any) -> str | None:
-    if not isinstance(v, list) or not v or any(m not in MODALITIES for m in v) or len(set(v)) != len(v):
-        return f"must be a non-empty list of distinct modalities from {list(MODALITIES)}"
-    return None
+# Checks return an error text or None (ercpipe.checks); the model keys' defaults and checks are ModelSpec's.
 
 
 def betas(v: Any) -> str | None:
-    if not isinstance(v, list) or len(v) != 2 or not all(_is_number(b) and 0 <= b < 1 for b in v):
+    if not isinstance(v, list) or len(v) != 2 or not all(is_number(b) and 0 <= b < 1 for b in v):
         return "must be a list of two numbers in [0, 1)"
     return None
 
@@ -75,53 +31,34 @@ def betas(v: Any) -> str | None:
 def class_weights(v: Any) -> str | None:
     if v in ("auto", "train", "paper", "none"):
         return None
-    if isinstance(v, list) and v and all(_is_number(w) and w >= 0 for w in v):
+    if isinstance(v, list) and v and all(is_number(w) and w >= 0 for w in v):
         return None
     return "must be 'auto', 'train', 'paper', 'none' or a list of non-negative numbers (one per class)"
 
 
 def temperature(v: Any) -> str | None:
-    if v == "learnable" or (_is_number(v) and v > 0):
+    if v == "learnable" or (is_number(v) and v > 0):
         return None
     return "must be 'learnable' or a positive number (a fixed temperature)"
 
 
 LAMBDA = number(lo=0.0)
 
-# key -> (default = value of the `official` preset, check). Order = documentation order.
-SCHEMA: dict[str, dict[str, tuple[Any, Check]]] = {
+# key -> (default = value of the `official` preset, check). The model keys that build the module (and
+# loss.clip_loss, loss.kl_temperature_init) are ModelSpec's fields: their defaults and checks are written there
+# (ercpipe.model.spec), the keys below only here.
+SCHEMA: dict[str, dict[str, tuple[Any, Any]]] = {
     "model": {
-        "modalities": (["text", "audio", "visual"], modalities),
-        "hidden_dim": (768, integer(2)),
-        "n_heads": (4, integer(1)),
-        "dropout": (0.53, number(0.0, 1.0, hi_open=True)),
-        "attention_mask_fill": (-1e4, number(hi=0.0, hi_open=True)),
-        "max_positions": (512, integer(1)),
-        "positional_embeddings": (True, boolean),
-        "speaker_embeddings": (True, boolean),
-        "intra_encoders": (True, boolean),
-        "inter_encoders": (True, boolean),
+        **experiment_keys("model"),
         "n_speakers": (None, integer(1, allow_none=True)),
-        "gates": ("trainable", choice("trainable", "identity_frozen")),
-        "head_type": ("mlp", choice("mlp", "sdt")),
-        "head_layers": (3, integer(1)),
-        "head_activation": ("gelu", choice("gelu", "elu", "silu", "relu", "tanh")),
-        "head_dropout": (0.3963, number(0.0, 1.0, hi_open=True)),
-        "clip_proj_layers": (2, integer(1)),
-        "clip_proj_activation": ("elu", choice("gelu", "elu", "silu", "relu", "tanh")),
-        "clip_proj_dropout": (0.37442, number(0.0, 1.0, hi_open=True)),
-        "single_branch": (False, boolean),
-        "p_random_anchor": (0.4, number(0.0, 1.0)),
         "anchors_per_class": (None, integer(1, allow_none=True)),
         "anchor_subsample_seed": (0, integer(0)),
-        "anchor_logit_scale": (100.0, number(0.0, lo_open=True)),
-        "anchor_sampling_at_eval": (False, boolean),
         "clip_model": (None, lambda v: None if v is None or isinstance(v, str) else "must be a string or null"),
     },
     "loss": {
         "cls_loss": (True, boolean),
         "cls_all_cls_kl_loss": (True, boolean),
-        "clip_loss": (True, boolean),
+        **experiment_keys("loss"),  # clip_loss, kl_temperature_init
         "clip_all_clip_kl_loss": (True, boolean),
         "cls_lambda": (0.952145912451511, LAMBDA),
         "cls_all_lambda": (0.7666280675458248, LAMBDA),
@@ -143,7 +80,6 @@ SCHEMA: dict[str, dict[str, tuple[Any, Check]]] = {
         "v_clip_all_clip_kl_lambda": (0.71586, LAMBDA),
         "class_weights": ("auto", class_weights),
         "kl_temperature": ("learnable", temperature),
-        "kl_temperature_init": (2.0, number(0.0, lo_open=True)),
         "kl_t2": (True, boolean),
         "kl_class_mean": (True, boolean),
         "detach_teacher": (False, boolean),
@@ -287,18 +223,10 @@ def resolve_experiment(experiment_cfg: dict) -> dict:
 
 
 def _check_combinations(cfg: dict) -> None:
-    model, loss = cfg["model"], cfg["loss"]
-    if model["hidden_dim"] % model["n_heads"]:
-        raise ValueError(f"experiment key model.n_heads: {model['n_heads']} heads do not divide "
-                         f"model.hidden_dim {model['hidden_dim']}")
-    if not (model["intra_encoders"] or model["inter_encoders"]):
-        raise ValueError("experiment key model.inter_encoders: intra_encoders and inter_encoders cannot both be off")
-    if len(model["modalities"]) == 1 and not model["intra_encoders"]:
-        raise ValueError("experiment key model.intra_encoders: a single-modality model has no inter-modal "
-                         "encoders, so the intra-modal encoder must stay on")
-    if model["single_branch"] and not loss["clip_loss"]:
-        raise ValueError("experiment key model.single_branch: the single-branch head classifies the CLIP "
-                         "projection, which exists only with loss.clip_loss on")
+    loss = cfg["loss"]
+    problem = combination_problem(spec_values(cfg))  # the module's own (ModelSpec checks the same)
+    if problem:
+        raise ValueError(f"experiment key {problem[0]}: {problem[1]}")
     if loss["cls_kl_teacher"] == "anchor" and not loss["clip_loss"]:
         raise ValueError("experiment key loss.cls_kl_teacher: the anchor teacher needs loss.clip_loss on")
     if not loss["cls_loss"] and not loss["clip_loss"]:

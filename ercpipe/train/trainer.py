@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from ercpipe.device import resolve_device
 from ercpipe.errors import ErcpipeError
@@ -35,6 +35,7 @@ from ercpipe.model.checkpoint import (CHECKPOINT_FORMAT, CheckpointError, checkp
 from ercpipe.model.inference import EvalResult, autocast_context, eval_batches, predictions_frame, run_eval
 from ercpipe.model.losses import SDTVegaLoss, inverse_frequency_weights, paper_class_weights
 from ercpipe.model.sdt import ModelSpec, SDTVega, build_model, count_parameters
+from ercpipe.model.spec import spec_from_experiment
 from ercpipe.train.data import DialogueData, batches, load_dialogues, mask_feature_dims, standardization
 from ercpipe.train.metrics import SCALAR_METRICS, classification_metrics, weighted_f1
 from ercpipe.train.presets import resolve_experiment
@@ -62,22 +63,8 @@ def seed_everything(seed: int) -> None:
 
 
 def model_spec(cfg: dict, data: DialogueData, clip_dim: int) -> ModelSpec:
-    m, loss = cfg["model"], cfg["loss"]
-    learnable = loss["kl_temperature"] == "learnable"
-    return ModelSpec(
-        input_dims=dict(data.dims), n_classes=len(data.classes), n_speakers=data.n_speakers,
-        modalities=tuple(m["modalities"]), hidden_dim=m["hidden_dim"], n_heads=m["n_heads"], dropout=m["dropout"],
-        mask_fill=m["attention_mask_fill"], max_positions=m["max_positions"],
-        positional_embeddings=m["positional_embeddings"], speaker_embeddings=m["speaker_embeddings"],
-        intra_encoders=m["intra_encoders"], inter_encoders=m["inter_encoders"], gates=m["gates"],
-        head_type=m["head_type"], head_layers=m["head_layers"], head_activation=m["head_activation"],
-        head_dropout=m["head_dropout"], vega=loss["clip_loss"], clip_dim=clip_dim,
-        clip_proj_layers=m["clip_proj_layers"], clip_proj_activation=m["clip_proj_activation"],
-        clip_proj_dropout=m["clip_proj_dropout"], single_branch=m["single_branch"],
-        learnable_temperatures=learnable, temperature_init=loss["kl_temperature_init"],
-        fixed_temperature=1.0 if learnable else float(loss["kl_temperature"]),
-        p_random_anchor=m["p_random_anchor"], anchor_logit_scale=m["anchor_logit_scale"],
-        anchor_sampling_at_eval=m["anchor_sampling_at_eval"])
+    return spec_from_experiment(cfg, input_dims=data.dims, n_classes=len(data.classes), n_speakers=data.n_speakers,
+                                clip_dim=clip_dim)
 
 
 def class_weights_for(cfg: dict, data: DialogueData, train_splits: tuple[str, ...]) -> tuple[np.ndarray | None, str]:
@@ -113,7 +100,7 @@ def read_anchors(anchor_path, cfg: dict):
 
 
 def prepare_anchors(model: SDTVega, cfg: dict, anchor_set, classes: list[str]) -> dict:
-    """Put the anchor set's centres and images (dataset label order, optionally subsampled) into the model."""
+    """Put the anchor set's centers and images (dataset label order, optionally subsampled) into the model."""
     centers, images = anchor_set.for_classes(classes)
     per_class = cfg["model"]["anchors_per_class"]
     if per_class is not None:
@@ -299,7 +286,7 @@ def run_training(manifest_path, feature_paths: dict, anchor_path, experiment: di
     if train_cfg["feature_norm"] == "standardize":
         feature_stats = standardization(train_dialogues, data.modalities)
         standardize(data.dialogues, feature_stats)
-        logger.info("features standardised with the statistics of the %s split (%s)", "+".join(train_splits),
+        logger.info("features standardized with the statistics of the %s split (%s)", "+".join(train_splits),
                     ", ".join(f"{m}: {len(s['mean'])} dims" for m, s in feature_stats.items()))
     weights, weights_source = class_weights_for(cfg, data, train_splits)
     loss_fn = SDTVegaLoss(cfg["loss"], weights)
@@ -393,7 +380,7 @@ def _last_payload(model, optimizer, scaler, scheduler, cfg, seed, state, device,
 
 def _resume(path: Path, best_path: Path, cfg, seed, model, optimizer, scaler, scheduler, device,
             features: dict | None = None) -> dict | None:
-    """The saved training state (model, optimiser, RNG ... restored), or None after discarding a state
+    """The saved training state (model, optimizer, RNG ... restored), or None after discarding a state
     that cannot be continued: another configuration or seed (e.g. Snakemake re-runs the job because a
     training setting changed), other feature files (re-extracted after a fix), or a selected checkpoint
     that is gone."""
