@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ercpipe import clip_setting
 from ercpipe.errors import ErcpipeError
-from ercpipe.features.settings import EXTRACTOR_SETTINGS, SettingError
+from ercpipe.features.settings import EXTRACTOR_SETTINGS, SettingError, is_imported_setting
 from ercpipe.labels import CLASSES_BY_FORMAT, MODALITIES, canonical_emotion
 
 SYNTHETIC_ROOT = Path("raw/synthetic")
@@ -24,16 +24,10 @@ PICKLE_FORMATS: tuple[str, ...] = ("vega_pickle", "sdt_pickle")
 PICKLE_ONLY_KEYS: tuple[str, ...] = ("path", "allow_pickle", "labels", "valid_split")
 RAW_ONLY_KEYS: tuple[str, ...] = ("root", "synthetic", "manifest", "split_file", "relabel", "sides", "probe_media",
                                   "face_selection", "modalities")
-IMPORTED_SOURCE = "pickle"  # a feature setting {source: pickle[, layout: ...]} names an imported file
 
 
 def is_pickle_dataset(cfg: dict) -> bool:
     return cfg.get("format") in PICKLE_FORMATS
-
-
-def is_imported_setting(setting) -> bool:
-    """A feature setting {source: pickle[, layout]} (= ercpipe.io.features.is_imported_setting, without h5py)."""
-    return isinstance(setting, dict) and setting.get("source") == IMPORTED_SOURCE
 
 
 def export_name_dir(config: dict, name: str) -> str:

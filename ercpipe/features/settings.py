@@ -27,6 +27,14 @@ from ercpipe.checks import require_int, with_defaults
 from ercpipe.errors import ErcpipeError
 
 
+IMPORTED = "pickle"  # a feature setting {source: pickle[, layout: ...]} declares a file made by import-pickle
+
+
+def is_imported_setting(setting) -> bool:
+    """True for a feature setting that declares an imported file: {source: pickle[, layout: vega7|sdt12|sdt13]}."""
+    return isinstance(setting, dict) and setting.get("source") == IMPORTED
+
+
 class SettingError(ErcpipeError, ValueError):
     """A wrong value in an extractor setting; `key` is its dotted path inside the setting ("pooling",
     "context.next", "finetune.lr"), so the config check can name features.{modality}.{name}.{key}."""

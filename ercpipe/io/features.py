@@ -31,6 +31,7 @@ import numpy as np
 
 from ercpipe.errors import ErcpipeError
 from ercpipe.features import settings as extractor_settings
+from ercpipe.features.settings import IMPORTED, is_imported_setting
 from ercpipe.io.atomic import atomic_path
 
 FORMAT_VERSION = 1
@@ -53,14 +54,6 @@ def settings_hash(settings: dict) -> str:
 # extractors' own settings functions (ercpipe.features.settings) without importing the extractors (torch,
 # transformers, openSMILE, OpenCV), so that any job -- training in its own environment, inference -- can
 # tell whether a file was made with the setting it asks for.
-
-IMPORTED = "pickle"  # a feature setting {source: pickle[, layout: ...]} declares a file made by import-pickle
-
-
-def is_imported_setting(setting: dict | None) -> bool:
-    """True for a feature setting that declares an imported file: {source: pickle[, layout: vega7|sdt12|sdt13]}."""
-    return isinstance(setting, dict) and setting.get("source") == IMPORTED
-
 
 def expected_settings(modality: str, setting: dict | None, *, face_selection: dict | None = None) -> dict:
     """The `settings` attribute a feature file made from this config setting holds.
