@@ -3,6 +3,13 @@
     .venv/bin/python bench/bench_train.py                       # CPU: check + 1 epoch + 3 reference steps
     .venv/bin/python bench/bench_train.py --epochs 3 --ref-steps 14 --json bench_train.json
     .venv/bin/python bench/bench_train.py --device cuda         # GPU, fp16 autocast (default when CUDA exists)
+    .venv/bin/python bench/bench_train.py --whole-run --epochs 6 --threads 2   # the whole run_training job
+
+--whole-run times what a pipeline job costs: run_training (the `official` preset) in a fresh process on
+feature files written beforehand (--run-dialogues train/valid/test dialogues of the IEMOCAP shape), from
+process start to metrics.json: imports, loading, every epoch, the resume-state writes, the final
+evaluation and model.pt. It reports wall time, peak RSS and the bytes the training process wrote to disk
+(/proc/self/io write_bytes), in all and per epoch, next to the model's own size (fp32 weights).
 
 Data: 151 dialogues / 7433 utterances (120 train / 5810, 31 test / 1623, like IEMOCAP), widths
 1024 / 1582 / 342, 6 classes, 2 speaker slots, 35 random unit anchor images per class (k = 512).
@@ -215,6 +222,109 @@ def worker_train(args, device, reference: bool) -> dict:
     return result
 
 
+# ------------------------------------------------------------------------------------------ whole run
+
+def write_run_files(root: Path, n_dialogues: tuple[int, int, int], seed: int = 0) -> dict:
+    """Manifest, feature files and anchor file of an IEMOCAP-shaped random corpus (as the pipeline gives them)."""
+    import pandas as pd
+
+    from ercpipe import anchors as anchor_io
+    from ercpipe.io import features as feature_io
+    from ercpipe.io import manifest as manifest_io
+    from ercpipe.labels import IEMOCAP_CLASSES, canonical_emotion
+
+    rng = np.random.default_rng(seed)
+    classes = list(IEMOCAP_CLASSES)
+    rows = []
+    for split, n in zip(("train", "valid", "test"), n_dialogues):
+        for k, length in enumerate(lengths(n, n * 48, rng)):
+            for j in range(length):
+                slot = int(rng.integers(2))
+                rows.append(dict(dataset="bench", split=split, dialogue_id=f"{split}_d{k:03d}", utterance_index=j,
+                                 utterance_id=f"{split}_d{k:03d}_u{j:03d}", speaker="MF"[slot], speaker_slot=slot,
+                                 label=classes[int(rng.integers(len(classes)))], text="", audio_path="",
+                                 audio_start=np.nan, audio_end=np.nan, video_path="", video_start=np.nan,
+                                 video_end=np.nan, flags=""))
+    frame = pd.DataFrame(rows)
+    root.mkdir(parents=True, exist_ok=True)
+    manifest_io.write(frame, root / "manifest.tsv")
+    (root / "summary.json").write_text(json.dumps({"classes": classes}))
+    ids = frame["utterance_id"].tolist()
+    features = {}
+    for m, d in DIMS.items():
+        features[m] = str(root / f"{m}.h5")
+        feature_io.write(features[m], feature_io.FeatureSet(
+            ids, rng.standard_normal((len(ids), d), dtype=np.float32), np.ones(len(ids), dtype=bool),
+            {"modality": m, "extractor": "synthetic", "model": "none", "settings": {"seed": seed}}))
+    names = [canonical_emotion(c) for c in classes]
+    images = {}
+    for name in names:
+        x = rng.standard_normal((IMAGES_PER_CLASS, CLIP_DIM)).astype(np.float32)
+        images[name] = x / np.linalg.norm(x, axis=1, keepdims=True)
+    anchor_io.write(root / "anchors.h5", anchor_io.AnchorSet(
+        class_names=names, centers=np.stack([images[n].mean(0) for n in names]).astype(np.float32),
+        image_features=images, image_paths={n: [] for n in names}, clip_model="synthetic-clip", pretrained=None,
+        dim=CLIP_DIM))
+    return {"manifest": str(root / "manifest.tsv"), "features": features, "anchors": str(root / "anchors.h5")}
+
+
+def io_write_bytes() -> int:
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("write_bytes:"):
+            return int(line.split()[1])
+    raise RuntimeError("no write_bytes in /proc/self/io")
+
+
+def worker_run(args, device: str) -> dict:
+    """run_training end to end in this (fresh) process; the files were written by the driver."""
+    from ercpipe.train import run_training
+
+    files = json.loads(args.run_files)
+    experiment = {"preset": "official", "train": {"epochs": args.epochs, "patience": None}}
+    if args.checkpoint_every:
+        experiment["train"]["checkpoint_every"] = args.checkpoint_every
+    written_before = io_write_bytes()
+    metrics = run_training(files["manifest"], files["features"], files["anchors"], experiment, 0, args.run_out,
+                           device=device, threads=args.threads)
+    written = io_write_bytes() - written_before
+    return {"mode": "whole run", "device": device, "threads": torch.get_num_threads(),
+            "epochs": metrics["protocol"]["epochs_run"], "parameters": metrics["n_parameters"],
+            "model_mib": metrics["n_parameters"] * 4 / 2**20,
+            "s_per_epoch_logged": metrics["seconds_per_epoch"], "written_mib": written / 2**20,
+            "written_mib_per_epoch": written / 2**20 / metrics["protocol"]["epochs_run"],
+            "peak_rss_mib": peak_rss_mib(), "test_weighted_f1": metrics["test"]["weighted_f1"]}
+
+
+def whole_run(args, device: str) -> dict:
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
+        files = write_run_files(Path(tmp) / "data", tuple(args.run_dialogues))
+        cmd = [sys.executable, __file__, "--worker", "run", "--device", device, "--epochs", str(args.epochs),
+               "--run-files", json.dumps(files), "--run-out", str(Path(tmp) / "run")]
+        if args.threads:
+            cmd += ["--threads", str(args.threads)]
+        if args.checkpoint_every:
+            cmd += ["--checkpoint-every", str(args.checkpoint_every)]
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"whole-run worker failed:\n{proc.stderr[-3000:]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["wall_s"] = wall
+    return result
+
+
+def whole_run_table(r: dict) -> str:
+    head = f"{'mode':<10} {'device':<6} {'thr':>3} {'epochs':>6} {'wall s':>7} {'s/epoch (log)':>13} " \
+           f"{'RSS MiB':>8} {'written MiB':>11} {'MiB/epoch':>9} {'model MiB':>9}"
+    return "\n".join([head, "-" * len(head),
+                      f"{r['mode']:<10} {r['device']:<6} {r['threads']:>3} {r['epochs']:>6} {r['wall_s']:>7.1f} "
+                      f"{r['s_per_epoch_logged']:>13.2f} {r['peak_rss_mib']:>8.0f} {r['written_mib']:>11.0f} "
+                      f"{r['written_mib_per_epoch']:>9.0f} {r['model_mib']:>9.0f}"])
+
+
 # ------------------------------------------------------------------------------------------ driver
 
 def run_worker(mode: str, args, device: str) -> dict:
@@ -251,10 +361,21 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--skip-reference", action="store_true", help="time the library only")
     parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--whole-run", action="store_true",
+                        help="time the whole run_training job (startup, epochs, checkpoints, final evaluation)")
+    parser.add_argument("--run-dialogues", type=int, nargs=3, default=[30, 8, 8], metavar=("TRAIN", "VALID", "TEST"),
+                        help="dialogues per split for --whole-run (48 utterances each on average)")
+    parser.add_argument("--checkpoint-every", type=int, default=None,
+                        help="train.checkpoint_every for --whole-run (default: the preset's)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--run-files", help=argparse.SUPPRESS)
+    parser.add_argument("--run-out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else \
         ("cpu" if args.device == "auto" else args.device)
+    if args.worker == "run":
+        print(json.dumps(worker_run(args, device)))
+        return
     if args.worker:
         if args.threads:
             torch.set_num_threads(args.threads)
@@ -265,6 +386,12 @@ def main() -> None:
         return
     print(f"SDT-VEGA official configuration on IEMOCAP-shaped random data; device {device}, torch {torch.__version__}, "
           f"{os.cpu_count()} CPUs", flush=True)
+    if args.whole_run:
+        result = whole_run(args, device)
+        print(whole_run_table(result))
+        if args.json:
+            args.json.write_text(json.dumps({"whole_run": result}, indent=2) + "\n")
+        return
     check = run_worker("check", args, device)
     print(f"check library vs eager reference ({check['utterances']} utterances): "
           f"{'OK' if check['ok'] else 'MISMATCH'}; max |diff| {max(check['max_abs_diff'].values()):.2e}, "

@@ -49,6 +49,16 @@ def test_the_dag_writes_every_output(pipeline_run):
     assert "Nothing to be done" in snakemake(workdir, pipeline_run[1], "-n").stdout
 
 
+def test_rule_logs_read_without_a_terminal(pipeline_run):
+    """Progress bars are plain lines in the logs: no carriage returns, no cursor movements (runlog.ProgressLines)."""
+    logs = sorted((pipeline_run[0] / "logs").rglob("*.log"))
+    assert len(logs) > 20
+    dirty = [str(p) for p in logs if "\r" in p.read_text(errors="replace") or "\x1b" in p.read_text(errors="replace")]
+    assert not dirty, dirty
+    text_log = next(p for p in logs if "text_features" in str(p)).read_text()
+    assert "100%" in text_log  # the bars are still there, as lines
+
+
 # ------------------------------------------------------------------------------------------ re-run semantics
 
 def _changed(pipeline_run, tmp_path, change) -> dict[str, int]:

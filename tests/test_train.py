@@ -1,4 +1,5 @@
-"""Training: presets, data loading, the run and its outputs, selection protocol, resume after SIGKILL, aggregation.
+"""Training: presets, data loading, the run and its outputs, selection protocol, checkpoint policy, resume after
+SIGKILL and SIGTERM, aggregation.
 
 Everything runs on a small learnable synthetic problem written as real manifest / HDF5 / anchor files:
 each modality's features are a class prototype plus noise, so a model that trains correctly reaches far
@@ -9,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -360,39 +362,34 @@ def test_run_errors(dataset, tmp_path):
 # ------------------------------------------------------------------------------------------ resume
 
 KILL_SCRIPT = """
-import json, os, signal, sys
+import json, logging, os, signal, sys
 from ercpipe.train import run_training
+logging.basicConfig(level=logging.INFO)
 a = json.loads(sys.argv[1])
 def kill(epoch):
     if epoch == a["kill_at"]:
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), a["signal"])
 run_training(a["manifest"], a["features"], a["anchors"], a["experiment"], a["seed"], a["out"], device="cpu",
              threads=1, on_epoch_end=kill)
 """
 
 
-def kill_training_after(dataset, out: Path, epoch: int) -> None:
-    """Train TINY with seed 0 into `out` in a child process that SIGKILLs itself after `epoch`."""
+def kill_training_after(dataset, out: Path, epoch: int, checkpoint_every: int = 1, signum=signal.SIGKILL,
+                        returncode: int = -9) -> subprocess.CompletedProcess:
+    """Train TINY with seed 0 (resume state every `checkpoint_every` epochs) into `out` in a child process that
+    sends itself `signum` after `epoch`."""
+    experiment = resolve_experiment({**TINY, "train": {**TINY["train"], "checkpoint_every": checkpoint_every}})
     args = {"manifest": str(dataset["manifest"]), "features": {m: str(p) for m, p in dataset["features"].items()},
-            "anchors": str(dataset["anchors"]), "experiment": resolve_experiment(TINY), "seed": 0, "out": str(out),
-            "kill_at": epoch}
+            "anchors": str(dataset["anchors"]), "experiment": experiment, "seed": 0, "out": str(out),
+            "kill_at": epoch, "signal": int(signum)}
     env = dict(os.environ, PYTHONPATH=str(REPO))
     result = subprocess.run([sys.executable, "-c", KILL_SCRIPT, json.dumps(args)], cwd=REPO, env=env,
                             capture_output=True, text=True, timeout=300)
-    assert result.returncode == -9, result.stderr[-2000:]
+    assert result.returncode == returncode, result.stderr[-2000:]
+    return result
 
 
-def test_resume_after_sigkill_gives_the_uninterrupted_result(vega_run, dataset, tmp_path, caplog):
-    out = tmp_path / "killed"
-    kill_training_after(dataset, out, epoch=3)
-    assert (out / "last.pt").exists() and (out / "best.pt").exists()
-    assert not (out / "metrics.json").exists() and not (out / "model.pt").exists()
-    last = torch.load(out / "last.pt", weights_only=True)
-    assert last["state"]["epoch"] == 3 and len(last["state"]["history"]) == 3
-    with caplog.at_level(logging.INFO, logger="ercpipe.train.trainer"):
-        metrics = train(dataset, out)
-    assert "resuming from" in caplog.text and "after epoch 3" in caplog.text
-    reference_dir, reference = vega_run
+def assert_same_run(out: Path, metrics: dict, reference_dir: Path, reference: dict) -> None:
     for key in ("protocol", "valid", "test", "temperatures"):
         assert metrics[key] == reference[key], key
     resumed = torch.load(out / "model.pt", weights_only=True)["state_dict"]
@@ -400,6 +397,79 @@ def test_resume_after_sigkill_gives_the_uninterrupted_result(vega_run, dataset, 
     assert all(torch.equal(resumed[k], uninterrupted[k]) for k in uninterrupted)
     pd.testing.assert_frame_equal(pd.read_csv(out / "history.tsv", sep="\t").drop(columns="seconds"),
                                   pd.read_csv(reference_dir / "history.tsv", sep="\t").drop(columns="seconds"))
+
+
+def test_the_resume_state_is_written_every_checkpoint_every_epochs(vega_run, dataset, tmp_path, monkeypatch):
+    """K epochs with checkpoint_every = N write last.pt after epochs N, 2N, ... < K (the epoch that ends the run
+    goes straight to model.pt), model.pt once, and nothing else; the result is the run's with any N."""
+    from ercpipe.train import trainer
+
+    saved = []
+    real_save = trainer.save_torch
+
+    def counting_save(obj, path):
+        saved.append((Path(path).name, obj["state"]["epoch"] if "state" in obj else obj["epoch"]))
+        real_save(obj, path)
+
+    monkeypatch.setattr(trainer, "save_torch", counting_save)
+    out = tmp_path / "run"
+    metrics = train(dataset, out, {**TINY, "train": {**TINY["train"], "checkpoint_every": 3}})
+    epochs_run = metrics["protocol"]["epochs_run"]
+    assert epochs_run > 3
+    assert [s for s in saved if s[0] == "last.pt"] == [("last.pt", e) for e in range(3, epochs_run, 3)]
+    assert saved[-1] == ("model.pt", metrics["protocol"]["selected_epoch"])
+    assert [name for name, _ in saved] == ["last.pt"] * ((epochs_run - 1) // 3) + ["model.pt"]
+    assert sorted(p.name for p in out.iterdir()) == ["fused.npz", "history.tsv", "metrics.json", "model.pt",
+                                                     "predictions.tsv"]
+    assert_same_run(out, metrics, *vega_run)
+    with pytest.raises(ValueError, match=r"train\.checkpoint_every"):
+        resolve_experiment({**TINY, "train": {"checkpoint_every": 0}})
+
+
+def test_resume_after_sigkill_gives_the_uninterrupted_result(vega_run, dataset, tmp_path, caplog):
+    out = tmp_path / "killed"
+    # Killed after epoch 3 with the state written every 2 epochs: epoch 3 is lost and done again.
+    kill_training_after(dataset, out, epoch=3, checkpoint_every=2)
+    assert (out / "last.pt").exists() and not (out / "best.pt").exists()
+    assert not (out / "metrics.json").exists() and not (out / "model.pt").exists()
+    last = torch.load(out / "last.pt", weights_only=True)
+    assert last["state"]["epoch"] == 2 and len(last["state"]["history"]) == 2
+    assert last["best"]["epoch"] == last["state"]["best_epoch"] > 0  # the selected weights travel with the state
+    # The resumed run writes its state at another interval: that does not make the state stale.
+    with caplog.at_level(logging.INFO, logger="ercpipe.train.trainer"):
+        metrics = train(dataset, out)
+    assert "resuming from" in caplog.text and "after epoch 2" in caplog.text
+    assert_same_run(out, metrics, *vega_run)
+
+
+def test_sigterm_writes_the_state_after_the_current_epoch_and_resumes(vega_run, dataset, tmp_path, caplog):
+    """SIGTERM (what Snakemake and schedulers send) between epochs 3 and 4: epoch 4 is finished, its state
+    written although the interval (10) is not reached, the process exits 143; the re-run resumes there."""
+    out = tmp_path / "terminated"
+    result = kill_training_after(dataset, out, epoch=3, checkpoint_every=10, signum=signal.SIGTERM, returncode=143)
+    assert "received SIGTERM: stopping after the current epoch" in result.stderr
+    last = torch.load(out / "last.pt", weights_only=True)
+    assert last["state"]["epoch"] == 4 and not last["state"]["finished"]
+    assert not (out / "metrics.json").exists() and not (out / "model.pt").exists()
+    with caplog.at_level(logging.INFO, logger="ercpipe.train.trainer"):
+        metrics = train(dataset, out)
+    assert "after epoch 4" in caplog.text
+    assert_same_run(out, metrics, *vega_run)
+    assert not (out / "last.pt").exists()
+
+
+def test_an_exception_between_epochs_keeps_the_completed_epoch(dataset, tmp_path):
+    class Stop(Exception):
+        pass
+
+    def stop(epoch):
+        if epoch == 2:
+            raise Stop
+
+    out = tmp_path / "run"
+    with pytest.raises(Stop):
+        train(dataset, out, {**TINY, "train": {**TINY["train"], "checkpoint_every": 5}}, on_epoch_end=stop)
+    assert torch.load(out / "last.pt", weights_only=True)["state"]["epoch"] == 2
 
 
 def test_stale_state_of_another_configuration_is_discarded(dataset, tmp_path, caplog):
@@ -417,10 +487,11 @@ def test_stale_state_of_another_configuration_is_discarded(dataset, tmp_path, ca
 def test_resume_needs_the_selected_checkpoint(dataset, tmp_path, caplog):
     out = tmp_path / "run"
     kill_training_after(dataset, out, epoch=2)
-    (out / "best.pt").unlink()
+    last = torch.load(out / "last.pt", weights_only=True)
+    torch.save({**last, "best": None}, out / "last.pt")
     with caplog.at_level(logging.INFO, logger="ercpipe.train.trainer"):
         metrics = train(dataset, out)
-    assert "selected checkpoint" in caplog.text and "is missing; training from scratch" in caplog.text
+    assert "selected checkpoint (epoch" in caplog.text and "is missing; training from scratch" in caplog.text
     assert metrics["protocol"]["epochs_run"] == len(pd.read_csv(out / "history.tsv", sep="\t"))
 
 

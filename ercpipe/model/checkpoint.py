@@ -30,9 +30,10 @@ class CheckpointError(ErcpipeError, ValueError):
 
 def checkpoint_payload(model: SDTVega, *, spec: ModelSpec, config: dict, classes: Sequence[str], epoch: int,
                        seed: int, selection_split: str, feature_stats: dict | None, features: dict) -> dict:
-    """What model.pt holds (weights on the CPU)."""
+    """What model.pt holds (weights on the CPU, copied: the payload keeps this epoch's weights while the model
+    trains on, which is how the trainer holds the selected epoch in memory until it writes it)."""
     return {"format": CHECKPOINT_FORMAT, "version": 1,
-            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "state_dict": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
             "config": config, "spec": spec.to_dict(), "classes": list(classes), "epoch": epoch, "seed": seed,
             "selection_split": selection_split, "feature_stats": feature_stats, "features": features}
 

@@ -105,6 +105,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, Any]]] = {
         "feature_norm": ("standardize", choice("standardize", "none")),
         "selection_metric": ("weighted_f1", choice("weighted_f1", "accuracy", "macro_f1", "weighted_precision")),
         "paper_compat": (False, boolean),
+        "checkpoint_every": (5, integer(1)),
     },
 }
 

@@ -14,7 +14,8 @@ import json
 import logging
 import math
 import random
-import shutil
+import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -42,9 +43,10 @@ from ercpipe.train.presets import resolve_experiment
 
 logger = logging.getLogger(__name__)
 
-# model.pt is the rule's output and appears only when the run has finished; while training, the selected
-# checkpoint and the resume state live in best.pt and last.pt, which Snakemake does not know about (it
-# deletes a killed job's outputs before re-running it, and the resume state must survive that).
+# model.pt is the rule's output and appears only when the run has finished; while training, the resume
+# state (which holds the selected epoch's weights too) lives in last.pt, which Snakemake does not know about
+# (it deletes a killed job's outputs before re-running it, and the resume state must survive that).
+# best.pt is where versions before train.checkpoint_every kept the selected weights: still read on resume.
 BEST_NAME, WORK_BEST_NAME, LAST_NAME = "model.pt", "best.pt", "last.pt"
 
 
@@ -250,8 +252,14 @@ def run_training(manifest_path, feature_paths: dict, anchor_path, experiment: di
                  face_selection: dict | None = None) -> dict:
     """Train one seed; return the content of metrics.json. A run restarted on the same out_dir continues
     from out_dir/last.pt if that state belongs to the same config, seed and features, else starts afresh
-    (logged). `on_epoch_end(epoch)` is called after each epoch's state is on disk (tests use it to kill
-    the process there).
+    (logged). `on_epoch_end(epoch)` is called after each epoch, after the resume state if that epoch
+    writes it (tests use it to kill the process there).
+
+    Checkpoint policy: the selected epoch's weights are kept in memory; the resume state (with them) is
+    written after every `train.checkpoint_every`-th epoch that does not end the run, and after the current
+    epoch when SIGTERM or SIGINT arrives (the run then stops: SystemExit(143) for SIGTERM,
+    KeyboardInterrupt for SIGINT; a second signal stops at once) or when an exception (e.g. from
+    on_epoch_end) interrupts the run between epochs. model.pt is written once, at the end.
 
     feature_settings: {modality: the config's setting dict} the feature files must have been made with
     (the pipeline passes them; None = not checked). Each file's setting hash (and width, where the
@@ -314,54 +322,128 @@ def run_training(manifest_path, feature_paths: dict, anchor_path, experiment: di
 
     state = {"epoch": 0, "history": [], "best_score": -math.inf, "best_epoch": 0, "bad_epochs": 0,
              "finished": False, "skipped_steps": 0}
+    best = None  # the selected epoch's checkpoint payload (model.pt to be), in memory
     last_path, best_path = out_dir / LAST_NAME, out_dir / WORK_BEST_NAME
     if last_path.exists():
-        state = _resume(last_path, best_path, cfg, seed, model, optimizer, scaler, scheduler, device,
-                        _feature_identity(data)) or state
+        state, best = _resume(last_path, best_path, cfg, seed, model, optimizer, scaler, scheduler, device,
+                              _feature_identity(data)) or (state, best)
+
+    def save_state() -> None:
+        save_torch(_last_payload(model, optimizer, scaler, scheduler, cfg, seed, state, device, data, best), last_path)
 
     epochs = tqdm(range(state["epoch"] + 1, train_cfg["epochs"] + 1), desc="epochs", mininterval=5,
                   initial=state["epoch"], total=train_cfg["epochs"]) if not state["finished"] else []
-    for epoch in epochs:
-        start = time.time()
-        row = {"epoch": epoch}
-        row.update(train_epoch(model, loss_fn, optimizer, scaler, scheduler, train_dialogues, cfg, device))
-        result = run_eval(model, select_batches, device, train_cfg["amp"], loss_fn)
-        metrics = split_metrics(result, data.classes)
-        row.update(history_row(selection_split, metrics))
-        for branch, temps in model.temperatures().items():
-            row.update({f"T_{branch}_{m}": v for m, v in temps.items()})
-        score = metrics[train_cfg["selection_metric"]]
-        compared = round(score, 2) if paper_compat else score
-        improved = compared > state["best_score"]  # strict: a tie keeps the earlier epoch (O19)
-        if improved:
-            state.update(best_score=compared, best_epoch=epoch, bad_epochs=0)
-            save_torch(checkpoint_payload(model, spec=spec, config=cfg, classes=data.classes, epoch=epoch, seed=seed,
-                                          selection_split=selection_split, feature_stats=feature_stats,
-                                          features=data.feature_sources), best_path)
-        else:
-            state["bad_epochs"] += 1
-        state["skipped_steps"] += row["skipped_steps"]
-        if row["skipped_steps"]:
-            logger.warning("epoch %d: %d of %d optimizer steps skipped by the fp16 loss scaler (inf/NaN gradients)",
-                           epoch, row["skipped_steps"], row["steps"])
-        row.update(improved=improved, best_epoch=state["best_epoch"], seconds=round(time.time() - start, 3))
-        state["history"].append(row)
-        state["epoch"] = epoch
-        patience = train_cfg["patience"]
-        stop = patience is not None and state["bad_epochs"] >= patience
-        state["finished"] = stop or epoch == train_cfg["epochs"]
-        save_torch(_last_payload(model, optimizer, scaler, scheduler, cfg, seed, state, device, data), last_path)
-        write_history(state["history"], out_dir / "history.tsv")
-        logger.info("epoch %d: train loss %.4f | %s %s %.2f, acc %.2f (best %.2f at epoch %d) | %.1f s", epoch,
-                    row.get("train_total", float("nan")), selection_split, train_cfg["selection_metric"], score,
-                    metrics["accuracy"], state["best_score"], state["best_epoch"], row["seconds"])
-        if on_epoch_end is not None:
-            on_epoch_end(epoch)
-        if stop:
-            logger.info("early stop: %d epochs without improvement", state["bad_epochs"])
-            break
-    return _finish(out_dir, cfg, data, seed, state, device, selection_split, train_splits, weights,
+    with _StopSignals() as stop_signal:
+        unsaved = False  # an epoch has completed whose state is not on disk
+        try:
+            for epoch in epochs:
+                unsaved = False  # from here until the epoch's bookkeeping is done, the state is inconsistent
+                epoch_done = _run_epoch(epoch, model, loss_fn, optimizer, scaler, scheduler, train_dialogues,
+                                        select_batches, cfg, device, data, state, selection_split, paper_compat,
+                                        spec, seed, feature_stats)
+                if epoch_done["best"] is not None:
+                    best = epoch_done["best"]
+                unsaved = True
+                due = epoch % train_cfg["checkpoint_every"] == 0 and not state["finished"]
+                if due or (stop_signal.received and not state["finished"]):
+                    save_state()
+                    unsaved = False
+                write_history(state["history"], out_dir / "history.tsv")
+                row, metrics, score = epoch_done["row"], epoch_done["metrics"], epoch_done["score"]
+                logger.info("epoch %d: train loss %.4f | %s %s %.2f, acc %.2f (best %.2f at epoch %d) | %.1f s",
+                            epoch, row.get("train_total", float("nan")), selection_split,
+                            train_cfg["selection_metric"], score, metrics["accuracy"], state["best_score"],
+                            state["best_epoch"], row["seconds"])
+                if stop_signal.received and not state["finished"]:
+                    stop_signal.stop(f"{last_path} holds the state after epoch {epoch}; run again to resume")
+                if on_epoch_end is not None:
+                    on_epoch_end(epoch)
+                if state["finished"] and state["epoch"] < train_cfg["epochs"]:
+                    logger.info("early stop: %d epochs without improvement", state["bad_epochs"])
+                if state["finished"]:
+                    break
+        except BaseException:
+            if unsaved:  # interrupted between epochs: keep what was done
+                save_state()
+                logger.warning("run interrupted after epoch %d; its state is in %s", state["epoch"], last_path)
+            raise
+    return _finish(out_dir, cfg, data, seed, state, best, device, selection_split, train_splits, weights,
                    weights_source, anchor_info, loss_fn, anchor_set)
+
+
+class _StopSignals:
+    """While training: SIGTERM / SIGINT ask for a stop after the current epoch (its state is written first);
+    a second signal stops at once. Installed only in the main thread (Python delivers signals there)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous: dict = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.received is not None:
+            self._raise(signum, "second signal: stopping without writing the state")
+        self.received = signum
+        logger.warning("received %s: stopping after the current epoch (its state is written first)",
+                       signal.Signals(signum).name)
+
+    def _raise(self, signum: int, message: str):
+        logger.warning("%s: %s", signal.Signals(signum).name, message)
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt(message)
+        raise SystemExit(128 + signum)
+
+    def stop(self, message: str):
+        self._raise(self.received, message)
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        return False
+
+
+def _run_epoch(epoch, model, loss_fn, optimizer, scaler, scheduler, train_dialogues, select_batches, cfg, device,
+               data, state, selection_split, paper_compat, spec, seed, feature_stats) -> dict:
+    """Train one epoch, score the selection split, update `state` (history, best epoch, early stopping).
+    Returns {"row", "metrics", "score", "best": the checkpoint payload if this epoch is the new best, else None}."""
+    train_cfg = cfg["train"]
+    start = time.time()
+    row = {"epoch": epoch}
+    row.update(train_epoch(model, loss_fn, optimizer, scaler, scheduler, train_dialogues, cfg, device))
+    result = run_eval(model, select_batches, device, train_cfg["amp"], loss_fn)
+    metrics = split_metrics(result, data.classes)
+    row.update(history_row(selection_split, metrics))
+    for branch, temps in model.temperatures().items():
+        row.update({f"T_{branch}_{m}": v for m, v in temps.items()})
+    score = metrics[train_cfg["selection_metric"]]
+    compared = round(score, 2) if paper_compat else score
+    improved = compared > state["best_score"]  # strict: a tie keeps the earlier epoch (O19)
+    best = None
+    if improved:
+        state.update(best_score=compared, best_epoch=epoch, bad_epochs=0)
+        best = checkpoint_payload(model, spec=spec, config=cfg, classes=data.classes, epoch=epoch, seed=seed,
+                                  selection_split=selection_split, feature_stats=feature_stats,
+                                  features=data.feature_sources)
+    else:
+        state["bad_epochs"] += 1
+    state["skipped_steps"] += row["skipped_steps"]
+    if row["skipped_steps"]:
+        logger.warning("epoch %d: %d of %d optimizer steps skipped by the fp16 loss scaler (inf/NaN gradients)",
+                       epoch, row["skipped_steps"], row["steps"])
+    row.update(improved=improved, best_epoch=state["best_epoch"], seconds=round(time.time() - start, 3))
+    state["history"].append(row)
+    state["epoch"] = epoch
+    patience = train_cfg["patience"]
+    stop = patience is not None and state["bad_epochs"] >= patience
+    state["finished"] = stop or epoch == train_cfg["epochs"]
+    return {"row": row, "metrics": metrics, "score": score, "best": best}
 
 
 def _feature_identity(data: DialogueData) -> dict:
@@ -370,29 +452,35 @@ def _feature_identity(data: DialogueData) -> dict:
             for m, src in data.feature_sources.items()}
 
 
-def _last_payload(model, optimizer, scaler, scheduler, cfg, seed, state, device, data) -> dict:
+def _last_payload(model, optimizer, scaler, scheduler, cfg, seed, state, device, data, best) -> dict:
     return {"format": CHECKPOINT_FORMAT + "-last", "config": cfg, "seed": seed, "features": _feature_identity(data),
             "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "rng": rng_state(device), "state": _json_clean(state)}
+            "rng": rng_state(device), "state": _json_clean(state), "best": best}
+
+
+def _training_config(cfg: dict) -> dict:
+    """The sections that shape the training (train.checkpoint_every only says when the state is written)."""
+    out = {k: cfg.get(k) for k in ("preset", "model", "loss", "train")}
+    out["train"] = {k: v for k, v in (out["train"] or {}).items() if k != "checkpoint_every"}
+    return out
 
 
 def _resume(path: Path, best_path: Path, cfg, seed, model, optimizer, scaler, scheduler, device,
-            features: dict | None = None) -> dict | None:
-    """The saved training state (model, optimizer, RNG ... restored), or None after discarding a state
-    that cannot be continued: another configuration or seed (e.g. Snakemake re-runs the job because a
-    training setting changed), other feature files (re-extracted after a fix), or a selected checkpoint
-    that is gone."""
+            features: dict | None = None) -> tuple[dict, dict | None] | None:
+    """(the saved training state, the selected epoch's checkpoint payload) with model, optimizer, RNG ...
+    restored, or None after discarding a state that cannot be continued: another configuration or seed
+    (e.g. Snakemake re-runs the job because a training setting changed), other feature files (re-extracted
+    after a fix), or a selected checkpoint that is gone."""
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001
         raise CheckpointError(f"{path} cannot be read ({type(err).__name__}: {err}); "
                               "delete it to start afresh") from err
     # Only what shapes the training must match; pipeline keys (e.g. the list of seeds) may change.
-    relevant = ("preset", "model", "loss", "train")
-    stored = payload.get("config") or {}
-    changed = [k for k in relevant if stored.get(k) != cfg.get(k)]
+    stored, current = _training_config(payload.get("config") or {}), _training_config(cfg)
+    changed = [k for k in current if stored.get(k) != current.get(k)]
     reason = None
     if changed or payload.get("seed") != seed:
         reason = (f"it belongs to a run with a different configuration or seed (seed {payload.get('seed')} vs "
@@ -401,8 +489,12 @@ def _resume(path: Path, best_path: Path, cfg, seed, model, optimizer, scaler, sc
         differ = sorted(m for m in set(features) | set(payload["features"])
                         if features.get(m) != payload["features"].get(m))
         reason = f"it was trained on other {'/'.join(differ)} feature files (they were made again since)"
-    elif payload["state"]["best_epoch"] and not best_path.exists():
-        reason = f"its selected checkpoint {best_path} is missing"
+    else:
+        best = payload.get("best")
+        if best is None and "best" not in payload and best_path.exists():  # written before checkpoint_every
+            best = load_checkpoint_file(best_path)
+        if payload["state"]["best_epoch"] and (best is None or best.get("epoch") != payload["state"]["best_epoch"]):
+            reason = f"its selected checkpoint (epoch {payload['state']['best_epoch']}) is missing"
     if reason:
         logger.warning("not resuming from %s: %s; training from scratch", path, reason)
         path.unlink()
@@ -419,15 +511,17 @@ def _resume(path: Path, best_path: Path, cfg, seed, model, optimizer, scaler, sc
     state["best_score"] = float(state["best_score"])
     logger.info("resuming from %s after epoch %d (best %.2f at epoch %d)", path, state["epoch"], state["best_score"],
                 state["best_epoch"])
-    return state
+    return state, best
 
 
-def _finish(out_dir, cfg, data, seed, state, device, selection_split, train_splits, weights, weights_source,
+def _finish(out_dir, cfg, data, seed, state, payload, device, selection_split, train_splits, weights, weights_source,
             anchor_info, loss_fn, anchor_set) -> dict:
-    """Reload the selected checkpoint, score valid (if held out) and test once, write the outputs."""
+    """Build the selected checkpoint's model, score valid (if held out) and test once, write the outputs."""
     train_cfg = cfg["train"]
-    payload = load_checkpoint_file(out_dir / WORK_BEST_NAME)
-    model = model_from_payload(payload, out_dir / WORK_BEST_NAME)
+    if payload is None:  # no epoch was ever selected (every score NaN)
+        raise TrainingError(f"no epoch of the run in {out_dir} was selected (no {train_cfg['selection_metric']} "
+                            "score above -inf); nothing to write")
+    model = model_from_payload(payload, out_dir / BEST_NAME)
     model.classes = list(data.classes)
     if anchor_set is not None:
         prepare_anchors(model, cfg, anchor_set, data.classes)
@@ -472,8 +566,7 @@ def _finish(out_dir, cfg, data, seed, state, device, selection_split, train_spli
         "seconds_per_epoch": float(np.mean([r["seconds"] for r in history])) if history else None,
         "config": cfg,
     }
-    with atomic_path(out_dir / BEST_NAME) as tmp:
-        shutil.copyfile(out_dir / WORK_BEST_NAME, tmp)
+    save_torch(payload, out_dir / BEST_NAME)
     write_json(out_dir / "metrics.json", metrics)
     # The run is complete: the resume state is no longer needed (a forced re-run trains from scratch).
     (out_dir / LAST_NAME).unlink(missing_ok=True)
