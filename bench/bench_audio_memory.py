@@ -38,7 +38,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from process_stats import cpu_seconds, peak_rss_mb  # noqa: E402  (same folder)
+from process_stats import cpu_seconds, markdown_row, markdown_table, peak_rss_mb  # noqa: E402  (same folder)
 
 SENTENCES = [
     "I cannot believe you did that to me again, after everything we talked about last week.",
@@ -207,18 +207,20 @@ def run(sets: list[str], durations: list[float], modes: list[str], shard: bool,
     return rows, source
 
 
+COLUMNS = [("set", lambda r: r["set"]), ("audio (s)", lambda r: f"{r['audio_s']:g}"), ("call", lambda r: r["mode"]),
+           ("threads", lambda r: f"{r['threads']}"), ("peak RSS (MB)", lambda r: f"{r['peak_rss_mb']:.0f}"),
+           ("above base (MB)", lambda r: f"{r['peak_rss_mb'] - r['base_mb']:.0f}"),
+           ("seconds", lambda r: f"{r['seconds']:.1f}"), ("CPU seconds", lambda r: f"{r['cpu_seconds']:.1f}"),
+           ("identical", lambda r: {True: "yes", False: "NO"}.get(r.get("identical"), "")),
+           ("mem_mb reserved", lambda r: f"{r['mem_mb_reserved']}" if "mem_mb_reserved" in r else "")]
+
+
 def format_row(row: dict) -> str:
-    identical = {True: "yes", False: "NO"}.get(row.get("identical"), "")
-    reserved = f"{row['mem_mb_reserved']}" if "mem_mb_reserved" in row else ""
-    return (f"| {row['set']} | {row['audio_s']:g} | {row['mode']} | {row['threads']} | {row['peak_rss_mb']:.0f} | "
-            f"{row['peak_rss_mb'] - row['base_mb']:.0f} | {row['seconds']:.1f} | {row['cpu_seconds']:.1f} | "
-            f"{identical} | {reserved} |")
+    return markdown_row(row, COLUMNS)
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| set | audio (s) | call | threads | peak RSS (MB) | above base (MB) | seconds | CPU seconds | "
-            "identical | mem_mb reserved |\n|---|---|---|---|---|---|---|---|---|---|")
-    return "\n".join([head] + [format_row(r) for r in rows])
+    return markdown_table(rows, COLUMNS)
 
 
 def main() -> None:

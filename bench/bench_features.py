@@ -35,7 +35,7 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from process_stats import cpu_seconds, peak_rss_mb  # noqa: E402  (same folder)
+from process_stats import cpu_seconds, markdown_row, markdown_table, peak_rss_mb  # noqa: E402  (same folder)
 from ercpipe.io import manifest as manifest_io  # noqa: E402
 from ercpipe.io.media import SAMPLE_RATE, write_wav  # noqa: E402
 
@@ -199,19 +199,20 @@ def run(sizes: list[str], threads_list: list[int], extractors: list[str], with_t
     return results
 
 
+COLUMNS = [("corpus", lambda r: r["corpus"]), ("extractor", lambda r: r["extractor"]),
+           ("present/utterances",
+            lambda r: f"{r['present']}/{r['utterances']}" if "present" in r else str(r["utterances"])),
+           ("threads", lambda r: f"{r['threads']}"), ("seconds", lambda r: f"{r['seconds']:.1f}"),
+           ("CPU seconds", lambda r: f"{r.get('cpu_seconds', float('nan')):.1f}"),
+           ("utterances/s", lambda r: f"{r['utt_per_s']:.1f}"), ("peak RSS (MB)", lambda r: f"{r['peak_rss_mb']:.0f}")]
+
+
 def _format_row(row: dict) -> str:
-    rows = f"{row['present']}/{row['utterances']}" if "present" in row else str(row["utterances"])
-    return (f"| {row['corpus']} | {row['extractor']} | {rows} | "
-            f"{row['threads']} | "
-            f"{row['seconds']:.1f} | {row.get('cpu_seconds', float('nan')):.1f} | {row['utt_per_s']:.1f} | "
-            f"{row['peak_rss_mb']:.0f} |")
+    return markdown_row(row, COLUMNS)
 
 
 def table(results: list[dict]) -> str:
-    head = ("| corpus | extractor | present/utterances | threads | seconds | CPU seconds | utterances/s | "
-            "peak RSS (MB) |\n"
-            "|---|---|---|---|---|---|---|---|")
-    return "\n".join([head] + [_format_row(r) for r in results])
+    return markdown_table(results, COLUMNS)
 
 
 def main() -> None:

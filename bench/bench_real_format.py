@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import real_format_media as rfm  # noqa: E402  (same folder)
-from process_stats import cpu_seconds, peak_rss_mb  # noqa: E402  (same folder)
+from process_stats import cpu_seconds, markdown_row, markdown_table, peak_rss_mb  # noqa: E402  (same folder)
 from ercpipe.io import manifest as manifest_io  # noqa: E402
 
 # Whole datasets (utterances in the manifest, every row extracted) and the mean utterance length assumed.
@@ -189,15 +189,18 @@ def run_extractors(tmp: Path, n_meld: int, iemocap_seconds: float, n_iemocap: in
     return rows, notes
 
 
+COLUMNS = [("corpus", lambda r: r["corpus"]), ("extractor", lambda r: r["extractor"]),
+           ("present/utterances", lambda r: f"{r['present']}/{r['utterances']}"), ("threads", lambda r: f"{r['threads']}"),
+           ("seconds", lambda r: f"{r['seconds']:.1f}"), ("CPU seconds", lambda r: f"{r['cpu_seconds']:.1f}"),
+           ("utterances/s", lambda r: f"{r['utt_per_s']:.2f}"), ("peak RSS (MB)", lambda r: f"{r['peak_rss_mb']:.0f}")]
+
+
 def _format_row(row: dict) -> str:
-    return (f"| {row['corpus']} | {row['extractor']} | {row['present']}/{row['utterances']} | {row['threads']} | "
-            f"{row['seconds']:.1f} | {row['cpu_seconds']:.1f} | {row['utt_per_s']:.2f} | {row['peak_rss_mb']:.0f} |")
+    return markdown_row(row, COLUMNS)
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| corpus | extractor | present/utterances | threads | seconds | CPU seconds | utterances/s | "
-            "peak RSS (MB) |\n|---|---|---|---|---|---|---|---|")
-    return "\n".join([head] + [_format_row(r) for r in rows])
+    return markdown_table(rows, COLUMNS)
 
 
 def extrapolation(rows: list[dict], cores: int = 8) -> str:

@@ -35,7 +35,7 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from process_stats import peak_rss_mb  # noqa: E402  (same folder)
+from process_stats import markdown_row, markdown_table, peak_rss_mb  # noqa: E402  (same folder)
 from ercpipe.io import manifest as manifest_io  # noqa: E402
 
 WORDS = ("i you we they really never always think know feel want said told going maybe today tomorrow "
@@ -119,15 +119,18 @@ def bench_text(manifest: Path, threads: int = 1, extractors: list[str] | None = 
     return rows
 
 
+COLUMNS = [("extractor", lambda r: r["extractor"]), ("utterances", lambda r: f"{r['utterances']}"),
+           ("threads", lambda r: f"{r['threads']}"), ("cold load (s)", lambda r: f"{r['load_seconds']:.1f}"),
+           ("seconds", lambda r: f"{r['seconds']:.1f}"), ("CPU seconds", lambda r: f"{r['cpu_seconds']:.1f}"),
+           ("utterances/s", lambda r: f"{r['utt_per_s']:.0f}"), ("peak RSS (MB)", lambda r: f"{r['peak_rss_mb']:.0f}")]
+
+
 def _format_row(row: dict) -> str:
-    return (f"| {row['extractor']} | {row['utterances']} | {row['threads']} | {row['load_seconds']:.1f} | "
-            f"{row['seconds']:.1f} | {row['cpu_seconds']:.1f} | {row['utt_per_s']:.0f} | {row['peak_rss_mb']:.0f} |")
+    return markdown_row(row, COLUMNS)
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| extractor | utterances | threads | cold load (s) | seconds | CPU seconds | utterances/s | "
-            "peak RSS (MB) |\n|---|---|---|---|---|---|---|---|")
-    return "\n".join([head] + [_format_row(r) for r in rows])
+    return markdown_table(rows, COLUMNS)
 
 
 def main() -> None:

@@ -1,8 +1,11 @@
-"""What every benchmark measures in its worker process: peak resident memory and CPU seconds (imported by
-bench_features, bench_text and bench_audio_memory, which import nothing from each other at this level)."""
+"""What every benchmark measures in its worker process (peak resident memory, CPU seconds) and how it prints
+its results (a Markdown table); imported by the bench_* scripts, which import nothing from each other here."""
 from __future__ import annotations
 
 import resource
+from typing import Callable, Sequence
+
+Column = tuple[str, Callable[[dict], str]]  # header, cell of a row
 
 
 def peak_rss_mb() -> float:
@@ -21,3 +24,12 @@ def peak_rss_mb() -> float:
 def cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+def markdown_row(row: dict, columns: Sequence[Column]) -> str:
+    return "| " + " | ".join(cell(row) for _, cell in columns) + " |"
+
+
+def markdown_table(rows: Sequence[dict], columns: Sequence[Column]) -> str:
+    head = "| " + " | ".join(name for name, _ in columns) + " |\n|" + "---|" * len(columns)
+    return "\n".join([head] + [markdown_row(r, columns) for r in rows])
