@@ -9,10 +9,11 @@ calls it at parse time, also in every cluster job.
 from __future__ import annotations
 
 import difflib
+import json
 import re
 from pathlib import Path
 
-from ercpipe import clip_setting
+from ercpipe import clip_setting, search
 from ercpipe.errors import ErcpipeError
 from ercpipe.features.settings import EXTRACTOR_SETTINGS, SettingError, is_imported_setting
 from ercpipe.labels import CLASSES_BY_FORMAT, MODALITIES, canonical_emotion
@@ -89,6 +90,16 @@ def dataset_classes(cfg: dict, workdir: Path = Path(".")) -> list[str]:
 
         return list(inspect_dataset("", cfg, workdir)["classes"])
     return list(CLASSES_BY_FORMAT[cfg["format"]])
+
+
+def expand_searches(config: dict, workdir: Path = Path(".")) -> None:
+    """Turn every selection's `search:` block into text settings, experiments and candidates (ercpipe.search),
+    before check(): the experiments a search makes are then checked like written ones."""
+    datasets = config.get("datasets", {})
+    try:
+        search.expand_searches(config, lambda name: dataset_classes(datasets[name], workdir))
+    except search.SearchError as err:
+        raise ConfigError(str(err)) from None
 
 
 def face_selection(cfg: dict) -> dict:
@@ -365,6 +376,14 @@ def check(config: dict, workdir: Path = Path(".")) -> None:
         if len(on) != 1:
             raise ConfigError(f"{where}.candidates: the candidates train on different datasets {sorted(on)}; "
                               "a dev score only compares models on the same dev split")
+        if sel.get("ensemble") is not None:
+            if sel["ensemble"] > len(sel["candidates"]):
+                raise ConfigError(f"{where}.ensemble: {sel['ensemble']} members, but there are only "
+                                  f"{len(sel['candidates'])} candidates")
+            seeds = {json.dumps(sorted(experiments[c]["seeds"])) for c in sel["candidates"]}
+            if len(seeds) != 1:
+                raise ConfigError(f"{where}.ensemble: the candidates train different seeds {sorted(seeds)}; an "
+                                  "ensemble averages its members seed by seed, so give them the same seeds")
 
 
     _check_exports(config, inspected)

@@ -45,3 +45,13 @@ def emotion_aliases(name: str) -> tuple[str, ...]:
     """Every spelling that canonical_emotion maps onto the same name as `name` (canonical name first)."""
     canonical = canonical_emotion(name)
     return _ALIAS_GROUPS.get(canonical, (canonical,))
+
+
+def official_class_list(classes) -> str | None:
+    """'iemocap' or 'meld' when `classes` are that dataset's classes in its label-id order (any spelling),
+    else None: the official code's hard-coded class weights (ercpipe.model.losses) exist only for those."""
+    given = tuple(canonical_emotion(c) for c in classes)
+    for name, known in CLASSES_BY_FORMAT.items():
+        if given == tuple(canonical_emotion(c) for c in known):
+            return name
+    return None

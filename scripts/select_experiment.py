@@ -6,4 +6,6 @@ from ercpipe.runlog import rule_logging
 with rule_logging(snakemake.log[0]):
     from ercpipe.train import select_experiment
 
-    select_experiment(dict(snakemake.input.items()), Path(snakemake.output.summary).parent, snakemake.params.metric)
+    candidates = snakemake.params.candidates
+    select_experiment(dict(zip(candidates, snakemake.input.summaries)), Path(snakemake.output.summary).parent,
+                      snakemake.params.metric, ensemble=snakemake.params.ensemble, skipped=snakemake.params.skipped)

@@ -155,8 +155,13 @@ def test_shipped_real_data_configs_are_valid(path, tmp_path):
     """The configurations for real data validate once their raw folders and image sets exist."""
     config = yaml.safe_load(path.read_text())
     pipeline_config.validate_schema(config, SCHEMA)
+    pipeline_config.expand_searches(config, tmp_path)
     for ds in config["datasets"].values():
-        (tmp_path / ds["root"]).mkdir(parents=True, exist_ok=True)
+        if ds["format"] == "csv":
+            (tmp_path / ds["manifest"]).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / ds["manifest"]).write_text("dialogue_id,utterance_id,split,speaker,label,text\n")
+        else:
+            (tmp_path / ds["root"]).mkdir(parents=True, exist_ok=True)
     for anchor_set in config.get("anchors", {}).values():
         if anchor_set.get("images"):
             (tmp_path / anchor_set["images"]).mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,7 @@
-"""The MELD text-only experiment (workflow/configs/meld_text.yaml) on a slice of the real CSVs, end to end."""
+"""The MELD text-only recipe (workflow/configs/meld_text.yaml) on a slice of the real CSVs, end to end."""
 from __future__ import annotations
 
+import copy
 import csv
 import json
 from pathlib import Path
@@ -10,6 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from ercpipe import config as pipeline_config
 from workflow_run import REPO, snakemake, write_config
 
 SLICE = {"train_sent_emo.csv": 5, "dev_sent_emo.csv": 3, "test_sent_emo.csv": 3}  # dialogues per file
@@ -37,16 +39,19 @@ def meld_text_run(meld_csv_dir, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("meld_text")
     counts = slice_meld_csvs(meld_csv_dir, workdir / "raw" / "MELD.Raw")
     config = yaml.safe_load((REPO / "workflow" / "configs" / "meld_text.yaml").read_text())
-    # The shipped experiment, made small: fewer fine-tuning and training epochs, one seed.
-    for setting in config["features"]["text"].values():
-        if setting.get("finetune"):
-            setting["finetune"]["epochs"] = 1
-    for experiment in config["experiments"].values():
-        experiment["train"] = {**experiment.get("train", {}), "epochs": 3, "patience": None}
-        experiment["seeds"] = [0]
+    # The shipped recipe, made small: two fine-tuning seeds of one epoch, two class weightings, both contexts,
+    # training 3 epochs with one seed; the ensemble of the 3 best stays.
+    search = config["selections"]["text_recipe"]["search"]
+    search["text"]["finetune"]["epochs"] = 1
+    search["finetune_seeds"] = [0, 1]
+    search["class_weights"] = ["none", "paper"]
+    search["experiment"]["train"] = {**search["experiment"].get("train", {}), "epochs": 3, "patience": None}
+    search["experiment"]["seeds"] = [0]
     configfile = write_config(workdir, config)
     snakemake(workdir, configfile, "--cores", "2")
-    return workdir, configfile, counts, config
+    expanded = copy.deepcopy(config)
+    pipeline_config.expand_searches(expanded, workdir)
+    return workdir, configfile, counts, expanded
 
 
 def test_csvs_alone_run_text_only_end_to_end(meld_text_run):
@@ -79,20 +84,30 @@ def test_csvs_alone_run_text_only_end_to_end(meld_text_run):
     assert "Nothing to be done" in snakemake(workdir, configfile, "-n").stdout
 
 
-def test_selections_choose_the_encoder_on_dev(meld_text_run):
+def test_the_recipe_search_chooses_on_dev_among_contexts_seeds_weights_and_the_ensemble(meld_text_run):
     workdir, _, _, config = meld_text_run
-    assert set(config["selections"]) == {"meld_text", "meld_text_vega"}
-    for name, selection in config["selections"].items():
-        dev = {c: json.loads((workdir / f"results/meld/{c}/summary.json").read_text())["metrics"]
-               ["valid.weighted_f1"]["mean"] for c in selection["candidates"]}
-        published = json.loads((workdir / f"results/meld/{name}/summary.json").read_text())
-        chosen = published["selection"]["chosen"]
-        assert dev[chosen] == max(dev.values())
-        assert chosen == next(c for c in selection["candidates"] if dev[c] == max(dev.values()))
-        own = json.loads((workdir / f"results/meld/{chosen}/summary.json").read_text())
-        assert published["metrics"] == own["metrics"]
-        assert (workdir / f"results/meld/{name}/summary.tsv").read_text() == \
-            (workdir / f"results/meld/{chosen}/summary.tsv").read_text()
-        ranking = pd.read_csv(workdir / f"results/meld/{name}/selection.tsv", sep="\t")
-        assert sorted(ranking["experiment"]) == sorted(selection["candidates"])
-        assert ranking.loc[ranking["chosen"], "experiment"].tolist() == [chosen]
+    selection = config["selections"]["text_recipe"]
+    assert sorted(selection["candidates"]) == sorted(
+        f"text_recipe_{context}_ft{seed}_{weights}" for context in ("plain", "speakers") for seed in (0, 1)
+        for weights in ("none", "paper"))
+    # The speaker-aware encoders were fine-tuned on "Speaker: text" inputs with the target set apart.
+    tuned = json.loads((workdir / "features/meld/text_encoders/text_recipe_speakers_ft1/metrics.json").read_text())
+    assert tuned["settings"]["context"] == {"previous": 2, "next": 1, "speaker_names": True, "mark_target": True,
+                                            "separator": None}
+    assert tuned["settings"]["finetune"]["seed"] == 1
+    runs = {c: json.loads((workdir / f"results/meld/{c}/seed0/metrics.json").read_text()) for c in selection["candidates"]}
+    assert {c: r["class_weights"]["source"].split(" ")[0] for c, r in runs.items()} == {
+        c: {"none": "none", "paper": "paper"}[c.rsplit("_", 1)[1]] for c in selection["candidates"]}
+
+    published = json.loads((workdir / "results/meld/text_recipe/summary.json").read_text())
+    ranking = pd.read_csv(workdir / "results/meld/text_recipe/selection.tsv", sep="\t")
+    assert sorted(ranking["experiment"]) == sorted([*selection["candidates"], "ensemble_top3"])
+    dev = dict(zip(ranking["experiment"], ranking["valid.weighted_f1 mean"]))
+    chosen = published["selection"]["chosen"]
+    assert ranking.loc[ranking["chosen"], "experiment"].tolist() == [chosen]
+    assert dev[chosen] == max(dev.values())
+    singles = {c: json.loads((workdir / f"results/meld/{c}/summary.json").read_text()) for c in selection["candidates"]}
+    best3 = sorted(selection["candidates"], key=lambda c: -singles[c]["metrics"]["valid.weighted_f1"]["mean"])[:3]
+    assert sorted(published["selection"]["ensemble"]["members"]) == sorted(best3)
+    if chosen != "ensemble_top3":
+        assert published["metrics"] == singles[chosen]["metrics"]

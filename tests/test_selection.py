@@ -4,9 +4,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
+from ercpipe.train.ensemble import mean_probabilities, read_predictions
+from ercpipe.train.metrics import classification_metrics
 from ercpipe.train.selection import SelectionError, select_experiment
 
 CLASSES = ["neutral", "joy", "anger"]
@@ -24,7 +27,7 @@ def write_summary(root: Path, name: str, valid: list[float] | None, test: list[f
         metrics |= {"valid.weighted_f1": metric(valid), "valid.accuracy": metric(valid),
                     "valid.macro_f1": metric([v - 10 for v in valid])}
     summary = {"n_runs": len(test), "seeds": list(range(len(test))), "classes": CLASSES, "metrics": metrics,
-               "protocol": {"selection_split": "test" if paper_compat else "valid",
+               "protocol": {"selection_split": "test" if paper_compat else "valid", "paper_compat": paper_compat,
                             "selection_metric": "weighted_f1"},
                "paper_compat": paper_compat}
     folder = root / name
@@ -84,3 +87,87 @@ def test_refusals_name_the_experiment(tmp_path):
     with pytest.raises(SelectionError, match="at least two candidate"):
         select_experiment({"ok": ok}, tmp_path / "sel")
     assert not (tmp_path / "sel" / "summary.json").exists()
+
+
+# ------------------------------------------------------------------------------------------ ensemble
+
+def write_member(root: Path, name: str, probs: dict[int, dict[str, np.ndarray]], labels: dict[str, list[int]],
+                 dev_mean: float) -> Path:
+    """An aggregated experiment whose seed folders hold predictions.tsv with these probabilities per split."""
+    runs = []
+    for seed, by_split in probs.items():
+        run = root / name / f"seed{seed}"
+        run.mkdir(parents=True)
+        frames = []
+        for split, p in by_split.items():
+            frame = pd.DataFrame({"utterance_id": [f"{split}_u{i}" for i in range(len(p))],
+                                  "dialogue_id": [f"{split}_d" for _ in range(len(p))], "split": split,
+                                  "label": [CLASSES[y] for y in labels[split]],
+                                  "prediction": [CLASSES[i] for i in p.argmax(1)]})
+            for i, c in enumerate(CLASSES):
+                frame[f"prob_{c}"] = p[:, i]
+            frames.append(frame)
+        # Rows in another order than the other members': the ensemble matches them by utterance id.
+        pd.concat(frames).sample(frac=1.0, random_state=seed).to_csv(run / "predictions.tsv", sep="\t", index=False)
+        runs.append(str(run))
+    path = write_summary(root, f"{name}_summary", valid=[dev_mean] * len(probs), test=[50.0] * len(probs))
+    summary = json.loads(path.read_text())
+    summary |= {"runs": runs, "seeds": list(probs), "n_runs": len(probs)}
+    path.write_text(json.dumps(summary))
+    return path
+
+
+def random_probs(rng, n):
+    p = rng.random((n, len(CLASSES)))
+    return p / p.sum(1, keepdims=True)
+
+
+def test_the_ensemble_averages_its_members_probabilities_seed_by_seed(tmp_path):
+    rng = np.random.default_rng(0)
+    labels = {"valid": rng.integers(0, 3, 40).tolist(), "test": rng.integers(0, 3, 30).tolist()}
+    probs = {name: {seed: {"valid": random_probs(rng, 40), "test": random_probs(rng, 30)} for seed in (0, 1)}
+             for name in ("a", "b", "c")}
+    paths = {name: write_member(tmp_path, name, probs[name], labels, dev)
+             for name, dev in (("a", 40.0), ("b", 45.0), ("c", 30.0))}
+    frames = {n: read_predictions(Path(json.loads(paths[n].read_text())["runs"][0]) / "predictions.tsv")
+              for n in ("b", "a")}
+    averaged = mean_probabilities(frames, CLASSES).set_index("utterance_id")
+    for split in ("valid", "test"):
+        expected = (probs["a"][0][split] + probs["b"][0][split]) / 2
+        got = averaged.loc[[f"{split}_u{i}" for i in range(len(expected))], [f"prob_{c}" for c in CLASSES]]
+        np.testing.assert_allclose(got.to_numpy(), expected, rtol=1e-12)
+
+    out = tmp_path / "sel"
+    select_experiment(paths, out, ensemble=2)  # the two best on dev: b, a
+    published = json.loads((out / "summary.json").read_text())
+    ranking = pd.read_csv(out / "selection.tsv", sep="\t")
+    assert "ensemble_top2" in ranking["experiment"].tolist()
+    assert published["selection"]["ensemble"]["members"] == ["b", "a"]
+    # Each ensemble seed is scored on the argmax of the mean probabilities of that seed's members.
+    ensemble_row = ranking.set_index("experiment").loc["ensemble_top2"]
+    dev_scores = []
+    for seed in (0, 1):
+        mean = (probs["a"][seed]["valid"] + probs["b"][seed]["valid"]) / 2
+        dev_scores.append(classification_metrics(np.array(labels["valid"]), mean.argmax(1), CLASSES)["weighted_f1"])
+    assert ensemble_row["valid.weighted_f1 mean"] == pytest.approx(np.mean(dev_scores), abs=1e-4)
+
+
+def test_an_ensemble_better_on_test_but_worse_on_dev_is_not_chosen(tmp_path):
+    n = 12
+    labels = {"valid": [i % 3 for i in range(n)], "test": [i % 3 for i in range(n)]}
+    right = np.eye(3)[labels["valid"]] * 0.9 + 0.05
+    wrong = np.eye(3)[[(y + 1) % 3 for y in labels["valid"]]] * 0.9 + 0.05
+    # Averaged, the members are wrong on every dev utterance and right on every test utterance.
+    members = {"a": {0: {"valid": wrong, "test": right}}, "b": {0: {"valid": wrong, "test": right}}}
+    paths = {name: write_member(tmp_path, name, members[name], labels, dev) for name, dev in (("a", 40.0), ("b", 39.0))}
+    assert select_experiment(paths, tmp_path / "worse_on_dev", ensemble=2) == "a"
+    ranking = pd.read_csv(tmp_path / "worse_on_dev" / "selection.tsv", sep="\t").set_index("experiment")
+    assert ranking.loc["ensemble_top2", "valid.weighted_f1 mean"] == 0.0
+
+    # The same members right on dev: the ensemble (100 on dev) is chosen, and its test numbers are published.
+    members = {"a": {0: {"valid": right, "test": wrong}}, "b": {0: {"valid": right, "test": wrong}}}
+    paths = {name: write_member(tmp_path / "2", name, members[name], labels, dev) for name, dev in (("a", 40.0), ("b", 39.0))}
+    assert select_experiment(paths, tmp_path / "better_on_dev", ensemble=2) == "ensemble_top2"
+    published = json.loads((tmp_path / "better_on_dev" / "summary.json").read_text())
+    assert published["metrics"]["test.weighted_f1"]["values"] == [0.0]
+    assert published["selection"]["chosen_summary"] is None

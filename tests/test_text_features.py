@@ -161,6 +161,30 @@ def test_context_changes_only_utterances_with_context_and_keeps_row_order(tiny_m
     assert named.tokenizer.decode(second.ids[second.target_start:second.target_end]) == CORPUS[1]
 
 
+def test_mark_target_sets_the_target_apart_and_counts_its_separators_against_max_length(tiny_model):
+    frame = make_manifest({"d": [("A", CORPUS[0]), ("B", CORPUS[1]), ("A", CORPUS[2])]})
+    rows = frame["text"].tolist(), frame["speaker"].tolist(), frame["dialogue_id"].tolist(), [True] * 3
+    marked = text.TextEncoder({"model": str(tiny_model), "context": {"previous": 1, "next": 1, "speaker_names": True,
+                                                                      "mark_target": True}}, device="cpu")
+    inputs = marked.build_inputs(*rows)
+    decode = marked.tokenizer.decode
+    # Both sides: a doubled separator on each side of "speaker: target"; only the target's tokens are its span.
+    assert decode(inputs[1].ids) == f"<s>A:{CORPUS[0]}</s></s>B:{CORPUS[1]}</s></s>A:{CORPUS[2]}</s>"
+    assert decode(inputs[1].ids[inputs[1].target_start:inputs[1].target_end]) == CORPUS[1]
+    # A side without context gets no marker.
+    assert decode(inputs[0].ids) == f"<s>A:{CORPUS[0]}</s></s>B:{CORPUS[1]}</s>"
+    assert decode(inputs[2].ids) == f"<s>B:{CORPUS[1]}</s></s>A:{CORPUS[2]}</s>"
+    # The marker costs one token: with exactly the room of the unmarked input, the neighbour no longer fits.
+    plain = text.TextEncoder({"model": str(tiny_model), "context": {"previous": 1, "speaker_names": True}},
+                             device="cpu")
+    room = len(plain.build_inputs(*rows)[2].ids)
+    tight = text.TextEncoder({"model": str(tiny_model), "max_length": room,
+                              "context": {"previous": 1, "speaker_names": True, "mark_target": True}}, device="cpu")
+    assert decode(tight.build_inputs(*rows)[2].ids) == f"<s>A:{CORPUS[2]}</s>"
+    with pytest.raises(ValueError, match="mark_target must be true or false"):
+        text.text_settings({"context": {"mark_target": "yes"}})
+
+
 def test_context_is_cut_to_max_length_and_long_targets_are_truncated(tiny_model):
     frame = make_manifest({"d": [("A", CORPUS[0]), ("B", CORPUS[1]), ("A", CORPUS[2]), ("B", " ".join(CORPUS))]})
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)

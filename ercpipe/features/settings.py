@@ -65,6 +65,7 @@ TEXT_CONTEXT_DEFAULTS: dict = {
     "previous": 0,  # utterances before the target (same dialogue) put into the input
     "next": 0,  # utterances after the target
     "speaker_names": False,  # prefix every utterance with "{speaker}:" (the manifest's speaker column)
+    "mark_target": False,  # one more separator between the target and its context on each side (EmoBERTa's </s></s>)
     "separator": None,  # text between utterances; None = the tokenizer's sep token (</s>, [SEP])
 }
 TEXT_DEFAULTS: dict = {
@@ -134,6 +135,9 @@ def context_settings(context: dict | None) -> dict:
     if not isinstance(out["speaker_names"], bool):
         raise SettingError("context.speaker_names", "text setting context.speaker_names must be true or false, "
                            f"got {out['speaker_names']!r}")
+    if not isinstance(out["mark_target"], bool):
+        raise SettingError("context.mark_target", "text setting context.mark_target must be true or false, "
+                           f"got {out['mark_target']!r}")
     if out["separator"] is not None and not isinstance(out["separator"], str):
         raise SettingError("context.separator", "text setting context.separator must be a string or null, "
                            f"got {out['separator']!r}")

@@ -6,6 +6,10 @@ dialogue) is placed around it, joined by a separator, inside one sequence:
 
     [template start] prev_k SEP ... prev_1 SEP  TARGET  SEP next_1 ... SEP next_m [template end]
 
+With `mark_target` the target is set apart by one more separator on each side that has context
+(prev_1 SEP SEP TARGET SEP SEP next_1, as EmoBERTa's </s></s>), and with `speaker_names` every piece,
+the target's too, starts with "{speaker}:".
+
 The template tokens are the ones the tokenizer itself adds to a single sequence (<s> ... </s> for
 RoBERTa, [CLS] ... [SEP] for BERT/MiniLM). Pooling:
 
@@ -196,6 +200,7 @@ class TextEncoder:
             truncated_from, target = len(target), target[:max(1, room)]
         room -= len(target)
         sep = self.separator_ids
+        mark_target = self.settings["context"]["mark_target"]
         taken_before: list[list[int]] = []  # nearest first
         taken_after: list[list[int]] = []
         sides = [(before, taken_before), (after, taken_after)]
@@ -212,19 +217,24 @@ class TextEncoder:
                 if not usable[j]:  # empty neighbours carry nothing; they still count towards the window
                     continue
                 piece = prefix_ids[j] + text_ids[j]
-                if len(piece) + len(sep) > room:
+                cost = len(piece) + len(sep) + (len(sep) if mark_target and not taken else 0)
+                if cost > room:
                     open_sides[s] = False
                     continue
                 taken.append(piece)
-                room -= len(piece) + len(sep)
+                room -= cost
             depth += 1
         ids = list(self.prefix)
         for piece in reversed(taken_before):
             ids += piece + sep
+        if mark_target and taken_before:
+            ids += sep
         ids += prefix_ids[i]
         start = len(ids)
         ids += target
         end = len(ids)
+        if mark_target and taken_after:
+            ids += sep
         for piece in taken_after:
             ids += sep + piece
         ids += self.suffix

@@ -36,8 +36,9 @@ def _flatten(metrics: dict) -> dict[str, float]:
         for cls, values in block["per_class"].items():
             for key in ("recall", "precision", "f1"):
                 flat[f"{split}.per_class.{cls}.{key}"] = values[key]
-    flat["selected_epoch"] = metrics["protocol"]["selected_epoch"]
-    flat["epochs_run"] = metrics["protocol"]["epochs_run"]
+    for key in ("selected_epoch", "epochs_run"):  # None for an ensemble (ercpipe.train.ensemble)
+        if metrics["protocol"].get(key) is not None:
+            flat[key] = metrics["protocol"][key]
     for branch, temps in (metrics.get("temperatures") or {}).items():
         for m, value in temps.items():
             flat[f"temperature.{branch}.{m}"] = value
@@ -60,6 +61,23 @@ def aggregate(run_dirs: Sequence[str | Path], out_dir: str | Path) -> None:
         raise AggregateError("no run folders to aggregate")
     out_dir = Path(out_dir)
     runs = [_read_run(p) for p in run_dirs]
+    summary = summarize_runs(runs, [str(p) for p in run_dirs])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / "summary.json", summary)
+    write_summary_table(summary["metrics"], out_dir / "summary.tsv")
+    write_html(out_dir / "summary.html", experiment_summary_html(summary, f"Experiment {out_dir.name}"))
+    _plot_curves(run_dirs, runs, out_dir / "curves.png")
+    confusion = summary["mean_confusion"]
+    split = "test" if "test" in confusion else next(iter(confusion), None)
+    if split:
+        _plot_confusion(np.array(confusion[split]), summary["classes"], split, len(runs), out_dir / "confusion.png")
+    _plot_tsne(run_dirs, out_dir / "tsne.png")
+    logger.info("aggregated %d runs into %s", len(runs), out_dir)
+
+
+def summarize_runs(runs: Sequence[dict], run_dirs: Sequence[str]) -> dict:
+    """The summary of several runs' metrics.json contents (named by run_dirs): mean, sample std and values of
+    every number, the mean confusion matrices and the protocol."""
     classes = runs[0]["classes"]
     protocols = {json.dumps({k: r["protocol"][k] for k in ("selection_split", "paper_compat")}) for r in runs}
     if len(protocols) != 1:
@@ -85,16 +103,7 @@ def aggregate(run_dirs: Sequence[str | Path], out_dir: str | Path) -> None:
         "std": "sample standard deviation over runs (ddof=1); 0 for a single run",
         "metrics": summary_metrics, "mean_confusion": confusion,
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / "summary.json", summary)
-    write_summary_table(summary_metrics, out_dir / "summary.tsv")
-    write_html(out_dir / "summary.html", experiment_summary_html(summary, f"Experiment {out_dir.name}"))
-    _plot_curves(run_dirs, runs, out_dir / "curves.png")
-    split = "test" if "test" in confusion else next(iter(confusion), None)
-    if split:
-        _plot_confusion(np.array(confusion[split]), classes, split, len(runs), out_dir / "confusion.png")
-    _plot_tsne(run_dirs, out_dir / "tsne.png")
-    logger.info("aggregated %d runs into %s", len(runs), out_dir)
+    return summary
 
 
 def write_summary_table(summary_metrics: dict, path: str | Path) -> None:

@@ -1,9 +1,10 @@
 """Choose one of several finished experiments by a dev-split score (never a test score).
 
-A selection names candidate experiments (e.g. the same model on encoders fine-tuned with different seeds).
-Each candidate is trained and aggregated as usual; the selection reads their summaries, ranks them by the
-mean over seeds of one *valid*-split metric, and republishes the winner's summary as its own, with the
-ranking. The candidates' test numbers are never read to choose.
+A selection names candidate experiments (e.g. the same model on encoders fine-tuned with different seeds),
+or a search makes them (ercpipe.search). Each candidate is trained and aggregated as usual; the selection
+reads their summaries, ranks them by the mean over seeds of one *valid*-split metric (optionally with one
+more candidate, the ensemble of the best ones: ercpipe.train.ensemble), and republishes the winner's
+summary as its own, with the ranking. The candidates' test numbers are never read to choose.
 """
 from __future__ import annotations
 
@@ -47,9 +48,19 @@ def rank_candidates(summaries: Mapping[str, dict], metric: str) -> list[dict]:
     return rows
 
 
+def ensemble_name(members: int) -> str:
+    return f"ensemble_top{members}"
+
+
 def select_experiment(summary_paths: Mapping[str, str | Path], out_dir: str | Path,
-                      metric: str = "valid.weighted_f1") -> str:
-    """Write selection.tsv and the chosen candidate's summary.json / .tsv / .html into out_dir; return its name."""
+                      metric: str = "valid.weighted_f1", ensemble: int | None = None,
+                      skipped: list[dict] | None = None) -> str:
+    """Write selection.tsv and the chosen candidate's summary.json / .tsv / .html into out_dir; return its name.
+
+    With `ensemble` = k, the k best candidates on dev are also averaged (ercpipe.train.ensemble) and the
+    ensemble is ranked as one more candidate. `skipped`: candidates a search left out, with the reason
+    (reported in summary.json).
+    """
     if len(summary_paths) < 2:
         raise SelectionError(f"a selection needs at least two candidate experiments, got {list(summary_paths)}")
     summaries = {}
@@ -66,6 +77,17 @@ def select_experiment(summary_paths: Mapping[str, str | Path], out_dir: str | Pa
     if len(classes) != 1:
         raise SelectionError(f"the candidates {list(summaries)} predict different classes {sorted(classes)}")
     ranking = rank_candidates(summaries, metric)
+    if ensemble is not None:
+        if not 2 <= ensemble <= len(summaries):
+            raise SelectionError(f"an ensemble of {ensemble} needs between 2 and {len(summaries)} candidates")
+        from ercpipe.train.ensemble import ensemble_summary
+
+        members = [r["experiment"] for r in ranking[:ensemble]]
+        name = ensemble_name(ensemble)
+        if name in summaries:
+            raise SelectionError(f"a candidate is named {name}, the name of the selection's ensemble; rename it")
+        summaries[name] = ensemble_summary({m: summaries[m] for m in members})
+        ranking = rank_candidates(summaries, metric)
     chosen = ranking[0]["experiment"]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -79,7 +101,9 @@ def select_experiment(summary_paths: Mapping[str, str | Path], out_dir: str | Pa
 
     selection = {"metric": metric, "chosen": chosen, "candidates": list(summaries),
                  "ranking": [{k: r[k] for k in ("experiment", "mean", "std", "n")} for r in ranking],
-                 "chosen_summary": str(Path(summary_paths[chosen]))}
+                 "chosen_summary": str(Path(summary_paths[chosen])) if chosen in summary_paths else None,
+                 "ensemble": summaries[ensemble_name(ensemble)]["ensemble"] if ensemble else None,
+                 "skipped": list(skipped or [])}
     write_json(out_dir / "summary.json", {**summaries[chosen], "selection": selection})
     write_summary_table(summaries[chosen]["metrics"], out_dir / "summary.tsv")
     write_html(out_dir / "summary.html", _selection_html(out_dir.name, summaries[chosen], table, selection))
@@ -92,5 +116,10 @@ def _selection_html(name: str, chosen_summary: dict, table: pd.DataFrame, select
     note = (f"Candidates ranked by the mean over seeds of <b>{html.escape(selection['metric'])}</b> (dev split "
             f"only); <b>{html.escape(selection['chosen'])}</b> is chosen and its numbers follow. Test scores "
             "played no part in the choice.")
+    if selection["ensemble"]:
+        note += (" The ensemble averages the class probabilities of the best candidates on dev ("
+                 f"{html.escape(', '.join(selection['ensemble']['members']))}), seed by seed.")
+    for left_out in selection["skipped"]:
+        note += f" Left out: class_weights {html.escape(left_out['class_weights'])} ({html.escape(left_out['reason'])})."
     return html_page(f"Selection {name}: {selection['chosen']}",
                      [("Candidates (dev)", table, note), *experiment_summary_sections(chosen_summary)])

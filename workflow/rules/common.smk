@@ -12,6 +12,7 @@ from ercpipe.resources import extraction_resources
 try:
     # Our own pass first: it names every bad key as a dotted path; validate() then fills defaults.
     pipeline_config.validate_schema(config, workflow.source_path("../schemas/config.schema.yaml"))
+    pipeline_config.expand_searches(config, Path.cwd())
     pipeline_config.check(config, Path.cwd())
     if any(an.get("synthetic") for an in config.get("anchors", {}).values()):
         from ercpipe.synthetic.faces import DRAWABLE_EMOTIONS
@@ -260,11 +261,17 @@ def train_inputs(wildcards):
 
 
 def selection_inputs(wildcards):
-    """The summaries of a selection's candidates, keyed by experiment name (all on the selection's dataset)."""
+    """The summaries of a selection's candidates (in candidate order, all on the selection's dataset) and, when it
+    averages the best of them (ensemble), every candidate's per-seed predictions."""
     if selection_dataset(wildcards.selection) != wildcards.dataset:
         raise WorkflowError(f"selection {wildcards.selection} chooses among experiments on "
                             f"{selection_dataset(wildcards.selection)}; use {selection_dir(wildcards.selection)}/")
-    return {name: f"{experiment_dir(name)}/summary.json" for name in SELECTIONS[wildcards.selection]["candidates"]}
+    selection = SELECTIONS[wildcards.selection]
+    inputs = {"summaries": [f"{experiment_dir(name)}/summary.json" for name in selection["candidates"]]}
+    if selection.get("ensemble"):
+        inputs["predictions"] = [f"{experiment_dir(name)}/seed{seed}/predictions.tsv"
+                                 for name in selection["candidates"] for seed in EXPERIMENTS[name]["seeds"]]
+    return inputs
 
 
 def experiment_params(wildcards):

@@ -101,7 +101,10 @@ rule select_experiment:
             labels={"selection": "{selection}", "figure": "candidates ranked on dev, then the chosen one's metrics"},
         ),
     params:
+        candidates=lambda wc: SELECTIONS[wc.selection]["candidates"],
         metric=lambda wc: SELECTIONS[wc.selection].get("metric", "valid.weighted_f1"),
+        ensemble=lambda wc: SELECTIONS[wc.selection].get("ensemble"),
+        skipped=lambda wc: SELECTIONS[wc.selection].get("skipped", []),
     log:
         "logs/select_experiment/{dataset}/{selection}.log",
     resources:

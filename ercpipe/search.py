@@ -1,0 +1,145 @@
+"""A selection's `search:` block -> the text settings and experiments it compares (expanded at parse time).
+
+A search names the settings that differ between datasets and lets the selection choose them on dev:
+
+    selections:
+      text_recipe:
+        search:
+          text: {model: "packaged:minilm", pooling: mean, max_length: 64, finetune: {epochs: 3, lr: 1.0e-4}}
+          finetune_seeds: [0, 1, 2]             # one fine-tuned encoder per seed
+          contexts: {plain: {}, speakers: {previous: 2, next: 1, speaker_names: true, mark_target: true}}
+          class_weights: [none, train, paper]   # the SDT loss: none / inverse train frequency / official
+          experiment: {preset: sdt-vega-backbone, seeds: [0, 1, 2, 3, 4]}
+        ensemble: 3
+
+Every combination (contexts x fine-tuning seeds x class weights) becomes one candidate experiment
+`{selection}_{context}_ft{seed}_{weights}` on the text setting `{selection}_{context}_ft{seed}`; the
+selection then ranks them as it ranks any candidates (ercpipe.train.selection). `dataset` may be left out
+when the config has one dataset, so the same block runs on MELD, IEMOCAP or a CSV dataset unchanged.
+`paper` weights exist only for IEMOCAP's and MELD's class lists; on other classes that candidate is left
+out and the reason is kept in the selection (`skipped`), which its summary reports.
+
+The expansion writes plain `features.text` and `experiments` entries, so everything downstream (feature
+checks, re-runs after a changed setting, the report) treats them like hand-written ones. It imports
+nothing heavy.
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+from typing import Callable, NamedTuple
+
+from ercpipe.errors import ErcpipeError
+from ercpipe.labels import official_class_list
+
+MAX_CANDIDATES = 24  # a handful of settings that differ between datasets, not a grid search
+SEARCH_CLASS_WEIGHTS = ("none", "train", "paper")
+
+
+class SearchError(ErcpipeError, ValueError):
+    """A search block cannot be expanded; the message names the key."""
+
+
+class Candidate(NamedTuple):
+    experiment: str
+    text_setting: str | None  # None when the search has no text setting of its own
+    context: str
+    finetune_seed: int | None
+    class_weights: str
+
+
+def candidates(selection: str, search: dict) -> list[Candidate]:
+    """Every candidate of a search, contexts outermost, class weights innermost (a dev tie goes to the first)."""
+    contexts = list(search.get("contexts") or {"plain": {}})
+    seeds = search.get("finetune_seeds") or [None]
+    weights = search.get("class_weights") or ["none"]
+    rows = []
+    for context, seed in itertools.product(contexts, seeds):
+        base = f"{selection}_{context}" + ("" if seed is None else f"_ft{seed}")
+        setting = base if search.get("text") is not None else None
+        rows += [Candidate(f"{base}_{weight}", setting, context, seed, weight) for weight in weights]
+    return rows
+
+
+def _only_dataset(config: dict, where: str) -> str:
+    datasets = list(config.get("datasets", {}))
+    if len(datasets) != 1:
+        raise SearchError(f"{where}.dataset: the config has {len(datasets)} datasets {datasets}; name the one "
+                          "this search runs on")
+    return datasets[0]
+
+
+def expand_searches(config: dict, classes_of: Callable[[str], list[str]]) -> None:
+    """Add every search's text settings and experiments to `config` and fill its selection's `candidates`.
+
+    `classes_of(dataset_name)` gives the dataset's class list (to tell whether official weights exist).
+    A name the config already uses, or a search of more than MAX_CANDIDATES candidates, is a SearchError.
+    """
+    text_settings = config.setdefault("features", {}).setdefault("text", {})
+    experiments = config.setdefault("experiments", {})
+    for name, selection in config.get("selections", {}).items():
+        search = selection.get("search")
+        where = f"selections.{name}.search"
+        if search is None:
+            continue
+        if "candidates" in selection:
+            raise SearchError(f"selections.{name}: give either candidates or search, not both")
+        dataset = search.get("dataset") or _only_dataset(config, where)
+        if dataset not in config.get("datasets", {}):
+            raise SearchError(f"{where}.dataset: unknown dataset {dataset!r}; known: {sorted(config['datasets'])}")
+        text = search.get("text")
+        if search.get("finetune_seeds") and not (text and text.get("finetune")):
+            raise SearchError(f"{where}.finetune_seeds: only a fine-tuned text setting has a fine-tuning seed; give "
+                              "text.finetune or leave finetune_seeds out")
+        if search.get("contexts") and text is None:
+            raise SearchError(f"{where}.contexts: a context is part of a text setting; give text")
+        template = search["experiment"]
+        if text is not None and "text" in template.get("features", {}):
+            raise SearchError(f"{where}.experiment.features.text: the search makes the text settings; leave it out")
+        if text is None and not template.get("features"):
+            raise SearchError(f"{where}.experiment.features: without text, name the feature settings to train on")
+        weights = list(search.get("class_weights") or ["none"])
+        skipped = []
+        if "paper" in weights and official_class_list(classes_of(dataset)) is None:
+            weights.remove("paper")
+            skipped.append({"class_weights": "paper", "reason": f"dataset {dataset} has classes "
+                            f"{list(classes_of(dataset))}; official weights exist only for IEMOCAP's and MELD's"})
+        rows = candidates(name, {**search, "class_weights": weights})
+        if len(rows) > MAX_CANDIDATES:
+            raise SearchError(f"{where}: {len(rows)} candidates; a search compares at most {MAX_CANDIDATES} (each "
+                              "trains every seed): drop values from contexts, finetune_seeds or class_weights")
+        if len(rows) < 2:
+            raise SearchError(f"{where}: only one candidate ({rows[0].experiment}); give at least two values")
+        contexts = search.get("contexts") or {"plain": {}}
+        made: set[str] = set()
+        for row in rows:
+            if row.text_setting is not None and row.text_setting not in made:
+                if row.text_setting in text_settings:
+                    raise SearchError(f"{where}: features.text.{row.text_setting} already exists; rename the "
+                                      "selection or that setting")
+                text_settings[row.text_setting] = _text_setting(text, contexts[row.context], row.finetune_seed)
+                made.add(row.text_setting)
+            if row.experiment in experiments:
+                raise SearchError(f"{where}: experiments.{row.experiment} already exists; rename the selection or "
+                                  "that experiment")
+            entry = copy.deepcopy(template)
+            entry["dataset"] = dataset
+            if row.text_setting is not None:
+                entry["features"] = {**entry.get("features", {}), "text": row.text_setting}
+            entry.setdefault("anchors", None)
+            entry["loss"] = {**entry.get("loss", {}), "class_weights": row.class_weights}
+            experiments[row.experiment] = entry
+        selection["candidates"] = [row.experiment for row in rows]
+        selection["skipped"] = skipped
+    if not text_settings:
+        del config["features"]["text"]
+
+
+def _text_setting(text: dict, context: dict, seed: int | None) -> dict:
+    setting = copy.deepcopy(text)
+    if context:
+        setting["context"] = {**setting.get("context", {}), **context}
+    if seed is not None:
+        finetune = setting["finetune"] if isinstance(setting["finetune"], dict) else {}
+        setting["finetune"] = {**finetune, "seed": seed}
+    return setting

@@ -1,0 +1,113 @@
+"""A selection's search: the candidates it makes, what it leaves out, its refusals, and the ready text configs."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ercpipe import config as pipeline_config
+from ercpipe.search import MAX_CANDIDATES
+from workflow_run import planned_jobs, snakemake, write_config
+
+REPO = Path(__file__).resolve().parents[1]
+TEXT_CONFIGS = ("meld_text.yaml", "iemocap_text.yaml", "csv_text.yaml")
+CSV_CLASSES = ["joyful", "mad", "neutral", "peaceful", "powerful", "sad", "scared"]
+
+
+def load(name: str) -> dict:
+    return yaml.safe_load((REPO / "workflow" / "configs" / name).read_text())
+
+
+def test_the_ready_text_configs_share_one_recipe_block():
+    blocks = [load(name)["selections"] for name in TEXT_CONFIGS]
+    assert blocks[0] == blocks[1] == blocks[2]
+    assert all(set(load(name)) == {"datasets", "selections"} for name in TEXT_CONFIGS)
+
+
+def test_a_search_makes_one_experiment_per_context_seed_and_weighting(tmp_path):
+    config = load("meld_text.yaml")
+    pipeline_config.expand_searches(config)
+    selection = config["selections"]["text_recipe"]
+    assert len(selection["candidates"]) == 2 * 3 * 3 and selection["skipped"] == []
+    assert selection["candidates"][:3] == ["text_recipe_plain_ft0_none", "text_recipe_plain_ft0_train",
+                                           "text_recipe_plain_ft0_paper"]
+    # One text setting per context and fine-tuning seed, shared by its three weightings.
+    text = config["features"]["text"]
+    assert sorted(text) == sorted(f"text_recipe_{c}_ft{s}" for c in ("plain", "speakers") for s in (0, 1, 2))
+    assert text["text_recipe_speakers_ft2"]["context"] == {"previous": 2, "next": 1, "speaker_names": True,
+                                                           "mark_target": True}
+    assert text["text_recipe_speakers_ft2"]["finetune"] == {"epochs": 3, "lr": 1.0e-4, "batch_size": 32, "seed": 2}
+    assert "context" not in text["text_recipe_plain_ft0"]
+    experiment = config["experiments"]["text_recipe_speakers_ft1_paper"]
+    assert experiment["dataset"] == "meld" and experiment["features"] == {"text": "text_recipe_speakers_ft1"}
+    assert experiment["loss"] == {"class_weights": "paper"} and experiment["anchors"] is None
+    assert experiment["seeds"] == [0, 1, 2, 3, 4] and experiment["model"] == {"hidden_dim": 256}
+    (tmp_path / "raw" / "MELD.Raw").mkdir(parents=True)
+    pipeline_config.check(config, tmp_path)  # what the search made passes the same checks as written experiments
+
+
+def test_official_weights_are_left_out_where_the_classes_have_none_and_the_reason_kept():
+    config = load("csv_text.yaml")
+    pipeline_config.expand_searches(config)
+    selection = config["selections"]["text_recipe"]
+    assert len(selection["candidates"]) == 2 * 3 * 2
+    assert not any(c.endswith("_paper") for c in selection["candidates"])
+    assert selection["skipped"][0]["class_weights"] == "paper"
+    assert "official weights exist only for IEMOCAP's and MELD's" in selection["skipped"][0]["reason"]
+    config = load("iemocap_text.yaml")
+    pipeline_config.expand_searches(config)
+    assert len(config["selections"]["text_recipe"]["candidates"]) == 18
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda s: s.update(candidates=["a", "b"]), "give either candidates or search, not both"),
+    (lambda s: s["search"].update(finetune_seeds=list(range(5)), contexts={f"c{i}": {} for i in range(3)}),
+     f"45 candidates; a search compares at most {MAX_CANDIDATES}"),
+    (lambda s: s["search"]["text"].pop("finetune"), "finetune_seeds: only a fine-tuned text setting"),
+    (lambda s: s["search"].update(dataset="nope"), "search.dataset: unknown dataset 'nope'"),
+    (lambda s: s["search"]["experiment"].update(features={"text": "x"}), "the search makes the text settings"),
+    (lambda s: s["search"].update(contexts={"plain": {}}, finetune_seeds=[0], class_weights=["none"]),
+     "only one candidate"),
+])
+def test_a_search_that_cannot_be_expanded_names_the_key(change, message):
+    config = load("meld_text.yaml")
+    change(config["selections"]["text_recipe"])
+    with pytest.raises(pipeline_config.ConfigError, match=message):
+        pipeline_config.expand_searches(config)
+
+
+def test_a_search_does_not_overwrite_a_written_experiment_or_setting():
+    config = load("meld_text.yaml")
+    config["experiments"] = {"text_recipe_plain_ft0_none": {"dataset": "meld", "features": {"text": "x"}, "seeds": [0]}}
+    with pytest.raises(pipeline_config.ConfigError, match="experiments.text_recipe_plain_ft0_none already exists"):
+        pipeline_config.expand_searches(copy.deepcopy(config))
+    config["experiments"] = {}
+    config["features"] = {"text": {"text_recipe_plain_ft1": {"model": "packaged:minilm"}}}
+    with pytest.raises(pipeline_config.ConfigError, match="features.text.text_recipe_plain_ft1 already exists"):
+        pipeline_config.expand_searches(config)
+
+
+def test_an_ensemble_needs_candidates_with_the_same_seeds(tmp_path):
+    config = load("meld_text.yaml")
+    pipeline_config.expand_searches(config)
+    config["experiments"]["text_recipe_plain_ft0_none"]["seeds"] = [0, 1]
+    (tmp_path / "raw" / "MELD.Raw").mkdir(parents=True)
+    with pytest.raises(pipeline_config.ConfigError, match="selections.text_recipe.ensemble: the candidates train "
+                                                          "different seeds"):
+        pipeline_config.check(config, tmp_path)
+
+
+def test_the_csv_template_plans_the_recipe_on_a_csv_dataset_unchanged(tmp_path):
+    rows = ["dialogue_id,utterance_id,split,speaker,label,text"]
+    for split, n_dialogues in (("train", 4), ("valid", 2), ("test", 2)):
+        for d in range(n_dialogues):
+            rows += [f"{split}{d},{split}{d}_u{u},{split},{'AB'[u % 2]},{CSV_CLASSES[(d + u) % 7]},line {u} of {d}"
+                     for u in range(4)]
+    (tmp_path / "raw" / "mydata").mkdir(parents=True)
+    (tmp_path / "raw" / "mydata" / "manifest.csv").write_text("\n".join(rows) + "\n")
+    config = load("csv_text.yaml")  # the template as shipped: its dataset block points at raw/mydata/manifest.csv
+    jobs = planned_jobs(snakemake(tmp_path, write_config(tmp_path, config), "-n").stdout)
+    assert jobs["finetune_text_encoder"] == 6 and jobs["aggregate_experiment"] == 12
+    assert jobs["train_model"] == 12 * 5 and jobs["select_experiment"] == 1
