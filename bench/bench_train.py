@@ -1,30 +1,39 @@
-"""Training benchmark: SDT-VEGA (official configuration) on IEMOCAP-shaped random data.
+"""Training benchmark: SDT-VEGA (official configuration) on IEMOCAP-shaped random data, library vs the
+official formulation.
 
-    .venv/bin/python bench/bench_train.py                       # CPU: check + 1 epoch + 3 reference steps
-    .venv/bin/python bench/bench_train.py --epochs 3 --ref-steps 14 --json bench_train.json
-    .venv/bin/python bench/bench_train.py --device cuda         # GPU, fp16 autocast (default when CUDA exists)
-    .venv/bin/python bench/bench_train.py --whole-run --epochs 6 --threads 2   # the whole run_training job
+    .venv/bin/python bench/bench_train.py --threads 2                 # the whole table (check, epochs, whole runs)
+    .venv/bin/python bench/bench_train.py --threads 2 --epochs 3 --json bench_train.json
+    .venv/bin/python bench/bench_train.py --threads 2 --skip-whole-run  # per-epoch rows only
+    .venv/bin/python bench/bench_train.py --threads 2 --accuracy        # fp32 vs bf16 accuracy over seeds
+    .venv/bin/python bench/bench_train.py --device cuda               # GPU: fp16 autocast as the reduced mode
 
---whole-run times what a pipeline job costs: run_training (the `official` preset) in a fresh process on
-feature files written beforehand (--run-dialogues train/valid/test dialogues of the IEMOCAP shape), from
-process start to metrics.json: imports, loading, every epoch, the resume-state writes, the final
-evaluation and model.pt. It reports wall time, peak RSS and the bytes the training process wrote to disk
-(/proc/self/io write_bytes), in all and per epoch, next to the model's own size (fp32 weights).
+Three ways of training the same model on the same batches:
+* fp32 — the library (ercpipe.model: packed valid utterances, fused attention, cheap dropout draw), fp32;
+* bf16 (CPU) / fp16 (CUDA) — the same with train.amp autocast (--amp picks it);
+* reference — ercpipe/testing/reference_sdt_vega.py, the official code's formulation: padded [B, L, *]
+  batches everywhere, explicit softmax attention, F.dropout; vectorized, the same kernels as the
+  official modules, fp32 (what the official code does on a CPU).
 
-Data: 151 dialogues / 7433 utterances (120 train / 5810, 31 test / 1623, like IEMOCAP), widths
-1024 / 1582 / 342, 6 classes, 2 speaker slots, 35 random unit anchor images per class (k = 512).
-Model and optimization: the `official` preset (d = 768, 4 heads, batch 9 dialogues, AdamW, all losses,
-10 % feature masking).
+Steps (each in a fresh process, so peak memory is its own):
+1. check: the library (fp32) and the reference give the same logits, anchor logits, fused features, loss
+   and gradients on a padded batch of test dialogues (eval mode, center anchors), or the benchmark stops;
+   the reduced-precision library is compared too (its loss must stay within 5 %);
+2. epochs: one model and optimizer; every round draws one shuffled, feature-masked epoch of batches and
+   trains one epoch on them in each mode, the mode order rotating from round to round (same process, same
+   threads, same batches), after one untimed warm-up step per mode. Wall and CPU seconds (user + system;
+   less disturbed than wall time when other jobs share the machine) per epoch, averaged over --epochs rounds;
+3. whole runs: run_training (the `official` preset) in a fresh process on feature files written
+   beforehand (--run-dialogues train/valid/test dialogues of the IEMOCAP shape), from process start to
+   metrics.json: imports, loading, every epoch, the resume-state writes, the final evaluation and
+   model.pt; once per mode (the reference by replacing SDTVega.forward with the reference in that
+   process). Wall time, peak RSS (VmHWM) and the bytes the process wrote (/proc/self/io write_bytes),
+   in all and per epoch, next to the model's own size (fp32 weights).
+The load average before and after is printed with the tables.
 
-Steps:
-1. check: the library forward (padded batch, fused attention) and the eager reference of
-   ercpipe/testing/reference_sdt_vega.py (per-dialogue Python loop, explicit softmax attention) give the same
-   logits, loss and gradients on a few dialogues (eval mode, center anchors), or the benchmark stops;
-2. library: full training epochs + one evaluation pass over the test split;
-3. reference: the same training step done by the eager reference, for --ref-steps batches.
-Each measurement runs in a fresh process, so its peak resident memory (ru_maxrss) is its own; on GPU the
-peak allocated CUDA memory is reported too. "cpu s/step" is process CPU time (user + system), which is
-less disturbed than wall time when other jobs share the machine (use --threads 1 to compare work).
+--accuracy trains fp32 and the reduced mode on a learnable variant of the data (class-dependent feature
+shifts) for --acc-seeds seeds and --acc-epochs epochs and prints test accuracy / weighted F1 per seed:
+the reduced mode is "within seed noise" when its mean is within two fp32 standard deviations (over seeds)
+of the fp32 mean.
 """
 from __future__ import annotations
 
@@ -32,7 +41,6 @@ import argparse
 import json
 import math
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -43,6 +51,9 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from process_stats import markdown_table, peak_rss_mb  # noqa: E402
 
 from ercpipe.model import ModelSpec, SDTVegaLoss, build_model, count_parameters  # noqa: E402
 from ercpipe.model.batch import Dialogue, collate  # noqa: E402
@@ -54,6 +65,7 @@ from ercpipe.train.presets import preset  # noqa: E402
 DIMS = {"text": 1024, "audio": 1582, "visual": 342}
 SPLITS = {"train": (120, 5810), "test": (31, 1623)}
 N_CLASSES, N_SPEAKERS, CLIP_DIM, IMAGES_PER_CLASS = 6, 2, 512, 35
+GOALS = {"fp32": 1.8, "reduced": 2.5, "whole": 2.0, "rss_gib": 2.4}
 
 
 def lengths(n_dialogues: int, n_utterances: int, rng: np.random.Generator) -> list[int]:
@@ -64,18 +76,24 @@ def lengths(n_dialogues: int, n_utterances: int, rng: np.random.Generator) -> li
     return out.tolist()
 
 
-def make_data(seed: int = 0) -> dict[str, list[Dialogue]]:
+def make_data(seed: int = 0, signal: float = 0.0) -> dict[str, list[Dialogue]]:
+    """Random features; with signal > 0 every modality gets a class-dependent shift of that size per
+    dimension (a fixed random direction per class), so the labels can be learned."""
     rng = np.random.default_rng(seed)
+    shifts = {m: rng.standard_normal((N_CLASSES, d)).astype(np.float32) * signal for m, d in DIMS.items()}
     data = {}
     for split, (n_dialogues, n_utterances) in SPLITS.items():
         dialogues = []
         for k, n in enumerate(lengths(n_dialogues, n_utterances, rng)):
             ids = [f"{split}{k}_{i}" for i in range(n)]
+            feats = {m: rng.standard_normal((n, d), dtype=np.float32) for m, d in DIMS.items()}
+            labels = rng.integers(0, N_CLASSES, n)
+            if signal:
+                feats = {m: x + shifts[m][labels] for m, x in feats.items()}
             dialogues.append(Dialogue(
-                f"{split}{k}", split, ids,
-                {m: torch.from_numpy(rng.standard_normal((n, d), dtype=np.float32)) for m, d in DIMS.items()},
+                f"{split}{k}", split, ids, {m: torch.from_numpy(x) for m, x in feats.items()},
                 {m: torch.ones(n, dtype=torch.bool) for m in DIMS},
-                torch.from_numpy(rng.integers(0, N_CLASSES, n)), torch.from_numpy(rng.integers(0, N_SPEAKERS, n))))
+                torch.from_numpy(labels), torch.from_numpy(rng.integers(0, N_SPEAKERS, n))))
         data[split] = dialogues
     return data
 
@@ -97,129 +115,149 @@ def make_model(cfg: dict, device: torch.device, seed: int = 0):
     return model.to(device)
 
 
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
 
 
+def reduced_amp(args, device: str) -> str:
+    return args.amp or ("fp16" if device == "cuda" else "bf16")
+
+
 # ------------------------------------------------------------------------------------------ workers
 
+def _library_outputs(model, loss_fn, batch, device, amp):
+    with autocast_context(device, amp):
+        out = model(batch.features, batch.speakers, batch.mask)
+        loss, _ = loss_fn(model, out, batch.labels, batch.mask)
+    return out, loss
+
+
+def _reference_outputs(model, loss_fn, batch, anchors, training):
+    out = reference_forward(model, batch.features, batch.speakers, batch.mask, anchors, training=training)
+    loss, _ = loss_fn(model, out, batch.labels, batch.mask)
+    return out, loss
+
+
 def worker_check(args, device) -> dict:
-    """Library vs eager reference: logits, loss and gradients (eval mode, so no dropout)."""
+    """Library (fp32, and the reduced mode) vs the reference: logits, loss and gradients (eval mode)."""
     cfg = preset("official")
     model = make_model(cfg, device).eval()
-    dialogues = make_data()["test"][: args.check_dialogues]
     loss_fn = SDTVegaLoss(cfg["loss"], np.linspace(1, 2, N_CLASSES).astype(np.float32))
-    batch = collate(dialogues).to(device)
-    out = model(batch.features, batch.speakers, batch.mask)
-    loss, _ = loss_fn(model, out, batch.labels, batch.mask)
-    grads = torch.autograd.grad(loss, [p for p in model.parameters() if p.requires_grad], allow_unused=True)
-    dev_dialogues = [Dialogue(d.dialogue_id, d.split, d.utterance_ids, {m: t.to(device) for m, t in d.features.items()},
-                              d.present, d.labels.to(device), d.speakers.to(device)) for d in dialogues]
-    ref = reference_forward(model, dev_dialogues, model.anchor_bank(sample=False))
-    labels = torch.cat([d.labels for d in dev_dialogues]).unsqueeze(0)
-    ref_loss, _ = loss_fn(model, ref, labels, torch.ones_like(labels, dtype=torch.bool))
-    ref_grads = torch.autograd.grad(ref_loss, [p for p in model.parameters() if p.requires_grad], allow_unused=True)
+    batch = collate(make_data()["test"][: args.check_dialogues]).to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    out, loss = _library_outputs(model, loss_fn, batch, device, "off")
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    ref, ref_loss = _reference_outputs(model, loss_fn, batch, model.anchor_bank(sample=False), False)
+    ref_grads = torch.autograd.grad(ref_loss, params, allow_unused=True)
+    with torch.no_grad():
+        return _check_result(args, model, loss_fn, batch, device, out, loss, ref, ref_loss, grads, ref_grads)
+
+
+def _check_result(args, model, loss_fn, batch, device, out, loss, ref, ref_loss, grads, ref_grads) -> dict:
+    low, low_loss = _library_outputs(model, loss_fn, batch, device, args.amp_mode)
     mask = batch.mask
-    diffs = {f"logits_{h}": float((out["logits"][h][mask] - ref["logits"][h][0]).abs().max()) for h in out["logits"]}
-    diffs.update({f"anchor_logits_{h}": float((out["anchor_logits"][h][mask] - ref["anchor_logits"][h][0]).abs().max())
+    diffs = {f"logits_{h}": float((out["logits"][h][mask] - ref["logits"][h][mask]).abs().max()) for h in out["logits"]}
+    diffs.update({f"anchor_logits_{h}": float((out["anchor_logits"][h][mask] - ref["anchor_logits"][h][mask]).abs().max())
                   for h in out["anchor_logits"]})
+    diffs["fused"] = float((out["fused"][mask] - ref["fused"][mask]).abs().max())
     diffs["loss"] = abs(float(loss) - float(ref_loss))
     # Relative difference of the whole gradient vector. (Per parameter it is meaningless for gradients that
     # are zero in exact arithmetic, e.g. the attention key biases: softmax ignores a per-query constant.)
     pairs = [(g.flatten(), r.flatten()) for g, r in zip(grads, ref_grads) if g is not None and r is not None]
     flat_g, flat_r = torch.cat([g for g, _ in pairs]), torch.cat([r for _, r in pairs])
     grad_rel = float((flat_g - flat_r).norm() / flat_r.norm())
-    ok = all(torch.allclose(out["logits"][h][mask], ref["logits"][h][0], rtol=1e-4, atol=1e-4) for h in out["logits"])
-    ok &= all(torch.allclose(out["anchor_logits"][h][mask], ref["anchor_logits"][h][0], rtol=1e-3, atol=2e-3)
+    ok = all(torch.allclose(out["logits"][h][mask], ref["logits"][h][mask], rtol=1e-4, atol=1e-4) for h in out["logits"])
+    ok &= all(torch.allclose(out["anchor_logits"][h][mask], ref["anchor_logits"][h][mask], rtol=1e-3, atol=2e-3)
               for h in out["anchor_logits"])
+    ok &= torch.allclose(out["fused"][mask], ref["fused"][mask], rtol=1e-4, atol=1e-4)
     ok &= math.isclose(float(loss), float(ref_loss), rel_tol=1e-4) and grad_rel < 1e-3
-    return {"mode": "check", "ok": bool(ok), "max_abs_diff": diffs, "max_grad_rel_diff": grad_rel,
-            "utterances": int(mask.sum())}
+    low_diff = max(float((low["logits"][h][mask].float() - out["logits"][h][mask]).abs().max()) for h in out["logits"])
+    low_agree = float((low["logits"]["all"][mask].argmax(-1) == out["logits"]["all"][mask].argmax(-1)).float().mean())
+    low_ok = math.isclose(float(low_loss), float(loss), rel_tol=5e-2)
+    return {"mode": "check", "ok": bool(ok and low_ok), "fp32_ok": bool(ok), "max_abs_diff": diffs,
+            "max_grad_rel_diff": grad_rel, "utterances": int(mask.sum()), "amp": args.amp_mode,
+            "amp_max_logit_diff": low_diff, "amp_argmax_agreement": low_agree,
+            "amp_loss_rel_diff": abs(float(low_loss) - float(loss)) / abs(float(loss))}
 
 
-def _train_step(model, loss_fn, optimizer, scaler, batch, cfg, device, reference: bool) -> None:
-    batch = mask_feature_dims(batch, cfg["train"]["feature_mask_ratio"])
-    if reference:
-        dialogues = [Dialogue(d_id, "train", u_ids,
-                              {m: batch.features[m][i, : len(u_ids)].to(device) for m in DIMS}, {},
-                              batch.labels[i, : len(u_ids)].to(device), batch.speakers[i, : len(u_ids)].to(device))
-                     for i, (d_id, u_ids) in enumerate(zip(batch.dialogue_ids, batch.utterance_ids))]
-        out = reference_forward(model, dialogues, model.anchor_bank(sample=True), training=True)
-        labels = torch.cat([d.labels for d in dialogues]).unsqueeze(0)
-        loss, _ = loss_fn(model, out, labels, torch.ones_like(labels, dtype=torch.bool))
+def _train_step(model, loss_fn, optimizer, scaler, batch, mode, amp, device) -> None:
+    if mode == "reference":
+        _, loss = _reference_outputs(model, loss_fn, batch, model.anchor_bank(sample=True), True)
     else:
-        batch = batch.to(device)
-        with autocast_context(device, cfg["train"]["amp"]):
-            out = model(batch.features, batch.speakers, batch.mask)
-            loss, _ = loss_fn(model, out, batch.labels, batch.mask)
+        _, loss = _library_outputs(model, loss_fn, batch, device, "off" if mode == "fp32" else amp)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.step(optimizer)
     scaler.update()
 
 
-def worker_train(args, device, reference: bool) -> dict:
+def worker_epochs(args, device) -> dict:
+    """Alternating epochs of the three modes on one model, the same batches for every mode (see the
+    module docstring, step 2)."""
     cfg = preset("official")
-    if reference:
-        cfg["train"]["amp"] = "off"  # the eager reference runs in fp32
     data = make_data()
     model = make_model(cfg, device).train()
     loss_fn = SDTVegaLoss(cfg["loss"], np.ones(N_CLASSES, dtype=np.float32))
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["train"]["lr"], weight_decay=cfg["train"]["weight_decay"],
                                   fused=True)
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg["train"]["amp"] == "fp16")
-    bs = cfg["train"]["batch_size"]
-    steps_per_epoch = math.ceil(len(data["train"]) / bs)
+    amp_scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and args.amp_mode == "fp16")
+    scalers = {"fp32": torch.amp.GradScaler("cuda", enabled=False), args.amp_mode: amp_scaler,
+               "reference": torch.amp.GradScaler("cuda", enabled=False)}
+    bs, ratio = cfg["train"]["batch_size"], cfg["train"]["feature_mask_ratio"]
+    modes = ["fp32", args.amp_mode, "reference"]
     torch.manual_seed(1)
-    # warm-up step (allocator, kernels), not timed
-    _train_step(model, loss_fn, optimizer, scaler, next(batches(data["train"], bs, True)), cfg, device, reference)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    result = {"mode": "reference" if reference else "library", "device": str(device),
-              "amp": cfg["train"]["amp"] if device.type == "cuda" else "off", "threads": torch.get_num_threads(),
-              "parameters": count_parameters(model), "steps_per_epoch": steps_per_epoch}
-    if reference:
-        steps = 0
-        _sync(device)
-        start, cpu_start = time.perf_counter(), time.process_time()
-        for batch in batches(data["train"], bs, True):
-            if steps == args.ref_steps:
-                break
-            _train_step(model, loss_fn, optimizer, scaler, batch, cfg, device, True)
-            steps += 1
-        _sync(device)
-        per_step = (time.perf_counter() - start) / steps
-        result.update(steps=steps, s_per_step=per_step, s_per_epoch=per_step * steps_per_epoch,
-                      cpu_s_per_step=(time.process_time() - cpu_start) / steps)
-    else:
-        epoch_times = []
-        cpu_start = time.process_time()
-        for _ in range(args.epochs):
+    warm = mask_feature_dims(next(batches(data["train"], bs, True)), ratio).to(device)
+    for mode in modes:  # allocator, kernels, oneDNN primitives; not timed
+        _train_step(model, loss_fn, optimizer, scalers[mode], warm, mode, args.amp_mode, device)
+    times: dict[str, list[tuple[float, float]]] = {m: [] for m in modes}
+    padded = valid = 0
+    for r in range(args.epochs):
+        epoch = [mask_feature_dims(b, ratio).to(device) for b in batches(data["train"], bs, True)]
+        padded += sum(b.mask.numel() for b in epoch)
+        valid += sum(int(b.mask.sum()) for b in epoch)
+        for mode in modes[r % 3:] + modes[: r % 3]:
             _sync(device)
-            start = time.perf_counter()
-            for batch in batches(data["train"], bs, True):
-                _train_step(model, loss_fn, optimizer, scaler, batch, cfg, device, False)
+            wall, cpu = time.perf_counter(), time.process_time()
+            for batch in epoch:
+                _train_step(model, loss_fn, optimizer, scalers[mode], batch, mode, args.amp_mode, device)
             _sync(device)
-            epoch_times.append(time.perf_counter() - start)
-        cpu_train = time.process_time() - cpu_start
-        eval_start = time.perf_counter()
-        run_eval(model, eval_batches(data["test"], cfg["train"]["eval_batch_size"]), device, cfg["train"]["amp"],
-                 loss_fn)
-        _sync(device)
-        result.update(steps=args.epochs * steps_per_epoch, s_per_epoch=float(np.mean(epoch_times)),
-                      s_per_step=float(np.mean(epoch_times)) / steps_per_epoch, epoch_times=epoch_times,
-                      cpu_s_per_step=cpu_train / (args.epochs * steps_per_epoch),
-                      eval_s=time.perf_counter() - eval_start,
-                      utterances_per_s=SPLITS["train"][1] / float(np.mean(epoch_times)))
-    result["peak_rss_mib"] = peak_rss_mib()
-    if device.type == "cuda":
-        result["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
-    return result
+            times[mode].append((time.perf_counter() - wall, time.process_time() - cpu))
+    rows = []
+    for mode in modes:
+        wall = [w for w, _ in times[mode]]
+        cpu = [c for _, c in times[mode]]
+        rows.append({"mode": mode, "device": str(device), "threads": torch.get_num_threads(),
+                     "epochs": args.epochs, "s_per_epoch": float(np.mean(wall)), "cpu_s_per_epoch": float(np.mean(cpu)),
+                     "epoch_times": wall, "epoch_cpu_times": cpu})
+    return {"rows": rows, "padded_positions_per_valid": padded / valid, "parameters": count_parameters(model),
+            "peak_rss_mib": peak_rss_mb()}
+
+
+def worker_accuracy(args, device) -> dict:
+    """fp32 vs the reduced mode on learnable synthetic data: test accuracy / weighted F1 per seed."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    cfg = preset("official")
+    data = make_data(seed=7, signal=args.acc_signal)
+    results = []
+    for seed in range(args.acc_seeds):
+        for mode in ("fp32", args.amp_mode):
+            model = make_model(cfg, device, seed=seed).train()
+            loss_fn = SDTVegaLoss(cfg["loss"], np.ones(N_CLASSES, dtype=np.float32))
+            optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["train"]["lr"],
+                                          weight_decay=cfg["train"]["weight_decay"], fused=True)
+            scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and mode == "fp16")
+            torch.manual_seed(1000 + seed)
+            for _ in range(args.acc_epochs):
+                for batch in batches(data["train"], cfg["train"]["batch_size"], True):
+                    batch = mask_feature_dims(batch, cfg["train"]["feature_mask_ratio"]).to(device)
+                    _train_step(model, loss_fn, optimizer, scaler, batch, mode, args.amp_mode, device)
+            amp = "off" if mode == "fp32" else args.amp_mode
+            result = run_eval(model, eval_batches(data["test"], cfg["train"]["eval_batch_size"]), device, amp)
+            results.append({"seed": seed, "mode": mode, "accuracy": accuracy_score(result.labels, result.predictions),
+                            "weighted_f1": f1_score(result.labels, result.predictions, average="weighted")})
+    return {"runs": results}
 
 
 # ------------------------------------------------------------------------------------------ whole run
@@ -275,61 +313,75 @@ def io_write_bytes() -> int:
     raise RuntimeError("no write_bytes in /proc/self/io")
 
 
+def use_reference_forward() -> None:
+    """Make SDTVega compute its forward pass with the reference (the official formulation), in this process."""
+    from ercpipe.model.sdt import SDTVega
+
+    def forward(self, features, speakers, mask, with_vega=True):
+        anchors = None
+        if self.spec.vega and with_vega:
+            anchors = self.anchor_bank(sample=self.training or self.spec.anchor_sampling_at_eval)
+        return reference_forward(self, features, speakers, mask, anchors, training=self.training)
+
+    SDTVega.forward = forward
+
+
 def worker_run(args, device: str) -> dict:
     """run_training end to end in this (fresh) process; the files were written by the driver."""
     from ercpipe.train import run_training
 
+    mode = args.run_mode
+    if mode == "reference":
+        use_reference_forward()
     files = json.loads(args.run_files)
-    experiment = {"preset": "official", "train": {"epochs": args.epochs, "patience": None}}
+    experiment = {"preset": "official", "train": {"epochs": args.run_epochs, "patience": None,
+                                                  "amp": "off" if mode in ("fp32", "reference") else mode}}
     if args.checkpoint_every:
         experiment["train"]["checkpoint_every"] = args.checkpoint_every
     written_before = io_write_bytes()
     metrics = run_training(files["manifest"], files["features"], files["anchors"], experiment, 0, args.run_out,
                            device=device, threads=args.threads)
     written = io_write_bytes() - written_before
-    return {"mode": "whole run", "device": device, "threads": torch.get_num_threads(),
+    return {"mode": mode, "device": device, "threads": torch.get_num_threads(),
             "epochs": metrics["protocol"]["epochs_run"], "parameters": metrics["n_parameters"],
             "model_mib": metrics["n_parameters"] * 4 / 2**20,
             "s_per_epoch_logged": metrics["seconds_per_epoch"], "written_mib": written / 2**20,
             "written_mib_per_epoch": written / 2**20 / metrics["protocol"]["epochs_run"],
-            "peak_rss_mib": peak_rss_mib(), "test_weighted_f1": metrics["test"]["weighted_f1"]}
+            "peak_rss_mib": peak_rss_mb(), "test_weighted_f1": metrics["test"]["weighted_f1"]}
 
 
-def whole_run(args, device: str) -> dict:
+def whole_runs(args, device: str, modes: list[str]) -> list[dict]:
     import tempfile
 
+    rows = []
     with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
         files = write_run_files(Path(tmp) / "data", tuple(args.run_dialogues))
-        cmd = [sys.executable, __file__, "--worker", "run", "--device", device, "--epochs", str(args.epochs),
-               "--run-files", json.dumps(files), "--run-out", str(Path(tmp) / "run")]
-        if args.threads:
-            cmd += ["--threads", str(args.threads)]
-        if args.checkpoint_every:
-            cmd += ["--checkpoint-every", str(args.checkpoint_every)]
-        start = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise SystemExit(f"whole-run worker failed:\n{proc.stderr[-3000:]}")
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    result["wall_s"] = wall
-    return result
-
-
-def whole_run_table(r: dict) -> str:
-    head = f"{'mode':<10} {'device':<6} {'thr':>3} {'epochs':>6} {'wall s':>7} {'s/epoch (log)':>13} " \
-           f"{'RSS MiB':>8} {'written MiB':>11} {'MiB/epoch':>9} {'model MiB':>9}"
-    return "\n".join([head, "-" * len(head),
-                      f"{r['mode']:<10} {r['device']:<6} {r['threads']:>3} {r['epochs']:>6} {r['wall_s']:>7.1f} "
-                      f"{r['s_per_epoch_logged']:>13.2f} {r['peak_rss_mib']:>8.0f} {r['written_mib']:>11.0f} "
-                      f"{r['written_mib_per_epoch']:>9.0f} {r['model_mib']:>9.0f}"])
+        for mode in modes:
+            cmd = [sys.executable, __file__, "--worker", "run", "--device", device, "--run-epochs",
+                   str(args.run_epochs), "--run-mode", mode, "--run-files", json.dumps(files),
+                   "--run-out", str(Path(tmp) / f"run_{mode}")]
+            if args.threads:
+                cmd += ["--threads", str(args.threads)]
+            if args.checkpoint_every:
+                cmd += ["--checkpoint-every", str(args.checkpoint_every)]
+            start = time.perf_counter()
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            wall = time.perf_counter() - start
+            if proc.returncode != 0:
+                raise SystemExit(f"whole-run worker ({mode}) failed:\n{proc.stderr[-3000:]}")
+            result = json.loads(proc.stdout.strip().splitlines()[-1])
+            result["wall_s"] = wall
+            rows.append(result)
+            print(f"  whole run {mode}: {wall:.1f} s", flush=True)
+    return rows
 
 
 # ------------------------------------------------------------------------------------------ driver
 
 def run_worker(mode: str, args, device: str) -> dict:
     cmd = [sys.executable, __file__, "--worker", mode, "--device", device, "--epochs", str(args.epochs),
-           "--ref-steps", str(args.ref_steps), "--check-dialogues", str(args.check_dialogues)]
+           "--check-dialogues", str(args.check_dialogues), "--amp", args.amp_mode,
+           "--acc-seeds", str(args.acc_seeds), "--acc-epochs", str(args.acc_epochs), "--acc-signal", str(args.acc_signal)]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -338,41 +390,92 @@ def run_worker(mode: str, args, device: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def table(rows: list[dict]) -> str:
-    head = f"{'mode':<10} {'device':<6} {'amp':<5} {'thr':>3} {'steps':>5} {'s/step':>8} {'cpu s/step':>10} " \
-           f"{'s/epoch':>9} " \
-           f"{'eval s':>7} {'utt/s':>7} {'RSS MiB':>8} {'CUDA MiB':>9}"
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        lines.append(f"{r['mode']:<10} {r['device']:<6} {r['amp']:<5} {r['threads']:>3} {r['steps']:>5} "
-                     f"{r['s_per_step']:>8.3f} {r['cpu_s_per_step']:>10.3f} {r['s_per_epoch']:>9.2f} "
-                     f"{r.get('eval_s', float('nan')):>7.2f} "
-                     f"{SPLITS['train'][1] / r['s_per_epoch']:>7.1f} {r['peak_rss_mib']:>8.0f} "
-                     f"{r.get('peak_cuda_mib', float('nan')):>9.0f}")
-    return "\n".join(lines)
+def _f(fmt: str, key: str):
+    return lambda r: "" if r.get(key) is None else format(r[key], fmt)
+
+
+EPOCH_COLUMNS = [("mode", lambda r: r["mode"]), ("device", lambda r: r["device"]), ("threads", _f("d", "threads")),
+                 ("rounds", _f("d", "epochs")), ("s/epoch (wall)", _f(".2f", "s_per_epoch")),
+                 ("CPU s/epoch", _f(".2f", "cpu_s_per_epoch")), ("speed-up (wall)", _f(".2f", "speedup_wall")),
+                 ("speed-up (CPU)", _f(".2f", "speedup_cpu")), ("goal", lambda r: r.get("goal", ""))]
+RUN_COLUMNS = [("mode", lambda r: r["mode"]), ("threads", _f("d", "threads")), ("epochs", _f("d", "epochs")),
+               ("wall s", _f(".1f", "wall_s")), ("s/epoch (log)", _f(".2f", "s_per_epoch_logged")),
+               ("speed-up", _f(".2f", "speedup")), ("peak RSS MiB", _f(".0f", "peak_rss_mib")),
+               ("written MiB", _f(".0f", "written_mib")), ("MiB/epoch", _f(".0f", "written_mib_per_epoch")),
+               ("model MiB", _f(".0f", "model_mib")), ("test wF1", _f(".3f", "test_weighted_f1"))]
+
+
+def _met(ok: bool) -> str:
+    return "met" if ok else "NOT met"
+
+
+def epoch_rows(result: dict, amp: str) -> list[dict]:
+    rows = {r["mode"]: dict(r) for r in result["rows"]}
+    ref = rows["reference"]
+    for mode, goal in (("fp32", GOALS["fp32"]), (amp, GOALS["reduced"])):
+        r = rows[mode]
+        r["speedup_wall"] = ref["s_per_epoch"] / r["s_per_epoch"]
+        r["speedup_cpu"] = ref["cpu_s_per_epoch"] / r["cpu_s_per_epoch"]
+        r["goal"] = f">= {goal}x: {_met(min(r['speedup_wall'], r['speedup_cpu']) >= goal)}"
+    return [rows["fp32"], rows[amp], ref]
+
+
+def run_rows(rows: list[dict], amp: str) -> list[dict]:
+    by_mode = {r["mode"]: dict(r) for r in rows}
+    ref = by_mode.get("reference")
+    for r in by_mode.values():
+        if ref is not None and r is not ref:
+            r["speedup"] = ref["wall_s"] / r["wall_s"]
+    return [by_mode[m] for m in ("fp32", amp, "reference") if m in by_mode]
+
+
+def accuracy_summary(runs: list[dict], amp: str) -> tuple[list[dict], str]:
+    rows, line = [], []
+    for mode in ("fp32", amp):
+        acc = np.array([r["accuracy"] for r in runs if r["mode"] == mode])
+        f1 = np.array([r["weighted_f1"] for r in runs if r["mode"] == mode])
+        rows.append({"mode": mode, "seeds": len(acc), "accuracy": " ".join(f"{a:.3f}" for a in acc),
+                     "mean_acc": acc.mean(), "std_acc": acc.std(ddof=1) if len(acc) > 1 else float("nan"),
+                     "mean_f1": f1.mean(), "std_f1": f1.std(ddof=1) if len(f1) > 1 else float("nan")})
+    fp32, low = rows
+    within = abs(low["mean_acc"] - fp32["mean_acc"]) <= 2 * fp32["std_acc"]
+    line = (f"{amp} - fp32 mean test accuracy: {low['mean_acc'] - fp32['mean_acc']:+.4f} (fp32 seed std "
+            f"{fp32['std_acc']:.4f}): {'within' if within else 'NOT within'} seed noise")
+    return rows, line
+
+
+ACC_COLUMNS = [("mode", lambda r: r["mode"]), ("seeds", _f("d", "seeds")), ("test accuracy per seed", lambda r: r["accuracy"]),
+               ("mean acc", _f(".4f", "mean_acc")), ("std acc", _f(".4f", "std_acc")),
+               ("mean wF1", _f(".4f", "mean_f1")), ("std wF1", _f(".4f", "std_f1"))]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU), cpu or cuda")
-    parser.add_argument("--epochs", type=int, default=1, help="library training epochs to time")
-    parser.add_argument("--ref-steps", type=int, default=3, help="training steps to time with the eager reference")
+    parser.add_argument("--epochs", type=int, default=2, help="rounds of alternating epochs (one epoch per mode each)")
+    parser.add_argument("--amp", default=None, choices=["bf16", "fp16"],
+                        help="the reduced-precision mode (default: bf16 on the CPU, fp16 on CUDA)")
     parser.add_argument("--check-dialogues", type=int, default=3, help="dialogues for the library/reference check")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    parser.add_argument("--skip-reference", action="store_true", help="time the library only")
-    parser.add_argument("--json", type=Path, help="write the results here")
-    parser.add_argument("--whole-run", action="store_true",
-                        help="time the whole run_training job (startup, epochs, checkpoints, final evaluation)")
+    parser.add_argument("--skip-whole-run", action="store_true", help="per-epoch rows only")
+    parser.add_argument("--run-epochs", type=int, default=10, help="epochs of each whole run")
     parser.add_argument("--run-dialogues", type=int, nargs=3, default=[30, 8, 8], metavar=("TRAIN", "VALID", "TEST"),
-                        help="dialogues per split for --whole-run (48 utterances each on average)")
+                        help="dialogues per split for the whole runs (48 utterances each on average)")
     parser.add_argument("--checkpoint-every", type=int, default=None,
-                        help="train.checkpoint_every for --whole-run (default: the preset's)")
+                        help="train.checkpoint_every for the whole runs (default: the preset's)")
+    parser.add_argument("--accuracy", action="store_true", help="only the fp32 vs reduced-precision accuracy check")
+    parser.add_argument("--acc-seeds", type=int, default=3)
+    parser.add_argument("--acc-epochs", type=int, default=3)
+    parser.add_argument("--acc-signal", type=float, default=0.1, help="class shift per feature dimension")
+    parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--run-files", help=argparse.SUPPRESS)
     parser.add_argument("--run-out", help=argparse.SUPPRESS)
+    parser.add_argument("--run-mode", help=argparse.SUPPRESS)
     args = parser.parse_args()
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else \
         ("cpu" if args.device == "auto" else args.device)
+    args.amp_mode = reduced_amp(args, device)
     if args.worker == "run":
         print(json.dumps(worker_run(args, device)))
         return
@@ -380,34 +483,52 @@ def main() -> None:
         if args.threads:
             torch.set_num_threads(args.threads)
         dev = torch.device(device)
-        result = worker_check(args, dev) if args.worker == "check" else \
-            worker_train(args, dev, reference=args.worker == "reference")
-        print(json.dumps(result))
+        worker = {"check": worker_check, "epochs": worker_epochs, "accuracy": worker_accuracy}[args.worker]
+        print(json.dumps(worker(args, dev)))
         return
-    print(f"SDT-VEGA official configuration on IEMOCAP-shaped random data; device {device}, torch {torch.__version__}, "
-          f"{os.cpu_count()} CPUs", flush=True)
-    if args.whole_run:
-        result = whole_run(args, device)
-        print(whole_run_table(result))
-        if args.json:
-            args.json.write_text(json.dumps({"whole_run": result}, indent=2) + "\n")
-        return
-    check = run_worker("check", args, device)
-    print(f"check library vs eager reference ({check['utterances']} utterances): "
-          f"{'OK' if check['ok'] else 'MISMATCH'}; max |diff| {max(check['max_abs_diff'].values()):.2e}, "
-          f"max relative gradient diff {check['max_grad_rel_diff']:.2e}", flush=True)
-    if not check["ok"]:
-        raise SystemExit(f"library and reference disagree: {check}")
-    rows = [run_worker("library", args, device)]
-    if not args.skip_reference:
-        rows.append(run_worker("reference", args, device))
-    print(table(rows))
-    if len(rows) == 2:
-        print(f"library speed-up over the eager reference per training step: wall "
-              f"{rows[1]['s_per_step'] / rows[0]['s_per_step']:.2f}x, CPU time "
-              f"{rows[1]['cpu_s_per_step'] / rows[0]['cpu_s_per_step']:.2f}x")
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), "?") if Path("/proc/cpuinfo").exists() else "?"
+    print(f"SDT-VEGA official configuration on IEMOCAP-shaped random data; device {device} ({cpu}), torch "
+          f"{torch.__version__}, {os.cpu_count()} CPUs, threads {args.threads or torch.get_num_threads()}; "
+          f"load average {os.getloadavg()[0]:.2f}", flush=True)
+    out: dict = {}
+    if args.accuracy:
+        result = run_worker("accuracy", args, device)
+        rows, line = accuracy_summary(result["runs"], args.amp_mode)
+        print(markdown_table(rows, ACC_COLUMNS))
+        print(line)
+        out["accuracy"] = {"runs": result["runs"], "summary": line}
+    else:
+        check = run_worker("check", args, device)
+        print(f"check library vs reference ({check['utterances']} utterances): "
+              f"{'OK' if check['fp32_ok'] else 'MISMATCH'}; max |diff| {max(check['max_abs_diff'].values()):.2e}, "
+              f"relative gradient diff {check['max_grad_rel_diff']:.2e}; {check['amp']}: max |logit diff| "
+              f"{check['amp_max_logit_diff']:.3f}, argmax agreement {check['amp_argmax_agreement']:.3f}, "
+              f"loss within {check['amp_loss_rel_diff']:.2%}", flush=True)
+        if not check["ok"]:
+            raise SystemExit(f"library and reference disagree: {check}")
+        out["check"] = check
+        epochs = run_worker("epochs", args, device)
+        rows = epoch_rows(epochs, args.amp_mode)
+        print(f"\nTraining epochs ({SPLITS['train'][0]} dialogues / {SPLITS['train'][1]} utterances, padded positions "
+              f"per utterance {epochs['padded_positions_per_valid']:.3f}; load average {os.getloadavg()[0]:.2f}):")
+        print(markdown_table(rows, EPOCH_COLUMNS))
+        out["epochs"] = {**epochs, "rows": rows}
+        if not args.skip_whole_run:
+            runs = run_rows(whole_runs(args, device, ["fp32", args.amp_mode, "reference"]), args.amp_mode)
+            print(f"\nWhole runs (run_training, official preset, {args.run_epochs} epochs, dialogues "
+                  f"{'/'.join(map(str, args.run_dialogues))}; load average {os.getloadavg()[0]:.2f}):")
+            print(markdown_table(runs, RUN_COLUMNS))
+            best = max(r.get("speedup", 0) for r in runs)
+            worst_rss = max(r["peak_rss_mib"] for r in runs if r["mode"] != "reference") / 1024
+            disk_ok = all(r["written_mib_per_epoch"] <= r["model_mib"] for r in runs if r["mode"] != "reference")
+            print(f"goals: whole run >= {GOALS['whole']}x: {_met(best >= GOALS['whole'])} ({best:.2f}x); "
+                  f"peak RSS <= {GOALS['rss_gib']} GiB: {_met(worst_rss <= GOALS['rss_gib'])} ({worst_rss:.2f} GiB); "
+                  f"written per epoch <= model size: {_met(disk_ok)}")
+            out["whole_runs"] = runs
+    print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if args.json:
-        args.json.write_text(json.dumps({"check": check, "runs": rows}, indent=2) + "\n")
+        args.json.write_text(json.dumps(out, indent=2) + "\n")
 
 
 if __name__ == "__main__":

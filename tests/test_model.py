@@ -5,11 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-from ercpipe.model import (AnchorBank, ModelSpec, OfficialCheckpointError, build_model, convert_official_state_dict,
-                           count_parameters, load_official_backbone, subsample_anchor_images, to_official_state_dict)
+from ercpipe.model import (AnchorBank, ModelSpec, OfficialCheckpointError, SDTVegaLoss, build_model,
+                           convert_official_state_dict, count_parameters, load_official_backbone,
+                           subsample_anchor_images, to_official_state_dict)
 from ercpipe.model.batch import Dialogue, collate
 from ercpipe.model.convert import official_key, our_key
 from ercpipe.testing.reference_sdt_vega import reference_forward
+from ercpipe.train.presets import DEFAULTS
 
 IEMOCAP_DIMS = {"text": 1024, "audio": 1582, "visual": 342}
 MELD_DIMS = {"text": 1024, "audio": 300, "visual": 342}
@@ -100,20 +102,20 @@ def test_padding_does_not_change_valid_outputs(mask_fill):
     dict(head_layers=1, clip_proj_layers=3, clip_proj_activation="silu"),
 ])
 def test_batched_fused_attention_matches_the_eager_reference(kw):
-    """The library (padded batch, fused attention) equals the per-dialogue eager formula of spec 2."""
+    """The library (packed utterances, fused attention) equals the official padded formulation of spec 2."""
     model = small_model(**kw)
     dialogues = [random_dialogue(n, seed=10 + n) for n in (5, 2, 7)]
     with torch.no_grad():
         out, batch = forward(model, dialogues)
         anchors = model.anchor_bank(sample=False) if model.spec.vega else None
-        ref = reference_forward(model, dialogues, anchors)
+        ref = reference_forward(model, batch.features, batch.speakers, batch.mask, anchors)
     mask = batch.mask
     for head, z in ref["logits"].items():
-        torch.testing.assert_close(out["logits"][head][mask], z[0], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(out["logits"][head][mask], z[mask], rtol=1e-4, atol=1e-5)
     if model.spec.vega:
         for head, z in ref["anchor_logits"].items():
-            torch.testing.assert_close(out["anchor_logits"][head][mask], z[0], rtol=1e-4, atol=1e-3)
-    torch.testing.assert_close(out["fused"][mask], ref["fused"][0], rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(out["anchor_logits"][head][mask], z[mask], rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(out["fused"][mask], ref["fused"][mask], rtol=1e-4, atol=1e-5)
 
 
 def test_eval_is_deterministic_and_training_is_not():
@@ -369,3 +371,117 @@ def test_a_checkpoint_with_the_flat_official_names_still_loads(tmp_path):
         a = forward(source.eval(), dialogues, with_vega=False)[0]["logits"]["all"]
         b = forward(loaded.eval(), dialogues, with_vega=False)[0]["logits"]["all"]
     assert torch.equal(a, b)
+
+
+# ------------------------------------------------------------------------------------------ speed changes, fp32 exact
+
+def test_fp32_library_equals_the_official_padded_formulation_with_gradients():
+    """The speed changes (packed rows, pack/unpack autograd functions, fused attention) leave fp32 results
+    where they were: the official padded formulation gives the same logits (1e-5) and gradients."""
+    model = small_model()
+    dialogues = [random_dialogue(n, seed=20 + n) for n in (6, 3, 9)]
+    batch = collate(dialogues)
+    params = [p for p in model.parameters() if p.requires_grad]
+    loss_fn = SDTVegaLoss(dict(DEFAULTS["loss"]), np.linspace(1, 2, 4).astype(np.float32))
+    out = model(batch.features, batch.speakers, batch.mask)
+    loss, _ = loss_fn(model, out, batch.labels, batch.mask)
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    ref = reference_forward(model, batch.features, batch.speakers, batch.mask, model.anchor_bank(sample=False))
+    ref_loss, _ = loss_fn(model, ref, batch.labels, batch.mask)
+    ref_grads = torch.autograd.grad(ref_loss, params, allow_unused=True)
+    mask = batch.mask
+    with torch.no_grad():
+        for head in out["logits"]:
+            torch.testing.assert_close(out["logits"][head][mask], ref["logits"][head][mask], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
+        for g, r in zip(grads, ref_grads):
+            if g is not None and r is not None:
+                torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-6)
+
+
+def test_pack_and_unpack_gradients():
+    from ercpipe.model.layers import Layout
+
+    mask = torch.tensor([[True, True, False], [True, False, False]])
+    layout = Layout(mask)
+    padded = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
+    packed = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    torch.autograd.gradcheck(layout.pack, (padded,))
+    torch.autograd.gradcheck(layout.unpack, (packed,))
+    assert torch.equal(layout.unpack(layout.pack(padded))[mask], padded[mask])
+    assert layout.unpack(packed)[~mask].eq(0).all()
+    dense = Layout(torch.ones(2, 3, dtype=torch.bool))
+    assert dense.pack(padded).data_ptr() == padded.data_ptr()  # no padding: a view, no copy
+
+
+def test_dropout_has_the_standard_distribution_and_follows_the_seed():
+    from ercpipe.model.layers import dropout
+
+    x = torch.ones(200_000)
+    torch.manual_seed(0)
+    y = dropout(x, 0.53, True)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.47) < 0.005
+    torch.testing.assert_close(y[kept], torch.full_like(y[kept], 1 / 0.47))
+    torch.manual_seed(0)
+    assert torch.equal(dropout(x, 0.53, True), y)  # same seed, same mask
+    assert dropout(x, 0.53, False) is x and dropout(x, 0.0, True) is x
+    x.requires_grad_(True)
+    dropout(x, 0.3, True).sum().backward()
+    values = x.grad.unique()
+    assert len(values) == 2 and values[0] == 0 and values[1].item() == pytest.approx(1 / 0.7)
+
+
+def test_training_steps_are_deterministic_for_a_seed():
+    """Two models trained from the same seed on the same batches end with identical weights (fp32, dropout on)."""
+    loss_fn = SDTVegaLoss(dict(DEFAULTS["loss"]), None)
+    dialogues = [random_dialogue(n, seed=30 + n) for n in (4, 7, 2)]
+    states = []
+    for _ in range(2):
+        model = small_model(seed=3, dropout=0.4, head_dropout=0.3).train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
+        torch.manual_seed(11)
+        for _ in range(3):
+            batch = collate(dialogues)
+            out = model(batch.features, batch.speakers, batch.mask)
+            loss, _ = loss_fn(model, out, batch.labels, batch.mask)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        states.append({k: v.clone() for k, v in model.state_dict().items()})
+    for key in states[0]:
+        assert torch.equal(states[0][key], states[1][key]), key
+
+
+def test_bf16_autocast_on_the_cpu_is_selected_by_train_amp_and_stays_close():
+    import contextlib
+
+    from ercpipe.model.inference import autocast_context
+
+    cpu = torch.device("cpu")
+    assert isinstance(autocast_context(cpu, "off"), contextlib.nullcontext)
+    assert isinstance(autocast_context(cpu, "fp16"), contextlib.nullcontext)  # fp16 on a CPU: fp32
+    model = small_model()
+    batch = collate([random_dialogue(n, seed=40 + n) for n in (5, 8)])
+    with torch.no_grad():
+        exact = model(batch.features, batch.speakers, batch.mask)
+        with autocast_context(cpu, "bf16"):
+            low = model(batch.features, batch.speakers, batch.mask)
+    assert low["logits"]["all"].dtype == torch.bfloat16
+    torch.testing.assert_close(low["logits"]["all"].float()[batch.mask], exact["logits"]["all"][batch.mask],
+                               rtol=0.05, atol=0.05)
+
+
+def test_training_attention_path_equals_the_fused_one_without_dropout(monkeypatch):
+    """In training on the CPU the attention runs the explicit softmax (with the cheap dropout); with the
+    dropout draws taken out it gives what the fused SDPA path gives in eval mode."""
+    from ercpipe.model import layers
+
+    model = small_model(dropout=0.3)
+    batch = collate([random_dialogue(n, seed=50 + n) for n in (7, 3)])
+    with torch.no_grad():
+        fused = model(batch.features, batch.speakers, batch.mask)["fused"]
+        monkeypatch.setattr(layers, "dropout", lambda x, rate, training: x)
+        model.train()
+        explicit = model(batch.features, batch.speakers, batch.mask)["fused"]
+    torch.testing.assert_close(explicit[batch.mask], fused[batch.mask], rtol=1e-5, atol=1e-5)

@@ -18,10 +18,12 @@ from ercpipe.model.sdt import SDTVega
 
 
 def autocast_context(device: torch.device, amp: str):
-    """fp16 / bf16 autocast on CUDA; nothing on CPU (mixed precision there is slower and not needed)."""
-    if device.type != "cuda" or amp == "off":
+    """The train.amp setting: "fp16" = fp16 autocast on CUDA, fp32 on the CPU (fp16 matrix products are slow
+    there); "bf16" = bf16 autocast on CUDA and on the CPU (fast where the CPU has avx512_bf16 / AMX);
+    "off" = fp32 everywhere."""
+    if amp == "off" or device.type not in ("cuda", "cpu") or (device.type == "cpu" and amp != "bf16"):
         return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=torch.float16 if amp == "fp16" else torch.bfloat16)
+    return torch.autocast(device.type, dtype=torch.float16 if amp == "fp16" else torch.bfloat16)
 
 
 @dataclass
