@@ -4,6 +4,7 @@ and openSMILE's scaling with threads.
     .venv/bin/python bench/bench_real_format.py                     # everything, about 4 minutes on 2 cores
     .venv/bin/python bench/bench_real_format.py --only scaling       # openSMILE threads vs processes only
     .venv/bin/python bench/bench_real_format.py --json out.json
+    .venv/bin/python bench/bench_real_format.py --only visual-ab --baseline /tmp/visual_before.py --repeats 2
 
 The media come from bench/real_format_media.py: MELD-like 1280x720 H.264 + AAC 48 kHz stereo clips with
 two or three photographed faces (one clip per utterance; the utterance-audio step decodes the AAC), and
@@ -18,6 +19,11 @@ features (present/utterances), or the speed means nothing.
 
 Each extractor runs as one `extract_shard` call (one thread) in a fresh process: seconds are the call's
 wall time (model loading included, imports excluded), peak RSS is that process's VmHWM.
+
+--only visual-ab compares the visual extractor of another visual.py (--baseline, e.g. the previous commit's)
+with the working tree's: densenet121 (random weights), one thread, alternated --repeats times in fresh
+processes, on MELD-like 3-s clips and IEMOCAP-like 4.5-s and 1-s windows; CPU seconds, the largest feature
+difference between the two.
 """
 from __future__ import annotations
 
@@ -107,8 +113,9 @@ def _cpu_with_children() -> float:
 
 
 def _timed(kind: str, manifest: str, settings: dict, out: str, threads: int, audio_dir: str | None,
-           face_selection: dict | None, wav_dir: str | None) -> dict:
-    """In a fresh process: one extract_shard call (or the utterance-audio step); seconds, CPU, peak RSS."""
+           face_selection: dict | None, wav_dir: str | None, device: str = "cpu") -> dict:
+    """In a fresh process: one extract_shard call (or the utterance-audio step) on `device`; seconds, CPU,
+    peak RSS. (bench/bench_gpu.py calls it with device="cuda".)"""
     if kind in ("visual", "text"):  # torch only where it is used: it would add ~450 MB to the other rows' RSS
         import torch
 
@@ -128,7 +135,7 @@ def _timed(kind: str, manifest: str, settings: dict, out: str, threads: int, aud
         extractor(kind)  # imported before the clock starts
         context = ExtractionContext(audio_dir=Path(audio_dir) if audio_dir else None, face_selection=face_selection)
         start, cpu_start = time.perf_counter(), _cpu_with_children()
-        extract_shard(kind, manifest, settings, out, threads=threads, device="cpu", context=context)
+        extract_shard(kind, manifest, settings, out, threads=threads, device=device, context=context)
         seconds = time.perf_counter() - start
         present = int(read(out).present.sum())
     return {"seconds": seconds, "cpu_seconds": _cpu_with_children() - cpu_start, "peak_rss_mb": peak_rss_mb(),
@@ -291,9 +298,85 @@ def scaling_table(rows: list[dict]) -> str:
         f"{r['utt_per_s']:.1f} | {r['speedup']:.2f} | {r['target']:.1f} |" for r in rows])
 
 
+# ------------------------------------------------------------------------------------------ visual A/B
+
+def _timed_visual(module_path: str | None, manifest: str, face_selection: dict, out: str) -> dict:
+    """In a fresh process, one thread: visual extract_shard (densenet121, random weights) of the visual.py
+    at `module_path` (another version of ercpipe/features/visual.py), or of the working tree when None."""
+    import importlib.util
+
+    import torch
+
+    from ercpipe.features.interface import ExtractionContext
+    from ercpipe.io.features import read
+
+    torch.set_num_threads(1)
+    if module_path:
+        spec = importlib.util.spec_from_file_location("visual_baseline", module_path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["visual_baseline"] = module  # dataclasses look their module up
+        spec.loader.exec_module(module)
+    else:
+        from ercpipe.features import visual as module
+    start, cpu_start = time.perf_counter(), cpu_seconds()
+    module.extract_shard(manifest, VISUAL, out, threads=1, device="cpu",
+                         context=ExtractionContext(face_selection=face_selection))
+    fs = read(out)
+    return {"seconds": time.perf_counter() - start, "cpu_seconds": cpu_seconds() - cpu_start,
+            "peak_rss_mb": peak_rss_mb(), "present": int(fs.present.sum()), "features": fs.features.tolist()}
+
+
+def run_visual_ab(tmp: Path, baseline: Path, repeats: int) -> list[dict]:
+    """Visual extract_shard of `baseline` (a visual.py file) against the working tree's, alternated in fresh
+    processes on three real-format corpora: MELD-like 3-s clips, IEMOCAP-like 4.5-s and 1-s windows."""
+    corpora = {
+        "MELD-like, 8 clips of 3 s, 1280x720": (
+            rfm.make_meld_corpus(tmp / "ab_meld", n_dialogues=2, per_dialogue=4, seconds=MELD_SECONDS),
+            {"mode": "largest_central"}),
+        "IEMOCAP-like, 12 windows of 4.5 s, 720x480": (
+            rfm.make_iemocap_corpus(tmp / "ab_iemocap", 1, 90.0, 12, IEMOCAP_UTTERANCE_SECONDS)[0], rfm.SIDE),
+        "IEMOCAP-like, 24 windows of 1 s, 720x480": (
+            rfm.make_iemocap_corpus(tmp / "ab_short", 1, 60.0, 24, 1.0)[0], rfm.SIDE)}
+    rows = []
+    for name, (manifest, rule) in corpora.items():
+        runs: dict[str, list[dict]] = {"baseline": [], "working tree": []}
+        for _ in range(repeats):
+            for version, path in (("baseline", str(baseline)), ("working tree", None)):
+                with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+                    result = pool.submit(_timed_visual, path, str(manifest), rule, str(tmp / "ab.h5")).result()
+                result["load"] = os.getloadavg()[0]
+                runs[version].append(result)
+                print(f"{name}, {version}: {result['seconds']:.1f} s, {result['cpu_seconds']:.1f} CPU s", file=sys.stderr)
+        n = len(manifest_io.read(manifest))
+        diff = float(np.abs(np.array(runs["baseline"][0]["features"]) -
+                            np.array(runs["working tree"][0]["features"])).max())
+        for version, results in runs.items():
+            rows.append({"corpus": name, "version": version, "utterances": n,
+                         "present": min(r["present"] for r in results),
+                         "seconds": [r["seconds"] for r in results], "cpu_seconds": [r["cpu_seconds"] for r in results],
+                         "utt_per_cpu_s": n / float(np.median([r["cpu_seconds"] for r in results])),
+                         "peak_rss_mb": max(r["peak_rss_mb"] for r in results),
+                         "load": [r["load"] for r in results], "max_abs_feature_diff": diff})
+    return rows
+
+
+AB_COLUMNS = [("corpus", lambda r: r["corpus"]), ("version", lambda r: r["version"]),
+              ("present/utterances", lambda r: f"{r['present']}/{r['utterances']}"),
+              ("wall s (runs)", lambda r: ", ".join(f"{x:.1f}" for x in r["seconds"])),
+              ("CPU s (runs)", lambda r: ", ".join(f"{x:.1f}" for x in r["cpu_seconds"])),
+              ("utterances per CPU s (median)", lambda r: f"{r['utt_per_cpu_s']:.2f}"),
+              ("peak RSS (MB)", lambda r: f"{r['peak_rss_mb']:.0f}"),
+              ("load (runs)", lambda r: ", ".join(f"{x:.1f}" for x in r["load"])),
+              ("max abs feature diff", lambda r: f"{r['max_abs_feature_diff']:.1e}")]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=["extractors", "scaling"], help="run one part only")
+    parser.add_argument("--only", choices=["extractors", "scaling", "visual-ab"],
+                        help="run one part only (visual-ab: needs --baseline)")
+    parser.add_argument("--baseline", type=Path,
+                        help="visual-ab: another version of ercpipe/features/visual.py, e.g. from "
+                             "`git show HEAD~1:ercpipe/features/visual.py > /tmp/visual_before.py`")
     parser.add_argument("--meld-clips", type=int, default=8)
     parser.add_argument("--iemocap-seconds", type=float, default=180.0)
     parser.add_argument("--iemocap-utterances", type=int, default=8)
@@ -302,15 +385,22 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.only == "visual-ab" and (args.baseline is None or not args.baseline.is_file()):
+        parser.error("--only visual-ab needs --baseline FILE (a visual.py)")
     out: dict = {"machine": f"{os.cpu_count()} CPUs", "load_before": os.getloadavg()}
+    parts = [args.only] if args.only else ["extractors", "scaling"]
     with tempfile.TemporaryDirectory(prefix="bench_real_format_") as tmp:
-        if args.only != "scaling":
+        if "visual-ab" in parts:
+            rows = run_visual_ab(Path(tmp), args.baseline, args.repeats)
+            print(markdown_table(rows, AB_COLUMNS))
+            out["visual_ab"] = rows
+        if "extractors" in parts:
             rows, notes = run_extractors(Path(tmp), args.meld_clips, args.iemocap_seconds, args.iemocap_utterances)
             print("\n".join(notes) + "\n")
             print(table(rows) + "\n")
             print(extrapolation(rows) + "\n")
             out.update(extractors=rows, notes=notes)
-        if args.only != "extractors":
+        if "scaling" in parts:
             scaling = run_scaling(Path(tmp), args.scaling_utterances, args.repeats)
             print(scaling_table(scaling))
             out["scaling"] = scaling

@@ -173,3 +173,124 @@ def test_opensmile_in_worker_processes_gives_the_serial_results(tmp_path):
     assert serial.present.tolist() == processes.present.tolist() == [True, True, False, True, True]
     np.testing.assert_array_equal(serial.features, processes.features)
     assert serial.attrs["absent"] == processes.attrs["absent"] and silent in serial.attrs["absent"]
+
+
+class _FaceLog:
+    """Records the faces every utterance's frames got, by the utterance's first frame (visual.crops_from_faces
+    is called once per utterance by both paths; the batched one in the order utterances complete)."""
+
+    def __init__(self, monkeypatch):
+        import hashlib
+
+        self.faces: dict[str, list[list[visual.Face]]] = {}
+        real = visual.crops_from_faces
+
+        def recording(frames, faces_per_frame, *args, **kwargs):
+            self.faces[hashlib.sha1(frames[0].tobytes()).hexdigest()] = faces_per_frame
+            return real(frames, faces_per_frame, *args, **kwargs)
+
+        monkeypatch.setattr(visual, "crops_from_faces", recording)
+
+
+def _per_utterance_features(manifest_path, settings: dict, face_selection: dict) -> tuple[np.ndarray, list[bool]]:
+    """The per-utterance path: each utterance's frames detected alone (speaker_crops), its crops embedded alone."""
+    from ercpipe.io import manifest as manifest_io
+
+    settings = visual.visual_settings(settings)
+    detector = visual.build_detector(settings, "cpu")
+    embedder = visual.load_embedder(settings, "cpu")
+    rows = manifest_io.read(manifest_path)
+    feats, present = np.zeros((len(rows), embedder.dim), dtype=np.float32), []
+    for i, row in enumerate(rows.itertuples(index=False)):
+        if not Path(row.video_path).exists():
+            present.append(False)
+            continue
+        frames = visual.sample_frames(row.video_path, row.video_start, row.video_end, settings["fps"],
+                                      settings["max_frames"])
+        crops = visual.speaker_crops(frames, row.speaker, settings, face_selection, detector)
+        if crops:
+            feats[i] = embedder.embed(crops, settings["batch_size"]).mean(axis=0)
+        present.append(bool(crops))
+    return feats, present
+
+
+@pytest.fixture(scope="module")
+def mixed_corpus(tmp_path_factory):
+    """IEMOCAP-like windows (720x480 DivX) and MELD-like clips (1280x720 H.264, detected on a 720x405 copy)
+    interleaved in one manifest (speakers named for the side rule), with a row whose video is missing."""
+    import pandas as pd
+
+    from ercpipe.io import manifest as manifest_io
+
+    root = tmp_path_factory.mktemp("mixed")
+    iemocap, _ = rfm.make_iemocap_corpus(root / "iemocap", 1, seconds=14.0, utterances=4, utterance_seconds=2.0)
+    meld = rfm.make_meld_corpus(root / "meld", n_dialogues=1, per_dialogue=2, seconds=1.5)
+    a, b = manifest_io.read(iemocap), manifest_io.read(meld)
+    b["speaker"] = ["Ses02_F", "Ses02_M"]
+    rows = pd.concat([a.iloc[:2], b.iloc[:1], a.iloc[2:3], b.iloc[1:], a.iloc[3:]], ignore_index=True)
+    gone = rows.iloc[0].copy()
+    gone["utterance_id"], gone["video_path"] = "gone", str(root / "gone.avi")
+    rows = pd.concat([rows.iloc[:3], gone.to_frame().T, rows.iloc[3:]], ignore_index=True)
+    path = root / "manifest.tsv"
+    manifest_io.write(rows, path)
+    return path
+
+
+@pytest.mark.parametrize("batch_size, cpu_max_batch", [(3, 8), (32, 8), (32, 64)])
+def test_detection_batched_across_utterances_gives_the_per_utterance_features(mixed_corpus, tmp_path, monkeypatch,
+                                                                               batch_size, cpu_max_batch):
+    """extract_shard runs MTCNN (and the backbone) on batches spanning utterances and gets every utterance the
+    faces and features its frames detected alone and its crops embedded alone give: the same faces with the
+    same scores, boxes within float rounding (a frame in a batch of one goes through other oneDNN kernels:
+    boxes move by < 1e-4 px), features within 1e-4."""
+    from facenet_pytorch import MTCNN
+
+    from ercpipe.features.interface import ExtractionContext
+    from ercpipe.io import features as feature_io
+
+    torch.set_num_threads(1)
+    settings = {"backbone": "densenet121", "weights": "random", "batch_size": batch_size}
+    face_rule = {"mode": "side", "sides": {"F": "left", "M": "right"}}
+    alone = _FaceLog(monkeypatch)
+    expected, expected_present = _per_utterance_features(mixed_corpus, settings, face_rule)
+    monkeypatch.undo()
+
+    calls: list[tuple[int, tuple]] = []
+    real_detect = MTCNN.detect
+
+    def counting_detect(self, img, *args, **kwargs):
+        calls.append((len(img), tuple(np.asarray(img).shape[1:3])))
+        return real_detect(self, img, *args, **kwargs)
+
+    monkeypatch.setattr(MTCNN, "detect", counting_detect)
+    monkeypatch.setattr(visual, "CPU_MAX_BATCH", cpu_max_batch)  # 64: batches as large as on CUDA
+    batched = _FaceLog(monkeypatch)
+    out = tmp_path / "batched.h5"
+    visual.extract_shard(mixed_corpus, settings, out, threads=1, device="cpu",
+                         context=ExtractionContext(face_selection=face_rule))
+    fs = feature_io.read(out)
+    assert fs.present.tolist() == expected_present
+    assert sum(expected_present) >= 5 and not all(expected_present)  # real faces found; the missing video absent
+    assert len(alone.faces) == 6 and batched.faces.keys() == alone.faces.keys()
+    for key, utterance_a in alone.faces.items():
+        utterance_b = batched.faces[key]
+        assert len(utterance_b) == len(utterance_a)
+        for faces_b, faces_a in zip(utterance_b, utterance_a):
+            assert len(faces_b) == len(faces_a) >= 1
+            for b, a in zip(faces_b, faces_a):
+                assert abs(b.prob - a.prob) < 1e-5
+                assert np.abs(b.box - a.box).max() < 1e-3 and np.abs(b.landmarks - a.landmarks).max() < 1e-3
+    np.testing.assert_allclose(fs.features, expected, rtol=1e-4, atol=1e-4)
+    # The calls spanned utterances (4 frames per IEMOCAP window, 3 per MELD clip), never held more than the
+    # batch (batch_size, at most CPU_MAX_BATCH on the CPU), and only one frame size each (720x480 as it is,
+    # 1280x720 on its 720x405 copy).
+    batch = min(batch_size, cpu_max_batch)
+    assert all(n <= batch for n, _ in calls)
+    assert {shape for _, shape in calls} == {(480, 720), (405, 720)}
+    sizes = [n for n, _ in calls]
+    if batch == 3:
+        assert sizes[:4] == [3, 3, 3, 3], calls  # full batches, each ending inside an utterance
+    elif batch == 8:
+        assert sorted(sizes) == [4, 4, 6, 8], calls  # 2 windows; 2 clips and a window flushed once 8 wait; 1 window
+    else:
+        assert sorted(sizes) == [6, 16], calls  # one call per frame size

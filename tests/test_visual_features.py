@@ -485,3 +485,28 @@ def test_a_wrong_or_missing_prediction_decodes_again_with_the_real_count(short_v
     assert census.passes == 2 and census.peak <= 16 + 1
     monkeypatch.undo()
     assert_same_selection(got, old_selection(path, 0.5, 11.0, 4.0, 16))
+
+
+def test_cross_batcher_runs_full_batches_across_owners_and_returns_each_owners_results_in_order():
+    calls = []
+
+    def fn(items):
+        calls.append(list(items))
+        return [item * 10 for item in items]
+
+    batcher = visual.CrossBatcher(fn, 3, key=lambda item: item % 2)  # odd and even items never share a batch
+    batcher.add("a", [1, 3])
+    assert calls == [] and batcher.held == 2 and batcher.done() == []
+    batcher.add("b", [5, 2])
+    assert calls == [[1, 3, 5]] and batcher.held == 1
+    assert batcher.done() == [("a", [10, 30])]
+    batcher.add("empty", [])
+    batcher.add("c", [4, 6, 7, 9, 11, 13])  # more than a batch: the even queue runs, the odd one twice
+    assert calls[1:] == [[2, 4, 6], [7, 9, 11]]
+    assert batcher.done() == [("b", [50, 20]), ("empty", [])]
+    batcher.flush()
+    assert calls[3:] == [[13]] and batcher.held == 0
+    assert batcher.done() == [("c", [40, 60, 70, 90, 110, 130])]
+    batcher.add("d", [1])
+    with pytest.raises(ValueError, match="twice"):
+        batcher.add("d", [1])

@@ -2,7 +2,8 @@
 
 Per utterance: frames are sampled at `fps` inside [video_start, video_end) (at most `max_frames`,
 spread evenly over the utterance), MTCNN (facenet-pytorch; its weights ship inside the package)
-finds faces and five landmarks in batches of frames, one face per frame is chosen as the speaker's
+finds faces and five landmarks in batches of frames (spanning utterances in extract_shard, as do the
+backbone's batches of crops; see CrossBatcher), one face per frame is chosen as the speaker's
 (see `select_face`), rotated so the eyes are level and cropped square with a margin, embedded by the
 backbone, and the per-frame embeddings are averaged. An utterance with no usable video or no
 speaker face in any frame becomes zeros with present=False; the reason is logged and stored as JSON
@@ -48,6 +49,10 @@ visual_settings = settings_mod.visual_settings  # validated, defaults filled in,
 face_selection_settings = settings_mod.face_selection_settings
 stored_settings = settings_mod.stored_visual_settings  # what a feature file records (and hashes)
 
+# On the CPU, MTCNN and backbone calls take at most this many frames / crops (the batch_size setting is the
+# cap on CUDA): per item the CPU cost is flat from 1 to 8 and grows beyond (densenet121 at 32 crops: 1.7x per
+# crop, and more memory), so larger CPU batches only cost (docs/features.md, "Batches across utterances").
+CPU_MAX_BATCH = 8
 # Faces whose areas are within this fraction of the largest count as equally large ("largest_central").
 AREA_TIE_FRACTION = 0.05
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
@@ -107,43 +112,115 @@ def detection_size(width: int, height: int, max_side: int | None) -> tuple[int, 
     return max(1, int(round(width * scale))), max(1, int(round(height * scale)))
 
 
+class CrossBatcher:
+    """Runs `fn` over the items of many owners (utterances) in batches that span owners.
+
+    `add(owner, items)` queues an owner's items; a queue of items with the same `key(item)` (frames of one
+    size batch together) runs as soon as it holds `batch_size` items, `flush()` runs every queue, and
+    `done()` pops the owners all of whose items have run, in the order they were added, with their results
+    in item order. `fn(items)` returns one result per item and must compute each item independently of
+    the others in its batch (MTCNN and the backbones in eval mode do; only float rounding can differ with
+    the batch's size, as kernels do), so the batching changes the speed, not the results. An owner
+    without items is done at once.
+    """
+
+    def __init__(self, fn, batch_size: int, key=lambda item: None):
+        self.fn, self.batch_size, self.key = fn, max(1, int(batch_size)), key
+        self.queues: dict = {}  # key -> [(owner, position, item)]
+        self.results: dict = {}  # owner -> results by position (None until run)
+        self.missing: dict = {}  # owner -> items not yet run
+
+    def add(self, owner, items: list) -> None:
+        if owner in self.results:
+            raise ValueError(f"owner {owner!r} was added twice")
+        self.results[owner] = [None] * len(items)
+        self.missing[owner] = len(items)
+        for position, item in enumerate(items):
+            key = self.key(item)
+            queue = self.queues.setdefault(key, [])
+            queue.append((owner, position, item))
+            if len(queue) >= self.batch_size:
+                self._run(key)
+
+    @property
+    def held(self) -> int:
+        """Items queued and not yet run."""
+        return sum(len(q) for q in self.queues.values())
+
+    def flush(self) -> None:
+        for key in list(self.queues):
+            self._run(key)
+
+    def done(self) -> list[tuple[object, list]]:
+        finished = [owner for owner, n in self.missing.items() if n == 0]
+        out = []
+        for owner in finished:
+            del self.missing[owner]
+            out.append((owner, self.results.pop(owner)))
+        return out
+
+    def _run(self, key) -> None:
+        queue = self.queues.pop(key)
+        for start in range(0, len(queue), self.batch_size):
+            chunk = queue[start:start + self.batch_size]
+            results = self.fn([item for _, _, item in chunk])
+            if len(results) != len(chunk):
+                raise RuntimeError(f"batch function gave {len(results)} results for {len(chunk)} items")
+            for (owner, position, _), result in zip(chunk, results):
+                self.results[owner][position] = result
+                self.missing[owner] -= 1
+
+
+def _detect_same_size(detector, frames: list[np.ndarray], max_side: int | None) -> list[list[Face]]:
+    """One MTCNN call on frames of one size (see detect_faces for max_side)."""
+    height, width = frames[0].shape[:2]
+    small_w, small_h = detection_size(width, height, max_side)
+    sx, sy = width / small_w, height / small_h
+    scaled = (small_w, small_h) != (width, height)
+    batch = [cv2.resize(f, (small_w, small_h), interpolation=cv2.INTER_AREA) for f in frames] if scaled else frames
+    boxes, probs, points = detector.detect(np.stack(batch), landmarks=True)
+    out: list[list[Face]] = []
+    for frame_boxes, frame_probs, frame_points in zip(boxes, probs, points):
+        if frame_boxes is None:  # facenet-pytorch returns None (object arrays) for a frame without faces
+            out.append([])
+            continue
+        b = np.asarray(frame_boxes, dtype=np.float32).reshape(-1, 4)
+        p = np.asarray(frame_probs, dtype=np.float32).reshape(-1)
+        lm = np.asarray(frame_points, dtype=np.float32).reshape(-1, 5, 2)
+        if scaled:  # copy pixel x -> frame pixel (x + 0.5) * sx - 0.5 (and y with sy)
+            b = b.copy()
+            lm = lm.copy()
+            b[:, [0, 2]] = (b[:, [0, 2]] + 0.5) * sx - 0.5
+            b[:, [1, 3]] = (b[:, [1, 3]] + 0.5) * sy - 0.5
+            lm[..., 0] = (lm[..., 0] + 0.5) * sx - 0.5
+            lm[..., 1] = (lm[..., 1] + 0.5) * sy - 0.5
+        out.append([Face(b[j], float(p[j]), lm[j]) for j in range(len(b))])
+    return out
+
+
+def face_batcher(detector, batch_size: int = 32, max_side: int | None = None) -> CrossBatcher:
+    """A CrossBatcher of frames -> faces (detect_faces per frame): frames of the same size, from any number
+    of utterances, share MTCNN calls of up to `batch_size` frames."""
+    return CrossBatcher(lambda frames: _detect_same_size(detector, frames, max_side), batch_size,
+                        key=lambda frame: frame.shape)
+
+
 def detect_faces(detector, frames: list[np.ndarray], batch_size: int = 32,
                  max_side: int | None = None) -> list[list[Face]]:
-    """Faces of each RGB frame (all frames of one video have the same size, so they batch).
+    """Faces of each RGB frame; frames of the same size are detected together, `batch_size` per MTCNN call.
 
     With `max_side`, a frame whose longest side is above it is detected on a copy scaled down to that
     side (cv2 INTER_AREA), and the boxes and landmarks are mapped back to the frame's own pixels (pixel
     centers aligned, as the resize does), so callers crop from the full-resolution frame. A frame at or
     below `max_side` is detected as it is.
     """
-    out: list[list[Face]] = []
     if not frames:
-        return out
-    height, width = frames[0].shape[:2]
-    small_w, small_h = detection_size(width, height, max_side)
-    sx, sy = width / small_w, height / small_h
-    scaled = (small_w, small_h) != (width, height)
-    for i in range(0, len(frames), batch_size):
-        batch = frames[i:i + batch_size]
-        if scaled:
-            batch = [cv2.resize(f, (small_w, small_h), interpolation=cv2.INTER_AREA) for f in batch]
-        boxes, probs, points = detector.detect(np.stack(batch), landmarks=True)
-        for frame_boxes, frame_probs, frame_points in zip(boxes, probs, points):
-            if frame_boxes is None:  # facenet-pytorch returns None (object arrays) for a frame without faces
-                out.append([])
-                continue
-            b = np.asarray(frame_boxes, dtype=np.float32).reshape(-1, 4)
-            p = np.asarray(frame_probs, dtype=np.float32).reshape(-1)
-            lm = np.asarray(frame_points, dtype=np.float32).reshape(-1, 5, 2)
-            if scaled:  # copy pixel x -> frame pixel (x + 0.5) * sx - 0.5 (and y with sy)
-                b = b.copy()
-                lm = lm.copy()
-                b[:, [0, 2]] = (b[:, [0, 2]] + 0.5) * sx - 0.5
-                b[:, [1, 3]] = (b[:, [1, 3]] + 0.5) * sy - 0.5
-                lm[..., 0] = (lm[..., 0] + 0.5) * sx - 0.5
-                lm[..., 1] = (lm[..., 1] + 0.5) * sy - 0.5
-            out.append([Face(b[j], float(p[j]), lm[j]) for j in range(len(b))])
-    return out
+        return []
+    batcher = face_batcher(detector, batch_size, max_side)
+    batcher.add(0, frames)
+    batcher.flush()
+    [(_, faces)] = batcher.done()
+    return faces
 
 
 def select_face(faces: list[Face], frame_width: int, frame_height: int, speaker: str,
@@ -238,19 +315,25 @@ def sample_frames(video_path: str | Path, start: float | None, end: float | None
     return [frame for _, frame in sample_timed_frames(video_path, start, end, fps, max_frames)]
 
 
+def crops_from_faces(frames: list[np.ndarray], faces_per_frame: list[list[Face]], speaker: str, settings: dict,
+                     face_selection: dict) -> list[np.ndarray]:
+    """Aligned crops of the speaker's face (select_face), one per frame in which it was found."""
+    crops = []
+    for frame, faces in zip(frames, faces_per_frame):
+        height, width = frame.shape[:2]
+        face = select_face(faces, width, height, speaker, face_selection)
+        if face is not None:
+            crops.append(align_face(frame, face, settings["image_size"], settings["face_margin"]))
+    return crops
+
+
 def speaker_crops(frames: list[np.ndarray], speaker: str, settings: dict, face_selection: dict,
                   detector) -> list[np.ndarray]:
     """Aligned crops of the speaker's face, one per frame in which it was found."""
     if not frames:
         return []
-    height, width = frames[0].shape[:2]
-    crops = []
     faces_per_frame = detect_faces(detector, frames, settings["batch_size"], detect_max_side(settings))
-    for frame, faces in zip(frames, faces_per_frame):
-        face = select_face(faces, width, height, speaker, face_selection)
-        if face is not None:
-            crops.append(align_face(frame, face, settings["image_size"], settings["face_margin"]))
-    return crops
+    return crops_from_faces(frames, faces_per_frame, speaker, settings, face_selection)
 
 
 def utterance_face_crops(video_path, start, end, speaker: str, settings: dict, face_selection: dict, *,
@@ -412,6 +495,12 @@ def _prefetched_frames(rows, settings: dict) -> Iterator[tuple[object, list[np.n
             yield row, frames, reason
 
 
+def effective_batch_size(batch_size: int, device: torch.device) -> int:
+    """Frames per MTCNN call and crops per backbone call in extract_shard: `batch_size` on CUDA, at most
+    CPU_MAX_BATCH elsewhere."""
+    return batch_size if device.type == "cuda" else min(batch_size, CPU_MAX_BATCH)
+
+
 def extract_shard(manifest_path, settings: dict | None, out_path, *, threads: int = 1, device: str = "auto",
                   context: ExtractionContext | None = None) -> None:
     """Face features for the utterances of the manifest (a job's shard manifest), written to `out_path`
@@ -433,22 +522,49 @@ def extract_shard(manifest_path, settings: dict | None, out_path, *, threads: in
     present = np.zeros(len(ids), dtype=bool)
     absent: dict[str, str] = {}
     frame_count = face_count = 0
+    batch_size = effective_batch_size(settings["batch_size"], torch_device)
+    # Frames of consecutive utterances share MTCNN calls, and their crops share backbone calls (batch_size
+    # each; CrossBatcher), with the faces and features each utterance alone would get (to float rounding).
+    # At most about batch_size frames wait for a batch (plus the frames of the utterances they belong to).
+    detection = face_batcher(detector, batch_size, detect_max_side(settings))
+    embedding = CrossBatcher(lambda crops: list(embedder.embed(crops, batch_size)), batch_size)
+    waiting: dict[int, tuple[object, list[np.ndarray]]] = {}  # row index -> (row, frames) in detection
+
+    def finish(flush: bool = False) -> None:
+        nonlocal face_count
+        if flush:
+            detection.flush()
+        for i, faces_per_frame in detection.done():
+            row, frames = waiting.pop(i)
+            crops = crops_from_faces(frames, faces_per_frame, row.speaker, settings, face_selection)
+            face_count += len(crops)
+            if not crops:
+                absent[row.utterance_id] = f"no_face (no speaker face in {len(frames)} sampled frame(s))"
+                logger.debug("visual of %s absent: %s", row.utterance_id, absent[row.utterance_id])
+                continue
+            embedding.add(i, crops)
+        if flush:
+            embedding.flush()
+        for i, vectors in embedding.done():
+            feats[i] = np.stack(vectors).mean(axis=0)
+            present[i] = True
+
     progress = tqdm(_prefetched_frames(rows.itertuples(index=False), settings), total=len(ids),
                     desc="visual", unit="utt")
     for i, (row, frames, reason) in enumerate(progress):
         if not reason and not frames:
             reason = "no_frames (the video has no frame inside the utterance's time window)"
-        crops = [] if reason else speaker_crops(frames, row.speaker, settings, face_selection, detector)
         frame_count += len(frames or [])
-        face_count += len(crops)
-        if not reason and not crops:
-            reason = f"no_face (no speaker face in {len(frames)} sampled frame(s))"
         if reason:
             absent[row.utterance_id] = reason
             logger.debug("visual of %s absent: %s", row.utterance_id, reason)
             continue
-        feats[i] = embedder.embed(crops, settings["batch_size"]).mean(axis=0)
-        present[i] = True
+        waiting[i] = (row, frames)
+        detection.add(i, frames)
+        # Frames of several sizes (clips of different resolutions) could wait in several part-filled queues.
+        finish(flush=detection.held >= batch_size)
+    finish(flush=True)
+    absent = {uid: absent[uid] for uid in ids if uid in absent}  # manifest order, as written before
     feature_io.log_absent_summary("visual", absent, len(ids), logger)
     logger.info("visual %s: speaker face found in %d of %d sampled frames", manifest_path, face_count, frame_count)
     attrs = {
