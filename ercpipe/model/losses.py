@@ -19,15 +19,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ercpipe.labels import IEMOCAP_CLASSES, MELD_CLASSES, canonical_emotion
+from ercpipe.labels import official_class_list
 
 # Hard-coded whole-dataset weights of the official VEGA code (test labels included, O10), label order of
-# spec table 1.3. Used only with train.paper_compat (or loss.class_weights = "paper").
-PAPER_CLASS_WEIGHTS: dict[tuple[str, ...], tuple[float, ...]] = {
-    tuple(canonical_emotion(c) for c in IEMOCAP_CLASSES):
-        (2.85339499, 1.70571959, 1.08255267, 1.67633724, 1.77617681, 1.0),
-    tuple(canonical_emotion(c) for c in MELD_CLASSES):
-        (1.0, 3.93398523, 17.97765350, 6.42315388, 2.78856158, 17.82825470, 4.00497818),
+# spec table 1.3, by the dataset whose class list they weight (ercpipe.labels.official_class_list). Used only
+# with train.paper_compat (or loss.class_weights = "paper").
+PAPER_CLASS_WEIGHTS: dict[str, tuple[float, ...]] = {
+    "iemocap": (2.85339499, 1.70571959, 1.08255267, 1.67633724, 1.77617681, 1.0),
+    "meld": (1.0, 3.93398523, 17.97765350, 6.42315388, 2.78856158, 17.82825470, 4.00497818),
 }
 
 UNIMODAL = ("t", "a", "v")
@@ -42,9 +41,8 @@ SWITCH_KEYS: tuple[str, ...] = ("cls_loss", "cls_all_cls_kl_loss", "clip_loss", 
 
 def paper_class_weights(classes: Sequence[str]) -> np.ndarray | None:
     """The official hard-coded vector for IEMOCAP / MELD class lists, else None."""
-    key = tuple(canonical_emotion(c) for c in classes)
-    weights = PAPER_CLASS_WEIGHTS.get(key)
-    return None if weights is None else np.asarray(weights, dtype=np.float32)
+    dataset = official_class_list(classes)
+    return None if dataset is None else np.asarray(PAPER_CLASS_WEIGHTS[dataset], dtype=np.float32)
 
 
 def inverse_frequency_weights(train_labels: np.ndarray, n_classes: int) -> tuple[np.ndarray, list[int]]:
