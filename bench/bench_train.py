@@ -4,6 +4,7 @@ official formulation.
     .venv/bin/python bench/bench_train.py --threads 2                 # the whole table (check, epochs, whole runs)
     .venv/bin/python bench/bench_train.py --threads 2 --epochs 3 --json bench_train.json
     .venv/bin/python bench/bench_train.py --threads 2 --skip-whole-run  # per-epoch rows only
+    .venv/bin/python bench/bench_train.py --threads 1 --whole-run-only  # whole-run rows only
     .venv/bin/python bench/bench_train.py --threads 2 --accuracy        # fp32 vs bf16 accuracy over seeds
     .venv/bin/python bench/bench_train.py --device cuda               # GPU: fp16 autocast as the reduced mode
 
@@ -458,6 +459,7 @@ def main() -> None:
     parser.add_argument("--check-dialogues", type=int, default=3, help="dialogues for the library/reference check")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--skip-whole-run", action="store_true", help="per-epoch rows only")
+    parser.add_argument("--whole-run-only", action="store_true", help="whole-run rows only (no check, no epochs)")
     parser.add_argument("--run-epochs", type=int, default=10, help="epochs of each whole run")
     parser.add_argument("--run-dialogues", type=int, nargs=3, default=[30, 8, 8], metavar=("TRAIN", "VALID", "TEST"),
                         help="dialogues per split for the whole runs (48 utterances each on average)")
@@ -499,21 +501,23 @@ def main() -> None:
         print(line)
         out["accuracy"] = {"runs": result["runs"], "summary": line}
     else:
-        check = run_worker("check", args, device)
-        print(f"check library vs reference ({check['utterances']} utterances): "
-              f"{'OK' if check['fp32_ok'] else 'MISMATCH'}; max |diff| {max(check['max_abs_diff'].values()):.2e}, "
-              f"relative gradient diff {check['max_grad_rel_diff']:.2e}; {check['amp']}: max |logit diff| "
-              f"{check['amp_max_logit_diff']:.3f}, argmax agreement {check['amp_argmax_agreement']:.3f}, "
-              f"loss within {check['amp_loss_rel_diff']:.2%}", flush=True)
-        if not check["ok"]:
-            raise SystemExit(f"library and reference disagree: {check}")
-        out["check"] = check
-        epochs = run_worker("epochs", args, device)
-        rows = epoch_rows(epochs, args.amp_mode)
-        print(f"\nTraining epochs ({SPLITS['train'][0]} dialogues / {SPLITS['train'][1]} utterances, padded positions "
-              f"per utterance {epochs['padded_positions_per_valid']:.3f}; load average {os.getloadavg()[0]:.2f}):")
-        print(markdown_table(rows, EPOCH_COLUMNS))
-        out["epochs"] = {**epochs, "rows": rows}
+        if not args.whole_run_only:
+            check = run_worker("check", args, device)
+            print(f"check library vs reference ({check['utterances']} utterances): "
+                  f"{'OK' if check['fp32_ok'] else 'MISMATCH'}; max |diff| {max(check['max_abs_diff'].values()):.2e}, "
+                  f"relative gradient diff {check['max_grad_rel_diff']:.2e}; {check['amp']}: max |logit diff| "
+                  f"{check['amp_max_logit_diff']:.3f}, argmax agreement {check['amp_argmax_agreement']:.3f}, "
+                  f"loss within {check['amp_loss_rel_diff']:.2%}", flush=True)
+            if not check["ok"]:
+                raise SystemExit(f"library and reference disagree: {check}")
+            out["check"] = check
+            epochs = run_worker("epochs", args, device)
+            rows = epoch_rows(epochs, args.amp_mode)
+            print(f"\nTraining epochs ({SPLITS['train'][0]} dialogues / {SPLITS['train'][1]} utterances, padded "
+                  f"positions per utterance {epochs['padded_positions_per_valid']:.3f}; "
+                  f"load average {os.getloadavg()[0]:.2f}):")
+            print(markdown_table(rows, EPOCH_COLUMNS))
+            out["epochs"] = {**epochs, "rows": rows}
         if not args.skip_whole_run:
             runs = run_rows(whole_runs(args, device, ["fp32", args.amp_mode, "reference"]), args.amp_mode)
             print(f"\nWhole runs (run_training, official preset, {args.run_epochs} epochs, dialogues "

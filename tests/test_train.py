@@ -563,3 +563,17 @@ def test_a_new_selection_overwrites_the_previous_weights_in_place():
     assert all(second["state_dict"][k] is first["state_dict"][k] for k in held)  # no second copy
     for k, v in model.state_dict().items():
         assert torch.equal(second["state_dict"][k], v)
+
+
+def test_cpu_runs_limit_the_onednn_and_ideep_caches_unless_the_environment_says(monkeypatch):
+    """docs/model.md, "Benchmarks": ideep's computation cache (LRU_CACHE_CAPACITY, 1024 by default) grew with
+    every new batch shape under bf16 and took the whole-run peak RSS over 2.4 GiB."""
+    from ercpipe.train import trainer
+
+    monkeypatch.setenv("LRU_CACHE_CAPACITY", "")  # so that the value set below is undone after the test
+    monkeypatch.delenv("LRU_CACHE_CAPACITY")
+    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16")
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", str(1 << 20))  # skips the mallopt call: nothing process-wide
+    trainer.limit_allocator_caches()
+    assert os.environ["LRU_CACHE_CAPACITY"] == "8"
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "16"

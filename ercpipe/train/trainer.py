@@ -134,10 +134,15 @@ def limit_allocator_caches() -> None:
     * glibc serves blocks of 1 MiB and more with mmap, so freed tensors go back to the system instead of
       staying in fragmented heap arenas (glibc's default threshold climbs to 32 MiB after the first frees);
     * oneDNN keeps at most 8 primitives: batches have a new shape every step, and every cached primitive
-      (bf16 matrix products go through oneDNN) holds its own buffers.
-    Environment settings win (MALLOC_MMAP_THRESHOLD_, ONEDNN_PRIMITIVE_CACHE_CAPACITY); the oneDNN one only
-    acts if no oneDNN primitive ran before in this process."""
+      (bf16 matrix products go through oneDNN) holds its own buffers;
+    * so does ideep's own cache of computations (LRU_CACHE_CAPACITY, 1024 by default), which sits in front of
+      oneDNN's: with bf16 it kept about 30 MiB more per epoch (a new entry for every new batch shape) and
+      raised a 10-epoch run's peak from 2.4 to 2.8 GiB; 8 entries stop that growth at no cost in speed.
+    Environment settings win (MALLOC_MMAP_THRESHOLD_, ONEDNN_PRIMITIVE_CACHE_CAPACITY, LRU_CACHE_CAPACITY).
+    Both cache sizes are read from the environment when the cache is first used, so setting them here, after
+    torch is imported, works (measured) as long as no oneDNN / ideep operation ran before in this process."""
     os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "8")
+    os.environ.setdefault("LRU_CACHE_CAPACITY", "8")
     if "MALLOC_MMAP_THRESHOLD_" in os.environ:
         return
     try:
