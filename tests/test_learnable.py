@@ -1,6 +1,6 @@
 """The synthetic raw corpus is learnable: from raw files through the real extractors, SDT beats chance clearly.
 
-The demo's own numbers (README: 70-80 % test accuracy) come from the same path with all three
+The demo's own numbers (README: 60-85 % test accuracy) come from the same path with all three
 modalities; this test leaves the slow face extraction out and keeps the corpus at the demo's size.
 """
 from __future__ import annotations
