@@ -545,20 +545,20 @@ def test_bf16_on_the_cpu_trains_and_learns(dataset, tmp_path, caplog):
 
 def test_a_new_selection_overwrites_the_previous_weights_in_place():
     from ercpipe.model import ModelSpec, build_model
-    from ercpipe.train.trainer import _selected_payload
+    from ercpipe.model.checkpoint import checkpoint_payload
 
     spec = ModelSpec({"text": 5, "audio": 4, "visual": 3}, 4, 2, hidden_dim=8, n_heads=2, clip_dim=4)
     model = build_model(spec)
     fields = dict(spec=spec, config={}, classes=list("abcd"), seed=0, selection_split="valid", feature_stats=None,
                   features={})
-    first = _selected_payload(model, None, epoch=1, **fields)
+    first = checkpoint_payload(model, epoch=1, **fields)
     held = {k: v.clone() for k, v in first["state_dict"].items()}
     with torch.no_grad():
         for p in model.parameters():
             p.add_(1.0)
     for k in held:  # the payload is a copy, not the live weights
         assert torch.equal(first["state_dict"][k], held[k])
-    second = _selected_payload(model, first, epoch=3, **fields)
+    second = checkpoint_payload(model, epoch=3, into=first["state_dict"], **fields)
     assert second["epoch"] == 3 and second["classes"] == list("abcd")
     assert all(second["state_dict"][k] is first["state_dict"][k] for k in held)  # no second copy
     for k, v in model.state_dict().items():

@@ -29,13 +29,28 @@ class CheckpointError(ErcpipeError, ValueError):
 
 
 def checkpoint_payload(model: SDTVega, *, spec: ModelSpec, config: dict, classes: Sequence[str], epoch: int,
-                       seed: int, selection_split: str, feature_stats: dict | None, features: dict) -> dict:
+                       seed: int, selection_split: str, feature_stats: dict | None, features: dict,
+                       into: dict | None = None) -> dict:
     """What model.pt holds (weights on the CPU, copied: the payload keeps this epoch's weights while the model
-    trains on, which is how the trainer holds the selected epoch in memory until it writes it)."""
-    return {"format": CHECKPOINT_FORMAT, "version": 1,
-            "state_dict": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
+    trains on, which is how the trainer holds the selected epoch in memory until it writes it).
+
+    `into`: an earlier payload's state_dict that nothing else holds (the trainer's previous selection); when
+    its keys, shapes and dtypes match, the weights are copied into it in place, so they are never held twice
+    while the copy is made (one model's size less peak memory)."""
+    return {"format": CHECKPOINT_FORMAT, "version": 1, "state_dict": _copied_weights(model, into),
             "config": config, "spec": spec.to_dict(), "classes": list(classes), "epoch": epoch, "seed": seed,
             "selection_split": selection_split, "feature_stats": feature_stats, "features": features}
+
+
+def _copied_weights(model: SDTVega, into: dict | None) -> dict:
+    current = model.state_dict()
+    if into is None or into.keys() != current.keys() or any(
+            into[k].shape != v.shape or into[k].dtype != v.dtype for k, v in current.items()):
+        return {k: v.detach().to("cpu", copy=True) for k, v in current.items()}
+    with torch.no_grad():
+        for k, v in current.items():
+            into[k].copy_(v.detach())
+    return into
 
 
 def save_torch(obj, path: str | Path) -> None:

@@ -462,9 +462,10 @@ def _run_epoch(epoch, model, loss_fn, optimizer, scaler, scheduler, train_dialog
     best = None
     if improved:
         state.update(best_score=compared, best_epoch=epoch, bad_epochs=0)
-        best = _selected_payload(model, previous_best, spec=spec, config=cfg, classes=data.classes, epoch=epoch,
-                                 seed=seed, selection_split=selection_split, feature_stats=feature_stats,
-                                 features=data.feature_sources)
+        best = checkpoint_payload(model, spec=spec, config=cfg, classes=data.classes, epoch=epoch, seed=seed,
+                                  selection_split=selection_split, feature_stats=feature_stats,
+                                  features=data.feature_sources,
+                                  into=None if previous_best is None else previous_best.get("state_dict"))
     else:
         state["bad_epochs"] += 1
     state["skipped_steps"] += row["skipped_steps"]
@@ -478,28 +479,6 @@ def _run_epoch(epoch, model, loss_fn, optimizer, scaler, scheduler, train_dialog
     stop = patience is not None and state["bad_epochs"] >= patience
     state["finished"] = stop or epoch == train_cfg["epochs"]
     return {"row": row, "metrics": metrics, "score": score, "best": best}
-
-
-def _selected_payload(model, previous: dict | None, **fields) -> dict:
-    """The new selected epoch's checkpoint payload. The previous selection's weights are overwritten in
-    place (nothing else holds them once a better epoch is found), so the selected weights are held once,
-    never twice while the new copy is made (one model's size less peak memory)."""
-    weights = None if previous is None else previous.get("state_dict")
-    current = model.state_dict()
-    if weights is None or weights.keys() != current.keys() or any(
-            weights[k].shape != v.shape or weights[k].dtype != v.dtype for k, v in current.items()):
-        return checkpoint_payload(model, **fields)
-    with torch.no_grad():
-        for k, v in current.items():
-            weights[k].copy_(v.detach())
-    payload = checkpoint_payload(_NoWeights(), **fields)  # the metadata
-    payload["state_dict"] = weights
-    return payload
-
-
-class _NoWeights:
-    def state_dict(self) -> dict:
-        return {}
 
 
 def _feature_identity(data: DialogueData) -> dict:
