@@ -14,7 +14,10 @@ A search names the settings that differ between datasets and lets the selection 
 
 Every combination (contexts x fine-tuning seeds x class weights) becomes one candidate experiment
 `{selection}_{context}_ft{seed}_{weights}` on the text setting `{selection}_{context}_ft{seed}`; the
-selection then ranks them as it ranks any candidates (ercpipe.train.selection). `dataset` may be left out
+selection then ranks them as it ranks any candidates (ercpipe.train.selection). By default the class
+weights are the SDT loss's only and the candidates of one encoder share it; `finetune_class_weights: same`
+also weights the fine-tuning loss the same way, so each candidate gets an encoder of its own, named like
+the candidate (three times the fine-tuning, for datasets whose rare classes the encoder must learn too). `dataset` may be left out
 when the config has one dataset, so the same block runs on MELD, IEMOCAP or a CSV dataset unchanged.
 `paper` weights exist only for IEMOCAP's and MELD's class lists; on other classes that candidate is left
 out and the reason is kept in the selection (`skipped`), which its summary reports.
@@ -34,6 +37,7 @@ from ercpipe.labels import official_class_list
 
 MAX_CANDIDATES = 24  # a handful of settings that differ between datasets, not a grid search
 SEARCH_CLASS_WEIGHTS = ("none", "train", "paper")
+FINETUNE_CLASS_WEIGHTS = ("none", "same")  # the fine-tuning loss: unweighted, or weighted as the candidate's SDT loss
 
 
 class SearchError(ErcpipeError, ValueError):
@@ -53,11 +57,12 @@ def candidates(selection: str, search: dict) -> list[Candidate]:
     contexts = list(search.get("contexts") or {"plain": {}})
     seeds = search.get("finetune_seeds") or [None]
     weights = search.get("class_weights") or ["none"]
+    own_encoder = search.get("finetune_class_weights", "none") == "same"
     rows = []
-    for context, seed in itertools.product(contexts, seeds):
+    for context, seed, weight in itertools.product(contexts, seeds, weights):
         base = f"{selection}_{context}" + ("" if seed is None else f"_ft{seed}")
-        setting = base if search.get("text") is not None else None
-        rows += [Candidate(f"{base}_{weight}", setting, context, seed, weight) for weight in weights]
+        setting = None if search.get("text") is None else f"{base}_{weight}" if own_encoder else base
+        rows.append(Candidate(f"{base}_{weight}", setting, context, seed, weight))
     return rows
 
 
@@ -91,6 +96,12 @@ def expand_searches(config: dict, classes_of: Callable[[str], list[str]]) -> Non
         if search.get("finetune_seeds") and not (text and text.get("finetune")):
             raise SearchError(f"{where}.finetune_seeds: only a fine-tuned text setting has a fine-tuning seed; give "
                               "text.finetune or leave finetune_seeds out")
+        if search.get("finetune_class_weights", "none") not in FINETUNE_CLASS_WEIGHTS:
+            raise SearchError(f"{where}.finetune_class_weights: one of {list(FINETUNE_CLASS_WEIGHTS)}, got "
+                              f"{search['finetune_class_weights']!r}")
+        if search.get("finetune_class_weights", "none") == "same" and not (text and text.get("finetune")):
+            raise SearchError(f"{where}.finetune_class_weights: only a fine-tuned text setting has a fine-tuning "
+                              "loss; give text.finetune or leave finetune_class_weights out")
         if search.get("contexts") and text is None:
             raise SearchError(f"{where}.contexts: a context is part of a text setting; give text")
         template = search["experiment"]
@@ -117,7 +128,9 @@ def expand_searches(config: dict, classes_of: Callable[[str], list[str]]) -> Non
                 if row.text_setting in text_settings:
                     raise SearchError(f"{where}: features.text.{row.text_setting} already exists; rename the "
                                       "selection or that setting")
-                text_settings[row.text_setting] = _text_setting(text, contexts[row.context], row.finetune_seed)
+                finetune_weights = row.class_weights if search.get("finetune_class_weights") == "same" else None
+                text_settings[row.text_setting] = _text_setting(text, contexts[row.context], row.finetune_seed,
+                                                                finetune_weights)
                 made.add(row.text_setting)
             if row.experiment in experiments:
                 raise SearchError(f"{where}: experiments.{row.experiment} already exists; rename the selection or "
@@ -135,11 +148,14 @@ def expand_searches(config: dict, classes_of: Callable[[str], list[str]]) -> Non
         del config["features"]["text"]
 
 
-def _text_setting(text: dict, context: dict, seed: int | None) -> dict:
+def _text_setting(text: dict, context: dict, seed: int | None, finetune_weights: str | None) -> dict:
     setting = copy.deepcopy(text)
     if context:
         setting["context"] = {**setting.get("context", {}), **context}
-    if seed is not None:
+    extra = {} if seed is None else {"seed": seed}
+    if finetune_weights is not None:
+        extra["class_weights"] = finetune_weights
+    if extra:
         finetune = setting["finetune"] if isinstance(setting["finetune"], dict) else {}
-        setting["finetune"] = {**finetune, "seed": seed}
+        setting["finetune"] = {**finetune, **extra}
     return setting

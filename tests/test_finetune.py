@@ -122,6 +122,41 @@ def test_finetune_settings_and_splits_are_checked(corpus, tmp_path):
     assert not (tmp_path / "encoder").exists()
 
 
+def test_class_weighted_finetuning_weights_the_loss_by_train_frequency(corpus, tmp_path):
+    root, frame, model = corpus
+    # Few "sad" in train, many in valid: the weights must come from the train split alone.
+    frame = frame.copy()
+    train = (frame["split"] == "train").to_numpy()
+    sad_train = np.flatnonzero(train & (frame["label"] == "sad").to_numpy())
+    frame.loc[sad_train[3:], "label"] = "hap"
+    manifest_io.write(frame, tmp_path / "manifest.tsv")
+    one_epoch = {**TRAINING, "epochs": 1}
+    runs = {}
+    for weights in ("none", "train"):
+        settings = {"model": str(model), "pooling": "mean", "finetune": {**one_epoch, "class_weights": weights}}
+        finetune.finetune_text_encoder(tmp_path / "manifest.tsv", settings, tmp_path / weights, device="cpu")
+        runs[weights] = json.loads((tmp_path / weights / "metrics.json").read_text())
+    used = train & ~frame["flags"].str.contains("empty_text").to_numpy()
+    counts = frame.loc[used, "label"].value_counts()
+    classes = runs["train"]["classes"]
+    expected = [counts.max() / counts[c] if c in counts else counts.max() / counts.min() for c in classes]
+    assert runs["train"]["class_weights"]["source"] == "inverse frequency over train"
+    assert np.allclose(runs["train"]["class_weights"]["values"], expected)
+    assert runs["train"]["class_weights"]["values"][classes.index("sad")] > 4
+    assert runs["none"]["class_weights"] == {"source": "none", "values": None}
+    assert runs["train"]["history"][1]["train_loss"] != pytest.approx(runs["none"]["history"][1]["train_loss"])
+    assert runs["train"]["settings"]["finetune"]["class_weights"] == "train"
+    # An encoder made before the key existed (no class_weights stored) still matches an unweighted setting.
+    assert "class_weights" not in runs["none"]["settings"]["finetune"]
+    with pytest.raises(ValueError, match="was fine-tuned with settings"):
+        text.extract_shard(tmp_path / "manifest.tsv", {"model": str(model), "pooling": "mean", "finetune": one_epoch},
+                           tmp_path / "x.h5", device="cpu", context=ExtractionContext(encoder_dir=tmp_path / "train"))
+    with pytest.raises(ValueError, match=r"'paper' exists only for IEMOCAP's and MELD's class lists.*use 'train'"):
+        finetune.loss_class_weights("paper", ["joyful", "mad"], np.array([0, 1]), "m.tsv")
+    with pytest.raises(ValueError, match="class_weights must be one of"):
+        finetune.finetune_settings({"class_weights": "inverse"})
+
+
 @pytest.mark.parametrize("group_by_length", [True, False])
 def test_epoch_batches_use_every_input_once(group_by_length):
     import torch

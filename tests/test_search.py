@@ -61,7 +61,34 @@ def test_official_weights_are_left_out_where_the_classes_have_none_and_the_reaso
     assert len(config["selections"]["text_recipe"]["candidates"]) == 18
 
 
+def test_finetune_class_weights_same_gives_each_candidate_an_encoder_weighted_like_it(tmp_path):
+    config = load("csv_text.yaml")
+    search = config["selections"]["text_recipe"]["search"]
+    search.update(finetune_class_weights="same", finetune_seeds=[0])
+    pipeline_config.expand_searches(config)
+    candidates = config["selections"]["text_recipe"]["candidates"]
+    assert candidates == [f"text_recipe_{c}_ft0_{w}" for c in ("plain", "speakers") for w in ("none", "train")]
+    text = config["features"]["text"]
+    assert sorted(text) == sorted(candidates)  # paper was left out for these classes, so no encoder for it
+    for name in candidates:
+        weights = name.rsplit("_", 1)[1]
+        assert text[name]["finetune"] == {"epochs": 3, "lr": 1.0e-4, "batch_size": 32, "seed": 0,
+                                          "class_weights": weights}
+        experiment = config["experiments"][name]
+        assert experiment["features"] == {"text": name} and experiment["loss"] == {"class_weights": weights}
+    (tmp_path / "raw" / "mydata").mkdir(parents=True)
+    (tmp_path / "raw" / "mydata" / "manifest.csv").write_text("dialogue_id,utterance_id,split,speaker,label,text\n")
+    pipeline_config.check(config, tmp_path)
+    # The default leaves the fine-tuning unweighted: no class_weights key, encoders shared across weightings.
+    config = load("csv_text.yaml")
+    pipeline_config.expand_searches(config)
+    assert all("class_weights" not in setting["finetune"] for setting in config["features"]["text"].values())
+
+
 @pytest.mark.parametrize("change, message", [
+    (lambda s: s["search"].update(finetune_class_weights="train"), "finetune_class_weights: one of"),
+    (lambda s: s["search"].update(finetune_class_weights="same", finetune_seeds=None) or s["search"]["text"].pop(
+        "finetune"), "finetune_class_weights: only a fine-tuned text setting"),
     (lambda s: s.update(candidates=["a", "b"]), "give either candidates or search, not both"),
     (lambda s: s["search"].update(finetune_seeds=list(range(5)), contexts={f"c{i}": {} for i in range(3)}),
      f"45 candidates; a search compares at most {MAX_CANDIDATES}"),

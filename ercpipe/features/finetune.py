@@ -30,6 +30,7 @@ from ercpipe.features import settings as settings_mod
 from ercpipe.features import text_encoder as text_mod  # the encoder, not the extraction module
 from ercpipe.io import manifest as manifest_io
 from ercpipe.io.atomic import atomic_dir, write_json
+from ercpipe.model.losses import inverse_frequency_weights, paper_class_weights
 
 logger = logging.getLogger(__name__)
 
@@ -124,6 +125,23 @@ def _split_inputs(encoder: text_mod.TextEncoder, rows: pd.DataFrame, classes: li
     return out, skipped
 
 
+def loss_class_weights(choice: str, classes: list[str], train_y: np.ndarray, where) -> tuple[np.ndarray | None, str]:
+    """(weights of the fine-tuning cross-entropy or None, where they came from); as the SDT loss's choices."""
+    if choice == "none":
+        return None, "none"
+    if choice == "train":
+        weights, absent = inverse_frequency_weights(train_y, len(classes))
+        if absent:
+            logger.warning("classes %s have no train utterance; they get the largest weight",
+                           [classes[c] for c in absent])
+        return weights, "inverse frequency over train"
+    weights = paper_class_weights(classes)
+    if weights is None:
+        raise ValueError(f"{where}: finetune.class_weights 'paper' exists only for IEMOCAP's and MELD's class lists, "
+                         f"not {classes}; use 'train' (inverse train frequency) or 'none'")
+    return weights, "official (paper)"
+
+
 def warmup_linear_decay(optimizer: torch.optim.Optimizer, warmup_steps: int, steps: int):
     """Learning rate lr * (s + 1) / warmup_steps for optimizer step s < warmup_steps, then linear decay to 0.
 
@@ -167,6 +185,8 @@ def finetune_text_encoder(manifest_path, settings: dict, out_dir: Path, threads:
     if not train_x or not valid_x:
         raise ValueError(f"{manifest_path}: after leaving out empty transcripts there are {len(train_x)} train "
                          f"and {len(valid_x)} valid utterances; both must be > 0")
+    weights, weights_source = loss_class_weights(train.get("class_weights", "none"), classes, train_y, manifest_path)
+    loss_weight = None if weights is None else torch.as_tensor(weights, dtype=torch.float32, device=encoder.device)
     logger.info("fine-tuning %s on %d train utterances, choosing the epoch on %d valid, %d classes %s, device %s",
                 view["model"], len(train_x), len(valid_x), len(classes), classes, encoder.device)
 
@@ -190,7 +210,7 @@ def finetune_text_encoder(manifest_path, settings: dict, out_dir: Path, threads:
                           desc=f"fine-tune epoch {epoch}", unit="batch"):
             logits = model([train_x[i] for i in chunk])
             target = torch.from_numpy(train_y[chunk]).to(encoder.device)
-            loss = torch.nn.functional.cross_entropy(logits, target)
+            loss = torch.nn.functional.cross_entropy(logits, target, weight=loss_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
@@ -210,6 +230,7 @@ def finetune_text_encoder(manifest_path, settings: dict, out_dir: Path, threads:
         "selected_epoch": best_epoch, "selected_by": "valid weighted_f1",
         "valid_at_selected_epoch": history[best_epoch]["valid"], "history": history,
         "utterances": {"train": len(train_x), "valid": len(valid_x)},
+        "class_weights": {"source": weights_source, "values": None if weights is None else [float(w) for w in weights]},
         "skipped_empty_text": skipped, "splits_read": list(TRAIN_SPLITS),
         "seconds": time.perf_counter() - started, "device": str(encoder.device),
     }

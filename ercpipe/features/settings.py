@@ -93,7 +93,9 @@ FINETUNE_DEFAULTS: dict = {
     "seed": 0,
     "head_dropout": 0.1,  # dropout before the linear classification head
     "group_by_length": True,  # batches of similar-length inputs (less padding; see finetune._epoch_batches)
+    "class_weights": "none",  # the fine-tuning loss: none | train (inverse train frequency) | paper (official)
 }
+FINETUNE_CLASS_WEIGHTS = ("none", "train", "paper")
 
 
 def require_known_packaged(model: str) -> None:
@@ -155,6 +157,9 @@ def finetune_settings(settings: dict | None) -> dict:
     if not isinstance(out["group_by_length"], bool):
         raise SettingError("finetune.group_by_length", "text fine-tuning setting group_by_length must be true or "
                            f"false, got {out['group_by_length']!r}")
+    if out["class_weights"] not in FINETUNE_CLASS_WEIGHTS:
+        raise SettingError("finetune.class_weights", "text fine-tuning setting class_weights must be one of "
+                           f"{list(FINETUNE_CLASS_WEIGHTS)}, got {out['class_weights']!r}")
     for name, low, high in (("lr", 0.0, 1.0), ("weight_decay", 0.0, 1.0), ("warmup", 0.0, 1.0),
                             ("head_dropout", 0.0, 1.0)):
         value = out[name]
@@ -218,6 +223,10 @@ def training_view(settings: dict) -> dict:
                          f"{sorted(FINETUNE_DEFAULTS)}) to fine-tune its encoder")
     train = dict(settings["finetune"])
     train["max_length"] = train["max_length"] or settings["max_length"]
+    if train["class_weights"] == "none":
+        # Encoders fine-tuned before the key existed were unweighted and stored no class_weights: leaving the
+        # default out keeps them valid for extraction instead of refusing them as stale.
+        del train["class_weights"]
     return {"model": settings["model"], "pooling": settings["pooling"], "context": settings["context"],
             "finetune": train}
 
