@@ -6,6 +6,7 @@ official formulation.
     .venv/bin/python bench/bench_train.py --threads 2 --skip-whole-run  # per-epoch rows only
     .venv/bin/python bench/bench_train.py --threads 1 --whole-run-only  # whole-run rows only
     .venv/bin/python bench/bench_train.py --threads 2 --accuracy        # fp32 vs bf16 accuracy over seeds
+    .venv/bin/python bench/bench_train.py --threads 1 --accounting      # where an fp32 step's time goes
     .venv/bin/python bench/bench_train.py --device cuda               # GPU: fp16 autocast as the reduced mode
 
 Three ways of training the same model on the same batches:
@@ -30,6 +31,12 @@ Steps (each in a fresh process, so peak memory is its own):
    process). Wall time, peak RSS (VmHWM) and the bytes the process wrote (/proc/self/io write_bytes),
    in all and per epoch, next to the model's own size (fp32 weights).
 The load average before and after is printed with the tables.
+
+--accounting splits an fp32 step of the library and of the reference into matrix products and the rest:
+the products' FLOPs (torch.utils.flop_counter over the same batches), the CPU seconds per step, and the
+products' time at the rate of an isolated sgemm of the same width on this CPU (cold weights), so that
+what is left for everything else (dropout, optimizer, elementwise ops) can be read off, with the budget
+that leaves the library for the fp32 goal.
 
 --accuracy trains fp32 and the reduced mode on a learnable variant of the data (class-dependent feature
 shifts) for --acc-seeds seeds and --acc-epochs epochs and prints test accuracy / weighted F1 per seed:
@@ -193,15 +200,20 @@ def _train_step(model, loss_fn, optimizer, scaler, batch, mode, amp, device) -> 
     scaler.update()
 
 
-def worker_epochs(args, device) -> dict:
-    """Alternating epochs of the three modes on one model, the same batches for every mode (see the
-    module docstring, step 2)."""
+def _training_setup(device):
+    """The official configuration, the random data, the model in training mode, its loss and fused AdamW."""
     cfg = preset("official")
-    data = make_data()
     model = make_model(cfg, device).train()
     loss_fn = SDTVegaLoss(cfg["loss"], np.ones(N_CLASSES, dtype=np.float32))
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["train"]["lr"], weight_decay=cfg["train"]["weight_decay"],
                                   fused=True)
+    return cfg, make_data(), model, loss_fn, optimizer
+
+
+def worker_epochs(args, device) -> dict:
+    """Alternating epochs of the three modes on one model, the same batches for every mode (see the
+    module docstring, step 2)."""
+    cfg, data, model, loss_fn, optimizer = _training_setup(device)
     amp_scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and args.amp_mode == "fp16")
     scalers = {"fp32": torch.amp.GradScaler("cuda", enabled=False), args.amp_mode: amp_scaler,
                "reference": torch.amp.GradScaler("cuda", enabled=False)}
@@ -262,6 +274,52 @@ def worker_accuracy(args, device) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ whole run
+
+def sgemm_rate(rows: int, width: int, reps: int = 30) -> float:
+    """FLOP per CPU second of [rows, width] x [width, width]^T products, a fresh weight each time (cold)."""
+    weights = [torch.randn(width, width) for _ in range(reps)]
+    inputs = [torch.randn(rows, width) for _ in range(reps)]
+    for i in range(3):
+        torch.nn.functional.linear(inputs[i], weights[i])
+    start = time.process_time()
+    for x, w in zip(inputs, weights):
+        torch.nn.functional.linear(x, w)
+    return 2.0 * rows * width * width * reps / (time.process_time() - start)
+
+
+def worker_accounting(args, device) -> dict:
+    """FLOPs of the matrix products per training step and CPU seconds per step, library fp32 and reference
+    (see the module docstring, --accounting)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    cfg, data, model, loss_fn, optimizer = _training_setup(device)
+    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    torch.manual_seed(1)
+    steps = [mask_feature_dims(b, cfg["train"]["feature_mask_ratio"]).to(device)
+             for b in batches(data["train"], cfg["train"]["batch_size"], True)]
+    warm, steps = steps[0], steps[: args.accounting_steps or None]  # the warm-up step is not timed
+    rows = []
+    for mode in ("fp32", "reference"):
+        _train_step(model, loss_fn, optimizer, scaler, warm, mode, args.amp_mode, device)
+        with FlopCounterMode(display=False) as counter:
+            for batch in steps:
+                _train_step(model, loss_fn, optimizer, scaler, batch, mode, args.amp_mode, device)
+        cpu = []
+        for _ in range(2):
+            start = time.process_time()
+            for batch in steps:
+                _train_step(model, loss_fn, optimizer, scaler, batch, mode, args.amp_mode, device)
+            cpu.append((time.process_time() - start) / len(steps))
+        rows.append({"mode": mode, "gflop_per_step": counter.get_total_flops() / len(steps) / 1e9,
+                     "cpu_s_per_step": min(cpu)})
+    valid_rows = int(np.mean([int(b.mask.sum()) for b in steps]))
+    rate = sgemm_rate(valid_rows, cfg["model"]["hidden_dim"])
+    for r in rows:
+        r["products_s"] = r["gflop_per_step"] * 1e9 / rate
+        r["rest_s"] = r["cpu_s_per_step"] - r["products_s"]
+    return {"rows": rows, "sgemm_gflops": rate / 1e9, "sgemm_shape": [valid_rows, cfg["model"]["hidden_dim"]],
+            "threads": torch.get_num_threads(), "steps": len(steps)}
+
 
 def write_run_files(root: Path, n_dialogues: tuple[int, int, int], seed: int = 0) -> dict:
     """Manifest, feature files and anchor file of an IEMOCAP-shaped random corpus (as the pipeline gives them)."""
@@ -382,7 +440,8 @@ def whole_runs(args, device: str, modes: list[str]) -> list[dict]:
 def run_worker(mode: str, args, device: str) -> dict:
     cmd = [sys.executable, __file__, "--worker", mode, "--device", device, "--epochs", str(args.epochs),
            "--check-dialogues", str(args.check_dialogues), "--amp", args.amp_mode,
-           "--acc-seeds", str(args.acc_seeds), "--acc-epochs", str(args.acc_epochs), "--acc-signal", str(args.acc_signal)]
+           "--acc-seeds", str(args.acc_seeds), "--acc-epochs", str(args.acc_epochs), "--acc-signal", str(args.acc_signal),
+           "--accounting-steps", str(args.accounting_steps)]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -404,6 +463,11 @@ RUN_COLUMNS = [("mode", lambda r: r["mode"]), ("threads", _f("d", "threads")), (
                ("speed-up", _f(".2f", "speedup")), ("peak RSS MiB", _f(".0f", "peak_rss_mib")),
                ("written MiB", _f(".0f", "written_mib")), ("MiB/epoch", _f(".0f", "written_mib_per_epoch")),
                ("model MiB", _f(".0f", "model_mib")), ("test wF1", _f(".3f", "test_weighted_f1"))]
+
+
+ACCOUNTING_COLUMNS = [("mode", lambda r: r["mode"]), ("GFLOP/step (products)", _f(".1f", "gflop_per_step")),
+                      ("CPU s/step", _f(".3f", "cpu_s_per_step")),
+                      ("products at sgemm rate (s)", _f(".3f", "products_s")), ("rest (s)", _f(".3f", "rest_s"))]
 
 
 def _met(ok: bool) -> str:
@@ -466,6 +530,10 @@ def main() -> None:
     parser.add_argument("--checkpoint-every", type=int, default=None,
                         help="train.checkpoint_every for the whole runs (default: the preset's)")
     parser.add_argument("--accuracy", action="store_true", help="only the fp32 vs reduced-precision accuracy check")
+    parser.add_argument("--accounting", action="store_true",
+                        help="only the split of an fp32 step into matrix products and the rest")
+    parser.add_argument("--accounting-steps", type=int, default=0,
+                        help="training steps per mode for --accounting (0: one whole epoch, 14 steps)")
     parser.add_argument("--acc-seeds", type=int, default=3)
     parser.add_argument("--acc-epochs", type=int, default=3)
     parser.add_argument("--acc-signal", type=float, default=0.1, help="class shift per feature dimension")
@@ -485,7 +553,8 @@ def main() -> None:
         if args.threads:
             torch.set_num_threads(args.threads)
         dev = torch.device(device)
-        worker = {"check": worker_check, "epochs": worker_epochs, "accuracy": worker_accuracy}[args.worker]
+        worker = {"check": worker_check, "epochs": worker_epochs, "accuracy": worker_accuracy,
+                  "accounting": worker_accounting}[args.worker]
         print(json.dumps(worker(args, dev)))
         return
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
@@ -494,7 +563,17 @@ def main() -> None:
           f"{torch.__version__}, {os.cpu_count()} CPUs, threads {args.threads or torch.get_num_threads()}; "
           f"load average {os.getloadavg()[0]:.2f}", flush=True)
     out: dict = {}
-    if args.accuracy:
+    if args.accounting:
+        result = run_worker("accounting", args, device)
+        lib, ref = result["rows"]
+        budget = ref["cpu_s_per_step"] / GOALS["fp32"] - lib["products_s"]
+        print(markdown_table(result["rows"], ACCOUNTING_COLUMNS))
+        print(f"isolated sgemm {result['sgemm_shape'][0]}x{result['sgemm_shape'][1]}: {result['sgemm_gflops']:.0f} "
+              f"GFLOP/s; products {ref['gflop_per_step'] / lib['gflop_per_step']:.2f}x, step "
+              f"{ref['cpu_s_per_step'] / lib['cpu_s_per_step']:.2f}x; for {GOALS['fp32']}x the library's rest would "
+              f"have to be <= {budget:.3f} s (now {lib['rest_s']:.3f} s)")
+        out["accounting"] = result
+    elif args.accuracy:
         result = run_worker("accuracy", args, device)
         rows, line = accuracy_summary(result["runs"], args.amp_mode)
         print(markdown_table(rows, ACC_COLUMNS))
