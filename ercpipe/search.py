@@ -16,8 +16,9 @@ Every combination (contexts x fine-tuning seeds x class weights) becomes one can
 `{selection}_{context}_ft{seed}_{weights}` on the text setting `{selection}_{context}_ft{seed}`; the
 selection then ranks them as it ranks any candidates (ercpipe.train.selection). By default the class
 weights are the SDT loss's only and the candidates of one encoder share it; `finetune_class_weights: same`
-also weights the fine-tuning loss the same way, so each candidate gets an encoder of its own, named like
-the candidate (three times the fine-tuning, for datasets whose rare classes the encoder must learn too). `dataset` may be left out
+also weights the fine-tuning loss the same way, so each weighted candidate gets an encoder of its own,
+named like the candidate (the unweighted one keeps `{selection}_{context}_ft{seed}`): up to three times
+the fine-tuning, for datasets whose rare classes the encoder must learn too. `dataset` may be left out
 when the config has one dataset, so the same block runs on MELD, IEMOCAP or a CSV dataset unchanged.
 `paper` weights exist only for IEMOCAP's and MELD's class lists; on other classes that candidate is left
 out and the reason is kept in the selection (`skipped`), which its summary reports.
@@ -61,7 +62,10 @@ def candidates(selection: str, search: dict) -> list[Candidate]:
     rows = []
     for context, seed, weight in itertools.product(contexts, seeds, weights):
         base = f"{selection}_{context}" + ("" if seed is None else f"_ft{seed}")
-        setting = None if search.get("text") is None else f"{base}_{weight}" if own_encoder else base
+        # The unweighted encoder keeps its name under `same`, so switching it on re-uses the encoders made
+        # without it and only fine-tunes the weighted ones.
+        setting = None if search.get("text") is None else f"{base}_{weight}" if own_encoder and weight != "none" \
+            else base
         rows.append(Candidate(f"{base}_{weight}", setting, context, seed, weight))
     return rows
 
@@ -128,7 +132,8 @@ def expand_searches(config: dict, classes_of: Callable[[str], list[str]]) -> Non
                 if row.text_setting in text_settings:
                     raise SearchError(f"{where}: features.text.{row.text_setting} already exists; rename the "
                                       "selection or that setting")
-                finetune_weights = row.class_weights if search.get("finetune_class_weights") == "same" else None
+                weighted = search.get("finetune_class_weights") == "same" and row.class_weights != "none"
+                finetune_weights = row.class_weights if weighted else None
                 text_settings[row.text_setting] = _text_setting(text, contexts[row.context], row.finetune_seed,
                                                                 finetune_weights)
                 made.add(row.text_setting)

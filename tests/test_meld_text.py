@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import csv
 import json
+import re
 from pathlib import Path
 
 import h5py
@@ -12,7 +13,7 @@ import pytest
 import yaml
 
 from ercpipe import config as pipeline_config
-from workflow_run import REPO, snakemake, write_config
+from workflow_run import REPO, planned_jobs, snakemake, write_config
 
 SLICE = {"train_sent_emo.csv": 5, "dev_sent_emo.csv": 3, "test_sent_emo.csv": 3}  # dialogues per file
 
@@ -111,3 +112,18 @@ def test_the_recipe_search_chooses_on_dev_among_contexts_seeds_weights_and_the_e
     assert sorted(published["selection"]["ensemble"]["members"]) == sorted(best3)
     if chosen != "ensemble_top3":
         assert published["metrics"] == singles[chosen]["metrics"]
+
+
+def test_weighting_the_finetuning_too_re_runs_only_the_weighted_encoders_and_their_candidates(meld_text_run):
+    workdir = meld_text_run[0]
+    changed = yaml.safe_load((workdir / "config.yaml").read_text())
+    changed["selections"]["text_recipe"]["search"]["finetune_class_weights"] = "same"
+    out = snakemake(workdir, write_config(workdir, changed, "same.yaml"), "-n").stdout
+    jobs = planned_jobs(out)
+    # 2 contexts x 2 seeds: one new encoder each for the `paper` candidates; the unweighted ones are kept.
+    assert jobs["finetune_text_encoder"] == 4 and jobs["merge_features"] == 4
+    assert jobs["train_model"] == 4 and jobs["aggregate_experiment"] == 4 and jobs["select_experiment"] == 1
+    assert "build_manifest" not in jobs and "build_manifest_shard" not in jobs
+    assert sorted(set(re.findall(r"text_encoders/(text_recipe_\w+)", out))) == sorted(
+        f"text_recipe_{context}_ft{seed}_paper" for context in ("plain", "speakers") for seed in (0, 1))
+    assert not re.search(r"results/meld/text_recipe_\w+_none/seed0/metrics.json", out)

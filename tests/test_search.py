@@ -69,20 +69,27 @@ def test_finetune_class_weights_same_gives_each_candidate_an_encoder_weighted_li
     candidates = config["selections"]["text_recipe"]["candidates"]
     assert candidates == [f"text_recipe_{c}_ft0_{w}" for c in ("plain", "speakers") for w in ("none", "train")]
     text = config["features"]["text"]
-    assert sorted(text) == sorted(candidates)  # paper was left out for these classes, so no encoder for it
+    # The unweighted encoder keeps the name it has without the option (encoders made before are re-used);
+    # paper was left out for these classes, so there is no encoder for it.
+    assert sorted(text) == ["text_recipe_plain_ft0", "text_recipe_plain_ft0_train", "text_recipe_speakers_ft0",
+                            "text_recipe_speakers_ft0_train"]
     for name in candidates:
         weights = name.rsplit("_", 1)[1]
-        assert text[name]["finetune"] == {"epochs": 3, "lr": 1.0e-4, "batch_size": 32, "seed": 0,
-                                          "class_weights": weights}
+        setting = name if weights == "train" else name.rsplit("_", 1)[0]
+        assert text[setting]["finetune"] == {"epochs": 3, "lr": 1.0e-4, "batch_size": 32, "seed": 0,
+                                             **({"class_weights": "train"} if weights == "train" else {})}
         experiment = config["experiments"][name]
-        assert experiment["features"] == {"text": name} and experiment["loss"] == {"class_weights": weights}
+        assert experiment["features"] == {"text": setting} and experiment["loss"] == {"class_weights": weights}
     (tmp_path / "raw" / "mydata").mkdir(parents=True)
     (tmp_path / "raw" / "mydata" / "manifest.csv").write_text("dialogue_id,utterance_id,split,speaker,label,text\n")
     pipeline_config.check(config, tmp_path)
-    # The default leaves the fine-tuning unweighted: no class_weights key, encoders shared across weightings.
-    config = load("csv_text.yaml")
-    pipeline_config.expand_searches(config)
-    assert all("class_weights" not in setting["finetune"] for setting in config["features"]["text"].values())
+    # The default leaves the fine-tuning unweighted: no class_weights key, encoders shared across weightings,
+    # and the unweighted encoders are the same settings under both (so switching `same` on re-runs none of them).
+    default = load("csv_text.yaml")
+    default["selections"]["text_recipe"]["search"]["finetune_seeds"] = [0]
+    pipeline_config.expand_searches(default)
+    assert all("class_weights" not in setting["finetune"] for setting in default["features"]["text"].values())
+    assert default["features"]["text"] == {name: text[name] for name in default["features"]["text"]}
 
 
 @pytest.mark.parametrize("change, message", [
