@@ -51,6 +51,7 @@ class Candidate(NamedTuple):
     context: str
     finetune_seed: int | None
     class_weights: str
+    finetune_class_weights: str | None  # the weighting of its encoder's own fine-tuning; None = unweighted
 
 
 def candidates(selection: str, search: dict) -> list[Candidate]:
@@ -64,9 +65,9 @@ def candidates(selection: str, search: dict) -> list[Candidate]:
         base = f"{selection}_{context}" + ("" if seed is None else f"_ft{seed}")
         # The unweighted encoder keeps its name under `same`, so switching it on re-uses the encoders made
         # without it and only fine-tunes the weighted ones.
-        setting = None if search.get("text") is None else f"{base}_{weight}" if own_encoder and weight != "none" \
-            else base
-        rows.append(Candidate(f"{base}_{weight}", setting, context, seed, weight))
+        own = own_encoder and weight != "none"
+        setting = None if search.get("text") is None else f"{base}_{weight}" if own else base
+        rows.append(Candidate(f"{base}_{weight}", setting, context, seed, weight, weight if own else None))
     return rows
 
 
@@ -100,10 +101,11 @@ def expand_searches(config: dict, classes_of: Callable[[str], list[str]]) -> Non
         if search.get("finetune_seeds") and not (text and text.get("finetune")):
             raise SearchError(f"{where}.finetune_seeds: only a fine-tuned text setting has a fine-tuning seed; give "
                               "text.finetune or leave finetune_seeds out")
-        if search.get("finetune_class_weights", "none") not in FINETUNE_CLASS_WEIGHTS:
+        finetune_weighting = search.get("finetune_class_weights", "none")
+        if finetune_weighting not in FINETUNE_CLASS_WEIGHTS:
             raise SearchError(f"{where}.finetune_class_weights: one of {list(FINETUNE_CLASS_WEIGHTS)}, got "
-                              f"{search['finetune_class_weights']!r}")
-        if search.get("finetune_class_weights", "none") == "same" and not (text and text.get("finetune")):
+                              f"{finetune_weighting!r}")
+        if finetune_weighting == "same" and not (text and text.get("finetune")):
             raise SearchError(f"{where}.finetune_class_weights: only a fine-tuned text setting has a fine-tuning "
                               "loss; give text.finetune or leave finetune_class_weights out")
         if search.get("contexts") and text is None:
@@ -132,10 +134,8 @@ def expand_searches(config: dict, classes_of: Callable[[str], list[str]]) -> Non
                 if row.text_setting in text_settings:
                     raise SearchError(f"{where}: features.text.{row.text_setting} already exists; rename the "
                                       "selection or that setting")
-                weighted = search.get("finetune_class_weights") == "same" and row.class_weights != "none"
-                finetune_weights = row.class_weights if weighted else None
                 text_settings[row.text_setting] = _text_setting(text, contexts[row.context], row.finetune_seed,
-                                                                finetune_weights)
+                                                                row.finetune_class_weights)
                 made.add(row.text_setting)
             if row.experiment in experiments:
                 raise SearchError(f"{where}: experiments.{row.experiment} already exists; rename the selection or "
