@@ -295,7 +295,10 @@ def check(config: dict, workdir: Path = Path(".")) -> None:
         if is_pickle_dataset(ds):
             _check_pickle_keys(name, ds)
             continue
-        wrong = [k for k in PICKLE_ONLY_KEYS if k in ds]
+        wrong = [k for k in PICKLE_ONLY_KEYS if k in ds and not (k == "valid_split" and ds["format"] == "csv")]
+        if wrong == ["valid_split"]:
+            raise ConfigError(f"{where}.valid_split: format {ds['format']} has its own validation split; valid_split "
+                              f"is for datasets that may lack one ({', '.join(PICKLE_FORMATS)}, csv)")
         if wrong:
             raise ConfigError(f"{where}.{wrong[0]}: only for format {' or '.join(PICKLE_FORMATS)} (an imported "
                               f"feature pickle); format {ds['format']} reads a raw dataset")
@@ -308,6 +311,9 @@ def check(config: dict, workdir: Path = Path(".")) -> None:
             for key in ("manifest", "classes"):
                 if key not in ds:
                     raise ConfigError(f"{where}.{key}: required for format csv (see docs/manifest.md)")
+            if isinstance(ds.get("valid_split"), dict) and "standard" in ds["valid_split"]:
+                raise ConfigError(f"{where}.valid_split.standard: only an IEMOCAP feature pickle has standard "
+                                  "validation dialogues; a CSV holds out {fraction: 0.1, seed: 0} or {dialogues: [ids]}")
     anchors = config.get("anchors", {})
     for name, an in anchors.items():
         where = f"anchors.{name}"

@@ -60,6 +60,12 @@ def test_schema_errors_name_the_key(demo_config, mutate, expected):
      "datasets.real.root: folder raw/does/not/exist does not exist"),
     (lambda c: c["datasets"].update(mine={"format": "csv", "classes": ["a", "b"]}),
      "datasets.mine.manifest: required for format csv"),
+    (lambda c: c["datasets"].update(mine={"format": "csv", "manifest": "m.csv", "classes": ["a", "b"],
+                                          "valid_split": {"standard": "iemocap"}}),
+     r"datasets.mine.valid_split.standard: only an IEMOCAP feature pickle has standard validation dialogues"),
+    (lambda c: c["datasets"]["meld_demo"].update(valid_split={"fraction": 0.1, "seed": 0}),
+     r"datasets.meld_demo.valid_split: format meld has its own validation split; valid_split is for datasets "
+     r"that may lack one \(vega_pickle, sdt_pickle, csv\)"),
     (lambda c: c["experiments"]["iemocap_demo_sdt"].update(train={"learning_rate": 1e-3}),
      "experiments.iemocap_demo_sdt: experiment key train.learning_rate: unknown key"),
     (lambda c: c["experiments"]["iemocap_demo_sdt"].update(model={"dropout": 1.5}),
@@ -210,6 +216,7 @@ def test_paths_that_exist_pass(demo_config, tmp_path):
     config = _with_paths(demo_config, tmp_path)
     pipeline_config.check(config, tmp_path)
     config["datasets"]["mine"]["root"] = "data"
+    config["datasets"]["mine"]["valid_split"] = {"fraction": 0.1, "seed": 0}  # a CSV may hold out valid dialogues
     config["features"]["text"]["local"]["model"] = str(tmp_path / "models" / "roberta")  # absolute
     pipeline_config.check(config, tmp_path)
 

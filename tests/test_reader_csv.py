@@ -133,3 +133,45 @@ def test_bad_config(tmp_path):
     (tmp_path / "bin.csv").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(100))
     with pytest.raises(ManifestError, match=r"bin.csv is not a text file"):
         build(tmp_path / "bin.csv", tmp_path / "out")
+
+
+def train_test_csv(path: Path, n_train: int = 10) -> Path:
+    """n_train two-utterance train dialogues t0.. and one test dialogue; no valid rows."""
+    lines = [f"t{d},t{d}_u{i},train,A{i},{CLASSES[(d + i) % 3]},x{i},,,," for d in range(n_train) for i in range(2)]
+    return write(path, lines + ["s0,s0_u0,test,A,calm,y,,,,"])
+
+
+def test_valid_split_holds_out_seeded_train_dialogues(tmp_path):
+    path = train_test_csv(tmp_path / "m.csv")
+    df, _, summary = build(path, tmp_path / "out", modalities=["text"], valid_split={"fraction": 0.3, "seed": 4})
+    held_out = manifest_io.draw_held_out([f"t{d}" for d in range(10)], 0.3, 4)
+    assert len(held_out) == 3
+    assert sorted(df.loc[df["split"] == "valid", "dialogue_id"].unique()) == sorted(held_out)
+    assert set(df.loc[df["split"] == "train", "dialogue_id"]) == {f"t{d}" for d in range(10)} - set(held_out)
+    assert df.loc[df["split"] == "test", "dialogue_id"].tolist() == ["s0"]
+    assert summary["dialogues_per_split"] == {"train": 7, "valid": 3, "test": 1}
+    assert summary["valid_split"]["protocol"] == "fraction" and summary["valid_split"]["dialogues"] == held_out
+    # Another seed draws other dialogues; the same seed the same ones (the manifest job is reproducible).
+    other, _, _ = build(path, tmp_path / "out2", modalities=["text"], valid_split={"fraction": 0.3, "seed": 5})
+    assert set(other.loc[other["split"] == "valid", "dialogue_id"]) != set(held_out)
+    again, _, _ = build(path, tmp_path / "out3", modalities=["text"], valid_split={"fraction": 0.3, "seed": 4})
+    assert again.equals(df)
+    listed, _, summary = build(path, tmp_path / "out4", modalities=["text"], valid_split={"dialogues": ["t2", "t7"]})
+    assert sorted(listed.loc[listed["split"] == "valid", "dialogue_id"].unique()) == ["t2", "t7"]
+    assert summary["valid_split"]["protocol"] == "dialogues"
+
+
+def test_valid_split_refusals_and_the_missing_valid_note(tmp_path):
+    path = train_test_csv(tmp_path / "m.csv")
+    _, _, summary = build(path, tmp_path / "kept", modalities=["text"])
+    assert summary["valid_split"]["protocol"] == "none"
+    assert "valid_split: {fraction: 0.1, seed: 0}" in summary["valid_split"]["note"]
+    with pytest.raises(ManifestError, match=r"m.csv: valid_split.dialogues \['s0'\] must be train dialogues"):
+        build(path, tmp_path / "out", valid_split={"dialogues": ["t1", "s0"]})
+    with_valid = write(tmp_path / "v.csv", GOOD + ["c3,c3_u0,valid,Ann,calm,x,,,,"])
+    with pytest.raises(ManifestError, match=r"v.csv already has valid rows, and the dataset config also sets valid_split"):
+        build(with_valid, tmp_path / "out", valid_split={"fraction": 0.5, "seed": 0})
+    one = write(tmp_path / "one.csv", GOOD)  # a single train dialogue cannot give one away
+    with pytest.raises(ManifestError, match=r"one.csv: valid_split .*1 train dialogue\(s\), too few"):
+        build(one, tmp_path / "out", valid_split={"fraction": 0.5, "seed": 0})
+    assert not (tmp_path / "out" / "manifest.tsv").exists()

@@ -13,6 +13,9 @@ The bring-your-own format is documented in docs/manifest.md. Settings (dataset c
     root: folder that relative audio/video paths are relative to (default: the CSV file's folder)
     probe_media: false (default) = only check that each media file exists; true = also open it and
                  decode one packet (flags corrupt_video / corrupt_audio / no_audio_stream)
+    valid_split: for a CSV without valid rows: {fraction: F, seed: S} moves round(F x train dialogues),
+                 drawn with numpy's default_rng(S), to valid; {dialogues: [ids]} moves these train
+                 dialogues; none (default) keeps the CSV's split column as it is
 """
 from __future__ import annotations
 
@@ -28,11 +31,12 @@ from typing import Collection
 
 from ercpipe.datasets import (ReadResult, assign_speaker_slots, flag_overlaps, flag_row, new_row,
                               number_dialogue, probes, reader_settings, rows_to_frame)
+from ercpipe.io import manifest as manifest_io
 from ercpipe.io.manifest import SPLITS, IssueLog, ManifestError
 
 logger = logging.getLogger(__name__)
 
-DEFAULTS: dict = {"manifest": None, "classes": None, "probe_media": False}
+DEFAULTS: dict = {"manifest": None, "classes": None, "probe_media": False, "valid_split": None}
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("dialogue_id", "utterance_id", "split", "speaker", "label")
 OPTIONAL_COLUMNS: tuple[str, ...] = (
@@ -337,8 +341,51 @@ def read(name: str, cfg: dict, probe: bool | Collection[str] = True) -> ReadResu
                 r["speaker_slot"] = r["_slot"]
         flag_overlaps(dialogue_rows, issues, _overlap_times)
         rows.extend(dialogue_rows)
+    split_record = _hold_out_valid(rows, settings["valid_split"], path)
     logger.info("csv %s: %d utterances in %d dialogues", path, len(rows), len(dialogues))
-    return ReadResult(rows_to_frame(rows), issues, classes, [], {"source": str(path)}, sources=[str(path)])
+    return ReadResult(rows_to_frame(rows), issues, classes, [], {"source": str(path), "valid_split": split_record},
+                      sources=[str(path)])
+
+
+NO_VALID_HINT = ("training and fine-tuning choose their epoch on valid, so hold out train dialogues with "
+                 "`valid_split: {fraction: 0.1, seed: 0}` in the dataset's config (docs/manifest.md)")
+
+
+def _hold_out_valid(rows: list[dict], spec, path: Path) -> dict:
+    """Move the train dialogues that `valid_split` names to valid (in place); how, for summary.json."""
+    train = list(dict.fromkeys(r["dialogue_id"] for r in rows if r["split"] == "train"))
+    has_valid = any(r["split"] == "valid" for r in rows)
+    if spec is None or spec == "none":
+        if has_valid:
+            return {"protocol": "csv", "note": "the CSV's split column"}
+        logger.warning("csv %s has no valid rows: %s", path, NO_VALID_HINT)
+        return {"protocol": "none", "note": f"the CSV has no valid rows; {NO_VALID_HINT}"}
+    if has_valid:
+        raise ManifestError(f"{path} already has valid rows, and the dataset config also sets valid_split {spec!r}; "
+                            "keep one of them (remove valid_split, or mark those rows train)")
+    if isinstance(spec, dict) and "fraction" in spec:
+        fraction, seed = float(spec["fraction"]), int(spec.get("seed", 0))
+        try:
+            valid = manifest_io.draw_held_out(train, fraction, seed)
+        except ValueError as err:
+            raise ManifestError(f"{path}: valid_split {spec}: {err}") from None
+        record = {"protocol": "fraction", "fraction": fraction, "seed": seed, "dialogues": valid,
+                  "note": f"{len(valid)} of the CSV's {len(train)} train dialogues drawn with "
+                          f"numpy.random.default_rng({seed}).choice (without replacement)"}
+    elif isinstance(spec, dict) and "dialogues" in spec:
+        valid = [str(d) for d in spec["dialogues"]]
+        not_train = [d for d in valid if d not in set(train)]
+        if not_train or not valid:
+            raise ManifestError(f"{path}: valid_split.dialogues {not_train[:5] or valid} must be train dialogues of the "
+                                f"CSV (its first train dialogues: {train[:5]})")
+        record = {"protocol": "dialogues", "dialogues": valid, "note": "train dialogues listed in the configuration"}
+    else:
+        raise ValueError(f"valid_split {spec!r}: for a CSV use {{fraction: F, seed: S}}, {{dialogues: [ids]}} or none")
+    chosen = set(valid)
+    for row in rows:
+        if row["dialogue_id"] in chosen:
+            row["split"] = "valid"
+    return record
 
 
 def _overlap_times(row: dict) -> tuple[float, float, str]:

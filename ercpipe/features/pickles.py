@@ -389,15 +389,11 @@ def choose_valid(ds: PickleDataset, valid_split: Mapping | str | None = None,
                                "pickle's train list)"}, checks
     if "fraction" in spec:
         fraction, seed = float(spec["fraction"]), int(spec.get("seed", 0))
-        if not 0 < fraction < 1:
-            raise ValueError(f"valid_split.fraction must be between 0 and 1, got {fraction}")
         if len(train) < 2:
             raise PickleFormatError(f"{ds.source}: {len(train)} train dialogue(s), too few to hold some out as valid")
-        k = min(len(train) - 1, max(1, int(round(fraction * len(train)))))
-        picked = set(np.random.default_rng(seed).choice(len(train), size=k, replace=False).tolist())
-        valid = [d for i, d in enumerate(train) if i in picked]
+        valid = manifest_io.draw_held_out(train, fraction, seed)
         return valid, {"protocol": "fraction", "fraction": fraction, "seed": seed, "dialogues": valid,
-                       "note": f"{k} of the pickle's {len(train)} train dialogues drawn with "
+                       "note": f"{len(valid)} of the pickle's {len(train)} train dialogues drawn with "
                                f"numpy.random.default_rng({seed}).choice (without replacement)"}, checks
     if "dialogues" in spec:
         valid = [str(v) for v in spec["dialogues"]]

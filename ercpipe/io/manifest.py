@@ -190,3 +190,18 @@ def dialogue_shards(df: pd.DataFrame, n_shards: int) -> list[list[str]]:
 def shard_rows(df: pd.DataFrame, shard: int, n_shards: int) -> pd.DataFrame:
     dialogues = set(dialogue_shards(df, n_shards)[shard])
     return df[df["dialogue_id"].isin(dialogues)]
+
+
+def draw_held_out(train_dialogues: list[str], fraction: float, seed: int) -> list[str]:
+    """round(fraction x train dialogues) of them (at least one, never all), drawn with
+    numpy.random.default_rng(seed).choice without replacement, in their given order: the validation
+    dialogues of a dataset that ships train and test only (pickles, CSV manifests)."""
+    import numpy as np
+
+    if not 0 < fraction < 1:
+        raise ValueError(f"valid_split.fraction must be between 0 and 1, got {fraction}")
+    if len(train_dialogues) < 2:
+        raise ValueError(f"{len(train_dialogues)} train dialogue(s), too few to hold some out as valid")
+    k = min(len(train_dialogues) - 1, max(1, int(round(fraction * len(train_dialogues)))))
+    picked = set(np.random.default_rng(seed).choice(len(train_dialogues), size=k, replace=False).tolist())
+    return [d for i, d in enumerate(train_dialogues) if i in picked]

@@ -321,8 +321,9 @@ def run_training(manifest_path, feature_paths: dict, anchor_path, experiment: di
     if not selection_dialogues:
         raise TrainingError(
             f"{manifest_path} has no '{selection_split}' dialogues, so no epoch can be selected. "
-            + ("Give the manifest a valid split (IEMOCAP standard split, MELD dev) or set train.paper_compat: "
-               "true to select on test as the official code does." if not paper_compat else ""))
+            + ("Give the manifest a valid split (IEMOCAP standard split, MELD dev; a dataset without one: "
+               "datasets.<name>.valid_split: {fraction: 0.1, seed: 0} holds out train dialogues) or set "
+               "train.paper_compat: true to select on test as the official code does." if not paper_compat else ""))
 
     feature_stats = None
     if train_cfg["feature_norm"] == "standardize":
