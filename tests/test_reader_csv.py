@@ -108,12 +108,16 @@ def test_probe_media_flags_corrupt_audio(data_dir, tmp_path):
 
 @pytest.mark.parametrize("lines, header, message", [
     (["c1,u0,train,Ann,sad,x,,,,"], HEADER, r"m.csv, line 2: label 'sad' of u0 is not one of the configured classes"),
+    (["c1,u0,train,Ann,Angry,x,,,,"], HEADER, r"line 2: label 'Angry' .* differs only in case from 'angry'"),
+    (["c1,u0,train,Ann,2,x,,,,"], HEADER, r"line 2: label '2' .*labels are class names, not ids: id 2 would be 'happy'"),
     (GOOD[:2] + ["c1,c1_u0,train,Ann,calm,x,,,,"], HEADER,
      r"m.csv, line 4: utterance_id 'c1_u0' already used on line 2"),
     (["c1,u0,dev,Ann,calm,x,,,,"], HEADER, r"m.csv, line 2: split 'dev' is not one of \['train', 'valid', 'test'\]"),
     (["c1,u0,train,Ann,calm,x,,,,", "c1,u1,test,Ann,calm,x,,,,"], HEADER, r"dialogue c1 has rows in several splits"),
     (["c1,u0,train,calm"], "dialogue_id,utterance_id,split,label", r"m.csv: header lacks column\(s\) \['speaker'\]"),
     (["c1,,train,Ann,calm,x,,,,"], HEADER, r"m.csv, line 2: empty utterance_id"),
+    (["c1;u0;train;Ann;calm;x"], "dialogue_id;utterance_id;split;speaker;label;text",
+     r"header lacks column.*looks ';'-separated, but this file is read as ','-separated"),
     (["c1,u0,train,Ann,calm,x,,,,,extra,fields"], HEADER, r"m.csv, line 2: 12 fields but the header has 10"),
 ])
 def test_bad_input_names_file_and_line(tmp_path, lines, header, message):

@@ -177,8 +177,11 @@ def read_csv_records(path: Path, required: tuple[str, ...], delimiter: str = ","
         raise ManifestError(f"{path}, line 1: cannot parse the header ({err})") from err
     missing = [c for c in required if c not in header]
     if missing:
+        other = next((d for d in (";", "\t", ",", "|") if d != delimiter and any(d in h for h in header)), None)
+        hint = (f"; the header looks {other!r}-separated, but this file is read as {delimiter!r}-separated (a .tsv "
+                "name means tabs, any other name commas): save it that way" if other else "")
         raise ManifestError(f"{path}: header lacks column(s) {missing}; found {header[:20]}; required: "
-                            f"{list(required)}")
+                            f"{list(required)}{hint}")
     records: list[CsvRecord] = []
     previous_end = reader.line_num
     try:
@@ -266,6 +269,17 @@ def _parse_int(record: CsvRecord, column: str, path: Path) -> int | None:
         raise ManifestError(f"{path}, line {record.line}: {column} {value!r} is not an integer") from None
 
 
+def _label_hint(label: str, classes: tuple[str, ...]) -> str:
+    """Why a label may not match: another case of a class name, or a class id where names are expected."""
+    same = [c for c in classes if c.casefold() == label.casefold()]
+    if same:
+        return f" (it differs only in case from {same[0]!r}; `classes` must be spelled as the CSV spells them)"
+    if label.isdigit() and int(label) < len(classes):
+        return (f" (labels are class names, not ids: id {label} would be {classes[int(label)]!r} in `classes` order; "
+                "write the names into the CSV)")
+    return ""
+
+
 def read(name: str, cfg: dict, probe: bool | Collection[str] = True) -> ReadResult:
     """Read a bring-your-own manifest CSV (docs/manifest.md) into manifest rows."""
     settings = reader_settings(cfg, DEFAULTS, "csv")
@@ -302,7 +316,8 @@ def read(name: str, cfg: dict, probe: bool | Collection[str] = True) -> ReadResu
             raise ManifestError(f"{path}, line {record.line}: split {values['split']!r} is not one of {list(SPLITS)}")
         if values["label"] not in classes:
             raise ManifestError(f"{path}, line {record.line}: label {values['label']!r} of {uid} is not one of the "
-                                f"configured classes {list(classes)}; fix the label or the `classes` list")
+                                f"configured classes {list(classes)}{_label_hint(values['label'], classes)}; fix the "
+                                "label or the `classes` list")
         text, repaired = clean_text(record.values.get("text", ""))
         row = new_row(dataset=name, split=values["split"], dialogue_id=values["dialogue_id"], utterance_id=uid,
                       speaker=values["speaker"], label=values["label"], text=text,
