@@ -39,7 +39,12 @@ def test_a_text_only_dataset_records_no_media_flags(meld_csvs, tmp_path):
         everything.loc[~everything["reason"].isin(media)].drop(columns="detail").values.tolist())
     manifest = pd.read_csv(tmp_path / "text/manifest.tsv", sep="\t", keep_default_na=False)
     assert (manifest["audio_path"] == "").all() and (manifest["video_path"] == "").all()
-    assert json.loads((tmp_path / "text/summary.json").read_text())["modalities"] == ["text"]
+    text_summary = json.loads((tmp_path / "text/summary.json").read_text())
+    assert text_summary["modalities"] == ["text"]
+    # The clip folders are not looked for: no failed "clip folder" check for a dataset that has no clips.
+    assert not [c for c in text_summary["checks"] if c["check"].startswith("clip folder")]
+    assert [c for c in json.loads((tmp_path / "all/summary.json").read_text())["checks"]
+            if c["check"].startswith("clip folder") and not c["ok"]]
     assert json.loads((tmp_path / "all/summary.json").read_text())["modalities"] == ["text", "audio", "visual"]
 
 

@@ -179,3 +179,13 @@ def test_valid_split_refusals_and_the_missing_valid_note(tmp_path):
     with pytest.raises(ManifestError, match=r"one.csv: valid_split .*1 train dialogue\(s\), too few"):
         build(one, tmp_path / "out", valid_split={"fraction": 0.5, "seed": 0})
     assert not (tmp_path / "out" / "manifest.tsv").exists()
+
+
+def test_only_declared_media_is_looked_at(data_dir, tmp_path):
+    lines = ["c1,u0,train,Ann,calm,one,audio/gone.wav,,,", "c1,u1,train,Bob,calm,two,,,,"]
+    path = write(data_dir / "m.csv", lines)
+    df, issues, _ = build(path, tmp_path / "text", modalities=["text"])
+    assert (df["flags"] == "").all() and issues.empty
+    df, issues, _ = build(path, tmp_path / "audio", modalities=["text", "audio"])
+    assert df["flags"].tolist() == ["missing_audio", "missing_audio"]  # no video is expected, so no no_video
+    assert sorted(issues["reason"]) == ["missing_audio", "missing_audio"]

@@ -289,3 +289,27 @@ def test_bad_settings_are_named(release, tmp_path):
         build_manifest("d", cfg(release, split_file=str(tmp_path / "nope.json")), tmp_path)
     build_manifest("d", cfg(release, sides={"F": "right", "M": "left"}, face_selection={"mode": "side"}), tmp_path)
     assert json.loads((tmp_path / "summary.json").read_text())["sides"] == {"F": "right", "M": "left"}
+
+
+def test_transcripts_alone_declared_text_only(tmp_path, caplog):
+    """IEMOCAP as a text-only user has it (transcriptions and EmoEvaluation, no wav or avi folders)."""
+    import shutil
+
+    root = make_release(tmp_path / "IEMOCAP_full_release")
+    build_manifest("iemocap_all", cfg(root), tmp_path / "with_media")
+    with_media = read_outputs(tmp_path / "with_media")
+    for media in [*root.glob("Session*/sentences"), *root.glob("Session*/dialog/avi")]:
+        shutil.rmtree(media)
+    caplog.clear()
+    build_manifest("iemocap_text", cfg(root, modalities=["text"]), tmp_path / "text")
+    df, issues, summary = read_outputs(tmp_path / "text")
+    assert df["utterance_id"].tolist() == with_media[0]["utterance_id"].tolist()
+    assert (df["flags"] == "").all() and (df["audio_path"] == "").all() and (df["video_path"] == "").all()
+    # Only the real problems (the rejected labels), and no word of missing media in the log.
+    assert issues.drop(columns="detail").values.tolist() == with_media[1].drop(columns="detail").values.tolist()
+    assert set(issues["action"]) == {"rejected"}
+    assert not [r for r in caplog.records if "missing" in r.getMessage()]
+    assert summary["modalities"] == ["text"] and summary["checks"] == with_media[2]["checks"]
+    build_manifest("iemocap_all", cfg(root), tmp_path / "all")  # undeclared: every clip is flagged missing
+    flags = manifest_io.read(tmp_path / "all" / "manifest.tsv")["flags"]
+    assert flags.str.contains("missing_audio").all() and flags.str.contains("missing_video").all()

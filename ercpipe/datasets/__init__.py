@@ -15,6 +15,7 @@ from typing import Any, Callable, Collection
 import pandas as pd
 
 from ercpipe.io.manifest import COLUMNS, IssueLog, ManifestError, add_flag
+from ercpipe.labels import MODALITIES
 
 # Keys every dataset config may carry whatever its format: they steer the pipeline (where the raw
 # folder is, how many shards, how the visual extractor picks the face), not how rows are read.
@@ -22,6 +23,12 @@ PIPELINE_KEYS: frozenset[str] = frozenset({"format", "root", "face_selection", "
 
 # Two times closer than this (seconds) count as equal when looking for overlaps.
 TIME_TOLERANCE = 1e-3
+
+
+def declared_media(cfg: dict) -> frozenset[str]:
+    """The media modalities ("audio", "visual") a dataset config declares (`modalities`, default all):
+    a reader neither looks for nor flags the media of the others."""
+    return frozenset(m for m in (cfg.get("modalities") or MODALITIES) if m != "text")
 
 
 @dataclass

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Collection
 
-from ercpipe.datasets import (ReadResult, assign_speaker_slots, flag_overlaps, flag_row, new_row,
+from ercpipe.datasets import (ReadResult, assign_speaker_slots, declared_media, flag_overlaps, flag_row, new_row,
                               number_dialogue, probes, reader_settings, rows_to_frame)
 from ercpipe.io import manifest as manifest_io
 from ercpipe.io.manifest import SPLITS, IssueLog, ManifestError
@@ -225,16 +225,16 @@ def _resolve(base: Path, value: str) -> str:
     return str(path if path.is_absolute() else base / path)
 
 
-def _check_media(row: dict, issues: IssueLog, probe_media: bool | Collection[str]) -> None:
+def _check_media(row: dict, issues: IssueLog, probe_media: bool | Collection[str], media: frozenset[str]) -> None:
     from ercpipe.io.media import probe  # PyAV only when media is looked at
 
-    if not row["audio_path"]:
+    if "audio" in media and not row["audio_path"]:
         flag_row(row, "missing_audio", issues, "no audio_path given")
-    if not row["video_path"]:
+    if "visual" in media and not row["video_path"]:
         flag_row(row, "no_video", issues, "no video_path given")
-    for kind in ("audio", "video"):
+    for kind, modality in (("audio", "audio"), ("video", "visual")):
         path = row[f"{kind}_path"]
-        if not path:
+        if not path or modality not in media:
             continue
         if not Path(path).exists():
             flag_row(row, f"missing_{kind}", issues, path)
@@ -299,6 +299,7 @@ def read(name: str, cfg: dict, probe: bool | Collection[str] = True) -> ReadResu
     if not records:
         raise ManifestError(f"{path} has a header but no rows")
     issues = IssueLog()
+    media = declared_media(cfg)
     dialogues: dict[str, list[tuple[int | None, int, dict]]] = {}
     seen: dict[str, int] = {}
     for order, record in enumerate(records):
@@ -333,7 +334,7 @@ def read(name: str, cfg: dict, probe: bool | Collection[str] = True) -> ReadResu
         if not text:
             flag_row(row, "empty_text", issues)
         _row_times(row, record, issues)
-        _check_media(row, issues, probe if settings["probe_media"] else False)
+        _check_media(row, issues, probe if settings["probe_media"] else False, media)
         dialogues.setdefault(values["dialogue_id"], []).append(
             (_parse_int(record, "utterance_index", path), order, row))
     rows: list[dict] = []

@@ -42,8 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Collection
 
-from ercpipe.datasets import (ReadResult, flag_overlaps, flag_row, new_row, number_dialogue, probes,
-                              reader_settings, rows_to_frame)
+from ercpipe.datasets import (ReadResult, declared_media, flag_overlaps, flag_row, new_row, number_dialogue,
+                              probes, reader_settings, rows_to_frame)
 from ercpipe.datasets.csv_manifest import read_text
 from ercpipe.io.manifest import SPLITS, IssueLog, ManifestError
 from ercpipe.labels import IEMOCAP_CLASSES
@@ -178,14 +178,21 @@ def _settings(cfg: dict) -> dict:
     return settings
 
 
-class _VideoProbe:
-    """Probe each dialogue video once (PyAV only when a video exists; probe=False: existence only)."""
+class _MediaCheck:
+    """What is wrong with an utterance's media: a missing WAV; each dialogue video probed once (PyAV only
+    when a video exists; probe=False: existence only). Media of an undeclared modality is not looked at."""
 
-    def __init__(self, probe: bool | Collection[str] = True) -> None:
+    def __init__(self, probe: bool | Collection[str], media: frozenset[str]) -> None:
         self.cache: dict[str, tuple[str, str]] = {}
         self.probe = probe
+        self.media = media
 
-    def problem(self, path: Path) -> tuple[str, str]:
+    def audio_missing(self, wav: Path) -> bool:
+        return "audio" in self.media and not wav.is_file()
+
+    def video_problem(self, path: Path) -> tuple[str, str]:
+        if "visual" not in self.media:
+            return "", ""
         key = str(path)
         if key not in self.cache:
             if not path.is_file():
@@ -206,7 +213,7 @@ class _VideoProbe:
 
 
 def _dialogue_rows(name: str, session: Path, emo_file: Path, split: str | None, settings: dict,
-                   issues: IssueLog, seen: dict[str, str], videos: _VideoProbe) -> list[dict]:
+                   issues: IssueLog, seen: dict[str, str], media: _MediaCheck) -> list[dict]:
     """Kept rows of one dialogue in time order; rejected rows go to the issue log."""
     dialogue = emo_file.stem
     transcript_file = session / "dialog" / "transcriptions" / f"{dialogue}.txt"
@@ -228,7 +235,7 @@ def _dialogue_rows(name: str, session: Path, emo_file: Path, split: str | None, 
                       + f" is not one of {list(IEMOCAP_CLASSES)}")
             issues.reject(reason, file=str(emo_file), line=entry.line, utterance_id=entry.utterance_id, detail=detail)
             continue
-        rows.append(_make_row(name, session, emo_file, entry, label, split, texts, transcript_file, issues, videos))
+        rows.append(_make_row(name, session, emo_file, entry, label, split, texts, transcript_file, issues, media))
     # Transcribed turns without an evaluation block (the release's "..._MXX0" lines) have no label.
     labelled = {e.utterance_id for e in evaluations}
     for uid, (_, line) in (texts or {}).items():
@@ -255,7 +262,7 @@ def _checked_label(entry: Evaluation, dialogue: str, settings: dict, where: str)
 
 def _make_row(name: str, session: Path, emo_file: Path, entry: Evaluation, label: str, split: str,
               texts: dict[str, tuple[str, int]] | None, transcript_file: Path, issues: IssueLog,
-              videos: _VideoProbe) -> dict:
+              media: _MediaCheck) -> dict:
     """One kept utterance with its media paths and flags."""
     dialogue, uid = emo_file.stem, entry.utterance_id
     gender = uid[len(dialogue) + 1]
@@ -272,9 +279,9 @@ def _make_row(name: str, session: Path, emo_file: Path, entry: Evaluation, label
     if not row["text"]:
         flag_row(row, "empty_text", issues, f"no line for {uid} in {transcript_file}" if texts is not None
                  else f"{transcript_file} does not exist")
-    if not wav.is_file():
+    if media.audio_missing(wav):
         flag_row(row, "missing_audio", issues, str(wav))
-    video_problem, detail = videos.problem(video)
+    video_problem, detail = media.video_problem(video)
     if video_problem:
         flag_row(row, video_problem, issues, detail)
     return row
@@ -322,11 +329,11 @@ def read(name: str, cfg: dict, probe: bool | Collection[str] = True) -> ReadResu
     split_of, expected = load_split(settings["split_file"])
     issues = IssueLog()
     seen: dict[str, str] = {}
-    videos = _VideoProbe(probe)
+    media = _MediaCheck(probe, declared_media(cfg))
     sources: list[Path] = []
     by_dialogue: dict[str, list[dict]] = {}
     for session in sessions:
-        for sub in ("sentences/wav", "dialog/avi/DivX"):
+        for sub in [s for s, m in (("sentences/wav", "audio"), ("dialog/avi/DivX", "visual")) if m in media.media]:
             if not (session / sub).is_dir():
                 logger.warning("IEMOCAP: %s is missing; its rows are flagged", session / sub)
         # Hidden files ("._Ses01F_impro01.txt", macOS metadata) are not label files; anything else named
@@ -336,7 +343,7 @@ def read(name: str, cfg: dict, probe: bool | Collection[str] = True) -> ReadResu
         for emo_file in emo_files:
             sources += [emo_file, session / "dialog" / "transcriptions" / emo_file.name]
             rows = _dialogue_rows(name, session, emo_file, split_of.get(emo_file.stem), settings, issues, seen,
-                                  videos)
+                                  media)
             if rows:
                 by_dialogue[emo_file.stem] = rows
     if not by_dialogue:

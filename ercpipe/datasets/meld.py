@@ -38,7 +38,7 @@ from typing import Collection
 
 from tqdm.auto import tqdm
 
-from ercpipe.datasets import (ReadResult, assign_speaker_slots, flag_overlaps, flag_row, new_row,
+from ercpipe.datasets import (ReadResult, assign_speaker_slots, declared_media, flag_overlaps, flag_row, new_row,
                               number_dialogue, probes, reader_settings, rows_to_frame)
 from ercpipe.datasets.csv_manifest import CsvRecord, clean_text, read_csv_records
 from ercpipe.io.manifest import IssueLog, ManifestError
@@ -187,8 +187,9 @@ def read(name: str, cfg: dict, probe: bool | Collection[str] = True) -> ReadResu
     issues = IssueLog()
     rows: list[dict] = []
     checks: list[dict] = []
+    clips = bool(declared_media(cfg))  # a clip holds both the audio and the video; text-only: none looked for
     for meld_split, split, csv_name, clip_dir in SPLIT_FILES:
-        if settings["probe_media"] and not (root / clip_dir).is_dir():
+        if clips and settings["probe_media"] and not (root / clip_dir).is_dir():
             logger.warning("MELD clip folder %s is missing: every %s clip is flagged missing", root / clip_dir, split)
             checks.append({"check": f"clip folder {clip_dir}", "ok": False, "expected": "present",
                            "found": "missing", "detail": f"every {split} row is flagged missing_video/missing_audio"})
@@ -204,7 +205,8 @@ def read(name: str, cfg: dict, probe: bool | Collection[str] = True) -> ReadResu
         checks.append({"check": f"{split} dialogues", "ok": len(dialogues) == REFERENCE_DIALOGUES[split],
                        "expected": REFERENCE_DIALOGUES[split], "found": len(dialogues)})
         logger.info("MELD %s: %d utterances in %d dialogues", meld_split, n_rows, len(dialogues))
-    _check_clips(rows, issues, probe if settings["probe_media"] else False)
+    if clips:
+        _check_clips(rows, issues, probe if settings["probe_media"] else False)
     speakers = max((r["speaker_slot"] for r in rows), default=-1) + 1
     return ReadResult(rows_to_frame(rows), issues, MELD_CLASSES, checks,
                       {"root": str(root), "probe_media": settings["probe_media"], "max_speakers": speakers},
