@@ -189,3 +189,35 @@ def test_only_declared_media_is_looked_at(data_dir, tmp_path):
     df, issues, _ = build(path, tmp_path / "audio", modalities=["text", "audio"])
     assert df["flags"].tolist() == ["missing_audio", "missing_audio"]  # no video is expected, so no no_video
     assert sorted(issues["reason"]) == ["missing_audio", "missing_audio"]
+
+
+def test_a_changed_valid_split_re_runs_the_join_not_the_shards_or_the_extraction(tmp_path):
+    """valid_split is applied when the manifest shards are joined: changing it re-runs that join and what reads
+    the joined manifest, never a shard's manifest job or a feature extraction job."""
+    from workflow_run import planned_jobs, snakemake, write_config
+
+    train_test_csv(tmp_path / "mine.csv", n_train=8)
+    config = {"datasets": {"mine": {"format": "csv", "manifest": "mine.csv", "classes": CLASSES, "shards": 2,
+                                    "modalities": ["text"], "valid_split": {"fraction": 0.25, "seed": 0}}},
+              "features": {"text": {"minilm": {"model": "packaged:minilm"}}},
+              "experiments": {"mine_sdt": {"dataset": "mine", "features": {"text": "minilm"}, "anchors": None,
+                                           "preset": "sdt", "seeds": [0]}}}
+    target = "features/mine/text/minilm.h5"
+    snakemake(tmp_path, write_config(tmp_path, config), target, "--cores", "1")
+    first = manifest_io.read(tmp_path / "features/mine/manifest.tsv")
+    assert set(first.loc[first["split"] == "valid", "dialogue_id"]) == set(
+        manifest_io.draw_held_out([f"t{d}" for d in range(8)], 0.25, 0))
+    shards = sorted((tmp_path / "features/mine/manifest_shards").glob("shard*.tsv"))
+    assert not any((manifest_io.read(s)["split"] == "valid").any() for s in shards if "issues" not in s.name)
+    stamps = {p: p.stat().st_mtime_ns for p in [*shards, *(tmp_path / "features/mine/text/minilm").glob("*.h5")]}
+
+    config["datasets"]["mine"]["valid_split"] = {"fraction": 0.25, "seed": 3}
+    configfile = write_config(tmp_path, config)
+    assert planned_jobs(snakemake(tmp_path, configfile, target, "-n").stdout) == {"build_manifest": 1,
+                                                                                  "merge_features": 1}
+    snakemake(tmp_path, configfile, target, "--cores", "1")
+    after = manifest_io.read(tmp_path / "features/mine/manifest.tsv")
+    assert set(after.loc[after["split"] == "valid", "dialogue_id"]) == set(
+        manifest_io.draw_held_out([f"t{d}" for d in range(8)], 0.25, 3)) != set(
+        first.loc[first["split"] == "valid", "dialogue_id"])
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps

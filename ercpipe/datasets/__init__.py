@@ -21,6 +21,11 @@ from ercpipe.labels import MODALITIES
 # folder is, how many shards, how the visual extractor picks the face), not how rows are read.
 PIPELINE_KEYS: frozenset[str] = frozenset({"format", "root", "face_selection", "shards", "synthetic", "modalities"})
 
+# Dataset keys that decide only which dialogues are valid: applied when the manifest shards are joined
+# (ercpipe.datasets.build.apply_valid_split), so neither the shard manifests nor the extraction jobs that
+# read them depend on them.
+SPLIT_KEYS: frozenset[str] = frozenset({"valid_split"})
+
 # Two times closer than this (seconds) count as equal when looking for overlaps.
 TIME_TOLERANCE = 1e-3
 

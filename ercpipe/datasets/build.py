@@ -72,10 +72,23 @@ def _drop_undeclared_media(result: ReadResult, modalities: list[str]) -> None:
     result.issues = IssueLog([i for i in result.issues.issues if i.reason not in dropped])
 
 
+def apply_valid_split(frame: pd.DataFrame, result: ReadResult) -> pd.DataFrame:
+    """The manifest with the dialogues that the reader's `valid_split` record names moved from train to valid.
+
+    Done on the joined manifest only: the shards keep the raw split, so the extraction jobs (which read the
+    shards) do not re-run when only the validation split changes (SPLIT_KEYS)."""
+    moved = set((result.info.get("valid_split") or {}).get("dialogues") or ())
+    if not moved:
+        return frame
+    frame = frame.copy()
+    frame.loc[frame["dialogue_id"].isin(moved) & (frame["split"] == "train"), "split"] = "valid"
+    return frame
+
+
 def build_manifest(name: str, dataset_cfg: dict, out_dir: Path) -> None:
     """Write out_dir/manifest.tsv, issues.tsv and summary.json for one configured dataset, in one step."""
     frame, result = read_dataset(name, dataset_cfg)
-    write_manifest(name, dataset_cfg["format"], frame, result, out_dir)
+    write_manifest(name, dataset_cfg["format"], apply_valid_split(frame, result), result, out_dir)
 
 
 def build_manifest_shard(name: str, dataset_cfg: dict, shard: int, n_shards: int, manifest_out: Path,
@@ -112,4 +125,5 @@ def join_manifest_shards(name: str, dataset_cfg: dict, shard_manifests: list[Pat
     for path in shard_issues:
         issues.issues.extend(manifest_io.read_issues(path).issues)
     result.issues = issues
-    write_manifest(name, dataset_cfg["format"], manifest_io.normalize(joined), result, out_dir)
+    write_manifest(name, dataset_cfg["format"], apply_valid_split(manifest_io.normalize(joined), result), result,
+                   out_dir)

@@ -15,7 +15,8 @@ The bring-your-own format is documented in docs/manifest.md. Settings (dataset c
                  decode one packet (flags corrupt_video / corrupt_audio / no_audio_stream)
     valid_split: for a CSV without valid rows: {fraction: F, seed: S} moves round(F x train dialogues),
                  drawn with numpy's default_rng(S), to valid; {dialogues: [ids]} moves these train
-                 dialogues; none (default) keeps the CSV's split column as it is
+                 dialogues; none (default) keeps the CSV's split column as it is. Applied to the joined
+                 manifest only (ercpipe.datasets.build.apply_valid_split), not to the shards
 """
 from __future__ import annotations
 
@@ -357,7 +358,7 @@ def read(name: str, cfg: dict, probe: bool | Collection[str] = True) -> ReadResu
                 r["speaker_slot"] = r["_slot"]
         flag_overlaps(dialogue_rows, issues, _overlap_times)
         rows.extend(dialogue_rows)
-    split_record = _hold_out_valid(rows, settings["valid_split"], path)
+    split_record = valid_split_record(rows, settings["valid_split"], path)
     logger.info("csv %s: %d utterances in %d dialogues", path, len(rows), len(dialogues))
     return ReadResult(rows_to_frame(rows), issues, classes, [], {"source": str(path), "valid_split": split_record},
                       sources=[str(path)])
@@ -367,8 +368,10 @@ NO_VALID_HINT = ("training and fine-tuning choose their epoch on valid, so hold 
                  "`valid_split: {fraction: 0.1, seed: 0}` in the dataset's config (docs/manifest.md)")
 
 
-def _hold_out_valid(rows: list[dict], spec, path: Path) -> dict:
-    """Move the train dialogues that `valid_split` names to valid (in place); how, for summary.json."""
+def valid_split_record(rows: list[dict], spec, path: Path) -> dict:
+    """Which train dialogues `valid_split` makes valid, and how (for summary.json); a ManifestError for a spec
+    the CSV cannot take. The rows keep the CSV's split: the dialogues are moved when the manifest shards are
+    joined (ercpipe.datasets.build), so the extraction jobs, which read the shards, do not depend on it."""
     train = list(dict.fromkeys(r["dialogue_id"] for r in rows if r["split"] == "train"))
     has_valid = any(r["split"] == "valid" for r in rows)
     if spec is None or spec == "none":
@@ -397,10 +400,6 @@ def _hold_out_valid(rows: list[dict], spec, path: Path) -> dict:
         record = {"protocol": "dialogues", "dialogues": valid, "note": "train dialogues listed in the configuration"}
     else:
         raise ValueError(f"valid_split {spec!r}: for a CSV use {{fraction: F, seed: S}}, {{dialogues: [ids]}} or none")
-    chosen = set(valid)
-    for row in rows:
-        if row["dialogue_id"] in chosen:
-            row["split"] = "valid"
     return record
 
 

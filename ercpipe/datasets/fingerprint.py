@@ -9,7 +9,8 @@ runs without opening any media (`probe=False`: text files are parsed, media file
 this module digests the result:
 
     shards[k]   the rows of shard k (every column), the size and mtime of each media file they name,
-                and the dataset's settings: the `params` of the manifest job of shard k
+                and the dataset's settings but those that only form the validation split (SPLIT_KEYS):
+                the `params` of the manifest job of shard k
     dataset     the same for the whole dataset: the `params` of the job that joins the shards
 
 So fixing one clip or one CSV row re-runs that shard's manifest job and the extraction jobs of that
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ercpipe.datasets import SPLIT_KEYS
 from ercpipe.io.manifest import dialogue_shards
 
 
@@ -60,12 +62,13 @@ def _media_stats(frame: pd.DataFrame) -> dict[str, list[int] | None]:
 def fingerprint(frame: pd.DataFrame, settings: dict, n_shards: int, sources=()) -> RawFingerprint:
     """Digests of a manifest frame read without probing media (ercpipe.datasets.build.read_dataset)."""
     stats = _media_stats(frame)
+    shard_settings = {k: v for k, v in settings.items() if k not in SPLIT_KEYS}
     by_dialogue = frame.groupby("dialogue_id", sort=False).indices
     shards = []
     for dialogues in dialogue_shards(frame, n_shards):
         part = frame.iloc[[i for d in dialogues for i in by_dialogue[d]]]
         files = sorted((set(part["audio_path"]) | set(part["video_path"])) - {""})
-        shards.append(_digest(part.astype(str).values.tolist(), [[f, stats[f]] for f in files], settings))
+        shards.append(_digest(part.astype(str).values.tolist(), [[f, stats[f]] for f in files], shard_settings))
     everything = _digest(frame.astype(str).values.tolist(), sorted(stats.items()), settings)
     return RawFingerprint(everything, tuple(shards), tuple(sorted(str(s) for s in sources)))
 

@@ -6,6 +6,7 @@ from pathlib import Path
 from snakemake.utils import validate
 
 from ercpipe import config as pipeline_config
+from ercpipe.datasets import SPLIT_KEYS
 from ercpipe.datasets.fingerprint import dataset_fingerprint
 from ercpipe.resources import extraction_resources
 
@@ -166,9 +167,12 @@ def canonical(value):
     return value
 
 
-def reader_config(dataset):
-    """The dataset's settings as its reader takes them: root resolved, pipeline-only keys dropped."""
-    cfg = {k: v for k, v in DATASETS[dataset].items() if k not in ("shards", "synthetic")}
+def reader_config(dataset, with_split=True):
+    """The dataset's settings as its reader takes them: root resolved, pipeline-only keys dropped; without the
+    keys that only form the validation split for a shard's manifest job (ercpipe.datasets.SPLIT_KEYS: applied
+    when the shards are joined, so a changed split re-runs no shard and no extraction job)."""
+    drop = {"shards", "synthetic"} | (set() if with_split else set(SPLIT_KEYS))
+    cfg = {k: v for k, v in DATASETS[dataset].items() if k not in drop}
     root = pipeline_config.dataset_root(dataset, DATASETS[dataset])
     if root is not None:
         cfg["root"] = str(root)

@@ -12,7 +12,7 @@ rule build_manifest_shard:
         manifest="features/{dataset}/manifest_shards/shard{shard}.tsv",
         issues="features/{dataset}/manifest_shards/shard{shard}.issues.tsv",
     params:
-        dataset=lambda wc: reader_config(wc.dataset),
+        dataset=lambda wc: reader_config(wc.dataset, with_split=False),
         n_shards=lambda wc: n_shards(wc.dataset),
         raw=raw_digest("shards"),
     log:
