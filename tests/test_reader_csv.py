@@ -165,11 +165,13 @@ def test_valid_split_holds_out_seeded_train_dialogues(tmp_path):
     assert summary["valid_split"]["protocol"] == "dialogues"
 
 
-def test_valid_split_refusals_and_the_missing_valid_note(tmp_path):
+def test_valid_split_refusals_and_the_missing_valid_note(tmp_path, caplog):
     path = train_test_csv(tmp_path / "m.csv")
     _, _, summary = build(path, tmp_path / "kept", modalities=["text"])
+    assert "m.csv has no valid rows" in caplog.text  # in the manifest job's log too
     assert summary["valid_split"]["protocol"] == "none"
-    assert "valid_split: {fraction: 0.1, seed: 0}" in summary["valid_split"]["note"]
+    assert "m.csv has no valid rows; training and fine-tuning choose their epoch on valid, so hold out train " \
+           "dialogues with `valid_split: {fraction: 0.1, seed: 0}`" in summary["valid_split"]["note"]
     with pytest.raises(ManifestError, match=r"m.csv: valid_split.dialogues \['s0'\] must be train dialogues"):
         build(path, tmp_path / "out", valid_split={"dialogues": ["t1", "s0"]})
     with_valid = write(tmp_path / "v.csv", GOOD + ["c3,c3_u0,valid,Ann,calm,x,,,,"])

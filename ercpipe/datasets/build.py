@@ -77,7 +77,10 @@ def apply_valid_split(frame: pd.DataFrame, result: ReadResult) -> pd.DataFrame:
 
     Done on the joined manifest only: the shards keep the raw split, so the extraction jobs (which read the
     shards) do not re-run when only the validation split changes (SPLIT_KEYS)."""
-    moved = set((result.info.get("valid_split") or {}).get("dialogues") or ())
+    record = result.info.get("valid_split") or {}
+    if record.get("protocol") == "none":
+        logger.warning("dataset %s", record["note"])
+    moved = set(record.get("dialogues") or ())
     if not moved:
         return frame
     frame = frame.copy()

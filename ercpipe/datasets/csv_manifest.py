@@ -377,8 +377,7 @@ def valid_split_record(rows: list[dict], spec, path: Path) -> dict:
     if spec is None or spec == "none":
         if has_valid:
             return {"protocol": "csv", "note": "the CSV's split column"}
-        logger.warning("csv %s has no valid rows: %s", path, NO_VALID_HINT)
-        return {"protocol": "none", "note": f"the CSV has no valid rows; {NO_VALID_HINT}"}
+        return {"protocol": "none", "note": f"{path} has no valid rows; {NO_VALID_HINT}"}
     if has_valid:
         raise ManifestError(f"{path} already has valid rows, and the dataset config also sets valid_split {spec!r}; "
                             "keep one of them (remove valid_split, or mark those rows train)")
