@@ -383,7 +383,7 @@ def check(config: dict, workdir: Path = Path(".")) -> None:
             raise ConfigError(f"{where}.candidates: the candidates train on different datasets {sorted(on)}; "
                               "a dev score only compares models on the same dev split")
         if sel.get("ensemble") is not None:
-            if sel["ensemble"] > len(sel["candidates"]):
+            if sel["ensemble"] != "all" and sel["ensemble"] > len(sel["candidates"]):
                 raise ConfigError(f"{where}.ensemble: {sel['ensemble']} members, but there are only "
                                   f"{len(sel['candidates'])} candidates")
             seeds = {json.dumps(sorted(experiments[c]["seeds"])) for c in sel["candidates"]}

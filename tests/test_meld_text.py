@@ -41,7 +41,7 @@ def meld_text_run(meld_csv_dir, tmp_path_factory):
     counts = slice_meld_csvs(meld_csv_dir, workdir / "raw" / "MELD.Raw")
     config = yaml.safe_load((REPO / "workflow" / "configs" / "meld_text.yaml").read_text())
     # The shipped recipe, made small: two fine-tuning seeds of one epoch, two class weightings, both contexts,
-    # training 3 epochs with one seed; the ensemble of the 3 best stays.
+    # training 3 epochs with one seed; the ensembles of the k best (every k) stay.
     search = config["selections"]["text_recipe"]["search"]
     search["text"]["finetune"]["epochs"] = 1
     search["finetune_seeds"] = [0, 1]
@@ -102,15 +102,18 @@ def test_the_recipe_search_chooses_on_dev_among_contexts_seeds_weights_and_the_e
 
     published = json.loads((workdir / "results/meld/text_recipe/summary.json").read_text())
     ranking = pd.read_csv(workdir / "results/meld/text_recipe/selection.tsv", sep="\t")
-    assert sorted(ranking["experiment"]) == sorted([*selection["candidates"], "ensemble_top3"])
+    n = len(selection["candidates"])
+    ensembles = [f"ensemble_top{k}" for k in range(2, n + 1)]  # `ensemble: all`: every count of the best
+    assert sorted(ranking["experiment"]) == sorted([*selection["candidates"], *ensembles])
     dev = dict(zip(ranking["experiment"], ranking["valid.weighted_f1 mean"]))
     chosen = published["selection"]["chosen"]
     assert ranking.loc[ranking["chosen"], "experiment"].tolist() == [chosen]
     assert dev[chosen] == max(dev.values())
     singles = {c: json.loads((workdir / f"results/meld/{c}/summary.json").read_text()) for c in selection["candidates"]}
-    best3 = sorted(selection["candidates"], key=lambda c: -singles[c]["metrics"]["valid.weighted_f1"]["mean"])[:3]
-    assert sorted(published["selection"]["ensemble"]["members"]) == sorted(best3)
-    if chosen != "ensemble_top3":
+    by_dev = sorted(selection["candidates"], key=lambda c: -singles[c]["metrics"]["valid.weighted_f1"]["mean"])
+    assert {name: sorted(e["members"]) for name, e in published["selection"]["ensembles"].items()} == {
+        f"ensemble_top{k}": sorted(by_dev[:k]) for k in range(2, n + 1)}
+    if chosen not in ensembles:
         assert published["metrics"] == singles[chosen]["metrics"]
 
 

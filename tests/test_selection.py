@@ -142,7 +142,7 @@ def test_the_ensemble_averages_its_members_probabilities_seed_by_seed(tmp_path):
     published = json.loads((out / "summary.json").read_text())
     ranking = pd.read_csv(out / "selection.tsv", sep="\t")
     assert "ensemble_top2" in ranking["experiment"].tolist()
-    assert published["selection"]["ensemble"]["members"] == ["b", "a"]
+    assert published["selection"]["ensembles"]["ensemble_top2"]["members"] == ["b", "a"]
     # Each ensemble seed is scored on the argmax of the mean probabilities of that seed's members.
     ensemble_row = ranking.set_index("experiment").loc["ensemble_top2"]
     dev_scores = []
@@ -150,6 +150,29 @@ def test_the_ensemble_averages_its_members_probabilities_seed_by_seed(tmp_path):
         mean = (probs["a"][seed]["valid"] + probs["b"][seed]["valid"]) / 2
         dev_scores.append(classification_metrics(np.array(labels["valid"]), mean.argmax(1), CLASSES)["weighted_f1"])
     assert ensemble_row["valid.weighted_f1 mean"] == pytest.approx(np.mean(dev_scores), abs=1e-4)
+
+
+def test_ensemble_all_ranks_every_count_of_the_best_and_dev_chooses_how_many(tmp_path):
+    rng = np.random.default_rng(1)
+    labels = {"valid": rng.integers(0, 3, 40).tolist(), "test": rng.integers(0, 3, 30).tolist()}
+    probs = {name: {seed: {"valid": random_probs(rng, 40), "test": random_probs(rng, 30)} for seed in (0, 1)}
+             for name in ("a", "b", "c", "d")}
+    dev = {"a": 40.0, "b": 45.0, "c": 30.0, "d": 35.0}  # best first: b, a, d, c
+    paths = {name: write_member(tmp_path, name, probs[name], labels, dev[name]) for name in probs}
+    chosen = select_experiment(paths, tmp_path / "sel", ensemble="all")
+    published = json.loads((tmp_path / "sel" / "summary.json").read_text())
+    assert {name: e["members"] for name, e in published["selection"]["ensembles"].items()} == {
+        "ensemble_top2": ["b", "a"], "ensemble_top3": ["b", "a", "d"], "ensemble_top4": ["b", "a", "d", "c"]}
+    ranking = pd.read_csv(tmp_path / "sel" / "selection.tsv", sep="	")
+    assert sorted(ranking["experiment"]) == ["a", "b", "c", "d", "ensemble_top2", "ensemble_top3", "ensemble_top4"]
+    scores = dict(zip(ranking["experiment"], ranking["valid.weighted_f1 mean"]))
+    assert chosen == max(scores, key=scores.get) and ranking["chosen"].tolist()[0]
+    for k, members in ((3, ["b", "a", "d"]), (4, ["b", "a", "d", "c"])):  # each scored on its own members' mean
+        expected = np.mean([classification_metrics(np.array(labels["valid"]), np.mean(
+            [probs[m][seed]["valid"] for m in members], axis=0).argmax(1), CLASSES)["weighted_f1"] for seed in (0, 1)])
+        assert scores[f"ensemble_top{k}"] == pytest.approx(expected, abs=1e-4)
+    with pytest.raises(SelectionError, match=r"ensemble 5: give a number of members between 2 and 4"):
+        select_experiment(paths, tmp_path / "too_many", ensemble=5)
 
 
 def test_an_ensemble_better_on_test_but_worse_on_dev_is_not_chosen(tmp_path):

@@ -63,8 +63,12 @@ def mean_probabilities(frames: Mapping[str, pd.DataFrame], classes: Sequence[str
     return out
 
 
-def ensemble_summary(members: Mapping[str, dict]) -> dict:
-    """The summary (as aggregation writes it) of the ensemble of these experiments' summaries, seed by seed."""
+def ensemble_summary(members: Mapping[str, dict], predictions: dict | None = None) -> dict:
+    """The summary (as aggregation writes it) of the ensemble of these experiments' summaries, seed by seed.
+
+    `predictions`: a dict that keeps the predictions.tsv files read (by path), for several ensembles of the
+    same candidates."""
+    predictions = {} if predictions is None else predictions
     names = list(members)
     summaries = list(members.values())
     classes = summaries[0]["classes"]
@@ -78,8 +82,12 @@ def ensemble_summary(members: Mapping[str, dict]) -> dict:
     class_id = {c: i for i, c in enumerate(classes)}
     runs, run_names = [], []
     for seed in seeds:
-        frames = {name: read_predictions(Path(summary["runs"][summary["seeds"].index(seed)]) / "predictions.tsv")
-                  for name, summary in members.items()}
+        frames = {}
+        for name, summary in members.items():
+            path = Path(summary["runs"][summary["seeds"].index(seed)]) / "predictions.tsv"
+            if path not in predictions:
+                predictions[path] = read_predictions(path)
+            frames[name] = predictions[path]
         averaged = mean_probabilities(frames, classes)
         run = {"seed": seed, "classes": classes,
                "protocol": {**summaries[0]["protocol"], "selected_epoch": None, "epochs_run": None,

@@ -2,8 +2,8 @@
 
 A selection names candidate experiments (e.g. the same model on encoders fine-tuned with different seeds),
 or a search makes them (ercpipe.search). Each candidate is trained and aggregated as usual; the selection
-reads their summaries, ranks them by the mean over seeds of one *valid*-split metric (optionally with one
-more candidate, the ensemble of the best ones: ercpipe.train.ensemble), and republishes the winner's
+reads their summaries, ranks them by the mean over seeds of one *valid*-split metric (optionally with
+ensembles of the best ones as more candidates: ercpipe.train.ensemble), and republishes the winner's
 summary as its own, with the ranking. The candidates' test numbers are never read to choose.
 """
 from __future__ import annotations
@@ -52,14 +52,28 @@ def ensemble_name(members: int) -> str:
     return f"ensemble_top{members}"
 
 
+def ensemble_sizes(ensemble: int | str | None, n_candidates: int) -> list[int]:
+    """The member counts of a selection's ensembles: none, k (the k best), or "all" (every k from 2 to the
+    number of candidates: how many of the best to average is then chosen on dev like everything else)."""
+    if ensemble is None:
+        return []
+    if ensemble == "all":
+        return list(range(2, n_candidates + 1))
+    if not isinstance(ensemble, int) or not 2 <= ensemble <= n_candidates:
+        raise SelectionError(f"ensemble {ensemble!r}: give a number of members between 2 and {n_candidates} "
+                             "(the candidates), or all")
+    return [ensemble]
+
+
 def select_experiment(summary_paths: Mapping[str, str | Path], out_dir: str | Path,
-                      metric: str = "valid.weighted_f1", ensemble: int | None = None,
+                      metric: str = "valid.weighted_f1", ensemble: int | str | None = None,
                       skipped: list[dict] | None = None) -> str:
     """Write selection.tsv and the chosen candidate's summary.json / .tsv / .html into out_dir; return its name.
 
     With `ensemble` = k, the k best candidates on dev are also averaged (ercpipe.train.ensemble) and the
-    ensemble is ranked as one more candidate. `skipped`: candidates a search left out, with the reason
-    (reported in summary.json).
+    ensemble is ranked as one more candidate; with "all", one ensemble per k from 2 to the number of
+    candidates (ensemble_sizes). `skipped`: candidates a search left out, with the reason (reported in
+    summary.json).
     """
     if len(summary_paths) < 2:
         raise SelectionError(f"a selection needs at least two candidate experiments, got {list(summary_paths)}")
@@ -77,16 +91,20 @@ def select_experiment(summary_paths: Mapping[str, str | Path], out_dir: str | Pa
     if len(classes) != 1:
         raise SelectionError(f"the candidates {list(summaries)} predict different classes {sorted(classes)}")
     ranking = rank_candidates(summaries, metric)
-    if ensemble is not None:
-        if not 2 <= ensemble <= len(summaries):
-            raise SelectionError(f"an ensemble of {ensemble} needs between 2 and {len(summaries)} candidates")
+    ensembles: dict[str, dict] = {}
+    sizes = ensemble_sizes(ensemble, len(summaries))
+    if sizes:
         from ercpipe.train.ensemble import ensemble_summary
 
-        members = [r["experiment"] for r in ranking[:ensemble]]
-        name = ensemble_name(ensemble)
-        if name in summaries:
-            raise SelectionError(f"a candidate is named {name}, the name of the selection's ensemble; rename it")
-        summaries[name] = ensemble_summary({m: summaries[m] for m in members})
+        predictions: dict = {}  # members' predictions.tsv, read once for all the ensembles
+        for size in sizes:
+            name = ensemble_name(size)
+            if name in summaries:
+                raise SelectionError(f"a candidate is named {name}, the name of one of the selection's ensembles; "
+                                     "rename it")
+            members = [r["experiment"] for r in ranking[:size]]
+            ensembles[name] = ensemble_summary({m: summaries[m] for m in members}, predictions)
+        summaries.update(ensembles)
         ranking = rank_candidates(summaries, metric)
     chosen = ranking[0]["experiment"]
     out_dir = Path(out_dir)
@@ -102,7 +120,7 @@ def select_experiment(summary_paths: Mapping[str, str | Path], out_dir: str | Pa
     selection = {"metric": metric, "chosen": chosen, "candidates": list(summaries),
                  "ranking": [{k: r[k] for k in ("experiment", "mean", "std", "n")} for r in ranking],
                  "chosen_summary": str(Path(summary_paths[chosen])) if chosen in summary_paths else None,
-                 "ensemble": summaries[ensemble_name(ensemble)]["ensemble"] if ensemble else None,
+                 "ensembles": {name: e["ensemble"] for name, e in ensembles.items()},
                  "skipped": list(skipped or [])}
     write_json(out_dir / "summary.json", {**summaries[chosen], "selection": selection})
     write_summary_table(summaries[chosen]["metrics"], out_dir / "summary.tsv")
@@ -116,9 +134,12 @@ def _selection_html(name: str, chosen_summary: dict, table: pd.DataFrame, select
     note = (f"Candidates ranked by the mean over seeds of <b>{html.escape(selection['metric'])}</b> (dev split "
             f"only); <b>{html.escape(selection['chosen'])}</b> is chosen and its numbers follow. Test scores "
             "played no part in the choice.")
-    if selection["ensemble"]:
-        note += (" The ensemble averages the class probabilities of the best candidates on dev ("
-                 f"{html.escape(', '.join(selection['ensemble']['members']))}), seed by seed.")
+    if selection["ensembles"]:
+        note += (" Each ensemble_top<i>k</i> averages the class probabilities of the <i>k</i> best candidates on "
+                 "dev, seed by seed.")
+        if selection["chosen"] in selection["ensembles"]:
+            members = selection["ensembles"][selection["chosen"]]["members"]
+            note += f" The chosen one averages {html.escape(', '.join(members))}."
     for left_out in selection["skipped"]:
         note += f" Left out: class_weights {html.escape(left_out['class_weights'])} ({html.escape(left_out['reason'])})."
     return html_page(f"Selection {name}: {selection['chosen']}",
