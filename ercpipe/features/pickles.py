@@ -389,9 +389,10 @@ def choose_valid(ds: PickleDataset, valid_split: Mapping | str | None = None,
                                "pickle's train list)"}, checks
     if "fraction" in spec:
         fraction, seed = float(spec["fraction"]), int(spec.get("seed", 0))
-        if len(train) < 2:
-            raise PickleFormatError(f"{ds.source}: {len(train)} train dialogue(s), too few to hold some out as valid")
-        valid = manifest_io.draw_held_out(train, fraction, seed)
+        try:
+            valid = manifest_io.draw_held_out(train, fraction, seed)
+        except ValueError as err:
+            raise PickleFormatError(f"{ds.source}: {err}") from None
         return valid, {"protocol": "fraction", "fraction": fraction, "seed": seed, "dialogues": valid,
                        "note": f"{len(valid)} of the pickle's {len(train)} train dialogues drawn with "
                                f"numpy.random.default_rng({seed}).choice (without replacement)"}, checks
