@@ -36,7 +36,8 @@ The load average before and after is printed with the tables.
 the products' FLOPs (torch.utils.flop_counter over the same batches), the CPU seconds per step, and the
 products' time at the rate of an isolated sgemm of the same width on this CPU (cold weights), so that
 what is left for everything else (dropout, optimizer, elementwise ops) can be read off, with the budget
-that leaves the library for the fp32 goal.
+that leaves the library for the fp32 goal; and the forward FLOPs of one library batch per module (which
+part of the model the products belong to).
 
 --accuracy trains fp32 and the reduced mode on a learnable variant of the data (class-dependent feature
 shifts) for --acc-seeds seeds and --acc-epochs epochs and prints test accuracy / weighted F1 per seed:
@@ -312,13 +313,18 @@ def worker_accounting(args, device) -> dict:
             cpu.append((time.process_time() - start) / len(steps))
         rows.append({"mode": mode, "gflop_per_step": counter.get_total_flops() / len(steps) / 1e9,
                      "cpu_s_per_step": min(cpu)})
+    with torch.no_grad(), FlopCounterMode(display=False, depth=3) as counter:  # one forward pass, per module
+        _library_outputs(model, loss_fn, warm, device, "off")
+    modules = [{"module": name, "gflop": sum(ops.values()) / 1e9} for name, ops in counter.get_flop_counts().items()
+               if name.count(".") == 2 or name in ("Global",)]
     valid_rows = int(np.mean([int(b.mask.sum()) for b in steps]))
     rate = sgemm_rate(valid_rows, cfg["model"]["hidden_dim"])
     for r in rows:
         r["products_s"] = r["gflop_per_step"] * 1e9 / rate
         r["rest_s"] = r["cpu_s_per_step"] - r["products_s"]
     return {"rows": rows, "sgemm_gflops": rate / 1e9, "sgemm_shape": [valid_rows, cfg["model"]["hidden_dim"]],
-            "threads": torch.get_num_threads(), "steps": len(steps)}
+            "threads": torch.get_num_threads(), "steps": len(steps), "forward_modules": modules,
+            "forward_utterances": int(warm.mask.sum())}
 
 
 def write_run_files(root: Path, n_dialogues: tuple[int, int, int], seed: int = 0) -> dict:
@@ -572,6 +578,9 @@ def main() -> None:
               f"GFLOP/s; products {ref['gflop_per_step'] / lib['gflop_per_step']:.2f}x, step "
               f"{ref['cpu_s_per_step'] / lib['cpu_s_per_step']:.2f}x; for {GOALS['fp32']}x the library's rest would "
               f"have to be <= {budget:.3f} s (now {lib['rest_s']:.3f} s)")
+        print(f"forward FLOPs of one library batch ({result['forward_utterances']} utterances) per module:")
+        print(markdown_table(result["forward_modules"], [("module", lambda r: r["module"]),
+                                                         ("GFLOP (forward)", _f(".3f", "gflop"))]))
         out["accounting"] = result
     elif args.accuracy:
         result = run_worker("accuracy", args, device)
