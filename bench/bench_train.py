@@ -8,6 +8,7 @@ official formulation.
     .venv/bin/python bench/bench_train.py --threads 2 --accuracy        # fp32 vs bf16 accuracy over seeds
     .venv/bin/python bench/bench_train.py --threads 1 --accounting      # where an fp32 step's time goes
     .venv/bin/python bench/bench_train.py --device cuda               # GPU: fp16 autocast as the reduced mode
+    .venv/bin/python bench/bench_train.py --device cuda --profile fp32,fp16,bf16  # where an epoch's time goes
 
 Three ways of training the same model on the same batches:
 * fp32 — the library (ercpipe.model: packed valid utterances, fused attention, cheap dropout draw), fp32;
@@ -38,6 +39,11 @@ products' time at the rate of an isolated sgemm of the same width on this CPU (c
 what is left for everything else (dropout, optimizer, elementwise ops) can be read off, with the budget
 that leaves the library for the fp32 goal; and the forward FLOPs of one library batch per module (which
 part of the model the products belong to).
+
+--profile MODES runs one untimed warm-up epoch, then one epoch per mode (fp32, fp16, bf16, reference) under
+torch.profiler on the same batches: wall and CPU seconds, the device's kernel time and kernel launches (CUDA),
+and the operators with the most self CPU time and self device time. On a GPU this says whether an epoch is
+bound by the host (launching kernels) or by the device.
 
 --accuracy trains fp32 and the reduced mode on a learnable variant of the data (class-dependent feature
 shifts) for --acc-seeds seeds and --acc-epochs epochs and prints test accuracy / weighted F1 per seed:
@@ -248,6 +254,56 @@ def worker_epochs(args, device) -> dict:
             "peak_rss_mib": peak_rss_mb()}
 
 
+def _profile_tables(prof, cuda: bool, top: int = 12) -> dict:
+    events = prof.key_averages()
+    dev_attr = "self_device_time_total" if hasattr(events[0], "self_device_time_total") else "self_cuda_time_total"
+
+    def rows(key):
+        ranked = sorted(events, key=lambda e: getattr(e, key), reverse=True)[:top]
+        return [{"op": e.key, "calls": e.count, "self_cpu_ms": e.self_cpu_time_total / 1e3,
+                 "self_device_ms": getattr(e, dev_attr) / 1e3} for e in ranked]
+
+    out = {"by_cpu": rows("self_cpu_time_total")}
+    if cuda:
+        kernels = [e for e in prof.events() if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA]
+        out["kernel_ms"] = sum(e.device_time if hasattr(e, "device_time") else e.cuda_time for e in kernels) / 1e3
+        out["kernels"] = len(kernels)
+        out["by_device"] = rows(dev_attr)
+    return out
+
+
+def worker_profile(args, device) -> dict:
+    """One warm-up epoch, then one profiled epoch per mode on the same batches (module docstring, --profile)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cfg, data, model, loss_fn, optimizer = _training_setup(device)
+    modes = args.profile.split(",")
+    scalers = {m: torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and m == "fp16") for m in modes}
+    torch.manual_seed(1)
+    epoch = [mask_feature_dims(b, cfg["train"]["feature_mask_ratio"]).to(device)
+             for b in batches(data["train"], cfg["train"]["batch_size"], True)]
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    results = []
+    for mode in modes:
+        amp = mode if mode in ("fp16", "bf16") else "off"
+        for batch in epoch:  # warm-up epoch: allocator, kernels, cuBLAS handles
+            _train_step(model, loss_fn, optimizer, scalers[mode], batch, mode, amp, device)
+        _sync(device)
+        wall, cpu = time.perf_counter(), time.process_time()
+        for batch in epoch:  # timed without the profiler
+            _train_step(model, loss_fn, optimizer, scalers[mode], batch, mode, amp, device)
+        _sync(device)
+        row = {"mode": mode, "steps": len(epoch), "s_per_epoch": time.perf_counter() - wall,
+               "cpu_s_per_epoch": time.process_time() - cpu}
+        with profile(activities=activities) as prof:
+            for batch in epoch:
+                _train_step(model, loss_fn, optimizer, scalers[mode], batch, mode, amp, device)
+            _sync(device)
+        row.update(_profile_tables(prof, device.type == "cuda"))
+        results.append(row)
+    return {"rows": results}
+
+
 def worker_accuracy(args, device) -> dict:
     """fp32 vs the reduced mode on learnable synthetic data: test accuracy / weighted F1 per seed."""
     from sklearn.metrics import accuracy_score, f1_score
@@ -448,6 +504,8 @@ def run_worker(mode: str, args, device: str) -> dict:
            "--check-dialogues", str(args.check_dialogues), "--amp", args.amp_mode,
            "--acc-seeds", str(args.acc_seeds), "--acc-epochs", str(args.acc_epochs), "--acc-signal", str(args.acc_signal),
            "--accounting-steps", str(args.accounting_steps)]
+    if args.profile:
+        cmd += ["--profile", args.profile]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -520,6 +578,10 @@ ACC_COLUMNS = [("mode", lambda r: r["mode"]), ("seeds", _f("d", "seeds")), ("tes
                ("mean wF1", _f(".4f", "mean_f1")), ("std wF1", _f(".4f", "std_f1"))]
 
 
+PROFILE_COLUMNS = [("op", lambda r: r["op"][:60]), ("calls", lambda r: str(r["calls"])),
+                   ("self CPU ms", _f(".1f", "self_cpu_ms")), ("self device ms", _f(".1f", "self_device_ms"))]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU), cpu or cuda")
@@ -540,6 +602,8 @@ def main() -> None:
                         help="only the split of an fp32 step into matrix products and the rest")
     parser.add_argument("--accounting-steps", type=int, default=0,
                         help="training steps per mode for --accounting (0: one whole epoch, 14 steps)")
+    parser.add_argument("--profile", default=None, metavar="MODES",
+                        help="only profile one epoch per mode, comma list of fp32,fp16,bf16,reference")
     parser.add_argument("--acc-seeds", type=int, default=3)
     parser.add_argument("--acc-epochs", type=int, default=3)
     parser.add_argument("--acc-signal", type=float, default=0.1, help="class shift per feature dimension")
@@ -560,7 +624,7 @@ def main() -> None:
             torch.set_num_threads(args.threads)
         dev = torch.device(device)
         worker = {"check": worker_check, "epochs": worker_epochs, "accuracy": worker_accuracy,
-                  "accounting": worker_accounting}[args.worker]
+                  "accounting": worker_accounting, "profile": worker_profile}[args.worker]
         print(json.dumps(worker(args, dev)))
         return
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
@@ -569,7 +633,18 @@ def main() -> None:
           f"{torch.__version__}, {os.cpu_count()} CPUs, threads {args.threads or torch.get_num_threads()}; "
           f"load average {os.getloadavg()[0]:.2f}", flush=True)
     out: dict = {}
-    if args.accounting:
+    if args.profile:
+        result = run_worker("profile", args, device)
+        for r in result["rows"]:
+            kernels = (f"; device kernels {r['kernel_ms'] / 1e3:.3f} s in {r['kernels']} launches "
+                       f"({r['kernels'] / r['steps']:.0f} per step)" if "kernel_ms" in r else "")
+            print(f"\n{r['mode']}: {r['s_per_epoch']:.3f} s/epoch wall, {r['cpu_s_per_epoch']:.3f} CPU s, "
+                  f"{r['steps']} steps{kernels}")
+            for key in ("by_cpu", "by_device"):
+                if key in r:
+                    print(markdown_table(r[key], PROFILE_COLUMNS))
+        out["profile"] = result
+    elif args.accounting:
         result = run_worker("accounting", args, device)
         lib, ref = result["rows"]
         budget = ref["cpu_s_per_step"] / GOALS["fp32"] - lib["products_s"]

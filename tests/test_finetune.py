@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import TEST_DEVICE
 
 from ercpipe.features import finetune, text
 from ercpipe.features.interface import ExtractionContext
@@ -58,7 +59,7 @@ def test_finetuning_improves_valid_accuracy_and_never_reads_test(corpus):
     root, frame, model = corpus
     out = root / "encoder"
     settings = {"model": str(model), "pooling": "mean", "finetune": TRAINING}  # one text setting for both steps
-    finetune.finetune_text_encoder(root / "manifest.tsv", settings, out, threads=1, device="cpu")
+    finetune.finetune_text_encoder(root / "manifest.tsv", settings, out, threads=1, device=TEST_DEVICE)
     metrics = json.loads((out / "metrics.json").read_text())
     before = metrics["history"][0]["valid"]["accuracy"]
     after = metrics["valid_at_selected_epoch"]["accuracy"]
@@ -75,10 +76,10 @@ def test_finetuning_improves_valid_accuracy_and_never_reads_test(corpus):
     assert metrics["settings"] == finetune.training_view(settings)
 
     # The saved encoder is what extraction loads in place of settings["model"]; the file's settings say so.
-    text.extract_shard(root / "manifest.tsv", settings, root / "tuned.h5", device="cpu",
+    text.extract_shard(root / "manifest.tsv", settings, root / "tuned.h5", device=TEST_DEVICE,
                        context=ExtractionContext(encoder_dir=out))
     plain_settings = {"model": str(model), "pooling": "mean"}
-    text.extract_shard(root / "manifest.tsv", plain_settings, root / "plain.h5", device="cpu")
+    text.extract_shard(root / "manifest.tsv", plain_settings, root / "plain.h5", device=TEST_DEVICE)
     tuned = feature_io.read(root / "tuned.h5", expected_ids=frame["utterance_id"].tolist(), expected_dim=32,
                             expected_hash=feature_io.settings_hash(text.stored_settings(settings)))
     plain = feature_io.read(root / "plain.h5")
@@ -86,10 +87,10 @@ def test_finetuning_improves_valid_accuracy_and_never_reads_test(corpus):
     assert tuned.attrs["setting_hash"] != plain.attrs["setting_hash"]
     assert not np.allclose(tuned.features, plain.features)
     with pytest.raises(ValueError, match="run finetune_text_encoder first"):
-        text.extract_shard(root / "manifest.tsv", settings, root / "x.h5", device="cpu")
+        text.extract_shard(root / "manifest.tsv", settings, root / "x.h5", device=TEST_DEVICE)
     with pytest.raises(ValueError, match="was fine-tuned with settings"):  # a stale encoder is refused
         text.extract_shard(root / "manifest.tsv", {**settings, "finetune": {**TRAINING, "lr": 1e-3}},
-                           root / "x.h5", device="cpu", context=ExtractionContext(encoder_dir=out))
+                           root / "x.h5", device=TEST_DEVICE, context=ExtractionContext(encoder_dir=out))
     assert not (root / "x.h5").exists()
 
     # Fine-tuned vectors separate the valid classes: nearest train-class centroid is mostly right.
@@ -118,7 +119,7 @@ def test_finetune_settings_and_splits_are_checked(corpus, tmp_path):
     manifest_io.write(no_valid, tmp_path / "manifest.tsv")
     with pytest.raises(ValueError, match=r"no valid rows.*datasets.<name>.valid_split: \{fraction: 0.1, seed: 0\}"):
         finetune.finetune_text_encoder(tmp_path / "manifest.tsv", {"model": str(model), "finetune": TRAINING},
-                                       tmp_path / "encoder", device="cpu")
+                                       tmp_path / "encoder", device=TEST_DEVICE)
     assert not (tmp_path / "encoder").exists()
 
 
@@ -134,7 +135,7 @@ def test_class_weighted_finetuning_weights_the_loss_by_train_frequency(corpus, t
     runs = {}
     for weights in ("none", "train"):
         settings = {"model": str(model), "pooling": "mean", "finetune": {**one_epoch, "class_weights": weights}}
-        finetune.finetune_text_encoder(tmp_path / "manifest.tsv", settings, tmp_path / weights, device="cpu")
+        finetune.finetune_text_encoder(tmp_path / "manifest.tsv", settings, tmp_path / weights, device=TEST_DEVICE)
         runs[weights] = json.loads((tmp_path / weights / "metrics.json").read_text())
     used = train & ~frame["flags"].str.contains("empty_text").to_numpy()
     counts = frame.loc[used, "label"].value_counts()
@@ -150,7 +151,7 @@ def test_class_weighted_finetuning_weights_the_loss_by_train_frequency(corpus, t
     assert "class_weights" not in runs["none"]["settings"]["finetune"]
     with pytest.raises(ValueError, match="was fine-tuned with settings"):
         text.extract_shard(tmp_path / "manifest.tsv", {"model": str(model), "pooling": "mean", "finetune": one_epoch},
-                           tmp_path / "x.h5", device="cpu", context=ExtractionContext(encoder_dir=tmp_path / "train"))
+                           tmp_path / "x.h5", device=TEST_DEVICE, context=ExtractionContext(encoder_dir=tmp_path / "train"))
     with pytest.raises(ValueError, match=r"'paper' exists only for IEMOCAP's and MELD's class lists.*use 'train'"):
         finetune.loss_class_weights("paper", ["joyful", "mad"], np.array([0, 1]), "m.tsv")
     with pytest.raises(ValueError, match="class_weights must be one of"):

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import TEST_DEVICE
 
 from ercpipe import anchors as anchor_io
 from ercpipe.io import features as feature_io
@@ -97,7 +98,7 @@ def train(dataset, out_dir: Path, experiment: dict | None = None, seed: int = 0,
           anchors="default", **kw) -> dict:
     return run_training(manifest or dataset["manifest"], dataset["features"],
                         dataset["anchors"] if anchors == "default" else anchors,
-                        resolve_experiment(experiment or TINY), seed, out_dir, device="cpu", threads=1, **kw)
+                        resolve_experiment(experiment or TINY), seed, out_dir, device=TEST_DEVICE, threads=1, **kw)
 
 
 @pytest.fixture(scope="session")
@@ -369,19 +370,20 @@ a = json.loads(sys.argv[1])
 def kill(epoch):
     if epoch == a["kill_at"]:
         os.kill(os.getpid(), a["signal"])
-run_training(a["manifest"], a["features"], a["anchors"], a["experiment"], a["seed"], a["out"], device="cpu",
+run_training(a["manifest"], a["features"], a["anchors"], a["experiment"], a["seed"], a["out"], device=a["device"],
              threads=1, on_epoch_end=kill)
 """
 
 
 def kill_training_after(dataset, out: Path, epoch: int, checkpoint_every: int = 1, signum=signal.SIGKILL,
-                        returncode: int = -9) -> subprocess.CompletedProcess:
-    """Train TINY with seed 0 (resume state every `checkpoint_every` epochs) into `out` in a child process that
-    sends itself `signum` after `epoch`."""
-    experiment = resolve_experiment({**TINY, "train": {**TINY["train"], "checkpoint_every": checkpoint_every}})
+                        returncode: int = -9, train_settings: dict | None = None) -> subprocess.CompletedProcess:
+    """Train TINY (with `train_settings` on top) with seed 0 (resume state every `checkpoint_every` epochs) into
+    `out` in a child process that sends itself `signum` after `epoch`."""
+    experiment = resolve_experiment({**TINY, "train": {**TINY["train"], **(train_settings or {}),
+                                                       "checkpoint_every": checkpoint_every}})
     args = {"manifest": str(dataset["manifest"]), "features": {m: str(p) for m, p in dataset["features"].items()},
             "anchors": str(dataset["anchors"]), "experiment": experiment, "seed": 0, "out": str(out),
-            "kill_at": epoch, "signal": int(signum)}
+            "kill_at": epoch, "signal": int(signum), "device": TEST_DEVICE}
     env = dict(os.environ, PYTHONPATH=str(REPO))
     result = subprocess.run([sys.executable, "-c", KILL_SCRIPT, json.dumps(args)], cwd=REPO, env=env,
                             capture_output=True, text=True, timeout=300)
@@ -531,6 +533,22 @@ def test_the_pipeline_features_choose_the_modalities():
 
 
 # ------------------------------------------------------------------------------------------ precision, memory
+
+@pytest.mark.skipif(not TEST_DEVICE.startswith("cuda"), reason="fp16 autocast runs on CUDA only: ERCPIPE_TEST_DEVICE=cuda")
+def test_fp16_on_cuda_learns_and_resumes_after_sigkill(dataset, tmp_path, caplog):
+    """train.amp = fp16 on CUDA: autocast with one GradScaler, whose state travels in last.pt, so a run killed
+    after epoch 3 (state written after epoch 2) and resumed ends with the uninterrupted run's weights."""
+    fp16 = {"amp": "fp16"}
+    experiment = {**TINY, "train": {**TINY["train"], **fp16}}
+    with caplog.at_level(logging.INFO, logger="ercpipe.train.trainer"):
+        reference = train(dataset, tmp_path / "uninterrupted", experiment)
+    assert "fp16 autocast" in caplog.text
+    assert reference["test"]["accuracy"] > 60
+    out = tmp_path / "killed"
+    kill_training_after(dataset, out, epoch=3, checkpoint_every=2, train_settings=fp16)
+    assert torch.load(out / "last.pt", weights_only=True)["scaler"]  # the scaler's state is saved
+    assert_same_run(out, train(dataset, out, experiment), tmp_path / "uninterrupted", reference)
+
 
 def test_bf16_on_the_cpu_trains_and_learns(dataset, tmp_path, caplog):
     """train.amp = bf16 is bf16 autocast on the CPU too (fp16 stays fp32 there); a seed gives the same run."""
