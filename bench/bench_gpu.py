@@ -156,7 +156,12 @@ def make_inputs(tmp: Path, size: dict, minilm: str = "packaged") -> dict:
     import real_format_media as rfm
     from bench_text import synthetic_manifest
 
+    from ercpipe.io import manifest as manifest_io
     from ercpipe.labels import IEMOCAP_CLASSES
+    from ercpipe.testing.tiny_models import write_tiny_roberta
+
+    def random_init_model(name: str, manifest: Path, shape: dict) -> str:  # tokenizer trained on the manifest's words
+        return str(write_tiny_roberta(tmp / name, manifest_io.read(manifest)["text"].tolist(), **shape))
 
     start = time.perf_counter()
     iemocap, audio_dir = rfm.make_iemocap_corpus(tmp / "iemocap", 1, size["video_seconds"], size["visual_utterances"],
@@ -167,19 +172,11 @@ def make_inputs(tmp: Path, size: dict, minilm: str = "packaged") -> dict:
     inputs["clip_classes"] = classes
     inputs["images_dir"] = str(make_image_set(tmp / "anchor_images", classes, size["clip_per_class"]))
     if size["text_large_utterances"]:
-        from ercpipe.io import manifest as manifest_io
-        from ercpipe.testing.tiny_models import write_tiny_roberta
-
         large = synthetic_manifest(tmp / "text_large.tsv", size["text_large_utterances"])
         inputs["text_large"] = str(large)
-        inputs["large_model"] = str(write_tiny_roberta(tmp / "large_shape", manifest_io.read(large)["text"].tolist(),
-                                                       **LARGE_SHAPE))
+        inputs["large_model"] = random_init_model("large_shape", large, LARGE_SHAPE)
     if minilm == "shape":
-        from ercpipe.io import manifest as manifest_io
-        from ercpipe.testing.tiny_models import write_tiny_roberta
-
-        inputs["minilm_shape_model"] = str(write_tiny_roberta(
-            tmp / "minilm_shape", manifest_io.read(inputs["text"])["text"].tolist(), **MINILM_SHAPE))
+        inputs["minilm_shape_model"] = random_init_model("minilm_shape", Path(inputs["text"]), MINILM_SHAPE)
     inputs["seconds"] = time.perf_counter() - start
     return inputs
 

@@ -40,9 +40,9 @@ what is left for everything else (dropout, optimizer, elementwise ops) can be re
 that leaves the library for the fp32 goal; and the forward FLOPs of one library batch per module (which
 part of the model the products belong to).
 
---profile MODES runs one untimed warm-up epoch, then one epoch per mode (fp32, fp16, bf16, reference) under
-torch.profiler on the same batches: wall and CPU seconds, the device's kernel time and kernel launches (CUDA),
-and the operators with the most self CPU time and self device time. On a GPU this says whether an epoch is
+--profile MODES trains, per mode (fp32, fp16, bf16, reference) and on the same batches, one untimed warm-up
+epoch, one timed epoch (wall and CPU seconds) and one epoch under torch.profiler: the device's kernel time and
+kernel launches (CUDA), and the operators with the most self CPU time and self device time. On a GPU this says whether an epoch is
 bound by the host (launching kernels) or by the device.
 
 --accuracy trains fp32 and the reduced mode on a learnable variant of the data (class-dependent feature
