@@ -384,15 +384,12 @@ def valid_split_record(rows: list[dict], spec, path: Path) -> dict:
     if isinstance(spec, dict) and "fraction" in spec:
         fraction, seed = float(spec["fraction"]), int(spec.get("seed", 0))
         try:
-            valid = manifest_io.draw_held_out(train, fraction, seed)
+            record = manifest_io.held_out_record(train, fraction, seed, "the CSV's")
         except ValueError as err:
             raise ManifestError(f"{path}: valid_split {spec}: {err}") from None
-        record = {"protocol": "fraction", "fraction": fraction, "seed": seed, "dialogues": valid,
-                  "note": f"{len(valid)} of the CSV's {len(train)} train dialogues drawn with "
-                          f"numpy.random.default_rng({seed}).choice (without replacement)"}
     elif isinstance(spec, dict) and "dialogues" in spec:
-        valid = [str(d) for d in spec["dialogues"]]
-        not_train = [d for d in valid if d not in set(train)]
+        valid, train_set = [str(d) for d in spec["dialogues"]], set(train)
+        not_train = [d for d in valid if d not in train_set]
         if not_train or not valid:
             raise ManifestError(f"{path}: valid_split.dialogues {not_train[:5] or valid} must be train dialogues of the "
                                 f"CSV (its first train dialogues: {train[:5]})")

@@ -390,12 +390,10 @@ def choose_valid(ds: PickleDataset, valid_split: Mapping | str | None = None,
     if "fraction" in spec:
         fraction, seed = float(spec["fraction"]), int(spec.get("seed", 0))
         try:
-            valid = manifest_io.draw_held_out(train, fraction, seed)
+            record = manifest_io.held_out_record(train, fraction, seed, "the pickle's")
         except ValueError as err:
             raise PickleFormatError(f"{ds.source}: {err}") from None
-        return valid, {"protocol": "fraction", "fraction": fraction, "seed": seed, "dialogues": valid,
-                       "note": f"{len(valid)} of the pickle's {len(train)} train dialogues drawn with "
-                               f"numpy.random.default_rng({seed}).choice (without replacement)"}, checks
+        return record["dialogues"], record, checks
     if "dialogues" in spec:
         valid = [str(v) for v in spec["dialogues"]]
         return valid, {"protocol": "dialogues", "dialogues": valid,

@@ -205,3 +205,12 @@ def draw_held_out(train_dialogues: list[str], fraction: float, seed: int) -> lis
     k = min(len(train_dialogues) - 1, max(1, int(round(fraction * len(train_dialogues)))))
     picked = set(np.random.default_rng(seed).choice(len(train_dialogues), size=k, replace=False).tolist())
     return [d for i, d in enumerate(train_dialogues) if i in picked]
+
+
+def held_out_record(train_dialogues: list[str], fraction: float, seed: int, source: str) -> dict:
+    """draw_held_out's dialogues with how they were drawn, as summary.json records a `valid_split` of
+    {fraction, seed}; `source` names whose train dialogues they are ("the CSV's", "the pickle's")."""
+    valid = draw_held_out(train_dialogues, fraction, seed)
+    return {"protocol": "fraction", "fraction": fraction, "seed": seed, "dialogues": valid,
+            "note": f"{len(valid)} of {source} {len(train_dialogues)} train dialogues drawn with "
+                    f"numpy.random.default_rng({seed}).choice (without replacement)"}
