@@ -283,22 +283,21 @@ def worker_profile(args, device) -> dict:
     epoch = [mask_feature_dims(b, cfg["train"]["feature_mask_ratio"]).to(device)
              for b in batches(data["train"], cfg["train"]["batch_size"], True)]
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    def train_epoch(mode: str) -> None:
+        amp = mode if mode in ("fp16", "bf16") else "off"
+        for batch in epoch:
+            _train_step(model, loss_fn, optimizer, scalers[mode], batch, mode, amp, device)
+        _sync(device)
+
     results = []
     for mode in modes:
-        amp = mode if mode in ("fp16", "bf16") else "off"
-        for batch in epoch:  # warm-up epoch: allocator, kernels, cuBLAS handles
-            _train_step(model, loss_fn, optimizer, scalers[mode], batch, mode, amp, device)
-        _sync(device)
+        train_epoch(mode)  # warm-up epoch: allocator, kernels, cuBLAS handles
         wall, cpu = time.perf_counter(), time.process_time()
-        for batch in epoch:  # timed without the profiler
-            _train_step(model, loss_fn, optimizer, scalers[mode], batch, mode, amp, device)
-        _sync(device)
+        train_epoch(mode)  # timed without the profiler
         row = {"mode": mode, "steps": len(epoch), "s_per_epoch": time.perf_counter() - wall,
                "cpu_s_per_epoch": time.process_time() - cpu}
         with profile(activities=activities) as prof:
-            for batch in epoch:
-                _train_step(model, loss_fn, optimizer, scalers[mode], batch, mode, amp, device)
-            _sync(device)
+            train_epoch(mode)
         row.update(_profile_tables(prof, device.type == "cuda"))
         results.append(row)
     return {"rows": results}

@@ -329,12 +329,11 @@ def read(name: str, cfg: dict, probe: bool | Collection[str] = True) -> ReadResu
     split_of, expected = load_split(settings["split_file"])
     issues = IssueLog()
     seen: dict[str, str] = {}
-    declared = declared_media(cfg)
-    media = _MediaCheck(probe, declared)
+    media = _MediaCheck(probe, declared_media(cfg))
     sources: list[Path] = []
     by_dialogue: dict[str, list[dict]] = {}
     for session in sessions:
-        for sub in [s for s, m in (("sentences/wav", "audio"), ("dialog/avi/DivX", "visual")) if m in declared]:
+        for sub in [s for s, m in (("sentences/wav", "audio"), ("dialog/avi/DivX", "visual")) if m in media.media]:
             if not (session / sub).is_dir():
                 logger.warning("IEMOCAP: %s is missing; its rows are flagged", session / sub)
         # Hidden files ("._Ses01F_impro01.txt", macOS metadata) are not label files; anything else named
