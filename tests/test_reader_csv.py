@@ -112,8 +112,27 @@ def test_probe_media_flags_corrupt_audio(data_dir, tmp_path):
     (["c1,u0,train,Ann,2,x,,,,"], HEADER, r"line 2: label '2' .*labels are class names, not ids: id 2 would be 'happy'"),
     (GOOD[:2] + ["c1,c1_u0,train,Ann,calm,x,,,,"], HEADER,
      r"m.csv, line 4: utterance_id 'c1_u0' already used on line 2"),
-    (["c1,u0,dev,Ann,calm,x,,,,"], HEADER, r"m.csv, line 2: split 'dev' is not one of \['train', 'valid', 'test'\]"),
-    (["c1,u0,train,Ann,calm,x,,,,", "c1,u1,test,Ann,calm,x,,,,"], HEADER, r"dialogue c1 has rows in several splits"),
+    (["c1,u0,dev,Ann,calm,x,,,,"], HEADER, r"m.csv, line 2: split 'dev' is not one of \['train', 'valid', 'test'\] "
+                                           r"\(the validation split is called 'valid' here"),
+    (["c1,u0,Train,Ann,calm,x,,,,"], HEADER, r"line 2: split 'Train' .*write it in lower case: 'train'"),
+    (["c1,u0,train,Ann,calm,x,,,,", "c1,u1,test,Ann,calm,x,,,,"], HEADER,
+     r"dialogue c1 \(lines 2, 3\) has rows in several splits"),
+    (["c1,spk/u0,train,Ann,calm,x,,,,"], HEADER, r"line 2: utterance_id 'spk/u0' contains a path separator"),
+    (["c1,u0,train,Ann,calm,x,1", "c1,u1,train,Bob,calm,x,"], "dialogue_id,utterance_id,split,speaker,label,text,"
+     "speaker_slot", r"dialogue c1 \(lines 2, 3\): speaker_slot is given for some rows and not for others"),
+    (["c1,u0,train,Ann,calm,x,calm"], "dialogue_id,utterance_id,split,speaker,label,text, label",
+     r"m.csv: header names column 'label' twice \(columns 5 and 7\)"),
+    (["C1,u0,train,Ann,calm"], "Dialogue_ID,utterance_id,split,speaker,label",
+     r"header lacks column\(s\) \['dialogue_id'\].*case-sensitive: rename 'Dialogue_ID' to 'dialogue_id'"),
+    # A quote never closed: the rows after it would be read as its text.
+    (["c1,u0,train,Ann,calm,\"Well, I", "c1,u1,train,Bob,angry,no", "c2,u2,test,Ann,calm,x", "c2,u3,test,Bob,calm,y"],
+     "dialogue_id,utterance_id,split,speaker,label,text", r"m.csv, line 2: cannot parse the row that starts on this "
+                                                          r"line .*a field that starts with a quote must end with one"),
+    (["c1,u0,train,Ann,calm,\"Well, I", "c1,u1,train,Bob,angry,he said no\"", "c2,u2,test,Ann,calm,x"],
+     "dialogue_id,utterance_id,split,speaker,label,text", r"m.csv, line 2: the quoted text field that starts on this "
+                                                          r"line runs to line 3 and holds what looks like a row"),
+    (["c1,u0,train,Ann,calm,\"Hi,\" she said."], "dialogue_id,utterance_id,split,speaker,label,text",
+     r"line 2: cannot parse the row .*a quote inside quoted text is written as two"),
     (["c1,u0,train,calm"], "dialogue_id,utterance_id,split,label", r"m.csv: header lacks column\(s\) \['speaker'\]"),
     (["c1,,train,Ann,calm,x,,,,"], HEADER, r"m.csv, line 2: empty utterance_id"),
     (["c1;u0;train;Ann;calm;x"], "dialogue_id;utterance_id;split;speaker;label;text",
@@ -124,6 +143,40 @@ def test_bad_input_names_file_and_line(tmp_path, lines, header, message):
     with pytest.raises(ManifestError, match=message):
         build(write(tmp_path / "m.csv", lines, header), tmp_path / "out")
     assert not (tmp_path / "out" / "manifest.tsv").exists()
+
+
+def test_tolerated_oddities(tmp_path, caplog):
+    """Trailing empty fields (as spreadsheets write them), a quoted multi-line text, labels and classes in
+    different Unicode normal forms; rows of a dialogue that are not next to each other are read as one
+    dialogue, with a warning in the log."""
+    decomposed = "fro\u0308hlich"  # "fröhlich" as "o" + combining diaeresis
+    lines = ["d1,u0,train,Ann,calm,\"two\nlines\",,", f"d2,u1,test,Bob,{decomposed},x,,", "d1,u2,train,Bob,calm,y"]
+    path = write(tmp_path / "m.csv", lines, "dialogue_id,utterance_id,split,speaker,label,text")
+    build_manifest("mine", {"format": "csv", "manifest": str(path), "classes": ["calm", "fröhlich"]}, tmp_path / "out")
+    df = manifest_io.read(tmp_path / "out" / "manifest.tsv")
+    assert df["utterance_id"].tolist() == ["u0", "u2", "u1"]
+    assert df["text"].tolist() == ["two lines", "y", "x"] and df["label"].tolist()[2] == "fröhlich"
+    assert "the rows of 1 dialogue(s) are not next to each other in the file (e.g. ['d1'])" in caplog.text
+    with pytest.raises(ValueError, match=r"`classes` must be names .*without spaces around them; got \['calm '\]"):
+        build_manifest("mine", {"format": "csv", "manifest": str(path), "classes": ["calm ", "x"]}, tmp_path / "o2")
+    with pytest.raises(ValueError, match=r"got \[0, 1\] \(quote numbers"):
+        build_manifest("mine", {"format": "csv", "manifest": str(path), "classes": [0, 1]}, tmp_path / "o2")
+
+
+def test_text_repair_keeps_correct_utf8_and_says_what_it_changed(tmp_path):
+    lines = ["d1,u0,train,Anna,calm,\"„Tschüß“, sagte sie.\"", "d1,u1,train,Ben,calm,JOSÉ’S CAFÉ",
+             "d1,u2,train,Ann,calm,Itâ€™s my company\u0092s", "d1,u3,train,Ann,calm,Wait\u0085what"]
+    df, issues, _ = build(write(tmp_path / "m.csv", lines, "dialogue_id,utterance_id,split,speaker,label,text"),
+                          tmp_path / "out", modalities=["text"])
+    assert df["text"].tolist() == ["„Tschüß“, sagte sie.", "JOSÉ’S CAFÉ", "It’s my company’s", "Wait…what"]
+    assert df["flags"].tolist() == ["", "", "text_fixed", "text_fixed"]
+    assert issues["detail"].tolist() == ["mis-decoded characters repaired: text 'â€™' -> '’'; text '\\x92' -> '’'",
+                                         "mis-decoded characters repaired: text '\\x85' -> '…'"]
+    nul = tmp_path / "nul.csv"
+    nul.write_bytes(b"dialogue_id,utterance_id,split,speaker,label,text\n" + b"d1,u0,train,A,calm,x\n" * 300
+                    + b"d2,u1,test,A,calm,he\x00llo\n")
+    with pytest.raises(ManifestError, match=r"nul.csv, line 302: a NUL byte"):
+        build(nul, tmp_path / "out2")
 
 
 def test_bad_config(tmp_path):
@@ -174,6 +227,8 @@ def test_valid_split_refusals_and_the_missing_valid_note(tmp_path, caplog):
            "dialogues with `valid_split: {fraction: 0.1, seed: 0}`" in summary["valid_split"]["note"]
     with pytest.raises(ManifestError, match=r"m.csv: valid_split.dialogues \['s0'\] must be train dialogues"):
         build(path, tmp_path / "out", valid_split={"dialogues": ["t1", "s0"]})
+    with pytest.raises(ManifestError, match=r"lists all 10 train dialogues, which would leave none to train on"):
+        build(path, tmp_path / "out", valid_split={"dialogues": [f"t{d}" for d in range(10)]})
     with_valid = write(tmp_path / "v.csv", GOOD + ["c3,c3_u0,valid,Ann,calm,x,,,,"])
     with pytest.raises(ManifestError, match=r"v.csv already has valid rows, and the dataset config also sets valid_split"):
         build(with_valid, tmp_path / "out", valid_split={"fraction": 0.5, "seed": 0})

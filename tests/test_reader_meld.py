@@ -200,7 +200,9 @@ def test_encodings_bom_cp1252_and_mojibake(tmp_path):
 def test_repair_mojibake_leaves_good_text_alone():
     assert repair_mojibake("Itâ€™s â€œfineâ€\x9d â€¦") == ("It’s “fine” …", True)
     assert repair_mojibake("cafÃ©") == ("café", True)
-    for good in ("It’s fine", "café …", "naïve — “x”", "plain"):
+    # MELD's released CSVs also hold cp1252 bytes read as latin-1: C1 control characters (U+0092 for "’").
+    assert repair_mojibake("he\u0092s\u0085 I\u00c2\u0092m") == ("he’s… I’m", True)
+    for good in ("It’s fine", "café …", "naïve — “x”", "plain", "„Tschüß“", "Das ist »groß«", "“¿Sí…”", "JOSÉ’S"):
         assert repair_mojibake(good) == (good, False)
 
 

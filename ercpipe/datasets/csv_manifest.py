@@ -2,9 +2,12 @@
 
 Text decoding (shared by every reader): UTF-8 with or without a byte-order mark; UTF-16 with a BOM
 (Excel's "Unicode text"); a line that is not valid UTF-8 is decoded byte by byte as cp1252 (the
-Windows encoding MELD's CSVs were partly saved in) and its rows get the `text_fixed` flag; and
-mojibake -- UTF-8 bytes once mis-decoded as cp1252, e.g. "â€™" for "’" -- is repaired in text fields,
-also with `text_fixed`.
+Windows encoding MELD's CSVs were partly saved in) and its rows get the `text_fixed` flag; mojibake --
+UTF-8 bytes once mis-decoded as cp1252 or latin-1, e.g. "â€™" for "’" -- is repaired in text fields, and
+so are C1 control characters standing for cp1252 punctuation (U+0092 for "’", U+0085 for "…", as in
+MELD's released CSVs), also with `text_fixed` and the changes in the issue's detail. Only mojibake that
+decodes to Latin-1 letters, punctuation, symbols or emoji is repaired, so correct UTF-8 text in other
+languages ("Tschüß“", "JOSÉ’S") is left alone. A NUL byte anywhere is an error naming its line.
 
 The bring-your-own format is documented in docs/manifest.md. Settings (dataset config keys):
 
@@ -26,6 +29,7 @@ import io
 import logging
 import math
 import re
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Collection
@@ -101,8 +105,13 @@ def read_text(path: Path) -> DecodedText:
         raw = Path(path).read_bytes()
     except OSError as err:
         raise ManifestError(f"cannot read {path}: {err.strerror or err}; check that it is a readable file") from err
-    if b"\x00" in raw[:4096] and not raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+    nul = -1 if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) else raw.find(b"\x00")
+    if 0 <= nul < 4096:
         raise ManifestError(f"{path} is not a text file (it holds NUL bytes); expected UTF-8 text")
+    if nul >= 0:
+        line = raw.count(b"\n", 0, nul) + 1
+        raise ManifestError(f"{path}, line {line}: a NUL byte (byte {nul}) in a text file; remove it, or re-save "
+                            "the file as UTF-8 text")
     return decode_text(raw)
 
 
@@ -116,11 +125,30 @@ def _mojibake_byte(char: str) -> int | None:
         return ord(char) if ord(char) < 0x100 else None
 
 
-def repair_mojibake(text: str) -> tuple[str, bool]:
-    """Undo UTF-8 read as cp1252 ("â€™" -> "’", "Ã©" -> "é"); returns (text, whether it changed).
+# Lead bytes whose mojibake is repaired, with their width: "Â"/"Ã" (Latin-1 letters and signs), "â"
+# (punctuation and symbols U+2000-U+2FFF: ’ “ … € ™), "ð" (emoji). Other leads ("Ä", "É", "ß", "í")
+# start real words in languages other than English far more often than they start mojibake.
+_MOJIBAKE_LEADS: dict[int, int] = {0xC2: 2, 0xC3: 2, 0xE2: 3, 0xF0: 4}
 
-    Only character runs that re-encode to one complete, valid UTF-8 multi-byte sequence are replaced,
-    so correctly decoded text (including a lone "é" or "’") is left alone.
+
+def _c1_to_cp1252(text: str) -> str:
+    # A C1 control character (U+0080-U+009F) in text is a cp1252 byte read as latin-1: U+0092 stood
+    # for "’". The five bytes cp1252 leaves undefined stand for nothing and are dropped.
+    def char(match: re.Match) -> str:
+        try:
+            return bytes([ord(match.group())]).decode("cp1252")
+        except UnicodeDecodeError:
+            return ""
+
+    return re.sub("[\x80-\x9f]", char, text)
+
+
+def repair_mojibake(text: str) -> tuple[str, bool]:
+    """Undo UTF-8 read as cp1252 or latin-1 ("â€™" -> "’", "Ã©" -> "é") and map C1 control characters to
+    the cp1252 characters they stood for (U+0092 -> "’"); returns (text, whether it changed).
+
+    Only character runs that re-encode to one complete, valid UTF-8 sequence with a lead byte of
+    _MOJIBAKE_LEADS are replaced, so correctly decoded text (a lone "é" or "’", "Tschüß“") is left alone.
     """
     if text.isascii():
         return text, False
@@ -128,8 +156,7 @@ def repair_mojibake(text: str) -> tuple[str, bool]:
     i, changed = 0, False
     while i < len(text):
         lead = _mojibake_byte(text[i])
-        width = 2 if lead is not None and 0xC2 <= lead <= 0xDF else 3 if lead is not None and 0xE0 <= lead <= 0xEF \
-            else 4 if lead is not None and 0xF0 <= lead <= 0xF4 else 0
+        width = _MOJIBAKE_LEADS.get(lead, 0) if lead is not None else 0
         if width and i + width <= len(text):
             tail = [_mojibake_byte(c) for c in text[i + 1:i + width]]
             if all(b is not None and 0x80 <= b <= 0xBF for b in tail):
@@ -142,13 +169,35 @@ def repair_mojibake(text: str) -> tuple[str, bool]:
                     pass
         out.append(text[i])
         i += 1
-    return "".join(out), changed
+    repaired = "".join(out)
+    mapped = _c1_to_cp1252(repaired)
+    return mapped, changed or mapped != repaired
+
+
+def _collapse(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip()
 
 
 def clean_text(text: str) -> tuple[str, bool]:
     """Mojibake repaired and whitespace runs (tabs, newlines) collapsed; returns (text, repaired)."""
     repaired, changed = repair_mojibake(text)
-    return re.sub(r"\s+", " ", repaired).strip(), changed
+    return _collapse(repaired), changed
+
+
+def text_fixed_detail(raw: dict[str, str], undecodable: bool) -> str:
+    """The `text_fixed` issue's detail: what was changed in which field, so that a user can check it.
+    `raw` maps field names to their text as read; `undecodable` = the line was not valid UTF-8."""
+    import difflib
+
+    changes = []
+    for field, before in raw.items():
+        after = repair_mojibake(before)[0]
+        matcher = difflib.SequenceMatcher(None, before, after, autojunk=False)
+        changes += [f"{field} {before[a:b]!r} -> {after[c:d]!r}"
+                    for op, a, b, c, d in matcher.get_opcodes() if op != "equal"]
+    shown = "; ".join(changes[:3]) + (f"; {len(changes) - 3} more" if len(changes) > 3 else "")
+    head = "bytes that are not UTF-8 read as cp1252" if undecodable else "mis-decoded characters repaired"
+    return f"{head}: {shown}" if shown else head
 
 
 # --------------------------------------------------------------------------------------------------
@@ -162,29 +211,57 @@ class CsvRecord:
     fixed: bool  # some of its bytes needed the cp1252 fallback
 
 
+def _header_problem(header: list[str], required: tuple[str, ...], delimiter: str) -> str | None:
+    """What is wrong with a header line, or None: a repeated column, or missing required columns (with a
+    hint when the file is separated by another character or the names differ only in case)."""
+    first: dict[str, int] = {}
+    for number, name in enumerate(header, start=1):
+        if name in first:
+            return (f"header names column {name!r} twice (columns {first[name]} and {number}); each column "
+                    "must appear once: rename or delete one of them")
+        first[name] = number
+    missing = [c for c in required if c not in header]
+    if not missing:
+        return None
+    other = next((d for d in (";", "\t", ",", "|") if d != delimiter and any(d in h for h in header)), None)
+    cased = {c: h for c in missing for h in header if h.casefold() == c.casefold()}
+    hint = (f"; the header looks {other!r}-separated, but this file is read as {delimiter!r}-separated (a .tsv "
+            "name means tabs, any other name commas): save it that way" if other
+            else f"; column names are case-sensitive: rename {', '.join(f'{h!r} to {c!r}' for c, h in cased.items())}"
+            if cased else "")
+    return f"header lacks column(s) {missing}; found {header[:20]}; required: {list(required)}{hint}"
+
+
+def _looks_like_rows(field: str, width: int, delimiter: str) -> str | None:
+    # A field that runs over several lines, some of which parse as whole rows of the file, was opened by
+    # a quote that was never closed: those rows were read as its text. Returns the first such line.
+    for line in field.splitlines()[1:]:
+        if line.count(delimiter) >= width - 1 and len(next(csv.reader([line], delimiter=delimiter), [])) == width:
+            return line
+    return None
+
+
 def read_csv_records(path: Path, required: tuple[str, ...], delimiter: str = ",") -> list[CsvRecord]:
     """Rows of a CSV file as dicts keyed by (stripped) header names, with their line numbers.
 
-    Missing required columns, or a row with more fields than the header, are a ManifestError naming the
-    file (and line).
+    A header without the required columns or with a repeated one, a row with more (non-empty) fields
+    than the header, and broken quoting (a quote never closed, text after a closing quote) are a
+    ManifestError naming the file and the line where the row starts.
     """
     decoded = read_text(path)
-    reader = csv.reader(io.StringIO(decoded.text, newline=""), delimiter=delimiter)
+    reader = csv.reader(io.StringIO(decoded.text, newline=""), delimiter=delimiter, strict=True)
     try:
         header = [h.strip() for h in next(reader)]
     except StopIteration:
         raise ManifestError(f"{path} is empty; expected a header line with columns {list(required)}") from None
     except csv.Error as err:
         raise ManifestError(f"{path}, line 1: cannot parse the header ({err})") from err
-    missing = [c for c in required if c not in header]
-    if missing:
-        other = next((d for d in (";", "\t", ",", "|") if d != delimiter and any(d in h for h in header)), None)
-        hint = (f"; the header looks {other!r}-separated, but this file is read as {delimiter!r}-separated (a .tsv "
-                "name means tabs, any other name commas): save it that way" if other else "")
-        raise ManifestError(f"{path}: header lacks column(s) {missing}; found {header[:20]}; required: "
-                            f"{list(required)}{hint}")
+    problem = _header_problem(header, required, delimiter)
+    if problem:
+        raise ManifestError(f"{path}: {problem}")
     records: list[CsvRecord] = []
     previous_end = reader.line_num
+    start = previous_end + 1
     try:
         for fields in reader:
             start = previous_end + 1
@@ -192,13 +269,26 @@ def read_csv_records(path: Path, required: tuple[str, ...], delimiter: str = ","
             if not any(f.strip() for f in fields):
                 continue  # blank line
             if len(fields) > len(header):
-                raise ManifestError(f"{path}, line {start}: {len(fields)} fields but the header has {len(header)}; "
-                                    "quote fields that contain the delimiter")
+                if any(f.strip() for f in fields[len(header):]):
+                    raise ManifestError(f"{path}, line {start}: {len(fields)} fields but the header has "
+                                        f"{len(header)}; quote fields that contain the delimiter")
+                fields = fields[:len(header)]  # empty trailing fields, as spreadsheets write them
+            if previous_end > start:
+                for name, value in zip(header, fields):
+                    row_like = _looks_like_rows(value, len(header), delimiter)
+                    if row_like is not None:
+                        raise ManifestError(
+                            f"{path}, line {start}: the quoted {name} field that starts on this line runs to line "
+                            f"{previous_end} and holds what looks like a row ({row_like[:60]!r}): a quote on line "
+                            f"{start} is not closed; close it, or write a quote inside quoted text as two (\"\")")
             fields += [""] * (len(header) - len(fields))
             fixed = any(n in decoded.fixed_lines for n in range(start, previous_end + 1))
             records.append(CsvRecord(start, dict(zip(header, fields)), fixed))
     except csv.Error as err:
-        raise ManifestError(f"{path}, line {reader.line_num}: cannot parse CSV ({err})") from err
+        raise ManifestError(
+            f"{path}, line {start}: cannot parse the row that starts on this line ({err}); check its quotes: a field "
+            "that starts with a quote must end with one right before the delimiter, and a quote inside quoted text "
+            "is written as two (\"\")") from err
     return records
 
 
@@ -270,6 +360,19 @@ def _parse_int(record: CsvRecord, column: str, path: Path) -> int | None:
         raise ManifestError(f"{path}, line {record.line}: {column} {value!r} is not an integer") from None
 
 
+def _split_hint(split: str) -> str:
+    if split.casefold() in SPLITS:
+        return f" (write it in lower case: {split.casefold()!r})"
+    if split.casefold() in ("dev", "val", "validation", "development"):
+        return " (the validation split is called 'valid' here: rename the value)"
+    return ""
+
+
+def _lines(rows) -> str:
+    lines = [r["_line"] for r in rows]
+    return ", ".join(map(str, lines[:5])) + (f", ... ({len(lines)} rows)" if len(lines) > 5 else "")
+
+
 def _label_hint(label: str, classes: tuple[str, ...]) -> str:
     """Why a label may not match: another case of a class name, or a class id where names are expected."""
     same = [c for c in classes if c.casefold() == label.casefold()]
@@ -290,6 +393,11 @@ def read(name: str, cfg: dict, probe: bool | Collection[str] = True) -> ReadResu
     if len(classes) < 2 or len(set(classes)) != len(classes):
         raise ValueError(f"dataset format 'csv' needs `classes`: at least two distinct class names in label-id "
                          f"order; got {list(classes)}")
+    odd = [c for c in classes if not isinstance(c, str) or c != c.strip() or not c]
+    if odd:
+        raise ValueError(f"dataset format 'csv': `classes` must be names as the CSV writes them, without spaces "
+                         f"around them; got {odd} (quote numbers and yes/no in YAML: ['0', '1'])")
+    classes = tuple(unicodedata.normalize("NFC", c) for c in classes)
     path = Path(settings["manifest"])
     if not path.is_file():
         raise ManifestError(f"manifest CSV {path} does not exist (or is not a file); point `manifest` at your "
@@ -304,18 +412,26 @@ def read(name: str, cfg: dict, probe: bool | Collection[str] = True) -> ReadResu
     dialogues: dict[str, list[tuple[int | None, int, dict]]] = {}
     seen: dict[str, int] = {}
     for order, record in enumerate(records):
-        values = {k: v.strip() for k, v in record.values.items() if k in REQUIRED_COLUMNS}
+        # NFC: a label or speaker typed on another system can spell "ö" as "o" + a combining mark.
+        values = {k: unicodedata.normalize("NFC", v.strip()) for k, v in record.values.items()
+                  if k in REQUIRED_COLUMNS}
         for column in REQUIRED_COLUMNS:
             if not values[column] and column != "speaker":
                 raise ManifestError(f"{path}, line {record.line}: empty {column}; every row needs "
                                     f"{list(REQUIRED_COLUMNS)}")
+        for column in ("dialogue_id", "utterance_id"):
+            if any(sep in values[column] for sep in ("/", "\\")) or values[column] in (".", ".."):
+                raise ManifestError(f"{path}, line {record.line}: {column} {values[column]!r} contains a path "
+                                    "separator (ids name files of the pipeline); replace '/' and '\\' in the ids, "
+                                    "e.g. by '_'")
         uid = values["utterance_id"]
         if uid in seen:
             raise ManifestError(f"{path}, line {record.line}: utterance_id {uid!r} already used on line {seen[uid]}; "
                                 "utterance ids must be unique")
         seen[uid] = record.line
         if values["split"] not in SPLITS:
-            raise ManifestError(f"{path}, line {record.line}: split {values['split']!r} is not one of {list(SPLITS)}")
+            raise ManifestError(f"{path}, line {record.line}: split {values['split']!r} is not one of {list(SPLITS)}"
+                                f"{_split_hint(values['split'])}")
         if values["label"] not in classes:
             raise ManifestError(f"{path}, line {record.line}: label {values['label']!r} of {uid} is not one of the "
                                 f"configured classes {list(classes)}{_label_hint(values['label'], classes)}; fix the "
@@ -331,7 +447,8 @@ def read(name: str, cfg: dict, probe: bool | Collection[str] = True) -> ReadResu
         if slot is not None and slot < 0:
             raise ManifestError(f"{path}, line {record.line}: speaker_slot {slot} must be >= 0")
         if record.fixed or repaired:
-            flag_row(row, "text_fixed", issues, "mis-decoded characters repaired")
+            flag_row(row, "text_fixed", issues, text_fixed_detail({"text": record.values.get("text", "")},
+                                                                  record.fixed))
         if not text:
             flag_row(row, "empty_text", issues)
         _row_times(row, record, issues)
@@ -339,25 +456,40 @@ def read(name: str, cfg: dict, probe: bool | Collection[str] = True) -> ReadResu
         dialogues.setdefault(values["dialogue_id"], []).append(
             (_parse_int(record, "utterance_index", path), order, row))
     rows: list[dict] = []
+    scattered: list[str] = []
     for dialogue_id, entries in dialogues.items():
+        where = f"{path}: dialogue {dialogue_id} (lines {_lines(e[2] for e in entries)})"
         given = [e[0] for e in entries]
         if any(g is not None for g in given):
             if any(g is None for g in given) or len(set(given)) != len(given):
-                raise ManifestError(f"{path}: dialogue {dialogue_id}: utterance_index must be given for every row "
-                                    "and be distinct within the dialogue (or left out to use file order)")
+                raise ManifestError(f"{where}: utterance_index must be given for every row and be distinct within "
+                                    "the dialogue (or left out to use file order)")
             entries.sort(key=lambda e: e[0])
+        elif entries[-1][1] - entries[0][1] != len(entries) - 1:
+            scattered.append(dialogue_id)
         dialogue_rows = [e[2] for e in entries]
         if len({r["split"] for r in dialogue_rows}) > 1:
-            raise ManifestError(f"{path}: dialogue {dialogue_id} has rows in several splits "
-                                f"{sorted({r['split'] for r in dialogue_rows})}; a dialogue belongs to one split")
+            raise ManifestError(f"{where} has rows in several splits {sorted({r['split'] for r in dialogue_rows})}; "
+                                "a dialogue belongs to one split")
         number_dialogue(dialogue_rows)
-        if any(r["_slot"] is None for r in dialogue_rows):
+        slots = [r["_slot"] for r in dialogue_rows]
+        if any(s is None for s in slots) and any(s is not None for s in slots):
+            raise ManifestError(f"{where}: speaker_slot is given for some rows and not for others; give it for every "
+                                "row of the dialogue, or for none (then slots follow the speakers' first appearance)")
+        if slots[0] is None:
             assign_speaker_slots(dialogue_rows, dialogue_id)
         else:
             for r in dialogue_rows:
                 r["speaker_slot"] = r["_slot"]
         flag_overlaps(dialogue_rows, issues, _overlap_times)
         rows.extend(dialogue_rows)
+    if scattered:
+        logger.warning("csv %s: the rows of %d dialogue(s) are not next to each other in the file (e.g. %s); they "
+                       "are read as one dialogue each, in file order. If an id was reused for two conversations, "
+                       "give them different dialogue_ids", path, len(scattered), scattered[:5])
+    unused = [c for c in classes if not any(r["label"] == c for r in rows)]
+    if unused:
+        logger.warning("csv %s: class(es) %s of `classes` label no row", path, unused)
     split_record = valid_split_record(rows, settings["valid_split"], path)
     logger.info("csv %s: %d utterances in %d dialogues", path, len(rows), len(dialogues))
     return ReadResult(rows_to_frame(rows), issues, classes, [], {"source": str(path), "valid_split": split_record},
@@ -393,6 +525,9 @@ def valid_split_record(rows: list[dict], spec, path: Path) -> dict:
         if not_train or not valid:
             raise ManifestError(f"{path}: valid_split.dialogues {not_train[:5] or valid} must be train dialogues of the "
                                 f"CSV (its first train dialogues: {train[:5]})")
+        if set(valid) == train_set:
+            raise ManifestError(f"{path}: valid_split.dialogues lists all {len(train)} train dialogues, which would "
+                                "leave none to train on; list only some of them")
         record = {"protocol": "dialogues", "dialogues": valid, "note": "train dialogues listed in the configuration"}
     else:
         raise ValueError(f"valid_split {spec!r}: for a CSV use {{fraction: F, seed: S}}, {{dialogues: [ids]}} or none")

@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 
 from ercpipe.datasets import (ReadResult, assign_speaker_slots, declared_media, flag_overlaps, flag_row, new_row,
                               number_dialogue, probes, reader_settings, rows_to_frame)
-from ercpipe.datasets.csv_manifest import CsvRecord, clean_text, read_csv_records
+from ercpipe.datasets.csv_manifest import CsvRecord, clean_text, read_csv_records, text_fixed_detail
 from ercpipe.io.manifest import IssueLog, ManifestError
 from ercpipe.labels import MELD_CLASSES
 
@@ -121,7 +121,8 @@ def _split_rows(name: str, root: Path, meld_split: str, split: str, csv_name: st
                       utterance_id=f"{meld_split}_dia{dialogue}_utt{utterance}", speaker=speaker, label=emotion,
                       text=text, audio_path=str(clip), video_path=str(clip), _file=str(path), _line=record.line)
         if record.fixed or text_repaired or speaker_repaired:
-            flag_row(row, "text_fixed", issues, "mis-decoded characters repaired")
+            flag_row(row, "text_fixed", issues, text_fixed_detail(
+                {"Utterance": record.values["Utterance"], "Speaker": record.values["Speaker"]}, record.fixed))
         if not text:
             flag_row(row, "empty_text", issues)
         row["_episode"] = f"S{record.values.get('Season', '').strip()}E{record.values.get('Episode', '').strip()}"
