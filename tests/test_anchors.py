@@ -148,6 +148,62 @@ def test_scan_reports_every_bad_input_at_once(tmp_path):
     assert str(root / "anger" / "img0.png") not in message
 
 
+def test_deep_pixels_broken_links_and_sub_folders(tmp_path):
+    """A 16-bit photograph is encoded as its 8-bit version (Pillow's own conversion would make it white);
+    float pixels, a broken link and a class whose images sit in a sub-folder are named in the error."""
+    root = make_image_set(tmp_path / "set", {"happy": 1, "sad": 1})
+    eight = np.asarray(Image.open(root / "happy" / "img0.png").convert("L"))
+    Image.fromarray(eight.astype(np.uint16) * 257).save(root / "sad" / "deep.png")
+    Image.open(root / "happy" / "img0.png").convert("L").save(root / "sad" / "flat.png")
+    assert Image.open(root / "sad" / "deep.png").mode.startswith("I")
+    from ercpipe.anchors.images import encode_images
+
+    model, preprocess, _ = clip_mod.load_clip(anchors.clip_settings(TINY), torch.device("cpu"))
+    deep, flat = encode_images([root / "sad" / "deep.png", root / "sad" / "flat.png"], model, preprocess,
+                                       torch.device("cpu"))
+    np.testing.assert_allclose(deep, flat, atol=1e-6)
+    Image.fromarray(eight.astype(np.float32) / 255).save(root / "sad" / "float.tif")
+    (root / "sad" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    (root / "neutral" / "more").mkdir(parents=True)
+    shutil.copy(root / "happy" / "img0.png", root / "neutral" / "more" / "img0.png")
+    with pytest.raises(anchors.AnchorImageError) as err:
+        anchors.scan_image_set(root, ["happy", "sad", "neutral"])
+    message = str(err.value)
+    assert f"unreadable image {root / 'sad' / 'float.tif'} (floating-point pixels" in message
+    assert f"broken link {root / 'sad' / 'gone.png'}" in message
+    assert f"class folder {root / 'neutral'} holds no images" in message and "['neutral/more/'] are not read" in message
+    assert "deep.png" not in message
+
+
+def test_a_changed_image_re_encodes_the_set(tmp_path):
+    """The image folder is one directory input whose own timestamp does not change when an image inside a
+    class folder is added, replaced or deleted; its digest is a param, so each of those re-runs encode_anchors
+    (and nothing else), and the anchor file then counts the images there are."""
+    from workflow_run import planned_jobs, snakemake, write_config
+
+    make_image_set(tmp_path / "faces", {"happy": 2, "sad": 2})
+    (tmp_path / "m.csv").write_text("dialogue_id,utterance_id,split,speaker,label,text\nd1,u0,train,A,happy,hi\n"
+                                    "d2,u1,test,A,sad,no\n")
+    configfile = write_config(tmp_path, {
+        "datasets": {"mine": {"format": "csv", "manifest": "m.csv", "classes": ["happy", "sad"],
+                              "modalities": ["text"]}},
+        "features": {"text": {"minilm": {"model": "packaged:minilm"}}},
+        "anchors": {"faces": {"images": "faces", "clip": TINY}},
+        "experiments": {"vega": {"dataset": "mine", "features": {"text": "minilm"}, "anchors": "faces",
+                                 "preset": "demo", "seeds": [0]}}})
+    target = f"anchors/faces/{anchors.clip_name(TINY)}.h5"
+    snakemake(tmp_path, configfile, "--cores", "1", target)
+    assert planned_jobs(snakemake(tmp_path, configfile, "-n", target).stdout) == {}
+    shutil.copy(tmp_path / "faces" / "happy" / "img0.png", tmp_path / "faces" / "happy" / "img2.png")
+    assert planned_jobs(snakemake(tmp_path, configfile, "-n", target).stdout) == {"encode_anchors": 1}
+    snakemake(tmp_path, configfile, "--cores", "1", target)
+    assert anchors.read(tmp_path / target).counts() == {"happy": 3, "sad": 2}
+    (tmp_path / "faces" / "sad" / "img1.png").unlink()
+    assert planned_jobs(snakemake(tmp_path, configfile, "-n", target).stdout) == {"encode_anchors": 1}
+    snakemake(tmp_path, configfile, "--cores", "1", target)
+    assert anchors.read(tmp_path / target).counts() == {"happy": 3, "sad": 1}
+
+
 def test_scan_rejects_two_folders_for_one_class_and_a_missing_set(tmp_path):
     root = make_image_set(tmp_path / "dup", {"happy": 1, "joy": 1})
     with pytest.raises(anchors.AnchorImageError, match="'happy' and 'joy' both hold class 'happy'"):

@@ -7,6 +7,7 @@ to the first class name found anywhere in its path (a root containing "sad" mis-
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -44,13 +45,32 @@ def _canonical_classes(class_names: Sequence[str]) -> dict[str, str]:
     return out
 
 
+def _as_rgb(image):
+    """8-bit RGB, as CLIP's preprocessing expects (alpha dropped, as the official code does). Pillow's own
+    convert("RGB") clips 16-bit and 32-bit integer pixels at 255 (a 16-bit photograph comes out white), so
+    those are scaled from their range first; float pixels have no agreed range and are refused by the scan."""
+    from PIL import Image
+
+    if image.mode.startswith("I"):  # "I;16", "I;16B", ... (16-bit) or "I" (32-bit; 16-bit PNGs open so)
+        pixels = np.asarray(image).astype(np.float64)
+        scale = 257.0 if image.mode.startswith("I;16") or pixels.max(initial=0) > 255 else 1.0
+        image = Image.fromarray(np.clip(np.rint(pixels / scale), 0, 255).astype(np.uint8), mode="L")
+    return image.convert("RGB")
+
+
 def _unreadable_reason(path: Path) -> str:
-    """'' if PIL decodes the whole image, else why not (a truncated file only fails when fully loaded)."""
+    """'' if PIL decodes the whole image into pixels that _as_rgb can use, else why not (a truncated file only
+    fails when fully loaded)."""
     from PIL import Image
 
     try:
         with Image.open(path) as image:
             image.load()
+            if image.mode == "F":
+                return "floating-point pixels, which have no agreed range: save it as an 8-bit image"
+            pixels = np.asarray(image) if image.mode == "I" else None
+            if pixels is not None and pixels.size and not 0 <= pixels.min() <= pixels.max() <= 65535:
+                return "32-bit pixel values outside 0..65535: save it as an 8-bit or 16-bit image"
     except Exception as err:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
         return f"{type(err).__name__}: {err}"
     return ""
@@ -82,19 +102,32 @@ def scan_image_set(images_dir: str | Path, class_names: Sequence[str]) -> dict[s
     problems: list[str] = []
     for name, label in wanted.items():
         if name not in folders:
+            broken = [e.name for e in images_dir.iterdir() if e.is_symlink() and not e.exists()
+                      and canonical_emotion(e.name) == name]
             problems.append(f"no folder for class {label!r}: create {images_dir}/{name}/ (accepted folder names: "
-                            f"{', '.join(emotion_aliases(name))})")
+                            f"{', '.join(emotion_aliases(name))})"
+                            + (f"; {images_dir}/{broken[0]} is a broken link" if broken else ""))
     images: dict[str, list[Path]] = {}
+    nested: list[str] = []
     for name, folder in folders.items():
-        files = []
+        files, subfolders = [], []
         for entry in sorted(folder.iterdir()):
-            if entry.is_file() and not entry.name.startswith(".") and entry.suffix.lower() in IMAGE_EXTENSIONS:
+            if entry.name.startswith("."):
+                ignored.append(f"{folder.name}/{entry.name}")
+            elif entry.is_file() and entry.suffix.lower() in IMAGE_EXTENSIONS:
                 files.append(entry)
+            elif entry.is_symlink() and not entry.exists():
+                problems.append(f"broken link {entry} (it points to {os.readlink(entry)}, which does not exist): "
+                                "fix or delete it")
+            elif entry.is_dir():
+                subfolders.append(f"{folder.name}/{entry.name}/")
             else:
-                ignored.append(f"{folder.name}/{entry.name}" + ("/" if entry.is_dir() else ""))
+                ignored.append(f"{folder.name}/{entry.name}")
+        nested += subfolders
         if not files:
-            problems.append(f"class folder {folder} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))}); "
-                            "add images to it")
+            read_not = f"; its sub-folders {subfolders} are not read: move their images up" if subfolders else ""
+            problems.append(f"class folder {folder} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))}){read_not}"
+                            f"{'' if read_not else '; add images to it'}")
         for path in tqdm(files, desc=f"check {folder.name}", unit="img", leave=False, disable=len(files) < 50):
             reason = _unreadable_reason(path)
             if reason:
@@ -102,6 +135,9 @@ def scan_image_set(images_dir: str | Path, class_names: Sequence[str]) -> dict[s
         images[name] = files
     if problems:
         raise AnchorImageError(f"anchor image set {images_dir} cannot be used:\n  " + "\n  ".join(problems))
+    if nested:
+        logger.warning("%s: only the images directly in a class folder are used; not read: %s", images_dir,
+                       ", ".join(nested[:20]) + (" ..." if len(nested) > 20 else ""))
     if ignored:
         shown = ", ".join(ignored[:20]) + (" ..." if len(ignored) > 20 else "")
         logger.info("%s: ignored %d entries that are not images of requested classes: %s", images_dir, len(ignored),
@@ -126,7 +162,7 @@ def encode_images(paths: Sequence[Path], model, preprocess, device, batch_size: 
             batch = []
             for path in paths[start:start + batch_size]:
                 with Image.open(path) as image:
-                    batch.append(preprocess(image.convert("RGB")))  # RGB as the official code (drops alpha)
+                    batch.append(preprocess(_as_rgb(image)))
             emb = model.encode_image(torch.stack(batch).to(device)).float()
             parts.append((emb / emb.norm(dim=-1, keepdim=True)).cpu().numpy())
     return np.concatenate(parts).astype(np.float32, copy=False)

@@ -13,3 +13,24 @@ def file_digest(path: str | os.PathLike, length: int = 16) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()[:length]
+
+
+def folder_digest(path: str | os.PathLike, length: int = 16) -> str:
+    """A digest of what a folder holds: the relative path, size and mtime of every file below it (symbolic
+    links followed), so that adding, replacing or deleting a file changes it; "" for a missing folder.
+    Cheap (no file is read): a rule's `params` entry for a folder of user files, e.g. anchor images."""
+    root = Path(path)
+    if not root.is_dir():
+        return ""
+    digest = hashlib.sha256()
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        dirs.sort()
+        for name in sorted(files):
+            file = Path(folder) / name
+            try:
+                st = file.stat()
+                stat = f"{st.st_size}:{st.st_mtime_ns}"
+            except OSError:
+                stat = "unreadable"  # a dangling link
+            digest.update(f"{file.relative_to(root).as_posix()}\0{stat}\n".encode())
+    return digest.hexdigest()[:length]

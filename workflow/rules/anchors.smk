@@ -54,6 +54,7 @@ rule encode_anchors:
     params:
         clip=lambda wc: canonical(ANCHORS[wc.anchor_set]["clip"]),
         classes=lambda wc: pipeline_config.anchor_classes(config, wc.anchor_set),
+        images_digest=anchor_images_digest,
     log:
         "logs/encode_anchors/{anchor_set}/{clip}.log",
     benchmark:

@@ -8,6 +8,7 @@ from snakemake.utils import validate
 from ercpipe import config as pipeline_config
 from ercpipe.datasets import SPLIT_KEYS
 from ercpipe.datasets.fingerprint import dataset_fingerprint
+from ercpipe.io.digest import folder_digest
 from ercpipe.resources import extraction_resources
 
 try:
@@ -241,6 +242,14 @@ def text_encoder_input(wildcards):
     if settings.get("finetune"):
         return {"encoder": f"features/{wildcards.dataset}/text_encoders/{wildcards.setting}"}
     return {}
+
+
+def anchor_images_digest(wildcards):
+    """A user's image folder is one `directory` input, whose own timestamp does not change when an image in a
+    class folder is added, replaced or deleted: its digest (ercpipe.io.digest.folder_digest) is a param, so
+    such a change re-encodes the set. Mined and synthetic images are outputs of their own rules."""
+    an = ANCHORS[wildcards.anchor_set]
+    return folder_digest(an["images"]) if an.get("images") else ""
 
 
 def anchor_image_dir(wildcards):
