@@ -394,6 +394,19 @@ def test_official_import_errors(tmp_path):
     loaded = anchors.import_official(tmp_path / "pickled.pt", tmp_path / "p.h5", ["hap", "sad"], "custom-8d",
                                      allow_pickle=True)
     assert loaded.dim == 8 and anchors.read(tmp_path / "p.h5").class_names == ["happy", "sad"]
+    # A damaged file: NaN in an image feature, all-zero rows. The input file and the row are named.
+    damaged = official_file(tmp_path / "nan.pt", ["happy", "sad"], k=8)
+    damaged["anchor_img_dict"]["sad"]["feature"][1, 0] = float("nan")
+    torch.save(damaged, tmp_path / "nan.pt")
+    with pytest.raises(anchors.AnchorFileError, match=r"nan.pt: anchor_img_dict\['sad'\]\['feature'\]: row 1 holds "
+                                                      r"non-finite values"):
+        anchors.import_official(tmp_path / "nan.pt", tmp_path / "n.h5", ["hap", "sad"], "custom-8d")
+    damaged["anchor_img_dict"]["sad"]["feature"][1] = 0.0
+    torch.save(damaged, tmp_path / "nan.pt")
+    with pytest.raises(anchors.AnchorFileError, match=r"nan.pt: anchor_img_dict\['sad'\]\['feature'\] row 1 is "
+                                                      r"all zeros"):
+        anchors.import_official(tmp_path / "nan.pt", tmp_path / "n.h5", ["hap", "sad"], "custom-8d")
+    assert not (tmp_path / "n.h5").exists()
 
 
 def test_official_import_tolerates_extra_keys_and_unnormalized_rows(tmp_path, caplog):

@@ -195,6 +195,44 @@ def test_bad_content_is_named(tmp_path):
         pickles.to_project(pickles.parse_pickle(vega_tuple(iemocap_parts())), valid_dialogues=["Ses05F_impro03"])
 
 
+def _with(change) -> tuple:
+    parts = iemocap_parts()
+    change(parts)
+    return vega_tuple(parts)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda p: p["labels"].update(Ses01F_impro01=[1.7, 2.0, 0.0, 3.0]),
+     r"dialogue Ses01F_impro01 utterance 0: label 1.7 is not a whole number; labels are class ids 0..5"),
+    (lambda p: p["labels"].update(Ses01F_impro01=[0.0, float("nan"), 1.0, 1.0]), r"utterance 1: label nan"),
+    (lambda p: p["labels"].update(Ses01F_impro01=["hap", "sad", "neu", "ang"]),
+     r"dialogue Ses01F_impro01: labels \['hap', 'sad', 'neu', 'ang'\] are not numbers.*set the dataset's `classes`"),
+    (lambda p: p["labels"].update(Ses01F_impro01=np.eye(6)[[0, 1, 2, 3]]), r"labels of shape \(4, 6\).*not one-hot"),
+    (lambda p: p["labels"].update(Ses01F_impro01=None), r"dialogue Ses01F_impro01: labels \[None\] are not numbers"),
+    (lambda p: p["speakers"].update(Ses01F_impro01=None),
+     r"dialogue Ses01F_impro01: TypeError: .*does not follow a VEGA 7-tuple's layout there"),
+    (lambda p: p["text"].update(Ses01F_impro01=[[0.0] * 8, [0.0] * 8, [0.0] * 8, [0.0] * 7]),
+     r"dialogue Ses01F_impro01: ValueError: .*inhomogeneous"),
+    (lambda p: p.update(train="Ses01F_impro01"), r"the train id list is a str; expected a list of dialogue ids"),
+    (lambda p: p.update(train=None), r"the train id list is a NoneType"),
+    (lambda p: p["train"].append("Ses01F_impro01"),
+     r"dialogue\(s\) \['Ses01F_impro01'\] appear more than once in the train id list"),
+])
+def test_malformed_content_names_the_dialogue_and_what_to_fix(change, message):
+    with pytest.raises(pickles.PickleFormatError, match=message):
+        pickles.parse_pickle(_with(change), source="x.pkl")
+
+
+def test_speakers_of_the_other_dataset_and_unlisted_dialogues_are_named(tmp_path):
+    with pytest.raises(pickles.PickleFormatError, match=r"MELD speaker 'F' is not a one-hot vector .*labels: iemocap"):
+        pickles.to_project(pickles.parse_pickle(vega_tuple(iemocap_parts()), fmt="meld"))
+    parts = iemocap_parts()
+    parts["train"] = ["Ses01F_impro01"]
+    _, manifest, _ = _round_trip(tmp_path, vega_tuple(parts))
+    summary = json.loads((manifest.parent / "summary.json").read_text())
+    assert summary["not_imported"]["dialogues"] == 1 and summary["not_imported"]["first"] == ["Ses02M_script01_1"]
+
+
 def test_export_refuses_speakers_the_layout_cannot_hold(tmp_path):
     original = vega_tuple(iemocap_parts())
     _round_trip(tmp_path, original)

@@ -262,6 +262,10 @@ def _as_matrix(value, what: str) -> np.ndarray:
     array = np.asarray(value, dtype=np.float32)
     if array.ndim != 2:
         raise AnchorFileError(f"{what} has shape {array.shape}; expected a 2-D [rows, dim] tensor")
+    bad = np.flatnonzero(~np.isfinite(array).all(axis=1))
+    if bad.size:
+        raise AnchorFileError(f"{what}: row {int(bad[0])} holds non-finite values (NaN or inf; {bad.size} row(s) in "
+                              "all); the file is damaged: rebuild it from its images")
     return array
 
 
@@ -329,6 +333,10 @@ def import_official(pt_path: str | Path, out_path: str | Path, class_names: Sequ
             raise AnchorFileError(f"{pt_path}: class {key!r} features have shape {rows.shape}; "
                                   f"expected (n >= 1, {dim})")
         norms = np.linalg.norm(rows, axis=1, keepdims=True)
+        if (norms < 1e-6).any():
+            raise AnchorFileError(f"{pt_path}: anchor_img_dict[{key!r}]['feature'] row "
+                                  f"{int(np.flatnonzero(norms < 1e-6)[0])} is all zeros, which is no direction to "
+                                  "sample; the file is damaged: rebuild it from its images")
         if np.abs(norms - 1).max() > UNIT_NORM_TOLERANCE:
             # The official sampler renormalizes each anchor before use, so renormalizing rows changes nothing.
             logger.warning("%s: class %s image features are not unit length (%.4f..%.4f); renormalizing them",

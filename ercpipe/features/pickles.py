@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import pickle
 import re
 from dataclasses import dataclass, field
@@ -77,6 +78,7 @@ class PickleDataset:
     utterance_names: dict[str, list[str]] = field(default_factory=dict)
     sentences: dict[str, list[str]] = field(default_factory=dict)
     source: str = "pickle"
+    unlisted: list[str] = field(default_factory=list)  # dialogues in no split list: not imported
     classes: tuple[str, ...] = ()  # class names in label-id order (default: those of fmt)
 
     def class_names(self) -> tuple[str, ...]:
@@ -148,16 +150,43 @@ def _str_keys(mapping, what: str, source: str) -> dict[str, object]:
 
 
 def _id_list(ids: Iterable, what: str, source: str) -> list[str]:
+    if isinstance(ids, (str, bytes)) or not isinstance(ids, Iterable):
+        raise PickleFormatError(f"{source}: {what} is a {type(ids).__name__}; expected a list of dialogue ids")
     if isinstance(ids, (set, frozenset)):  # no stored order: numbers numerically, then names
         logger.info("%s: %s is a set; dialogues are ordered by id", source, what)
         ids = sorted(ids, key=lambda v: (0, int(v), "") if str(v).lstrip("-").isdigit() else (1, 0, str(v)))
-    return [v.decode() if isinstance(v, bytes) else str(v) for v in ids]
+    names = [v.decode() if isinstance(v, bytes) else str(v) for v in ids]
+    repeated = sorted({v for v in names if names.count(v) > 1}) if len(set(names)) != len(names) else []
+    if repeated:
+        raise PickleFormatError(f"{source}: dialogue(s) {repeated[:5]} appear more than once in {what}")
+    return names
+
+
+def _label_ids(value, where: str, class_names: Sequence[str]) -> list[int]:
+    """One integer class id per utterance, from a list / array / tensor of integer-valued numbers."""
+    if hasattr(value, "detach"):  # a torch tensor
+        value = value.detach().cpu().numpy()
+    array = np.asarray(value)
+    hint = f"labels are class ids 0..{len(class_names) - 1} of {list(class_names)}, one per utterance"
+    if array.ndim > 1 and sum(n > 1 for n in array.shape) > 1:
+        raise PickleFormatError(f"{where}: labels of shape {array.shape}; {hint} (not one-hot rows)")
+    array = array.reshape(-1)
+    if array.dtype.kind not in "iuf":
+        raise PickleFormatError(f"{where}: labels {array[:5].tolist()} are not numbers; {hint} (for other class "
+                                "names set the dataset's `classes`, in label-id order)")
+    bad = [k for k, v in enumerate(array.tolist()) if not (math.isfinite(v) and float(v).is_integer())]
+    if bad:
+        raise PickleFormatError(f"{where} utterance {bad[0]}: label {array.tolist()[bad[0]]!r} is not a whole number; "
+                                f"{hint}")
+    return [int(v) for v in array]
 
 
 def _matrix(value, n: int, where: str) -> np.ndarray:
     """An [n, D] float32 array from an array / tensor / nested list (1 x n x D squeezed, as VEGA does)."""
     if hasattr(value, "detach"):  # a torch tensor
         value = value.detach().cpu().numpy()
+    if np.iscomplexobj(value):
+        raise PickleFormatError(f"{where}: complex feature values; expected real numbers")
     array = np.asarray(value, dtype=np.float32)
     if array.ndim == 3 and array.shape[0] == 1:
         array = array[0]
@@ -177,6 +206,8 @@ def _guess_format(layout: str, speakers: dict[str, object]) -> str:
     if layout == "sdt12":
         return "iemocap"
     for values in speakers.values():
+        if not isinstance(values, Iterable):
+            continue  # named with its dialogue when that dialogue is read
         for value in values:
             return "iemocap" if isinstance(value, (str, bytes)) else "meld"
     raise PickleFormatError("cannot tell IEMOCAP from MELD: the pickle has no utterances; pass fmt=")
@@ -202,7 +233,6 @@ def parse_pickle(obj: Sequence, fmt: str | None = None, source: str = "pickle",
     class_names = tuple(str(c) for c in classes) if classes else CLASSES_BY_FORMAT[fmt]
     if len(set(class_names)) != len(class_names):
         raise ValueError(f"classes {list(class_names)} has duplicate names")
-    n_classes = len(class_names)
 
     train = _id_list(obj[pos["train"]], "the train id list", source)
     test = _id_list(obj[pos["test"]], "the test id list", source)
@@ -216,38 +246,55 @@ def parse_pickle(obj: Sequence, fmt: str | None = None, source: str = "pickle",
                        len(unlisted), unlisted[:5])
 
     ds = PickleDataset(layout, fmt, dialogues, {**{d: "train" for d in train}, **{d: "test" for d in test}},
-                       {}, {}, {m: {} for m in MODALITIES}, source=source, classes=tuple(classes or ()))
+                       {}, {}, {m: {} for m in MODALITIES}, source=source, classes=tuple(classes or ()),
+                       unlisted=unlisted)
     names = _str_keys(obj[pos["utterances"]], "utterance ids", source) if "utterances" in pos else {}
     sentences = _str_keys(obj[pos["sentences"]], "sentences", source) if "sentences" in pos else {}
     for vid in dialogues:
         for what, mapping in [("labels", labels), ("speakers", speakers)] + list(raw_features.items()):
             if vid not in mapping:
                 raise PickleFormatError(f"{source}: dialogue {vid} is in a split list but has no {what}")
-        ids = [int(x) for x in np.asarray(labels[vid]).reshape(-1)]
-        n = len(ids)
-        for k, label in enumerate(ids):
-            if not 0 <= label < n_classes:
-                raise PickleFormatError(f"{source}: dialogue {vid} utterance {k}: label id {label} is not a "
-                                        f"class id of {list(class_names)} (0..{n_classes - 1})")
-        spk = list(speakers[vid])
-        if len(spk) != n:
-            raise PickleFormatError(f"{source}: dialogue {vid} has {len(spk)} speakers for {n} labels")
-        ds.labels[vid] = ids
-        ds.speakers[vid] = spk
-        for m in MODALITIES:
-            ds.features[m][vid] = _matrix(raw_features[m][vid], n, f"{source}: dialogue {vid} {m}")
-        if vid in names and len(list(names[vid])) == n and all(isinstance(u, str) for u in names[vid]):
-            ds.utterance_names[vid] = list(names[vid])
-        if vid in sentences:
-            text = [s.decode("utf-8", "replace") if isinstance(s, bytes) else str(s) for s in sentences[vid]]
-            if len(text) != n:
-                raise PickleFormatError(f"{source}: dialogue {vid} has {len(text)} sentences for {n} labels")
-            ds.sentences[vid] = text
+        try:
+            _parse_dialogue(ds, vid, source, class_names, labels, speakers, raw_features, names, sentences)
+        except PickleFormatError:
+            raise
+        except (TypeError, ValueError) as err:  # None or strings where numbers belong, ragged nested lists
+            raise PickleFormatError(f"{source}: dialogue {vid}: {type(err).__name__}: {err}; the pickle does not "
+                                    f"follow {LAYOUT_NAMES[layout]}'s layout there") from err
     for m in MODALITIES:
         dims = {a.shape[1] for a in ds.features[m].values()}
         if len(dims) > 1:
             raise PickleFormatError(f"{source}: {m} features have different widths across dialogues: {sorted(dims)}")
     return ds
+
+
+def _parse_dialogue(ds: PickleDataset, vid: str, source: str, class_names: Sequence[str], labels: dict,
+                    speakers: dict, raw_features: dict, names: dict, sentences: dict) -> None:
+    """One dialogue's labels, speakers, features, utterance names and sentences into `ds`."""
+    n_classes = len(class_names)
+    ids = _label_ids(labels[vid], f"{source}: dialogue {vid}", class_names)
+    n = len(ids)
+    for k, label in enumerate(ids):
+        if not 0 <= label < n_classes:
+            raise PickleFormatError(f"{source}: dialogue {vid} utterance {k}: label id {label} is not a "
+                                    f"class id of {list(class_names)} (0..{n_classes - 1})")
+    spk = list(speakers[vid])
+    if len(spk) != n:
+        raise PickleFormatError(f"{source}: dialogue {vid} has {len(spk)} speakers for {n} labels")
+    ds.labels[vid] = ids
+    ds.speakers[vid] = spk
+    for m in MODALITIES:
+        ds.features[m][vid] = _matrix(raw_features[m][vid], n, f"{source}: dialogue {vid} {m}")
+    if vid in names and len(list(names[vid])) == n and all(isinstance(u, str) for u in names[vid]):
+        ds.utterance_names[vid] = list(names[vid])
+    elif vid in names:
+        logger.warning("%s: dialogue %s: its utterance id list (%d entries) does not name its %d utterances; they "
+                       "are called %s_u0, %s_u1, ...", source, vid, len(list(names[vid])), n, vid, vid)
+    if vid in sentences:
+        text = [s.decode("utf-8", "replace") if isinstance(s, bytes) else str(s) for s in sentences[vid]]
+        if len(text) != n:
+            raise PickleFormatError(f"{source}: dialogue {vid} has {len(text)} sentences for {n} labels")
+        ds.sentences[vid] = text
 
 
 # ----------------------------------------------------------------------------------------- -> project
@@ -263,7 +310,11 @@ def _speaker(fmt: str, value, vid: str, k: int, source: str) -> tuple[str, int]:
         return (f"{session.group(0)}_{gender}" if session else gender), IEMOCAP_SPEAKERS[gender]
     if hasattr(value, "detach"):  # a torch tensor
         value = value.detach().cpu().numpy()
-    vector = np.asarray(value, dtype=np.float32).reshape(-1)
+    try:
+        vector = np.asarray(value, dtype=np.float32).reshape(-1)
+    except (TypeError, ValueError):
+        raise PickleFormatError(f"{source}: dialogue {vid} utterance {k}: MELD speaker {value!r} is not a one-hot "
+                                "vector ('M'/'F' speakers are IEMOCAP's: set the dataset's labels: iemocap)") from None
     hot = np.flatnonzero(vector == vector.max()) if vector.size else np.array([])
     if vector.size == 0 or len(hot) != 1 or vector.max() <= 0:
         raise PickleFormatError(f"{source}: dialogue {vid} utterance {k}: MELD speaker {vector.tolist()} is not a "
@@ -443,7 +494,10 @@ def import_pickle(pickle_path: str | Path, manifest_path: str | Path | None, fea
                 "valid_split": split_record,
                 "modalities": {m: {"dim": dims[m], "all_zero_rows": absent[m]} for m in MODALITIES},
                 "pickle_splits": {"train": sum(1 for d in ds.dialogues if ds.splits[d] == "train"),
-                                  "test": sum(1 for d in ds.dialogues if ds.splits[d] == "test")}}
+                                  "test": sum(1 for d in ds.dialogues if ds.splits[d] == "test")},
+                "not_imported": {"dialogues": len(ds.unlisted), "first": ds.unlisted[:20],
+                                 "why": "in neither the train nor the test id list (the official loaders skip "
+                                        "them too)"}}
         result = ReadResult(frame, IssueLog(), ds.class_names(), checks=checks, info=info)
         name = dataset or ds.fmt
         write_manifest(name, dataset_format or PICKLE_FORMAT_OF_LAYOUT[ds.layout], frame, result,
