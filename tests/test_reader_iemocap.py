@@ -229,6 +229,41 @@ def test_unevaluated_transcript_turn_is_recorded(fresh_release, tmp_path):
     assert summary["rejected_counts"] == {"label_not_in_classes": 2, "not_evaluated": 1}
 
 
+def test_transcript_oddities_and_a_missing_label_file_are_recorded(fresh_release, tmp_path, caplog):
+    """A second line for an id (the first is used), a line that starts with the dialogue's name but does not
+    parse, and a transcription whose EmoEvaluation file is gone: each leaves a row in issues.tsv."""
+    transcript = fresh_release / "Session1/dialog/transcriptions/Ses01M_impro01.txt"
+    transcript.write_text(transcript.read_text() + "Ses01M_impro01_M000 [009.0000-009.5000]: Again.\n"
+                          "Ses01M_impro01_F000[002.0000-003.0000] Sorry.\n")
+    (fresh_release / "Session5/dialog/EmoEvaluation/Ses05F_impro01.txt").unlink()
+    build_manifest("d", cfg(fresh_release), tmp_path)
+    df, issues, _ = read_outputs(tmp_path)
+    texts = df.set_index("utterance_id")["text"]
+    assert texts["Ses01M_impro01_M000"] == "No."
+    duplicate = issues[issues["reason"] == "duplicate_transcript_line"].iloc[0]
+    assert (duplicate["utterance_id"], duplicate["line"]) == ("Ses01M_impro01_M000", "5")
+    assert "already has line 1, which is used" in duplicate["detail"]
+    unparsed = issues[issues["reason"] == "unparsed_transcript_line"].iloc[0]
+    assert (unparsed["utterance_id"], unparsed["line"]) == ("Ses01M_impro01_F000", "6")
+    gone = issues[(issues["reason"] == "not_evaluated") & issues["utterance_id"].str.startswith("Ses05F_impro01")]
+    assert sorted(gone["utterance_id"]) == ["Ses05F_impro01_F000", "Ses05F_impro01_M000"]
+    assert "Ses05F_impro01.txt does not exist: restore it from the release" in gone["detail"].iloc[0]
+    assert "Ses05F_impro01" not in set(df["dialogue_id"])
+    assert "have no labelled utterance in" in caplog.text and "Ses05F_impro01" in caplog.text
+
+
+@pytest.mark.parametrize("content, message", [
+    ('["Ses01F_impro01"]', r"holds a JSON list; expected \{\"train\""),
+    ('{"train": [1], "valid": [], "test": []}', r"train lists 1, not a dialogue id string"),
+    ('{"train": [], "valid": [], "test": [], "utterances_per_dialogue": {"Ses01F_impro01": "26.0"}}',
+     r"utterances_per_dialogue must map dialogue ids to whole numbers; found \{'Ses01F_impro01': '26.0'\}"),
+])
+def test_a_malformed_split_file_is_named(release, tmp_path, content, message):
+    (tmp_path / "split.json").write_text(content)
+    with pytest.raises(ManifestError, match=r"split file .*split.json.*" + message):
+        build_manifest("d", cfg(release, split_file=str(tmp_path / "split.json")), tmp_path / "out")
+
+
 def test_wrong_root_names_path_and_expected_layout(release, tmp_path):
     with pytest.raises(ManifestError, match=r"does not exist.*IEMOCAP_full_release"):
         build_manifest("d", cfg(tmp_path / "nowhere"), tmp_path / "out")

@@ -131,13 +131,27 @@ def _parse_span(span: str) -> tuple[float, float, str]:
     return start, end, ""
 
 
-def parse_transcription(path: Path) -> dict[str, tuple[str, int]]:
-    """{utterance_id: (text, line number)} of one transcription file."""
+def parse_transcription(path: Path, issues: IssueLog | None = None) -> dict[str, tuple[str, int]]:
+    """{utterance_id: (text, line number)} of one transcription file.
+
+    Lines without an utterance id ("M: [BREATHING]") are not utterances. A second line for an id, and a line
+    that starts with the dialogue's name but is not 'ID [start-end]: text', are not used and are recorded
+    in `issues` (rejected: duplicate_transcript_line, unparsed_transcript_line)."""
     texts: dict[str, tuple[str, int]] = {}
     for number, line in enumerate(read_text(path).text.splitlines(), start=1):
         match = _TRANSCRIPT.match(line.strip())
         if match and re.search(r"_[FM]", match.group(1)):
-            texts[match.group(1)] = (re.sub(r"\s+", " ", match.group(3)).strip(), number)
+            uid = match.group(1)
+            if uid in texts:
+                if issues is not None:
+                    issues.reject("duplicate_transcript_line", file=str(path), line=number, utterance_id=uid,
+                                  detail=f"{uid} already has line {texts[uid][1]}, which is used; delete one of them")
+                continue
+            texts[uid] = (re.sub(r"\s+", " ", match.group(3)).strip(), number)
+        elif line.startswith(path.stem + "_") and issues is not None:
+            uid = re.match(r"[^\s\[(:]+", line).group(0)
+            issues.reject("unparsed_transcript_line", file=str(path), line=number, utterance_id=uid,
+                          detail=f"cannot parse {line.strip()[:80]!r}; expected 'ID [start-end]: text'")
     return texts
 
 
@@ -147,16 +161,28 @@ def load_split(path: Path) -> tuple[dict[str, str], dict[str, int]]:
         data = json.loads(read_text(path).text)
     except json.JSONDecodeError as err:
         raise ManifestError(f"split file {path}, line {err.lineno}: not valid JSON ({err.msg})") from err
+    shape = ('expected {"train": [dialogue ids], "valid": [...], "test": [...]} and optionally '
+             '"utterances_per_dialogue": {dialogue id: count}')
+    if not isinstance(data, dict):
+        raise ManifestError(f"split file {path} holds a JSON {type(data).__name__}; {shape}")
     missing = [s for s in SPLITS if not isinstance(data.get(s), list)]
     if missing:
         raise ManifestError(f"split file {path} lacks the dialogue list(s) {missing}; expected keys {list(SPLITS)}")
     split_of: dict[str, str] = {}
     for split in SPLITS:
         for dialogue in data[split]:
+            if not isinstance(dialogue, str):
+                raise ManifestError(f"split file {path}: {split} lists {dialogue!r}, not a dialogue id string; {shape}")
             if dialogue in split_of:
                 raise ManifestError(f"split file {path}: dialogue {dialogue} is in both {split_of[dialogue]} and {split}")
             split_of[dialogue] = split
-    return split_of, {str(k): int(v) for k, v in data.get("utterances_per_dialogue", {}).items()}
+    counts = data.get("utterances_per_dialogue") or {}
+    bad = {k: v for k, v in counts.items() if not isinstance(v, int) or isinstance(v, bool) or v < 0} \
+        if isinstance(counts, dict) else counts
+    if bad:
+        raise ManifestError(f"split file {path}: utterances_per_dialogue must map dialogue ids to whole numbers; "
+                            f"found {dict(list(bad.items())[:3]) if isinstance(bad, dict) else type(bad).__name__}")
+    return split_of, {str(k): v for k, v in counts.items()}
 
 
 def _settings(cfg: dict) -> dict:
@@ -217,7 +243,7 @@ def _dialogue_rows(name: str, session: Path, emo_file: Path, split: str | None, 
     """Kept rows of one dialogue in time order; rejected rows go to the issue log."""
     dialogue = emo_file.stem
     transcript_file = session / "dialog" / "transcriptions" / f"{dialogue}.txt"
-    texts = parse_transcription(transcript_file) if transcript_file.is_file() else None
+    texts = parse_transcription(transcript_file, issues) if transcript_file.is_file() else None
     evaluations = parse_evaluation(emo_file)
     rows: list[dict] = []
     for entry in evaluations:
@@ -246,6 +272,20 @@ def _dialogue_rows(name: str, session: Path, emo_file: Path, split: str | None, 
     number_dialogue(rows)
     flag_overlaps(rows, issues, lambda r: (r["video_start"], r["video_end"], r["video_path"]))
     return rows
+
+
+def _reject_unlabelled_dialogues(session: Path, labelled: set[str], issues: IssueLog) -> None:
+    """A transcription without its EmoEvaluation file: every utterance of it is recorded as not_evaluated, so
+    the dialogue is not gone without a trace."""
+    folder = session / "dialog" / "transcriptions"
+    for transcript in sorted(p for p in folder.glob("*.txt") if not p.name.startswith(".") and p.is_file()):
+        if transcript.stem in labelled:
+            continue
+        emo_file = session / "dialog" / "EmoEvaluation" / transcript.name
+        logger.warning("IEMOCAP: %s has no label file %s; its utterances are not used", transcript, emo_file)
+        for uid, (_, line) in parse_transcription(transcript).items():
+            issues.reject("not_evaluated", file=str(transcript), line=line, utterance_id=uid,
+                          detail=f"{emo_file} does not exist: restore it from the release to use this dialogue")
 
 
 def _checked_label(entry: Evaluation, dialogue: str, settings: dict, where: str) -> str:
@@ -346,6 +386,7 @@ def read(name: str, cfg: dict, probe: bool | Collection[str] = True) -> ReadResu
                                   media)
             if rows:
                 by_dialogue[emo_file.stem] = rows
+        _reject_unlabelled_dialogues(session, {p.stem for p in emo_files}, issues)
     if not by_dialogue:
         raise ManifestError(f"IEMOCAP root {root}: no labelled utterance of the 6 classes in any dialogue of the "
                             f"split file {settings['split_file']}; see the issues for why rows were rejected")
@@ -354,6 +395,10 @@ def read(name: str, cfg: dict, probe: bool | Collection[str] = True) -> ReadResu
     split_counts = {s: sum(1 for r in rows if r["split"] == s) for s in SPLITS}
     checks = reference_checks({d: len(by_dialogue[d]) for d in order}, split_of, expected, split_counts)
     differences = [c for c in checks if not c["ok"]]
+    absent = next(c["missing"] for c in checks if c["check"] == "split-file dialogues present in the raw tree")
+    if absent:
+        logger.warning("IEMOCAP: %d dialogue(s) of the split file have no labelled utterance in %s: %s", len(absent),
+                       root, absent[:10])
     if differences:
         logger.warning("IEMOCAP: %d difference(s) from the standard release (see summary.json checks), e.g. %s",
                        len(differences), differences[0])
