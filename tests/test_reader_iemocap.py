@@ -53,7 +53,7 @@ def write_avi(path: Path, frames: int = 4) -> None:
         stream = container.add_stream("mpeg4", rate=4)
         stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
         for i in range(frames):
-            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 40 * i, dtype=np.uint8), format="rgb24")
+            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 40 * i % 256, dtype=np.uint8), format="rgb24")
             container.mux(stream.encode(frame))
         container.mux(stream.encode(None))
 
@@ -76,7 +76,9 @@ def make_release(root: Path, dialogues: dict = DIALOGUES) -> Path:
         (session / "dialog" / "transcriptions").mkdir(parents=True, exist_ok=True)
         (session / "dialog" / "transcriptions" / f"{dialogue}.txt").write_text(
             "\n".join(lines[:1] + ["M: [BREATHING]"] + lines[1:]) + "\n")
-        write_avi(session / "dialog" / "avi" / "DivX" / f"{dialogue}.avi")
+        # Longer than every utterance, as the release's are (4 frames per second).
+        write_avi(session / "dialog" / "avi" / "DivX" / f"{dialogue}.avi", frames=4 * int(max(
+            e for _, _, e, _, _ in utterances) + 3))
         for u, *_ in utterances:
             write_wav(session / "sentences" / "wav" / dialogue / f"{dialogue}_{u}.wav")
     return root
@@ -195,6 +197,19 @@ def test_missing_media_flagged_not_fatal(fresh_release, tmp_path):
     assert flags["Ses05F_impro01_F000"] == "corrupt_video"
     assert summary["flag_counts"] == {"missing_audio": 1, "missing_video": 6, "corrupt_video": 2}
     assert len(issues[issues["action"] == "flagged"]) == 9
+
+
+def test_utterances_after_the_end_of_a_cut_short_video_are_flagged(fresh_release, tmp_path):
+    # An AVI that lost its tail (and its index with it) holds 1 s; Ses01F_impro01's utterances run to 8 s.
+    write_avi(fresh_release / "Session1/dialog/avi/DivX/Ses01F_impro01.avi", frames=4)
+    build_manifest("d", cfg(fresh_release), tmp_path)
+    df, issues, _ = read_outputs(tmp_path)
+    flags = df[df["dialogue_id"] == "Ses01F_impro01"].set_index("utterance_id")["flags"]
+    assert flags.to_dict() == {"Ses01F_impro01_F000": "corrupt_video", "Ses01F_impro01_M000": "corrupt_video",
+                               "Ses01F_impro01_F002": "corrupt_video"}  # starts at 1.0, 2.5 and 7.0 s
+    detail = issues[issues["utterance_id"] == "Ses01F_impro01_M000"]["detail"].iloc[0]
+    assert "Ses01F_impro01.avi holds 1.00 s and the utterance starts at 2.50 s: the file looks cut short" in detail
+    assert (df[df["dialogue_id"] != "Ses01F_impro01"]["flags"] == "").all()
 
 
 def test_bad_and_overlapping_times_are_flagged(fresh_release, tmp_path):

@@ -81,6 +81,26 @@ def test_the_speakers_face_of_a_meld_like_720p_clip_is_cropped_at_full_resolutio
     assert len(crops) == len(frames) and crops[0].shape == (224, 224, 3)
 
 
+def test_an_mp4_cut_short_after_its_index_is_not_decodable(tmp_path):
+    """An MP4 with its index first ("faststart") that lost its tail opens and decodes its first frame, and
+    decoding later just stops early; the probe seeks to the end of what the index lists and finds nothing."""
+    complete = tmp_path / "dia0_utt0.mp4"
+    with av.open(str(complete), "w", options={"movflags": "faststart"}) as container:
+        video = container.add_stream("libx264", rate=10)
+        video.width, video.height, video.pix_fmt = 64, 64, "yuv420p"
+        rng = np.random.default_rng(0)
+        for _ in range(30):
+            frame = av.VideoFrame.from_ndarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8), format="rgb24")
+            container.mux(video.encode(frame))
+        container.mux(video.encode())
+    cut = tmp_path / "dia0_utt1.mp4"
+    cut.write_bytes(complete.read_bytes()[: complete.stat().st_size * 2 // 5])
+    assert media.probe(complete).decodable and media.probe(complete).error == ""
+    info = media.probe(cut)
+    assert not info.decodable and info.error.startswith("truncated: its index lists 3.00 s of video")
+    assert len(visual.sample_frames(cut, None, None, 10.0, 100)) < 30  # what decoding alone would give
+
+
 class _CountingContainer:
     """av.open's container, counting the frames it decodes and the seeks asked of it."""
 

@@ -87,6 +87,17 @@ def flag_row(row: dict, flag: str, issues: IssueLog, detail: str = "") -> None:
     issues.flag(flag, file=row["_file"], line=row["_line"], utterance_id=row["utterance_id"], detail=detail)
 
 
+def flag_past_end(row: dict, kind: str, duration: float, issues: IssueLog) -> None:
+    """corrupt_{kind} when the row's window starts at or after the end of its media file (`duration`
+    seconds; 0 = unknown): a file cut short (an AVI loses its index with its tail, and its duration is
+    then what is left) holds nothing of the utterance."""
+    start = row[f"{kind}_start"]
+    if duration > 0 and math.isfinite(start) and start >= duration:
+        flag_row(row, f"corrupt_{kind}", issues,
+                 f"{row[f'{kind}_path']} holds {duration:.2f} s and the utterance starts at {start:.2f} s: the file "
+                 "looks cut short (or the times are wrong); replace it with a complete copy")
+
+
 def assign_speaker_slots(rows: list[dict], dialogue_id: str, max_speakers: int | None = None,
                          where: str = "") -> None:
     """speaker_slot = order of first appearance of the speaker inside the dialogue (0, 1, ...)."""

@@ -34,8 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Collection
 
-from ercpipe.datasets import (ReadResult, assign_speaker_slots, declared_media, flag_overlaps, flag_row, new_row,
-                              number_dialogue, probes, reader_settings, rows_to_frame)
+from ercpipe.datasets import (ReadResult, assign_speaker_slots, declared_media, flag_overlaps, flag_past_end,
+                              flag_row, new_row, number_dialogue, probes, reader_settings, rows_to_frame)
 from ercpipe.io import manifest as manifest_io
 from ercpipe.io.manifest import SPLITS, IssueLog, ManifestError
 
@@ -335,6 +335,8 @@ def _check_media(row: dict, issues: IssueLog, probe_media: bool | Collection[str
                 flag_row(row, f"corrupt_{kind}", issues, f"{path}: {info.error}")
             elif kind == "audio" and not info.has_audio:
                 flag_row(row, "no_audio_stream", issues, path)
+            else:
+                flag_past_end(row, kind, info.duration, issues)
 
 
 def _row_times(row: dict, record: CsvRecord, issues: IssueLog) -> None:

@@ -42,8 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Collection
 
-from ercpipe.datasets import (ReadResult, declared_media, flag_overlaps, flag_row, new_row, number_dialogue,
-                              probes, reader_settings, rows_to_frame)
+from ercpipe.datasets import (ReadResult, declared_media, flag_overlaps, flag_past_end, flag_row, new_row,
+                              number_dialogue, probes, reader_settings, rows_to_frame)
 from ercpipe.datasets.csv_manifest import read_text
 from ercpipe.io.manifest import SPLITS, IssueLog, ManifestError
 from ercpipe.labels import IEMOCAP_CLASSES
@@ -210,6 +210,7 @@ class _MediaCheck:
 
     def __init__(self, probe: bool | Collection[str], media: frozenset[str]) -> None:
         self.cache: dict[str, tuple[str, str]] = {}
+        self.durations: dict[str, float] = {}  # seconds, of the videos probed and found usable
         self.probe = probe
         self.media = media
 
@@ -235,6 +236,7 @@ class _MediaCheck:
                     self.cache[key] = ("no_video", key)
                 else:
                     self.cache[key] = ("", "")
+                    self.durations[key] = info.duration
         return self.cache[key]
 
 
@@ -324,6 +326,8 @@ def _make_row(name: str, session: Path, emo_file: Path, entry: Evaluation, label
     video_problem, detail = media.video_problem(video)
     if video_problem:
         flag_row(row, video_problem, issues, detail)
+    else:
+        flag_past_end(row, "video", media.durations.get(str(video), 0.0), issues)
     return row
 
 

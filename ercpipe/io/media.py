@@ -55,9 +55,31 @@ def probe(path: str | Path) -> MediaInfo:
             if stream is None:
                 return MediaInfo(str(path), True, False, False, False, duration, "no streams")
             next(container.decode(stream))
+            cut = _cut_short(container, stream)
     except (av.error.FFmpegError, StopIteration, UnicodeDecodeError, ValueError) as err:
         return MediaInfo(str(path), True, False, False, False, 0.0, f"{type(err).__name__}: {err}")
+    if cut:
+        return MediaInfo(str(path), True, False, has_audio, has_video, duration, cut)
     return MediaInfo(str(path), True, True, has_audio, has_video, duration)
+
+
+def _cut_short(container, stream) -> str:
+    """Why the file was cut short, or "": an MP4 whose index (written first, "faststart") lists packets up to
+    the stream's duration while the file's data ends before them. Opening and decoding the first packet
+    succeed on such a file, and decoding later yields fewer frames without an error. A stream without a
+    duration, or a seek the container cannot do, tells nothing ("")."""
+    if not stream.duration or stream.time_base is None:
+        return ""
+    length = float(stream.duration * stream.time_base)
+    try:
+        container.seek(int(max(0.0, length - 0.5) / stream.time_base), stream=stream, any_frame=True, backward=True)
+        for packet in container.demux(stream):
+            if packet.pts is not None and packet.size:
+                return ""
+    except (av.error.FFmpegError, OSError, ValueError):
+        return ""
+    return (f"truncated: its index lists {length:.2f} s of {stream.type}, but the file's data ends before the last "
+            "0.5 s (the file was cut short); replace it with a complete copy")
 
 
 def _window(start: float | None, end: float | None) -> tuple[float, float]:
