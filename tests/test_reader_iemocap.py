@@ -212,6 +212,23 @@ def test_utterances_after_the_end_of_a_cut_short_video_are_flagged(fresh_release
     assert (df[df["dialogue_id"] != "Ses01F_impro01"]["flags"] == "").all()
 
 
+def test_damaged_sentence_wavs_are_flagged_from_their_headers(fresh_release, tmp_path):
+    wavs = fresh_release / "Session1/sentences/wav/Ses01M_impro01"
+    whole = (wavs / "Ses01M_impro01_M000.wav").read_bytes()
+    (wavs / "Ses01M_impro01_M000.wav").write_bytes(whole[: len(whole) // 2])  # cut short: decodes, half as long
+    (wavs / "Ses01M_impro01_F000.wav").write_bytes(b"")
+    (wavs / "Ses01M_impro01_M001.wav").write_text("not audio")
+    build_manifest("d", cfg(fresh_release), tmp_path)
+    df, issues, _ = read_outputs(tmp_path)
+    flags = df.set_index("utterance_id")["flags"]
+    assert [flags[f"Ses01M_impro01_{u}"] for u in ("M000", "F000", "M001")] == ["corrupt_audio"] * 3
+    details = issues[issues["reason"] == "corrupt_audio"].set_index("utterance_id")["detail"]
+    assert "truncated: its header declares 9600 bytes of samples, the file holds" in details["Ses01M_impro01_M000"]
+    assert details["Ses01M_impro01_F000"].endswith("empty file (0 bytes)")
+    assert details["Ses01M_impro01_M001"].endswith("not a WAV file (no RIFF/WAVE header)")
+    assert (df[df["dialogue_id"] != "Ses01M_impro01"]["flags"] == "").all()
+
+
 def test_bad_and_overlapping_times_are_flagged(fresh_release, tmp_path):
     emo = fresh_release / "Session5/dialog/EmoEvaluation/Ses05F_impro01.txt"
     emo.write_text(emo.read_text() + emo_block("Ses05F_impro01_F001", 0.9, 1.8, "sad")

@@ -40,11 +40,40 @@ class MediaInfo:
     error: str = ""
 
 
+def wav_problem(path: str | Path) -> str:
+    """What is wrong with a WAV file's RIFF structure, from its first bytes and its size (no decoding), or "":
+    empty, not RIFF/WAVE, no data chunk, or a data chunk the file does not hold whole (cut short: a decoder
+    reads what is there without an error). Other RIFF variants (RF64) and streamed sizes are not judged."""
+    size = Path(path).stat().st_size
+    if size == 0:
+        return "empty file (0 bytes)"
+    with open(path, "rb") as fh:
+        head = fh.read(12)
+        if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return "not a WAV file (no RIFF/WAVE header)" if head[:4] not in (b"RF64", b"BW64") else ""
+        offset = 12
+        while offset + 8 <= size:
+            fh.seek(offset)
+            chunk, length = fh.read(4), int.from_bytes(fh.read(4), "little")
+            if chunk == b"data":
+                held = size - offset - 8
+                if length not in (0, 0xFFFFFFFF) and held < length:
+                    return (f"truncated: its header declares {length} bytes of samples, the file holds {held} (cut "
+                            "short); replace it with a complete copy")
+                return ""
+            offset += 8 + length + (length & 1)
+    return "no data chunk (no samples)"
+
+
 def probe(path: str | Path) -> MediaInfo:
     """What a media file holds, without raising: used by the readers to flag defects."""
     path = Path(path)
     if not path.exists():
         return MediaInfo(str(path), False, False, False, False, 0.0, "missing")
+    if path.suffix.lower() == ".wav" and path.is_file():
+        problem = wav_problem(path)
+        if problem:
+            return MediaInfo(str(path), True, False, False, False, 0.0, problem)
     try:
         with av.open(str(path)) as container:
             has_audio = len(container.streams.audio) > 0
