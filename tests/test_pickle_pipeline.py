@@ -161,6 +161,25 @@ def test_the_dag_from_the_pickles_reaches_metrics_and_the_report(pickle_run):
     assert planned_jobs(again.stdout) == {}, again.stdout[-3000:]
 
 
+def test_a_training_job_whose_outputs_were_removed_runs_again(pickle_run):
+    """Ctrl-C during a re-run makes Snakemake remove the failed training job's outputs while the experiment's
+    old summary.json stays; a deleted model.pt is the same case. The next call trains that seed again (and
+    aggregates again) instead of calling the old summary up to date. The files are put back afterwards."""
+    workdir, configfile, _, _ = pickle_run
+    seed = workdir / "results/meld_sdt/meld_sdt_sdt/seed1"
+    for removed in (["metrics.json", "model.pt", "history.tsv", "predictions.tsv", "fused.npz"], ["model.pt"]):
+        for name in removed:
+            (seed / name).rename(workdir / f"kept_{name}")
+        try:
+            jobs = planned_jobs(snakemake(workdir, configfile, "-n").stdout)
+        finally:
+            for name in removed:
+                (workdir / f"kept_{name}").rename(seed / name)
+        assert jobs.get("train_model") == 1 and jobs.get("aggregate_experiment") == 1, (removed, jobs)
+        assert not {"import_pickle", "import_pickle_features"} & set(jobs), jobs
+    assert planned_jobs(snakemake(workdir, configfile, "-n").stdout) == {}
+
+
 def test_another_valid_split_re_runs_the_manifest_and_training_not_the_feature_imports(pickle_run):
     workdir, _, _, _ = pickle_run
     config = pickle_config()

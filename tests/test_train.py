@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -484,6 +485,30 @@ def test_stale_state_of_another_configuration_is_discarded(dataset, tmp_path, ca
     assert "not resuming from" in caplog.text and "differing sections: ['train']" in caplog.text
     assert "resuming from" not in caplog.text.replace("not resuming from", "")
     assert metrics["protocol"]["epochs_run"] == 3 and len(pd.read_csv(out / "history.tsv", sep="\t")) == 3
+
+
+def test_a_state_trained_on_labels_fixed_since_is_discarded(dataset, tmp_path, caplog):
+    """A label fixed in the raw data after a kill leaves every feature file as it was: the state must not be
+    continued on the new labels (nor on other anchors)."""
+    out = tmp_path / "run"
+    kill_training_after(dataset, out, epoch=2)
+    manifest = manifest_io.read(dataset["manifest"])
+    first = manifest.index[manifest["split"] == "train"][0]
+    classes = sorted(set(manifest["label"]))
+    manifest.loc[first, "label"] = next(c for c in classes if c != manifest.loc[first, "label"])
+    fixed = tmp_path / "manifest.tsv"
+    manifest_io.write(manifest, fixed)
+    shutil.copy(Path(dataset["manifest"]).with_name("summary.json"), tmp_path / "summary.json")
+    with caplog.at_level(logging.INFO, logger="ercpipe.train.trainer"):
+        train(dataset, out, manifest=fixed)
+    assert "not resuming from" in caplog.text and "it was trained on other inputs (labels changed since)" in caplog.text
+    assert "resuming from" not in caplog.text.replace("not resuming from", "")
+    caplog.clear()
+    kill_training_after(dataset, out, epoch=2)  # and the anchors: other vectors, same classes
+    other_anchors = write_anchor_file(tmp_path / "other_anchors.h5", seed=5)
+    with caplog.at_level(logging.INFO, logger="ercpipe.train.trainer"):
+        train(dataset, out, anchors=other_anchors)
+    assert "it was trained on other inputs (anchors changed since)" in caplog.text
 
 
 def test_resume_needs_the_selected_checkpoint(dataset, tmp_path, caplog):

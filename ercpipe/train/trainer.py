@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import ctypes
+import hashlib
 import json
 import logging
 import math
@@ -359,12 +360,14 @@ def run_training(manifest_path, feature_paths: dict, anchor_path, experiment: di
              "finished": False, "skipped_steps": 0}
     best = None  # the selected epoch's checkpoint payload (model.pt to be), in memory
     last_path, best_path = out_dir / LAST_NAME, out_dir / WORK_BEST_NAME
+    identity = _input_identity(data, anchor_set)
     if last_path.exists():
         state, best = _resume(last_path, best_path, cfg, seed, model, optimizer, scaler, scheduler, device,
-                              _feature_identity(data)) or (state, best)
+                              identity) or (state, best)
 
     def save_state() -> None:
-        save_torch(_last_payload(model, optimizer, scaler, scheduler, cfg, seed, state, device, data, best), last_path)
+        save_torch(_last_payload(model, optimizer, scaler, scheduler, cfg, seed, state, device, identity, best),
+                   last_path)
 
     epochs = tqdm(range(state["epoch"] + 1, train_cfg["epochs"] + 1), desc="epochs", mininterval=5,
                   initial=state["epoch"], total=train_cfg["epochs"]) if not state["finished"] else []
@@ -482,14 +485,27 @@ def _run_epoch(epoch, model, loss_fn, optimizer, scaler, scheduler, train_dialog
     return {"row": row, "metrics": metrics, "score": score, "best": best}
 
 
-def _feature_identity(data: DialogueData) -> dict:
-    """What a resume state must have been trained on: per modality the file's setting hash, width and content."""
-    return {m: {k: src.get(k) for k in ("setting_hash", "dim", "content_sha256")}
-            for m, src in data.feature_sources.items()}
+def _input_identity(data: DialogueData, anchor_set) -> dict:
+    """What a resume state must have been trained on: per modality the feature file's setting hash, width and
+    content; the dialogues' ids, splits, labels and speakers (a fixed label or another valid split leaves the
+    feature files as they were); the anchors' vectors."""
+    identity: dict = {m: {k: src.get(k) for k in ("setting_hash", "dim", "content_sha256")}
+                      for m, src in data.feature_sources.items()}
+    labels = hashlib.sha256(json.dumps(data.classes).encode())
+    for d in data.dialogues:
+        labels.update(json.dumps([d.dialogue_id, d.split, d.utterance_ids, d.labels.tolist(),
+                                  d.speakers.tolist()]).encode())
+    identity["labels"] = labels.hexdigest()
+    if anchor_set is not None:
+        anchors = hashlib.sha256(np.ascontiguousarray(anchor_set.centers, dtype=np.float32).tobytes())
+        for name in anchor_set.class_names:
+            anchors.update(np.ascontiguousarray(anchor_set.image_features[name], dtype=np.float32).tobytes())
+        identity["anchors"] = anchors.hexdigest()
+    return identity
 
 
-def _last_payload(model, optimizer, scaler, scheduler, cfg, seed, state, device, data, best) -> dict:
-    return {"format": CHECKPOINT_FORMAT + "-last", "config": cfg, "seed": seed, "features": _feature_identity(data),
+def _last_payload(model, optimizer, scaler, scheduler, cfg, seed, state, device, identity, best) -> dict:
+    return {"format": CHECKPOINT_FORMAT + "-last", "config": cfg, "seed": seed, "features": identity,
             "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
@@ -524,7 +540,7 @@ def _resume(path: Path, best_path: Path, cfg, seed, model, optimizer, scaler, sc
     elif features is not None and payload.get("features") is not None and payload["features"] != features:
         differ = sorted(m for m in set(features) | set(payload["features"])
                         if features.get(m) != payload["features"].get(m))
-        reason = f"it was trained on other {'/'.join(differ)} feature files (they were made again since)"
+        reason = f"it was trained on other inputs ({', '.join(differ)} changed since)"
     else:
         best = payload.get("best")
         if best is None and "best" not in payload and best_path.exists():  # written before checkpoint_every

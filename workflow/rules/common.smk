@@ -132,8 +132,21 @@ def benchmark_files():
     return files
 
 
+# What a training job writes per seed (rule train_model's outputs).
+RUN_FILES = ("metrics.json", "model.pt", "history.tsv", "predictions.tsv", "fused.npz")
+
+
+def run_files(name, files=RUN_FILES):
+    """These files of every seed of experiment `name`."""
+    return [f"{experiment_dir(name)}/seed{seed}/{file}" for seed in EXPERIMENTS[name]["seeds"] for file in files]
+
+
 def all_targets():
+    # Every seed's files are targets too: Snakemake does not remake a missing file whose consumers' outputs
+    # exist, so a training job's outputs that were removed (Ctrl-C removes a failed job's outputs) or deleted
+    # would otherwise never come back, and the old summary would stand.
     targets = [f"{experiment_dir(name)}/summary.json" for name in EXPERIMENTS]
+    targets += [path for name in EXPERIMENTS for path in run_files(name)]
     targets += [f"{selection_dir(name)}/summary.json" for name in SELECTIONS]
     targets += [f"results/{ds}/coverage.tsv" for ds in datasets_in_use()]
     if EXPERIMENTS:

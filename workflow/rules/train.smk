@@ -38,10 +38,10 @@ rule train_model:
 
 rule aggregate_experiment:
     input:
-        runs=lambda wc: expand(
-            "results/{{dataset}}/{{experiment}}/seed{seed}/metrics.json",
-            seed=EXPERIMENTS[wc.experiment]["seeds"],
-        ),
+        runs=lambda wc: run_files(wc.experiment, ["metrics.json"]),
+        # read beside each metrics.json: the curves and the t-SNE plot
+        histories=lambda wc: run_files(wc.experiment, ["history.tsv"]),
+        fused=lambda wc: run_files(wc.experiment, ["fused.npz"]),
     output:
         summary="results/{dataset}/{experiment}/summary.json",
         table="results/{dataset}/{experiment}/summary.tsv",
