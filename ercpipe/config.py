@@ -60,9 +60,68 @@ def validate_schema(config: dict, schema_path: str | Path) -> None:
     problems = []
     for err in sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path))):
         where = ".".join(str(p) for p in err.absolute_path) or "(top level)"
-        problems.append(f"  {where}: {err.message}")
+        hint = ""
+        if err.validator == "type" and err.validator_value == "boolean" and isinstance(err.instance, str) \
+                and err.instance.lower() in ("true", "false", "yes", "no"):
+            hint = (f" (on the command line Snakemake reads only True and False as booleans: "
+                    f"--config {where}={'True' if err.instance.lower() in ('true', 'yes') else 'False'})")
+        problems.append(f"  {where}: {err.message}{hint}")
     if problems:
         raise ConfigError("config does not match workflow/schemas/config.schema.yaml:\n" + "\n".join(problems))
+
+
+def check_config_files(paths) -> None:
+    """A key written twice in one mapping of a YAML config file (a copied experiment block): YAML keeps the
+    last without a word, so the first is lost. ConfigError naming the file and both lines. Files that do
+    not parse are left to Snakemake, which has read them before this runs."""
+    import yaml
+
+    class StrictLoader(yaml.SafeLoader):
+        pass
+
+    def mapping(loader, node, deep=False):
+        lines: dict = {}
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in lines:
+                raise ConfigError(f"{path}, line {line}: key {key!r} is written twice in the same block (first on "
+                                  f"line {lines[key]}); YAML keeps only the last one: remove or rename one")
+            lines[key] = line
+        return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+    StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    for path in paths:
+        try:
+            yaml.load(Path(path).read_text(), Loader=StrictLoader)
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            pass
+
+
+# Datasets, experiments, selections, anchor sets, exports and feature settings name folders and files.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def check_names(config: dict) -> None:
+    """Every name that becomes part of a path: letters, digits, '_', '-', '.', not starting with '.'
+    (no '/', no spaces, no '..'), so it can neither leave its folder nor fail to match a rule."""
+    sections = [(key, config.get(key) or {}) for key in ("datasets", "experiments", "selections", "anchors",
+                                                          "exports")]
+    sections += [(f"features.{m}", settings or {}) for m, settings in (config.get("features") or {}).items()]
+    for where, entries in sections:
+        for name in entries:
+            if not NAME_PATTERN.fullmatch(str(name)):
+                fixed = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name)).strip("._") or "name"
+                raise ConfigError(f"{where}.{name}: this name becomes part of file paths; use letters, digits, '_', "
+                                  f"'-' and '.' only, not starting with '.' (e.g. {fixed})")
+
+
+def normalize_modalities(config: dict) -> None:
+    """Each dataset's `modalities` in the one order of ercpipe.labels.MODALITIES: the list is a set (the
+    schema forbids repeats), so its written order must not change a rule's params and re-run the dataset."""
+    for ds in (config.get("datasets") or {}).values():
+        if isinstance(ds.get("modalities"), list):
+            ds["modalities"] = [m for m in MODALITIES if m in ds["modalities"]]
 
 
 def dataset_root(name: str, cfg: dict) -> Path | None:
@@ -288,6 +347,7 @@ def check(config: dict, workdir: Path = Path(".")) -> None:
     opened; then the file is unpickled and checked as the import rule will (ercpipe.features.pickles.
     inspect_dataset), so a file of the wrong shape stops the run before any job, named with its key.
     """
+    check_names(config)
     check_extractor_settings(config)
     datasets = config.get("datasets", {})
     for name, ds in datasets.items():
@@ -305,6 +365,12 @@ def check(config: dict, workdir: Path = Path(".")) -> None:
         if ds.get("synthetic"):
             if ds["format"] not in ("iemocap", "meld"):
                 raise ConfigError(f"{where}.synthetic: only iemocap and meld corpora can be generated")
+            from ercpipe.synthetic.settings import resolve_settings
+
+            try:  # what the synthetic_corpus job will do with them, now rather than when it runs
+                resolve_settings(ds["format"], (config.get("synthetic") or {}).get(ds["format"]))
+            except ValueError as err:
+                raise ConfigError(str(err)) from None
         elif "root" not in ds and ds["format"] != "csv":
             raise ConfigError(f"{where}.root: give the raw dataset folder (or set synthetic: true)")
         if ds["format"] == "csv":

@@ -38,6 +38,8 @@ def test_demo_config_is_valid(demo_config):
     (lambda c: c["datasets"]["meld_demo"].update(shards="two"), "datasets.meld_demo.shards: 'two' is not of type"),
     (lambda c: c["experiments"]["iemocap_demo_sdt"].update(seeds=[]), "experiments.iemocap_demo_sdt.seeds"),
     (lambda c: c.update(use_gpu="yes"), "use_gpu: 'yes' is not of type 'boolean'"),
+    (lambda c: c.update(use_gpu="true"), "use_gpu: 'true' is not of type 'boolean' .on the command line Snakemake "
+                                         "reads only True and False as booleans: --config use_gpu=True"),
     (lambda c: c.update(selections={"best": {"candidates": ["iemocap_demo_sdt", "iemocap_demo_sdt_vega"],
                                              "metric": "test.weighted_f1"}}), "selections.best.metric"),
     (lambda c: c.update(selections={"best": {"candidates": ["iemocap_demo_sdt"]}}), "selections.best.candidates"),
@@ -100,6 +102,15 @@ def test_schema_errors_name_the_key(demo_config, mutate, expected):
      "features.visual.densenet121.image_size: visual setting image_size must be at least 16 pixels, got 8"),
     (lambda c: c["features"]["visual"]["densenet121"].update(zzz=1),
      "features.visual.densenet121.zzz: unknown key; known keys: backbone, batch_size, "),
+    # Names become parts of paths.
+    (lambda c: c["datasets"].update({"../evil": c["datasets"]["meld_demo"]}),
+     r"datasets.../evil: this name becomes part of file paths; use letters, digits"),
+    (lambda c: c["experiments"].update({"a/b": c["experiments"]["iemocap_demo_sdt"]}), r"experiments.a/b: .*e.g. a_b"),
+    (lambda c: c["features"]["text"].update({"mini lm": c["features"]["text"]["minilm"]}),
+     r"features.text.mini lm: this name becomes part of file paths.*e.g. mini_lm"),
+    (lambda c: c["datasets"].update({"demo(1)": c["datasets"]["meld_demo"]}), r"datasets.demo\(1\): .*e.g. demo_1"),
+    # Synthetic corpus settings are checked before any job, as the synthetic_corpus job would.
+    (lambda c: c["synthetic"]["iemocap"].update(dialogs={"train": 3}), r"unknown setting 'synthetic.iemocap.dialogs'"),
 ])
 def test_reference_errors_name_the_key(demo_config, mutate, expected):
     bad = copy.deepcopy(demo_config)
@@ -116,6 +127,28 @@ def test_snakemake_stops_before_any_job(demo_config, tmp_path):
     # Snakemake prints the WorkflowError on stdout.
     assert "features.text.minilm.poolin: unknown key; did you mean pooling?" in result.stdout + result.stderr
     assert not (tmp_path / "features").exists() and not (tmp_path / "raw").exists()
+
+
+def test_a_key_written_twice_in_the_config_file_is_named_with_its_lines(demo_config, tmp_path):
+    """YAML keeps the last of two equal keys without a word: a copied experiment block would replace the first."""
+    text = yaml.safe_dump(demo_config, sort_keys=False)
+    block = text[text.index("  iemocap_demo_sdt:\n"):text.index("  meld_demo_sdt_vega:\n")]
+    cfg = tmp_path / "twice.yaml"
+    cfg.write_text(text.replace(block, block + block, 1))
+    result = subprocess.run([SNAKEMAKE, "-n", "--configfile", str(cfg), "-d", str(tmp_path), "-s",
+                             str(REPO / "Snakefile")], capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    first = text[:text.index(block)].count("\n") + 1
+    second = first + block.count("\n")
+    assert (f"Invalid config (config files: {cfg}): {cfg}, line {second}: key 'iemocap_demo_sdt' is written twice "
+            f"in the same block (first on line {first})") in result.stdout + result.stderr
+
+
+def test_the_order_of_modalities_does_not_change_what_a_rule_is_given(demo_config):
+    written = copy.deepcopy(demo_config)
+    written["datasets"]["meld_demo"]["modalities"] = ["visual", "text", "audio"]
+    pipeline_config.normalize_modalities(written)
+    assert written["datasets"]["meld_demo"]["modalities"] == ["text", "audio", "visual"]
 
 
 def test_snakemake_dry_run_lists_the_dag(demo_config, tmp_path):

@@ -12,8 +12,10 @@ from ercpipe.io.digest import folder_digest
 from ercpipe.resources import extraction_resources
 
 try:
+    pipeline_config.check_config_files(workflow.configfiles)
     # Our own pass first: it names every bad key as a dotted path; validate() then fills defaults.
     pipeline_config.validate_schema(config, workflow.source_path("../schemas/config.schema.yaml"))
+    pipeline_config.normalize_modalities(config)
     pipeline_config.expand_searches(config, Path.cwd())
     pipeline_config.check(config, Path.cwd())
     if any(an.get("synthetic") for an in config.get("anchors", {}).values()):
@@ -21,7 +23,8 @@ try:
 
         pipeline_config.check_drawable_anchors(config, DRAWABLE_EMOTIONS)
 except pipeline_config.ConfigError as err:
-    raise WorkflowError(f"Invalid config: {err}") from None
+    files = ", ".join(map(str, workflow.configfiles)) or "none"
+    raise WorkflowError(f"Invalid config (config files: {files}): {err}") from None
 validate(config, schema="../schemas/config.schema.yaml")
 
 DATASETS = config["datasets"]
@@ -45,14 +48,14 @@ def one_of(names, none):
 
 
 wildcard_constraints:
-    dataset="|".join(DATASETS) or "NO_DATASET",
+    dataset=one_of(DATASETS, "NO_DATASET"),
     modality="text|audio|visual",
     setting=r"[A-Za-z0-9_.-]+",
     shard=r"\d+",
     seed=r"\d+",
-    experiment="|".join(EXPERIMENTS) or "NO_EXPERIMENT",
-    selection="|".join(SELECTIONS) or "NO_SELECTION",
-    anchor_set="|".join(ANCHORS) or "NO_ANCHOR_SET",
+    experiment=one_of(EXPERIMENTS, "NO_EXPERIMENT"),
+    selection=one_of(SELECTIONS, "NO_SELECTION"),
+    anchor_set=one_of(ANCHORS, "NO_ANCHOR_SET"),
     clip=r"[A-Za-z0-9._-]+",
 
 
