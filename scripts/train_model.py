@@ -13,8 +13,14 @@ with rule_logging(snakemake.log[0], snakemake.threads):
     # feature file is checked against them (settings hash, width, utterance ids) before training.
     feature_settings = getattr(snakemake.params, "feature_settings", None)
     face_selection = getattr(snakemake.params, "face_selection", None)
+    experiment = dict(snakemake.params.experiment)
+    # Left out of the params (it changes no result), so taken from the config.
+    every = (snakemake.config["experiments"].get(snakemake.wildcards.experiment, {}).get("train") or {}).get(
+        "checkpoint_every")
+    if every is not None:
+        experiment["train"] = {**experiment.get("train", {}), "checkpoint_every": every}
     run_training(Path(snakemake.input.manifest), feature_paths, Path(anchors) if anchors else None,
-                 resolve_experiment(snakemake.params.experiment), int(snakemake.wildcards.seed),
+                 resolve_experiment(experiment), int(snakemake.wildcards.seed),
                  Path(snakemake.output.metrics).parent, threads=snakemake.threads,
                  feature_settings=dict(feature_settings) if feature_settings is not None else None,
                  face_selection=dict(face_selection) if face_selection is not None else None)

@@ -180,6 +180,15 @@ def test_a_training_job_whose_outputs_were_removed_runs_again(pickle_run):
     assert planned_jobs(snakemake(workdir, configfile, "-n").stdout) == {}
 
 
+def test_how_often_the_resume_state_is_written_re_trains_nothing(pickle_run):
+    workdir, _, _, _ = pickle_run
+    config = pickle_config()
+    config["experiments"]["meld_sdt_sdt"]["train"] = {**config["experiments"]["meld_sdt_sdt"]["train"],
+                                                      "checkpoint_every": 3}
+    result = snakemake(workdir, write_config(workdir, config, "checkpoints.yaml"), "-n")
+    assert planned_jobs(result.stdout) == {}, result.stdout[-3000:]
+
+
 def test_another_valid_split_re_runs_the_manifest_and_training_not_the_feature_imports(pickle_run):
     workdir, _, _, _ = pickle_run
     config = pickle_config()

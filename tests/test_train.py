@@ -66,7 +66,7 @@ def write_dataset(root: Path, n_dialogues=(40, 8, 8), seed: int = 0, signal: flo
         values = np.asarray(feats[m], dtype=np.float32)
         present = np.ones(len(ids), dtype=bool)
         if m == "visual":  # missing rows; the file holds junk there that the loader must zero
-            for u in ABSENT_VISUAL:
+            for u in (u for u in ABSENT_VISUAL if u in ids):
                 present[ids.index(u)] = False
                 values[ids.index(u)] = 99.0
         paths[m] = root / f"{m}.h5"
@@ -509,6 +509,22 @@ def test_a_state_trained_on_labels_fixed_since_is_discarded(dataset, tmp_path, c
     with caplog.at_level(logging.INFO, logger="ercpipe.train.trainer"):
         train(dataset, out, anchors=other_anchors)
     assert "it was trained on other inputs (anchors changed since)" in caplog.text
+
+
+def test_a_manifest_without_test_dialogues_writes_every_output(tmp_path):
+    """Every file the train_model rule declares is written, fused.npz with zero rows, and the aggregate plots
+    say why there is no t-SNE (Snakemake would otherwise call the job failed and delete its outputs)."""
+    manifest, features = write_dataset(tmp_path / "data", n_dialogues=(12, 4, 0))
+    out = tmp_path / "run"
+    run_training(manifest, features, None, resolve_experiment({**TINY, "preset": "sdt-vega-backbone",
+                                                               "train": {**TINY["train"], "epochs": 2}}),
+                 0, out, device=TEST_DEVICE, threads=1)
+    for name in ("metrics.json", "model.pt", "history.tsv", "predictions.tsv", "fused.npz"):
+        assert (out / name).is_file(), name
+    fused = np.load(out / "fused.npz")
+    assert fused["fused"].shape[0] == 0 and len(fused["classes"]) == len(IEMOCAP_CLASSES)
+    aggregate([out], tmp_path / "summary")
+    assert (tmp_path / "summary" / "tsne.png").stat().st_size > 0
 
 
 def test_resume_needs_the_selected_checkpoint(dataset, tmp_path, caplog):

@@ -189,7 +189,9 @@ def _plot_tsne(run_dirs: list[Path], path: Path) -> None:
         data = np.load(source, allow_pickle=False)
         fused, labels, classes = data["fused"], data["labels"], [str(c) for c in data["classes"]]
         n = len(fused)
-        if n < 5:
+        if n == 0:
+            ax.text(0.5, 0.5, "no fused representations (no test split)", ha="center", va="center")
+        elif n < 5:
             ax.text(0.5, 0.5, f"only {n} test utterances: no t-SNE", ha="center", va="center")
         else:
             points = TSNE(n_components=2, perplexity=float(min(30, max(2, (n - 1) // 3))), init="pca",

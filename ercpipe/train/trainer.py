@@ -593,10 +593,14 @@ def _finish(out_dir, cfg, data, seed, state, payload, device, selection_split, t
             fused = result
     with atomic_path(out_dir / "predictions.tsv") as tmp:
         pd.concat(frames).to_csv(tmp, sep="\t", index=False, lineterminator="\n", float_format="%.6g")
-    if fused is not None:
-        with atomic_path(out_dir / "fused.npz") as tmp:
+    with atomic_path(out_dir / "fused.npz") as tmp:  # written without a test split too: zero rows
+        if fused is not None:
             np.savez_compressed(tmp, fused=fused.fused.astype(np.float32), labels=fused.labels,
                                 predictions=fused.predictions, utterance_ids=np.array(fused.utterance_ids),
+                                classes=np.array(data.classes))
+        else:
+            np.savez_compressed(tmp, fused=np.zeros((0, 0), np.float32), labels=np.zeros(0, np.int64),
+                                predictions=np.zeros(0, np.int64), utterance_ids=np.array([], dtype=str),
                                 classes=np.array(data.classes))
     history = state["history"]
     metrics = {

@@ -304,9 +304,13 @@ def selection_inputs(wildcards):
 
 
 def experiment_params(wildcards):
-    """The experiment's own config slice: changing it re-runs this experiment's training only."""
+    """The experiment's own config slice: changing it re-runs this experiment's training only. Without the
+    seeds (each job has its own) and train.checkpoint_every, which only says when the resume state is written
+    (changing it must not re-train finished runs; the job reads it from the config, scripts/train_model.py)."""
     exp = dict(EXPERIMENTS[wildcards.experiment])
     exp.pop("seeds", None)
+    if "checkpoint_every" in (exp.get("train") or {}):
+        exp["train"] = {k: v for k, v in exp["train"].items() if k != "checkpoint_every"}
     return canonical(exp)
 
 
