@@ -336,7 +336,7 @@ def test_resume_state_of_other_feature_files_is_discarded(corpus, tmp_path, capl
     write_like_extractor(paths["audio"], corpus["manifest"], "audio", audio.audio_settings(AUDIO_IS10), 1582, seed=5)
     with caplog.at_level(logging.WARNING, logger="ercpipe.train.trainer"):
         metrics = train(corpus, out, paths)
-    assert "trained on other audio feature files" in caplog.text
+    assert "trained on other inputs (audio changed since)" in caplog.text
     assert metrics["protocol"]["epochs_run"] == SDT["train"]["epochs"]
 
 
@@ -425,7 +425,8 @@ def run_train_script(corpus, out: Path, paths: dict, params: dict, monkeypatch) 
     experiment = {"dataset": "demo", "features": {m: Path(p).stem for m, p in paths.items()}, "anchors": None, **SDT}
     snake = SimpleNamespace(
         input=_Named(manifest=str(corpus["manifest"]), **{f"features_{m}": str(p) for m, p in paths.items()}),
-        params=_Named(experiment=experiment, **params), wildcards=SimpleNamespace(seed="0"),
+        params=_Named(experiment=experiment, **params), wildcards=SimpleNamespace(seed="0", experiment="exp"),
+        config={"experiments": {"exp": experiment}},
         output=SimpleNamespace(metrics=str(out / "metrics.json")), log=[str(out / "train.log")], threads=1)
     runpy.run_path(str(REPO / "scripts" / "train_model.py"), init_globals={"snakemake": snake})
 
