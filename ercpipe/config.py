@@ -16,7 +16,7 @@ from pathlib import Path
 from ercpipe import clip_setting, search
 from ercpipe.errors import ErcpipeError
 from ercpipe.features.settings import EXTRACTOR_SETTINGS, SettingError, is_imported_setting
-from ercpipe.labels import CLASSES_BY_FORMAT, MODALITIES, canonical_emotion
+from ercpipe.labels import CLASSES_BY_FORMAT, MODALITIES, canonical_emotion, official_class_list
 
 SYNTHETIC_ROOT = Path("raw/synthetic")
 # Datasets imported from the community feature pickles (ercpipe.features.pickles): no raw folder, no
@@ -425,6 +425,7 @@ def check(config: dict, workdir: Path = Path(".")) -> None:
             resolved = resolve_experiment(exp)
         except ValueError as err:
             raise ConfigError(f"{where}: {err}") from None
+        _check_class_weights(where, resolved["loss"]["class_weights"], datasets[exp["dataset"]], workdir)
         vega = resolved["loss"]["clip_loss"]
         if vega and exp.get("anchors") is None:
             raise ConfigError(f"{where}.anchors: null, but preset {resolved['preset']!r} trains the VEGA branch "
@@ -459,6 +460,21 @@ def check(config: dict, workdir: Path = Path(".")) -> None:
 
 
     _check_exports(config, inspected)
+
+
+def _check_class_weights(where: str, choice, dataset: dict, workdir: Path) -> None:
+    """loss.class_weights the dataset's classes can take: 'paper' only for IEMOCAP's and MELD's class lists (in
+    their label order), a list with one weight per class; checked here, before the features are made."""
+    if choice != "paper" and not isinstance(choice, list):
+        return
+    classes = dataset_classes(dataset, workdir)
+    if isinstance(choice, list) and len(choice) != len(classes):
+        raise ConfigError(f"{where}.loss.class_weights: {len(choice)} weights for the dataset's {len(classes)} classes "
+                          f"{classes}; give one per class, in this order")
+    if choice == "paper" and official_class_list(classes) is None:
+        raise ConfigError(f"{where}.loss.class_weights: 'paper' (the official code's hard-coded weights) exists only "
+                          f"for IEMOCAP's and MELD's classes in their label order, not {classes}; use 'train' "
+                          "(inverse frequency over the train split), 'none' or a list")
 
 
 def _unknown_key(where: str, setting: dict, known: dict) -> None:

@@ -109,6 +109,12 @@ def test_schema_errors_name_the_key(demo_config, mutate, expected):
     (lambda c: c["features"]["text"].update({"mini lm": c["features"]["text"]["minilm"]}),
      r"features.text.mini lm: this name becomes part of file paths.*e.g. mini_lm"),
     (lambda c: c["datasets"].update({"demo(1)": c["datasets"]["meld_demo"]}), r"datasets.demo\(1\): .*e.g. demo_1"),
+    # Class weights the dataset's classes cannot take, before any feature is made.
+    (lambda c: c["experiments"]["iemocap_demo_sdt"].update(loss={"class_weights": [1.0, 2.0]}),
+     r"experiments.iemocap_demo_sdt.loss.class_weights: 2 weights for the dataset's 6 classes"),
+    (lambda c: (c["datasets"].update(mine={"format": "csv", "manifest": "README.md", "classes": ["calm", "mad"]}),
+                c["experiments"]["iemocap_demo_sdt"].update(dataset="mine", loss={"class_weights": "paper"})),
+     r"experiments.iemocap_demo_sdt.loss.class_weights: 'paper' .* exists only for IEMOCAP's and MELD's classes"),
     # Synthetic corpus settings are checked before any job, as the synthetic_corpus job would.
     (lambda c: c["synthetic"]["iemocap"].update(dialogs={"train": 3}), r"unknown setting 'synthetic.iemocap.dialogs'"),
 ])
