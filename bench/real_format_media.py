@@ -123,10 +123,11 @@ def decode_from_start(path: Path, lo: float, hi: float, fps: float) -> list[tupl
 
     out = []
     with av.open(str(path)) as container:
-        stream = container.streams.video[0]
+        stream = media._video_stream(container, Path(path))
+        origin = media._origin(container)
         grid = media._SamplingGrid(lo, fps)
         for frame in container.decode(stream):
-            t = float(frame.pts * stream.time_base)
+            t = float(frame.pts * stream.time_base) - origin
             if t >= hi:
                 break
             if t >= lo and grid.take(t):

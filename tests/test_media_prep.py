@@ -119,3 +119,63 @@ def test_empty_shard_writes_empty_report(manifest, tmp_path):
     write_utterance_audio(manifest, 4, 5, tmp_path / "shard4")  # more shards than dialogues
     report = pd.read_csv(tmp_path / "shard4" / REPORT_NAME, sep="\t")
     assert list(report.columns) == ["utterance_id", "status", "detail"] and report.empty
+
+
+def _burst(rate: int, seconds: float = 2.0, at: float = 1.0, amp: float = 0.5) -> np.ndarray:
+    """Silence with a 20 ms tone burst starting at `at` seconds."""
+    signal = np.zeros(int(rate * seconds), np.float32)
+    i = int(at * rate)
+    signal[i:i + rate // 50] = amp * np.sin(2 * np.pi * 440 * np.arange(rate // 50) / rate)
+    return signal
+
+
+def _onset(signal: np.ndarray, rate: int = 16000) -> float:
+    return float(np.argmax(np.abs(signal) > 0.05)) / rate
+
+
+def test_channels_are_averaged_not_summed(tmp_path):
+    """A loud dual-mono or 5.1 track keeps its level (FFmpeg's own mono downmix adds channels and clips)."""
+    from ercpipe.io.media import load_audio
+
+    tone = (0.9 * np.sin(2 * np.pi * 220 * np.arange(16000) / 16000)).astype(np.float32)
+    sf.write(str(tmp_path / "stereo.wav"), np.stack([tone, tone], 1), 16000)
+    sf.write(str(tmp_path / "surround.wav"), np.stack([tone] * 6, 1), 16000)
+    for name in ("stereo.wav", "surround.wav"):
+        mono = load_audio(tmp_path / name)
+        np.testing.assert_allclose(mono, tone, atol=1e-4)
+
+
+def test_non_finite_samples_are_corrupt_audio_not_silence(tmp_path):
+    from ercpipe.datasets.media_prep import utterance_audio
+
+    signal = (0.5 * np.sin(2 * np.pi * 220 * np.arange(32000) / 16000)).astype(np.float32)
+    signal[100:200] = np.nan
+    sf.write(str(tmp_path / "nan.wav"), signal, 16000, subtype="FLOAT")
+    row = pd.Series({"utterance_id": "u0", "audio_path": str(tmp_path / "nan.wav"), "audio_start": 0.0,
+                     "audio_end": 1.0})
+    status, detail = utterance_audio(row, tmp_path)
+    assert status == "corrupt_audio" and "non-finite samples (NaN or inf) at 0.006 s" in detail
+    assert not (tmp_path / "u0.wav").exists()
+
+
+def test_an_mp3_window_is_timed_like_the_whole_file(tmp_path):
+    """An MP3's start time is its encoder delay, already removed from the decoded samples: windows count
+    from the file's start, as for a WAV (a burst at 1.0 s is at 1.0 s either way)."""
+    from ercpipe.io.media import load_audio
+
+    for rate in (8000, 44100):
+        path = tmp_path / f"burst{rate}.mp3"
+        with av.open(str(path), "w") as container:
+            stream = container.add_stream("libmp3lame", rate=rate, layout="mono")
+            signal = _burst(rate)
+            for start in range(0, len(signal), 1152):
+                frame = av.AudioFrame.from_ndarray(signal[None, start:start + 1152], format="fltp", layout="mono")
+                frame.sample_rate, frame.pts = rate, start
+                for packet in stream.encode(frame):
+                    container.mux(packet)
+            for packet in stream.encode(None):
+                container.mux(packet)
+        whole = _onset(load_audio(path))
+        assert abs(whole - 1.0) < 0.01, rate
+        assert abs(0.5 + _onset(load_audio(path, 0.5, 1.5)) - whole) < 0.002, rate
+        assert len(load_audio(path, 0.0, 0.1)) == 1600, rate

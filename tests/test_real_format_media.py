@@ -101,6 +101,49 @@ def test_an_mp4_cut_short_after_its_index_is_not_decodable(tmp_path):
     assert len(visual.sample_frames(cut, None, None, 10.0, 100)) < 30  # what decoding alone would give
 
 
+def _write_video(path: Path, size=(96, 64), seconds: float = 10.0, fps: int = 25, fmt: str | None = None,
+                 options: dict | None = None, extra_video: tuple[int, int] | None = None) -> Path:
+    """H.264 frames, each stamped with its index (rfm.stamp); `extra_video` adds a smaller first stream."""
+    with av.open(str(path), "w", format=fmt) as container:
+        small = None
+        if extra_video:
+            small = container.add_stream("libx264", rate=fps)
+            small.width, small.height, small.pix_fmt = *extra_video, "yuv420p"
+        video = container.add_stream("libx264", rate=fps, options=options or {})
+        video.width, video.height, video.pix_fmt = *size, "yuv420p"
+        for i in range(int(seconds * fps)):
+            img = np.full((size[1], size[0], 3), 90, np.uint8)
+            rfm.stamp(img, i)
+            container.mux(video.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
+            if small is not None:
+                plain = np.zeros((extra_video[1], extra_video[0], 3), np.uint8)
+                container.mux(small.encode(av.VideoFrame.from_ndarray(plain, format="rgb24")))
+        container.mux(video.encode())
+        if small is not None:
+            container.mux(small.encode())
+    return path
+
+
+def test_windows_of_an_mpeg_ts_file_get_the_frames_decoding_from_the_start_gives(tmp_path):
+    """In MPEG-TS a seek can land on a keyframe after its target, past the window; the reader then seeks
+    further back. Times count from the file's start (a TS clock starts anywhere)."""
+    clip = _write_video(tmp_path / "gop.ts", fmt="mpegts", options={"g": "50", "keyint_min": "50", "sc_threshold": "0"})
+    for lo, hi in ((1.0, 2.0), (3.0, 4.0), (4.5, 5.5), (7.2, 8.0)):
+        got = visual.sample_timed_frames(clip, lo, hi, 2.0, 16)
+        want = rfm.decode_from_start(clip, lo, hi, 2.0)
+        assert [round(t, 3) for t, _ in got] == [round(t, 3) for t, _ in want] and len(want) == 2, (lo, hi)
+        assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(got, want))
+
+
+def test_the_picture_stream_is_the_largest_and_a_tiny_picture_has_no_face(detector, tmp_path):
+    clip = _write_video(tmp_path / "two.mkv", size=(160, 120), seconds=1.0, extra_video=(32, 24))
+    frames = visual.sample_frames(clip, None, None, 2.0, 4)
+    assert frames[0].shape == (120, 160, 3)
+    tiny = _write_video(tmp_path / "tiny.mp4", size=(16, 16), seconds=1.0)
+    frames = visual.sample_frames(tiny, None, None, 2.0, 4)
+    assert visual.detect_faces(detector, frames, max_side=None) == [[], []]  # MTCNN itself fails on these
+
+
 class _CountingContainer:
     """av.open's container, counting the frames it decodes and the seeks asked of it."""
 

@@ -177,6 +177,10 @@ def _detect_same_size(detector, frames: list[np.ndarray], max_side: int | None) 
     small_w, small_h = detection_size(width, height, max_side)
     sx, sy = width / small_w, height / small_h
     scaled = (small_w, small_h) != (width, height)
+    if min(small_w, small_h) < getattr(detector, "min_face_size", 20):
+        # MTCNN's image pyramid is empty for a picture smaller than its smallest face (facenet-pytorch then
+        # fails in torch.cat): no face can be found in it.
+        return [[] for _ in frames]
     batch = [cv2.resize(f, (small_w, small_h), interpolation=cv2.INTER_AREA) for f in frames] if scaled else frames
     boxes, probs, points = detector.detect(np.stack(batch), landmarks=True)
     out: list[list[Face]] = []

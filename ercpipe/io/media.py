@@ -80,7 +80,7 @@ def probe(path: str | Path) -> MediaInfo:
             has_video = len(container.streams.video) > 0
             duration = float(container.duration / av.time_base) if container.duration else 0.0
             # Opening succeeds on some truncated files; decoding one packet proves the file is usable.
-            stream = container.streams.video[0] if has_video else (container.streams.audio[0] if has_audio else None)
+            stream = _video_stream(container, path) if has_video else (container.streams.audio[0] if has_audio else None)
             if stream is None:
                 return MediaInfo(str(path), True, False, False, False, duration, "no streams")
             next(container.decode(stream))
@@ -117,13 +117,23 @@ def _window(start: float | None, end: float | None) -> tuple[float, float]:
     return lo, hi
 
 
+def _origin(container) -> float:
+    """Where second 0 of the file is: its start time when positive. Stream times are read from there, so a
+    window means the same for audio and video, and an MP3 (whose start time is its encoder delay, already
+    removed from the decoded samples) or an MPEG-TS (whose clock starts anywhere) is timed like a WAV."""
+    start = container.start_time
+    return max(0.0, float(start / av.time_base)) if start is not None else 0.0
+
+
 def iter_audio(path: str | Path, start: float | None = None, end: float | None = None,
                sample_rate: int = SAMPLE_RATE) -> Iterator[np.ndarray]:
     """The [start, end) window of the first audio stream, as mono float32 blocks at `sample_rate`.
 
     The stream is decoded from its beginning (no seeking), so the window is exact in samples: it is cut
-    in samples counted from the first frame's time. Blocks are the resampler's frames (a few ms each),
-    so a long file is never held whole.
+    in samples counted from the first frame's time (from the file's origin, _origin). Channels are averaged
+    (FFmpeg's own mono downmix adds them with gains that clip a loud stereo or 5.1 track). Blocks are the
+    resampler's frames (a few ms each), so a long file is never held whole. Non-finite samples (a damaged
+    float WAV) are corrupt_audio.
     """
     lo, hi = _window(start, end)
     path = Path(path)
@@ -136,12 +146,16 @@ def iter_audio(path: str | Path, start: float | None = None, end: float | None =
             if not container.streams.audio:
                 raise MediaError("no_audio_stream", path)
             stream = container.streams.audio[0]
-            resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+            origin = _origin(container)
+            resampler = av.AudioResampler(format="fltp", rate=sample_rate)  # the stream's own channels
 
             def window(frames):
                 nonlocal position
                 for out in frames:
-                    block = out.to_ndarray().reshape(-1).astype(np.float32, copy=False)
+                    block = out.to_ndarray().mean(axis=0, dtype=np.float32)
+                    if not np.isfinite(block).all():
+                        at = (position + int(np.argmin(np.isfinite(block)))) / sample_rate
+                        raise MediaError("corrupt_audio", path, f"non-finite samples (NaN or inf) at {at:.3f} s")
                     begin, position = position, position + block.size  # this block: samples [begin, position)
                     a, b = max(i0, begin), position if i1 is None else min(i1, position)
                     if b > a:
@@ -149,10 +163,11 @@ def iter_audio(path: str | Path, start: float | None = None, end: float | None =
 
             for i, frame in enumerate(container.decode(stream)):
                 if i0 is None:  # the window is fixed by the first frame's time
-                    first_t = max(0.0, float(frame.pts * stream.time_base)) if frame.pts is not None else 0.0
+                    first_t = max(0.0, float(frame.pts * stream.time_base) - origin) if frame.pts is not None \
+                        else 0.0
                     i0 = max(0, int(round((lo - first_t) * sample_rate)))
                     i1 = None if math.isinf(hi) else max(i0, int(round((hi - first_t) * sample_rate)))
-                if frame.pts is not None and float(frame.pts * stream.time_base) >= hi:
+                if frame.pts is not None and float(frame.pts * stream.time_base) - origin >= hi:
                     break
                 yield from window(resampler.resample(frame))
             if i0 is not None:
@@ -206,9 +221,33 @@ class _SamplingGrid:
 
 
 def _video_stream(container, path: Path):
-    if not container.streams.video:
+    """The picture: the largest video stream that is not a cover image (a file can carry a thumbnail
+    track or a second, smaller camera before the main one)."""
+    streams = [v for v in container.streams.video if not v.disposition & av.stream.Disposition.attached_pic] \
+        or list(container.streams.video)
+    if not streams:
         raise MediaError("no_video", path)
-    return container.streams.video[0]
+    return max(streams, key=lambda v: ((v.codec_context.width or 0) * (v.codec_context.height or 0), -v.index))
+
+
+def _decode_from(container, stream, lo: float, origin: float):
+    """Decoded frames of `stream` from the last one at or before `lo` seconds (after `origin`) on. A seek lands
+    on a keyframe at or before its target in most containers; in some (MPEG-TS) it can land after it, past
+    frames the window needs, so the target moves back (1, 2, 4 ... s) until the first frame is not after lo."""
+    target, back = lo, 1.0
+    while True:
+        at_start = target <= 0
+        container.seek(int((target + origin) / stream.time_base) if not at_start else 0, backward=True,
+                       **({"stream": stream} if not at_start else {}))
+        frames = container.decode(stream)
+        first = next((f for f in frames if f.pts is not None), None)
+        if first is None:
+            return
+        if at_start or float(first.pts * stream.time_base) - origin <= lo:
+            yield first
+            yield from frames
+            return
+        target, back = max(0.0, lo - back), back * 2
 
 
 def iter_frames(path: str | Path, start: float | None = None, end: float | None = None,
@@ -230,12 +269,12 @@ def iter_frames(path: str | Path, start: float | None = None, end: float | None 
         with av.open(str(path)) as container:
             stream = _video_stream(container, path)
             stream.thread_type = "AUTO"
-            if lo > 0:
-                container.seek(int(lo / stream.time_base), stream=stream, backward=True)
-            for frame in container.decode(stream):
+            origin = _origin(container)
+            frames = _decode_from(container, stream, lo, origin) if lo > 0 else container.decode(stream)
+            for frame in frames:
                 if frame.pts is None:
                     continue
-                t = float(frame.pts * stream.time_base)
+                t = float(frame.pts * stream.time_base) - origin
                 if t >= hi:
                     break
                 if not grid.take(t):
@@ -262,17 +301,18 @@ def count_sampled_frames(path: str | Path, start: float | None = None, end: floa
     try:
         with av.open(str(path)) as container:
             stream = _video_stream(container, path)
-            if lo > 0:  # the same seek as iter_frames, so the same packets follow
-                container.seek(int(lo / stream.time_base), stream=stream, backward=True)
+            origin = _origin(container)
+            if lo > 0:  # packets from a keyframe at or before lo; every later one is counted by its time
+                container.seek(int((lo + origin) / stream.time_base), stream=stream, backward=True)
             base = stream.time_base
             for packet in container.demux(stream):
                 if packet.size == 0 and packet.pts is None:
                     continue  # the demuxer's final flush packet
                 if packet.pts is None:
                     return None
-                if packet.dts is not None and float(packet.dts * base) >= hi:
+                if packet.dts is not None and float(packet.dts * base) - origin >= hi:
                     break  # decoding order: every later packet has dts, hence pts, >= hi
-                times.append(float(packet.pts * base))
+                times.append(float(packet.pts * base) - origin)
     except (av.error.FFmpegError, MediaError, OSError, ValueError, UnicodeDecodeError):
         return None
     grid = _SamplingGrid(lo, fps)
