@@ -26,7 +26,13 @@ from ercpipe.labels import MODALITIES
 
 ALLOW_PICKLE_HINT = "add --allow-pickle"
 # Bad input from the user: one line and exit status 2. Other exceptions are bugs and keep their traceback.
-USER_ERRORS = (ErcpipeError, ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
+USER_ERRORS = (ErcpipeError, ValueError, OSError)  # OSError: a path that is missing, a folder, read-only, full ...
+
+
+def _positive_int(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {value!r}")
+    return int(value)
 
 
 def _modality_paths(pairs: list[str], parser: argparse.ArgumentParser) -> dict[str, str]:
@@ -121,8 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--features", nargs="+", metavar="MODALITY=PATH", help="feature files, e.g. text=features/...h5")
     p.add_argument("--split", nargs="+", choices=["train", "valid", "test"], help="only these splits (with --manifest)")
     p.add_argument("--out", help="write the predictions (TSV with per-class probabilities)")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--threads", type=_positive_int, default=1)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.set_defaults(run=_predict)
 
     p = commands.add_parser("import-pickle", parents=[common],

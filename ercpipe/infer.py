@@ -84,52 +84,79 @@ def predict_features(checkpoint: str | Path, manifest_path: str | Path, feature_
     return frame
 
 
-def read_conversation(path: str | Path, classes: Sequence[str]) -> tuple[pd.DataFrame, bool]:
-    """The conversation file as bring-your-own manifest rows (split test); (rows, whether labels were given)."""
+def read_conversation(path: str | Path, classes: Sequence[str]) -> tuple[pd.DataFrame, bool, list[int]]:
+    """The conversation file as bring-your-own manifest rows (split test); (rows, whether labels were given,
+    each row's line in the file). Read as the CSV reader reads (encodings, quoting, a row with more fields
+    than the header: an error naming the line)."""
+    from ercpipe.datasets.csv_manifest import read_csv_records
+    from ercpipe.io.manifest import ManifestError
+
     path = Path(path)
     if not path.is_file():
         raise InferenceError(f"conversation file {path} does not exist")
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-    raw = pd.read_csv(path, sep=delimiter, dtype=str, keep_default_na=False)
-    raw.columns = [c.strip().lstrip("\ufeff") for c in raw.columns]
-    if "speaker" not in raw.columns:
-        raise InferenceError(f"{path}: the header needs a 'speaker' column (columns found: {list(raw.columns)}); "
-                             "see ercpipe.infer for the format")
-    unknown = sorted(set(raw.columns) - set(OPTIONAL_COLUMNS) - {"speaker"})
+    try:
+        records = read_csv_records(path, ("speaker",), delimiter)
+    except ManifestError as err:
+        raise InferenceError(f"{err} (conversation format: ercpipe.infer)") from None
+    unknown = sorted(set(records[0].values if records else ()) - set(OPTIONAL_COLUMNS) - {"speaker"})
     if unknown:
         logger.info("%s: ignoring column(s) %s", path, unknown)
-    if raw.empty:
+    if not records:
         raise InferenceError(f"{path} has a header but no utterances")
-    rows = pd.DataFrame({c: raw[c] if c in raw.columns else "" for c in ("speaker", *OPTIONAL_COLUMNS)})
+    rows = pd.DataFrame([{c: r.values.get(c, "") for c in ("speaker", *OPTIONAL_COLUMNS)} for r in records])
     rows["dialogue_id"] = rows["dialogue_id"].where(rows["dialogue_id"] != "", path.stem)
     numbers = pd.Series(range(len(rows)), index=rows.index).map(lambda n: f"u{n:03d}")
     rows["utterance_id"] = rows["utterance_id"].where(rows["utterance_id"] != "",
                                                      rows["dialogue_id"] + "_" + numbers)
     labelled = bool((rows["label"] != "").any())
     if labelled:
-        for line, label in zip(range(2, len(rows) + 2), rows["label"]):
+        for record, label in zip(records, rows["label"]):
             if label and label not in classes:
-                raise InferenceError(f"{path}, line {line}: label {label!r} is not one of the model's classes "
+                raise InferenceError(f"{path}, line {record.line}: label {label!r} is not one of the model's classes "
                                      f"{list(classes)}")
     rows["split"] = "test"
-    return rows, labelled
+    rows["text_column"] = "text" in records[0].values
+    return rows, labelled, [r.line for r in records]
 
 
-def conversation_manifest(conversation: str | Path, classes: Sequence[str], out_dir: Path) -> Path:
-    """Read the conversation through the pipeline's CSV reader (media checks, text repair) into a manifest."""
+def conversation_manifest(conversation: str | Path, classes: Sequence[str], out_dir: Path,
+                          modalities: Sequence[str] = (), n_speakers: int | None = None) -> Path:
+    """Read the conversation through the pipeline's CSV reader (media checks, text repair) into a manifest.
+    `modalities` / `n_speakers`: the model's, checked before any feature is extracted."""
+    import re
+
     from ercpipe.datasets.build import read_dataset
+    from ercpipe.io.manifest import ManifestError
 
-    rows, labelled = read_conversation(conversation, classes)
+    rows, labelled, lines = read_conversation(conversation, classes)
+    if "text" in modalities and not rows.pop("text_column").iloc[0]:
+        raise InferenceError(f"{conversation}: the model reads text, but the file has no 'text' column; add the "
+                             "transcript of each utterance")
+    rows = rows.drop(columns="text_column", errors="ignore")
     given = rows["label"].copy()
     # The reader requires a label per row; unlabelled rows carry a placeholder that is blanked below.
     rows["label"] = rows["label"].where(rows["label"] != "", classes[0])
     if (rows["speaker_slot"] == "").all():
         rows = rows.drop(columns="speaker_slot")
+    # One line per row in the staged copy (the reader collapses whitespace anyway), so that an error about
+    # its line k + 2 can name the conversation file's own line.
+    rows = rows.apply(lambda column: column.str.replace(r"[\r\n]+", " ", regex=True))
     staged = out_dir / "conversation.csv"
     rows.to_csv(staged, index=False, quoting=csv.QUOTE_MINIMAL)
-    frame, _ = read_dataset("conversation", {"format": "csv", "manifest": str(staged), "classes": list(classes),
-                                             "root": str(Path(conversation).resolve().parent),
-                                             "probe_media": True})
+    try:
+        frame, _ = read_dataset("conversation", {"format": "csv", "manifest": str(staged), "classes": list(classes),
+                                                 "root": str(Path(conversation).resolve().parent),
+                                                 "probe_media": True})
+    except ManifestError as err:
+        message = re.sub(re.escape(str(staged)) + r", line (\d+)",
+                         lambda m: f"{conversation}, line {lines[int(m.group(1)) - 2]}", str(err))
+        raise InferenceError(message.replace(str(staged), str(conversation))) from None
+    if n_speakers is not None and len(frame) and int(frame["speaker_slot"].max()) >= n_speakers:
+        worst = frame.loc[frame["speaker_slot"].idxmax()]
+        raise InferenceError(f"{conversation}: dialogue {worst['dialogue_id']} has {int(worst['speaker_slot']) + 1} "
+                             f"speakers, but the model was trained with {n_speakers} speaker slots; split the "
+                             "conversation, or give speaker_slot values below that")
     frame["label"] = frame["utterance_id"].map(dict(zip(rows["utterance_id"], given)))
     manifest_path = out_dir / "manifest.tsv"
     manifest_io.write(frame, manifest_path)
@@ -180,7 +207,8 @@ def predict_conversation(checkpoint: str | Path, conversation: str | Path, out_p
     with tempfile.TemporaryDirectory(prefix="ercpipe-infer-") as tmp:
         work = Path(work_dir) if work_dir else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        manifest_path = conversation_manifest(conversation, classes, work)
+        manifest_path = conversation_manifest(conversation, classes, work, model.spec.modalities,
+                                              model.spec.n_speakers)
         feature_paths = extract_conversation_features(manifest_path, model.feature_sources, model.spec.modalities,
                                                       work / "features", threads=threads, device=device)
         frame = predict_features(checkpoint, manifest_path, feature_paths, device=device)

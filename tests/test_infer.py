@@ -85,7 +85,22 @@ def test_a_minimal_transcript_without_ids_or_media(trained, tmp_path, caplog):
 def test_conversation_errors_name_the_problem(trained, tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("who,text\nAnn,hello\n")
-    with pytest.raises(infer.InferenceError, match="needs a 'speaker' column"):
+    with pytest.raises(infer.InferenceError, match=r"bad.csv: header lacks column\(s\) \['speaker'\]"):
+        infer.predict_conversation(trained["checkpoint"], bad)
+    # An unquoted comma in the text: refused naming the line, never read with shifted columns.
+    bad.write_text("speaker,text\nAnn,Well, I am angry\nBob,fine\n")
+    with pytest.raises(infer.InferenceError, match=r"bad.csv, line 2: 3 fields but the header has 2"):
+        infer.predict_conversation(trained["checkpoint"], bad)
+    bad.write_text("speaker\nAnn\nBob\n")  # the model reads text
+    with pytest.raises(infer.InferenceError, match=r"bad.csv: the model reads text, but the file has no 'text' column"):
+        infer.predict_conversation(trained["checkpoint"], bad)
+    # The reader's errors name the user's file and line, not the staged copy.
+    bad.write_text('speaker,text,utterance_id\nAnn,"two\nlines",a\nBob,hey,a\n')
+    with pytest.raises(infer.InferenceError, match=r"bad.csv, line 4: utterance_id 'a' already used on line 2"):
+        infer.predict_conversation(trained["checkpoint"], bad)
+    bad.write_text("speaker,text\n" + "".join(f"S{k},hi\n" for k in range(12)))
+    with pytest.raises(infer.InferenceError, match=r"bad.csv: dialogue bad has 12 speakers, but the model was "
+                                                   r"trained with \d+ speaker slots"):
         infer.predict_conversation(trained["checkpoint"], bad)
     bad.write_text("speaker,text,label\nAnn,hello,angry-ish\n")
     with pytest.raises(infer.InferenceError, match=r"line 2: label 'angry-ish' is not one of the model's classes"):

@@ -244,6 +244,21 @@ def test_export_refuses_speakers_the_layout_cannot_hold(tmp_path):
     assert not (tmp_path / "bad.pkl").exists()
 
 
+def test_export_checks_each_files_modality_and_zeros_absent_rows(tmp_path):
+    _round_trip(tmp_path, vega_tuple(iemocap_parts()))
+    paths = _paths(tmp_path)
+    with pytest.raises(ValueError, match=r"text.h5 holds 'text' features but was given as the 'audio' file"):
+        pickles.export_vega(tmp_path / "manifest.tsv", {**paths, "audio": paths["text"]}, tmp_path / "bad.pkl")
+    visual = feature_io.read(paths["visual"])
+    absent = ~visual.present
+    assert absent.any()  # the pickle's all-zero row
+    visual.features[absent] = 99.0  # a file from elsewhere may hold anything at its absent rows
+    feature_io.write(paths["visual"], visual)
+    pickles.export_vega(tmp_path / "manifest.tsv", paths, tmp_path / "out.pkl")
+    exported = pickles.load_pickle(tmp_path / "out.pkl", allow_pickle=True)[4]
+    assert not any((np.asarray(rows) == 99.0).any() for rows in exported.values())
+
+
 # ------------------------------------------------------------------------------------------ summary.json, valid split
 
 def test_the_command_line_import_writes_summary_json_and_a_validation_split_so_it_trains(tmp_path, capsys):

@@ -527,6 +527,20 @@ def test_a_manifest_without_test_dialogues_writes_every_output(tmp_path):
     assert (tmp_path / "summary" / "tsne.png").stat().st_size > 0
 
 
+def test_a_checkpoint_of_another_version_or_a_device_that_is_not_here_is_named(vega_run, tmp_path):
+    from ercpipe.device import DeviceError, resolve_device
+
+    payload = torch.load(vega_run[0] / "model.pt", weights_only=True)
+    for name, change in (("v99.pt", {"version": 99}), ("nospec.pt", {"spec": None}),
+                         ("newfield.pt", {"spec": {**payload["spec"], "new_field": 1}})):
+        edited = {k: v for k, v in {**payload, **change}.items() if v is not None}
+        torch.save(edited, tmp_path / name)
+        with pytest.raises(CheckpointError, match=rf"{name}.*(another version of ercpipe|does not fit this version)"):
+            load_model(tmp_path / name)
+    with pytest.raises(DeviceError, match=r"device 'gpu' is not a device name; use auto, cpu, cuda or cuda:N"):
+        resolve_device("gpu")
+
+
 def test_resume_needs_the_selected_checkpoint(dataset, tmp_path, caplog):
     out = tmp_path / "run"
     kill_training_after(dataset, out, epoch=2)

@@ -652,7 +652,9 @@ def to_vega_tuple(frame: pd.DataFrame, feature_sets: Mapping[str, feature_io.Fea
         labels[vid] = [class_id[x] for x in group["label"]]
         speakers[vid] = [_speaker_value(fmt, int(s), u) for s, u in zip(group["speaker_slot"], ids)]
         for m in MODALITIES:
-            arrays[m][vid] = feature_sets[m].rows(ids)[0].astype(np.float32)
+            values, present = feature_sets[m].rows(ids)
+            # Absent rows are zeros in the official layout (the file may hold anything there).
+            arrays[m][vid] = np.where(present[:, None], values, 0.0).astype(np.float32)
         (test if split == "test" else train).append(vid)
         if fmt == "iemocap" and len(ids) == 1:
             logger.warning("%s: dialogue %s has one utterance; VEGA's loader squeezes its 1 x D text array to 1-D "
@@ -666,6 +668,14 @@ def export_vega(manifest_path: str | Path, feature_paths: Mapping[str, str | Pat
     _check_modalities(feature_paths, require_all=True)
     frame = manifest_io.read(manifest_path)
     feature_sets = {m: feature_io.read(feature_paths[m]) for m in MODALITIES}
+    for m, fs in feature_sets.items():
+        held = fs.attrs.get("modality")
+        if held not in (None, m):
+            raise ValueError(f"{feature_paths[m]} holds {held!r} features but was given as the {m!r} file")
+        missing = sorted(set(frame["utterance_id"]) - set(fs.utterance_ids))
+        if missing:
+            raise ValueError(f"{feature_paths[m]} lacks {len(missing)} of the manifest's utterances (e.g. "
+                             f"{missing[:3]}); extract it for this manifest")
     vega = to_vega_tuple(frame, feature_sets, fmt=fmt, valid_as=valid_as, source=str(manifest_path))
     with atomic_path(out_path) as tmp:
         with open(tmp, "wb") as handle:

@@ -22,6 +22,7 @@ from ercpipe.model.convert import our_key
 from ercpipe.model.sdt import ModelSpec, SDTVega, build_model
 
 CHECKPOINT_FORMAT = "ercpipe-sdt-vega"
+CHECKPOINT_VERSION = 1  # the payload layout; a file of another version is refused naming it
 
 
 class CheckpointError(ErcpipeError, ValueError):
@@ -37,7 +38,7 @@ def checkpoint_payload(model: SDTVega, *, spec: ModelSpec, config: dict, classes
     `into`: an earlier payload's state_dict that nothing else holds (the trainer's previous selection); when
     its keys, shapes and dtypes match, the weights are copied into it in place, so they are never held twice
     while the copy is made (one model's size less peak memory)."""
-    return {"format": CHECKPOINT_FORMAT, "version": 1, "state_dict": _copied_weights(model, into),
+    return {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "state_dict": _copied_weights(model, into),
             "config": config, "spec": spec.to_dict(), "classes": list(classes), "epoch": epoch, "seed": seed,
             "selection_split": selection_split, "feature_stats": feature_stats, "features": features}
 
@@ -72,6 +73,18 @@ def load_checkpoint_file(path: str | Path) -> dict:
         raise CheckpointError(f"{path} is not an ercpipe SDT/SDT-VEGA checkpoint (no format marker "
                               f"{CHECKPOINT_FORMAT!r}); official checkpoints load with "
                               "ercpipe.model.load_official_backbone")
+    missing = [k for k in ("spec", "state_dict", "classes", "config") if k not in payload]
+    version = payload.get("version", CHECKPOINT_VERSION)
+    if missing or version != CHECKPOINT_VERSION:
+        lacks = f"; it lacks {', '.join(missing)}" if missing else ""
+        raise CheckpointError(f"{path} was written by another version of ercpipe (checkpoint version {version!r}, "
+                              f"this one reads {CHECKPOINT_VERSION}{lacks}); use the ercpipe version that trained "
+                              "it, or train again")
+    try:
+        ModelSpec.from_dict(payload["spec"])
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: its model spec does not fit this version of ercpipe ({err}); use the "
+                              "ercpipe version that trained it, or train again") from None
     return payload
 
 
