@@ -16,6 +16,10 @@ Conversation file: a CSV (or .tsv) with one row per utterance in spoken order an
     utterance_id, dialogue_id, label   optional; label (one of the model's classes) adds a `label`
                    column to the output for comparison
 
+The file is read as the bring-your-own CSV reader reads a manifest (docs/manifest.md: encodings, quoting; a
+row with an unquoted comma is an error naming its line, never shifted columns). A model that reads text
+needs the `text` column; a dialogue with more speakers than the model's speaker slots is refused.
+
 Media problems follow the pipeline's rules: a missing or broken file gives that modality zeros and a
 `present = False` row, reported in the log and in the output: `flags` (defects the reader found) and
 `absent` (the modalities the model saw as zeros).
