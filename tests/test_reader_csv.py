@@ -278,3 +278,12 @@ def test_a_changed_valid_split_re_runs_the_join_not_the_shards_or_the_extraction
         manifest_io.draw_held_out([f"t{d}" for d in range(8)], 0.25, 3)) != set(
         first.loc[first["split"] == "valid", "dialogue_id"])
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+
+def test_a_hand_edited_manifest_with_an_infinite_time_is_refused_naming_the_utterance(data_dir, tmp_path):
+    build(write(data_dir / "mine.csv", GOOD), tmp_path / "out")
+    frame = manifest_io.read(tmp_path / "out" / "manifest.tsv")
+    frame.loc[1, "audio_start"] = math.inf
+    manifest_io.write(frame, tmp_path / "edited.tsv")
+    with pytest.raises(ManifestError, match=r"edited.tsv: utterance c1_u1 has an infinite time"):
+        manifest_io.read(tmp_path / "edited.tsv")

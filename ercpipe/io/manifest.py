@@ -152,7 +152,14 @@ def read(path: str | Path) -> pd.DataFrame:
     df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, quoting=csv.QUOTE_MINIMAL)
     for col in ("audio_start", "audio_end", "video_start", "video_end"):
         df[col] = df[col].mask(df[col] == "")  # empty = NaN (pandas 3 cannot parse the string "nan")
-    return normalize(df)
+    df = normalize(df)
+    times = df[["audio_start", "audio_end", "video_start", "video_end"]]
+    infinite = times.isin([float("inf"), float("-inf")]).any(axis=1)
+    if infinite.any():
+        row = df[infinite].iloc[0]
+        raise ManifestError(f"manifest {path}: utterance {row['utterance_id']} has an infinite time; times are seconds "
+                            "or empty (the whole file)")
+    return df
 
 
 def write_issues(log: IssueLog, path: str | Path) -> None:
