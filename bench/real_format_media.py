@@ -131,7 +131,7 @@ def decode_from_start(path: Path, lo: float, hi: float, fps: float) -> list[tupl
             if t >= hi:
                 break
             if t >= lo and grid.take(t):
-                out.append((t, frame.to_ndarray(format="rgb24")))
+                out.append((t, media._upright(frame)))
     return out
 
 

@@ -135,6 +135,29 @@ def test_windows_of_an_mpeg_ts_file_get_the_frames_decoding_from_the_start_gives
         assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(got, want))
 
 
+def test_a_phone_videos_display_rotation_is_applied(tmp_path):
+    """Phones store a portrait scene sideways and say "rotate 90 degrees clockwise" in the track header."""
+    import struct
+
+    upright = np.zeros((64, 32, 3), np.uint8)  # portrait: 32 wide, 64 tall, a white mark at the top left
+    upright[:8, :8] = 255
+    stored = np.ascontiguousarray(np.rot90(upright, 1))  # 64 wide, 32 tall
+    path = tmp_path / "phone.mp4"
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("libx264", rate=4, options={"crf": "0"})
+        video.width, video.height, video.pix_fmt = 64, 32, "yuv444p"
+        for _ in range(4):
+            container.mux(video.encode(av.VideoFrame.from_ndarray(stored, format="rgb24")))
+        container.mux(video.encode())
+    data = bytearray(path.read_bytes())
+    matrix = data.find(b"tkhd") + 44  # version-0 track header: the display matrix after 40 bytes of fields
+    data[matrix:matrix + 36] = struct.pack(">9i", 0, 65536, 0, -65536, 0, 0, 32 << 16, 0, 1 << 30)
+    path.write_bytes(bytes(data))
+    frames = visual.sample_frames(path, None, None, 2.0, 4)
+    assert frames[0].shape == (64, 32, 3)
+    assert frames[0][:8, :8].mean() > 200 and frames[0][-8:, -8:].mean() < 50
+
+
 def test_the_picture_stream_is_the_largest_and_a_tiny_picture_has_no_face(detector, tmp_path):
     clip = _write_video(tmp_path / "two.mkv", size=(160, 120), seconds=1.0, extra_video=(32, 24))
     frames = visual.sample_frames(clip, None, None, 2.0, 4)

@@ -279,10 +279,18 @@ def iter_frames(path: str | Path, start: float | None = None, end: float | None 
                     break
                 if not grid.take(t):
                     continue
-                yield t, (frame.to_ndarray(format="rgb24") if keep is None or keep(index) else None)
+                yield t, (_upright(frame) if keep is None or keep(index) else None)
                 index += 1
     except av.error.FFmpegError as err:
         raise MediaError("corrupt_video", path, str(err)) from err
+
+
+def _upright(frame) -> np.ndarray:
+    """The frame as RGB, turned as a player shows it: a phone video stores its pictures sideways with a
+    display rotation (PyAV's frame.rotation, degrees counterclockwise), and a face on its side is not found."""
+    rgb = frame.to_ndarray(format="rgb24")
+    turns = int(round(getattr(frame, "rotation", 0) / 90)) % 4
+    return np.ascontiguousarray(np.rot90(rgb, k=turns)) if turns else rgb
 
 
 def count_sampled_frames(path: str | Path, start: float | None = None, end: float | None = None,
