@@ -146,12 +146,12 @@ def test_bad_input_names_file_and_line(tmp_path, lines, header, message):
 
 
 def test_tolerated_oddities(tmp_path, caplog):
-    """Trailing empty fields (as spreadsheets write them), a quoted multi-line text, labels and classes in
-    different Unicode normal forms; rows of a dialogue that are not next to each other are read as one
-    dialogue, with a warning in the log."""
+    """Trailing empty fields and unnamed columns (as spreadsheets write them), a quoted multi-line text, labels
+    and classes in different Unicode normal forms; rows of a dialogue that are not next to each other are read
+    as one dialogue, with a warning in the log."""
     decomposed = "fro\u0308hlich"  # "fröhlich" as "o" + combining diaeresis
     lines = ["d1,u0,train,Ann,calm,\"two\nlines\",,", f"d2,u1,test,Bob,{decomposed},x,,", "d1,u2,train,Bob,calm,y"]
-    path = write(tmp_path / "m.csv", lines, "dialogue_id,utterance_id,split,speaker,label,text")
+    path = write(tmp_path / "m.csv", lines, "dialogue_id,utterance_id,split,speaker,label,text,,")
     build_manifest("mine", {"format": "csv", "manifest": str(path), "classes": ["calm", "fröhlich"]}, tmp_path / "out")
     df = manifest_io.read(tmp_path / "out" / "manifest.tsv")
     assert df["utterance_id"].tolist() == ["u0", "u2", "u1"]

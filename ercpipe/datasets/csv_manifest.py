@@ -216,6 +216,8 @@ def _header_problem(header: list[str], required: tuple[str, ...], delimiter: str
     hint when the file is separated by another character or the names differ only in case)."""
     first: dict[str, int] = {}
     for number, name in enumerate(header, start=1):
+        if not name:
+            continue  # unnamed columns (a spreadsheet's trailing empty ones) are not read
         if name in first:
             return (f"header names column {name!r} twice (columns {first[name]} and {number}); each column "
                     "must appear once: rename or delete one of them")

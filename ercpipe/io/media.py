@@ -80,7 +80,8 @@ def probe(path: str | Path) -> MediaInfo:
             has_video = len(container.streams.video) > 0
             duration = float(container.duration / av.time_base) if container.duration else 0.0
             # Opening succeeds on some truncated files; decoding one packet proves the file is usable.
-            stream = _video_stream(container, path) if has_video else (container.streams.audio[0] if has_audio else None)
+            stream = _video_stream(container, path) if has_video else \
+                (container.streams.audio[0] if has_audio else None)
             if stream is None:
                 return MediaInfo(str(path), True, False, False, False, duration, "no streams")
             next(container.decode(stream))
