@@ -28,9 +28,10 @@ from __future__ import annotations
 
 import csv
 import logging
+import re
 import tempfile
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import pandas as pd
 
@@ -88,10 +89,16 @@ def predict_features(checkpoint: str | Path, manifest_path: str | Path, feature_
     return frame
 
 
-def read_conversation(path: str | Path, classes: Sequence[str]) -> tuple[pd.DataFrame, bool, list[int]]:
-    """The conversation file as bring-your-own manifest rows (split test); (rows, whether labels were given,
-    each row's line in the file). Read as the CSV reader reads (encodings, quoting, a row with more fields
-    than the header: an error naming the line)."""
+class Conversation(NamedTuple):
+    rows: pd.DataFrame  # bring-your-own manifest rows, split test
+    labelled: bool  # some row has a label
+    lines: list[int]  # each row's line in the file
+    has_text: bool  # the file has a text column
+
+
+def read_conversation(path: str | Path, classes: Sequence[str]) -> Conversation:
+    """The conversation file as bring-your-own manifest rows. Read as the CSV reader reads (encodings,
+    quoting, a row with more fields than the header: an error naming the line)."""
     from ercpipe.datasets.csv_manifest import read_csv_records
     from ercpipe.io.manifest import ManifestError
 
@@ -120,24 +127,20 @@ def read_conversation(path: str | Path, classes: Sequence[str]) -> tuple[pd.Data
                 raise InferenceError(f"{path}, line {record.line}: label {label!r} is not one of the model's classes "
                                      f"{list(classes)}")
     rows["split"] = "test"
-    rows["text_column"] = "text" in records[0].values
-    return rows, labelled, [r.line for r in records]
+    return Conversation(rows, labelled, [r.line for r in records], "text" in records[0].values)
 
 
 def conversation_manifest(conversation: str | Path, classes: Sequence[str], out_dir: Path,
                           modalities: Sequence[str] = (), n_speakers: int | None = None) -> Path:
     """Read the conversation through the pipeline's CSV reader (media checks, text repair) into a manifest.
     `modalities` / `n_speakers`: the model's, checked before any feature is extracted."""
-    import re
-
     from ercpipe.datasets.build import read_dataset
     from ercpipe.io.manifest import ManifestError
 
-    rows, labelled, lines = read_conversation(conversation, classes)
-    if "text" in modalities and not rows.pop("text_column").iloc[0]:
+    rows, labelled, lines, has_text = read_conversation(conversation, classes)
+    if "text" in modalities and not has_text:
         raise InferenceError(f"{conversation}: the model reads text, but the file has no 'text' column; add the "
                              "transcript of each utterance")
-    rows = rows.drop(columns="text_column", errors="ignore")
     given = rows["label"].copy()
     # The reader requires a label per row; unlabelled rows carry a placeholder that is blanked below.
     rows["label"] = rows["label"].where(rows["label"] != "", classes[0])
