@@ -214,3 +214,20 @@ def test_warmup_schedule_learning_rate_per_step(warmup_steps, steps):
     else:
         assert theirs[0] == 0.0 and ours[0] == pytest.approx(lr / warmup_steps, rel=1e-12)
         assert theirs[1:warmup_steps] == pytest.approx(ours[:warmup_steps - 1], rel=1e-12, abs=0)
+
+
+def test_the_datasets_declared_classes_are_the_heads_classes(corpus, tmp_path):
+    """A dataset whose labels happen to be a subset of MELD's or IEMOCAP's but that declares its own class list
+    (summary.json beside the manifest) fine-tunes on that list; so `paper` weights are refused for it."""
+    root, frame, model = corpus
+    manifest = tmp_path / "manifest.tsv"
+    manifest_io.write(frame, manifest)
+    declared = ["ang", "hap", "sad"]  # the labels the train rows use, in the dataset's own order
+    (tmp_path / "summary.json").write_text(json.dumps({"classes": declared}))
+    settings = {"model": str(model), "finetune": {**TRAINING, "epochs": 1}}
+    finetune.finetune_text_encoder(manifest, settings, tmp_path / "encoder", threads=1, device=TEST_DEVICE)
+    assert json.loads((tmp_path / "encoder" / "metrics.json").read_text())["classes"] == declared
+    with pytest.raises(ValueError, match="paper"):
+        finetune.finetune_text_encoder(manifest, {**settings, "finetune": {**settings["finetune"],
+                                                                           "class_weights": "paper"}},
+                                       tmp_path / "paper", threads=1, device=TEST_DEVICE)

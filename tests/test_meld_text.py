@@ -130,3 +130,12 @@ def test_weighting_the_finetuning_too_re_runs_only_the_weighted_encoders_and_the
     assert sorted(set(re.findall(r"text_encoders/(text_recipe_\w+)", out))) == sorted(
         f"text_recipe_{context}_ft{seed}_paper" for context in ("plain", "speakers") for seed in (0, 1))
     assert not re.search(r"results/meld/text_recipe_\w+_none/seed0/metrics.json", out)
+
+
+def test_an_extraction_only_setting_re_extracts_without_fine_tuning_again(meld_text_run):
+    """last_layers / the extraction batch size do not change what the encoder learns: the encoders stay."""
+    workdir = meld_text_run[0]
+    changed = yaml.safe_load((workdir / "config.yaml").read_text())
+    changed["selections"]["text_recipe"]["search"]["text"]["last_layers"] = 2
+    jobs = planned_jobs(snakemake(workdir, write_config(workdir, changed, "layers.yaml"), "-n").stdout)
+    assert "finetune_text_encoder" not in jobs and jobs["merge_features"] == 4, jobs

@@ -304,3 +304,23 @@ def test_killed_extraction_leaves_no_complete_looking_file(tmp_path, tiny_model)
     assert not out.exists()
     with pytest.raises(feature_io.FeatureFileError, match="does not exist"):
         feature_io.read(out)
+
+
+def test_a_model_folder_without_tokenizer_or_with_damaged_weights_is_refused(tmp_path):
+    """transformers builds an empty tokenizer for a folder without tokenizer files (every word [UNK], no
+    error); a truncated safetensors file fails deep inside with no file named."""
+    import shutil
+
+    from ercpipe.features.text_encoder import load_tokenizer_and_model, resolve_model_path
+
+    packaged = Path(resolve_model_path("packaged:minilm"))
+    notok = tmp_path / "notok"
+    shutil.copytree(packaged, notok, ignore=shutil.ignore_patterns("tokenizer*", "vocab.txt", "special_tokens_map.json"))
+    with pytest.raises(OSError, match=r"notok holds no tokenizer file \(one of tokenizer.json, vocab.txt"):
+        load_tokenizer_and_model(str(notok))
+    trunc = tmp_path / "trunc"
+    shutil.copytree(packaged, trunc)
+    weights = next(trunc.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:100_000])
+    with pytest.raises(OSError, match=rf"\['{weights.name}'\] is probably truncated or damaged"):
+        load_tokenizer_and_model(str(trunc))

@@ -14,6 +14,7 @@ out (and counted in metrics.json). Computation is float32 (no mixed precision).
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import random
@@ -45,8 +46,14 @@ MAX_GRAD_NORM = 1.0
 TRAIN_SPLITS = ("train", "valid")
 
 
-def _classes(rows: pd.DataFrame) -> list[str]:
-    """The dataset's class list (label-id order) if the labels are IEMOCAP's or MELD's, else sorted labels."""
+def _classes(rows: pd.DataFrame, manifest_path) -> list[str]:
+    """The dataset's class list (label-id order): summary.json's beside the manifest (what the dataset
+    declares), else IEMOCAP's or MELD's if the labels are theirs, else the sorted labels."""
+    summary = Path(manifest_path).parent / "summary.json"
+    if summary.is_file():
+        declared = json.loads(summary.read_text()).get("classes")
+        if declared:
+            return [str(c) for c in declared]
     seen = set(rows["label"])
     for classes in labels_mod.CLASSES_BY_FORMAT.values():
         if seen <= set(classes):
@@ -173,7 +180,7 @@ def finetune_text_encoder(manifest_path, settings: dict, out_dir: Path, threads:
             raise ValueError(f"{manifest_path}: no {split} rows; fine-tuning needs train rows to learn from and "
                              "valid rows to choose the epoch (a dataset without valid rows: "
                              "datasets.<name>.valid_split: {fraction: 0.1, seed: 0} holds out train dialogues)")
-    classes = _classes(rows)
+    classes = _classes(rows, manifest_path)
     random.seed(train["seed"])
     np.random.seed(train["seed"])
     torch.manual_seed(train["seed"])

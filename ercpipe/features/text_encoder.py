@@ -74,18 +74,34 @@ def load_tokenizer_and_model(model: str, kind: str = "encoder"):
     from transformers import AutoModel, AutoTokenizer
 
     path = resolve_model_path(model)
+    local = Path(path).is_dir()
+    incomplete = "the directory does not hold a complete Hugging Face model (config.json, weights, tokenizer files)"
+    if local and not any((Path(path) / name).is_file() for name in TOKENIZER_FILES):
+        # transformers would build an empty tokenizer and encode every word as [UNK], without an error.
+        raise OSError(f"cannot load text {kind} {model!r}: {path} holds no tokenizer file (one of "
+                      f"{', '.join(TOKENIZER_FILES)}); {incomplete}: save the tokenizer there too "
+                      "(tokenizer.save_pretrained)")
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         encoder = AutoModel.from_pretrained(path)
     except OSError as err:
-        local = Path(path).exists()
-        hint = ("the directory does not hold a complete Hugging Face model (config.json, weights, tokenizer files)"
-                if local else
+        hint = (incomplete if local else
                 "it is neither a local directory nor in the Hugging Face cache; on a machine with network run "
                 f"`hf download {path}` once (or save the model with save_pretrained and give its "
                 f"directory), or use model: {PACKAGED_MINILM} which works offline")
         raise OSError(f"cannot load text {kind} {model!r}: {hint} ({err})") from err
+    except Exception as err:  # noqa: BLE001 - a damaged weights file: SafetensorError, UnpicklingError, ...
+        weights = [p.name for p in Path(path).glob("*.safetensors")] + [p.name for p in Path(path).glob("*.bin")] \
+            if local else []
+        raise OSError(f"cannot load text {kind} {model!r}: its files cannot be read ({type(err).__name__}: {err}); "
+                      f"the weights file {weights or 'of the model'} is probably truncated or damaged: copy or "
+                      "download it again") from err
     return tokenizer, encoder
+
+
+# Files one of which every saved Hugging Face tokenizer has (fast tokenizers, WordPiece, BPE, SentencePiece).
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model",
+                   "sentencepiece.bpe.model", "merges.txt")
 
 
 def _template(tokenizer) -> tuple[list[int], list[int]]:

@@ -8,6 +8,7 @@ from snakemake.utils import validate
 from ercpipe import config as pipeline_config
 from ercpipe.datasets import SPLIT_KEYS
 from ercpipe.datasets.fingerprint import dataset_fingerprint
+from ercpipe.features.settings import training_view
 from ercpipe.io.digest import folder_digest
 from ercpipe.resources import extraction_resources
 

@@ -10,7 +10,8 @@ rule finetune_text_encoder:
     output:
         encoder=directory("features/{dataset}/text_encoders/{setting}"),
     params:
-        settings=lambda wc: canonical(FEATURES["text"][wc.setting]),
+        # what the encoder depends on, without the extraction-only keys (last_layers, batch_size, ...)
+        settings=lambda wc: canonical(training_view(FEATURES["text"][wc.setting])),
     log:
         "logs/finetune_text_encoder/{dataset}/{setting}.log",
     benchmark:
