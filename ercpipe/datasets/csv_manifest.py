@@ -135,10 +135,8 @@ def _c1_to_cp1252(text: str) -> str:
     # A C1 control character (U+0080-U+009F) in text is a cp1252 byte read as latin-1: U+0092 stood
     # for "’". The five bytes cp1252 leaves undefined stand for nothing and are dropped.
     def char(match: re.Match) -> str:
-        try:
-            return bytes([ord(match.group())]).decode("cp1252")
-        except UnicodeDecodeError:
-            return ""
+        mapped = _cp1252_char(ord(match.group()))
+        return "" if mapped == match.group() else mapped
 
     return re.sub("[\x80-\x9f]", char, text)
 
@@ -491,7 +489,8 @@ def read(name: str, cfg: dict, probe: bool | Collection[str] = True) -> ReadResu
         logger.warning("csv %s: the rows of %d dialogue(s) are not next to each other in the file (e.g. %s); they "
                        "are read as one dialogue each, in file order. If an id was reused for two conversations, "
                        "give them different dialogue_ids", path, len(scattered), scattered[:5])
-    unused = [c for c in classes if not any(r["label"] == c for r in rows)]
+    used = {r["label"] for r in rows}
+    unused = [c for c in classes if c not in used]
     if unused:
         logger.warning("csv %s: class(es) %s of `classes` label no row", path, unused)
     split_record = valid_split_record(rows, settings["valid_split"], path)
