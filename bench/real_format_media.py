@@ -127,7 +127,7 @@ def decode_from_start(path: Path, lo: float, hi: float, fps: float) -> list[tupl
         origin = media._origin(container)
         grid = media._SamplingGrid(lo, fps)
         for frame in container.decode(stream):
-            t = float(frame.pts * stream.time_base) - origin
+            t = media._seconds(frame.pts, stream, origin)
             if t >= hi:
                 break
             if t >= lo and grid.take(t):

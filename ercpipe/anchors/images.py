@@ -125,9 +125,9 @@ def scan_image_set(images_dir: str | Path, class_names: Sequence[str]) -> dict[s
                 ignored.append(f"{folder.name}/{entry.name}")
         nested += subfolders
         if not files:
-            read_not = f"; its sub-folders {subfolders} are not read: move their images up" if subfolders else ""
-            problems.append(f"class folder {folder} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))}){read_not}"
-                            f"{'' if read_not else '; add images to it'}")
+            fix = (f"its sub-folders {subfolders} are not read: move their images up" if subfolders
+                   else "add images to it")
+            problems.append(f"class folder {folder} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))}); {fix}")
         for path in tqdm(files, desc=f"check {folder.name}", unit="img", leave=False, disable=len(files) < 50):
             reason = _unreadable_reason(path)
             if reason:

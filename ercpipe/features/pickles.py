@@ -162,10 +162,14 @@ def _id_list(ids: Iterable, what: str, source: str) -> list[str]:
     return names
 
 
+def _numpy(value):
+    """A torch tensor as a numpy array (pickles of the official code hold either); anything else as it is."""
+    return value.detach().cpu().numpy() if hasattr(value, "detach") else value
+
+
 def _label_ids(value, where: str, class_names: Sequence[str]) -> list[int]:
     """One integer class id per utterance, from a list / array / tensor of integer-valued numbers."""
-    if hasattr(value, "detach"):  # a torch tensor
-        value = value.detach().cpu().numpy()
+    value = _numpy(value)
     array = np.asarray(value)
     hint = f"labels are class ids 0..{len(class_names) - 1} of {list(class_names)}, one per utterance"
     if array.ndim > 1 and sum(n > 1 for n in array.shape) > 1:
@@ -183,8 +187,7 @@ def _label_ids(value, where: str, class_names: Sequence[str]) -> list[int]:
 
 def _matrix(value, n: int, where: str) -> np.ndarray:
     """An [n, D] float32 array from an array / tensor / nested list (1 x n x D squeezed, as VEGA does)."""
-    if hasattr(value, "detach"):  # a torch tensor
-        value = value.detach().cpu().numpy()
+    value = _numpy(value)
     if np.iscomplexobj(value):
         raise PickleFormatError(f"{where}: complex feature values; expected real numbers")
     array = np.asarray(value, dtype=np.float32)
@@ -308,8 +311,7 @@ def _speaker(fmt: str, value, vid: str, k: int, source: str) -> tuple[str, int]:
                                     "'M' or 'F'")
         session = re.match(r"Ses\d\d", vid)
         return (f"{session.group(0)}_{gender}" if session else gender), IEMOCAP_SPEAKERS[gender]
-    if hasattr(value, "detach"):  # a torch tensor
-        value = value.detach().cpu().numpy()
+    value = _numpy(value)
     try:
         vector = np.asarray(value, dtype=np.float32).reshape(-1)
     except (TypeError, ValueError):

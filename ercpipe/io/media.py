@@ -118,6 +118,11 @@ def _window(start: float | None, end: float | None) -> tuple[float, float]:
     return lo, hi
 
 
+def _seconds(pts: int, stream, origin: float) -> float:
+    """A timestamp of `stream` in seconds from the file's origin (_origin)."""
+    return float(pts * stream.time_base) - origin
+
+
 def _origin(container) -> float:
     """Where second 0 of the file is: its start time when positive. Stream times are read from there, so a
     window means the same for audio and video, and an MP3 (whose start time is its encoder delay, already
@@ -164,11 +169,10 @@ def iter_audio(path: str | Path, start: float | None = None, end: float | None =
 
             for i, frame in enumerate(container.decode(stream)):
                 if i0 is None:  # the window is fixed by the first frame's time
-                    first_t = max(0.0, float(frame.pts * stream.time_base) - origin) if frame.pts is not None \
-                        else 0.0
+                    first_t = max(0.0, _seconds(frame.pts, stream, origin)) if frame.pts is not None else 0.0
                     i0 = max(0, int(round((lo - first_t) * sample_rate)))
                     i1 = None if math.isinf(hi) else max(i0, int(round((hi - first_t) * sample_rate)))
-                if frame.pts is not None and float(frame.pts * stream.time_base) - origin >= hi:
+                if frame.pts is not None and _seconds(frame.pts, stream, origin) >= hi:
                     break
                 yield from window(resampler.resample(frame))
             if i0 is not None:
@@ -238,13 +242,15 @@ def _decode_from(container, stream, lo: float, origin: float):
     target, back = lo, 1.0
     while True:
         at_start = target <= 0
-        container.seek(int((target + origin) / stream.time_base) if not at_start else 0, backward=True,
-                       **({"stream": stream} if not at_start else {}))
+        if at_start:
+            container.seek(0, backward=True)  # the file's first packet, whatever its clock says
+        else:
+            container.seek(int((target + origin) / stream.time_base), stream=stream, backward=True)
         frames = container.decode(stream)
         first = next((f for f in frames if f.pts is not None), None)
         if first is None:
             return
-        if at_start or float(first.pts * stream.time_base) - origin <= lo:
+        if at_start or _seconds(first.pts, stream, origin) <= lo:
             yield first
             yield from frames
             return
@@ -275,7 +281,7 @@ def iter_frames(path: str | Path, start: float | None = None, end: float | None 
             for frame in frames:
                 if frame.pts is None:
                     continue
-                t = float(frame.pts * stream.time_base) - origin
+                t = _seconds(frame.pts, stream, origin)
                 if t >= hi:
                     break
                 if not grid.take(t):
@@ -313,15 +319,14 @@ def count_sampled_frames(path: str | Path, start: float | None = None, end: floa
             origin = _origin(container)
             if lo > 0:  # packets from a keyframe at or before lo; every later one is counted by its time
                 container.seek(int((lo + origin) / stream.time_base), stream=stream, backward=True)
-            base = stream.time_base
             for packet in container.demux(stream):
                 if packet.size == 0 and packet.pts is None:
                     continue  # the demuxer's final flush packet
                 if packet.pts is None:
                     return None
-                if packet.dts is not None and float(packet.dts * base) - origin >= hi:
+                if packet.dts is not None and _seconds(packet.dts, stream, origin) >= hi:
                     break  # decoding order: every later packet has dts, hence pts, >= hi
-                times.append(float(packet.pts * base) - origin)
+                times.append(_seconds(packet.pts, stream, origin))
     except (av.error.FFmpegError, MediaError, OSError, ValueError, UnicodeDecodeError):
         return None
     grid = _SamplingGrid(lo, fps)
