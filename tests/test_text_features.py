@@ -204,6 +204,38 @@ def test_context_is_cut_to_max_length_and_long_targets_are_truncated(tiny_model)
     assert result.truncated == {"d_3": inputs[3].truncated_from} and result.present.all()
 
 
+def test_a_speaker_name_longer_than_the_input_is_cut_to_half_of_it(minilm, caplog):
+    """A name of 600 tokens used to make inputs longer than the model's positions (a tensor-size error)."""
+    encoder = text.TextEncoder({"model": "packaged:minilm", "max_length": 32,
+                                "context": {"previous": 1, "next": 1, "speaker_names": True}}, device="cpu")
+    long_name = "Narrator " * 600
+    frame = make_manifest({"d": [(long_name, CORPUS[0]), ("Bob", CORPUS[1])]})
+    with caplog.at_level("WARNING"):
+        inputs = encoder.build_inputs(frame["text"].tolist(), frame["speaker"].tolist(),
+                                      frame["dialogue_id"].tolist(), [True, True])
+    assert all(len(item.ids) <= 32 for item in inputs)
+    budget = 32 - 2
+    assert inputs[0].target_start == 1 + budget // 2  # [CLS] + the cut name, then the target
+    assert inputs[0].truncated_from == 0  # the target keeps its 11 tokens
+    assert encoder.tokenizer.decode(inputs[0].ids[inputs[0].target_start:inputs[0].target_end]) == CORPUS[0].lower()
+    assert "1 speaker name(s) longer than 15 tokens" in caplog.text
+    result = encoder.encode_rows(frame)
+    assert result.present.all() and np.isfinite(result.features).all()
+
+
+def test_utterances_of_unknown_tokens_only_are_listed(tmp_path, minilm, caplog):
+    """Emoji-only lines are all [UNK] for MiniLM's vocabulary: the same vector for each, so they are named."""
+    frame = make_manifest({"d": [("A", CORPUS[0]), ("B", "\U0001F600\U0001F600"), ("A", "ok \U0001F600")]})
+    result = minilm.encode_rows(frame)
+    assert result.unknown_only == ["d_1"] and result.present.all()
+    path = tmp_path / "manifest.tsv"
+    manifest_io.write(frame, path)
+    with caplog.at_level("WARNING"):
+        text.extract_shard(path, {"model": "packaged:minilm"}, tmp_path / "text.h5")
+    assert "1 utterances are made only of tokens the tokenizer does not know" in caplog.text
+    assert json.loads(feature_io.read(tmp_path / "text.h5").attrs["unknown_only"]) == ["d_1"]
+
+
 # ------------------------------------------------------------------------------------------ shards
 
 def test_extract_shard_writes_masked_rows_and_provenance(tmp_path, tiny_model):

