@@ -102,10 +102,17 @@ def write_html(path: str | Path, page: str) -> None:
         Path(tmp).write_text(page, encoding="utf-8")
 
 
-def _mean_std(metric: dict | None) -> str:
+def _mean_std(metric: dict | None, n_runs: int | None = None) -> str:
+    """'mean ± std'; '' for a metric not in the summary; with n_runs, '–' for a per-class score undefined in
+    every run and '(k of N runs)' after one defined in only some."""
     if metric is None:
-        return ""
-    return f"{metric['mean']:.2f} ± {metric['std']:.2f}" if metric["n"] > 1 else f"{metric['mean']:.2f}"
+        return "–" if n_runs else ""
+    text = f"{metric['mean']:.2f} ± {metric['std']:.2f}" if metric["n"] > 1 else f"{metric['mean']:.2f}"
+    return text + (f" ({metric['n']} of {n_runs} runs)" if n_runs and metric["n"] < n_runs else "")
+
+
+def _support(metric: dict | None) -> str:
+    return "" if metric is None else f"{metric['mean']:.0f}"
 
 
 def experiment_summary_html(summary: dict, title: str) -> str:
@@ -123,11 +130,13 @@ def experiment_summary_sections(summary: dict) -> list[tuple[str, pd.DataFrame |
     overall = pd.DataFrame([{"metric": label, **{s: _mean_std(metrics.get(f"{s}.{key}")) for s in splits}}
                             for key, label in names])
     per_class = {}
+    n_runs = summary["n_runs"]
     for split in splits:
         per_class[split] = pd.DataFrame([
-            {"class": c, "accuracy (recall)": _mean_std(metrics.get(f"{split}.per_class.{c}.recall")),
-             "precision": _mean_std(metrics.get(f"{split}.per_class.{c}.precision")),
-             "F1": _mean_std(metrics.get(f"{split}.per_class.{c}.f1"))} for c in summary["classes"]])
+            {"class": c, "utterances": _support(metrics.get(f"{split}.per_class.{c}.support")),
+             "accuracy (recall)": _mean_std(metrics.get(f"{split}.per_class.{c}.recall"), n_runs),
+             "precision": _mean_std(metrics.get(f"{split}.per_class.{c}.precision"), n_runs),
+             "F1": _mean_std(metrics.get(f"{split}.per_class.{c}.f1"), n_runs)} for c in summary["classes"]])
     protocol = summary["protocol"]
     seeds = ", ".join(str(s) for s in summary["seeds"])
     note = (f"{summary['n_runs']} run(s), seeds {html.escape(seeds)}; mean ± sample std over runs, in percent. "
@@ -137,5 +146,7 @@ def experiment_summary_sections(summary: dict) -> list[tuple[str, pd.DataFrame |
         note += (" <span class='warn'>paper-compat protocol: the epoch was chosen on the TEST split, as the "
                  "official code does; these test numbers are optimistic.</span>")
     sections = [("Overall", overall, note)]
-    sections += [(f"Per class ({split})", frame, "") for split, frame in per_class.items()]
+    undefined = ("– : undefined in every run (recall and F1 of a class with no utterance in the split, "
+                 "precision of a class never predicted); \"k of N runs\": defined in only k runs, averaged over them.")
+    sections += [(f"Per class ({split})", frame, undefined) for split, frame in per_class.items()]
     return sections

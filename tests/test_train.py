@@ -578,6 +578,38 @@ def test_aggregate(vega_run, dataset, tmp_path):
         aggregate([tmp_path / "missing"], out)
 
 
+def test_undefined_per_class_scores_are_none_and_summarised_over_the_runs_that_define_them():
+    """A class with no test utterance used to score recall / F1 0 (and a never-predicted one precision 0), which
+    pulled its mean towards 0 and read as a failure of the model."""
+    from ercpipe.report import experiment_summary_sections
+    from ercpipe.train.aggregation import summarize_runs
+    from ercpipe.train.metrics import classification_metrics
+
+    classes = ["a", "b", "c"]
+    labels = np.array([0, 0, 1, 1])  # no "c" in the split
+    first = classification_metrics(labels, np.array([0, 1, 1, 1]), classes)
+    second = classification_metrics(labels, np.array([0, 0, 2, 2]), classes)  # "b" never predicted, "c" twice
+    assert first["per_class"]["c"] == {"recall": None, "precision": None, "f1": None, "support": 0}
+    assert second["per_class"]["c"] == {"recall": None, "precision": 0.0, "f1": 0.0, "support": 0}
+    assert second["per_class"]["b"] == {"recall": 0.0, "precision": None, "f1": 0.0, "support": 2}
+    assert first["per_class"]["a"]["recall"] == 50.0 and first["per_class"]["b"]["precision"] == pytest.approx(200 / 3)
+    protocol = {"selection_split": "valid", "selection_metric": "weighted_f1", "paper_compat": False,
+                "selected_epoch": 1, "epochs_run": 1}
+    runs = [{"classes": classes, "seed": seed, "protocol": protocol, "valid": None, "test": metrics}
+            for seed, metrics in enumerate((first, second))]
+    summary = summarize_runs(runs, ["run0", "run1"])["metrics"]
+    assert "test.per_class.c.recall" not in summary
+    assert summary["test.per_class.c.f1"]["values"] == [0.0] and summary["test.per_class.c.f1"]["n"] == 1
+    assert summary["test.per_class.b.precision"]["values"] == [pytest.approx(200 / 3)]
+    assert summary["test.per_class.b.recall"]["values"] == [100.0, 0.0]
+    assert summary["test.per_class.a.support"]["mean"] == 2
+    sections = experiment_summary_sections({"metrics": summary, "classes": classes, "n_runs": 2, "seeds": [0, 1],
+                                            "protocol": protocol, "paper_compat": False})
+    table = {title: frame for title, frame, _ in sections}["Per class (test)"].set_index("class")
+    assert table.loc["c", "accuracy (recall)"] == "–" and table.loc["c", "F1"] == "0.00 (1 of 2 runs)"
+    assert table.loc["b", "accuracy (recall)"] == "50.00 ± 70.71" and table.loc["a", "utterances"] == "2"
+
+
 def test_the_pipeline_features_choose_the_modalities():
     text_audio = {**TINY, "features": {"text": "minilm", "audio": "is10"}}
     assert resolve_experiment(text_audio)["model"]["modalities"] == ["text", "audio"]

@@ -34,8 +34,9 @@ def _flatten(metrics: dict) -> dict[str, float]:
         for head, value in block.get("unimodal_weighted_f1", {}).items():
             flat[f"{split}.unimodal_weighted_f1.{head}"] = value
         for cls, values in block["per_class"].items():
-            for key in ("recall", "precision", "f1"):
-                flat[f"{split}.per_class.{cls}.{key}"] = values[key]
+            for key in ("recall", "precision", "f1", "support"):
+                if values.get(key) is not None:  # None: undefined in this run (ercpipe.train.metrics)
+                    flat[f"{split}.per_class.{cls}.{key}"] = values[key]
     for key in ("selected_epoch", "epochs_run"):  # None for an ensemble (ercpipe.train.ensemble)
         if metrics["protocol"].get(key) is not None:
             flat[key] = metrics["protocol"][key]
@@ -87,10 +88,12 @@ def summarize_runs(runs: Sequence[dict], run_dirs: Sequence[str]) -> dict:
         if run["classes"] != classes:
             raise AggregateError(f"{run_dir} has classes {run['classes']}, the first run has {classes}")
     flats = [_flatten(r) for r in runs]
-    keys = [k for k in flats[0] if all(k in f for f in flats)]
+    # A per-class score undefined in some runs (a class never predicted) is summarised over the runs where
+    # it is defined; `n` says how many.
+    keys = list(dict.fromkeys(k for f in flats for k in f))
     summary_metrics = {}
     for key in keys:
-        values = np.array([f[key] for f in flats], dtype=float)
+        values = np.array([f[key] for f in flats if key in f], dtype=float)
         summary_metrics[key] = {"mean": float(values.mean()),
                                 "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
                                 "n": int(len(values)), "values": values.tolist()}

@@ -3,6 +3,9 @@
 `accuracy` is accuracy. `weighted_precision` is what the official VEGA code prints and the paper reports
 as "ACC" for SDT-VEGA rows; the SDT paper's ACC is accuracy. Both are reported, with weighted and macro F1,
 per-class recall (= per-class accuracy), precision and F1, and the confusion matrix (rows = true label).
+A per-class score that is undefined is None, not 0: recall (and F1) of a class with no utterance in the split,
+precision of a class that is never predicted (F1 stays defined, 0, when the class occurs but is never
+predicted or is predicted but never occurs).
 """
 from __future__ import annotations
 
@@ -31,10 +34,18 @@ def classification_metrics(labels: np.ndarray, predictions: np.ndarray, classes:
         # macro over the classes that occur as label or prediction (scikit-learn's default label set)
         "macro_f1": float(100 * f1[np.isin(ids, np.union1d(y, p))].mean()),
         "weighted_precision": float(100 * (weights * prec).sum()),
-        "per_class": {c: {"recall": float(100 * rec[i]), "precision": float(100 * prec[i]), "f1": float(100 * f1[i]),
-                          "support": int(support[i])} for i, c in enumerate(classes)},
+        "per_class": _per_class(prec, rec, f1, support, np.bincount(p, minlength=len(classes)), classes),
         "confusion": confusion_matrix(y, p, labels=ids).astype(int).tolist(),
     }
+
+
+def _per_class(prec, rec, f1, support, predicted, classes: Sequence[str]) -> dict:
+    def score(value: float, defined: bool) -> float | None:
+        return float(100 * value) if defined else None
+
+    return {c: {"recall": score(rec[i], support[i] > 0), "precision": score(prec[i], predicted[i] > 0),
+                "f1": score(f1[i], support[i] > 0 or predicted[i] > 0), "support": int(support[i])}
+            for i, c in enumerate(classes)}
 
 
 def weighted_f1(labels: np.ndarray, predictions: np.ndarray, n_classes: int) -> float:
