@@ -179,3 +179,33 @@ def test_an_mp3_window_is_timed_like_the_whole_file(tmp_path):
         assert abs(whole - 1.0) < 0.01, rate
         assert abs(0.5 + _onset(load_audio(path, 0.5, 1.5)) - whole) < 0.002, rate
         assert len(load_audio(path, 0.0, 0.1)) == 1600, rate
+
+
+def test_a_stream_that_changes_channel_layout_midway_is_read_whole(tmp_path):
+    """Broadcast recordings switch layout between programmes (stereo advert, 5.1 film); one resampler takes one
+    input setup, so this used to fail with "Frame does not match AudioResampler setup" as a traceback."""
+    from ercpipe.io.media import load_audio
+
+    rate, length, parts = 48000, 42 * 1152, []  # whole MP2 frames: the second part starts where the first ends
+    for n, layout in enumerate(("mono", "stereo")):  # two MPEG-TS segments, timestamps continuing: cat a b
+        path = tmp_path / f"part{n}.ts"
+        signal = _burst(rate, seconds=length / rate, at=0.5) if n else np.zeros(length, np.float32)
+        channels = np.tile(signal, (1 + n, 1))
+        with av.open(str(path), "w", format="mpegts") as container:
+            stream = container.add_stream("mp2", rate=rate, layout=layout)
+            for start in range(0, length, 1152):
+                block = (channels[:, start:start + 1152].T.reshape(1, -1) * 32767).astype(np.int16)
+                frame = av.AudioFrame.from_ndarray(block, format="s16", layout=layout)
+                frame.sample_rate, frame.pts = rate, n * length + start
+                for packet in stream.encode(frame):
+                    container.mux(packet)
+            for packet in stream.encode(None):
+                container.mux(packet)
+        parts.append(path.read_bytes())
+    (tmp_path / "switch.ts").write_bytes(b"".join(parts))
+    whole = load_audio(tmp_path / "switch.ts")
+    first, second = load_audio(tmp_path / "part0.ts"), load_audio(tmp_path / "part1.ts")
+    assert len(whole) == len(first) + len(second)
+    assert abs(_onset(whole) - (len(first) / 16000 + _onset(second))) < 0.002
+    window = load_audio(tmp_path / "switch.ts", 1.0, 2.0)
+    assert len(window) == 16000 and abs(1.0 + _onset(window) - _onset(whole)) < 0.002

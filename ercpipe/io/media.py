@@ -153,7 +153,7 @@ def iter_audio(path: str | Path, start: float | None = None, end: float | None =
                 raise MediaError("no_audio_stream", path)
             stream = container.streams.audio[0]
             origin = _origin(container)
-            resampler = av.AudioResampler(format="fltp", rate=sample_rate)  # the stream's own channels
+            resampler, setup = None, None
 
             def window(frames):
                 nonlocal position
@@ -174,8 +174,15 @@ def iter_audio(path: str | Path, start: float | None = None, end: float | None =
                     i1 = None if math.isinf(hi) else max(i0, int(round((hi - first_t) * sample_rate)))
                 if frame.pts is not None and _seconds(frame.pts, stream, origin) >= hi:
                     break
+                # A stream may change its channel layout or rate midway (a TV recording's 5.1 programme after a
+                # stereo advert); a resampler takes one input setup, so each setup gets its own, flushed in turn.
+                frame_setup = (frame.format.name, frame.layout.name, frame.sample_rate)
+                if frame_setup != setup:
+                    if resampler is not None:
+                        yield from window(resampler.resample(None))
+                    resampler, setup = av.AudioResampler(format="fltp", rate=sample_rate), frame_setup
                 yield from window(resampler.resample(frame))
-            if i0 is not None:
+            if resampler is not None:
                 yield from window(resampler.resample(None))
     except av.error.FFmpegError as err:
         raise MediaError("corrupt_audio", path, str(err)) from err
