@@ -204,6 +204,33 @@ def test_a_changed_image_re_encodes_the_set(tmp_path):
     assert anchors.read(tmp_path / target).counts() == {"happy": 3, "sad": 1}
 
 
+def test_image_sets_at_the_documented_places_encode_once(tmp_path):
+    """anchors/{set}/images (README) used to be taken for the synthetic rule's output (KeyError 'synthetic' in
+    `snakemake -n`), and anchors/{set}/ itself (docs/anchors.md) re-encoded on every call: the encoder's own
+    output there changed the folder's digest."""
+    from workflow_run import planned_jobs, snakemake, write_config
+
+    make_image_set(tmp_path / "anchors" / "faces" / "images", {"happy": 1, "sad": 1})
+    make_image_set(tmp_path / "anchors" / "flat", {"happy": 1, "sad": 1})
+    (tmp_path / "m.csv").write_text("dialogue_id,utterance_id,split,speaker,label,text\nd1,u0,train,A,happy,hi\n"
+                                    "d2,u1,test,A,sad,no\n")
+    configfile = write_config(tmp_path, {
+        "datasets": {"mine": {"format": "csv", "manifest": "m.csv", "classes": ["happy", "sad"],
+                              "modalities": ["text"]}},
+        "features": {"text": {"minilm": {"model": "packaged:minilm"}}},
+        "anchors": {"faces": {"images": "anchors/faces/images", "clip": TINY},
+                    "flat": {"images": "anchors/flat", "clip": TINY},
+                    "drawn": {"synthetic": {"per_class": 1, "seed": 0}, "clip": TINY}},
+        "experiments": {name: {"dataset": "mine", "features": {"text": "minilm"}, "anchors": name,
+                               "preset": "demo", "seeds": [0]} for name in ("faces", "flat", "drawn")}})
+    targets = [f"anchors/{name}/{anchors.clip_name(TINY)}.h5" for name in ("faces", "flat", "drawn")]
+    assert planned_jobs(snakemake(tmp_path, configfile, "-n", *targets).stdout) == {
+        "encode_anchors": 3, "synthetic_anchor_images": 1}
+    snakemake(tmp_path, configfile, "--cores", "1", *targets)
+    assert planned_jobs(snakemake(tmp_path, configfile, "-n", *targets).stdout) == {}
+    assert anchors.read(tmp_path / targets[1]).counts() == {"happy": 1, "sad": 1}
+
+
 def test_scan_rejects_two_folders_for_one_class_and_a_missing_set(tmp_path):
     root = make_image_set(tmp_path / "dup", {"happy": 1, "joy": 1})
     with pytest.raises(anchors.AnchorImageError, match="'happy' and 'joy' both hold class 'happy'"):

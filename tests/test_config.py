@@ -33,6 +33,21 @@ def test_demo_config_is_valid(demo_config):
     pipeline_config.check(demo_config, REPO)
 
 
+def test_the_schema_takes_every_clip_key_the_code_takes(demo_config):
+    """docs/anchors.md tells users with a local file of OpenAI weights to set quick_gelu: true; the schema
+    used to reject the key."""
+    from ercpipe.clip_setting import DEFAULT_CLIP, ENCODING_KEYS
+
+    clip = demo_config["anchors"]["demo_faces"]["clip"]
+    for key, value in {"quick_gelu": True, "batch_size": 8}.items():
+        clip[key] = value
+    assert set(clip) == set(DEFAULT_CLIP) | set(ENCODING_KEYS)
+    pipeline_config.validate_schema(demo_config, SCHEMA)
+    clip["quick_gelu"] = "yes"
+    with pytest.raises(pipeline_config.ConfigError, match="anchors.demo_faces.clip.quick_gelu: 'yes' is not of type"):
+        pipeline_config.validate_schema(demo_config, SCHEMA)
+
+
 @pytest.mark.parametrize("mutate, expected", [
     (lambda c: c["datasets"]["meld_demo"].update(shardz=3), "datasets.meld_demo: Additional properties"),
     (lambda c: c["datasets"]["meld_demo"].update(shards="two"), "datasets.meld_demo.shards: 'two' is not of type"),

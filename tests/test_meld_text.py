@@ -140,3 +140,23 @@ def test_an_extraction_only_setting_re_extracts_without_fine_tuning_again(meld_t
     changed["selections"]["text_recipe"]["search"]["text"]["last_layers"] = 2
     jobs = planned_jobs(snakemake(workdir, write_config(workdir, changed, "layers.yaml"), "-n").stdout)
     assert "finetune_text_encoder" not in jobs and jobs["merge_features"] == 4, jobs
+
+
+def test_a_report_is_refused_while_jobs_are_pending_and_built_for_finished_targets(meld_text_run):
+    """Snakemake's --report embeds whatever files exist: after a changed setting it showed the old setting's
+    results as current (exit 0), and after a failed job it stopped on a missing file without saying why."""
+    workdir, configfile = meld_text_run[:2]
+    snakemake(workdir, configfile, "--report", str(workdir / "report.html"))
+    assert "text_recipe" in (workdir / "report.html").read_text(errors="replace")
+    changed = yaml.safe_load(configfile.read_text())
+    changed["selections"]["text_recipe"]["search"]["experiment"]["train"]["lr"] = 0.002
+    stale = write_config(workdir, changed, "lr.yaml")
+    trainings = planned_jobs(snakemake(workdir, stale, "-n").stdout)["train_model"]
+    refused = snakemake(workdir, stale, "--report", str(workdir / "stale.html"), check=False)
+    assert refused.returncode != 0 and not (workdir / "stale.html").exists()
+    assert "job(s) have not run, failed, or must run again for the current config (" in refused.stdout
+    assert f"train_model x{trainings}," in refused.stdout
+    assert "snakemake <target files> --report FILE" in refused.stdout
+    # What is finished under the new config can still be reported, by naming it.
+    snakemake(workdir, stale, "results/meld/coverage.tsv", "--report", str(workdir / "coverage.html"))
+    assert (workdir / "coverage.html").stat().st_size > 0

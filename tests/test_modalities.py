@@ -109,3 +109,21 @@ def test_snakemake_stops_before_any_job_on_an_undrawable_class(demo_config, tmp_
     assert "anchors.demo_faces.synthetic: no drawn face exists for class(es) ['joyful', 'mad']" in (
         result.stdout + result.stderr)
     assert "Job stats" not in result.stdout
+
+
+def test_features_an_experiment_narrows_away_are_not_extracted(demo_config, tmp_path):
+    """model.modalities: [text] with audio and visual still listed under features: used to extract (and make
+    inputs of) the unused modalities: openSMILE and MTCNN ran for nothing."""
+    from test_config import dry_run
+    from workflow_run import planned_jobs
+
+    config = copy.deepcopy(demo_config)
+    config["experiments"] = {"text_only": {"dataset": "meld_demo", "seeds": [0], "preset": "sdt", "anchors": None,
+                                           "features": {"text": "minilm", "audio": "is10", "visual": "densenet121"},
+                                           "model": {"modalities": ["text"]}}}
+    result = dry_run(config, tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    jobs = planned_jobs(result.stdout)
+    assert jobs["text_features_shard"] == 2 and jobs["train_model"] == 1
+    assert not {"audio_features_shard", "utterance_audio", "visual_features_shard"} & set(jobs), jobs
+    assert "features/meld_demo/audio/" not in result.stdout and "features/meld_demo/visual/" not in result.stdout

@@ -324,7 +324,7 @@ def test_validation_selection_never_reads_test_labels(vega_run, dataset, tmp_pat
     assert metrics["test"]["accuracy"] < reference["test"]["accuracy"]  # the test labels did change
 
 
-def test_paper_compat_selects_on_test_and_says_so(dataset, tmp_path):
+def test_paper_compat_selects_on_test_and_says_so(dataset, tmp_path, monkeypatch):
     experiment = {**TINY, "train": {**TINY["train"], "epochs": 3, "paper_compat": True}}
     metrics = train(dataset, tmp_path, experiment)
     protocol = metrics["protocol"]
@@ -334,6 +334,13 @@ def test_paper_compat_selects_on_test_and_says_so(dataset, tmp_path):
     assert metrics["class_weights"]["source"].startswith("paper")
     np.testing.assert_allclose(metrics["class_weights"]["values"][0], 2.85339499, rtol=1e-6)
     assert "test_weighted_f1" in pd.read_csv(tmp_path / "history.tsv", sep="\t")
+    texts = figure_texts(monkeypatch)
+    aggregate([tmp_path], tmp_path / "summary")
+    # Every figure carries the mark, not only the summary table: a reader may open one figure alone.
+    assert texts["curves.png"][0].startswith("epoch chosen on TEST: paper_compat: the test curves chose the epoch")
+    assert "test weighted F1 (%, selects the epoch)" in texts["curves.png"]
+    assert texts["confusion.png"][0].endswith("(epoch chosen on TEST: paper_compat)")
+    assert texts["tsne.png"][0].endswith("(epoch chosen on TEST: paper_compat)")
 
 
 def test_unimodal_and_ablation_runs(dataset, tmp_path):
@@ -511,7 +518,7 @@ def test_a_state_trained_on_labels_fixed_since_is_discarded(dataset, tmp_path, c
     assert "it was trained on other inputs (anchors changed since)" in caplog.text
 
 
-def test_a_manifest_without_test_dialogues_writes_every_output(tmp_path):
+def test_a_manifest_without_test_dialogues_writes_every_output(tmp_path, monkeypatch):
     """Every file the train_model rule declares is written, fused.npz with zero rows, and the aggregate plots
     say why there is no t-SNE (Snakemake would otherwise call the job failed and delete its outputs)."""
     manifest, features = write_dataset(tmp_path / "data", n_dialogues=(12, 4, 0))
@@ -523,8 +530,28 @@ def test_a_manifest_without_test_dialogues_writes_every_output(tmp_path):
         assert (out / name).is_file(), name
     fused = np.load(out / "fused.npz")
     assert fused["fused"].shape[0] == 0 and len(fused["classes"]) == len(IEMOCAP_CLASSES)
+    texts = figure_texts(monkeypatch)
     aggregate([out], tmp_path / "summary")
     assert (tmp_path / "summary" / "tsne.png").stat().st_size > 0
+    # The confusion figure says there is no test split (it used to plot the valid matrix under a test caption).
+    assert texts["confusion.png"] == ["no test split: no test confusion matrix"]
+
+
+def figure_texts(monkeypatch) -> dict[str, list[str]]:
+    """The titles and texts of every figure `aggregate` saves, by file name (filled as it saves them)."""
+    from ercpipe.train import aggregation
+
+    texts: dict[str, list[str]] = {}
+    save = aggregation._save
+
+    def recording_save(fig, path):
+        texts[Path(path).name] = [t for t in [fig._suptitle.get_text() if fig._suptitle else ""]
+                                  + [ax.get_title() for ax in fig.axes] + [x.get_text() for ax in fig.axes
+                                                                           for x in ax.texts] if t]
+        save(fig, path)
+
+    monkeypatch.setattr(aggregation, "_save", recording_save)
+    return texts
 
 
 def test_a_checkpoint_of_another_version_or_a_device_that_is_not_here_is_named(vega_run, tmp_path):

@@ -15,16 +15,21 @@ def file_digest(path: str | os.PathLike, length: int = 16) -> str:
     return digest.hexdigest()[:length]
 
 
-def folder_digest(path: str | os.PathLike, length: int = 16) -> str:
+def folder_digest(path: str | os.PathLike, length: int = 16, depth: int | None = None) -> str:
     """A digest of what a folder holds: the relative path, size and mtime of every file below it (symbolic
     links followed), so that adding, replacing or deleting a file changes it; "" for a missing folder.
-    Cheap (no file is read): a rule's `params` entry for a folder of user files, e.g. anchor images."""
+    Cheap (no file is read): a rule's `params` entry for a folder of user files, e.g. anchor images.
+    `depth`: only the files that many levels down (2 = root/{class}/{file}: what an image set is read from),
+    so files the pipeline itself writes beside them, e.g. anchors/{set}/{clip}.h5, do not change it."""
     root = Path(path)
     if not root.is_dir():
         return ""
     digest = hashlib.sha256()
     for folder, dirs, files in os.walk(root, followlinks=True):
         dirs.sort()
+        level = len(Path(folder).relative_to(root).parts) + 1  # of the files in this folder
+        if depth is not None and level != depth:
+            continue
         for name in sorted(files):
             file = Path(folder) / name
             try:

@@ -68,11 +68,10 @@ def aggregate(run_dirs: Sequence[str | Path], out_dir: str | Path) -> None:
     write_summary_table(summary["metrics"], out_dir / "summary.tsv")
     write_html(out_dir / "summary.html", experiment_summary_html(summary, f"Experiment {out_dir.name}"))
     _plot_curves(run_dirs, runs, out_dir / "curves.png")
-    confusion = summary["mean_confusion"]
-    split = "test" if "test" in confusion else next(iter(confusion), None)
-    if split:
-        _plot_confusion(np.array(confusion[split]), summary["classes"], split, len(runs), out_dir / "confusion.png")
-    _plot_tsne(run_dirs, out_dir / "tsne.png")
+    confusion = summary["mean_confusion"].get("test")
+    _plot_confusion(None if confusion is None else np.array(confusion), summary["classes"], len(runs),
+                    _test_selected_note(runs), out_dir / "confusion.png")
+    _plot_tsne(run_dirs, _test_selected_note(runs), out_dir / "tsne.png")
     logger.info("aggregated %d runs into %s", len(runs), out_dir)
 
 
@@ -131,12 +130,24 @@ def _save(fig, path: Path) -> None:
         fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
 
 
+METRIC_TITLES = {"weighted_f1": "weighted F1", "accuracy": "accuracy", "macro_f1": "macro F1",
+                 "weighted_precision": "weighted precision"}
+
+
+def _test_selected_note(runs: Sequence[dict]) -> str:
+    """The mark every figure of a paper_compat experiment carries: its epochs were chosen on the test split."""
+    return " (epoch chosen on TEST: paper_compat)" if runs[0]["protocol"]["paper_compat"] else ""
+
+
 def _plot_curves(run_dirs: list[Path], runs: list[dict], path: Path) -> None:
+    """Training loss, then the selection split's loss, selection metric and accuracy per epoch, one colour per
+    seed; a dotted line of the seed's colour marks its selected epoch in every panel."""
     plt = _pyplot()
-    selection = runs[0]["protocol"]["selection_split"]
+    selection, metric = runs[0]["protocol"]["selection_split"], runs[0]["protocol"]["selection_metric"]
     panels = [("train_total", "training loss"), (f"{selection}_loss_total", f"{selection} loss"),
-              (f"{selection}_weighted_f1", f"{selection} weighted F1 (%)"),
-              (f"{selection}_accuracy", f"{selection} accuracy (%)")]
+              (f"{selection}_{metric}", f"{selection} {METRIC_TITLES.get(metric, metric)} (%, selects the epoch)")]
+    if metric != "accuracy":
+        panels.append((f"{selection}_accuracy", f"{selection} accuracy (%)"))
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
     for run_dir, run in zip(run_dirs, runs):
         history_path = run_dir / "history.tsv"
@@ -144,22 +155,40 @@ def _plot_curves(run_dirs: list[Path], runs: list[dict], path: Path) -> None:
             logger.warning("%s has no history.tsv; its curves are left out", run_dir)
             continue
         history = pd.read_csv(history_path, sep="\t")
+        colour = None
         for ax, (column, _) in zip(axes, panels):
             if column in history:
-                ax.plot(history["epoch"], history[column], label=f"seed {run['seed']}", linewidth=1)
+                (line,) = ax.plot(history["epoch"], history[column], label=f"seed {run['seed']}", linewidth=1,
+                                  color=colour)
+                colour = line.get_color()
         selected = run["protocol"]["selected_epoch"]
-        axes[2].axvline(selected, color="grey", linewidth=0.5, linestyle=":")
+        if selected is not None:
+            for ax in axes:
+                ax.axvline(selected, color=colour or "grey", linewidth=0.7, linestyle=":")
     for ax, (_, title) in zip(axes, panels):
         ax.set_title(title)
         ax.set_xlabel("epoch")
     axes[0].legend(fontsize=7)
+    note = _test_selected_note(runs)
+    if note:
+        fig.suptitle(note.strip(" ()") + ": the test curves chose the epoch, so test scores are optimistic",
+                     color="darkred")
     fig.tight_layout()
     _save(fig, path)
     plt.close(fig)
 
 
-def _plot_confusion(matrix: np.ndarray, classes: list[str], split: str, n_runs: int, path: Path) -> None:
+def _plot_confusion(matrix: np.ndarray | None, classes: list[str], n_runs: int, note: str, path: Path) -> None:
+    """The mean test confusion matrix over the runs (counts and row percentages); a placeholder without a test
+    split (the file is a declared output either way)."""
     plt = _pyplot()
+    if matrix is None:
+        fig, ax = plt.subplots(figsize=(6, 2))
+        ax.text(0.5, 0.5, "no test split: no test confusion matrix", ha="center", va="center")
+        ax.set_axis_off()
+        _save(fig, path)
+        plt.close(fig)
+        return
     rows = matrix.sum(axis=1, keepdims=True)
     normalized = np.divide(matrix, rows, out=np.zeros_like(matrix), where=rows > 0)
     fig, ax = plt.subplots(figsize=(1.0 * len(classes) + 2, 1.0 * len(classes) + 1.5))
@@ -172,14 +201,14 @@ def _plot_confusion(matrix: np.ndarray, classes: list[str], split: str, n_runs: 
     ax.set_yticks(range(len(classes)), classes)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(f"{split}: mean confusion over {n_runs} run(s) (counts, row %)")
+    ax.set_title(f"test: mean confusion over {n_runs} run(s) (counts, row %){note}")
     fig.colorbar(image, ax=ax, fraction=0.046)
     fig.tight_layout()
     _save(fig, path)
     plt.close(fig)
 
 
-def _plot_tsne(run_dirs: list[Path], path: Path) -> None:
+def _plot_tsne(run_dirs: list[Path], note: str, path: Path) -> None:
     """t-SNE of the fused test representations of the first run that has them (one seed, by label)."""
     from sklearn.manifold import TSNE
 
@@ -204,7 +233,7 @@ def _plot_tsne(run_dirs: list[Path], path: Path) -> None:
                 if sel.any():
                     ax.scatter(points[sel, 0], points[sel, 1], s=6, label=name, alpha=0.8)
             ax.legend(markerscale=2, fontsize=7)
-        ax.set_title(f"t-SNE of fused test representations ({source.parent.name})")
+        ax.set_title(f"t-SNE of fused test representations ({source.parent.name}){note}")
     ax.set_xticks([])
     ax.set_yticks([])
     fig.tight_layout()

@@ -2,6 +2,8 @@
 
 
 rule synthetic_anchor_images:
+    wildcard_constraints:
+        anchor_set=one_of(SYNTHETIC_ANCHORS, "NO_SYNTHETIC_ANCHOR_SET"),
     output:
         images=directory("anchors/{anchor_set}/images"),
     params:
@@ -19,6 +21,8 @@ rule synthetic_anchor_images:
 
 
 rule mine_anchor_images:
+    wildcard_constraints:
+        anchor_set=one_of(MINED_ANCHORS, "NO_MINED_ANCHOR_SET"),
     input:
         manifest=lambda wc: manifest_path(ANCHORS[wc.anchor_set]["mine"]["dataset"]),
         visual=lambda wc: feature_path(

@@ -1,8 +1,10 @@
 # Config validation and the helpers the rules share.
+import collections
 import functools
 import re
 from pathlib import Path
 
+import snakemake.report
 from snakemake.utils import validate
 
 from ercpipe import config as pipeline_config
@@ -41,6 +43,10 @@ PICKLE_DATASETS = [name for name, ds in DATASETS.items() if pipeline_config.is_p
 RAW_DATASETS = [name for name in DATASETS if name not in PICKLE_DATASETS]
 OFFICIAL_ANCHORS = [name for name, an in ANCHORS.items() if an.get("official")]
 ENCODED_ANCHORS = [name for name in ANCHORS if name not in OFFICIAL_ANCHORS]
+# Sets whose images are made by the workflow; a user's folder (`images:`) may sit where those images are
+# written, e.g. anchors/{set}/images, and must not be taken for them.
+SYNTHETIC_ANCHORS = [name for name, an in ANCHORS.items() if an.get("synthetic")]
+MINED_ANCHORS = [name for name, an in ANCHORS.items() if an.get("mine")]
 
 
 def one_of(names, none):
@@ -88,9 +94,17 @@ def selection_dir(name):
     return f"results/{selection_dataset(name)}/{name}"
 
 
-def experiment_feature_files(name):
+def experiment_features(name):
+    """{modality: setting name} of what the experiment trains on: its `features:`, narrowed by `model.modalities`
+    when given (a feature listed but not used is neither extracted nor an input)."""
     exp = EXPERIMENTS[name]
-    return {m: feature_path(exp["dataset"], m, s) for m, s in exp["features"].items()}
+    chosen = (exp.get("model") or {}).get("modalities")
+    return {m: s for m, s in exp["features"].items() if chosen is None or m in chosen}
+
+
+def experiment_feature_files(name):
+    dataset = EXPERIMENTS[name]["dataset"]
+    return {m: feature_path(dataset, m, s) for m, s in experiment_features(name).items()}
 
 
 def datasets_in_use():
@@ -102,9 +116,9 @@ def datasets_in_use():
 def feature_files_of(dataset):
     """Every feature file an experiment (or anchor mining) needs for this dataset."""
     files = set()
-    for exp in EXPERIMENTS.values():
+    for name, exp in EXPERIMENTS.items():
         if exp["dataset"] == dataset:
-            files |= {feature_path(dataset, m, s) for m, s in exp["features"].items()}
+            files |= set(experiment_feature_files(name).values())
     for a in ANCHORS.values():
         if a.get("mine") and a["mine"]["dataset"] == dataset:
             files.add(feature_path(dataset, "visual", a["mine"]["visual"]))
@@ -264,9 +278,11 @@ def text_encoder_input(wildcards):
 def anchor_images_digest(wildcards):
     """A user's image folder is one `directory` input, whose own timestamp does not change when an image in a
     class folder is added, replaced or deleted: its digest (ercpipe.io.digest.folder_digest) is a param, so
-    such a change re-encodes the set. Mined and synthetic images are outputs of their own rules."""
+    such a change re-encodes the set. Only the files of class folders count (what the encoder reads): the
+    folder may be anchors/{set}/ itself, where encode_anchors writes its output. Mined and synthetic images are
+    outputs of their own rules."""
     an = ANCHORS[wildcards.anchor_set]
-    return folder_digest(an["images"]) if an.get("images") else ""
+    return folder_digest(an["images"], depth=2) if an.get("images") else ""
 
 
 def anchor_image_dir(wildcards):
@@ -349,3 +365,31 @@ def export_inputs(wildcards):
     inputs = {"manifest": manifest_path(source["dataset"])}
     inputs.update({f"features_{m}": feature_path(source["dataset"], m, s) for m, s in source["features"].items()})
     return inputs
+
+
+def refuse_reports_with_pending_jobs(auto_report):
+    """Snakemake's --report embeds whatever files exist: after a changed setting it would show the results of the
+    old one as current, and after a failed job it stops on a missing file without saying why. `create_report`
+    imports `snakemake.report.auto_report` when it runs, after building the DAG; this wrapper looks at that DAG
+    first and refuses while any job is still to run for the current config and targets."""
+
+    async def checked(dag, *args, **kwargs):
+        pending = [job for job in dag.needrun_jobs() if job.output]  # not `all`, which only collects targets
+        if pending:
+            rules = collections.Counter(job.rule.name for job in pending)
+            examples = [f"{job.rule.name}: {job.output[0]}" for job in pending[:3]]
+            raise WorkflowError(
+                f"--report: {len(pending)} job(s) have not run, failed, or must run again for the current config "
+                f"({', '.join(f'{rule} x{n}' for rule, n in rules.most_common())}; e.g. {'; '.join(examples)}). "
+                "A report now would show outputs of earlier settings as current, or stop on a missing file. Run "
+                "the same snakemake command without --report first (--keep-going finishes what can finish), or "
+                "report only finished targets: snakemake <target files> --report FILE (`snakemake -n` lists "
+                "the pending jobs).")
+        return await auto_report(dag, *args, **kwargs)
+
+    checked.ercpipe_pending_check = True
+    return checked
+
+
+if not getattr(snakemake.report.auto_report, "ercpipe_pending_check", False):  # the Snakefile may be read twice
+    snakemake.report.auto_report = refuse_reports_with_pending_jobs(snakemake.report.auto_report)

@@ -14,11 +14,11 @@ rule train_model:
         experiment=experiment_params,
         # What every feature file must have been made with (checked before training, named if not).
         feature_settings=lambda wc: canonical(
-            {m: FEATURES[m][s] for m, s in EXPERIMENTS[wc.experiment]["features"].items()}
+            {m: FEATURES[m][s] for m, s in experiment_features(wc.experiment).items()}
         ),
         face_selection=lambda wc: (
             canonical(pipeline_config.face_selection(DATASETS[wc.dataset]))
-            if "visual" in EXPERIMENTS[wc.experiment]["features"]
+            if "visual" in experiment_features(wc.experiment)
             else None
         ),
     log:
