@@ -93,7 +93,8 @@ def _import_pickle(args, parser) -> None:
 def _export_vega(args, parser) -> None:
     from ercpipe.features.pickles import export_vega
 
-    print(export_vega(args.manifest, _modality_paths(args.features, parser), args.out, fmt=args.format))
+    print(export_vega(args.manifest, _modality_paths(args.features, parser), args.out, fmt=args.format,
+                      valid_as=args.valid_as))
 
 
 def _import_anchors(args, parser) -> None:
@@ -157,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--features", nargs="+", required=True, metavar="MODALITY=PATH")
     p.add_argument("--out", required=True)
     p.add_argument("--format", choices=["iemocap", "meld"])
+    p.add_argument("--valid-as", choices=["train", "drop"], default="train",
+                   help="valid dialogues join the train id list (the 7-tuple has no valid list; default) or are left out")
     p.set_defaults(run=_export_vega)
 
     p = commands.add_parser("import-anchors", parents=[common], help="official 35_anchor.pt -> ercpipe anchor file")

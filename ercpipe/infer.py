@@ -8,8 +8,9 @@ backbone runs (no anchors, no training data needed; spec 2.14). Checkpoints load
 
 Conversation file: a CSV (or .tsv) with one row per utterance in spoken order and a header. Columns:
 
-    speaker        required (may be empty); speaker slots follow order of first appearance unless a
-                   `speaker_slot` column gives them (IEMOCAP models: 0 = M, 1 = F)
+    speaker        required (may be empty); a `speaker_slot` column gives the slots; without it a
+                   speaker the training data gave one fixed slot keeps it (the checkpoint's table; IEMOCAP:
+                   0 = the male, 1 = the female actor), else slots follow first appearance per dialogue
     text           the transcript (needed by models with a text branch)
     audio_path, audio_start, audio_end, video_path, video_start, video_end
                    media (paths relative to the CSV's folder); times in seconds, empty = whole file
@@ -26,6 +27,7 @@ Media problems follow the pipeline's rules: a missing or broken file gives that 
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import re
@@ -131,9 +133,12 @@ def read_conversation(path: str | Path, classes: Sequence[str]) -> Conversation:
 
 
 def conversation_manifest(conversation: str | Path, classes: Sequence[str], out_dir: Path,
-                          modalities: Sequence[str] = (), n_speakers: int | None = None) -> Path:
+                          modalities: Sequence[str] = (), n_speakers: int | None = None,
+                          speaker_slots: dict[str, int] | None = None) -> Path:
     """Read the conversation through the pipeline's CSV reader (media checks, text repair) into a manifest.
-    `modalities` / `n_speakers`: the model's, checked before any feature is extracted."""
+    `modalities` / `n_speakers`: the model's, checked before any feature is extracted; only the modalities
+    the model reads are looked for (no media flags for the others). `speaker_slots`: the training data's fixed
+    speaker -> slot table (checkpoint), used when the file gives no speaker_slot and knows every speaker."""
     from ercpipe.datasets.build import read_dataset
     from ercpipe.io.manifest import ManifestError
 
@@ -146,15 +151,28 @@ def conversation_manifest(conversation: str | Path, classes: Sequence[str], out_
     rows["label"] = rows["label"].where(rows["label"] != "", classes[0])
     if (rows["speaker_slot"] == "").all():
         rows = rows.drop(columns="speaker_slot")
+        if speaker_slots and set(rows["speaker"]) <= set(speaker_slots):
+            rows["speaker_slot"] = rows["speaker"].map(lambda name: str(speaker_slots[name]))
+            logger.info("%s: speaker slots from the training data's table (%s)", conversation,
+                        ", ".join(f"{name}={speaker_slots[name]}" for name in sorted(set(rows["speaker"]))))
+        elif speaker_slots:
+            example = ", ".join(f"{name}={slot}" for name, slot in list(speaker_slots.items())[:4])
+            logger.warning("%s: the model was trained with a fixed slot per speaker (e.g. %s), which this file's "
+                           "speakers are not in; their slots follow the order of first appearance in each dialogue. "
+                           "Give a speaker_slot column to use training's convention", conversation, example)
     # One line per row in the staged copy (the reader collapses whitespace anyway), so that an error about
     # its line k + 2 can name the conversation file's own line.
     rows = rows.apply(lambda column: column.str.replace(r"[\r\n]+", " ", regex=True))
     staged = out_dir / "conversation.csv"
     rows.to_csv(staged, index=False, quoting=csv.QUOTE_MINIMAL)
+    settings = {"format": "csv", "manifest": str(staged), "classes": list(classes),
+                "root": str(Path(conversation).resolve().parent), "probe_media": True}
+    if modalities:
+        settings["modalities"] = list(modalities)
     try:
-        frame, _ = read_dataset("conversation", {"format": "csv", "manifest": str(staged), "classes": list(classes),
-                                                 "root": str(Path(conversation).resolve().parent),
-                                                 "probe_media": True})
+        # A conversation need not show every class (and its placeholder labels are no labels at all).
+        with _without_log_records("csv_manifest", "of `classes` label no row"):
+            frame, _ = read_dataset("conversation", settings)
     except ManifestError as err:
         message = re.sub(re.escape(str(staged)) + r", line (\d+)",
                          lambda m: f"{conversation}, line {lines[int(m.group(1)) - 2]}", str(err))
@@ -170,6 +188,22 @@ def conversation_manifest(conversation: str | Path, classes: Sequence[str], out_
     logger.info("conversation %s: %d utterances, %s labels", conversation, len(frame),
                 "with" if labelled else "without")
     return manifest_path
+
+
+@contextlib.contextmanager
+def _without_log_records(module: str, text: str):
+    """Drop the log records of ercpipe.datasets.<module> that contain `text` (a reader warning that means
+    nothing for a conversation) while the block runs."""
+    target = logging.getLogger(f"ercpipe.datasets.{module}")
+
+    def keep(record: logging.LogRecord) -> bool:
+        return text not in record.getMessage()
+
+    target.addFilter(keep)
+    try:
+        yield
+    finally:
+        target.removeFilter(keep)
 
 
 def extract_conversation_features(manifest_path: Path, sources: dict[str, dict], modalities: Sequence[str],
@@ -215,7 +249,7 @@ def predict_conversation(checkpoint: str | Path, conversation: str | Path, out_p
         work = Path(work_dir) if work_dir else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         manifest_path = conversation_manifest(conversation, classes, work, model.spec.modalities,
-                                              model.spec.n_speakers)
+                                              model.spec.n_speakers, model.speaker_slots)
         feature_paths = extract_conversation_features(manifest_path, model.feature_sources, model.spec.modalities,
                                                       work / "features", threads=threads, device=device)
         frame = predict_features(checkpoint, manifest_path, feature_paths, device=device)

@@ -2,13 +2,17 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import io
 import logging
 import os
 import re
+import socket
 import time
 from pathlib import Path
 from typing import Iterator
+
+from ercpipe.errors import ErcpipeError
 
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -75,6 +79,39 @@ class ProgressLines(io.TextIOBase):
         self.stream.flush()
 
 
+class JobAlreadyRunning(ErcpipeError, RuntimeError):
+    """Another process runs the same job (same log file) and would write the same outputs."""
+
+
+@contextlib.contextmanager
+def only_run_of_this_job(log_path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive lock beside the job's log file for the whole job, or refuse to start.
+
+    A job outlives a Snakemake that is killed (kill -9, the out-of-memory killer; on a cluster, the login
+    node's Snakemake): the re-run then starts the same job again, and whichever ends last writes the outputs
+    (the left-over one, with the old settings, behind Snakemake's back). The lock makes the second one stop
+    at once, naming the first. The kernel releases it when its holder ends, however it ends."""
+    lock_path = Path(log_path).with_name(f".{Path(log_path).name}.lock")
+    handle = open(lock_path, "a+", encoding="utf-8")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown pid"
+            raise JobAlreadyRunning(
+                f"this job is already running ({holder}; lock {lock_path}), probably left over from a Snakemake that "
+                "was killed; it would overwrite this job's outputs when it ends. Stop it (kill PID on that host) or "
+                "let it finish, then run Snakemake again") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        handle.flush()
+        yield
+    finally:
+        handle.close()
+
+
 @contextlib.contextmanager
 def rule_logging(log_path: str | os.PathLike | None, threads: int = 1) -> Iterator[logging.Logger]:
     """Route logging, stdout and stderr (tqdm writes there) into `log_path` for the duration.
@@ -93,7 +130,7 @@ def rule_logging(log_path: str | os.PathLike | None, threads: int = 1) -> Iterat
         yield logger
         return
     Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "w", buffering=1, encoding="utf-8") as stream:
+    with only_run_of_this_job(log_path), open(log_path, "w", buffering=1, encoding="utf-8") as stream:
         handler = logging.StreamHandler(stream)
         handler.setFormatter(logging.Formatter(_FORMAT))
         root = logging.getLogger()

@@ -381,6 +381,7 @@ def test_official_import_export_round_trip(tmp_path):
     back = anchors.read(tmp_path / "iemocap" / "ViT-B-32.h5", expect_clip_model="ViT-B-32")
     assert back.class_names == names and back.dataset_labels == list(IEMOCAP_CLASSES)
     assert back.pretrained == "openai" and back.source.startswith("official:35_anchor.pt sha256:")
+    assert back.clip_name == "ViT-B-32_openai"  # the pipeline's name for the CLIP recorded (it was "ViT-B-32")
     assert back.image_paths["happy"] == [] and back.counts() == a.counts()
     centers, feats = back.for_classes(IEMOCAP_CLASSES)
     np.testing.assert_array_equal(centers, original["anchor_center"].numpy())

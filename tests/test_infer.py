@@ -82,6 +82,55 @@ def test_a_minimal_transcript_without_ids_or_media(trained, tmp_path, caplog):
     assert frame["absent"].tolist() == ["audio;visual", "audio;visual", "text;audio;visual"]
 
 
+def test_an_iemocap_model_gives_a_known_speaker_its_training_slot(pipeline_run, tmp_path, caplog):
+    """IEMOCAP's slots are 0 = the male, 1 = the female actor, not the order of first appearance: a conversation
+    without a speaker_slot column used to swap them for about half the rows, silently."""
+    workdir = pipeline_run[0]
+    checkpoint = workdir / "results/iemocap_demo/iemocap_demo_sdt_vega/seed0/model.pt"
+    manifest = workdir / "features/iemocap_demo/manifest.tsv"
+    rows = manifest_io.read(manifest)
+    rows = rows[rows["split"] == "test"]
+    by_first_appearance = rows.groupby("dialogue_id", sort=False)["speaker"].transform(
+        lambda names: names.map({n: i for i, n in enumerate(dict.fromkeys(names))}))
+    assert (by_first_appearance != rows["speaker_slot"]).any()  # the case that went wrong
+    conversation = pd.DataFrame({
+        "dialogue_id": rows["dialogue_id"], "utterance_id": rows["utterance_id"], "speaker": rows["speaker"],
+        "text": rows["text"], "audio_path": [str(workdir / p) if p else "" for p in rows["audio_path"]],
+        "audio_start": rows["audio_start"], "audio_end": rows["audio_end"],
+        "video_path": [str(workdir / p) if p else "" for p in rows["video_path"]],
+        "video_start": rows["video_start"], "video_end": rows["video_end"]})
+    conversation.to_csv(tmp_path / "talk.csv", index=False)
+    features = {m: workdir / f"features/iemocap_demo/{m}/{s}.h5"
+                for m, s in (("text", "minilm"), ("audio", "is10"), ("visual", "densenet121"))}
+    expected = infer.predict_features(checkpoint, manifest, features, splits=["test"])
+    with caplog.at_level("INFO"):
+        frame = infer.predict_conversation(checkpoint, tmp_path / "talk.csv", work_dir=tmp_path / "work")
+    assert "speaker slots from the training data's table" in caplog.text
+    assert frame["prediction"].tolist() == expected["prediction"].tolist()
+    np.testing.assert_allclose(_probabilities(frame), _probabilities(expected), atol=1e-4)
+    # Speakers the table does not know: first appearance, with a warning that says how to choose.
+    caplog.clear()
+    (tmp_path / "new.csv").write_text("speaker,text\nAnn,I am so happy\nBob,me too\n")
+    with caplog.at_level("WARNING"):
+        infer.predict_conversation(checkpoint, tmp_path / "new.csv")
+    assert "trained with a fixed slot per speaker (e.g. Ses" in caplog.text
+    assert "Give a speaker_slot column" in caplog.text
+
+
+def test_a_text_model_reads_no_media_and_an_unlabelled_conversation_warns_of_no_class(tmp_path, caplog):
+    """Only the model's modalities are looked for; the placeholder labels of an unlabelled file are no labels."""
+    (tmp_path / "chat.csv").write_text("speaker,text\nAnn,hello\nBob,hi\n")
+    with caplog.at_level("WARNING"):
+        path = infer.conversation_manifest(tmp_path / "chat.csv", ["neutral", "joy", "anger"], tmp_path, ("text",))
+    frame = manifest_io.read(path)
+    assert (frame["flags"] == "").all() and (frame["label"] == "").all()
+    assert "label no row" not in caplog.text
+    (tmp_path / "all").mkdir()
+    full = infer.conversation_manifest(tmp_path / "chat.csv", ["neutral", "joy"], tmp_path / "all",
+                                       ("text", "audio", "visual"))
+    assert manifest_io.read(full)["flags"].str.contains("missing_audio").all()
+
+
 def test_conversation_errors_name_the_problem(trained, tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("who,text\nAnn,hello\n")

@@ -278,6 +278,15 @@ def test_the_command_line_import_writes_summary_json_and_a_validation_split_so_i
     frame = manifest_io.read(out / "manifest.tsv")
     assert sorted(frame.loc[frame["split"] == "valid", "dialogue_id"].unique()) == summary["valid_split"]["dialogues"]
     assert (out / "issues.tsv").exists() and (out / "text" / "pickle.h5").exists()
+    # export-vega's --valid-as: the valid dialogue joins the train list (default) or is left out.
+    valid = summary["valid_split"]["dialogues"]
+    features = [f"{m}={out / m / 'pickle.h5'}" for m in ("text", "audio", "visual")]
+    for valid_as, in_train in (("train", True), ("drop", False)):
+        exported = tmp_path / f"vega_{valid_as}.pkl"
+        assert cli.main(["export-vega", "--manifest", str(out / "manifest.tsv"), "--features", *features,
+                         "--out", str(exported), "--valid-as", valid_as]) == 0
+        vega = pickle.loads(exported.read_bytes())
+        assert (set(valid) <= set(vega[5])) == in_train and not set(valid) & set(vega[6])
     # The same seed draws the same dialogues; another seed may not, and is recorded.
     again = tmp_path / "again"
     assert cli.main(["import-pickle", str(source), "--allow-pickle", "--out-dir", str(again),
@@ -319,6 +328,23 @@ def test_own_class_names_for_the_label_ids(tmp_path):
     assert json.loads((tmp_path / "summary.json").read_text())["classes"] == classes
     with pytest.raises(pickles.PickleFormatError, match=r"label id [23] is not a class id of \['neu', 'hap'\]"):
         pickles.parse_pickle(vega_tuple(parts), classes=["neu", "hap"])
+    with pytest.raises(ValueError, match=r"has duplicate names \(compared after Unicode NFC normalization\)"):
+        pickles.parse_pickle(vega_tuple(parts), classes=["caf\u00e9", "cafe\u0301", "sad", "ang"])
+
+
+def test_guessed_class_names_that_the_labels_do_not_fill_are_warned_about(caplog):
+    """Four label ids under IEMOCAP's six guessed names: the import used to say nothing."""
+    parts = iemocap_parts()
+    for vid in parts["labels"]:
+        parts["labels"][vid] = [x % 3 for x in parts["labels"][vid]]
+    with caplog.at_level("WARNING"):
+        pickles.parse_pickle(vega_tuple(parts))
+    assert "the labels use class ids 0..2 only, but the class names are iemocap's 6" in caplog.text
+    assert "give them in label-id order as the dataset's `classes:`" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        pickles.parse_pickle(vega_tuple(parts), classes=["neu", "hap", "sad", "ang"])
+    assert "label ids" not in caplog.text and "class ids" not in caplog.text
 
 
 def test_the_standard_split_file_is_the_iemocap_readers():

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -190,6 +191,11 @@ def test_bad_config(tmp_path):
     (tmp_path / "bin.csv").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(100))
     with pytest.raises(ManifestError, match=r"bin.csv is not a text file"):
         build(tmp_path / "bin.csv", tmp_path / "out")
+    # Composed and decomposed "café" are one label once NFC-normalized: a phantom class id with no data before.
+    expected = "`classes` entries 'caf\\xe9', 'cafe\\u0301' are the same name written with different Unicode"
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        build_manifest("mine", {"format": "csv", "manifest": str(path), "classes": ["caf\u00e9", "cafe\u0301", "calm"]},
+                       tmp_path / "out")
 
 
 def train_test_csv(path: Path, n_train: int = 10) -> Path:

@@ -211,3 +211,34 @@ def test_the_same_config_in_another_key_order_reruns_nothing(first_run, tmp_path
     assert list(yaml.safe_load(reordered.read_text())) == list(reversed(list(config)))
     result = snakemake(workdir, reordered, "-n")
     assert "Nothing to be done" in result.stdout, result.stdout[-3000:]
+
+
+def test_removing_one_dialogues_files_reruns_only_the_shards_whose_rows_change(run_copy):
+    """Every shard job used to get all of the dataset's text files as inputs, so removing (or restoring) one
+    dialogue's transcription and EmoEvaluation files re-ran every shard's manifest and extraction jobs."""
+    workdir, configfile = run_copy
+    frame = manifest_io.read(workdir / "features/iemocap_raw/manifest.tsv")
+    before = manifest_io.dialogue_shards(frame, 2)
+    dialogue = before[1][-1]  # the last one: the first shard keeps its rows
+    after = manifest_io.dialogue_shards(frame[frame["dialogue_id"] != dialogue], 2)
+    assert after[0] == before[0] and after[1] != before[1]
+    session = f"Session{int(dialogue[3:5])}"
+    for part in ("transcriptions", "EmoEvaluation"):
+        (workdir / f"raw/iemocap_raw/{session}/dialog/{part}/{dialogue}.txt").unlink()
+    planned = _planned(snakemake(workdir, configfile, "-n").stdout)
+    assert ("build_manifest_shard", "dataset=iemocap_raw, shard=1") in planned
+    assert not {job for job in planned if job[1].endswith("shard=0") and "iemocap_raw" in job[1]}, planned
+    assert not {job for job in planned if "meld_raw" in job[1]}
+
+
+def test_face_selection_keys_rerun_the_visual_extraction_not_the_shards_or_text_and_audio(run_copy):
+    """`sides` (IEMOCAP) and `face_selection` only steer which face the visual extractor takes; they used to be
+    part of every shard's digest, re-running every manifest shard and the text and audio extraction."""
+    workdir, configfile = run_copy
+    config = yaml.safe_load(configfile.read_text())
+    config["datasets"]["iemocap_raw"]["sides"] = {"F": "right", "M": "left"}
+    configfile.write_text(yaml.safe_dump(config, sort_keys=False))
+    rules = {rule for rule, wildcards in _planned(snakemake(workdir, configfile, "-n").stdout)
+             if "iemocap_raw" in wildcards}
+    assert "visual_features_shard" in rules and "train_model" in rules
+    assert not rules & {"build_manifest_shard", "text_features_shard", "audio_features_shard", "utterance_audio"}

@@ -40,3 +40,35 @@ def test_a_bar_without_total_writes_no_redraws(tmp_path):
             pass
     text = log.read_text()
     assert "\r" not in text and text.count("frames:") <= 1
+
+
+def test_a_second_run_of_a_job_still_running_stops_naming_the_first(tmp_path):
+    """A job outlives a killed Snakemake; the re-run's job and the left-over one then both write the outputs,
+    and the one that ends last wins. The second one now stops at once; the lock goes with its holder."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import pytest
+
+    from ercpipe.runlog import JobAlreadyRunning
+
+    log = tmp_path / "logs" / "train_model" / "seed0.log"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\nfrom ercpipe.runlog import rule_logging\n"
+        f"with rule_logging({str(log)!r}):\n    print('ready', file=sys.__stdout__, flush=True)\n    time.sleep(60)\n")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        with pytest.raises(JobAlreadyRunning, match=rf"this job is already running \(pid {holder.pid} on .*; "
+                                                    r"lock .*\.seed0\.log\.lock\), probably left over"):
+            with rule_logging(log):
+                raise AssertionError("the second run must not start")
+        assert "ready" not in log.read_text()  # the first one's log was not truncated by the refused run
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait()
+    with rule_logging(log) as logger:  # the holder is gone, so is its lock
+        logger.info("second run")
+    assert "second run" in log.read_text()

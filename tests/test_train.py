@@ -583,7 +583,13 @@ def test_resume_needs_the_selected_checkpoint(dataset, tmp_path, caplog):
 
 def test_aggregate(vega_run, dataset, tmp_path):
     second = tmp_path / "seed1"
-    train(dataset, second, {**TINY, "train": {**TINY["train"], "epochs": 3}}, seed=1)
+    train(dataset, second, seed=1)
+    # A seed trained with other settings (a job that outlived a killed Snakemake) is named, not averaged in.
+    stale = tmp_path / "stale"
+    train(dataset, stale, {**TINY, "train": {**TINY["train"], "epochs": 3}}, seed=1)
+    with pytest.raises(Exception, match=rf"{stale} was trained with train.epochs = 3, {vega_run[0]} with 10 \(1 "
+                                        r"setting\(s\) differ\): one of them is left over"):
+        aggregate([vega_run[0], stale], tmp_path / "refused")
     out = tmp_path / "summary"
     aggregate([vega_run[0], second], out)
     for name in ("summary.json", "summary.tsv", "curves.png", "confusion.png", "tsne.png"):
@@ -635,6 +641,15 @@ def test_undefined_per_class_scores_are_none_and_summarised_over_the_runs_that_d
     table = {title: frame for title, frame, _ in sections}["Per class (test)"].set_index("class")
     assert table.loc["c", "accuracy (recall)"] == "–" and table.loc["c", "F1"] == "0.00 (1 of 2 runs)"
     assert table.loc["b", "accuracy (recall)"] == "50.00 ± 70.71" and table.loc["a", "utterances"] == "2"
+
+
+def test_class_names_the_figure_font_cannot_draw_are_numbered():
+    """CJK class names came out as rows of empty boxes in confusion.png and the t-SNE legend."""
+    from ercpipe.train.aggregation import _drawable_names
+
+    assert _drawable_names(["café", "Ärger", "neutral"]) == (["café", "Ärger", "neutral"], "")
+    names, note = _drawable_names(["平静", "愤怒", "joy"])
+    assert names == ["class 0", "class 1", "class 2"] and "summary.json's classes" in note
 
 
 def test_the_pipeline_features_choose_the_modalities():

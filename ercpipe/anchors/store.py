@@ -26,6 +26,7 @@ from typing import Sequence
 import h5py
 import numpy as np
 
+from ercpipe import clip_setting
 from ercpipe.errors import ErcpipeError
 from ercpipe.io.atomic import atomic_path
 from ercpipe.io.digest import file_digest
@@ -290,7 +291,8 @@ def import_official(pt_path: str | Path, out_path: str | Path, class_names: Sequ
     A file that needs full unpickling is refused unless allow_pickle; how_to_allow words the opt-in for
     the caller's user (the CLI: "add --allow-pickle"). A file torch.save did not write is refused.
     clip_name: the file-system name of the CLIP setting to record (the pipeline's anchors/{set}/{clip}.h5
-    name, e.g. ViT-B-32_openai; default: clip_model).
+    name, e.g. ViT-B-32_openai; default: the name of clip_model with the OpenAI weights recorded here,
+    the same name the pipeline gives such a set).
     """
     pt_path = Path(pt_path)
     data = _load_torch_file(pt_path, allow_pickle, how_to_allow)
@@ -352,7 +354,8 @@ def import_official(pt_path: str | Path, out_path: str | Path, class_names: Sequ
     settings = {"model": clip_model, "pretrained": "openai", "imported_from": pt_path.name, "sha256": digest}
     anchors = AnchorSet(
         class_names=canonical, centers=centers, image_features=feats, image_paths={c: [] for c in canonical},
-        clip_model=clip_model, pretrained="openai", dim=dim, clip_name=clip_name or clip_model, settings=settings,
+        clip_model=clip_model, pretrained="openai", dim=dim, settings=settings,
+        clip_name=clip_name or clip_setting.clip_name({"model": clip_model, "pretrained": "openai"}),
         setting_hash=settings_hash(settings), source=f"official:{pt_path.name} sha256:{digest}",
         versions=package_versions(["torch", "h5py", "numpy"]), dataset_labels=[str(c) for c in class_names])
     write(out_path, anchors)

@@ -26,6 +26,12 @@ PIPELINE_KEYS: frozenset[str] = frozenset({"format", "root", "face_selection", "
 # read them depend on them.
 SPLIT_KEYS: frozenset[str] = frozenset({"valid_split"})
 
+# Dataset keys no shard manifest depends on: the split keys, and the ones that say which face the visual
+# extractor takes (its own param; IEMOCAP's `sides` is also recorded in summary.json when the shards are
+# joined). Left out of a shard job's params and digest, so changing them re-runs no manifest shard and no
+# text or audio extraction.
+NOT_SHARD_KEYS: frozenset[str] = SPLIT_KEYS | {"face_selection", "sides"}
+
 # Two times closer than this (seconds) count as equal when looking for overlaps.
 TIME_TOLERANCE = 1e-3
 

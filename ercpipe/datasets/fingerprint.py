@@ -9,7 +9,7 @@ runs without opening any media (`probe=False`: text files are parsed, media file
 this module digests the result:
 
     shards[k]   the rows of shard k (every column), the size and mtime of each media file they name,
-                and the dataset's settings but those that only form the validation split (SPLIT_KEYS):
+                and the dataset's settings but those no shard depends on (NOT_SHARD_KEYS):
                 the `params` of the manifest job of shard k
     dataset     the same for the whole dataset: the `params` of the job that joins the shards
 
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ercpipe.datasets import SPLIT_KEYS
+from ercpipe.datasets import NOT_SHARD_KEYS
 from ercpipe.io.manifest import dialogue_shards
 
 
@@ -62,7 +62,7 @@ def _media_stats(frame: pd.DataFrame) -> dict[str, list[int] | None]:
 def fingerprint(frame: pd.DataFrame, settings: dict, n_shards: int, sources=()) -> RawFingerprint:
     """Digests of a manifest frame read without probing media (ercpipe.datasets.build.read_dataset)."""
     stats = _media_stats(frame)
-    shard_settings = {k: v for k, v in settings.items() if k not in SPLIT_KEYS}
+    shard_settings = {k: v for k, v in settings.items() if k not in NOT_SHARD_KEYS}
     by_dialogue = frame.groupby("dialogue_id", sort=False).indices
     shards = []
     for dialogues in dialogue_shards(frame, n_shards):

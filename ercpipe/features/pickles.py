@@ -27,6 +27,7 @@ import logging
 import math
 import pickle
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -233,9 +234,12 @@ def parse_pickle(obj: Sequence, fmt: str | None = None, source: str = "pickle",
     fmt = fmt or _guess_format(layout, speakers)
     if fmt not in CLASSES_BY_FORMAT:
         raise ValueError(f"fmt {fmt!r} is not one of {sorted(CLASSES_BY_FORMAT)}")
-    class_names = tuple(str(c) for c in classes) if classes else CLASSES_BY_FORMAT[fmt]
+    # NFC, as the CSV reader compares labels: "café" typed two ways is one name, not two classes.
+    class_names = (tuple(unicodedata.normalize("NFC", str(c)) for c in classes) if classes
+                   else CLASSES_BY_FORMAT[fmt])
     if len(set(class_names)) != len(class_names):
-        raise ValueError(f"classes {list(class_names)} has duplicate names")
+        raise ValueError(f"classes {list(class_names)} has duplicate names (compared after Unicode NFC "
+                         "normalization)")
 
     train = _id_list(obj[pos["train"]], "the train id list", source)
     test = _id_list(obj[pos["test"]], "the test id list", source)
@@ -264,6 +268,11 @@ def parse_pickle(obj: Sequence, fmt: str | None = None, source: str = "pickle",
         except (TypeError, ValueError) as err:  # None or strings where numbers belong, ragged nested lists
             raise PickleFormatError(f"{source}: dialogue {vid}: {type(err).__name__}: {err}; the pickle does not "
                                     f"follow {LAYOUT_NAMES[layout]}'s layout there") from err
+    used = {int(i) for ids in ds.labels.values() for i in ids}
+    if not classes and used and max(used) + 1 < len(class_names):
+        logger.warning("%s: the labels use class ids 0..%d only, but the class names are %s's %d (%s), guessed "
+                       "from the pickle; if the dataset has other classes, give them in label-id order as the "
+                       "dataset's `classes:`", source, max(used), fmt, len(class_names), ", ".join(class_names))
     for m in MODALITIES:
         dims = {a.shape[1] for a in ds.features[m].values()}
         if len(dims) > 1:

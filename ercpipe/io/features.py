@@ -152,11 +152,12 @@ def expect(modality: str, setting: dict | None, *, face_selection: dict | None =
                        partial=not complete, dim=expected_dim(modality, setting), ids=ids, source=label, fix=fix)
 
 
-def _flatten(settings: dict, prefix: str = "") -> dict:
+def flat_keys(settings: dict, prefix: str = "") -> dict:
+    """{"a": {"b": 1}} -> {"a.b": 1}: nested settings as dotted keys (an empty dict stays a value)."""
     out = {}
     for key, value in settings.items():
         if isinstance(value, dict) and value:
-            out.update(_flatten(value, f"{prefix}{key}."))
+            out.update(flat_keys(value, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = value
     return out
@@ -175,7 +176,7 @@ def _show(value) -> str:
 
 def describe_settings(settings: dict | None, limit: int | None = None) -> str:
     """A compact one-line form of a settings dict: {key: value, nested.key: value} (at most `limit` keys)."""
-    items = sorted(_flatten(settings or {}).items())
+    items = sorted(flat_keys(settings or {}).items())
     more = len(items) - limit if limit is not None and len(items) > limit else 0
     shown = items[:limit] if more else items
     return "{" + ", ".join(f"{k}: {_show(v)}" for k, v in shown) + (f", ... {more} more" if more else "") + "}"
@@ -188,7 +189,7 @@ def settings_difference(made: dict | None, expected: dict, partial: bool = False
     made = made or {}
     if (made.get("source") == IMPORTED) != (expected.get("source") == IMPORTED):
         return f"{describe_settings(made, limit)} instead of {describe_settings(expected, limit)}"
-    made_flat, expected_flat = _flatten(made), _flatten(expected)
+    made_flat, expected_flat = flat_keys(made), flat_keys(expected)
     keys = sorted(expected_flat) if partial else sorted(set(made_flat) | set(expected_flat))
     differ = [k for k in keys if made_flat.get(k, _ABSENT) != expected_flat.get(k, _ABSENT)]
     differ.sort(key=lambda k: (k not in made_flat or k not in expected_flat, k))

@@ -31,7 +31,7 @@ class CheckpointError(ErcpipeError, ValueError):
 
 def checkpoint_payload(model: SDTVega, *, spec: ModelSpec, config: dict, classes: Sequence[str], epoch: int,
                        seed: int, selection_split: str, feature_stats: dict | None, features: dict,
-                       into: dict | None = None) -> dict:
+                       speaker_slots: dict[str, int] | None = None, into: dict | None = None) -> dict:
     """What model.pt holds (weights on the CPU, copied: the payload keeps this epoch's weights while the model
     trains on, which is how the trainer holds the selected epoch in memory until it writes it).
 
@@ -40,7 +40,8 @@ def checkpoint_payload(model: SDTVega, *, spec: ModelSpec, config: dict, classes
     while the copy is made (one model's size less peak memory)."""
     return {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "state_dict": _copied_weights(model, into),
             "config": config, "spec": spec.to_dict(), "classes": list(classes), "epoch": epoch, "seed": seed,
-            "selection_split": selection_split, "feature_stats": feature_stats, "features": features}
+            "selection_split": selection_split, "feature_stats": feature_stats, "features": features,
+            "speaker_slots": speaker_slots}
 
 
 def _copied_weights(model: SDTVega, into: dict | None) -> dict:
@@ -108,6 +109,7 @@ def load_model(checkpoint_path: str | Path, device: str | torch.device = "cpu") 
     model.classes = list(payload["classes"])
     model.feature_stats = payload.get("feature_stats")
     model.feature_sources = payload.get("features") or {}
+    model.speaker_slots = payload.get("speaker_slots")  # training's fixed speaker -> slot table (None: none)
     model.checkpoint_path = str(checkpoint_path)
     model.to(resolve_device(device)).eval()
     return model, payload["config"], list(payload["classes"])

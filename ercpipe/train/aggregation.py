@@ -12,6 +12,7 @@ import pandas as pd
 
 from ercpipe.errors import ErcpipeError
 from ercpipe.io.atomic import atomic_path, write_json
+from ercpipe.io.features import flat_keys
 from ercpipe.report import experiment_summary_html, write_html
 from ercpipe.train.metrics import SCALAR_METRICS
 
@@ -55,6 +56,27 @@ def _read_run(run_dir: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def _check_same_settings(run_dirs: Sequence[Path], runs: Sequence[dict]) -> None:
+    """Every seed of an experiment must have been trained with the same settings (those a resume state must
+    match too, ercpipe.train.trainer.training_config): a run left over from other ones (a job that outlived a
+    killed Snakemake and ended after the re-run) is named, not averaged in."""
+    from ercpipe.train.trainer import training_config
+
+    def settings(run: dict) -> dict:
+        return flat_keys(training_config(run.get("config") or {}))
+
+    first = settings(runs[0])
+    for run_dir, run in zip(run_dirs[1:], runs[1:]):
+        other = settings(run)
+        differ = sorted(k for k in first.keys() | other.keys() if first.get(k) != other.get(k))
+        if differ:
+            key = differ[0]
+            raise AggregateError(
+                f"{run_dir} was trained with {key} = {other.get(key)!r}, {run_dirs[0]} with {first.get(key)!r} "
+                f"({len(differ)} setting(s) differ): one of them is left over from other settings, e.g. a job that "
+                "outlived a killed Snakemake; delete the stale seed folder's metrics.json and run Snakemake again")
+
+
 def aggregate(run_dirs: Sequence[str | Path], out_dir: str | Path) -> None:
     """Write summary.json, summary.tsv, summary.html, curves.png, confusion.png and tsne.png into out_dir."""
     run_dirs = [Path(p) for p in run_dirs]
@@ -62,6 +84,7 @@ def aggregate(run_dirs: Sequence[str | Path], out_dir: str | Path) -> None:
         raise AggregateError("no run folders to aggregate")
     out_dir = Path(out_dir)
     runs = [_read_run(p) for p in run_dirs]
+    _check_same_settings(run_dirs, runs)
     summary = summarize_runs(runs, [str(p) for p in run_dirs])
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "summary.json", summary)
@@ -123,6 +146,20 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _drawable_names(classes: Sequence[str]) -> tuple[list[str], str]:
+    """Class names for figure labels: as they are when matplotlib's font has every glyph, else "class k" (a
+    CJK label would be drawn as empty boxes), with a note that says where the names are."""
+    from matplotlib import font_manager
+    from matplotlib.ft2font import FT2Font
+
+    charmap = FT2Font(font_manager.findfont(font_manager.FontProperties())).get_charmap()
+    if all(ord(ch) in charmap for name in classes for ch in name):
+        return list(classes), ""
+    logger.warning("the figures' font cannot draw some class names (%s); the figures call them class 0..%d, in "
+                   "the order of summary.json's classes", ", ".join(classes), len(classes) - 1)
+    return [f"class {k}" for k in range(len(classes))], "class k = the k-th of summary.json's classes"
 
 
 def _save(fig, path: Path) -> None:
@@ -197,9 +234,10 @@ def _plot_confusion(matrix: np.ndarray | None, classes: list[str], n_runs: int, 
         for j in range(len(classes)):
             ax.text(j, i, f"{matrix[i, j]:.1f}\n{100 * normalized[i, j]:.0f}%", ha="center", va="center", fontsize=7,
                     color="white" if normalized[i, j] > 0.5 else "black")
-    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
-    ax.set_yticks(range(len(classes)), classes)
-    ax.set_xlabel("predicted")
+    names, names_note = _drawable_names(classes)
+    ax.set_xticks(range(len(classes)), names, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), names)
+    ax.set_xlabel("predicted" + (f"\n({names_note})" if names_note else ""))
     ax.set_ylabel("true")
     ax.set_title(f"test: mean confusion over {n_runs} run(s) (counts, row %){note}")
     fig.colorbar(image, ax=ax, fraction=0.046)
@@ -228,11 +266,12 @@ def _plot_tsne(run_dirs: list[Path], note: str, path: Path) -> None:
         else:
             points = TSNE(n_components=2, perplexity=float(min(30, max(2, (n - 1) // 3))), init="pca",
                           random_state=0).fit_transform(fused.astype(np.float64))
-            for i, name in enumerate(classes):
+            names, names_note = _drawable_names(classes)
+            for i, name in enumerate(names):
                 sel = labels == i
                 if sel.any():
                     ax.scatter(points[sel, 0], points[sel, 1], s=6, label=name, alpha=0.8)
-            ax.legend(markerscale=2, fontsize=7)
+            ax.legend(markerscale=2, fontsize=7, title=names_note or None, title_fontsize=6)
         ax.set_title(f"t-SNE of fused test representations ({source.parent.name}){note}")
     ax.set_xticks([])
     ax.set_yticks([])

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 
 from ercpipe.errors import ErcpipeError
@@ -43,6 +44,10 @@ class DialogueData:
     # modality -> how its feature file was made (extractor, model, settings, encoder_dir), from the file's
     # attributes; checkpoints keep it so inference on a new conversation runs the same extractors.
     feature_sources: dict[str, dict] = field(default_factory=dict)
+    # speaker name -> slot when the manifest gives every speaker one slot throughout and that is not simply the
+    # order of first appearance (IEMOCAP: 0 = the male, 1 = the female actor); None otherwise. Checkpoints keep
+    # it, so that a new conversation by the same speakers gets the slots training used.
+    speaker_slots: dict[str, int] | None = None
 
     def split(self, *names: str) -> list[Dialogue]:
         return [d for d in self.dialogues if d.split in names]
@@ -162,7 +167,21 @@ def load_dialogues(manifest_path: str | Path, feature_paths: dict[str, str | Pat
     logger.info("loaded %d dialogues (%d utterances) from %s: %s; dims %s; %d speaker slots", len(dialogues),
                 len(df), manifest_path, {s: len([d for d in dialogues if d.split == s]) for s in manifest_io.SPLITS},
                 dims, n_speakers)
-    return DialogueData(dialogues, classes, modalities, dims, n_speakers, str(manifest_path), absent_counts, sources)
+    return DialogueData(dialogues, classes, modalities, dims, n_speakers, str(manifest_path), absent_counts, sources,
+                        fixed_speaker_slots(df))
+
+
+def fixed_speaker_slots(df: pd.DataFrame) -> dict[str, int] | None:
+    """The manifest's speaker -> slot table when it is one fixed table that first appearance would not give
+    (DialogueData.speaker_slots), else None."""
+    pairs = df[["speaker", "speaker_slot"]].drop_duplicates()
+    if pairs.empty or pairs["speaker"].duplicated().any() or (pairs["speaker"] == "").any():
+        return None
+    first = df.groupby("dialogue_id", sort=False)["speaker"].transform(
+        lambda names: names.map({n: i for i, n in enumerate(dict.fromkeys(names))}))
+    if (first.to_numpy() == df["speaker_slot"].to_numpy()).all():
+        return None
+    return {str(name): int(slot) for name, slot in zip(pairs["speaker"], pairs["speaker_slot"])}
 
 
 # A dimension whose training values vary less than this is constant: it is centered, not scaled.

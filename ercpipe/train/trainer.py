@@ -468,7 +468,7 @@ def _run_epoch(epoch, model, loss_fn, optimizer, scaler, scheduler, train_dialog
         state.update(best_score=compared, best_epoch=epoch, bad_epochs=0)
         best = checkpoint_payload(model, spec=spec, config=cfg, classes=data.classes, epoch=epoch, seed=seed,
                                   selection_split=selection_split, feature_stats=feature_stats,
-                                  features=data.feature_sources,
+                                  features=data.feature_sources, speaker_slots=data.speaker_slots,
                                   into=None if previous_best is None else previous_best.get("state_dict"))
     else:
         state["bad_epochs"] += 1
@@ -512,7 +512,7 @@ def _last_payload(model, optimizer, scaler, scheduler, cfg, seed, state, device,
             "rng": rng_state(device), "state": _json_clean(state), "best": best}
 
 
-def _training_config(cfg: dict) -> dict:
+def training_config(cfg: dict) -> dict:
     """The sections that shape the training (train.checkpoint_every only says when the state is written)."""
     out = {k: cfg.get(k) for k in ("preset", "model", "loss", "train")}
     out["train"] = {k: v for k, v in (out["train"] or {}).items() if k != "checkpoint_every"}
@@ -531,7 +531,7 @@ def _resume(path: Path, best_path: Path, cfg, seed, model, optimizer, scaler, sc
         raise CheckpointError(f"{path} cannot be read ({type(err).__name__}: {err}); "
                               "delete it to start afresh") from err
     # Only what shapes the training must match; pipeline keys (e.g. the list of seeds) may change.
-    stored, current = _training_config(payload.get("config") or {}), _training_config(cfg)
+    stored, current = training_config(payload.get("config") or {}), training_config(cfg)
     changed = [k for k in current if stored.get(k) != current.get(k)]
     reason = None
     if changed or payload.get("seed") != seed:

@@ -8,7 +8,7 @@ import snakemake.report
 from snakemake.utils import validate
 
 from ercpipe import config as pipeline_config
-from ercpipe.datasets import SPLIT_KEYS
+from ercpipe.datasets import NOT_SHARD_KEYS
 from ercpipe.datasets.fingerprint import dataset_fingerprint
 from ercpipe.features.settings import training_view
 from ercpipe.io.digest import folder_digest
@@ -200,10 +200,11 @@ def canonical(value):
 
 
 def reader_config(dataset, with_split=True):
-    """The dataset's settings as its reader takes them: root resolved, pipeline-only keys dropped; without the
-    keys that only form the validation split for a shard's manifest job (ercpipe.datasets.SPLIT_KEYS: applied
-    when the shards are joined, so a changed split re-runs no shard and no extraction job)."""
-    drop = {"shards", "synthetic"} | (set() if with_split else set(SPLIT_KEYS))
+    """The dataset's settings as its reader takes them: root resolved, pipeline-only keys dropped; for a shard's
+    manifest job (with_split=False) also without the keys no shard depends on (ercpipe.datasets.NOT_SHARD_KEYS:
+    the validation split, applied when the shards are joined, and the face selection), so changing them re-runs
+    no shard and no text or audio extraction job."""
+    drop = {"shards", "synthetic"} | (set() if with_split else set(NOT_SHARD_KEYS))
     cfg = {k: v for k, v in DATASETS[dataset].items() if k not in drop}
     root = pipeline_config.dataset_root(dataset, DATASETS[dataset])
     if root is not None:
@@ -227,7 +228,7 @@ def raw_fingerprint(dataset):
 
 
 def raw_input(wildcards):
-    """What the manifest jobs read: the generated corpus folder, or a real dataset's text files.
+    """What the joining manifest job reads: the generated corpus folder, or a real dataset's text files.
 
     A real dataset's files are `ancient`: whether a manifest job re-runs is decided by the digest of what it
     reads, text and media (params `raw`), so touching a file without changing it re-runs nothing, and
@@ -237,6 +238,13 @@ def raw_input(wildcards):
     if fingerprint is None:
         return [f"raw/synthetic/{wildcards.dataset}"]
     return [ancient(path) for path in fingerprint.sources]
+
+
+def shard_raw_input(wildcards):
+    """What a shard's manifest job waits for: the generated corpus folder; nothing for a real dataset, whose
+    shard jobs re-run on their own digest only (params `raw`). With the dataset's text files as inputs, adding
+    or removing one dialogue's file changed every shard's input set and re-ran every shard's extraction."""
+    return raw_input(wildcards) if raw_fingerprint(wildcards.dataset) is None else []
 
 
 def shard_resource(kind, key):

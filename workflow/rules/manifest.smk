@@ -7,7 +7,7 @@ rule build_manifest_shard:
     wildcard_constraints:
         dataset=one_of(RAW_DATASETS, "NO_RAW_DATASET"),  # a pickle dataset's manifest: rule import_pickle
     input:
-        raw_input,
+        shard_raw_input,
     output:
         manifest="features/{dataset}/manifest_shards/shard{shard}.tsv",
         issues="features/{dataset}/manifest_shards/shard{shard}.issues.tsv",
