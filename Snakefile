@@ -48,6 +48,10 @@ include: "workflow/rules/report.smk"
 report: "workflow/report/workflow.rst"
 
 
+onstart:
+    check_cluster_tools()
+
+
 # `all` only collects targets; everything else is a real job (sbatch on a cluster).
 localrules:
     all,

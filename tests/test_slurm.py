@@ -71,3 +71,45 @@ def test_the_demo_dag_runs_through_slurm_and_equals_the_local_run(pipeline_run, 
             assert mine[key] == theirs[key], (rel, key)
         pd.testing.assert_frame_equal(pd.read_csv(workdir / rel / "predictions.tsv", sep="\t"),
                                       pd.read_csv(local / rel / "predictions.tsv", sep="\t"))
+
+
+def test_the_cluster_profile_keeps_its_settings_over_the_workflow_profile(monkeypatch):
+    """Snakemake applies profiles/default (the workflow profile) after --profile and lets it win: it used to
+    turn the SLURM profile's 60 s latency wait into 5 s, rerun-incomplete off and its default resources down."""
+    from snakemake.cli import parse_args
+
+    monkeypatch.chdir(REPO)
+    _, args = parse_args(["--profile", "profiles/slurm", "-n"])
+    slurm = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())
+    assert args.latency_wait == slurm["latency-wait"] == 60 and args.rerun_incomplete is True
+    assert args.default_resources["mem_mb"].value == slurm["default-resources"]["mem_mb"]
+    assert args.default_resources["runtime"].value == slurm["default-resources"]["runtime"]
+    _, local = parse_args(["-n"])
+    assert local.printshellcmds is True and local.show_failed_logs is True  # what profiles/default gives a local run
+
+
+def test_the_slurm_profile_without_sbatch_says_so_before_any_job(tmp_path):
+    """Without SLURM's tools every job used to fail after ~20 s with "No such file or directory: 'sacct'"."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    bin_dir = tmp_path / "bin"  # a PATH with the shell tools Snakemake needs, and no SLURM
+    bin_dir.mkdir()
+    for tool in ("which", "bash", "sh"):
+        (bin_dir / tool).symlink_to(shutil.which(tool))
+    (tmp_path / "m.csv").write_text("dialogue_id,utterance_id,split,speaker,label,text\nd1,u0,train,A,a,hi\n"
+                                    "d2,u1,test,A,b,no\nd3,u2,valid,A,a,x\n")
+    configfile = write_config(tmp_path, {
+        "datasets": {"m": {"format": "csv", "manifest": "m.csv", "classes": ["a", "b"], "modalities": ["text"]}},
+        "features": {"text": {"minilm": {"model": "packaged:minilm"}}},
+        "experiments": {"e": {"dataset": "m", "features": {"text": "minilm"}, "preset": "sdt", "seeds": [0]}}})
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("snakemake")), "-s", str(REPO / "Snakefile"), "-d", str(tmp_path),
+         "--profile", str(REPO / "profiles" / "slurm"), "--configfile", str(configfile)],
+        env={"HOME": os.environ.get("HOME", "/root"), "PATH": f"{Path(sys.executable).parent}:{bin_dir}"},
+        capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode != 0
+    assert "submits every job with sbatch, which is not on this machine's PATH" in result.stdout + result.stderr
+    assert not (tmp_path / "features").exists()  # no job ran

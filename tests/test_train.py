@@ -652,6 +652,26 @@ def test_class_names_the_figure_font_cannot_draw_are_numbered():
     assert names == ["class 0", "class 1", "class 2"] and "summary.json's classes" in note
 
 
+def test_a_duplicate_sigterm_is_one_request_and_a_later_one_stops_at_once(monkeypatch):
+    """Under SLURM slurmstepd and the job's Snakemake each send SIGTERM, 40 ms apart; the second used to skip
+    writing the resume state."""
+    from ercpipe.train import trainer
+
+    clock = iter([100.0, 100.04, 100.04, 103.0])
+    monkeypatch.setattr(trainer.time, "monotonic", lambda: next(clock))
+    stop = trainer._StopSignals()
+    stop._handle(signal.SIGTERM, None)
+    stop._handle(signal.SIGTERM, None)  # 40 ms later: the same request
+    assert stop.received == signal.SIGTERM
+    with pytest.raises(SystemExit) as exit_info:
+        stop._handle(signal.SIGTERM, None)  # 3 s later: stop now
+    assert exit_info.value.code == 143
+    interrupted = trainer._StopSignals()
+    interrupted.received = signal.SIGINT
+    with pytest.raises(KeyboardInterrupt):  # Ctrl-C twice always stops at once
+        interrupted._handle(signal.SIGINT, None)
+
+
 def test_the_pipeline_features_choose_the_modalities():
     text_audio = {**TINY, "features": {"text": "minilm", "audio": "is10"}}
     assert resolve_experiment(text_audio)["model"]["modalities"] == ["text", "audio"]

@@ -411,18 +411,26 @@ def run_training(manifest_path, feature_paths: dict, anchor_path, experiment: di
 
 class _StopSignals:
     """While training: SIGTERM / SIGINT ask for a stop after the current epoch (its state is written first);
-    a second signal stops at once. Installed only in the main thread (Python delivers signals there)."""
+    a second signal stops at once. Installed only in the main thread (Python delivers signals there).
+    A SIGTERM within DUPLICATE_S of the first is the same request: a SLURM job step gets one from slurmstepd
+    and one from the Snakemake that runs the job inside it, milliseconds apart."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
+    DUPLICATE_S = 2.0
 
     def __init__(self):
         self.received: int | None = None
+        self._received_at = 0.0
         self._previous: dict = {}
 
     def _handle(self, signum, frame) -> None:
         if self.received is not None:
+            if signum == signal.SIGTERM == self.received and time.monotonic() - self._received_at < self.DUPLICATE_S:
+                logger.info("SIGTERM again %.2f s after the first: the same request",
+                            time.monotonic() - self._received_at)
+                return
             self._raise(signum, "second signal: stopping without writing the state")
-        self.received = signum
+        self.received, self._received_at = signum, time.monotonic()
         logger.warning("received %s: stopping after the current epoch (its state is written first)",
                        signal.Signals(signum).name)
 

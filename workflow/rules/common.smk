@@ -2,6 +2,7 @@
 import collections
 import functools
 import re
+import shutil
 from pathlib import Path
 
 import snakemake.report
@@ -401,3 +402,13 @@ def refuse_reports_with_pending_jobs(auto_report):
 
 if not getattr(snakemake.report.auto_report, "ercpipe_pending_check", False):  # the Snakefile may be read twice
     snakemake.report.auto_report = refuse_reports_with_pending_jobs(snakemake.report.auto_report)
+
+
+def check_cluster_tools():
+    """An executor whose submit command is missing makes every job fail after a while with a message about
+    sacct; say at the start what is wrong (called from the Snakefile's onstart, once the executor is known)."""
+    executor = getattr(workflow.executor_plugin, "name", None)
+    if executor == "slurm" and shutil.which("sbatch") is None:
+        raise WorkflowError("the slurm executor (--profile profiles/slurm) submits every job with sbatch, which is "
+                            "not on this machine's PATH: run Snakemake on the cluster's login node, or run "
+                            "locally without the profile (--cores N)")
