@@ -159,7 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--format", choices=["iemocap", "meld"])
     p.add_argument("--valid-as", choices=["train", "drop"], default="train",
-                   help="valid dialogues join the train id list (the 7-tuple has no valid list; default) or are left out")
+                   help="valid dialogues join the train id list (default: the 7-tuple has no valid list) or are "
+                        "left out")
     p.set_defaults(run=_export_vega)
 
     p = commands.add_parser("import-anchors", parents=[common], help="official 35_anchor.pt -> ercpipe anchor file")

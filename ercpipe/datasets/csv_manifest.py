@@ -403,9 +403,9 @@ def read(name: str, cfg: dict, probe: bool | Collection[str] = True) -> ReadResu
     same = [c for c in dict.fromkeys(classes) if classes.count(c) > 1]
     if same:
         given = [c for c in settings["classes"] if unicodedata.normalize("NFC", c) in same]
-        raise ValueError(f"dataset format 'csv': `classes` entries {', '.join(map(ascii, given))} are the same name written "
-                         "with different Unicode characters (equal after NFC normalization, as labels are compared); "
-                         "keep one of them")
+        raise ValueError(f"dataset format 'csv': `classes` entries {', '.join(map(ascii, given))} are the same "
+                         "name written with different Unicode characters (equal after NFC normalization, as labels "
+                         "are compared); keep one of them")
     path = Path(settings["manifest"])
     if not path.is_file():
         raise ManifestError(f"manifest CSV {path} does not exist (or is not a file); point `manifest` at your "

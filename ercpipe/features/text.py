@@ -4,8 +4,9 @@ context, pooling, models) and written as one HDF5 feature file.
 Empty transcripts (or rows flagged `empty_text`) become zeros with present=False; the reason is logged and
 stored as JSON in the file's `absent` attribute. A target longer than `max_length` is truncated at its end
 (logged, and listed in the file's `truncated` attribute); a target made only of the tokenizer's unknown
-token (emoji, a script its vocabulary lacks) is logged and listed in `unknown_only`. A setting with `finetune` is extracted with the
-encoder that fine-tuning made with exactly those settings (context.encoder_dir).
+token (emoji, a script its vocabulary lacks) is logged and listed in `unknown_only`. A setting with
+`finetune` is extracted with the encoder that fine-tuning made with exactly those settings
+(context.encoder_dir).
 """
 from __future__ import annotations
 
