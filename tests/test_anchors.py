@@ -175,22 +175,29 @@ def test_deep_pixels_broken_links_and_sub_folders(tmp_path):
     assert "deep.png" not in message
 
 
+def anchor_sets_config(workdir: Path, anchor_sets: dict) -> Path:
+    """A config of a two-utterance text-only CSV dataset with one SDT-VEGA experiment per anchor set."""
+    from workflow_run import write_config
+
+    (workdir / "m.csv").write_text("dialogue_id,utterance_id,split,speaker,label,text\nd1,u0,train,A,happy,hi\n"
+                                   "d2,u1,test,A,sad,no\n")
+    return write_config(workdir, {
+        "datasets": {"mine": {"format": "csv", "manifest": "m.csv", "classes": ["happy", "sad"],
+                              "modalities": ["text"]}},
+        "features": {"text": {"minilm": {"model": "packaged:minilm"}}},
+        "anchors": anchor_sets,
+        "experiments": {name: {"dataset": "mine", "features": {"text": "minilm"}, "anchors": name,
+                               "preset": "demo", "seeds": [0]} for name in anchor_sets}})
+
+
 def test_a_changed_image_re_encodes_the_set(tmp_path):
     """The image folder is one directory input whose own timestamp does not change when an image inside a
     class folder is added, replaced or deleted; its digest is a param, so each of those re-runs encode_anchors
     (and nothing else), and the anchor file then counts the images there are."""
-    from workflow_run import planned_jobs, snakemake, write_config
+    from workflow_run import planned_jobs, snakemake
 
     make_image_set(tmp_path / "faces", {"happy": 2, "sad": 2})
-    (tmp_path / "m.csv").write_text("dialogue_id,utterance_id,split,speaker,label,text\nd1,u0,train,A,happy,hi\n"
-                                    "d2,u1,test,A,sad,no\n")
-    configfile = write_config(tmp_path, {
-        "datasets": {"mine": {"format": "csv", "manifest": "m.csv", "classes": ["happy", "sad"],
-                              "modalities": ["text"]}},
-        "features": {"text": {"minilm": {"model": "packaged:minilm"}}},
-        "anchors": {"faces": {"images": "faces", "clip": TINY}},
-        "experiments": {"vega": {"dataset": "mine", "features": {"text": "minilm"}, "anchors": "faces",
-                                 "preset": "demo", "seeds": [0]}}})
+    configfile = anchor_sets_config(tmp_path, {"faces": {"images": "faces", "clip": TINY}})
     target = f"anchors/faces/{anchors.clip_name(TINY)}.h5"
     snakemake(tmp_path, configfile, "--cores", "1", target)
     assert planned_jobs(snakemake(tmp_path, configfile, "-n", target).stdout) == {}
@@ -208,21 +215,13 @@ def test_image_sets_at_the_documented_places_encode_once(tmp_path):
     """anchors/{set}/images (README) used to be taken for the synthetic rule's output (KeyError 'synthetic' in
     `snakemake -n`), and anchors/{set}/ itself (docs/anchors.md) re-encoded on every call: the encoder's own
     output there changed the folder's digest."""
-    from workflow_run import planned_jobs, snakemake, write_config
+    from workflow_run import planned_jobs, snakemake
 
     make_image_set(tmp_path / "anchors" / "faces" / "images", {"happy": 1, "sad": 1})
     make_image_set(tmp_path / "anchors" / "flat", {"happy": 1, "sad": 1})
-    (tmp_path / "m.csv").write_text("dialogue_id,utterance_id,split,speaker,label,text\nd1,u0,train,A,happy,hi\n"
-                                    "d2,u1,test,A,sad,no\n")
-    configfile = write_config(tmp_path, {
-        "datasets": {"mine": {"format": "csv", "manifest": "m.csv", "classes": ["happy", "sad"],
-                              "modalities": ["text"]}},
-        "features": {"text": {"minilm": {"model": "packaged:minilm"}}},
-        "anchors": {"faces": {"images": "anchors/faces/images", "clip": TINY},
-                    "flat": {"images": "anchors/flat", "clip": TINY},
-                    "drawn": {"synthetic": {"per_class": 1, "seed": 0}, "clip": TINY}},
-        "experiments": {name: {"dataset": "mine", "features": {"text": "minilm"}, "anchors": name,
-                               "preset": "demo", "seeds": [0]} for name in ("faces", "flat", "drawn")}})
+    configfile = anchor_sets_config(tmp_path, {"faces": {"images": "anchors/faces/images", "clip": TINY},
+                                               "flat": {"images": "anchors/flat", "clip": TINY},
+                                               "drawn": {"synthetic": {"per_class": 1, "seed": 0}, "clip": TINY}})
     targets = [f"anchors/{name}/{anchors.clip_name(TINY)}.h5" for name in ("faces", "flat", "drawn")]
     assert planned_jobs(snakemake(tmp_path, configfile, "-n", *targets).stdout) == {
         "encode_anchors": 3, "synthetic_anchor_images": 1}
