@@ -282,6 +282,11 @@ def test_transcript_oddities_and_a_missing_label_file_are_recorded(fresh_release
     assert "Ses05F_impro01.txt does not exist: restore it from the release" in gone["detail"].iloc[0]
     assert "Ses05F_impro01" not in set(df["dialogue_id"])
     assert "have no labelled utterance in" in caplog.text and "Ses05F_impro01" in caplog.text
+    # The transcription is read, so it is a source: the workflow notices it added or removed (the join re-runs).
+    from ercpipe.datasets.fingerprint import dataset_fingerprint
+
+    sources = dataset_fingerprint("d", cfg(fresh_release), 1).sources
+    assert str(fresh_release / "Session5/dialog/transcriptions/Ses05F_impro01.txt") in sources
 
 
 @pytest.mark.parametrize("content, message", [

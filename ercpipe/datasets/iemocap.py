@@ -288,18 +288,22 @@ def _dialogue_rows(name: str, session: Path, emo_file: Path, split: str | None, 
     return rows
 
 
-def _reject_unlabelled_dialogues(session: Path, labelled: set[str], issues: IssueLog) -> None:
+def _reject_unlabelled_dialogues(session: Path, labelled: set[str], issues: IssueLog) -> list[Path]:
     """A transcription without its EmoEvaluation file: every utterance of it is recorded as not_evaluated, so
-    the dialogue is not gone without a trace."""
+    the dialogue is not gone without a trace. Returns those transcriptions: they are read, so they are sources
+    (the workflow then notices one added or removed)."""
     folder = session / "dialog" / "transcriptions"
+    read = []
     for transcript in sorted(p for p in folder.glob("*.txt") if not p.name.startswith(".") and p.is_file()):
         if transcript.stem in labelled:
             continue
+        read.append(transcript)
         emo_file = session / "dialog" / "EmoEvaluation" / transcript.name
         logger.warning("IEMOCAP: %s has no label file %s; its utterances are not used", transcript, emo_file)
         for uid, (_, line) in parse_transcription(transcript).items():
             issues.reject("not_evaluated", file=str(transcript), line=line, utterance_id=uid,
                           detail=f"{emo_file} does not exist: restore it from the release to use this dialogue")
+    return read
 
 
 def _checked_label(entry: Evaluation, dialogue: str, settings: dict, where: str) -> str:
@@ -403,7 +407,7 @@ def read(name: str, cfg: dict, probe: bool | Collection[str] = True) -> ReadResu
                                   media)
             if rows:
                 by_dialogue[emo_file.stem] = rows
-        _reject_unlabelled_dialogues(session, {p.stem for p in emo_files}, issues)
+        sources += _reject_unlabelled_dialogues(session, {p.stem for p in emo_files}, issues)
     if not by_dialogue:
         raise ManifestError(f"IEMOCAP root {root}: no labelled utterance of the 6 classes in any dialogue of the "
                             f"split file {settings['split_file']}; see the issues for why rows were rejected")
