@@ -14,7 +14,6 @@ out (and counted in metrics.json). Computation is float32 (no mixed precision).
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
@@ -48,12 +47,14 @@ TRAIN_SPLITS = ("train", "valid")
 
 def _classes(rows: pd.DataFrame, manifest_path) -> list[str]:
     """The dataset's class list (label-id order): summary.json's beside the manifest (what the dataset
-    declares), else IEMOCAP's or MELD's if the labels are theirs, else the sorted labels."""
-    summary = Path(manifest_path).parent / "summary.json"
-    if summary.is_file():
-        declared = json.loads(summary.read_text()).get("classes")
-        if declared:
-            return [str(c) for c in declared]
+    declares, read as training reads it), else IEMOCAP's or MELD's if the labels are theirs, else the sorted
+    labels."""
+    from ercpipe.train.data import DataError, read_classes
+
+    try:
+        return read_classes(manifest_path)
+    except DataError:  # no summary.json (a hand-made manifest), or one without a class list
+        pass
     seen = set(rows["label"])
     for classes in labels_mod.CLASSES_BY_FORMAT.values():
         if seen <= set(classes):
