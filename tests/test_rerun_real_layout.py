@@ -243,3 +243,33 @@ def test_face_selection_keys_rerun_the_visual_extraction_not_the_shards_or_text_
              if "iemocap_raw" in wildcards}
     assert "visual_features_shard" in rules and "train_model" in rules
     assert not rules & {"build_manifest_shard", "text_features_shard", "audio_features_shard", "utterance_audio"}
+
+
+def test_the_same_config_with_every_default_written_out_reruns_nothing(first_run, tmp_path):
+    """Params used to hold the keys as written, so spelling out a preset's value (or an extractor's default)
+    re-ran the training (or the extraction) though nothing it computes had changed."""
+    from ercpipe.io.features import expected_settings
+    from ercpipe.train.presets import resolve_experiment
+
+    workdir, configfile = first_run
+    config = yaml.safe_load(configfile.read_text())
+    for modality, settings in config["features"].items():
+        for name, setting in settings.items():
+            settings[name] = expected_settings(modality, setting)
+    for name, experiment in config["experiments"].items():
+        resolved = resolve_experiment(experiment)
+        assert resolved["train"] != experiment["train"]  # defaults were left out before
+        config["experiments"][name] = resolved
+    explicit = tmp_path / "explicit.yaml"
+    explicit.write_text(yaml.safe_dump(config, sort_keys=False))
+    result = snakemake(workdir, explicit, "-n")
+    assert "Nothing to be done" in result.stdout, result.stdout[-3000:]
+
+    # A value that differs from the preset's still re-runs that experiment's training, and only that.
+    exp = EXPERIMENTS["meld_raw"]
+    config["experiments"][exp]["train"]["lr"] *= 2
+    explicit.write_text(yaml.safe_dump(config, sort_keys=False))
+    assert _planned(snakemake(workdir, explicit, "-n").stdout) == {
+        ("train_model", f"dataset=meld_raw, experiment={exp}, seed=0"),
+        ("aggregate_experiment", f"dataset=meld_raw, experiment={exp}"),
+        ("benchmark_summary", ""), ("all", "")}

@@ -32,7 +32,7 @@ rule mine_anchor_images:
         images=directory("anchors/{anchor_set}/mined"),
     params:
         settings=lambda wc: canonical(ANCHORS[wc.anchor_set]["mine"]),
-        face_settings=lambda wc: canonical(FEATURES["visual"][ANCHORS[wc.anchor_set]["mine"]["visual"]]),
+        face_settings=lambda wc: feature_setting_params("visual", ANCHORS[wc.anchor_set]["mine"]["visual"]),
         face_selection=lambda wc: canonical(
             pipeline_config.face_selection(DATASETS[ANCHORS[wc.anchor_set]["mine"]["dataset"]])
         ),

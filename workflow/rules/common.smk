@@ -13,7 +13,9 @@ from ercpipe.datasets import NOT_SHARD_KEYS
 from ercpipe.datasets.fingerprint import dataset_fingerprint
 from ercpipe.features.settings import training_view
 from ercpipe.io.digest import folder_digest
+from ercpipe.io.features import expected_settings
 from ercpipe.resources import extraction_resources
+from ercpipe.train.presets import resolve_experiment
 
 try:
     pipeline_config.check_config_files(workflow.configfiles)
@@ -330,14 +332,25 @@ def selection_inputs(wildcards):
 
 
 def experiment_params(wildcards):
-    """The experiment's own config slice: changing it re-runs this experiment's training only. Without the
-    seeds (each job has its own) and train.checkpoint_every, which only says when the resume state is written
-    (changing it must not re-train finished runs; the job reads it from the config, scripts/train_model.py)."""
+    """The experiment's training configuration, resolved (its preset with the user's keys over it): changing it
+    re-runs this experiment's training only, and writing a preset's value out (or dropping a key that only
+    repeated it) changes nothing. Without the seeds (each job has its own) and train.checkpoint_every, which
+    only says when the resume state is written (changing it must not re-train finished runs; the job reads
+    it from the config, scripts/train_model.py)."""
     exp = dict(EXPERIMENTS[wildcards.experiment])
     exp.pop("seeds", None)
-    if "checkpoint_every" in (exp.get("train") or {}):
-        exp["train"] = {k: v for k, v in exp["train"].items() if k != "checkpoint_every"}
+    exp = resolve_experiment(exp)
+    exp["train"] = {k: v for k, v in exp["train"].items() if k != "checkpoint_every"}
     return canonical(exp)
+
+
+def feature_setting_params(modality, name):
+    """A feature setting as its extractor resolves it (defaults filled in): the same setting written with or
+    without a default value re-runs nothing. An imported setting ({source: pickle}) is passed as written."""
+    setting = FEATURES[modality][name]
+    if pipeline_config.is_imported_setting(setting):
+        return canonical(setting)
+    return canonical(expected_settings(modality, setting))
 
 
 # Input and params functions of the pickle rules (pickles.smk).

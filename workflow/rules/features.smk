@@ -34,7 +34,7 @@ rule text_features_shard:
     output:
         shard="features/{dataset}/text/{setting}/shard{shard}.h5",
     params:
-        settings=lambda wc: canonical(FEATURES["text"][wc.setting]),
+        settings=lambda wc: feature_setting_params("text", wc.setting),
     log:
         "logs/text_features/{dataset}/{setting}/shard{shard}.log",
     benchmark:
@@ -57,7 +57,7 @@ rule audio_features_shard:
     output:
         shard="features/{dataset}/audio/{setting}/shard{shard}.h5",
     params:
-        settings=lambda wc: canonical(FEATURES["audio"][wc.setting]),
+        settings=lambda wc: feature_setting_params("audio", wc.setting),
     log:
         "logs/audio_features/{dataset}/{setting}/shard{shard}.log",
     benchmark:
@@ -78,7 +78,7 @@ rule visual_features_shard:
     output:
         shard="features/{dataset}/visual/{setting}/shard{shard}.h5",
     params:
-        settings=lambda wc: canonical(FEATURES["visual"][wc.setting]),
+        settings=lambda wc: feature_setting_params("visual", wc.setting),
         face_selection=lambda wc: canonical(pipeline_config.face_selection(DATASETS[wc.dataset])),
     log:
         "logs/visual_features/{dataset}/{setting}/shard{shard}.log",
