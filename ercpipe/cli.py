@@ -17,10 +17,12 @@ instead. Anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
 
+from ercpipe.config import NAME_PATTERN
 from ercpipe.errors import ErcpipeError, one_line
 from ercpipe.labels import MODALITIES
 
@@ -41,6 +43,8 @@ def _modality_paths(pairs: list[str], parser: argparse.ArgumentParser) -> dict[s
         modality, sep, path = pair.partition("=")
         if not sep or modality not in MODALITIES or not path:
             parser.error(f"--features takes MODALITY=PATH with MODALITY one of {list(MODALITIES)}; got {pair!r}")
+        if modality in paths:
+            parser.error(f"--features gives {modality} twice ({paths[modality]} and {path}); give one file per modality")
         paths[modality] = path
     return paths
 
@@ -66,6 +70,9 @@ def _import_pickle(args, parser) -> None:
     from ercpipe.features.pickles import import_pickle
 
     out = Path(args.out_dir)
+    if not NAME_PATTERN.fullmatch(args.setting):
+        parser.error(f"--setting {args.setting!r} becomes a file name (OUT_DIR/MODALITY/SETTING.h5); use letters, "
+                     "digits, '_', '-' and '.' only, not starting with '.'")
     features = {m: out / m / f"{args.setting}.h5" for m in args.modalities}
     chosen = [flag for flag, value in (("--valid-standard", args.valid_standard), ("--valid-fraction",
               args.valid_fraction is not None), ("--valid-dialogues", args.valid_dialogues), ("--no-valid",
@@ -74,6 +81,8 @@ def _import_pickle(args, parser) -> None:
         parser.error(f"give at most one of {', '.join(chosen)}")
     if args.valid_seed is not None and args.valid_fraction is None:
         parser.error("--valid-seed goes with --valid-fraction")
+    if args.valid_seed is not None and args.valid_seed < 0:
+        parser.error(f"--valid-seed must be a whole number >= 0, got {args.valid_seed}")
     if args.valid_standard:
         valid_split = {"standard": "iemocap"}
     elif args.valid_fraction is not None:
@@ -87,19 +96,22 @@ def _import_pickle(args, parser) -> None:
     summary = import_pickle(args.pickle, out / "manifest.tsv", features, allow_pickle=args.allow_pickle,
                             fmt=args.format, dataset=args.dataset or out.name, how_to_allow=ALLOW_PICKLE_HINT,
                             valid_split=valid_split, valid_dialogues=args.valid_dialogues, classes=args.classes)
-    print(summary)
+    print(json.dumps(summary, indent=2, default=str))
 
 
 def _export_vega(args, parser) -> None:
     from ercpipe.features.pickles import export_vega
 
-    print(export_vega(args.manifest, _modality_paths(args.features, parser), args.out, fmt=args.format,
-                      valid_as=args.valid_as))
+    summary = export_vega(args.manifest, _modality_paths(args.features, parser), args.out, fmt=args.format,
+                          valid_as=args.valid_as)
+    print(json.dumps(summary, indent=2, default=str))
 
 
 def _import_anchors(args, parser) -> None:
     from ercpipe.anchors import import_official
+    from ercpipe.anchors.store import require_known_clip_model
 
+    require_known_clip_model(args.clip_model)  # before the file is read
     anchors = import_official(args.pt, args.out, args.classes, args.clip_model, allow_pickle=args.allow_pickle,
                               how_to_allow=ALLOW_PICKLE_HINT)
     print(f"{args.out}: {len(anchors.class_names)} classes, {anchors.dim}-d, CLIP {args.clip_model}")
@@ -130,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write the predictions (TSV with per-class probabilities)")
     p.add_argument("--threads", type=_positive_int, default=1)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.set_defaults(run=_predict)
+    p.set_defaults(run=_predict, parser=p)
 
     p = commands.add_parser("import-pickle", parents=[common],
                             help="community SDT/VEGA feature pickle -> manifest + HDF5 files")
@@ -151,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     valid.add_argument("--valid-dialogues", nargs="+", metavar="ID", help="these train dialogues")
     valid.add_argument("--no-valid", action="store_true",
                        help="no validation split (only train.paper_compat experiments can train on it)")
-    p.set_defaults(run=_import_pickle)
+    p.set_defaults(run=_import_pickle, parser=p)
 
     p = commands.add_parser("export-vega", parents=[common], help="manifest + HDF5 files -> VEGA's 7-tuple pickle")
     p.add_argument("--manifest", required=True)
@@ -161,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--valid-as", choices=["train", "drop"], default="train",
                    help="valid dialogues join the train id list (default: the 7-tuple has no valid list) or are "
                         "left out")
-    p.set_defaults(run=_export_vega)
+    p.set_defaults(run=_export_vega, parser=p)
 
     p = commands.add_parser("import-anchors", parents=[common], help="official 35_anchor.pt -> ercpipe anchor file")
     p.add_argument("pt")
@@ -169,13 +181,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", nargs="+", required=True, help="class names in label-id order")
     p.add_argument("--clip-model", required=True, help="open_clip name of the CLIP that made the file (ViT-B-32)")
     p.add_argument("--out", required=True)
-    p.set_defaults(run=_import_anchors)
+    p.set_defaults(run=_import_anchors, parser=p)
 
     p = commands.add_parser("export-anchors", parents=[common],
                             help="ercpipe anchor file -> official 35_anchor.pt layout")
     p.add_argument("anchors")
     p.add_argument("--out", required=True)
-    p.set_defaults(run=_export_anchors)
+    p.set_defaults(run=_export_anchors, parser=p)
     return parser
 
 
@@ -183,8 +195,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    command_parser = args.parser  # its usage line, not the top-level one, goes with a command's errors
+    out = getattr(args, "out", None)
+    if out and Path(out).is_dir():  # before any work (predict writes at the end)
+        command_parser.error(f"--out {out} is a folder; give the path of a file to write")
     try:
-        args.run(args, parser)
+        args.run(args, command_parser)
     except USER_ERRORS as err:
         if args.debug:
             raise

@@ -15,7 +15,8 @@ Conversation file: a CSV (or .tsv) with one row per utterance in spoken order an
     audio_path, audio_start, audio_end, video_path, video_start, video_end
                    media (paths relative to the CSV's folder); times in seconds, empty = whole file
     utterance_id, dialogue_id, label   optional; label (one of the model's classes) adds a `label`
-                   column to the output for comparison
+                   column to the output for comparison; without a dialogue_id the file is one dialogue named
+                   after the file, without an utterance_id a row is {dialogue_id}_u000, _u001 ... in its dialogue
 
 The file is read as the bring-your-own CSV reader reads a manifest (docs/manifest.md: encodings, quoting; a
 row with an unquoted comma is an error naming its line, never shifted columns). A model that reads text
@@ -119,7 +120,7 @@ def read_conversation(path: str | Path, classes: Sequence[str]) -> Conversation:
         raise InferenceError(f"{path} has a header but no utterances")
     rows = pd.DataFrame([{c: r.values.get(c, "") for c in ("speaker", *OPTIONAL_COLUMNS)} for r in records])
     rows["dialogue_id"] = rows["dialogue_id"].where(rows["dialogue_id"] != "", path.stem)
-    numbers = pd.Series(range(len(rows)), index=rows.index).map(lambda n: f"u{n:03d}")
+    numbers = rows.groupby("dialogue_id", sort=False).cumcount().map(lambda n: f"u{n:03d}")  # within its dialogue
     rows["utterance_id"] = rows["utterance_id"].where(rows["utterance_id"] != "",
                                                      rows["dialogue_id"] + "_" + numbers)
     labelled = bool((rows["label"] != "").any())
@@ -169,14 +170,26 @@ def conversation_manifest(conversation: str | Path, classes: Sequence[str], out_
                 "root": str(Path(conversation).resolve().parent), "probe_media": True}
     if modalities:
         settings["modalities"] = list(modalities)
+
+    def own_lines(text: str) -> str:
+        """`text` naming the conversation file and its own line numbers instead of the staged copy's."""
+        text = re.sub(re.escape(str(staged)) + r", line (\d+)",
+                      lambda m: f"{conversation}, line {lines[int(m.group(1)) - 2]}", text)
+        return text.replace(str(staged), str(conversation))
+
     try:
         # A conversation need not show every class (and its placeholder labels are no labels at all).
         with _without_log_records("csv_manifest", "of `classes` label no row"):
-            frame, _ = read_dataset("conversation", settings)
+            frame, result = read_dataset("conversation", settings)
     except ManifestError as err:
-        message = re.sub(re.escape(str(staged)) + r", line (\d+)",
-                         lambda m: f"{conversation}, line {lines[int(m.group(1)) - 2]}", str(err))
-        raise InferenceError(message.replace(str(staged), str(conversation))) from None
+        raise InferenceError(own_lines(str(err))) from None
+    # What the reader found wrong with a row (a clip that cannot be read, times past the end of the file): the
+    # prediction goes on without that modality, and the reason is said here rather than only as a flag.
+    for issue in result.issues.issues:
+        known = issue.line is not None and 2 <= issue.line < len(lines) + 2
+        where = f"{conversation}, line {lines[issue.line - 2]}" if known else str(conversation)
+        logger.warning("%s: utterance %s: %s%s", where, issue.utterance_id or "?", issue.reason,
+                       f" ({own_lines(issue.detail)})" if issue.detail else "")
     if n_speakers is not None and len(frame) and int(frame["speaker_slot"].max()) >= n_speakers:
         worst = frame.loc[frame["speaker_slot"].idxmax()]
         raise InferenceError(f"{conversation}: dialogue {worst['dialogue_id']} has {int(worst['speaker_slot']) + 1} "

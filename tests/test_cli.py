@@ -116,3 +116,79 @@ def test_command_line_errors_keep_argparse_form(tmp_path):
     result = ercpipe("import-pickle", "x.pkl", cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.splitlines()[-1] == "ercpipe import-pickle: error: the following arguments are required: --out-dir"
+
+
+def _anchor_file(path: Path) -> Path:
+    centers = torch.nn.functional.normalize(torch.randn(2, 512), dim=1)
+    torch.save({"anchor_center": centers,
+                "anchor_img_dict": {name: centers[k:k + 1].repeat(3, 1) for k, name in enumerate(("hap", "sad"))}},
+               path)
+    return path
+
+
+def test_a_file_of_another_kind_is_named_as_such_and_never_to_be_deleted(files, tmp_path):
+    """Given a user's own file where a pipeline file is expected, the message used to end "delete it and rebuild
+    it": a downloaded release file is not to be deleted."""
+    _anchor_file(tmp_path / "35_anchor.pt")
+    result = ercpipe("export-anchors", "35_anchor.pt", "--out", "new.pt", cwd=tmp_path)
+    assert_one_line(result, "35_anchor.pt is not an anchor file: it is a zip archive (torch.save writes these), where "
+                            "an HDF5 anchor file (anchors/SET/CLIP.h5) is expected; an official 35_anchor.pt is "
+                            "converted first with `ercpipe import-anchors`")
+    result = ercpipe("export-vega", "--manifest", "m.tsv", "--features", "text=IEMOCAP.pkl", "audio=IEMOCAP.pkl",
+                     "visual=IEMOCAP.pkl", "--out", "o.pkl", cwd=tmp_path)
+    assert result.returncode == 2 and "delete" not in result.stderr
+    # The manifest is read first: a file that is no manifest is named, with the missing columns.
+    (tmp_path / "m.tsv").write_text("split\tdialogue_id\tutterance_id\tspeaker\tlabel\ntrain\td\tu\tA\tjoy\n")
+    result = ercpipe("export-vega", "--manifest", "m.tsv", "--features", "text=IEMOCAP.pkl", "audio=IEMOCAP.pkl",
+                     "visual=IEMOCAP.pkl", "--out", "o.pkl", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "manifest m.tsv lacks column(s) [" in result.stderr and "'speaker_slot'" in result.stderr
+    assert "give the manifest.tsv the pipeline wrote (features/DATASET/manifest.tsv" in result.stderr
+    result = ercpipe("export-vega", "--manifest", "IEMOCAP.pkl", "--features", "text=a", "audio=b", "visual=c",
+                     "--out", "o.pkl", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "manifest IEMOCAP.pkl cannot be read as a tab-separated manifest (a pickle: UnicodeDecodeError)" in \
+        result.stderr
+
+
+def test_a_feature_pickle_given_as_a_feature_file_is_named():
+    from ercpipe.io import features as feature_io
+
+    with pytest.raises(feature_io.FeatureFileError) as err:
+        feature_io.read(_pickle_file())
+    assert "is not a feature file: it is a pickle" in str(err.value)
+    assert "ercpipe import-pickle" in str(err.value) and "delete" not in str(err.value)
+
+
+def _pickle_file() -> Path:
+    import tempfile
+
+    path = Path(tempfile.mkdtemp()) / "IEMOCAP.pkl"
+    path.write_bytes(pickle.dumps({"a": 1}, protocol=4))
+    return path
+
+
+def test_arguments_that_would_overwrite_or_misplace_outputs_are_refused(files, tmp_path):
+    (tmp_path / "adir").mkdir()
+    _anchor_file(tmp_path / "35_anchor.pt")
+    result = ercpipe("import-anchors", "35_anchor.pt", "--classes", "hap", "sad", "--clip-model", "ViT-B-32",
+                     "--out", "adir", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == "ercpipe import-anchors: error: --out adir is a folder; give the path " \
+                                             "of a file to write"
+    result = ercpipe("export-vega", "--manifest", "m.tsv", "--features", "text=a.h5", "text=b.h5", "--out", "o.pkl",
+                     cwd=tmp_path)
+    assert result.stderr.splitlines()[-1] == ("ercpipe export-vega: error: --features gives text twice (a.h5 and "
+                                              "b.h5); give one file per modality")
+    result = ercpipe("import-pickle", "IEMOCAP.pkl", "--allow-pickle", "--out-dir", "o", "--setting", "../../x",
+                     cwd=tmp_path)
+    assert result.stderr.splitlines()[-1].startswith("ercpipe import-pickle: error: --setting '../../x' becomes a "
+                                                     "file name")
+    result = ercpipe("import-pickle", "IEMOCAP.pkl", "--allow-pickle", "--out-dir", "o", "--valid-fraction", "0.1",
+                     "--valid-seed", "-1", cwd=tmp_path)
+    assert result.stderr.splitlines()[-1] == "ercpipe import-pickle: error: --valid-seed must be a whole number >= 0, " \
+                                             "got -1"
+    result = ercpipe("import-anchors", "35_anchor.pt", "--classes", "hap", "sad", "--clip-model", "ViT-B-23",
+                     "--out", "a.h5", cwd=tmp_path)
+    assert result.returncode == 2 and "CLIP 'ViT-B-23' is not a model open_clip knows (did you mean" in result.stderr
+    assert not (tmp_path / "a.h5").exists() and not (tmp_path / "o").exists()

@@ -42,7 +42,7 @@ def test_predictions_on_feature_files_match_the_training_run(trained):
     assert (frame["label"] == run["label"]).all()
 
 
-def test_a_new_raw_conversation_gets_the_same_predictions_as_the_pipeline(trained, tmp_path):
+def test_a_new_raw_conversation_gets_the_same_predictions_as_the_pipeline(trained, tmp_path, caplog):
     """Media + transcript in, emotions out: the checkpoint's extractors run again and agree exactly."""
     rows = manifest_io.read(trained["manifest"])
     rows = rows[rows["split"] == "test"]
@@ -55,7 +55,9 @@ def test_a_new_raw_conversation_gets_the_same_predictions_as_the_pipeline(traine
     path = tmp_path / "talk.csv"
     conversation.to_csv(path, index=False)
     expected = infer.predict_features(trained["checkpoint"], trained["manifest"], trained["features"], splits=["test"])
-    frame = infer.predict_conversation(trained["checkpoint"], path, tmp_path / "out.tsv", work_dir=tmp_path / "work")
+    with caplog.at_level("WARNING"):
+        frame = infer.predict_conversation(trained["checkpoint"], path, tmp_path / "out.tsv",
+                                           work_dir=tmp_path / "work")
     assert frame["utterance_id"].tolist() == expected["utterance_id"].tolist()
     assert frame["prediction"].tolist() == expected["prediction"].tolist()
     np.testing.assert_allclose(_probabilities(frame), _probabilities(expected), atol=1e-4)
@@ -63,6 +65,10 @@ def test_a_new_raw_conversation_gets_the_same_predictions_as_the_pipeline(traine
     # The clip without an audio track is recorded, not dropped, as in the pipeline.
     silent = frame["flags"].str.contains("no_audio_stream")
     assert silent.sum() == 1 and frame.loc[silent, "absent"].iat[0] == "audio"
+    # ... and said, with the conversation file's line and the reader's reason (the staged copy is not named).
+    line = 2 + conversation["utterance_id"].tolist().index(frame.loc[silent, "utterance_id"].iat[0])
+    assert f"{path}, line {line}: utterance {frame.loc[silent, 'utterance_id'].iat[0]}: no_audio_stream" in caplog.text
+    assert "conversation.csv" not in caplog.text
     assert frame["absent"].tolist() == expected["absent"].tolist()
     written = pd.read_csv(tmp_path / "out.tsv", sep="\t", keep_default_na=False)
     assert written["prediction"].tolist() == frame["prediction"].tolist()
@@ -80,6 +86,13 @@ def test_a_minimal_transcript_without_ids_or_media(trained, tmp_path, caplog):
     assert frame["flags"].str.contains("missing_audio").all() and frame["flags"].str.contains("no_video").all()
     assert "empty_text" in frame["flags"].iat[2]
     assert frame["absent"].tolist() == ["audio;visual", "audio;visual", "text;audio;visual"]
+
+
+def test_generated_utterance_ids_are_numbered_within_each_dialogue(tmp_path):
+    path = tmp_path / "talk.csv"
+    path.write_text("dialogue_id,speaker,text\nd1,Ann,hi\nd1,Bob,hello\nd2,Ann,bye\n,Cy,yo\n")
+    rows = infer.read_conversation(path, ["joy", "anger"]).rows
+    assert rows["utterance_id"].tolist() == ["d1_u000", "d1_u001", "d2_u000", "talk_u000"]
 
 
 def test_an_iemocap_model_gives_a_known_speaker_its_training_slot(pipeline_run, tmp_path, caplog):

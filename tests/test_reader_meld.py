@@ -126,11 +126,11 @@ def test_defects_are_kept_and_flagged(built):
     flags = df.set_index("utterance_id")["flags"].to_dict()
     assert flags["train_dia0_utt2"] == "text_fixed"
     assert flags["train_dia1_utt1"] == "bad_time;missing_video;missing_audio"
-    assert flags["dev_dia0_utt1"] == "bad_time;corrupt_video"
+    assert flags["dev_dia0_utt1"] == "bad_time;corrupt_video;corrupt_audio"
     assert flags["test_dia0_utt2"] == "overlap;no_audio_stream"
     assert {k for k, v in flags.items() if v} == {"train_dia0_utt2", "train_dia1_utt1", "dev_dia0_utt1",
                                                    "test_dia0_utt2"}
-    assert summary["flag_counts"] == {"missing_audio": 1, "missing_video": 1, "corrupt_video": 1,
+    assert summary["flag_counts"] == {"missing_audio": 1, "missing_video": 1, "corrupt_video": 1, "corrupt_audio": 1,
                                       "no_audio_stream": 1, "bad_time": 2, "overlap": 1, "text_fixed": 1}
     # Every flag is an issue row naming the CSV file and the line of the record.
     assert len(issues) == sum(summary["flag_counts"].values())

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -102,16 +103,42 @@ def test_synthetic_meld_manifest_flags_the_three_defects(synthetic_meld):
     defects = synthetic.meld_defects(MELD_SETTINGS)
     flags = df.set_index("video_path")["flags"]
     assert flags[str(root / defects["missing_clip"])] == "missing_video;missing_audio"
-    assert flags[str(root / defects["corrupt_clip"])] == "corrupt_video"
+    assert flags[str(root / defects["corrupt_clip"])] == "corrupt_video;corrupt_audio"  # the clip holds both
     assert flags[str(root / defects["no_audio_stream"])] == "no_audio_stream"
     defect_paths = {str(root / p) for p in defects.values()}
     assert (df.loc[~df["video_path"].isin(defect_paths), "flags"].isin(["", "overlap"])).all()
-    assert summary["flag_counts"] == {"missing_audio": 1, "missing_video": 1, "corrupt_video": 1, "no_audio_stream": 1}
-    assert set(issues["action"]) == {"flagged"} and len(issues) == 4
+    assert summary["flag_counts"] == {"missing_audio": 1, "missing_video": 1, "corrupt_video": 1, "corrupt_audio": 1,
+                                      "no_audio_stream": 1}
+    assert set(issues["action"]) == {"flagged"} and len(issues) == 5
     # Both MELD time formats parse (no bad_time), speakers get slots by first appearance.
     for _, group in df.groupby("dialogue_id", sort=False):
         slots = group["speaker_slot"].tolist()
         assert slots[0] == 0 and max(slots) == group["speaker"].nunique() - 1
+
+
+def test_an_unreadable_clip_stays_flagged_in_a_text_and_audio_dataset(synthetic_meld, tmp_path):
+    """An undecodable clip was flagged corrupt_video only, so a dataset declaring text and audio dropped the flag
+    and the clip's zero audio features had no reason in issues.tsv."""
+    root, _ = synthetic_meld
+    build_manifest("meld_synth", {"format": "meld", "root": str(root), "modalities": ["text", "audio"]}, tmp_path)
+    df, issues, summary = outputs(tmp_path)
+    corrupt = str(root / synthetic.meld_defects(MELD_SETTINGS)["corrupt_clip"])
+    assert df.set_index("audio_path")["flags"][corrupt] == "corrupt_audio"
+    assert summary["flag_counts"] == {"missing_audio": 1, "corrupt_audio": 1, "no_audio_stream": 1}
+    row = issues.loc[issues["reason"] == "corrupt_audio"].iloc[0]
+    assert Path(corrupt).name in row["detail"]
+
+
+def test_a_zero_byte_clip_is_called_empty(synthetic_meld, tmp_path):
+    root, _ = synthetic_meld
+    copy = tmp_path / "meld"
+    shutil.copytree(root, copy)
+    clip = copy / synthetic.meld_defects(MELD_SETTINGS)["corrupt_clip"]
+    clip.write_bytes(b"")
+    build_manifest("meld_synth", {"format": "meld", "root": str(copy)}, tmp_path / "out")
+    _, issues, _ = outputs(tmp_path / "out")
+    details = issues.loc[issues["reason"] == "corrupt_video", "detail"].tolist()
+    assert details == [f"{clip}: empty file (0 bytes)"]
 
 
 def test_synthetic_meld_utterance_audio(synthetic_meld, tmp_path):

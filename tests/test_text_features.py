@@ -268,6 +268,25 @@ def test_extract_shard_writes_masked_rows_and_provenance(tmp_path, tiny_model):
     for path in shard_files:
         absent_attr.update(json.loads(feature_io.read(path).attrs["absent"]))
     assert absent_attr == {uid: "empty_text" for uid in absent}
+    # The merged file (the one users and training read) holds every shard's reasons, not the first shard's.
+    assert json.loads(feature_io.read(tmp_path / "text.h5").attrs["absent"]) == absent_attr
+    assert all(json.loads(feature_io.read(path).attrs["absent"]) for path in shard_files)  # both shards had some
+
+
+def test_merge_keeps_every_shards_per_utterance_attributes(tmp_path):
+    def shard(path, ids, absent, unknown_only):
+        attrs = {"modality": "text", "settings": {"x": 1}, "absent": json.dumps(absent),
+                 "unknown_only": json.dumps(unknown_only)}
+        present = np.array([uid not in absent for uid in ids])
+        feature_io.write(path, feature_io.FeatureSet(ids, np.ones((len(ids), 3)) * present[:, None], present, attrs))
+        return path
+
+    parts = [shard(tmp_path / "s0.h5", ["a", "b"], {"b": "empty_text"}, ["a"]),
+             shard(tmp_path / "s1.h5", ["c", "d"], {"c": "empty_text"}, ["d"]),
+             shard(tmp_path / "s2.h5", ["e"], {}, [])]
+    merged = feature_io.read(feature_io.merge(parts, tmp_path / "m.h5", ["d", "c", "b", "a", "e"]) and tmp_path / "m.h5")
+    assert json.loads(merged.attrs["absent"]) == {"b": "empty_text", "c": "empty_text"}
+    assert json.loads(merged.attrs["unknown_only"]) == ["d", "a"]  # manifest order
 
 
 def test_settings_are_validated_and_load_errors_say_what_to_do(tiny_model):

@@ -16,6 +16,7 @@ whose label names are the spec table 1.3 strings, which are exactly ercpipe's ca
 from __future__ import annotations
 
 import datetime as _dt
+import difflib
 import json
 import logging
 import pickle
@@ -30,6 +31,7 @@ from ercpipe import clip_setting
 from ercpipe.errors import ErcpipeError
 from ercpipe.io.atomic import atomic_path
 from ercpipe.io.digest import file_digest
+from ercpipe.io.filekind import file_kind
 from ercpipe.io.features import package_versions, settings_hash
 from ercpipe.labels import canonical_emotion
 
@@ -173,7 +175,14 @@ def read(path: str | Path, expect_clip_model: str | None = None) -> AnchorSet:
             paths = {n: _strings(f["image_paths"][str(i)]) for i, n in enumerate(names)}
             attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
     except (OSError, KeyError) as err:
-        raise AnchorFileError(f"{path} is not a readable anchor file ({err}); delete it and rebuild it") from err
+        kind = file_kind(path)
+        if kind != "an HDF5 file":
+            hint = ("; an official 35_anchor.pt is converted first with `ercpipe import-anchors`"
+                    if kind.startswith(("a zip archive", "a pickle")) else "")
+            raise AnchorFileError(f"{path} is not an anchor file: it is {kind}, where an HDF5 anchor file "
+                                  f"(anchors/SET/CLIP.h5) is expected{hint}") from err
+        raise AnchorFileError(f"{path} is an HDF5 file but not a readable anchor file ({err}); if the pipeline "
+                              "wrote it, delete it and re-run its rule") from err
     anchors = AnchorSet(
         class_names=names, centers=centers, image_features=feats, image_paths=paths,
         clip_model=str(attrs["clip_model"]), pretrained=str(attrs.get("pretrained", "")) or None,
@@ -277,6 +286,20 @@ def _known_embed_dim(clip_model: str) -> int | None:
         return None
     config = open_clip.get_model_config(clip_model.replace("/", "-"))
     return int(config["embed_dim"]) if config else None
+
+
+def require_known_clip_model(clip_model: str) -> None:
+    """Refuse a CLIP name open_clip does not know (a misspelt --clip-model would otherwise be recorded and refused
+    only when training compares it with the experiment's CLIP)."""
+    import open_clip
+
+    name = clip_model.strip().replace("/", "-")
+    if not open_clip.get_model_config(name):
+        close = difflib.get_close_matches(name, open_clip.list_models(), n=3)
+        raise AnchorFileError(f"CLIP {clip_model!r} is not a model open_clip knows" +
+                              (f" (did you mean {', '.join(close)}?)" if close else "") +
+                              "; give the open_clip name of the CLIP the file was built with (official config: "
+                              "ViT-B-32)")
 
 
 

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from ercpipe.io import manifest as manifest_io
 from ercpipe.io.atomic import atomic_dir
-from ercpipe.io.media import SAMPLE_RATE, SILENCE_PEAK, MediaError, iter_audio
+from ercpipe.io.media import SAMPLE_RATE, SILENCE_PEAK, MediaError, iter_audio, probe
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +57,11 @@ def utterance_audio(row, out_dir: Path) -> tuple[str, str]:
         return "corrupt_audio", f"{row.audio_path}: {type(err).__name__}: {err}"
     if samples == 0 or peak < SILENCE_PEAK:  # ercpipe.io.media.is_silent
         wav.unlink(missing_ok=True)
+        if samples == 0 and not math.isnan(row.audio_start):
+            length = probe(row.audio_path).duration
+            if 0 < length <= row.audio_start:  # the readers call this corrupt_audio too
+                return "corrupt_audio", (f"{row.audio_path}: the utterance starts at {row.audio_start} s, after the "
+                                         f"end of the file ({length:.2f} s); check its times")
         window = "" if math.isnan(row.audio_start) and math.isnan(row.audio_end) else \
             f" in [{row.audio_start}, {row.audio_end}) s"
         what = "no samples" if samples == 0 else "digital silence"

@@ -153,7 +153,9 @@ def _flag_clip(row: dict, info, issues: IssueLog) -> None:
         flag_row(row, "missing_video", issues, clip)
         flag_row(row, "missing_audio", issues, clip)
     elif not info.decodable:
+        # The clip holds both streams: an unreadable one loses both (a text+audio config keeps only this flag).
         flag_row(row, "corrupt_video", issues, f"{clip}: {info.error}")
+        flag_row(row, "corrupt_audio", issues, f"{clip}: {info.error}")
     else:
         if not info.has_audio:
             flag_row(row, "no_audio_stream", issues, clip)

@@ -40,6 +40,7 @@ from ercpipe.io import features as feature_io
 from ercpipe.io import manifest as manifest_io
 from ercpipe.io.atomic import atomic_path
 from ercpipe.io.digest import file_digest
+from ercpipe.io.filekind import file_kind
 from ercpipe.labels import CLASSES_BY_FORMAT, MODALITIES
 
 logger = logging.getLogger(__name__)
@@ -93,13 +94,12 @@ EXPECTED_LAYOUT = "a VEGA 7-tuple or an SDT 12/13-tuple, docs/features-text.md"
 
 def _file_kind(path: Path) -> str:
     """Why a file is recognisably no pickle without unpickling it (HDF5, zip, empty), or '' if it may be one."""
-    with open(path, "rb") as handle:
-        head = handle.read(8)
-    if head.startswith(b"\x89HDF"):
+    kind = file_kind(path)
+    if kind == "an HDF5 file":
         return "; it is an HDF5 file (an ercpipe feature file is used as it is, not imported)"
-    if head.startswith(b"PK\x03\x04"):
+    if kind.startswith("a zip archive"):
         return "; it is a zip archive (torch.save writes these: not a feature pickle)"
-    if not head:
+    if kind == "an empty file":
         return "; the file is empty"
     return ""
 
@@ -204,11 +204,16 @@ def _matrix(value, n: int, where: str) -> np.ndarray:
     return array
 
 
+IEMOCAP_DIALOGUE = re.compile(r"Ses\d\d[FM]_")
+
+
 def _guess_format(layout: str, speakers: dict[str, object]) -> str:
     if layout == "sdt13":
         return "meld"
     if layout == "sdt12":
         return "iemocap"
+    if speakers and all(IEMOCAP_DIALOGUE.match(vid) for vid in speakers):
+        return "iemocap"  # whatever its speakers look like ('M'/'F', or one-hot as some conversions store them)
     for values in speakers.values():
         if not isinstance(values, Iterable):
             continue  # named with its dialogue when that dialogue is read
@@ -314,23 +319,37 @@ def _parse_dialogue(ds: PickleDataset, vid: str, source: str, class_names: Seque
 def _speaker(fmt: str, value, vid: str, k: int, source: str) -> tuple[str, int]:
     """(speaker name, speaker_slot) of one utterance."""
     if fmt == "iemocap":
-        gender = (value.decode() if isinstance(value, bytes) else str(value)).strip()
+        if isinstance(value, (str, bytes)):
+            gender = (value.decode() if isinstance(value, bytes) else value).strip()
+        else:  # a one-hot [1, 0] (M) / [0, 1] (F), the order of IEMOCAP's slots
+            hot = _one_hot(value)
+            gender = {0: "M", 1: "F"}.get(hot) if hot is not None and np.size(_numpy(value)) == 2 else None
         if gender not in IEMOCAP_SPEAKERS:
             raise PickleFormatError(f"{source}: dialogue {vid} utterance {k}: IEMOCAP speaker {value!r} is not "
-                                    "'M' or 'F'")
+                                    "'M' or 'F' (or a one-hot [1, 0] / [0, 1])")
         session = re.match(r"Ses\d\d", vid)
         return (f"{session.group(0)}_{gender}" if session else gender), IEMOCAP_SPEAKERS[gender]
-    value = _numpy(value)
-    try:
-        vector = np.asarray(value, dtype=np.float32).reshape(-1)
-    except (TypeError, ValueError):
+    if isinstance(value, (str, bytes)):
         raise PickleFormatError(f"{source}: dialogue {vid} utterance {k}: MELD speaker {value!r} is not a one-hot "
-                                "vector ('M'/'F' speakers are IEMOCAP's: set the dataset's labels: iemocap)") from None
+                                "vector ('M'/'F' speakers are IEMOCAP's: set the dataset's labels: iemocap, or "
+                                "ercpipe import-pickle --format iemocap)")
+    hot = _one_hot(value)
+    if hot is None:
+        raise PickleFormatError(f"{source}: dialogue {vid} utterance {k}: MELD speaker {value!r} is not a "
+                                "one-hot vector")
+    return f"speaker{hot}", hot
+
+
+def _one_hot(value) -> int | None:
+    """The index of a one-hot vector's 1, or None when `value` is not one."""
+    try:
+        vector = np.asarray(_numpy(value), dtype=np.float32).reshape(-1)
+    except (TypeError, ValueError):
+        return None
     hot = np.flatnonzero(vector == vector.max()) if vector.size else np.array([])
     if vector.size == 0 or len(hot) != 1 or vector.max() <= 0:
-        raise PickleFormatError(f"{source}: dialogue {vid} utterance {k}: MELD speaker {vector.tolist()} is not a "
-                                "one-hot vector")
-    return f"speaker{int(hot[0])}", int(hot[0])
+        return None
+    return int(hot[0])
 
 
 def to_project(ds: PickleDataset, dataset: str | None = None, valid_dialogues: Sequence[str] | None = None,

@@ -22,6 +22,8 @@ def _tmp_sibling(path: Path) -> Path:
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path to write to; on clean exit it is renamed to `path`, else removed."""
     final = Path(path)
+    if final.is_dir():
+        raise IsADirectoryError(f"{final} is a folder; give the path of a file to write")
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_sibling(final)
     try:

@@ -33,6 +33,7 @@ from ercpipe.errors import ErcpipeError
 from ercpipe.features import settings as extractor_settings
 from ercpipe.features.settings import IMPORTED, is_imported_setting
 from ercpipe.io.atomic import atomic_path
+from ercpipe.io.filekind import file_kind
 
 FORMAT_VERSION = 1
 _STR = h5py.string_dtype(encoding="utf-8")
@@ -335,6 +336,18 @@ def write(path: str | Path, fs: FeatureSet) -> None:
                 f.attrs[key] = json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else value
 
 
+def _unreadable(path: Path, err: Exception) -> str:
+    """Why `path` cannot be read as a feature file, and what to do: a file the pipeline wrote is rebuilt; any
+    other file (a user's feature pickle, a manifest given by mistake) is named by kind and left alone."""
+    kind = file_kind(path)
+    if kind != "an HDF5 file":
+        hint = "; a feature pickle is imported first with `ercpipe import-pickle`" if kind == "a pickle" else ""
+        return (f"{path} is not a feature file: it is {kind}, where an HDF5 file written by an extraction rule "
+                f"(features/DATASET/MODALITY/SETTING.h5) is expected{hint}")
+    return (f"{path} is an HDF5 file but not a readable feature file ({err}); if the pipeline wrote it, delete it "
+            "and re-run its rule")
+
+
 def read(path: str | Path, *, expected_ids: Sequence[str] | None = None, expected_hash: str | None = None,
          expected_dim: int | None = None, expected: Expectation | None = None) -> FeatureSet:
     """Read a feature file and check it against what the caller expects (`expected`, or the single
@@ -349,7 +362,7 @@ def read(path: str | Path, *, expected_ids: Sequence[str] | None = None, expecte
             present = f["present"][()].astype(bool)
             attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
     except (OSError, KeyError) as err:
-        raise FeatureFileError(f"{path} is not a readable feature file ({err}); delete it and re-run its rule") from err
+        raise FeatureFileError(_unreadable(path, err)) from err
     for key in ("settings", "versions"):
         if isinstance(attrs.get(key), str):
             attrs[key] = json.loads(attrs[key])
@@ -360,6 +373,28 @@ def read(path: str | Path, *, expected_ids: Sequence[str] | None = None, expecte
     if expected is not None:
         check(path, fs, expected)
     return fs
+
+
+# Attributes that say something per utterance (JSON: {utterance_id: reason} or [utterance_id, ...]): each shard
+# holds its own utterances', so the merged file holds the union of all shards' entries.
+PER_UTTERANCE_ATTRS = ("absent", "truncated", "unknown_only")
+
+
+def _merged_utterance_attrs(parts: Sequence[FeatureSet], manifest_ids: list[str]) -> dict:
+    order = {uid: i for i, uid in enumerate(manifest_ids)}
+    out = {}
+    for key in PER_UTTERANCE_ATTRS:
+        values = [json.loads(p.attrs[key]) for p in parts if p.attrs.get(key)]
+        if not values:
+            continue
+        if all(isinstance(v, dict) for v in values):
+            out[key] = json.dumps({k: v for value in values for k, v in value.items()}, sort_keys=True)
+        elif all(isinstance(v, list) for v in values):
+            out[key] = json.dumps(sorted({u for value in values for u in value}, key=lambda u: order.get(u, len(order))))
+        else:
+            raise FeatureFileError(f"shards disagree on the form of their {key!r} attribute: "
+                                   f"{sorted({type(v).__name__ for v in values})}")
+    return out
 
 
 def merge(shard_paths: Sequence[str | Path], out_path: str | Path, manifest_ids: Sequence[str]) -> FeatureSet:
@@ -380,6 +415,7 @@ def merge(shard_paths: Sequence[str | Path], out_path: str | Path, manifest_ids:
         raise FeatureFileError(f"{out_path}: shards hold {len(ids)} rows for {len(manifest_ids)} manifest "
                                f"utterances (unexpected ids {extra})")
     attrs = dict(merged.attrs)
+    attrs.update(_merged_utterance_attrs(parts, list(manifest_ids)))
     attrs["settings"] = attrs.get("settings", {})
     attrs.pop("created", None)
     attrs.pop("format_version", None)

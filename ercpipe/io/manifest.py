@@ -19,6 +19,7 @@ import pandas as pd
 
 from ercpipe.errors import ErcpipeError
 from ercpipe.io.atomic import atomic_path
+from ercpipe.io.filekind import file_kind
 
 COLUMNS: tuple[str, ...] = (
     "dataset", "split", "dialogue_id", "utterance_index", "utterance_id", "speaker", "speaker_slot",
@@ -149,7 +150,16 @@ def read(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.exists():
         raise ManifestError(f"manifest {path} does not exist; build it with the manifest rule first")
-    df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, quoting=csv.QUOTE_MINIMAL)
+    expected = ("give the manifest.tsv the pipeline wrote (features/DATASET/manifest.tsv; a dataset of your own "
+                "is read from its CSV by the csv reader first, docs/manifest.md)")
+    try:
+        df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, quoting=csv.QUOTE_MINIMAL)
+    except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        raise ManifestError(f"manifest {path} cannot be read as a tab-separated manifest ({file_kind(path)}: "
+                            f"{type(err).__name__}); {expected}") from None
+    missing = [c for c in COLUMNS if c not in df.columns]
+    if missing:
+        raise ManifestError(f"manifest {path} lacks column(s) {missing}; {expected}")
     for col in ("audio_start", "audio_end", "video_start", "video_end"):
         df[col] = df[col].mask(df[col] == "")  # empty = NaN (pandas 3 cannot parse the string "nan")
     df = normalize(df)

@@ -70,6 +70,8 @@ def probe(path: str | Path) -> MediaInfo:
     path = Path(path)
     if not path.exists():
         return MediaInfo(str(path), False, False, False, False, 0.0, "missing")
+    if path.is_file() and path.stat().st_size == 0:
+        return MediaInfo(str(path), True, False, False, False, 0.0, "empty file (0 bytes)")
     if path.suffix.lower() == ".wav" and path.is_file():
         problem = wav_problem(path)
         if problem:

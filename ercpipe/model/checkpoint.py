@@ -137,8 +137,12 @@ def feature_expectations(model: SDTVega, checkpoint: str | Path | None = None) -
     for m in model.spec.modalities:
         source = (getattr(model, "feature_sources", None) or {}).get(m) or {}
         settings = source.get("settings") if isinstance(source.get("settings"), dict) else None
-        fix = (f"give the {m} file made with that setting, or extract it again with that setting "
-               "(ercpipe predict --conversation runs the checkpoint's extractors on raw media)")
+        if feature_io.is_imported_setting(settings):
+            # Imported from a pickle: no extractor of ours made them, so there is nothing to run again.
+            fix = f"give the {m} file imported from the same pickle (ercpipe import-pickle) the model was trained on"
+        else:
+            fix = (f"give the {m} file made with that setting, or extract it again with that setting "
+                   "(ercpipe predict --conversation runs the checkpoint's extractors on raw media)")
         expected[m] = feature_io.Expectation(
             modality=m, settings=settings, setting_hash=source.get("setting_hash") or None,
             dim=model.spec.input_dims.get(m),
