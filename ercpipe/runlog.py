@@ -130,7 +130,17 @@ def rule_logging(log_path: str | os.PathLike | None, threads: int = 1) -> Iterat
         yield logger
         return
     Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-    with only_run_of_this_job(log_path), open(log_path, "w", buffering=1, encoding="utf-8") as stream:
+    lock = only_run_of_this_job(log_path)
+    try:
+        lock.__enter__()
+    except JobAlreadyRunning as err:
+        # Snakemake removed the log before starting this copy (the running one writes to a file no longer
+        # listed): the refusal is appended, so `--show-failed-logs` and the log file say why.
+        with open(log_path, "a", encoding="utf-8") as stream:
+            stream.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} ERROR ercpipe: {err}\n")
+        raise
+    with contextlib.ExitStack() as stack, open(log_path, "w", buffering=1, encoding="utf-8") as stream:
+        stack.push(lock)
         handler = logging.StreamHandler(stream)
         handler.setFormatter(logging.Formatter(_FORMAT))
         root = logging.getLogger()

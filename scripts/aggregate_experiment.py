@@ -6,4 +6,6 @@ from ercpipe.runlog import rule_logging
 with rule_logging(snakemake.log[0]):
     from ercpipe.train import aggregate
 
-    aggregate([Path(p).parent for p in snakemake.input.runs], Path(snakemake.output.summary).parent)
+    # The experiment's settings now: a seed trained with others (left over from a killed run) is refused.
+    aggregate([Path(p).parent for p in snakemake.input.runs], Path(snakemake.output.summary).parent,
+              expected=dict(snakemake.params.experiment))

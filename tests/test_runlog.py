@@ -65,10 +65,40 @@ def test_a_second_run_of_a_job_still_running_stops_naming_the_first(tmp_path):
                                                     r"lock .*\.seed0\.log\.lock\), probably left over"):
             with rule_logging(log):
                 raise AssertionError("the second run must not start")
-        assert "ready" not in log.read_text()  # the first one's log was not truncated by the refused run
+        # Snakemake deletes a job's log before it starts: the refused copy's log then says why it stopped.
+        log.unlink()
+        with pytest.raises(JobAlreadyRunning):
+            with rule_logging(log):
+                raise AssertionError("the second run must not start")
+        assert f"ERROR ercpipe: this job is already running (pid {holder.pid} on" in log.read_text()
     finally:
         os.kill(holder.pid, signal.SIGKILL)
         holder.wait()
     with rule_logging(log) as logger:  # the holder is gone, so is its lock
         logger.info("second run")
     assert "second run" in log.read_text()
+
+
+def test_temporaries_of_killed_writers_are_removed_by_the_next_write(tmp_path):
+    """A killed job leaves its `.NAME.tmpPID` behind (a fine-tuned encoder, a training state of a GB); the pid in
+    the name made the next run never find it."""
+    import os
+    import subprocess
+    import sys
+
+    from ercpipe.io.atomic import atomic_dir, atomic_path
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    live = str(os.getppid())  # the process that started this one is running
+    for name in ("last.pt", "encoder"):
+        (tmp_path / f".{name}.tmp{dead}.pt").write_bytes(b"half")
+        (tmp_path / f".{name}.tmp{live}.pt").write_bytes(b"in use")
+        (tmp_path / f".{name}.tmp{dead}").mkdir()
+    (tmp_path / f".other.tmp{dead}").write_bytes(b"another output's")
+    with atomic_path(tmp_path / "last.pt") as tmp:
+        tmp.write_bytes(b"done")
+    with atomic_dir(tmp_path / "encoder") as tmp:
+        (tmp / "model.bin").write_bytes(b"done")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [".encoder.tmp" + live + ".pt", ".last.pt.tmp" + live + ".pt", f".other.tmp{dead}", "encoder", "last.pt"])

@@ -590,8 +590,13 @@ def test_aggregate(vega_run, dataset, tmp_path):
     with pytest.raises(Exception, match=rf"{stale} was trained with train.epochs = 3, {vega_run[0]} with 10 \(1 "
                                         r"setting\(s\) differ\): one of them is left over"):
         aggregate([vega_run[0], stale], tmp_path / "refused")
+    # With one seed, or every seed left over, the seeds agree: the experiment's settings now decide.
+    with pytest.raises(Exception, match=rf"{stale} was trained with train.epochs = 3, but the experiment now sets 10 "
+                                        r"\(1 setting\(s\) differ\): it is left over from earlier settings"):
+        aggregate([stale], tmp_path / "refused", expected=resolve_experiment(TINY))
+    assert not (tmp_path / "refused").exists()
     out = tmp_path / "summary"
-    aggregate([vega_run[0], second], out)
+    aggregate([vega_run[0], second], out, expected=resolve_experiment(TINY))
     for name in ("summary.json", "summary.tsv", "curves.png", "confusion.png", "tsne.png"):
         assert (out / name).stat().st_size > 0, name
         if name.endswith(".png"):

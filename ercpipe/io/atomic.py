@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Iterator
@@ -18,6 +19,31 @@ def _tmp_sibling(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp{os.getpid()}{path.suffix}")
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_temporaries(final: Path) -> None:
+    """Delete the temporary siblings of `final` that killed writers left (their pid is no process now): each
+    killed job would otherwise leave one behind, e.g. a fine-tuned encoder or a training state of a GB. Only one
+    job writes an output at a time (ercpipe.runlog.only_run_of_this_job), so a dead pid's file is no one's."""
+    pattern = re.compile(rf"\.{re.escape(final.name)}\.tmp(\d+)")
+    if not final.parent.is_dir():
+        return
+    for entry in final.parent.iterdir():
+        match = pattern.match(entry.name)
+        if not match or int(match.group(1)) == os.getpid() or _alive(int(match.group(1))):
+            continue
+        with contextlib.suppress(OSError):
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path to write to; on clean exit it is renamed to `path`, else removed."""
@@ -25,6 +51,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     if final.is_dir():
         raise IsADirectoryError(f"{final} is a folder; give the path of a file to write")
     final.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(final)
     tmp = _tmp_sibling(final)
     try:
         yield tmp
@@ -44,6 +71,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Like atomic_path for a directory: build it under a temporary name, then swap it in."""
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(final)
     tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)

@@ -56,15 +56,28 @@ def _read_run(run_dir: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def _check_same_settings(run_dirs: Sequence[Path], runs: Sequence[dict]) -> None:
+def _check_same_settings(run_dirs: Sequence[Path], runs: Sequence[dict], expected: dict | None = None) -> None:
     """Every seed of an experiment must have been trained with the same settings (those a resume state must
-    match too, ercpipe.train.trainer.training_config): a run left over from other ones (a job that outlived a
-    killed Snakemake and ended after the re-run) is named, not averaged in."""
+    match too, ercpipe.train.trainer.training_config), and with `expected` (the experiment's resolved config,
+    when given) those: a run left over from other ones (a job that outlived a killed Snakemake and ended after
+    the re-run, having written its outputs under the new config's name) is named, not averaged in."""
     from ercpipe.train.trainer import training_config
 
     def settings(run: dict) -> dict:
         return flat_keys(training_config(run.get("config") or {}))
 
+    if expected is not None:
+        wanted = flat_keys(training_config(expected))
+        for run_dir, run in zip(run_dirs, runs):
+            got = settings(run)
+            differ = sorted(k for k in wanted.keys() | got.keys() if wanted.get(k) != got.get(k))
+            if differ:
+                key = differ[0]
+                raise AggregateError(
+                    f"{run_dir} was trained with {key} = {got.get(key)!r}, but the experiment now sets "
+                    f"{wanted.get(key)!r} ({len(differ)} setting(s) differ): it is left over from earlier settings, "
+                    "e.g. a job that outlived a killed Snakemake and finished after the config changed; delete "
+                    f"{run_dir}/metrics.json and run Snakemake again")
     first = settings(runs[0])
     for run_dir, run in zip(run_dirs[1:], runs[1:]):
         other = settings(run)
@@ -77,14 +90,15 @@ def _check_same_settings(run_dirs: Sequence[Path], runs: Sequence[dict]) -> None
                 "outlived a killed Snakemake; delete the stale seed folder's metrics.json and run Snakemake again")
 
 
-def aggregate(run_dirs: Sequence[str | Path], out_dir: str | Path) -> None:
-    """Write summary.json, summary.tsv, summary.html, curves.png, confusion.png and tsne.png into out_dir."""
+def aggregate(run_dirs: Sequence[str | Path], out_dir: str | Path, expected: dict | None = None) -> None:
+    """Write summary.json, summary.tsv, summary.html, curves.png, confusion.png and tsne.png into out_dir.
+    expected: the experiment's resolved config; every run must have been trained with its settings."""
     run_dirs = [Path(p) for p in run_dirs]
     if not run_dirs:
         raise AggregateError("no run folders to aggregate")
     out_dir = Path(out_dir)
     runs = [_read_run(p) for p in run_dirs]
-    _check_same_settings(run_dirs, runs)
+    _check_same_settings(run_dirs, runs, expected)
     summary = summarize_runs(runs, [str(p) for p in run_dirs])
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "summary.json", summary)

@@ -73,6 +73,8 @@ rule aggregate_experiment:
             subcategory="{experiment}",
             labels={"experiment": "{experiment}", "figure": "t-SNE of fused representations"},
         ),
+    params:
+        experiment=experiment_params,
     log:
         "logs/aggregate_experiment/{dataset}/{experiment}.log",
     resources:
