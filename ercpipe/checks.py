@@ -14,6 +14,17 @@ def with_defaults(settings: dict | None, defaults: dict, what: str) -> dict:
     return {**defaults, **settings}
 
 
+def yaml_number(value):
+    """`value`, or the number a string spells: a YAML 1.1 loader (PyYAML, Snakemake's) reads 1e-4 (no dot) as the
+    string "1e-4", which a user means as a number."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
 def require_int(value, minimum: int, what: str) -> int:
     """`value` if it is an integer >= minimum (not a bool), else a ValueError naming `what`."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:

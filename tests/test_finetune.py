@@ -111,6 +111,8 @@ def test_finetune_settings_and_splits_are_checked(corpus, tmp_path):
         text.text_settings({"finetune": {"epoch": 3}})
     with pytest.raises(ValueError, match="lr must be a number"):
         finetune.finetune_settings({"lr": "fast"})
+    # YAML 1.1 reads 1e-4 (no dot) as a string; training keys accepted it, fine-tuning refused it.
+    assert finetune.finetune_settings({"lr": "1e-4"})["lr"] == 1e-4
     assert text.text_settings({"finetune": True})["finetune"] == finetune.DEFAULT_SETTINGS
     assert text.text_settings({"finetune": False})["finetune"] is None
     with pytest.raises(ValueError, match="no finetune entry"):

@@ -185,6 +185,47 @@ def test_relabel_and_dialogue_outside_split(release, tmp_path):
     assert flagged[["reason", "utterance_id"]].values.tolist() == [["relabelled", "Ses01F_impro01_M001"]]
 
 
+def test_relabel_keys_match_labels_in_any_case_and_a_key_matching_nothing_is_warned_about(release, tmp_path,
+                                                                                          caplog):
+    """Labels are lower-cased before lookup; a key written `Sur` used to match nothing, silently."""
+    split = {"train": ["Ses01F_impro01"], "valid": [], "test": ["Ses05F_impro01"]}
+    (tmp_path / "split.json").write_text(json.dumps(split))
+    build_manifest("d", cfg(release, split_file=str(tmp_path / "split.json"), relabel={"Sur": "hap"}), tmp_path / "a")
+    assert manifest_io.read(tmp_path / "a/manifest.tsv").set_index("utterance_id").loc[
+        "Ses01F_impro01_M001", "label"] == "hap"
+    with caplog.at_level("WARNING"):
+        build_manifest("d", cfg(release, split_file=str(tmp_path / "split.json"), relabel={"surprise": "hap"}),
+                       tmp_path / "b")
+    assert "relabel key(s) ['surprise'] match no label" in caplog.text
+
+
+def test_an_indented_block_header_and_repaired_transcript_text(fresh_release, tmp_path):
+    """An EmoEvaluation block header with leading whitespace used to be skipped (its utterance then reported as
+    having no block); transcriptions were not repaired or flagged as MELD's and CSV rows are."""
+    emo = fresh_release / "Session1/dialog/EmoEvaluation/Ses01F_impro01.txt"
+    emo.write_text(emo.read_text().replace("[", " [", 1))
+    transcript = fresh_release / "Session1/dialog/transcriptions/Ses01F_impro01.txt"
+    lines = transcript.read_text().splitlines()
+    first, second = next(k for k, line in enumerate(lines) if "_F000" in line), \
+        next(k for k, line in enumerate(lines) if "_M000" in line)
+    lines[first] = lines[first].split("]: ")[0] + "]: It\u00e2\u20ac\u2122s here."  # UTF-8 read as cp1252 once
+    data = ("\n".join(lines) + "\n").encode("utf-8")
+    cp1252 = (lines[second].split("]: ")[0] + "]: ").encode() + "It\u2019s fine \u00e9.".encode("cp1252")
+    data = data.replace(lines[second].encode(), cp1252)
+    transcript.write_bytes(data)
+    build_manifest("d", cfg(fresh_release), tmp_path)
+    df, issues, summary = read_outputs(tmp_path)
+    rows = df.set_index("utterance_id")
+    assert "Ses01F_impro01_F000" in rows.index  # its block was read
+    assert rows.loc["Ses01F_impro01_F000", "text"] == "It\u2019s here."
+    assert rows.loc["Ses01F_impro01_M000", "text"] == "It\u2019s fine \u00e9."
+    assert rows.loc["Ses01F_impro01_F000", "flags"] == rows.loc["Ses01F_impro01_M000", "flags"] == "text_fixed"
+    details = issues[issues["reason"] == "text_fixed"].set_index("utterance_id")["detail"]
+    assert "mis-decoded characters repaired" in details["Ses01F_impro01_F000"]
+    assert "bytes that are not UTF-8 read as cp1252" in details["Ses01F_impro01_M000"]
+    assert f"{transcript}, line {first + 1}" in details["Ses01F_impro01_F000"]
+
+
 def test_missing_media_flagged_not_fatal(fresh_release, tmp_path):
     (fresh_release / "Session1/sentences/wav/Ses01F_impro01/Ses01F_impro01_M000.wav").unlink()
     (fresh_release / "Session5/dialog/avi/DivX/Ses05F_impro01.avi").write_bytes(b"not a video at all" * 10)

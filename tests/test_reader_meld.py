@@ -219,6 +219,12 @@ def test_wrong_root_and_missing_csv(tmp_path):
     root = make_meld(tmp_path / "data" / "MELD.Raw", with_clips=False)
     with pytest.raises(ManifestError, match=rf"{tmp_path / 'data'} lacks .*train_sent_emo.csv.*use it as root"):
         build_manifest("m", {"format": "meld", "root": str(tmp_path / "data")}, tmp_path / "out")
+    # A split file cut to its header used to give a manifest without that split, and no error until training.
+    test_csv = root / "test_sent_emo.csv"
+    test_csv.write_text(test_csv.read_text().splitlines()[0] + "\n")
+    with pytest.raises(ManifestError, match=rf"{test_csv} has a header but no rows; restore the release's "
+                                            r"test_sent_emo.csv \(MELD's test split\)"):
+        build_manifest("m", {"format": "meld", "root": str(root)}, tmp_path / "out")
     (root / "dev_sent_emo.csv").unlink()
     with pytest.raises(ManifestError, match=r"lacks \['dev_sent_emo.csv'\]"):
         build_manifest("m", {"format": "meld", "root": str(root)}, tmp_path / "out")

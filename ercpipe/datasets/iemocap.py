@@ -40,11 +40,11 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Collection
+from typing import Collection, NamedTuple
 
 from ercpipe.datasets import (ReadResult, declared_media, flag_overlaps, flag_past_end, flag_row, new_row,
                               number_dialogue, probes, reader_settings, rows_to_frame)
-from ercpipe.datasets.csv_manifest import read_text
+from ercpipe.datasets.csv_manifest import clean_text, read_text, text_fixed_detail
 from ercpipe.io.manifest import SPLITS, IssueLog, ManifestError
 from ercpipe.labels import IEMOCAP_CLASSES
 
@@ -105,7 +105,7 @@ def parse_evaluation(path: Path) -> list[Evaluation]:
     """Block headers of one EmoEvaluation file (annotator lines are skipped)."""
     entries: list[Evaluation] = []
     for number, line in enumerate(read_text(path).text.splitlines(), start=1):
-        if not line.startswith("["):
+        if not line.lstrip().startswith("["):  # a block header indented by an editor is still one
             continue
         bracket = re.match(r"^\[([^\]]*)\]\s*(.*)$", line.strip())
         if not bracket:
@@ -131,14 +131,22 @@ def _parse_span(span: str) -> tuple[float, float, str]:
     return start, end, ""
 
 
-def parse_transcription(path: Path, issues: IssueLog | None = None) -> dict[str, tuple[str, int]]:
-    """{utterance_id: (text, line number)} of one transcription file.
+class TranscriptLine(NamedTuple):
+    text: str  # mojibake repaired, whitespace collapsed
+    line: int
+    fixed: str  # what was repaired (the text_fixed flag's detail), "" when nothing was
+
+
+def parse_transcription(path: Path, issues: IssueLog | None = None) -> dict[str, TranscriptLine]:
+    """{utterance_id: TranscriptLine} of one transcription file.
 
     Lines without an utterance id ("M: [BREATHING]") are not utterances. A second line for an id, and a line
     that starts with the dialogue's name but is not 'ID [start-end]: text', are not used and are recorded
-    in `issues` (rejected: duplicate_transcript_line, unparsed_transcript_line)."""
-    texts: dict[str, tuple[str, int]] = {}
-    for number, line in enumerate(read_text(path).text.splitlines(), start=1):
+    in `issues` (rejected: duplicate_transcript_line, unparsed_transcript_line). Text is repaired as the MELD
+    and CSV readers repair it (bytes that are not UTF-8 read as cp1252, mis-decoded characters)."""
+    texts: dict[str, TranscriptLine] = {}
+    decoded = read_text(path)
+    for number, line in enumerate(decoded.text.splitlines(), start=1):
         match = _TRANSCRIPT.match(line.strip())
         if match and re.search(r"_[FM]", match.group(1)):
             uid = match.group(1)
@@ -147,7 +155,10 @@ def parse_transcription(path: Path, issues: IssueLog | None = None) -> dict[str,
                     issues.reject("duplicate_transcript_line", file=str(path), line=number, utterance_id=uid,
                                   detail=f"{uid} already has line {texts[uid][1]}, which is used; delete one of them")
                 continue
-            texts[uid] = (re.sub(r"\s+", " ", match.group(3)).strip(), number)
+            text, repaired = clean_text(match.group(3))
+            undecodable = number in decoded.fixed_lines
+            fixed = text_fixed_detail({"text": match.group(3)}, undecodable) if repaired or undecodable else ""
+            texts[uid] = TranscriptLine(text.strip(), number, fixed)
         elif line.startswith(path.stem + "_") and issues is not None:
             uid = re.match(r"[^\s\[(:]+", line).group(0)
             issues.reject("unparsed_transcript_line", file=str(path), line=number, utterance_id=uid,
@@ -187,7 +198,8 @@ def load_split(path: Path) -> tuple[dict[str, str], dict[str, int]]:
 
 def _settings(cfg: dict) -> dict:
     settings = reader_settings(cfg, DEFAULTS, "iemocap")
-    relabel = dict(settings["relabel"] or {})
+    # Labels are compared lower-cased (the files' Neu / neu), so the keys are too: `Sur` used to match nothing.
+    relabel = {str(raw).strip().lower(): target for raw, target in (settings["relabel"] or {}).items()}
     for raw, target in relabel.items():
         if target not in IEMOCAP_CLASSES:
             raise ValueError(f"iemocap relabel: {raw!r} -> {target!r}, but the target must be one of "
@@ -196,7 +208,7 @@ def _settings(cfg: dict) -> dict:
     bad = {k: v for k, v in sides.items() if k not in ("F", "M") or v not in ("left", "right")}
     if bad or set(sides) != {"F", "M"}:
         raise ValueError(f"iemocap sides: expected {{F: left|right, M: left|right}}, got {sides!r}")
-    settings.update(relabel=relabel, sides=sides,
+    settings.update(relabel=relabel, sides=sides, labels_seen=set(),
                     split_file=Path(settings["split_file"]) if settings["split_file"] else DEFAULT_SPLIT_FILE)
     if not settings["split_file"].is_file():
         raise ManifestError(f"iemocap split file {settings['split_file']} does not exist; set `split_file` to the "
@@ -278,9 +290,9 @@ def _dialogue_rows(name: str, session: Path, emo_file: Path, split: str | None, 
         rows.append(_make_row(name, session, emo_file, entry, label, split, texts, transcript_file, issues, media))
     # Transcribed turns without an evaluation block (the release's "..._MXX0" lines) have no label.
     labelled = {e.utterance_id for e in evaluations}
-    for uid, (_, line) in (texts or {}).items():
+    for uid, transcript in (texts or {}).items():
         if uid not in labelled:
-            issues.reject("not_evaluated", file=str(transcript_file), line=line, utterance_id=uid,
+            issues.reject("not_evaluated", file=str(transcript_file), line=transcript.line, utterance_id=uid,
                           detail=f"no EmoEvaluation block for {uid} in {emo_file}")
     rows = _time_order(rows)
     number_dialogue(rows)
@@ -300,8 +312,8 @@ def _reject_unlabelled_dialogues(session: Path, labelled: set[str], issues: Issu
         read.append(transcript)
         emo_file = session / "dialog" / "EmoEvaluation" / transcript.name
         logger.warning("IEMOCAP: %s has no label file %s; its utterances are not used", transcript, emo_file)
-        for uid, (_, line) in parse_transcription(transcript).items():
-            issues.reject("not_evaluated", file=str(transcript), line=line, utterance_id=uid,
+        for uid, transcribed in parse_transcription(transcript).items():
+            issues.reject("not_evaluated", file=str(transcript), line=transcribed.line, utterance_id=uid,
                           detail=f"{emo_file} does not exist: restore it from the release to use this dialogue")
     return read
 
@@ -312,6 +324,7 @@ def _checked_label(entry: Evaluation, dialogue: str, settings: dict, where: str)
     if not uid.startswith(dialogue + "_") or uid[len(dialogue) + 1:len(dialogue) + 2] not in SPEAKER_SLOTS:
         raise ManifestError(f"{where}: utterance id {uid!r} does not look like {dialogue}_F000 / {dialogue}_M000 "
                             "(dialogue name, then F or M for the speaking actor)")
+    settings["labels_seen"].add(entry.label)
     if entry.label not in RAW_LABELS and entry.label not in settings["relabel"]:
         raise ManifestError(f"{where}: unknown label {entry.label!r} for {uid}; IEMOCAP labels are "
                             f"{list(RAW_LABELS)} (map others with the dataset's `relabel` setting)")
@@ -319,7 +332,7 @@ def _checked_label(entry: Evaluation, dialogue: str, settings: dict, where: str)
 
 
 def _make_row(name: str, session: Path, emo_file: Path, entry: Evaluation, label: str, split: str,
-              texts: dict[str, tuple[str, int]] | None, transcript_file: Path, issues: IssueLog,
+              texts: dict[str, TranscriptLine] | None, transcript_file: Path, issues: IssueLog,
               media: _MediaCheck) -> dict:
     """One kept utterance with its media paths and flags."""
     dialogue, uid = emo_file.stem, entry.utterance_id
@@ -328,12 +341,14 @@ def _make_row(name: str, session: Path, emo_file: Path, entry: Evaluation, label
     video = session / "dialog" / "avi" / "DivX" / f"{dialogue}.avi"
     row = new_row(dataset=name, split=split, dialogue_id=dialogue, utterance_id=uid,
                   speaker=f"{dialogue[:5]}_{gender}", speaker_slot=SPEAKER_SLOTS[gender], label=label,
-                  text=(texts or {}).get(uid, ("", 0))[0], audio_path=str(wav), video_path=str(video),
+                  text=(texts or {})[uid].text if uid in (texts or {}) else "", audio_path=str(wav), video_path=str(video),
                   video_start=entry.start, video_end=entry.end, _file=str(emo_file), _line=entry.line)
     if label != entry.label:
         flag_row(row, "relabelled", issues, f"{entry.label} -> {label}")
     if entry.time_problem:
         flag_row(row, "bad_time", issues, entry.time_problem)
+    if uid in (texts or {}) and texts[uid].fixed:
+        flag_row(row, "text_fixed", issues, f"{transcript_file}, line {texts[uid].line}: {texts[uid].fixed}")
     if not row["text"]:
         flag_row(row, "empty_text", issues, f"no line for {uid} in {transcript_file}" if texts is not None
                  else f"{transcript_file} does not exist")
@@ -408,6 +423,10 @@ def read(name: str, cfg: dict, probe: bool | Collection[str] = True) -> ReadResu
             if rows:
                 by_dialogue[emo_file.stem] = rows
         sources += _reject_unlabelled_dialogues(session, {p.stem for p in emo_files}, issues)
+    unused = sorted(k for k in settings["relabel"] if k not in RAW_LABELS and k not in settings["labels_seen"])
+    if unused:  # a key that is no IEMOCAP label and no file's label: most likely a misspelling
+        logger.warning("IEMOCAP: relabel key(s) %s match no label in %s (IEMOCAP's labels: %s); check their spelling",
+                       unused, root, list(RAW_LABELS))
     if not by_dialogue:
         raise ManifestError(f"IEMOCAP root {root}: no labelled utterance of the 6 classes in any dialogue of the "
                             f"split file {settings['split_file']}; see the issues for why rows were rejected")

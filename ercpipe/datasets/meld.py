@@ -103,6 +103,9 @@ def _split_rows(name: str, root: Path, meld_split: str, split: str, csv_name: st
     """Rows of one MELD split, grouped by dialogue, in Dialogue_ID / Utterance_ID order."""
     path = root / csv_name
     records = read_csv_records(path, REQUIRED_COLUMNS)
+    if not records:
+        raise ManifestError(f"{path} has a header but no rows; restore the release's {csv_name} (MELD's "
+                            f"{meld_split} split)")
     by_key: dict[tuple[int, int], tuple[CsvRecord, dict]] = {}
     for record in records:
         dialogue, utterance = _int_field(record, "Dialogue_ID", path), _int_field(record, "Utterance_ID", path)

@@ -55,3 +55,8 @@ def write_manifest(name: str, fmt: str, frame: pd.DataFrame, result: ReadResult,
     logger.info("dataset %s: %d utterances (%s), %d flagged row(s), %d rejected row(s); wrote %s", name, len(frame),
                 ", ".join(f"{s} {n}" for s, n in summary["counts_per_split"].items()),
                 int((frame["flags"] != "").sum()), sum(summary["rejected_counts"].values()), out_dir)
+    for split, consequence in (("train", "no experiment can train on it"),
+                               ("test", "experiments on it get no test scores (valid only)")):
+        if not summary["counts_per_split"].get(split):
+            logger.warning("dataset %s has no %s utterances: %s; check its raw files (e.g. an empty split file)",
+                           name, split, consequence)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ercpipe.checks import require_int, with_defaults
+from ercpipe.checks import require_int, with_defaults, yaml_number
 from ercpipe.errors import ErcpipeError
 
 
@@ -174,7 +174,7 @@ def finetune_settings(settings: dict | None) -> dict:
                            f"{list(FINETUNE_CLASS_WEIGHTS)}, got {out['class_weights']!r}")
     for name, low, high in (("lr", 0.0, 1.0), ("weight_decay", 0.0, 1.0), ("warmup", 0.0, 1.0),
                             ("head_dropout", 0.0, 1.0)):
-        value = out[name]
+        value = yaml_number(out[name])
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
             raise SettingError(f"finetune.{name}",
                                f"text fine-tuning setting {name} must be a number in [{low}, {high}], got {value!r}")

@@ -12,7 +12,7 @@ import copy
 import difflib
 from typing import Any
 
-from ercpipe.checks import boolean, choice, integer, is_number, number
+from ercpipe.checks import boolean, choice, integer, is_number, number, yaml_number
 from ercpipe.labels import MODALITIES
 from ercpipe.model.spec import combination_problem, experiment_keys, spec_values
 
@@ -166,13 +166,6 @@ def preset(name: str) -> dict[str, dict[str, Any]]:
     return copy.deepcopy(PRESETS[name])
 
 
-def _as_float(text: str) -> float | None:
-    try:
-        return float(text)
-    except ValueError:
-        return None
-
-
 def _unknown(path: str, key: str, known) -> ValueError:
     close = difflib.get_close_matches(key, list(known), n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -201,9 +194,9 @@ def resolve_experiment(experiment_cfg: dict) -> dict:
                 raise _unknown(f"{section}.{key}", key, SCHEMA[section])
             check = SCHEMA[section][key][1]
             problem = check(value)
-            if problem and isinstance(value, str) and _as_float(value) is not None and not check(_as_float(value)):
+            if problem and isinstance(yaml_number(value), float) and not check(yaml_number(value)):
                 # YAML 1.1 reads "1e-4" (no dot) as a string; accept it as the number it spells.
-                value, problem = _as_float(value), None
+                value, problem = yaml_number(value), None
             if problem:
                 raise ValueError(f"experiment key {section}.{key}: {problem} (got {value!r})")
             resolved[section][key] = copy.deepcopy(value)
