@@ -339,6 +339,22 @@ def path_problems(config: dict, workdir: Path = Path(".")) -> list[str]:
     return [p for p in problems if p]
 
 
+def _check_face_selection(where: str, ds: dict) -> None:
+    """The visual extractor's face rule, checked now rather than inside the visual job after the manifest ran."""
+    from ercpipe.features.settings import face_selection_settings
+
+    if "face_selection" in ds and "sides" in ds:
+        raise ConfigError(f"{where}.sides: face_selection is given too, and it decides alone (sides would be ignored); "
+                          f"write the sides inside it: face_selection: {{mode: side, sides: {ds['sides']}}}")
+    try:
+        rule = face_selection_settings(face_selection(ds))
+    except ValueError as err:
+        raise ConfigError(f"{where}.face_selection: {err}") from None
+    if rule["mode"] == "side" and ds.get("format") == "iemocap" and set(rule["sides"]) != {"F", "M"}:
+        raise ConfigError(f"{where}.face_selection.sides: IEMOCAP's speakers end in F or M; give a side for both "
+                          f"(e.g. {{F: left, M: right}}), got {rule['sides']}")
+
+
 def check(config: dict, workdir: Path = Path(".")) -> None:
     """Raise ConfigError for every reference that points nowhere (after schema validation).
 
@@ -362,6 +378,7 @@ def check(config: dict, workdir: Path = Path(".")) -> None:
         if wrong:
             raise ConfigError(f"{where}.{wrong[0]}: only for format {' or '.join(PICKLE_FORMATS)} (an imported "
                               f"feature pickle); format {ds['format']} reads a raw dataset")
+        _check_face_selection(where, ds)
         if ds.get("synthetic"):
             if ds["format"] not in ("iemocap", "meld"):
                 raise ConfigError(f"{where}.synthetic: only iemocap and meld corpora can be generated")

@@ -132,6 +132,14 @@ def test_schema_errors_name_the_key(demo_config, mutate, expected):
      r"experiments.iemocap_demo_sdt.loss.class_weights: 'paper' .* exists only for IEMOCAP's and MELD's classes"),
     # Synthetic corpus settings are checked before any job, as the synthetic_corpus job would.
     (lambda c: c["synthetic"]["iemocap"].update(dialogs={"train": 3}), r"unknown setting 'synthetic.iemocap.dialogs'"),
+    # The face rule, before the manifest jobs run (it used to fail inside the visual job, not naming the key).
+    (lambda c: c["datasets"]["iemocap_demo"].update(face_selection={"mode": "side"}),
+     r"datasets.iemocap_demo.face_selection: face_selection mode 'side' needs sides"),
+    (lambda c: c["datasets"]["iemocap_demo"].update(face_selection={"mode": "side", "sides": {"F": "left"}}),
+     r"datasets.iemocap_demo.face_selection.sides: IEMOCAP's speakers end in F or M; give a side for both"),
+    (lambda c: c["datasets"]["iemocap_demo"].update(sides={"F": "right", "M": "left"},
+                                                    face_selection={"mode": "largest_central"}),
+     r"datasets.iemocap_demo.sides: face_selection is given too, and it decides alone"),
 ])
 def test_reference_errors_name_the_key(demo_config, mutate, expected):
     bad = copy.deepcopy(demo_config)

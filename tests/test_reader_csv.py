@@ -139,6 +139,11 @@ def test_probe_media_flags_corrupt_audio(data_dir, tmp_path):
     (["c1;u0;train;Ann;calm;x"], "dialogue_id;utterance_id;split;speaker;label;text",
      r"header lacks column.*looks ';'-separated, but this file is read as ','-separated"),
     (["c1,u0,train,Ann,calm,x,,,,,extra,fields"], HEADER, r"m.csv, line 2: 12 fields but the header has 10"),
+    # An optional column in another case used to be ignored: every row empty_text, and training failed much later.
+    (["c1,u0,train,Ann,calm,Hi", "c2,u1,test,Bob,calm,Yo"], "dialogue_id,utterance_id,split,speaker,label,Text",
+     r"m.csv: column names are case-sensitive: rename 'Text' to 'text'"),
+    (["c1,u0,train,Ann,calm,Hi", "c2,u1,test,Bob,calm,Yo"], "dialogue_id,utterance_id,split,speaker,label,utterance",
+     r"m.csv has no `text` column, but dataset mine declares the text modality .*found \['dialogue_id'"),
 ])
 def test_bad_input_names_file_and_line(tmp_path, lines, header, message):
     with pytest.raises(ManifestError, match=message):

@@ -38,6 +38,7 @@ from ercpipe.datasets import (ReadResult, assign_speaker_slots, declared_media, 
                               flag_row, new_row, number_dialogue, probes, reader_settings, rows_to_frame)
 from ercpipe.io import manifest as manifest_io
 from ercpipe.io.manifest import SPLITS, IssueLog, ManifestError
+from ercpipe.labels import MODALITIES
 
 logger = logging.getLogger(__name__)
 
@@ -415,6 +416,16 @@ def read(name: str, cfg: dict, probe: bool | Collection[str] = True) -> ReadResu
     records = read_csv_records(path, REQUIRED_COLUMNS, delimiter)
     if not records:
         raise ManifestError(f"{path} has a header but no rows")
+    header = list(records[0].values)
+    # Optional columns are read by their exact name: a `Text` column would leave every row empty_text, silently.
+    cased = {c: h for c in OPTIONAL_COLUMNS if c not in header for h in header if h.casefold() == c.casefold()}
+    if cased:
+        raise ManifestError(f"{path}: column names are case-sensitive: rename "
+                            f"{', '.join(f'{h!r} to {c!r}' for c, h in cased.items())}")
+    if "text" not in header and "text" in (cfg.get("modalities") or MODALITIES):
+        raise ManifestError(f"{path} has no `text` column, but dataset {name} declares the text modality (every row "
+                            f"would be empty_text); found {header[:20]}: add the transcripts as a `text` column, or "
+                            "declare the modalities the dataset has, e.g. `modalities: [audio]`")
     issues = IssueLog()
     media = declared_media(cfg)
     dialogues: dict[str, list[tuple[int | None, int, dict]]] = {}
