@@ -10,7 +10,9 @@ Conversation file: a CSV (or .tsv) with one row per utterance in spoken order an
 
     speaker        required (may be empty); a `speaker_slot` column gives the slots; without it a
                    speaker the training data gave one fixed slot keeps it (the checkpoint's table; IEMOCAP:
-                   0 = the male, 1 = the female actor), else slots follow first appearance per dialogue
+                   0 = the male, 1 = the female actor; a new name ending in _F / _M, or F / M alone, takes
+                   that letter's slot), else slots follow first appearance per dialogue. A model whose faces
+                   were picked by side (IEMOCAP) takes the face from that letter: other names are refused
     text           the transcript (needed by models with a text branch)
     audio_path, audio_start, audio_end, video_path, video_start, video_end
                    media (paths relative to the CSV's folder); times in seconds, empty = whole file
@@ -99,6 +101,10 @@ class Conversation(NamedTuple):
     has_text: bool  # the file has a text column
 
 
+# The letter that ends a speaker's name as a word of its own: Ses01_F, F (IEMOCAP's actors), not "Pam".
+SIDE_LETTER = re.compile(r"(?:^|_)([A-Z])$")
+
+
 def read_conversation(path: str | Path, classes: Sequence[str]) -> Conversation:
     """The conversation file as bring-your-own manifest rows. Read as the CSV reader reads (encodings,
     quoting, a row with more fields than the header: an error naming the line)."""
@@ -133,17 +139,47 @@ def read_conversation(path: str | Path, classes: Sequence[str]) -> Conversation:
     return Conversation(rows, labelled, [r.line for r in records], "text" in records[0].values)
 
 
+def _letter_slots(speaker_slots: dict[str, int] | None) -> dict[str, int]:
+    """{letter: slot} when the training table gives every speaker the slot of the letter ending its name (IEMOCAP:
+    Ses01_M -> 0, Ses03_F -> 1), so a new speaker ending in that letter takes that slot; else {}."""
+    rule: dict[str, int] = {}
+    for name, slot in (speaker_slots or {}).items():
+        letter = SIDE_LETTER.search(name)
+        if letter is None or rule.setdefault(letter.group(1), slot) != slot:
+            return {}
+    return rule
+
+
+def _check_side_letters(conversation, speakers, face_selection: dict | None) -> None:
+    """A model whose faces were picked by side (IEMOCAP: the F actor left, M right) takes each speaker's face from
+    the letter that ends the speaker's name; a name that merely ends in such a letter ("Pam", "Rolf") got the other
+    actor's face, silently. Names must end in the letter as a word of its own (Ses05_F, F)."""
+    if not face_selection or face_selection.get("mode") != "side":
+        return
+    sides = face_selection.get("sides") or {}
+    wrong = sorted(name for name in set(speakers) if not (SIDE_LETTER.search(name) and name[-1] in sides))
+    if wrong:
+        raise InferenceError(f"{conversation}: the model picks each speaker's face by the side of the frame "
+                             f"({', '.join(f'{k}: {v}' for k, v in sides.items())}), from the letter ending the "
+                             f"speaker's name; speaker(s) {wrong[:5]} do not end in one of {sorted(sides)} as a word "
+                             "of its own: name them e.g. Ses05_F / Ses05_M, or F / M")
+
+
 def conversation_manifest(conversation: str | Path, classes: Sequence[str], out_dir: Path,
                           modalities: Sequence[str] = (), n_speakers: int | None = None,
-                          speaker_slots: dict[str, int] | None = None) -> Path:
+                          speaker_slots: dict[str, int] | None = None, face_selection: dict | None = None) -> Path:
     """Read the conversation through the pipeline's CSV reader (media checks, text repair) into a manifest.
     `modalities` / `n_speakers`: the model's, checked before any feature is extracted; only the modalities
     the model reads are looked for (no media flags for the others). `speaker_slots`: the training data's fixed
-    speaker -> slot table (checkpoint), used when the file gives no speaker_slot and knows every speaker."""
+    speaker -> slot table (checkpoint), used when the file gives no speaker_slot and knows every speaker (or,
+    when the table follows the letter ending the names, as IEMOCAP's M / F, every speaker ends in such a letter).
+    `face_selection`: the visual features' face rule; a side rule needs speakers named by that letter."""
     from ercpipe.datasets.build import read_dataset
     from ercpipe.io.manifest import ManifestError
 
     rows, labelled, lines, has_text = read_conversation(conversation, classes)
+    _check_side_letters(conversation, rows["speaker"], face_selection)
+    by_letter = _letter_slots(speaker_slots)
     if "text" in modalities and not has_text:
         raise InferenceError(f"{conversation}: the model reads text, but the file has no 'text' column; add the "
                              "transcript of each utterance")
@@ -156,6 +192,14 @@ def conversation_manifest(conversation: str | Path, classes: Sequence[str], out_
             rows["speaker_slot"] = rows["speaker"].map(lambda name: str(speaker_slots[name]))
             logger.info("%s: speaker slots from the training data's table (%s)", conversation,
                         ", ".join(f"{name}={speaker_slots[name]}" for name in sorted(set(rows["speaker"]))))
+        elif by_letter and all(SIDE_LETTER.search(n) and SIDE_LETTER.search(n).group(1) in by_letter
+                               for n in rows["speaker"]):
+            def slot(name: str) -> int:
+                return speaker_slots[name] if name in speaker_slots else by_letter[SIDE_LETTER.search(name).group(1)]
+
+            rows["speaker_slot"] = rows["speaker"].map(lambda name: str(slot(name)))
+            logger.info("%s: speaker slots by the letter ending each name, as in the training data (%s)", conversation,
+                        ", ".join(f"{name}={slot(name)}" for name in sorted(set(rows["speaker"]))))
         elif speaker_slots:
             example = ", ".join(f"{name}={slot}" for name, slot in list(speaker_slots.items())[:4])
             logger.warning("%s: the model was trained with a fixed slot per speaker (e.g. %s), which this file's "
@@ -261,8 +305,11 @@ def predict_conversation(checkpoint: str | Path, conversation: str | Path, out_p
     with tempfile.TemporaryDirectory(prefix="ercpipe-infer-") as tmp:
         work = Path(work_dir) if work_dir else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
+        visual = (model.feature_sources.get("visual") or {}).get("settings") or {}
         manifest_path = conversation_manifest(conversation, classes, work, model.spec.modalities,
-                                              model.spec.n_speakers, model.speaker_slots)
+                                              model.spec.n_speakers, model.speaker_slots,
+                                              face_selection=visual.get("face_selection")
+                                              if "visual" in model.spec.modalities else None)
         feature_paths = extract_conversation_features(manifest_path, model.feature_sources, model.spec.modalities,
                                                       work / "features", threads=threads, device=device)
         frame = predict_features(checkpoint, manifest_path, feature_paths, device=device)

@@ -121,12 +121,31 @@ def test_an_iemocap_model_gives_a_known_speaker_its_training_slot(pipeline_run, 
     assert "speaker slots from the training data's table" in caplog.text
     assert frame["prediction"].tolist() == expected["prediction"].tolist()
     np.testing.assert_allclose(_probabilities(frame), _probabilities(expected), atol=1e-4)
-    # Speakers the table does not know: first appearance, with a warning that says how to choose.
+    # Faces were picked by side from the letter ending each name: "Pam" (a woman) would get the man's face.
+    rows = conversation.iloc[:2].assign(speaker=["Pam", "Rolf"])
+    rows.to_csv(tmp_path / "names.csv", index=False)
+    with pytest.raises(infer.InferenceError, match=r"names.csv: the model picks each speaker's face by the side of the "
+                                                   r"frame \(F: left, M: right\).*\['Pam', 'Rolf'\] do not end in"):
+        infer.predict_conversation(checkpoint, tmp_path / "names.csv", work_dir=tmp_path / "refused")
+    assert not (tmp_path / "refused" / "features").exists()  # refused before any extraction
+    # Speakers named by the letter alone: the training table's rule (M = 0, F = 1), not first appearance.
     caplog.clear()
-    (tmp_path / "new.csv").write_text("speaker,text\nAnn,I am so happy\nBob,me too\n")
+    rows = conversation.iloc[:4].assign(speaker=lambda f: f["speaker"].str[-1])
+    rows.to_csv(tmp_path / "letters.csv", index=False)
+    with caplog.at_level("INFO"):
+        infer.predict_conversation(checkpoint, tmp_path / "letters.csv", work_dir=tmp_path / "letters")
+    assert "speaker slots by the letter ending each name" in caplog.text
+    slots = manifest_io.read(tmp_path / "letters/manifest.tsv").set_index("speaker")["speaker_slot"].to_dict()
+    assert {k: slots[k] for k in slots} == {k: {"M": 0, "F": 1}[k] for k in slots}
+
+
+def test_speakers_a_fixed_slot_table_does_not_know_are_warned_about(tmp_path, caplog):
+    path = tmp_path / "new.csv"
+    path.write_text("speaker,text\nAnn,I am so happy\nBob,me too\n")
     with caplog.at_level("WARNING"):
-        infer.predict_conversation(checkpoint, tmp_path / "new.csv")
-    assert "trained with a fixed slot per speaker (e.g. Ses" in caplog.text
+        infer.conversation_manifest(path, ["hap", "sad"], tmp_path, modalities=["text"], n_speakers=2,
+                                    speaker_slots={"Ses01_F": 1, "Ses01_M": 0})
+    assert "trained with a fixed slot per speaker (e.g. Ses01_F=1" in caplog.text
     assert "Give a speaker_slot column" in caplog.text
 
 

@@ -142,6 +142,22 @@ def test_an_extraction_only_setting_re_extracts_without_fine_tuning_again(meld_t
     assert "finetune_text_encoder" not in jobs and jobs["merge_features"] == 4, jobs
 
 
+def test_a_missing_fine_tuned_encoder_is_made_again(meld_text_run):
+    """A fine-tuning job stopped after its text features existed left the encoder folder missing, and Snakemake
+    saw nothing to do, while `ercpipe predict --conversation` needs that folder."""
+    workdir, configfile = meld_text_run[:2]
+    encoders = sorted((workdir / "features/meld/text_encoders").iterdir())
+    assert encoders
+    aside = workdir / "encoder_aside"
+    encoders[0].rename(aside)
+    try:
+        jobs = planned_jobs(snakemake(workdir, configfile, "-n").stdout)
+    finally:
+        aside.rename(encoders[0])
+    assert jobs["finetune_text_encoder"] == 1, jobs
+    assert "Nothing to be done" in snakemake(workdir, configfile, "-n").stdout
+
+
 def test_a_report_is_refused_while_jobs_are_pending_and_built_for_finished_targets(meld_text_run):
     """Snakemake's --report embeds whatever files exist: after a changed setting it showed the old setting's
     results as current (exit 0), and after a failed job it stopped on a missing file without saying why."""

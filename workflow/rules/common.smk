@@ -170,10 +170,26 @@ def all_targets():
     targets += [path for name in EXPERIMENTS for path in run_files(name)]
     targets += [f"{selection_dir(name)}/summary.json" for name in SELECTIONS]
     targets += [f"results/{ds}/coverage.tsv" for ds in datasets_in_use()]
+    # Fine-tuned encoders too: `ercpipe predict --conversation` loads the one a checkpoint was trained with, and a
+    # fine-tuning job stopped while its text features exist would otherwise leave it missing for good.
+    targets += finetuned_encoders()
     if EXPERIMENTS:
         targets.append("results/benchmarks.tsv")
     targets += [path for name in EXPORTS for path in export_outputs(name)]
     return targets
+
+
+def finetuned_encoders():
+    """The encoder folder of every fine-tuned text setting the experiments use."""
+    folders = []
+    for ds in datasets_in_use():
+        if ds in PICKLE_DATASETS:
+            continue
+        for path in feature_files_of(ds):
+            modality, setting = Path(path).parent.name, Path(path).stem
+            if modality == "text" and FEATURES["text"][setting].get("finetune"):
+                folders.append(f"features/{ds}/text_encoders/{setting}")
+    return sorted(folders)
 
 
 def export_outputs(name):
