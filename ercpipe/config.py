@@ -350,7 +350,7 @@ def _check_face_selection(where: str, ds: dict) -> None:
         rule = face_selection_settings(face_selection(ds))
     except ValueError as err:
         raise ConfigError(f"{where}.face_selection: {err}") from None
-    if rule["mode"] == "side" and ds.get("format") == "iemocap" and set(rule["sides"]) != {"F", "M"}:
+    if rule["mode"] == "side" and ds.get("format") == "iemocap" and "sides" in rule and set(rule["sides"]) != {"F", "M"}:
         raise ConfigError(f"{where}.face_selection.sides: IEMOCAP's speakers end in F or M; give a side for both "
                           f"(e.g. {{F: left, M: right}}), got {rule['sides']}")
 

@@ -83,8 +83,11 @@ def predict_features(checkpoint: str | Path, manifest_path: str | Path, feature_
     if not dialogues:
         raise InferenceError(f"{manifest_path} has no dialogues in splits {list(splits or [])}")
     frame = predict(model, dialogues, batch_size=batch_size)
-    flags = manifest_io.read(manifest_path).set_index("utterance_id")["flags"]
-    frame["flags"] = frame["utterance_id"].map(flags)
+    manifest = manifest_io.read(manifest_path).set_index("utterance_id")
+    frame["flags"] = frame["utterance_id"].map(manifest["flags"])
+    # Who the model took each utterance's speaker to be (the slot is what it reads of the speaker).
+    frame["speaker"] = frame["utterance_id"].map(manifest["speaker"])
+    frame["speaker_slot"] = frame["utterance_id"].map(manifest["speaker_slot"])
     # Which modalities the model saw as zeros (no face found, no audio, empty text ...).
     absent = {u: ";".join(m for m in modalities if not bool(d.present[m][i]))
               for d in dialogues for i, u in enumerate(d.utterance_ids)}
@@ -156,7 +159,7 @@ def _check_side_letters(conversation, speakers, face_selection: dict | None) -> 
     actor's face, silently. Names must end in the letter as a word of its own (Ses05_F, F)."""
     if not face_selection or face_selection.get("mode") != "side":
         return
-    sides = face_selection.get("sides") or {}
+    sides = face_selection.get("sides") or {"F": "by dialogue", "M": "by dialogue"}  # marked_actor: IEMOCAP's F/M
     wrong = sorted(name for name in set(speakers) if not (SIDE_LETTER.search(name) and name[-1] in sides))
     if wrong:
         raise InferenceError(f"{conversation}: the model picks each speaker's face by the side of the frame "

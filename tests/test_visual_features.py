@@ -103,6 +103,25 @@ def test_side_selection_picks_the_speakers_half(videos, detector, kind):
             np.testing.assert_allclose(skin_of(crop), skin, atol=20)
 
 
+def test_marked_actor_mirrors_the_sides_by_dialogue(videos, detector):
+    """IEMOCAP's dialogue names carry the actor who wears the markers (Ses01F_..., Ses01M_...); with marked_actor
+    that actor sits on the given side in every dialogue, so the F actor's side flips between F and M dialogues."""
+    rule = visual.face_selection_settings({"mode": "side", "marked_actor": "left"})
+    assert visual.face_selection_for(rule, "Ses01F_impro01_F000")["sides"] == {"F": "left", "M": "right"}
+    assert visual.face_selection_for(rule, "Ses01M_script02_1_F003")["sides"] == {"M": "left", "F": "right"}
+    assert visual.face_selection_for(SIDE, "anything") is SIDE
+    settings = visual.visual_settings({"weights": "random"})
+    for utterance, skin in (("Ses01F_impro01_F000", LEFT_SKIN), ("Ses01M_impro01_F000", RIGHT_SKIN)):
+        crops = visual.utterance_face_crops(videos["mp4"], 0.3, 1.5, "Ses01_F", settings,
+                                            visual.face_selection_for(rule, utterance), detector=detector)
+        np.testing.assert_allclose(skin_of(crops[0]), skin, atol=20)
+    with pytest.raises(ValueError, match=r"utterance 'call1_u0': face_selection marked_actor reads the marked actor "
+                                         r"from IEMOCAP ids"):
+        visual.face_selection_for(rule, "call1_u0")
+    with pytest.raises(ValueError, match="sides .* or marked_actor .*, not both"):
+        visual.face_selection_settings({"mode": "side", "marked_actor": "left", "sides": {"F": "left"}})
+
+
 def test_largest_central_picks_the_larger_face(videos, detector):
     settings = visual.visual_settings({"backbone": "denseface", "weights": "random"})
     crops = visual.utterance_face_crops(videos["mp4"], None, None, "Joey", settings,

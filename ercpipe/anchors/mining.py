@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from ercpipe.errors import ErcpipeError
 from ercpipe.checks import with_defaults
+from ercpipe.features.settings import face_selection_for
 from ercpipe.io import features as feature_io
 from ercpipe.io import manifest as manifest_io
 from ercpipe.io.atomic import atomic_dir
@@ -128,7 +129,7 @@ def mine_anchor_images(manifest_path: str | Path, visual_h5_path: str | Path, cl
                           "split": row.split, "distance": float(row.distance), "status": "ok", "image": ""}
                 try:
                     crops = crop_fn(row.video_path, _time(row.video_start), _time(row.video_end), row.speaker,
-                                    face_settings, face_selection)
+                                    face_settings, face_selection_for(face_selection, row.utterance_id))
                 except MediaError as err:
                     crops, record["status"] = [], f"media_error: {err}"
                 if not crops:

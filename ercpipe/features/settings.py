@@ -19,6 +19,7 @@ an extractor", walks through one.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -337,15 +338,41 @@ def face_selection_settings(face_selection: dict | None) -> dict:
     if mode == "largest_central":
         extra = sorted(set(face_selection) - {"mode"})
     elif mode == "side":
-        extra = sorted(set(face_selection) - {"mode", "sides"})
-        sides = face_selection.get("sides")
-        if not isinstance(sides, dict) or not sides or not all(v in ("left", "right") for v in sides.values()):
-            raise ValueError(f"face_selection mode 'side' needs sides = {{letter: 'left'|'right'}}, got {sides!r}")
+        extra = sorted(set(face_selection) - {"mode", "sides", "marked_actor"})
+        sides, marked = face_selection.get("sides"), face_selection.get("marked_actor")
+        if marked is not None:
+            if sides is not None:
+                raise ValueError("face_selection mode 'side' takes sides (one map for every dialogue) or marked_actor "
+                                 "(by dialogue: the actor named in the dialogue's id sits there), not both")
+            if marked not in ("left", "right"):
+                raise ValueError(f"face_selection marked_actor must be 'left' or 'right', got {marked!r}")
+        elif not isinstance(sides, dict) or not sides or not all(v in ("left", "right") for v in sides.values()):
+            raise ValueError(f"face_selection mode 'side' needs sides = {{letter: 'left'|'right'}} (or marked_actor: "
+                             f"left|right), got {sides!r}")
     else:
         raise ValueError(f"face_selection mode {mode!r} is not one of ['largest_central', 'side']")
     if extra:
         raise ValueError(f"unknown face_selection key(s) {extra} for mode {mode!r}")
     return face_selection
+
+
+# IEMOCAP's dialogue (and utterance) ids name the session and the actor who wears the motion-capture markers.
+_IEMOCAP_MARKED = re.compile(r"^Ses\d\d([FM])_")
+
+
+def face_selection_for(face_selection: dict, utterance_id: str) -> dict:
+    """The rule for one utterance: with `marked_actor`, the sides of its IEMOCAP dialogue (the actor named in the
+    id, Ses01F_... -> F, sits at marked_actor, the other actor opposite); any other rule as it is."""
+    marked = face_selection.get("marked_actor")
+    if face_selection.get("mode") != "side" or marked is None:
+        return face_selection
+    match = _IEMOCAP_MARKED.match(utterance_id)
+    if match is None:
+        raise ValueError(f"utterance {utterance_id!r}: face_selection marked_actor reads the marked actor from "
+                         "IEMOCAP ids (Ses01F_impro01_..., F or M after the session); give sides instead")
+    letter = match.group(1)
+    other_side = "right" if marked == "left" else "left"
+    return {"mode": "side", "sides": {letter: marked, "M" if letter == "F" else "F": other_side}}
 
 
 def stored_visual_settings(settings: dict | None, face_selection: dict | None) -> dict:

@@ -47,6 +47,7 @@ BACKBONES = settings_mod.VISUAL_BACKBONES  # backbone -> (feature dimension, def
 DEFAULT_SETTINGS = settings_mod.VISUAL_DEFAULTS
 visual_settings = settings_mod.visual_settings  # validated, defaults filled in, image_size resolved
 face_selection_settings = settings_mod.face_selection_settings
+face_selection_for = settings_mod.face_selection_for
 stored_settings = settings_mod.stored_visual_settings  # what a feature file records (and hashes)
 
 # On the CPU, MTCNN and backbone calls take at most this many frames / crops (the batch_size setting is the
@@ -540,7 +541,8 @@ def extract_shard(manifest_path, settings: dict | None, out_path, *, threads: in
             detection.flush()
         for i, faces_per_frame in detection.done():
             row, frames = waiting.pop(i)
-            crops = crops_from_faces(frames, faces_per_frame, row.speaker, settings, face_selection)
+            crops = crops_from_faces(frames, faces_per_frame, row.speaker, settings,
+                                     face_selection_for(face_selection, row.utterance_id))
             face_count += len(crops)
             if not crops:
                 absent[row.utterance_id] = f"no_face (no speaker face in {len(frames)} sampled frame(s))"
