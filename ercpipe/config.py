@@ -156,9 +156,31 @@ def expand_searches(config: dict, workdir: Path = Path(".")) -> None:
     before check(): the experiments a search makes are then checked like written ones."""
     datasets = config.get("datasets", {})
     try:
-        search.expand_searches(config, lambda name: dataset_classes(datasets[name], workdir))
+        generated_from = search.expand_searches(config, lambda name: dataset_classes(datasets[name], workdir))
     except search.SearchError as err:
         raise ConfigError(str(err)) from None
+    # A generated text setting is checked now, so that a problem names the search key the user wrote
+    # (selections.S.search.text.pooling), not the generated name the user never wrote.
+    for name, origin in generated_from.items():
+        setting = (config.get("features", {}).get("text") or {}).get(name)
+        if setting is None:
+            continue
+        try:
+            check_extractor_settings({"features": {"text": {name: setting}}})
+        except ConfigError as err:
+            raise ConfigError(_search_key(str(err), f"features.text.{name}", origin)) from None
+
+
+def _search_key(message: str, generated: str, origin: dict) -> str:
+    """`message` about features.text.<generated>[.key...] rewritten to the search key it came from."""
+    rest = message[len(generated):] if message.startswith(generated) else ""
+    path, sep, text = rest.partition(": ")
+    keys = path.lstrip(".").split(".") if path.startswith(".") else []
+    if keys[:1] == ["context"] and len(keys) > 1 and keys[1] in origin["context_keys"]:
+        return f"{origin['context']}.{'.'.join(keys[1:])}: {text}"
+    if keys:
+        return f"{origin['text']}.{'.'.join(keys)}: {text}"
+    return f"{origin['text']}{rest}" if rest else message
 
 
 def face_selection(cfg: dict) -> dict:

@@ -79,12 +79,15 @@ def _only_dataset(config: dict, where: str) -> str:
     return datasets[0]
 
 
-def expand_searches(config: dict, classes_of: Callable[[str], list[str]]) -> None:
+def expand_searches(config: dict, classes_of: Callable[[str], list[str]]) -> dict[str, dict]:
     """Add every search's text settings and experiments to `config` and fill its selection's `candidates`.
 
     `classes_of(dataset_name)` gives the dataset's class list (to tell whether official weights exist).
     A name the config already uses, or a search of more than MAX_CANDIDATES candidates, is a SearchError.
+    Returns, per generated text setting, the search keys it was made from ({"text": dotted path, "context":
+    dotted path, "context_keys": [...]}), so that a message about it can name what the user wrote.
     """
+    generated_from: dict[str, dict] = {}
     text_settings = config.setdefault("features", {}).setdefault("text", {})
     experiments = config.setdefault("experiments", {})
     for name, selection in config.get("selections", {}).items():
@@ -137,6 +140,9 @@ def expand_searches(config: dict, classes_of: Callable[[str], list[str]]) -> Non
                 text_settings[row.text_setting] = _text_setting(text, contexts[row.context], row.finetune_seed,
                                                                 row.finetune_class_weights)
                 made.add(row.text_setting)
+                # Where the user wrote what this setting is made of, for messages about it (config.check).
+                generated_from[row.text_setting] = {"text": f"{where}.text", "context": f"{where}.contexts.{row.context}",
+                                                    "context_keys": sorted(contexts[row.context] or {})}
             if row.experiment in experiments:
                 raise SearchError(f"{where}: experiments.{row.experiment} already exists; rename the selection or "
                                   "that experiment")
@@ -151,6 +157,7 @@ def expand_searches(config: dict, classes_of: Callable[[str], list[str]]) -> Non
         selection["skipped"] = skipped
     if not text_settings:
         del config["features"]["text"]
+    return generated_from
 
 
 def _text_setting(text: dict, context: dict, seed: int | None, finetune_weights: str | None) -> dict:

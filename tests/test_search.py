@@ -104,6 +104,13 @@ def test_finetune_class_weights_same_gives_each_candidate_an_encoder_weighted_li
     (lambda s: s["search"]["experiment"].update(features={"text": "x"}), "the search makes the text settings"),
     (lambda s: s["search"].update(contexts={"plain": {}}, finetune_seeds=[0], class_weights=["none"]),
      "only one candidate"),
+    # A setting the search makes is checked as the keys the user wrote, not under its generated name.
+    (lambda s: s["search"]["text"].update(pooling="meen"),
+     r"^selections.text_recipe.search.text.pooling: text pooling 'meen' is not one of"),
+    (lambda s: s["search"]["contexts"]["speakers"].update(previus=2),
+     r"^selections.text_recipe.search.contexts.speakers.previus: unknown key; did you mean previous\?"),
+    (lambda s: s["search"]["text"]["finetune"].update(lr="fast"),
+     r"^selections.text_recipe.search.text.finetune.lr: text fine-tuning setting lr must be a number"),
 ])
 def test_a_search_that_cannot_be_expanded_names_the_key(change, message):
     config = load("meld_text.yaml")
