@@ -38,15 +38,43 @@ def feature_coverage(manifest_path: str | Path, feature_paths: Sequence[str | Pa
         note = ("Utterances per split; <i>flag</i> columns count the raw-data defects the reader recorded, "
                 "<i>missing</i> columns the utterances a feature file holds as zeros with present = False.")
         summary_path = Path(manifest_path).with_name("summary.json")
-        declared = json.loads(summary_path.read_text()).get("modalities") if summary_path.is_file() else None
+        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+        declared = summary.get("modalities")
         if declared:
             absent = [m for m in MODALITIES if m not in declared]
             note += (f" The dataset has {', '.join(declared)}"
                      + (f"; it declares no {' or '.join(absent)} (datasets.*.modalities), so none is looked for."
                         if absent else "."))
-        write_html(html_path, html_page(f"Feature coverage: {Path(manifest_path).parent.name}",
-                                        [("Per split", per_split, note)]))
+        empty = [s for s in ("train", "test") if not (df["split"] == s).any()]
+        if empty:
+            note += (f" <b>No {' and no '.join(empty)} utterances</b>: "
+                     + ("experiments on it have no test scores." if empty == ["test"] else "nothing can train on it."))
+        sections = [("Per split", per_split, note)]
+        checks = release_checks(summary.get("checks") or [])
+        if len(checks):
+            differ = int((checks["ok"] == "no").sum())
+            sections.append(("Checks against the release", checks,
+                             f"{differ} of {len(checks)} differ from the dataset as its owners ship it "
+                             "(expected on a subset; on the whole release, a sign of missing or extra files)."
+                             if differ else "The raw data matches the release on every check."))
+        write_html(html_path, html_page(f"Feature coverage: {Path(manifest_path).parent.name}", sections))
     return per_split
+
+
+def release_checks(checks: Sequence[dict]) -> pd.DataFrame:
+    """summary.json's `checks` (the reader's comparison with the published release) as a table, differences
+    first; a list value (e.g. missing dialogues) shows its first few entries."""
+    def shown(value) -> str:
+        if isinstance(value, list):
+            return ", ".join(map(str, value[:5])) + (f" ... ({len(value)} in all)" if len(value) > 5 else "")
+        return "" if value is None else str(value)
+
+    rows = [{"check": c.get("check", ""), "ok": "yes" if c.get("ok") else "no", "expected": shown(c.get("expected")),
+             "found": shown(c.get("found")), "missing": shown(c.get("missing"))} for c in checks]
+    table = pd.DataFrame(rows, columns=["check", "ok", "expected", "found", "missing"])
+    if not table["missing"].astype(bool).any():
+        table = table.drop(columns="missing")
+    return table.sort_values("ok", kind="stable").reset_index(drop=True)
 
 
 def benchmark_summary(benchmark_paths: Sequence[str | Path], root: str | Path, out_path: str | Path,
