@@ -46,6 +46,8 @@ LAZY_IMPORTS_NOT_REACHED = {
     ("*", "ercpipe.config", "jsonschema"): "validate_schema() runs in the Snakefile's process only (common.smk)",
     ("mine_anchor_images", "ercpipe.anchors.clip", "open_clip"):
         "mining selects face crops by their visual features; it encodes nothing with CLIP",
+    ("mine_anchor_images", "ercpipe.anchors.store", "open_clip"):
+        "require_known_clip_model() checks `ercpipe import-anchors --clip-model`; mining never calls it",
     # The same for library modules imported inside a function: the chain is not followed.
     ("encode_anchors", "ercpipe.anchors.mining", "ercpipe.features.visual"):
         "the ercpipe.anchors package imports mining, whose face detection encode_image_set() never calls",
