@@ -140,7 +140,7 @@ def dataset_root(name: str, cfg: dict) -> Path | None:
 def dataset_classes(cfg: dict, workdir: Path = Path(".")) -> list[str]:
     """Class names in label-id order. A pickle dataset: `classes`, else those of `labels`, else of the labels
     the pickle's layout and speakers tell (read once while the DAG is built; check() has checked it)."""
-    if cfg["format"] == "csv" or (is_pickle_dataset(cfg) and cfg.get("classes")):
+    if cfg["format"] == "csv" or (cfg.get("classes") and (is_pickle_dataset(cfg) or cfg["format"] == "iemocap")):
         return list(cfg["classes"])
     if is_pickle_dataset(cfg):
         if cfg.get("labels"):

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
+from ercpipe import config as pipeline_config
 from ercpipe.datasets import iemocap
 from ercpipe.datasets.build import build_manifest
 from ercpipe.io import manifest as manifest_io
@@ -224,6 +225,24 @@ def test_an_indented_block_header_and_repaired_transcript_text(fresh_release, tm
     assert "mis-decoded characters repaired" in details["Ses01F_impro01_F000"]
     assert "bytes that are not UTF-8 read as cp1252" in details["Ses01F_impro01_M000"]
     assert f"{transcript}, line {first + 1}" in details["Ses01F_impro01_F000"]
+
+
+def test_the_four_class_setup(release, tmp_path):
+    """IEMOCAP-4 (hap with exc merged into it, sad, neu, ang): the other labels' rows are rejected and recorded,
+    and the dataset's classes are the four, in the order given."""
+    build_manifest("d", cfg(release, classes=["hap", "sad", "neu", "ang"], relabel={"exc": "hap"}), tmp_path)
+    df, issues, summary = read_outputs(tmp_path)
+    assert summary["classes"] == ["hap", "sad", "neu", "ang"]
+    assert set(df["label"]) <= {"hap", "sad", "neu", "ang"}
+    rejected = issues[issues["reason"] == "label_not_in_classes"]
+    assert rejected["detail"].str.contains("fru").any()
+    assert rejected["detail"].str.endswith("is not one of ['hap', 'sad', 'neu', 'ang']").all()
+    assert pipeline_config.dataset_classes(cfg(release, classes=["hap", "sad", "neu", "ang"])) == \
+        ["hap", "sad", "neu", "ang"]
+    with pytest.raises(ValueError, match=r"iemocap classes: at least two distinct names of .*got \['hap', 'joy'\]"):
+        build_manifest("d", cfg(release, classes=["hap", "joy"]), tmp_path / "bad")
+    with pytest.raises(ValueError, match=r"relabel: 'exc' -> 'fru', but the target must be one of the classes"):
+        build_manifest("d", cfg(release, classes=["hap", "sad"], relabel={"exc": "fru"}), tmp_path / "bad")
 
 
 def test_missing_media_flagged_not_fatal(fresh_release, tmp_path):

@@ -14,7 +14,8 @@ are not utterances, and transcribed turns without an evaluation block (`Ses01F_i
 rejected (recorded as `not_evaluated`).
 
 Rows: the label is mapped through `relabel` first (row flagged `relabelled`), then rows whose label is
-not one of ercpipe.labels.IEMOCAP_CLASSES (xxx, oth, fea, sur, dis) are rejected and recorded; so are
+not one of the classes (default ercpipe.labels.IEMOCAP_CLASSES; xxx, oth, fea, sur, dis) are rejected and
+recorded; so are
 rows of dialogues that the split file does not list. Utterances are in time order; speaker is the
 actor ("Ses01_F"), speaker_slot 0 for M and 1 for F (the SDT / VEGA convention); audio_path is the
 sentence wav (whole file), video_path the dialogue avi with video_start/end = the utterance times.
@@ -28,6 +29,8 @@ Settings (dataset config keys) and defaults:
     root: the IEMOCAP_full_release folder (required)
     split_file: JSON with "train", "valid", "test" dialogue lists (and optionally
                 "utterances_per_dialogue"); default workflow/resources/iemocap_standard_split.json
+    classes: the classes kept, in label-id order, a subset of ercpipe.labels.IEMOCAP_CLASSES; default all
+             six; the 4-class setup is [hap, sad, neu, ang] with relabel {exc: hap}
     relabel: {raw label: class} applied before filtering, e.g. {sur: hap}; default {}
     sides: which half of the dialogue video shows each actor, {F: left|right, M: left|right};
            default {F: left, M: right}; validated here, used by the visual extractor
@@ -51,7 +54,7 @@ from ercpipe.labels import IEMOCAP_CLASSES
 logger = logging.getLogger(__name__)
 
 DEFAULT_SPLIT_FILE = Path(__file__).resolve().parents[2] / "workflow" / "resources" / "iemocap_standard_split.json"
-DEFAULTS: dict = {"split_file": None, "relabel": {}, "sides": {"F": "left", "M": "right"}}
+DEFAULTS: dict = {"split_file": None, "classes": None, "relabel": {}, "sides": {"F": "left", "M": "right"}}
 
 # Every label the EmoEvaluation files use; anything else means the file is not what we think it is.
 RAW_LABELS: tuple[str, ...] = ("neu", "fru", "sad", "sur", "ang", "hap", "exc", "fea", "dis", "oth", "xxx")
@@ -198,17 +201,22 @@ def load_split(path: Path) -> tuple[dict[str, str], dict[str, int]]:
 
 def _settings(cfg: dict) -> dict:
     settings = reader_settings(cfg, DEFAULTS, "iemocap")
+    classes = tuple(settings["classes"] or IEMOCAP_CLASSES)
+    unknown = [c for c in classes if c not in IEMOCAP_CLASSES]
+    if unknown or len(set(classes)) != len(classes) or len(classes) < 2:
+        raise ValueError(f"iemocap classes: at least two distinct names of {list(IEMOCAP_CLASSES)} in label-id order "
+                         f"(e.g. the 4-class setup [hap, sad, neu, ang] with relabel {{exc: hap}}); got {list(classes)}")
     # Labels are compared lower-cased (the files' Neu / neu), so the keys are too: `Sur` used to match nothing.
     relabel = {str(raw).strip().lower(): target for raw, target in (settings["relabel"] or {}).items()}
     for raw, target in relabel.items():
-        if target not in IEMOCAP_CLASSES:
-            raise ValueError(f"iemocap relabel: {raw!r} -> {target!r}, but the target must be one of "
-                             f"{list(IEMOCAP_CLASSES)}")
+        if target not in classes:
+            raise ValueError(f"iemocap relabel: {raw!r} -> {target!r}, but the target must be one of the classes "
+                             f"{list(classes)}")
     sides = dict(settings["sides"] or {})
     bad = {k: v for k, v in sides.items() if k not in ("F", "M") or v not in ("left", "right")}
     if bad or set(sides) != {"F", "M"}:
         raise ValueError(f"iemocap sides: expected {{F: left|right, M: left|right}}, got {sides!r}")
-    settings.update(relabel=relabel, sides=sides, labels_seen=set(),
+    settings.update(classes=classes, relabel=relabel, sides=sides, labels_seen=set(),
                     split_file=Path(settings["split_file"]) if settings["split_file"] else DEFAULT_SPLIT_FILE)
     if not settings["split_file"].is_file():
         raise ManifestError(f"iemocap split file {settings['split_file']} does not exist; set `split_file` to the "
@@ -280,11 +288,11 @@ def _dialogue_rows(name: str, session: Path, emo_file: Path, split: str | None, 
         seen[entry.utterance_id] = where
         label = _checked_label(entry, dialogue, settings, where)
         reason = "dialogue_not_in_split" if split is None else \
-            "label_not_in_classes" if label not in IEMOCAP_CLASSES else ""
+            "label_not_in_classes" if label not in settings["classes"] else ""
         if reason:
             detail = (f"dialogue {dialogue} is not in {settings['split_file']}" if split is None else
                       f"label {entry.label}" + (f" (relabelled {label})" if label != entry.label else "")
-                      + f" is not one of {list(IEMOCAP_CLASSES)}")
+                      + f" is not one of {list(settings['classes'])}")
             issues.reject(reason, file=str(emo_file), line=entry.line, utterance_id=entry.utterance_id, detail=detail)
             continue
         rows.append(_make_row(name, session, emo_file, entry, label, split, texts, transcript_file, issues, media))
@@ -443,7 +451,7 @@ def read(name: str, cfg: dict, probe: bool | Collection[str] = True) -> ReadResu
         logger.warning("IEMOCAP: %d difference(s) from the standard release (see summary.json checks), e.g. %s",
                        len(differences), differences[0])
     logger.info("IEMOCAP: %d utterances in %d dialogues", len(rows), len(order))
-    return ReadResult(rows_to_frame(rows), issues, IEMOCAP_CLASSES, checks,
+    return ReadResult(rows_to_frame(rows), issues, settings["classes"], checks,
                       {"root": str(root), "split_file": str(settings["split_file"]), "relabel": settings["relabel"],
                        "sides": settings["sides"]},
                       sources=[str(settings["split_file"])] + [str(p) for p in sources])
