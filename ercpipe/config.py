@@ -124,6 +124,25 @@ def normalize_modalities(config: dict) -> None:
             ds["modalities"] = [m for m in MODALITIES if m in ds["modalities"]]
 
 
+def reader_config(name: str, cfg: dict, with_split: bool = True) -> dict:
+    """A dataset's settings as its reader takes them: root resolved, pipeline-only keys dropped; for a shard's
+    manifest job (with_split=False) also without the keys no shard depends on (ercpipe.datasets.NOT_SHARD_KEYS:
+    the validation split, applied when the shards are joined, and the face selection), so changing them re-runs
+    no shard and no text or audio extraction job."""
+    from ercpipe.datasets import NOT_SHARD_KEYS
+    from ercpipe.datasets.build import READER_DEFAULTS
+
+    drop = {"shards", "synthetic"} | (set() if with_split else set(NOT_SHARD_KEYS))
+    # Defaults filled in, so that writing one out (probe_media: true on MELD, every modality) re-runs nothing.
+    full = {**READER_DEFAULTS.get(cfg.get("format"), {}), **cfg}
+    full["modalities"] = [m for m in MODALITIES if m in (cfg.get("modalities") or MODALITIES)]
+    out = {k: v for k, v in full.items() if k not in drop}
+    root = dataset_root(name, cfg)
+    if root is not None:
+        out["root"] = str(root)
+    return out
+
+
 def dataset_root(name: str, cfg: dict) -> Path | None:
     """Raw folder of a dataset: raw/synthetic/{name} for generated corpora, else the configured root.
 
@@ -372,9 +391,22 @@ def _check_face_selection(where: str, ds: dict) -> None:
         rule = face_selection_settings(face_selection(ds))
     except ValueError as err:
         raise ConfigError(f"{where}.face_selection: {err}") from None
-    if rule["mode"] == "side" and ds.get("format") == "iemocap" and "sides" in rule and set(rule["sides"]) != {"F", "M"}:
-        raise ConfigError(f"{where}.face_selection.sides: IEMOCAP's speakers end in F or M; give a side for both "
-                          f"(e.g. {{F: left, M: right}}), got {rule['sides']}")
+    key = f"{where}.face_selection" if "face_selection" in ds else f"{where}.sides"
+    if rule["mode"] != "side":
+        return
+    if ds.get("format") == "meld":
+        raise ConfigError(f"{key}: MELD's speakers are characters' names, not a side of the frame; use "
+                          "{mode: largest_central} (the default)")
+    if "marked_actor" in rule and ds.get("format") != "iemocap":
+        raise ConfigError(f"{key}.marked_actor: reads the actor with markers from IEMOCAP's dialogue ids; for "
+                          f"format {ds.get('format')} give sides: {{speaker letter: left|right}}")
+    sides = rule.get("sides") or {}
+    if ds.get("format") == "iemocap" and sides and set(sides) != {"F", "M"}:
+        raise ConfigError(f"{key}: IEMOCAP's speakers end in F or M; give a side for both (e.g. {{F: left, M: "
+                          f"right}}), got {sides}")
+    if len(sides) == 2 and len(set(sides.values())) == 1:
+        raise ConfigError(f"{key}: both speakers sit on the {next(iter(sides.values()))} half, so both would get "
+                          f"the same face; give them different sides, got {sides}")
 
 
 def check(config: dict, workdir: Path = Path(".")) -> None:

@@ -104,8 +104,9 @@ class Conversation(NamedTuple):
     has_text: bool  # the file has a text column
 
 
-# The letter that ends a speaker's name as a word of its own: Ses01_F, F (IEMOCAP's actors), not "Pam".
-SIDE_LETTER = re.compile(r"(?:^|_)([A-Z])$")
+# The letter that ends a speaker's name as a word of its own: Ses01_F, F, "Jim M" (IEMOCAP's actors), not "Pam".
+SIDE_LETTER = re.compile(r"(?:^|[_\s.-])([A-Z])$")
+IEMOCAP_DIALOGUE = re.compile(r"^Ses\d\d[FM]_")
 
 
 def read_conversation(path: str | Path, classes: Sequence[str]) -> Conversation:
@@ -153,13 +154,21 @@ def _letter_slots(speaker_slots: dict[str, int] | None) -> dict[str, int]:
     return rule
 
 
-def _check_side_letters(conversation, speakers, face_selection: dict | None) -> None:
+def _check_side_letters(conversation, speakers, dialogues, face_selection: dict | None) -> None:
     """A model whose faces were picked by side (IEMOCAP: the F actor left, M right) takes each speaker's face from
     the letter that ends the speaker's name; a name that merely ends in such a letter ("Pam", "Rolf") got the other
     actor's face, silently. Names must end in the letter as a word of its own (Ses05_F, F)."""
     if not face_selection or face_selection.get("mode") != "side":
         return
     sides = face_selection.get("sides") or {"F": "by dialogue", "M": "by dialogue"}  # marked_actor: IEMOCAP's F/M
+    if face_selection.get("marked_actor") is not None:
+        unnamed = sorted({d for d in dialogues if not IEMOCAP_DIALOGUE.match(d)})
+        if unnamed:
+            raise InferenceError(f"{conversation}: the model picks faces by which actor wears the motion-capture "
+                                 "markers, read from IEMOCAP dialogue ids; dialogue(s) "
+                                 f"{unnamed[:5]} are not such ids: add a dialogue_id column naming each dialogue as "
+                                 "IEMOCAP does, with the marked actor's letter (e.g. Ses01F_impro01 when the F actor "
+                                 "wears them)")
     wrong = sorted(name for name in set(speakers) if not (SIDE_LETTER.search(name) and name[-1] in sides))
     if wrong:
         raise InferenceError(f"{conversation}: the model picks each speaker's face by the side of the frame "
@@ -181,7 +190,7 @@ def conversation_manifest(conversation: str | Path, classes: Sequence[str], out_
     from ercpipe.io.manifest import ManifestError
 
     rows, labelled, lines, has_text = read_conversation(conversation, classes)
-    _check_side_letters(conversation, rows["speaker"], face_selection)
+    _check_side_letters(conversation, rows["speaker"], rows["dialogue_id"], face_selection)
     by_letter = _letter_slots(speaker_slots)
     if "text" in modalities and not has_text:
         raise InferenceError(f"{conversation}: the model reads text, but the file has no 'text' column; add the "

@@ -136,10 +136,17 @@ def test_schema_errors_name_the_key(demo_config, mutate, expected):
     (lambda c: c["datasets"]["iemocap_demo"].update(face_selection={"mode": "side"}),
      r"datasets.iemocap_demo.face_selection: face_selection mode 'side' needs sides"),
     (lambda c: c["datasets"]["iemocap_demo"].update(face_selection={"mode": "side", "sides": {"F": "left"}}),
-     r"datasets.iemocap_demo.face_selection.sides: IEMOCAP's speakers end in F or M; give a side for both"),
+     r"datasets.iemocap_demo.face_selection: IEMOCAP's speakers end in F or M; give a side for both"),
     (lambda c: c["datasets"]["iemocap_demo"].update(sides={"F": "right", "M": "left"},
                                                     face_selection={"mode": "largest_central"}),
      r"datasets.iemocap_demo.sides: face_selection is given too, and it decides alone"),
+    (lambda c: c["datasets"]["iemocap_demo"].update(sides={"F": "left", "M": "left"}),
+     r"datasets.iemocap_demo.sides: both speakers sit on the left half, so both would get the same face"),
+    (lambda c: c["datasets"]["meld_demo"].update(face_selection={"mode": "side", "sides": {"F": "left", "M": "right"}}),
+     r"datasets.meld_demo.face_selection: MELD's speakers are characters' names"),
+    (lambda c: (c["datasets"].update(mine={"format": "csv", "manifest": "README.md", "classes": ["calm", "mad"],
+                                           "face_selection": {"mode": "side", "marked_actor": "left"}})),
+     r"datasets.mine.face_selection.marked_actor: reads the actor with markers from IEMOCAP's dialogue ids"),
 ])
 def test_reference_errors_name_the_key(demo_config, mutate, expected):
     bad = copy.deepcopy(demo_config)

@@ -88,7 +88,10 @@ def test_finetuning_improves_valid_accuracy_and_never_reads_test(corpus):
     assert not np.allclose(tuned.features, plain.features)
     with pytest.raises(ValueError, match="run finetune_text_encoder first"):
         text.extract_shard(root / "manifest.tsv", settings, root / "x.h5", device=TEST_DEVICE)
-    with pytest.raises(ValueError, match="was fine-tuned with settings"):  # a stale encoder is refused
+    # A stale encoder (one a job that outlived a killed Snakemake finished) is refused, naming the key and the way out.
+    with pytest.raises(ValueError, match=r"was fine-tuned with other settings \(finetune.lr 0.003 there, 0.001 here\)"
+                                         r", e.g. by a job that outlived a killed Snakemake; delete .* --forcerun "
+                                         r"finetune_text_encoder"):
         text.extract_shard(root / "manifest.tsv", {**settings, "finetune": {**TRAINING, "lr": 1e-3}},
                            root / "x.h5", device=TEST_DEVICE, context=ExtractionContext(encoder_dir=out))
     assert not (root / "x.h5").exists()
@@ -151,7 +154,7 @@ def test_class_weighted_finetuning_weights_the_loss_by_train_frequency(corpus, t
     assert runs["train"]["settings"]["finetune"]["class_weights"] == "train"
     # An encoder made before the key existed (no class_weights stored) still matches an unweighted setting.
     assert "class_weights" not in runs["none"]["settings"]["finetune"]
-    with pytest.raises(ValueError, match="was fine-tuned with settings"):
+    with pytest.raises(ValueError, match="was fine-tuned with other settings"):
         text.extract_shard(tmp_path / "manifest.tsv", {"model": str(model), "pooling": "mean", "finetune": one_epoch},
                            tmp_path / "x.h5", device=TEST_DEVICE, context=ExtractionContext(encoder_dir=tmp_path / "train"))
     with pytest.raises(ValueError, match=r"'paper' exists only for IEMOCAP's and MELD's class lists.*use 'train'"):

@@ -140,6 +140,18 @@ def test_an_iemocap_model_gives_a_known_speaker_its_training_slot(pipeline_run, 
     assert predicted["speaker_slot"].tolist() == [{"M": 0, "F": 1}[k] for k in rows["speaker"]]
 
 
+def test_a_marked_actor_model_needs_iemocap_dialogue_ids_before_any_extraction(tmp_path):
+    path = tmp_path / "talk.csv"
+    path.write_text("speaker,text\nSes01_F,hi\nSes01_M,hello\n")
+    rule = {"mode": "side", "marked_actor": "left"}
+    with pytest.raises(infer.InferenceError, match=r"talk.csv: the model picks faces by which actor wears the "
+                                                   r"motion-capture markers.*\['talk'\] are not such ids: add a "
+                                                   r"dialogue_id column"):
+        infer.conversation_manifest(path, ["hap", "sad"], tmp_path, modalities=["text"], face_selection=rule)
+    path.write_text("dialogue_id,speaker,text\nSes01M_impro01,Ses01_F,hi\nSes01M_impro01,Jim M,hello\n")
+    infer.conversation_manifest(path, ["hap", "sad"], tmp_path, modalities=["text"], face_selection=rule)
+
+
 def test_speakers_a_fixed_slot_table_does_not_know_are_warned_about(tmp_path, caplog):
     path = tmp_path / "new.csv"
     path.write_text("speaker,text\nAnn,I am so happy\nBob,me too\n")

@@ -133,18 +133,28 @@ def _onset(signal: np.ndarray, rate: int = 16000) -> float:
     return float(np.argmax(np.abs(signal) > 0.05)) / rate
 
 
+def _window_report(root: Path, out: Path, start: float, end: float) -> tuple[str, str]:
+    """(status, detail) of the utterance-audio step for one row of long.wav (3 s) with these times."""
+    (out / "m.csv").parent.mkdir(parents=True, exist_ok=True)
+    (out / "m.csv").write_text("dialogue_id,utterance_id,split,speaker,label,text,audio_path,audio_start,audio_end\n"
+                               f"d1,u,train,A,calm,x,{root / 'long.wav'},{start},{end}\n")
+    build_manifest("w", {"format": "csv", "manifest": str(out / "m.csv"), "classes": ["calm", "other"]},
+                   out / "features")
+    write_utterance_audio(out / "features/manifest.tsv", 0, 1, out / "audio", threads=1)
+    report = pd.read_csv(out / "audio" / REPORT_NAME, sep="\t", keep_default_na=False).set_index("utterance_id")
+    return report.at["u", "status"], report.at["u", "detail"]
+
+
 def test_a_window_after_the_end_of_the_file_says_so(manifest, tmp_path):
     """Times from another clock (MELD's episode times given with a clip) decode to nothing: that was reported as
     silence, which sends a user looking at the recording instead of the times."""
     root = manifest.parent.parent
-    (tmp_path / "m.csv").write_text("dialogue_id,utterance_id,split,speaker,label,text,audio_path,audio_start,audio_end\n"
-                                    f"d1,late,train,A,calm,late,{root / 'long.wav'},206.5,208.7\n")
-    build_manifest("late", {"format": "csv", "manifest": str(tmp_path / "m.csv"), "classes": ["calm", "other"]},
-                   tmp_path / "features")
-    write_utterance_audio(tmp_path / "features/manifest.tsv", 0, 1, tmp_path / "audio", threads=1)
-    report = pd.read_csv(tmp_path / "audio" / REPORT_NAME, sep="\t", keep_default_na=False).set_index("utterance_id")
-    assert report.at["late", "status"] == "corrupt_audio"
-    assert "starts at 206.5 s, after the end of the file (3.00 s); check its times" in report.at["late", "detail"]
+    status, detail = _window_report(root, tmp_path / "late", 206.5, 208.7)
+    assert status == "corrupt_audio"
+    assert "starts at 206.5 s, after the end of the file (3.00 s); check its times" in detail
+    # An end before the start (flagged bad_time by the reader) is said to be so, not called silence.
+    _, detail = _window_report(root, tmp_path / "back", 2.0, 1.0)
+    assert "the window [2.0, 1.0) s is empty (its end is not after its start" in detail
 
 
 def test_channels_are_averaged_not_summed(tmp_path):

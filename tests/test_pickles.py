@@ -1,6 +1,7 @@
 """Community feature pickles: VEGA 7-tuple and SDT 12/13-tuple -> manifest + HDF5 -> VEGA 7-tuple."""
 from __future__ import annotations
 
+import copy
 import json
 import pickle
 from pathlib import Path
@@ -231,6 +232,25 @@ def test_speakers_of_the_other_dataset_and_unlisted_dialogues_are_named(tmp_path
     _, manifest, _ = _round_trip(tmp_path, vega_tuple(parts))
     summary = json.loads((manifest.parent / "summary.json").read_text())
     assert summary["not_imported"]["dialogues"] == 1 and summary["not_imported"]["first"] == ["Ses02M_script01_1"]
+
+
+def test_an_iemocap_tuple_with_one_hot_speakers_is_read_as_iemocap():
+    """Some conversions store IEMOCAP's speakers one-hot ([1, 0] = M, [0, 1] = F); such a tuple was guessed to be
+    MELD's, its label ids renamed with MELD's classes."""
+    parts = iemocap_parts()
+    letters = copy.deepcopy(parts["speakers"])
+    renamed = {str(k): v for k, v in enumerate(parts["train"] + parts["test"])}
+    for key in ("speakers", "labels", "text", "audio", "visual"):
+        parts[key] = {next(k for k, v in renamed.items() if v == vid): value for vid, value in parts[key].items()}
+    parts["speakers"] = {vid: [[1, 0] if g == "M" else [0, 1] for g in genders]
+                         for vid, genders in parts["speakers"].items()}
+    parts["train"], parts["test"] = ["0", "1"], ["2"]
+    ds = pickles.parse_pickle(vega_tuple(parts))
+    assert ds.fmt == "iemocap"
+    frame, _ = pickles.to_project(ds)
+    expected = [{"M": 0, "F": 1}[g] for vid in ("Ses01F_impro01", "Ses02M_script01_1", "Ses05F_impro03")
+                for g in letters[vid]]
+    assert frame["speaker_slot"].tolist() == expected
 
 
 def test_export_refuses_speakers_the_layout_cannot_hold(tmp_path):

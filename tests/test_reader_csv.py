@@ -151,6 +151,15 @@ def test_bad_input_names_file_and_line(tmp_path, lines, header, message):
     assert not (tmp_path / "out" / "manifest.tsv").exists()
 
 
+def test_a_media_column_in_another_case_is_ignored_when_the_dataset_has_no_such_modality(tmp_path):
+    path = write(tmp_path / "m.csv", ["c1,u0,train,Ann,calm,Hi,x.mp4", "c2,u1,test,Bob,calm,Yo,y.mp4"],
+                 "dialogue_id,utterance_id,split,speaker,label,text,Video_Path")
+    frame, _, _ = build(path, tmp_path / "out", modalities=["text"])
+    assert len(frame) == 2
+    with pytest.raises(ManifestError, match=r"rename 'Video_Path' to 'video_path'"):
+        build(path, tmp_path / "out2")
+
+
 def test_tolerated_oddities(tmp_path, caplog):
     """Trailing empty fields and unnamed columns (as spreadsheets write them), a quoted multi-line text, labels
     and classes in different Unicode normal forms; rows of a dialogue that are not next to each other are read

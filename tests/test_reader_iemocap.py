@@ -198,6 +198,8 @@ def test_relabel_keys_match_labels_in_any_case_and_a_key_matching_nothing_is_war
         build_manifest("d", cfg(release, split_file=str(tmp_path / "split.json"), relabel={"surprise": "hap"}),
                        tmp_path / "b")
     assert "relabel key(s) ['surprise'] match no label" in caplog.text
+    with pytest.raises(ValueError, match=r"relabel: keys \['Sur', 'sur'\] name the same label more than once"):
+        build_manifest("d", cfg(release, relabel={"Sur": "hap", "sur": "neu"}), tmp_path / "c")
 
 
 def test_an_indented_block_header_and_repaired_transcript_text(fresh_release, tmp_path):

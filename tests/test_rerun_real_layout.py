@@ -86,14 +86,16 @@ def _shard_of(workdir: Path, dataset: str, utterance_id: str) -> int:
     return next(k for k, ds in enumerate(manifest_io.dialogue_shards(frame, 2)) if dialogue in ds)
 
 
-def _one_shard_jobs(dataset: str, shard: int) -> set[tuple[str, str]]:
-    """Everything a change inside one shard of one dataset re-runs."""
+def _one_shard_jobs(dataset: str, shard: int, modalities=tuple(FEATURES)) -> set[tuple[str, str]]:
+    """Everything a change inside one shard of one dataset re-runs, when it changes what `modalities` read."""
     exp = EXPERIMENTS[dataset]
     return {
         ("build_manifest_shard", f"dataset={dataset}, shard={shard}"),
         ("build_manifest", f"dataset={dataset}"),
-        ("utterance_audio", f"dataset={dataset}, shard={shard}"),
-        *{(f"{m}_features_shard", f"dataset={dataset}, setting={s}, shard={shard}") for m, s in FEATURES.items()},
+        *{("modality_manifest_shard", f"dataset={dataset}, modality={m}, shard={shard}") for m in modalities},
+        *({("utterance_audio", f"dataset={dataset}, shard={shard}")} if "audio" in modalities else set()),
+        *{(f"{m}_features_shard", f"dataset={dataset}, setting={s}, shard={shard}") for m, s in FEATURES.items()
+          if m in modalities},
         *{("merge_features", f"dataset={dataset}, modality={m}, setting={s}") for m, s in FEATURES.items()},
         ("feature_coverage", f"dataset={dataset}"),
         ("train_model", f"dataset={dataset}, experiment={exp}, seed=0"),
@@ -136,7 +138,9 @@ def test_a_fixed_clip_reruns_its_shard_only(run_copy):
     good = next(p for p in sorted(clip.parent.glob(clip.name.split("_utt")[0] + "_utt*.mp4")) if p != clip)
     shutil.copyfile(good, clip)
 
-    assert _planned(snakemake(workdir, configfile, "-n").stdout) == _one_shard_jobs("meld_raw", shard)
+    # The clip holds the audio and the video: their extraction re-runs, the transcript's does not.
+    assert _planned(snakemake(workdir, configfile, "-n").stdout) == _one_shard_jobs("meld_raw", shard,
+                                                                                   ("audio", "visual"))
     snakemake(workdir, configfile, "--cores", "2")
 
     issues = pd.read_csv(workdir / "features/meld_raw/issues.tsv", sep="\t")
@@ -160,9 +164,16 @@ def test_a_fixed_csv_row_reruns_its_shard_only(run_copy):
     before = _features(workdir, "meld_raw", "text")
     table.loc[0, "Utterance"] = "I fixed this transcript, and it is completely different now."
     table.to_csv(csv_path, index=False)
+    audio_before, visual_before = (_features(workdir, "meld_raw", m) for m in ("audio", "visual"))
 
-    assert _planned(snakemake(workdir, configfile, "-n").stdout) == _one_shard_jobs("meld_raw", shard)
+    # A transcript fix re-runs the shard's text extraction only: its clips did not change (the audio and the
+    # faces used to be extracted again too).
+    assert _planned(snakemake(workdir, configfile, "-n").stdout) == _one_shard_jobs("meld_raw", shard, ("text",))
     snakemake(workdir, configfile, "--cores", "2")
+    for modality, before_media in (("audio", audio_before), ("visual", visual_before)):
+        after = _features(workdir, "meld_raw", modality)
+        assert after[0] == before_media[0]
+        np.testing.assert_array_equal(after[1], before_media[1])
 
     frame = manifest_io.read(workdir / "features/meld_raw/manifest.tsv")
     assert frame.loc[frame["utterance_id"] == uid, "text"].item() == table.loc[0, "Utterance"]
@@ -256,6 +267,10 @@ def test_the_same_config_with_every_default_written_out_reruns_nothing(first_run
     for modality, settings in config["features"].items():
         for name, setting in settings.items():
             settings[name] = expected_settings(modality, setting)
+    # Datasets: the readers' defaults and every modality.
+    config["datasets"]["meld_raw"].update(probe_media=True, modalities=["visual", "audio", "text"])
+    config["datasets"]["iemocap_raw"].update(sides={"F": "left", "M": "right"}, relabel={},
+                                             modalities=["text", "audio", "visual"])
     for name, experiment in config["experiments"].items():
         resolved = resolve_experiment(experiment)
         assert resolved["train"] != experiment["train"]  # defaults were left out before
@@ -273,3 +288,18 @@ def test_the_same_config_with_every_default_written_out_reruns_nothing(first_run
         ("train_model", f"dataset=meld_raw, experiment={exp}, seed=0"),
         ("aggregate_experiment", f"dataset=meld_raw, experiment={exp}"),
         ("benchmark_summary", ""), ("all", "")}
+
+
+def test_a_relabelling_re_extracts_nothing(run_copy):
+    """`relabel` changes labels, which no extractor reads; it used to re-run every shard's extraction (hours of
+    roberta-large and MTCNN on a whole IEMOCAP to try {exc: hap})."""
+    workdir, configfile = run_copy
+    config = yaml.safe_load(configfile.read_text())
+    config["datasets"]["iemocap_raw"]["relabel"] = {"exc": "hap"}
+    configfile.write_text(yaml.safe_dump(config, sort_keys=False))
+    planned = _planned(snakemake(workdir, configfile, "-n").stdout)
+    rules = {rule for rule, wildcards in planned if "iemocap_raw" in wildcards}
+    assert {"build_manifest_shard", "build_manifest", "train_model"} <= rules
+    assert not rules & {"modality_manifest_shard", "utterance_audio", "text_features_shard", "audio_features_shard",
+                        "visual_features_shard"}
+    assert not {job for job in planned if "meld_raw" in job[1]}

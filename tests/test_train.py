@@ -594,6 +594,11 @@ def test_aggregate(vega_run, dataset, tmp_path):
     with pytest.raises(Exception, match=rf"{stale} was trained with train.epochs = 3, but the experiment now sets 10 "
                                         r"\(1 setting\(s\) differ\): it is left over from earlier settings"):
         aggregate([stale], tmp_path / "refused", expected=resolve_experiment(TINY))
+    # ... and so do the feature settings and anchors it was trained on (a changed `features:` is not a training key).
+    with pytest.raises(Exception, match=r"was trained with features.text = None, but the experiment now sets "
+                                        r"'minilm2'"):
+        aggregate([vega_run[0]], tmp_path / "refused", expected=resolve_experiment({**TINY,
+                                                                                    "features": {"text": "minilm2"}}))
     assert not (tmp_path / "refused").exists()
     out = tmp_path / "summary"
     aggregate([vega_run[0], second], out, expected=resolve_experiment(TINY))

@@ -23,6 +23,8 @@ logger = logging.getLogger(__name__)
 # read(name, settings, probe=True): probe=False reads the text files and only checks that media files
 # exist, without opening them (ercpipe.datasets.fingerprint runs it while the workflow's DAG is built);
 # probe=a set of paths opens only those (one manifest shard's media).
+# Each reader's settings and their defaults (a default written out in the config is the same setting).
+READER_DEFAULTS: dict[str, dict] = {"iemocap": iemocap.DEFAULTS, "meld": meld.DEFAULTS, "csv": csv_manifest.DEFAULTS}
 READERS: dict[str, Callable[..., ReadResult]] = {
     "iemocap": iemocap.read,
     "meld": meld.read,
@@ -112,6 +114,25 @@ def build_manifest_shard(name: str, dataset_cfg: dict, shard: int, n_shards: int
     manifest_io.write(rows, manifest_out)
     logger.info("dataset %s, shard %d of %d: %d utterances in %d dialogue(s), %d media file(s) opened, %d flag(s)",
                 name, shard, n_shards, len(rows), rows["dialogue_id"].nunique(), len(media), len(issues.issues))
+
+
+def build_modality_shard(name: str, dataset_cfg: dict, shard: int, n_shards: int, modality: str,
+                         manifest_out: Path) -> None:
+    """The manifest rows of one shard as one modality's extraction reads them: the shard's rows, with the flags
+    of opening only that modality's media (text: none). Its own job, re-run only when what that extraction reads
+    changed (ercpipe.datasets.fingerprint.MODALITY_VIEWS): a fixed transcript line re-runs the text extraction of
+    its shard, not the face and audio extraction, and a relabelling re-runs no extraction."""
+    from ercpipe.datasets.fingerprint import MODALITY_VIEWS
+
+    frame, _ = read_dataset(name, dataset_cfg, probe=False)
+    rows = manifest_io.shard_rows(frame, shard, n_shards)
+    media = set().union(*(set(rows[c]) for c in MODALITY_VIEWS[modality]["media"])) - {""}
+    if media:
+        frame, _ = read_dataset(name, dataset_cfg, probe=media)
+        rows = manifest_io.shard_rows(frame, shard, n_shards)
+    manifest_io.write(rows, manifest_out)
+    logger.info("dataset %s, shard %d of %d, %s: %d utterances in %d dialogue(s), %d media file(s) opened", name,
+                shard, n_shards, modality, len(rows), rows["dialogue_id"].nunique(), len(media))
 
 
 def join_manifest_shards(name: str, dataset_cfg: dict, shard_manifests: list[Path], shard_issues: list[Path],

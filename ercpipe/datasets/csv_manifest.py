@@ -418,11 +418,14 @@ def read(name: str, cfg: dict, probe: bool | Collection[str] = True) -> ReadResu
         raise ManifestError(f"{path} has a header but no rows")
     header = list(records[0].values)
     # Optional columns are read by their exact name: a `Text` column would leave every row empty_text, silently.
-    cased = {c: h for c in OPTIONAL_COLUMNS if c not in header for h in header if h.casefold() == c.casefold()}
+    declared = cfg.get("modalities") or MODALITIES
+    read = [c for c in OPTIONAL_COLUMNS if not c.startswith(("audio_", "video_"))
+            or ("audio" in declared and c.startswith("audio_")) or ("visual" in declared and c.startswith("video_"))]
+    cased = {c: h for c in read if c not in header for h in header if h.casefold() == c.casefold()}
     if cased:
         raise ManifestError(f"{path}: column names are case-sensitive: rename "
                             f"{', '.join(f'{h!r} to {c!r}' for c, h in cased.items())}")
-    if "text" not in header and "text" in (cfg.get("modalities") or MODALITIES):
+    if "text" not in header and "text" in declared:
         raise ManifestError(f"{path} has no `text` column, but dataset {name} declares the text modality (every row "
                             f"would be empty_text); found {header[:20]}: add the transcripts as a `text` column, or "
                             "declare the modalities the dataset has, e.g. `modalities: [audio]`")

@@ -12,9 +12,13 @@ this module digests the result:
                 and the dataset's settings but those no shard depends on (NOT_SHARD_KEYS):
                 the `params` of the manifest job of shard k
     dataset     the same for the whole dataset: the `params` of the job that joins the shards
+    modality_shards[m][k]
+                what modality m's extraction reads of shard k (MODALITY_VIEWS: some columns, its flags, its
+                media files' size and mtime, the settings that are not only about labels): the `params`
+                of the job that writes that modality's copy of the shard's rows
 
-So fixing one clip or one CSV row re-runs that shard's manifest job and the extraction jobs of that
-shard, not the other shards.
+So fixing one clip re-runs that shard's manifest job and its audio and face extraction, one CSV row's
+text that shard's text extraction, a label no extraction; never the other shards.
 """
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -39,6 +43,25 @@ class RawFingerprint:
     dataset: str
     shards: tuple[str, ...]
     sources: tuple[str, ...]
+    # {modality: digest per shard} of what that modality's extraction reads of the shard (MODALITY_VIEWS)
+    modality_shards: dict = field(default_factory=dict)
+
+
+# What each extraction reads of a shard's rows: its columns, the flags it acts on, and its media files. A fix
+# that changes nothing of a modality's view (a transcript line: not the clips; a label) re-runs the shard's
+# manifest job but not that modality's extraction (common.smk gives the extraction jobs these digests).
+MODALITY_VIEWS: dict[str, dict] = {
+    "text": {"columns": ("dialogue_id", "utterance_index", "utterance_id", "speaker", "text"),
+             "flags": ("empty_text",), "media": ()},
+    "audio": {"columns": ("dialogue_id", "utterance_index", "utterance_id", "audio_path", "audio_start", "audio_end"),
+              "flags": ("missing_audio", "corrupt_audio", "no_audio_stream", "silent_audio", "bad_time"),
+              "media": ("audio_path",)},
+    "visual": {"columns": ("dialogue_id", "utterance_index", "utterance_id", "speaker", "video_path", "video_start",
+                           "video_end"),
+               "flags": ("missing_video", "corrupt_video", "no_video", "bad_time"), "media": ("video_path",)},
+}
+# Reader settings whose whole effect is on the rows' labels or on which rows there are (both in the rows).
+ROW_ONLY_KEYS = ("relabel", "classes", "split_file")
 
 
 def _digest(*parts: object) -> str:
@@ -70,7 +93,18 @@ def fingerprint(frame: pd.DataFrame, settings: dict, n_shards: int, sources=()) 
         files = sorted((set(part["audio_path"]) | set(part["video_path"])) - {""})
         shards.append(_digest(part.astype(str).values.tolist(), [[f, stats[f]] for f in files], shard_settings))
     everything = _digest(frame.astype(str).values.tolist(), sorted(stats.items()), settings)
-    return RawFingerprint(everything, tuple(shards), tuple(sorted(str(s) for s in sources)))
+    view_settings = {k: v for k, v in shard_settings.items() if k not in ROW_ONLY_KEYS}
+    modality_shards = {}
+    for modality, view in MODALITY_VIEWS.items():
+        digests = []
+        for dialogues in dialogue_shards(frame, n_shards):
+            part = frame.iloc[[i for d in dialogues for i in by_dialogue[d]]]
+            flags = [";".join(f for f in str(row).split(";") if f in view["flags"]) for row in part["flags"]]
+            files = sorted(set().union(*(set(part[c]) for c in view["media"])) - {""}) if view["media"] else []
+            digests.append(_digest(part[list(view["columns"])].astype(str).values.tolist(), flags,
+                                   [[f, stats[f]] for f in files], view_settings))
+        modality_shards[modality] = tuple(digests)
+    return RawFingerprint(everything, tuple(shards), tuple(sorted(str(s) for s in sources)), modality_shards)
 
 
 @contextlib.contextmanager

@@ -208,6 +208,9 @@ def _settings(cfg: dict) -> dict:
                          f"(e.g. the 4-class setup [hap, sad, neu, ang] with relabel {{exc: hap}}); got {list(classes)}")
     # Labels are compared lower-cased (the files' Neu / neu), so the keys are too: `Sur` used to match nothing.
     relabel = {str(raw).strip().lower(): target for raw, target in (settings["relabel"] or {}).items()}
+    if len(relabel) != len(settings["relabel"] or {}):
+        raise ValueError(f"iemocap relabel: keys {sorted(settings['relabel'])} name the same label more than once "
+                         "(labels are compared lower-cased); keep one of them")
     for raw, target in relabel.items():
         if target not in classes:
             raise ValueError(f"iemocap relabel: {raw!r} -> {target!r}, but the target must be one of the classes "

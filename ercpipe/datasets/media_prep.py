@@ -48,6 +48,8 @@ def utterance_audio(row, out_dir: Path) -> tuple[str, str]:
     if not row.audio_path:
         return "missing_audio", "the manifest row has no audio_path"
     wav = out_dir / f"{row.utterance_id}.wav"
+    if Path(row.audio_path).is_file() and Path(row.audio_path).stat().st_size == 0:
+        return "corrupt_audio", f"{row.audio_path}: empty file (0 bytes)"
     try:
         samples, peak = stream_utterance_wav(row.audio_path, row.audio_start, row.audio_end, wav)
     except MediaError as err:
@@ -57,6 +59,10 @@ def utterance_audio(row, out_dir: Path) -> tuple[str, str]:
         return "corrupt_audio", f"{row.audio_path}: {type(err).__name__}: {err}"
     if samples == 0 or peak < SILENCE_PEAK:  # ercpipe.io.media.is_silent
         wav.unlink(missing_ok=True)
+        if samples == 0 and not math.isnan(row.audio_start) and not math.isnan(row.audio_end) \
+                and row.audio_end <= row.audio_start:
+            return "silent_audio", (f"{row.audio_path}: the window [{row.audio_start}, {row.audio_end}) s is empty (its "
+                                    "end is not after its start; the row is flagged bad_time): fix the times")
         if samples == 0 and not math.isnan(row.audio_start):
             length = probe(row.audio_path).duration
             if 0 < length <= row.audio_start:  # the readers call this corrupt_audio too

@@ -218,7 +218,10 @@ def _guess_format(layout: str, speakers: dict[str, object]) -> str:
         if not isinstance(values, Iterable):
             continue  # named with its dialogue when that dialogue is read
         for value in values:
-            return "iemocap" if isinstance(value, (str, bytes)) else "meld"
+            if isinstance(value, (str, bytes)):
+                return "iemocap"
+            # One-hot speakers: two slots are IEMOCAP's actors ([1, 0] = M), MELD's vectors have nine.
+            return "iemocap" if np.size(_numpy(value)) == 2 else "meld"
     raise PickleFormatError("cannot tell IEMOCAP from MELD: the pickle has no utterances; pass fmt=")
 
 

@@ -69,9 +69,16 @@ def check_encoder_dir(settings: dict, encoder_dir: Path | None) -> None:
         raise FileNotFoundError(f"{metrics_path} does not exist: {encoder_dir} is not a finished fine-tuning "
                                 "output; re-run the fine-tuning rule")
     made_with = json.loads(metrics_path.read_text()).get("settings")
-    if made_with != settings_mod.training_view(settings):
-        raise ValueError(f"{encoder_dir} was fine-tuned with settings {made_with}, but this text setting asks for "
-                         f"{settings_mod.training_view(settings)}; re-run the fine-tuning rule")
+    wanted = settings_mod.training_view(settings)
+    if made_with != wanted:
+        from ercpipe.io.features import flat_keys
+
+        got, want = flat_keys(made_with or {}), flat_keys(wanted)
+        differ = sorted(k for k in got.keys() | want.keys() if got.get(k) != want.get(k))
+        shown = "; ".join(f"{k} {got.get(k)!r} there, {want.get(k)!r} here" for k in differ[:3])
+        raise ValueError(f"{encoder_dir} was fine-tuned with other settings ({shown}), e.g. by a job that outlived a "
+                         f"killed Snakemake; delete {encoder_dir} (or run Snakemake with --forcerun "
+                         "finetune_text_encoder) and run again")
 
 
 def extract_shard(manifest_path, settings: dict | None, out_path, *, threads: int = 1, device: str = "auto",

@@ -66,10 +66,15 @@ def _check_same_settings(run_dirs: Sequence[Path], runs: Sequence[dict], expecte
     def settings(run: dict) -> dict:
         return flat_keys(training_config(run.get("config") or {}))
 
+    def experiment(run_config: dict) -> dict:
+        # What the run was trained on too: its dataset, feature settings and anchor set.
+        return flat_keys({**training_config(run_config), **{k: run_config.get(k) for k in ("dataset", "features",
+                                                                                           "anchors")}})
+
     if expected is not None:
-        wanted = flat_keys(training_config(expected))
+        wanted = experiment(expected)
         for run_dir, run in zip(run_dirs, runs):
-            got = settings(run)
+            got = experiment(run.get("config") or {})
             differ = sorted(k for k in wanted.keys() | got.keys() if wanted.get(k) != got.get(k))
             if differ:
                 key = differ[0]

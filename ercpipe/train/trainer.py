@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from ercpipe.device import resolve_device
 from ercpipe.errors import ErcpipeError
 from ercpipe.io import features as feature_io
-from ercpipe.io.atomic import atomic_path, write_json
+from ercpipe.io.atomic import atomic_path, remove_stale_temporaries, write_json
 from ercpipe.model.anchors import subsample_anchor_images
 from ercpipe.model.batch import standardize
 from ercpipe.model.checkpoint import (CHECKPOINT_FORMAT, CheckpointError, checkpoint_payload, load_checkpoint_file,
@@ -634,6 +634,7 @@ def _finish(out_dir, cfg, data, seed, state, payload, device, selection_split, t
     write_json(out_dir / "metrics.json", metrics)
     # The run is complete: the resume state is no longer needed (a forced re-run trains from scratch).
     (out_dir / LAST_NAME).unlink(missing_ok=True)
+    remove_stale_temporaries(out_dir / LAST_NAME)  # a state a killed run was writing when it stopped
     (out_dir / WORK_BEST_NAME).unlink(missing_ok=True)
     logger.info("selected epoch %d on %s; test weighted F1 %s, accuracy %s", payload["epoch"], selection_split,
                 _fmt(results.get("test"), "weighted_f1"), _fmt(results.get("test"), "accuracy"))

@@ -9,7 +9,6 @@ import snakemake.report
 from snakemake.utils import validate
 
 from ercpipe import config as pipeline_config
-from ercpipe.datasets import NOT_SHARD_KEYS
 from ercpipe.datasets.fingerprint import dataset_fingerprint
 from ercpipe.features.settings import training_view
 from ercpipe.io.digest import folder_digest
@@ -219,16 +218,8 @@ def canonical(value):
 
 
 def reader_config(dataset, with_split=True):
-    """The dataset's settings as its reader takes them: root resolved, pipeline-only keys dropped; for a shard's
-    manifest job (with_split=False) also without the keys no shard depends on (ercpipe.datasets.NOT_SHARD_KEYS:
-    the validation split, applied when the shards are joined, and the face selection), so changing them re-runs
-    no shard and no text or audio extraction job."""
-    drop = {"shards", "synthetic"} | (set() if with_split else set(NOT_SHARD_KEYS))
-    cfg = {k: v for k, v in DATASETS[dataset].items() if k not in drop}
-    root = pipeline_config.dataset_root(dataset, DATASETS[dataset])
-    if root is not None:
-        cfg["root"] = str(root)
-    return canonical(cfg)
+    """The dataset's settings as its reader takes them (ercpipe.config.reader_config), in canonical form."""
+    return canonical(pipeline_config.reader_config(dataset, DATASETS[dataset], with_split))
 
 
 @functools.cache
@@ -280,6 +271,14 @@ def shard_resource(kind, key):
         return extraction_resources(input.manifest, 0, 1, kind, threads, **extra)[key]
 
     return value
+
+
+def modality_digest(wildcards):
+    """The digest of what one modality's extraction reads of a shard (rows, flags, media;
+    ercpipe.datasets.fingerprint.MODALITY_VIEWS): the `rows` param of rule modality_manifest_shard; empty for a
+    generated corpus."""
+    fingerprint = raw_fingerprint(wildcards.dataset)
+    return "" if fingerprint is None else fingerprint.modality_shards[wildcards.modality][int(wildcards.shard)]
 
 
 def raw_digest(part):

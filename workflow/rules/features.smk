@@ -1,7 +1,8 @@
 # Feature extraction: one rule per extractor, each sharded by dialogue chunks, then merged.
 # `params: settings` carries only that extractor's setting, so changing e.g. the text model re-runs
-# the text rules and what depends on them, and nothing else. A shard job reads its shard's own
-# manifest (rule build_manifest_shard), so a fix in the raw data re-runs only the shards it touches.
+# the text rules and what depends on them, and nothing else. A shard job reads its shard's rows as its
+# modality sees them (rule modality_manifest_shard), so a fix in the raw data re-runs only the shards it
+# touches, and there only the modalities whose inputs changed.
 
 
 rule finetune_text_encoder:
@@ -30,7 +31,7 @@ rule finetune_text_encoder:
 rule text_features_shard:
     input:
         unpack(text_encoder_input),
-        manifest="features/{dataset}/manifest_shards/shard{shard}.tsv",
+        manifest="features/{dataset}/manifest_shards/text/shard{shard}.tsv",
     output:
         shard="features/{dataset}/text/{setting}/shard{shard}.h5",
     params:
@@ -52,7 +53,7 @@ rule text_features_shard:
 
 rule audio_features_shard:
     input:
-        manifest="features/{dataset}/manifest_shards/shard{shard}.tsv",
+        manifest="features/{dataset}/manifest_shards/audio/shard{shard}.tsv",
         wavs="features/{dataset}/media/audio/shard{shard}",
     output:
         shard="features/{dataset}/audio/{setting}/shard{shard}.h5",
@@ -74,7 +75,7 @@ rule audio_features_shard:
 
 rule visual_features_shard:
     input:
-        manifest="features/{dataset}/manifest_shards/shard{shard}.tsv",
+        manifest="features/{dataset}/manifest_shards/visual/shard{shard}.tsv",
     output:
         shard="features/{dataset}/visual/{setting}/shard{shard}.h5",
     params:

@@ -26,6 +26,27 @@ rule build_manifest_shard:
         "../../scripts/build_manifest_shard.py"
 
 
+rule modality_manifest_shard:
+    wildcard_constraints:
+        dataset=one_of(RAW_DATASETS, "NO_RAW_DATASET"),
+    input:
+        shard_raw_input,
+    output:
+        manifest="features/{dataset}/manifest_shards/{modality}/shard{shard}.tsv",
+    params:
+        rows=modality_digest,
+        n_shards=lambda wc: n_shards(wc.dataset),
+    log:
+        "logs/modality_manifest_shard/{dataset}/{modality}/shard{shard}.log",
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    conda:
+        "../../envs/base.yaml"
+    script:
+        "../../scripts/modality_manifest_shard.py"
+
+
 rule build_manifest:
     wildcard_constraints:
         dataset=one_of(RAW_DATASETS, "NO_RAW_DATASET"),  # a pickle dataset's manifest: rule import_pickle
@@ -61,7 +82,7 @@ rule build_manifest:
 
 rule utterance_audio:
     input:
-        manifest="features/{dataset}/manifest_shards/shard{shard}.tsv",
+        manifest="features/{dataset}/manifest_shards/audio/shard{shard}.tsv",
     output:
         wavs=directory("features/{dataset}/media/audio/shard{shard}"),
     log:
