@@ -303,3 +303,16 @@ def test_a_relabelling_re_extracts_nothing(run_copy):
     assert not rules & {"modality_manifest_shard", "utterance_audio", "text_features_shard", "audio_features_shard",
                         "visual_features_shard"}
     assert not {job for job in planned if "meld_raw" in job[1]}
+
+
+def test_a_media_only_setting_re_extracts_no_text(run_copy):
+    """`probe_media` decides which clips are opened (their corrupt flags), nothing of the transcripts: it used to
+    re-run every shard's text extraction too."""
+    workdir, configfile = run_copy
+    config = yaml.safe_load(configfile.read_text())
+    config["datasets"]["meld_raw"]["probe_media"] = False
+    configfile.write_text(yaml.safe_dump(config, sort_keys=False))
+    rules = {rule for rule, wildcards in _planned(snakemake(workdir, configfile, "-n").stdout)
+             if "meld_raw" in wildcards}
+    assert {"audio_features_shard", "visual_features_shard"} <= rules
+    assert "text_features_shard" not in rules

@@ -32,6 +32,23 @@ SPLIT_KEYS: frozenset[str] = frozenset({"valid_split"})
 # text or audio extraction.
 NOT_SHARD_KEYS: frozenset[str] = SPLIT_KEYS | {"face_selection", "sides"}
 
+# What each extraction reads of a shard's rows: its columns, the flags it acts on, and its media files. A fix
+# that changes nothing of a modality's view (a transcript line: not the clips; a label) re-runs the shard's
+# manifest job but not that modality's extraction (rule modality_manifest_shard re-runs on these digests).
+# `settings`: the reader settings that change what the extraction gets beyond the rows the digest holds (whether
+# media are opened decides their corrupt / track-less flags); every other setting acts through the rows.
+MODALITY_VIEWS: dict[str, dict] = {
+    "text": {"columns": ("dialogue_id", "utterance_index", "utterance_id", "speaker", "text"),
+             "flags": ("empty_text",), "media": (), "settings": ()},
+    "audio": {"columns": ("dialogue_id", "utterance_index", "utterance_id", "audio_path", "audio_start", "audio_end"),
+              "flags": ("missing_audio", "corrupt_audio", "no_audio_stream", "silent_audio", "bad_time"),
+              "media": ("audio_path",), "settings": ("probe_media",)},
+    "visual": {"columns": ("dialogue_id", "utterance_index", "utterance_id", "speaker", "video_path", "video_start",
+                           "video_end"),
+               "flags": ("missing_video", "corrupt_video", "no_video", "bad_time"), "media": ("video_path",),
+               "settings": ("probe_media",)},
+}
+
 # Two times closer than this (seconds) count as equal when looking for overlaps.
 TIME_TOLERANCE = 1e-3
 

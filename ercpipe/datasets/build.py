@@ -12,7 +12,7 @@ from typing import Callable, Collection
 
 import pandas as pd
 
-from ercpipe.datasets import ReadResult, csv_manifest, iemocap, meld
+from ercpipe.datasets import MODALITY_VIEWS, ReadResult, csv_manifest, iemocap, meld
 from ercpipe.datasets.summary import write_manifest
 from ercpipe.io import manifest as manifest_io
 from ercpipe.io.manifest import IssueLog, ManifestError
@@ -122,8 +122,6 @@ def build_modality_shard(name: str, dataset_cfg: dict, shard: int, n_shards: int
     of opening only that modality's media (text: none). Its own job, re-run only when what that extraction reads
     changed (ercpipe.datasets.fingerprint.MODALITY_VIEWS): a fixed transcript line re-runs the text extraction of
     its shard, not the face and audio extraction, and a relabelling re-runs no extraction."""
-    from ercpipe.datasets.fingerprint import MODALITY_VIEWS
-
     frame, _ = read_dataset(name, dataset_cfg, probe=False)
     rows = manifest_io.shard_rows(frame, shard, n_shards)
     media = set().union(*(set(rows[c]) for c in MODALITY_VIEWS[modality]["media"])) - {""}

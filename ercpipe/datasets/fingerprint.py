@@ -14,7 +14,7 @@ this module digests the result:
     dataset     the same for the whole dataset: the `params` of the job that joins the shards
     modality_shards[m][k]
                 what modality m's extraction reads of shard k (MODALITY_VIEWS: some columns, its flags, its
-                media files' size and mtime, the settings that are not only about labels): the `params`
+                media files' size and mtime, whether media are opened): the `params`
                 of the job that writes that modality's copy of the shard's rows
 
 So fixing one clip re-runs that shard's manifest job and its audio and face extraction, one CSV row's
@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ercpipe.datasets import NOT_SHARD_KEYS
+from ercpipe.datasets import MODALITY_VIEWS, NOT_SHARD_KEYS
 from ercpipe.io.manifest import dialogue_shards
 
 
@@ -47,21 +47,6 @@ class RawFingerprint:
     modality_shards: dict = field(default_factory=dict)
 
 
-# What each extraction reads of a shard's rows: its columns, the flags it acts on, and its media files. A fix
-# that changes nothing of a modality's view (a transcript line: not the clips; a label) re-runs the shard's
-# manifest job but not that modality's extraction (common.smk gives the extraction jobs these digests).
-MODALITY_VIEWS: dict[str, dict] = {
-    "text": {"columns": ("dialogue_id", "utterance_index", "utterance_id", "speaker", "text"),
-             "flags": ("empty_text",), "media": ()},
-    "audio": {"columns": ("dialogue_id", "utterance_index", "utterance_id", "audio_path", "audio_start", "audio_end"),
-              "flags": ("missing_audio", "corrupt_audio", "no_audio_stream", "silent_audio", "bad_time"),
-              "media": ("audio_path",)},
-    "visual": {"columns": ("dialogue_id", "utterance_index", "utterance_id", "speaker", "video_path", "video_start",
-                           "video_end"),
-               "flags": ("missing_video", "corrupt_video", "no_video", "bad_time"), "media": ("video_path",)},
-}
-# Reader settings whose whole effect is on the rows' labels or on which rows there are (both in the rows).
-ROW_ONLY_KEYS = ("relabel", "classes", "split_file")
 
 
 def _digest(*parts: object) -> str:
@@ -93,7 +78,6 @@ def fingerprint(frame: pd.DataFrame, settings: dict, n_shards: int, sources=()) 
         files = sorted((set(part["audio_path"]) | set(part["video_path"])) - {""})
         shards.append(_digest(part.astype(str).values.tolist(), [[f, stats[f]] for f in files], shard_settings))
     everything = _digest(frame.astype(str).values.tolist(), sorted(stats.items()), settings)
-    view_settings = {k: v for k, v in shard_settings.items() if k not in ROW_ONLY_KEYS}
     modality_shards = {}
     for modality, view in MODALITY_VIEWS.items():
         digests = []
@@ -102,7 +86,7 @@ def fingerprint(frame: pd.DataFrame, settings: dict, n_shards: int, sources=()) 
             flags = [";".join(f for f in str(row).split(";") if f in view["flags"]) for row in part["flags"]]
             files = sorted(set().union(*(set(part[c]) for c in view["media"])) - {""}) if view["media"] else []
             digests.append(_digest(part[list(view["columns"])].astype(str).values.tolist(), flags,
-                                   [[f, stats[f]] for f in files], view_settings))
+                                   [[f, stats[f]] for f in files], {k: settings.get(k) for k in view["settings"]}))
         modality_shards[modality] = tuple(digests)
     return RawFingerprint(everything, tuple(shards), tuple(sorted(str(s) for s in sources)), modality_shards)
 

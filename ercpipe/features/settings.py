@@ -363,8 +363,8 @@ _IEMOCAP_MARKED = re.compile(r"^Ses\d\d([FM])_")
 def face_selection_for(face_selection: dict, utterance_id: str) -> dict:
     """The rule for one utterance: with `marked_actor`, the sides of its IEMOCAP dialogue (the actor named in the
     id, Ses01F_... -> F, sits at marked_actor, the other actor opposite); any other rule as it is."""
-    marked = face_selection.get("marked_actor")
-    if face_selection.get("mode") != "side" or marked is None:
+    marked = (face_selection or {}).get("marked_actor")
+    if marked is None or face_selection.get("mode") != "side":
         return face_selection
     match = _IEMOCAP_MARKED.match(utterance_id)
     if match is None:
