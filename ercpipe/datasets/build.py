@@ -120,7 +120,7 @@ def build_modality_shard(name: str, dataset_cfg: dict, shard: int, n_shards: int
                          manifest_out: Path) -> None:
     """The manifest rows of one shard as one modality's extraction reads them: the shard's rows, with the flags
     of opening only that modality's media (text: none). Its own job, re-run only when what that extraction reads
-    changed (ercpipe.datasets.fingerprint.MODALITY_VIEWS): a fixed transcript line re-runs the text extraction of
+    changed (ercpipe.datasets.MODALITY_VIEWS): a fixed transcript line re-runs the text extraction of
     its shard, not the face and audio extraction, and a relabelling re-runs no extraction."""
     frame, _ = read_dataset(name, dataset_cfg, probe=False)
     rows = manifest_io.shard_rows(frame, shard, n_shards)

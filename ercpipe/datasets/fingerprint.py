@@ -47,8 +47,6 @@ class RawFingerprint:
     modality_shards: dict = field(default_factory=dict)
 
 
-
-
 def _digest(*parts: object) -> str:
     blob = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -72,17 +70,17 @@ def fingerprint(frame: pd.DataFrame, settings: dict, n_shards: int, sources=()) 
     stats = _media_stats(frame)
     shard_settings = {k: v for k, v in settings.items() if k not in NOT_SHARD_KEYS}
     by_dialogue = frame.groupby("dialogue_id", sort=False).indices
+    parts = [frame.iloc[[i for d in dialogues for i in by_dialogue[d]]]
+             for dialogues in dialogue_shards(frame, n_shards)]
     shards = []
-    for dialogues in dialogue_shards(frame, n_shards):
-        part = frame.iloc[[i for d in dialogues for i in by_dialogue[d]]]
+    for part in parts:
         files = sorted((set(part["audio_path"]) | set(part["video_path"])) - {""})
         shards.append(_digest(part.astype(str).values.tolist(), [[f, stats[f]] for f in files], shard_settings))
     everything = _digest(frame.astype(str).values.tolist(), sorted(stats.items()), settings)
     modality_shards = {}
     for modality, view in MODALITY_VIEWS.items():
         digests = []
-        for dialogues in dialogue_shards(frame, n_shards):
-            part = frame.iloc[[i for d in dialogues for i in by_dialogue[d]]]
+        for part in parts:
             flags = [";".join(f for f in str(row).split(";") if f in view["flags"]) for row in part["flags"]]
             files = sorted(set().union(*(set(part[c]) for c in view["media"])) - {""}) if view["media"] else []
             digests.append(_digest(part[list(view["columns"])].astype(str).values.tolist(), flags,

@@ -15,10 +15,10 @@ rejected (recorded as `not_evaluated`).
 
 Rows: the label is mapped through `relabel` first (row flagged `relabelled`), then rows whose label is
 not one of the classes (default ercpipe.labels.IEMOCAP_CLASSES; xxx, oth, fea, sur, dis) are rejected and
-recorded; so are
-rows of dialogues that the split file does not list. Utterances are in time order; speaker is the
-actor ("Ses01_F"), speaker_slot 0 for M and 1 for F (the SDT / VEGA convention); audio_path is the
-sentence wav (whole file), video_path the dialogue avi with video_start/end = the utterance times.
+recorded; so are rows of dialogues that the split file does not list. Utterances are in time order;
+speaker is the actor ("Ses01_F"), speaker_slot 0 for M and 1 for F (the SDT / VEGA convention);
+audio_path is the sentence wav (whole file), video_path the dialogue avi with video_start/end = the
+utterance times.
 
 summary.json "checks" compares the result with the standard release (151 dialogues, 5810 train+valid
 and 1623 test utterances, the per-dialogue counts of the split file) and lists every difference; on the

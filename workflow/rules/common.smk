@@ -275,7 +275,7 @@ def shard_resource(kind, key):
 
 def modality_digest(wildcards):
     """The digest of what one modality's extraction reads of a shard (rows, flags, media;
-    ercpipe.datasets.fingerprint.MODALITY_VIEWS): the `rows` param of rule modality_manifest_shard; empty for a
+    ercpipe.datasets.MODALITY_VIEWS): the `rows` param of rule modality_manifest_shard; empty for a
     generated corpus."""
     fingerprint = raw_fingerprint(wildcards.dataset)
     return "" if fingerprint is None else fingerprint.modality_shards[wildcards.modality][int(wildcards.shard)]
