@@ -71,11 +71,14 @@ def _check_same_settings(run_dirs: Sequence[Path], runs: Sequence[dict], expecte
         return flat_keys({**training_config(run_config), **{k: run_config.get(k) for k in ("dataset", "features",
                                                                                            "anchors")}})
 
+    def differing(a: dict, b: dict) -> list[str]:
+        return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+
     if expected is not None:
         wanted = experiment(expected)
         for run_dir, run in zip(run_dirs, runs):
             got = experiment(run.get("config") or {})
-            differ = sorted(k for k in wanted.keys() | got.keys() if wanted.get(k) != got.get(k))
+            differ = differing(wanted, got)
             if differ:
                 key = differ[0]
                 raise AggregateError(
@@ -86,7 +89,7 @@ def _check_same_settings(run_dirs: Sequence[Path], runs: Sequence[dict], expecte
     first = settings(runs[0])
     for run_dir, run in zip(run_dirs[1:], runs[1:]):
         other = settings(run)
-        differ = sorted(k for k in first.keys() | other.keys() if first.get(k) != other.get(k))
+        differ = differing(first, other)
         if differ:
             key = differ[0]
             raise AggregateError(
