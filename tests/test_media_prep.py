@@ -175,8 +175,8 @@ def test_non_finite_samples_are_corrupt_audio_not_silence(tmp_path):
     signal = (0.5 * np.sin(2 * np.pi * 220 * np.arange(32000) / 16000)).astype(np.float32)
     signal[100:200] = np.nan
     sf.write(str(tmp_path / "nan.wav"), signal, 16000, subtype="FLOAT")
-    row = pd.Series({"utterance_id": "u0", "audio_path": str(tmp_path / "nan.wav"), "audio_start": 0.0,
-                     "audio_end": 1.0})
+    row = next(pd.DataFrame([{"utterance_id": "u0", "audio_path": str(tmp_path / "nan.wav"), "audio_start": 0.0,
+                              "audio_end": 1.0, "flags": ""}]).itertuples(index=False))  # as the step gets its rows
     status, detail = utterance_audio(row, tmp_path)
     assert status == "corrupt_audio" and "non-finite samples (NaN or inf) at 0.006 s" in detail
     assert not (tmp_path / "u0.wav").exists()
@@ -233,3 +233,61 @@ def test_a_stream_that_changes_channel_layout_midway_is_read_whole(tmp_path):
     assert abs(_onset(whole) - (len(first) / 16000 + _onset(second))) < 0.002
     window = load_audio(tmp_path / "switch.ts", 1.0, 2.0)
     assert len(window) == 16000 and abs(1.0 + _onset(window) - _onset(whole)) < 0.002
+
+
+def test_a_wav_flagged_cut_short_gets_no_audio_and_a_window_past_the_end_is_said(manifest, tmp_path):
+    """A WAV cut short decodes without an error to part of the utterance: flagged corrupt_audio by the reader, it
+    was still decoded and its features stored as present."""
+    root = manifest.parent.parent
+    whole = (root / "long.wav").read_bytes()
+    (tmp_path / "cut.wav").write_bytes(whole[:int(len(whole) * 0.6)])
+    (tmp_path / "m.csv").write_text("dialogue_id,utterance_id,split,speaker,label,text,audio_path,audio_start,audio_end\n"
+                                    f"d1,cut,train,A,calm,x,{tmp_path / 'cut.wav'},,\n"
+                                    f"d1,long,train,A,calm,x,{root / 'long.wav'},2.0,9.0\n")
+    build_manifest("w", {"format": "csv", "manifest": str(tmp_path / "m.csv"), "classes": ["calm", "other"],
+                         "probe_media": True, "modalities": ["text", "audio"]}, tmp_path / "features")
+    issues = manifest_io.read_issues(tmp_path / "features/issues.tsv").frame()
+    assert issues.loc[issues["utterance_id"] == "cut", "reason"].tolist() == ["corrupt_audio"]
+    write_utterance_audio(tmp_path / "features/manifest.tsv", 0, 1, tmp_path / "audio", threads=1)
+    report = pd.read_csv(tmp_path / "audio" / REPORT_NAME, sep="\t", keep_default_na=False).set_index("utterance_id")
+    assert report.at["cut", "status"] == "corrupt_audio" and "flagged corrupt_audio" in report.at["cut", "detail"]
+    assert not (tmp_path / "audio/cut.wav").exists()
+    # A window that runs past the end keeps what is there, and says so.
+    assert report.at["long", "status"] == "ok" and (tmp_path / "audio/long.wav").exists()
+    assert report.at["long", "detail"].startswith("1.000 s: the window [2.0, 9.0) s runs past the end of")
+    assert "(3.00 s); check its times" in report.at["long", "detail"]
+
+
+def test_a_window_late_in_a_long_recording_is_seeked_to_and_gives_the_samples_of_decoding_from_the_start(tmp_path):
+    """Windows were decoded from the file's start, once per utterance: quadratic in a session-long recording. The
+    seek must not move the window: PCM gives the same samples, AAC the same up to the resampler's phase."""
+    from ercpipe.io.media import AUDIO_SEEK_AFTER, MediaError, load_audio
+
+    rng = np.random.default_rng(0)
+    seconds = 40
+    noise = (0.2 * rng.standard_normal(seconds * 16000)).astype(np.float32)
+    noise[100:200] = np.nan  # decoding from the start stops here (corrupt_audio): the window is read by a seek
+    sf.write(str(tmp_path / "long.wav"), noise, 16000, subtype="FLOAT")
+    start, end = 31.25, 33.5
+    assert start > AUDIO_SEEK_AFTER
+    np.testing.assert_array_equal(load_audio(tmp_path / "long.wav", start, end),
+                                  noise[int(start * 16000):int(end * 16000)])
+    with pytest.raises(MediaError, match="non-finite samples"):
+        load_audio(tmp_path / "long.wav", 1.0, 2.0)
+
+    # 48 kHz stereo AAC in an .m4a, a tone whose pitch changes every second (the window's place is audible).
+    t = np.arange(seconds * 48000) / 48000
+    tone = (0.3 * np.sin(2 * np.pi * (300 + 20 * np.floor(t)) * t)).astype(np.float32)
+    with av.open(str(tmp_path / "long.m4a"), "w") as container:
+        stream = container.add_stream("aac", rate=48000, layout="stereo")
+        for i in range(0, tone.size, 1024):
+            frame = av.AudioFrame.from_ndarray(np.stack([tone[i:i + 1024]] * 2), format="fltp", layout="stereo")
+            frame.sample_rate, frame.pts = 48000, i
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    whole = load_audio(tmp_path / "long.m4a")
+    window = load_audio(tmp_path / "long.m4a", start, end)
+    reference = whole[int(round(start * 16000)):int(round(end * 16000))]
+    assert abs(window.size - reference.size) <= 1
+    n = min(window.size, reference.size)
+    assert np.max(np.abs(window[:n] - reference[:n])) < 0.02 and np.corrcoef(window[:n], reference[:n])[0, 1] > 0.999

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 from pathlib import Path
@@ -105,6 +106,21 @@ def test_probe_media_flags_corrupt_audio(data_dir, tmp_path):
     assert df["flags"].tolist() == ["no_video", "no_video;corrupt_audio"]
     df, _, _ = build(write(data_dir / "m.csv", lines), tmp_path / "out2")  # default: existence only
     assert df["flags"].tolist() == ["no_video", "no_video"]
+
+
+def test_probe_media_flags_a_video_path_without_video_and_reads_names_with_a_colon(data_dir, tmp_path, monkeypatch):
+    """A file without a picture given as the video was flagged by the MELD reader only (the CSV reader wrote no
+    row in issues.tsv); a relative name like `take:1.wav` was opened by FFmpeg as the protocol `take`."""
+    from ercpipe.io.media import probe
+
+    (data_dir / "audio" / "take:1.wav").write_bytes((data_dir / "audio" / "call1.wav").read_bytes())
+    lines = ["c1,u0,train,Ann,calm,ok,audio/call1.wav,,,audio/call2.wav"]
+    df, issues, _ = build(write(data_dir / "m.csv", lines), tmp_path / "out", probe_media=True)
+    assert df["flags"].tolist() == ["no_video"]
+    assert issues["detail"].tolist() == [f"{data_dir / 'audio/call2.wav'}: the file has no video stream"]
+    monkeypatch.chdir(data_dir / "audio")
+    info = probe("take:1.wav")
+    assert info.decodable and info.has_audio and info.error == ""
 
 
 @pytest.mark.parametrize("lines, header, message", [
@@ -307,3 +323,19 @@ def test_a_hand_edited_manifest_with_an_infinite_time_is_refused_naming_the_utte
     manifest_io.write(frame, tmp_path / "edited.tsv")
     with pytest.raises(ManifestError, match=r"edited.tsv: utterance c1_u1 has an infinite time"):
         manifest_io.read(tmp_path / "edited.tsv")
+
+
+def test_a_speaker_written_with_a_run_of_spaces_is_the_same_speaker(data_dir, tmp_path):
+    lines = ["c1,u0,train,Ann Lee,calm,one,audio/call1.wav,,,", "c1,u1,train,Bob,calm,two,audio/call1.wav,,,",
+             "c1,u2,train, Ann  Lee ,calm,three,audio/call1.wav,,,"]
+    df, _, _ = build(write(data_dir / "m.csv", lines), tmp_path / "out")
+    assert df["speaker"].tolist() == ["Ann Lee", "Bob", "Ann Lee"] and df["speaker_slot"].tolist() == [0, 1, 0]
+
+
+def test_a_class_without_train_or_valid_utterances_is_warned_about(data_dir, tmp_path, caplog):
+    lines = ["c1,u0,train,Ann,calm,one,,,,", "c1,u1,train,Bob,angry,two,,,,", "v1,v0,valid,Ann,calm,x,,,,",
+             "t1,w0,test,Ann,happy,three,,,,"]
+    with caplog.at_level(logging.WARNING, logger="ercpipe.datasets.summary"):
+        build(write(data_dir / "m.csv", lines), tmp_path / "out", modalities=["text"])
+    assert "class(es) ['happy'] have no train utterance: no model can learn them" in caplog.text
+    assert "class(es) ['angry', 'happy'] have no valid utterance: model selection does not see them" in caplog.text

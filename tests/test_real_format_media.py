@@ -158,6 +158,27 @@ def test_a_phone_videos_display_rotation_is_applied(tmp_path):
     assert frames[0][:8, :8].mean() > 200 and frames[0][-8:, -8:].mean() < 50
 
 
+@pytest.mark.parametrize("aspect, shape", [(2, (32, 128)), (0.5, (64, 64))])
+def test_an_anamorphic_videos_pixels_are_stretched_to_the_shape_a_player_shows(tmp_path, aspect, shape):
+    """A DVD or broadcast source stores non-square pixels (sample aspect ratio); its faces were taken squeezed."""
+    from fractions import Fraction
+
+    stored = np.zeros((32, 64, 3), np.uint8)
+    stored[:, :32] = 255  # the left half white: it stays the left half once stretched
+    path = tmp_path / "anamorphic.mp4"
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("libx264", rate=4, options={"crf": "0"})
+        video.width, video.height, video.pix_fmt = 64, 32, "yuv444p"
+        video.sample_aspect_ratio = Fraction(aspect)
+        for _ in range(4):
+            container.mux(video.encode(av.VideoFrame.from_ndarray(stored, format="rgb24")))
+        container.mux(video.encode())
+    frame = visual.sample_frames(path, None, None, 2.0, 4)[0]
+    assert frame.shape == (*shape, 3)
+    half = frame.shape[1] // 2
+    assert frame[:, :half - 2].mean() > 240 and frame[:, half + 2:].mean() < 15
+
+
 def test_the_picture_stream_is_the_largest_and_a_tiny_picture_has_no_face(detector, tmp_path):
     clip = _write_video(tmp_path / "two.mkv", size=(160, 120), seconds=1.0, extra_video=(32, 24))
     frames = visual.sample_frames(clip, None, None, 2.0, 4)

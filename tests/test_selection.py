@@ -194,3 +194,20 @@ def test_an_ensemble_better_on_test_but_worse_on_dev_is_not_chosen(tmp_path):
     published = json.loads((tmp_path / "better_on_dev" / "summary.json").read_text())
     assert published["metrics"]["test.weighted_f1"]["values"] == [0.0]
     assert published["selection"]["chosen_summary"] is None
+
+
+def test_an_ensemble_of_classes_named_like_numbers_is_scored(tmp_path, monkeypatch):
+    """Class names "0", "1", "2" (binary or valence levels) were read back from predictions.tsv as numbers, matched
+    no class name, and the ensemble failed with 'no labelled utterances to score'."""
+    import sys
+
+    monkeypatch.setattr(sys.modules[__name__], "CLASSES", ["0", "1", "2"])
+    rng = np.random.default_rng(2)
+    labels = {"valid": rng.integers(0, 3, 40).tolist(), "test": rng.integers(0, 3, 30).tolist()}
+    probs = {name: {0: {"valid": random_probs(rng, 40), "test": random_probs(rng, 30)}} for name in ("a", "b")}
+    paths = {name: write_member(tmp_path, name, probs[name], labels, dev) for name, dev in (("a", 40.0), ("b", 45.0))}
+    select_experiment(paths, tmp_path / "sel", ensemble=2)
+    ranking = pd.read_csv(tmp_path / "sel" / "selection.tsv", sep="\t").set_index("experiment")
+    mean = (probs["a"][0]["valid"] + probs["b"][0]["valid"]) / 2
+    expected = classification_metrics(np.array(labels["valid"]), mean.argmax(1), ["0", "1", "2"])["weighted_f1"]
+    assert ranking.loc["ensemble_top2", "valid.weighted_f1 mean"] == pytest.approx(expected, abs=1e-4)

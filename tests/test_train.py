@@ -754,3 +754,38 @@ def test_cpu_runs_limit_the_onednn_and_ideep_caches_unless_the_environment_says(
     trainer.limit_allocator_caches()
     assert os.environ["LRU_CACHE_CAPACITY"] == "8"
     assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "16"
+
+
+def test_loading_says_which_classes_and_speaker_slots_training_cannot_learn(dataset, tmp_path, caplog):
+    frame = manifest_io.read(dataset["manifest"])
+    frame.loc[(frame["split"] == "train") & (frame["label"] == "fru"), "label"] = "hap"  # fru: valid and test only
+    frame.loc[(frame["split"] == "valid") & (frame["label"] == "ang"), "label"] = "sad"  # ang: no valid utterance
+    test_dialogue = frame.loc[frame["split"] == "test", "dialogue_id"].iloc[0]
+    frame.loc[frame["dialogue_id"] == test_dialogue, "speaker_slot"] = 2  # a third speaker, in test only
+    manifest_io.write(frame, tmp_path / "manifest.tsv")
+    with caplog.at_level(logging.WARNING, logger="ercpipe.train.data"):
+        load_dialogues(tmp_path / "manifest.tsv", dataset["features"], ["text"], classes=IEMOCAP_CLASSES)
+    assert "class(es) ['fru'] have no training utterance; the model cannot learn them" in caplog.text
+    assert "class(es) ['ang'] have no validation utterance" in caplog.text
+    assert f"speaker slot(s) [2] occur only outside training (dialogues ['{test_dialogue}'])" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ercpipe.train.data"):
+        load_dialogues(dataset["manifest"], dataset["features"], ["text"])
+    assert "have no" not in caplog.text and "speaker slot" not in caplog.text
+
+
+def test_the_official_weights_on_a_csv_dataset_with_meld_class_names_are_said_to_be_meld_counts(tmp_path, caplog):
+    from ercpipe.labels import MELD_CLASSES
+    from ercpipe.train.data import DialogueData
+    from ercpipe.train.trainer import class_weights_for
+
+    cfg = {"loss": {"class_weights": "paper"}, "train": {"paper_compat": False}}
+    for fmt, warned in (("csv", True), ("meld", False)):
+        (tmp_path / fmt).mkdir()
+        (tmp_path / fmt / "summary.json").write_text(json.dumps({"format": fmt, "classes": list(MELD_CLASSES)}))
+        data = DialogueData([], list(MELD_CLASSES), ("text",), {"text": 4}, 9, str(tmp_path / fmt / "manifest.tsv"))
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="ercpipe.train.trainer"):
+            weights, source = class_weights_for(cfg, data, ("train",))
+        assert weights is not None and source.startswith("paper (official hard-coded MELD whole-dataset counts")
+        assert ("the official vector is MELD's whole-dataset counts; this dataset (format csv)" in caplog.text) == warned

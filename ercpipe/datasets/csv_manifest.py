@@ -336,6 +336,8 @@ def _check_media(row: dict, issues: IssueLog, probe_media: bool | Collection[str
                 flag_row(row, f"corrupt_{kind}", issues, f"{path}: {info.error}")
             elif kind == "audio" and not info.has_audio:
                 flag_row(row, "no_audio_stream", issues, path)
+            elif kind == "video" and not info.has_video:
+                flag_row(row, "no_video", issues, f"{path}: the file has no video stream")
             else:
                 flag_past_end(row, kind, info.duration, issues)
 
@@ -437,6 +439,8 @@ def read(name: str, cfg: dict, probe: bool | Collection[str] = True) -> ReadResu
         # NFC: a label or speaker typed on another system can spell "ö" as "o" + a combining mark.
         values = {k: unicodedata.normalize("NFC", v.strip()) for k, v in record.values.items()
                   if k in REQUIRED_COLUMNS}
+        # "Ann  Lee" and "Ann Lee" are one speaker (transcripts have their runs of spaces collapsed too).
+        values["speaker"] = " ".join(values["speaker"].split())
         for column in REQUIRED_COLUMNS:
             if not values[column] and column != "speaker":
                 raise ManifestError(f"{path}, line {record.line}: empty {column}; every row needs "

@@ -12,11 +12,13 @@ out_dir/_report.tsv has one line per row: utterance_id, status, detail, where st
     silent_audio     the window decodes to nothing or to digital silence
 
 A row that is not ok gets no WAV (the audio extractor then stores zeros with present=False); no row is
-ever left out of the report. The directory is built under a temporary name and renamed when complete.
+ever left out of the report. A row the reader flagged missing_audio, no_audio_stream or corrupt_audio (e.g. a
+WAV cut short, which decodes to part of the utterance without an error) is not decoded. The directory is built under a temporary name and renamed when complete.
 
 Memory does not grow with the utterance: each window is decoded and written block by block
 (`stream_utterance_wav`), giving exactly the samples of ercpipe.io.media.load_audio, which holds
-the decoded audio from the file's start to the window's end twice (about 0.14 MB per second of it).
+the decoded window whole, twice (about 0.14 MB per second of it); a window late in a long file is decoded from
+a seek shortly before it, not from the file's start.
 Nothing is cut: the whole window is written.
 """
 from __future__ import annotations
@@ -43,8 +45,17 @@ REPORT_NAME = "_report.tsv"
 STATUSES: tuple[str, ...] = ("ok", "missing_audio", "no_audio_stream", "corrupt_audio", "silent_audio")
 
 
+# What the dataset's reader found wrong with a row's audio file: the row gets no WAV (zeros and present = False),
+# as a flagged video gets no faces. A WAV cut short decodes without an error, to part of the utterance.
+READER_AUDIO_FLAGS: tuple[str, ...] = ("missing_audio", "no_audio_stream", "corrupt_audio")
+
+
 def utterance_audio(row, out_dir: Path) -> tuple[str, str]:
     """Write one utterance's WAV into out_dir; returns (status, detail)."""
+    flagged = [f for f in READER_AUDIO_FLAGS if manifest_io.has_flag(row.flags, f)]
+    if flagged:
+        return flagged[0], f"{row.audio_path or 'no audio_path'}: flagged {flagged[0]} by the dataset's reader " \
+                           "(issues.tsv says why); fix the file to use it"
     if not row.audio_path:
         return "missing_audio", "the manifest row has no audio_path"
     wav = out_dir / f"{row.utterance_id}.wav"
@@ -72,7 +83,13 @@ def utterance_audio(row, out_dir: Path) -> tuple[str, str]:
             f" in [{row.audio_start}, {row.audio_end}) s"
         what = "no samples" if samples == 0 else "digital silence"
         return "silent_audio", f"{row.audio_path}{window}: {what}"
-    return "ok", f"{samples / SAMPLE_RATE:.3f} s"
+    seconds = samples / SAMPLE_RATE
+    if not math.isnan(row.audio_start) and not math.isnan(row.audio_end) \
+            and seconds < row.audio_end - row.audio_start - 0.1:
+        # Kept (the utterance's start is there), but said: the times may be wrong, or the file cut short.
+        return "ok", (f"{seconds:.3f} s: the window [{row.audio_start}, {row.audio_end}) s runs past the end of "
+                      f"{row.audio_path} ({probe(row.audio_path).duration:.2f} s); check its times")
+    return "ok", f"{seconds:.3f} s"
 
 
 def stream_utterance_wav(path, start: float | None, end: float | None, out_path: Path,

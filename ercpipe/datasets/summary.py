@@ -47,14 +47,24 @@ def summarise(name: str, fmt: str, frame: pd.DataFrame, result: ReadResult) -> d
 
 def write_manifest(name: str, fmt: str, frame: pd.DataFrame, result: ReadResult, out_dir: Path) -> None:
     """Write out_dir/manifest.tsv, issues.tsv and summary.json (the manifest last: it means all is done)."""
+    write_issues_and_summary(name, fmt, frame, result, out_dir)
+    manifest_io.write(frame, Path(out_dir) / "manifest.tsv")
+
+
+def write_issues_and_summary(name: str, fmt: str, frame: pd.DataFrame, result: ReadResult, out_dir: Path) -> None:
+    """Write out_dir/issues.tsv and summary.json for the manifest `frame` and the reader's `result`."""
     out_dir = Path(out_dir)
     summary = summarise(name, fmt, frame, result)
     manifest_io.write_issues(result.issues, out_dir / "issues.tsv")
     write_json(out_dir / "summary.json", summary)
-    manifest_io.write(frame, out_dir / "manifest.tsv")
     logger.info("dataset %s: %d utterances (%s), %d flagged row(s), %d rejected row(s); wrote %s", name, len(frame),
                 ", ".join(f"{s} {n}" for s, n in summary["counts_per_split"].items()),
                 int((frame["flags"] != "").sum()), sum(summary["rejected_counts"].values()), out_dir)
+    per_split = summary["counts_per_split_label"]
+    for split, consequence in (("train", "no model can learn them"), ("valid", "model selection does not see them")):
+        absent = [c for c in result.classes if summary["counts_per_split"].get(split) and not per_split[split][c]]
+        if absent:
+            logger.warning("dataset %s: class(es) %s have no %s utterance: %s", name, absent, split, consequence)
     for split, consequence in (("train", "no experiment can train on it"),
                                ("test", "experiments on it get no test scores (valid only)")):
         if not summary["counts_per_split"].get(split):

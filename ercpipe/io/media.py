@@ -6,6 +6,7 @@ PyAV (which bundles its own FFmpeg) decodes everything the datasets ship: IEMOCA
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -65,6 +66,12 @@ def wav_problem(path: str | Path) -> str:
     return "no data chunk (no samples)"
 
 
+def _local(path: str | Path) -> str:
+    """The path as FFmpeg must be given a file: absolute, since a relative name whose part before a colon is
+    letters or digits ("take:1.wav") is read as a protocol ("Protocol not found")."""
+    return os.path.abspath(path)
+
+
 def probe(path: str | Path) -> MediaInfo:
     """What a media file holds, without raising: used by the readers to flag defects."""
     path = Path(path)
@@ -77,7 +84,7 @@ def probe(path: str | Path) -> MediaInfo:
         if problem:
             return MediaInfo(str(path), True, False, False, False, 0.0, problem)
     try:
-        with av.open(str(path)) as container:
+        with av.open(_local(path)) as container:
             has_audio = len(container.streams.audio) > 0
             has_video = len(container.streams.video) > 0
             duration = float(container.duration / av.time_base) if container.duration else 0.0
@@ -96,22 +103,33 @@ def probe(path: str | Path) -> MediaInfo:
 
 
 def _cut_short(container, stream) -> str:
-    """Why the file was cut short, or "": an MP4 whose index (written first, "faststart") lists packets up to
-    the stream's duration while the file's data ends before them. Opening and decoding the first packet
-    succeed on such a file, and decoding later yields fewer frames without an error. A stream without a
-    duration, or a seek the container cannot do, tells nothing ("")."""
-    if not stream.duration or stream.time_base is None:
+    """Why the file was cut short, or "": its header or index gives a length (the stream's duration, an MP4's
+    "faststart" index; else the container's, as Matroska and WebM give it) while its data ends more than a
+    second before it. Opening and decoding the first packet succeed on such a file, and decoding later yields
+    fewer frames without an error. A file without a length, or a seek the container cannot do, tells nothing
+    ("")."""
+    if stream.time_base is None:
         return ""
-    length = float(stream.duration * stream.time_base)
+    if stream.duration:
+        length, what = float(stream.duration * stream.time_base), f"its index lists {{:.2f}} s of {stream.type}"
+    elif container.duration:
+        length, what = float(container.duration / av.time_base), "its header gives {:.2f} s"
+    else:
+        return ""
+    origin = _origin(container)
     try:
-        container.seek(int(max(0.0, length - 0.5) / stream.time_base), stream=stream, any_frame=True, backward=True)
-        for packet in container.demux(stream):
-            if packet.pts is not None and packet.size:
+        container.seek(int((max(0.0, length - 0.5) + origin) / stream.time_base), stream=stream, any_frame=True,
+                       backward=True)
+        for packet in container.demux():
+            # A container without an index to seek by (a Matroska file that lost its cues with its tail) lands
+            # on the last data it holds: where that data ends is what tells.
+            if packet.pts is not None and packet.size and packet.time_base is not None \
+                    and float(packet.pts * packet.time_base) - origin >= length - 1.0:
                 return ""
     except (av.error.FFmpegError, OSError, ValueError):
         return ""
-    return (f"truncated: its index lists {length:.2f} s of {stream.type}, but the file's data ends before the last "
-            "0.5 s (the file was cut short); replace it with a complete copy")
+    return (f"truncated: {what.format(length)}, but the file's data ends more than a second before that (the "
+            "file was cut short); replace it with a complete copy")
 
 
 def _window(start: float | None, end: float | None) -> tuple[float, float]:
@@ -133,12 +151,20 @@ def _origin(container) -> float:
     return max(0.0, float(start / av.time_base)) if start is not None else 0.0
 
 
+# Audio windows starting later than this are decoded from a seek to AUDIO_SEEK_MARGIN seconds before them.
+AUDIO_SEEK_AFTER = 5.0
+AUDIO_SEEK_MARGIN = 2.0
+
+
 def iter_audio(path: str | Path, start: float | None = None, end: float | None = None,
                sample_rate: int = SAMPLE_RATE) -> Iterator[np.ndarray]:
     """The [start, end) window of the first audio stream, as mono float32 blocks at `sample_rate`.
 
-    The stream is decoded from its beginning (no seeking), so the window is exact in samples: it is cut
-    in samples counted from the first frame's time (from the file's origin, _origin). Channels are averaged
+    The window is cut in samples counted from the first decoded frame's time (from the file's origin,
+    _origin). A window that starts after AUDIO_SEEK_AFTER seconds is decoded from a seek to AUDIO_SEEK_MARGIN
+    before it (an utterance late in an hour-long recording used to be decoded from the file's start, once per
+    utterance): the same samples for PCM; for a compressed track the decoder settles within its first frames
+    after the seek, long before the window, and the resampler's phase may move by a fraction of a sample. Channels are averaged
     (FFmpeg's own mono downmix adds them with gains that clip a loud stereo or 5.1 track). Blocks are the
     resampler's frames (a few ms each), so a long file is never held whole. Non-finite samples (a damaged
     float WAV) are corrupt_audio.
@@ -150,7 +176,7 @@ def iter_audio(path: str | Path, start: float | None = None, end: float | None =
     position = 0
     i0 = i1 = None
     try:
-        with av.open(str(path)) as container:
+        with av.open(_local(path)) as container:
             if not container.streams.audio:
                 raise MediaError("no_audio_stream", path)
             stream = container.streams.audio[0]
@@ -169,7 +195,9 @@ def iter_audio(path: str | Path, start: float | None = None, end: float | None =
                     if b > a:
                         yield block[a - begin:b - begin]
 
-            for i, frame in enumerate(container.decode(stream)):
+            frames = _decode_from(container, stream, lo - AUDIO_SEEK_MARGIN, origin) if lo > AUDIO_SEEK_AFTER \
+                else container.decode(stream)
+            for i, frame in enumerate(frames):
                 if i0 is None:  # the window is fixed by the first frame's time
                     first_t = max(0.0, _seconds(frame.pts, stream, origin)) if frame.pts is not None else 0.0
                     i0 = max(0, int(round((lo - first_t) * sample_rate)))
@@ -282,7 +310,7 @@ def iter_frames(path: str | Path, start: float | None = None, end: float | None 
     grid = _SamplingGrid(lo, fps)
     index = 0
     try:
-        with av.open(str(path)) as container:
+        with av.open(_local(path)) as container:
             stream = _video_stream(container, path)
             stream.thread_type = "AUTO"
             origin = _origin(container)
@@ -295,16 +323,26 @@ def iter_frames(path: str | Path, start: float | None = None, end: float | None 
                     break
                 if not grid.take(t):
                     continue
-                yield t, (_upright(frame) if keep is None or keep(index) else None)
+                yield t, (_upright(frame, stream.sample_aspect_ratio) if keep is None or keep(index) else None)
                 index += 1
     except av.error.FFmpegError as err:
         raise MediaError("corrupt_video", path, str(err)) from err
 
 
-def _upright(frame) -> np.ndarray:
-    """The frame as RGB, turned as a player shows it: a phone video stores its pictures sideways with a
-    display rotation (PyAV's frame.rotation, degrees counterclockwise), and a face on its side is not found."""
-    rgb = frame.to_ndarray(format="rgb24")
+def _upright(frame, sample_aspect=None) -> np.ndarray:
+    """The frame as RGB, shaped as a player shows it: an anamorphic video (DVD, broadcast) stores pixels wider or
+    narrower than square (`sample_aspect`, the stream's sample aspect ratio), stretched back here (the longer
+    side grows, so nothing is lost), and a phone video stores its pictures sideways with a display rotation
+    (PyAV's frame.rotation, degrees counterclockwise). A squeezed or sideways face is found less often and
+    embeds as another face."""
+    width, height = frame.width, frame.height
+    if sample_aspect and sample_aspect > 0 and sample_aspect != 1:
+        if sample_aspect > 1:
+            width = int(round(width * sample_aspect))
+        else:
+            height = int(round(height / sample_aspect))
+    stretched = (width, height) != (frame.width, frame.height)
+    rgb = frame.to_ndarray(format="rgb24", width=width, height=height) if stretched else frame.to_ndarray(format="rgb24")
     turns = int(round(getattr(frame, "rotation", 0) / 90)) % 4
     return np.ascontiguousarray(np.rot90(rgb, k=turns)) if turns else rgb
 
@@ -323,7 +361,7 @@ def count_sampled_frames(path: str | Path, start: float | None = None, end: floa
         return None
     times: list[float] = []
     try:
-        with av.open(str(path)) as container:
+        with av.open(_local(path)) as container:
             stream = _video_stream(container, path)
             origin = _origin(container)
             if lo > 0:  # packets from a keyframe at or before lo; every later one is counted by its time

@@ -153,6 +153,8 @@ def load_dialogues(manifest_path: str | Path, feature_paths: dict[str, str | Pat
                         f"configuration allows {n_speakers} speaker slots (model.n_speakers); raise it to "
                         f">= {needed} or leave it null")
 
+    _warn_untrained(df, labels, slots, classes, manifest_path)
+
     dialogues: list[Dialogue] = []
     positions = np.arange(len(df))
     for dialogue_id, rows in df.groupby("dialogue_id", sort=False).indices.items():
@@ -169,6 +171,30 @@ def load_dialogues(manifest_path: str | Path, feature_paths: dict[str, str | Pat
                 dims, n_speakers)
     return DialogueData(dialogues, classes, modalities, dims, n_speakers, str(manifest_path), absent_counts, sources,
                         fixed_speaker_slots(df))
+
+
+def _warn_untrained(df: pd.DataFrame, labels: np.ndarray, slots: np.ndarray, classes: Sequence[str],
+                    manifest_path) -> None:
+    """Say what training cannot learn: a class without a training utterance (never predicted for a reason), one
+    without a validation utterance (model selection does not see it), and a speaker slot used only outside
+    training (its embedding stays as initialised, and is added to those utterances)."""
+    split = df["split"].to_numpy()
+    train, valid = labels[split == "train"], labels[split == "valid"]
+    for where, seen in (("training", train), ("validation", valid)):
+        if where == "validation" and not len(valid):
+            continue
+        missing = [c for i, c in enumerate(classes) if i not in set(seen.tolist())]
+        if missing:
+            logger.warning("%s: class(es) %s have no %s utterance%s", manifest_path, missing, where,
+                           "; the model cannot learn them" if where == "training" else
+                           "; model selection does not see them")
+    unseen = sorted(set(slots[split != "train"].tolist()) - set(slots[split == "train"].tolist()))
+    if unseen:
+        dialogues = sorted(set(df.loc[np.isin(slots, unseen) & (split != "train"), "dialogue_id"]))
+        logger.warning("%s: speaker slot(s) %s occur only outside training (dialogues %s%s): their speaker "
+                       "embeddings are never trained; a dialogue with that many speakers in training, or fewer "
+                       "speakers there, avoids it", manifest_path, unseen, dialogues[:5],
+                       f" and {len(dialogues) - 5} more" if len(dialogues) > 5 else "")
 
 
 def fixed_speaker_slots(df: pd.DataFrame) -> dict[str, int] | None:

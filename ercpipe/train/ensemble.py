@@ -33,7 +33,12 @@ def read_predictions(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.exists():
         raise EnsembleError(f"{path} does not exist; the run has not finished")
-    return pd.read_csv(path, sep="\t", keep_default_na=False, dtype={"utterance_id": str, "dialogue_id": str})
+    # Text but for the probabilities: class names that look like numbers ("0"/"1", valence "1".."5", "True")
+    # were read as numbers and matched no class name, so every utterance was dropped from the scores.
+    frame = pd.read_csv(path, sep="\t", keep_default_na=False, dtype=str)
+    probabilities = [c for c in frame.columns if c.startswith("prob_")]
+    frame[probabilities] = frame[probabilities].astype(np.float64)
+    return frame
 
 
 def mean_probabilities(frames: Mapping[str, pd.DataFrame], classes: Sequence[str]) -> pd.DataFrame:
@@ -63,6 +68,11 @@ def mean_probabilities(frames: Mapping[str, pd.DataFrame], classes: Sequence[str
     return out
 
 
+def prediction_paths(members: Mapping[str, dict], seed: int) -> list[Path]:
+    """The predictions.tsv of each member's run of `seed`."""
+    return [Path(summary["runs"][summary["seeds"].index(seed)]) / "predictions.tsv" for summary in members.values()]
+
+
 def ensemble_summary(members: Mapping[str, dict], predictions: dict | None = None) -> dict:
     """The summary (as aggregation writes it) of the ensemble of these experiments' summaries, seed by seed.
 
@@ -83,8 +93,7 @@ def ensemble_summary(members: Mapping[str, dict], predictions: dict | None = Non
     runs, run_names = [], []
     for seed in seeds:
         frames = {}
-        for name, summary in members.items():
-            path = Path(summary["runs"][summary["seeds"].index(seed)]) / "predictions.tsv"
+        for name, path in zip(members, prediction_paths(members, seed)):
             if path not in predictions:
                 predictions[path] = read_predictions(path)
             frames[name] = predictions[path]
@@ -94,6 +103,10 @@ def ensemble_summary(members: Mapping[str, dict], predictions: dict | None = Non
                             "note": f"ensemble: mean class probabilities of {names}, seed {seed}"}}
         for split, rows in averaged.groupby("split", sort=False):
             labelled = rows[rows["label"] != ""]
+            unknown = sorted(set(labelled["label"]) - set(class_id))
+            if unknown:
+                raise EnsembleError(f"{[str(p) for p in prediction_paths(members, seed)]}: labels {unknown[:5]} are not "
+                                    f"among the classes {classes}; were the members trained on this manifest?")
             run[split] = classification_metrics(labelled["label"].map(class_id).to_numpy(),
                                                 labelled["prediction"].map(class_id).to_numpy(), classes)
         runs.append(run)

@@ -37,6 +37,7 @@ from ercpipe.model.batch import standardize
 from ercpipe.model.checkpoint import (CHECKPOINT_FORMAT, CheckpointError, checkpoint_payload, load_checkpoint_file,
                                       model_from_payload, save_torch)
 from ercpipe.model.inference import EvalResult, autocast_context, eval_batches, predictions_frame, run_eval
+from ercpipe.labels import official_class_list
 from ercpipe.model.losses import SDTVegaLoss, inverse_frequency_weights, paper_class_weights
 from ercpipe.model.sdt import ModelSpec, SDTVega, build_model, count_parameters
 from ercpipe.model.spec import spec_from_experiment
@@ -72,6 +73,12 @@ def model_spec(cfg: dict, data: DialogueData, clip_dim: int) -> ModelSpec:
                                 clip_dim=clip_dim)
 
 
+def _dataset_format(manifest_path) -> str | None:
+    """The `format` the dataset's summary.json records (None without one)."""
+    summary = Path(manifest_path).parent / "summary.json"
+    return json.loads(summary.read_text()).get("format") if summary.is_file() else None
+
+
 def class_weights_for(cfg: dict, data: DialogueData, train_splits: tuple[str, ...]) -> tuple[np.ndarray | None, str]:
     """(weights or None, where they came from). 'auto' = train-split inverse frequency, or the official
     hard-coded vector under train.paper_compat."""
@@ -86,7 +93,13 @@ def class_weights_for(cfg: dict, data: DialogueData, train_splits: tuple[str, ..
     if choice == "paper" or (choice == "auto" and cfg["train"]["paper_compat"]):
         weights = paper_class_weights(data.classes)
         if weights is not None:
-            return weights, "paper (official hard-coded whole-dataset counts, includes test labels)"
+            official = official_class_list(data.classes).upper()
+            fmt = _dataset_format(data.source) if data.source else None
+            if fmt not in (None, "iemocap", "meld", "vega_pickle", "sdt_pickle"):
+                logger.warning("loss.class_weights = 'paper': the official vector is %s's whole-dataset counts; this "
+                               "dataset (format %s) only shares its class names ('train' weighs by its own counts)",
+                               official, fmt)
+            return weights, f"paper (official hard-coded {official} whole-dataset counts, includes test labels)"
         if choice == "paper":
             raise TrainingError(f"loss.class_weights = 'paper' exists only for IEMOCAP and MELD classes, not "
                                 f"{data.classes}; use 'train' or a list")
