@@ -12,6 +12,7 @@ import difflib
 import json
 import re
 from pathlib import Path
+from typing import Collection
 
 from ercpipe import clip_setting, search
 from ercpipe.errors import ErcpipeError
@@ -124,17 +125,17 @@ def normalize_modalities(config: dict) -> None:
             ds["modalities"] = [m for m in MODALITIES if m in ds["modalities"]]
 
 
-def reader_config(name: str, cfg: dict, with_split: bool = True) -> dict:
-    """A dataset's settings as its reader takes them: root resolved, pipeline-only keys dropped; for a shard's
-    manifest job (with_split=False) also without the keys no shard depends on (ercpipe.datasets.NOT_SHARD_KEYS:
-    the validation split, applied when the shards are joined, and the face selection), so changing them re-runs
-    no shard and no text or audio extraction job."""
-    from ercpipe.datasets import NOT_SHARD_KEYS
-    from ercpipe.datasets.build import READER_DEFAULTS
+def reader_config(name: str, cfg: dict, without: Collection[str] = ()) -> dict:
+    """A dataset's settings as its reader takes them: root resolved, pipeline-only keys dropped, and the keys
+    `without` (a job's params hold only what its output depends on: a shard's manifest job is given
+    ercpipe.datasets.NOT_SHARD_KEYS, the join FACE_KEYS, so changing them re-runs neither)."""
+    from ercpipe.datasets.build import READER_CANONICAL, READER_DEFAULTS
 
-    drop = {"shards", "synthetic"} | (set() if with_split else set(NOT_SHARD_KEYS))
-    # Defaults filled in, so that writing one out (probe_media: true on MELD, every modality) re-runs nothing.
+    drop = {"shards", "synthetic"} | set(without)
+    # Defaults filled in, so that writing one out (probe_media: true on MELD, every modality, IEMOCAP's six classes)
+    # re-runs nothing.
     full = {**READER_DEFAULTS.get(cfg.get("format"), {}), **cfg}
+    full = READER_CANONICAL.get(cfg.get("format"), dict)(full)
     full["modalities"] = [m for m in MODALITIES if m in (cfg.get("modalities") or MODALITIES)]
     out = {k: v for k, v in full.items() if k not in drop}
     root = dataset_root(name, cfg)
@@ -409,6 +410,19 @@ def _check_face_selection(where: str, ds: dict) -> None:
                           f"the same face; give them different sides, got {sides}")
 
 
+def _check_reader_keys(where: str, ds: dict) -> None:
+    """A key of another format's reader (`classes` on MELD, `probe_media` on IEMOCAP), named before any job: the
+    reader refuses it too, but only once it runs."""
+    from ercpipe.datasets import PIPELINE_KEYS
+    from ercpipe.datasets.build import READER_DEFAULTS
+
+    known = set(READER_DEFAULTS.get(ds["format"], {})) | PIPELINE_KEYS
+    unknown = sorted(set(ds) - known)
+    if unknown:
+        raise ConfigError(f"{where}.{unknown[0]}: not a setting of format {ds['format']} (its settings: "
+                          f"{', '.join(sorted(known))})")
+
+
 def check(config: dict, workdir: Path = Path(".")) -> None:
     """Raise ConfigError for every reference that points nowhere (after schema validation).
 
@@ -433,6 +447,7 @@ def check(config: dict, workdir: Path = Path(".")) -> None:
             raise ConfigError(f"{where}.{wrong[0]}: only for format {' or '.join(PICKLE_FORMATS)} (an imported "
                               f"feature pickle); format {ds['format']} reads a raw dataset")
         _check_face_selection(where, ds)
+        _check_reader_keys(where, ds)
         if ds.get("synthetic"):
             if ds["format"] not in ("iemocap", "meld"):
                 raise ConfigError(f"{where}.synthetic: only iemocap and meld corpora can be generated")

@@ -14,8 +14,9 @@ from ercpipe.labels import MODALITIES
 
 
 def feature_coverage(manifest_path: str | Path, feature_paths: Sequence[str | Path], out_path: str | Path,
-                     html_path: str | Path | None = None) -> pd.DataFrame:
-    """One row per split (and a total): utterances, defect flags, and present/missing per feature file."""
+                     html_path: str | Path | None = None, summary_path: str | Path | None = None) -> pd.DataFrame:
+    """One row per split (and a total): utterances, defect flags, and present/missing per feature file; the html
+    page adds what the dataset's summary.json says (declared modalities, checks against the release)."""
     df = manifest.read(manifest_path)
     ids = df["utterance_id"].tolist()
     table = pd.DataFrame({"split": df["split"]})
@@ -37,8 +38,7 @@ def feature_coverage(manifest_path: str | Path, feature_paths: Sequence[str | Pa
     if html_path is not None:
         note = ("Utterances per split; <i>flag</i> columns count the raw-data defects the reader recorded, "
                 "<i>missing</i> columns the utterances a feature file holds as zeros with present = False.")
-        summary_path = Path(manifest_path).with_name("summary.json")
-        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+        summary = json.loads(Path(summary_path).read_text()) if summary_path else {}
         declared = summary.get("modalities")
         if declared:
             absent = [m for m in MODALITIES if m not in declared]

@@ -5,4 +5,4 @@ with rule_logging(snakemake.log[0]):
     from ercpipe.report import feature_coverage
 
     feature_coverage(snakemake.input.manifest, list(snakemake.input.features), snakemake.output.coverage,
-                     snakemake.output.coverage_html)
+                     snakemake.output.coverage_html, snakemake.input.summary)

@@ -6,6 +6,4 @@ from ercpipe.runlog import rule_logging
 with rule_logging(snakemake.log[0]):
     from ercpipe.synthetic import make_anchor_image_set
 
-    settings = snakemake.params.settings
-    make_anchor_image_set(Path(snakemake.output.images), snakemake.params.classes,
-                          per_class=settings.get("per_class", 6), seed=settings.get("seed", 0))
+    make_anchor_image_set(Path(snakemake.output.images), snakemake.params.classes, **snakemake.params.settings)

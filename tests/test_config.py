@@ -425,3 +425,34 @@ def test_csv_dataset_without_root_runs(tmp_path):
     # Relative to the CSV's folder (data/), written relative to the working directory as the CSV path is.
     assert (tmp_path / manifest["audio_path"].iloc[0]).resolve() == (tmp_path / "data" / "audio" / "c1.wav").resolve()
     assert "missing_audio" not in manifest["flags"].iloc[0]
+
+
+def test_iemocap_defaults_written_out_are_the_same_reader_settings(tmp_path):
+    """Params hold reader_config: IEMOCAP's six classes listed, its shipped split file named, or a relabel key in
+    another case used to re-run the manifest and every training job though the reader reads the same."""
+    from ercpipe.datasets.iemocap import DEFAULT_SPLIT_FILE
+    from ercpipe.labels import IEMOCAP_CLASSES
+
+    plain = pipeline_config.reader_config("d", {"format": "iemocap", "root": "raw/d", "relabel": {"exc": "hap"}})
+    written = pipeline_config.reader_config("d", {"format": "iemocap", "root": "raw/d", "relabel": {" Exc": "hap"},
+                                                  "classes": list(IEMOCAP_CLASSES),
+                                                  "split_file": str(DEFAULT_SPLIT_FILE)})
+    assert written == plain
+    # Another order of the classes is another label-id order, another split file another split: not defaults.
+    other = pipeline_config.reader_config("d", {"format": "iemocap", "root": "raw/d",
+                                                "classes": list(reversed(IEMOCAP_CLASSES)),
+                                                "split_file": str(tmp_path / "split.json")})
+    assert other["classes"] == list(reversed(IEMOCAP_CLASSES)) and other["split_file"] == str(tmp_path / "split.json")
+    # Keys equal once lower-cased stay as written: the reader refuses them, naming both.
+    assert pipeline_config.reader_config("d", {"format": "iemocap", "root": "raw/d",
+                                               "relabel": {"Sur": "hap", "sur": "neu"}})["relabel"] == {
+        "Sur": "hap", "sur": "neu"}
+
+
+def test_a_key_of_another_formats_reader_is_refused_before_any_job(tmp_path):
+    config = {"datasets": {"m": {"format": "meld", "root": str(tmp_path), "classes": ["neutral", "joy"]}}}
+    with pytest.raises(pipeline_config.ConfigError, match=r"datasets\.m\.classes: not a setting of format meld"):
+        pipeline_config.check(config, tmp_path)
+    config = {"datasets": {"i": {"format": "iemocap", "root": str(tmp_path), "probe_media": True}}}
+    with pytest.raises(pipeline_config.ConfigError, match=r"datasets\.i\.probe_media: not a setting of format iemocap"):
+        pipeline_config.check(config, tmp_path)

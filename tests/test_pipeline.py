@@ -7,8 +7,10 @@ import shutil
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import h5py
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -91,22 +93,55 @@ def test_changing_a_training_hyperparameter_reruns_no_extraction(pipeline_run, t
     assert jobs == {"train_model": 2, "aggregate_experiment": 1, "benchmark_summary": 1, "all": 1}
 
 
-def test_a_killed_job_is_marked_incomplete_and_resumes(pipeline_run, tmp_path):
+def test_the_anchor_settings_written_another_way_rerun_nothing_and_a_batch_size_encodes(pipeline_run, tmp_path):
+    """encode_anchors' params held the clip block as written: its defaults written out, `ViT-B/32` for ViT-B-32 or
+    a batch size re-encoded the anchors and retrained every VEGA experiment; `batch_size`, which the schema
+    accepts, made the encoding job fail (an unknown clip setting)."""
+    def change(config):
+        config["anchors"]["demo_faces"]["clip"].update(model="ViT-B/32", quick_gelu=None, batch_size=4)
+
+    assert _changed(pipeline_run, tmp_path, change) == {}
+    workdir, configfile, _ = pipeline_run
+    config = yaml.safe_load(configfile.read_text())
+    change(config)
+    copy = tmp_path / "copy"
+    shutil.copytree(workdir, copy, symlinks=True)
+    changed = write_config(copy, config, "changed.yaml")
+    target = "anchors/demo_faces/ViT-B-32.h5"
+    before = h5py.File(copy / target)["centers"][()]
+    snakemake(copy, changed, "--cores", "1", "--forcerun", "encode_anchors", target)
+    batches = -(-len(list((copy / "anchors/demo_faces/images").glob("*/*.png"))) // 4)
+    assert f"| {batches}/{batches} [" in (copy / "logs/encode_anchors/demo_faces/ViT-B-32.log").read_text()
+    with h5py.File(copy / target) as f:
+        np.testing.assert_allclose(f["centers"][()], before, atol=1e-5)
+
+
+def _longer_training(pipeline_run, tmp_path, epochs: int) -> tuple[Path, Path, Path, Path, str]:
+    """A copy of the demo run whose SDT seed 0 trains `epochs` epochs: (workdir, config, run dir, log, target)."""
     source, configfile, _ = pipeline_run
     workdir = tmp_path / "copy"
     shutil.copytree(source, workdir, symlinks=True)
     config = yaml.safe_load(configfile.read_text())
-    config["experiments"]["iemocap_demo_sdt"]["train"].update(epochs=60, patience=None)
+    config["experiments"]["iemocap_demo_sdt"]["train"].update(epochs=epochs, patience=None)
     longer = write_config(workdir, config, "longer.yaml")
     run_dir = workdir / "results/iemocap_demo/iemocap_demo_sdt/seed0"
     log = workdir / "logs/train_model/iemocap_demo/iemocap_demo_sdt/seed0.log"
-    target = str(run_dir.relative_to(workdir) / "metrics.json")
-    process = subprocess.Popen(command(workdir, longer, "--cores", "1", target), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    return workdir, longer, run_dir, log, str(run_dir.relative_to(workdir) / "metrics.json")
+
+
+def _wait_for_epoch(log: Path, epoch: int, process: subprocess.Popen) -> None:
+    deadline = time.time() + 300
+    while not (log.exists() and f"epoch {epoch}:" in log.read_text()):
+        assert process.poll() is None and time.time() < deadline, f"training did not reach epoch {epoch}"
+        time.sleep(0.2)
+
+
+def test_a_killed_job_is_marked_incomplete_and_resumes(pipeline_run, tmp_path):
+    workdir, longer, run_dir, log, target = _longer_training(pipeline_run, tmp_path, 60)
+    process = subprocess.Popen(command(workdir, longer, "--cores", "1", target), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        deadline = time.time() + 300
-        while not (log.exists() and "epoch 5:" in log.read_text()):
-            assert process.poll() is None and time.time() < deadline, "training did not reach epoch 5"
-            time.sleep(0.2)
+        _wait_for_epoch(log, 5, process)
     finally:
         os.killpg(process.pid, signal.SIGKILL)  # snakemake and its job, as a scheduler or the OOM killer would
         process.wait()
@@ -124,6 +159,29 @@ def test_a_killed_job_is_marked_incomplete_and_resumes(pipeline_run, tmp_path):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["protocol"]["epochs_run"] == 60
     assert len(pd.read_csv(run_dir / "history.tsv", sep="\t")) == 60
+
+
+def test_a_job_killed_for_memory_is_retried_with_twice_its_memory_and_time_and_resumes(pipeline_run, tmp_path):
+    """The SLURM profile's `retries: 1` used to resubmit a job with the same mem_mb and runtime, so one killed by
+    its memory (or time) limit was killed again. The job's own process is killed as the OOM killer would."""
+    workdir, longer, run_dir, log, target = _longer_training(pipeline_run, tmp_path, 40)
+    process = subprocess.Popen(command(workdir, longer, "--cores", "1", "--retries", "1", target),
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        _wait_for_epoch(log, 3, process)
+        holder = log.with_name(f".{log.name}.lock").read_text()  # "pid N on HOST" (ercpipe.runlog)
+        os.kill(int(holder.split()[1]), signal.SIGKILL)
+        output, _ = process.communicate(timeout=600)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 0, output[-4000:]
+    announced = [line for line in output.splitlines() if line.strip().startswith("resources:")]
+    assert len(announced) == 2, output[-4000:]
+    assert "mem_mb=8000," in announced[0] and "runtime=600" in announced[0]
+    assert "mem_mb=16000," in announced[1] and "runtime=1200" in announced[1]
+    assert "resuming from" in log.read_text()
+    assert json.loads((run_dir / "metrics.json").read_text())["protocol"]["epochs_run"] == 40
 
 
 # ------------------------------------------------------------------------------------------ the HTML report

@@ -22,7 +22,9 @@ import yaml
 
 from workflow_run import small_config, snakemake, write_config
 
+from ercpipe.datasets.iemocap import DEFAULT_SPLIT_FILE
 from ercpipe.io import manifest as manifest_io
+from ercpipe.labels import IEMOCAP_CLASSES
 
 EXPERIMENTS = {"meld_raw": "meld_raw_sdt", "iemocap_raw": "iemocap_raw_sdt"}
 FEATURES = {"text": "minilm", "audio": "is10", "visual": "densenet121"}
@@ -92,6 +94,7 @@ def _one_shard_jobs(dataset: str, shard: int, modalities=tuple(FEATURES)) -> set
     return {
         ("build_manifest_shard", f"dataset={dataset}, shard={shard}"),
         ("build_manifest", f"dataset={dataset}"),
+        ("manifest_issues", f"dataset={dataset}"),
         *{("modality_manifest_shard", f"dataset={dataset}, modality={m}, shard={shard}") for m in modalities},
         *({("utterance_audio", f"dataset={dataset}, shard={shard}")} if "audio" in modalities else set()),
         *{(f"{m}_features_shard", f"dataset={dataset}, setting={s}, shard={shard}") for m, s in FEATURES.items()
@@ -243,17 +246,69 @@ def test_removing_one_dialogues_files_reruns_only_the_shards_whose_rows_change(r
     assert not {job for job in planned if "meld_raw" in job[1]}
 
 
+def test_a_rejected_row_reruns_only_the_issues_and_the_summary(run_copy):
+    """A duplicate transcript line is rejected (recorded in issues.tsv) and changes no manifest row: it used to
+    leave issues.tsv and summary.json as they were, since the job writing them re-ran on the manifest's digest."""
+    workdir, configfile = run_copy
+    transcript = sorted((workdir / "raw/iemocap_raw").glob("Session*/dialog/transcriptions/*.txt"))[0]
+    first = next(line for line in transcript.read_text().splitlines() if line.startswith(transcript.stem + "_"))
+    uid = first.split()[0]
+    with transcript.open("a") as f:
+        f.write(first.split(":", 1)[0] + ": the same turn, typed twice.\n")
+    manifest_before = (workdir / "features/iemocap_raw/manifest.tsv").read_bytes()
+
+    assert _planned(snakemake(workdir, configfile, "-n").stdout) == {
+        ("manifest_issues", "dataset=iemocap_raw"), ("feature_coverage", "dataset=iemocap_raw"), ("all", "")}
+    snakemake(workdir, configfile, "--cores", "2")
+    issues = pd.read_csv(workdir / "features/iemocap_raw/issues.tsv", sep="\t")
+    duplicate = issues.loc[issues["reason"] == "duplicate_transcript_line"]
+    assert duplicate["utterance_id"].tolist() == [uid]
+    assert duplicate["line"].item() == len(transcript.read_text().splitlines())
+    summary = json.loads((workdir / "features/iemocap_raw/summary.json").read_text())
+    assert summary["rejected_counts"]["duplicate_transcript_line"] == 1
+    assert (workdir / "features/iemocap_raw/manifest.tsv").read_bytes() == manifest_before
+    assert "Nothing to be done" in snakemake(workdir, configfile, "-n").stdout
+
+
+def test_a_raw_file_or_setting_the_reader_refuses_stops_a_finished_run_too(run_copy):
+    """Snakemake took the reader's error, raised while the DAG was built, for "no job makes this file" when the
+    manifest existed: a finished run said "Nothing to be done" and kept the old results."""
+    workdir, configfile = run_copy
+    config = yaml.safe_load(configfile.read_text())
+    config["datasets"]["iemocap_raw"]["relabel"] = {"exc": "joy"}
+    configfile.write_text(yaml.safe_dump(config, sort_keys=False))
+    result = snakemake(workdir, configfile, "-n", check=False)
+    assert result.returncode != 0 and "Nothing to be done" not in result.stdout
+    assert "dataset iemocap_raw: the raw data cannot be read: iemocap relabel: 'exc' -> 'joy'" in result.stdout
+
+    config["datasets"]["iemocap_raw"]["relabel"] = {}
+    configfile.write_text(yaml.safe_dump(config, sort_keys=False))
+    csv_path = workdir / "raw/meld_raw/train_sent_emo.csv"
+    csv_path.write_text(csv_path.read_text().replace("Emotion", "Feeling", 1))
+    for args in (("-n",), ("--cores", "1")):
+        result = snakemake(workdir, configfile, *args, check=False)
+        assert result.returncode != 0 and "Nothing to be done" not in result.stdout
+        assert "dataset meld_raw: the raw data cannot be read" in result.stdout and "Emotion" in result.stdout
+
+
 def test_face_selection_keys_rerun_the_visual_extraction_not_the_shards_or_text_and_audio(run_copy):
     """`sides` (IEMOCAP) and `face_selection` only steer which face the visual extractor takes; they used to be
-    part of every shard's digest, re-running every manifest shard and the text and audio extraction."""
+    part of every shard's digest, re-running every manifest shard and the text and audio extraction, and later
+    of the join's params, re-running the join and the text and audio merges."""
     workdir, configfile = run_copy
     config = yaml.safe_load(configfile.read_text())
     config["datasets"]["iemocap_raw"]["sides"] = {"F": "right", "M": "left"}
     configfile.write_text(yaml.safe_dump(config, sort_keys=False))
     rules = {rule for rule, wildcards in _planned(snakemake(workdir, configfile, "-n").stdout)
              if "iemocap_raw" in wildcards}
-    assert "visual_features_shard" in rules and "train_model" in rules
-    assert not rules & {"build_manifest_shard", "text_features_shard", "audio_features_shard", "utterance_audio"}
+    assert {"visual_features_shard", "train_model", "manifest_issues"} <= rules  # summary.json records the sides
+    # Nor the join (it used to hold them in its params; no manifest row depends on them) and so the text and audio
+    # merges.
+    assert not rules & {"build_manifest_shard", "build_manifest", "text_features_shard", "audio_features_shard",
+                        "utterance_audio"}
+    assert {wildcards for rule, wildcards in _planned(snakemake(workdir, configfile, "-n").stdout)
+            if rule == "merge_features" and "iemocap_raw" in wildcards} == {
+        "dataset=iemocap_raw, modality=visual, setting=densenet121"}
 
 
 def test_the_same_config_with_every_default_written_out_reruns_nothing(first_run, tmp_path):
@@ -270,7 +325,8 @@ def test_the_same_config_with_every_default_written_out_reruns_nothing(first_run
     # Datasets: the readers' defaults and every modality.
     config["datasets"]["meld_raw"].update(probe_media=True, modalities=["visual", "audio", "text"])
     config["datasets"]["iemocap_raw"].update(sides={"F": "left", "M": "right"}, relabel={},
-                                             modalities=["text", "audio", "visual"])
+                                             modalities=["text", "audio", "visual"], classes=list(IEMOCAP_CLASSES),
+                                             split_file=str(DEFAULT_SPLIT_FILE))
     for name, experiment in config["experiments"].items():
         resolved = resolve_experiment(experiment)
         assert resolved["train"] != experiment["train"]  # defaults were left out before

@@ -26,11 +26,14 @@ PIPELINE_KEYS: frozenset[str] = frozenset({"format", "root", "face_selection", "
 # read them depend on them.
 SPLIT_KEYS: frozenset[str] = frozenset({"valid_split"})
 
-# Dataset keys no shard manifest depends on: the split keys, and the ones that say which face the visual
-# extractor takes (its own param; IEMOCAP's `sides` is also recorded in summary.json when the shards are
-# joined). Left out of a shard job's params and digest, so changing them re-runs no manifest shard and no
-# text or audio extraction.
-NOT_SHARD_KEYS: frozenset[str] = SPLIT_KEYS | {"face_selection", "sides"}
+# Dataset keys that say which face the visual extractor takes (its own param; IEMOCAP's `sides` is also
+# recorded in summary.json). No manifest row depends on them: left out of the params and digests of the
+# manifest jobs (shards and join), so changing them re-runs the face extraction and the summary only.
+FACE_KEYS: frozenset[str] = frozenset({"face_selection", "sides"})
+
+# Dataset keys no shard manifest depends on. Left out of a shard job's params and digest, so changing them
+# re-runs no manifest shard and no text or audio extraction.
+NOT_SHARD_KEYS: frozenset[str] = SPLIT_KEYS | FACE_KEYS
 
 # What each extraction reads of a shard's rows: its columns, the flags it acts on, and its media files. A fix
 # that changes nothing of a modality's view (a transcript line: not the clips; a label) re-runs the shard's

@@ -13,7 +13,7 @@ from typing import Callable, Collection
 import pandas as pd
 
 from ercpipe.datasets import MODALITY_VIEWS, ReadResult, csv_manifest, iemocap, meld
-from ercpipe.datasets.summary import write_manifest
+from ercpipe.datasets.summary import write_issues_and_summary, write_manifest
 from ercpipe.io import manifest as manifest_io
 from ercpipe.io.manifest import IssueLog, ManifestError
 from ercpipe.labels import MODALITIES
@@ -25,6 +25,9 @@ logger = logging.getLogger(__name__)
 # probe=a set of paths opens only those (one manifest shard's media).
 # Each reader's settings and their defaults (a default written out in the config is the same setting).
 READER_DEFAULTS: dict[str, dict] = {"iemocap": iemocap.DEFAULTS, "meld": meld.DEFAULTS, "csv": csv_manifest.DEFAULTS}
+# A reader's settings with defaults spelled another way (IEMOCAP's six classes listed, its split file named) set
+# back to how its DEFAULTS spell them.
+READER_CANONICAL: dict[str, Callable[[dict], dict]] = {"iemocap": iemocap.canonical_settings}
 READERS: dict[str, Callable[..., ReadResult]] = {
     "iemocap": iemocap.read,
     "meld": meld.read,
@@ -133,9 +136,9 @@ def build_modality_shard(name: str, dataset_cfg: dict, shard: int, n_shards: int
                 shard, n_shards, modality, len(rows), rows["dialogue_id"].nunique(), len(media))
 
 
-def join_manifest_shards(name: str, dataset_cfg: dict, shard_manifests: list[Path], shard_issues: list[Path],
-                         out_dir: Path) -> None:
-    """manifest.tsv, issues.tsv and summary.json from the shards' rows and flags, in the reader's order."""
+def join_manifest_shards(name: str, dataset_cfg: dict, shard_manifests: list[Path], out_path: Path) -> None:
+    """manifest.tsv from the shards' rows, in the reader's order (issues.tsv and summary.json:
+    write_dataset_issues, a job of its own, so that a rejected row added or fixed re-runs no training)."""
     frame, result = read_dataset(name, dataset_cfg, probe=False)
     parts = [manifest_io.read(p) for p in shard_manifests]
     joined = pd.concat(parts, ignore_index=True) if parts else frame.iloc[:0]
@@ -143,9 +146,29 @@ def join_manifest_shards(name: str, dataset_cfg: dict, shard_manifests: list[Pat
         raise ManifestError(f"dataset {name}: the manifest shards {[str(p) for p in shard_manifests]} hold other "
                             "utterances than the raw data has now (they were built from an older version of it); "
                             "delete them and re-run")
-    issues = IssueLog([i for i in result.issues.issues if i.action == "rejected"])
+    manifest = apply_valid_split(manifest_io.normalize(joined), result)
+    manifest_io.write(manifest, out_path)
+    logger.info("dataset %s: %d utterances in %d dialogue(s) from %d shard(s); wrote %s", name, len(manifest),
+                manifest["dialogue_id"].nunique(), len(parts), out_path)
+
+
+def write_dataset_issues(name: str, dataset_cfg: dict, manifest_path: Path, shard_issues: list[Path],
+                         out_dir: Path) -> None:
+    """issues.tsv and summary.json of a dataset built in shards.
+
+    The rejected rows and the flags found without opening media come from reading the raw text files now
+    (so their files and lines are current), the flags found by opening media from the shards' issue files.
+    """
+    frame = manifest_io.read(manifest_path)
+    _, result = read_dataset(name, dataset_cfg, probe=False)
+    current = {(i.action, i.reason, i.utterance_id): i for i in result.issues.issues}
+    rejected = [i for i in result.issues.issues if i.action == "rejected"]
+    flagged, seen = [], set()
     for path in shard_issues:
-        issues.issues.extend(manifest_io.read_issues(path).issues)
-    result.issues = issues
-    write_manifest(name, dataset_cfg["format"], apply_valid_split(manifest_io.normalize(joined), result), result,
-                   out_dir)
+        for issue in manifest_io.read_issues(path).issues:
+            key = (issue.action, issue.reason, issue.utterance_id)
+            flagged.append(current.get(key, issue))
+            seen.add(key)
+    flagged += [i for key, i in current.items() if i.action == "flagged" and key not in seen]
+    result.issues = IssueLog(rejected + flagged)
+    write_issues_and_summary(name, dataset_cfg["format"], frame, result, out_dir)

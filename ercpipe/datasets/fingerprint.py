@@ -11,7 +11,12 @@ this module digests the result:
     shards[k]   the rows of shard k (every column), the size and mtime of each media file they name,
                 and the dataset's settings but those no shard depends on (NOT_SHARD_KEYS):
                 the `params` of the manifest job of shard k
-    dataset     the same for the whole dataset: the `params` of the job that joins the shards
+    dataset     the same for the whole dataset, but for the face keys (FACE_KEYS): the `params` of the job
+                that joins the shards
+    issues      what the reader found without opening media (the rejected rows and the flags, with their
+                files and lines), its checks against the release and the dataset's settings: the `params` of
+                the job that writes issues.tsv and summary.json (a rejected row belongs to no shard, and the
+                manifest does not change when one is added or fixed)
     modality_shards[m][k]
                 what modality m's extraction reads of shard k (MODALITY_VIEWS: some columns, its flags, its
                 media files' size and mtime, whether media are opened): the `params`
@@ -32,7 +37,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ercpipe.datasets import MODALITY_VIEWS, NOT_SHARD_KEYS
+from ercpipe.datasets import FACE_KEYS, MODALITY_VIEWS, NOT_SHARD_KEYS
 from ercpipe.io.manifest import dialogue_shards
 
 
@@ -45,6 +50,7 @@ class RawFingerprint:
     sources: tuple[str, ...]
     # {modality: digest per shard} of what that modality's extraction reads of the shard (MODALITY_VIEWS)
     modality_shards: dict = field(default_factory=dict)
+    issues: str = ""
 
 
 def _digest(*parts: object) -> str:
@@ -65,8 +71,9 @@ def _media_stats(frame: pd.DataFrame) -> dict[str, list[int] | None]:
     return stats
 
 
-def fingerprint(frame: pd.DataFrame, settings: dict, n_shards: int, sources=()) -> RawFingerprint:
-    """Digests of a manifest frame read without probing media (ercpipe.datasets.build.read_dataset)."""
+def fingerprint(frame: pd.DataFrame, settings: dict, n_shards: int, sources=(), result=None) -> RawFingerprint:
+    """Digests of a manifest frame read without probing media (ercpipe.datasets.build.read_dataset) and of the
+    reader's `result` (its issues, checks and info)."""
     stats = _media_stats(frame)
     shard_settings = {k: v for k, v in settings.items() if k not in NOT_SHARD_KEYS}
     by_dialogue = frame.groupby("dialogue_id", sort=False).indices
@@ -76,7 +83,8 @@ def fingerprint(frame: pd.DataFrame, settings: dict, n_shards: int, sources=()) 
     for part in parts:
         files = sorted((set(part["audio_path"]) | set(part["video_path"])) - {""})
         shards.append(_digest(part.astype(str).values.tolist(), [[f, stats[f]] for f in files], shard_settings))
-    everything = _digest(frame.astype(str).values.tolist(), sorted(stats.items()), settings)
+    everything = _digest(frame.astype(str).values.tolist(), sorted(stats.items()),
+                         {k: v for k, v in settings.items() if k not in FACE_KEYS})
     modality_shards = {}
     for modality, view in MODALITY_VIEWS.items():
         digests = []
@@ -86,7 +94,9 @@ def fingerprint(frame: pd.DataFrame, settings: dict, n_shards: int, sources=()) 
             digests.append(_digest(part[list(view["columns"])].astype(str).values.tolist(), flags,
                                    [[f, stats[f]] for f in files], {k: settings.get(k) for k in view["settings"]}))
         modality_shards[modality] = tuple(digests)
-    return RawFingerprint(everything, tuple(shards), tuple(sorted(str(s) for s in sources)), modality_shards)
+    issues = "" if result is None else _digest(result.issues.frame().astype(str).values.tolist(), result.checks,
+                                                 result.info, settings)
+    return RawFingerprint(everything, tuple(shards), tuple(sorted(str(s) for s in sources)), modality_shards, issues)
 
 
 @contextlib.contextmanager
@@ -109,4 +119,4 @@ def dataset_fingerprint(name: str, dataset_cfg: dict, n_shards: int) -> RawFinge
     with _quiet():
         frame, result = read_dataset(name, dataset_cfg, probe=False)
     sources = [s for s in result.sources if Path(s).is_file()]
-    return fingerprint(frame, dataset_cfg, n_shards, sources)
+    return fingerprint(frame, dataset_cfg, n_shards, sources, result)

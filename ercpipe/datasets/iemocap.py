@@ -199,6 +199,21 @@ def load_split(path: Path) -> tuple[dict[str, str], dict[str, int]]:
     return split_of, {str(k): v for k, v in counts.items()}
 
 
+def canonical_settings(cfg: dict) -> dict:
+    """`cfg` with the defaults spelled another way set back to how DEFAULTS spell them, and relabel keys as they
+    are compared (lower-cased): the workflow's params hold this, so writing a default out re-runs nothing."""
+    out = dict(cfg)
+    if out.get("classes") is not None and list(out["classes"]) == list(IEMOCAP_CLASSES):
+        out["classes"] = None
+    if out.get("split_file") and Path(out["split_file"]).resolve() == DEFAULT_SPLIT_FILE:
+        out["split_file"] = None
+    relabel = out.get("relabel") or {}
+    lowered = {str(raw).strip().lower(): target for raw, target in relabel.items()}
+    if len(lowered) == len(relabel):  # keys equal once lower-cased are refused by the reader, named as written
+        out["relabel"] = dict(sorted(lowered.items()))
+    return out
+
+
 def _settings(cfg: dict) -> dict:
     settings = reader_settings(cfg, DEFAULTS, "iemocap")
     classes = tuple(settings["classes"] or IEMOCAP_CLASSES)

@@ -363,6 +363,10 @@ def anchor_image(emotion: str, rng: np.random.Generator, size: int = ANCHOR_IMAG
     return canvas
 
 
+# An anchor set's `synthetic:` settings and their defaults (written out, the same setting).
+ANCHOR_IMAGE_DEFAULTS: dict = {"per_class": 6, "seed": 0}
+
+
 def make_anchor_image_set(out_dir: Path, class_names: list[str], per_class: int, seed: int) -> None:
     """Write out_dir/{class}/{i:03d}.png: `per_class` drawn faces per class showing that class's emotion.
 

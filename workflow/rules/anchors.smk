@@ -7,13 +7,13 @@ rule synthetic_anchor_images:
     output:
         images=directory("anchors/{anchor_set}/images"),
     params:
-        settings=lambda wc: canonical(ANCHORS[wc.anchor_set]["synthetic"]),
+        settings=synthetic_anchor_settings,
         classes=lambda wc: pipeline_config.anchor_classes(config, wc.anchor_set),
     log:
         "logs/synthetic_anchor_images/{anchor_set}.log",
     resources:
-        mem_mb=1000,
-        runtime=10,
+        mem_mb=per_attempt(1000),
+        runtime=per_attempt(10),
     conda:
         "../../envs/base.yaml"
     script:
@@ -40,8 +40,8 @@ rule mine_anchor_images:
     log:
         "logs/mine_anchor_images/{anchor_set}.log",
     resources:
-        mem_mb=4000,
-        runtime=60,
+        mem_mb=per_attempt(4000),
+        runtime=per_attempt(60),
     conda:
         "../../envs/vision.yaml"
     script:
@@ -56,7 +56,7 @@ rule encode_anchors:
     output:
         anchors="anchors/{anchor_set}/{clip}.h5",
     params:
-        clip=lambda wc: canonical(ANCHORS[wc.anchor_set]["clip"]),
+        clip=anchor_clip_settings,
         classes=lambda wc: pipeline_config.anchor_classes(config, wc.anchor_set),
         images_digest=anchor_images_digest,
     log:
@@ -65,8 +65,8 @@ rule encode_anchors:
         "results/benchmarks/encode_anchors/{anchor_set}/{clip}.tsv"
     threads: 2
     resources:
-        mem_mb=6000,
-        runtime=60,
+        mem_mb=per_attempt(6000),
+        runtime=per_attempt(60),
         gpu=GPU,
     conda:
         "../../envs/clip.yaml"

@@ -9,6 +9,8 @@ import snakemake.report
 from snakemake.utils import validate
 
 from ercpipe import config as pipeline_config
+from ercpipe.clip_setting import ENCODING_KEYS, clip_settings
+from ercpipe.datasets import FACE_KEYS, NOT_SHARD_KEYS
 from ercpipe.datasets.fingerprint import dataset_fingerprint
 from ercpipe.features.settings import training_view
 from ercpipe.io.digest import folder_digest
@@ -169,6 +171,7 @@ def all_targets():
     targets += [path for name in EXPERIMENTS for path in run_files(name)]
     targets += [f"{selection_dir(name)}/summary.json" for name in SELECTIONS]
     targets += [f"results/{ds}/coverage.tsv" for ds in datasets_in_use()]
+    targets += [f"features/{ds}/issues.tsv" for ds in datasets_in_use()]
     # Fine-tuned encoders too: `ercpipe predict --conversation` loads the one a checkpoint was trained with, and a
     # fine-tuning job stopped while its text features exist would otherwise leave it missing for good.
     targets += finetuned_encoders()
@@ -217,9 +220,10 @@ def canonical(value):
     return value
 
 
-def reader_config(dataset, with_split=True):
-    """The dataset's settings as its reader takes them (ercpipe.config.reader_config), in canonical form."""
-    return canonical(pipeline_config.reader_config(dataset, DATASETS[dataset], with_split))
+def reader_config(dataset, without=()):
+    """The dataset's settings as its reader takes them, but the keys `without` (ercpipe.config.reader_config), in
+    canonical form."""
+    return canonical(pipeline_config.reader_config(dataset, DATASETS[dataset], without))
 
 
 @functools.cache
@@ -235,6 +239,15 @@ def raw_fingerprint(dataset):
         return dataset_fingerprint(dataset, reader_config(dataset), n_shards(dataset))
     except (ValueError, OSError) as err:
         raise WorkflowError(f"dataset {dataset}: the raw data cannot be read: {err}") from None
+
+
+# Every raw dataset is read now, not when the DAG first asks: Snakemake takes an error raised in a job's input
+# or params function for "no job makes this file" when the file exists, so after a finished run a raw file
+# the reader refuses (or a setting it cannot use) gave "Nothing to be done" and left the old results standing.
+# A cluster job reads only its own dataset (when its DAG asks).
+if not (workflow.remote_exec or workflow.subprocess_exec):
+    for name in RAW_DATASETS:
+        raw_fingerprint(name)
 
 
 def raw_input(wildcards):
@@ -257,18 +270,28 @@ def shard_raw_input(wildcards):
     return raw_input(wildcards) if raw_fingerprint(wildcards.dataset) is None else []
 
 
+def per_attempt(base):
+    """A resources callable: `base` (mem_mb or runtime) on a job's first attempt, `attempt` times it on a retry
+    (the SLURM profile's `retries`): a job killed for its memory or time limit is resubmitted with more."""
+
+    def value(wildcards, attempt):
+        return base * attempt
+
+    return value
+
+
 def shard_resource(kind, key):
     """A resources callable: `key` (mem_mb or runtime) of an extraction job of `kind`, from what its shard holds
-    (the longest and total utterance durations; ercpipe.resources). Snakemake shows <TBD> until the
-    shard's inputs exist and evaluates it again before the job starts."""
+    (the longest and total utterance durations; ercpipe.resources), `attempt` times that on a retry. Snakemake
+    shows <TBD> until the shard's inputs exist and evaluates it again before the job starts."""
 
-    def value(wildcards, input, threads):
+    def value(wildcards, input, threads, attempt):
         extra = {}
         if kind in ("audio", "visual"):
             extra["settings"] = FEATURES[kind][wildcards.setting]
         if kind == "audio":
             extra["audio_dir"] = input.wavs
-        return extraction_resources(input.manifest, 0, 1, kind, threads, **extra)[key]
+        return extraction_resources(input.manifest, 0, 1, kind, threads, **extra)[key] * attempt
 
     return value
 
@@ -299,6 +322,20 @@ def text_encoder_input(wildcards):
     if settings.get("finetune"):
         return {"encoder": f"features/{wildcards.dataset}/text_encoders/{wildcards.setting}"}
     return {}
+
+
+def synthetic_anchor_settings(wildcards):
+    """A synthetic anchor set's settings, defaults filled in (written out, they re-run nothing)."""
+    from ercpipe.synthetic.faces import ANCHOR_IMAGE_DEFAULTS  # OpenCV: only for a config with such a set
+
+    return canonical({**ANCHOR_IMAGE_DEFAULTS, **ANCHORS[wildcards.anchor_set]["synthetic"]})
+
+
+def anchor_clip_settings(wildcards):
+    """The CLIP an anchor set is encoded with, defaults filled in (`ViT-B/32` is `ViT-B-32`), without the keys
+    that only say how the images are fed (ENCODING_KEYS: the job reads them from the config)."""
+    clip = ANCHORS[wildcards.anchor_set]["clip"]
+    return canonical(clip_settings({k: v for k, v in clip.items() if k not in ENCODING_KEYS}))
 
 
 def anchor_images_digest(wildcards):
@@ -389,9 +426,10 @@ def imported_setting(wildcards):
     return canonical(settings[wildcards.setting])
 
 
-def pickle_mem_mb(wildcards, input):
-    """Unpickling holds the whole tuple, then the manifest frame and one modality's array: ~4x the file."""
-    return max(2000, int(4 * input.size_mb) + 1000)
+def pickle_mem_mb(wildcards, input, attempt):
+    """Unpickling holds the whole tuple, then the manifest frame and one modality's array: ~4x the file (times
+    `attempt` on a retry, as per_attempt)."""
+    return max(2000, int(4 * input.size_mb) + 1000) * attempt
 
 
 def export_inputs(wildcards):

@@ -10,8 +10,8 @@ rule synthetic_corpus:
     log:
         "logs/synthetic_corpus/{dataset}.log",
     resources:
-        mem_mb=2000,
-        runtime=20,
+        mem_mb=per_attempt(2000),
+        runtime=per_attempt(20),
     conda:
         "../../envs/base.yaml"
     script:

@@ -19,8 +19,8 @@ rule finetune_text_encoder:
         "results/benchmarks/finetune_text_encoder/{dataset}/{setting}.tsv"
     threads: 2
     resources:
-        mem_mb=8000,
-        runtime=240,
+        mem_mb=per_attempt(8000),
+        runtime=per_attempt(240),
         gpu=GPU,
     conda:
         "../../envs/text.yaml"
@@ -108,8 +108,8 @@ rule merge_features:
     log:
         "logs/merge_features/{dataset}/{modality}/{setting}.log",
     resources:
-        mem_mb=4000,
-        runtime=20,
+        mem_mb=per_attempt(4000),
+        runtime=per_attempt(20),
     conda:
         "../../envs/base.yaml"
     script:

@@ -26,7 +26,7 @@ rule import_pickle:
         "logs/import_pickle/{dataset}.log",
     resources:
         mem_mb=pickle_mem_mb,
-        runtime=30,
+        runtime=per_attempt(30),
     conda:
         "../../envs/train.yaml"
     script:
@@ -49,7 +49,7 @@ rule import_pickle_features:
         "results/benchmarks/import_pickle_features/{dataset}/{modality}/{setting}.tsv"
     resources:
         mem_mb=pickle_mem_mb,
-        runtime=30,
+        runtime=per_attempt(30),
     conda:
         "../../envs/train.yaml"
     script:
@@ -72,8 +72,8 @@ rule import_official_anchors:
     benchmark:
         "results/benchmarks/import_official_anchors/{anchor_set}/{clip}.tsv"
     resources:
-        mem_mb=2000,
-        runtime=10,
+        mem_mb=per_attempt(2000),
+        runtime=per_attempt(10),
     conda:
         "../../envs/clip.yaml"
     script:
@@ -93,8 +93,8 @@ rule export_vega:
     log:
         "logs/export_vega/{dataset}/{export}.log",
     resources:
-        mem_mb=4000,
-        runtime=30,
+        mem_mb=per_attempt(4000),
+        runtime=per_attempt(30),
     conda:
         "../../envs/train.yaml"
     script:
@@ -111,8 +111,8 @@ rule export_official_anchors:
     log:
         "logs/export_official_anchors/{dataset}/{export}.log",
     resources:
-        mem_mb=2000,
-        runtime=10,
+        mem_mb=per_attempt(2000),
+        runtime=per_attempt(10),
     conda:
         "../../envs/clip.yaml"
     script:

@@ -5,6 +5,7 @@
 rule feature_coverage:
     input:
         manifest="features/{dataset}/manifest.tsv",
+        summary="features/{dataset}/summary.json",
         features=lambda wc: feature_files_of(wc.dataset),
     output:
         coverage="results/{dataset}/coverage.tsv",
@@ -18,8 +19,8 @@ rule feature_coverage:
     log:
         "logs/feature_coverage/{dataset}.log",
     resources:
-        mem_mb=2000,
-        runtime=10,
+        mem_mb=per_attempt(2000),
+        runtime=per_attempt(10),
     conda:
         "../../envs/base.yaml"
     script:
@@ -40,8 +41,8 @@ rule benchmark_summary:
     log:
         "logs/benchmark_summary.log",
     resources:
-        mem_mb=1000,
-        runtime=5,
+        mem_mb=per_attempt(1000),
+        runtime=per_attempt(5),
     conda:
         "../../envs/base.yaml"
     script:

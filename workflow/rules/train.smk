@@ -27,8 +27,8 @@ rule train_model:
         "results/benchmarks/train_model/{dataset}/{experiment}/seed{seed}.tsv"
     threads: 2
     resources:
-        mem_mb=8000,
-        runtime=600,
+        mem_mb=per_attempt(8000),
+        runtime=per_attempt(600),
         gpu=GPU,
     conda:
         "../../envs/train.yaml"
@@ -78,8 +78,8 @@ rule aggregate_experiment:
     log:
         "logs/aggregate_experiment/{dataset}/{experiment}.log",
     resources:
-        mem_mb=2000,
-        runtime=20,
+        mem_mb=per_attempt(2000),
+        runtime=per_attempt(20),
     conda:
         "../../envs/train.yaml"
     script:
@@ -110,8 +110,8 @@ rule select_experiment:
     log:
         "logs/select_experiment/{dataset}/{selection}.log",
     resources:
-        mem_mb=1000,
-        runtime=5,
+        mem_mb=per_attempt(1000),
+        runtime=per_attempt(5),
     conda:
         "../../envs/train.yaml"
     script:
