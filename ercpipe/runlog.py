@@ -112,6 +112,16 @@ def only_run_of_this_job(log_path: str | os.PathLike) -> Iterator[None]:
         handle.close()
 
 
+def _scheduler_limits() -> str:
+    """The SLURM job and the limits it runs under, when it runs in one."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job:
+        return ""
+    limits = [f"{name} {os.environ[var]}" for name, var in (("memory", "SLURM_MEM_PER_NODE"),
+                                                             ("cpus", "SLURM_CPUS_PER_TASK")) if os.environ.get(var)]
+    return f", SLURM job {job}" + (f" ({', '.join(limits)})" if limits else "")
+
+
 @contextlib.contextmanager
 def rule_logging(log_path: str | os.PathLike | None, threads: int = 1) -> Iterator[logging.Logger]:
     """Route logging, stdout and stderr (tqdm writes there) into `log_path` for the duration.
@@ -147,6 +157,9 @@ def rule_logging(log_path: str | os.PathLike | None, threads: int = 1) -> Iterat
         root.addHandler(handler)
         root.setLevel(logging.INFO)
         logging.captureWarnings(True)
+        # First, before the job's work: a job killed for its memory dies without a word, and Snakemake shows no
+        # log after an empty one (not even the scheduler's, which says why).
+        logger.info("started: pid %d on %s%s", os.getpid(), socket.gethostname(), _scheduler_limits())
         start = time.time()
         try:
             progress = ProgressLines(stream)

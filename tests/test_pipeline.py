@@ -126,6 +126,7 @@ def _longer_training(pipeline_run, tmp_path, epochs: int) -> tuple[Path, Path, P
     longer = write_config(workdir, config, "longer.yaml")
     run_dir = workdir / "results/iemocap_demo/iemocap_demo_sdt/seed0"
     log = workdir / "logs/train_model/iemocap_demo/iemocap_demo_sdt/seed0.log"
+    log.unlink()  # the first run's log has its epochs too: wait for the new job's
     return workdir, longer, run_dir, log, str(run_dir.relative_to(workdir) / "metrics.json")
 
 

@@ -30,7 +30,22 @@ def test_progress_bars_become_a_line_every_ten_percent(tmp_path):
     assert text_lines[-1].split("|")[2].strip().startswith("1000/1000")
     assert sum(line.startswith("inner:") for line in lines) == 3 * 10  # 10 % ... 100 %; each restart counts again
     assert "printed by a library" in lines
-    assert "starting" in lines[0] and any(line.endswith("finished") for line in lines)
+    assert "starting" in lines[1] and any(line.endswith("finished") for line in lines)
+
+
+def test_the_log_says_where_the_job_runs_before_its_work(tmp_path, monkeypatch):
+    """A job killed for its memory left an empty log, and Snakemake shows no log after an empty one (not even the
+    scheduler's, which says why): the first line is written before the job's work."""
+    import os
+    import socket
+
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.setenv("SLURM_MEM_PER_NODE", "16000")
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
+    log = tmp_path / "rule.log"
+    with rule_logging(log):
+        first = log.read_text()
+    assert first.endswith(f"started: pid {os.getpid()} on {socket.gethostname()}, SLURM job 4242 (memory 16000)\n")
 
 
 def test_a_bar_without_total_writes_no_redraws(tmp_path):

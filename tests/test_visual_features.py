@@ -218,7 +218,7 @@ def test_extract_shard_denseface_records_every_absent_row(visual_manifest, tmp_p
     absent = json.loads(fs.attrs["absent"])
     assert absent["nobody"].startswith("no_face")
     assert absent["gone"].startswith("missing_video")
-    assert absent["flagged"] == "no_video"
+    assert absent["flagged"].startswith("no_video: ") and "flagged by the dataset's reader" in absent["flagged"]
     assert absent["late"].startswith("no_frames")
     assert absent["junk"].startswith("corrupt_video") and "junk.mp4" in absent["junk"]
     assert fs.attrs["extractor"] == "mtcnn+denseface" and fs.attrs["model"] == "denseface"
