@@ -339,3 +339,29 @@ def test_a_class_without_train_or_valid_utterances_is_warned_about(data_dir, tmp
         build(write(data_dir / "m.csv", lines), tmp_path / "out", modalities=["text"])
     assert "class(es) ['happy'] have no train utterance: no model can learn them" in caplog.text
     assert "class(es) ['angry', 'happy'] have no valid utterance: model selection does not see them" in caplog.text
+
+
+def test_media_named_in_the_other_unicode_form_or_beside_a_symlinked_manifest_are_found(data_dir, tmp_path):
+    """A file copied from macOS has its name in NFD while the CSV says NFC; a manifest reached through a symlink
+    names its media relative to where it really is. Both were flagged missing_audio, with a path that looked right."""
+    import unicodedata
+
+    nfd = unicodedata.normalize("NFD", "Zoë.wav")
+    (data_dir / "audio" / nfd).write_bytes((data_dir / "audio" / "call1.wav").read_bytes())
+    lines = ["c1,u0,train,Ann,calm,one,audio/Zo\u00eb.wav,,,", "c1,u1,train,Bob,calm,two,audio/call2.wav,,,"]
+    csv_path = write(data_dir / "m.csv", lines)
+    linked = tmp_path / "elsewhere" / "link.csv"
+    linked.parent.mkdir()
+    linked.symlink_to(csv_path)
+    df, issues, _ = build(linked, tmp_path / "out", modalities=["text", "audio"])
+    assert df["audio_path"].tolist() == [str(data_dir / "audio" / nfd), str(data_dir / "audio/call2.wav")]
+    assert df["flags"].tolist() == ["", ""] and issues.empty
+
+
+def test_audio_times_on_a_file_that_is_also_the_video_without_video_times_are_warned_about(data_dir, tmp_path,
+                                                                                           caplog):
+    lines = ["c1,u0,train,Ann,calm,one,audio/call1.wav,0.0,0.8,audio/call1.wav",
+             "c1,u1,train,Bob,calm,two,audio/call1.wav,,,audio/call1.wav"]
+    with caplog.at_level(logging.WARNING, logger="ercpipe.datasets.csv_manifest"):
+        build(write(data_dir / "m.csv", lines), tmp_path / "out")
+    assert "1 row(s) (e.g. ['u0']) give audio_start/audio_end for a file that is also their video_path" in caplog.text

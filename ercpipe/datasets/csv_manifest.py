@@ -309,12 +309,29 @@ def parse_seconds(value: str) -> float | None:
 # Bring-your-own CSV reader
 
 
-def _resolve(base: Path, value: str) -> str:
+def _resolve(base: Path, value: str, real_base: Path | None = None) -> str:
+    """The media path a CSV cell names: relative to `base`; a file that is not there under that name but is under
+    the name's other Unicode form (NFC/NFD: a file copied from macOS), or relative to `real_base` (the folder a
+    symlinked manifest really lives in), is taken from there, said in the log."""
     value = value.strip()
     if not value:
         return ""
     path = Path(value)
-    return str(path if path.is_absolute() else base / path)
+    resolved = path if path.is_absolute() else base / path
+    if resolved.exists():
+        return str(resolved)
+    places = [(resolved, "")]
+    if real_base is not None and real_base != base and not path.is_absolute():
+        places.append((real_base / path, "relative to the folder the symlinked manifest is in"))
+    for place, where in places:
+        for form in ("NFC", "NFD"):
+            candidate = Path(unicodedata.normalize(form, str(place)))
+            if candidate != resolved and candidate.exists():
+                why = ", ".join(w for w in (where, "" if candidate == place else "its name in another Unicode form")
+                                if w)
+                logger.info("csv: %s is not there; using %s (%s)", resolved, candidate, why)
+                return str(candidate)
+    return str(resolved)
 
 
 def _check_media(row: dict, issues: IssueLog, probe_media: bool | Collection[str], media: frozenset[str]) -> None:
@@ -414,6 +431,7 @@ def read(name: str, cfg: dict, probe: bool | Collection[str] = True) -> ReadResu
         raise ManifestError(f"manifest CSV {path} does not exist (or is not a file); point `manifest` at your "
                             "CSV (format: docs/manifest.md)")
     base = Path(cfg["root"]) if cfg.get("root") else path.parent
+    real_base = None if cfg.get("root") else path.resolve().parent
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
     records = read_csv_records(path, REQUIRED_COLUMNS, delimiter)
     if not records:
@@ -465,8 +483,8 @@ def read(name: str, cfg: dict, probe: bool | Collection[str] = True) -> ReadResu
         text, repaired = clean_text(record.values.get("text", ""))
         row = new_row(dataset=name, split=values["split"], dialogue_id=values["dialogue_id"], utterance_id=uid,
                       speaker=values["speaker"], label=values["label"], text=text,
-                      audio_path=_resolve(base, record.values.get("audio_path", "")),
-                      video_path=_resolve(base, record.values.get("video_path", "")),
+                      audio_path=_resolve(base, record.values.get("audio_path", ""), real_base),
+                      video_path=_resolve(base, record.values.get("video_path", ""), real_base),
                       _file=str(path), _line=record.line)
         slot = _parse_int(record, "speaker_slot", path)
         row["_slot"] = slot
@@ -513,6 +531,13 @@ def read(name: str, cfg: dict, probe: bool | Collection[str] = True) -> ReadResu
         logger.warning("csv %s: the rows of %d dialogue(s) are not next to each other in the file (e.g. %s); they "
                        "are read as one dialogue each, in file order. If an id was reused for two conversations, "
                        "give them different dialogue_ids", path, len(scattered), scattered[:5])
+    unwindowed = [r["utterance_id"] for r in rows if r["audio_path"] and r["audio_path"] == r["video_path"]
+                  and math.isfinite(r["audio_start"]) and not math.isfinite(r["video_start"])]
+    if unwindowed and "visual" in media:
+        logger.warning("csv %s: %d row(s) (e.g. %s) give audio_start/audio_end for a file that is also their "
+                       "video_path, and no video times: their faces are taken from the whole file. Give video_start/"
+                       "video_end (the same times) to take them from the utterance", path, len(unwindowed),
+                       unwindowed[:5])
     used = {r["label"] for r in rows}
     unused = [c for c in classes if c not in used]
     if unused:
