@@ -12,7 +12,7 @@ The corpus is generated here: espeak-ng speech (a synthetic harmonic signal when
 absent) as 16 kHz utterance WAVs with the utterance-audio step's `_report.tsv`, and one H.264 .mp4
 per dialogue (640x360, 10 fps) with two faces drawn by ercpipe.synthetic.faces, one utterance every
 2 s, IEMOCAP-style.
-Text is measured by bench_text() from bench/bench_text.py when that file exists.
+Text is measured by bench_text() from bench/bench_text.py (--no-text leaves it out).
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from process_stats import cpu_seconds, markdown_row, markdown_table, peak_rss_mb  # noqa: E402  (same folder)
+from process_stats import comma_list, cpu_seconds, markdown_row, markdown_table, peak_rss_mb  # noqa: E402
 from ercpipe.io import manifest as manifest_io  # noqa: E402
 from ercpipe.io.media import SAMPLE_RATE, write_wav  # noqa: E402
 
@@ -148,24 +148,10 @@ def measure(kind: str, name: str, manifest: Path, audio_dir: Path, settings: dic
             "utt_per_s": n / result["seconds"]}
 
 
-def _text_bench():
-    """bench_text from bench/bench_text.py (written with the text extractors), or None."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    try:
-        from bench_text import bench_text
-    except ImportError:
-        print("text: skipped (bench/bench_text.py is not present)", file=sys.stderr)
-        return None
-    return bench_text
+def _text_rows(manifest: Path, threads: int) -> list[dict]:
+    from bench_text import bench_text  # same folder; it checks that every transcript got features
 
-
-def _text_rows(bench_text, manifest: Path, threads: int) -> list[dict]:
-    try:
-        result = bench_text(manifest, threads=threads)
-    except TypeError as err:  # the two helpers were written in parallel; say so rather than guess
-        print(f"text: skipped (bench_text(manifest, threads=...) failed: {err})", file=sys.stderr)
-        return []
-    return result if isinstance(result, list) else [result]
+    return bench_text(manifest, threads=threads)
 
 
 EXTRACTORS = {
@@ -178,7 +164,6 @@ EXTRACTORS = {
 
 def run(sizes: list[str], threads_list: list[int], extractors: list[str], with_text: bool) -> list[dict]:
     results = []
-    bench_text = _text_bench() if with_text else None
     with tempfile.TemporaryDirectory(prefix="bench_features_") as tmp:
         for size in sizes:
             n_dialogues, per_dialogue = SIZES[size]
@@ -187,9 +172,9 @@ def run(sizes: list[str], threads_list: list[int], extractors: list[str], with_t
             manifest, audio_dir = make_corpus(root, n_dialogues, per_dialogue)
             print(f"{size} corpus: {n_dialogues * per_dialogue} utterances, made in "
                   f"{time.perf_counter() - start:.1f} s", file=sys.stderr)
-            if bench_text is not None:
+            if with_text:
                 for threads in threads_list:
-                    results += [{"corpus": size, **row} for row in _text_rows(bench_text, manifest, threads)]
+                    results += [{"corpus": size, **row} for row in _text_rows(manifest, threads)]
             for name in extractors:
                 kind, settings = EXTRACTORS[name]
                 for threads in threads_list:
@@ -217,15 +202,15 @@ def table(results: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", default="small,large", help="comma list of " + ",".join(SIZES))
+    parser.add_argument("--sizes", default="small,large", type=comma_list(SIZES), help="comma list of " + ",".join(SIZES))
     parser.add_argument("--threads", default="1,2", help="comma list of thread counts")
-    parser.add_argument("--extractors", default=",".join(EXTRACTORS), help="comma list of " + ",".join(EXTRACTORS))
+    parser.add_argument("--extractors", default=",".join(EXTRACTORS), type=comma_list(EXTRACTORS),
+                        help="comma list of " + ",".join(EXTRACTORS))
     parser.add_argument("--no-text", action="store_true", help="skip the text extractors")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    results = run(args.sizes.split(","), [int(t) for t in args.threads.split(",")], args.extractors.split(","),
-                  not args.no_text)
+    results = run(args.sizes, [int(t) for t in args.threads.split(",")], args.extractors, not args.no_text)
     print(table(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")

@@ -37,7 +37,7 @@ def bench_finetune(manifest: Path, threads: int, steps: int, batch_size: int) ->
     torch.set_num_threads(threads)
     rows = manifest_io.read(manifest)
     rows = rows[rows["split"] == "train"].reset_index(drop=True)
-    classes = finetune._classes(rows)
+    classes = finetune._classes(rows, manifest)
     out = []
     for context_name, (context, max_length) in CONTEXTS.items():
         encoder = text.TextEncoder({"model": text.PACKAGED_MINILM, "pooling": "mean", "context": context,

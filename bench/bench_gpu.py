@@ -55,7 +55,7 @@ REPO = BENCH.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(BENCH))
 
-from process_stats import cpu_seconds, markdown_row, markdown_table, peak_rss_mb  # noqa: E402  (same folder)
+from process_stats import comma_list, cpu_seconds, markdown_row, markdown_table, peak_rss_mb  # noqa: E402  (same folder)
 
 SIZES = {
     # full: a few minutes on one H100 (16 CPU cores); quick: well under 90 s on 2 CPU cores
@@ -239,7 +239,7 @@ def _train_rows(out: dict, size: dict, amp: str) -> list[dict]:
         rows.append({"stage": f"train: epochs, {r['mode']}, IEMOCAP shape", "device": r["device"],
                      "items": TRAIN_UTTERANCES, "unit": "train utt/epoch", "seconds": r["s_per_epoch"],
                      "cpu_seconds": r["cpu_s_per_epoch"], "utt_per_s": TRAIN_UTTERANCES / r["s_per_epoch"],
-                     "peak_rss_mb": epochs["peak_rss_mib"] * 2**20 / 1e6, "peak_cuda_mb": r.get("peak_cuda_mib"),
+                     "peak_rss_mb": epochs["peak_rss_mib"], "peak_cuda_mb": epochs.get("peak_cuda_mib"),
                      "note": f"s/epoch, mean of {r['epochs']} (modes alternate; RSS of the process of all three)",
                      "train_mode": r["mode"]})
     items = size["run_dialogues"][0] * PER_DIALOGUE
@@ -253,7 +253,7 @@ def _whole_run_row(r: dict, size: dict, items: int) -> dict:
     return {"stage": f"train: whole run, {r['mode']}, {r['epochs']} epoch(s), {dialogues} dialogues",
             "device": r["device"], "items": items, "unit": "train utt/epoch", "seconds": r["s_per_epoch_logged"],
             "cpu_seconds": None, "utt_per_s": items / r["s_per_epoch_logged"],
-            "peak_rss_mb": r["peak_rss_mib"] * 2**20 / 1e6, "peak_cuda_mb": r.get("peak_cuda_mib"),
+            "peak_rss_mb": r["peak_rss_mib"], "peak_cuda_mb": r.get("peak_cuda_mib"),
             "note": f"s/epoch from history; whole job {r['wall_s']:.1f} s wall" if "wall_s" in r else
             "s/epoch from history"}
 
@@ -424,6 +424,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads and openSMILE processes per stage (default: 1 on CPU, min(8, CPUs) on CUDA)")
     parser.add_argument("--stages", default="train,text,visual,anchors,audio",
+                        type=comma_list(("train", "text", "visual", "anchors", "audio")),
                         help="comma list of train,text,visual,anchors,audio")
     parser.add_argument("--train-args", default="",
                         help='more options for bench/bench_train.py, one string: --train-args="--opt value"')
@@ -453,7 +454,7 @@ def main() -> None:
         size["stage_timeout"] = args.stage_timeout
     if args.threads is None:
         args.threads = 1 if args.device == "cpu" else min(8, os.cpu_count() or 1)
-    wanted = set(args.stages.split(","))
+    wanted = set(args.stages)
     info = {**machine(args.device), "size": "quick" if args.quick else "full", "threads": args.threads,
             "load_before": os.getloadavg()}
     print(f"bench_gpu: {info}", file=sys.stderr, flush=True)

@@ -1,7 +1,7 @@
 """Extraction on real-format media: utterances/s and peak RSS per extractor, a whole-dataset extrapolation,
 and openSMILE's scaling with threads.
 
-    .venv/bin/python bench/bench_real_format.py                     # everything, about 4 minutes on 2 cores
+    .venv/bin/python bench/bench_real_format.py                     # everything, 4-6 minutes on 2 cores
     .venv/bin/python bench/bench_real_format.py --only scaling       # openSMILE threads vs processes only
     .venv/bin/python bench/bench_real_format.py --json out.json
     .venv/bin/python bench/bench_real_format.py --only visual-ab --baseline /tmp/visual_before.py --repeats 2
@@ -162,7 +162,7 @@ def _text_row(corpus: str, manifest: Path) -> dict:
     from bench_text import bench_text
 
     row = bench_text(manifest, threads=1, extractors=["minilm"])[0]
-    return {"corpus": corpus, "present": row["utterances"], **row}
+    return {"corpus": corpus, **row}  # row["present"]: checked by bench_text against the transcripts
 
 
 def run_extractors(tmp: Path, n_meld: int, iemocap_seconds: float, n_iemocap: int) -> tuple[list[dict], list[str]]:
@@ -384,6 +384,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    if args.meld_clips < 1 or (args.meld_clips > 4 and args.meld_clips % 4):
+        parser.error(f"--meld-clips {args.meld_clips}: give 1 to 4, or a multiple of 4 (dialogues of 4 clips)")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.only == "visual-ab" and (args.baseline is None or not args.baseline.is_file()):
         parser.error("--only visual-ab needs --baseline FILE (a visual.py)")

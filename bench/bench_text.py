@@ -35,7 +35,7 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from process_stats import markdown_row, markdown_table, peak_rss_mb  # noqa: E402  (same folder)
+from process_stats import comma_list, markdown_row, markdown_table, peak_rss_mb  # noqa: E402  (same folder)
 from ercpipe.io import manifest as manifest_io  # noqa: E402
 
 WORDS = ("i you we they really never always think know feel want said told going maybe today tomorrow "
@@ -79,6 +79,7 @@ def _timed_extract(manifest: str, settings: dict, out: str, threads: int) -> dic
     import torch
 
     from ercpipe.features import extract_shard, text
+    from ercpipe.io.features import read
 
     torch.set_num_threads(threads)
     start = time.perf_counter()
@@ -91,7 +92,7 @@ def _timed_extract(manifest: str, settings: dict, out: str, threads: int) -> dic
     seconds = time.perf_counter() - start
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return {"seconds": seconds, "cpu_seconds": usage.ru_utime + usage.ru_stime - cpu_start,
-            "load_seconds": load_seconds, "peak_rss_mb": peak_rss_mb()}
+            "load_seconds": load_seconds, "peak_rss_mb": peak_rss_mb(), "present": int(read(out).present.sum())}
 
 
 def bench_text(manifest: Path, threads: int = 1, extractors: list[str] | None = None,
@@ -113,6 +114,11 @@ def bench_text(manifest: Path, threads: int = 1, extractors: list[str] | None = 
             with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
                 result = pool.submit(_timed_extract, str(manifest), settings,
                                      str(Path(tmp) / f"{name.replace(' ', '_')}_{threads}.h5"), threads).result()
+            # Every row with a transcript must have features: a bench of an extractor that drops rows is no bench.
+            expected = int((frame["text"].astype(str).str.strip() != "").sum())
+            if result["present"] != expected:
+                raise SystemExit(f"text {name}: {result['present']} of {len(frame)} utterances have features, "
+                                 f"{expected} have a transcript")
             rows.append({"extractor": f"text {name}", "utterances": len(frame), "threads": threads, **result,
                          "utt_per_s": len(frame) / result["seconds"]})
             print(_format_row(rows[-1]), file=sys.stderr)
@@ -137,7 +143,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=512, help="synthetic utterances")
     parser.add_argument("--threads", default="1,2", help="comma list of thread counts")
-    parser.add_argument("--extractors", default=",".join(DEFAULT_EXTRACTORS),
+    parser.add_argument("--extractors", default=",".join(DEFAULT_EXTRACTORS), type=comma_list(EXTRACTORS),
                         help="comma list of " + ",".join(EXTRACTORS))
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
@@ -148,7 +154,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_text_corpus_") as tmp:
         manifest = synthetic_manifest(Path(tmp) / "manifest.tsv", args.n)
         for threads in [int(t) for t in args.threads.split(",")]:
-            rows += bench_text(manifest, threads=threads, extractors=args.extractors.split(","),
+            rows += bench_text(manifest, threads=threads, extractors=args.extractors,
                                batch_size=args.batch_size)
     print(table(rows))
     if args.json:

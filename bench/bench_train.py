@@ -83,6 +83,11 @@ N_CLASSES, N_SPEAKERS, CLIP_DIM, IMAGES_PER_CLASS = 6, 2, 512, 35
 GOALS = {"fp32": 1.8, "reduced": 2.5, "whole": 2.0, "rss_gib": 2.4}
 
 
+def _peak_cuda_mib(device) -> float | None:
+    """The most GPU memory tensors of this process held (torch's allocator), MiB; None off CUDA."""
+    return torch.cuda.max_memory_allocated() / 2**20 if str(device).startswith("cuda") else None
+
+
 def lengths(n_dialogues: int, n_utterances: int, rng: np.random.Generator) -> list[int]:
     """Random dialogue lengths (about 15-80, mean 48 as in IEMOCAP) summing exactly to n_utterances."""
     raw = rng.uniform(20, 110, n_dialogues)
@@ -251,7 +256,7 @@ def worker_epochs(args, device) -> dict:
                      "epochs": args.epochs, "s_per_epoch": float(np.mean(wall)), "cpu_s_per_epoch": float(np.mean(cpu)),
                      "epoch_times": wall, "epoch_cpu_times": cpu})
     return {"rows": rows, "padded_positions_per_valid": padded / valid, "parameters": count_parameters(model),
-            "peak_rss_mib": peak_rss_mb()}
+            "peak_rss_mib": peak_rss_mb(), "peak_cuda_mib": _peak_cuda_mib(device)}
 
 
 def _profile_tables(prof, cuda: bool, top: int = 12) -> dict:
@@ -467,7 +472,8 @@ def worker_run(args, device: str) -> dict:
             "model_mib": metrics["n_parameters"] * 4 / 2**20,
             "s_per_epoch_logged": metrics["seconds_per_epoch"], "written_mib": written / 2**20,
             "written_mib_per_epoch": written / 2**20 / metrics["protocol"]["epochs_run"],
-            "peak_rss_mib": peak_rss_mb(), "test_weighted_f1": metrics["test"]["weighted_f1"]}
+            "peak_rss_mib": peak_rss_mb(), "peak_cuda_mib": _peak_cuda_mib(device),
+            "test_weighted_f1": metrics["test"]["weighted_f1"]}
 
 
 def whole_runs(args, device: str, modes: list[str]) -> list[dict]:
@@ -603,7 +609,7 @@ def main() -> None:
                         help="training steps per mode for --accounting (0: one whole epoch, 14 steps)")
     parser.add_argument("--profile", default=None, metavar="MODES",
                         help="only profile one epoch per mode, comma list of fp32,fp16,bf16,reference")
-    parser.add_argument("--acc-seeds", type=int, default=3)
+    parser.add_argument("--acc-seeds", type=int, default=3, help="at least 2: seed noise is their spread")
     parser.add_argument("--acc-epochs", type=int, default=3)
     parser.add_argument("--acc-signal", type=float, default=0.1, help="class shift per feature dimension")
     parser.add_argument("--json", type=Path, help="write the results here")
@@ -612,6 +618,8 @@ def main() -> None:
     parser.add_argument("--run-out", help=argparse.SUPPRESS)
     parser.add_argument("--run-mode", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.acc_seeds < 2:
+        parser.error("--acc-seeds: give at least 2 (whether two modes differ is judged against the seeds' spread)")
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else \
         ("cpu" if args.device == "auto" else args.device)
     args.amp_mode = reduced_amp(args, device)
