@@ -59,5 +59,5 @@ localrules:
 
 rule all:
     input:
-        all_targets(),
+        lambda wc: all_targets(),
     default_target: True

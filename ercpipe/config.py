@@ -411,16 +411,23 @@ def _check_face_selection(where: str, ds: dict) -> None:
 
 
 def _check_reader_keys(where: str, ds: dict) -> None:
-    """A key of another format's reader (`classes` on MELD, `probe_media` on IEMOCAP), named before any job: the
-    reader refuses it too, but only once it runs."""
+    """A key of another format's reader (`classes` on MELD, `probe_media` on IEMOCAP), or a value the reader cannot
+    use (an IEMOCAP `relabel` target that is not a class), named before any job: the reader refuses them too, but
+    only once it runs."""
     from ercpipe.datasets import PIPELINE_KEYS
-    from ercpipe.datasets.build import READER_DEFAULTS
+    from ercpipe.datasets.build import READER_DEFAULTS, READER_SETTINGS_CHECKS
 
     known = set(READER_DEFAULTS.get(ds["format"], {})) | PIPELINE_KEYS
     unknown = sorted(set(ds) - known)
     if unknown:
         raise ConfigError(f"{where}.{unknown[0]}: not a setting of format {ds['format']} (its settings: "
                           f"{', '.join(sorted(known))})")
+    check = READER_SETTINGS_CHECKS.get(ds["format"])
+    if check is not None:
+        try:  # paths are path_problems' (relative to the working directory, every missing one at once)
+            check({k: v for k, v in ds.items() if k not in ("root", "split_file", "manifest")})
+        except ValueError as err:
+            raise ConfigError(f"{where}: {err}") from None
 
 
 def check(config: dict, workdir: Path = Path(".")) -> None:

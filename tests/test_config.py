@@ -456,3 +456,9 @@ def test_a_key_of_another_formats_reader_is_refused_before_any_job(tmp_path):
     config = {"datasets": {"i": {"format": "iemocap", "root": str(tmp_path), "probe_media": True}}}
     with pytest.raises(pipeline_config.ConfigError, match=r"datasets\.i\.probe_media: not a setting of format iemocap"):
         pipeline_config.check(config, tmp_path)
+
+
+def test_an_iemocap_relabel_target_that_is_not_a_class_is_a_config_error(tmp_path):
+    config = {"datasets": {"i": {"format": "iemocap", "root": str(tmp_path), "relabel": {"exc": "joy"}}}}
+    with pytest.raises(pipeline_config.ConfigError, match=r"datasets\.i: iemocap relabel: 'exc' -> 'joy'"):
+        pipeline_config.check(config, tmp_path)

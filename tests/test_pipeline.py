@@ -169,7 +169,7 @@ def test_a_job_killed_for_memory_is_retried_with_twice_its_memory_and_time_and_r
     process = subprocess.Popen(command(workdir, longer, "--cores", "1", "--retries", "1", target),
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
-        _wait_for_epoch(log, 3, process)
+        _wait_for_epoch(log, 7, process)  # past the resume state written after epoch 5 (checkpoint_every)
         holder = log.with_name(f".{log.name}.lock").read_text()  # "pid N on HOST" (ercpipe.runlog)
         os.kill(int(holder.split()[1]), signal.SIGKILL)
         output, _ = process.communicate(timeout=600)

@@ -28,6 +28,8 @@ READER_DEFAULTS: dict[str, dict] = {"iemocap": iemocap.DEFAULTS, "meld": meld.DE
 # A reader's settings with defaults spelled another way (IEMOCAP's six classes listed, its split file named) set
 # back to how its DEFAULTS spell them.
 READER_CANONICAL: dict[str, Callable[[dict], dict]] = {"iemocap": iemocap.canonical_settings}
+# A reader's check of its settings alone (no raw file read): the config check runs it before any job.
+READER_SETTINGS_CHECKS: dict[str, Callable[[dict], None]] = {"iemocap": iemocap.check_settings}
 READERS: dict[str, Callable[..., ReadResult]] = {
     "iemocap": iemocap.read,
     "meld": meld.read,

@@ -214,6 +214,11 @@ def canonical_settings(cfg: dict) -> dict:
     return out
 
 
+def check_settings(cfg: dict) -> None:
+    """Raise ValueError for settings the reader cannot use (classes, relabel, sides, split file), before any job."""
+    _settings(cfg)
+
+
 def _settings(cfg: dict) -> dict:
     settings = reader_settings(cfg, DEFAULTS, "iemocap")
     classes = tuple(settings["classes"] or IEMOCAP_CLASSES)

@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import snakemake.report
+from snakemake.logging import logger
 from snakemake.utils import validate
 
 from ercpipe import config as pipeline_config
@@ -164,6 +165,10 @@ def run_files(name, files=RUN_FILES):
 
 
 def all_targets():
+    unreadable = unreadable_datasets()
+    if unreadable:
+        raise WorkflowError("\n".join(unreadable) + "\nFix it (or take the dataset out of the config); the other "
+                            "datasets' files can still be made by naming them as targets.")
     # Every seed's files are targets too: Snakemake does not remake a missing file whose consumers' outputs
     # exist, so a training job's outputs that were removed (Ctrl-C removes a failed job's outputs) or deleted
     # would otherwise never come back, and the old summary would stand.
@@ -226,9 +231,13 @@ def reader_config(dataset, without=()):
     return canonical(pipeline_config.reader_config(dataset, DATASETS[dataset], without))
 
 
+class UnreadableRaw(str):
+    """Why a raw dataset cannot be read now (the reader's error): what raw_fingerprint gives instead of digests."""
+
+
 @functools.cache
 def raw_fingerprint(dataset):
-    """Digests of what each step reads of a real raw dataset (ercpipe.datasets.fingerprint).
+    """Digests of what each step reads of a real raw dataset (ercpipe.datasets.fingerprint), or UnreadableRaw.
 
     None for a generated corpus: it is an output of the pipeline, so its files do not exist while the
     DAG is built; its steps depend on the corpus folder and the manifest file instead.
@@ -238,16 +247,30 @@ def raw_fingerprint(dataset):
     try:
         return dataset_fingerprint(dataset, reader_config(dataset), n_shards(dataset))
     except (ValueError, OSError) as err:
-        raise WorkflowError(f"dataset {dataset}: the raw data cannot be read: {err}") from None
+        return UnreadableRaw(f"dataset {dataset}: the raw data cannot be read: {err}")
 
 
-# Every raw dataset is read now, not when the DAG first asks: Snakemake takes an error raised in a job's input
-# or params function for "no job makes this file" when the file exists, so after a finished run a raw file
-# the reader refuses (or a setting it cannot use) gave "Nothing to be done" and left the old results standing.
-# A cluster job reads only its own dataset (when its DAG asks).
+def readable_fingerprint(dataset):
+    """raw_fingerprint, raising the reader's error for a dataset that cannot be read (input and params functions)."""
+    fingerprint = raw_fingerprint(dataset)
+    if isinstance(fingerprint, UnreadableRaw):
+        raise WorkflowError(fingerprint)
+    return fingerprint
+
+
+def unreadable_datasets():
+    """The reader's error of every raw dataset that cannot be read now."""
+    return [raw_fingerprint(name) for name in RAW_DATASETS if isinstance(raw_fingerprint(name), UnreadableRaw)]
+
+
+# Every raw dataset is read now, and one that cannot be read is said to be so at once; rule `all` then stops
+# with its error (all_targets). An error raised only in a job's input or params function is taken by Snakemake
+# for "no job makes this file" when the file exists: a finished run said "Nothing to be done" and kept the old
+# results. Nothing is held up but what needs that dataset: other targets, --unlock and --lint still work. A
+# cluster job reads only its own dataset (when its DAG asks).
 if not (workflow.remote_exec or workflow.subprocess_exec):
-    for name in RAW_DATASETS:
-        raw_fingerprint(name)
+    for problem in unreadable_datasets():
+        logger.warning(problem)
 
 
 def raw_input(wildcards):
@@ -257,7 +280,7 @@ def raw_input(wildcards):
     reads, text and media (params `raw`), so touching a file without changing it re-runs nothing, and
     fixing one re-runs only the shards whose rows or media changed.
     """
-    fingerprint = raw_fingerprint(wildcards.dataset)
+    fingerprint = readable_fingerprint(wildcards.dataset)
     if fingerprint is None:
         return [f"raw/synthetic/{wildcards.dataset}"]
     return [ancient(path) for path in fingerprint.sources]
@@ -267,7 +290,7 @@ def shard_raw_input(wildcards):
     """What a shard's manifest job waits for: the generated corpus folder; nothing for a real dataset, whose
     shard jobs re-run on their own digest only (params `raw`). With the dataset's text files as inputs, adding
     or removing one dialogue's file changed every shard's input set and re-ran every shard's extraction."""
-    return raw_input(wildcards) if raw_fingerprint(wildcards.dataset) is None else []
+    return raw_input(wildcards) if readable_fingerprint(wildcards.dataset) is None else []
 
 
 def per_attempt(base):
@@ -300,7 +323,7 @@ def modality_digest(wildcards):
     """The digest of what one modality's extraction reads of a shard (rows, flags, media;
     ercpipe.datasets.MODALITY_VIEWS): the `rows` param of rule modality_manifest_shard; empty for a
     generated corpus."""
-    fingerprint = raw_fingerprint(wildcards.dataset)
+    fingerprint = readable_fingerprint(wildcards.dataset)
     return "" if fingerprint is None else fingerprint.modality_shards[wildcards.modality][int(wildcards.shard)]
 
 
@@ -308,7 +331,7 @@ def raw_digest(part):
     """A params function: the digest of the whole raw dataset ('dataset') or of the job's shard ('shards')."""
 
     def digest(wildcards):
-        fingerprint = raw_fingerprint(wildcards.dataset)
+        fingerprint = readable_fingerprint(wildcards.dataset)
         if fingerprint is None:
             return ""
         value = getattr(fingerprint, part)
