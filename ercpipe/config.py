@@ -136,6 +136,9 @@ def reader_config(name: str, cfg: dict, without: Collection[str] = ()) -> dict:
     # re-runs nothing.
     full = {**READER_DEFAULTS.get(cfg.get("format"), {}), **cfg}
     full = READER_CANONICAL.get(cfg.get("format"), dict)(full)
+    if "face_selection" in full and full["face_selection"] == face_selection(
+            {k: v for k, v in cfg.items() if k != "face_selection"}):
+        del full["face_selection"]  # the format's own default written out
     full["modalities"] = [m for m in MODALITIES if m in (cfg.get("modalities") or MODALITIES)]
     out = {k: v for k, v in full.items() if k not in drop}
     root = dataset_root(name, cfg)

@@ -438,6 +438,12 @@ def test_iemocap_defaults_written_out_are_the_same_reader_settings(tmp_path):
                                                   "classes": list(IEMOCAP_CLASSES),
                                                   "split_file": str(DEFAULT_SPLIT_FILE)})
     assert written == plain
+    # face_selection written as the format's default is the default too (it used to re-run the issues job).
+    assert pipeline_config.reader_config("d", {"format": "iemocap", "root": "raw/d", "relabel": {"exc": "hap"},
+                                               "face_selection": {"mode": "side", "sides": {"F": "left", "M": "right"}}
+                                               }) == plain
+    assert "face_selection" not in pipeline_config.reader_config(
+        "m", {"format": "meld", "root": "raw/m", "face_selection": {"mode": "largest_central"}})
     # Another order of the classes is another label-id order, another split file another split: not defaults.
     other = pipeline_config.reader_config("d", {"format": "iemocap", "root": "raw/d",
                                                 "classes": list(reversed(IEMOCAP_CLASSES)),
