@@ -183,7 +183,8 @@ def _warn_untrained(df: pd.DataFrame, labels: np.ndarray, slots: np.ndarray, cla
     for where, seen in (("training", train), ("validation", valid)):
         if where == "validation" and not len(valid):
             continue
-        missing = [c for i, c in enumerate(classes) if i not in set(seen.tolist())]
+        present = set(seen.tolist())
+        missing = [c for i, c in enumerate(classes) if i not in present]
         if missing:
             logger.warning("%s: class(es) %s have no %s utterance%s", manifest_path, missing, where,
                            "; the model cannot learn them" if where == "training" else
