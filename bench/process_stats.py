@@ -10,8 +10,9 @@ Column = tuple[str, Callable[[dict], str]]  # header, cell of a row
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident memory, MB of 2**20 bytes (MiB; every bench table's "MB"). VmHWM rather than ru_maxrss: on Linux a spawned child's
-    ru_maxrss starts at its parent's RSS at fork time, VmHWM belongs to the child's own address space."""
+    """This process's peak resident memory, MB of 2**20 bytes (MiB; every bench table's "MB"). VmHWM rather
+    than ru_maxrss: on Linux a spawned child's ru_maxrss starts at its parent's RSS at fork time, VmHWM belongs
+    to the child's own address space."""
     try:
         with open("/proc/self/status") as fh:
             for line in fh:

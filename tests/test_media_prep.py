@@ -241,7 +241,8 @@ def test_a_wav_flagged_cut_short_gets_no_audio_and_a_window_past_the_end_is_said
     root = manifest.parent.parent
     whole = (root / "long.wav").read_bytes()
     (tmp_path / "cut.wav").write_bytes(whole[:int(len(whole) * 0.6)])
-    (tmp_path / "m.csv").write_text("dialogue_id,utterance_id,split,speaker,label,text,audio_path,audio_start,audio_end\n"
+    header = "dialogue_id,utterance_id,split,speaker,label,text,audio_path,audio_start,audio_end\n"
+    (tmp_path / "m.csv").write_text(header +
                                     f"d1,cut,train,A,calm,x,{tmp_path / 'cut.wav'},,\n"
                                     f"d1,long,train,A,calm,x,{root / 'long.wav'},2.0,9.0\n")
     build_manifest("w", {"format": "csv", "manifest": str(tmp_path / "m.csv"), "classes": ["calm", "other"],

@@ -13,7 +13,8 @@ out_dir/_report.tsv has one line per row: utterance_id, status, detail, where st
 
 A row that is not ok gets no WAV (the audio extractor then stores zeros with present=False); no row is
 ever left out of the report. A row the reader flagged missing_audio, no_audio_stream or corrupt_audio (e.g. a
-WAV cut short, which decodes to part of the utterance without an error) is not decoded. The directory is built under a temporary name and renamed when complete.
+WAV cut short, which decodes to part of the utterance without an error) is not decoded. The directory is
+built under a temporary name and renamed when complete.
 
 Memory does not grow with the utterance: each window is decoded and written block by block
 (`stream_utterance_wav`), giving exactly the samples of ercpipe.io.media.load_audio, which holds

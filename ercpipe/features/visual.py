@@ -472,7 +472,8 @@ def load_embedder(settings: dict, device: str | torch.device = "auto") -> FaceEm
 def _flag_reason(row) -> str:
     flagged = [f for f in VIDEO_FLAGS if manifest_io.has_flag(row.flags, f)]
     if flagged:
-        return f"{flagged[0]}: {row.video_path or 'no video_path'}: flagged by the dataset's reader (issues.tsv says why)"
+        where = row.video_path or "no video_path"
+        return f"{flagged[0]}: {where}: flagged by the dataset's reader (issues.tsv says why)"
     return "" if row.video_path else "no_video"
 
 

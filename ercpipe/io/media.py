@@ -164,8 +164,8 @@ def iter_audio(path: str | Path, start: float | None = None, end: float | None =
     _origin). A window that starts after AUDIO_SEEK_AFTER seconds is decoded from a seek to AUDIO_SEEK_MARGIN
     before it (an utterance late in an hour-long recording used to be decoded from the file's start, once per
     utterance): the same samples for PCM; for a compressed track the decoder settles within its first frames
-    after the seek, long before the window, and the resampler's phase may move by a fraction of a sample. Channels are averaged
-    (FFmpeg's own mono downmix adds them with gains that clip a loud stereo or 5.1 track). Blocks are the
+    after the seek, long before the window, and the resampler's phase may move by a fraction of a sample.
+    Channels are averaged (FFmpeg's own mono downmix adds them with gains that clip a loud stereo or 5.1 track). Blocks are the
     resampler's frames (a few ms each), so a long file is never held whole. Non-finite samples (a damaged
     float WAV) are corrupt_audio.
     """
@@ -341,8 +341,7 @@ def _upright(frame, sample_aspect=None) -> np.ndarray:
             width = int(round(width * sample_aspect))
         else:
             height = int(round(height / sample_aspect))
-    stretched = (width, height) != (frame.width, frame.height)
-    rgb = frame.to_ndarray(format="rgb24", width=width, height=height) if stretched else frame.to_ndarray(format="rgb24")
+    rgb = frame.to_ndarray(format="rgb24", width=width, height=height)
     turns = int(round(getattr(frame, "rotation", 0) / 90)) % 4
     return np.ascontiguousarray(np.rot90(rgb, k=turns)) if turns else rgb
 

@@ -105,7 +105,8 @@ def ensemble_summary(members: Mapping[str, dict], predictions: dict | None = Non
             labelled = rows[rows["label"] != ""]
             unknown = sorted(set(labelled["label"]) - set(class_id))
             if unknown:
-                raise EnsembleError(f"{[str(p) for p in prediction_paths(members, seed)]}: labels {unknown[:5]} are not "
+                files = [str(p) for p in prediction_paths(members, seed)]
+                raise EnsembleError(f"{files}: labels {unknown[:5]} are not "
                                     f"among the classes {classes}; were the members trained on this manifest?")
             run[split] = classification_metrics(labelled["label"].map(class_id).to_numpy(),
                                                 labelled["prediction"].map(class_id).to_numpy(), classes)
