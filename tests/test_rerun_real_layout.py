@@ -314,7 +314,7 @@ def test_the_same_config_with_every_default_written_out_reruns_nothing(first_run
     """Params used to hold the keys as written, so spelling out a preset's value (or an extractor's default)
     re-ran the training (or the extraction) though nothing it computes had changed."""
     from ercpipe.io.features import expected_settings
-    from ercpipe.train.presets import resolve_experiment
+    from ercpipe.train.presets import inactive_keys, resolve_experiment
 
     workdir, configfile = first_run
     config = yaml.safe_load(configfile.read_text())
@@ -329,6 +329,9 @@ def test_the_same_config_with_every_default_written_out_reruns_nothing(first_run
     for name, experiment in config["experiments"].items():
         resolved = resolve_experiment(experiment)
         assert resolved["train"] != experiment["train"]  # defaults were left out before
+        # Keys the other settings make inactive (AdamW has no momentum; no scheduler, no warm-up) may change too.
+        assert {"train.momentum", "train.warmup_fraction"} <= set(inactive_keys(resolved))
+        resolved["train"].update(momentum=0.5, warmup_fraction=0.25)
         config["experiments"][name] = resolved
     explicit = tmp_path / "explicit.yaml"
     explicit.write_text(yaml.safe_dump(config, sort_keys=False))

@@ -355,6 +355,58 @@ def test_unimodal_and_ablation_runs(dataset, tmp_path):
     assert metrics["anchors"]["images_per_class"] == [2] * 6
 
 
+def _with(experiment: dict, **sections) -> dict:
+    """experiment with {section: {key: value}} merged into its sections."""
+    return {**experiment, **{s: {**(experiment.get(s) or {}), **keys} for s, keys in sections.items()}}
+
+
+@pytest.mark.parametrize("base, inactive, active", [
+    # AdamW has no momentum; no scheduler, no warm-up; no anchors_per_class, no subsampling seed.
+    ({}, {"train": {"momentum": 0.9, "warmup_fraction": 0.5}, "model": {"anchor_subsample_seed": 7}},
+     {"train": {"eps": 1e-3}}),
+    # SGD has no betas or eps; SDT heads take no head_* keys; without the VEGA branch nothing of it is read.
+    ({"train": {"optimizer": "sgd", "lr": 0.05}, "model": {"head_type": "sdt"}, "loss": {"clip_loss": False}},
+     {"train": {"betas": [0.5, 0.6], "eps": 1e-3}, "model": {"head_dropout": 0.9, "head_layers": 1,
+                                                            "clip_proj_dropout": 0.9, "p_random_anchor": 0.9,
+                                                            "anchors_per_class": 1},
+      "loss": {"clip_lambda": 9.0, "t_clip_all_clip_kl_lambda": 9.0, "anchor_kl_teacher": "classification"}},
+     {"train": {"momentum": 0.9}}),
+    # One modality: no unimodal heads, so no per-modality terms, no distillation and no temperatures.
+    ({"model": {"modalities": ["text"]}},
+     {"loss": {"cls_t_lambda": 9.0, "t_clip_lambda": 9.0, "cls_all_cls_kl_lambda": 9.0, "kl_t2": False,
+               "kl_temperature": 3.0, "detach_teacher": True}},
+     {"loss": {"all_clip_lambda": 3.0}}),
+    # The KL terms switched off: their weights and teachers are not read.
+    ({"loss": {"cls_all_cls_kl_loss": False, "clip_all_clip_kl_loss": False}},
+     {"loss": {"v_cls_all_cls_kl_lambda": 9.0, "clip_all_clip_kl_lambda": 9.0, "cls_kl_teacher": "anchor",
+               "kl_class_mean": False}},
+     {"loss": {"t_clip_lambda": 3.0}}),
+])
+def test_a_key_its_other_settings_make_inactive_changes_nothing_and_is_listed(dataset, tmp_path, base, inactive,
+                                                                              active):
+    """presets.inactive_keys leaves these keys out of the Snakemake params and the settings that resume and
+    aggregation compare; that is right only if they really change nothing, weights included."""
+    from ercpipe.train.presets import active_settings, inactive_keys
+    from ercpipe.train.trainer import training_config
+
+    experiment = _with(_with(TINY, train={**TINY["train"], "epochs": 3}), **base)
+    reference = train(dataset, tmp_path / "reference", experiment)
+    changed = _with(experiment, **inactive)
+    keys = {f"{section}.{key}" for section, values in inactive.items() for key in values}
+    assert keys <= set(inactive_keys(resolve_experiment(changed)))
+    assert active_settings(resolve_experiment(changed)) == active_settings(resolve_experiment(experiment))
+    metrics = train(dataset, tmp_path / "changed", changed)
+    assert_same_run(tmp_path / "changed", metrics, tmp_path / "reference", reference)
+    assert keys <= set(metrics["inactive_settings"])
+    # The seeds of both agree (the aggregation compares the settings without the inactive keys) ...
+    assert training_config(metrics["config"]) == training_config(reference["config"])
+    aggregate([tmp_path / "reference", tmp_path / "changed"], tmp_path / "summary",
+              expected=resolve_experiment(experiment))
+    # ... and a key that is active under the same settings is not listed (the rules are not too broad).
+    active_keys = {f"{section}.{key}" for section, values in active.items() for key in values}
+    assert not active_keys & set(inactive_keys(resolve_experiment(_with(experiment, **active))))
+
+
 def test_run_errors(dataset, tmp_path):
     with pytest.raises(TrainingError, match="no anchor file"):
         train(dataset, tmp_path / "a", anchors=None)

@@ -228,6 +228,77 @@ def _check_combinations(cfg: dict) -> None:
                          "the labels")
 
 
+# Keys that only matter under some settings (the condition says when they do not): such a key is still
+# validated, but it is left out of the experiment's Snakemake params and of the settings a resume state and
+# the seed aggregation compare, so changing it re-trains nothing. Each rule follows the code that reads the
+# key: ercpipe.train.trainer (optimizer, scheduler, anchors), ercpipe.model.losses (loss terms) and
+# ercpipe.model.sdt (modules built); tests/test_train.py checks that such a change leaves the weights equal.
+_OPTIMIZER_ONLY = {"train.momentum": ("sgd",), "train.betas": ("adam", "adamw"), "train.eps": ("adam", "adamw")}
+_VEGA_ONLY = ("model.clip_proj_layers", "model.clip_proj_activation", "model.clip_proj_dropout",
+              "model.p_random_anchor", "model.anchor_logit_scale", "model.anchor_sampling_at_eval",
+              "model.anchors_per_class", "model.anchor_subsample_seed", "model.clip_model",
+              "loss.clip_all_clip_kl_loss", "loss.clip_lambda", "loss.all_clip_lambda", "loss.anchor_kl_teacher")
+_TERM_KEYS = {  # a loss term's switch -> the keys only that term reads (per-modality keys: {m} = t, a, v)
+    "cls_loss": ("cls_lambda", "cls_all_lambda", "cls_{m}_lambda"),
+    "cls_all_cls_kl_loss": ("cls_all_cls_kl_lambda", "{m}_cls_all_cls_kl_lambda", "cls_kl_teacher"),
+    "clip_loss": ("clip_lambda", "all_clip_lambda", "{m}_clip_lambda"),
+    "clip_all_clip_kl_loss": ("clip_all_clip_kl_lambda", "{m}_clip_all_clip_kl_lambda", "anchor_kl_teacher"),
+}
+_SHORT = {"text": "t", "audio": "a", "visual": "v"}
+
+
+def inactive_keys(cfg: dict) -> list[str]:
+    """Dotted keys of a resolved experiment whose value cannot change its training under its other settings
+    (e.g. train.momentum with AdamW, the VEGA keys with loss.clip_loss off). Works on a config that already
+    lacks them (the switches it reads are never inactive themselves, except where their own switch is off)."""
+    model, loss, train = (cfg.get(s) or {} for s in SECTIONS)
+    out: set[str] = set()
+    for key, optimizers in _OPTIMIZER_ONLY.items():
+        if train.get("optimizer", "adamw") not in optimizers:
+            out.add(key)
+    if train.get("scheduler", "none") == "none":
+        out.add("train.warmup_fraction")
+    vega = loss.get("clip_loss", True)
+    if not vega:
+        out.update(_VEGA_ONLY)
+    elif model.get("anchors_per_class") is None:
+        out.add("model.anchor_subsample_seed")
+    if model.get("head_type", "mlp") != "mlp":
+        out.update({"model.head_layers", "model.head_activation", "model.head_dropout"})
+    modalities = model.get("modalities") or list(_SHORT)
+    # Unimodal heads (and so their loss terms, KL distillation and temperatures) exist only when there is
+    # something to fuse (ercpipe.model.sdt).
+    unimodal = [_SHORT[m] for m in modalities if m in _SHORT] if len(modalities) > 1 else []
+    terms_on = {"cls_loss": loss.get("cls_loss", True),
+                "cls_all_cls_kl_loss": loss.get("cls_all_cls_kl_loss", True) and bool(unimodal),
+                "clip_loss": vega,
+                "clip_all_clip_kl_loss": vega and loss.get("clip_all_clip_kl_loss", True) and bool(unimodal)}
+    for switch, keys in _TERM_KEYS.items():
+        for key in keys:
+            if "{m}" not in key:
+                if not terms_on[switch]:
+                    out.add(f"loss.{key}")
+                continue
+            for m in "tav":
+                if not terms_on[switch] or m not in unimodal:
+                    out.add(f"loss.{key.format(m=m)}")
+    if not (terms_on["cls_all_cls_kl_loss"] or terms_on["clip_all_clip_kl_loss"]):
+        out.update({"loss.kl_t2", "loss.kl_class_mean", "loss.detach_teacher"})
+    if not unimodal:  # no temperature exists
+        out.update({"loss.kl_temperature", "loss.kl_temperature_init"})
+    return sorted(out)
+
+
+def active_settings(cfg: dict) -> dict:
+    """The experiment without its inactive keys (inactive_keys); other keys untouched. Idempotent."""
+    out = copy.deepcopy(cfg)
+    for key in inactive_keys(cfg):
+        section, name = key.split(".", 1)
+        if isinstance(out.get(section), dict):
+            out[section].pop(name, None)
+    return out
+
+
 def known_keys() -> dict[str, list[str]]:
     """Section -> key names (for the pipeline's JSON schema)."""
     return {s: list(keys) for s, keys in SCHEMA.items()}

@@ -43,7 +43,7 @@ from ercpipe.model.sdt import ModelSpec, SDTVega, build_model, count_parameters
 from ercpipe.model.spec import spec_from_experiment
 from ercpipe.train.data import DialogueData, batches, load_dialogues, mask_feature_dims, standardization
 from ercpipe.train.metrics import SCALAR_METRICS, classification_metrics, weighted_f1
-from ercpipe.train.presets import resolve_experiment
+from ercpipe.train.presets import active_settings, inactive_keys, resolve_experiment
 
 logger = logging.getLogger(__name__)
 
@@ -534,10 +534,11 @@ def _last_payload(model, optimizer, scaler, scheduler, cfg, seed, state, device,
 
 
 def training_config(cfg: dict) -> dict:
-    """The sections that shape the training (train.checkpoint_every only says when the state is written)."""
+    """The sections that shape the training, without the keys inactive under the others (presets.inactive_keys)
+    and train.checkpoint_every (it only says when the state is written)."""
     out = {k: cfg.get(k) for k in ("preset", "model", "loss", "train")}
     out["train"] = {k: v for k, v in (out["train"] or {}).items() if k != "checkpoint_every"}
-    return out
+    return active_settings(out)
 
 
 def _resume(path: Path, best_path: Path, cfg, seed, model, optimizer, scaler, scheduler, device,
@@ -642,6 +643,8 @@ def _finish(out_dir, cfg, data, seed, state, payload, device, selection_split, t
         "skipped_steps": state["skipped_steps"],
         "seconds_per_epoch": float(np.mean([r["seconds"] for r in history])) if history else None,
         "config": cfg,
+        # Keys of `config` that had no effect under its other settings (e.g. train.momentum with AdamW).
+        "inactive_settings": inactive_keys(cfg),
     }
     save_torch(payload, out_dir / BEST_NAME)
     write_json(out_dir / "metrics.json", metrics)

@@ -17,7 +17,7 @@ from ercpipe.features.settings import training_view
 from ercpipe.io.digest import folder_digest
 from ercpipe.io.features import expected_settings
 from ercpipe.resources import extraction_resources
-from ercpipe.train.presets import resolve_experiment
+from ercpipe.train.presets import active_settings, resolve_experiment
 
 try:
     pipeline_config.check_config_files(workflow.configfiles)
@@ -411,10 +411,12 @@ def experiment_params(wildcards):
     re-runs this experiment's training only, and writing a preset's value out (or dropping a key that only
     repeated it) changes nothing. Without the seeds (each job has its own) and train.checkpoint_every, which
     only says when the resume state is written (changing it must not re-train finished runs; the job reads
-    it from the config, scripts/train_model.py)."""
+    it from the config, scripts/train_model.py), and without the keys its other settings make inactive
+    (e.g. train.momentum with AdamW; ercpipe.train.presets.inactive_keys): the job resolves them back to the
+    preset's values and metrics.json lists them as inactive."""
     exp = dict(EXPERIMENTS[wildcards.experiment])
     exp.pop("seeds", None)
-    exp = resolve_experiment(exp)
+    exp = active_settings(resolve_experiment(exp))
     exp["train"] = {k: v for k, v in exp["train"].items() if k != "checkpoint_every"}
     return canonical(exp)
 
