@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import socket
+import subprocess
 import time
 from pathlib import Path
 from typing import Iterator
@@ -110,6 +111,45 @@ def only_run_of_this_job(log_path: str | os.PathLike) -> Iterator[None]:
         yield
     finally:
         handle.close()
+
+
+JOB_END_VARIABLE = "ERCPIPE_JOB_END_TIME"
+
+
+def _slurm_time_left(text: str) -> float | None:
+    """Seconds in squeue's %L ("[days-]hours:minutes:seconds", "minutes:seconds"); None for UNLIMITED / NOT_SET."""
+    match = re.fullmatch(r"(?:(\d+)-)?(?:(\d+):)?(\d+):(\d+)", text.strip())
+    if not match:
+        return None
+    days, hours, minutes, seconds = (int(g) if g else 0 for g in match.groups())
+    return float(((days * 24 + hours) * 60 + minutes) * 60 + seconds)
+
+
+def job_end_time() -> float | None:
+    """When the scheduler will stop this job (Unix time), or None when no limit is known: the environment
+    variable ERCPIPE_JOB_END_TIME (Unix seconds; for other schedulers) or, in a SLURM job, its time left as
+    squeue reports it. Training uses it to write its resume state after every epoch near the end."""
+    if os.environ.get(JOB_END_VARIABLE):
+        try:
+            return float(os.environ[JOB_END_VARIABLE])
+        except ValueError:
+            logging.getLogger(__name__).warning("%s=%r is not a Unix time in seconds; ignored", JOB_END_VARIABLE,
+                                                os.environ[JOB_END_VARIABLE])
+            return None
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job:
+        return None
+    try:
+        out = subprocess.run(["squeue", "--noheader", "--jobs", job, "--format", "%L"], capture_output=True,
+                             text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        logging.getLogger(__name__).warning("the time left of SLURM job %s is unknown (squeue: %s)", job, err)
+        return None
+    left = _slurm_time_left(out.stdout) if out.returncode == 0 else None
+    if left is None and out.stdout.strip() not in ("UNLIMITED", "NOT_SET"):
+        logging.getLogger(__name__).warning("the time left of SLURM job %s is unknown (squeue said %r %r)", job,
+                                            out.stdout.strip(), out.stderr.strip()[-200:])
+    return None if left is None else time.time() + left
 
 
 def _scheduler_limits() -> str:

@@ -65,6 +65,12 @@ def test_the_demo_dag_runs_through_slurm_and_equals_the_local_run(pipeline_run, 
             assert np.array_equal(mine[key], theirs[key]), (rel, key)
     runs = sorted(p.parent.relative_to(local) for p in (local / "results").glob("*/*/seed*/metrics.json"))
     assert len(runs) == 4
+    # Training read its job's time limit from squeue (the profile gives train_model 720 minutes), so it would
+    # write its state after every epoch near the end.
+    train_logs = sorted((workdir / "logs" / "train_model").rglob("*.log"))
+    assert len(train_logs) == len(runs)
+    for log in train_logs:
+        assert re.search(r"the job's time limit ends in 11:5\d:\d\d \(at ", log.read_text()), log
     for rel in runs:
         mine, theirs = (json.loads((root / rel / "metrics.json").read_text()) for root in (workdir, local))
         for key in ("protocol", "valid", "test", "temperatures", "class_weights"):

@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 import sys
 from pathlib import Path
 
@@ -504,6 +505,35 @@ def test_resume_after_sigkill_gives_the_uninterrupted_result(vega_run, dataset, 
     assert_same_run(out, metrics, *vega_run)
 
 
+def test_near_the_jobs_time_limit_the_state_is_written_after_every_epoch(vega_run, dataset, tmp_path, monkeypatch,
+                                                                           caplog):
+    """A scheduler's time limit (SLURM: squeue's time left; elsewhere ERCPIPE_JOB_END_TIME) that is less than
+    two epochs and a minute away: every epoch's state is written whatever checkpoint_every says, so a job
+    killed at its limit (SIGKILL after KillWait) resumes from its last epoch."""
+    far, near = tmp_path / "far", tmp_path / "near"
+    kill_training_after(dataset, far, epoch=3, checkpoint_every=100)
+    assert not (far / "last.pt").exists()  # without a limit: nothing written before epoch 100
+    monkeypatch.setenv("ERCPIPE_JOB_END_TIME", str(time.time() + 30))
+    killed = kill_training_after(dataset, near, epoch=3, checkpoint_every=100)
+    assert "the job's time limit ends in 0:00:" in killed.stderr
+    assert "written after every epoch from now on" in killed.stderr
+    assert torch.load(near / "last.pt", weights_only=True)["state"]["epoch"] == 3
+    monkeypatch.delenv("ERCPIPE_JOB_END_TIME")
+    with caplog.at_level(logging.INFO, logger="ercpipe.train.trainer"):
+        metrics = train(dataset, near)
+    assert "after epoch 3" in caplog.text
+    assert_same_run(near, metrics, *vega_run)
+
+
+def test_the_time_left_squeue_reports_is_read_in_every_format():
+    from ercpipe.runlog import _slurm_time_left
+
+    assert _slurm_time_left("1-02:03:04\n") == ((24 + 2) * 60 + 3) * 60 + 4
+    assert _slurm_time_left("11:59:58") == 11 * 3600 + 59 * 60 + 58
+    assert _slurm_time_left("4:05") == 245
+    assert _slurm_time_left("UNLIMITED") is None and _slurm_time_left("NOT_SET") is None
+
+
 def test_sigterm_writes_the_state_after_the_current_epoch_and_resumes(vega_run, dataset, tmp_path, caplog):
     """SIGTERM (what Snakemake and schedulers send) between epochs 3 and 4: epoch 4 is finished, its state
     written although the interval (10) is not reached, the process exits 143; the re-run resumes there."""
@@ -711,7 +741,7 @@ def test_class_names_the_figure_font_cannot_draw_are_numbered():
 
     assert _drawable_names(["café", "Ärger", "neutral"]) == (["café", "Ärger", "neutral"], "")
     names, note = _drawable_names(["平静", "愤怒", "joy"])
-    assert names == ["class 0", "class 1", "class 2"] and "summary.json's classes" in note
+    assert names == ["class 0", "class 1", "joy"] and "summary.json's classes" in note  # only those it cannot draw
 
 
 def test_a_duplicate_sigterm_is_one_request_and_a_later_one_stops_at_once(monkeypatch):

@@ -20,7 +20,7 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +43,7 @@ from ercpipe.model.sdt import ModelSpec, SDTVega, build_model, count_parameters
 from ercpipe.model.spec import spec_from_experiment
 from ercpipe.train.data import DialogueData, batches, load_dialogues, mask_feature_dims, standardization
 from ercpipe.train.metrics import SCALAR_METRICS, classification_metrics, weighted_f1
+from ercpipe.runlog import job_end_time
 from ercpipe.train.presets import active_settings, inactive_keys, resolve_experiment
 
 logger = logging.getLogger(__name__)
@@ -295,7 +296,7 @@ def config_expectations(feature_settings: dict | None, feature_paths: dict, moda
 def run_training(manifest_path, feature_paths: dict, anchor_path, experiment: dict, seed: int, out_dir,
                  device: str = "auto", threads: int | None = None,
                  on_epoch_end: Callable[[int], None] | None = None, *, feature_settings: dict | None = None,
-                 face_selection: dict | None = None) -> dict:
+                 face_selection: dict | None = None, classes: Sequence[str] | None = None) -> dict:
     """Train one seed; return the content of metrics.json. A run restarted on the same out_dir continues
     from out_dir/last.pt if that state belongs to the same config, seed and features, else starts afresh
     (logged). `on_epoch_end(epoch)` is called after each epoch, after the resume state if that epoch
@@ -311,7 +312,8 @@ def run_training(manifest_path, feature_paths: dict, anchor_path, experiment: di
     (the pipeline passes them; None = not checked). Each file's setting hash (and width, where the
     setting tells it) must match, else a FeatureFileError names the file, the differing keys and the
     fix. face_selection: the dataset's face-selection rule, part of a visual file's settings (None =
-    not compared). Every file's utterance ids must be the manifest's in any case.
+    not compared). Every file's utterance ids must be the manifest's in any case. classes: the dataset's class
+    list in label-id order (the pipeline passes it; None: summary.json's beside the manifest).
     """
     out_dir = Path(out_dir)
     cfg = _json_clean(resolve_experiment(experiment))
@@ -324,7 +326,7 @@ def run_training(manifest_path, feature_paths: dict, anchor_path, experiment: di
     seed_everything(seed)
 
     expected = config_expectations(feature_settings, feature_paths, cfg["model"]["modalities"], face_selection)
-    data = load_dialogues(manifest_path, feature_paths, cfg["model"]["modalities"],
+    data = load_dialogues(manifest_path, feature_paths, cfg["model"]["modalities"], classes=classes,
                           n_speakers=cfg["model"]["n_speakers"], expected=expected)
     train_splits = ("train", "valid") if paper_compat else ("train",)
     selection_split = "test" if paper_compat else "valid"
@@ -384,18 +386,21 @@ def run_training(manifest_path, feature_paths: dict, anchor_path, experiment: di
 
     epochs = tqdm(range(state["epoch"] + 1, train_cfg["epochs"] + 1), desc="epochs", mininterval=5,
                   initial=state["epoch"], total=train_cfg["epochs"]) if not state["finished"] else []
+    job_end = _JobEnd()
     with _StopSignals() as stop_signal:
         unsaved = False  # an epoch has completed whose state is not on disk
         try:
             for epoch in epochs:
                 unsaved = False  # from here until the epoch's bookkeeping is done, the state is inconsistent
+                started = time.monotonic()
                 epoch_done = _run_epoch(epoch, model, loss_fn, optimizer, scaler, scheduler, train_dialogues,
                                         select_batches, cfg, device, data, state, selection_split, paper_compat,
                                         spec, seed, feature_stats, best)
                 if epoch_done["best"] is not None:
                     best = epoch_done["best"]
                 unsaved = True
-                due = epoch % train_cfg["checkpoint_every"] == 0 and not state["finished"]
+                due = ((epoch % train_cfg["checkpoint_every"] == 0 or job_end.near(time.monotonic() - started))
+                       and not state["finished"])
                 if due or (stop_signal.received and not state["finished"]):
                     save_state()
                     unsaved = False
@@ -420,6 +425,39 @@ def run_training(manifest_path, feature_paths: dict, anchor_path, experiment: di
             raise
     return _finish(out_dir, cfg, data, seed, state, best, device, selection_split, train_splits, weights,
                    weights_source, anchor_info, loss_fn, anchor_set)
+
+
+class _JobEnd:
+    """The scheduler's time limit of this job (ercpipe.runlog.job_end_time): once the time left is less than two
+    epochs and a margin, the resume state is written after every epoch, so a job stopped at its limit loses at
+    most the epoch it was in (a SLURM job gets SIGTERM only KillWait, 30 s by default, before SIGKILL; an
+    epoch may take longer), whatever train.checkpoint_every says."""
+
+    MARGIN_S = 60.0
+
+    def __init__(self) -> None:
+        self.end = job_end_time()
+        self.warned = False
+        if self.end is not None:
+            logger.info("the job's time limit ends in %s (at %s): the resume state is also written after every "
+                        "epoch from two epochs and %.0f s before it", _duration(self.end - time.time()),
+                        time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.end)), self.MARGIN_S)
+
+    def near(self, epoch_seconds: float) -> bool:
+        if self.end is None:
+            return False
+        left = self.end - time.time()
+        near = left < 2 * epoch_seconds + self.MARGIN_S
+        if near and not self.warned:
+            self.warned = True
+            logger.warning("%s left before the job's time limit, and an epoch takes %.0f s: the resume state is "
+                           "written after every epoch from now on", _duration(left), epoch_seconds)
+        return near
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 class _StopSignals:
