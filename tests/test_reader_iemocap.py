@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shutil
 from pathlib import Path
@@ -170,11 +171,14 @@ def test_default_split_file_is_the_standard_split(release, tmp_path):
     assert json.loads((tmp_path / "summary.json").read_text())["split_file"] == str(iemocap.DEFAULT_SPLIT_FILE)
 
 
-def test_relabel_and_dialogue_outside_split(release, tmp_path):
+def test_relabel_and_dialogue_outside_split(release, tmp_path, caplog):
     split = {"train": ["Ses01F_impro01"], "valid": [], "test": ["Ses05F_impro01"]}
     (tmp_path / "split.json").write_text(json.dumps(split))
     out = tmp_path / "out"
-    build_manifest("d", cfg(release, split_file=str(tmp_path / "split.json"), relabel={"sur": "hap"}), out)
+    with caplog.at_level(logging.WARNING):
+        build_manifest("d", cfg(release, split_file=str(tmp_path / "split.json"), relabel={"sur": "hap"}), out)
+    assert (f"dialogue Ses01M_impro01 ({release}/Session1/dialog/EmoEvaluation/Ses01M_impro01.txt) is not in the "
+            f"split file {tmp_path / 'split.json'}: its utterances are not used") in caplog.text
     df, issues, summary = read_outputs(out)
     row = df.set_index("utterance_id").loc["Ses01F_impro01_M001"]
     assert row["label"] == "hap" and row["flags"] == "relabelled"
@@ -311,6 +315,30 @@ def test_bad_and_overlapping_times_are_flagged(fresh_release, tmp_path):
     assert order.index("Ses05F_impro01_M002") == order.index("Ses05F_impro01_M001") + 1
 
 
+def test_a_turn_without_usable_times_takes_the_transcription_times_or_gets_no_video(fresh_release, tmp_path):
+    """The video is the whole dialogue: a turn whose EmoEvaluation times do not parse would otherwise get
+    faces sampled over the whole dialogue, stored as present."""
+    emo = fresh_release / "Session1/dialog/EmoEvaluation/Ses01F_impro01.txt"
+    text = emo.read_text().replace("[1.0000 - 2.0000]", "[1,0000 - 2,0000]")  # F000; its transcript: 1-2 s
+    emo.write_text(text.replace("[2.5000 - 3.5000]", "[2,5 - 3,5]"))  # M000
+    transcript = fresh_release / "Session1/dialog/transcriptions/Ses01F_impro01.txt"
+    transcript.write_text(transcript.read_text().replace("[002.5000-003.5000]", "[002,5000-003,5000]"))
+    build_manifest("d", cfg(fresh_release), tmp_path)
+    df, issues, _ = read_outputs(tmp_path)
+    rows = df.set_index("utterance_id")
+    avi = str(fresh_release / "Session1/dialog/avi/DivX/Ses01F_impro01.avi")
+    assert rows.loc["Ses01F_impro01_F000", ["video_path", "video_start", "video_end"]].tolist() == [avi, 1.0, 2.0]
+    assert rows.loc["Ses01F_impro01_M000", "video_path"] == "" and math.isnan(rows.loc["Ses01F_impro01_M000",
+                                                                                         "video_start"])
+    details = issues[issues["reason"] == "bad_time"].set_index("utterance_id")["detail"]
+    assert f"the times of {transcript}, line 1 (1.0-2.0) are used" in details["Ses01F_impro01_F000"]
+    assert "no face features; fix the times" in details["Ses01F_impro01_M000"]
+    assert rows.loc["Ses01F_impro01_M000", "flags"] == "bad_time"
+    # The order in the dialogue follows the transcription's times.
+    assert df[df["dialogue_id"] == "Ses01F_impro01"]["utterance_id"].tolist()[:2] == [
+        "Ses01F_impro01_F000", "Ses01F_impro01_M000"]
+
+
 def test_unevaluated_transcript_turn_is_recorded(fresh_release, tmp_path):
     transcript = fresh_release / "Session1/dialog/transcriptions/Ses01M_impro01.txt"
     transcript.write_text(transcript.read_text() + "Ses01M_impro01_MXX0 [005.0000-005.5000]: Mm-hm.\n")
@@ -387,6 +415,15 @@ def test_unknown_label_names_file_and_line(fresh_release, tmp_path):
     build_manifest("d", cfg(fresh_release, relabel={"joy": "hap"}), tmp_path)
     assert "relabelled" in manifest_io.read(tmp_path / "manifest.tsv").set_index("utterance_id").loc[
         "Ses01F_impro01_M000", "flags"]
+
+
+def test_a_block_header_without_its_label_says_so(fresh_release, tmp_path):
+    emo = fresh_release / "Session1/dialog/EmoEvaluation/Ses01F_impro01.txt"
+    emo.write_text(emo.read_text().replace("\tfru\t", "\t"))
+    line = next(i for i, text in enumerate(emo.read_text().splitlines(), 1) if "Ses01F_impro01_M000\t[" in text)
+    with pytest.raises(ManifestError, match=rf"Ses01F_impro01.txt, line {line}: no label between the utterance id "
+                                            r"and the \[V, A, D\] values.*restore the label"):
+        build_manifest("d", cfg(fresh_release), tmp_path)
 
 
 def test_duplicate_utterance_names_both_places(fresh_release, tmp_path):

@@ -197,6 +197,9 @@ def visual_manifest(videos, tmp_path_factory) -> Path:
          "video_end": float("nan"), "flags": "no_video"},
         {"utterance_id": "late", "speaker": "Ses01_F", "video_path": str(videos["mp4"]),
          "video_start": 50.0, "video_end": 51.0},
+        # An IEMOCAP turn without usable times: its reader gives it no (dialogue) video to cut.
+        {"utterance_id": "untimed", "speaker": "Ses01_F", "video_path": "", "video_start": float("nan"),
+         "video_end": float("nan"), "flags": "bad_time"},
         {"utterance_id": "junk", "speaker": "Ses01_F", "video_path": str(junk), "video_start": 0.0,
          "video_end": 1.0},
     ]), path)
@@ -210,8 +213,8 @@ def test_extract_shard_denseface_records_every_absent_row(visual_manifest, tmp_p
                          context=ExtractionContext(face_selection=SIDE))
     expected_hash = feature_io.settings_hash(visual.stored_settings(settings, SIDE))
     fs = feature_io.read(out, expected_dim=342, expected_hash=expected_hash)
-    assert fs.utterance_ids == ["f_mp4", "m_avi", "nobody", "gone", "flagged", "late", "junk"]
-    assert fs.present.tolist() == [True, True, False, False, False, False, False]
+    assert fs.utterance_ids == ["f_mp4", "m_avi", "nobody", "gone", "flagged", "late", "untimed", "junk"]
+    assert fs.present.tolist() == [True, True, False, False, False, False, False, False]
     assert np.all(fs.features[~fs.present] == 0)
     assert np.isfinite(fs.features).all() and np.abs(fs.features[:2]).sum(axis=1).min() > 0
     assert not np.allclose(fs.features[0], fs.features[1])  # the left and the right face differ
@@ -220,6 +223,7 @@ def test_extract_shard_denseface_records_every_absent_row(visual_manifest, tmp_p
     assert absent["gone"].startswith("missing_video")
     assert absent["flagged"].startswith("no_video: ") and "flagged by the dataset's reader" in absent["flagged"]
     assert absent["late"].startswith("no_frames")
+    assert absent["untimed"].startswith("bad_time: no usable times to cut the video")
     assert absent["junk"].startswith("corrupt_video") and "junk.mp4" in absent["junk"]
     assert fs.attrs["extractor"] == "mtcnn+denseface" and fs.attrs["model"] == "denseface"
     assert fs.attrs["settings"]["face_selection"] == SIDE

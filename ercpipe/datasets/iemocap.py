@@ -119,6 +119,10 @@ def parse_evaluation(path: Path) -> list[Evaluation]:
         if len(fields) < 3:
             raise ManifestError(f"{path}, line {number}: cannot parse {line.strip()[:80]!r}; expected "
                                 "'[start - end]<TAB>utterance_id<TAB>label<TAB>[V, A, D]'")
+        if fields[2].startswith("["):
+            raise ManifestError(f"{path}, line {number}: no label between the utterance id and the [V, A, D] "
+                                f"values in {line.strip()[:80]!r}; expected "
+                                "'[start - end]<TAB>utterance_id<TAB>label<TAB>[V, A, D]': restore the label")
         start, end, problem = _parse_span(fields[0])
         entries.append(Evaluation(fields[1], fields[2].lower(), start, end, number, problem))
     return entries
@@ -138,6 +142,8 @@ class TranscriptLine(NamedTuple):
     text: str  # mojibake repaired, whitespace collapsed
     line: int
     fixed: str  # what was repaired (the text_fixed flag's detail), "" when nothing was
+    start: float = math.nan  # the line's own [start-end] (NaN when it does not parse): used only when the
+    end: float = math.nan  # EmoEvaluation header's times do not
 
 
 def parse_transcription(path: Path, issues: IssueLog | None = None) -> dict[str, TranscriptLine]:
@@ -161,7 +167,8 @@ def parse_transcription(path: Path, issues: IssueLog | None = None) -> dict[str,
             text, repaired = clean_text(match.group(3))
             undecodable = number in decoded.fixed_lines
             fixed = text_fixed_detail({"text": match.group(3)}, undecodable) if repaired or undecodable else ""
-            texts[uid] = TranscriptLine(text.strip(), number, fixed)
+            start, end, problem = _parse_span(match.group(2))
+            texts[uid] = TranscriptLine(text.strip(), number, fixed, *((math.nan, math.nan) if problem else (start, end)))
         elif line.startswith(path.stem + "_") and issues is not None:
             uid = re.match(r"[^\s\[(:]+", line).group(0)
             issues.reject("unparsed_transcript_line", file=str(path), line=number, utterance_id=uid,
@@ -377,7 +384,18 @@ def _make_row(name: str, session: Path, emo_file: Path, entry: Evaluation, label
     if label != entry.label:
         flag_row(row, "relabelled", issues, f"{entry.label} -> {label}")
     if entry.time_problem:
-        flag_row(row, "bad_time", issues, entry.time_problem)
+        # The video is the whole dialogue: without times the utterance cannot be cut from it. The
+        # transcription line has the same turn's times; without those the utterance gets no video.
+        spoken = (texts or {}).get(uid)
+        if spoken is not None and math.isfinite(spoken.start):
+            row.update(video_start=spoken.start, video_end=spoken.end)
+            flag_row(row, "bad_time", issues, f"{entry.time_problem}; the times of {transcript_file}, line "
+                                              f"{spoken.line} ({spoken.start}-{spoken.end}) are used")
+        else:
+            row["video_path"] = ""
+            flag_row(row, "bad_time", issues, f"{entry.time_problem}, and {transcript_file} has no times for {uid} "
+                                              "either: the dialogue video cannot be cut, so the utterance has no "
+                                              "face features; fix the times")
     if uid in (texts or {}) and texts[uid].fixed:
         flag_row(row, "text_fixed", issues, f"{transcript_file}, line {texts[uid].line}: {texts[uid].fixed}")
     if not row["text"]:
@@ -449,6 +467,10 @@ def read(name: str, cfg: dict, probe: bool | Collection[str] = True) -> ReadResu
                            if not p.is_dir() and not p.name.startswith("."))
         for emo_file in emo_files:
             sources += [emo_file, session / "dialog" / "transcriptions" / emo_file.name]
+            if emo_file.stem not in split_of:
+                logger.warning("IEMOCAP: dialogue %s (%s) is not in the split file %s: its utterances are not "
+                               "used (issues.tsv: dialogue_not_in_split); add it to a split to use it",
+                               emo_file.stem, emo_file, settings["split_file"])
             rows = _dialogue_rows(name, session, emo_file, split_of.get(emo_file.stem), settings, issues, seen,
                                   media)
             if rows:

@@ -474,6 +474,8 @@ def _flag_reason(row) -> str:
     if flagged:
         where = row.video_path or "no video_path"
         return f"{flagged[0]}: {where}: flagged by the dataset's reader (issues.tsv says why)"
+    if not row.video_path and manifest_io.has_flag(row.flags, "bad_time"):  # a dialogue video it cannot be cut from
+        return "bad_time: no usable times to cut the video (issues.tsv says why)"
     return "" if row.video_path else "no_video"
 
 
