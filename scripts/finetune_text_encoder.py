@@ -7,4 +7,4 @@ with rule_logging(snakemake.log[0], snakemake.threads):
     from ercpipe.features.finetune import finetune_text_encoder
 
     finetune_text_encoder(snakemake.input.manifest, snakemake.params.settings, Path(snakemake.output.encoder),
-                          threads=snakemake.threads)
+                          threads=snakemake.threads, classes=list(snakemake.params.classes))

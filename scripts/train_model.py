@@ -23,4 +23,5 @@ with rule_logging(snakemake.log[0], snakemake.threads):
                  resolve_experiment(experiment), int(snakemake.wildcards.seed),
                  Path(snakemake.output.metrics).parent, threads=snakemake.threads,
                  feature_settings=dict(feature_settings) if feature_settings is not None else None,
-                 face_selection=dict(face_selection) if face_selection is not None else None)
+                 face_selection=dict(face_selection) if face_selection is not None else None,
+                 classes=list(snakemake.params.classes))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import csv
 import json
+import os
 import re
 from pathlib import Path
 
@@ -146,6 +147,40 @@ def test_an_extraction_only_setting_re_extracts_without_fine_tuning_again(meld_t
     changed["selections"]["text_recipe"]["search"]["text"]["last_layers"] = 2
     jobs = planned_jobs(snakemake(workdir, write_config(workdir, changed, "layers.yaml"), "-n").stdout)
     assert "finetune_text_encoder" not in jobs and jobs["merge_features"] == 4, jobs
+
+
+def _relabelled(csv_path: Path, row: int) -> bytes:
+    """The CSV's bytes with data row `row`'s Emotion changed (latin-1 round-trips every byte)."""
+    with open(csv_path, encoding="latin-1", newline="") as f:
+        rows = list(csv.reader(f))
+    column = rows[0].index("Emotion")
+    rows[1 + row][column] = "sadness" if rows[1 + row][column] != "sadness" else "joy"
+    import io
+
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerows(rows)
+    return out.getvalue().encode("latin-1")
+
+
+@pytest.mark.parametrize("split_file, fine_tunes", [("test_sent_emo.csv", False), ("train_sent_emo.csv", True)])
+def test_a_fixed_label_re_fine_tunes_only_when_fine_tuning_reads_it(meld_text_run, split_file, fine_tunes):
+    """Fine-tuning reads the train and valid rows only: a fixed test label re-ran every fine-tuning and every
+    text extraction (hours with a large encoder), though only the trainings read test labels."""
+    workdir, configfile = meld_text_run[:2]
+    path = workdir / "raw" / "MELD.Raw" / split_file
+    original, stat = path.read_bytes(), path.stat()
+    path.write_bytes(_relabelled(path, 0))
+    try:
+        out = snakemake(workdir, configfile, "-n").stdout
+    finally:
+        path.write_bytes(original)
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    jobs = planned_jobs(out)
+    encoders = len(list((workdir / "features/meld/text_encoders").iterdir()))
+    assert jobs.get("finetune_manifest", 0) == int(fine_tunes), jobs
+    assert jobs.get("finetune_text_encoder", 0) == (encoders if fine_tunes else 0), jobs
+    assert ("text_features_shard" in jobs) == fine_tunes and jobs["train_model"] > 0, jobs
+    assert "Nothing to be done" in snakemake(workdir, configfile, "-n").stdout
 
 
 def test_a_missing_fine_tuned_encoder_is_made_again(meld_text_run):

@@ -275,13 +275,14 @@ def test_valid_split_refusals_and_the_missing_valid_note(tmp_path, caplog):
 
 
 def test_only_declared_media_is_looked_at(data_dir, tmp_path):
-    lines = ["c1,u0,train,Ann,calm,one,audio/gone.wav,,,", "c1,u1,train,Bob,calm,two,,,,"]
+    lines = ["c1,u0,train,Ann,calm,one,audio/gone.wav,,,", "c1,u1,train,Bob,calm,two,,,,",
+             "c1,u2,train,Bob,calm,three,audio/call1.wav,x,1.0,"]  # times that say nothing without media
     path = write(data_dir / "m.csv", lines)
     df, issues, _ = build(path, tmp_path / "text", modalities=["text"])
     assert (df["flags"] == "").all() and issues.empty
     df, issues, _ = build(path, tmp_path / "audio", modalities=["text", "audio"])
-    assert df["flags"].tolist() == ["missing_audio", "missing_audio"]  # no video is expected, so no no_video
-    assert sorted(issues["reason"]) == ["missing_audio", "missing_audio"]
+    assert df["flags"].tolist() == ["missing_audio", "missing_audio", "bad_time"]  # no video expected: no no_video
+    assert sorted(issues["reason"]) == ["bad_time", "missing_audio", "missing_audio"]
 
 
 def test_a_changed_valid_split_re_runs_the_join_not_the_shards_or_the_extraction(tmp_path):

@@ -52,6 +52,13 @@ MODALITY_VIEWS: dict[str, dict] = {
                "settings": ("probe_media",)},
 }
 
+# What text fine-tuning (ercpipe.features.finetune) reads of the manifest: the rows of these splits (test never),
+# these columns in manifest order, and this flag; plus the class list. Its job re-runs on their digest only
+# (ercpipe.datasets.fingerprint), so a fixed test label re-runs no fine-tuning and no text extraction.
+FINETUNE_VIEW: dict = {"splits": ("train", "valid"), "flags": ("empty_text",),
+                       "columns": ("split", "dialogue_id", "utterance_index", "utterance_id", "speaker", "text",
+                                   "label")}
+
 # Two times closer than this (seconds) count as equal when looking for overlaps.
 TIME_TOLERANCE = 1e-3
 

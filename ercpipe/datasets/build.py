@@ -12,7 +12,7 @@ from typing import Callable, Collection
 
 import pandas as pd
 
-from ercpipe.datasets import MODALITY_VIEWS, ReadResult, csv_manifest, iemocap, meld
+from ercpipe.datasets import FINETUNE_VIEW, MODALITY_VIEWS, ReadResult, csv_manifest, iemocap, meld
 from ercpipe.datasets.summary import write_issues_and_summary, write_manifest
 from ercpipe.io import manifest as manifest_io
 from ercpipe.io.manifest import IssueLog, ManifestError
@@ -70,6 +70,8 @@ def _drop_undeclared_media(result: ReadResult, modalities: list[str]) -> None:
     if not absent:
         return
     dropped = frozenset().union(*(MEDIA_FLAGS[m] for m in absent))
+    if not set(MEDIA_FLAGS) & set(modalities):  # times only say where media are cut: without media, nothing is
+        dropped |= {"bad_time"}
     frame = result.frame.copy()
     for modality in absent:
         path, start, end = MEDIA_COLUMNS[modality]
@@ -136,6 +138,22 @@ def build_modality_shard(name: str, dataset_cfg: dict, shard: int, n_shards: int
     manifest_io.write(rows, manifest_out)
     logger.info("dataset %s, shard %d of %d, %s: %d utterances in %d dialogue(s), %d media file(s) opened", name,
                 shard, n_shards, modality, len(rows), rows["dialogue_id"].nunique(), len(media))
+
+
+def finetune_rows(frame: pd.DataFrame, result: ReadResult) -> pd.DataFrame:
+    """The manifest rows text fine-tuning reads (FINETUNE_VIEW's splits, after the validation split)."""
+    frame = apply_valid_split(frame, result)
+    return frame[frame["split"].isin(FINETUNE_VIEW["splits"])].reset_index(drop=True)
+
+
+def build_finetune_rows(name: str, dataset_cfg: dict, out_path: Path) -> None:
+    """Rule finetune_manifest: the train and valid rows of the dataset, read from the raw data (media not opened).
+    Its own job, re-run on the digest of those rows only, so a fixed test label re-runs no fine-tuning."""
+    frame, result = read_dataset(name, dataset_cfg, probe=False)
+    rows = finetune_rows(frame, result)
+    manifest_io.write(rows, out_path)
+    logger.info("dataset %s: %d %s utterances in %d dialogue(s) for text fine-tuning", name, len(rows),
+                "+".join(FINETUNE_VIEW["splits"]), rows["dialogue_id"].nunique())
 
 
 def join_manifest_shards(name: str, dataset_cfg: dict, shard_manifests: list[Path], out_path: Path) -> None:

@@ -21,6 +21,8 @@ this module digests the result:
                 what modality m's extraction reads of shard k (MODALITY_VIEWS: some columns, its flags, its
                 media files' size and mtime, whether media are opened): the `params`
                 of the job that writes that modality's copy of the shard's rows
+    finetune    what text fine-tuning reads (FINETUNE_VIEW: the train and valid rows' text, labels, speakers and
+                order, after the validation split, and the class list): the `params` of rule finetune_manifest
 
 So fixing one clip re-runs that shard's manifest job and its audio and face extraction, one CSV row's
 text that shard's text extraction, a label no extraction; never the other shards.
@@ -37,7 +39,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ercpipe.datasets import FACE_KEYS, MODALITY_VIEWS, NOT_SHARD_KEYS
+from ercpipe.datasets import FACE_KEYS, FINETUNE_VIEW, MODALITY_VIEWS, NOT_SHARD_KEYS
 from ercpipe.io.manifest import dialogue_shards
 
 
@@ -51,6 +53,8 @@ class RawFingerprint:
     # {modality: digest per shard} of what that modality's extraction reads of the shard (MODALITY_VIEWS)
     modality_shards: dict = field(default_factory=dict)
     issues: str = ""
+    finetune: str = ""
+    classes: tuple[str, ...] = ()  # the reader's class list, in label-id order
 
 
 def _digest(*parts: object) -> str:
@@ -96,7 +100,17 @@ def fingerprint(frame: pd.DataFrame, settings: dict, n_shards: int, sources=(), 
         modality_shards[modality] = tuple(digests)
     issues = "" if result is None else _digest(result.issues.frame().astype(str).values.tolist(), result.checks,
                                                  result.info, settings)
-    return RawFingerprint(everything, tuple(shards), tuple(sorted(str(s) for s in sources)), modality_shards, issues)
+    finetune, classes = "", ()
+    if result is not None:
+        from ercpipe.datasets.build import finetune_rows  # the readers: imported only when a dataset is read
+
+        read = finetune_rows(frame, result)
+        classes = tuple(str(c) for c in result.classes)
+        finetune = _digest(read[list(FINETUNE_VIEW["columns"])].astype(str).values.tolist(),
+                           [[f for f in str(row).split(";") if f in FINETUNE_VIEW["flags"]] for row in read["flags"]],
+                           classes)
+    return RawFingerprint(everything, tuple(shards), tuple(sorted(str(s) for s in sources)), modality_shards, issues,
+                          finetune, classes)
 
 
 @contextlib.contextmanager

@@ -18,6 +18,7 @@ import logging
 import math
 import random
 import time
+from typing import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ercpipe import labels as labels_mod
+from ercpipe.datasets import FINETUNE_VIEW
 from ercpipe.features import settings as settings_mod
 from ercpipe.features import text_encoder as text_mod  # the encoder, not the extraction module
 from ercpipe.io import manifest as manifest_io
@@ -42,7 +44,7 @@ training_view = settings_mod.training_view  # what a fine-tuned encoder depends 
 
 GROUP_POOL_BATCHES = 50  # a shuffled pool of this many batches is sorted by length before it is cut
 MAX_GRAD_NORM = 1.0
-TRAIN_SPLITS = ("train", "valid")
+TRAIN_SPLITS = FINETUNE_VIEW["splits"]  # what the workflow digests to decide a re-run (ercpipe.datasets)
 
 
 def _classes(rows: pd.DataFrame, manifest_path) -> list[str]:
@@ -163,11 +165,12 @@ def warmup_linear_decay(optimizer: torch.optim.Optimizer, warmup_steps: int, ste
 
 
 def finetune_text_encoder(manifest_path, settings: dict, out_dir: Path, threads: int = 1,
-                          device: str = "auto") -> None:
+                          device: str = "auto", classes: Sequence[str] | None = None) -> None:
     """Fine-tune on TRAIN, pick the epoch on VALID, save the encoder + tokenizer + metrics.json to out_dir.
 
     `settings` is the text setting (the dict extract_shard gets); its `finetune` entry holds the
-    training keys.
+    training keys. `classes`: the dataset's class list in label-id order (the pipeline passes it; None:
+    summary.json's beside the manifest, else guessed from the labels).
     """
     view = training_view(settings)
     train = view["finetune"]
@@ -181,7 +184,7 @@ def finetune_text_encoder(manifest_path, settings: dict, out_dir: Path, threads:
             raise ValueError(f"{manifest_path}: no {split} rows; fine-tuning needs train rows to learn from and "
                              "valid rows to choose the epoch (a dataset without valid rows: "
                              "datasets.<name>.valid_split: {fraction: 0.1, seed: 0} holds out train dialogues)")
-    classes = _classes(rows, manifest_path)
+    classes = list(classes) if classes is not None else _classes(rows, manifest_path)
     random.seed(train["seed"])
     np.random.seed(train["seed"])
     torch.manual_seed(train["seed"])

@@ -5,14 +5,37 @@
 # touches, and there only the modalities whose inputs changed.
 
 
+# The rows fine-tuning reads (train and valid), read from the raw data by a job of their own that re-runs on
+# their digest only, so a fixed test label (or a media fix) re-runs no fine-tuning and no text extraction.
+rule finetune_manifest:
+    wildcard_constraints:
+        dataset=one_of(RAW_DATASETS, "NO_RAW_DATASET"),
+    input:
+        shard_raw_input,
+    output:
+        manifest="features/{dataset}/finetune_rows.tsv",
+    params:
+        rows=finetune_rows_digest,
+    log:
+        "logs/finetune_manifest/{dataset}.log",
+    resources:
+        mem_mb=per_attempt(2000),
+        runtime=per_attempt(20),
+    conda:
+        "../../envs/base.yaml"
+    script:
+        "../../scripts/finetune_manifest.py"
+
+
 rule finetune_text_encoder:
     input:
-        manifest="features/{dataset}/manifest.tsv",
+        manifest="features/{dataset}/finetune_rows.tsv",
     output:
         encoder=directory("features/{dataset}/text_encoders/{setting}"),
     params:
         # what the encoder depends on, without the extraction-only keys (last_layers, batch_size, ...)
         settings=lambda wc: canonical(training_view(FEATURES["text"][wc.setting])),
+        classes=lambda wc: dataset_class_list(wc.dataset),
     log:
         "logs/finetune_text_encoder/{dataset}/{setting}.log",
     benchmark:

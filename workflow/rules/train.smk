@@ -21,6 +21,7 @@ rule train_model:
             if "visual" in experiment_features(wc.experiment)
             else None
         ),
+        classes=lambda wc: dataset_class_list(wc.dataset),
     log:
         "logs/train_model/{dataset}/{experiment}/seed{seed}.log",
     benchmark:
