@@ -440,7 +440,28 @@ def check(config: dict, workdir: Path = Path(".")) -> None:
     A feature pickle dataset (vega_pickle, sdt_pickle) must say allow_pickle: true before its file is
     opened; then the file is unpickled and checked as the import rule will (ercpipe.features.pickles.
     inspect_dataset), so a file of the wrong shape stops the run before any job, named with its key.
+    A problem of an experiment that a selection's search made is named by the search key it came from.
     """
+    try:
+        _check(config, workdir)
+    except ConfigError as err:
+        raise ConfigError(_searched_experiment_key(str(err), config)) from None
+
+
+def _searched_experiment_key(message: str, config: dict) -> str:
+    """`message` about experiments.<a generated candidate>[...] rewritten to the search that made it."""
+    for name, selection in config.get("selections", {}).items():
+        if not selection.get("search"):
+            continue
+        for candidate in selection.get("candidates", []):
+            match = re.match(rf"experiments\.{re.escape(candidate)}(?=[.: ])", message)
+            if match:
+                return (f"selections.{name}.search.experiment{message[match.end():]} (in {candidate}, one of the "
+                        "experiments this search makes)")
+    return message
+
+
+def _check(config: dict, workdir: Path) -> None:
     check_names(config)
     check_extractor_settings(config)
     datasets = config.get("datasets", {})
@@ -522,6 +543,12 @@ def check(config: dict, workdir: Path = Path(".")) -> None:
         except ValueError as err:
             raise ConfigError(f"{where}: {err}") from None
         _check_class_weights(where, resolved["loss"]["class_weights"], datasets[exp["dataset"]], workdir)
+        info = inspected.get(exp["dataset"])
+        if info is not None and not info["dialogues"]["valid"] and not resolved["train"]["paper_compat"]:
+            raise ConfigError(f"{where}: dataset {exp['dataset']} has no validation dialogues (datasets."
+                              f"{exp['dataset']}.valid_split: none), so no epoch can be selected; give it a "
+                              "valid_split ({fraction: 0.1, seed: 0}) or set train.paper_compat: true to select on "
+                              "test as the official code does")
         vega = resolved["loss"]["clip_loss"]
         if vega and exp.get("anchors") is None:
             raise ConfigError(f"{where}.anchors: null, but preset {resolved['preset']!r} trains the VEGA branch "

@@ -70,10 +70,10 @@ def release_checks(checks: Sequence[dict]) -> pd.DataFrame:
         return "" if value is None else str(value)
 
     rows = [{"check": c.get("check", ""), "ok": "yes" if c.get("ok") else "no", "expected": shown(c.get("expected")),
-             "found": shown(c.get("found")), "missing": shown(c.get("missing"))} for c in checks]
-    table = pd.DataFrame(rows, columns=["check", "ok", "expected", "found", "missing"])
-    if not table["missing"].astype(bool).any():
-        table = table.drop(columns="missing")
+             "found": shown(c.get("found")), "missing": shown(c.get("missing")), "extra": shown(c.get("extra"))}
+            for c in checks]
+    table = pd.DataFrame(rows, columns=["check", "ok", "expected", "found", "missing", "extra"])
+    table = table.drop(columns=[c for c in ("missing", "extra") if not table[c].astype(bool).any()])
     return table.sort_values("ok", kind="stable").reset_index(drop=True)
 
 

@@ -6,4 +6,6 @@ from ercpipe.runlog import rule_logging
 with rule_logging(snakemake.log[0]):
     from ercpipe.features.pickles import import_dataset
 
-    import_dataset(snakemake.wildcards.dataset, dict(snakemake.params.dataset), Path(snakemake.output.manifest).parent)
+    # The dataset's settings as written (the params hold them as the import resolves them, for re-runs).
+    name = snakemake.wildcards.dataset
+    import_dataset(name, dict(snakemake.config["datasets"][name]), Path(snakemake.output.manifest).parent)

@@ -4,5 +4,7 @@ from ercpipe.runlog import rule_logging
 with rule_logging(snakemake.log[0]):
     from ercpipe.features.pickles import import_dataset_features
 
-    import_dataset_features(snakemake.wildcards.dataset, dict(snakemake.params.dataset), snakemake.wildcards.modality,
+    # The dataset's settings as written (the params hold them as the import resolves them, for re-runs).
+    name = snakemake.wildcards.dataset
+    import_dataset_features(name, dict(snakemake.config["datasets"][name]), snakemake.wildcards.modality,
                             snakemake.output.features, expected_layout=snakemake.params.setting.get("layout"))

@@ -198,6 +198,28 @@ def test_another_valid_split_re_runs_the_manifest_and_training_not_the_feature_i
     assert jobs["import_pickle"] == 1 and jobs["train_model"] == 2 and "import_pickle_features" not in jobs, jobs
 
 
+def test_the_same_pickle_under_another_name_or_with_its_defaults_written_out_re_runs_nothing(pickle_run):
+    """The import's params used to hold the path and the settings as written: `./` in the path, the absolute
+    path, or the labels, classes, validation split and layout the import takes by default written out (or left
+    out) re-ran every import and training; so did a byte-identical copy over the file (a new modification
+    time) when the file is larger than what Snakemake checksums."""
+    workdir, _, _, _ = pickle_run
+    copy = workdir / "inputs" / "IEMOCAP_features.pkl"
+    copy.write_bytes(copy.read_bytes())
+    config = pickle_config()
+    config["datasets"]["iemocap_vega"].update(path=str(copy), labels="iemocap", valid_split={"standard": "iemocap"},
+                                              classes=list(IEMOCAP_CLASSES))
+    config["datasets"]["meld_sdt"].update(path="./inputs/MELD_features.pkl", labels="meld")
+    del config["features"]["visual"]["vega"]["layout"]  # vega7: the file's
+    configfile = write_config(workdir, config, "spelled_out.yaml")
+    result = snakemake(workdir, configfile, "-n")
+    assert "Nothing to be done" in result.stdout, result.stdout[-3000:]
+    # Other content under the same name re-runs the import, and what follows.
+    iemocap_vega(copy, seed=5)
+    jobs = planned_jobs(snakemake(workdir, configfile, "-n").stdout)
+    assert jobs["import_pickle"] == 1 and jobs["import_pickle_features"] == 4 and jobs["train_model"] == 2, jobs
+
+
 def test_imported_arrays_ids_labels_and_speakers(pickle_run):
     workdir, _, sources, _ = pickle_run
     speakers, labels, text, audio, visual, train, test = sources["vega"]
@@ -379,6 +401,14 @@ def test_config_errors_name_the_key(tmp_path):
                    c.update(exports={"x": {"experiment": "iemocap_vega_sdt_vega"}})))
     assert "exports.x: give either experiment" in error(
         lambda c: c.update(exports={"x": {"experiment": "iemocap_vega_sdt_vega", "dataset": "iemocap_vega"}}))
+    # Without validation dialogues only an experiment that selects on test can train (it used to fail in training).
+    assert ("experiments.iemocap_vega_sdt_vega: dataset iemocap_vega has no validation dialogues (datasets.iemocap_"
+            "vega.valid_split: none), so no epoch can be selected") in error(
+        lambda c: c["datasets"]["iemocap_vega"].update(valid_split="none"))
+    no_valid = yaml.safe_load(yaml.safe_dump(config))
+    no_valid["datasets"]["iemocap_vega"]["valid_split"] = "none"
+    no_valid["experiments"]["iemocap_vega_sdt_vega"].setdefault("train", {})["paper_compat"] = True
+    pipeline_config.check(no_valid, tmp_path)
 
 
 # ------------------------------------------------------------------------------------------ round trip

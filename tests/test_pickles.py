@@ -371,3 +371,39 @@ def test_the_standard_split_file_is_the_iemocap_readers():
     from ercpipe.datasets.iemocap import DEFAULT_SPLIT_FILE
 
     assert pickles.STANDARD_SPLIT_FILE == DEFAULT_SPLIT_FILE
+
+
+def test_a_standard_test_dialogue_in_the_train_list_is_named_and_warned_about(tmp_path, caplog):
+    """With the standard validation dialogues taken out of the train list, a standard test dialogue left in
+    it would be trained on: the check used to look only at the pickle's test list."""
+    valid, test = pickles._standard_valid()
+    rng = np.random.default_rng(3)
+    train_ids, test_ids = [*valid, test[0]], test[1:3]
+    parts = {"speakers": {}, "labels": {}, "text": {}, "audio": {}, "visual": {}}
+    for vid in train_ids + test_ids:
+        parts["speakers"][vid], parts["labels"][vid] = ["F", "M"], [0, 1]
+        for m, array in _arrays(rng, 2).items():
+            parts[m][vid] = array
+    source = _dump((parts["speakers"], parts["labels"], parts["text"], parts["audio"], parts["visual"], train_ids,
+                    test_ids), tmp_path / "IEMOCAP.pkl")
+    with caplog.at_level("WARNING"):
+        pickles.import_pickle(source, tmp_path / "manifest.tsv", {}, allow_pickle=True, valid_split="default")
+    assert f"1 standard IEMOCAP test dialogue(s) are in the pickle's train list and will be trained on: {test[0]}" \
+        in caplog.text
+    checks = {c["check"]: c for c in json.loads((tmp_path / "summary.json").read_text())["checks"]}
+    inside = checks["no standard IEMOCAP test dialogue in the pickle's train list"]
+    assert not inside["ok"] and inside["extra"] == [test[0]]
+    # Lists are kept whole, so the report's count is the real one (it used to count a list cut to 10).
+    assert len(checks["test dialogues are the standard IEMOCAP test split"]["missing"]) == len(test) - 3
+    from ercpipe.report import release_checks
+
+    table = release_checks(list(checks.values())).set_index("check")
+    assert table.loc["no standard IEMOCAP test dialogue in the pickle's train list", "extra"] == test[0]
+    assert table.loc["test dialogues are the standard IEMOCAP test split", "missing"].endswith(
+        f"... ({len(test) - 3} in all)")
+
+
+def test_numbered_utterances_of_sdt_meld_pickles_are_not_warned_about(tmp_path, caplog):
+    with caplog.at_level("WARNING"):
+        _round_trip(tmp_path, meld_13_tuple(), valid_dialogues=["1"], dataset="meld_pkl")
+    assert "does not name its" not in caplog.text

@@ -307,7 +307,9 @@ def _parse_dialogue(ds: PickleDataset, vid: str, source: str, class_names: Seque
         ds.features[m][vid] = _matrix(raw_features[m][vid], n, f"{source}: dialogue {vid} {m}")
     if vid in names and len(list(names[vid])) == n and all(isinstance(u, str) for u in names[vid]):
         ds.utterance_names[vid] = list(names[vid])
-    elif vid in names:
+    elif vid in names and not (len(list(names[vid])) == n and all(isinstance(u, (int, np.integer))
+                                                                   for u in names[vid])):
+        # (SDT's MELD pickle numbers the utterances 0, 1, ...: the default names say the same, no warning.)
         logger.warning("%s: dialogue %s: its utterance id list (%d entries) does not name its %d utterances; they "
                        "are called %s_u0, %s_u1, ...", source, vid, len(list(names[vid])), n, vid, vid)
     if vid in sentences:
@@ -467,7 +469,15 @@ def choose_valid(ds: PickleDataset, valid_split: Mapping | str | None = None,
         checks.append({"check": "test dialogues are the standard IEMOCAP test split",
                        "ok": not extra_test and not missing_test, "expected": len(test),
                        "found": sum(1 for d in ds.dialogues if ds.splits[d] == "test"),
-                       "extra": extra_test[:10], "missing": missing_test[:10]})
+                       "extra": extra_test, "missing": missing_test})
+        # A standard test dialogue in the pickle's train list would be trained on: said, never silent.
+        trained_on = sorted(set(test) & set(train))
+        checks.append({"check": "no standard IEMOCAP test dialogue in the pickle's train list", "ok": not trained_on,
+                       "expected": 0, "found": len(trained_on), "extra": trained_on})
+        if trained_on:
+            logger.warning("%s: %d standard IEMOCAP test dialogue(s) are in the pickle's train list and will be "
+                           "trained on: %s; results are then not comparable with the standard split", ds.source,
+                           len(trained_on), ", ".join(trained_on[:10]) + (" ..." if len(trained_on) > 10 else ""))
         return valid, {"protocol": "standard", "standard": "iemocap", "dialogues": valid,
                        "note": "the 12 validation dialogues of the standard IEMOCAP split (taken out of the "
                                "pickle's train list)"}, checks
@@ -586,12 +596,24 @@ _INSPECTED: dict[tuple, dict] = {}
 # inspect_dataset's results on disk, so a cluster job's re-parse of the Snakefile (and the next snakemake call)
 # does not unpickle a large release again: keyed by the file's path, size, mtime and the dataset's settings.
 INSPECTION_CACHE = Path(".snakemake") / "ercpipe" / "pickle_checks"
-_INSPECTION_VERSION = 1
+_INSPECTION_VERSION = 2  # 2: with the file's sha256
+
+
+def file_sha256(path: str | Path) -> str:
+    """The file's content digest: the import rules re-run on it, not on the file's path or modification time
+    (a byte-identical download or a copy without -p re-imports nothing)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def inspect_dataset(name: str, cfg: Mapping, workdir: str | Path = ".") -> dict:
     """What a configured pickle dataset holds, checked as the import will check it (layout, labels, speakers,
-    widths, the validation split): {layout, labels, classes, dims, dialogues, utterances, valid_split}.
+    widths, the validation split): {layout, labels, classes, dims, dialogues, utterances, valid_split, sha256}.
 
     Run while the DAG is built, so a pickle of the wrong shape stops `snakemake` (also -n) before any job,
     naming the file. Unpickles the file (only with allow_pickle: true; without it, PickleNotAllowedError
@@ -630,7 +652,8 @@ def inspect_dataset(name: str, cfg: Mapping, workdir: str | Path = ".") -> dict:
             "dims": {m: int(next(iter(ds.features[m].values())).shape[1]) if ds.dialogues else 0 for m in MODALITIES},
             "dialogues": {"train": sum(1 for d in ds.dialogues if ds.splits[d] == "train") - len(valid),
                           "valid": len(valid), "test": sum(1 for d in ds.dialogues if ds.splits[d] == "test")},
-            "utterances": sum(len(v) for v in ds.labels.values()), "valid_split": record["protocol"]}
+            "utterances": sum(len(v) for v in ds.labels.values()), "valid_split": record["protocol"],
+            "sha256": file_sha256(path)}
         try:
             from ercpipe.io.atomic import write_json
 

@@ -79,6 +79,10 @@ def manifest_path(dataset):
     return f"features/{dataset}/manifest.tsv"
 
 
+def summary_path(dataset):
+    return f"features/{dataset}/summary.json"
+
+
 def feature_path(dataset, modality, setting):
     return f"features/{dataset}/{modality}/{setting}.h5"
 
@@ -340,6 +344,23 @@ def raw_digest(part):
     return digest
 
 
+def dataset_class_list(dataset):
+    """The dataset's classes in label-id order, as its reader (or the pickle import) gives them: a param of the jobs
+    that read labels from the manifest (training, fine-tuning). Given as a param rather than read from
+    summary.json, which rule manifest_issues rewrites whenever only rejected rows change."""
+    fingerprint = readable_fingerprint(dataset) if dataset in RAW_DATASETS else None
+    if fingerprint is not None:
+        return list(fingerprint.classes)
+    return pipeline_config.dataset_classes(DATASETS[dataset], Path.cwd())
+
+
+def finetune_rows_digest(wildcards):
+    """The digest of what fine-tuning reads of a raw dataset (the `rows` param of rule finetune_manifest); empty
+    for a generated corpus, whose job follows the corpus folder."""
+    fingerprint = readable_fingerprint(wildcards.dataset)
+    return "" if fingerprint is None else fingerprint.finetune
+
+
 def text_encoder_input(wildcards):
     settings = FEATURES["text"][wildcards.setting]
     if settings.get("finetune"):
@@ -421,11 +442,14 @@ def experiment_params(wildcards):
     return canonical(exp)
 
 
-def feature_setting_params(modality, name):
+def feature_setting_params(modality, name, dataset=None):
     """A feature setting as its extractor resolves it (defaults filled in): the same setting written with or
-    without a default value re-runs nothing. An imported setting ({source: pickle}) is passed as written."""
+    without a default value re-runs nothing. An imported setting ({source: pickle}) gets the `layout` of the
+    `dataset`'s pickle when it names none (the layout its import checks and records)."""
     setting = FEATURES[modality][name]
     if pipeline_config.is_imported_setting(setting):
+        if dataset in PICKLE_DATASETS:
+            setting = {"layout": pickle_inspection(dataset)["layout"], **setting}
         return canonical(setting)
     return canonical(expected_settings(modality, setting))
 
@@ -433,22 +457,51 @@ def feature_setting_params(modality, name):
 # Input and params functions of the pickle rules (pickles.smk).
 
 
+def pickle_input(wildcards):
+    """The dataset's pickle, `ancient` (the params hold its sha256: a byte-identical copy or download re-runs
+    nothing) and spelled one way (`./x.pkl`, `x.pkl` and the absolute path inside the working directory are the
+    same file; Snakemake re-runs a job whose set of input paths changed)."""
+    path = Path(os.path.normpath(DATASETS[wildcards.dataset]["path"]))
+    if path.is_absolute() and path.is_relative_to(Path.cwd()):
+        path = path.relative_to(Path.cwd())
+    return ancient(str(path))
+
+
+def pickle_inspection(dataset):
+    """What the dataset's pickle holds (ercpipe.features.pickles.inspect_dataset; the config check has read it)."""
+    from ercpipe.features.pickles import inspect_dataset
+
+    return inspect_dataset(dataset, DATASETS[dataset], Path.cwd())
+
+
 def pickle_dataset_params(dataset, with_split=True):
-    """The dataset's config slice; the feature files do not depend on how valid is formed."""
+    """The dataset's config slice as the import resolves it: the file by its content (sha256), not its path or
+    modification time (the input is `ancient`), and `labels`, `classes` and `valid_split` with the values the
+    import takes when they are left out, so writing a default out re-runs nothing. The feature files do not
+    depend on how valid is formed."""
+    from ercpipe.features.pickles import default_valid_split
+
     cfg = dict(DATASETS[dataset])
-    cfg.pop("shards", None)
+    for key in ("shards", "path"):
+        cfg.pop(key, None)
+    found = pickle_inspection(dataset)
+    cfg.update(labels=found["labels"], classes=found["classes"], content=found["sha256"])
+    cfg["valid_split"] = cfg.get("valid_split", "default")
+    if cfg["valid_split"] == "default":
+        cfg["valid_split"] = default_valid_split(found["labels"])
     if not with_split:
-        cfg.pop("valid_split", None)
+        cfg.pop("valid_split")
     return canonical(cfg)
 
 
 def imported_setting(wildcards):
+    """The imported setting, its layout filled in with the pickle's (feature_setting_params)."""
     settings = FEATURES.get(wildcards.modality, {})
     if wildcards.setting not in settings or not pipeline_config.is_imported_setting(settings[wildcards.setting]):
         raise WorkflowError(f"features/{wildcards.dataset}/{wildcards.modality}/{wildcards.setting}.h5: dataset "
                             f"{wildcards.dataset} is a feature pickle; its {wildcards.modality} files are imported "
                             f"under a setting {{source: pickle}} in features.{wildcards.modality}")
-    return canonical(settings[wildcards.setting])
+    return feature_setting_params(wildcards.modality, wildcards.setting, wildcards.dataset)
 
 
 def pickle_mem_mb(wildcards, input, attempt):

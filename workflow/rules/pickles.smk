@@ -15,7 +15,7 @@ rule import_pickle:
     wildcard_constraints:
         dataset=one_of(PICKLE_DATASETS, "NO_PICKLE_DATASET"),
     input:
-        pickle=lambda wc: DATASETS[wc.dataset]["path"],
+        pickle=pickle_input,
     output:
         manifest="features/{dataset}/manifest.tsv",
         issues="features/{dataset}/issues.tsv",
@@ -37,7 +37,7 @@ rule import_pickle_features:
     wildcard_constraints:
         dataset=one_of(PICKLE_DATASETS, "NO_PICKLE_DATASET"),
     input:
-        pickle=lambda wc: DATASETS[wc.dataset]["path"],
+        pickle=pickle_input,
     output:
         features="features/{dataset}/{modality}/{setting}.h5",
     params:

@@ -14,7 +14,7 @@ rule train_model:
         experiment=experiment_params,
         # What every feature file must have been made with (checked before training, named if not).
         feature_settings=lambda wc: canonical(
-            {m: feature_setting_params(m, s) for m, s in experiment_features(wc.experiment).items()}
+            {m: feature_setting_params(m, s, wc.dataset) for m, s in experiment_features(wc.experiment).items()}
         ),
         face_selection=lambda wc: (
             canonical(pipeline_config.face_selection(DATASETS[wc.dataset]))
