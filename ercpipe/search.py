@@ -114,6 +114,9 @@ def expand_searches(config: dict, classes_of: Callable[[str], list[str]]) -> dic
         if search.get("contexts") and text is None:
             raise SearchError(f"{where}.contexts: a context is part of a text setting; give text")
         template = search["experiment"]
+        if "class_weights" in (template.get("loss") or {}):
+            raise SearchError(f"{where}.experiment.loss.class_weights: the search sets each candidate's class "
+                              f"weighting ({where}.class_weights); leave it out of the experiment")
         if text is not None and "text" in template.get("features", {}):
             raise SearchError(f"{where}.experiment.features.text: the search makes the text settings; leave it out")
         if text is None and not template.get("features"):

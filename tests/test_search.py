@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 import pytest
@@ -111,12 +112,33 @@ def test_finetune_class_weights_same_gives_each_candidate_an_encoder_weighted_li
      r"^selections.text_recipe.search.contexts.speakers.previus: unknown key; did you mean previous\?"),
     (lambda s: s["search"]["text"]["finetune"].update(lr="fast"),
      r"^selections.text_recipe.search.text.finetune.lr: text fine-tuning setting lr must be a number"),
+    (lambda s: s["search"]["experiment"].setdefault("loss", {}).update(class_weights="train"),
+     r"^selections.text_recipe.search.experiment.loss.class_weights: the search sets each candidate's class"),
 ])
 def test_a_search_that_cannot_be_expanded_names_the_key(change, message):
     config = load("meld_text.yaml")
     change(config["selections"]["text_recipe"])
     with pytest.raises(pipeline_config.ConfigError, match=message):
         pipeline_config.expand_searches(config)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda e: e.setdefault("train", {}).update(epoch=5), r"experiment: experiment key train.epoch: unknown key"),
+    (lambda e: e.update(preset="sdt-vega-backbon"), r"experiment: experiment key preset: unknown preset"),
+    (lambda e: e.setdefault("model", {}).update(modalities=["text", "audio"]),
+     r"experiment: experiment key model.modalities: \['audio'\] have no feature setting"),
+])
+def test_a_problem_of_an_experiment_a_search_makes_names_the_search_key(tmp_path, change, message):
+    """They were named by the generated experiment (experiments.text_recipe_plain_ft0_none), which the user
+    never wrote."""
+    config = load("meld_text.yaml")
+    change(config["selections"]["text_recipe"]["search"]["experiment"])
+    pipeline_config.expand_searches(config)
+    (tmp_path / "raw" / "MELD.Raw").mkdir(parents=True)
+    with pytest.raises(pipeline_config.ConfigError) as err:
+        pipeline_config.check(config, tmp_path)
+    assert re.match(r"selections\.text_recipe\.search\." + message, str(err.value)), str(err.value)
+    assert str(err.value).endswith("(in text_recipe_plain_ft0_none, one of the experiments this search makes)")
 
 
 def test_a_search_does_not_overwrite_a_written_experiment_or_setting():
