@@ -78,7 +78,7 @@ def predict_features(checkpoint: str | Path, manifest_path: str | Path, feature_
     # (one FeatureFileError naming every file that does not, and the fix).
     data = load_dialogues(manifest_path, feature_paths, modalities, classes=classes,
                           n_speakers=model.spec.n_speakers, allow_unlabelled=True,
-                          expected=feature_expectations(model, checkpoint))
+                          expected=feature_expectations(model, checkpoint), training=False)
     dialogues = data.split(*splits) if splits else data.dialogues
     if not dialogues:
         raise InferenceError(f"{manifest_path} has no dialogues in splits {list(splits or [])}")

@@ -69,6 +69,8 @@ def test_a_new_raw_conversation_gets_the_same_predictions_as_the_pipeline(traine
     line = 2 + conversation["utterance_id"].tolist().index(frame.loc[silent, "utterance_id"].iat[0])
     assert f"{path}, line {line}: utterance {frame.loc[silent, 'utterance_id'].iat[0]}: no_audio_stream" in caplog.text
     assert "conversation.csv" not in caplog.text
+    # What training cannot learn is no news when predicting (the labels are empty, the speakers new).
+    assert "have no training utterance" not in caplog.text and "occur only outside training" not in caplog.text
     assert frame["absent"].tolist() == expected["absent"].tolist()
     written = pd.read_csv(tmp_path / "out.tsv", sep="\t", keep_default_na=False)
     assert written["prediction"].tolist() == frame["prediction"].tolist()

@@ -81,7 +81,7 @@ def read_classes(manifest_path: Path) -> list[str]:
 def load_dialogues(manifest_path: str | Path, feature_paths: dict[str, str | Path], modalities: Sequence[str], *,
                    classes: Sequence[str] | None = None, n_speakers: int | None = None,
                    allow_unlabelled: bool = False,
-                   expected: Mapping[str, feature_io.Expectation] | None = None) -> DialogueData:
+                   expected: Mapping[str, feature_io.Expectation] | None = None, training: bool = True) -> DialogueData:
     """Read the manifest and the feature files of `modalities`, grouped by dialogue in manifest order.
 
     classes: label order (default: summary.json next to the manifest). n_speakers: number of speaker
@@ -90,7 +90,8 @@ def load_dialogues(manifest_path: str | Path, feature_paths: dict[str, str | Pat
     expected: per modality, what its file must be (settings hash, width; ercpipe.io.features.expect for
     a config setting, ercpipe.model.checkpoint.feature_expectations for a checkpoint). Every file's
     utterance ids must be the manifest's, in its order. All files are checked before anything fails;
-    the FeatureFileError names each file that does not match, how, and the fix.
+    the FeatureFileError names each file that does not match, how, and the fix. training: warn about classes
+    and speaker slots that training cannot learn (False for inference, where they say nothing).
     """
     manifest_path = Path(manifest_path)
     modalities = tuple(modalities)
@@ -153,7 +154,8 @@ def load_dialogues(manifest_path: str | Path, feature_paths: dict[str, str | Pat
                         f"configuration allows {n_speakers} speaker slots (model.n_speakers); raise it to "
                         f">= {needed} or leave it null")
 
-    _warn_untrained(df, labels, slots, classes, manifest_path)
+    if training:
+        _warn_untrained(df, labels, slots, classes, manifest_path)
 
     dialogues: list[Dialogue] = []
     positions = np.arange(len(df))
