@@ -177,11 +177,14 @@ def _drawable_names(classes: Sequence[str]) -> tuple[list[str], str]:
     from matplotlib.ft2font import FT2Font
 
     charmap = FT2Font(font_manager.findfont(font_manager.FontProperties())).get_charmap()
-    if all(ord(ch) in charmap for name in classes for ch in name):
+    drawable = [all(ord(ch) in charmap for ch in name) for name in classes]
+    if all(drawable):
         return list(classes), ""
-    logger.warning("the figures' font cannot draw some class names (%s); the figures call them class 0..%d, in "
-                   "the order of summary.json's classes", ", ".join(classes), len(classes) - 1)
-    return [f"class {k}" for k in range(len(classes))], "class k = the k-th of summary.json's classes"
+    # Only the names the font cannot draw are replaced (by their label id), the others stay readable.
+    logger.warning("the figures' font cannot draw the class name(s) %s; the figures call them class k, k = their "
+                   "place in summary.json's classes (from 0)", [c for c, ok in zip(classes, drawable) if not ok])
+    return ([name if ok else f"class {k}" for k, (name, ok) in enumerate(zip(classes, drawable))],
+            "class k = the k-th of summary.json's classes, from 0")
 
 
 def _save(fig, path: Path) -> None:
@@ -250,7 +253,9 @@ def _plot_confusion(matrix: np.ndarray | None, classes: list[str], n_runs: int, 
         return
     rows = matrix.sum(axis=1, keepdims=True)
     normalized = np.divide(matrix, rows, out=np.zeros_like(matrix), where=rows > 0)
-    fig, ax = plt.subplots(figsize=(1.0 * len(classes) + 2, 1.0 * len(classes) + 1.5))
+    # Room for the longest name on both axes (tick labels take about 0.09 inch per character at this size).
+    longest = 0.09 * max((len(str(c)) for c in classes), default=0)
+    fig, ax = plt.subplots(figsize=(1.0 * len(classes) + 2 + longest, 1.0 * len(classes) + 1.5 + longest))
     image = ax.imshow(normalized, cmap="Blues", vmin=0, vmax=1)
     for i in range(len(classes)):
         for j in range(len(classes)):
