@@ -14,7 +14,7 @@ from typing import Any
 
 from ercpipe.checks import boolean, choice, integer, is_number, number, yaml_number
 from ercpipe.labels import MODALITIES
-from ercpipe.model.spec import combination_problem, experiment_keys, spec_values
+from ercpipe.model.spec import MODALITY_SHORT, combination_problem, experiment_keys, spec_values
 
 SECTIONS = ("model", "loss", "train")
 
@@ -237,16 +237,13 @@ _OPTIMIZER_ONLY = {"train.momentum": ("sgd",), "train.betas": ("adam", "adamw"),
 _VEGA_ONLY = ("model.clip_proj_layers", "model.clip_proj_activation", "model.clip_proj_dropout",
               "model.p_random_anchor", "model.anchor_logit_scale", "model.anchor_sampling_at_eval",
               "model.anchors_per_class", "model.anchor_subsample_seed", "model.clip_model",
-              "loss.clip_all_clip_kl_loss", "loss.clip_lambda", "loss.all_clip_lambda", "loss.anchor_kl_teacher")
+              "loss.clip_all_clip_kl_loss")  # (the VEGA loss terms' keys: _TERM_KEYS)
 _TERM_KEYS = {  # a loss term's switch -> the keys only that term reads (per-modality keys: {m} = t, a, v)
     "cls_loss": ("cls_lambda", "cls_all_lambda", "cls_{m}_lambda"),
     "cls_all_cls_kl_loss": ("cls_all_cls_kl_lambda", "{m}_cls_all_cls_kl_lambda", "cls_kl_teacher"),
     "clip_loss": ("clip_lambda", "all_clip_lambda", "{m}_clip_lambda"),
     "clip_all_clip_kl_loss": ("clip_all_clip_kl_lambda", "{m}_clip_all_clip_kl_lambda", "anchor_kl_teacher"),
 }
-_SHORT = {"text": "t", "audio": "a", "visual": "v"}
-
-
 def inactive_keys(cfg: dict) -> list[str]:
     """Dotted keys of a resolved experiment whose value cannot change its training under its other settings
     (e.g. train.momentum with AdamW, the VEGA keys with loss.clip_loss off). Works on a config that already
@@ -265,10 +262,10 @@ def inactive_keys(cfg: dict) -> list[str]:
         out.add("model.anchor_subsample_seed")
     if model.get("head_type", "mlp") != "mlp":
         out.update({"model.head_layers", "model.head_activation", "model.head_dropout"})
-    modalities = model.get("modalities") or list(_SHORT)
+    modalities = model.get("modalities") or list(MODALITY_SHORT)
     # Unimodal heads (and so their loss terms, KL distillation and temperatures) exist only when there is
     # something to fuse (ercpipe.model.sdt).
-    unimodal = [_SHORT[m] for m in modalities if m in _SHORT] if len(modalities) > 1 else []
+    unimodal = [MODALITY_SHORT[m] for m in modalities if m in MODALITY_SHORT] if len(modalities) > 1 else []
     terms_on = {"cls_loss": loss.get("cls_loss", True),
                 "cls_all_cls_kl_loss": loss.get("cls_all_cls_kl_loss", True) and bool(unimodal),
                 "clip_loss": vega,

@@ -1,6 +1,7 @@
 # Config validation and the helpers the rules share.
 import collections
 import functools
+import os
 import re
 import shutil
 from pathlib import Path
