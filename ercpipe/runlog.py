@@ -113,6 +113,7 @@ def only_run_of_this_job(log_path: str | os.PathLike) -> Iterator[None]:
         handle.close()
 
 
+logger = logging.getLogger(__name__)
 JOB_END_VARIABLE = "ERCPIPE_JOB_END_TIME"
 
 
@@ -133,8 +134,8 @@ def job_end_time() -> float | None:
         try:
             return float(os.environ[JOB_END_VARIABLE])
         except ValueError:
-            logging.getLogger(__name__).warning("%s=%r is not a Unix time in seconds; ignored", JOB_END_VARIABLE,
-                                                os.environ[JOB_END_VARIABLE])
+            logger.warning("%s=%r is not a Unix time in seconds; ignored", JOB_END_VARIABLE,
+                           os.environ[JOB_END_VARIABLE])
             return None
     job = os.environ.get("SLURM_JOB_ID")
     if not job:
@@ -143,12 +144,12 @@ def job_end_time() -> float | None:
         out = subprocess.run(["squeue", "--noheader", "--jobs", job, "--format", "%L"], capture_output=True,
                              text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired) as err:
-        logging.getLogger(__name__).warning("the time left of SLURM job %s is unknown (squeue: %s)", job, err)
+        logger.warning("the time left of SLURM job %s is unknown (squeue: %s)", job, err)
         return None
     left = _slurm_time_left(out.stdout) if out.returncode == 0 else None
     if left is None and out.stdout.strip() not in ("UNLIMITED", "NOT_SET"):
-        logging.getLogger(__name__).warning("the time left of SLURM job %s is unknown (squeue said %r %r)", job,
-                                            out.stdout.strip(), out.stderr.strip()[-200:])
+        logger.warning("the time left of SLURM job %s is unknown (squeue said %r %r)", job, out.stdout.strip(),
+                       out.stderr.strip()[-200:])
     return None if left is None else time.time() + left
 
 

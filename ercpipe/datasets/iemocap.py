@@ -168,7 +168,8 @@ def parse_transcription(path: Path, issues: IssueLog | None = None) -> dict[str,
             undecodable = number in decoded.fixed_lines
             fixed = text_fixed_detail({"text": match.group(3)}, undecodable) if repaired or undecodable else ""
             start, end, problem = _parse_span(match.group(2))
-            texts[uid] = TranscriptLine(text.strip(), number, fixed, *((math.nan, math.nan) if problem else (start, end)))
+            times = (math.nan, math.nan) if problem else (start, end)
+            texts[uid] = TranscriptLine(text.strip(), number, fixed, *times)
         elif line.startswith(path.stem + "_") and issues is not None:
             uid = re.match(r"[^\s\[(:]+", line).group(0)
             issues.reject("unparsed_transcript_line", file=str(path), line=number, utterance_id=uid,

@@ -80,10 +80,6 @@ def manifest_path(dataset):
     return f"features/{dataset}/manifest.tsv"
 
 
-def summary_path(dataset):
-    return f"features/{dataset}/summary.json"
-
-
 def feature_path(dataset, modality, setting):
     return f"features/{dataset}/{modality}/{setting}.h5"
 
