@@ -242,6 +242,8 @@ def test_the_four_class_setup(release, tmp_path):
     assert set(df["label"]) <= {"hap", "sad", "neu", "ang"}
     rejected = issues[issues["reason"] == "label_not_in_classes"]
     assert rejected["detail"].str.contains("fru").any()
+    # The release's utterance counts are the six-class setting's: not compared here (all would "differ").
+    assert [c["check"] for c in summary["checks"]] == ["split-file dialogues present in the raw tree"]
     assert rejected["detail"].str.endswith("is not one of ['hap', 'sad', 'neu', 'ang']").all()
     assert pipeline_config.dataset_classes(cfg(release, classes=["hap", "sad", "neu", "ang"])) == \
         ["hap", "sad", "neu", "ang"]

@@ -424,8 +424,15 @@ def _time_order(rows: list[dict]) -> list[dict]:
 
 
 def reference_checks(rows_per_dialogue: dict[str, int], split_of: dict[str, str], expected: dict[str, int],
-                     split_counts: dict[str, int]) -> list[dict]:
-    """Every way the manifest differs from the standard release (ok=False entries are differences)."""
+                     split_counts: dict[str, int], standard_labels: bool = True) -> list[dict]:
+    """Every way the manifest differs from the standard release (ok=False entries are differences). The
+    utterance counts are the six-class setting's: with other classes or a relabelling (standard_labels False)
+    only the dialogues are compared."""
+    absent = sorted(d for d in split_of if d not in rows_per_dialogue)
+    present = {"check": "split-file dialogues present in the raw tree", "ok": not absent,
+               "expected": len(split_of), "found": len(split_of) - len(absent), "missing": absent}
+    if not standard_labels:
+        return [present]
     train_valid = split_counts.get("train", 0) + split_counts.get("valid", 0)
     checks = [
         {"check": "dialogues", "ok": len(rows_per_dialogue) == REFERENCE_DIALOGUES, "expected": REFERENCE_DIALOGUES,
@@ -435,9 +442,7 @@ def reference_checks(rows_per_dialogue: dict[str, int], split_of: dict[str, str]
         {"check": "test utterances", "ok": split_counts.get("test", 0) == REFERENCE_TEST, "expected": REFERENCE_TEST,
          "found": split_counts.get("test", 0)},
     ]
-    absent = sorted(d for d in split_of if d not in rows_per_dialogue)
-    checks.append({"check": "split-file dialogues present in the raw tree", "ok": not absent,
-                   "expected": len(split_of), "found": len(split_of) - len(absent), "missing": absent})
+    checks.append(present)
     for dialogue in sorted(rows_per_dialogue):
         if dialogue in expected and expected[dialogue] != rows_per_dialogue[dialogue]:
             checks.append({"check": f"utterances in {dialogue}", "ok": False, "expected": expected[dialogue],
@@ -487,7 +492,12 @@ def read(name: str, cfg: dict, probe: bool | Collection[str] = True) -> ReadResu
     order = sorted(by_dialogue, key=lambda d: (SPLITS.index(split_of[d]), d))
     rows = [row for dialogue in order for row in by_dialogue[dialogue]]
     split_counts = {s: sum(1 for r in rows if r["split"] == s) for s in SPLITS}
-    checks = reference_checks({d: len(by_dialogue[d]) for d in order}, split_of, expected, split_counts)
+    standard = set(settings["classes"]) == set(IEMOCAP_CLASSES) and not settings["relabel"]
+    if not standard:
+        logger.info("IEMOCAP: classes %s%s are not the six-class setting: the utterance counts are not compared "
+                    "with the standard release", list(settings["classes"]),
+                    f" with relabel {settings['relabel']}" if settings["relabel"] else "")
+    checks = reference_checks({d: len(by_dialogue[d]) for d in order}, split_of, expected, split_counts, standard)
     differences = [c for c in checks if not c["ok"]]
     absent = next(c["missing"] for c in checks if c["check"] == "split-file dialogues present in the raw tree")
     if absent:
