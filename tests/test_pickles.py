@@ -213,7 +213,10 @@ def _with(change) -> tuple:
     (lambda p: p["speakers"].update(Ses01F_impro01=None),
      r"dialogue Ses01F_impro01: TypeError: .*does not follow a VEGA 7-tuple's layout there"),
     (lambda p: p["text"].update(Ses01F_impro01=[[0.0] * 8, [0.0] * 8, [0.0] * 8, [0.0] * 7]),
-     r"dialogue Ses01F_impro01: ValueError: .*inhomogeneous"),
+     r"dialogue Ses01F_impro01 text: utterance 3 has 7 feature values, utterance 0 has 8; every utterance"),
+    (lambda p: p["audio"].update(Ses05F_impro03=np.zeros((5, 7), np.float32)),
+     r"audio features have different widths across dialogues \[5, 7\]: dialogue Ses05F_impro03 has 7, dialogue "
+     r"Ses01F_impro01 5"),
     (lambda p: p.update(train="Ses01F_impro01"), r"the train id list is a str; expected a list of dialogue ids"),
     (lambda p: p.update(train=None), r"the train id list is a NoneType"),
     (lambda p: p["train"].append("Ses01F_impro01"),

@@ -189,6 +189,12 @@ def _label_ids(value, where: str, class_names: Sequence[str]) -> list[int]:
 def _matrix(value, n: int, where: str) -> np.ndarray:
     """An [n, D] float32 array from an array / tensor / nested list (1 x n x D squeezed, as VEGA does)."""
     value = _numpy(value)
+    if isinstance(value, (list, tuple)) and value and all(np.ndim(_numpy(v)) == 1 for v in value):
+        widths = [len(v) for v in value]  # one row per utterance: name the row whose width is not the first's
+        odd = next((k for k, w in enumerate(widths) if w != widths[0]), None)
+        if odd is not None:
+            raise PickleFormatError(f"{where}: utterance {odd} has {widths[odd]} feature values, utterance 0 has "
+                                    f"{widths[0]}; every utterance of a modality needs the same width")
     if np.iscomplexobj(value):
         raise PickleFormatError(f"{where}: complex feature values; expected real numbers")
     array = np.asarray(value, dtype=np.float32)
@@ -282,9 +288,13 @@ def parse_pickle(obj: Sequence, fmt: str | None = None, source: str = "pickle",
                        "from the pickle; if the dataset has other classes, give them in label-id order as the "
                        "dataset's `classes:`", source, max(used), fmt, len(class_names), ", ".join(class_names))
     for m in MODALITIES:
-        dims = {a.shape[1] for a in ds.features[m].values()}
-        if len(dims) > 1:
-            raise PickleFormatError(f"{source}: {m} features have different widths across dialogues: {sorted(dims)}")
+        width = {vid: a.shape[1] for vid, a in ds.features[m].items()}
+        if len(set(width.values())) > 1:
+            first = next(iter(width))
+            other = next(vid for vid, w in width.items() if w != width[first])
+            raise PickleFormatError(f"{source}: {m} features have different widths across dialogues "
+                                    f"{sorted(set(width.values()))}: dialogue {other} has {width[other]}, dialogue "
+                                    f"{first} {width[first]}; every dialogue of a modality needs the same width")
     return ds
 
 
