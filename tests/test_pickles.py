@@ -410,3 +410,19 @@ def test_numbered_utterances_of_sdt_meld_pickles_are_not_warned_about(tmp_path, 
     with caplog.at_level("WARNING"):
         _round_trip(tmp_path, meld_13_tuple(), valid_dialogues=["1"], dataset="meld_pkl")
     assert "does not name its" not in caplog.text
+
+
+def test_an_empty_dialogue_is_said_and_listed_not_dropped_silently(tmp_path, caplog):
+    parts = iemocap_parts()
+    parts["train"].append("Ses02F_impro01")
+    for key in ("speakers", "labels"):
+        parts[key]["Ses02F_impro01"] = []
+    for m in DIMS:
+        parts[m]["Ses02F_impro01"] = []  # as lists; (0, D) arrays are read the same way
+    with caplog.at_level("WARNING"):
+        summary = pickles.import_pickle(_dump(vega_tuple(parts), tmp_path / "in.pkl"), tmp_path / "manifest.tsv",
+                                        _paths(tmp_path), allow_pickle=True, valid_dialogues=["Ses01F_impro01"])
+    assert "1 dialogue(s) hold no utterances and are not imported: ['Ses02F_impro01']" in caplog.text
+    written = json.loads((tmp_path / "summary.json").read_text())
+    assert written["not_imported"]["first"] == ["Ses02F_impro01"] and summary["dialogues"] == 3
+    assert "Ses02F_impro01" not in set(manifest_io.read(tmp_path / "manifest.tsv")["dialogue_id"])

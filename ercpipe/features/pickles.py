@@ -265,6 +265,12 @@ def parse_pickle(obj: Sequence, fmt: str | None = None, source: str = "pickle",
     if unlisted:  # the official loaders never see these either; say so instead of dropping silently
         logger.warning("%s: %d dialogue(s) are in no split list and are not imported, e.g. %s", source,
                        len(unlisted), unlisted[:5])
+    empty = [d for d in dialogues if d in labels and np.size(_numpy(labels[d])) == 0]
+    if empty:  # nothing to import; said, and listed with the dialogues not imported
+        logger.warning("%s: %d dialogue(s) hold no utterances and are not imported: %s", source, len(empty),
+                       empty[:10])
+        train, test = [d for d in train if d not in empty], [d for d in test if d not in empty]
+        dialogues, unlisted = train + test, sorted(unlisted + empty)
 
     ds = PickleDataset(layout, fmt, dialogues, {**{d: "train" for d in train}, **{d: "test" for d in test}},
                        {}, {}, {m: {} for m in MODALITIES}, source=source, classes=tuple(classes or ()),
@@ -550,7 +556,7 @@ def import_pickle(pickle_path: str | Path, manifest_path: str | Path | None, fea
                                   "test": sum(1 for d in ds.dialogues if ds.splits[d] == "test")},
                 "not_imported": {"dialogues": len(ds.unlisted), "first": ds.unlisted[:20],
                                  "why": "in neither the train nor the test id list (the official loaders skip "
-                                        "them too)"}}
+                                        "them too), or holding no utterances"}}
         result = ReadResult(frame, IssueLog(), ds.class_names(), checks=checks, info=info)
         name = dataset or ds.fmt
         write_manifest(name, dataset_format or PICKLE_FORMAT_OF_LAYOUT[ds.layout], frame, result,
