@@ -13,6 +13,7 @@ with rule_logging(snakemake.log[0], snakemake.threads):
     # feature file is checked against them (settings hash, width, utterance ids) before training.
     feature_settings = getattr(snakemake.params, "feature_settings", None)
     face_selection = getattr(snakemake.params, "face_selection", None)
+    classes = getattr(snakemake.params, "classes", None)  # the dataset's class list (None: summary.json's)
     experiment = dict(snakemake.params.experiment)
     # Left out of the params (it changes no result), so taken from the config.
     every = (snakemake.config["experiments"].get(snakemake.wildcards.experiment, {}).get("train") or {}).get(
@@ -24,4 +25,4 @@ with rule_logging(snakemake.log[0], snakemake.threads):
                  Path(snakemake.output.metrics).parent, threads=snakemake.threads,
                  feature_settings=dict(feature_settings) if feature_settings is not None else None,
                  face_selection=dict(face_selection) if face_selection is not None else None,
-                 classes=list(snakemake.params.classes))
+                 classes=list(classes) if classes is not None else None)
