@@ -76,9 +76,17 @@ def predict_features(checkpoint: str | Path, manifest_path: str | Path, feature_
         raise InferenceError(f"{checkpoint} was trained on {list(modalities)}; give a feature file for {missing}")
     # Each file must have the width and setting the checkpoint was trained on, and the manifest's ids
     # (one FeatureFileError naming every file that does not, and the fix).
-    data = load_dialogues(manifest_path, feature_paths, modalities, classes=classes,
-                          n_speakers=model.spec.n_speakers, allow_unlabelled=True,
-                          expected=feature_expectations(model, checkpoint), training=False)
+    try:
+        data = load_dialogues(manifest_path, feature_paths, modalities, classes=classes,
+                              n_speakers=model.spec.n_speakers, allow_unlabelled=True,
+                              expected=feature_expectations(model, checkpoint), training=False)
+    except manifest_io.ManifestError as err:
+        if "is not one of the dataset's classes" not in str(err):
+            raise
+        # The classes are the checkpoint's here: a label outside them means a model of another dataset.
+        raise InferenceError(f"{manifest_path}: a label is not one of the classes {list(classes)} that {checkpoint} "
+                             f"was trained on ({err}); use a checkpoint trained on this dataset's classes, or "
+                             "predict without labels") from None
     dialogues = data.split(*splits) if splits else data.dialogues
     if not dialogues:
         raise InferenceError(f"{manifest_path} has no dialogues in splits {list(splits or [])}")

@@ -40,6 +40,12 @@ def test_predictions_on_feature_files_match_the_training_run(trained):
     assert frame["prediction"].tolist() == run["prediction"].tolist()
     np.testing.assert_allclose(_probabilities(frame), _probabilities(run), atol=1e-5)
     assert (frame["label"] == run["label"]).all()
+    # Another dataset's labels: the checkpoint is the problem, not the labels (the message said "fix the label").
+    other = {m: Path(str(p).replace(DATASET, "iemocap_demo")) for m, p in trained["features"].items()}
+    with pytest.raises(infer.InferenceError, match=r"is not one of the classes \['neutral', .* that .*model.pt was "
+                                                   r"trained on .*use a checkpoint trained on this dataset's classes"):
+        infer.predict_features(trained["checkpoint"], Path(str(trained["manifest"]).replace(DATASET, "iemocap_demo")),
+                               other)
 
 
 def test_a_new_raw_conversation_gets_the_same_predictions_as_the_pipeline(trained, tmp_path, caplog):

@@ -495,6 +495,8 @@ def test_resume_after_sigkill_gives_the_uninterrupted_result(vega_run, dataset, 
     kill_training_after(dataset, out, epoch=3, checkpoint_every=2)
     assert (out / "last.pt").exists() and not (out / "best.pt").exists()
     assert not (out / "metrics.json").exists() and not (out / "model.pt").exists()
+    # No output looks complete: the history so far is under another name until the run ends.
+    assert not (out / "history.tsv").exists() and len(pd.read_csv(out / "history.running.tsv", sep="\t")) == 3
     last = torch.load(out / "last.pt", weights_only=True)
     assert last["state"]["epoch"] == 2 and len(last["state"]["history"]) == 2
     assert last["best"]["epoch"] == last["state"]["best_epoch"] > 0  # the selected weights travel with the state

@@ -53,6 +53,9 @@ logger = logging.getLogger(__name__)
 # (it deletes a killed job's outputs before re-running it, and the resume state must survive that).
 # best.pt is where versions before train.checkpoint_every kept the selected weights: still read on resume.
 BEST_NAME, WORK_BEST_NAME, LAST_NAME = "model.pt", "best.pt", "last.pt"
+# The history while the run goes on; history.tsv (an output) is written at the end only, so a killed run leaves no
+# well-formed but partial history.tsv.
+RUNNING_HISTORY_NAME = "history.running.tsv"
 
 
 class TrainingError(ErcpipeError, ValueError):
@@ -404,7 +407,7 @@ def run_training(manifest_path, feature_paths: dict, anchor_path, experiment: di
                 if due or (stop_signal.received and not state["finished"]):
                     save_state()
                     unsaved = False
-                write_history(state["history"], out_dir / "history.tsv")
+                write_history(state["history"], out_dir / RUNNING_HISTORY_NAME)
                 row, metrics, score = epoch_done["row"], epoch_done["metrics"], epoch_done["score"]
                 logger.info("epoch %d: train loss %.4f | %s %s %.2f, acc %.2f (best %.2f at epoch %d) | %.1f s",
                             epoch, row.get("train_total", float("nan")), selection_split,
@@ -663,6 +666,7 @@ def _finish(out_dir, cfg, data, seed, state, payload, device, selection_split, t
                                 predictions=np.zeros(0, np.int64), utterance_ids=np.array([], dtype=str),
                                 classes=np.array(data.classes))
     history = state["history"]
+    write_history(history, out_dir / "history.tsv")
     metrics = {
         "protocol": {
             "selection_split": selection_split, "paper_compat": train_cfg["paper_compat"],
@@ -690,6 +694,7 @@ def _finish(out_dir, cfg, data, seed, state, payload, device, selection_split, t
     (out_dir / LAST_NAME).unlink(missing_ok=True)
     remove_stale_temporaries(out_dir / LAST_NAME)  # a state a killed run was writing when it stopped
     (out_dir / WORK_BEST_NAME).unlink(missing_ok=True)
+    (out_dir / RUNNING_HISTORY_NAME).unlink(missing_ok=True)
     logger.info("selected epoch %d on %s; test weighted F1 %s, accuracy %s", payload["epoch"], selection_split,
                 _fmt(results.get("test"), "weighted_f1"), _fmt(results.get("test"), "accuracy"))
     return metrics
