@@ -74,24 +74,21 @@ def predict_features(checkpoint: str | Path, manifest_path: str | Path, feature_
     missing = [m for m in modalities if m not in feature_paths]
     if missing:
         raise InferenceError(f"{checkpoint} was trained on {list(modalities)}; give a feature file for {missing}")
+    manifest = manifest_io.read(manifest_path).set_index("utterance_id")
+    unknown = sorted(set(manifest["label"]) - set(classes) - {""})
+    if unknown:  # the classes are the checkpoint's: a label outside them means a model of another dataset
+        raise InferenceError(f"{manifest_path}: label(s) {unknown[:5]} are not among the classes {list(classes)} that "
+                             f"{checkpoint} was trained on; use a checkpoint trained on this dataset's classes, or "
+                             "predict without labels")
     # Each file must have the width and setting the checkpoint was trained on, and the manifest's ids
     # (one FeatureFileError naming every file that does not, and the fix).
-    try:
-        data = load_dialogues(manifest_path, feature_paths, modalities, classes=classes,
-                              n_speakers=model.spec.n_speakers, allow_unlabelled=True,
-                              expected=feature_expectations(model, checkpoint), training=False)
-    except manifest_io.ManifestError as err:
-        if "is not one of the dataset's classes" not in str(err):
-            raise
-        # The classes are the checkpoint's here: a label outside them means a model of another dataset.
-        raise InferenceError(f"{manifest_path}: a label is not one of the classes {list(classes)} that {checkpoint} "
-                             f"was trained on ({err}); use a checkpoint trained on this dataset's classes, or "
-                             "predict without labels") from None
+    data = load_dialogues(manifest_path, feature_paths, modalities, classes=classes,
+                          n_speakers=model.spec.n_speakers, allow_unlabelled=True,
+                          expected=feature_expectations(model, checkpoint), training=False)
     dialogues = data.split(*splits) if splits else data.dialogues
     if not dialogues:
         raise InferenceError(f"{manifest_path} has no dialogues in splits {list(splits or [])}")
     frame = predict(model, dialogues, batch_size=batch_size)
-    manifest = manifest_io.read(manifest_path).set_index("utterance_id")
     frame["flags"] = frame["utterance_id"].map(manifest["flags"])
     # Who the model took each utterance's speaker to be (the slot is what it reads of the speaker).
     frame["speaker"] = frame["utterance_id"].map(manifest["speaker"])

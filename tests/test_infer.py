@@ -42,8 +42,9 @@ def test_predictions_on_feature_files_match_the_training_run(trained):
     assert (frame["label"] == run["label"]).all()
     # Another dataset's labels: the checkpoint is the problem, not the labels (the message said "fix the label").
     other = {m: Path(str(p).replace(DATASET, "iemocap_demo")) for m, p in trained["features"].items()}
-    with pytest.raises(infer.InferenceError, match=r"is not one of the classes \['neutral', .* that .*model.pt was "
-                                                   r"trained on .*use a checkpoint trained on this dataset's classes"):
+    with pytest.raises(infer.InferenceError, match=r"label\(s\) \['ang', .* are not among the classes \['neutral', "
+                                                   r".* that .*model.pt was trained on; use a checkpoint trained on "
+                                                   r"this dataset's classes"):
         infer.predict_features(trained["checkpoint"], Path(str(trained["manifest"]).replace(DATASET, "iemocap_demo")),
                                other)
 

@@ -615,18 +615,6 @@ INSPECTION_CACHE = Path(".snakemake") / "ercpipe" / "pickle_checks"
 _INSPECTION_VERSION = 2  # 2: with the file's sha256
 
 
-def file_sha256(path: str | Path) -> str:
-    """The file's content digest: the import rules re-run on it, not on the file's path or modification time
-    (a byte-identical download or a copy without -p re-imports nothing)."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def inspect_dataset(name: str, cfg: Mapping, workdir: str | Path = ".") -> dict:
     """What a configured pickle dataset holds, checked as the import will check it (layout, labels, speakers,
     widths, the validation split): {layout, labels, classes, dims, dialogues, utterances, valid_split, sha256}.
@@ -669,7 +657,8 @@ def inspect_dataset(name: str, cfg: Mapping, workdir: str | Path = ".") -> dict:
             "dialogues": {"train": sum(1 for d in ds.dialogues if ds.splits[d] == "train") - len(valid),
                           "valid": len(valid), "test": sum(1 for d in ds.dialogues if ds.splits[d] == "test")},
             "utterances": sum(len(v) for v in ds.labels.values()), "valid_split": record["protocol"],
-            "sha256": file_sha256(path)}
+            # The import rules re-run on this, not on the path or mtime (a byte-identical copy re-imports nothing).
+            "sha256": file_digest(path, length=64)}
         try:
             from ercpipe.io.atomic import write_json
 
