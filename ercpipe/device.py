@@ -20,3 +20,17 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise DeviceError(f"device {device} was requested but CUDA is not available; use device='cpu' or 'auto'")
     return device
+
+
+def rng_state(device: torch.device) -> dict:
+    """The random generators' states a resumed run restores (dropout draws): the CPU's, and the GPUs' on CUDA."""
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -236,3 +236,62 @@ def test_the_datasets_declared_classes_are_the_heads_classes(corpus, tmp_path):
         finetune.finetune_text_encoder(manifest, {**settings, "finetune": {**settings["finetune"],
                                                                            "class_weights": "paper"}},
                                        tmp_path / "paper", threads=1, device=TEST_DEVICE)
+
+
+class StopAfter(Exception):
+    pass
+
+
+def test_an_interrupted_finetuning_resumes_with_the_uninterrupted_result(corpus, tmp_path, caplog):
+    """A fine-tuning killed after epoch 2 (a SLURM time limit) continues from its state beside the output folder and
+    gives the uninterrupted run's weights and history; a state made with other settings is not used."""
+    import torch
+    from safetensors.torch import load_file
+
+    root, _, model = corpus
+    settings = {"model": str(model), "pooling": "mean", "finetune": {**TRAINING, "epochs": 4, "head_dropout": 0.3}}
+    whole = tmp_path / "whole"
+    finetune.finetune_text_encoder(root / "manifest.tsv", settings, whole, threads=1, device=TEST_DEVICE)
+
+    def stop_at(epoch):
+        def callback(done):
+            if done == epoch:
+                raise StopAfter
+        return callback
+
+    out = tmp_path / "tuned"
+    with pytest.raises(StopAfter):
+        finetune.finetune_text_encoder(root / "manifest.tsv", settings, out, threads=1, device=TEST_DEVICE,
+                                       on_epoch_end=stop_at(2))
+    state = finetune.resume_path(out)
+    assert state.is_file() and not out.exists()
+    epochs_run = []
+    with caplog.at_level("INFO", logger="ercpipe"):
+        finetune.finetune_text_encoder(root / "manifest.tsv", settings, out, threads=1, device=TEST_DEVICE,
+                                       on_epoch_end=epochs_run.append)
+    assert epochs_run == [3] and "resuming from" in caplog.text  # epoch 4 is the last: no state after it
+    assert not state.exists()
+    resumed, uninterrupted = (json.loads((d / "metrics.json").read_text()) for d in (out, whole))
+    for key in ("history", "selected_epoch", "valid_at_selected_epoch"):
+        assert resumed[key] == uninterrupted[key]
+    weights, expected = load_file(out / "model.safetensors"), load_file(whole / "model.safetensors")
+    assert weights.keys() == expected.keys() and all(torch.equal(weights[k], expected[k]) for k in weights)
+
+    # A state of another learning rate (the setting was changed after the kill) is deleted, not continued.
+    with pytest.raises(StopAfter):
+        finetune.finetune_text_encoder(root / "manifest.tsv", settings, out, threads=1, device=TEST_DEVICE,
+                                       on_epoch_end=stop_at(1))
+    changed = {**settings, "finetune": {**settings["finetune"], "lr": 1e-3, "epochs": 2}}
+    epochs_run.clear()
+    caplog.clear()
+    finetune.finetune_text_encoder(root / "manifest.tsv", changed, out, threads=1, device=TEST_DEVICE,
+                                   on_epoch_end=epochs_run.append)
+    assert epochs_run == [1] and "made with other settings; fine-tuning from the start" in caplog.text
+    assert len(json.loads((out / "metrics.json").read_text())["history"]) == 3
+
+    # A state that cannot be read names itself and the way out.
+    state.write_bytes(b"not a torch file")
+    with pytest.raises(ValueError, match=r"tuned.resume.pt \(the state of an interrupted fine-tuning\) cannot be "
+                                         r"read .*delete it to fine-tune from the start"):
+        finetune.finetune_text_encoder(root / "manifest.tsv", settings, tmp_path / "tuned", threads=1,
+                                       device=TEST_DEVICE)

@@ -14,11 +14,13 @@ out (and counted in metrics.json). Computation is float32 (no mixed precision).
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import random
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -28,10 +30,11 @@ from tqdm.auto import tqdm
 
 from ercpipe import labels as labels_mod
 from ercpipe.datasets import FINETUNE_VIEW
+from ercpipe.device import rng_state, set_rng_state
 from ercpipe.features import settings as settings_mod
 from ercpipe.features import text_encoder as text_mod  # the encoder, not the extraction module
 from ercpipe.io import manifest as manifest_io
-from ercpipe.io.atomic import atomic_dir, write_json
+from ercpipe.io.atomic import atomic_dir, atomic_path, write_json
 from ercpipe.model.losses import inverse_frequency_weights, paper_class_weights
 
 logger = logging.getLogger(__name__)
@@ -95,6 +98,56 @@ def _epoch_batches(lengths: list[int], batch: int, group_by_length: bool, genera
         chunk = sorted(order[start:start + pool], key=lambda i: lengths[i])
         batches += [chunk[k:k + batch] for k in range(0, len(chunk), batch)]
     return [batches[k] for k in torch.randperm(len(batches), generator=generator).tolist()]
+
+
+def resume_path(out_dir: Path) -> Path:
+    """Where a fine-tuning keeps its state between epochs: beside its output folder, which Snakemake deletes
+    before it runs a killed job again."""
+    out_dir = Path(out_dir)
+    return out_dir.with_name(f".{out_dir.name}.resume.pt")
+
+
+def _cpu_copy(state: dict) -> dict:
+    return {k: v.detach().cpu().clone() for k, v in state.items()}
+
+
+def _input_identity(view: dict, classes: list[str], data: dict) -> dict:
+    """What a resume state must have been made from: the training view, the class list and a digest of the
+    train and valid inputs (token ids, target span, label) in order."""
+    digest = hashlib.sha256()
+    for split in TRAIN_SPLITS:
+        inputs, label_ids = data[split]
+        digest.update(f"{split}:{len(inputs)}".encode())
+        for item, label in zip(inputs, label_ids):
+            digest.update(f"{list(item.ids)}|{item.target_start}|{item.target_end}|{int(label)};".encode())
+    return {"settings": json.loads(json.dumps(view)), "classes": list(classes), "inputs": digest.hexdigest()}
+
+
+def _save_resume(path: Path, payload: dict) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def _load_resume(path: Path, identity: dict) -> dict | None:
+    """The state in `path` when it was made from `identity`'s settings, classes and inputs; else None (a state
+    made from anything else is deleted, with the reason in the log)."""
+    if not path.exists():
+        return None
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable file: say which and how to go on
+        first_line = (str(err).splitlines() or [""])[0]
+        raise ValueError(f"{path} (the state of an interrupted fine-tuning) cannot be read ({type(err).__name__}: "
+                         f"{first_line}); delete it to fine-tune from the start") from err
+    stored = payload.get("identity") or {}
+    differ = [key for key in identity if stored.get(key) != identity[key]]
+    if differ:
+        logger.warning("not resuming from %s: it was made with other %s; fine-tuning from the start", path,
+                       " and ".join({"settings": "settings", "classes": "classes", "inputs": "train or valid rows"}[k]
+                                    for k in differ))
+        path.unlink()
+        return None
+    return payload
 
 
 class _Classifier(torch.nn.Module):
@@ -165,12 +218,19 @@ def warmup_linear_decay(optimizer: torch.optim.Optimizer, warmup_steps: int, ste
 
 
 def finetune_text_encoder(manifest_path, settings: dict, out_dir: Path, threads: int = 1,
-                          device: str = "auto", classes: Sequence[str] | None = None) -> None:
+                          device: str = "auto", classes: Sequence[str] | None = None,
+                          on_epoch_end: Callable[[int], None] | None = None) -> None:
     """Fine-tune on TRAIN, pick the epoch on VALID, save the encoder + tokenizer + metrics.json to out_dir.
 
     `settings` is the text setting (the dict extract_shard gets); its `finetune` entry holds the
     training keys. `classes`: the dataset's class list in label-id order (the pipeline passes it; None:
     summary.json's beside the manifest, else guessed from the labels).
+
+    Resume: after every epoch but the last, the training state (model, optimizer, schedule, batch order and
+    dropout generators, history, the selected weights) is written beside `out_dir` (resume_path), and a run
+    that finds one made from the same settings, classes and inputs continues after that epoch, with the same
+    result as an uninterrupted run; a state made from anything else is discarded. `on_epoch_end(epoch)` is
+    called after that state is written (tests stop a run there).
     """
     view = training_view(settings)
     train = view["finetune"]
@@ -209,13 +269,33 @@ def finetune_text_encoder(manifest_path, settings: dict, out_dir: Path, threads:
     scheduler = warmup_linear_decay(optimizer, warmup_steps, steps)
     generator = torch.Generator().manual_seed(train["seed"])
 
-    history = [{"epoch": 0, "train_loss": None, "valid": _evaluate(model, valid_x, valid_y, batch, len(classes))}]
-    best_epoch, best_state = 0, {k: v.detach().cpu().clone() for k, v in model.encoder.state_dict().items()}
-    best_score = history[0]["valid"]["weighted_f1"]
-    logger.info("epoch 0 (before training): valid %s", history[0]["valid"])
+    state_path = resume_path(out_dir)
+    identity = _input_identity(view, classes, data)
+    resumed = _load_resume(state_path, identity)
+    if resumed is None:
+        history = [{"epoch": 0, "train_loss": None,
+                    "valid": _evaluate(model, valid_x, valid_y, batch, len(classes))}]
+        best_epoch, best_score, elapsed = 0, history[0]["valid"]["weighted_f1"], 0.0
+        best_state = _cpu_copy(model.encoder.state_dict())
+        logger.info("epoch 0 (before training): valid %s", history[0]["valid"])
+    else:
+        history, best_epoch, best_score = resumed["history"], resumed["best_epoch"], float(resumed["best_score"])
+        elapsed = float(resumed["seconds"])
+        # The selected weights: the encoder before training (epoch 0), the resumed epoch's, or those saved.
+        best_state = (_cpu_copy(model.encoder.state_dict()) if best_epoch == 0
+                      else resumed["best_encoder"] if best_epoch < resumed["epoch"] else None)
+        model.load_state_dict(resumed["model"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        scheduler.load_state_dict(resumed["scheduler"])
+        generator.set_state(resumed["generator"])
+        set_rng_state(resumed["rng"], encoder.device)
+        if best_state is None:
+            best_state = _cpu_copy(model.encoder.state_dict())
+        logger.info("resuming from %s after epoch %d of %d (best valid weighted F1 %.4f at epoch %d)", state_path,
+                    resumed["epoch"], train["epochs"], best_score, best_epoch)
     lengths = [len(x.ids) for x in train_x]
-    started = time.perf_counter()
-    for epoch in range(1, train["epochs"] + 1):
+    for epoch in range(len(history), train["epochs"] + 1):
+        started = time.perf_counter()
         model.train()
         losses = []
         for chunk in tqdm(_epoch_batches(lengths, batch, train["group_by_length"], generator),
@@ -234,7 +314,18 @@ def finetune_text_encoder(manifest_path, settings: dict, out_dir: Path, threads:
         logger.info("epoch %d: train loss %.4f, valid %s", epoch, history[-1]["train_loss"], valid)
         if valid["weighted_f1"] > best_score:
             best_epoch, best_score = epoch, valid["weighted_f1"]
-            best_state = {k: v.detach().cpu().clone() for k, v in model.encoder.state_dict().items()}
+            best_state = _cpu_copy(model.encoder.state_dict())
+        elapsed += time.perf_counter() - started
+        if epoch < train["epochs"]:
+            _save_resume(state_path, {
+                "identity": identity, "epoch": epoch, "history": history, "best_epoch": best_epoch,
+                "best_score": best_score, "seconds": elapsed, "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "generator": generator.get_state(), "rng": rng_state(encoder.device),
+                # the selected weights only when they are neither the pretrained encoder's nor this epoch's
+                "best_encoder": best_state if 0 < best_epoch < epoch else None})
+            if on_epoch_end is not None:
+                on_epoch_end(epoch)
 
     model.encoder.load_state_dict(best_state)
     metrics = {
@@ -244,10 +335,11 @@ def finetune_text_encoder(manifest_path, settings: dict, out_dir: Path, threads:
         "utterances": {"train": len(train_x), "valid": len(valid_x)},
         "class_weights": {"source": weights_source, "values": None if weights is None else [float(w) for w in weights]},
         "skipped_empty_text": skipped, "splits_read": list(TRAIN_SPLITS),
-        "seconds": time.perf_counter() - started, "device": str(encoder.device),
+        "seconds": elapsed, "device": str(encoder.device),
     }
     with atomic_dir(out_dir) as tmp:
         model.encoder.save_pretrained(tmp)
         encoder.tokenizer.save_pretrained(tmp)
         write_json(Path(tmp) / "metrics.json", metrics)
+    state_path.unlink(missing_ok=True)  # complete: a forced re-run fine-tunes from the start
     logger.info("fine-tuned encoder saved to %s (epoch %d, valid weighted F1 %.4f)", out_dir, best_epoch, best_score)

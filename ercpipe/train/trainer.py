@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from ercpipe.device import resolve_device
+from ercpipe.device import resolve_device, rng_state, set_rng_state
 from ercpipe.errors import ErcpipeError
 from ercpipe.io import features as feature_io
 from ercpipe.io.atomic import atomic_path, remove_stale_temporaries, write_json
@@ -250,19 +250,6 @@ def history_row(split: str, metrics: dict) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ checkpoints
-
-def rng_state(device: torch.device) -> dict:
-    state = {"torch": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict, device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state_all(state["cuda"])
-
 
 def write_history(history: list[dict], path: Path) -> None:
     columns: list[str] = []
