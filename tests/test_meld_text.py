@@ -121,6 +121,10 @@ def test_the_recipe_search_chooses_on_dev_among_contexts_seeds_weights_and_the_e
         f"ensemble_top{k}": sorted(by_dev[:k]) for k in range(2, n + 1)}
     if chosen not in ensembles:
         assert published["metrics"] == singles[chosen]["metrics"]
+    # The chosen candidate's predictions, one file per seed, whichever kind it is.
+    for seed in published["seeds"]:
+        rows = pd.read_csv(workdir / f"results/meld/text_recipe/predictions/seed{seed}.tsv", sep="\t")
+        assert set(rows["split"]) == {"valid", "test"} and rows["utterance_id"].is_unique
 
 
 def test_weighting_the_finetuning_too_re_runs_only_the_weighted_encoders_and_their_candidates(meld_text_run):

@@ -32,6 +32,10 @@ def write_summary(root: Path, name: str, valid: list[float] | None, test: list[f
                "paper_compat": paper_compat}
     folder = root / name
     folder.mkdir(parents=True)
+    summary["runs"] = [str(folder / f"seed{seed}") for seed in summary["seeds"]]
+    for run in summary["runs"]:  # what a selection publishes of its chosen candidate
+        Path(run).mkdir()
+        Path(run, "predictions.tsv").write_text(f"utterance_id\tsplit\tlabel\tprediction\n{name}\ttest\tjoy\tjoy\n")
     (folder / "summary.json").write_text(json.dumps(summary))
     return folder / "summary.json"
 
@@ -42,6 +46,8 @@ def test_the_best_dev_mean_is_chosen_whatever_test_says(tmp_path):
              "enc2": write_summary(tmp_path, "enc2", valid=[58.2, 58.4], test=[64.0, 64.1])}
     out = tmp_path / "best"
     assert select_experiment(paths, out) == "enc1"
+    assert {p.name: p.read_text().split()[-4] for p in (out / "predictions").iterdir()} == {
+        "seed0.tsv": "enc1", "seed1.tsv": "enc1"}  # the chosen experiment's runs' predictions
     ranking = pd.read_csv(out / "selection.tsv", sep="\t")
     assert ranking["experiment"].tolist() == ["enc1", "enc0", "enc2"]
     assert ranking["chosen"].tolist() == [True, False, False]
@@ -194,6 +200,18 @@ def test_an_ensemble_better_on_test_but_worse_on_dev_is_not_chosen(tmp_path):
     published = json.loads((tmp_path / "better_on_dev" / "summary.json").read_text())
     assert published["metrics"]["test.weighted_f1"]["values"] == [0.0]
     assert published["selection"]["chosen_summary"] is None
+    # Its predictions are published: per utterance the mean of the members' probabilities and its argmax.
+    assert [p.name for p in (tmp_path / "better_on_dev" / "predictions").iterdir()] == ["seed0.tsv"]
+    published = read_predictions(tmp_path / "better_on_dev" / "predictions" / "seed0.tsv")
+    probabilities = [f"prob_{c}" for c in CLASSES]
+    expected = sum(read_predictions(tmp_path / "2" / m / "seed0" / "predictions.tsv").set_index(["split", "utterance_id"])
+                   [probabilities] for m in ("a", "b")) / 2
+    got = published.set_index(["split", "utterance_id"])[probabilities]
+    assert len(got) == 2 * n and np.allclose(got.loc[expected.index].to_numpy(), expected.to_numpy(), atol=1e-6)
+    assert (published["prediction"] == [CLASSES[i] for i in published[probabilities].to_numpy().argmax(1)]).all()
+    # A trained candidate that wins publishes its runs' own predictions.
+    worse = tmp_path / "worse_on_dev" / "predictions" / "seed0.tsv"
+    assert worse.read_bytes() == (tmp_path / "a" / "seed0" / "predictions.tsv").read_bytes()
 
 
 def test_an_ensemble_of_classes_named_like_numbers_is_scored(tmp_path, monkeypatch):

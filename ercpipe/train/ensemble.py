@@ -73,6 +73,18 @@ def prediction_paths(members: Mapping[str, dict], seed: int) -> list[Path]:
     return [Path(summary["runs"][summary["seeds"].index(seed)]) / "predictions.tsv" for summary in members.values()]
 
 
+def ensemble_predictions(members: Mapping[str, dict], seed: int, predictions: dict | None = None) -> pd.DataFrame:
+    """Seed `seed` of the ensemble of these experiments' summaries: mean_probabilities of their seed-`seed`
+    predictions.tsv. `predictions`: a dict that keeps the files read (by path)."""
+    predictions = {} if predictions is None else predictions
+    frames = {}
+    for name, path in zip(members, prediction_paths(members, seed)):
+        if path not in predictions:
+            predictions[path] = read_predictions(path)
+        frames[name] = predictions[path]
+    return mean_probabilities(frames, members[next(iter(members))]["classes"])
+
+
 def ensemble_summary(members: Mapping[str, dict], predictions: dict | None = None) -> dict:
     """The summary (as aggregation writes it) of the ensemble of these experiments' summaries, seed by seed.
 
@@ -92,12 +104,7 @@ def ensemble_summary(members: Mapping[str, dict], predictions: dict | None = Non
     class_id = {c: i for i, c in enumerate(classes)}
     runs, run_names = [], []
     for seed in seeds:
-        frames = {}
-        for name, path in zip(members, prediction_paths(members, seed)):
-            if path not in predictions:
-                predictions[path] = read_predictions(path)
-            frames[name] = predictions[path]
-        averaged = mean_probabilities(frames, classes)
+        averaged = ensemble_predictions(members, seed, predictions)
         run = {"seed": seed, "classes": classes,
                "protocol": {**summaries[0]["protocol"], "selected_epoch": None, "epochs_run": None,
                             "note": f"ensemble: mean class probabilities of {names}, seed {seed}"}}

@@ -12,13 +12,14 @@ import csv
 import html
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Mapping
 
 import pandas as pd
 
 from ercpipe.errors import ErcpipeError
-from ercpipe.io.atomic import atomic_path, write_json
+from ercpipe.io.atomic import atomic_dir, atomic_path, write_json
 from ercpipe.report import experiment_summary_sections, html_page, write_html
 from ercpipe.train.aggregation import write_summary_table
 
@@ -68,13 +69,15 @@ def ensemble_sizes(ensemble: int | str | None, n_candidates: int) -> list[int]:
 def select_experiment(summary_paths: Mapping[str, str | Path], out_dir: str | Path,
                       metric: str = "valid.weighted_f1", ensemble: int | str | None = None,
                       skipped: list[dict] | None = None) -> str:
-    """Write selection.tsv and the chosen candidate's summary.json / .tsv / .html into out_dir; return its name.
+    """Write selection.tsv, the chosen candidate's summary.json / .tsv / .html and its predictions (predictions/
+    seed{s}.tsv, the columns of a run's predictions.tsv) into out_dir; return its name.
 
     With `ensemble` = k, the k best candidates on dev are also averaged (ercpipe.train.ensemble) and the
     ensemble is ranked as one more candidate; with "all", one ensemble per k from 2 to the number of
     candidates (ensemble_sizes). `skipped`: candidates a search left out, with the reason (reported in
     summary.json).
     """
+    predictions: dict = {}  # members' predictions.tsv, read once for all the ensembles
     if len(summary_paths) < 2:
         raise SelectionError(f"a selection needs at least two candidate experiments, got {list(summary_paths)}")
     summaries = {}
@@ -96,7 +99,6 @@ def select_experiment(summary_paths: Mapping[str, str | Path], out_dir: str | Pa
     if sizes:
         from ercpipe.train.ensemble import ensemble_summary
 
-        predictions: dict = {}  # members' predictions.tsv, read once for all the ensembles
         for size in sizes:
             name = ensemble_name(size)
             if name in summaries:
@@ -122,12 +124,35 @@ def select_experiment(summary_paths: Mapping[str, str | Path], out_dir: str | Pa
                  "chosen_summary": str(Path(summary_paths[chosen])) if chosen in summary_paths else None,
                  "ensembles": {name: e["ensemble"] for name, e in ensembles.items()},
                  "skipped": list(skipped or [])}
+    _write_predictions(out_dir / "predictions", summaries, chosen, ensembles, predictions if sizes else {})
     write_json(out_dir / "summary.json", {**summaries[chosen], "selection": selection})
     write_summary_table(summaries[chosen]["metrics"], out_dir / "summary.tsv")
     write_html(out_dir / "summary.html", _selection_html(out_dir.name, summaries[chosen], table, selection))
     logger.info("selection %s: %s chosen by %s (%s)", out_dir.name, chosen, metric,
                 ", ".join(f"{r['experiment']} {r['mean']:.2f}" for r in ranking))
     return chosen
+
+
+def _write_predictions(folder: Path, summaries: Mapping[str, dict], chosen: str, ensembles: Mapping[str, dict],
+                       predictions: dict) -> None:
+    """The chosen candidate's predictions, seed{s}.tsv per seed (the columns of a run's predictions.tsv): a
+    trained experiment's copied from its runs, an ensemble's averaged from its members' (ensemble_predictions)."""
+    summary = summaries[chosen]
+    with atomic_dir(folder) as tmp:
+        if chosen in ensembles:
+            from ercpipe.train.ensemble import ensemble_predictions
+
+            members = {name: summaries[name] for name in ensembles[chosen]["ensemble"]["members"]}
+            for seed in summary["seeds"]:
+                ensemble_predictions(members, seed, predictions).to_csv(
+                    Path(tmp) / f"seed{seed}.tsv", sep="\t", index=False, lineterminator="\n", float_format="%.6g")
+        else:
+            for seed, run in zip(summary["seeds"], summary["runs"]):
+                source = Path(run) / "predictions.tsv"
+                if not source.exists():
+                    raise SelectionError(f"{source} does not exist; the chosen experiment {chosen}'s seed {seed} "
+                                         "has not finished")
+                shutil.copyfile(source, Path(tmp) / f"seed{seed}.tsv")
 
 
 def _selection_html(name: str, chosen_summary: dict, table: pd.DataFrame, selection: dict) -> str:

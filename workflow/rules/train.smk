@@ -96,6 +96,7 @@ rule select_experiment:
         ranking="results/{dataset}/{selection}/selection.tsv",
         summary="results/{dataset}/{selection}/summary.json",
         table="results/{dataset}/{selection}/summary.tsv",
+        predictions=directory("results/{dataset}/{selection}/predictions"),
         table_html=report(
             "results/{dataset}/{selection}/summary.html",
             caption="../report/selection.rst",
