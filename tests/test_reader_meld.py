@@ -150,12 +150,12 @@ def test_summary(built):
 
 
 def test_real_csvs_text_only(meld_csv_dir, tmp_path):
-    """The real MELD CSVs in a folder without clips: a complete, text-only manifest."""
+    """The real MELD CSVs in a folder without clips, declared text-only: a complete manifest."""
     root = tmp_path / "MELD.Raw"
     root.mkdir()
     for name in ("train_sent_emo.csv", "dev_sent_emo.csv", "test_sent_emo.csv"):
         shutil.copy(meld_csv_dir / name, root / name)
-    build_manifest("meld", {"format": "meld", "root": str(root), "probe_media": False}, tmp_path / "out")
+    build_manifest("meld", {"format": "meld", "root": str(root), "probe_media": False, "modalities": ["text"]}, tmp_path / "out")
     df, issues, summary = read_outputs(tmp_path / "out")
     assert len(df) == 13708
     assert summary["counts_per_split"] == {"train": 9989, "valid": 1109, "test": 2610}
@@ -166,11 +166,8 @@ def test_real_csvs_text_only(meld_csv_dir, tmp_path):
                                                           "sadness": 683, "joy": 1743, "disgust": 271, "anger": 1109}
     assert summary["max_speakers_per_dialogue"] == 9 and df["speaker_slot"].max() == 8
     assert summary["checks_ok"] is True
-    # Every clip is recorded as missing (twice: video and audio), none dropped.
-    assert summary["flag_counts"]["missing_video"] == summary["flag_counts"]["missing_audio"] == 13708
-    assert (issues["reason"] == "missing_video").sum() == 13708
-    # The one start == end row in test is bad_time; "00:06:47,28"-style two-digit fractions parse.
-    assert summary["flag_counts"]["bad_time"] == 1
+    # Text-only: no media flags, and no bad_time (its times cut no media); MELD's own overlapping times remain.
+    assert summary["flag_counts"] == {"overlap": 253} and set(issues["reason"]) == {"overlap"}
     assert df["text"].str.contains("’").sum() > 3000 and not df["text"].str.contains("â€").any()
     row = df.set_index("utterance_id").loc["train_dia0_utt0"]
     assert row["speaker"] == "Chandler" and row["label"] == "neutral"
@@ -187,7 +184,7 @@ def test_encodings_bom_cp1252_and_mojibake(tmp_path):
     (root / "train_sent_emo.csv").write_bytes(b"\xef\xbb\xbf" + b"\r\n".join(
         [line.encode("cp1252" if i == 2 else "utf-8") for i, line in enumerate(lines)]))
     write_csv(root / "dev_sent_emo.csv", rows[1:], encoding="utf-8")  # no BOM
-    build_manifest("m", {"format": "meld", "root": str(root), "probe_media": False}, tmp_path / "out")
+    build_manifest("m", {"format": "meld", "root": str(root), "probe_media": False, "modalities": ["text"]}, tmp_path / "out")
     df, _, _ = read_outputs(tmp_path / "out")
     texts = df.set_index("utterance_id")["text"]
     flags = df.set_index("utterance_id")["flags"]
@@ -218,16 +215,16 @@ def test_wrong_root_and_missing_csv(tmp_path):
         build_manifest("m", {"format": "meld", "root": str(tmp_path / "nowhere")}, tmp_path / "out")
     root = make_meld(tmp_path / "data" / "MELD.Raw", with_clips=False)
     with pytest.raises(ManifestError, match=rf"{tmp_path / 'data'} lacks .*train_sent_emo.csv.*use it as root"):
-        build_manifest("m", {"format": "meld", "root": str(tmp_path / "data")}, tmp_path / "out")
+        build_manifest("m", {"format": "meld", "root": str(tmp_path / "data"), "modalities": ["text"]}, tmp_path / "out")
     # A split file cut to its header used to give a manifest without that split, and no error until training.
     test_csv = root / "test_sent_emo.csv"
     test_csv.write_text(test_csv.read_text().splitlines()[0] + "\n")
     with pytest.raises(ManifestError, match=rf"{test_csv} has a header but no rows; restore the release's "
                                             r"test_sent_emo.csv \(MELD's test split\)"):
-        build_manifest("m", {"format": "meld", "root": str(root)}, tmp_path / "out")
+        build_manifest("m", {"format": "meld", "root": str(root), "modalities": ["text"]}, tmp_path / "out")
     (root / "dev_sent_emo.csv").unlink()
     with pytest.raises(ManifestError, match=r"lacks \['dev_sent_emo.csv'\]"):
-        build_manifest("m", {"format": "meld", "root": str(root)}, tmp_path / "out")
+        build_manifest("m", {"format": "meld", "root": str(root), "modalities": ["text"]}, tmp_path / "out")
 
 
 @pytest.mark.parametrize("mutate, message", [
@@ -244,18 +241,18 @@ def test_bad_rows_name_file_and_line(tmp_path, mutate, message):
     root = make_meld(tmp_path / "MELD.Raw", with_clips=False)
     write_csv(root / "train_sent_emo.csv", mutate(list(ROWS["train"])))
     with pytest.raises(ManifestError, match=message):
-        build_manifest("m", {"format": "meld", "root": str(root), "probe_media": False}, tmp_path / "out")
+        build_manifest("m", {"format": "meld", "root": str(root), "probe_media": False, "modalities": ["text"]}, tmp_path / "out")
 
 
 def test_unreadable_csv_and_bad_header(tmp_path):
     root = make_meld(tmp_path / "MELD.Raw", with_clips=False)
     (root / "test_sent_emo.csv").write_text("Sr No.,Text,Who\n1,hello,Ross\n")
     with pytest.raises(ManifestError, match=r"test_sent_emo.csv: header lacks column\(s\) \['Utterance', 'Speaker'"):
-        build_manifest("m", {"format": "meld", "root": str(root), "probe_media": False}, tmp_path / "out")
+        build_manifest("m", {"format": "meld", "root": str(root), "probe_media": False, "modalities": ["text"]}, tmp_path / "out")
     (root / "test_sent_emo.csv").unlink()
     (root / "test_sent_emo.csv").mkdir()
     with pytest.raises(ManifestError, match=r"lacks \['test_sent_emo.csv'\]"):
-        build_manifest("m", {"format": "meld", "root": str(root), "probe_media": False}, tmp_path / "out")
+        build_manifest("m", {"format": "meld", "root": str(root), "probe_media": False, "modalities": ["text"]}, tmp_path / "out")
 
 
 def test_unknown_setting_is_named(meld_root, tmp_path):
@@ -263,3 +260,40 @@ def test_unknown_setting_is_named(meld_root, tmp_path):
         build_manifest("m", {"format": "meld", "root": str(meld_root), "relabel": {}}, tmp_path)
     with pytest.raises(ValueError, match=r"format 'avi' is not one of"):
         build_manifest("m", {"format": "avi", "root": str(meld_root)}, tmp_path)
+
+
+def test_clip_folders_the_release_and_its_archives(meld_root, tmp_path):
+    """A release whose inner archives are not unpacked (every clip folder missing) or lacks one split's clips is
+    an error naming the archive, not a run in which every clip of a split is silently missing; a clip folder one
+    level down, under the split's name, is read."""
+    root = tmp_path / "MELD.Raw"
+    shutil.copytree(meld_root, root)
+    nested = root / "test"
+    nested.mkdir()
+    (root / CLIP_DIRS["test"]).rename(nested / CLIP_DIRS["test"])
+    build_manifest("m", {"format": "meld", "root": str(root)}, tmp_path / "nested")
+    df, issues, _ = read_outputs(tmp_path / "nested")
+    assert df.set_index("utterance_id").loc["test_dia0_utt0", "video_path"] == str(nested / CLIP_DIRS["test"] /
+                                                                                   "dia0_utt0.mp4")
+    assert set(df.loc[df["split"] == "test", "flags"]) == {"", "overlap;no_audio_stream"}  # the clips were found
+
+    shutil.rmtree(nested)
+    (root / "test.tar.gz").write_bytes(b"")  # the release's archive, not unpacked
+    message = (rf"MELD clip folder {root / CLIP_DIRS['test']} \(the test clips\) does not exist: {root}/test.tar.gz "
+               rf"is there: unpack it inside {root} \(`tar -xzf {root}/test.tar.gz -C {root}`\). For a run on the "
+               r"transcripts alone, declare the dataset text-only \(datasets.<name>.modalities: \[text\]\)")
+    with pytest.raises(ManifestError, match=message):
+        build_manifest("m", {"format": "meld", "root": str(root)}, tmp_path / "out")
+    with pytest.raises(ManifestError, match=r"the test clips\) does not exist"):  # also without opening clips
+        build_manifest("m", {"format": "meld", "root": str(root), "probe_media": False}, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    build_manifest("m", {"format": "meld", "root": str(root), "modalities": ["text"]}, tmp_path / "text")
+
+    # issues.tsv says what to do about a missing or broken clip, with the path as the dataset gives it.
+    details = issues.set_index(["utterance_id", "reason"])["detail"]
+    assert details["train_dia1_utt1", "missing_video"].endswith(
+        "train_splits/dia1_utt1.mp4 does not exist; unpack it again from the release's archive (a few clips are "
+        "absent from the release itself: then the utterance keeps its text only)")
+    corrupt = details["dev_dia0_utt1", "corrupt_video"]
+    assert corrupt.endswith("; replace it with a complete copy from the release's archive")
+    assert corrupt.count(str(root / CLIP_DIRS["dev"] / "dia0_utt1.mp4")) == 1 + corrupt.count("InvalidDataError")

@@ -181,6 +181,28 @@ def test_load_dialogues(dataset):
                 i = dialogue.utterance_ids.index(u)
                 assert not dialogue.present["visual"][i] and dialogue.features["visual"][i].abs().sum() == 0
     assert load_dialogues(dataset["manifest"], dataset["features"], ["text"], n_speakers=4).n_speakers == 4
+    counts = frame["split"].value_counts()
+    absent = {s: sum(u.startswith(s) for u in ABSENT_VISUAL) for s in ("train", "valid", "test")}
+    assert data.coverage() == {s: {"text": {"present": int(counts[s]), "utterances": int(counts[s])},
+                                   "visual": {"present": int(counts[s]) - absent[s], "utterances": int(counts[s])}}
+                               for s in ("train", "valid", "test")}
+
+
+def test_a_split_without_any_features_of_a_modality_is_warned_about(dataset, tmp_path, caplog):
+    """E.g. a dataset whose test clips were never unpacked: training goes on (the model sees zeros there), and the
+    log says so, naming the file, the split and where to look."""
+    fs = feature_io.read(dataset["features"]["visual"])
+    test = np.array([u.startswith("test_") for u in fs.utterance_ids])
+    present = fs.present & ~test
+    feature_io.write(tmp_path / "visual.h5", feature_io.FeatureSet(fs.utterance_ids, fs.features, present, fs.attrs))
+    with caplog.at_level("WARNING", logger="ercpipe"):
+        data = load_dialogues(dataset["manifest"], {**dataset["features"], "visual": tmp_path / "visual.h5"},
+                              ["text", "visual"])
+    assert data.coverage()["test"]["visual"] == {"present": 0, "utterances": int(test.sum())}
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{tmp_path / 'visual.h5'}: none of the {int(test.sum())} test utterances has visual features (all zeros): "
+        "the model sees no visual there; see the dataset's issues.tsv for why (e.g. missing media), or leave visual "
+        "out of the experiment"]
 
 
 def test_load_dialogues_errors(dataset, tmp_path):
@@ -229,6 +251,8 @@ def test_sdt_vega_learns_and_writes_its_outputs(vega_run, dataset):
     assert metrics["test"]["accuracy"] > 60 and metrics["valid"]["accuracy"] > 60  # chance is about 17 %
     on_disk = json.loads((out / "metrics.json").read_text())
     assert on_disk["protocol"] == metrics["protocol"]
+    assert on_disk["feature_coverage"]["test"]["visual"]["present"] == on_disk["feature_coverage"]["test"]["visual"][
+        "utterances"] - 1  # test_d002_u01 has no visual features
     assert metrics["protocol"]["selection_split"] == "valid" and not metrics["protocol"]["paper_compat"]
     test = metrics["test"]
     assert set(test) >= {"accuracy", "weighted_f1", "macro_f1", "weighted_precision", "per_class", "confusion",

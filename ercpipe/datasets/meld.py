@@ -3,9 +3,13 @@
 Expected layout (the extracted MELD.Raw.tar.gz):
 
     {root}/train_sent_emo.csv, dev_sent_emo.csv, test_sent_emo.csv
-    {root}/train_splits/dia{D}_utt{U}.mp4
-    {root}/dev_splits_complete/dia{D}_utt{U}.mp4
-    {root}/output_repeated_splits_test/dia{D}_utt{U}.mp4
+    {root}/train_splits/dia{D}_utt{U}.mp4          (from train.tar.gz, unpacked inside MELD.Raw)
+    {root}/dev_splits_complete/dia{D}_utt{U}.mp4   (dev.tar.gz)
+    {root}/output_repeated_splits_test/dia{D}_utt{U}.mp4   (test.tar.gz)
+
+A clip folder may also sit one level down, under the split's name ({root}/train/train_splits). A dataset with
+clips (modalities audio or visual) whose clip folder is missing is an error naming the archive to unpack, or
+`modalities: [text]` for a text-only run: every utterance of a split without media is never what is meant.
 
 Rows: 7 classes (ercpipe.labels.MELD_CLASSES); split dev -> "valid"; utterance_id "train_dia0_utt0" and
 dialogue_id "train_dia0" (MELD reuses dialogue numbers across its splits); dialogues in Dialogue_ID
@@ -23,8 +27,7 @@ Settings (dataset config keys) and defaults:
 
     root: the MELD.Raw folder (required)
     probe_media: true = open every clip and decode one packet (finds corrupt / track-less clips; a few
-                 minutes for the real release); false = only check that each clip exists (a folder with
-                 just the three CSVs then gives a text-only manifest with every clip flagged missing)
+                 minutes for the real release); false = only check that each clip exists
 """
 from __future__ import annotations
 
@@ -90,6 +93,20 @@ def check_root(root: Path) -> None:
                             f"{[c for *_, c in SPLIT_FILES]} there{hint}")
 
 
+def clip_folder(root: Path, meld_split: str, clip_dir: str) -> Path:
+    """The split's clip folder: {root}/{clip_dir}, or {root}/{meld_split}/{clip_dir} when only that exists; a
+    ManifestError naming the archive to unpack (or the text-only declaration) when neither does."""
+    for folder in (root / clip_dir, root / meld_split / clip_dir):
+        if folder.is_dir():
+            return folder
+    archive = root / f"{meld_split}.tar.gz"
+    unpack = (f"{archive} is there: unpack it inside {root} (`tar -xzf {archive} -C {root}`)" if archive.is_file()
+              else f"unpack the release's {meld_split}.tar.gz inside {root}")
+    raise ManifestError(f"MELD clip folder {root / clip_dir} (the {meld_split} clips) does not exist: {unpack}. "
+                        "For a run on the transcripts alone, declare the dataset text-only "
+                        "(datasets.<name>.modalities: [text]); then no clip is looked for")
+
+
 def _int_field(record: CsvRecord, column: str, path: Path) -> int:
     value = record.values[column].strip()
     try:
@@ -98,7 +115,7 @@ def _int_field(record: CsvRecord, column: str, path: Path) -> int:
         raise ManifestError(f"{path}, line {record.line}: {column} {value!r} is not an integer") from None
 
 
-def _split_rows(name: str, root: Path, meld_split: str, split: str, csv_name: str, clip_dir: str,
+def _split_rows(name: str, root: Path, meld_split: str, split: str, csv_name: str, clip_dir: Path,
                 issues: IssueLog) -> list[list[dict]]:
     """Rows of one MELD split, grouped by dialogue, in Dialogue_ID / Utterance_ID order."""
     path = root / csv_name
@@ -119,7 +136,7 @@ def _split_rows(name: str, root: Path, meld_split: str, split: str, csv_name: st
                                 f"MELD's classes {list(MELD_CLASSES)}; fix the CSV")
         text, text_repaired = clean_text(record.values["Utterance"])
         speaker, speaker_repaired = clean_text(record.values["Speaker"])
-        clip = root / clip_dir / f"dia{dialogue}_utt{utterance}.mp4"
+        clip = clip_dir / f"dia{dialogue}_utt{utterance}.mp4"
         row = new_row(dataset=name, split=split, dialogue_id=f"{meld_split}_dia{dialogue}",
                       utterance_id=f"{meld_split}_dia{dialogue}_utt{utterance}", speaker=speaker, label=emotion,
                       text=text, audio_path=str(clip), video_path=str(clip), _file=str(path), _line=record.line)
@@ -153,12 +170,15 @@ def _flag_clip(row: dict, info, issues: IssueLog) -> None:
     """Record what is wrong with the row's clip (ercpipe.io.media.MediaInfo or None = missing)."""
     clip = row["video_path"]
     if info is None or not info.exists:
-        flag_row(row, "missing_video", issues, clip)
-        flag_row(row, "missing_audio", issues, clip)
+        detail = (f"{clip} does not exist; unpack it again from the release's archive (a few clips are absent "
+                  "from the release itself: then the utterance keeps its text only)")
+        flag_row(row, "missing_video", issues, detail)
+        flag_row(row, "missing_audio", issues, detail)
     elif not info.decodable:
         # The clip holds both streams: an unreadable one loses both (a text+audio config keeps only this flag).
-        flag_row(row, "corrupt_video", issues, f"{clip}: {info.error}")
-        flag_row(row, "corrupt_audio", issues, f"{clip}: {info.error}")
+        detail = f"{clip}: {info.error}; replace it with a complete copy from the release's archive"
+        flag_row(row, "corrupt_video", issues, detail)
+        flag_row(row, "corrupt_audio", issues, detail)
     else:
         if not info.has_audio:
             flag_row(row, "no_audio_stream", issues, clip)
@@ -194,12 +214,11 @@ def read(name: str, cfg: dict, probe: bool | Collection[str] = True) -> ReadResu
     rows: list[dict] = []
     checks: list[dict] = []
     clips = bool(declared_media(cfg))  # a clip holds both the audio and the video; text-only: none looked for
+    # Every clip folder first, so that a release whose archives are not unpacked says so before any CSV is read.
+    folders = {clip_dir: clip_folder(root, meld_split, clip_dir) if clips else root / clip_dir
+               for meld_split, _, _, clip_dir in SPLIT_FILES}
     for meld_split, split, csv_name, clip_dir in SPLIT_FILES:
-        if clips and settings["probe_media"] and not (root / clip_dir).is_dir():
-            logger.warning("MELD clip folder %s is missing: every %s clip is flagged missing", root / clip_dir, split)
-            checks.append({"check": f"clip folder {clip_dir}", "ok": False, "expected": "present",
-                           "found": "missing", "detail": f"every {split} row is flagged missing_video/missing_audio"})
-        dialogues = _split_rows(name, root, meld_split, split, csv_name, clip_dir, issues)
+        dialogues = _split_rows(name, root, meld_split, split, csv_name, folders[clip_dir], issues)
         for dialogue in dialogues:
             assign_speaker_slots(dialogue, dialogue[0]["dialogue_id"], MAX_SPEAKERS, where=f"{root / csv_name}: ")
             number_dialogue(dialogue)

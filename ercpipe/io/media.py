@@ -96,7 +96,9 @@ def probe(path: str | Path) -> MediaInfo:
             next(container.decode(stream))
             cut = _cut_short(container, stream)
     except (av.error.FFmpegError, StopIteration, UnicodeDecodeError, ValueError) as err:
-        return MediaInfo(str(path), True, False, False, False, 0.0, f"{type(err).__name__}: {err}")
+        # FFmpeg names the absolute path it was given; the path as the dataset gives it reads the same anywhere.
+        return MediaInfo(str(path), True, False, False, False, 0.0,
+                         f"{type(err).__name__}: {str(err).replace(_local(path), str(path))}")
     if cut:
         return MediaInfo(str(path), True, False, has_audio, has_video, duration, cut)
     return MediaInfo(str(path), True, True, has_audio, has_video, duration)

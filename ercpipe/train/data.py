@@ -52,6 +52,18 @@ class DialogueData:
     def split(self, *names: str) -> list[Dialogue]:
         return [d for d in self.dialogues if d.split in names]
 
+    def coverage(self) -> dict:
+        """Per split and modality, how many utterances have features: {split: {modality: {present, utterances}}}
+        (metrics.json's `feature_coverage`)."""
+        out: dict = {}
+        for split in manifest_io.SPLITS:
+            dialogues = self.split(split)
+            if dialogues:
+                total = sum(len(d.utterance_ids) for d in dialogues)
+                out[split] = {m: {"present": sum(int(d.present[m].sum()) for d in dialogues), "utterances": total}
+                              for m in self.modalities}
+        return out
+
     def labels(self, *names: str) -> np.ndarray:
         parts = [d.labels.numpy() for d in self.split(*names)]
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
@@ -141,6 +153,13 @@ def load_dialogues(manifest_path: str | Path, feature_paths: dict[str, str | Pat
                         feature_paths[m], absent_counts[m], len(ids), m)
     if problems:
         raise feature_io.FeatureFileError("\n".join(problems))
+    for split in manifest_io.SPLITS:
+        rows = (df["split"] == split).to_numpy()
+        for m in modalities:
+            if rows.any() and not present[m][rows].any():
+                logger.warning("%s: none of the %d %s utterances has %s features (all zeros): the model sees no %s "
+                               "there; see the dataset's issues.tsv for why (e.g. missing media), or leave %s out "
+                               "of the experiment", feature_paths[m], int(rows.sum()), split, m, m, m)
 
     class_index = {c: i for i, c in enumerate(classes)}
     labels = np.array([class_index.get(lab, -1) for lab in df["label"]], dtype=np.int64)

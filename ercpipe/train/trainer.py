@@ -665,6 +665,7 @@ def _finish(out_dir, cfg, data, seed, state, payload, device, selection_split, t
         },
         "classes": list(data.classes), "seed": seed, "device": str(device),
         "valid": results.get("valid"), "test": results.get("test"),
+        "feature_coverage": data.coverage(),
         "temperatures": model.temperatures(),
         "class_weights": {"source": weights_source, "values": None if weights is None else [float(w) for w in weights]},
         "anchors": anchor_info,
