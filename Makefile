@@ -14,7 +14,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test venv apt-demo apt-test lint report clean-demo
+.PHONY: demo test venv apt-demo apt-test lint clean-demo
 
 $(STAMP): requirements.txt constraints.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -41,6 +41,9 @@ test: apt-test $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/snakemake --lint
 
+# The demo's outputs and logs only: a real run's outputs, logs, conda environments (.snakemake/conda) and
+# Snakemake's records stay.
 clean-demo:
-	rm -rf raw/synthetic features/*_demo anchors/demo_faces* results/*_demo results/benchmarks results/benchmarks.tsv \
-		results/benchmarks.html results/report.html logs .snakemake
+	rm -rf raw/synthetic features/*_demo anchors/demo_faces* results/*_demo results/benchmarks/*/*_demo* \
+		results/benchmarks/*/demo_faces* results/benchmarks.tsv results/benchmarks.html results/report.html \
+		logs/*/*_demo* logs/*/demo_faces*

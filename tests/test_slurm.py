@@ -96,7 +96,7 @@ def test_the_cluster_profile_keeps_its_settings_over_the_workflow_profile(monkey
     assert args.default_resources["mem_mb"].value == slurm["default-resources"]["mem_mb"]
     assert args.default_resources["runtime"].value == slurm["default-resources"]["runtime"]
     _, local = parse_args(["-n"])
-    assert local.printshellcmds is True and local.show_failed_logs is True  # what profiles/default gives a local run
+    assert local.show_failed_logs is True  # what profiles/default gives a local run
 
 
 def test_the_slurm_profile_without_sbatch_says_so_before_any_job(tmp_path):
