@@ -281,7 +281,7 @@ def test_clip_folders_the_release_and_its_archives(meld_root, tmp_path):
     (root / "test.tar.gz").write_bytes(b"")  # the release's archive, not unpacked
     message = (rf"MELD clip folder {root / CLIP_DIRS['test']} \(the test clips\) does not exist: {root}/test.tar.gz "
                rf"is there: unpack it inside {root} \(`tar -xzf {root}/test.tar.gz -C {root}`\). For a run on the "
-               r"transcripts alone, declare the dataset text-only \(datasets.<name>.modalities: \[text\]\)")
+               r"transcripts alone, declare the dataset text-only \(datasets.m.modalities: \[text\]\)")
     with pytest.raises(ManifestError, match=message):
         build_manifest("m", {"format": "meld", "root": str(root)}, tmp_path / "out")
     with pytest.raises(ManifestError, match=r"the test clips\) does not exist"):  # also without opening clips

@@ -93,7 +93,7 @@ def check_root(root: Path) -> None:
                             f"{[c for *_, c in SPLIT_FILES]} there{hint}")
 
 
-def clip_folder(root: Path, meld_split: str, clip_dir: str) -> Path:
+def clip_folder(root: Path, meld_split: str, clip_dir: str, name: str = "<name>") -> Path:
     """The split's clip folder: {root}/{clip_dir}, or {root}/{meld_split}/{clip_dir} when only that exists; a
     ManifestError naming the archive to unpack (or the text-only declaration) when neither does."""
     for folder in (root / clip_dir, root / meld_split / clip_dir):
@@ -104,7 +104,7 @@ def clip_folder(root: Path, meld_split: str, clip_dir: str) -> Path:
               else f"unpack the release's {meld_split}.tar.gz inside {root}")
     raise ManifestError(f"MELD clip folder {root / clip_dir} (the {meld_split} clips) does not exist: {unpack}. "
                         "For a run on the transcripts alone, declare the dataset text-only "
-                        "(datasets.<name>.modalities: [text]); then no clip is looked for")
+                        f"(datasets.{name}.modalities: [text]); then no clip is looked for")
 
 
 def _int_field(record: CsvRecord, column: str, path: Path) -> int:
@@ -215,7 +215,7 @@ def read(name: str, cfg: dict, probe: bool | Collection[str] = True) -> ReadResu
     checks: list[dict] = []
     clips = bool(declared_media(cfg))  # a clip holds both the audio and the video; text-only: none looked for
     # Every clip folder first, so that a release whose archives are not unpacked says so before any CSV is read.
-    folders = {clip_dir: clip_folder(root, meld_split, clip_dir) if clips else root / clip_dir
+    folders = {clip_dir: clip_folder(root, meld_split, clip_dir, name) if clips else root / clip_dir
                for meld_split, _, _, clip_dir in SPLIT_FILES}
     for meld_split, split, csv_name, clip_dir in SPLIT_FILES:
         dialogues = _split_rows(name, root, meld_split, split, csv_name, folders[clip_dir], issues)
