@@ -38,6 +38,14 @@ def feature_coverage(manifest_path: str | Path, feature_paths: Sequence[str | Pa
     if html_path is not None:
         note = ("Utterances per split; <i>flag</i> columns count the raw-data defects the reader recorded, "
                 "<i>missing</i> columns the utterances a feature file holds as zeros with present = False.")
+        flagged = [c.removeprefix("flag: ") for c in per_split.columns if c.startswith("flag: ")]
+        to_fix = [f for f in flagged if f not in manifest.NOTED_FLAGS]
+        noted = [f for f in flagged if f in manifest.NOTED_FLAGS]
+        if noted:
+            note += f" {', '.join(noted)}: noted or repaired by the reader, nothing to do."
+        if to_fix:
+            note += (f" <b>{', '.join(to_fix)}</b>: the utterance lost a modality or its times; the dataset's "
+                     "issues.tsv names each file and what to do.")
         summary = json.loads(Path(summary_path).read_text()) if summary_path else {}
         declared = summary.get("modalities")
         if declared:

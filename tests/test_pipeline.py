@@ -32,6 +32,11 @@ def test_the_dag_writes_every_output(pipeline_run):
     coverage = pd.read_csv(workdir / "results/meld_demo/coverage.tsv", sep="\t").set_index("split")
     assert coverage.loc["all", "flag: missing_video"] == 1 and coverage.loc["all", "flag: corrupt_video"] == 1
     assert coverage.loc["all", "flag: no_audio_stream"] == 1 and coverage.loc["all", "audio/is10 missing"] >= 3
+    # The page says these flags need a fix (ercpipe.report: test_reader_meld checks the flags that need none).
+    page = (workdir / "results/meld_demo/coverage.html").read_text()
+    assert ("<b>missing_audio, missing_video, corrupt_video, corrupt_audio, no_audio_stream</b>: the utterance lost "
+            "a modality or its times; the dataset's issues.tsv names each file and what to do.") in page
+    assert "nothing to do" not in page
     for experiment, dataset, seeds in (("iemocap_demo_sdt_vega", "iemocap_demo", 2), ("iemocap_demo_sdt",
                                                                                       "iemocap_demo", 1),
                                        ("meld_demo_sdt_vega", "meld_demo", 1)):

@@ -297,3 +297,22 @@ def test_clip_folders_the_release_and_its_archives(meld_root, tmp_path):
     corrupt = details["dev_dia0_utt1", "corrupt_video"]
     assert corrupt.endswith("; replace it with a complete copy from the release's archive")
     assert corrupt.count(str(root / CLIP_DIRS["dev"] / "dia0_utt1.mp4")) == 1 + corrupt.count("InvalidDataError")
+
+
+def test_the_coverage_page_tells_flags_to_fix_from_flags_that_record(built, tmp_path):
+    """On the real release most issue rows are repairs (text_fixed) and observations (overlap): the page says
+    those need nothing, and names the flags that cost an utterance a modality."""
+    from ercpipe.io import features as feature_io
+    from ercpipe.report import feature_coverage
+
+    df = built[0]
+    manifest_io.write(df, tmp_path / "manifest.tsv")
+    ids = df["utterance_id"].tolist()
+    feature_io.write(tmp_path / "text.h5", feature_io.FeatureSet(ids, np.zeros((len(ids), 2), np.float32),
+                                                                 np.ones(len(ids), bool), {"modality": "text"}))
+    feature_coverage(tmp_path / "manifest.tsv", [tmp_path / "text.h5"], tmp_path / "coverage.tsv",
+                     tmp_path / "coverage.html")
+    page = (tmp_path / "coverage.html").read_text()
+    assert "overlap, text_fixed: noted or repaired by the reader, nothing to do." in page
+    assert ("<b>missing_audio, missing_video, corrupt_video, corrupt_audio, no_audio_stream, bad_time</b>: the "
+            "utterance lost a modality or its times; the dataset's issues.tsv names each file and what to do.") in page

@@ -45,6 +45,10 @@ FLAG_NAMES: dict[str, str] = {
     "text_fixed": "the transcript had mis-decoded characters that were repaired",
 }
 
+# Flags that record what the reader noticed or repaired; the row is used as it is and nothing needs doing. The
+# others cost the utterance a modality (or its times) until the raw file is fixed.
+NOTED_FLAGS: tuple[str, ...] = ("overlap", "relabelled", "text_fixed")
+
 _DTYPES = {
     "dataset": str, "split": str, "dialogue_id": str, "utterance_index": "int64", "utterance_id": str,
     "speaker": str, "speaker_slot": "int64", "label": str, "text": str, "audio_path": str,
