@@ -374,3 +374,41 @@ def test_a_media_only_setting_re_extracts_no_text(run_copy):
              if "meld_raw" in wildcards}
     assert {"audio_features_shard", "visual_features_shard"} <= rules
     assert "text_features_shard" not in rules
+
+
+def test_a_local_model_replaced_under_the_same_path_reruns_what_read_it(tmp_path):
+    """A model the config names by path (here a text model directory; weights and CLIP checkpoint files go the same
+    way) is read by the jobs but is no input: another model copied under the same path used to re-run nothing and
+    leave the old features and results in place."""
+    from workflow_run import planned_jobs
+
+    from ercpipe.io import features as feature_io
+    from ercpipe.testing.tiny_models import write_tiny_roberta
+
+    lines = ["dialogue_id,utterance_id,split,speaker,label,text"]
+    for d, split in enumerate(["train"] * 4 + ["valid", "test"]):
+        for u in range(3):
+            label = ("calm", "angry")[(d + u) % 2]
+            lines.append(f"d{d},d{d}_u{u},{split},{'AB'[u % 2]},{label},{'so very' if label == 'angry' else 'quite'} "
+                         f"{label} today {d} {u}")
+    (tmp_path / "m.csv").write_text("\n".join(lines) + "\n")
+    texts = [line.rsplit(",", 1)[1] for line in lines[1:]]
+    write_tiny_roberta(tmp_path / "models" / "tiny", texts * 3, hidden_size=16, layers=1, seed=0)
+    config = write_config(tmp_path, {
+        "datasets": {"tv": {"format": "csv", "manifest": "m.csv", "classes": ["calm", "angry"],
+                            "modalities": ["text"]}},
+        "features": {"text": {"tiny": {"model": "models/tiny"}}},
+        "experiments": {"tv_sdt": {"dataset": "tv", "features": {"text": "tiny"}, "preset": "demo",
+                                   "anchors": None, "loss": {"clip_loss": False}, "seeds": [0],
+                                   "train": {"epochs": 1}}}})
+    snakemake(tmp_path, config, "--cores", "1")
+    assert planned_jobs(snakemake(tmp_path, config, "-n").stdout) == {}
+    before = feature_io.read(tmp_path / "features/tv/text/tiny.h5").features
+
+    write_tiny_roberta(tmp_path / "models" / "tiny", texts * 3, hidden_size=16, layers=1, seed=1)  # another model
+    jobs = planned_jobs(snakemake(tmp_path, config, "-n").stdout)
+    assert jobs.get("text_features_shard") and jobs.get("train_model") == 1
+    assert not [rule for rule in jobs if "manifest" in rule]  # the data did not change
+    snakemake(tmp_path, config, "--cores", "1")
+    assert not np.allclose(feature_io.read(tmp_path / "features/tv/text/tiny.h5").features, before)
+    assert planned_jobs(snakemake(tmp_path, config, "-n").stdout) == {}

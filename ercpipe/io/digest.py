@@ -39,3 +39,16 @@ def folder_digest(path: str | os.PathLike, length: int = 16, depth: int | None =
                 stat = "unreadable"  # a dangling link
             digest.update(f"{file.relative_to(root).as_posix()}\0{stat}\n".encode())
     return digest.hexdigest()[:length]
+
+
+def path_digest(path: str | os.PathLike, length: int = 16) -> str:
+    """folder_digest of a folder; for a file, a digest of its size and mtime; "" when nothing is there. Cheap
+    (nothing is read): a rule's `params` entry for a model the config names by path (a weights file, a model
+    directory), so that another model copied under the same path re-runs the jobs that read it."""
+    path = Path(path)
+    if path.is_dir():
+        return folder_digest(path, length)
+    if not path.is_file():
+        return ""
+    st = path.stat()
+    return hashlib.sha256(f"{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:length]

@@ -57,6 +57,7 @@ rule encode_anchors:
         anchors="anchors/{anchor_set}/{clip}.h5",
     params:
         clip=anchor_clip_settings,
+        model_files=lambda wc: local_model_files(ANCHORS[wc.anchor_set]["clip"].get("pretrained")),
         classes=lambda wc: pipeline_config.anchor_classes(config, wc.anchor_set),
         images_digest=anchor_images_digest,
     log:

@@ -15,7 +15,7 @@ from ercpipe.clip_setting import ENCODING_KEYS, clip_settings
 from ercpipe.datasets import FACE_KEYS, NOT_SHARD_KEYS
 from ercpipe.datasets.fingerprint import dataset_fingerprint
 from ercpipe.features.settings import training_view
-from ercpipe.io.digest import folder_digest
+from ercpipe.io.digest import folder_digest, path_digest
 from ercpipe.io.features import expected_settings
 from ercpipe.resources import extraction_resources
 from ercpipe.train.presets import active_settings, resolve_experiment
@@ -377,6 +377,17 @@ def anchor_clip_settings(wildcards):
     that only say how the images are fed (ENCODING_KEYS: the job reads them from the config)."""
     clip = ANCHORS[wildcards.anchor_set]["clip"]
     return canonical(clip_settings({k: v for k, v in clip.items() if k not in ENCODING_KEYS}))
+
+
+def local_model_files(value):
+    """A params entry for a model a setting may name by path (features.text.*.model, features.visual.*.weights,
+    anchors.*.clip.pretrained): the digest of its files (ercpipe.io.digest.path_digest: names, sizes, mtimes), so
+    that another model copied under the same path re-runs the jobs that read it (the path alone did not change,
+    and the file is not an input). For anything else (a hub name, a tag, random init) Ellipsis, a value Snakemake
+    does not record as a param (it records builtin values only): those settings keep the params they had."""
+    if isinstance(value, str) and value and Path(value).exists():
+        return path_digest(value)
+    return ...
 
 
 def anchor_images_digest(wildcards):

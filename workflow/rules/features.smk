@@ -35,6 +35,7 @@ rule finetune_text_encoder:
     params:
         # what the encoder depends on, without the extraction-only keys (last_layers, batch_size, ...)
         settings=lambda wc: canonical(training_view(FEATURES["text"][wc.setting])),
+        model_files=lambda wc: local_model_files(FEATURES["text"][wc.setting].get("model")),
         classes=lambda wc: dataset_class_list(wc.dataset),
     log:
         "logs/finetune_text_encoder/{dataset}/{setting}.log",
@@ -59,6 +60,7 @@ rule text_features_shard:
         shard="features/{dataset}/text/{setting}/shard{shard}.h5",
     params:
         settings=lambda wc: feature_setting_params("text", wc.setting),
+        model_files=lambda wc: local_model_files(FEATURES["text"][wc.setting].get("model")),
     log:
         "logs/text_features/{dataset}/{setting}/shard{shard}.log",
     benchmark:
@@ -103,6 +105,7 @@ rule visual_features_shard:
         shard="features/{dataset}/visual/{setting}/shard{shard}.h5",
     params:
         settings=lambda wc: feature_setting_params("visual", wc.setting),
+        model_files=lambda wc: local_model_files(FEATURES["visual"][wc.setting].get("weights")),
         face_selection=lambda wc: canonical(pipeline_config.face_selection(DATASETS[wc.dataset])),
     log:
         "logs/visual_features/{dataset}/{setting}/shard{shard}.log",
