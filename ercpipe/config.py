@@ -143,8 +143,19 @@ def reader_config(name: str, cfg: dict, without: Collection[str] = ()) -> dict:
     out = {k: v for k, v in full.items() if k not in drop}
     root = dataset_root(name, cfg)
     if root is not None:
-        out["root"] = str(root)
+        out["root"] = str(_below_workdir(root))
     return out
+
+
+def _below_workdir(path: Path) -> Path:
+    """An absolute path inside the working directory as the relative one: the manifests hold the media paths
+    under the root, so root: /abs/project/raw/x and raw/x must give the same rows (and re-run nothing)."""
+    if path.is_absolute():
+        try:
+            return path.relative_to(Path.cwd())
+        except ValueError:
+            return path
+    return path
 
 
 def dataset_root(name: str, cfg: dict) -> Path | None:

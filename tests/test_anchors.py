@@ -583,3 +583,32 @@ def test_quick_gelu_setting_reaches_the_model():
 
     assert not uses_quick_gelu(TINY)
     assert uses_quick_gelu({**TINY, "quick_gelu": True})
+
+
+def test_the_image_set_digest_counts_only_the_images_the_encoder_reads(tmp_path):
+    """The digest is what re-encodes a user's image set (common.smk, anchor_images_digest): a .DS_Store, a
+    macOS ._ file or a notes.txt beside the images used to re-encode it and re-train every VEGA experiment."""
+    import os
+
+    from ercpipe.io.digest import folder_digest
+    from ercpipe.io.filekind import IMAGE_EXTENSIONS
+
+    happy = tmp_path / "set" / "happy"
+    happy.mkdir(parents=True)
+    (happy / "a.png").write_bytes(b"png")
+
+    def digest():
+        return folder_digest(tmp_path / "set", depth=2, suffixes=IMAGE_EXTENSIONS)
+
+    before = digest()
+    (happy / ".DS_Store").write_bytes(b"junk")
+    (happy / "._a.png").write_bytes(b"apple double")
+    (happy / "notes.txt").write_text("where the photos came from")
+    (tmp_path / "set" / ".thumbs").mkdir()
+    (tmp_path / "set" / ".thumbs" / "b.png").write_bytes(b"thumb")
+    assert digest() == before
+    (happy / "b.JPG").write_bytes(b"jpg")  # a new image
+    assert digest() != before
+    added = digest()
+    os.utime(happy / "a.png", ns=(1, 1))  # a replaced image (another mtime)
+    assert digest() != added

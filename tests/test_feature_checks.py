@@ -170,6 +170,9 @@ def test_expected_settings_of_every_shipped_setting_and_variant(tmp_path):
     assert feature_io.expected_dim("text", {}) == 384
     assert feature_io.expected_dim("text", {"model": "roberta-large"}) is None  # a hub name: not known offline
     assert feature_io.expected_dim("audio", {}) == 1582 and feature_io.expected_dim("visual", VISUAL) == 342
+    # One setting however its numbers are written (the params compare reprs: 1 re-extracted where 1.0 ran).
+    assert repr(feature_io.expected_settings("visual", {"face_margin": 1, "fps": 2})) == repr(
+        feature_io.expected_settings("visual", {"face_margin": 1.0, "fps": 2.0}))
     with pytest.raises(ValueError, match=r"unknown text feature setting\(s\) \['poolin'\]"):
         feature_io.expected_hash("text", {"poolin": "cls"})
 

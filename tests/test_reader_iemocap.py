@@ -168,7 +168,16 @@ def test_summary_counts_and_reference_checks(built):
 def test_default_split_file_is_the_standard_split(release, tmp_path):
     assert iemocap.DEFAULT_SPLIT_FILE.read_text() == SHARED_SPLIT.read_text()
     build_manifest("d", {"format": "iemocap", "root": str(release)}, tmp_path)
-    assert json.loads((tmp_path / "summary.json").read_text())["split_file"] == str(iemocap.DEFAULT_SPLIT_FILE)
+    # Named by what it is: its absolute path is the checkout's, and a moved project must read the same.
+    assert json.loads((tmp_path / "summary.json").read_text())["split_file"] == "the standard split"
+    from ercpipe.datasets.fingerprint import dataset_fingerprint
+
+    sources = dataset_fingerprint("d", {"format": "iemocap", "root": str(release)}, 1).sources
+    assert sources and str(iemocap.DEFAULT_SPLIT_FILE) not in sources  # no input of the manifest jobs either
+    own = tmp_path / "split.json"
+    own.write_text(SHARED_SPLIT.read_text())
+    assert str(own) in dataset_fingerprint("d", {"format": "iemocap", "root": str(release), "split_file": str(own)},
+                                           1).sources
 
 
 def test_relabel_and_dialogue_outside_split(release, tmp_path, caplog):

@@ -227,6 +227,17 @@ def test_the_same_config_in_another_key_order_reruns_nothing(first_run, tmp_path
     assert "Nothing to be done" in result.stdout, result.stdout[-3000:]
 
 
+def test_the_roots_written_as_absolute_paths_rerun_nothing(first_run, tmp_path):
+    """root: /abs/project/raw/x is raw/x: it used to put other media paths into the manifests and re-extract
+    every shard's audio and faces."""
+    workdir, configfile = first_run
+    config = yaml.safe_load(configfile.read_text())
+    for dataset in config["datasets"].values():
+        dataset["root"] = str(workdir / dataset["root"])
+    result = snakemake(workdir, write_config(tmp_path, config, "absolute.yaml"), "-n")
+    assert "Nothing to be done" in result.stdout, result.stdout[-3000:]
+
+
 def test_removing_one_dialogues_files_reruns_only_the_shards_whose_rows_change(run_copy):
     """Every shard job used to get all of the dataset's text files as inputs, so removing (or restoring) one
     dialogue's transcription and EmoEvaluation files re-ran every shard's manifest and extraction jobs."""

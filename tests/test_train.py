@@ -132,6 +132,14 @@ def test_resolve_experiment_validates_with_dotted_paths():
     assert resolved["dataset"] == "iemocap" and resolved["seeds"] == [1, 2]  # pipeline keys pass through
     assert resolved["train"]["lr"] == 5e-6  # YAML reads 5e-6 as a string
     assert resolve_experiment(resolved) == resolved  # idempotent
+    # A whole number where the preset holds a float is that float: the params compare reprs, and 1 vs 1.0
+    # re-trained with bit-identical results.
+    written = resolve_experiment({"preset": "sdt", "loss": {"kl_temperature": 1, "cls_lambda": 1},
+                                  "train": {"feature_mask_ratio": 0, "epochs": 3}})
+    assert repr(written["loss"]["kl_temperature"]) == "1.0" and repr(written["train"]["feature_mask_ratio"]) == "0.0"
+    assert written == resolve_experiment({"preset": "sdt", "loss": {"kl_temperature": 1.0, "cls_lambda": 1.0},
+                                          "train": {"feature_mask_ratio": 0.0, "epochs": 3}})
+    assert repr(written["train"]["epochs"]) == "3"
     bad = [({"model": {"hidden_dimm": 8}}, r"model\.hidden_dimm: unknown key \(did you mean 'hidden_dim'"),
            ({"train": {"patience": 0}}, r"train\.patience: must be an integer >= 1 or null"),
            ({"loss": {"class_weights": "inverse"}}, r"loss\.class_weights"),

@@ -18,11 +18,11 @@ from ercpipe.errors import ErcpipeError
 from ercpipe.anchors.clip import clip_name, clip_settings, load_clip
 from ercpipe.anchors.store import AnchorSet, write
 from ercpipe.io.features import package_versions, settings_hash
+from ercpipe.io.filekind import IMAGE_EXTENSIONS
 from ercpipe.labels import canonical_emotion, emotion_aliases
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp"})
 PAPER_IMAGES_PER_CLASS = 35  # the paper's image sets (the official cache is named "35_anchor.pt")
 VERSION_PACKAGES = ("open_clip_torch", "torch", "torchvision", "pillow", "h5py", "numpy")
 

@@ -207,6 +207,12 @@ def load_split(path: Path) -> tuple[dict[str, str], dict[str, int]]:
     return split_of, {str(k): v for k, v in counts.items()}
 
 
+def split_name(path: Path) -> str:
+    """How issues and summary.json name a split file: the packaged one by what it is (its absolute path is the
+    checkout's, which a moved project changes), another by its path."""
+    return "the standard split" if Path(path) == DEFAULT_SPLIT_FILE else str(path)
+
+
 def canonical_settings(cfg: dict) -> dict:
     """`cfg` with the defaults spelled another way set back to how DEFAULTS spell them, and relabel keys as they
     are compared (lower-cased): the workflow's params hold this, so writing a default out re-runs nothing."""
@@ -321,7 +327,7 @@ def _dialogue_rows(name: str, session: Path, emo_file: Path, split: str | None, 
         reason = "dialogue_not_in_split" if split is None else \
             "label_not_in_classes" if label not in settings["classes"] else ""
         if reason:
-            detail = (f"dialogue {dialogue} is not in {settings['split_file']}" if split is None else
+            detail = (f"dialogue {dialogue} is not in {split_name(settings['split_file'])}" if split is None else
                       f"label {entry.label}" + (f" (relabelled {label})" if label != entry.label else "")
                       + f" is not one of {list(settings['classes'])}")
             issues.reject(reason, file=str(emo_file), line=entry.line, utterance_id=entry.utterance_id, detail=detail)
@@ -507,7 +513,10 @@ def read(name: str, cfg: dict, probe: bool | Collection[str] = True) -> ReadResu
         logger.warning("IEMOCAP: %d difference(s) from the standard release (see summary.json checks), e.g. %s",
                        len(differences), differences[0])
     logger.info("IEMOCAP: %d utterances in %d dialogues", len(rows), len(order))
+    # The packaged split file is no source: its path moves with the checkout (a moved or re-cloned project would
+    # re-run the manifest), and what it says is in the rows' splits.
+    own_split = [] if settings["split_file"] == DEFAULT_SPLIT_FILE else [str(settings["split_file"])]
     return ReadResult(rows_to_frame(rows), issues, settings["classes"], checks,
-                      {"root": str(root), "split_file": str(settings["split_file"]), "relabel": settings["relabel"],
-                       "sides": settings["sides"]},
-                      sources=[str(settings["split_file"])] + [str(p) for p in sources])
+                      {"root": str(root), "split_file": split_name(settings["split_file"]),
+                       "relabel": settings["relabel"], "sides": settings["sides"]},
+                      sources=own_split + [str(p) for p in sources])

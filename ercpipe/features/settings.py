@@ -319,8 +319,10 @@ def visual_settings(settings: dict | None) -> dict:
         raise SettingError("thresholds",
                            f"visual setting thresholds must be three numbers in [0, 1], got {thresholds!r}")
     out["thresholds"] = [float(t) for t in thresholds]
-    if not isinstance(out["face_margin"], (int, float)) or not 0 <= out["face_margin"] < 2:
+    if (isinstance(out["face_margin"], bool) or not isinstance(out["face_margin"], (int, float))
+            or not 0 <= out["face_margin"] < 2):
         raise SettingError("face_margin", f"visual setting face_margin must be in [0, 2), got {out['face_margin']!r}")
+    out["face_margin"] = float(out["face_margin"])  # 1 and 1.0 are one setting (the params compare reprs)
     value = out["detect_max_side"]
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
         raise SettingError("detect_max_side",

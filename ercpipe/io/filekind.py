@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+# What an image set's class folder is read for (ercpipe.anchors.images); anything else there is ignored.
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp"})
+
 
 def file_kind(path: str | Path) -> str:
     """'an HDF5 file', 'a zip archive (torch.save writes these)', 'a pickle', 'an empty file', 'a text file' or

@@ -199,6 +199,8 @@ def resolve_experiment(experiment_cfg: dict) -> dict:
                 value, problem = yaml_number(value), None
             if problem:
                 raise ValueError(f"experiment key {section}.{key}: {problem} (got {value!r})")
+            if isinstance(resolved[section][key], float) and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)  # kl_temperature: 1 is the preset's 1.0 (the params compare reprs)
             resolved[section][key] = copy.deepcopy(value)
     features = experiment_cfg.get("features")
     if isinstance(features, dict) and features:

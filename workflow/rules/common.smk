@@ -16,6 +16,7 @@ from ercpipe.datasets import FACE_KEYS, NOT_SHARD_KEYS
 from ercpipe.datasets.fingerprint import dataset_fingerprint
 from ercpipe.features.settings import training_view
 from ercpipe.io.digest import folder_digest, path_digest
+from ercpipe.io.filekind import IMAGE_EXTENSIONS
 from ercpipe.io.features import expected_settings
 from ercpipe.resources import extraction_resources
 from ercpipe.train.presets import active_settings, resolve_experiment
@@ -393,11 +394,11 @@ def local_model_files(value):
 def anchor_images_digest(wildcards):
     """A user's image folder is one `directory` input, whose own timestamp does not change when an image in a
     class folder is added, replaced or deleted: its digest (ercpipe.io.digest.folder_digest) is a param, so
-    such a change re-encodes the set. Only the files of class folders count (what the encoder reads): the
-    folder may be anchors/{set}/ itself, where encode_anchors writes its output. Mined and synthetic images are
-    outputs of their own rules."""
+    such a change re-encodes the set. Only the image files of class folders count (what the encoder reads; not
+    a .DS_Store): the folder may be anchors/{set}/ itself, where encode_anchors writes its output. Mined and
+    synthetic images are outputs of their own rules."""
     an = ANCHORS[wildcards.anchor_set]
-    return folder_digest(an["images"], depth=2) if an.get("images") else ""
+    return folder_digest(an["images"], depth=2, suffixes=IMAGE_EXTENSIONS) if an.get("images") else ""
 
 
 def anchor_image_dir(wildcards):
