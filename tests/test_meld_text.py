@@ -58,36 +58,36 @@ def meld_text_run(meld_csv_dir, tmp_path_factory):
 
 def test_csvs_alone_run_text_only_end_to_end(meld_text_run):
     workdir, configfile, counts, config = meld_text_run
-    manifest = pd.read_csv(workdir / "features/meld/manifest.tsv", sep="\t", keep_default_na=False)
+    manifest = pd.read_csv(workdir / "features/meld_text/manifest.tsv", sep="\t", keep_default_na=False)
     assert len(manifest) == sum(counts.values())
     assert manifest.groupby("split")["dialogue_id"].nunique().to_dict() == {"train": 5, "valid": 3, "test": 3}
     # Declared text-only: no clip is looked for or flagged; the summary reports the difference from the release.
     assert not manifest["flags"].str.contains("missing_|no_audio|no_video|corrupt_").any()
     assert (manifest["audio_path"] == "").all() and (manifest["video_path"] == "").all()
-    issues = pd.read_csv(workdir / "features/meld/issues.tsv", sep="\t")
+    issues = pd.read_csv(workdir / "features/meld_text/issues.tsv", sep="\t")
     assert not issues["reason"].str.contains("missing_|no_video|no_audio").any()
-    summary = json.loads((workdir / "features/meld/summary.json").read_text())
+    summary = json.loads((workdir / "features/meld_text/summary.json").read_text())
     assert not summary["checks_ok"] and summary["modalities"] == ["text"]
-    coverage = pd.read_csv(workdir / "results/meld/coverage.tsv", sep="\t").set_index("split")
+    coverage = pd.read_csv(workdir / "results/meld_text/coverage.tsv", sep="\t").set_index("split")
     assert not any(column.startswith("flag: missing") for column in coverage.columns)
-    page = (workdir / "results/meld/coverage.html").read_text()
+    page = (workdir / "results/meld_text/coverage.html").read_text()
     assert "The dataset has text; it declares no audio or visual" in page
     # The reader's comparison with the release (a subset here: every count differs) is on the page, not only in
     # summary.json, so a run on an incomplete release does not look normal in the report.
     differ = sum(not c["ok"] for c in summary["checks"])
     assert "Checks against the release" in page and f"{differ} of {len(summary['checks'])} differ" in page
     setting = next(iter(config["features"]["text"]))
-    with h5py.File(workdir / f"features/meld/text/{setting}.h5") as f:
+    with h5py.File(workdir / f"features/meld_text/text/{setting}.h5") as f:
         assert f["present"][()].all() and f["features"].shape == (len(manifest), 384)
     # Fine-tuning saw train and chose on dev; the test split never reached it.
-    tuned = json.loads((workdir / f"features/meld/text_encoders/{setting}/metrics.json").read_text())
+    tuned = json.loads((workdir / f"features/meld_text/text_encoders/{setting}/metrics.json").read_text())
     assert tuned["splits_read"] == ["train", "valid"] and tuned["utterances"]["train"] == counts["train_sent_emo.csv"]
     for name, experiment in config["experiments"].items():
-        metrics = json.loads((workdir / f"results/meld/{name}/seed0/metrics.json").read_text())
+        metrics = json.loads((workdir / f"results/meld_text/{name}/seed0/metrics.json").read_text())
         assert metrics["config"]["model"]["modalities"] == ["text"]
         assert metrics["test"]["n"] == counts["test_sent_emo.csv"]
         assert (metrics["anchors"] is not None) == bool(experiment.get("anchors"))
-        assert (workdir / f"results/meld/{name}/summary.html").exists()
+        assert (workdir / f"results/meld_text/{name}/summary.html").exists()
     assert "Nothing to be done" in snakemake(workdir, configfile, "-n").stdout
 
 
@@ -98,16 +98,16 @@ def test_the_recipe_search_chooses_on_dev_among_contexts_seeds_weights_and_the_e
         f"text_recipe_{context}_ft{seed}_{weights}" for context in ("plain", "speakers") for seed in (0, 1)
         for weights in ("none", "paper"))
     # The speaker-aware encoders were fine-tuned on "Speaker: text" inputs with the target set apart.
-    tuned = json.loads((workdir / "features/meld/text_encoders/text_recipe_speakers_ft1/metrics.json").read_text())
+    tuned = json.loads((workdir / "features/meld_text/text_encoders/text_recipe_speakers_ft1/metrics.json").read_text())
     assert tuned["settings"]["context"] == {"previous": 2, "next": 1, "speaker_names": True, "mark_target": True,
                                             "separator": None}
     assert tuned["settings"]["finetune"]["seed"] == 1
-    runs = {c: json.loads((workdir / f"results/meld/{c}/seed0/metrics.json").read_text()) for c in selection["candidates"]}
+    runs = {c: json.loads((workdir / f"results/meld_text/{c}/seed0/metrics.json").read_text()) for c in selection["candidates"]}
     assert {c: r["class_weights"]["source"].split(" ")[0] for c, r in runs.items()} == {
         c: {"none": "none", "paper": "paper"}[c.rsplit("_", 1)[1]] for c in selection["candidates"]}
 
-    published = json.loads((workdir / "results/meld/text_recipe/summary.json").read_text())
-    ranking = pd.read_csv(workdir / "results/meld/text_recipe/selection.tsv", sep="\t")
+    published = json.loads((workdir / "results/meld_text/text_recipe/summary.json").read_text())
+    ranking = pd.read_csv(workdir / "results/meld_text/text_recipe/selection.tsv", sep="\t")
     n = len(selection["candidates"])
     ensembles = [f"ensemble_top{k}" for k in range(2, n + 1)]  # `ensemble: all`: every count of the best
     assert sorted(ranking["experiment"]) == sorted([*selection["candidates"], *ensembles])
@@ -115,7 +115,7 @@ def test_the_recipe_search_chooses_on_dev_among_contexts_seeds_weights_and_the_e
     chosen = published["selection"]["chosen"]
     assert ranking.loc[ranking["chosen"], "experiment"].tolist() == [chosen]
     assert dev[chosen] == max(dev.values())
-    singles = {c: json.loads((workdir / f"results/meld/{c}/summary.json").read_text()) for c in selection["candidates"]}
+    singles = {c: json.loads((workdir / f"results/meld_text/{c}/summary.json").read_text()) for c in selection["candidates"]}
     by_dev = sorted(selection["candidates"], key=lambda c: -singles[c]["metrics"]["valid.weighted_f1"]["mean"])
     assert {name: sorted(e["members"]) for name, e in published["selection"]["ensembles"].items()} == {
         f"ensemble_top{k}": sorted(by_dev[:k]) for k in range(2, n + 1)}
@@ -123,7 +123,7 @@ def test_the_recipe_search_chooses_on_dev_among_contexts_seeds_weights_and_the_e
         assert published["metrics"] == singles[chosen]["metrics"]
     # The chosen candidate's predictions, one file per seed, whichever kind it is.
     for seed in published["seeds"]:
-        rows = pd.read_csv(workdir / f"results/meld/text_recipe/predictions/seed{seed}.tsv", sep="\t")
+        rows = pd.read_csv(workdir / f"results/meld_text/text_recipe/predictions/seed{seed}.tsv", sep="\t")
         assert set(rows["split"]) == {"valid", "test"} and rows["utterance_id"].is_unique
 
 
@@ -137,10 +137,13 @@ def test_weighting_the_finetuning_too_re_runs_only_the_weighted_encoders_and_the
     assert jobs["finetune_text_encoder"] == 4 and jobs["merge_features"] == 4
     assert jobs["train_model"] == 4 and jobs["aggregate_experiment"] == 4 and jobs["select_experiment"] == 1
     assert "build_manifest" not in jobs and "build_manifest_shard" not in jobs
-    finetunes = re.findall(r"rule finetune_text_encoder:.*?(?:\n\n|$)", out, re.S)  # the jobs, not rule all's targets
+    def job_blocks(rule):  # the indented lines under each "rule X:" job header (not rule all's list of targets)
+        return re.findall(rf"^rule {rule}:\n((?:[ \t]+.*(?:\n|$))+)", out, re.M)
+
+    finetunes = job_blocks("finetune_text_encoder")
     assert sorted(re.search(r"output: \S*text_encoders/(text_recipe_\w+)", job).group(1) for job in finetunes) == sorted(
         f"text_recipe_{context}_ft{seed}_paper" for context in ("plain", "speakers") for seed in (0, 1))
-    trainings = re.findall(r"rule train_model:.*?(?:\n\n|$)", out, re.S)  # the jobs, not rule all's targets
+    trainings = job_blocks("train_model")
     assert len(trainings) == 4 and not any(re.search(r"text_recipe_\w+_none/seed0/metrics.json", t) for t in trainings)
 
 
@@ -180,7 +183,7 @@ def test_a_fixed_label_re_fine_tunes_only_when_fine_tuning_reads_it(meld_text_ru
         path.write_bytes(original)
         os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     jobs = planned_jobs(out)
-    encoders = len(list((workdir / "features/meld/text_encoders").iterdir()))
+    encoders = len(list((workdir / "features/meld_text/text_encoders").iterdir()))
     assert jobs.get("finetune_manifest", 0) == int(fine_tunes), jobs
     assert jobs.get("finetune_text_encoder", 0) == (encoders if fine_tunes else 0), jobs
     assert ("text_features_shard" in jobs) == fine_tunes and jobs["train_model"] > 0, jobs
@@ -191,7 +194,7 @@ def test_a_missing_fine_tuned_encoder_is_made_again(meld_text_run):
     """A fine-tuning job stopped after its text features existed left the encoder folder missing, and Snakemake
     saw nothing to do, while `ercpipe predict --conversation` needs that folder."""
     workdir, configfile = meld_text_run[:2]
-    encoders = sorted((workdir / "features/meld/text_encoders").iterdir())
+    encoders = sorted((workdir / "features/meld_text/text_encoders").iterdir())
     assert encoders
     aside = workdir / "encoder_aside"
     encoders[0].rename(aside)
@@ -219,5 +222,5 @@ def test_a_report_is_refused_while_jobs_are_pending_and_built_for_finished_targe
     assert f"train_model x{trainings}," in refused.stdout
     assert "snakemake <target files> --report FILE" in refused.stdout
     # What is finished under the new config can still be reported, by naming it.
-    snakemake(workdir, stale, "results/meld/coverage.tsv", "--report", str(workdir / "coverage.html"))
+    snakemake(workdir, stale, "results/meld_text/coverage.tsv", "--report", str(workdir / "coverage.html"))
     assert (workdir / "coverage.html").stat().st_size > 0

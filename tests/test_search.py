@@ -42,7 +42,7 @@ def test_a_search_makes_one_experiment_per_context_seed_and_weighting(tmp_path):
     assert text["text_recipe_speakers_ft2"]["finetune"] == {"epochs": 3, "lr": 1.0e-4, "batch_size": 32, "seed": 2}
     assert "context" not in text["text_recipe_plain_ft0"]
     experiment = config["experiments"]["text_recipe_speakers_ft1_paper"]
-    assert experiment["dataset"] == "meld" and experiment["features"] == {"text": "text_recipe_speakers_ft1"}
+    assert experiment["dataset"] == "meld_text" and experiment["features"] == {"text": "text_recipe_speakers_ft1"}
     assert experiment["loss"] == {"class_weights": "paper"} and experiment["anchors"] is None
     assert experiment["seeds"] == [0, 1, 2, 3, 4] and experiment["model"] == {"hidden_dim": 256}
     (tmp_path / "raw" / "MELD.Raw").mkdir(parents=True)
@@ -143,7 +143,7 @@ def test_a_problem_of_an_experiment_a_search_makes_names_the_search_key(tmp_path
 
 def test_a_search_does_not_overwrite_a_written_experiment_or_setting():
     config = load("meld_text.yaml")
-    config["experiments"] = {"text_recipe_plain_ft0_none": {"dataset": "meld", "features": {"text": "x"}, "seeds": [0]}}
+    config["experiments"] = {"text_recipe_plain_ft0_none": {"dataset": "meld_text", "features": {"text": "x"}, "seeds": [0]}}
     with pytest.raises(pipeline_config.ConfigError, match="experiments.text_recipe_plain_ft0_none already exists"):
         pipeline_config.expand_searches(copy.deepcopy(config))
     config["experiments"] = {}
