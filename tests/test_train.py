@@ -211,6 +211,11 @@ def test_a_split_without_any_features_of_a_modality_is_warned_about(dataset, tmp
         f"{tmp_path / 'visual.h5'}: none of the {int(test.sum())} test utterances has visual features (all zeros): "
         "the model sees no visual there; see the dataset's issues.tsv for why (e.g. missing media), or leave visual "
         "out of the experiment"]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="ercpipe"):  # inference: the predictions' `absent` column says it
+        load_dialogues(dataset["manifest"], {**dataset["features"], "visual": tmp_path / "visual.h5"},
+                       ["text", "visual"], training=False)
+    assert not caplog.records
 
 
 def test_load_dialogues_errors(dataset, tmp_path):

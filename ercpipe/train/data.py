@@ -103,7 +103,8 @@ def load_dialogues(manifest_path: str | Path, feature_paths: dict[str, str | Pat
     a config setting, ercpipe.model.checkpoint.feature_expectations for a checkpoint). Every file's
     utterance ids must be the manifest's, in its order. All files are checked before anything fails;
     the FeatureFileError names each file that does not match, how, and the fix. training: warn about classes
-    and speaker slots that training cannot learn (False for inference, where they say nothing).
+    and speaker slots that training cannot learn, and about a split without any features of a modality (False
+    for inference, where they say nothing: predictions list each utterance's absent modalities).
     """
     manifest_path = Path(manifest_path)
     modalities = tuple(modalities)
@@ -153,7 +154,7 @@ def load_dialogues(manifest_path: str | Path, feature_paths: dict[str, str | Pat
                         feature_paths[m], absent_counts[m], len(ids), m)
     if problems:
         raise feature_io.FeatureFileError("\n".join(problems))
-    for split in manifest_io.SPLITS:
+    for split in manifest_io.SPLITS if training else ():  # predict reports absent modalities per utterance
         rows = (df["split"] == split).to_numpy()
         for m in modalities:
             if rows.any() and not present[m][rows].any():
