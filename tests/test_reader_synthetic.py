@@ -138,7 +138,7 @@ def test_a_zero_byte_clip_is_called_empty(synthetic_meld, tmp_path):
     build_manifest("meld_synth", {"format": "meld", "root": str(copy)}, tmp_path / "out")
     _, issues, _ = outputs(tmp_path / "out")
     details = issues.loc[issues["reason"] == "corrupt_video", "detail"].tolist()
-    assert details == [f"{clip}: empty file (0 bytes)"]
+    assert details == [f"{clip}: empty file (0 bytes); replace it with a complete copy from the release's archive"]
 
 
 def test_synthetic_meld_utterance_audio(synthetic_meld, tmp_path):
