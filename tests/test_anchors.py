@@ -200,6 +200,7 @@ def test_a_changed_image_re_encodes_the_set(tmp_path):
     configfile = anchor_sets_config(tmp_path, {"faces": {"images": "faces", "clip": TINY}})
     target = f"anchors/faces/{anchors.clip_name(TINY)}.h5"
     snakemake(tmp_path, configfile, "--cores", "1", target)
+    (tmp_path / "faces" / "happy" / ".DS_Store").write_bytes(b"Finder")  # not read: re-encodes nothing
     assert planned_jobs(snakemake(tmp_path, configfile, "-n", target).stdout) == {}
     shutil.copy(tmp_path / "faces" / "happy" / "img0.png", tmp_path / "faces" / "happy" / "img2.png")
     assert planned_jobs(snakemake(tmp_path, configfile, "-n", target).stdout) == {"encode_anchors": 1}
