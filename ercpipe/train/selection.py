@@ -124,7 +124,7 @@ def select_experiment(summary_paths: Mapping[str, str | Path], out_dir: str | Pa
                  "chosen_summary": str(Path(summary_paths[chosen])) if chosen in summary_paths else None,
                  "ensembles": {name: e["ensemble"] for name, e in ensembles.items()},
                  "skipped": list(skipped or [])}
-    _write_predictions(out_dir / "predictions", summaries, chosen, ensembles, predictions if sizes else {})
+    _write_predictions(out_dir / "predictions", summaries, chosen, ensembles, predictions)
     write_json(out_dir / "summary.json", {**summaries[chosen], "selection": selection})
     write_summary_table(summaries[chosen]["metrics"], out_dir / "summary.tsv")
     write_html(out_dir / "summary.html", _selection_html(out_dir.name, summaries[chosen], table, selection))
