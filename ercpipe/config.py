@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 import re
 from pathlib import Path
 from typing import Collection
@@ -143,18 +144,17 @@ def reader_config(name: str, cfg: dict, without: Collection[str] = ()) -> dict:
     out = {k: v for k, v in full.items() if k not in drop}
     root = dataset_root(name, cfg)
     if root is not None:
-        out["root"] = str(_below_workdir(root))
+        out["root"] = str(one_spelling(root))
     return out
 
 
-def _below_workdir(path: Path) -> Path:
-    """An absolute path inside the working directory as the relative one: the manifests hold the media paths
-    under the root, so root: /abs/project/raw/x and raw/x must give the same rows (and re-run nothing)."""
-    if path.is_absolute():
-        try:
-            return path.relative_to(Path.cwd())
-        except ValueError:
-            return path
+def one_spelling(path: str | os.PathLike) -> Path:
+    """A path the config names, spelled one way: normalized, and an absolute path inside the working directory as
+    the relative one. The params and manifests hold such paths (a root's media paths, a pickle input), so
+    root: /abs/project/raw/x, ./raw/x and raw/x must give the same rows and jobs (and re-run nothing)."""
+    path = Path(os.path.normpath(path))
+    if path.is_absolute() and path.is_relative_to(Path.cwd()):
+        return path.relative_to(Path.cwd())
     return path
 
 

@@ -1,7 +1,6 @@
 # Config validation and the helpers the rules share.
 import collections
 import functools
-import os
 import re
 import shutil
 from pathlib import Path
@@ -470,10 +469,7 @@ def pickle_input(wildcards):
     """The dataset's pickle, `ancient` (the params hold its sha256: a byte-identical copy or download re-runs
     nothing) and spelled one way (`./x.pkl`, `x.pkl` and the absolute path inside the working directory are the
     same file; Snakemake re-runs a job whose set of input paths changed)."""
-    path = Path(os.path.normpath(DATASETS[wildcards.dataset]["path"]))
-    if path.is_absolute() and path.is_relative_to(Path.cwd()):
-        path = path.relative_to(Path.cwd())
-    return ancient(str(path))
+    return ancient(str(pipeline_config.one_spelling(DATASETS[wildcards.dataset]["path"])))
 
 
 def pickle_inspection(dataset):
