@@ -454,6 +454,15 @@ def test_demo_features_export_and_import_back_unchanged(tmp_path):
         np.testing.assert_array_equal(imported.features, original.features)
         np.testing.assert_array_equal(imported.present, original.present | (np.abs(original.features).sum(1) > 0))
 
+    # The export stops naming anchors: only the export re-runs, and the old 35_anchor.pt, which the official code
+    # would read beside the new pickle, is gone.
+    config["exports"]["demo_vega"]["anchors"] = None
+    configfile = write_config(tmp_path, config, "no_anchors.yaml")
+    pickled = exported.read_bytes()
+    assert planned_jobs(snakemake(tmp_path, configfile, "-n").stdout) == {"export_vega": 1, "all": 1}
+    snakemake(tmp_path, configfile, "--cores", "1")
+    assert exported.read_bytes() == pickled and not (exported.parent / "35_anchor.pt").exists()
+
 
 # ------------------------------------------------------------------------------------------ shipped configurations
 

@@ -723,6 +723,15 @@ def to_vega_tuple(frame: pd.DataFrame, feature_sets: Mapping[str, feature_io.Fea
     return speakers, labels, arrays["text"], arrays["audio"], arrays["visual"], train, test
 
 
+def remove_stale_anchor_export(pickle_path: str | Path) -> None:
+    """Delete the 35_anchor.pt an earlier export with anchors left beside `pickle_path`: the official code would
+    read it with the new features as if it belonged to them."""
+    stale = Path(pickle_path).with_name("35_anchor.pt")
+    if stale.exists():
+        stale.unlink()
+        logger.info("removed %s: this export names no anchors now", stale)
+
+
 def export_vega(manifest_path: str | Path, feature_paths: Mapping[str, str | Path], out_path: str | Path, *,
                 fmt: str | None = None, valid_as: str = "train") -> dict:
     """Write our manifest + text/audio/visual files as VEGA's 7-tuple pickle (atomically); returns a summary."""

@@ -90,6 +90,8 @@ rule export_vega:
     params:
         valid_as=lambda wc: EXPORTS[wc.export].get("valid_as", "train"),
         features=lambda wc: canonical(pipeline_config.export_source(config, wc.export)["features"]),
+        # An export that no longer names anchors removes the 35_anchor.pt an earlier run left beside the pickle.
+        with_anchors=lambda wc: bool(pipeline_config.export_source(config, wc.export)["anchors"]),
     log:
         "logs/export_vega/{dataset}/{export}.log",
     resources:
