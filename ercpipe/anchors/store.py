@@ -288,14 +288,32 @@ def _known_embed_dim(clip_model: str) -> int | None:
     return int(config["embed_dim"]) if config else None
 
 
+def _open_clip_architectures() -> list[str] | None:
+    """The architectures open_clip registers (one JSON per name in its model_configs folder), read without importing
+    open_clip: the import takes seconds, and the CLI checks the name before it reads anything."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = Path(next(iter(spec.submodule_search_locations))) / "model_configs"
+    names = sorted(p.stem for p in folder.glob("*.json"))
+    return names or None
+
+
 def require_known_clip_model(clip_model: str) -> None:
     """Refuse a CLIP name open_clip does not know (a misspelt --clip-model would otherwise be recorded and refused
     only when training compares it with the experiment's CLIP)."""
-    import open_clip
-
     name = clip_model.strip().replace("/", "-")
-    if not open_clip.get_model_config(name):
-        close = difflib.get_close_matches(name, open_clip.list_models(), n=3)
+    known = _open_clip_architectures()
+    if known is None or ":" in name:  # a schema name (hf-hub:, local-dir:) is resolved by open_clip itself
+        import open_clip
+
+        found, known = bool(open_clip.get_model_config(name)), open_clip.list_models()
+    else:
+        found = name in known
+    if not found:
+        close = difflib.get_close_matches(name, known, n=3)
         raise AnchorFileError(f"CLIP {clip_model!r} is not a model open_clip knows" +
                               (f" (did you mean {', '.join(close)}?)" if close else "") +
                               "; give the open_clip name of the CLIP the file was built with (official config: "
