@@ -41,11 +41,12 @@ def meld_text_run(meld_csv_dir, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("meld_text")
     counts = slice_meld_csvs(meld_csv_dir, workdir / "raw" / "MELD.Raw")
     config = yaml.safe_load((REPO / "workflow" / "configs" / "meld_text.yaml").read_text())
-    # The shipped recipe, made small: two fine-tuning seeds of one epoch, two class weightings, both contexts,
-    # training 3 epochs with one seed; the ensembles of the k best (every k) stay.
+    # The shipped recipe, made small: one fine-tuning seed (not the default 0, so that it is seen to reach the
+    # encoder) of one epoch, two class weightings, both contexts, training 3 epochs with one seed; the ensembles of
+    # the k best (every k) stay.
     search = config["selections"]["text_recipe"]["search"]
     search["text"]["finetune"]["epochs"] = 1
-    search["finetune_seeds"] = [0, 1]
+    search["finetune_seeds"] = [1]
     search["class_weights"] = ["none", "paper"]
     search["experiment"]["train"] = {**search["experiment"].get("train", {}), "epochs": 3, "patience": None}
     search["experiment"]["seeds"] = [0]
@@ -91,12 +92,11 @@ def test_csvs_alone_run_text_only_end_to_end(meld_text_run):
     assert "Nothing to be done" in snakemake(workdir, configfile, "-n").stdout
 
 
-def test_the_recipe_search_chooses_on_dev_among_contexts_seeds_weights_and_the_ensemble(meld_text_run):
+def test_the_recipe_search_chooses_on_dev_among_contexts_weights_and_the_ensemble(meld_text_run):
     workdir, _, _, config = meld_text_run
     selection = config["selections"]["text_recipe"]
     assert sorted(selection["candidates"]) == sorted(
-        f"text_recipe_{context}_ft{seed}_{weights}" for context in ("plain", "speakers") for seed in (0, 1)
-        for weights in ("none", "paper"))
+        f"text_recipe_{context}_ft1_{weights}" for context in ("plain", "speakers") for weights in ("none", "paper"))
     # The speaker-aware encoders were fine-tuned on "Speaker: text" inputs with the target set apart.
     tuned = json.loads((workdir / "features/meld_text/text_encoders/text_recipe_speakers_ft1/metrics.json").read_text())
     assert tuned["settings"]["context"] == {"previous": 2, "next": 1, "speaker_names": True, "mark_target": True,
@@ -133,18 +133,18 @@ def test_weighting_the_finetuning_too_re_runs_only_the_weighted_encoders_and_the
     changed["selections"]["text_recipe"]["search"]["finetune_class_weights"] = "same"
     out = snakemake(workdir, write_config(workdir, changed, "same.yaml"), "-n").stdout
     jobs = planned_jobs(out)
-    # 2 contexts x 2 seeds: one new encoder each for the `paper` candidates; the unweighted ones are kept.
-    assert jobs["finetune_text_encoder"] == 4 and jobs["merge_features"] == 4
-    assert jobs["train_model"] == 4 and jobs["aggregate_experiment"] == 4 and jobs["select_experiment"] == 1
+    # 2 contexts x 1 seed: one new encoder each for the `paper` candidates; the unweighted ones are kept.
+    assert jobs["finetune_text_encoder"] == 2 and jobs["merge_features"] == 2
+    assert jobs["train_model"] == 2 and jobs["aggregate_experiment"] == 2 and jobs["select_experiment"] == 1
     assert "build_manifest" not in jobs and "build_manifest_shard" not in jobs
     def job_blocks(rule):  # the indented lines under each "rule X:" job header (not rule all's list of targets)
         return re.findall(rf"^rule {rule}:\n((?:[ \t]+.*(?:\n|$))+)", out, re.M)
 
     finetunes = job_blocks("finetune_text_encoder")
     assert sorted(re.search(r"output: \S*text_encoders/(text_recipe_\w+)", job).group(1) for job in finetunes) == sorted(
-        f"text_recipe_{context}_ft{seed}_paper" for context in ("plain", "speakers") for seed in (0, 1))
+        f"text_recipe_{context}_ft1_paper" for context in ("plain", "speakers"))
     trainings = job_blocks("train_model")
-    assert len(trainings) == 4 and not any(re.search(r"text_recipe_\w+_none/seed0/metrics.json", t) for t in trainings)
+    assert len(trainings) == 2 and not any(re.search(r"text_recipe_\w+_none/seed0/metrics.json", t) for t in trainings)
 
 
 def test_an_extraction_only_setting_re_extracts_without_fine_tuning_again(meld_text_run):
@@ -153,7 +153,7 @@ def test_an_extraction_only_setting_re_extracts_without_fine_tuning_again(meld_t
     changed = yaml.safe_load((workdir / "config.yaml").read_text())
     changed["selections"]["text_recipe"]["search"]["text"]["last_layers"] = 2
     jobs = planned_jobs(snakemake(workdir, write_config(workdir, changed, "layers.yaml"), "-n").stdout)
-    assert "finetune_text_encoder" not in jobs and jobs["merge_features"] == 4, jobs
+    assert "finetune_text_encoder" not in jobs and jobs["merge_features"] == 2, jobs
 
 
 def _relabelled(csv_path: Path, row: int) -> bytes:
