@@ -96,7 +96,34 @@ def test_flags_times_media_and_text(data_dir, tmp_path):
     assert df.set_index("utterance_id").loc["u4", "text"] == "It’s"
     bad = issues[(issues["reason"] == "bad_time") & (issues["utterance_id"] == "u3")].iloc[0]
     assert bad["file"] == str(data_dir / "m.csv") and bad["line"] == "5" and "'abc'" in bad["detail"]
+    # Its window is unknown and call1.wav is cut for three other rows: the whole file is not u3, so u3 has no audio.
+    assert "call1.wav is shared with 3 other row(s), so the utterance gets no audio" in bad["detail"]
+    assert df.set_index("utterance_id").loc["u3", "audio_path"] == ""
     assert summary["flag_counts"]["overlap"] == 1
+
+
+def test_a_time_that_is_not_seconds_never_leaves_half_a_window(data_dir, tmp_path):
+    """A decimal comma in one of the two times kept the other: "2,0" to 3.0 cut 0-3 s from a dialogue's recording,
+    three utterances, as the utterance's audio and faces, while issues.tsv said the whole file was used."""
+    for name in ("d1.wav", "own.wav"):
+        write_wav(data_dir / "audio" / name, seconds=4.0)
+    header = HEADER + ",video_start,video_end"
+    lines = ["d1,u0,train,Ann,calm,one,audio/d1.wav,0.0,1.0,audio/d1.wav,0.0,1.0",
+             'd1,u1,train,Bob,angry,two,audio/d1.wav,"2,0",3.0,audio/d1.wav,"2,0",3.0',
+             "d1,u2,train,Ann,happy,three,audio/d1.wav,3.0,4.0,audio/d1.wav,3.0,4.0",
+             'd2,v0,test,Ann,calm,four,audio/own.wav,"0,5",2.0,,,']
+    df, issues, _ = build(write(data_dir / "m.csv", lines, header), tmp_path / "out")
+    rows = df.set_index("utterance_id")
+    for column in ("audio_start", "audio_end", "video_start", "video_end"):
+        assert math.isnan(rows.loc["u1", column]) and math.isnan(rows.loc["v0", column]), column
+    assert rows.loc["u1", "audio_path"] == rows.loc["u1", "video_path"] == ""  # shared: no media rather than 0-3 s
+    assert rows.loc["v0", "audio_path"].endswith("own.wav")  # its own file: the whole of it, as issues.tsv says
+    detail = issues[issues["reason"] == "bad_time"].set_index("utterance_id")["detail"]
+    assert sorted(detail.index) == ["u1", "v0"]
+    # One issue per row naming both modalities' times, and how to write them.
+    assert detail["u1"].count("are not seconds (write the decimal point as '.')") == 2
+    assert "so the utterance gets no audio" in detail["u1"] and "so the utterance gets no video" in detail["u1"]
+    assert detail["v0"].endswith("own.wav is used; fix the times")
 
 
 def test_probe_media_flags_corrupt_audio(data_dir, tmp_path):
@@ -150,6 +177,9 @@ def test_probe_media_flags_a_video_path_without_video_and_reads_names_with_a_col
                                                           r"line runs to line 3 and holds what looks like a row"),
     (["c1,u0,train,Ann,calm,\"Hi,\" she said."], "dialogue_id,utterance_id,split,speaker,label,text",
      r"line 2: cannot parse the row .*a quote inside quoted text is written as two"),
+    # Further down: the line of the broken row, not of the row before it.
+    (["c1,u0,train,Ann,calm,ok", "c1,u1,train,Bob,calm,fine", "c1,u2,train,Ann,calm,\"Hi,\" she said."],
+     "dialogue_id,utterance_id,split,speaker,label,text", r"m.csv, line 4: cannot parse the row that starts on this"),
     (["c1,u0,train,calm"], "dialogue_id,utterance_id,split,label", r"m.csv: header lacks column\(s\) \['speaker'\]"),
     (["c1,,train,Ann,calm,x,,,,"], HEADER, r"m.csv, line 2: empty utterance_id"),
     (["c1;u0;train;Ann;calm;x"], "dialogue_id;utterance_id;split;speaker;label;text",

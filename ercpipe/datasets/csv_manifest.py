@@ -286,6 +286,7 @@ def read_csv_records(path: Path, required: tuple[str, ...], delimiter: str = ","
             fixed = any(n in decoded.fixed_lines for n in range(start, previous_end + 1))
             records.append(CsvRecord(start, dict(zip(header, fields)), fixed))
     except csv.Error as err:
+        start = previous_end + 1  # the reader failed inside the row after the last one it returned
         raise ManifestError(
             f"{path}, line {start}: cannot parse the row that starts on this line ({err}); check its quotes: a field "
             "that starts with a quote must end with one right before the delimiter, and a quote inside quoted text "
@@ -359,17 +360,44 @@ def _check_media(row: dict, issues: IssueLog, probe_media: bool | Collection[str
                 flag_past_end(row, kind, info.duration, issues)
 
 
-def _row_times(row: dict, record: CsvRecord, issues: IssueLog) -> None:
+def _row_times(row: dict, record: CsvRecord) -> None:
+    """The row's audio and video windows. What is wrong with them is kept in row["_time_problems"] as (kind, text,
+    unknown window) and flagged by `_flag_bad_times`, which knows whether a file is the row's own."""
+    row["_time_problems"] = []
     for kind in ("audio", "video"):
-        start = parse_seconds(record.values.get(f"{kind}_start", ""))
-        end = parse_seconds(record.values.get(f"{kind}_end", ""))
+        raw_start, raw_end = record.values.get(f"{kind}_start", ""), record.values.get(f"{kind}_end", "")
+        start, end = parse_seconds(raw_start), parse_seconds(raw_end)
         if start is None or end is None:
-            flag_row(row, "bad_time", issues, f"{kind} times {record.values.get(f'{kind}_start')!r}, "
-                                              f"{record.values.get(f'{kind}_end')!r} are not seconds; the whole file is used")
-            start, end = (math.nan if start is None else start), (math.nan if end is None else end)
+            # Never half a window: a start read as the beginning of the file would cut the wrong stretch of it.
+            comma = " (write the decimal point as '.')" if "," in raw_start + raw_end else ""
+            row["_time_problems"].append((kind, f"{kind} times {raw_start!r}, {raw_end!r} are not seconds{comma}",
+                                          True))
+            start = end = math.nan
         elif math.isfinite(start) and math.isfinite(end) and end <= start:
-            flag_row(row, "bad_time", issues, f"{kind} end {end} is not after start {start}")
+            row["_time_problems"].append((kind, f"{kind} end {end} is not after start {start}", False))
         row[f"{kind}_start"], row[f"{kind}_end"] = start, end
+
+
+def _flag_bad_times(rows: list[dict], issues: IssueLog) -> None:
+    """Flag bad_time, one issue per row naming each modality's problem. A row whose times could not be read takes
+    its whole file only when the file is its own: from a file other rows are cut from (a dialogue's recording) the
+    whole file is not the utterance, so the row gets no such media (zeros and a mask)."""
+    users: dict[str, int] = {}
+    for row in rows:
+        for path in {row["audio_path"], row["video_path"]} - {""}:
+            users[path] = users.get(path, 0) + 1
+    for row in rows:
+        problems = []
+        for kind, text, unknown in row.pop("_time_problems", []):
+            path = row[f"{kind}_path"]
+            if unknown and path and users[path] > 1:
+                row[f"{kind}_path"] = ""
+                text += f"; {path} is shared with {users[path] - 1} other row(s), so the utterance gets no {kind}"
+            elif unknown and path:
+                text += f"; the whole of {path} is used"
+            problems.append(text)
+        if problems:
+            flag_row(row, "bad_time", issues, "; ".join(problems) + "; fix the times")
 
 
 def _parse_int(record: CsvRecord, column: str, path: Path) -> int | None:
@@ -495,7 +523,7 @@ def read(name: str, cfg: dict, probe: bool | Collection[str] = True) -> ReadResu
                                                                   record.fixed))
         if not text:
             flag_row(row, "empty_text", issues)
-        _row_times(row, record, issues)
+        _row_times(row, record)
         _check_media(row, issues, probe if settings["probe_media"] else False, media)
         dialogues.setdefault(values["dialogue_id"], []).append(
             (_parse_int(record, "utterance_index", path), order, row))
@@ -527,6 +555,7 @@ def read(name: str, cfg: dict, probe: bool | Collection[str] = True) -> ReadResu
                 r["speaker_slot"] = r["_slot"]
         flag_overlaps(dialogue_rows, issues, _overlap_times)
         rows.extend(dialogue_rows)
+    _flag_bad_times(rows, issues)
     if scattered:
         logger.warning("csv %s: the rows of %d dialogue(s) are not next to each other in the file (e.g. %s); they "
                        "are read as one dialogue each, in file order. If an id was reused for two conversations, "

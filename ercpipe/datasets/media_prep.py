@@ -43,7 +43,7 @@ from ercpipe.io.media import SAMPLE_RATE, SILENCE_PEAK, MediaError, iter_audio, 
 logger = logging.getLogger(__name__)
 
 REPORT_NAME = "_report.tsv"
-STATUSES: tuple[str, ...] = ("ok", "missing_audio", "no_audio_stream", "corrupt_audio", "silent_audio")
+STATUSES: tuple[str, ...] = ("ok", "missing_audio", "no_audio_stream", "corrupt_audio", "silent_audio", "bad_time")
 
 
 # What the dataset's reader found wrong with a row's audio file: the row gets no WAV (zeros and present = False),
@@ -57,6 +57,8 @@ def utterance_audio(row, out_dir: Path) -> tuple[str, str]:
     if flagged:
         return flagged[0], f"{row.audio_path or 'no audio_path'}: flagged {flagged[0]} by the dataset's reader " \
                            "(issues.tsv says why); fix the file to use it"
+    if not row.audio_path and manifest_io.has_flag(row.flags, "bad_time"):  # a shared recording it cannot be cut from
+        return "bad_time", "no usable times to cut the audio (issues.tsv says why)"
     if not row.audio_path:
         return "missing_audio", "the manifest row has no audio_path"
     wav = out_dir / f"{row.utterance_id}.wav"
