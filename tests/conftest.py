@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +19,17 @@ REPO = Path(__file__).resolve().parents[1]
 # with the CUDA-only tests (fp16 autocast) that are skipped elsewhere.
 TEST_DEVICE = os.environ.get("ERCPIPE_TEST_DEVICE", "cpu")
 SHARED = REPO.parent / "shared"
+
+
+def python_as_a_user(code: str) -> subprocess.CompletedProcess:
+    """Run `code` in Python as a process that file permissions apply to: root (CI) drops its capabilities to
+    override them, so that a chmod 000 file is unreadable as it is to a researcher's account."""
+    prefix = []
+    if os.geteuid() == 0:
+        if not shutil.which("setpriv"):
+            pytest.skip("running as root without setpriv (util-linux): file permissions cannot be applied")
+        prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+    return subprocess.run([*prefix, sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture(scope="session")

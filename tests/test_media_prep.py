@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
+from conftest import python_as_a_user
 from ercpipe.datasets.build import build_manifest
 from ercpipe.datasets.media_prep import REPORT_NAME, write_utterance_audio
 from ercpipe.io import manifest as manifest_io
@@ -113,6 +114,40 @@ def test_output_dir_is_replaced_atomically(manifest, tmp_path):
     write_utterance_audio(manifest, 1, 2, out, threads=1)
     assert sorted(p.name for p in out.iterdir()) == [REPORT_NAME, "mp4.wav", "whole.wav", "win.wav"]
     assert [p.name for p in tmp_path.iterdir()] == ["shard1"]  # no temporary directory left behind
+
+
+def test_an_audio_file_the_user_may_not_read_stops_the_job_naming_it(tmp_path):
+    """The CSV reader does not open media by default: an unreadable file reached extraction, became zeros with
+    corrupt_audio, and stayed so after a chmod (which changes neither size nor mtime, so nothing re-ran)."""
+    t = np.arange(16000) / 16000
+    sf.write(str(tmp_path / "a.wav"), (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 16000)
+    (tmp_path / "m.csv").write_text("dialogue_id,utterance_id,split,speaker,label,text,audio_path\n"
+                                    "d1,u1,train,A,calm,hi,a.wav\n")
+    build_manifest("media", {"format": "csv", "manifest": str(tmp_path / "m.csv"), "classes": ["calm", "other"],
+                             "modalities": ["text", "audio"]}, tmp_path / "features")
+    (tmp_path / "a.wav").chmod(0)
+    try:
+        result = python_as_a_user(
+            "from ercpipe.datasets.media_prep import write_utterance_audio\n"
+            f"write_utterance_audio({str(tmp_path / 'features' / 'manifest.tsv')!r}, 0, 1, {str(tmp_path / 'out')!r})")
+    finally:
+        (tmp_path / "a.wav").chmod(0o644)
+    assert result.returncode != 0 and not (tmp_path / "out").exists()
+    assert f"ManifestError: cannot read {tmp_path / 'a.wav'}: permission denied" in result.stderr
+
+
+def test_a_row_whose_times_could_not_be_read_from_a_shared_recording_is_reported_as_such(tmp_path):
+    t = np.arange(3 * 16000) / 16000
+    sf.write(str(tmp_path / "call.wav"), (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 16000)
+    (tmp_path / "m.csv").write_text("dialogue_id,utterance_id,split,speaker,label,text,audio_path,audio_start,audio_end\n"
+                                    "d1,u1,train,A,calm,hi,call.wav,0.0,1.0\n"
+                                    'd1,u2,train,B,calm,yo,call.wav,"1,5",2.5\n')
+    build_manifest("media", {"format": "csv", "manifest": str(tmp_path / "m.csv"), "classes": ["calm", "other"],
+                             "modalities": ["text", "audio"]}, tmp_path / "features")
+    write_utterance_audio(tmp_path / "features" / "manifest.tsv", 0, 1, tmp_path / "out")
+    report = pd.read_csv(tmp_path / "out" / REPORT_NAME, sep="\t").set_index("utterance_id")
+    assert report["status"].to_dict() == {"u1": "ok", "u2": "bad_time"}
+    assert report.loc["u2", "detail"] == "no usable times to cut the audio (issues.tsv says why)"
 
 
 def test_empty_shard_writes_empty_report(manifest, tmp_path):

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
+from conftest import python_as_a_user
 from ercpipe import config as pipeline_config
 from ercpipe.datasets import iemocap
 from ercpipe.datasets.build import build_manifest
@@ -458,6 +459,24 @@ def test_unreadable_or_garbled_files_name_the_file(fresh_release, tmp_path):
     emo.write_text("[1.0 - 2.0]\n")
     with pytest.raises(ManifestError, match=r"Ses01F_impro01.txt, line 1: cannot parse"):
         build_manifest("d", cfg(fresh_release), tmp_path)
+
+
+@pytest.mark.parametrize("media", ["Session1/sentences/wav/Ses01F_impro01/Ses01F_impro01_M000.wav",
+                                   "Session1/dialog/avi/DivX/Ses01F_impro01.avi"])
+def test_a_media_file_the_user_may_not_read_stops_the_reader_naming_it(fresh_release, tmp_path, media):
+    """Flagged as corrupt instead, it stayed flagged (and without audio or faces) after a chmod fixed it: a chmod
+    changes neither size nor mtime, so Snakemake saw nothing to re-run."""
+    path = fresh_release / media
+    path.chmod(0)
+    try:
+        code = (f"from ercpipe.datasets.build import build_manifest\n"
+                f"build_manifest('d', {cfg(fresh_release)!r}, {str(tmp_path / 'out')!r})")
+        result = python_as_a_user(code)
+    finally:
+        path.chmod(0o644)
+    assert result.returncode != 0
+    assert f"ManifestError: cannot read {path}: permission denied; make it readable" in result.stderr
+    assert not (tmp_path / "out" / "manifest.tsv").exists()
 
 
 def test_bad_settings_are_named(release, tmp_path):

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 from ercpipe.io import manifest as manifest_io
 from ercpipe.io.atomic import atomic_dir
-from ercpipe.io.media import SAMPLE_RATE, SILENCE_PEAK, MediaError, iter_audio, probe
+from ercpipe.io.media import SAMPLE_RATE, SILENCE_PEAK, MediaError, iter_audio, probe, require_readable
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +64,8 @@ def utterance_audio(row, out_dir: Path) -> tuple[str, str]:
     wav = out_dir / f"{row.utterance_id}.wav"
     if Path(row.audio_path).is_file() and Path(row.audio_path).stat().st_size == 0:
         return "corrupt_audio", f"{row.audio_path}: empty file (0 bytes)"
+    if Path(row.audio_path).is_file():
+        require_readable(row.audio_path)  # stop: a chmod fixes it without a new mtime, so zeros would stay
     try:
         samples, peak = stream_utterance_wav(row.audio_path, row.audio_start, row.audio_end, wav)
     except MediaError as err:

@@ -37,7 +37,7 @@ from ercpipe.features.interface import NO_CONTEXT, ExtractionContext
 from ercpipe.io import features as feature_io
 from ercpipe.io import manifest as manifest_io
 from ercpipe.io.digest import file_digest
-from ercpipe.io.media import MediaError, count_sampled_frames, iter_frames
+from ercpipe.io.media import MediaError, count_sampled_frames, iter_frames, require_readable
 
 logger = logging.getLogger(__name__)
 
@@ -485,6 +485,7 @@ def _prefetched_frames(rows, settings: dict) -> Iterator[tuple[object, list[np.n
         reason = _flag_reason(row)
         if reason:
             return None, reason
+        require_readable(row.video_path)  # stop: a chmod fixes it without a new mtime, so zeros would stay
         try:
             return sample_frames(row.video_path, row.video_start, row.video_end, settings["fps"],
                                  settings["max_frames"]), ""

@@ -41,6 +41,21 @@ class MediaInfo:
     error: str = ""
 
 
+def require_readable(path: str | Path) -> None:
+    """Stop on a media file this user may not read. Flagged as broken instead, it would stay flagged after a chmod,
+    which changes neither its size nor its mtime (what tells Snakemake that a raw file changed)."""
+    from ercpipe.io.manifest import ManifestError
+
+    try:
+        with open(path, "rb"):
+            pass
+    except PermissionError:
+        raise ManifestError(f"cannot read {path}: permission denied; make it readable (e.g. chmod a+r) and run "
+                            "again") from None
+    except OSError:
+        pass  # missing, a folder, ...: what the caller flags when it opens the file
+
+
 def wav_problem(path: str | Path) -> str:
     """What is wrong with a WAV file's RIFF structure, from its first bytes and its size (no decoding), or "":
     empty, not RIFF/WAVE, no data chunk, or a data chunk the file does not hold whole (cut short: a decoder
@@ -48,6 +63,7 @@ def wav_problem(path: str | Path) -> str:
     size = Path(path).stat().st_size
     if size == 0:
         return "empty file (0 bytes)"
+    require_readable(path)
     with open(path, "rb") as fh:
         head = fh.read(12)
         if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
@@ -79,6 +95,8 @@ def probe(path: str | Path) -> MediaInfo:
         return MediaInfo(str(path), False, False, False, False, 0.0, "missing")
     if path.is_file() and path.stat().st_size == 0:
         return MediaInfo(str(path), True, False, False, False, 0.0, "empty file (0 bytes)")
+    if path.is_file():
+        require_readable(path)
     if path.suffix.lower() == ".wav" and path.is_file():
         problem = wav_problem(path)
         if problem:
