@@ -366,6 +366,8 @@ def test_unevaluated_transcript_turn_is_recorded(fresh_release, tmp_path):
 def test_transcript_oddities_and_a_missing_label_file_are_recorded(fresh_release, tmp_path, caplog):
     """A second line for an id (the first is used), a line that starts with the dialogue's name but does not
     parse, and a transcription whose EmoEvaluation file is gone: each leaves a row in issues.tsv."""
+    # A second test dialogue: without it, the missing label file would empty the test split (an error of its own).
+    make_release(fresh_release, {"Ses05F_impro02": DIALOGUES["Ses05F_impro01"]})
     transcript = fresh_release / "Session1/dialog/transcriptions/Ses01M_impro01.txt"
     transcript.write_text(transcript.read_text() + "Ses01M_impro01_M000 [009.0000-009.5000]: Again.\n"
                           "Ses01M_impro01_F000[002.0000-003.0000] Sorry.\n")
@@ -408,6 +410,17 @@ def test_wrong_root_names_path_and_expected_layout(release, tmp_path):
         build_manifest("d", cfg(tmp_path / "nowhere"), tmp_path / "out")
     with pytest.raises(ManifestError, match=rf"{release.parent}.*no Session<N>.*use it as root"):
         build_manifest("d", cfg(release.parent), tmp_path / "out")
+    assert not (tmp_path / "out" / "manifest.tsv").exists()
+
+
+def test_a_missing_session_that_empties_a_split_stops_the_reader(fresh_release, tmp_path):
+    """Without Session5 (the standard test split) every job ran and metrics.json said test: null, with nothing
+    on the console and nothing in issues.tsv."""
+    shutil.rmtree(fresh_release / "Session5")
+    with pytest.raises(ManifestError, match=r"the test split of \S+ has no labelled utterance in "
+                                            r"this tree \(their dialogues, e.g. \['Ses05F_impro01'.*are in Session5; "
+                                            r"found Session1\); restore the missing session"):
+        build_manifest("d", cfg(fresh_release), tmp_path / "out")
     assert not (tmp_path / "out" / "manifest.tsv").exists()
 
 

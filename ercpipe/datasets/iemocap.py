@@ -498,6 +498,17 @@ def read(name: str, cfg: dict, probe: bool | Collection[str] = True) -> ReadResu
     order = sorted(by_dialogue, key=lambda d: (SPLITS.index(split_of[d]), d))
     rows = [row for dialogue in order for row in by_dialogue[dialogue]]
     split_counts = {s: sum(1 for r in rows if r["split"] == s) for s in SPLITS}
+    # A split the split file fills and the tree leaves empty (a missing Session folder): training would choose its
+    # epoch on nothing, or report no test score.
+    empty = [s for s in SPLITS if not split_counts[s] and any(split == s for split in split_of.values())]
+    if empty:
+        wanted = sorted(d for d, s in split_of.items() if s in empty)
+        sessions = sorted({f"Session{int(d[3:5])}" for d in wanted if d[3:5].isdigit()})
+        raise ManifestError(
+            f"IEMOCAP root {root}: the {' and '.join(empty)} split{'s' * (len(empty) > 1)} of "
+            f"{split_name(settings['split_file'])} {'have' if len(empty) > 1 else 'has'} no labelled utterance in this tree (their dialogues, e.g. {wanted[:3]}, are in {', '.join(sessions)}; "
+            f"found {', '.join(p.name for p in check_root(root))}); restore the missing session folder(s), or give a "
+            "`split_file` whose train, valid and test dialogues are all in the tree")
     standard = set(settings["classes"]) == set(IEMOCAP_CLASSES) and not settings["relabel"]
     if not standard:
         logger.info("IEMOCAP: classes %s%s are not the six-class setting: the utterance counts are not compared "
