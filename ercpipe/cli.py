@@ -50,10 +50,18 @@ def _modality_paths(pairs: list[str], parser: argparse.ArgumentParser) -> dict[s
 
 
 def _predict(args, parser) -> None:
-    from ercpipe import infer
-
     if bool(args.conversation) == bool(args.manifest):
         parser.error("give either --conversation (a new conversation) or --manifest with --features")
+    # An option of the other mode would be ignored: the user would read predictions made without it.
+    given = [flag for flag, value in (("--split", args.split), ("--features", args.features)) if value]
+    if args.conversation and given:
+        parser.error(f"{' and '.join(given)} go(es) with --manifest; a --conversation is predicted whole, from the "
+                     "features extracted for it")
+    if args.manifest and args.work_dir:
+        parser.error("--work-dir goes with --conversation (it keeps that conversation's features); with --manifest "
+                     "the features are the files given with --features")
+    from ercpipe import infer
+
     if args.conversation:
         frame = infer.predict_conversation(args.checkpoint, args.conversation, args.out, work_dir=args.work_dir,
                                            threads=args.threads, device=args.device)

@@ -36,7 +36,7 @@ import logging
 import re
 import tempfile
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import pandas as pd
 
@@ -72,8 +72,10 @@ def predict_features(checkpoint: str | Path, manifest_path: str | Path, feature_
     model, classes = _load(checkpoint, device)
     modalities = model.spec.modalities
     missing = [m for m in modalities if m not in feature_paths]
+    unused = [m for m in feature_paths if m not in modalities]
     if missing:
-        raise InferenceError(f"{checkpoint} was trained on {list(modalities)}; give a feature file for {missing}")
+        raise InferenceError(f"{checkpoint} was trained on {list(modalities)}; give a feature file for {missing}" +
+                             (f" (the {unused} file(s) given are not read by this model)" if unused else ""))
     manifest = manifest_io.read(manifest_path).set_index("utterance_id")
     unknown = sorted(set(manifest["label"]) - set(classes) - {""})
     if unknown:  # the classes are the checkpoint's: a label outside them means a model of another dataset
@@ -89,6 +91,7 @@ def predict_features(checkpoint: str | Path, manifest_path: str | Path, feature_
     if not dialogues:
         raise InferenceError(f"{manifest_path} has no dialogues in splits {list(splits or [])}")
     frame = predict(model, dialogues, batch_size=batch_size)
+    frame["split"] = frame["utterance_id"].map(manifest["split"])  # as the pipeline's predictions.tsv has it
     frame["flags"] = frame["utterance_id"].map(manifest["flags"])
     # Who the model took each utterance's speaker to be (the slot is what it reads of the speaker).
     frame["speaker"] = frame["utterance_id"].map(manifest["speaker"])
@@ -240,7 +243,7 @@ def conversation_manifest(conversation: str | Path, classes: Sequence[str], out_
 
     try:
         # A conversation need not show every class (and its placeholder labels are no labels at all).
-        with _without_log_records("csv_manifest", "of `classes` label no row"):
+        with _reader_log_as_the_conversation("csv_manifest", "of `classes` label no row", own_lines):
             frame, result = read_dataset("conversation", settings)
     except ManifestError as err:
         raise InferenceError(own_lines(str(err))) from None
@@ -265,13 +268,18 @@ def conversation_manifest(conversation: str | Path, classes: Sequence[str], out_
 
 
 @contextlib.contextmanager
-def _without_log_records(module: str, text: str):
-    """Drop the log records of ercpipe.datasets.<module> that contain `text` (a reader warning that means
-    nothing for a conversation) while the block runs."""
+def _reader_log_as_the_conversation(module: str, drop: str, rewrite: Callable[[str], str]):
+    """While the block runs, the log records of ercpipe.datasets.<module> that contain `drop` (a reader warning
+    that means nothing for a conversation) are dropped, and the others pass through `rewrite` (the staged copy's
+    path and lines become the user's file's)."""
     target = logging.getLogger(f"ercpipe.datasets.{module}")
 
     def keep(record: logging.LogRecord) -> bool:
-        return text not in record.getMessage()
+        message = record.getMessage()
+        if drop in message:
+            return False
+        record.msg, record.args = rewrite(message), ()
+        return True
 
     target.addFilter(keep)
     try:

@@ -95,6 +95,13 @@ def test_a_minimal_transcript_without_ids_or_media(trained, tmp_path, caplog):
     assert frame["flags"].str.contains("missing_audio").all() and frame["flags"].str.contains("no_video").all()
     assert "empty_text" in frame["flags"].iat[2]
     assert frame["absent"].tolist() == ["audio;visual", "audio;visual", "text;audio;visual"]
+    # A reader warning names the user's file, not the staged copy that is deleted when the command ends.
+    mixed = tmp_path / "mixed.csv"
+    mixed.write_text("dialogue_id,speaker,text\nd1,Ann,hi\nd2,Bob,hello\nd1,Bob,bye\nd2,Ann,yo\n")
+    with caplog.at_level("WARNING"):
+        infer.predict_conversation(trained["checkpoint"], mixed)
+    assert f"csv {mixed}: the rows of 2 dialogue(s) are not next to each other" in caplog.text
+    assert "conversation.csv" not in caplog.text
 
 
 def test_generated_utterance_ids_are_numbered_within_each_dialogue(tmp_path):
@@ -221,7 +228,16 @@ def test_command_line(trained, tmp_path):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "prediction" in result.stdout and out.exists()
-    assert len(pd.read_csv(out, sep="\t")) == len(result.stdout.strip().splitlines()) - 1
+    written = pd.read_csv(out, sep="\t")
+    assert len(written) == len(result.stdout.strip().splitlines()) - 1
+    assert set(written["split"]) == {"test"}  # as the pipeline's predictions.tsv has it
+    # An option of the other mode is refused, not ignored.
+    for extra, message in ((["--conversation", str(out), "--split", "test"], "--split go(es) with --manifest"),
+                           (["--manifest", str(trained["manifest"]), "--features", *features, "--work-dir",
+                             str(tmp_path)], "--work-dir goes with --conversation")):
+        refused = subprocess.run([exe, "predict", "--checkpoint", str(trained["checkpoint"]), *extra],
+                                 capture_output=True, text=True, timeout=300)
+        assert refused.returncode == 2 and message in refused.stderr, refused.stderr
     result = subprocess.run([exe, "predict", "--checkpoint", str(trained["checkpoint"]), "--manifest",
                              str(trained["manifest"]), "--features", features[0]],
                             capture_output=True, text=True, timeout=300)
