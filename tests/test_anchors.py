@@ -3,6 +3,7 @@ formats, and anchor mining from training faces (with the real MTCNN on a real vi
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -533,7 +534,8 @@ def test_mining_uses_only_training_utterances(tmp_path):
 
 def test_mining_needs_enough_training_utterances(tmp_path):
     manifest_path, visual_path, _, _ = mining_corpus(tmp_path)
-    with pytest.raises(anchors.AnchorMiningError, match="class 'hap' has 5 training utterance"):
+    with pytest.raises(anchors.AnchorMiningError, match=r"class 'hap' has 5 training utterance.* fewer than "
+                                                       r"min_per_class = 6 \(of 6; the others: 1 absent\); lower"):
         anchors.mine_anchor_images(manifest_path, visual_path, ["hap", "sad"], {"per_class": 6, "min_per_class": 6},
                                    tmp_path / "mined", {}, None, crop_fn=fake_crops)
     with pytest.raises(anchors.AnchorMiningError, match="class 'sad': only 3 of 5"):
@@ -542,6 +544,20 @@ def test_mining_needs_enough_training_utterances(tmp_path):
     assert not (tmp_path / "mined").exists()
     with pytest.raises(ValueError, match="unknown anchor mining setting"):
         anchors.mining_settings({"k": 3})
+
+
+def test_a_class_without_any_face_names_why_and_no_impossible_setting(tmp_path):
+    """min_per_class cannot go below 1: with no candidate at all, the advice was to lower it."""
+    manifest_path, visual_path, manifest, feats = mining_corpus(tmp_path)
+    happy = manifest["label"] == "hap"
+    feature_io.write(visual_path, feature_io.FeatureSet(
+        manifest["utterance_id"].tolist(), feats, ~happy.to_numpy(),
+        {"modality": "visual", "extractor": "test", "model": "none", "settings": {},
+         "absent": json.dumps({u: "no_face: no face in 4 frames" for u in manifest.loc[happy, "utterance_id"]})}))
+    with pytest.raises(anchors.AnchorMiningError, match=r"class 'hap' has 0 training utterance.*\(of 6; the others: "
+                                                       r"6 no_face\); use a hand-made anchor image set"):
+        anchors.mine_anchor_images(manifest_path, visual_path, ["hap", "sad"], {"per_class": 3, "min_per_class": 1},
+                                   tmp_path / "mined", {}, None, crop_fn=fake_crops)
 
 
 def draw_video(path: Path, seconds: int = 4, fps: int = 4) -> None:

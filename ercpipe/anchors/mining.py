@@ -7,8 +7,10 @@ leak into the anchors). Utterances without a usable face are skipped and listed 
 """
 from __future__ import annotations
 
+import json
 import logging
 import re
+from collections import Counter
 from functools import partial
 from pathlib import Path
 from typing import Callable, Sequence
@@ -68,6 +70,19 @@ def rank_training_utterances(manifest: pd.DataFrame, visual: feature_io.FeatureS
     return ranked.sort_values("distance", kind="stable")
 
 
+def _why_absent(manifest: pd.DataFrame, visual: feature_io.FeatureSet, label: str, candidates: pd.DataFrame) -> str:
+    """' (of N; the others: {reason: count})': why the class's other training utterances have no visual feature,
+    from the feature file's per-utterance reasons (no_face, missing_video, ...)."""
+    train = manifest.loc[(manifest["split"] == "train") & (manifest["label"] == label), "utterance_id"]
+    others = [u for u in train if u not in set(candidates["utterance_id"])]
+    if not others:
+        return ""
+    reasons = visual.attrs.get("absent") or {}
+    reasons = json.loads(reasons) if isinstance(reasons, str) else reasons
+    counts = Counter(str(reasons.get(u, "absent")).split(":")[0].split(" ")[0] for u in others)
+    return f" (of {len(train)}; the others: {', '.join(f'{n} {r}' for r, n in counts.most_common())})"
+
+
 def _safe_file_name(utterance_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", utterance_id) + ".png"
 
@@ -108,8 +123,9 @@ def mine_anchor_images(manifest_path: str | Path, visual_h5_path: str | Path, cl
         if len(candidates) < settings["min_per_class"]:
             raise AnchorMiningError(
                 f"class {label!r} has {len(candidates)} training utterance(s) with a visual feature in "
-                f"{visual_h5_path}, fewer than min_per_class = {settings['min_per_class']}; lower min_per_class or "
-                "use a hand-made anchor image set")
+                f"{visual_h5_path}, fewer than min_per_class = {settings['min_per_class']}"
+                f"{_why_absent(manifest, visual, label, candidates)}; " +
+                ("lower min_per_class or use" if len(candidates) else "use") + " a hand-made anchor image set")
         if len(candidates) < settings["per_class"]:
             logger.warning("class %s: only %d present training utterances for per_class = %d", label,
                            len(candidates), settings["per_class"])
