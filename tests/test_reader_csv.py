@@ -88,11 +88,20 @@ def test_flags_times_media_and_text(data_dir, tmp_path):
         "c1,u4,train,Ann,calm,Itâ€™s,audio/gone.wav,,,",         # missing file, mojibake
         "c1,u5,train,Ann,calm,six,,,,",                         # no audio at all
         "c2,v0,train,Ann,calm,other file,audio/call2.wav,0.2,0.6,",  # other file: no overlap with c1
+        "c3,w0,train,Ann,calm,windows,audio\\call2.wav,,,",        # a Windows separator
+        "c3,w1,train,Ann,calm,empty,audio/empty.wav,,,",         # 0 bytes: flagged without probing
     ]
+    (data_dir / "audio" / "empty.wav").write_bytes(b"")
     df, issues, summary = build(write(data_dir / "m.csv", lines), tmp_path / "out")
     flags = {u: set(f.split(";")) - {"no_video", ""} for u, f in zip(df["utterance_id"], df["flags"])}
     assert flags == {"u0": set(), "u1": {"overlap"}, "u2": {"bad_time"}, "u3": {"bad_time", "empty_text"},
-                     "u4": {"missing_audio", "text_fixed"}, "u5": {"missing_audio"}, "v0": set()}
+                     "u4": {"missing_audio", "text_fixed"}, "u5": {"missing_audio"}, "v0": set(),
+                     "w0": {"missing_audio"}, "w1": {"corrupt_audio"}}
+    details = issues[issues["reason"].isin(["missing_audio", "corrupt_audio"])].set_index("utterance_id")["detail"]
+    assert details["u4"] == f"{data_dir / 'audio/gone.wav'} does not exist (the CSV gives 'audio/gone.wav'); fix the " \
+                            "path or restore the file"
+    assert "the CSV gives 'audio\\\\call2.wav', with '\\' as the folder separator; write '/'" in details["w0"]
+    assert details["w1"].endswith("empty.wav: empty file (0 bytes); replace it with a complete copy")
     assert df.set_index("utterance_id").loc["u4", "text"] == "It’s"
     bad = issues[(issues["reason"] == "bad_time") & (issues["utterance_id"] == "u3")].iloc[0]
     assert bad["file"] == str(data_dir / "m.csv") and bad["line"] == "5" and "'abc'" in bad["detail"]

@@ -28,6 +28,7 @@ import csv
 import io
 import logging
 import math
+import os
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -335,6 +336,14 @@ def _resolve(base: Path, value: str, real_base: Path | None = None) -> str:
     return str(resolved)
 
 
+def _missing_detail(path: str, given: str) -> str:
+    """What issues.tsv says of a media file that is not there, with the likely cause when the CSV shows one."""
+    if "\\" in given and os.sep != "\\":
+        return (f"{path} does not exist: the CSV gives {given!r}, with '\\' as the folder separator; write '/' "
+                "(it works on every system)")
+    return f"{path} does not exist (the CSV gives {given!r}); fix the path or restore the file"
+
+
 def _check_media(row: dict, issues: IssueLog, probe_media: bool | Collection[str], media: frozenset[str]) -> None:
     from ercpipe.io.media import probe  # PyAV only when media is looked at
 
@@ -347,7 +356,9 @@ def _check_media(row: dict, issues: IssueLog, probe_media: bool | Collection[str
         if not path or modality not in media:
             continue
         if not Path(path).exists():
-            flag_row(row, f"missing_{kind}", issues, path)
+            flag_row(row, f"missing_{kind}", issues, _missing_detail(path, row["_given"][kind]))
+        elif Path(path).is_file() and Path(path).stat().st_size == 0:  # a stat, no decoding: with or without probing
+            flag_row(row, f"corrupt_{kind}", issues, f"{path}: empty file (0 bytes); replace it with a complete copy")
         elif probes(probe_media, path):
             info = probe(path)
             if not info.decodable:
@@ -513,7 +524,8 @@ def read(name: str, cfg: dict, probe: bool | Collection[str] = True) -> ReadResu
                       speaker=values["speaker"], label=values["label"], text=text,
                       audio_path=_resolve(base, record.values.get("audio_path", ""), real_base),
                       video_path=_resolve(base, record.values.get("video_path", ""), real_base),
-                      _file=str(path), _line=record.line)
+                      _file=str(path), _line=record.line,
+                      _given={kind: record.values.get(f"{kind}_path", "").strip() for kind in ("audio", "video")})
         slot = _parse_int(record, "speaker_slot", path)
         row["_slot"] = slot
         if slot is not None and slot < 0:
