@@ -121,7 +121,7 @@ def _import_anchors(args, parser) -> None:
 
     require_known_clip_model(args.clip_model)  # before the file is read
     anchors = import_official(args.pt, args.out, args.classes, args.clip_model, allow_pickle=args.allow_pickle,
-                              how_to_allow=ALLOW_PICKLE_HINT)
+                              how_to_allow=ALLOW_PICKLE_HINT, pretrained=args.pretrained)
     print(f"{args.out}: {len(anchors.class_names)} classes, {anchors.dim}-d, CLIP {args.clip_model}")
 
 
@@ -188,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-pickle", action="store_true", help="load a full pickle if weights_only loading fails")
     p.add_argument("--classes", nargs="+", required=True, help="class names in label-id order")
     p.add_argument("--clip-model", required=True, help="open_clip name of the CLIP that made the file (ViT-B-32)")
+    p.add_argument("--pretrained", default="openai",
+                   help="the weights of that CLIP (an open_clip tag or a checkpoint's name; default: openai)")
     p.add_argument("--out", required=True)
     p.set_defaults(run=_import_anchors, parser=p)
 

@@ -203,6 +203,11 @@ def test_a_changed_image_re_encodes_the_set(tmp_path):
     snakemake(tmp_path, configfile, "--cores", "1", target)
     (tmp_path / "faces" / "happy" / ".DS_Store").write_bytes(b"Finder")  # not read: re-encodes nothing
     assert planned_jobs(snakemake(tmp_path, configfile, "-n", target).stdout) == {}
+    # Nor beside the class folders (the set's folder timestamp changed: every VEGA experiment was re-trained).
+    (tmp_path / "faces" / ".DS_Store").write_bytes(b"Finder")
+    (tmp_path / "faces" / "README.txt").write_text("where the photos come from\n")
+    (tmp_path / "faces" / "surprise").mkdir()
+    assert planned_jobs(snakemake(tmp_path, configfile, "-n", target).stdout) == {}
     shutil.copy(tmp_path / "faces" / "happy" / "img0.png", tmp_path / "faces" / "happy" / "img2.png")
     assert planned_jobs(snakemake(tmp_path, configfile, "-n", target).stdout) == {"encode_anchors": 1}
     snakemake(tmp_path, configfile, "--cores", "1", target)
@@ -230,6 +235,49 @@ def test_image_sets_at_the_documented_places_encode_once(tmp_path):
     snakemake(tmp_path, configfile, "--cores", "1", *targets)
     assert planned_jobs(snakemake(tmp_path, configfile, "-n", *targets).stdout) == {}
     assert anchors.read(tmp_path / targets[1]).counts() == {"happy": 1, "sad": 1}
+
+
+def test_a_photo_stored_sideways_with_an_exif_orientation_is_encoded_upright(tmp_path):
+    """A phone photo is stored sideways with an EXIF Orientation tag that every viewer applies; the encoder took
+    the stored pixels, and nothing said so."""
+    from PIL import Image
+
+    from ercpipe.anchors.images import _as_rgb, exif_rotated_images
+
+    upright = np.zeros((40, 60, 3), np.uint8)
+    upright[:10, :30] = (255, 0, 0)  # a red block at the top left: not symmetric under a turn
+    root = make_image_set(tmp_path / "faces", {"happy": 1, "sad": 1})
+    stored = Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90)  # what the camera wrote
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: turn 90 degrees clockwise to view
+    stored.save(root / "happy" / "phone.jpg", exif=exif.tobytes(), quality=100)
+    with Image.open(root / "happy" / "phone.jpg") as image:
+        pixels = np.asarray(_as_rgb(image)).astype(int)
+    assert pixels.shape == upright.shape and np.abs(pixels - upright).mean() < 3  # JPEG: close, not equal
+    # What encode_anchors' params hold of it, so that a set encoded sideways before is encoded again.
+    assert exif_rotated_images(root) == ["happy/phone.jpg"]
+    assert exif_rotated_images(make_image_set(tmp_path / "plain", {"happy": 1})) == []
+
+
+def test_an_image_name_that_is_not_utf8_is_named_before_any_encoding(tmp_path, caplog):
+    """A name from an archive made on Windows (b'caf\\xe9.png') crashed `snakemake -n` in the folder's digest, and
+    the encoder only after encoding every image, with a UnicodeEncodeError naming no file."""
+    import os
+
+    from ercpipe.io.digest import folder_digest
+
+    root = make_image_set(tmp_path / "faces", {"happy": 1, "sad": 1})
+    shutil.copy(root / "happy" / "img0.png", os.fsencode(root / "happy") + b"/caf\xe9.png")
+    (root / "sad" / "notes.docx").write_bytes(b"PK")
+    assert folder_digest(root, depth=2, suffixes=anchors.IMAGE_EXTENSIONS)
+    with pytest.raises(anchors.AnchorImageError, match=r"image .*happy/caf\\xe9.png has a name that is not UTF-8 "
+                                                       r".*: rename it"):
+        anchors.scan_image_set(root, ["hap", "sad"])
+    (Path(os.fsdecode(os.fsencode(root / "happy") + b"/caf\xe9.png"))).unlink()
+    with caplog.at_level(logging.WARNING):
+        anchors.scan_image_set(root, ["hap", "sad"])
+    assert "ignored 1 file(s) in class folders that are not image files" in caplog.text
+    assert "sad/notes.docx" in caplog.text
 
 
 def test_scan_rejects_two_folders_for_one_class_and_a_missing_set(tmp_path):
@@ -272,6 +320,13 @@ def test_clip_weights_errors(image_set, tmp_path):
     torch.jit.script(torch.nn.Linear(2, 2)).save(str(scripted))
     with pytest.raises(RuntimeError, match="could not load CLIP checkpoint .*TorchScript archives .* are refused"):
         anchors.encode_image_set(image_set, ["hap"], {**TINY, "pretrained": str(scripted)}, tmp_path / "x.h5",
+                                 device="cpu")
+    # Not a checkpoint at all: open_clip's KeyError was the only message.
+    text = tmp_path / "open_clip_pytorch_model.bin"
+    text.write_text("these are not weights\n")
+    with pytest.raises(RuntimeError, match=r"could not load CLIP checkpoint .*open_clip_pytorch_model.bin into "
+                                           r"ViT-S-32-alt \(\w+: .*\)\. Give an open_clip state dict"):
+        anchors.encode_image_set(image_set, ["hap"], {**TINY, "pretrained": str(text)}, tmp_path / "x.h5",
                                  device="cpu")
     assert not (tmp_path / "x.h5").exists()
 
@@ -399,10 +454,13 @@ def test_official_import_export_round_trip(tmp_path):
 def test_encoded_anchors_survive_official_round_trip(tiny_anchor_file, tmp_path):
     a = anchors.read(tiny_anchor_file)
     anchors.export_official(a, tmp_path / "tiny.pt")
-    b = anchors.import_official(tmp_path / "tiny.pt", tmp_path / "tiny.h5", ["sadness", "joy", "anger"], "ViT-S-32-alt")
+    b = anchors.import_official(tmp_path / "tiny.pt", tmp_path / "tiny.h5", ["sadness", "joy", "anger"], "ViT-S-32-alt",
+                                pretrained=None)
     np.testing.assert_array_equal(b.centers, a.centers)
     for name in a.class_names:
         np.testing.assert_array_equal(b.image_features[name], a.image_features[name])
+    # The CLIP's weights are recorded as given (they were always "openai", a tag this model does not have).
+    assert (b.pretrained, b.clip_name) == (a.pretrained, a.clip_name) == (None, "ViT-S-32-alt")
 
 
 def test_official_import_errors(tmp_path):

@@ -89,7 +89,7 @@ def load_clip(clip: dict | None, device):
             torch.manual_seed(RANDOM_SEED)
             model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=pretrained,
                                                                          device=device, **kwargs)
-    except RuntimeError as err:
+    except Exception as err:  # noqa: BLE001 - open_clip and torch raise AssertionError, KeyError, UnpicklingError ...
         if pretrained and not is_checkpoint_path(pretrained):
             raise RuntimeError(
                 f"could not load CLIP {model_name} weights {pretrained!r} ({err}). Offline, download the weights "
@@ -97,8 +97,9 @@ def load_clip(clip: dict | None, device):
                 "of the Hugging Face repo timm/vit_base_patch32_clip_224.openai), with quick_gelu: true for OpenAI "
                 "weights") from err
         if pretrained:
+            reason = " ".join(f"{type(err).__name__}: {err}".split())[:300]  # torch's message spans lines
             raise RuntimeError(
-                f"could not load CLIP checkpoint {pretrained} into {model_name} ({err}). Give an open_clip state "
+                f"could not load CLIP checkpoint {pretrained} into {model_name} ({reason}). Give an open_clip state "
                 "dict of this architecture (open_clip_model.safetensors or open_clip_pytorch_model.bin); "
                 "TorchScript archives such as OpenAI's original ViT-B-32.pt are refused because they cannot be "
                 "read with weights_only=True") from err

@@ -41,21 +41,54 @@ def _canonical_classes(class_names: Sequence[str]) -> dict[str, str]:
                                    "anchor classes must be distinct emotions")
         out[name] = str(label)
     if not out:
-        raise AnchorImageError("no classes requested for the anchor image set")
+        raise AnchorImageError("no classes requested for the anchor image set: no experiment, export or mining uses "
+                               "it; use it in one (anchors: NAME), or give the set its `classes`")
     return out
 
 
 def _as_rgb(image):
-    """8-bit RGB, as CLIP's preprocessing expects (alpha dropped, as the official code does). Pillow's own
+    """8-bit RGB, upright, as CLIP's preprocessing expects (alpha dropped, as the official code does). Pillow's own
     convert("RGB") clips 16-bit and 32-bit integer pixels at 255 (a 16-bit photograph comes out white), so
     those are scaled from their range first; float pixels have no agreed range and are refused by the scan."""
-    from PIL import Image
+    from PIL import Image, ImageOps
 
+    # Upright as every viewer shows it: a phone photo is stored sideways with an EXIF Orientation tag.
+    image = ImageOps.exif_transpose(image)
     if image.mode.startswith("I"):  # "I;16", "I;16B", ... (16-bit) or "I" (32-bit; 16-bit PNGs open so)
         pixels = np.asarray(image).astype(np.float64)
         scale = 257.0 if image.mode.startswith("I;16") or pixels.max(initial=0) > 255 else 1.0
         image = Image.fromarray(np.clip(np.rint(pixels / scale), 0, 255).astype(np.uint8), mode="L")
     return image.convert("RGB")
+
+
+def _utf8_name(path: Path) -> bool:
+    try:
+        path.name.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes, kept by Python as surrogates
+        return False
+    return True
+
+
+def exif_rotated_images(images_dir: str | Path) -> list[str]:
+    """The class-folder images ({class}/{file}) whose EXIF Orientation turns them (not 1): encoded upright since
+    this version, so they are part of encode_anchors' params (a set without any keeps its params). Reads only
+    the file headers."""
+    from PIL import Image
+
+    root, rotated = Path(images_dir), []
+    if not root.is_dir():
+        return rotated
+    for path in sorted(root.glob("*/*")):
+        if path.name.startswith(".") or path.suffix.lower() not in IMAGE_EXTENSIONS or not path.is_file():
+            continue
+        try:
+            with Image.open(path) as image:
+                orientation = image.getexif().get(0x0112, 1)  # 0x0112: Orientation
+        except Exception:  # noqa: BLE001 - an unreadable file is the scan's to report
+            continue
+        if orientation not in (0, 1):
+            rotated.append(path.relative_to(root).as_posix())
+    return rotated
 
 
 def _unreadable_reason(path: Path) -> str:
@@ -115,6 +148,11 @@ def scan_image_set(images_dir: str | Path, class_names: Sequence[str]) -> dict[s
             if entry.name.startswith("."):
                 ignored.append(f"{folder.name}/{entry.name}")
             elif entry.is_file() and entry.suffix.lower() in IMAGE_EXTENSIONS:
+                if not _utf8_name(entry):
+                    problems.append(f"image {os.fsencode(entry).decode('utf-8', 'backslashreplace')} has a name that "
+                                    "is not UTF-8 (from an archive made on another system), which the anchor file "
+                                    "cannot record: rename it")
+                    continue
                 files.append(entry)
             elif entry.is_symlink() and not entry.exists():
                 problems.append(f"broken link {entry} (it points to {os.readlink(entry)}, which does not exist): "
@@ -138,10 +176,18 @@ def scan_image_set(images_dir: str | Path, class_names: Sequence[str]) -> dict[s
     if nested:
         logger.warning("%s: only the images directly in a class folder are used; not read: %s", images_dir,
                        ", ".join(nested[:20]) + (" ..." if len(nested) > 20 else ""))
-    if ignored:
-        shown = ", ".join(ignored[:20]) + (" ..." if len(ignored) > 20 else "")
-        logger.info("%s: ignored %d entries that are not images of requested classes: %s", images_dir, len(ignored),
-                    shown)
+    # A file in a class folder that is not an image file is a warning (an image saved as .jfif or .heic would
+    # otherwise be dropped unnoticed); hidden files and what is beside the class folders are only noted.
+    in_classes = [e for e in ignored if "/" in e.rstrip("/") and not Path(e).name.startswith(".")]
+    noted = [e for e in ignored if e not in in_classes]
+    if noted:
+        logger.info("%s: ignored %d entries that are not images of requested classes: %s", images_dir, len(noted),
+                    ", ".join(noted[:20]) + (" ..." if len(noted) > 20 else ""))
+    if in_classes:
+        logger.warning("%s: ignored %d file(s) in class folders that are not image files (%s): %s; convert an image "
+                       "among them to one of those formats to use it", images_dir, len(in_classes),
+                       " ".join(sorted(IMAGE_EXTENSIONS)),
+                       ", ".join(in_classes[:20]) + (" ..." if len(in_classes) > 20 else ""))
     ordered = {name: images[name] for name in wanted}
     counts = {name: len(files) for name, files in ordered.items()}
     logger.info("%s: images per class %s (the paper used %d per class)", images_dir, counts, PAPER_IMAGES_PER_CLASS)

@@ -323,7 +323,7 @@ def require_known_clip_model(clip_model: str) -> None:
 
 def import_official(pt_path: str | Path, out_path: str | Path, class_names: Sequence[str], clip_model: str,
                     allow_pickle: bool = False, how_to_allow: str = "pass allow_pickle=True",
-                    clip_name: str | None = None) -> AnchorSet:
+                    clip_name: str | None = None, pretrained: str | None = "openai") -> AnchorSet:
     """Convert an official `35_anchor.pt` into an ercpipe anchor file.
 
     class_names: the dataset's labels in label-id order (the order of the file's anchor_center rows).
@@ -392,11 +392,11 @@ def import_official(pt_path: str | Path, out_path: str | Path, class_names: Sequ
         raise AnchorFileError(f"{pt_path} holds {dim}-d anchors, but CLIP {clip_model} embeds in {known_dim} "
                               "dimensions; give the clip_model the file was built with (official config: ViT-B-32)")
     digest = file_digest(pt_path)
-    settings = {"model": clip_model, "pretrained": "openai", "imported_from": pt_path.name, "sha256": digest}
+    settings = {"model": clip_model, "pretrained": pretrained, "imported_from": pt_path.name, "sha256": digest}
     anchors = AnchorSet(
         class_names=canonical, centers=centers, image_features=feats, image_paths={c: [] for c in canonical},
-        clip_model=clip_model, pretrained="openai", dim=dim, settings=settings,
-        clip_name=clip_name or clip_setting.clip_name({"model": clip_model, "pretrained": "openai"}),
+        clip_model=clip_model, pretrained=pretrained, dim=dim, settings=settings,
+        clip_name=clip_name or clip_setting.clip_name({"model": clip_model, "pretrained": pretrained}),
         setting_hash=settings_hash(settings), source=f"official:{pt_path.name} sha256:{digest}",
         versions=package_versions(["torch", "h5py", "numpy"]), dataset_labels=[str(c) for c in class_names])
     write(out_path, anchors)

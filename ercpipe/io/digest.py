@@ -44,7 +44,8 @@ def folder_digest(path: str | os.PathLike, length: int = 16, depth: int | None =
                 stat = f"{st.st_size}:{st.st_mtime_ns}"
             except OSError:
                 stat = "unreadable"  # a dangling link
-            digest.update(f"{file.relative_to(root).as_posix()}\0{stat}\n".encode())
+            # surrogateescape: a name that is not UTF-8 (from a zip made on Windows) is digested as its bytes
+            digest.update(f"{file.relative_to(root).as_posix()}\0{stat}\n".encode("utf-8", "surrogateescape"))
     return digest.hexdigest()[:length]
 
 

@@ -397,13 +397,22 @@ def anchor_images_digest(wildcards):
     a .DS_Store): the folder may be anchors/{set}/ itself, where encode_anchors writes its output. Mined and
     synthetic images are outputs of their own rules."""
     an = ANCHORS[wildcards.anchor_set]
-    return folder_digest(an["images"], depth=2, suffixes=IMAGE_EXTENSIONS) if an.get("images") else ""
+    if not an.get("images"):
+        return ""
+    from ercpipe.anchors.images import exif_rotated_images  # Pillow: only for a config with such a set
+
+    digest = folder_digest(an["images"], depth=2, suffixes=IMAGE_EXTENSIONS)
+    # Images turned upright by their EXIF orientation (encoded sideways before): only a set holding some changes.
+    rotated = exif_rotated_images(an["images"])
+    return f"{digest} upright:{','.join(rotated)}" if rotated else digest
 
 
 def anchor_image_dir(wildcards):
     an = ANCHORS[wildcards.anchor_set]
     if an.get("images"):
-        return an["images"]
+        # ancient: the folder's own timestamp changes with anything put beside the class folders (a .DS_Store, a
+        # README); what the encoder reads is in the images_digest param.
+        return ancient(an["images"])
     if an.get("mine"):
         return f"anchors/{wildcards.anchor_set}/mined"
     return f"anchors/{wildcards.anchor_set}/images"
