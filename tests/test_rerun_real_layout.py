@@ -257,6 +257,23 @@ def test_removing_one_dialogues_files_reruns_only_the_shards_whose_rows_change(r
     assert not {job for job in planned if "meld_raw" in job[1]}
 
 
+def test_a_reversed_evaluation_time_re_extracts_the_faces_not_the_sentence_audio(run_copy):
+    """IEMOCAP's audio is the whole sentence WAV, whatever the EmoEvaluation times say: a bad_time flag (added,
+    or removed by the fix) used to re-run the shard's audio extraction too, for identical features."""
+    workdir, configfile = run_copy
+    frame = manifest_io.read(workdir / "features/iemocap_raw/manifest.tsv")
+    row = frame.iloc[0]
+    emo = workdir / f"raw/iemocap_raw/Session{int(row['dialogue_id'][3:5])}/dialog/EmoEvaluation/{row['dialogue_id']}.txt"
+    text = emo.read_text()
+    header = re.search(rf"^\[(\d+\.\d+) - (\d+\.\d+)\]\t{row['utterance_id']}\t", text, re.M)
+    assert header, row["utterance_id"]
+    start, end = header.groups()
+    emo.write_text(text.replace(header.group(0), header.group(0).replace(f"[{start} - {end}]", f"[{end} - {start}]")))
+    planned = _planned(snakemake(workdir, configfile, "-n").stdout)
+    assert planned == _one_shard_jobs("iemocap_raw", _shard_of(workdir, "iemocap_raw", row["utterance_id"]),
+                                      ("visual",)), planned
+
+
 def test_a_rejected_row_reruns_only_the_issues_and_the_summary(run_copy):
     """A duplicate transcript line is rejected (recorded in issues.tsv) and changes no manifest row: it used to
     leave issues.tsv and summary.json as they were, since the job writing them re-ran on the manifest's digest."""

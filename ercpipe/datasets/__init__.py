@@ -43,8 +43,10 @@ NOT_SHARD_KEYS: frozenset[str] = SPLIT_KEYS | FACE_KEYS
 MODALITY_VIEWS: dict[str, dict] = {
     "text": {"columns": ("dialogue_id", "utterance_index", "utterance_id", "speaker", "text"),
              "flags": ("empty_text",), "media": (), "settings": ()},
+    # No bad_time: the audio extraction reads it only for a row without audio_path, whose path column changed too
+    # (IEMOCAP's sentence WAVs are whole; a fixed EmoEvaluation time re-extracted them for identical features).
     "audio": {"columns": ("dialogue_id", "utterance_index", "utterance_id", "audio_path", "audio_start", "audio_end"),
-              "flags": ("missing_audio", "corrupt_audio", "no_audio_stream", "silent_audio", "bad_time"),
+              "flags": ("missing_audio", "corrupt_audio", "no_audio_stream", "silent_audio"),
               "media": ("audio_path",), "settings": ("probe_media",)},
     "visual": {"columns": ("dialogue_id", "utterance_index", "utterance_id", "speaker", "video_path", "video_start",
                            "video_end"),
