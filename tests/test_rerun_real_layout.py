@@ -263,7 +263,8 @@ def test_a_reversed_evaluation_time_re_extracts_the_faces_not_the_sentence_audio
     workdir, configfile = run_copy
     frame = manifest_io.read(workdir / "features/iemocap_raw/manifest.tsv")
     row = frame.iloc[0]
-    emo = workdir / f"raw/iemocap_raw/Session{int(row['dialogue_id'][3:5])}/dialog/EmoEvaluation/{row['dialogue_id']}.txt"
+    session = f"Session{int(row['dialogue_id'][3:5])}"
+    emo = workdir / f"raw/iemocap_raw/{session}/dialog/EmoEvaluation/{row['dialogue_id']}.txt"
     text = emo.read_text()
     header = re.search(rf"^\[(\d+\.\d+) - (\d+\.\d+)\]\t{row['utterance_id']}\t", text, re.M)
     assert header, row["utterance_id"]
