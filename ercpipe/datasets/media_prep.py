@@ -139,11 +139,13 @@ def stream_utterance_wav(path, start: float | None, end: float | None, out_path:
 def write_utterance_audio(manifest_path, shard: int, n_shards: int, out_dir: Path, threads: int = 1) -> None:
     """WAVs and _report.tsv for the dialogues of one shard (ercpipe.io.manifest.shard_rows)."""
     rows = manifest_io.shard_rows(manifest_io.read(manifest_path), shard, n_shards)
-    logger.info("utterance audio shard %d/%d: %d utterances, %d thread(s)", shard, n_shards, len(rows), threads)
+    # The pipeline gives each job its shard's own manifest (shard 0 of 1): name the file, not a shard number.
+    where = str(manifest_path) if n_shards == 1 else f"{manifest_path} (shard {shard} of {n_shards})"
+    logger.info("utterance audio of %s: %d utterances, %d thread(s)", where, len(rows), threads)
     with atomic_dir(out_dir) as tmp:
         with ThreadPoolExecutor(max_workers=max(1, int(threads))) as pool:
             results = list(tqdm(pool.map(lambda r: utterance_audio(r, tmp), rows.itertuples(index=False)),
-                                total=len(rows), desc=f"utterance audio shard {shard}", unit="utt"))
+                                total=len(rows), desc="utterance audio", unit="utt"))
         report = pd.DataFrame({"utterance_id": rows["utterance_id"].tolist(),
                                "status": [status for status, _ in results],
                                "detail": [detail for _, detail in results]})
@@ -151,6 +153,6 @@ def write_utterance_audio(manifest_path, shard: int, n_shards: int, out_dir: Pat
     counts = Counter(report["status"])
     failed = {s: n for s, n in counts.items() if s != "ok"}
     if failed:
-        logger.warning("utterance audio shard %d: %d of %d rows without audio: %s", shard, sum(failed.values()),
+        logger.warning("utterance audio of %s: %d of %d rows without audio: %s", where, sum(failed.values()),
                        len(rows), failed)
-    logger.info("utterance audio shard %d: wrote %d WAV(s) to %s", shard, counts.get("ok", 0), out_dir)
+    logger.info("utterance audio of %s: wrote %d WAV(s) to %s", where, counts.get("ok", 0), out_dir)
