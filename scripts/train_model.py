@@ -5,6 +5,7 @@ from ercpipe.runlog import rule_logging
 
 with rule_logging(snakemake.log[0], snakemake.threads):
     from ercpipe.train import resolve_experiment, run_training
+    from ercpipe.train.presets import with_non_training_keys
 
     feature_paths = {key.removeprefix("features_"): Path(path) for key, path in snakemake.input.items()
                      if key.startswith("features_")}
@@ -14,12 +15,9 @@ with rule_logging(snakemake.log[0], snakemake.threads):
     feature_settings = getattr(snakemake.params, "feature_settings", None)
     face_selection = getattr(snakemake.params, "face_selection", None)
     classes = getattr(snakemake.params, "classes", None)  # the dataset's class list (None: summary.json's)
-    experiment = dict(snakemake.params.experiment)
-    # Left out of the params (it changes no result), so taken from the config.
-    every = (snakemake.config["experiments"].get(snakemake.wildcards.experiment, {}).get("train") or {}).get(
-        "checkpoint_every")
-    if every is not None:
-        experiment["train"] = {**experiment.get("train", {}), "checkpoint_every": every}
+    # Left out of the params (they change no result: NON_TRAINING_KEYS), so taken from the config.
+    configured = snakemake.config["experiments"].get(snakemake.wildcards.experiment, {})
+    experiment = with_non_training_keys(dict(snakemake.params.experiment), configured)
     run_training(Path(snakemake.input.manifest), feature_paths, Path(anchors) if anchors else None,
                  resolve_experiment(experiment), int(snakemake.wildcards.seed),
                  Path(snakemake.output.metrics).parent, threads=snakemake.threads,

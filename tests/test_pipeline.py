@@ -121,6 +121,21 @@ def test_the_anchor_settings_written_another_way_rerun_nothing_and_a_batch_size_
         np.testing.assert_allclose(f["centers"][()], before, atol=1e-5)
 
 
+def test_the_anchor_clip_check_written_out_re_trains_nothing(pipeline_run, tmp_path):
+    """model.clip_model only says which CLIP the anchor file must come from (a check): writing it out re-trained
+    every VEGA run. The job reads it (and train.checkpoint_every) from the config."""
+    from ercpipe.train.presets import with_non_training_keys
+
+    def write_out(config):
+        config["experiments"]["iemocap_demo_sdt_vega"].setdefault("model", {})["clip_model"] = "ViT-B-32"
+
+    assert _changed(pipeline_run, tmp_path, write_out) == {}
+    params = {"model": {"hidden_dim": 32}, "train": {"epochs": 2}}
+    assert with_non_training_keys(params, {"model": {"clip_model": "ViT-L-14"}, "train": {"checkpoint_every": 3}}) \
+        == {"model": {"hidden_dim": 32, "clip_model": "ViT-L-14"}, "train": {"epochs": 2, "checkpoint_every": 3}}
+    assert params == {"model": {"hidden_dim": 32}, "train": {"epochs": 2}}  # not changed in place
+
+
 def _longer_training(pipeline_run, tmp_path, epochs: int) -> tuple[Path, Path, Path, Path, str]:
     """A copy of the demo run whose SDT seed 0 trains `epochs` epochs: (workdir, config, run dir, log, target)."""
     source, configfile, _ = pipeline_run

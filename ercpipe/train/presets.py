@@ -246,6 +246,24 @@ _TERM_KEYS = {  # a loss term's switch -> the keys only that term reads (per-mod
     "clip_loss": ("clip_lambda", "all_clip_lambda", "{m}_clip_lambda"),
     "clip_all_clip_kl_loss": ("clip_all_clip_kl_lambda", "{m}_clip_all_clip_kl_lambda", "anchor_kl_teacher"),
 }
+# Keys that never shape a training: train.checkpoint_every says when the resume state is written, model.clip_model
+# which CLIP the anchor file must come from (a check). They are left out of the job's Snakemake params (writing
+# one out, or changing it, re-trains nothing); the job reads them from the config (scripts/train_model.py).
+NON_TRAINING_KEYS = ("train.checkpoint_every", "model.clip_model")
+
+
+def with_non_training_keys(experiment: dict, configured: dict) -> dict:
+    """`experiment` (a job's params) with the NON_TRAINING_KEYS the `configured` experiment (its config entry)
+    sets."""
+    out = {section: dict(values) if isinstance(values, dict) else values for section, values in experiment.items()}
+    for key in NON_TRAINING_KEYS:
+        section, name = key.split(".", 1)
+        value = (configured.get(section) or {}).get(name)
+        if value is not None:
+            out[section] = {**(out.get(section) or {}), name: value}
+    return out
+
+
 def inactive_keys(cfg: dict) -> list[str]:
     """Dotted keys of a resolved experiment whose value cannot change its training under its other settings
     (e.g. train.momentum with AdamW, the VEGA keys with loss.clip_loss off). Works on a config that already

@@ -18,7 +18,7 @@ from ercpipe.io.digest import folder_digest, path_digest
 from ercpipe.io.filekind import IMAGE_EXTENSIONS
 from ercpipe.io.features import expected_settings
 from ercpipe.resources import extraction_resources
-from ercpipe.train.presets import active_settings, resolve_experiment
+from ercpipe.train.presets import NON_TRAINING_KEYS, active_settings, resolve_experiment
 
 try:
     pipeline_config.check_config_files(workflow.configfiles)
@@ -447,15 +447,18 @@ def selection_inputs(wildcards):
 def experiment_params(wildcards):
     """The experiment's training configuration, resolved (its preset with the user's keys over it): changing it
     re-runs this experiment's training only, and writing a preset's value out (or dropping a key that only
-    repeated it) changes nothing. Without the seeds (each job has its own) and train.checkpoint_every, which
-    only says when the resume state is written (changing it must not re-train finished runs; the job reads
-    it from the config, scripts/train_model.py), and without the keys its other settings make inactive
-    (e.g. train.momentum with AdamW; ercpipe.train.presets.inactive_keys): the job resolves them back to the
-    preset's values and metrics.json lists them as inactive."""
+    repeated it) changes nothing. Without the seeds (each job has its own) and the keys that never shape a
+    training (ercpipe.train.presets.NON_TRAINING_KEYS: when the resume state is written, which CLIP the anchors
+    must come from; changing one must not re-train finished runs, and the job reads them from the config,
+    scripts/train_model.py), and without the keys its other settings make inactive (e.g. train.momentum with
+    AdamW; ercpipe.train.presets.inactive_keys): the job resolves them back to the preset's values and
+    metrics.json lists them as inactive."""
     exp = dict(EXPERIMENTS[wildcards.experiment])
     exp.pop("seeds", None)
     exp = active_settings(resolve_experiment(exp))
-    exp["train"] = {k: v for k, v in exp["train"].items() if k != "checkpoint_every"}
+    for key in NON_TRAINING_KEYS:
+        section, name = key.split(".", 1)
+        exp[section] = {k: v for k, v in exp[section].items() if k != name}
     return canonical(exp)
 
 
