@@ -55,8 +55,8 @@ def _predict(args, parser) -> None:
     # An option of the other mode would be ignored: the user would read predictions made without it.
     given = [flag for flag, value in (("--split", args.split), ("--features", args.features)) if value]
     if args.conversation and given:
-        parser.error(f"{' and '.join(given)} go(es) with --manifest; a --conversation is predicted whole, from the "
-                     "features extracted for it")
+        parser.error(f"{' and '.join(given)} {'go' if len(given) > 1 else 'goes'} with --manifest; a --conversation "
+                     "is predicted whole, from the features extracted for it")
     if args.manifest and args.work_dir:
         parser.error("--work-dir goes with --conversation (it keeps that conversation's features); with --manifest "
                      "the features are the files given with --features")

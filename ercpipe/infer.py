@@ -76,6 +76,9 @@ def predict_features(checkpoint: str | Path, manifest_path: str | Path, feature_
     if missing:
         raise InferenceError(f"{checkpoint} was trained on {list(modalities)}; give a feature file for {missing}" +
                              (f" (the {unused} file(s) given are not read by this model)" if unused else ""))
+    if unused:
+        logger.warning("%s was trained on %s: the %s feature file(s) given are not read", checkpoint,
+                       list(modalities), unused)
     manifest = manifest_io.read(manifest_path).set_index("utterance_id")
     unknown = sorted(set(manifest["label"]) - set(classes) - {""})
     if unknown:  # the classes are the checkpoint's: a label outside them means a model of another dataset

@@ -242,7 +242,7 @@ def test_a_photo_stored_sideways_with_an_exif_orientation_is_encoded_upright(tmp
     the stored pixels, and nothing said so."""
     from PIL import Image
 
-    from ercpipe.anchors.images import _as_rgb, exif_rotated_images
+    from ercpipe.anchors.images import _as_rgb, image_set_digest
 
     upright = np.zeros((40, 60, 3), np.uint8)
     upright[:10, :30] = (255, 0, 0)  # a red block at the top left: not symmetric under a turn
@@ -254,9 +254,11 @@ def test_a_photo_stored_sideways_with_an_exif_orientation_is_encoded_upright(tmp
     with Image.open(root / "happy" / "phone.jpg") as image:
         pixels = np.asarray(_as_rgb(image)).astype(int)
     assert pixels.shape == upright.shape and np.abs(pixels - upright).mean() < 3  # JPEG: close, not equal
-    # What encode_anchors' params hold of it, so that a set encoded sideways before is encoded again.
-    assert exif_rotated_images(root) == ["happy/phone.jpg"]
-    assert exif_rotated_images(make_image_set(tmp_path / "plain", {"happy": 1})) == []
+    # What encode_anchors' params hold of it, so that a set encoded sideways before is encoded again; a set
+    # without such photos keeps its digest (nothing re-encodes on upgrade).
+    assert image_set_digest(root, ["hap", "sad"]).endswith(" upright:happy/phone.jpg")
+    plain = make_image_set(tmp_path / "plain", {"happy": 1})
+    assert " " not in image_set_digest(plain, ["hap"])
 
 
 def test_an_image_name_that_is_not_utf8_is_named_before_any_encoding(tmp_path, caplog):
@@ -264,12 +266,12 @@ def test_an_image_name_that_is_not_utf8_is_named_before_any_encoding(tmp_path, c
     the encoder only after encoding every image, with a UnicodeEncodeError naming no file."""
     import os
 
-    from ercpipe.io.digest import folder_digest
+    from ercpipe.anchors.images import image_set_digest
 
     root = make_image_set(tmp_path / "faces", {"happy": 1, "sad": 1})
     shutil.copy(root / "happy" / "img0.png", os.fsencode(root / "happy") + b"/caf\xe9.png")
     (root / "sad" / "notes.docx").write_bytes(b"PK")
-    assert folder_digest(root, depth=2, suffixes=anchors.IMAGE_EXTENSIONS)
+    assert image_set_digest(root, ["hap", "sad"])
     with pytest.raises(anchors.AnchorImageError, match=r"image .*happy/caf\\xe9.png has a name that is not UTF-8 "
                                                        r".*: rename it"):
         anchors.scan_image_set(root, ["hap", "sad"])
@@ -665,22 +667,28 @@ def test_the_image_set_digest_counts_only_the_images_the_encoder_reads(tmp_path)
     macOS ._ file or a notes.txt beside the images used to re-encode it and re-train every VEGA experiment."""
     import os
 
+    from ercpipe.anchors.images import image_set_digest
     from ercpipe.io.digest import folder_digest
-    from ercpipe.io.filekind import IMAGE_EXTENSIONS
 
     happy = tmp_path / "set" / "happy"
     happy.mkdir(parents=True)
     (happy / "a.png").write_bytes(b"png")
 
     def digest():
-        return folder_digest(tmp_path / "set", depth=2, suffixes=IMAGE_EXTENSIONS)
+        return image_set_digest(tmp_path / "set", ["hap", "sad"])
 
     before = digest()
+    # The digest of earlier versions for a folder that holds only the classes' images: no set re-encodes on upgrade.
+    assert before == folder_digest(tmp_path / "set")
     (happy / ".DS_Store").write_bytes(b"junk")
     (happy / "._a.png").write_bytes(b"apple double")
     (happy / "notes.txt").write_text("where the photos came from")
     (tmp_path / "set" / ".thumbs").mkdir()
     (tmp_path / "set" / ".thumbs" / "b.png").write_bytes(b"thumb")
+    # Nor images of a class the dataset does not have, or beside the class folders (the encoder reads neither).
+    (tmp_path / "set" / "neutral").mkdir()
+    (tmp_path / "set" / "neutral" / "n.png").write_bytes(b"png")
+    (tmp_path / "set" / "cover.png").write_bytes(b"png")
     assert digest() == before
     (happy / "b.JPG").write_bytes(b"jpg")  # a new image
     assert digest() != before

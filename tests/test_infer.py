@@ -232,7 +232,7 @@ def test_command_line(trained, tmp_path):
     assert len(written) == len(result.stdout.strip().splitlines()) - 1
     assert set(written["split"]) == {"test"}  # as the pipeline's predictions.tsv has it
     # An option of the other mode is refused, not ignored.
-    for extra, message in ((["--conversation", str(out), "--split", "test"], "--split go(es) with --manifest"),
+    for extra, message in ((["--conversation", str(out), "--split", "test"], "--split goes with --manifest"),
                            (["--manifest", str(trained["manifest"]), "--features", *features, "--work-dir",
                              str(tmp_path)], "--work-dir goes with --conversation")):
         refused = subprocess.run([exe, "predict", "--checkpoint", str(trained["checkpoint"]), *extra],

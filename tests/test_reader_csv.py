@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
+from conftest import python_as_a_user
 from ercpipe.datasets.build import build_manifest
 from ercpipe.io import manifest as manifest_io
 from ercpipe.io.manifest import ManifestError
@@ -100,7 +101,7 @@ def test_flags_times_media_and_text(data_dir, tmp_path):
     details = issues[issues["reason"].isin(["missing_audio", "corrupt_audio"])].set_index("utterance_id")["detail"]
     assert details["u4"] == f"{data_dir / 'audio/gone.wav'} does not exist (the CSV gives 'audio/gone.wav'); fix the " \
                             "path or restore the file"
-    assert "the CSV gives 'audio\\\\call2.wav', with '\\' as the folder separator; write '/'" in details["w0"]
+    assert "the CSV gives 'audio\\call2.wav', with '\\' as the folder separator; write '/'" in details["w0"]
     assert details["w1"].endswith("empty.wav: empty file (0 bytes); replace it with a complete copy")
     assert df.set_index("utterance_id").loc["u4", "text"] == "It’s"
     bad = issues[(issues["reason"] == "bad_time") & (issues["utterance_id"] == "u3")].iloc[0]
@@ -109,6 +110,23 @@ def test_flags_times_media_and_text(data_dir, tmp_path):
     assert "call1.wav is shared with 3 other row(s), so the utterance gets no audio" in bad["detail"]
     assert df.set_index("utterance_id").loc["u3", "audio_path"] == ""
     assert summary["flag_counts"]["overlap"] == 1
+
+
+def test_a_media_folder_the_user_may_not_enter_is_named(data_dir, tmp_path):
+    locked = data_dir / "locked"
+    locked.mkdir()
+    write_wav(locked / "a.wav")
+    path = write(data_dir / "m.csv", ["c1,u0,train,Ann,calm,one,locked/a.wav,,,"])
+    locked.chmod(0)
+    try:
+        result = python_as_a_user(
+            "from ercpipe.datasets.build import build_manifest\n"
+            f"build_manifest('mine', {{'format': 'csv', 'manifest': {str(path)!r}, 'classes': {CLASSES!r}}}, "
+            f"{str(tmp_path / 'out')!r})")
+    finally:
+        locked.chmod(0o755)
+    assert result.returncode != 0, result.stderr
+    assert f"ManifestError: {path}, line 2: cannot look at {locked / 'a.wav'}: permission denied" in result.stderr
 
 
 def test_a_time_that_is_not_seconds_never_leaves_half_a_window(data_dir, tmp_path):

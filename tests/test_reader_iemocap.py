@@ -417,11 +417,19 @@ def test_a_missing_session_that_empties_a_split_stops_the_reader(fresh_release, 
     """Without Session5 (the standard test split) every job ran and metrics.json said test: null, with nothing
     on the console and nothing in issues.tsv."""
     shutil.rmtree(fresh_release / "Session5")
-    with pytest.raises(ManifestError, match=r"the test split of \S+ has no labelled utterance in "
-                                            r"this tree \(their dialogues, e.g. \['Ses05F_impro01'.*are in Session5; "
-                                            r"found Session1\); restore the missing session"):
+    with pytest.raises(ManifestError, match=r"the test split of \S+ has no labelled utterance; their dialogues "
+                                            r"\(e.g. \['Ses05F_impro01'.*\) are in Session5, which .* does not hold "
+                                            r"\(found Session1\): restore the missing session"):
         build_manifest("d", cfg(fresh_release), tmp_path / "out")
     assert not (tmp_path / "out" / "manifest.tsv").exists()
+    # The session is there, but no dialogue of the split has a labelled utterance: no session to restore.
+    split = {"train": ["Ses01F_impro01"], "valid": ["Ses01M_impro01"], "test": []}
+    (tmp_path / "split.json").write_text(json.dumps(split))
+    (fresh_release / "Session1/dialog/EmoEvaluation/Ses01M_impro01.txt").unlink()
+    with pytest.raises(ManifestError, match=r"the valid split of \S+ has no labelled utterance; none of their "
+                                            r"dialogues \(e.g. \['Ses01M_impro01'\]\) has a labelled utterance "
+                                            r"here: check that their dialog/EmoEvaluation files are there"):
+        build_manifest("d", cfg(fresh_release, split_file=str(tmp_path / "split.json")), tmp_path / "out")
 
 
 def test_missing_emo_evaluation_folder(fresh_release, tmp_path):

@@ -69,26 +69,48 @@ def _utf8_name(path: Path) -> bool:
     return True
 
 
-def exif_rotated_images(images_dir: str | Path) -> list[str]:
-    """The class-folder images ({class}/{file}) whose EXIF Orientation turns them (not 1): encoded upright since
-    this version, so they are part of encode_anchors' params (a set without any keeps its params). Reads only
-    the file headers."""
+def _exif_turned(path: Path) -> bool:
+    """Whether the image's EXIF Orientation turns or mirrors it (2..8; 1 and anything else leave it as stored)."""
     from PIL import Image
 
-    root, rotated = Path(images_dir), []
+    try:
+        with Image.open(path) as image:
+            return image.getexif().get(0x0112, 1) in range(2, 9)  # 0x0112: Orientation
+    except Exception:  # noqa: BLE001 - an unreadable file is the scan's to report
+        return False
+
+
+def image_set_digest(images_dir: str | Path, class_names: Sequence[str], length: int = 16) -> str:
+    """What encoding the set reads, cheaply (no image decoded): the path, size and mtime of every image file in
+    the folders of the requested classes (as scan_image_set finds them; the same digest as
+    ercpipe.io.digest.folder_digest of a folder holding only those), plus the names of the images whose
+    EXIF orientation turns them (encoded upright since this was fixed: only a set holding some changes). Folders
+    of other classes, hidden folders and files, and files beside the class folders count for nothing. "" for a
+    missing folder."""
+    import hashlib
+
+    root = Path(images_dir)
     if not root.is_dir():
-        return rotated
-    for path in sorted(root.glob("*/*")):
-        if path.name.startswith(".") or path.suffix.lower() not in IMAGE_EXTENSIONS or not path.is_file():
-            continue
-        try:
-            with Image.open(path) as image:
-                orientation = image.getexif().get(0x0112, 1)  # 0x0112: Orientation
-        except Exception:  # noqa: BLE001 - an unreadable file is the scan's to report
-            continue
-        if orientation not in (0, 1):
-            rotated.append(path.relative_to(root).as_posix())
-    return rotated
+        return ""
+    wanted = {canonical_emotion(c) for c in class_names}
+    digest, turned = hashlib.sha256(), []
+    folders = sorted(e.name for e in root.iterdir() if e.is_dir() and not e.name.startswith(".")
+                     and canonical_emotion(e.name) in wanted)
+    for folder in folders:
+        names = sorted(e.name for e in (root / folder).iterdir() if not e.is_dir() and not e.name.startswith(".")
+                       and Path(e.name).suffix.lower() in IMAGE_EXTENSIONS)
+        for name in names:
+            file = root / folder / name
+            try:
+                st = file.stat()
+                stat = f"{st.st_size}:{st.st_mtime_ns}"
+            except OSError:
+                stat = "unreadable"  # a dangling link
+            digest.update(f"{folder}/{name}\0{stat}\n".encode("utf-8", "surrogateescape"))
+            if stat != "unreadable" and _exif_turned(file):
+                turned.append(f"{folder}/{name}")
+    out = digest.hexdigest()[:length]
+    return f"{out} upright:{','.join(turned)}" if turned else out
 
 
 def _unreadable_reason(path: Path) -> str:

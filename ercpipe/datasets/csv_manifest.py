@@ -339,9 +339,9 @@ def _resolve(base: Path, value: str, real_base: Path | None = None) -> str:
 def _missing_detail(path: str, given: str) -> str:
     """What issues.tsv says of a media file that is not there, with the likely cause when the CSV shows one."""
     if "\\" in given and os.sep != "\\":
-        return (f"{path} does not exist: the CSV gives {given!r}, with '\\' as the folder separator; write '/' "
+        return (f"{path} does not exist: the CSV gives '{given}', with '\\' as the folder separator; write '/' "
                 "(it works on every system)")
-    return f"{path} does not exist (the CSV gives {given!r}); fix the path or restore the file"
+    return f"{path} does not exist (the CSV gives '{given}'); fix the path or restore the file"
 
 
 def _check_media(row: dict, issues: IssueLog, probe_media: bool | Collection[str], media: frozenset[str]) -> None:
@@ -520,10 +520,14 @@ def read(name: str, cfg: dict, probe: bool | Collection[str] = True) -> ReadResu
                                 f"configured classes {list(classes)}{_label_hint(values['label'], classes)}; fix the "
                                 "label or the `classes` list")
         text, repaired = clean_text(record.values.get("text", ""))
+        try:
+            media_paths = {f"{kind}_path": _resolve(base, record.values.get(f"{kind}_path", ""), real_base)
+                           for kind in ("audio", "video")}
+        except PermissionError as err:  # a folder on the way to a media file the user may not enter
+            raise ManifestError(f"{path}, line {record.line}: cannot look at {err.filename}: permission denied; make "
+                                "it readable (e.g. chmod a+rx for a folder) and run again") from None
         row = new_row(dataset=name, split=values["split"], dialogue_id=values["dialogue_id"], utterance_id=uid,
-                      speaker=values["speaker"], label=values["label"], text=text,
-                      audio_path=_resolve(base, record.values.get("audio_path", ""), real_base),
-                      video_path=_resolve(base, record.values.get("video_path", ""), real_base),
+                      speaker=values["speaker"], label=values["label"], text=text, **media_paths,
                       _file=str(path), _line=record.line,
                       _given={kind: record.values.get(f"{kind}_path", "").strip() for kind in ("audio", "video")})
         slot = _parse_int(record, "speaker_slot", path)

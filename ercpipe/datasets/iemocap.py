@@ -503,12 +503,17 @@ def read(name: str, cfg: dict, probe: bool | Collection[str] = True) -> ReadResu
     empty = [s for s in SPLITS if not split_counts[s] and any(split == s for split in split_of.values())]
     if empty:
         wanted = sorted(d for d, s in split_of.items() if s in empty)
+        found = [p.name for p in check_root(root)]
         sessions = sorted({f"Session{int(d[3:5])}" for d in wanted if d[3:5].isdigit()})
+        missing = [s for s in sessions if s not in found]
+        why = (f"their dialogues (e.g. {wanted[:3]}) are in {', '.join(missing)}, which {root} does not hold "
+               f"(found {', '.join(found)}): restore the missing session folder(s)" if missing else
+               f"none of their dialogues (e.g. {wanted[:3]}) has a labelled utterance here: check that their "
+               "dialog/EmoEvaluation files are there and that `classes` / `relabel` keep some of their labels")
         raise ManifestError(
             f"IEMOCAP root {root}: the {' and '.join(empty)} split{'s' * (len(empty) > 1)} of "
-            f"{split_name(settings['split_file'])} {'have' if len(empty) > 1 else 'has'} no labelled utterance in this tree (their dialogues, e.g. {wanted[:3]}, are in {', '.join(sessions)}; "
-            f"found {', '.join(p.name for p in check_root(root))}); restore the missing session folder(s), or give a "
-            "`split_file` whose train, valid and test dialogues are all in the tree")
+            f"{split_name(settings['split_file'])} {'have' if len(empty) > 1 else 'has'} no labelled utterance; "
+            f"{why}; or give a `split_file` whose train, valid and test dialogues are all in the tree")
     standard = set(settings["classes"]) == set(IEMOCAP_CLASSES) and not settings["relabel"]
     if not standard:
         logger.info("IEMOCAP: classes %s%s are not the six-class setting: the utterance counts are not compared "

@@ -4,7 +4,6 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Collection
 
 
 def file_digest(path: str | os.PathLike, length: int = 16) -> str:
@@ -16,27 +15,17 @@ def file_digest(path: str | os.PathLike, length: int = 16) -> str:
     return digest.hexdigest()[:length]
 
 
-def folder_digest(path: str | os.PathLike, length: int = 16, depth: int | None = None,
-                  suffixes: Collection[str] | None = None) -> str:
+def folder_digest(path: str | os.PathLike, length: int = 16) -> str:
     """A digest of what a folder holds: the relative path, size and mtime of every file below it (symbolic
     links followed), so that adding, replacing or deleting a file changes it; "" for a missing folder.
-    Cheap (no file is read): a rule's `params` entry for a folder of user files, e.g. anchor images.
-    `depth`: only the files that many levels down (2 = root/{class}/{file}: what an image set is read from),
-    so files the pipeline itself writes beside them, e.g. anchors/{set}/{clip}.h5, do not change it.
-    `suffixes`: only files with these (lower-case) suffixes, and no hidden file or folder (a name starting with
-    "."): what a reader of the folder takes (e.g. the image files of an image set, not a .DS_Store)."""
+    Cheap (no file is read): a rule's `params` entry for a folder of user files (a model directory; an
+    anchor image set has its own, ercpipe.anchors.images.image_set_digest)."""
     root = Path(path)
     if not root.is_dir():
         return ""
     digest = hashlib.sha256()
     for folder, dirs, files in os.walk(root, followlinks=True):
-        if suffixes is not None:
-            dirs[:] = [d for d in dirs if not d.startswith(".")]
-            files = [f for f in files if not f.startswith(".") and Path(f).suffix.lower() in suffixes]
         dirs.sort()
-        level = len(Path(folder).relative_to(root).parts) + 1  # of the files in this folder
-        if depth is not None and level != depth:
-            continue
         for name in sorted(files):
             file = Path(folder) / name
             try:

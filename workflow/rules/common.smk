@@ -14,8 +14,7 @@ from ercpipe.clip_setting import ENCODING_KEYS, clip_settings
 from ercpipe.datasets import FACE_KEYS, NOT_SHARD_KEYS
 from ercpipe.datasets.fingerprint import dataset_fingerprint
 from ercpipe.features.settings import training_view
-from ercpipe.io.digest import folder_digest, path_digest
-from ercpipe.io.filekind import IMAGE_EXTENSIONS
+from ercpipe.io.digest import path_digest
 from ercpipe.io.features import expected_settings
 from ercpipe.resources import extraction_resources
 from ercpipe.train.presets import NON_TRAINING_KEYS, active_settings, resolve_experiment
@@ -391,20 +390,17 @@ def local_model_files(value):
 
 
 def anchor_images_digest(wildcards):
-    """A user's image folder is one `directory` input, whose own timestamp does not change when an image in a
-    class folder is added, replaced or deleted: its digest (ercpipe.io.digest.folder_digest) is a param, so
-    such a change re-encodes the set. Only the image files of class folders count (what the encoder reads; not
-    a .DS_Store): the folder may be anchors/{set}/ itself, where encode_anchors writes its output. Mined and
-    synthetic images are outputs of their own rules."""
+    """A user's image folder is an `ancient` input (its own timestamp changes with anything put beside the class
+    folders, and does not change when an image in a class folder is added, replaced or deleted): the digest of
+    what the encoder reads of it (ercpipe.anchors.images.image_set_digest: the requested classes' image files,
+    and which of them EXIF turns upright) is a param, so a change there re-encodes the set and nothing else
+    does. Mined and synthetic images are outputs of their own rules."""
     an = ANCHORS[wildcards.anchor_set]
     if not an.get("images"):
         return ""
-    from ercpipe.anchors.images import exif_rotated_images  # Pillow: only for a config with such a set
+    from ercpipe.anchors.images import image_set_digest  # Pillow: only for a config with such a set
 
-    digest = folder_digest(an["images"], depth=2, suffixes=IMAGE_EXTENSIONS)
-    # Images turned upright by their EXIF orientation (encoded sideways before): only a set holding some changes.
-    rotated = exif_rotated_images(an["images"])
-    return f"{digest} upright:{','.join(rotated)}" if rotated else digest
+    return image_set_digest(an["images"], pipeline_config.anchor_classes(config, wildcards.anchor_set))
 
 
 def anchor_image_dir(wildcards):
