@@ -19,6 +19,7 @@ from ercpipe.anchors.clip import clip_name, clip_settings, load_clip
 from ercpipe.anchors.store import AnchorSet, write
 from ercpipe.io.features import package_versions, settings_hash
 from ercpipe.io.filekind import IMAGE_EXTENSIONS
+from ercpipe.io.digest import file_entry
 from ercpipe.labels import canonical_emotion, emotion_aliases
 
 logger = logging.getLogger(__name__)
@@ -101,13 +102,8 @@ def image_set_digest(images_dir: str | Path, class_names: Sequence[str], length:
                        and Path(e.name).suffix.lower() in IMAGE_EXTENSIONS)
         for name in names:
             file = root / folder / name
-            try:
-                st = file.stat()
-                stat = f"{st.st_size}:{st.st_mtime_ns}"
-            except OSError:
-                stat = "unreadable"  # a dangling link
-            digest.update(f"{folder}/{name}\0{stat}\n".encode("utf-8", "surrogateescape"))
-            if stat != "unreadable" and _exif_turned(file):
+            digest.update(file_entry(root, file))
+            if file.is_file() and _exif_turned(file):
                 turned.append(f"{folder}/{name}")
     out = digest.hexdigest()[:length]
     return f"{out} upright:{','.join(turned)}" if turned else out

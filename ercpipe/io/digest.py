@@ -27,15 +27,19 @@ def folder_digest(path: str | os.PathLike, length: int = 16) -> str:
     for folder, dirs, files in os.walk(root, followlinks=True):
         dirs.sort()
         for name in sorted(files):
-            file = Path(folder) / name
-            try:
-                st = file.stat()
-                stat = f"{st.st_size}:{st.st_mtime_ns}"
-            except OSError:
-                stat = "unreadable"  # a dangling link
-            # surrogateescape: a name that is not UTF-8 (from a zip made on Windows) is digested as its bytes
-            digest.update(f"{file.relative_to(root).as_posix()}\0{stat}\n".encode("utf-8", "surrogateescape"))
+            digest.update(file_entry(root, Path(folder) / name))
     return digest.hexdigest()[:length]
+
+
+def file_entry(root: Path, file: Path) -> bytes:
+    """What a folder digest holds of one file: its path below `root`, size and mtime ("unreadable" for a dangling
+    link). surrogateescape: a name that is not UTF-8 (from a zip made on Windows) is digested as its bytes."""
+    try:
+        st = file.stat()
+        stat = f"{st.st_size}:{st.st_mtime_ns}"
+    except OSError:
+        stat = "unreadable"
+    return f"{file.relative_to(root).as_posix()}\0{stat}\n".encode("utf-8", "surrogateescape")
 
 
 def path_digest(path: str | os.PathLike, length: int = 16) -> str:
