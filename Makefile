@@ -33,7 +33,9 @@ apt-test:
 
 demo: apt-demo $(STAMP)
 	$(VENV)/bin/snakemake --cores $(CORES) all
-	$(VENV)/bin/snakemake --cores $(CORES) --report results/report.html
+	@# Written beside, then moved: Snakemake truncates the target first, so a killed report lost the old one.
+	$(VENV)/bin/snakemake --cores $(CORES) --report results/.report.tmp.html
+	mv results/.report.tmp.html results/report.html
 
 test: apt-test $(STAMP)
 	$(VENV)/bin/pytest tests

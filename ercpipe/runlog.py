@@ -210,6 +210,10 @@ def rule_logging(log_path: str | os.PathLike | None, threads: int = 1) -> Iterat
                 finally:
                     progress.flush()
             logger.info("done in %.1f s", time.time() - start)
+        except KeyboardInterrupt:  # Ctrl-C: the log would end at the last step with no word on why
+            logger.error("interrupted (SIGINT, Ctrl-C) after %.1f s; run Snakemake again to redo this job",
+                         time.time() - start)
+            raise
         except Exception as err:
             logger.error("failed: %s: %s", type(err).__name__, err, exc_info=True)
             raise

@@ -1,6 +1,9 @@
 """SDT / SDT-VEGA module: parameter counts, padding, the eager reference, anchors, ablations, official keys."""
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -485,3 +488,20 @@ def test_training_attention_path_equals_the_fused_one_without_dropout(monkeypatc
         model.train()
         explicit = model(batch.features, batch.speakers, batch.mask)["fused"]
     torch.testing.assert_close(explicit[batch.mask], fused[batch.mask], rtol=1e-5, atol=1e-5)
+
+
+def test_a_checkpoint_write_that_runs_out_of_room_names_the_file_and_the_space(tmp_path):
+    """A full disk (here: a file size limit) while writing last.pt said only "[enforce fail at
+    inline_container.cc] unexpected pos ...", naming neither the file nor the cause."""
+    code = (
+        "import resource, signal, torch\n"
+        "from ercpipe.model.checkpoint import save_torch\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead of killing\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))\n"
+        f"save_torch({{'weights': torch.zeros(1 << 20)}}, {str(tmp_path / 'last.pt')!r})\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"OSError: could not write {tmp_path / 'last.pt'}: the write stopped after 1 MiB with ")
+    assert "MiB free on its disk" in last and "ulimit -f" in last
+    assert list(tmp_path.iterdir()) == []  # no partial file under any name

@@ -117,3 +117,15 @@ def test_temporaries_of_killed_writers_are_removed_by_the_next_write(tmp_path):
         (tmp / "model.bin").write_bytes(b"done")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         [".encoder.tmp" + live + ".pt", ".last.pt.tmp" + live + ".pt", f".other.tmp{dead}", "encoder", "last.pt"])
+
+
+def test_a_job_stopped_with_ctrl_c_says_so_in_its_log(tmp_path):
+    """A job interrupted while it was still starting (loading a model) left a log ending at its last step."""
+    import pytest
+
+    log = tmp_path / "job.log"
+    with pytest.raises(KeyboardInterrupt):
+        with rule_logging(log):
+            logging.getLogger("ercpipe.test").info("loading")
+            raise KeyboardInterrupt
+    assert re.search(r"interrupted \(SIGINT, Ctrl-C\) after \d+\.\d s; run Snakemake again", log.read_text())

@@ -56,9 +56,20 @@ def _copied_weights(model: SDTVega, into: dict | None) -> dict:
 
 
 def save_torch(obj, path: str | Path) -> None:
-    """torch.save, atomically (a killed job leaves the previous file or none, never half a file)."""
+    """torch.save, atomically (a killed job leaves the previous file or none, never half a file). A write that
+    fails (a full disk, a file size limit) names the file and the free space; torch's own message is about its
+    zip writer's position ("unexpected pos ...")."""
+    import shutil
+
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        try:
+            torch.save(obj, tmp)
+        except (RuntimeError, OSError) as err:
+            written = tmp.stat().st_size if tmp.exists() else 0
+            free = shutil.disk_usage(tmp.parent).free
+            raise OSError(f"could not write {path}: the write stopped after {written / 2**20:.0f} MiB with "
+                          f"{free / 2**20:.0f} MiB free on its disk ({type(err).__name__}: {err}); free space or "
+                          "raise the file size limit (ulimit -f), then run again") from err
 
 
 def load_checkpoint_file(path: str | Path) -> dict:
