@@ -274,7 +274,21 @@ def test_missing_media_flagged_not_fatal(fresh_release, tmp_path):
     assert flags["Ses01F_impro01_F000"] == "missing_video"
     assert flags["Ses05F_impro01_F000"] == "corrupt_video"
     assert summary["flag_counts"] == {"missing_audio": 1, "missing_video": 6, "corrupt_video": 2}
+    missing = issues[issues["reason"] == "missing_audio"]["detail"].item()
+    assert missing.endswith("Ses01F_impro01_M000.wav does not exist: restore it from the release (or declare the "
+                            "dataset's `modalities` without it)")
     assert len(issues[issues["action"] == "flagged"]) == 9
+
+
+def test_a_broken_link_to_a_media_file_is_named_as_such(fresh_release, tmp_path):
+    wav = fresh_release / "Session1/sentences/wav/Ses01F_impro01/Ses01F_impro01_F000.wav"
+    wav.unlink()
+    wav.symlink_to(tmp_path / "elsewhere" / "F000.wav")
+    build_manifest("d", cfg(fresh_release), tmp_path / "out")
+    _, issues, _ = read_outputs(tmp_path / "out")
+    detail = issues.loc[issues["reason"] == "missing_audio", "detail"].item()
+    assert detail == f"{wav} is a link to {tmp_path / 'elsewhere' / 'F000.wav'}, which does not exist: fix the link " \
+                     "or restore the file"
 
 
 def test_utterances_after_the_end_of_a_cut_short_video_are_flagged(fresh_release, tmp_path):
@@ -302,8 +316,9 @@ def test_damaged_sentence_wavs_are_flagged_from_their_headers(fresh_release, tmp
     assert [flags[f"Ses01M_impro01_{u}"] for u in ("M000", "F000", "M001")] == ["corrupt_audio"] * 3
     details = issues[issues["reason"] == "corrupt_audio"].set_index("utterance_id")["detail"]
     assert "truncated: its header declares 9600 bytes of samples, the file holds" in details["Ses01M_impro01_M000"]
-    assert details["Ses01M_impro01_F000"].endswith("empty file (0 bytes)")
-    assert details["Ses01M_impro01_M001"].endswith("not a WAV file (no RIFF/WAVE header)")
+    assert details["Ses01M_impro01_F000"].endswith("empty file (0 bytes); replace it with the release's copy")
+    assert details["Ses01M_impro01_M001"].endswith("not a WAV file (no RIFF/WAVE header); replace it with the "
+                                                   "release's copy")
     assert (df[df["dialogue_id"] != "Ses01M_impro01"]["flags"] == "").all()
 
 

@@ -38,6 +38,7 @@ Settings (dataset config keys) and defaults:
 from __future__ import annotations
 
 import json
+import os
 import logging
 import math
 import re
@@ -261,6 +262,13 @@ def _settings(cfg: dict) -> dict:
     return settings
 
 
+def _missing_file(path: Path) -> str:
+    """issues.tsv's detail for a media file of the release that is not there."""
+    if path.is_symlink():
+        return f"{path} is a link to {os.readlink(path)}, which does not exist: fix the link or restore the file"
+    return f"{path} does not exist: restore it from the release (or declare the dataset's `modalities` without it)"
+
+
 class _MediaCheck:
     """What is wrong with an utterance's media: a missing WAV; each dialogue video probed once (PyAV only
     when a video exists; probe=False: existence only). Media of an undeclared modality is not looked at."""
@@ -277,13 +285,14 @@ class _MediaCheck:
         if "audio" not in self.media:
             return "", ""
         if not wav.is_file():
-            return "missing_audio", str(wav)
+            return "missing_audio", _missing_file(wav)
         if probes(self.probe, wav):
             from ercpipe.io.media import wav_problem
 
             problem = wav_problem(wav)
             if problem:
-                return "corrupt_audio", f"{wav}: {problem}"
+                fix = "" if "replace it" in problem else "; replace it with the release's copy"
+                return "corrupt_audio", f"{wav}: {problem}{fix}"
         return "", ""
 
     def video_problem(self, path: Path) -> tuple[str, str]:
@@ -292,7 +301,7 @@ class _MediaCheck:
         key = str(path)
         if key not in self.cache:
             if not path.is_file():
-                self.cache[key] = ("missing_video", key)
+                self.cache[key] = ("missing_video", _missing_file(path))
             elif not probes(self.probe, path):
                 self.cache[key] = ("", "")
             else:
