@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -406,6 +407,20 @@ def test_transcript_oddities_and_a_missing_label_file_are_recorded(fresh_release
 
     sources = dataset_fingerprint("d", cfg(fresh_release), 1).sources
     assert str(fresh_release / "Session5/dialog/transcriptions/Ses05F_impro01.txt") in sources
+
+
+def test_a_transcription_line_that_lost_its_times_keeps_its_text(fresh_release, tmp_path):
+    """'ID: text' (times deleted by a hand edit) was rejected as unparsed, and the utterance became empty_text
+    though the EmoEvaluation block gives its times."""
+    transcript = fresh_release / "Session1/dialog/transcriptions/Ses01M_impro01.txt"
+    text = transcript.read_text()
+    timed = re.search(r"^Ses01M_impro01_F000 \[[^\]]*\]: ", text, re.M).group(0)
+    transcript.write_text(text.replace(timed, "Ses01M_impro01_F000: "))
+    build_manifest("d", cfg(fresh_release), tmp_path / "out")
+    df, issues, _ = read_outputs(tmp_path / "out")
+    row = df.set_index("utterance_id").loc["Ses01M_impro01_F000"]
+    assert row["text"] == "Sorry." and row["flags"] == ""
+    assert "unparsed_transcript_line" not in set(issues["reason"])
 
 
 @pytest.mark.parametrize("content, message", [

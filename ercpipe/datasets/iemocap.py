@@ -68,6 +68,9 @@ REFERENCE_TEST = 1623
 
 _SESSION = re.compile(r"^Session(\d+)$")
 _TRANSCRIPT = re.compile(r"^(\S+)\s+\[\s*([^\]]*?)\s*\]:?\s?(.*)$")
+# A line whose times were lost ("Ses01F_impro01_F000: Excuse me."): its text is still the utterance's (the
+# EmoEvaluation block gives the times; a transcription's are only their fallback).
+_UNTIMED_TRANSCRIPT = re.compile(r"^(\S+_[FM]\d+):\s?(.*)$")
 _NUMBER = r"\d+(?:\.\d*)?"
 
 
@@ -147,28 +150,37 @@ class TranscriptLine(NamedTuple):
     end: float = math.nan  # EmoEvaluation header's times do not
 
 
+def _transcript_line(line: str) -> tuple[str, str, str] | None:
+    """(id, times as written, text) of a transcription line; times "" for a line that lost them."""
+    match = _TRANSCRIPT.match(line)
+    if match:
+        return match.group(1), match.group(2), match.group(3)
+    match = _UNTIMED_TRANSCRIPT.match(line)
+    return (match.group(1), "", match.group(2)) if match else None
+
+
 def parse_transcription(path: Path, issues: IssueLog | None = None) -> dict[str, TranscriptLine]:
     """{utterance_id: TranscriptLine} of one transcription file.
 
     Lines without an utterance id ("M: [BREATHING]") are not utterances. A second line for an id, and a line
-    that starts with the dialogue's name but is not 'ID [start-end]: text', are not used and are recorded
-    in `issues` (rejected: duplicate_transcript_line, unparsed_transcript_line). Text is repaired as the MELD
+    that starts with the dialogue's name but is neither 'ID [start-end]: text' nor 'ID: text', are not used and
+    are recorded in `issues` (rejected: duplicate_transcript_line, unparsed_transcript_line). Text is repaired as the MELD
     and CSV readers repair it (bytes that are not UTF-8 read as cp1252, mis-decoded characters)."""
     texts: dict[str, TranscriptLine] = {}
     decoded = read_text(path)
     for number, line in enumerate(decoded.text.splitlines(), start=1):
-        match = _TRANSCRIPT.match(line.strip())
-        if match and re.search(r"_[FM]", match.group(1)):
-            uid = match.group(1)
+        parsed = _transcript_line(line.strip())
+        if parsed and re.search(r"_[FM]", parsed[0]):
+            uid, span, raw_text = parsed
             if uid in texts:
                 if issues is not None:
                     issues.reject("duplicate_transcript_line", file=str(path), line=number, utterance_id=uid,
                                   detail=f"{uid} already has line {texts[uid][1]}, which is used; delete one of them")
                 continue
-            text, repaired = clean_text(match.group(3))
+            text, repaired = clean_text(raw_text)
             undecodable = number in decoded.fixed_lines
-            fixed = text_fixed_detail({"text": match.group(3)}, undecodable) if repaired or undecodable else ""
-            start, end, problem = _parse_span(match.group(2))
+            fixed = text_fixed_detail({"text": raw_text}, undecodable) if repaired or undecodable else ""
+            start, end, problem = _parse_span(span)
             times = (math.nan, math.nan) if problem else (start, end)
             texts[uid] = TranscriptLine(text.strip(), number, fixed, *times)
         elif line.startswith(path.stem + "_") and issues is not None:
