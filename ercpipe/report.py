@@ -25,10 +25,12 @@ def feature_coverage(manifest_path: str | Path, feature_paths: Sequence[str | Pa
         hit = df["flags"].map(lambda f, name=flag: manifest.has_flag(f, name))
         if hit.any():
             table[f"flag: {flag}"] = hit.astype(int)
+    reasons = []
     for path in feature_paths:
         fs = features.read(path, expected_ids=ids)
         name = f"{fs.attrs.get('modality', Path(path).parent.name)}/{Path(path).stem}"
         table[f"{name} missing"] = (~fs.present).astype(int)
+        reasons.append(_absent_reasons(name, fs, df))
     order = {s: i for i, s in enumerate(manifest.SPLITS)}
     per_split = table.groupby("split").sum().sort_index(key=lambda s: s.map(order))
     per_split.loc["all"] = per_split.sum()
@@ -58,6 +60,12 @@ def feature_coverage(manifest_path: str | Path, feature_paths: Sequence[str | Pa
             note += (f" <b>No {' and no '.join(empty)} utterances</b>: "
                      + ("experiments on it have no test scores." if empty == ["test"] else "nothing can train on it."))
         sections = [("Per split", per_split, note)]
+        why = pd.concat(reasons, ignore_index=True) if reasons else pd.DataFrame()
+        if len(why):
+            sections.append(("Why utterances lack a feature", why,
+                             "The reason each feature file records for the utterances it holds as zeros (the first "
+                             "word of it; the extraction job's log and the dataset's issues.tsv name each "
+                             "utterance)."))
         checks = release_checks(summary.get("checks") or [])
         if len(checks):
             differ = int((checks["ok"] == "no").sum())
@@ -67,6 +75,24 @@ def feature_coverage(manifest_path: str | Path, feature_paths: Sequence[str | Pa
                              if differ else "The raw data matches the release on every check."))
         write_html(html_path, html_page(f"Feature coverage: {Path(manifest_path).parent.name}", sections))
     return per_split
+
+
+def _absent_reasons(name: str, fs: features.FeatureSet, df: pd.DataFrame) -> pd.DataFrame:
+    """Utterances without the feature, per reason (the file's `absent` attribute: no_face, corrupt_video, ...)
+    and split; rows in order of count."""
+    recorded = fs.attrs.get("absent") or {}
+    recorded = json.loads(recorded) if isinstance(recorded, str) else recorded
+    rows = pd.DataFrame({"split": df["split"].to_numpy()[~fs.present],
+                         "reason": [str(recorded.get(u, "not recorded")).split(":")[0].split(" ")[0]
+                                    for u, present in zip(df["utterance_id"], fs.present) if not present]})
+    if rows.empty:
+        return pd.DataFrame()
+    counts = rows.value_counts(["reason", "split"]).unstack(fill_value=0).rename_axis(columns=None)
+    counts = counts.reindex(columns=[s for s in manifest.SPLITS if s in counts.columns])
+    counts["all"] = counts.sum(axis=1)
+    counts = counts.sort_values("all", ascending=False, kind="stable").reset_index()
+    counts.insert(0, "feature", name)
+    return counts
 
 
 def release_checks(checks: Sequence[dict]) -> pd.DataFrame:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -310,9 +311,25 @@ def test_the_coverage_page_tells_flags_to_fix_from_flags_that_record(built, tmp_
     ids = df["utterance_id"].tolist()
     feature_io.write(tmp_path / "text.h5", feature_io.FeatureSet(ids, np.zeros((len(ids), 2), np.float32),
                                                                  np.ones(len(ids), bool), {"modality": "text"}))
-    feature_coverage(tmp_path / "manifest.tsv", [tmp_path / "text.h5"], tmp_path / "coverage.tsv",
-                     tmp_path / "coverage.html")
+    # Which utterances lack faces, and why (the page used to give counts only).
+    present = np.ones(len(ids), bool)
+    present[:3] = False
+    why = {ids[0]: "no_face: no face in 4 frames", ids[1]: "no_face: no face in 2 frames",
+           ids[2]: "corrupt_video: x.mp4: InvalidDataError"}
+    feature_io.write(tmp_path / "faces.h5", feature_io.FeatureSet(
+        ids, np.zeros((len(ids), 2), np.float32), present, {"modality": "visual", "absent": json.dumps(why)}))
+    feature_coverage(tmp_path / "manifest.tsv", [tmp_path / "text.h5", tmp_path / "faces.h5"],
+                     tmp_path / "coverage.tsv", tmp_path / "coverage.html")
     page = (tmp_path / "coverage.html").read_text()
+    section = page.split("<h3>Why utterances lack a feature</h3>")[1]
+    header = re.findall(r"<th>([^<]*)</th>", section.split("</thead>")[0])
+    rows = [re.findall(r"<td>([^<]*)</td>", row) for row in section.split("</thead>")[1].split("</tr>")[:-1]]
+    assert header[:2] == ["feature", "reason"] and header[-1] == "all"
+    assert [(r[0], r[1], r[-1]) for r in rows] == [("visual/faces", "no_face", "2"),
+                                                   ("visual/faces", "corrupt_video", "1")]
+    by_split = dict(zip(header[2:-1], rows[0][2:-1]))
+    first = df["split"].iloc[0]
+    assert by_split[first] == str(sum(df["split"].iloc[:2] == first))
     assert "overlap, text_fixed: noted or repaired by the reader, nothing to do." in page
     assert ("<b>missing_audio, missing_video, corrupt_video, corrupt_audio, no_audio_stream, bad_time</b>: the "
             "utterance lost a modality or its times; the dataset's issues.tsv names each file and what to do.") in page
