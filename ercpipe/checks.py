@@ -4,6 +4,8 @@ modules (ercpipe.features.settings, which ercpipe.io.features reads; ercpipe.mod
 parse-time config checks can all use it."""
 from __future__ import annotations
 
+import math
+
 
 def with_defaults(settings: dict | None, defaults: dict, what: str) -> dict:
     """`settings` with `defaults` filled in; a key not in `defaults` is a ValueError naming it and `what`."""
@@ -35,7 +37,8 @@ def require_int(value, minimum: int, what: str) -> int:
 # Value checks of the model and training keys (ercpipe.model.spec, ercpipe.train.presets): each returns an error
 # text or None.
 def is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    """An int or a finite float (not a bool): an infinite learning rate or margin trains NaNs."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def boolean(v) -> str | None:

@@ -31,6 +31,9 @@ def clip_settings(clip: dict | None) -> dict:
     if out["pretrained"] is not None and (not isinstance(out["pretrained"], str) or not out["pretrained"].strip()):
         raise ValueError("clip pretrained must be an open_clip tag, a checkpoint file path, or null (random "
                          f"init), got {out['pretrained']!r}")
+    if isinstance(out["pretrained"], str) and out["pretrained"].strip().lower() in ("null", "none", "~"):
+        raise ValueError(f"clip pretrained {out['pretrained']!r} is text, not null: write null without quotes for "
+                         "random init (no open_clip tag is called so)")
     if out["quick_gelu"] is not None and not isinstance(out["quick_gelu"], bool):
         raise ValueError(f"clip quick_gelu must be true, false or null (automatic), got {out['quick_gelu']!r}")
     return out

@@ -65,8 +65,13 @@ def validate_schema(config: dict, schema_path: str | Path) -> None:
         hint = ""
         if err.validator == "type" and err.validator_value == "boolean" and isinstance(err.instance, str) \
                 and err.instance.lower() in ("true", "false", "yes", "no"):
-            hint = (f" (on the command line Snakemake reads only True and False as booleans: "
-                    f"--config {where}={'True' if err.instance.lower() in ('true', 'yes') else 'False'})")
+            value = "true" if err.instance.lower() in ("true", "yes") else "false"
+            # `--config` takes top-level keys only and reads the values inside a {...} as text: a nested key is
+            # set in a copy of the YAML file.
+            hint = (f" (on the command line Snakemake reads only True and False as booleans: --config {where}="
+                    f"{value.capitalize()})" if "." not in where else
+                    f" (write {value} without quotes; a nested key cannot be set with --config, which reads the "
+                    "values inside {...} as text: set it in a copy of the config file)")
         problems.append(f"  {where}: {err.message}{hint}")
     if problems:
         raise ConfigError("config does not match workflow/schemas/config.schema.yaml:\n" + "\n".join(problems))
@@ -112,6 +117,9 @@ def check_names(config: dict) -> None:
     sections += [(f"features.{m}", settings or {}) for m, settings in (config.get("features") or {}).items()]
     for where, entries in sections:
         for name in entries:
+            if not isinstance(name, str):  # YAML reads 2024, 1.0, yes, null as a number, a bool, None
+                raise ConfigError(f"{where}.{name}: YAML reads this name as {type(name).__name__} {name!r}, not as "
+                                  f"text; quote it (\"{name}\":) or start it with a letter")
             if not NAME_PATTERN.fullmatch(str(name)):
                 fixed = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name)).strip("._") or "name"
                 raise ConfigError(f"{where}.{name}: this name becomes part of file paths; use letters, digits, '_', "
@@ -185,9 +193,11 @@ def dataset_classes(cfg: dict, workdir: Path = Path(".")) -> list[str]:
     return list(CLASSES_BY_FORMAT[cfg["format"]])
 
 
-def expand_searches(config: dict, workdir: Path = Path(".")) -> None:
+def expand_searches(config: dict, workdir: Path = Path("."), schema_path: str | Path | None = None) -> None:
     """Turn every selection's `search:` block into text settings, experiments and candidates (ercpipe.search),
-    before check(): the experiments a search makes are then checked like written ones."""
+    before check(): the experiments a search makes are then checked like written ones. With `schema_path`, the
+    experiments it made are validated against the schema too, a problem named by the search key the user wrote
+    (Snakemake's own validation would print the schema and the generated name)."""
     datasets = config.get("datasets", {})
     try:
         generated_from = search.expand_searches(config, lambda name: dataset_classes(datasets[name], workdir))
@@ -203,6 +213,17 @@ def expand_searches(config: dict, workdir: Path = Path(".")) -> None:
             check_extractor_settings({"features": {"text": {name: setting}}})
         except ConfigError as err:
             raise ConfigError(_search_key(str(err), f"features.text.{name}", origin)) from None
+    if schema_path is not None and any(sel.get("search") for sel in (config.get("selections") or {}).values()):
+        try:
+            validate_schema(config, schema_path)
+        except ConfigError as err:
+            head, _, problems = str(err).partition("\n")
+            # One line per problem, not one per candidate the search made.
+            lines = dict.fromkeys(re.sub(r" \(in [^ ]+, one of the experiments this search makes\)$",
+                                         " (in every experiment this search makes)",
+                                         _searched_experiment_key(line.strip(), config))
+                                  for line in problems.splitlines())
+            raise ConfigError("\n".join([head] + [f"  {line}" for line in lines])) from None
 
 
 def _search_key(message: str, generated: str, origin: dict) -> str:
@@ -517,6 +538,11 @@ def _check(config: dict, workdir: Path) -> None:
                               f"35_anchor.pt file); got {sources}")
         if "allow_pickle" in an and not an.get("official"):
             raise ConfigError(f"{where}.allow_pickle: only for official: anchor files")
+        try:  # as the anchor job reads it (a "null" in quotes, an empty model name)
+            clip_setting.clip_settings({k: v for k, v in (an.get("clip") or {}).items()
+                                        if k not in clip_setting.ENCODING_KEYS})
+        except ValueError as err:
+            raise ConfigError(f"{where}.clip: {err}") from None
     problems = path_problems(config, workdir)
     if problems:
         raise ConfigError("\n".join(problems))

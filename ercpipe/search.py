@@ -127,6 +127,10 @@ def expand_searches(config: dict, classes_of: Callable[[str], list[str]]) -> dic
             weights.remove("paper")
             skipped.append({"class_weights": "paper", "reason": f"dataset {dataset} has classes "
                             f"{list(classes_of(dataset))}; official weights exist only for IEMOCAP's and MELD's"})
+            if not weights:  # an empty list would search `none`, which the user did not ask for
+                raise SearchError(f"{where}.class_weights: 'paper' (the official weights) exists only for IEMOCAP's "
+                                  f"and MELD's classes, and dataset {dataset} has {list(classes_of(dataset))}; give "
+                                  "none or train")
         rows = candidates(name, {**search, "class_weights": weights})
         if len(rows) > MAX_CANDIDATES:
             raise SearchError(f"{where}: {len(rows)} candidates; a search compares at most {MAX_CANDIDATES} (each "

@@ -55,6 +55,10 @@ def test_the_schema_takes_every_clip_key_the_code_takes(demo_config):
     (lambda c: c.update(use_gpu="yes"), "use_gpu: 'yes' is not of type 'boolean'"),
     (lambda c: c.update(use_gpu="true"), "use_gpu: 'true' is not of type 'boolean' .on the command line Snakemake "
                                          "reads only True and False as booleans: --config use_gpu=True"),
+    # A nested key cannot be set with --config: the hint no longer sends the user to a command that fails.
+    (lambda c: c["datasets"]["iemocap_demo"].update(synthetic="True"),
+     "datasets.iemocap_demo.synthetic: 'True' is not of type 'boolean' (write true without quotes; a nested key "
+     "cannot be set with --config"),
     (lambda c: c.update(selections={"best": {"candidates": ["iemocap_demo_sdt", "iemocap_demo_sdt_vega"],
                                              "metric": "test.weighted_f1"}}), "selections.best.metric"),
     (lambda c: c.update(selections={"best": {"candidates": ["iemocap_demo_sdt"]}}), "selections.best.candidates"),
@@ -124,6 +128,16 @@ def test_schema_errors_name_the_key(demo_config, mutate, expected):
     (lambda c: c["features"]["text"].update({"mini lm": c["features"]["text"]["minilm"]}),
      r"features.text.mini lm: this name becomes part of file paths.*e.g. mini_lm"),
     (lambda c: c["datasets"].update({"demo(1)": c["datasets"]["meld_demo"]}), r"datasets.demo\(1\): .*e.g. demo_1"),
+    # YAML reads 2024 or yes as a number or a bool: the name crashed sorting and matching with a bare TypeError.
+    (lambda c: c["datasets"].update({2024: c["datasets"]["meld_demo"]}),
+     r"datasets.2024: YAML reads this name as int 2024, not as text; quote it \(\"2024\":\)"),
+    (lambda c: c["anchors"].update({True: c["anchors"]["demo_faces"]}), r"anchors.True: YAML reads this name as bool"),
+    # "null" in quotes was taken for an open_clip tag, and failed only in the anchor job.
+    (lambda c: c["anchors"]["demo_faces"]["clip"].update(pretrained="null"),
+     r"anchors.demo_faces.clip: clip pretrained 'null' is text, not null: write null without quotes"),
+    # An infinite number passed every range check (training would produce NaNs).
+    (lambda c: c["experiments"]["iemocap_demo_sdt"].update(train={"lr": float("inf")}),
+     r"experiments.iemocap_demo_sdt: experiment key train.lr: must be a number > 0.0 \(got inf\)"),
     # Class weights the dataset's classes cannot take, before any feature is made.
     (lambda c: c["experiments"]["iemocap_demo_sdt"].update(loss={"class_weights": [1.0, 2.0]}),
      r"experiments.iemocap_demo_sdt.loss.class_weights: 2 weights for the dataset's 6 classes"),

@@ -60,6 +60,12 @@ def test_official_weights_are_left_out_where_the_classes_have_none_and_the_reaso
     config = load("iemocap_text.yaml")
     pipeline_config.expand_searches(config)
     assert len(config["selections"]["text_recipe"]["candidates"]) == 18
+    # Only `paper` asked for, where it does not exist: an error, not a silent search of unweighted candidates.
+    config = load("csv_text.yaml")
+    config["selections"]["text_recipe"]["search"]["class_weights"] = ["paper"]
+    with pytest.raises(pipeline_config.ConfigError, match=r"^selections.text_recipe.search.class_weights: 'paper' "
+                                                          r"\(the official weights\) exists only for IEMOCAP's"):
+        pipeline_config.expand_searches(config)
 
 
 def test_finetune_class_weights_same_gives_each_candidate_an_encoder_weighted_like_it(tmp_path):
@@ -139,6 +145,21 @@ def test_a_problem_of_an_experiment_a_search_makes_names_the_search_key(tmp_path
         pipeline_config.check(config, tmp_path)
     assert re.match(r"selections\.text_recipe\.search\." + message, str(err.value)), str(err.value)
     assert str(err.value).endswith("(in text_recipe_plain_ft0_none, one of the experiments this search makes)")
+
+
+def test_a_schema_problem_of_the_experiments_a_search_makes_names_the_search_key():
+    """A typo the key checks do not see (seeds written `seed`) reached Snakemake's own validation, which printed
+    the whole schema and a generated experiment name the user never wrote."""
+    config = load("meld_text.yaml")
+    experiment = config["selections"]["text_recipe"]["search"]["experiment"]
+    experiment["seed"] = experiment.pop("seeds")
+    with pytest.raises(pipeline_config.ConfigError) as raised:
+        pipeline_config.expand_searches(config, schema_path=REPO / "workflow" / "schemas" / "config.schema.yaml")
+    assert str(raised.value).splitlines()[1:] == [
+        "  selections.text_recipe.search.experiment: Additional properties are not allowed ('seed' was unexpected) "
+        "(in every experiment this search makes)",
+        "  selections.text_recipe.search.experiment: 'seeds' is a required property (in every experiment this search "
+        "makes)"]
 
 
 def test_a_search_does_not_overwrite_a_written_experiment_or_setting():

@@ -22,9 +22,10 @@ from ercpipe.train.presets import NON_TRAINING_KEYS, active_settings, resolve_ex
 try:
     pipeline_config.check_config_files(workflow.configfiles)
     # Our own pass first: it names every bad key as a dotted path; validate() then fills defaults.
-    pipeline_config.validate_schema(config, workflow.source_path("../schemas/config.schema.yaml"))
+    SCHEMA = workflow.source_path("../schemas/config.schema.yaml")
+    pipeline_config.validate_schema(config, SCHEMA)
     pipeline_config.normalize_modalities(config)
-    pipeline_config.expand_searches(config, Path.cwd())
+    pipeline_config.expand_searches(config, Path.cwd(), schema_path=SCHEMA)
     pipeline_config.check(config, Path.cwd())
     if any(an.get("synthetic") for an in config.get("anchors", {}).values()):
         from ercpipe.synthetic.faces import DRAWABLE_EMOTIONS
