@@ -409,6 +409,15 @@ def test_transcript_oddities_and_a_missing_label_file_are_recorded(fresh_release
     assert str(fresh_release / "Session5/dialog/transcriptions/Ses05F_impro01.txt") in sources
 
 
+def test_a_copy_of_a_label_file_beside_it_is_named_as_a_copy(fresh_release, tmp_path):
+    emo = fresh_release / "Session1/dialog/EmoEvaluation"
+    shutil.copy(emo / "Ses01F_impro01.txt", emo / "Ses01F_impro01 (copy).txt")
+    with pytest.raises(ManifestError, match=r"Ses01F_impro01 \(copy\).txt.*: the file name 'Ses01F_impro01 \(copy\)' "
+                                            r"is not a dialogue's, and its utterances are Ses01F_impro01's: a copy of "
+                                            r"Ses01F_impro01.txt\? Move it out of the folder"):
+        build_manifest("d", cfg(fresh_release), tmp_path / "out")
+
+
 def test_a_transcription_line_that_lost_its_times_keeps_its_text(fresh_release, tmp_path):
     """'ID: text' (times deleted by a hand edit) was rejected as unparsed, and the utterance became empty_text
     though the EmoEvaluation block gives its times."""

@@ -67,6 +67,8 @@ REFERENCE_TRAIN_VALID = 5810
 REFERENCE_TEST = 1623
 
 _SESSION = re.compile(r"^Session(\d+)$")
+# A dialogue's name as the release writes it: Ses01F_impro01, Ses05M_script02_2, Ses03M_impro05a.
+IEMOCAP_DIALOGUE_NAME = re.compile(r"Ses\d\d[FM]_[A-Za-z0-9_]+")
 _TRANSCRIPT = re.compile(r"^(\S+)\s+\[\s*([^\]]*?)\s*\]:?\s?(.*)$")
 # A line whose times were lost ("Ses01F_impro01_F000: Excuse me."): its text is still the utterance's (the
 # EmoEvaluation block gives the times; a transcription's are only their fallback).
@@ -388,6 +390,11 @@ def _checked_label(entry: Evaluation, dialogue: str, settings: dict, where: str)
     """The label after `relabel`; ManifestError for a malformed id or a label IEMOCAP does not use."""
     uid = entry.utterance_id
     if not uid.startswith(dialogue + "_") or uid[len(dialogue) + 1:len(dialogue) + 2] not in SPEAKER_SLOTS:
+        own = re.match(r"(Ses\d\d[FM]_[A-Za-z0-9_]+?)_[FM]\d", uid)
+        if own and own.group(1) != dialogue and not IEMOCAP_DIALOGUE_NAME.fullmatch(dialogue):
+            # A copy beside the original ("Ses05F_impro07 (copy).txt", "Ses05F_impro07.bak.txt").
+            raise ManifestError(f"{where}: the file name {dialogue!r} is not a dialogue's, and its utterances are "
+                                f"{own.group(1)}'s: a copy of {own.group(1)}.txt? Move it out of the folder")
         raise ManifestError(f"{where}: utterance id {uid!r} does not look like {dialogue}_F000 / {dialogue}_M000 "
                             "(dialogue name, then F or M for the speaking actor)")
     settings["labels_seen"].add(entry.label)
