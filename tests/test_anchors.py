@@ -139,10 +139,12 @@ def test_scan_reports_every_bad_input_at_once(tmp_path):
     (root / "happy" / "garbage.png").write_bytes(b"this is not a png")
     good = (root / "anger" / "img0.png").read_bytes()
     (root / "anger" / "truncated.png").write_bytes(good[: len(good) // 2])
+    (root / "Neutral_faces").mkdir()  # misnamed: the message shows it beside the missing class
     with pytest.raises(anchors.AnchorImageError) as err:
         anchors.scan_image_set(root, ["neutral", "happy", "sad", "anger"])
     message = str(err.value)
     assert "no folder for class 'neutral'" in message and f"{root}/neutral/" in message and "neu" in message
+    assert "folders there that name no class of the dataset: Neutral_faces" in message
     assert f"class folder {root / 'sad'} holds no images" in message
     assert f"unreadable image {root / 'happy' / 'garbage.png'}" in message
     assert f"unreadable image {root / 'anger' / 'truncated.png'}" in message

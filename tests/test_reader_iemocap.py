@@ -409,6 +409,16 @@ def test_transcript_oddities_and_a_missing_label_file_are_recorded(fresh_release
     assert str(fresh_release / "Session5/dialog/transcriptions/Ses05F_impro01.txt") in sources
 
 
+def test_a_transcription_id_with_a_typo_is_pointed_out(fresh_release, tmp_path):
+    transcript = fresh_release / "Session1/dialog/transcriptions/Ses01M_impro01.txt"
+    transcript.write_text(transcript.read_text().replace("Ses01M_impro01_F000 ", "Ses01M_impro1_F000 "))
+    build_manifest("d", cfg(fresh_release), tmp_path / "out")
+    _, issues, _ = read_outputs(tmp_path / "out")
+    detail = issues.loc[issues["utterance_id"] == "Ses01M_impro1_F000", "detail"].item()
+    assert detail.endswith("(the id does not start with the dialogue's name Ses01M_impro01: a typo in the "
+                           "transcription?)")
+
+
 def test_a_copy_of_a_label_file_beside_it_is_named_as_a_copy(fresh_release, tmp_path):
     emo = fresh_release / "Session1/dialog/EmoEvaluation"
     shutil.copy(emo / "Ses01F_impro01.txt", emo / "Ses01F_impro01 (copy).txt")

@@ -151,13 +151,18 @@ def scan_image_set(images_dir: str | Path, class_names: Sequence[str]) -> dict[s
                                    f"class {name!r}; merge them into one folder")
         folders[name] = entry
     problems: list[str] = []
+    # Folders that name no requested class: a misnamed class folder ("Sad_faces") is among them.
+    unmatched = [e.name for e in sorted(images_dir.iterdir()) if e.is_dir() and not e.name.startswith(".")
+                 and canonical_emotion(e.name) not in wanted]
     for name, label in wanted.items():
         if name not in folders:
             broken = [e.name for e in images_dir.iterdir() if e.is_symlink() and not e.exists()
                       and canonical_emotion(e.name) == name]
             problems.append(f"no folder for class {label!r}: create {images_dir}/{name}/ (accepted folder names: "
                             f"{', '.join(emotion_aliases(name))})"
-                            + (f"; {images_dir}/{broken[0]} is a broken link" if broken else ""))
+                            + (f"; {images_dir}/{broken[0]} is a broken link" if broken else "")
+                            + (f"; folders there that name no class of the dataset: {', '.join(unmatched[:10])}"
+                               if unmatched and not broken else ""))
     images: dict[str, list[Path]] = {}
     nested: list[str] = []
     for name, folder in folders.items():

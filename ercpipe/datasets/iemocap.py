@@ -360,8 +360,10 @@ def _dialogue_rows(name: str, session: Path, emo_file: Path, split: str | None, 
     labelled = {e.utterance_id for e in evaluations}
     for uid, transcript in (texts or {}).items():
         if uid not in labelled:
+            typo = "" if uid.startswith(dialogue + "_") else (f" (the id does not start with the dialogue's name "
+                                                              f"{dialogue}: a typo in the transcription?)")
             issues.reject("not_evaluated", file=str(transcript_file), line=transcript.line, utterance_id=uid,
-                          detail=f"no EmoEvaluation block for {uid} in {emo_file}")
+                          detail=f"no EmoEvaluation block for {uid} in {emo_file}{typo}")
     rows = _time_order(rows)
     number_dialogue(rows)
     flag_overlaps(rows, issues, lambda r: (r["video_start"], r["video_end"], r["video_path"]))
