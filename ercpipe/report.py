@@ -88,7 +88,8 @@ def _absent_reasons(name: str, fs: features.FeatureSet, df: pd.DataFrame) -> pd.
     if rows.empty:
         return pd.DataFrame()
     counts = rows.value_counts(["reason", "split"]).unstack(fill_value=0).rename_axis(columns=None)
-    counts = counts.reindex(columns=[s for s in manifest.SPLITS if s in counts.columns])
+    # Every split of the dataset, 0 where none lacks the feature: the files' tables are shown as one.
+    counts = counts.reindex(columns=[s for s in manifest.SPLITS if (df["split"] == s).any()], fill_value=0)
     counts["all"] = counts.sum(axis=1)
     counts = counts.sort_values("all", ascending=False, kind="stable").reset_index()
     counts.insert(0, "feature", name)

@@ -318,7 +318,13 @@ def test_the_coverage_page_tells_flags_to_fix_from_flags_that_record(built, tmp_
            ids[2]: "corrupt_video: x.mp4: InvalidDataError"}
     feature_io.write(tmp_path / "faces.h5", feature_io.FeatureSet(
         ids, np.zeros((len(ids), 2), np.float32), present, {"modality": "visual", "absent": json.dumps(why)}))
-    feature_coverage(tmp_path / "manifest.tsv", [tmp_path / "text.h5", tmp_path / "faces.h5"],
+    # A second file whose missing utterances are all in the last split: the tables join with 0, not blanks.
+    last = np.ones(len(ids), bool)
+    last[-1] = False
+    feature_io.write(tmp_path / "audio.h5", feature_io.FeatureSet(
+        ids, np.zeros((len(ids), 2), np.float32), last, {"modality": "audio",
+                                                         "absent": json.dumps({ids[-1]: "missing_audio: x"})}))
+    feature_coverage(tmp_path / "manifest.tsv", [tmp_path / "text.h5", tmp_path / "faces.h5", tmp_path / "audio.h5"],
                      tmp_path / "coverage.tsv", tmp_path / "coverage.html")
     page = (tmp_path / "coverage.html").read_text()
     section = page.split("<h3>Why utterances lack a feature</h3>")[1]
@@ -326,7 +332,10 @@ def test_the_coverage_page_tells_flags_to_fix_from_flags_that_record(built, tmp_
     rows = [re.findall(r"<td>([^<]*)</td>", row) for row in section.split("</thead>")[1].split("</tr>")[:-1]]
     assert header[:2] == ["feature", "reason"] and header[-1] == "all"
     assert [(r[0], r[1], r[-1]) for r in rows] == [("visual/faces", "no_face", "2"),
-                                                   ("visual/faces", "corrupt_video", "1")]
+                                                   ("visual/faces", "corrupt_video", "1"),
+                                                   ("audio/audio", "missing_audio", "1")]
+    assert header[2:-1] == [s for s in ("train", "valid", "test") if s in set(df["split"])]
+    assert all(cell.isdigit() for row in rows for cell in row[2:])  # every split of every file: a whole count
     by_split = dict(zip(header[2:-1], rows[0][2:-1]))
     first = df["split"].iloc[0]
     assert by_split[first] == str(sum(df["split"].iloc[:2] == first))
