@@ -95,12 +95,12 @@ def probe(path: str | Path) -> MediaInfo:
         return MediaInfo(str(path), False, False, False, False, 0.0, "missing")
     if path.is_file() and path.stat().st_size == 0:
         return MediaInfo(str(path), True, False, False, False, 0.0, "empty file (0 bytes)")
-    if path.is_file():
-        require_readable(path)
     if path.suffix.lower() == ".wav" and path.is_file():
-        problem = wav_problem(path)
+        problem = wav_problem(path)  # checks that it can be read
         if problem:
             return MediaInfo(str(path), True, False, False, False, 0.0, problem)
+    elif path.is_file():
+        require_readable(path)
     try:
         with av.open(_local(path)) as container:
             has_audio = len(container.streams.audio) > 0

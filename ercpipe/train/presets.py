@@ -306,14 +306,24 @@ def inactive_keys(cfg: dict) -> list[str]:
     return sorted(out)
 
 
-def active_settings(cfg: dict) -> dict:
-    """The experiment without its inactive keys (inactive_keys); other keys untouched. Idempotent."""
+def _without(cfg: dict, keys) -> dict:
+    """A copy of the experiment without the dotted `keys` (section.name)."""
     out = copy.deepcopy(cfg)
-    for key in inactive_keys(cfg):
+    for key in keys:
         section, name = key.split(".", 1)
         if isinstance(out.get(section), dict):
             out[section].pop(name, None)
     return out
+
+
+def active_settings(cfg: dict) -> dict:
+    """The experiment without its inactive keys (inactive_keys); other keys untouched. Idempotent."""
+    return _without(cfg, inactive_keys(cfg))
+
+
+def without_non_training_keys(cfg: dict) -> dict:
+    """The experiment without NON_TRAINING_KEYS (what its Snakemake params leave out)."""
+    return _without(cfg, NON_TRAINING_KEYS)
 
 
 def known_keys() -> dict[str, list[str]]:

@@ -17,7 +17,7 @@ from ercpipe.features.settings import training_view
 from ercpipe.io.digest import path_digest
 from ercpipe.io.features import expected_settings
 from ercpipe.resources import extraction_resources
-from ercpipe.train.presets import NON_TRAINING_KEYS, active_settings, resolve_experiment
+from ercpipe.train.presets import active_settings, resolve_experiment, without_non_training_keys
 
 try:
     pipeline_config.check_config_files(workflow.configfiles)
@@ -452,11 +452,7 @@ def experiment_params(wildcards):
     metrics.json lists them as inactive."""
     exp = dict(EXPERIMENTS[wildcards.experiment])
     exp.pop("seeds", None)
-    exp = active_settings(resolve_experiment(exp))
-    for key in NON_TRAINING_KEYS:
-        section, name = key.split(".", 1)
-        exp[section] = {k: v for k, v in exp[section].items() if k != name}
-    return canonical(exp)
+    return canonical(without_non_training_keys(active_settings(resolve_experiment(exp))))
 
 
 def feature_setting_params(modality, name, dataset=None):
