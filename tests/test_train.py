@@ -381,6 +381,24 @@ def test_paper_compat_selects_on_test_and_says_so(dataset, tmp_path, monkeypatch
     assert texts["tsne.png"][0].endswith("(epoch chosen on TEST: paper_compat)")
 
 
+def test_paper_compat_weighs_sdt_heads_by_the_training_split_as_the_sdt_code_does(dataset):
+    """The hard-coded whole-dataset vectors are the VEGA code's; the `sdt` preset under paper_compat used them
+    too (its IEMOCAP excited weight 11 % off SDT's)."""
+    from ercpipe.train.trainer import class_weights_for
+
+    data = load_dialogues(dataset["manifest"], dataset["features"], ["text", "audio", "visual"])
+    sdt = resolve_experiment({"preset": "sdt", "train": {"paper_compat": True}})
+    assert sdt["loss"]["class_weights"] == "train" and resolve_experiment(sdt) == sdt
+    weights, source = class_weights_for(sdt, data, ("train", "valid"))
+    counts = np.bincount(data.labels("train", "valid"), minlength=len(data.classes))
+    np.testing.assert_allclose(weights / weights[-1], counts[-1] / counts, rtol=1e-5)  # 1 / share
+    assert source == "inverse frequency over train+valid"
+    # The VEGA heads keep the official vector, and SDT heads outside paper_compat keep 'auto' (= train).
+    official = resolve_experiment({"preset": "official", "train": {"paper_compat": True}})
+    assert class_weights_for(official, data, ("train", "valid"))[1].startswith("paper")
+    assert resolve_experiment({"preset": "sdt"})["loss"]["class_weights"] == "auto"
+
+
 def test_unimodal_and_ablation_runs(dataset, tmp_path):
     text_only = {**TINY, "model": {**TINY["model"], "modalities": ["text"]}, "train": {**TINY["train"], "epochs": 2}}
     metrics = train(dataset, tmp_path / "text", text_only)
@@ -443,6 +461,27 @@ def test_a_key_its_other_settings_make_inactive_changes_nothing_and_is_listed(da
     # ... and a key that is active under the same settings is not listed (the rules are not too broad).
     active_keys = {f"{section}.{key}" for section, values in active.items() for key in values}
     assert not active_keys & set(inactive_keys(resolve_experiment(_with(experiment, **active))))
+
+
+def test_anchor_sampling_at_eval_changes_the_evaluation_only(dataset, tmp_path):
+    """Its anchor draws in the per-epoch evaluation used to advance torch's generator, so the next epoch's
+    shuffle, feature masks and dropout differed: another model, where the docs promise other logged losses."""
+    experiment = _with(TINY, train={**TINY["train"], "epochs": 3, "patience": None},
+                       model={**TINY["model"], "p_random_anchor": 0.9})
+    reference = train(dataset, tmp_path / "reference", experiment)
+    sampled = train(dataset, tmp_path / "sampled", _with(experiment, model={**experiment["model"],
+                                                                          "anchor_sampling_at_eval": True}))
+    history, reference_history = (pd.read_csv(d / "history.tsv", sep="\t") for d in
+                                  (tmp_path / "sampled", tmp_path / "reference"))
+    train_columns = [c for c in history.columns if c.startswith("train_")]
+    assert train_columns and history[train_columns].equals(reference_history[train_columns])
+    weights, reference_weights = (torch.load(d / "model.pt", weights_only=True)["state_dict"]
+                                  for d in (tmp_path / "sampled", tmp_path / "reference"))
+    assert all(torch.equal(weights[k], reference_weights[k]) for k in reference_weights)
+    scores, reference_scores = ({k: v for k, v in m["test"].items() if k != "loss"} for m in (sampled, reference))
+    assert scores == reference_scores  # the classification head never reads the anchors
+    clip_losses = [c for c in history.columns if c.startswith("valid_loss_") and "anchor" in c]
+    assert clip_losses and not history[clip_losses].equals(reference_history[clip_losses])
 
 
 def test_run_errors(dataset, tmp_path):

@@ -54,29 +54,33 @@ def run_eval(model: SDTVega, batches: Sequence[Batch], device: torch.device, amp
     logits: dict[str, list[torch.Tensor]] = {}
     sums: dict[str, torch.Tensor] = {}
     n_total = 0
-    try:
-        for cpu_batch in batches:
-            batch = cpu_batch.to(device)
-            with autocast_context(device, amp):
-                out = model(batch.features, batch.speakers, batch.mask, with_vega=loss_fn is not None)
+    # model.anchor_sampling_at_eval draws anchors from torch's CPU generator: on a fork of it, so that the
+    # per-epoch evaluation leaves the training's shuffles, masks and dropout as they are without it (the
+    # official code draws them from Python's `random`, which its training does not use either).
+    with torch.random.fork_rng(devices=[]):
+        try:
+            for cpu_batch in batches:
+                batch = cpu_batch.to(device)
+                with autocast_context(device, amp):
+                    out = model(batch.features, batch.speakers, batch.mask, with_vega=loss_fn is not None)
+                    if loss_fn is not None:
+                        _, parts = loss_fn(model, out, batch.labels, batch.mask)
+                mask = batch.mask
                 if loss_fn is not None:
-                    _, parts = loss_fn(model, out, batch.labels, batch.mask)
-            mask = batch.mask
-            if loss_fn is not None:
-                n = int((batch.labels[mask] >= 0).sum())
-                for k, v in parts.items():
-                    sums[k] = sums.get(k, 0.0) + v.float() * n
-                n_total += n
-            for head, z in out["logits"].items():
-                logits.setdefault(head, []).append(z[mask].float().cpu())
-            if keep_fused:
-                fused.append(out["fused"][mask].float().cpu())
-            labels.append(batch.labels[mask].cpu())
-            for d_id, u_ids in zip(cpu_batch.dialogue_ids, cpu_batch.utterance_ids):
-                ids += u_ids
-                dialogue_ids += [d_id] * len(u_ids)
-    finally:
-        model.train(was_training)
+                    n = int((batch.labels[mask] >= 0).sum())
+                    for k, v in parts.items():
+                        sums[k] = sums.get(k, 0.0) + v.float() * n
+                    n_total += n
+                for head, z in out["logits"].items():
+                    logits.setdefault(head, []).append(z[mask].float().cpu())
+                if keep_fused:
+                    fused.append(out["fused"][mask].float().cpu())
+                labels.append(batch.labels[mask].cpu())
+                for d_id, u_ids in zip(cpu_batch.dialogue_ids, cpu_batch.utterance_ids):
+                    ids += u_ids
+                    dialogue_ids += [d_id] * len(u_ids)
+        finally:
+            model.train(was_training)
     return EvalResult(
         utterance_ids=ids, dialogue_ids=dialogue_ids, labels=torch.cat(labels).numpy(),
         logits={h: torch.cat(v).numpy() for h, v in logits.items()},

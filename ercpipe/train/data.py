@@ -265,8 +265,8 @@ def batches(dialogues: Sequence[Dialogue], batch_size: int, shuffle: bool) -> It
 
 def mask_feature_dims(batch: Batch, ratio: float) -> Batch:
     """Training augmentation (spec 1.6, O13): per dialogue and modality, zero each feature dimension with
-    probability `ratio` for all utterances of that dialogue; no rescaling. Draws on the CPU generator in
-    the order text, visual, audio (the official order), so runs are reproducible on any device."""
+    probability `ratio` for all utterances of that dialogue; no rescaling. Draws on the CPU generator, one
+    [dialogues, dim] draw per modality in the order text, visual, audio, so runs are reproducible on any device."""
     if ratio <= 0:
         return batch
     feats = dict(batch.features)

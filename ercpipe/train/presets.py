@@ -211,6 +211,11 @@ def resolve_experiment(experiment_cfg: dict) -> dict:
         elif not set(chosen) <= set(features):
             raise ValueError(f"experiment key model.modalities: {sorted(set(chosen) - set(features))} have no "
                              f"feature setting under features: (it has {sorted(features)})")
+    if (resolved["loss"]["class_weights"] == "auto" and resolved["train"]["paper_compat"]
+            and resolved["model"]["head_type"] == "sdt"):
+        # The hard-coded vectors are the VEGA code's; the SDT code weighs by its own training split (spec 4.2),
+        # which is train+valid under paper_compat.
+        resolved["loss"]["class_weights"] = "train"
     _check_combinations(resolved)
     out = {k: copy.deepcopy(v) for k, v in experiment_cfg.items() if k not in SECTIONS}
     out["preset"] = name
