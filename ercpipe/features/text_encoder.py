@@ -118,14 +118,6 @@ def _template(tokenizer) -> tuple[list[int], list[int]]:
     raise ValueError(f"cannot locate the sequence inside the tokenizer's template ({full} vs {bare})")
 
 
-def _position_limit(tokenizer, config) -> int:
-    limits = [int(getattr(config, "max_position_embeddings", 0) or 0)]
-    model_max = getattr(tokenizer, "model_max_length", None)
-    if isinstance(model_max, int) and 0 < model_max < 100_000:  # "very large" means the tokenizer does not say
-        limits.append(model_max)
-    return min(x for x in limits if x > 0) if any(limits) else 1 << 30
-
-
 # ----------------------------------------------------------------------------------------- inputs
 
 @dataclass
@@ -159,15 +151,10 @@ class TextEncoder:
         self.device = resolve_device(device) if isinstance(device, str) else device
         self.tokenizer, model = load_tokenizer_and_model(str(encoder_dir) if encoder_dir else self.settings["model"])
         self.model = model.to(self.device).eval()
-        config = self.model.config
-        layers = int(getattr(config, "num_hidden_layers", 0) or 0)
-        if layers and self.settings["last_layers"] > layers:
-            raise ValueError(f"text setting last_layers={self.settings['last_layers']} but model "
-                             f"{self.settings['model']!r} has only {layers} hidden layers")
-        limit = _position_limit(self.tokenizer, config)
-        if self.settings["max_length"] > limit:
-            raise ValueError(f"text setting max_length={self.settings['max_length']} exceeds what model "
-                             f"{self.settings['model']!r} accepts ({limit} tokens); lower max_length")
+        problems = settings_mod.text_model_problems(self.settings, self.model.config.to_dict(),
+                                                    getattr(self.tokenizer, "model_max_length", None))
+        if problems:
+            raise ValueError(f"text setting {problems[0][1]}")
         self.prefix, self.suffix = _template(self.tokenizer)
         if self.settings["pooling"] == "cls" and not self.prefix:
             raise ValueError(f"model {self.settings['model']!r}: its tokenizer adds no leading CLS/<s> token, so "
@@ -177,7 +164,7 @@ class TextEncoder:
             separator = self.tokenizer.sep_token or self.tokenizer.eos_token or " | "
         self.separator_ids = self._ids([separator])[0]
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        self.dim = int(config.hidden_size)
+        self.dim = int(self.model.config.hidden_size)
 
     # ---- tokenization
 

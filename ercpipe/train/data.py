@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
@@ -237,23 +238,44 @@ def fixed_speaker_slots(df: pd.DataFrame) -> dict[str, int] | None:
 MIN_STD = 1e-6
 
 
-def standardization(dialogues: Sequence[Dialogue], modalities: Sequence[str]) -> dict[str, dict[str, torch.Tensor]]:
+def standardization(dialogues: Sequence[Dialogue], modalities: Sequence[str],
+                    feature_paths: Mapping[str, str | Path] | None = None) -> dict[str, dict[str, torch.Tensor]]:
     """Per-dimension mean and std of each modality over the present utterances of `dialogues`.
 
     Called with the training dialogues only, so no statistic comes from validation or test data. Raw
     openSMILE functionals span five orders of magnitude (IS10: |x| up to ~5000 next to values below 1),
     which a bias-free linear projection cannot absorb; standardizing puts every modality on one scale.
     ercpipe.model.batch.standardize applies the statistics (here and, from the checkpoint, at prediction).
+    `feature_paths` (modality -> file) only make an error name the file and why its utterances lack features.
     """
     stats = {}
     for m in modalities:
         rows = [d.features[m][d.present[m]] for d in dialogues]
         x = torch.cat(rows).double() if rows else torch.zeros(0)
         if len(x) < 2:
-            raise DataError(f"cannot standardize {m} features: fewer than two training utterances have them")
+            path = (feature_paths or {}).get(m)
+            n = sum(len(d.utterance_ids) for d in dialogues)
+            raise DataError(f"{f'{path}: ' if path else ''}cannot standardize {m} features: {len(x)} of the {n} "
+                            f"training utterances have them{_absent_reasons(path)}. The dataset's issues.tsv and "
+                            f"the report's coverage page say why for each utterance; fix the media or the "
+                            f"extractor setting (faces: min_face_size, thresholds), or leave {m} out of the "
+                            "experiment's features")
         std = x.std(dim=0)
         stats[m] = {"mean": x.mean(dim=0).float(), "std": torch.where(std < MIN_STD, 1.0, std).float()}
     return stats
+
+
+def _absent_reasons(path) -> str:
+    """' (reasons the file records for its utterances without features: {reason: count})', or '' if none."""
+    try:
+        recorded = feature_io.read(path).attrs.get("absent") if path else None
+        recorded = json.loads(recorded) if isinstance(recorded, str) else recorded
+    except (OSError, ValueError, ErcpipeError):
+        return ""
+    if not recorded:
+        return ""
+    counts = Counter(str(reason).split(":")[0].split(" ")[0] for reason in recorded.values())
+    return f" (the file's reasons, all splits: {dict(counts.most_common())})"
 
 
 def batches(dialogues: Sequence[Dialogue], batch_size: int, shuffle: bool) -> Iterator[Batch]:

@@ -333,7 +333,8 @@ def run_training(manifest_path, feature_paths: dict, anchor_path, experiment: di
 
     feature_stats = None
     if train_cfg["feature_norm"] == "standardize":
-        feature_stats = standardization(train_dialogues, data.modalities)
+        feature_stats = standardization(train_dialogues, data.modalities,
+                                        {m: source["path"] for m, source in data.feature_sources.items()})
         standardize(data.dialogues, feature_stats)
         logger.info("features standardized with the statistics of the %s split (%s)", "+".join(train_splits),
                     ", ".join(f"{m}: {len(s['mean'])} dims" for m, s in feature_stats.items()))
