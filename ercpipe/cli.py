@@ -128,7 +128,7 @@ def _import_anchors(args, parser) -> None:
 def _export_anchors(args, parser) -> None:
     from ercpipe.anchors import export_official
 
-    export_official(args.anchors, args.out)
+    export_official(args.anchors, args.out, classes=args.classes)
     print(f"written {args.out}")
 
 
@@ -196,6 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("export-anchors", parents=[common],
                             help="ercpipe anchor file -> official 35_anchor.pt layout")
     p.add_argument("anchors")
+    p.add_argument("--classes", nargs="+", default=None,
+                   help="the dataset's classes in label-id order, which the official code indexes the rows by "
+                        "(needed for a set shared by datasets; default: every class of the set, in its order)")
     p.add_argument("--out", required=True)
     p.set_defaults(run=_export_anchors, parser=p)
     return parser

@@ -272,6 +272,22 @@ def check_drawable_anchors(config: dict, drawable) -> None:
                 "(docs/anchors.md)")
 
 
+def _check_one_anchor_per_class(where: str, name: str, dataset: dict) -> None:
+    """Anchor sets hold one image folder per emotion and match a dataset's classes to them through
+    canonical_emotion: two classes spelling one emotion ('joy' and 'happy') would get the same anchors, and the
+    VEGA branch could not tell them apart."""
+    by_emotion: dict[str, list[str]] = {}
+    for label in dataset_classes(dataset):
+        by_emotion.setdefault(canonical_emotion(label), []).append(label)
+    shared = {emotion: labels for emotion, labels in by_emotion.items() if len(labels) > 1}
+    if shared:
+        pairs = "; ".join(f"{' and '.join(map(repr, labels))} are both {emotion!r}" for emotion, labels in shared.items())
+        merge = f"datasets.{name}.relabel" if dataset.get("format") == "iemocap" else "the labels of your data"
+        raise ConfigError(f"{where}: dataset {name}'s classes would share anchors ({pairs}, as ercpipe.labels reads "
+                          "emotion names), so the VEGA branch could not tell them apart; merge those classes "
+                          f"({merge}), or train SDT without anchors")
+
+
 def anchor_classes(config: dict, set_name: str) -> list[str]:
     """Canonical class names an anchor set must cover: every class of every dataset that uses it (experiments,
     exports, mining); an official: set's file holds them in this order (its `classes`, else its dataset's)."""
@@ -619,6 +635,8 @@ def _check(config: dict, workdir: Path) -> None:
         if not vega and exp.get("anchors") is not None:
             raise ConfigError(f"{where}.anchors: {exp['anchors']!r} is never used because loss.clip_loss is false; "
                               "set anchors: null, or turn the VEGA branch on")
+        if exp.get("anchors") is not None:
+            _check_one_anchor_per_class(f"{where}.anchors", exp["dataset"], datasets[exp["dataset"]])
     experiments = config.get("experiments", {})
     for name, sel in config.get("selections", {}).items():
         where = f"selections.{name}"
@@ -791,6 +809,8 @@ def _check_exports(config: dict, inspected: dict) -> None:
         _check_feature_settings(config, where, source["dataset"], source["features"], inspected)
         if source["anchors"] is not None and source["anchors"] not in config.get("anchors", {}):
             raise ConfigError(f"{where}.anchors: unknown anchor set {source['anchors']!r}")
+        if source["anchors"] is not None:
+            _check_one_anchor_per_class(f"{where}.anchors", source["dataset"], datasets[source["dataset"]])
         classes = dataset_classes(datasets[source["dataset"]])
         if not (set(classes) <= set(CLASSES_BY_FORMAT["iemocap"]) or set(classes) <= set(CLASSES_BY_FORMAT["meld"])):
             raise ConfigError(f"{where}: dataset {source['dataset']} has classes {classes}; VEGA's pickle stores "

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import html
 import json
+import logging
 from pathlib import Path
 from typing import Sequence
 
@@ -11,6 +12,8 @@ import pandas as pd
 from ercpipe.io import features, manifest
 from ercpipe.io.atomic import atomic_path
 from ercpipe.labels import MODALITIES
+
+logger = logging.getLogger(__name__)
 
 
 def feature_coverage(manifest_path: str | Path, feature_paths: Sequence[str | Path], out_path: str | Path,
@@ -114,16 +117,24 @@ def release_checks(checks: Sequence[dict]) -> pd.DataFrame:
 
 def benchmark_summary(benchmark_paths: Sequence[str | Path], root: str | Path, out_path: str | Path,
                       html_path: str | Path | None = None) -> pd.DataFrame:
-    """Collect Snakemake `benchmark:` files into one table (job, wall seconds, peak RSS, CPU time)."""
-    rows = []
+    """Collect Snakemake `benchmark:` files into one table (job, wall seconds, peak RSS, CPU time). A file that is
+    not there (deleted with results/ after its job ran, which Snakemake does not re-run for it) gives its job a
+    row without numbers, and a warning."""
+    rows, missing = [], []
     root = Path(root)
     for path in sorted(Path(p) for p in benchmark_paths):
-        bench = pd.read_csv(path, sep="\t")
         job = str(path.relative_to(root).with_suffix(""))
-        rule = job.split("/", 1)[0]
-        rows.append({"rule": rule, "job": job, "wall_s": round(float(bench["s"].mean()), 2),
-                     "max_rss_mb": round(float(bench["max_rss"].max()), 1),
-                     "cpu_time_s": round(float(bench["cpu_time"].mean()), 2)})
+        row = {"rule": job.split("/", 1)[0], "job": job}
+        if path.is_file():
+            bench = pd.read_csv(path, sep="\t")
+            row.update(wall_s=round(float(bench["s"].mean()), 2), max_rss_mb=round(float(bench["max_rss"].max()), 1),
+                       cpu_time_s=round(float(bench["cpu_time"].mean()), 2))
+        else:
+            missing.append(str(path))
+        rows.append(row)
+    if missing:
+        logger.warning("%d job(s) have no benchmark file (deleted since they ran; they are measured again when "
+                       "they re-run), e.g. %s: their rows have no numbers", len(missing), missing[0])
     table = pd.DataFrame(rows, columns=["rule", "job", "wall_s", "max_rss_mb", "cpu_time_s"])
     with atomic_path(out_path) as tmp:
         table.to_csv(tmp, sep="\t", index=False)

@@ -8,4 +8,4 @@ with rule_logging(snakemake.log[0]):
 
     # Job names are the benchmark paths below results/benchmarks/, the folder beside the table.
     root = Path(snakemake.output.table).parent / "benchmarks"
-    benchmark_summary(list(snakemake.input.benchmarks), root, snakemake.output.table, snakemake.output.table_html)
+    benchmark_summary(list(snakemake.params.benchmarks), root, snakemake.output.table, snakemake.output.table_html)

@@ -4,4 +4,4 @@ from ercpipe.runlog import rule_logging
 with rule_logging(snakemake.log[0]):
     from ercpipe.anchors import export_official
 
-    export_official(snakemake.input.anchors, snakemake.output.official)
+    export_official(snakemake.input.anchors, snakemake.output.official, classes=snakemake.params.classes)

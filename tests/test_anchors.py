@@ -455,6 +455,23 @@ def test_official_import_export_round_trip(tmp_path):
         assert torch.equal(exported["anchor_img_dict"][name]["feature"], original["anchor_img_dict"][name]["feature"])
 
 
+def test_an_export_for_a_datasets_classes_has_its_rows_in_label_id_order(tmp_path):
+    """A set shared by IEMOCAP and MELD experiments holds the union of their classes; the export wrote all of it,
+    so MELD's label 0 (neutral) read IEMOCAP's happy row in the official code."""
+    names = ["happy", "sad", "neutral", "anger", "excited", "frustration", "surprise", "fear", "disgust"]
+    original = official_file(tmp_path / "union.pt", names)
+    shared = anchors.import_official(tmp_path / "union.pt", tmp_path / "shared" / "ViT-B-32.h5", names, "ViT-B-32")
+    meld = ["neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger"]  # MELD's label ids
+    anchors.export_official(shared, tmp_path / "meld.pt", classes=meld)
+    exported = torch.load(tmp_path / "meld.pt", weights_only=True)
+    order = ["neutral", "surprise", "fear", "sad", "happy", "disgust", "anger"]
+    assert list(exported["anchor_img_dict"]) == order
+    rows = [names.index(name) for name in order]
+    assert torch.equal(exported["anchor_center"], original["anchor_center"][rows])
+    for name in order:
+        assert torch.equal(exported["anchor_img_dict"][name]["feature"], original["anchor_img_dict"][name]["feature"])
+
+
 def test_encoded_anchors_survive_official_round_trip(tiny_anchor_file, tmp_path):
     a = anchors.read(tiny_anchor_file)
     anchors.export_official(a, tmp_path / "tiny.pt")

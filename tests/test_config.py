@@ -216,6 +216,23 @@ def test_snakemake_dry_run_lists_the_dag(demo_config, tmp_path):
         assert rule in result.stdout, rule
 
 
+def test_a_target_under_another_datasets_folder_is_refused(demo_config, tmp_path):
+    """results/iemocap_demo/meld_demo_sdt_vega/summary.json aggregated MELD's runs into IEMOCAP's folder (and an
+    export's 35_anchor.pt likewise), where training, selections and exports already refused it."""
+    demo_config["exports"] = {"meld_back": {"experiment": "meld_demo_sdt_vega"}}
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump(demo_config))
+    for target, expected in (
+            ("results/iemocap_demo/meld_demo_sdt_vega/summary.json",
+             "experiment meld_demo_sdt_vega trains on meld_demo, not iemocap_demo; use results/meld_demo/"
+             "meld_demo_sdt_vega/"),
+            ("results/iemocap_demo/export/meld_back/35_anchor.pt",
+             "export meld_back is of dataset meld_demo, not iemocap_demo; use results/meld_demo/export/meld_back/")):
+        result = subprocess.run([SNAKEMAKE, "-n", target, "--configfile", str(cfg), "-d", str(tmp_path), "-s",
+                                 str(REPO / "Snakefile")], capture_output=True, text=True, timeout=300)
+        assert result.returncode != 0 and expected in result.stdout + result.stderr, (result.stdout + result.stderr)[-3000:]
+
+
 def test_clip_name_is_filesystem_safe():
     assert pipeline_config.clip_name({"model": "ViT-B-32", "pretrained": None}) == "ViT-B-32"
     assert pipeline_config.clip_name({"model": "ViT-L-14-336", "pretrained": "openai"}) == "ViT-L-14-336_openai"
@@ -476,6 +493,26 @@ def test_csv_dataset_without_root_runs(tmp_path):
     # Relative to the CSV's folder (data/), written relative to the working directory as the CSV path is.
     assert (tmp_path / manifest["audio_path"].iloc[0]).resolve() == (tmp_path / "data" / "audio" / "c1.wav").resolve()
     assert "missing_audio" not in manifest["flags"].iloc[0]
+
+
+def test_two_classes_spelling_one_emotion_cannot_share_an_anchor_set(tmp_path):
+    """'joy' and 'happy' both read as happy: the VEGA branch got the same anchors for both, with no word."""
+    _csv_dataset(tmp_path)
+    config = copy.deepcopy(CSV_CONFIG)
+    config["datasets"]["mine"]["classes"] = ["joy", "happy", "angry", "anger", "calm"]
+    config["anchors"] = {"faces": {"images": "faces", "clip": {"model": "ViT-B-32", "pretrained": None}}}
+    (tmp_path / "faces").mkdir()
+    config["experiments"]["mine_vega"] = {"dataset": "mine", "features": {"text": "minilm"}, "anchors": "faces",
+                                          "preset": "demo", "seeds": [0]}
+    with pytest.raises(pipeline_config.ConfigError) as caught:
+        pipeline_config.check(config, tmp_path)
+    assert str(caught.value) == (
+        "experiments.mine_vega.anchors: dataset mine's classes would share anchors ('joy' and 'happy' are both "
+        "'happy'; 'angry' and 'anger' are both 'anger', as ercpipe.labels reads emotion names), so the VEGA branch "
+        "could not tell them apart; merge those classes (the labels of your data), or train SDT without anchors")
+    del config["experiments"]["mine_vega"]
+    config["anchors"] = {}
+    pipeline_config.check(config, tmp_path)  # without anchors the classes are fine
 
 
 def test_iemocap_defaults_written_out_are_the_same_reader_settings(tmp_path):

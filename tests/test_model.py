@@ -490,6 +490,19 @@ def test_training_attention_path_equals_the_fused_one_without_dropout(monkeypatc
     torch.testing.assert_close(explicit[batch.mask], fused[batch.mask], rtol=1e-5, atol=1e-5)
 
 
+def test_equal_tensors_are_written_as_equal_bytes(tmp_path):
+    """torch.save given the temporary path named the archive's root folder after it, so two runs' model.pt
+    differed in bytes with every tensor equal, and checksums could not compare runs."""
+    from ercpipe.model.checkpoint import save_torch
+
+    payload = {"state_dict": {"w": torch.arange(6.0).reshape(2, 3)}, "epoch": 3}
+    (tmp_path / "b").mkdir()
+    save_torch(payload, tmp_path / "a.pt")
+    save_torch(payload, tmp_path / "b" / "model.pt")
+    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b" / "model.pt").read_bytes()
+    assert torch.equal(torch.load(tmp_path / "a.pt", weights_only=True)["state_dict"]["w"], payload["state_dict"]["w"])
+
+
 def test_a_checkpoint_write_that_runs_out_of_room_names_the_file_and_the_space(tmp_path):
     """A full disk (here: a file size limit) while writing last.pt said only "[enforce fail at
     inline_container.cc] unexpected pos ...", naming neither the file nor the cause."""

@@ -405,6 +405,25 @@ def test_a_media_only_setting_re_extracts_no_text(run_copy):
     assert "text_features_shard" not in rules
 
 
+def test_deleting_the_results_folder_retrains_and_extracts_nothing(run_copy):
+    """"Delete my results and train again": the extraction jobs' benchmark files live in results/benchmarks/ and
+    were inputs of the benchmark table, so every extraction re-ran for them."""
+    workdir, configfile = run_copy
+    shutil.rmtree(workdir / "results")
+    planned = _planned(snakemake(workdir, configfile, "-n").stdout)
+    assert planned == {*{("train_model", f"dataset={ds}, experiment={exp}, seed=0") for ds, exp in EXPERIMENTS.items()},
+                       *{("aggregate_experiment", f"dataset={ds}, experiment={exp}") for ds, exp in EXPERIMENTS.items()},
+                       *{("feature_coverage", f"dataset={ds}") for ds in EXPERIMENTS},
+                       ("benchmark_summary", ""), ("all", "")}
+    snakemake(workdir, configfile, "--cores", "2")
+    table = pd.read_csv(workdir / "results" / "benchmarks.tsv", sep="\t")
+    measured = table.dropna(subset=["wall_s"])
+    assert set(measured["rule"]) == {"train_model"} and len(measured) == len(EXPERIMENTS)
+    assert {"text_features", "audio_features", "visual_features"} <= set(table["rule"])  # listed, without numbers
+    assert "job(s) have no benchmark file" in (workdir / "logs" / "benchmark_summary.log").read_text()
+    assert "Nothing to be done" in snakemake(workdir, configfile, "-n").stdout
+
+
 def test_a_local_model_replaced_under_the_same_path_reruns_what_read_it(tmp_path):
     """A model the config names by path (here a text model directory; weights and CLIP checkpoint files go the same
     way) is read by the jobs but is no input: another model copied under the same path used to re-run nothing and

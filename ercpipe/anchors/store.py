@@ -419,18 +419,29 @@ def _check_center_order(pt_path: Path, names: list[str], centers: np.ndarray, fe
                        "file's center", pt_path, i, name, dist[i, i])
 
 
-def export_official(anchor_set_or_path: AnchorSet | str | Path, pt_path: str | Path) -> None:
-    """Write anchors in the official `35_anchor.pt` layout (label names = canonical emotion names)."""
+def export_official(anchor_set_or_path: AnchorSet | str | Path, pt_path: str | Path,
+                    classes: Sequence[str] | None = None) -> None:
+    """Write anchors in the official `35_anchor.pt` layout (label names = canonical emotion names).
+
+    `classes`: the dataset's classes in label-id order, which the official code indexes `anchor_center` by; the
+    rows are written in that order and only for them (a set shared by datasets holds their union, in the order
+    the experiments name it). None = every class of the set in its own order."""
     import torch
+
+    from ercpipe.model.checkpoint import save_torch
 
     anchors = anchor_set_or_path if isinstance(anchor_set_or_path, AnchorSet) else read(anchor_set_or_path)
     anchors.check("anchor set to export")
+    if classes is None:
+        names, centers = list(anchors.class_names), anchors.centers
+        features = [anchors.image_features[name] for name in names]
+    else:
+        names = [canonical_emotion(c) for c in classes]
+        centers, features = anchors.for_classes(classes)
     payload = {
-        "anchor_center": torch.from_numpy(np.ascontiguousarray(anchors.centers, dtype=np.float32)),
-        "anchor_img_dict": {name: {"feature": torch.from_numpy(np.ascontiguousarray(anchors.image_features[name],
-                                                                                      dtype=np.float32))}
-                            for name in anchors.class_names},
+        "anchor_center": torch.from_numpy(np.ascontiguousarray(centers, dtype=np.float32)),
+        "anchor_img_dict": {name: {"feature": torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32))}
+                            for name, rows in zip(names, features)},
     }
-    with atomic_path(pt_path) as tmp:
-        torch.save(payload, tmp)
-    logger.info("wrote official-format anchors %s (classes %s)", pt_path, anchors.class_names)
+    save_torch(payload, pt_path)
+    logger.info("wrote official-format anchors %s (classes in label-id order: %s)", pt_path, names)

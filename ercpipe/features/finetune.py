@@ -34,7 +34,8 @@ from ercpipe.device import rng_state, set_rng_state
 from ercpipe.features import settings as settings_mod
 from ercpipe.features import text_encoder as text_mod  # the encoder, not the extraction module
 from ercpipe.io import manifest as manifest_io
-from ercpipe.io.atomic import atomic_dir, atomic_path, write_json
+from ercpipe.io.atomic import atomic_dir, write_json
+from ercpipe.model.checkpoint import save_torch
 from ercpipe.model.losses import inverse_frequency_weights, paper_class_weights
 
 logger = logging.getLogger(__name__)
@@ -124,8 +125,7 @@ def _input_identity(view: dict, classes: list[str], data: dict) -> dict:
 
 
 def _save_resume(path: Path, payload: dict) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    save_torch(payload, path)
 
 
 def _load_resume(path: Path, identity: dict) -> dict | None:

@@ -522,8 +522,8 @@ def extract_shard(manifest_path, settings: dict | None, out_path, *, threads: in
     rows = manifest_io.read(manifest_path)
     ids = rows["utterance_id"].tolist()
     torch_device = resolve_device(device)
-    logger.info("visual %s: %d utterances, %s on %s, face selection %s", manifest_path, len(ids),
-                settings["backbone"], torch_device, face_selection)
+    logger.info("visual %s: %d utterances, %s on %s, %d thread(s), face selection %s", manifest_path, len(ids),
+                settings["backbone"], torch_device, torch.get_num_threads(), face_selection)
     detector = build_detector(settings, torch_device)
     embedder = load_embedder(settings, torch_device)
 

@@ -56,14 +56,17 @@ def _copied_weights(model: SDTVega, into: dict | None) -> dict:
 
 
 def save_torch(obj, path: str | Path) -> None:
-    """torch.save, atomically (a killed job leaves the previous file or none, never half a file). A write that
-    fails (a full disk, a file size limit) names the file and the free space; torch's own message is about its
-    zip writer's position ("unexpected pos ...")."""
+    """torch.save, atomically (a killed job leaves the previous file or none, never half a file), the same bytes for
+    the same tensors. A write that fails (a full disk, a file size limit) names the file and the free space;
+    torch's own message is about its zip writer's position ("unexpected pos ...")."""
     import shutil
 
     with atomic_path(path) as tmp:
         try:
-            torch.save(obj, tmp)
+            # Into an open file: given a path, torch names the archive's root folder after it (the temporary
+            # name, different every time), so equal tensors made different bytes.
+            with open(tmp, "wb") as handle:
+                torch.save(obj, handle)
         except (RuntimeError, OSError) as err:
             written = tmp.stat().st_size if tmp.exists() else 0
             free = shutil.disk_usage(tmp.parent).free

@@ -358,9 +358,9 @@ def run_training(manifest_path, feature_paths: dict, anchor_path, experiment: di
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and train_cfg["amp"] == "fp16")
     select_batches = eval_batches(selection_dialogues, train_cfg["eval_batch_size"])
     logger.info("model: %s parameters (%s trainable); training on %d dialogues (%s), selecting on %s (%d dialogues); "
-                "device %s, amp %s", f"{count_parameters(model):,}", f"{count_parameters(model, True):,}",
+                "device %s, amp %s, %d CPU thread(s)", f"{count_parameters(model):,}", f"{count_parameters(model, True):,}",
                 len(train_dialogues), "+".join(train_splits), selection_split, len(selection_dialogues), device,
-                amp_description(device, train_cfg["amp"]))
+                amp_description(device, train_cfg["amp"]), torch.get_num_threads())
 
     state = {"epoch": 0, "history": [], "best_score": -math.inf, "best_epoch": 0, "bad_epochs": 0,
              "finished": False, "skipped_steps": 0}
@@ -664,7 +664,8 @@ def _finish(out_dir, cfg, data, seed, state, payload, device, selection_split, t
             "note": ("official protocol: best epoch chosen on the TEST split (optimistic; spec O8)"
                      if train_cfg["paper_compat"] else "best epoch chosen on the validation split; test read once"),
         },
-        "classes": list(data.classes), "seed": seed, "device": str(device),
+        # CPU results are bit-identical at equal thread counts only (the products' summation order follows them)
+        "classes": list(data.classes), "seed": seed, "device": str(device), "threads": torch.get_num_threads(),
         "valid": results.get("valid"), "test": results.get("test"),
         "feature_coverage": data.coverage(),
         "temperatures": model.temperatures(),

@@ -135,25 +135,29 @@ def anchor_sets_in_use():
     return sorted({exp["anchors"] for exp in EXPERIMENTS.values() if exp.get("anchors")})
 
 
-def benchmark_files():
-    """The `benchmark:` file of every extraction, anchor and training job the experiments need."""
-    files = []
+def benchmarked_jobs():
+    """(`benchmark:` file, the file the job makes, or that a job using it makes) of every extraction, anchor and
+    training job the experiments need. Rule benchmark_summary takes the products as inputs and reads the
+    benchmark files that exist: as inputs, deleting results/ (benchmarks included) re-ran every extraction."""
+    jobs = []
     for ds in datasets_in_use():
         for path in feature_files_of(ds):
             modality, setting = Path(path).parent.name, Path(path).stem
             if ds in PICKLE_DATASETS:
-                files.append(f"results/benchmarks/import_pickle_features/{ds}/{modality}/{setting}.tsv")
+                jobs.append((f"results/benchmarks/import_pickle_features/{ds}/{modality}/{setting}.tsv", path))
                 continue
-            files += [f"results/benchmarks/{modality}_features/{ds}/{setting}/shard{k}.tsv"
-                      for k in range(n_shards(ds))]
+            jobs += [(f"results/benchmarks/{modality}_features/{ds}/{setting}/shard{k}.tsv", path)
+                     for k in range(n_shards(ds))]
             if modality == "text" and FEATURES["text"][setting].get("finetune"):
-                files.append(f"results/benchmarks/finetune_text_encoder/{ds}/{setting}.tsv")
+                jobs.append((f"results/benchmarks/finetune_text_encoder/{ds}/{setting}.tsv", path))
     for name in anchor_sets_in_use():
         rule_name = "import_official_anchors" if name in OFFICIAL_ANCHORS else "encode_anchors"
-        files.append(f"results/benchmarks/{rule_name}/{name}/{pipeline_config.clip_name(ANCHORS[name]['clip'])}.tsv")
+        clip = pipeline_config.clip_name(ANCHORS[name]["clip"])
+        jobs.append((f"results/benchmarks/{rule_name}/{name}/{clip}.tsv", anchor_path(name)))
     for name, exp in EXPERIMENTS.items():
-        files += [f"results/benchmarks/train_model/{exp['dataset']}/{name}/seed{seed}.tsv" for seed in exp["seeds"]]
-    return files
+        jobs += [(f"results/benchmarks/train_model/{exp['dataset']}/{name}/seed{seed}.tsv",
+                  f"{experiment_dir(name)}/seed{seed}/metrics.json") for seed in exp["seeds"]]
+    return jobs
 
 
 # What a training job writes per seed (rule train_model's outputs).
@@ -415,11 +419,18 @@ def anchor_image_dir(wildcards):
     return f"anchors/{wildcards.anchor_set}/images"
 
 
-def train_inputs(wildcards):
+def require_experiment_dataset(wildcards):
+    """Refuse a target path that puts an experiment under another dataset's folder (its results would be filed
+    there); returns the experiment's config entry."""
     exp = EXPERIMENTS[wildcards.experiment]
     if exp["dataset"] != wildcards.dataset:
         raise WorkflowError(f"experiment {wildcards.experiment} trains on {exp['dataset']}, "
                             f"not {wildcards.dataset}; use {experiment_dir(wildcards.experiment)}/")
+    return exp
+
+
+def train_inputs(wildcards):
+    exp = require_experiment_dataset(wildcards)
     inputs = {"manifest": manifest_path(exp["dataset"])}
     inputs.update({f"features_{m}": path for m, path in experiment_feature_files(wildcards.experiment).items()})
     if exp.get("anchors"):
@@ -520,11 +531,25 @@ def pickle_mem_mb(wildcards, input, attempt):
     return max(2000, int(4 * input.size_mb) + 1000) * attempt
 
 
-def export_inputs(wildcards):
+def aggregate_inputs(wildcards):
+    """Every seed's metrics, history (the curves) and fused features (the t-SNE plot) of the experiment."""
+    require_experiment_dataset(wildcards)
+    name = wildcards.experiment
+    return {"runs": run_files(name, ["metrics.json"]), "histories": run_files(name, ["history.tsv"]),
+            "fused": run_files(name, ["fused.npz"])}
+
+
+def require_export_dataset(wildcards):
+    """As require_experiment_dataset, for an export; returns its {dataset, features, anchors}."""
     source = pipeline_config.export_source(config, wildcards.export)
     if source["dataset"] != wildcards.dataset:
         raise WorkflowError(f"export {wildcards.export} is of dataset {source['dataset']}, not {wildcards.dataset}; "
                             f"use {pipeline_config.export_name_dir(config, wildcards.export)}/")
+    return source
+
+
+def export_inputs(wildcards):
+    source = require_export_dataset(wildcards)
     inputs = {"manifest": manifest_path(source["dataset"])}
     inputs.update({f"features_{m}": feature_path(source["dataset"], m, s) for m, s in source["features"].items()})
     return inputs

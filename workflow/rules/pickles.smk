@@ -107,9 +107,12 @@ rule export_official_anchors:
     wildcard_constraints:
         export=one_of(EXPORTS, "NO_EXPORT"),
     input:
-        anchors=lambda wc: anchor_path(pipeline_config.export_source(config, wc.export)["anchors"]),
+        anchors=lambda wc: anchor_path(require_export_dataset(wc)["anchors"]),
     output:
         official="results/{dataset}/export/{export}/35_anchor.pt",
+    params:
+        # the rows the exported features.pkl's label ids index (a shared set holds other datasets' classes too)
+        classes=lambda wc: dataset_class_list(wc.dataset),
     log:
         "logs/export_official_anchors/{dataset}/{export}.log",
     resources:

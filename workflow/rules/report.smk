@@ -29,7 +29,9 @@ rule feature_coverage:
 
 rule benchmark_summary:
     input:
-        benchmarks=benchmark_files(),
+        products=sorted({product for _, product in benchmarked_jobs()}),
+    params:
+        benchmarks=[benchmark for benchmark, _ in benchmarked_jobs()],
     output:
         table="results/benchmarks.tsv",
         table_html=report(

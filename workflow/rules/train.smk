@@ -39,10 +39,7 @@ rule train_model:
 
 rule aggregate_experiment:
     input:
-        runs=lambda wc: run_files(wc.experiment, ["metrics.json"]),
-        # read beside each metrics.json: the curves and the t-SNE plot
-        histories=lambda wc: run_files(wc.experiment, ["history.tsv"]),
-        fused=lambda wc: run_files(wc.experiment, ["fused.npz"]),
+        unpack(aggregate_inputs),
     output:
         summary="results/{dataset}/{experiment}/summary.json",
         table="results/{dataset}/{experiment}/summary.tsv",
