@@ -129,3 +129,37 @@ def test_a_job_stopped_with_ctrl_c_says_so_in_its_log(tmp_path):
             logging.getLogger("ercpipe.test").info("loading")
             raise KeyboardInterrupt
     assert re.search(r"interrupted \(SIGINT, Ctrl-C\) after \d+\.\d s; run Snakemake again", log.read_text())
+
+
+def test_outputs_name_the_commit_of_the_code_and_whether_it_was_changed(tmp_path):
+    """ercpipe's version number is the same for every commit; the versions an output records carry the commit of
+    the checkout the job ran from, and "+modified" where its code (not the config) differs from it."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    project = tmp_path / "project"  # a checkout of this code: the package and a config, committed
+    shutil.copytree(Path(__file__).resolve().parents[1] / "ercpipe", project / "ercpipe",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    (project / "config.yaml").write_text("datasets: {}\n")
+    git = ["git", "-C", str(project), "-c", "user.name=t", "-c", "user.email=t@t"]
+    for command in (["init", "-q"], ["add", "."], ["commit", "-q", "-m", "code"]):
+        subprocess.run([*git, *command], check=True, timeout=60)
+    head = subprocess.run([*git, "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+    def recorded() -> str:
+        code = "from ercpipe.io.features import package_versions; print(package_versions(['ercpipe'])['ercpipe'])"
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path,
+                              env={"PYTHONPATH": str(project), "PATH": "/usr/bin:/bin"}).stdout.strip()
+
+    assert recorded().endswith(f"+g{head}")
+    with open(project / "config.yaml", "a") as config:
+        config.write("# a user's edit\n")
+    assert recorded().endswith(f"+g{head}")  # the config is not the code
+    with open(project / "ercpipe" / "labels.py", "a") as code:
+        code.write("# a change to the code\n")
+    assert recorded().endswith(f"+g{head}+modified")
+    shutil.rmtree(project / ".git")
+    assert recorded() == __import__("ercpipe").__version__  # not a git checkout: the version alone

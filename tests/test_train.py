@@ -286,6 +286,12 @@ def test_sdt_vega_learns_and_writes_its_outputs(vega_run, dataset):
     assert on_disk["feature_coverage"]["test"]["visual"]["present"] == on_disk["feature_coverage"]["test"]["visual"][
         "utterances"] - 1  # test_d002_u01 has no visual features
     assert metrics["protocol"]["selection_split"] == "valid" and not metrics["protocol"]["paper_compat"]
+    # What made it: the inputs' digests (a feature file's is the one model.pt records) and the software.
+    model_sources = torch.load(out / "model.pt", weights_only=True)["features"]
+    assert {m: on_disk["inputs"][m]["content_sha256"] for m in DIMS} == {
+        m: model_sources[m]["content_sha256"] for m in DIMS}
+    assert set(on_disk["inputs"]) == {*DIMS, "labels", "anchors"} and on_disk["threads"] == 1
+    assert set(on_disk["versions"]) == {"ercpipe", "torch", "numpy"} and torch.__version__.startswith(on_disk["versions"]["torch"])
     test = metrics["test"]
     assert set(test) >= {"accuracy", "weighted_f1", "macro_f1", "weighted_precision", "per_class", "confusion",
                          "unimodal_weighted_f1"}

@@ -106,7 +106,9 @@ def extract_shard(manifest_path, settings: dict | None, out_path, *, threads: in
         "absent": json.dumps(result.absent, sort_keys=True),
         "truncated": json.dumps(result.truncated, sort_keys=True),
         "unknown_only": json.dumps(result.unknown_only),
-        "encoder_dir": str(encoder_dir) if encoder_dir else ""}))
+        "encoder_dir": str(encoder_dir) if encoder_dir else "",
+        # the hub commit the weights came from (transformers knows it for a hub name; "" for a local directory)
+        "model_commit": str(getattr(encoder.model.config, "_commit_hash", None) or "")}))
 
 
 # The encoder's names, as this module has always offered them (text.TextEncoder, text.feature_dim, ...).

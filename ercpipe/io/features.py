@@ -17,9 +17,11 @@ and name the file, the differing keys ("pooling: cls instead of pooling: mean") 
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import hashlib
 import json
 import logging
+import subprocess
 from collections import Counter
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -261,16 +263,43 @@ def check(path: str | Path, fs: "FeatureSet", expected: Expectation) -> None:
 
 
 def package_versions(names: Iterable[str]) -> dict[str, str]:
-    """Installed versions; ercpipe's own comes from the code that runs (jobs import it from the checkout)."""
+    """Installed versions; ercpipe's own comes from the code that runs (jobs import it from the checkout), with
+    that checkout's commit where it is a git clone ("0.1.0+g1a2b3c4d5e6f", "+modified" after it)."""
     import ercpipe
 
     out = {}
     for name in names:
         try:
-            out[name] = ercpipe.__version__ if name == "ercpipe" else metadata.version(name)
+            if name == "ercpipe":
+                revision = code_revision()
+                out[name] = ercpipe.__version__ + (f"+g{revision}" if revision else "")
+            else:
+                out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             out[name] = "not installed"
     return out
+
+
+@functools.lru_cache(maxsize=1)
+def code_revision() -> str | None:
+    """The commit of the git checkout ercpipe runs from, with "+modified" where the pipeline's code (ercpipe,
+    workflow, scripts, envs, the Snakefile; not config.yaml or data) differs from it; None outside a git checkout
+    or without git. ercpipe's version number alone is the same for every commit."""
+    import ercpipe
+
+    root = Path(ercpipe.__file__).resolve().parents[1]
+    if not (root / ".git").exists():
+        return None
+    try:
+        git = ["git", "-C", str(root)]
+        commit = subprocess.run([*git, "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
+                                timeout=30, check=True).stdout.strip()
+        changed = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no", "--", "ercpipe", "workflow",
+                                  "scripts", "envs", "Snakefile"], capture_output=True, text=True, timeout=30,
+                                 check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("+modified" if changed else "") if commit else None
 
 
 def log_absent_summary(modality: str, absent: dict[str, str], total: int, log: logging.Logger) -> None:

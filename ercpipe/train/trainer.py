@@ -666,6 +666,10 @@ def _finish(out_dir, cfg, data, seed, state, payload, device, selection_split, t
         },
         # CPU results are bit-identical at equal thread counts only (the products' summation order follows them)
         "classes": list(data.classes), "seed": seed, "device": str(device), "threads": torch.get_num_threads(),
+        # What the run read and ran, for a colleague who has only results/: each feature file's setting hash and
+        # content digest, the labels' and the anchors' digests; the code's commit and the libraries.
+        "inputs": _input_identity(data, anchor_set),
+        "versions": feature_io.package_versions(["ercpipe", "torch", "numpy"]),
         "valid": results.get("valid"), "test": results.get("test"),
         "feature_coverage": data.coverage(),
         "temperatures": model.temperatures(),
