@@ -38,7 +38,12 @@ def require_int(value, minimum: int, what: str) -> int:
 # text or None.
 def is_number(v) -> bool:
     """An int or a finite float (not a bool): an infinite learning rate or margin trains NaNs."""
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:  # an int too large for a float (400 digits)
+        return False
 
 
 def boolean(v) -> str | None:

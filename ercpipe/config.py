@@ -19,7 +19,7 @@ from ercpipe import clip_setting, search
 from ercpipe.errors import ErcpipeError
 from ercpipe.features.settings import (EXTRACTOR_SETTINGS, PACKAGED_MINILM, SettingError, is_imported_setting,
                                        text_model_dir, text_model_problems, text_settings)
-from ercpipe.labels import CLASSES_BY_FORMAT, MODALITIES, canonical_emotion, official_class_list
+from ercpipe.labels import CLASSES_BY_FORMAT, MODALITIES, canonical_emotion, official_class_list, vega_label_order
 
 SYNTHETIC_ROOT = Path("raw/synthetic")
 # Datasets imported from the community feature pickles (ercpipe.features.pickles): no raw folder, no
@@ -272,12 +272,12 @@ def check_drawable_anchors(config: dict, drawable) -> None:
                 "(docs/anchors.md)")
 
 
-def _check_one_anchor_per_class(where: str, name: str, dataset: dict) -> None:
+def _check_one_anchor_per_class(where: str, name: str, dataset: dict, workdir: Path) -> None:
     """Anchor sets hold one image folder per emotion and match a dataset's classes to them through
     canonical_emotion: two classes spelling one emotion ('joy' and 'happy') would get the same anchors, and the
     VEGA branch could not tell them apart."""
     by_emotion: dict[str, list[str]] = {}
-    for label in dataset_classes(dataset):
+    for label in dataset_classes(dataset, workdir):
         by_emotion.setdefault(canonical_emotion(label), []).append(label)
     shared = {emotion: labels for emotion, labels in by_emotion.items() if len(labels) > 1}
     if shared:
@@ -300,8 +300,8 @@ def anchor_classes(config: dict, set_name: str) -> list[str]:
                     names.append(canonical_emotion(label))
     for export in sorted(config.get("exports", {})):
         source = export_source(config, export)
-        if source["anchors"] == set_name:
-            for label in dataset_classes(config["datasets"][source["dataset"]]):
+        if source["anchors"] == set_name:  # a row for every label id of the exported pickle
+            for label in vega_label_order(dataset_classes(config["datasets"][source["dataset"]])):
                 if canonical_emotion(label) not in names:
                     names.append(canonical_emotion(label))
     mine = config["anchors"][set_name].get("mine")
@@ -636,7 +636,7 @@ def _check(config: dict, workdir: Path) -> None:
             raise ConfigError(f"{where}.anchors: {exp['anchors']!r} is never used because loss.clip_loss is false; "
                               "set anchors: null, or turn the VEGA branch on")
         if exp.get("anchors") is not None:
-            _check_one_anchor_per_class(f"{where}.anchors", exp["dataset"], datasets[exp["dataset"]])
+            _check_one_anchor_per_class(f"{where}.anchors", exp["dataset"], datasets[exp["dataset"]], workdir)
     experiments = config.get("experiments", {})
     for name, sel in config.get("selections", {}).items():
         where = f"selections.{name}"
@@ -662,7 +662,7 @@ def _check(config: dict, workdir: Path) -> None:
                                   "ensemble averages its members seed by seed, so give them the same seeds")
 
 
-    _check_exports(config, inspected)
+    _check_exports(config, inspected, workdir)
 
 
 def _check_class_weights(where: str, choice, dataset: dict, workdir: Path) -> None:
@@ -779,7 +779,7 @@ def _check_feature_settings(config: dict, where: str, dataset: str, features: di
                                   f"{modality} features (width 0); leave the modality out")
 
 
-def _check_exports(config: dict, inspected: dict) -> None:
+def _check_exports(config: dict, inspected: dict, workdir: Path) -> None:
     experiments, datasets = config.get("experiments", {}), config.get("datasets", {})
     for section in ("experiments", "selections"):
         if "export" in config.get(section, {}):
@@ -809,9 +809,7 @@ def _check_exports(config: dict, inspected: dict) -> None:
         _check_feature_settings(config, where, source["dataset"], source["features"], inspected)
         if source["anchors"] is not None and source["anchors"] not in config.get("anchors", {}):
             raise ConfigError(f"{where}.anchors: unknown anchor set {source['anchors']!r}")
-        if source["anchors"] is not None:
-            _check_one_anchor_per_class(f"{where}.anchors", source["dataset"], datasets[source["dataset"]])
-        classes = dataset_classes(datasets[source["dataset"]])
+        classes = dataset_classes(datasets[source["dataset"]], workdir)
         if not (set(classes) <= set(CLASSES_BY_FORMAT["iemocap"]) or set(classes) <= set(CLASSES_BY_FORMAT["meld"])):
             raise ConfigError(f"{where}: dataset {source['dataset']} has classes {classes}; VEGA's pickle stores "
                               "IEMOCAP or MELD class ids")

@@ -47,6 +47,18 @@ def emotion_aliases(name: str) -> tuple[str, ...]:
     return _ALIAS_GROUPS.get(canonical, (canonical,))
 
 
+def vega_label_order(classes) -> list[str]:
+    """The classes whose position is the label id VEGA's 7-tuple pickle gives them (ercpipe.features.pickles
+    numbers labels by IEMOCAP's or MELD's official list, whichever holds the classes), up to the highest id the
+    classes take: the rows of an exported 35_anchor.pt, which the official code indexes by label id. Classes of
+    neither list are returned as given (the export check refuses them)."""
+    classes = list(classes)
+    for known in CLASSES_BY_FORMAT.values():
+        if classes and set(classes) <= set(known):
+            return list(known[:max(known.index(c) for c in classes) + 1])
+    return classes
+
+
 def official_class_list(classes) -> str | None:
     """'iemocap' or 'meld' when `classes` are that dataset's classes in its label-id order (any spelling),
     else None: the official code's hard-coded class weights (ercpipe.model.losses) exist only for those."""

@@ -470,6 +470,21 @@ def test_an_export_for_a_datasets_classes_has_its_rows_in_label_id_order(tmp_pat
     assert torch.equal(exported["anchor_center"], original["anchor_center"][rows])
     for name in order:
         assert torch.equal(exported["anchor_img_dict"][name]["feature"], original["anchor_img_dict"][name]["feature"])
+    with pytest.raises(anchors.AnchorFileError, match=r"name one emotion twice"):
+        anchors.export_official(shared, tmp_path / "twice.pt", classes=["joy", "happy", "sad"])
+
+
+def test_the_export_rows_follow_the_pickles_label_ids():
+    """The exported pickle numbers labels by IEMOCAP's or MELD's official list; a dataset with fewer classes or
+    another order (IEMOCAP-4 [neu, hap, sad, ang]) got its anchor rows in its own order, so label 0 (hap) read the
+    neutral row."""
+    from ercpipe.labels import CLASSES_BY_FORMAT, vega_label_order
+
+    assert vega_label_order(["neu", "hap", "sad", "ang"]) == ["hap", "sad", "neu", "ang"]
+    assert vega_label_order(["neutral", "joy", "sadness", "anger"]) == list(CLASSES_BY_FORMAT["meld"])
+    for classes in CLASSES_BY_FORMAT.values():
+        assert vega_label_order(classes) == list(classes)
+    assert vega_label_order(["calm", "angry"]) == ["calm", "angry"]  # neither: the export check refuses it
 
 
 def test_encoded_anchors_survive_official_round_trip(tiny_anchor_file, tmp_path):

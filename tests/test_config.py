@@ -121,6 +121,8 @@ def test_schema_errors_name_the_key(demo_config, mutate, expected):
      "features.visual.densenet121.fps: visual setting fps must be a finite positive number, got nan"),
     (lambda c: c["features"]["visual"]["densenet121"].update(fps=float("inf")),  # an OverflowError in -n
      "features.visual.densenet121.fps: visual setting fps must be a finite positive number, got inf"),
+    (lambda c: c["features"]["visual"]["densenet121"].update(fps=10 ** 400),  # OverflowError in isfinite
+     "features.visual.densenet121.fps: visual setting fps must be a finite positive number, got 1000"),
     (lambda c: c["features"]["visual"]["densenet121"].update(thresholds=[True, 0.7, 0.7]),
      "features.visual.densenet121.thresholds: visual setting thresholds must be three numbers in"),
     (lambda c: c["features"]["visual"]["densenet121"].update(image_size=8),
@@ -214,6 +216,21 @@ def test_snakemake_dry_run_lists_the_dag(demo_config, tmp_path):
                  "audio_features_shard", "visual_features_shard", "merge_features", "encode_anchors",
                  "train_model", "aggregate_experiment", "feature_coverage"):
         assert rule in result.stdout, rule
+
+
+def test_an_exported_anchor_set_covers_every_label_id_of_the_exported_pickle(demo_config):
+    """A CSV dataset with four of MELD's classes keeps MELD's label ids (0..6) in the exported pickle: its
+    35_anchor.pt needs a row for each of them, so the set is encoded for all seven (an experiment alone needs
+    only the four)."""
+    demo_config["datasets"]["four"] = {"format": "csv", "manifest": "four.csv",
+                                       "classes": ["neutral", "joy", "sadness", "anger"]}
+    demo_config["anchors"]["four_faces"] = {"synthetic": {"per_class": 2}, "clip": {"model": "ViT-B-32"}}
+    demo_config["experiments"]["four_vega"] = {**demo_config["experiments"]["meld_demo_sdt_vega"],
+                                               "dataset": "four", "anchors": "four_faces"}
+    assert pipeline_config.anchor_classes(demo_config, "four_faces") == ["neutral", "happy", "sad", "anger"]
+    demo_config["exports"] = {"four_back": {"experiment": "four_vega"}}
+    assert pipeline_config.anchor_classes(demo_config, "four_faces") == [
+        "neutral", "happy", "sad", "anger", "surprise", "fear", "disgust"]
 
 
 def test_a_target_under_another_datasets_folder_is_refused(demo_config, tmp_path):

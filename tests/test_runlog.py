@@ -133,7 +133,7 @@ def test_a_job_stopped_with_ctrl_c_says_so_in_its_log(tmp_path):
 
 def test_outputs_name_the_commit_of_the_code_and_whether_it_was_changed(tmp_path):
     """ercpipe's version number is the same for every commit; the versions an output records carry the commit of
-    the checkout the job ran from, and "+modified" where its code (not the config) differs from it."""
+    the checkout the job ran from, and ".modified" where its code (not the config) differs from it."""
     import shutil
     import subprocess
     import sys
@@ -143,6 +143,7 @@ def test_outputs_name_the_commit_of_the_code_and_whether_it_was_changed(tmp_path
     shutil.copytree(Path(__file__).resolve().parents[1] / "ercpipe", project / "ercpipe",
                     ignore=shutil.ignore_patterns("__pycache__"))
     (project / "config.yaml").write_text("datasets: {}\n")
+    (project / ".gitignore").write_text("__pycache__/\n")  # as the project's: byte code is no change of code
     git = ["git", "-C", str(project), "-c", "user.name=t", "-c", "user.email=t@t"]
     for command in (["init", "-q"], ["add", "."], ["commit", "-q", "-m", "code"]):
         subprocess.run([*git, *command], check=True, timeout=60)
@@ -160,6 +161,11 @@ def test_outputs_name_the_commit_of_the_code_and_whether_it_was_changed(tmp_path
     assert recorded().endswith(f"+g{head}")  # the config is not the code
     with open(project / "ercpipe" / "labels.py", "a") as code:
         code.write("# a change to the code\n")
-    assert recorded().endswith(f"+g{head}+modified")
+    assert recorded().endswith(f"+g{head}.modified")
+    (project / "ercpipe" / "labels.py").write_text((project / "ercpipe" / "labels.py").read_text()
+                                                   .removesuffix("# a change to the code\n"))
+    assert recorded().endswith(f"+g{head}")
+    (project / "ercpipe" / "new_module.py").write_text("x = 1\n")  # a new file of code, not yet committed
+    assert recorded().endswith(f"+g{head}.modified")
     shutil.rmtree(project / ".git")
     assert recorded() == __import__("ercpipe").__version__  # not a git checkout: the version alone

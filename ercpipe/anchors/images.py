@@ -25,7 +25,7 @@ from ercpipe.labels import canonical_emotion, emotion_aliases
 logger = logging.getLogger(__name__)
 
 PAPER_IMAGES_PER_CLASS = 35  # the paper's image sets (the official cache is named "35_anchor.pt")
-VERSION_PACKAGES = ("open_clip_torch", "torch", "torchvision", "pillow", "h5py", "numpy")
+VERSION_PACKAGES = ("open_clip_torch", "torch", "torchvision", "pillow", "h5py", "numpy", "ercpipe")
 
 
 class AnchorImageError(ErcpipeError, ValueError):

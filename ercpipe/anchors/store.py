@@ -398,7 +398,7 @@ def import_official(pt_path: str | Path, out_path: str | Path, class_names: Sequ
         clip_model=clip_model, pretrained=pretrained, dim=dim, settings=settings,
         clip_name=clip_name or clip_setting.clip_name({"model": clip_model, "pretrained": pretrained}),
         setting_hash=settings_hash(settings), source=f"official:{pt_path.name} sha256:{digest}",
-        versions=package_versions(["torch", "h5py", "numpy"]), dataset_labels=[str(c) for c in class_names])
+        versions=package_versions(["torch", "h5py", "numpy", "ercpipe"]), dataset_labels=[str(c) for c in class_names])
     write(out_path, anchors)
     return anchors
 
@@ -437,6 +437,9 @@ def export_official(anchor_set_or_path: AnchorSet | str | Path, pt_path: str | P
         features = [anchors.image_features[name] for name in names]
     else:
         names = [canonical_emotion(c) for c in classes]
+        if len(set(names)) != len(names):
+            raise AnchorFileError(f"classes {list(classes)} name one emotion twice (as {names}); the official file "
+                                  "has one row and one entry per emotion: give each class once")
         centers, features = anchors.for_classes(classes)
     payload = {
         "anchor_center": torch.from_numpy(np.ascontiguousarray(centers, dtype=np.float32)),

@@ -264,7 +264,8 @@ def check(path: str | Path, fs: "FeatureSet", expected: Expectation) -> None:
 
 def package_versions(names: Iterable[str]) -> dict[str, str]:
     """Installed versions; ercpipe's own comes from the code that runs (jobs import it from the checkout), with
-    that checkout's commit where it is a git clone ("0.1.0+g1a2b3c4d5e6f", "+modified" after it)."""
+    that checkout's commit where it is a git clone ("0.1.0+g1a2b3c4d5e6f", ".modified" after it: a PEP 440 local
+    version)."""
     import ercpipe
 
     out = {}
@@ -282,9 +283,9 @@ def package_versions(names: Iterable[str]) -> dict[str, str]:
 
 @functools.lru_cache(maxsize=1)
 def code_revision() -> str | None:
-    """The commit of the git checkout ercpipe runs from, with "+modified" where the pipeline's code (ercpipe,
-    workflow, scripts, envs, the Snakefile; not config.yaml or data) differs from it; None outside a git checkout
-    or without git. ercpipe's version number alone is the same for every commit."""
+    """The commit of the git checkout ercpipe runs from, with ".modified" where the pipeline's code (ercpipe,
+    workflow, scripts, envs, the Snakefile, new files there included; not config.yaml or data) differs from it;
+    None outside a git checkout or without git. ercpipe's version number alone is the same for every commit."""
     import ercpipe
 
     root = Path(ercpipe.__file__).resolve().parents[1]
@@ -294,12 +295,12 @@ def code_revision() -> str | None:
         git = ["git", "-C", str(root)]
         commit = subprocess.run([*git, "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
                                 timeout=30, check=True).stdout.strip()
-        changed = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no", "--", "ercpipe", "workflow",
+        changed = subprocess.run([*git, "status", "--porcelain", "--untracked-files=normal", "--", "ercpipe", "workflow",
                                   "scripts", "envs", "Snakefile"], capture_output=True, text=True, timeout=30,
                                  check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
-    return commit + ("+modified" if changed else "") if commit else None
+    return commit + (".modified" if changed else "") if commit else None
 
 
 def log_absent_summary(modality: str, absent: dict[str, str], total: int, log: logging.Logger) -> None:

@@ -16,6 +16,7 @@ from ercpipe.datasets.fingerprint import dataset_fingerprint
 from ercpipe.features.settings import training_view
 from ercpipe.io.digest import path_digest
 from ercpipe.io.features import expected_settings
+from ercpipe.labels import vega_label_order
 from ercpipe.resources import extraction_resources
 from ercpipe.train.presets import active_settings, resolve_experiment, without_non_training_keys
 

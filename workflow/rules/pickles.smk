@@ -111,8 +111,8 @@ rule export_official_anchors:
     output:
         official="results/{dataset}/export/{export}/35_anchor.pt",
     params:
-        # the rows the exported features.pkl's label ids index (a shared set holds other datasets' classes too)
-        classes=lambda wc: dataset_class_list(wc.dataset),
+        # a row per label id of the exported features.pkl (a shared set holds other datasets' classes too)
+        classes=lambda wc: vega_label_order(dataset_class_list(wc.dataset)),
     log:
         "logs/export_official_anchors/{dataset}/{export}.log",
     resources:
