@@ -288,6 +288,18 @@ def _check_one_anchor_per_class(where: str, name: str, dataset: dict, workdir: P
                           f"({merge}), or train SDT without anchors")
 
 
+def _check_mined_from_own_dataset(where: str, set_name: str, anchor_set: dict, dataset: str) -> None:
+    """Mined anchors are faces of one dataset's training split: on another dataset (another split of the same
+    recordings, e.g. a leave-one-session-out fold) they can be its test utterances' faces, filed under their
+    test labels."""
+    mined_from = (anchor_set.get("mine") or {}).get("dataset")
+    if mined_from is not None and mined_from != dataset:
+        raise ConfigError(f"{where}: anchor set {set_name} is mined from dataset {mined_from}'s training faces, and "
+                          f"this trains on {dataset}: where the two share recordings, the anchors can hold {dataset}'s "
+                          f"test faces under their labels. Mine a set from {dataset} (anchors.<name>.mine.dataset: "
+                          f"{dataset}), or give an images: folder")
+
+
 def anchor_classes(config: dict, set_name: str) -> list[str]:
     """Canonical class names an anchor set must cover: every class of every dataset that uses it (experiments,
     exports, mining); an official: set's file holds them in this order (its `classes`, else its dataset's)."""
@@ -603,6 +615,12 @@ def _check(config: dict, workdir: Path) -> None:
                                   "to take face images from; mine from a raw dataset or use official: / images:")
             if mine["visual"] not in config.get("features", {}).get("visual", {}):
                 raise ConfigError(f"{where}.mine.visual: unknown visual feature setting {mine['visual']!r}")
+            from ercpipe.anchors.mining import mining_settings  # pandas, h5py: only for a config that mines
+
+            try:
+                mining_settings({k: v for k, v in mine.items() if k not in ("dataset", "visual")})
+            except ValueError as err:
+                raise ConfigError(f"{where}.mine: {err}") from None
     from ercpipe.train.presets import resolve_experiment  # here: presets imports this module; light, no torch
 
     for name, exp in config.get("experiments", {}).items():
@@ -637,6 +655,7 @@ def _check(config: dict, workdir: Path) -> None:
                               "set anchors: null, or turn the VEGA branch on")
         if exp.get("anchors") is not None:
             _check_one_anchor_per_class(f"{where}.anchors", exp["dataset"], datasets[exp["dataset"]], workdir)
+            _check_mined_from_own_dataset(f"{where}.anchors", exp["anchors"], anchors[exp["anchors"]], exp["dataset"])
     experiments = config.get("experiments", {})
     for name, sel in config.get("selections", {}).items():
         where = f"selections.{name}"
@@ -809,6 +828,9 @@ def _check_exports(config: dict, inspected: dict, workdir: Path) -> None:
         _check_feature_settings(config, where, source["dataset"], source["features"], inspected)
         if source["anchors"] is not None and source["anchors"] not in config.get("anchors", {}):
             raise ConfigError(f"{where}.anchors: unknown anchor set {source['anchors']!r}")
+        if source["anchors"] is not None:  # the official code trains on them with this dataset
+            _check_mined_from_own_dataset(f"{where}.anchors", source["anchors"], config["anchors"][source["anchors"]],
+                                          source["dataset"])
         classes = dataset_classes(datasets[source["dataset"]], workdir)
         if not (set(classes) <= set(CLASSES_BY_FORMAT["iemocap"]) or set(classes) <= set(CLASSES_BY_FORMAT["meld"])):
             raise ConfigError(f"{where}: dataset {source['dataset']} has classes {classes}; VEGA's pickle stores "

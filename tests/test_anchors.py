@@ -638,6 +638,11 @@ def test_mining_needs_enough_training_utterances(tmp_path):
     assert not (tmp_path / "mined").exists()
     with pytest.raises(ValueError, match="unknown anchor mining setting"):
         anchors.mining_settings({"k": 3})
+    # per_class alone below the default min_per_class: the minimum follows it (it failed in the job)
+    assert anchors.mining_settings({"per_class": 3}) == {"per_class": 3, "min_per_class": 3}
+    assert anchors.mining_settings({}) == {"per_class": 35, "min_per_class": 5}
+    with pytest.raises(ValueError, match=r"min_per_class \(4\) exceeds per_class \(3\); lower min_per_class"):
+        anchors.mining_settings({"per_class": 3, "min_per_class": 4})
 
 
 def test_a_class_without_any_face_names_why_and_no_impossible_setting(tmp_path):

@@ -169,6 +169,15 @@ def test_schema_errors_name_the_key(demo_config, mutate, expected):
     (lambda c: (c["datasets"].update(mine={"format": "csv", "manifest": "README.md", "classes": ["calm", "mad"],
                                            "face_selection": {"mode": "side", "marked_actor": "left"}})),
      r"datasets.mine.face_selection.marked_actor: reads the actor with markers from IEMOCAP's dialogue ids"),
+    # Anchors mined from one dataset's training faces, used on another (a fold of the same recordings): its
+    # test faces, under their labels.
+    (lambda c: c["anchors"].update(mined={"mine": {"dataset": "iemocap_demo", "visual": "densenet121"}})
+     or c["experiments"]["meld_demo_sdt_vega"].update(anchors="mined"),
+     r"experiments.meld_demo_sdt_vega.anchors: anchor set mined is mined from dataset iemocap_demo's training "
+     r"faces, and this trains on meld_demo: .* Mine a set from meld_demo"),
+    (lambda c: c["anchors"].update(mined={"mine": {"dataset": "iemocap_demo", "visual": "densenet121",
+                                                   "per_class": 3, "min_per_class": 4}}),
+     r"anchors.mined.mine: anchor mining setting min_per_class \(4\) exceeds per_class \(3\)"),
 ])
 def test_reference_errors_name_the_key(demo_config, mutate, expected):
     bad = copy.deepcopy(demo_config)
