@@ -69,9 +69,13 @@ def _predict(args, parser) -> None:
         features = _modality_paths(args.features, parser)
         frame = infer.predict_features(args.checkpoint, args.manifest, features, args.out,
                                        splits=args.split or None, device=args.device)
-    print(infer.format_predictions(frame))
-    if args.out:
-        print(f"\nwritten to {args.out}", file=sys.stderr)
+    if args.out:  # the table is in the file: a whole split printed thousands of lines to the terminal too
+        labelled = frame[frame["label"] != ""]
+        right = (labelled["label"] == labelled["prediction"]).mean() if len(labelled) else None
+        accuracy = f"; accuracy on the {len(labelled)} labelled: {right:.1%}" if right is not None else ""
+        print(f"{len(frame)} utterance(s) predicted{accuracy}; written to {args.out}")
+    else:
+        print(infer.format_predictions(frame))
 
 
 def _import_pickle(args, parser) -> None:

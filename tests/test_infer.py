@@ -227,9 +227,15 @@ def test_command_line(trained, tmp_path):
                              str(trained["manifest"]), "--features", *features, "--split", "test", "--out", str(out)],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "prediction" in result.stdout and out.exists()
-    written = pd.read_csv(out, sep="\t")
-    assert len(written) == len(result.stdout.strip().splitlines()) - 1
+    written = pd.read_csv(out, sep="\t", keep_default_na=False)
+    accuracy = (written["label"] == written["prediction"]).mean()
+    # With --out, one line (a whole split's table went to the terminal too); without, the table.
+    assert result.stdout == (f"{len(written)} utterance(s) predicted; accuracy on the {len(written)} labelled: "
+                             f"{accuracy:.1%}; written to {out}\n")
+    printed = subprocess.run([exe, "predict", "--checkpoint", str(trained["checkpoint"]), "--manifest",
+                              str(trained["manifest"]), "--features", *features, "--split", "test"],
+                             capture_output=True, text=True, timeout=300)
+    assert len(printed.stdout.strip().splitlines()) == len(written) + 1 and "prediction" in printed.stdout
     assert set(written["split"]) == {"test"}  # as the pipeline's predictions.tsv has it
     # An option of the other mode is refused, not ignored.
     for extra, message in ((["--conversation", str(out), "--split", "test"], "--split goes with --manifest"),

@@ -169,3 +169,16 @@ def test_outputs_name_the_commit_of_the_code_and_whether_it_was_changed(tmp_path
     assert recorded().endswith(f"+g{head}.modified")
     shutil.rmtree(project / ".git")
     assert recorded() == __import__("ercpipe").__version__  # not a git checkout: the version alone
+
+
+def test_idle_openmp_threads_sleep_unless_the_environment_says_otherwise(tmp_path, monkeypatch):
+    """Spinning OpenMP threads made 2-thread training 14-18x slower than 1-thread on a shared machine; the job's
+    scripts enter rule_logging before importing torch, so the OpenMP runtime starts with this policy."""
+    import os
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    with rule_logging(tmp_path / "a.log", threads=2):
+        assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE" and os.environ["OMP_NUM_THREADS"] == "2"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # a cluster node of one's own: the user's choice stands
+    with rule_logging(tmp_path / "b.log", threads=2):
+        assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"

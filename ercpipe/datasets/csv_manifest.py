@@ -490,6 +490,11 @@ def read(name: str, cfg: dict, probe: bool | Collection[str] = True) -> ReadResu
                             "declare the modalities the dataset has, e.g. `modalities: [audio]`")
     issues = IssueLog()
     media = declared_media(cfg)
+    for modality, column, flag in (("audio", "audio_path", "missing_audio"), ("visual", "video_path", "no_video")):
+        if modality in media and column not in header:  # one line here, not only one flag per row in issues.tsv
+            logger.warning("%s has no %s column, so every row is flagged %s in issues.tsv; if dataset %s has no "
+                           "%s, declare the modalities it has (datasets.%s.modalities, e.g. [text]) and the flags "
+                           "go", path, column, flag, name, modality, name)
     dialogues: dict[str, list[tuple[int | None, int, dict]]] = {}
     seen: dict[str, int] = {}
     for order, record in enumerate(records):
