@@ -20,6 +20,7 @@ from ercpipe.errors import ErcpipeError
 from ercpipe.features.settings import (EXTRACTOR_SETTINGS, PACKAGED_MINILM, SettingError, is_imported_setting,
                                        text_model_dir, text_model_problems, text_settings)
 from ercpipe.labels import CLASSES_BY_FORMAT, MODALITIES, canonical_emotion, official_class_list, vega_label_order
+from ercpipe.mining_setting import mining_settings
 
 SYNTHETIC_ROOT = Path("raw/synthetic")
 # Datasets imported from the community feature pickles (ercpipe.features.pickles): no raw folder, no
@@ -615,8 +616,6 @@ def _check(config: dict, workdir: Path) -> None:
                                   "to take face images from; mine from a raw dataset or use official: / images:")
             if mine["visual"] not in config.get("features", {}).get("visual", {}):
                 raise ConfigError(f"{where}.mine.visual: unknown visual feature setting {mine['visual']!r}")
-            from ercpipe.anchors.mining import mining_settings  # pandas, h5py: only for a config that mines
-
             try:
                 mining_settings({k: v for k, v in mine.items() if k not in ("dataset", "visual")})
             except ValueError as err:

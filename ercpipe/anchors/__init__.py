@@ -5,8 +5,9 @@ encoding, importing or exporting. See docs/anchors.md.
 """
 from ercpipe.anchors.clip import DEFAULT_CLIP, clip_name, clip_settings, resolve_quick_gelu
 from ercpipe.anchors.images import IMAGE_EXTENSIONS, AnchorImageError, encode_image_set, scan_image_set
-from ercpipe.anchors.mining import DEFAULT_MINING, AnchorMiningError, mine_anchor_images, mining_settings
+from ercpipe.anchors.mining import AnchorMiningError, mine_anchor_images
 from ercpipe.anchors.store import AnchorFileError, AnchorSet, export_official, import_official, read, write
+from ercpipe.mining_setting import DEFAULT_MINING, mining_settings
 
 __all__ = [
     "DEFAULT_CLIP", "DEFAULT_MINING", "IMAGE_EXTENSIONS", "AnchorFileError", "AnchorImageError", "AnchorMiningError",

@@ -20,19 +20,15 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from ercpipe.errors import ErcpipeError
-from ercpipe.checks import with_defaults
 from ercpipe.features.settings import face_selection_for
 from ercpipe.io import features as feature_io
 from ercpipe.io import manifest as manifest_io
 from ercpipe.io.atomic import atomic_dir
 from ercpipe.labels import canonical_emotion
+from ercpipe.mining_setting import mining_settings
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MINING: dict = {
-    "per_class": 35,  # images per class (the paper's hand-picked sets have 35)
-    "min_per_class": 5,  # fewer present training utterances (or usable faces) than this is an error
-}
 MINED_COLUMNS = ("class", "label", "rank", "utterance_id", "split", "distance", "status", "image")
 
 CropFn = Callable[..., list]  # (video_path, start, end, speaker, settings, face_selection) -> [RGB uint8 crops]
@@ -40,21 +36,6 @@ CropFn = Callable[..., list]  # (video_path, start, end, speaker, settings, face
 
 class AnchorMiningError(ErcpipeError, ValueError):
     """Mining cannot produce a usable image set; the message names the class and what to do."""
-
-
-def mining_settings(settings: dict | None) -> dict:
-    """Validated settings with defaults; min_per_class not given is at most per_class (per_class: 3 alone failed
-    in the job with "min_per_class (5) exceeds per_class (3)", a default the user never wrote)."""
-    out = with_defaults(settings, DEFAULT_MINING, "anchor mining")
-    for key in ("per_class", "min_per_class"):
-        if not isinstance(out[key], int) or isinstance(out[key], bool) or out[key] < 1:
-            raise ValueError(f"anchor mining setting {key} must be a positive integer, got {out[key]!r}")
-    if "min_per_class" not in (settings or {}):
-        out["min_per_class"] = min(out["min_per_class"], out["per_class"])
-    if out["min_per_class"] > out["per_class"]:
-        raise ValueError(f"anchor mining setting min_per_class ({out['min_per_class']}) exceeds per_class "
-                         f"({out['per_class']}); lower min_per_class or raise per_class")
-    return out
 
 
 def rank_training_utterances(manifest: pd.DataFrame, visual: feature_io.FeatureSet, label: str) -> pd.DataFrame:
