@@ -303,11 +303,16 @@ def code_revision() -> str | None:
     return commit + (".modified" if changed else "") if commit else None
 
 
+def absent_reason_counts(absent: dict[str, str]) -> Counter:
+    """An `absent` attribute's reasons counted by kind ("no_face (no speaker face in 2 ...)" -> no_face)."""
+    return Counter(str(reason).split(" ")[0].split(":")[0] for reason in absent.values())
+
+
 def log_absent_summary(modality: str, absent: dict[str, str], total: int, log: logging.Logger) -> None:
     """One warning per shard: how many rows have no features, counted by reason, with examples."""
     if not absent:
         return
-    counts = Counter(reason.split(" ")[0].split(":")[0] for reason in absent.values())
+    counts = absent_reason_counts(absent)
     examples = ", ".join(list(absent)[:3])
     log.warning("%s: %d of %d utterances have no features (zeros, present=False): %s; e.g. %s",
                 modality, len(absent), total, dict(counts), examples)

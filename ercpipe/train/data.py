@@ -11,7 +11,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
@@ -274,7 +273,7 @@ def _absent_reasons(path) -> str:
         return ""
     if not recorded:
         return ""
-    counts = Counter(str(reason).split(":")[0].split(" ")[0] for reason in recorded.values())
+    counts = feature_io.absent_reason_counts(recorded)
     return f" (the file's reasons, all splits: {dict(counts.most_common())})"
 
 

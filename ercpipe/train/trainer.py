@@ -415,7 +415,7 @@ def run_training(manifest_path, feature_paths: dict, anchor_path, experiment: di
                 logger.warning("run interrupted after epoch %d; its state is in %s", state["epoch"], last_path)
             raise
     return _finish(out_dir, cfg, data, seed, state, best, device, selection_split, train_splits, weights,
-                   weights_source, anchor_info, loss_fn, anchor_set)
+                   weights_source, anchor_info, loss_fn, anchor_set, identity)
 
 
 class _JobEnd:
@@ -618,7 +618,7 @@ def _resume(path: Path, best_path: Path, cfg, seed, model, optimizer, scaler, sc
 
 
 def _finish(out_dir, cfg, data, seed, state, payload, device, selection_split, train_splits, weights, weights_source,
-            anchor_info, loss_fn, anchor_set) -> dict:
+            anchor_info, loss_fn, anchor_set, identity) -> dict:
     """Build the selected checkpoint's model, score valid (if held out) and test once, write the outputs."""
     train_cfg = cfg["train"]
     if payload is None:  # no epoch was ever selected (every score NaN)
@@ -668,7 +668,7 @@ def _finish(out_dir, cfg, data, seed, state, payload, device, selection_split, t
         "classes": list(data.classes), "seed": seed, "device": str(device), "threads": torch.get_num_threads(),
         # What the run read and ran, for a colleague who has only results/: each feature file's setting hash and
         # content digest, the labels' and the anchors' digests; the code's commit and the libraries.
-        "inputs": _input_identity(data, anchor_set),
+        "inputs": identity,
         "versions": feature_io.package_versions(["ercpipe", "torch", "numpy"]),
         "valid": results.get("valid"), "test": results.get("test"),
         "feature_coverage": data.coverage(),

@@ -27,11 +27,14 @@ rule feature_coverage:
         "../../scripts/feature_coverage.py"
 
 
+BENCHMARKED_JOBS = benchmarked_jobs()
+
+
 rule benchmark_summary:
     input:
-        products=sorted({product for _, product in benchmarked_jobs()}),
+        products=sorted({product for _, product in BENCHMARKED_JOBS}),
     params:
-        benchmarks=sorted(benchmark for benchmark, _ in benchmarked_jobs()),  # the config's key order changes nothing
+        benchmarks=sorted(benchmark for benchmark, _ in BENCHMARKED_JOBS),  # the config's key order changes nothing
     output:
         table="results/benchmarks.tsv",
         table_html=report(
