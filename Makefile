@@ -48,4 +48,4 @@ lint: $(STAMP)
 clean-demo:
 	rm -rf raw/synthetic features/*_demo anchors/demo_faces* results/*_demo results/benchmarks/*/*_demo* \
 		results/benchmarks/*/demo_faces* results/benchmarks.tsv results/benchmarks.html results/report.html \
-		logs/*/*_demo* logs/*/demo_faces*
+		logs/*/*_demo* logs/*/demo_faces* logs/*/.*_demo*.lock logs/*/.demo_faces*.lock

@@ -12,6 +12,7 @@ import difflib
 import json
 import os
 import re
+import unicodedata
 from pathlib import Path
 from typing import Collection
 
@@ -370,6 +371,13 @@ def _path_problem(where: str, value: str, kind: str, workdir: Path, fix: str) ->
         found = "folder" if resolved.is_dir() else "file"
         return f"{where}: {value} is a {found}, not a {kind}; {fix}"
     relative = "" if path.is_absolute() else f" (relative paths start from the working directory {workdir})"
+    for form in ("NFC", "NFD"):
+        # A folder copied from macOS spells "ü" as "u" + a combining mark (NFD): it prints as the name typed.
+        other = Path(unicodedata.normalize(form, str(resolved)))
+        if other != resolved and (other.is_dir() if kind == "folder" else other.is_file()):
+            return (f"{where}: {kind} {value} does not exist as typed, but one whose name looks the same does: "
+                    f"{ascii(str(other))}, its accented letters encoded as {form} (macOS writes names decomposed, "
+                    f"NFD); rename it (`mv`), or paste its name from `ls` into the config")
     return f"{where}: {kind} {value} does not exist{relative}; {fix}"
 
 

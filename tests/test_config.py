@@ -409,6 +409,21 @@ def test_a_wrong_path_names_the_key_the_path_and_the_fix(demo_config, tmp_path, 
     assert str(caught.value) == expected.format(wd=tmp_path)
 
 
+def test_a_folder_named_in_the_other_unicode_form_is_pointed_out(demo_config, tmp_path):
+    """A release copied from macOS: "Müller" on disk is "Mu" + a combining diaeresis, and the config's "Müller"
+    (typed, NFC) was "does not exist" for a name that prints identically."""
+    config = _with_paths(demo_config, tmp_path)
+    (tmp_path / "Daten_Mu\u0308ller" / "IEMOCAP_full_release").mkdir(parents=True)
+    config["datasets"]["real"]["root"] = "Daten_M\u00fcller/IEMOCAP_full_release"
+    with pytest.raises(pipeline_config.ConfigError) as caught:
+        pipeline_config.check(config, tmp_path)
+    on_disk = ascii(str(tmp_path / "Daten_Mu\u0308ller" / "IEMOCAP_full_release"))
+    assert str(caught.value) == (
+        f"datasets.real.root: folder Daten_M\u00fcller/IEMOCAP_full_release does not exist as typed, but one whose "
+        f"name looks the same does: {on_disk}, its accented letters encoded as NFD (macOS writes names decomposed, "
+        "NFD); rename it (`mv`), or paste its name from `ls` into the config")
+
+
 def test_every_wrong_path_is_reported_at_once(demo_config, tmp_path):
     config = _with_paths(demo_config, tmp_path)
     config["features"]["visual"]["denseface"]["weights"] = "weights/missing.pth"

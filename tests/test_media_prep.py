@@ -13,6 +13,7 @@ from conftest import python_as_a_user
 from ercpipe.datasets.build import build_manifest
 from ercpipe.datasets.media_prep import REPORT_NAME, write_utterance_audio
 from ercpipe.io import manifest as manifest_io
+from ercpipe.io import media
 
 
 def write_clip(path: Path, seconds: float = 1.0, audio: bool = True, silent: bool = False) -> None:
@@ -327,3 +328,46 @@ def test_a_window_late_in_a_long_recording_is_seeked_to_and_gives_the_samples_of
     assert abs(window.size - reference.size) <= 1
     n = min(window.size, reference.size)
     assert np.max(np.abs(window[:n] - reference[:n])) < 0.02 and np.corrcoef(window[:n], reference[:n])[0, 1] > 0.999
+
+
+def _write_tracks(path: Path, video_frames: int, tracks: list[tuple[float, bool]]) -> None:
+    """A Matroska clip: `video_frames` H.264 frames, then one 1-s 48 kHz AAC track per (amplitude, default flag)."""
+    with av.open(str(path), "w", format="matroska") as container:
+        video = container.add_stream("libx264", rate=8)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        sounds = []
+        for _, default in tracks:
+            sound = container.add_stream("aac", rate=48000, layout="stereo")
+            sound.disposition = av.stream.Disposition.default if default else 0
+            sounds.append(sound)
+        for i in range(video_frames):
+            container.mux(video.encode(av.VideoFrame.from_ndarray(np.full((48, 64, 3), 20 * i, np.uint8), "rgb24")))
+        container.mux(video.encode(None))
+        for sound, (amplitude, _) in zip(sounds, tracks):
+            tone = (amplitude * np.sin(2 * np.pi * 440 * np.arange(48000) / 48000)).astype(np.float32)
+            for start in range(0, tone.size, 1024):
+                frame = av.AudioFrame.from_ndarray(np.stack([tone[start:start + 1024]] * 2), format="fltp",
+                                                   layout="stereo")
+                frame.sample_rate, frame.pts = 48000, start
+                container.mux(sound.encode(frame))
+            container.mux(sound.encode(None))
+
+
+@pytest.mark.parametrize("silent_first", [True, False])
+def test_of_two_audio_tracks_the_default_one_is_read(tmp_path, silent_first):
+    """A silent, non-default first track was read and the utterance stored as silence."""
+    path = tmp_path / "two_tracks.mkv"
+    tracks = [(0.0, False), (0.3, True)] if silent_first else [(0.3, True), (0.0, False)]
+    _write_tracks(path, 8, tracks)
+    assert media.probe(path).decodable
+    signal = media.load_audio(path)
+    assert not media.is_silent(signal) and np.sqrt(np.mean(signal ** 2)) > 0.1
+
+
+def test_an_empty_video_track_is_no_video_and_the_sound_is_kept(tmp_path):
+    """Matroska keeps a video track without frames: the probe said 'StopIteration: ' and the good sound was lost."""
+    path = tmp_path / "empty_video.mkv"
+    _write_tracks(path, 0, [(0.3, True)])
+    info = media.probe(path)
+    assert info.decodable and info.has_audio and not info.has_video, info
+    assert np.sqrt(np.mean(media.load_audio(path) ** 2)) > 0.1

@@ -278,6 +278,8 @@ def test_missing_media_flagged_not_fatal(fresh_release, tmp_path):
     missing = issues[issues["reason"] == "missing_audio"]["detail"].item()
     assert missing.endswith("Ses01F_impro01_M000.wav does not exist: restore it from the release (or declare the "
                             "dataset's `modalities` without it)")
+    corrupt = set(issues.loc[issues["reason"] == "corrupt_video", "detail"])
+    assert len(corrupt) == 1 and corrupt.pop().endswith("; replace it with the release's copy"), corrupt
     assert len(issues[issues["action"] == "flagged"]) == 9
 
 
@@ -479,6 +481,26 @@ def test_a_missing_session_that_empties_a_split_stops_the_reader(fresh_release, 
                                             r"dialogues \(e.g. \['Ses01M_impro01'\]\) has a labelled utterance "
                                             r"here: check that their dialog/EmoEvaluation files are there"):
         build_manifest("d", cfg(fresh_release, split_file=str(tmp_path / "split.json")), tmp_path / "out")
+
+
+def test_a_tree_without_labelled_rows_says_why_before_any_issues_file_exists(fresh_release, tmp_path):
+    """The message pointed to issues.tsv, which a build stopped here never writes, and named 6 classes whatever
+    `classes` said."""
+    # A split file of another release's dialogue names: every row is rejected, counted by reason.
+    split = {"train": ["Ses02F_impro01"], "valid": ["Ses02M_impro01"], "test": ["Ses03F_impro01"]}
+    (tmp_path / "split.json").write_text(json.dumps(split))
+    with pytest.raises(ManifestError, match=r"no labelled utterance of the 2 classes \['sad', 'fru'\] in any dialogue "
+                                            r"of the split file .*split.json \(rows rejected by reason: "
+                                            r"dialogue_not_in_split: 10\); check the split file's dialogue names"):
+        build_manifest("d", cfg(fresh_release, split_file=str(tmp_path / "split.json"), classes=["sad", "fru"]),
+                       tmp_path / "out")
+    # No label file at all (a part of the release not unpacked): said so, with the folders expected.
+    for label_file in fresh_release.glob("Session*/dialog/EmoEvaluation/*.txt"):
+        label_file.unlink()
+    with pytest.raises(ManifestError, match=r"no label file Session<N>/dialog/EmoEvaluation/\*.txt in Session1, "
+                                            r"Session5; point `root` at the unpacked IEMOCAP_full_release"):
+        build_manifest("d", cfg(fresh_release), tmp_path / "out")
+    assert not (tmp_path / "out" / "manifest.tsv").exists()
 
 
 def test_missing_emo_evaluation_folder(fresh_release, tmp_path):

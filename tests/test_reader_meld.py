@@ -300,6 +300,54 @@ def test_clip_folders_the_release_and_its_archives(meld_root, tmp_path):
     assert corrupt.count(str(root / CLIP_DIRS["dev"] / "dia0_utt1.mp4")) == 1 + corrupt.count("InvalidDataError")
 
 
+def test_a_clip_that_is_a_link_to_nowhere_says_to_fix_the_link(meld_root, tmp_path):
+    """A clip linked from elsewhere (a release kept on another disk) whose target is gone: the fix is the link, not
+    unpacking the release again."""
+    root = tmp_path / "MELD.Raw"
+    shutil.copytree(meld_root, root)
+    clip = root / CLIP_DIRS["train"] / "dia0_utt0.mp4"
+    clip.unlink()
+    clip.symlink_to(tmp_path / "other_disk" / "dia0_utt0.mp4")
+    build_manifest("m", {"format": "meld", "root": str(root)}, tmp_path / "out")
+    issues = read_outputs(tmp_path / "out")[1].set_index(["utterance_id", "reason"])["detail"]
+    assert issues["train_dia0_utt0", "missing_video"] == (
+        f"{clip} is a link to {tmp_path / 'other_disk' / 'dia0_utt0.mp4'}, which does not exist: fix the link or "
+        "restore the file")
+
+
+def test_an_empty_speaker_cell_is_flagged_with_its_file_and_line(tmp_path):
+    """It became a speaker named '' with a slot of its own, with no trace in issues.tsv."""
+    root = tmp_path / "MELD.Raw"
+    root.mkdir()
+    for split, rows in ROWS.items():
+        rows = [(*r[:1], "", *r[2:]) if (split, r[3], r[4]) == ("train", 0, 1) else r for r in rows]
+        write_csv(root / f"{split}_sent_emo.csv", rows)
+    build_manifest("m", {"format": "meld", "root": str(root), "modalities": ["text"]}, tmp_path / "out")
+    df, issues, summary = read_outputs(tmp_path / "out")
+    assert df.set_index("utterance_id").loc["train_dia0_utt1", "flags"] == "empty_speaker"
+    (row,) = issues[issues["reason"] == "empty_speaker"].itertuples()
+    assert (row.utterance_id, row.line) == ("train_dia0_utt1", "5")  # the 4th row of the file, after the header
+    assert row.detail.endswith("train_sent_emo.csv, line 5: the Speaker cell is empty; write the speaker's name "
+                               "(the speaker embedding tells speakers apart)")
+    assert summary["flag_counts"] == {"empty_speaker": 1, "text_fixed": 1, "overlap": 1}
+
+
+def test_csvs_without_the_time_columns_say_so_once_and_flag_no_row(tmp_path, caplog):
+    """Every row was flagged bad_time "StartTime '' ... not parsable", and nothing said the columns were missing."""
+    root = tmp_path / "MELD.Raw"
+    root.mkdir()
+    for split, rows in ROWS.items():
+        lines = [HEADER.rsplit(",", 2)[0]] + [csv_line(i + 1, *r).rsplit(',"', 2)[0] for i, r in enumerate(rows)]
+        (root / f"{split}_sent_emo.csv").write_text("\n".join(lines) + "\n")
+    with caplog.at_level("WARNING"):
+        build_manifest("m", {"format": "meld", "root": str(root), "modalities": ["text"]}, tmp_path / "out")
+    df, issues, summary = read_outputs(tmp_path / "out")
+    assert len(df) == sum(len(rows) for rows in ROWS.values())
+    assert not issues["reason"].isin(["bad_time", "overlap"]).any(), issues
+    warned = [r.getMessage() for r in caplog.records if "no StartTime / EndTime columns" in r.getMessage()]
+    assert len(warned) == 3 and "train_sent_emo.csv has no StartTime / EndTime columns" in warned[0]
+
+
 def test_the_coverage_page_tells_flags_to_fix_from_flags_that_record(built, tmp_path):
     """On the real release most issue rows are repairs (text_fixed) and observations (overlap): the page says
     those need nothing, and names the flags that cost an utterance a modality."""

@@ -9,6 +9,7 @@ nothing heavy. The synthetic corpus that the demo reads with these readers is er
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Collection
 
@@ -112,6 +113,14 @@ def new_row(**values: Any) -> dict:
     row.setdefault("_file", "")
     row.setdefault("_line", None)
     return row
+
+
+def missing_file_detail(path: Any, advice: str) -> str:
+    """issues.tsv's detail for a media file that is not there: "{path} does not exist{advice}", or, for a link
+    whose target is gone, that (the link is what to fix, not the release)."""
+    if os.path.islink(path):
+        return f"{path} is a link to {os.readlink(path)}, which does not exist: fix the link or restore the file"
+    return f"{path} does not exist{advice}"
 
 
 def flag_row(row: dict, flag: str, issues: IssueLog, detail: str = "") -> None:

@@ -36,7 +36,8 @@ from pathlib import Path
 from typing import Collection
 
 from ercpipe.datasets import (ReadResult, assign_speaker_slots, declared_media, flag_overlaps, flag_past_end,
-                              flag_row, new_row, number_dialogue, probes, reader_settings, rows_to_frame)
+                              flag_row, missing_file_detail, new_row, number_dialogue, probes, reader_settings,
+                              rows_to_frame)
 from ercpipe.io import manifest as manifest_io
 from ercpipe.io.manifest import SPLITS, IssueLog, ManifestError
 from ercpipe.labels import MODALITIES
@@ -341,7 +342,7 @@ def _missing_detail(path: str, given: str) -> str:
     if "\\" in given and os.sep != "\\":
         return (f"{path} does not exist: the CSV gives '{given}', with '\\' as the folder separator; write '/' "
                 "(it works on every system)")
-    return f"{path} does not exist (the CSV gives '{given}'); fix the path or restore the file"
+    return missing_file_detail(path, f" (the CSV gives '{given}'); fix the path or restore the file")
 
 
 def _check_media(row: dict, issues: IssueLog, probe_media: bool | Collection[str], media: frozenset[str]) -> None:

@@ -38,16 +38,16 @@ Settings (dataset config keys) and defaults:
 from __future__ import annotations
 
 import json
-import os
 import logging
 import math
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Collection, NamedTuple
 
-from ercpipe.datasets import (ReadResult, declared_media, flag_overlaps, flag_past_end, flag_row, new_row,
-                              number_dialogue, probes, reader_settings, rows_to_frame)
+from ercpipe.datasets import (ReadResult, declared_media, flag_overlaps, flag_past_end, flag_row, missing_file_detail,
+                              new_row, number_dialogue, probes, reader_settings, rows_to_frame)
 from ercpipe.datasets.csv_manifest import clean_text, read_text, text_fixed_detail
 from ercpipe.io.manifest import SPLITS, IssueLog, ManifestError
 from ercpipe.labels import IEMOCAP_CLASSES
@@ -276,11 +276,7 @@ def _settings(cfg: dict) -> dict:
     return settings
 
 
-def _missing_file(path: Path) -> str:
-    """issues.tsv's detail for a media file of the release that is not there."""
-    if path.is_symlink():
-        return f"{path} is a link to {os.readlink(path)}, which does not exist: fix the link or restore the file"
-    return f"{path} does not exist: restore it from the release (or declare the dataset's `modalities` without it)"
+_RESTORE = ": restore it from the release (or declare the dataset's `modalities` without it)"
 
 
 class _MediaCheck:
@@ -299,7 +295,7 @@ class _MediaCheck:
         if "audio" not in self.media:
             return "", ""
         if not wav.is_file():
-            return "missing_audio", _missing_file(wav)
+            return "missing_audio", missing_file_detail(wav, _RESTORE)
         if probes(self.probe, wav):
             from ercpipe.io.media import wav_problem
 
@@ -315,7 +311,7 @@ class _MediaCheck:
         key = str(path)
         if key not in self.cache:
             if not path.is_file():
-                self.cache[key] = ("missing_video", _missing_file(path))
+                self.cache[key] = ("missing_video", missing_file_detail(path, _RESTORE))
             elif not probes(self.probe, path):
                 self.cache[key] = ("", "")
             else:
@@ -323,7 +319,8 @@ class _MediaCheck:
 
                 info = probe(path)
                 if not info.decodable:
-                    self.cache[key] = ("corrupt_video", f"{key}: {info.error}")
+                    fix = "" if "replace it" in info.error else "; replace it with the release's copy"
+                    self.cache[key] = ("corrupt_video", f"{key}: {info.error}{fix}")
                 elif not info.has_video:
                     self.cache[key] = ("no_video", key)
                 else:
@@ -486,6 +483,21 @@ def reference_checks(rows_per_dialogue: dict[str, int], split_of: dict[str, str]
     return checks
 
 
+def _no_rows_message(root: Path, sessions: list[Path], settings: dict, issues: IssueLog) -> str:
+    """Why the tree gave no row: no label file at all (the wrong folder, or a part not unpacked), or every row
+    rejected (counted by reason: the build stops here, so issues.tsv is not written)."""
+    where = f"IEMOCAP root {root}"
+    if not any(not p.name.startswith(".") for s in sessions for p in (s / "dialog" / "EmoEvaluation").glob("*.txt")):
+        return (f"{where}: no label file Session<N>/dialog/EmoEvaluation/*.txt in {', '.join(s.name for s in sessions)}; "
+                f"point `root` at the unpacked IEMOCAP_full_release folder, whose sessions hold dialog/EmoEvaluation "
+                f"and dialog/transcriptions")
+    reasons = Counter(i.reason for i in issues.issues if i.action == "rejected")
+    counted = ", ".join(f"{reason}: {n}" for reason, n in reasons.most_common()) or "none"
+    return (f"{where}: no labelled utterance of the {len(settings['classes'])} classes {list(settings['classes'])} in "
+            f"any dialogue of the split file {settings['split_file']} (rows rejected by reason: {counted}); check the "
+            f"split file's dialogue names and the `classes` / `relabel` settings against the label files")
+
+
 def read(name: str, cfg: dict, probe: bool | Collection[str] = True) -> ReadResult:
     """Read IEMOCAP_full_release (see the module docstring) into manifest rows; probe=False opens no video."""
     settings = _settings(cfg)
@@ -523,8 +535,7 @@ def read(name: str, cfg: dict, probe: bool | Collection[str] = True) -> ReadResu
         logger.warning("IEMOCAP: relabel key(s) %s match no label in %s (IEMOCAP's labels: %s); check their spelling",
                        unused, root, list(RAW_LABELS))
     if not by_dialogue:
-        raise ManifestError(f"IEMOCAP root {root}: no labelled utterance of the 6 classes in any dialogue of the "
-                            f"split file {settings['split_file']}; see the issues for why rows were rejected")
+        raise ManifestError(_no_rows_message(root, sessions, settings, issues))
     order = sorted(by_dialogue, key=lambda d: (SPLITS.index(split_of[d]), d))
     rows = [row for dialogue in order for row in by_dialogue[dialogue]]
     split_counts = {s: sum(1 for r in rows if r["split"] == s) for s in SPLITS}

@@ -41,8 +41,8 @@ from typing import Collection
 
 from tqdm.auto import tqdm
 
-from ercpipe.datasets import (ReadResult, assign_speaker_slots, declared_media, flag_overlaps, flag_row, new_row,
-                              number_dialogue, probes, reader_settings, rows_to_frame)
+from ercpipe.datasets import (ReadResult, assign_speaker_slots, declared_media, flag_overlaps, flag_row,
+                              missing_file_detail, new_row, number_dialogue, probes, reader_settings, rows_to_frame)
 from ercpipe.datasets.csv_manifest import CsvRecord, clean_text, read_csv_records, text_fixed_detail
 from ercpipe.io.manifest import IssueLog, ManifestError
 from ercpipe.labels import MELD_CLASSES
@@ -123,6 +123,12 @@ def _split_rows(name: str, root: Path, meld_split: str, split: str, csv_name: st
     if not records:
         raise ManifestError(f"{path} has a header but no rows; restore the release's {csv_name} (MELD's "
                             f"{meld_split} split)")
+    # Times only serve to find overlapping lines (each clip is one utterance): a file without them says so once,
+    # not with a bad_time row for every utterance.
+    timed = {"StartTime", "EndTime"} <= records[0].values.keys()
+    if not timed:
+        logger.warning("MELD: %s has no StartTime / EndTime columns: overlapping lines are not looked for; restore "
+                       "the release's %s to have them", path, csv_name)
     by_key: dict[tuple[int, int], tuple[CsvRecord, dict]] = {}
     for record in records:
         dialogue, utterance = _int_field(record, "Dialogue_ID", path), _int_field(record, "Utterance_ID", path)
@@ -145,8 +151,11 @@ def _split_rows(name: str, root: Path, meld_split: str, split: str, csv_name: st
                 {"Utterance": record.values["Utterance"], "Speaker": record.values["Speaker"]}, record.fixed))
         if not text:
             flag_row(row, "empty_text", issues)
+        if not speaker:  # every row of the release names its speaker: an edit or a damaged copy lost it
+            flag_row(row, "empty_speaker", issues, f"{path}, line {record.line}: the Speaker cell is empty; write "
+                                                   "the speaker's name (the speaker embedding tells speakers apart)")
         row["_episode"] = f"S{record.values.get('Season', '').strip()}E{record.values.get('Episode', '').strip()}"
-        row["_times"] = _episode_times(row, record, issues)
+        row["_times"] = _episode_times(row, record, issues) if timed else (math.nan, math.nan)
         by_key[dialogue, utterance] = (record, row)
     dialogues: dict[int, list[dict]] = {}
     for (dialogue, _), (_, row) in sorted(by_key.items()):
@@ -170,8 +179,8 @@ def _flag_clip(row: dict, info, issues: IssueLog) -> None:
     """Record what is wrong with the row's clip (ercpipe.io.media.MediaInfo or None = missing)."""
     clip = row["video_path"]
     if info is None or not info.exists:
-        detail = (f"{clip} does not exist; unpack it again from the release's archive (a few clips are absent "
-                  "from the release itself: then the utterance keeps its text only)")
+        detail = missing_file_detail(clip, "; unpack it again from the release's archive (a few clips are absent "
+                                           "from the release itself: then the utterance keeps its text only)")
         flag_row(row, "missing_video", issues, detail)
         flag_row(row, "missing_audio", issues, detail)
     elif not info.decodable:

@@ -39,6 +39,7 @@ FLAG_NAMES: dict[str, str] = {
     "silent_audio": "the audio track is digital silence",
     "no_video": "the dataset has no video for this utterance",
     "empty_text": "the transcript is empty",
+    "empty_speaker": "the speaker's name is empty (the dialogue's unnamed rows share one speaker slot)",
     "bad_time": "start/end times could not be parsed or are reversed",
     "overlap": "the utterance overlaps the previous one of the same speaker",
     "relabelled": "the label was mapped from another class by the configured relabelling",

@@ -108,12 +108,23 @@ def probe(path: str | Path) -> MediaInfo:
             duration = float(container.duration / av.time_base) if container.duration else 0.0
             # Opening succeeds on some truncated files; decoding one packet proves the file is usable.
             stream = _video_stream(container, path) if has_video else \
-                (container.streams.audio[0] if has_audio else None)
+                (_audio_stream(container) if has_audio else None)
             if stream is None:
                 return MediaInfo(str(path), True, False, False, False, duration, "no streams")
-            next(container.decode(stream))
-            cut = _cut_short(container, stream)
-    except (av.error.FFmpegError, StopIteration, UnicodeDecodeError, ValueError) as err:
+            # (A stream is not touched once its file is closed: PyAV crashes.)
+            kind, found = stream.type, next(container.decode(stream), None) is not None
+            cut = _cut_short(container, stream) if found else ""
+        if not found and kind == "video" and has_audio:
+            # A video track without a single frame (Matroska keeps an empty one where MP4 drops it): the clip has
+            # no picture, and its sound is checked on its own, from the start (the video's decoding read to the end).
+            has_video, kind = False, "audio"
+            with av.open(_local(path)) as container:
+                stream = _audio_stream(container)
+                found = next(container.decode(stream), None) is not None
+                cut = _cut_short(container, stream) if found else ""
+        if not found:
+            return MediaInfo(str(path), True, False, False, False, duration, f"its {kind} track holds no frame")
+    except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as err:
         # FFmpeg names the absolute path it was given; the path as the dataset gives it reads the same anywhere.
         return MediaInfo(str(path), True, False, False, False, 0.0,
                          f"{type(err).__name__}: {str(err).replace(_local(path), str(path))}")
@@ -199,7 +210,7 @@ def iter_audio(path: str | Path, start: float | None = None, end: float | None =
         with av.open(_local(path)) as container:
             if not container.streams.audio:
                 raise MediaError("no_audio_stream", path)
-            stream = container.streams.audio[0]
+            stream = _audio_stream(container)
             origin = _origin(container)
             resampler, setup = None, None
 
@@ -280,6 +291,13 @@ class _SamplingGrid:
         while self.next_t <= t + 1e-6:
             self.next_t += self.step
         return True
+
+
+def _audio_stream(container):
+    """The sound: the track marked default where a file has several (a second language, a silent or commentary
+    track first), else the first, as a player would choose."""
+    streams = list(container.streams.audio)
+    return next((a for a in streams if a.disposition & av.stream.Disposition.default), streams[0])
 
 
 def _video_stream(container, path: Path):
