@@ -33,12 +33,12 @@ apt-test:
 
 demo: apt-demo $(STAMP)
 	$(VENV)/bin/snakemake --cores $(CORES) all
-	@# Written beside, then moved: Snakemake truncates the target first, so a killed report lost the old one.
-	$(VENV)/bin/snakemake --cores $(CORES) --report results/.report.tmp.html
-	mv results/.report.tmp.html results/report.html
+	$(VENV)/bin/snakemake --cores $(CORES) --report results/report.html
 
+# One pytest-xdist worker per core (tests/conftest.py keeps each module on one worker); TEST_WORKERS=0 runs serially.
+TEST_WORKERS ?= auto
 test: apt-test $(STAMP)
-	$(VENV)/bin/pytest tests
+	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadgroup tests
 
 lint: $(STAMP)
 	$(VENV)/bin/snakemake --lint

@@ -163,6 +163,24 @@ def _scheduler_limits() -> str:
     return f", SLURM job {job}" + (f" ({', '.join(limits)})" if limits else "")
 
 
+def _keep_a_replaced_log(stream, log_path: str | os.PathLike) -> None:
+    """Snakemake deletes a job's log before it starts the job. When it starts one again that a killed Snakemake
+    left running, the running one writes on to a file no longer listed, and the log shows only the second copy's
+    refusal (only_run_of_this_job): the job's own record (epochs, choices, what it wrote) would be lost. So a job
+    whose log file was replaced appends what it wrote to the file at that path now."""
+    try:
+        mine, listed = os.fstat(stream.fileno()), os.stat(log_path)
+        if (mine.st_dev, mine.st_ino) == (listed.st_dev, listed.st_ino):
+            return
+    except FileNotFoundError:
+        pass
+    stream.flush()
+    stream.seek(0)
+    with open(log_path, "a", encoding="utf-8") as current:
+        current.write(f"--- below: the log of pid {os.getpid()}, a run of this job left over from an earlier Snakemake, "
+                      f"which went on after this file replaced its log ---\n{stream.read()}")
+
+
 @contextlib.contextmanager
 def rule_logging(log_path: str | os.PathLike | None, threads: int = 1) -> Iterator[logging.Logger]:
     """Route logging, stdout and stderr (tqdm writes there) into `log_path` for the duration.
@@ -194,7 +212,7 @@ def rule_logging(log_path: str | os.PathLike | None, threads: int = 1) -> Iterat
         with open(log_path, "a", encoding="utf-8") as stream:
             stream.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} ERROR ercpipe: {err}\n")
         raise
-    with contextlib.ExitStack() as stack, open(log_path, "w", buffering=1, encoding="utf-8") as stream:
+    with contextlib.ExitStack() as stack, open(log_path, "w+", buffering=1, encoding="utf-8") as stream:
         stack.push(lock)
         handler = logging.StreamHandler(stream)
         handler.setFormatter(logging.Formatter(_FORMAT))
@@ -223,3 +241,4 @@ def rule_logging(log_path: str | os.PathLike | None, threads: int = 1) -> Iterat
             raise
         finally:
             root.removeHandler(handler)
+            _keep_a_replaced_log(stream, log_path)

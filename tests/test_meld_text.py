@@ -212,6 +212,7 @@ def test_a_report_is_refused_while_jobs_are_pending_and_built_for_finished_targe
     workdir, configfile = meld_text_run[:2]
     snakemake(workdir, configfile, "--report", str(workdir / "report.html"))
     assert "text_recipe" in (workdir / "report.html").read_text(errors="replace")
+    assert not list(workdir.glob(".report.html.tmp*"))  # written staged (a killed report keeps the last good one)
     changed = yaml.safe_load(configfile.read_text())
     changed["selections"]["text_recipe"]["search"]["experiment"]["train"]["lr"] = 0.002
     stale = write_config(workdir, changed, "lr.yaml")

@@ -182,3 +182,46 @@ def test_idle_openmp_threads_sleep_unless_the_environment_says_otherwise(tmp_pat
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # a cluster node of one's own: the user's choice stands
     with rule_logging(tmp_path / "b.log", threads=2):
         assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
+def test_a_job_whose_log_was_replaced_while_it_ran_appends_its_log(tmp_path):
+    """Snakemake deletes a job's log before starting it again: a left-over run of the job (a killed Snakemake's)
+    wrote on to the deleted file, and the log held only the re-run's refusal; the left-over run's record was lost."""
+    log = tmp_path / "seed0.log"
+    with rule_logging(log) as logger:
+        logger.info("epoch 1: valid 0.5")
+        log.unlink()
+        log.write_text("ERROR ercpipe: this job is already running (pid 1 ...)\n")  # the refused re-run's line
+        logger.info("epoch 2: valid 0.6")
+    text = log.read_text()
+    assert text.startswith("ERROR ercpipe: this job is already running (pid 1 ...)\n--- below: the log of pid ")
+    assert "epoch 1: valid 0.5" in text and "epoch 2: valid 0.6" in text and " done in " in text
+    # A log left in place is written once.
+    with rule_logging(log) as logger:
+        logger.info("again")
+    assert log.read_text().count("started: pid") == 1 and "again" in log.read_text()
+
+
+def test_a_killed_report_leaves_the_last_good_one(tmp_path):
+    """Snakemake's reporter opens its path in place: a kill during `--report` left an empty report.html. It now
+    writes a staged copy of the same name (a .zip names its folder after it), moved into place at the end."""
+    from types import SimpleNamespace
+
+    import pytest
+
+    from ercpipe.io.atomic import staged_attribute_path
+
+    report = tmp_path / "results" / "report.html"
+    report.parent.mkdir()
+    report.write_text("last good report")
+    settings = SimpleNamespace(path=report)
+    with pytest.raises(KeyboardInterrupt):
+        with staged_attribute_path(settings) as staged:
+            assert settings.path == staged and staged.name == "report.html" and staged.parent != report.parent
+            staged.write_text("half a rep")
+            raise KeyboardInterrupt
+    assert report.read_text() == "last good report" and settings.path == report
+    with staged_attribute_path(settings):
+        settings.path.write_text("new report")
+    assert report.read_text() == "new report" and settings.path == report
+    assert sorted(p.name for p in report.parent.iterdir()) == ["report.html"]  # nothing staged is left

@@ -86,6 +86,28 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(tmp)
 
 
+@contextlib.contextmanager
+def staged_attribute_path(holder: object, attribute: str = "path") -> Iterator[Path]:
+    """For a writer that opens its output in place, at the path an object of its gives (Snakemake's report
+    settings: a killed `--report` left an empty report.html where the last good one was): point
+    `holder.<attribute>` at a file of the same name in a hidden sibling folder meanwhile, and move that file into
+    place on clean exit. The name is kept because writers use it (a report .zip names its folder after it)."""
+    original = getattr(holder, attribute)
+    final = Path(original)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(final)
+    staging = final.with_name(f".{final.name}.tmp{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    setattr(holder, attribute, type(original)(staging / final.name))
+    try:
+        yield staging / final.name
+        os.replace(staging / final.name, final)
+    finally:
+        setattr(holder, attribute, original)
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")

@@ -14,6 +14,7 @@ from ercpipe.clip_setting import ENCODING_KEYS, clip_settings
 from ercpipe.datasets import FACE_KEYS, NOT_SHARD_KEYS
 from ercpipe.datasets.fingerprint import dataset_fingerprint
 from ercpipe.features.settings import training_view
+from ercpipe.io.atomic import staged_attribute_path
 from ercpipe.io.digest import path_digest
 from ercpipe.io.features import expected_settings
 from ercpipe.labels import vega_label_order
@@ -574,7 +575,13 @@ def refuse_reports_with_pending_jobs(auto_report):
                 "the same snakemake command without --report first (--keep-going finishes what can finish), or "
                 "report only finished targets: snakemake <target files> --report FILE (`snakemake -n` lists "
                 "the pending jobs).")
-        return await auto_report(dag, *args, **kwargs)
+        # auto_report(dag, report_plugin, report_settings, global_report_settings); the html/zip reporter opens
+        # report_settings.path in place, so it writes a staged copy (a killed report keeps the last good one).
+        settings = args[1] if len(args) > 1 else kwargs.get("report_settings")
+        if getattr(settings, "path", None) is None:
+            return await auto_report(dag, *args, **kwargs)
+        with staged_attribute_path(settings):
+            return await auto_report(dag, *args, **kwargs)
 
     checked.ercpipe_pending_check = True
     return checked
