@@ -55,3 +55,18 @@ def pipeline_run(tmp_path_factory):
     configfile = write_config(workdir, small_config())
     result = snakemake(workdir, configfile, "--cores", "2")
     return workdir, configfile, result.stdout
+
+
+# `make test` runs the suite on one pytest-xdist worker per core (--dist loadgroup). Each module stays on one
+# worker, so its module-scoped fixtures (a trained model, a DAG run) are built once; the modules that read the
+# demo DAG's session run (pipeline_run) form one group, which goes first: it is the longest.
+PIPELINE_RUN_GROUP = "pipeline_run"
+
+
+def pytest_collection_modifyitems(config, items):
+    shared = {item.module.__name__ for item in items if "pipeline_run" in item.fixturenames}
+    group = {name: PIPELINE_RUN_GROUP if name in shared else name for name in {i.module.__name__ for i in items}}
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(group[item.module.__name__]))
+    if getattr(config.option, "dist", "no") != "no":
+        items.sort(key=lambda item: group[item.module.__name__] != PIPELINE_RUN_GROUP)  # stable: order kept within

@@ -22,6 +22,7 @@ import yaml
 
 from workflow_run import small_config, snakemake, write_config
 
+from ercpipe import synthetic
 from ercpipe.datasets.iemocap import DEFAULT_SPLIT_FILE
 from ercpipe.io import manifest as manifest_io
 from ercpipe.labels import IEMOCAP_CLASSES
@@ -45,11 +46,13 @@ def _config() -> dict:
 
 
 @pytest.fixture(scope="module")
-def first_run(pipeline_run, tmp_path_factory):
-    """The real-layout copies of the demo corpus, run once: (workdir, configfile)."""
+def first_run(tmp_path_factory):
+    """The demo's corpus (its generator, at the tests' size) in the real layouts, run once: (workdir, configfile).
+    Generated here rather than copied from pipeline_run, so that this module need not wait for that run."""
     workdir = tmp_path_factory.mktemp("real_layout") / "run"
-    for name in EXPERIMENTS:
-        shutil.copytree(pipeline_run[0] / "raw" / "synthetic" / name.replace("_raw", "_demo"), workdir / "raw" / name)
+    settings = small_config()["synthetic"]
+    synthetic.generate_meld(workdir / "raw" / "meld_raw", settings["meld"])
+    synthetic.generate_iemocap(workdir / "raw" / "iemocap_raw", settings["iemocap"], DEFAULT_SPLIT_FILE)
     configfile = write_config(workdir, _config())
     planned = _planned(snakemake(workdir, configfile, "-n").stdout)
     assert {rule for rule, _ in planned} >= {"build_manifest_shard", "build_manifest", "text_features_shard",
