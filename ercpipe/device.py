@@ -1,6 +1,8 @@
 """The torch device a step runs on, from a setting: "auto" (CUDA when there is one), "cpu", "cuda", "cuda:1"."""
 from __future__ import annotations
 
+import os
+
 import torch
 
 from ercpipe.errors import ErcpipeError
@@ -19,18 +21,43 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         raise DeviceError(f"device {device!r} is not a device name; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise DeviceError(f"device {device} was requested but CUDA is not available; use device='cpu' or 'auto'")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise DeviceError(f"device {device} was requested but this process sees {torch.cuda.device_count()} GPU(s) "
+                          f"(cuda:0 .. cuda:{torch.cuda.device_count() - 1}; CUDA_VISIBLE_DEVICES renumbers them)")
     return device
 
 
+def job_device(use_gpu: bool) -> str:
+    """The device of a pipeline job: with the config's use_gpu the job asked the scheduler for a GPU, so a job that
+    sees none stops (a CUDA build that does not match the driver would otherwise train for days on the CPU);
+    without it, a GPU the job finds is used ("auto")."""
+    if not use_gpu:
+        return "auto"
+    if not torch.cuda.is_available():
+        raise DeviceError(f"use_gpu is true but this job sees no usable GPU (torch {torch.__version__}, built for "
+                          f"CUDA {torch.version.cuda or 'none: a CPU-only build'}; CUDA_VISIBLE_DEVICES="
+                          f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}): check that the job got a GPU (the "
+                          "scheduler's gpu resource) and that torch's CUDA build suits the driver (nvidia-smi), or "
+                          "set use_gpu: false to run on the CPU")
+    return "cuda"
+
+
 def rng_state(device: torch.device) -> dict:
-    """The random generators' states a resumed run restores (dropout draws): the CPU's, and the GPUs' on CUDA."""
+    """The random generators' states a resumed run restores (dropout draws): the CPU's, and on CUDA the one of the
+    GPU it trains on (not every visible GPU's: a run resumed where fewer are visible could not restore those)."""
     state = {"torch": torch.get_rng_state()}
     if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
 def set_rng_state(state: dict, device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if device.type != "cuda" or "cuda" not in state:
+        return
+    saved = state["cuda"]
+    if isinstance(saved, (list, tuple)):  # written by earlier versions: one state per GPU visible then
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        saved = saved[index] if index < len(saved) else None
+    if saved is not None:
+        torch.cuda.set_rng_state(saved, device)

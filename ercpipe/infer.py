@@ -55,10 +55,13 @@ class InferenceError(ErcpipeError, ValueError):
 
 
 def _load(checkpoint: str | Path, device: str):
+    """(model, classes, amp): amp is the run's train.amp, which its evaluation (metrics.json, predictions.tsv)
+    ran under, so that predictions here are those (fp16 autocast on a GPU gives probabilities that differ from
+    fp32's in the fifth digit, enough to flip a near tie)."""
     from ercpipe.model.checkpoint import load_model
 
     model, config, classes = load_model(checkpoint, device)
-    return model, classes
+    return model, classes, (config.get("train") or {}).get("amp", "off")
 
 
 def predict_features(checkpoint: str | Path, manifest_path: str | Path, feature_paths: dict[str, str | Path],
@@ -69,7 +72,7 @@ def predict_features(checkpoint: str | Path, manifest_path: str | Path, feature_
     from ercpipe.model.inference import predict
     from ercpipe.train.data import load_dialogues
 
-    model, classes = _load(checkpoint, device)
+    model, classes, amp = _load(checkpoint, device)
     modalities = model.spec.modalities
     missing = [m for m in modalities if m not in feature_paths]
     unused = [m for m in feature_paths if m not in modalities]
@@ -93,7 +96,7 @@ def predict_features(checkpoint: str | Path, manifest_path: str | Path, feature_
     dialogues = data.split(*splits) if splits else data.dialogues
     if not dialogues:
         raise InferenceError(f"{manifest_path} has no dialogues in splits {list(splits or [])}")
-    frame = predict(model, dialogues, batch_size=batch_size)
+    frame = predict(model, dialogues, batch_size=batch_size, amp=amp)
     frame["split"] = frame["utterance_id"].map(manifest["split"])  # as the pipeline's predictions.tsv has it
     frame["flags"] = frame["utterance_id"].map(manifest["flags"])
     # Who the model took each utterance's speaker to be (the slot is what it reads of the speaker).
@@ -329,7 +332,7 @@ def extract_conversation_features(manifest_path: Path, sources: dict[str, dict],
 def predict_conversation(checkpoint: str | Path, conversation: str | Path, out_path: str | Path | None = None,
                          work_dir: str | Path | None = None, threads: int = 1, device: str = "auto") -> pd.DataFrame:
     """Per-utterance emotions of a new conversation (media + transcript); see the module docstring."""
-    model, classes = _load(checkpoint, device)
+    model, classes, _ = _load(checkpoint, device)
     with tempfile.TemporaryDirectory(prefix="ercpipe-infer-") as tmp:
         work = Path(work_dir) if work_dir else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)

@@ -4,5 +4,8 @@ from ercpipe.runlog import rule_logging
 
 # snakemake.input.manifest is this shard's own manifest (rule build_manifest_shard).
 with rule_logging(snakemake.log[0], snakemake.threads):
+    from ercpipe.device import job_device
+
     extract_shard("text", snakemake.input.manifest, snakemake.params.settings, snakemake.output.shard,
-                  threads=snakemake.threads, context=ExtractionContext(encoder_dir=snakemake.input.get("encoder")))
+                  threads=snakemake.threads, device=job_device(snakemake.config.get("use_gpu", False)),
+                  context=ExtractionContext(encoder_dir=snakemake.input.get("encoder")))

@@ -534,6 +534,17 @@ def test_csv_dataset_without_root_runs(tmp_path):
     # Relative to the CSV's folder (data/), written relative to the working directory as the CSV path is.
     assert (tmp_path / manifest["audio_path"].iloc[0]).resolve() == (tmp_path / "data" / "audio" / "c1.wav").resolve()
     assert "missing_audio" not in manifest["flags"].iloc[0]
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    # use_gpu asks for a GPU: a job that sees none stops, saying so, rather than extracting on the CPU unnoticed.
+    result = subprocess.run([SNAKEMAKE, "--cores", "1", "--until", "text_features_shard", "--configfile", str(cfg),
+                             "--config", "use_gpu=True", "-d", str(tmp_path), "-s", str(REPO / "Snakefile")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    (log,) = (tmp_path / "logs" / "text_features").rglob("*.log")
+    assert "failed: DeviceError: use_gpu is true but this job sees no usable GPU" in log.read_text()
 
 
 def test_two_classes_spelling_one_emotion_cannot_share_an_anchor_set(tmp_path):

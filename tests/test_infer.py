@@ -32,6 +32,19 @@ def _probabilities(frame: pd.DataFrame) -> np.ndarray:
     return frame[[c for c in frame.columns if c.startswith("prob_")]].to_numpy()
 
 
+def test_predictions_run_in_the_precision_the_run_evaluated_in(trained, tmp_path):
+    """With train.amp fp16 on a GPU (the default) the run's predictions.tsv came from autocast and `ercpipe predict`
+    from fp32: probabilities differed in the fifth digit, enough to flip a near tie. bf16 autocast, which the CPU
+    runs, stands in for it here."""
+    payload = torch.load(trained["checkpoint"], weights_only=True)
+    payload["config"]["train"]["amp"] = "bf16"
+    torch.save(payload, tmp_path / "bf16.pt")
+    fp32 = infer.predict_features(trained["checkpoint"], trained["manifest"], trained["features"], splits=["test"])
+    bf16 = infer.predict_features(tmp_path / "bf16.pt", trained["manifest"], trained["features"], splits=["test"])
+    assert not np.allclose(_probabilities(fp32), _probabilities(bf16), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(_probabilities(fp32), _probabilities(bf16), atol=0.05)  # the same model
+
+
 def test_predictions_on_feature_files_match_the_training_run(trained):
     frame = infer.predict_features(trained["checkpoint"], trained["manifest"], trained["features"], splits=["test"])
     run = pd.read_csv(trained["checkpoint"].parent / "predictions.tsv", sep="\t", keep_default_na=False)

@@ -62,6 +62,19 @@ def minilm() -> text.TextEncoder:
 
 # ------------------------------------------------------------------------------------------ MiniLM
 
+def test_a_half_precision_checkpoint_is_loaded_in_fp32(tiny_model, tmp_path):
+    """transformers 5 keeps a checkpoint's dtype: a model saved in bf16 ran in bf16 on the CPU, where everything is
+    documented to compute in fp32, and whatever the `dtype` setting said on a GPU."""
+    saved = tmp_path / "tiny-bf16"
+    AutoModel.from_pretrained(tiny_model, dtype=torch.bfloat16).save_pretrained(saved)
+    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(saved)
+    assert json.loads((saved / "config.json").read_text()).get("dtype") == "bfloat16"
+    _, encoder = text.load_tokenizer_and_model(str(saved))
+    assert {p.dtype for p in encoder.parameters()} == {torch.float32}
+    encoded = text.TextEncoder({"model": str(saved), "pooling": "mean"}, device="cpu").encode(["hello there"])
+    assert encoded.dtype == np.float32 and np.isfinite(encoded).all()
+
+
 def test_minilm_mean_pooling_matches_sentence_transformers(minilm):
     sentences = ["I am very happy today.", "I feel so glad and cheerful today!", "The train leaves at noon.",
                  "Stock prices fell sharply on Monday."]

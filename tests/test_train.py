@@ -753,6 +753,35 @@ def test_a_checkpoint_of_another_version_or_a_device_that_is_not_here_is_named(v
         resolve_device("gpu")
 
 
+def test_a_gpu_job_without_a_gpu_stops_and_resume_keeps_only_the_training_gpus_generator(monkeypatch):
+    """use_gpu only asked the scheduler for a GPU: a job that saw none (a CUDA build the driver cannot run) trained
+    on the CPU without a word. The resume state held every visible GPU's generator, so resuming where fewer GPUs
+    are visible failed with an IndexError. CUDA is simulated below where this machine has none."""
+    from ercpipe import device as devices
+    from ercpipe.device import DeviceError
+
+    assert devices.job_device(False) == "auto"
+    if not torch.cuda.is_available():
+        with pytest.raises(DeviceError, match=r"use_gpu is true but this job sees no usable GPU \(torch .*, built for "
+                                              r"CUDA .*\): check that the job got a GPU .* or set use_gpu: false"):
+            devices.job_device(True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(DeviceError, match=r"device cuda:3 was requested but this process sees 1 GPU\(s\)"):
+        devices.resolve_device("cuda:3")
+    restored = []
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: f"generator of {device}")
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: restored.append((state, str(device))))
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    state = devices.rng_state(torch.device("cuda:0"))
+    assert state["cuda"] == "generator of cuda:0"
+    devices.set_rng_state(state, torch.device("cuda:0"))
+    # A state of the earlier form (one generator per visible GPU): the training GPU's entry, if it has one.
+    devices.set_rng_state({**state, "cuda": ["gpu0", "gpu1"]}, torch.device("cuda"))
+    devices.set_rng_state({**state, "cuda": ["gpu0"]}, torch.device("cuda:1"))
+    assert restored == [("generator of cuda:0", "cuda:0"), ("gpu0", "cuda")]
+
+
 def test_resume_needs_the_selected_checkpoint(dataset, tmp_path, caplog):
     out = tmp_path / "run"
     kill_training_after(dataset, out, epoch=2)

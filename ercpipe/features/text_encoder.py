@@ -86,7 +86,9 @@ def load_tokenizer_and_model(model: str, kind: str = "encoder"):
                       "(tokenizer.save_pretrained)")
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        encoder = AutoModel.from_pretrained(path)
+        # fp32 weights whatever the checkpoint holds (transformers 5 keeps a bf16/fp16 checkpoint's dtype): the
+        # `dtype` setting's autocast on a GPU decides the precision, and the CPU computes in fp32 as documented.
+        encoder = AutoModel.from_pretrained(path, dtype=torch.float32)
     except OSError as err:
         hint = (incomplete if local else
                 "it is neither a local directory nor in the Hugging Face cache; on a machine with network run "

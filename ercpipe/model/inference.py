@@ -101,7 +101,11 @@ def predict(model: SDTVega, dialogues: Sequence[Dialogue], batch_size: int = 32,
     in the checkpoint (load_model sets model.feature_stats) is applied to copies of them here.
     Columns: utterance_id, dialogue_id, label (name, "" if unlabelled), prediction (name), prob_<class>...
     """
-    device = next(model.parameters()).device if device is None else resolve_device(device)
+    if device is None:
+        device = next(model.parameters()).device
+    else:  # the model goes where the batches go (load_model leaves it on the CPU by default)
+        device = resolve_device(device)
+        model.to(device)
     classes = model.classes or [str(i) for i in range(model.spec.n_classes)]
     missing = [m for m in model.spec.modalities if dialogues and m not in dialogues[0].features]
     if missing:
