@@ -38,7 +38,7 @@ demo: apt-demo $(STAMP)
 # One pytest-xdist worker per core (tests/conftest.py keeps each module on one worker); TEST_WORKERS=0 runs serially.
 TEST_WORKERS ?= auto
 test: apt-test $(STAMP)
-	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadgroup tests
+	$(VENV)/bin/pytest -n $(TEST_WORKERS) tests
 
 lint: $(STAMP)
 	$(VENV)/bin/snakemake --lint

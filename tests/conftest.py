@@ -57,16 +57,35 @@ def pipeline_run(tmp_path_factory):
     return workdir, configfile, result.stdout
 
 
-# `make test` runs the suite on one pytest-xdist worker per core (--dist loadgroup). Each module stays on one
-# worker, so its module-scoped fixtures (a trained model, a DAG run) are built once; the modules that read the
-# demo DAG's session run (pipeline_run) form one group, which goes first: it is the longest.
+# `make test` runs the suite on one pytest-xdist worker per core (-n auto). Each module stays on one worker, so
+# its module-scoped fixtures (a trained model, a DAG run) are built once, and the modules that read the demo DAG's
+# session run (pipeline_run) form one unit, handed out first since it is the longest. (xdist's own `loadgroup`
+# cannot do this under pytest 9.2: the group it appends to a test's id is lost.)
 PIPELINE_RUN_GROUP = "pipeline_run"
 
 
+def _pipeline_run_modules() -> set[str]:
+    """The test modules that use the pipeline_run fixture (the controller sees no fixtures: it reads the files)."""
+    return {path.name for path in Path(__file__).parent.glob("test_*.py") if "pipeline_run" in path.read_text()}
+
+
 def pytest_collection_modifyitems(config, items):
-    shared = {item.module.__name__ for item in items if "pipeline_run" in item.fixturenames}
-    group = {name: PIPELINE_RUN_GROUP if name in shared else name for name in {i.module.__name__ for i in items}}
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(group[item.module.__name__]))
-    if getattr(config.option, "dist", "no") != "no":
-        items.sort(key=lambda item: group[item.module.__name__] != PIPELINE_RUN_GROUP)  # stable: order kept within
+    if hasattr(config, "workerinput"):  # an xdist worker: the same stable order on every worker
+        shared = _pipeline_run_modules()
+        items.sort(key=lambda item: item.path.name not in shared)
+
+
+def pytest_xdist_make_scheduler(config, log):
+    if config.option.dist != "load":  # another --dist given on the command line is honoured
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    shared = _pipeline_run_modules()
+
+    class ModuleScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return PIPELINE_RUN_GROUP if Path(module).name in shared else module
+
+    config.option.loadscopereorder = False  # collection order: the pipeline_run unit first
+    return ModuleScheduling(config, log)

@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Iterator
@@ -31,7 +32,7 @@ def _which(tool: str) -> str | None:
     return shutil.which(tool) or next((str(p) for p in (Path("/usr/sbin") / tool,) if p.exists()), None)
 
 
-def _slurm_conf(state: Path, cpus: int, memory_mb: int) -> str:
+def _slurm_conf(state: Path, spool: Path, cpus: int, memory_mb: int) -> str:
     return "\n".join([
         "ClusterName=ercpipe-test",
         "SlurmctldHost=localhost(127.0.0.1)",
@@ -48,7 +49,7 @@ def _slurm_conf(state: Path, cpus: int, memory_mb: int) -> str:
         "SelectTypeParameters=CR_Core_Memory",
         "ReturnToService=2",
         f"StateSaveLocation={state}/ctld",
-        f"SlurmdSpoolDir={state}/spool",
+        f"SlurmdSpoolDir={spool}",
         f"SlurmctldPidFile={state}/slurmctld.pid",
         f"SlurmdPidFile={state}/slurmd.pid",
         f"SlurmctldLogFile={state}/slurmctld.log",
@@ -95,11 +96,13 @@ def _stop_by_pidfile(pidfile: Path) -> None:
 def local_slurm(state: Path, cpus: int | None = None, memory_mb: int = 16000) -> Iterator[Path]:
     """Start munged, slurmctld and slurmd with a private state dir; yield the state dir; always stop them."""
     state.mkdir(parents=True, exist_ok=True)
-    for sub in ("ctld", "spool"):
-        (state / sub).mkdir(exist_ok=True)
+    (state / "ctld").mkdir(exist_ok=True)
+    # slurmstepd makes a Unix socket per job in the spool folder, named within 108 bytes: a pytest folder (longer
+    # still under pytest-xdist, .../popen-gw1/...) is too long, and every job then failed to launch and was held.
+    spool = Path(tempfile.mkdtemp(prefix="slurmd-", dir="/tmp"))
     previous = SLURM_CONF.read_text() if SLURM_CONF.exists() else None
     SLURM_CONF.parent.mkdir(parents=True, exist_ok=True)
-    SLURM_CONF.write_text(_slurm_conf(state, cpus or os.cpu_count() or 2, memory_mb))
+    SLURM_CONF.write_text(_slurm_conf(state, spool, cpus or os.cpu_count() or 2, memory_mb))
     try:
         _start_munge()
         subprocess.run([_which("slurmctld"), "-c"], check=True)
@@ -117,6 +120,7 @@ def local_slurm(state: Path, cpus: int | None = None, memory_mb: int = 16000) ->
     finally:
         _stop_by_pidfile(state / "slurmd.pid")
         _stop_by_pidfile(state / "slurmctld.pid")
+        shutil.rmtree(spool, ignore_errors=True)
         if previous is None:
             SLURM_CONF.unlink(missing_ok=True)
         else:
