@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -65,8 +66,10 @@ PIPELINE_RUN_GROUP = "pipeline_run"
 
 
 def _pipeline_run_modules() -> set[str]:
-    """The test modules that use the pipeline_run fixture (the controller sees no fixtures: it reads the files)."""
-    return {path.name for path in Path(__file__).parent.glob("test_*.py") if "pipeline_run" in path.read_text()}
+    """The test modules with a test or fixture taking pipeline_run (the controller sees no fixtures: it reads the
+    files)."""
+    takes = re.compile(r"^def \w+\([^)]*\bpipeline_run\b", re.MULTILINE)
+    return {path.name for path in Path(__file__).parent.glob("test_*.py") if takes.search(path.read_text())}
 
 
 def pytest_collection_modifyitems(config, items):
