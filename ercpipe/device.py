@@ -27,11 +27,12 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return device
 
 
-def job_device(use_gpu: bool) -> str:
-    """The device of a pipeline job: with the config's use_gpu the job asked the scheduler for a GPU, so a job that
-    sees none stops (a CUDA build that does not match the driver would otherwise train for days on the CPU);
-    without it, a GPU the job finds is used ("auto")."""
-    if not use_gpu:
+def job_device(config: dict) -> str:
+    """The device of a pipeline job, from the workflow's config: with use_gpu the job asked the scheduler for a GPU,
+    so a job that sees none stops (a CUDA build that does not match the driver would otherwise train for days on
+    the CPU); without it, a GPU the job finds is used ("auto"). Read from the config, not a rule's params: it
+    changes no result, so it re-runs nothing."""
+    if not config.get("use_gpu"):
         return "auto"
     if not torch.cuda.is_available():
         raise DeviceError(f"use_gpu is true but this job sees no usable GPU (torch {torch.__version__}, built for "

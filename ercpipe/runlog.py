@@ -177,8 +177,8 @@ def _keep_a_replaced_log(stream, log_path: str | os.PathLike) -> None:
     stream.flush()
     stream.seek(0)
     with open(log_path, "a", encoding="utf-8") as current:
-        current.write(f"--- below: the log of pid {os.getpid()}, a run of this job left over from an earlier Snakemake, "
-                      f"which went on after this file replaced its log ---\n{stream.read()}")
+        current.write(f"--- below: the log of pid {os.getpid()}, a run of this job left over from an earlier "
+                      f"Snakemake, which went on after this file replaced its log ---\n{stream.read()}")
 
 
 @contextlib.contextmanager

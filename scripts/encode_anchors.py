@@ -8,4 +8,4 @@ with rule_logging(snakemake.log[0], snakemake.threads):
     # batch_size only says how the images are fed: from the config, not the params (changing it re-runs nothing).
     batch_size = snakemake.config["anchors"][snakemake.wildcards.anchor_set]["clip"].get("batch_size", 32)
     encode_image_set(snakemake.input.images, snakemake.params.classes, snakemake.params.clip,
-                     snakemake.output.anchors, batch_size=batch_size, device=job_device(snakemake.config.get("use_gpu", False)))
+                     snakemake.output.anchors, batch_size=batch_size, device=job_device(snakemake.config))

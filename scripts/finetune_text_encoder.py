@@ -9,4 +9,4 @@ with rule_logging(snakemake.log[0], snakemake.threads):
 
     finetune_text_encoder(snakemake.input.manifest, snakemake.params.settings, Path(snakemake.output.encoder),
                           threads=snakemake.threads, classes=list(snakemake.params.classes),
-                          device=job_device(snakemake.config.get("use_gpu", False)))
+                          device=job_device(snakemake.config))

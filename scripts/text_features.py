@@ -7,5 +7,5 @@ with rule_logging(snakemake.log[0], snakemake.threads):
     from ercpipe.device import job_device
 
     extract_shard("text", snakemake.input.manifest, snakemake.params.settings, snakemake.output.shard,
-                  threads=snakemake.threads, device=job_device(snakemake.config.get("use_gpu", False)),
+                  threads=snakemake.threads, device=job_device(snakemake.config),
                   context=ExtractionContext(encoder_dir=snakemake.input.get("encoder")))

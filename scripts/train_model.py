@@ -22,7 +22,7 @@ with rule_logging(snakemake.log[0], snakemake.threads):
     run_training(Path(snakemake.input.manifest), feature_paths, Path(anchors) if anchors else None,
                  resolve_experiment(experiment), int(snakemake.wildcards.seed),
                  Path(snakemake.output.metrics).parent, threads=snakemake.threads,
-                 device=job_device(snakemake.config.get("use_gpu", False)),
+                 device=job_device(snakemake.config),
                  feature_settings=dict(feature_settings) if feature_settings is not None else None,
                  face_selection=dict(face_selection) if face_selection is not None else None,
                  classes=list(classes) if classes is not None else None)

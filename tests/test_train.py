@@ -760,11 +760,11 @@ def test_a_gpu_job_without_a_gpu_stops_and_resume_keeps_only_the_training_gpus_g
     from ercpipe import device as devices
     from ercpipe.device import DeviceError
 
-    assert devices.job_device(False) == "auto"
+    assert devices.job_device({"use_gpu": False}) == devices.job_device({}) == "auto"
     if not torch.cuda.is_available():
         with pytest.raises(DeviceError, match=r"use_gpu is true but this job sees no usable GPU \(torch .*, built for "
                                               r"CUDA .*\): check that the job got a GPU .* or set use_gpu: false"):
-            devices.job_device(True)
+            devices.job_device({"use_gpu": True})
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(DeviceError, match=r"device cuda:3 was requested but this process sees 1 GPU\(s\)"):
