@@ -35,10 +35,11 @@ demo: apt-demo $(STAMP)
 	$(VENV)/bin/snakemake --cores $(CORES) all
 	$(VENV)/bin/snakemake --cores $(CORES) --report results/report.html
 
-# One pytest-xdist worker per core (tests/conftest.py keeps each module on one worker); TEST_WORKERS=0 runs serially.
+# One pytest-xdist worker per core, at most 4 (each holds torch and a DAG run's memory; tests/conftest.py keeps
+# each module on one worker); TEST_WORKERS=0 runs serially.
 TEST_WORKERS ?= auto
 test: apt-test $(STAMP)
-	$(VENV)/bin/pytest -n $(TEST_WORKERS) tests
+	$(VENV)/bin/pytest -n $(TEST_WORKERS) --maxprocesses 4 tests
 
 lint: $(STAMP)
 	$(VENV)/bin/snakemake --lint
