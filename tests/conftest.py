@@ -60,8 +60,8 @@ def pipeline_run(tmp_path_factory):
 
 # `make test` runs the suite on one pytest-xdist worker per core (-n auto). Each module stays on one worker, so
 # its module-scoped fixtures (a trained model, a DAG run) are built once, and the modules that read the demo DAG's
-# session run (pipeline_run) form one unit, handed out first since it is the longest. (xdist's own `loadgroup`
-# cannot do this under pytest 9.2: the group it appends to a test's id is lost.)
+# session run (pipeline_run) form one unit, handed out first since it is the longest, then the modules with a DAG
+# fixture. (xdist's own `loadgroup` cannot do this under pytest 9.2: the group it appends to a test's id is lost.)
 PIPELINE_RUN_GROUP = "pipeline_run"
 
 
@@ -72,10 +72,18 @@ def _pipeline_run_modules() -> set[str]:
     return {path.name for path in Path(__file__).parent.glob("test_*.py") if takes.search(path.read_text())}
 
 
+def _dag_fixture_modules() -> set[str]:
+    """The test modules whose module-scoped fixture runs a whole DAG (minutes): handed out early, so that no
+    worker is left with one of them at the end while the other idles."""
+    fixture = re.compile(r'@pytest\.fixture\(scope="module"\)\ndef \w+\(.*?(?=\n(?:@|def |class )|\Z)', re.DOTALL)
+    return {path.name for path in Path(__file__).parent.glob("test_*.py")
+            if any("snakemake(" in match.group(0) for match in fixture.finditer(path.read_text()))}
+
+
 def pytest_collection_modifyitems(config, items):
     if hasattr(config, "workerinput"):  # an xdist worker: the same stable order on every worker
-        shared = _pipeline_run_modules()
-        items.sort(key=lambda item: item.path.name not in shared)
+        shared, dag = _pipeline_run_modules(), _dag_fixture_modules()
+        items.sort(key=lambda item: (item.path.name not in shared, item.path.name not in dag))
 
 
 def pytest_xdist_make_scheduler(config, log):
