@@ -1,6 +1,7 @@
 """Shared test set-up: offline hubs, the repository root, and a small synthetic raw corpus."""
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -65,19 +66,21 @@ def pipeline_run(tmp_path_factory):
 PIPELINE_RUN_GROUP = "pipeline_run"
 
 
-def _pipeline_run_modules() -> set[str]:
+@functools.cache
+def _pipeline_run_modules() -> frozenset[str]:
     """The test modules with a test or fixture taking pipeline_run (the controller sees no fixtures: it reads the
     files)."""
     takes = re.compile(r"^def \w+\([^)]*\bpipeline_run\b", re.MULTILINE)
-    return {path.name for path in Path(__file__).parent.glob("test_*.py") if takes.search(path.read_text())}
+    return frozenset(path.name for path in Path(__file__).parent.glob("test_*.py") if takes.search(path.read_text()))
 
 
-def _dag_fixture_modules() -> set[str]:
+@functools.cache
+def _dag_fixture_modules() -> frozenset[str]:
     """The test modules whose module-scoped fixture runs a whole DAG (minutes): handed out early, so that no
     worker is left with one of them at the end while the other idles."""
     fixture = re.compile(r'@pytest\.fixture\(scope="module"\)\ndef \w+\(.*?(?=\n(?:@|def |class )|\Z)', re.DOTALL)
-    return {path.name for path in Path(__file__).parent.glob("test_*.py")
-            if any("snakemake(" in match.group(0) for match in fixture.finditer(path.read_text()))}
+    return frozenset(path.name for path in Path(__file__).parent.glob("test_*.py")
+                     if any("snakemake(" in match.group(0) for match in fixture.finditer(path.read_text())))
 
 
 def pytest_collection_modifyitems(config, items):
