@@ -212,6 +212,9 @@ def test_probe_media_flags_a_video_path_without_video_and_reads_names_with_a_col
     (["c1;u0;train;Ann;calm;x"], "dialogue_id;utterance_id;split;speaker;label;text",
      r"header lacks column.*looks ';'-separated, but this file is read as ','-separated"),
     (["c1,u0,train,Ann,calm,x,,,,,extra,fields"], HEADER, r"m.csv, line 2: 12 fields but the header has 10"),
+    # A row cut short before a required column was padded with '' and failed later as "empty label".
+    (["c1,u0,train,Ann,calm,x", "c1,u1,train,Bob"], HEADER,
+     r"m.csv, line 3: 4 field\(s\) but the header has 10: no value for \['label'\]; the row was cut short"),
     # An optional column in another case used to be ignored: every row empty_text, and training failed much later.
     (["c1,u0,train,Ann,calm,Hi", "c2,u1,test,Bob,calm,Yo"], "dialogue_id,utterance_id,split,speaker,label,Text",
      r"m.csv: column names are case-sensitive: rename 'Text' to 'text'"),

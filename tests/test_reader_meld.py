@@ -390,3 +390,20 @@ def test_the_coverage_page_tells_flags_to_fix_from_flags_that_record(built, tmp_
     assert "overlap, text_fixed: noted or repaired by the reader, nothing to do." in page
     assert ("<b>missing_audio, missing_video, corrupt_video, corrupt_audio, no_audio_stream, bad_time</b>: the "
             "utterance lost a modality or its times; the dataset's issues.tsv names each file and what to do.") in page
+
+
+def test_a_row_cut_short_is_an_error_naming_its_line_and_missing_columns(tmp_path):
+    """A row that ended before StartTime / EndTime was padded with empty cells and flagged bad_time "'' not
+    parsable", which sent the user looking at times that the file never had on that line."""
+    root = tmp_path / "MELD.Raw"
+    root.mkdir()
+    for split, rows in ROWS.items():
+        write_csv(root / f"{split}_sent_emo.csv", rows)
+    path = root / "train_sent_emo.csv"
+    lines = path.read_text().splitlines()
+    lines[3] = lines[3].rsplit(',"', 2)[0]  # the third row, without its two time fields
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ManifestError, match=r"train_sent_emo.csv, line 4: 9 field\(s\) but the header has 11: no "
+                                            r"value for \['StartTime', 'EndTime'\]; the row was cut short"):
+        build_manifest("m", {"format": "meld", "root": str(root), "modalities": ["text"]}, tmp_path / "out")
+    assert not (tmp_path / "out" / "manifest.tsv").exists()

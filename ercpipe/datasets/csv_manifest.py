@@ -244,12 +244,27 @@ def _looks_like_rows(field: str, width: int, delimiter: str) -> str | None:
     return None
 
 
-def read_csv_records(path: Path, required: tuple[str, ...], delimiter: str = ",") -> list[CsvRecord]:
+def _short_row_problem(header: list[str], count: int, required: tuple[str, ...], whole_rows: bool) -> str | None:
+    # A row with fewer fields than the header: the columns past its end are read as empty when none of them
+    # is required (a writer that leaves trailing empty cells out), else the row was cut short or lost a
+    # delimiter, and reading on would shift or blank a value that matters.
+    absent = [name for name in header[count:] if name]
+    needed = absent if whole_rows else [name for name in absent if name in required]
+    if not needed:
+        return None
+    return (f"{count} field(s) but the header has {len(header)}: no value for {needed[:6]}; the row was cut short "
+            "or lost a delimiter (a line break inside unquoted text splits a row in two): complete the row, and "
+            "quote text that holds the delimiter or a line break")
+
+
+def read_csv_records(path: Path, required: tuple[str, ...], delimiter: str = ",",
+                     whole_rows: bool = False) -> list[CsvRecord]:
     """Rows of a CSV file as dicts keyed by (stripped) header names, with their line numbers.
 
     A header without the required columns or with a repeated one, a row with more (non-empty) fields
-    than the header, and broken quoting (a quote never closed, text after a closing quote) are a
-    ManifestError naming the file and the line where the row starts.
+    than the header, a row too short to reach a required column (any column, with `whole_rows`), and
+    broken quoting (a quote never closed, text after a closing quote) are a ManifestError naming the file
+    and the line where the row starts. A shorter row that lacks only optional columns reads them as empty.
     """
     decoded = read_text(path)
     reader = csv.reader(io.StringIO(decoded.text, newline=""), delimiter=delimiter, strict=True)
@@ -284,7 +299,11 @@ def read_csv_records(path: Path, required: tuple[str, ...], delimiter: str = ","
                             f"{path}, line {start}: the quoted {name} field that starts on this line runs to line "
                             f"{previous_end} and holds what looks like a row ({row_like[:60]!r}): a quote on line "
                             f"{start} is not closed; close it, or write a quote inside quoted text as two (\"\")")
-            fields += [""] * (len(header) - len(fields))
+            if len(fields) < len(header):
+                short = _short_row_problem(header, len(fields), required, whole_rows)
+                if short:
+                    raise ManifestError(f"{path}, line {start}: {short}")
+                fields += [""] * (len(header) - len(fields))
             fixed = any(n in decoded.fixed_lines for n in range(start, previous_end + 1))
             records.append(CsvRecord(start, dict(zip(header, fields)), fixed))
     except csv.Error as err:

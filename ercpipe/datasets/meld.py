@@ -119,7 +119,8 @@ def _split_rows(name: str, root: Path, meld_split: str, split: str, csv_name: st
                 issues: IssueLog) -> list[list[dict]]:
     """Rows of one MELD split, grouped by dialogue, in Dialogue_ID / Utterance_ID order."""
     path = root / csv_name
-    records = read_csv_records(path, REQUIRED_COLUMNS)
+    # The release writes every field of every row: a shorter one is damage, not a style.
+    records = read_csv_records(path, REQUIRED_COLUMNS, whole_rows=True)
     if not records:
         raise ManifestError(f"{path} has a header but no rows; restore the release's {csv_name} (MELD's "
                             f"{meld_split} split)")
