@@ -31,6 +31,12 @@ os.environ.update(PYTHONPATH=os.pathsep.join([_CHECKOUT, *_pythonpath]))
 # it, so a real-data configuration never inherits the demo's experiments. `--config key=value` still
 # overrides single values of whichever file is used.
 if not workflow.overwrite_configfiles:
+    # Snakemake's own error for a YAML mistake names neither the file nor the line (a file given with
+    # --configfile is read before this runs: `ercpipe check-config FILE` finds its line).
+    from ercpipe.config import yaml_syntax_problem
+
+    if os.path.isfile("config.yaml") and (_yaml_problem := yaml_syntax_problem("config.yaml")):
+        raise WorkflowError(f"Invalid config: {_yaml_problem}")
 
     configfile: "config.yaml"
 

@@ -8,6 +8,7 @@
     ercpipe export-vega --manifest M --features text=T audio=A visual=V --out IEMOCAP.pkl
     ercpipe import-anchors 35_anchor.pt --allow-pickle --classes hap sad neu ang exc fru --clip-model ViT-B-32 --out A.h5
     ercpipe export-anchors anchors/demo_faces/ViT-B-32.h5 --out 35_anchor.pt
+    ercpipe check-config my_config.yaml
 
 Errors on bad input (ercpipe.errors.ErcpipeError and the library's other ValueErrors, a missing or
 unreadable file) are printed as one line, `ercpipe: error: <message>` naming the file or key and the fix,
@@ -136,6 +137,14 @@ def _export_anchors(args, parser) -> None:
     print(f"written {args.out}")
 
 
+def _check_config(args, parser) -> None:
+    from ercpipe.config import check_config_file
+
+    for path in args.files:
+        check_config_file(path)
+        print(f"{path}: YAML, keys and schema are fine (paths and the rest: snakemake -n --configfile {path})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ercpipe", description=__doc__.split("\n\n")[0])
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error instead of one line")
@@ -205,6 +214,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "(needed for a set shared by datasets; default: every class of the set, in its order)")
     p.add_argument("--out", required=True)
     p.set_defaults(run=_export_anchors, parser=p)
+
+    p = commands.add_parser("check-config", parents=[common],
+                            help="a config file's YAML syntax (with its line), repeated keys and schema")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.set_defaults(run=_check_config, parser=p)
     return parser
 
 

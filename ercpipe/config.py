@@ -80,6 +80,33 @@ def validate_schema(config: dict, schema_path: str | Path) -> None:
         raise ConfigError("config does not match workflow/schemas/config.schema.yaml:\n" + "\n".join(problems))
 
 
+def yaml_syntax_problem(path) -> str | None:
+    """Why a YAML config file cannot be read, with its line and column, or None when it parses. Snakemake's
+    own message for such a file ("Config file is not valid JSON or YAML") names neither the file nor the line;
+    the Snakefile calls this before it reads config.yaml, `ercpipe check-config` for any file."""
+    import yaml
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        return f"{path}: not UTF-8 text (byte {err.start}): save it as UTF-8"
+    try:
+        yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark, context = getattr(err, "problem_mark", None), getattr(err, "context_mark", None)
+        if mark is None:
+            return f"{path}: {str(err).splitlines()[0]}"
+        problem = getattr(err, "problem", None) or "not valid YAML"
+        if context is not None and getattr(err, "context", None) and context.line != mark.line:
+            problem += f" ({err.context} on line {context.line + 1})"  # e.g. where an unclosed quote opened
+        if "'\\t'" in problem:
+            problem += "; YAML indents with spaces only: replace the tab"
+        elif "expected <block end>" in problem or "mapping values are not allowed" in problem:
+            problem += "; check this line's indentation against the lines above it (keys of one block line up)"
+        return f"{path}, line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    return None
+
+
 def check_config_files(paths) -> None:
     """A key written twice in one mapping of a YAML config file (a copied experiment block): YAML keeps the
     last without a word, so the first is lost. ConfigError naming the file and both lines. Files that do
@@ -106,6 +133,28 @@ def check_config_files(paths) -> None:
             yaml.load(Path(path).read_text(), Loader=StrictLoader)
         except (OSError, UnicodeDecodeError, yaml.YAMLError):
             pass
+
+
+SCHEMA_PATH = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def check_config_file(path) -> None:
+    """What can be checked of one config file on its own: YAML syntax (file, line, column), keys written twice,
+    the JSON schema (every bad key as a dotted path). ConfigError at the first kind of problem found. Paths,
+    names and the rest need the workflow: `snakemake -n --configfile FILE`."""
+    import yaml
+
+    problem = yaml_syntax_problem(path)
+    if problem:
+        raise ConfigError(problem)
+    check_config_files([path])
+    config = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path}: holds {type(config).__name__}, not a mapping of keys (datasets:, experiments: ...)")
+    try:
+        validate_schema(config, SCHEMA_PATH)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
 
 
 # Datasets, experiments, selections, anchor sets, exports and feature settings name folders and files.

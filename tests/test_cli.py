@@ -192,3 +192,20 @@ def test_arguments_that_would_overwrite_or_misplace_outputs_are_refused(files, t
                      "--out", "a.h5", cwd=tmp_path)
     assert result.returncode == 2 and "CLIP 'ViT-B-23' is not a model open_clip knows (did you mean" in result.stderr
     assert not (tmp_path / "a.h5").exists() and not (tmp_path / "o").exists()
+
+
+def test_check_config_names_the_line_snakemake_does_not(tmp_path):
+    """Snakemake reads a --configfile before the workflow runs and says only "Config file is not valid JSON or
+    YAML"; `ercpipe check-config` is where the README sends the user for the line."""
+    repo = Path(__file__).resolve().parents[1]
+    good = ercpipe("check-config", str(repo / "config.yaml"), str(repo / "workflow/configs/meld_text.yaml"),
+                   cwd=tmp_path)
+    assert good.returncode == 0 and good.stdout.count("YAML, keys and schema are fine") == 2, good.stderr
+    (tmp_path / "bad.yaml").write_text("datasets:\n  mine: {format: csv, manifest: m.csv\nexperiments: {}\n")
+    assert_one_line(ercpipe("check-config", "bad.yaml", cwd=tmp_path),
+                    "bad.yaml, line 3, column 12: expected ',' or '}', but got ':' (while parsing a flow mapping "
+                    "on line 2)")
+    (tmp_path / "schema.yaml").write_text("datasets:\n  mine: {format: csvv, manifest: m.csv}\n")
+    result = ercpipe("check-config", "schema.yaml", cwd=tmp_path)
+    assert result.returncode == 2 and "schema.yaml: config does not match" in result.stderr
+    assert "datasets.mine.format: 'csvv' is not one of" in result.stderr

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -209,6 +210,36 @@ def test_a_key_written_twice_in_the_config_file_is_named_with_its_lines(demo_con
     second = first + block.count("\n")
     assert (f"Invalid config (config files: {cfg}): {cfg}, line {second}: key 'iemocap_demo_sdt' is written twice "
             f"in the same block (first on line {first})") in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("datasets:\n  demo:\n    format: csv\n   manifest: m.csv\n",
+     r"line 4, column 4: expected <block end>, but found '<block mapping start>' \(while parsing a block mapping on "
+     r"line 2\); check this line's indentation against the lines above it \(keys of one block line up\)"),
+    ("experiments:\n\tx: {}\n", r"line 2, column 1: found character '\\t' that cannot start any token; YAML "
+                                   r"indents with spaces only: replace the tab"),
+    ("datasets:\n  demo: {format: csv, manifest: \"m.csv}\nexperiments: {}\n",
+     r"line 4, column 1: found unexpected end of stream \(while scanning a quoted scalar on line 2\)"),
+])
+def test_a_yaml_mistake_is_named_with_its_line(tmp_path, text, expected):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    assert re.fullmatch(re.escape(str(path)) + ", " + expected, pipeline_config.yaml_syntax_problem(path))
+    with pytest.raises(pipeline_config.ConfigError, match=re.escape(str(path)) + ", " + expected):
+        pipeline_config.check_config_file(path)
+
+
+def test_snakemake_names_the_line_of_a_yaml_mistake_in_config_yaml(demo_config, tmp_path):
+    """Snakemake's message was "Config file is not valid JSON or YAML", with neither the file nor the line."""
+    lines = yaml.safe_dump(demo_config, sort_keys=False).splitlines()
+    number = next(i for i, line in enumerate(lines) if line.startswith("experiments:")) + 2
+    lines[number - 1] = lines[number - 1] + " ["
+    (tmp_path / "config.yaml").write_text("\n".join(lines) + "\n")
+    result = subprocess.run([SNAKEMAKE, "-n", "-d", str(tmp_path), "-s", str(REPO / "Snakefile")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert re.search(rf"Invalid config: config.yaml, line \d+, column \d+: .*\(while parsing a flow sequence on line "
+                     rf"{number}\)", result.stdout + result.stderr), result.stdout + result.stderr
 
 
 def test_the_order_of_modalities_does_not_change_what_a_rule_is_given(demo_config):
