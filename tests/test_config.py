@@ -242,6 +242,28 @@ def test_snakemake_names_the_line_of_a_yaml_mistake_in_config_yaml(demo_config, 
                      rf"{number}\)", result.stdout + result.stderr), result.stdout + result.stderr
 
 
+def test_a_dataset_nothing_uses_and_a_config_without_experiments_are_said(demo_config, tmp_path):
+    """`rule all` made nothing of them without a word: a dry run listed one job, as after a finished run."""
+    unused = copy.deepcopy(demo_config)
+    del unused["experiments"]["meld_demo_sdt_vega"]
+    for name in ("unused", "empty", "demo"):
+        (tmp_path / name).mkdir()
+    result = dry_run(unused, tmp_path / "unused")
+    assert result.returncode == 0, result.stderr[-2000:]
+    said = [line for line in (result.stdout + result.stderr).splitlines() if "makes nothing of it" in line]
+    assert said == ["datasets.meld_demo: no experiment, selection, export or anchor mining uses it, so `snakemake` "
+                    "(rule all) makes nothing of it; add an experiment, or name its files as targets, e.g. "
+                    "features/meld_demo/manifest.tsv or features/meld_demo/{modality}/{setting}.h5"]
+    empty = copy.deepcopy(demo_config)
+    empty["experiments"] = {}
+    result = dry_run(empty, tmp_path / "empty")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "The config has no experiments, selections or exports" in result.stdout + result.stderr
+    assert "makes nothing of it" not in result.stdout + result.stderr
+    result = dry_run(demo_config, tmp_path / "demo")
+    assert "makes nothing of it" not in result.stdout + result.stderr and "has no experiments" not in result.stdout
+
+
 def test_the_order_of_modalities_does_not_change_what_a_rule_is_given(demo_config):
     written = copy.deepcopy(demo_config)
     written["datasets"]["meld_demo"]["modalities"] = ["visual", "text", "audio"]

@@ -275,9 +275,25 @@ def unreadable_datasets():
 # for "no job makes this file" when the file exists: a finished run said "Nothing to be done" and kept the old
 # results. Nothing is held up but what needs that dataset: other targets, --unlock and --lint still work. A
 # cluster job reads only its own dataset (when its DAG asks).
+def unused_datasets():
+    """Datasets that no experiment (selections included), export or anchor mining uses: rule all makes nothing of
+    them, which looked like a run that had finished."""
+    used = set(datasets_in_use()) | {pipeline_config.export_source(config, name)["dataset"] for name in EXPORTS}
+    return [name for name in DATASETS if name not in used]
+
+
 if not (workflow.remote_exec or workflow.subprocess_exec):
     for problem in unreadable_datasets():
         logger.warning(problem)
+    if not EXPERIMENTS and not EXPORTS:
+        logger.warning("The config has no experiments, selections or exports: `snakemake` (rule all) makes only what "
+                       "anchor mining needs. Add an experiment (README, \"Your data\"), or name files as targets, e.g. "
+                       "features/{dataset}/manifest.tsv or features/{dataset}/{modality}/{setting}.h5.")
+    elif unused_datasets():
+        for name in unused_datasets():
+            logger.warning(f"datasets.{name}: no experiment, selection, export or anchor mining uses it, so `snakemake` "
+                           f"(rule all) makes nothing of it; add an experiment, or name its files as targets, e.g. "
+                           f"features/{name}/manifest.tsv or features/{name}/{{modality}}/{{setting}}.h5")
 
 
 def raw_input(wildcards):
