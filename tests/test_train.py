@@ -462,6 +462,8 @@ def _with(experiment: dict, **sections) -> dict:
      {"loss": {"v_cls_all_cls_kl_lambda": 9.0, "clip_all_clip_kl_lambda": 9.0, "cls_kl_teacher": "anchor",
                "kl_class_mean": False}},
      {"loss": {"t_clip_lambda": 3.0}}),
+    # A fixed temperature: the learnable ones' initial value is not read.
+    ({"loss": {"kl_temperature": 2.0}}, {"loss": {"kl_temperature_init": 5.0}}, {"loss": {"kl_temperature": 3.0}}),
 ])
 def test_a_key_its_other_settings_make_inactive_changes_nothing_and_is_listed(dataset, tmp_path, base, inactive,
                                                                               active):

@@ -308,6 +308,8 @@ def inactive_keys(cfg: dict) -> list[str]:
         out.update({"loss.kl_t2", "loss.kl_class_mean", "loss.detach_teacher"})
     if not unimodal:  # no temperature exists
         out.update({"loss.kl_temperature", "loss.kl_temperature_init"})
+    elif loss.get("kl_temperature", "learnable") != "learnable":  # a fixed temperature has no initial value
+        out.add("loss.kl_temperature_init")
     return sorted(out)
 
 
