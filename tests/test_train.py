@@ -795,6 +795,26 @@ def test_resume_needs_the_selected_checkpoint(dataset, tmp_path, caplog):
     assert metrics["protocol"]["epochs_run"] == len(pd.read_csv(out / "history.tsv", sep="\t"))
 
 
+def test_a_run_resumed_on_another_device_says_so_and_lists_both(dataset, tmp_path, caplog):
+    """A GPU job's resume state continued on a CPU node in fp32 without a word, and metrics.json said only "cpu".
+    The state here is marked as a GPU's (this machine has none); the weights are the same either way."""
+    out = tmp_path / "run"
+    kill_training_after(dataset, out, epoch=2)
+    last = torch.load(out / "last.pt", weights_only=True)
+    assert last["state"]["devices"] == ["cpu, off (fp32)"]
+    gpu = "cuda:0 (NVIDIA H100 80GB HBM3), fp16 autocast"
+    torch.save({**last, "state": {**last["state"], "devices": [gpu]}}, out / "last.pt")
+    with caplog.at_level(logging.INFO, logger="ercpipe.train.trainer"):
+        metrics = train(dataset, out)
+    assert (f"this run trained on {gpu} until epoch {last['state']['epoch']} and continues on cpu, off (fp32)"
+            in caplog.text)
+    assert metrics["devices"] == [gpu, "cpu, off (fp32)"] and metrics["device"] == "cpu"
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="ercpipe.train.trainer"):
+        again = train(dataset, tmp_path / "uninterrupted")
+    assert again["devices"] == ["cpu, off (fp32)"] and "continues on" not in caplog.text
+
+
 # ------------------------------------------------------------------------------------------ aggregation
 
 def test_aggregate(vega_run, dataset, tmp_path):

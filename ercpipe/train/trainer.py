@@ -176,6 +176,17 @@ def amp_description(device: torch.device, amp: str) -> str:
     return f"{amp} autocast"
 
 
+def device_label(device: torch.device, amp: str) -> str:
+    """Where and how a run trains, as metrics.json records it: the GPU's index and name (a machine with several
+    kinds), and what train.amp does there."""
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        where = f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+    else:
+        where = str(device)
+    return f"{where}, {amp_description(device, amp)}"
+
+
 def make_scheduler(optimizer, train: dict, steps_per_epoch: int):
     if train["scheduler"] == "none":
         return None
@@ -370,6 +381,14 @@ def run_training(manifest_path, feature_paths: dict, anchor_path, experiment: di
     if last_path.exists():
         state, best = _resume(last_path, best_path, cfg, seed, model, optimizer, scaler, scheduler, device,
                               identity) or (state, best)
+    # Each device the run has trained on, in order: a run resumed elsewhere (a GPU job re-run on a CPU node)
+    # continues in another precision and summation order, which its metrics must not hide.
+    here, before = device_label(device, train_cfg["amp"]), state.setdefault("devices", [])
+    if before and before[-1] != here:
+        logger.warning("this run trained on %s until epoch %d and continues on %s: its weights differ from an "
+                       "uninterrupted run on either (metrics.json lists both)", before[-1], state["epoch"], here)
+    if not before or before[-1] != here:
+        before.append(here)
 
     def save_state() -> None:
         save_torch(_last_payload(model, optimizer, scaler, scheduler, cfg, seed, state, device, identity, best),
@@ -666,6 +685,7 @@ def _finish(out_dir, cfg, data, seed, state, payload, device, selection_split, t
         },
         # CPU results are bit-identical at equal thread counts only (the products' summation order follows them)
         "classes": list(data.classes), "seed": seed, "device": str(device), "threads": torch.get_num_threads(),
+        "devices": state.get("devices", []),
         # What the run read and ran, for a colleague who has only results/: each feature file's setting hash and
         # content digest, the labels' and the anchors' digests; the code's commit and the libraries.
         "inputs": identity,
