@@ -27,6 +27,15 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return device
 
 
+def device_description(device: torch.device, precision: str) -> str:
+    """Where and in what precision something was computed, as outputs record it: a GPU with its index and name
+    (a cluster has several kinds), e.g. 'cuda:0 (NVIDIA H100 80GB HBM3), fp16 autocast' or 'cpu, fp32'."""
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return f"cuda:{index} ({torch.cuda.get_device_name(index)}), {precision}"
+    return f"{device}, {precision}"
+
+
 def job_device(config: dict) -> str:
     """The device of a pipeline job, from the workflow's config: with use_gpu the job asked the scheduler for a GPU,
     so a job that sees none stops (a CUDA build that does not match the driver would otherwise train for days on

@@ -271,6 +271,7 @@ def test_extract_shard_writes_masked_rows_and_provenance(tmp_path, tiny_model):
         assert fs.attrs["model"] == str(tiny_model)
         assert fs.attrs["settings"] == text.stored_settings(settings)
         assert set(fs.attrs["versions"]) == {"torch", "transformers", "ercpipe"}
+        assert fs.attrs["computed_on"] == "cpu, fp32"
         shard_files.append(out)
     merged = feature_io.merge(shard_files, tmp_path / "text.h5", frame["utterance_id"].tolist())
     absent = ["d1_1", "d2_1", "d3_0"]
@@ -300,6 +301,25 @@ def test_merge_keeps_every_shards_per_utterance_attributes(tmp_path):
     merged = feature_io.read(feature_io.merge(parts, tmp_path / "m.h5", ["d", "c", "b", "a", "e"]) and tmp_path / "m.h5")
     assert json.loads(merged.attrs["absent"]) == {"b": "empty_text", "c": "empty_text"}
     assert json.loads(merged.attrs["unknown_only"]) == ["d", "a"]  # manifest order
+    assert "computed_on" not in merged.attrs  # shards that do not say
+
+
+def test_shards_computed_on_different_devices_are_said_and_recorded(tmp_path, caplog):
+    """A text shard re-run on a CPU node (fp32) merged with GPU shards (fp16 autocast) without a trace."""
+    gpu, cpu = "cuda:0 (NVIDIA H100 80GB HBM3), fp16 autocast", "cpu, fp32"
+    parts = []
+    for number, (ids, where) in enumerate([(["a", "b"], gpu), (["c"], cpu), (["d"], gpu)]):
+        parts.append(tmp_path / f"s{number}.h5")
+        feature_io.write(parts[-1], feature_io.FeatureSet(ids, np.ones((len(ids), 3)), np.ones(len(ids), bool),
+                                                           {"modality": "text", "settings": {}, "computed_on": where}))
+    with caplog.at_level("WARNING", logger="ercpipe.io.features"):
+        feature_io.merge(parts, tmp_path / "m.h5", ["a", "b", "c", "d"])
+    assert feature_io.read(tmp_path / "m.h5").attrs["computed_on"] == f"{cpu}; {gpu}"  # sorted
+    assert f"m.h5: its shards were computed on {cpu} and {gpu}" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="ercpipe.io.features"):
+        feature_io.merge(parts[::2], tmp_path / "same.h5", ["a", "b", "d"])
+    assert feature_io.read(tmp_path / "same.h5").attrs["computed_on"] == gpu and not caplog.text
 
 
 def test_settings_are_validated_and_load_errors_say_what_to_do(tiny_model):

@@ -228,6 +228,7 @@ def test_extract_shard_denseface_records_every_absent_row(visual_manifest, tmp_p
     assert fs.attrs["extractor"] == "mtcnn+denseface" and fs.attrs["model"] == "denseface"
     assert fs.attrs["settings"]["face_selection"] == SIDE
     assert fs.attrs["weights_source"] == "random (seed 0)" and "warning" not in fs.attrs
+    assert fs.attrs["computed_on"] == "cpu, fp32"
     # the stored vector is the mean of the per-frame embeddings of the speaker's crops
     embedder = visual.load_embedder(settings, "cpu")
     crops = visual.utterance_face_crops(fs_path_video(visual_manifest, "f_mp4"), 0.0, 1.0, "Ses01_F", settings,

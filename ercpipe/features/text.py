@@ -103,6 +103,7 @@ def extract_shard(manifest_path, settings: dict | None, out_path, *, threads: in
     feature_io.write(out_path, feature_io.FeatureSet(rows["utterance_id"].tolist(), result.features, result.present, {
         "modality": "text", "extractor": "text", "model": settings["model"], "settings": settings,
         "versions": feature_io.package_versions(["torch", "transformers", "ercpipe"]),
+        "computed_on": encoder.computed_on,
         "absent": json.dumps(result.absent, sort_keys=True),
         "truncated": json.dumps(result.truncated, sort_keys=True),
         "unknown_only": json.dumps(result.unknown_only),

@@ -42,7 +42,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from ercpipe.device import resolve_device
+from ercpipe.device import device_description, resolve_device
 from ercpipe.features import settings as settings_mod
 from ercpipe.io import manifest as manifest_io
 
@@ -268,6 +268,12 @@ class TextEncoder:
             weights[b, item.target_start:item.target_end] = 1
             weights[b, n - len(self.suffix):n] = 1
         return (hidden * weights.unsqueeze(-1)).sum(1) / weights.sum(1, keepdim=True).clamp(min=1)
+
+    @property
+    def computed_on(self) -> str:
+        """The device and precision of the vectors (feature files record it: `computed_on`)."""
+        autocast = self.device.type == "cuda" and self.settings["dtype"] != "fp32"
+        return device_description(self.device, f"{self.settings['dtype']} autocast" if autocast else "fp32")
 
     def forward_pooled(self, batch: list[EncodedInput]) -> torch.Tensor:
         """Pooled float32 vectors [B, D] for a batch of inputs (gradients flow unless in inference mode)."""

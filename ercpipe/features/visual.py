@@ -31,7 +31,7 @@ import torchvision
 from tqdm.auto import tqdm
 
 from ercpipe.features import denseface as denseface_mod
-from ercpipe.device import resolve_device
+from ercpipe.device import device_description, resolve_device
 from ercpipe.features import settings as settings_mod
 from ercpipe.features.interface import NO_CONTEXT, ExtractionContext
 from ercpipe.io import features as feature_io
@@ -583,6 +583,7 @@ def extract_shard(manifest_path, settings: dict | None, out_path, *, threads: in
         "versions": feature_io.package_versions(["facenet-pytorch", "torch", "torchvision", "av", "ercpipe"]),
         "absent": json.dumps(absent, sort_keys=True),
         "weights_source": embedder.weights_source,
+        "computed_on": device_description(embedder.device, "fp32"),
     }
     if embedder.warning:
         attrs["warning"] = embedder.warning

@@ -39,6 +39,7 @@ from ercpipe.io.filekind import file_kind
 
 FORMAT_VERSION = 1
 _STR = h5py.string_dtype(encoding="utf-8")
+logger = logging.getLogger(__name__)
 
 
 class FeatureFileError(ErcpipeError, ValueError):
@@ -451,6 +452,11 @@ def merge(shard_paths: Sequence[str | Path], out_path: str | Path, manifest_ids:
                                f"utterances (unexpected ids {extra})")
     attrs = dict(merged.attrs)
     attrs.update(_merged_utterance_attrs(parts, list(manifest_ids)))
+    devices = sorted({p.attrs["computed_on"] for p in non_empty if p.attrs.get("computed_on")})
+    if len(devices) > 1:  # e.g. a shard re-run on a CPU node: fp32 rows beside fp16-autocast ones
+        logger.warning("%s: its shards were computed on %s; the rows differ by that precision (re-run the shards on "
+                       "one kind of device for uniform features)", out_path, " and ".join(devices))
+        attrs["computed_on"] = "; ".join(devices)
     attrs["settings"] = attrs.get("settings", {})
     attrs.pop("created", None)
     attrs.pop("format_version", None)

@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from ercpipe.device import resolve_device, rng_state, set_rng_state
+from ercpipe.device import device_description, resolve_device, rng_state, set_rng_state
 from ercpipe.errors import ErcpipeError
 from ercpipe.io import features as feature_io
 from ercpipe.io.atomic import atomic_path, remove_stale_temporaries, write_json
@@ -177,14 +177,8 @@ def amp_description(device: torch.device, amp: str) -> str:
 
 
 def device_label(device: torch.device, amp: str) -> str:
-    """Where and how a run trains, as metrics.json records it: the GPU's index and name (a machine with several
-    kinds), and what train.amp does there."""
-    if device.type == "cuda":
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        where = f"cuda:{index} ({torch.cuda.get_device_name(index)})"
-    else:
-        where = str(device)
-    return f"{where}, {amp_description(device, amp)}"
+    """Where and how a run trains, as metrics.json records it (`devices`)."""
+    return device_description(device, amp_description(device, amp))
 
 
 def make_scheduler(optimizer, train: dict, steps_per_epoch: int):
