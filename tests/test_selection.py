@@ -59,6 +59,8 @@ def test_the_best_dev_mean_is_chosen_whatever_test_says(tmp_path):
     assert table.loc["test.weighted_f1", "mean"] == pytest.approx(61.05) and table.loc["valid.weighted_f1", "n"] == 2
     page = (out / "summary.html").read_text()
     assert "Candidates (dev)" in page and "Per class" in page and "enc1" in page
+    # The dev means to two decimals (the page showed 59.950000 and the std 0.070711)
+    assert "<td>59.95</td>" in page and "<td>0.07</td>" in page and "59.950000" not in page
 
 
 def test_another_dev_metric_can_choose(tmp_path):

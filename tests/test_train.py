@@ -402,6 +402,7 @@ def test_paper_compat_selects_on_test_and_says_so(dataset, tmp_path, monkeypatch
     # Every figure carries the mark, not only the summary table: a reader may open one figure alone.
     assert texts["curves.png"][0].startswith("epoch chosen on TEST: paper_compat: the test curves chose the epoch")
     assert "test weighted F1 (%, selects the epoch)" in texts["curves.png"]
+    assert all(float(tick).is_integer() for tick in texts["curves.png x ticks"])  # epochs, not 1.25, 1.5 ...
     assert texts["confusion.png"][0].endswith("(epoch chosen on TEST: paper_compat)")
     assert texts["tsne.png"][0].endswith("(epoch chosen on TEST: paper_compat)")
 
@@ -735,6 +736,7 @@ def figure_texts(monkeypatch) -> dict[str, list[str]]:
         texts[Path(path).name] = [t for t in [fig._suptitle.get_text() if fig._suptitle else ""]
                                   + [ax.get_title() for ax in fig.axes] + [x.get_text() for ax in fig.axes
                                                                            for x in ax.texts] if t]
+        texts[f"{Path(path).name} x ticks"] = [tick for ax in fig.axes for tick in ax.get_xticks().tolist()]
         save(fig, path)
 
     monkeypatch.setattr(aggregation, "_save", recording_save)

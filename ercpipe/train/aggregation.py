@@ -227,9 +227,12 @@ def _plot_curves(run_dirs: list[Path], runs: list[dict], path: Path) -> None:
         if selected is not None:
             for ax in axes:
                 ax.axvline(selected, color=colour or "grey", linewidth=0.7, linestyle=":")
+    from matplotlib.ticker import MaxNLocator
+
     for ax, (_, title) in zip(axes, panels):
         ax.set_title(title)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # a 3-epoch run had ticks at 1.25, 1.5, ...
     axes[0].legend(fontsize=7)
     note = _test_selected_note(runs)
     if note:

@@ -167,5 +167,6 @@ def _selection_html(name: str, chosen_summary: dict, table: pd.DataFrame, select
             note += f" The chosen one averages {html.escape(', '.join(members))}."
     for left_out in selection["skipped"]:
         note += f" Left out: class_weights {html.escape(left_out['class_weights'])} ({html.escape(left_out['reason'])})."
+    # Scores in percent to two decimals, as the summaries below show them (selection.tsv keeps four).
     return html_page(f"Selection {name}: {selection['chosen']}",
-                     [("Candidates (dev)", table, note), *experiment_summary_sections(chosen_summary)])
+                     [("Candidates (dev)", table.round(2), note), *experiment_summary_sections(chosen_summary)])
