@@ -442,3 +442,19 @@ def test_audio_times_on_a_file_that_is_also_the_video_without_video_times_are_wa
     with caplog.at_level(logging.WARNING, logger="ercpipe.datasets.csv_manifest"):
         build(write(data_dir / "m.csv", lines), tmp_path / "out")
     assert "1 row(s) (e.g. ['u0']) give audio_start/audio_end for a file that is also their video_path" in caplog.text
+
+
+def test_an_empty_speaker_cell_is_flagged_with_its_line(tmp_path):
+    """Rows without a speaker became one speaker '' of the dialogue (a bare ':' before their text in a context
+    with speakers), with nothing in issues.tsv; MELD's reader flagged the same thing."""
+    path = write(tmp_path / "m.csv", ["c1,u0,train,,calm,Hi", "c1,u1,train,Bob,angry,No", "c1,u2,train,,calm,So",
+                                      "c2,u3,test,Ann,calm,Yo"], "dialogue_id,utterance_id,split,speaker,label,text")
+    df, issues, summary = build(path, tmp_path / "out", modalities=["text"])
+    frame = df.set_index("utterance_id")
+    assert frame["flags"].to_dict() == {"u0": "empty_speaker", "u1": "", "u2": "empty_speaker", "u3": ""}
+    assert frame["speaker_slot"].tolist() == [0, 1, 0, 0]  # kept: the unnamed rows share a slot, as said
+    rows = issues[issues["reason"] == "empty_speaker"].set_index("utterance_id")
+    assert rows.loc["u2", "detail"] == (f"{path}, line 4: the speaker cell is empty; the rows of dialogue c1 without "
+                                        "a speaker share one speaker slot: write the speaker's name (or an id, e.g. "
+                                        "unknown1) if it is known")
+    assert summary["flag_counts"] == {"empty_speaker": 2}

@@ -564,6 +564,11 @@ def read(name: str, cfg: dict, probe: bool | Collection[str] = True) -> ReadResu
                                                                   record.fixed))
         if not text:
             flag_row(row, "empty_text", issues)
+        if not values["speaker"]:  # kept, and said: the dialogue's unnamed rows are one speaker to the model
+            flag_row(row, "empty_speaker", issues, f"{path}, line {record.line}: the speaker cell is empty; " + (
+                "speaker_slot tells the speakers apart, but a context with speakers shows no name" if slot is not None
+                else f"the rows of dialogue {values['dialogue_id']} without a speaker share one speaker slot") +
+                ": write the speaker's name (or an id, e.g. unknown1) if it is known")
         _row_times(row, record)
         _check_media(row, issues, probe if settings["probe_media"] else False, media)
         dialogues.setdefault(values["dialogue_id"], []).append(
