@@ -265,6 +265,9 @@ def expand_searches(config: dict, workdir: Path = Path("."), schema_path: str | 
             check_extractor_settings({"features": {"text": {name: setting}}})
         except ConfigError as err:
             raise ConfigError(_search_key(str(err), f"features.text.{name}", origin)) from None
+        folder = _local_text_model(setting.get("model"), workdir)
+        for problem in _text_model_problems(f"features.text.{name}", setting, folder) if folder else []:
+            raise ConfigError(_search_key(problem, f"features.text.{name}", origin))  # once, not per candidate
     if schema_path is not None and any(sel.get("search") for sel in (config.get("selections") or {}).values()):
         try:
             validate_schema(config, schema_path)
@@ -446,6 +449,17 @@ def _text_model_problems(where: str, settings: dict, folder: Path) -> list[str]:
     if not isinstance(model_config, dict):
         return []
     return [f"{where}.{key}: {problem}" for key, problem in text_model_problems(resolved, model_config, tokenizer_max)]
+
+
+def _local_text_model(model, workdir: Path) -> Path | None:
+    """The folder of a text model on this machine (a saved model's path, or the packaged MiniLM), or None for a
+    hub name or a path that holds no saved model (path_problems names that)."""
+    if model == PACKAGED_MINILM:
+        return text_model_dir(PACKAGED_MINILM)
+    if isinstance(model, str) and text_model_is_path(model):
+        folder = Path(model) if Path(model).is_absolute() else workdir / model
+        return folder if (folder / "config.json").is_file() else None
+    return None
 
 
 def path_problems(config: dict, workdir: Path = Path(".")) -> list[str]:
