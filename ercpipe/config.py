@@ -319,11 +319,19 @@ def check_drawable_anchors(config: dict, drawable) -> None:
         if missing:
             raise ConfigError(
                 f"anchors.{name}.synthetic: no drawn face exists for class(es) {missing}; drawn faces exist for "
-                f"{sorted(drawable)}. Give this anchor set its images instead: images: a folder with one sub-folder "
-                "of face images per class (folder names may be any spelling ercpipe.labels knows, e.g. joy / happy "
-                "/ hap; other names must equal the class), mine: {dataset: <a dataset with video>, visual: "
-                "<visual setting>} to take faces from its training split, or official: a 35_anchor.pt "
-                "(docs/anchors.md)")
+                f"{sorted(drawable)}. Give this anchor set its images instead: {anchor_choices()}")
+
+
+def anchor_choices(mine: bool = True) -> str:
+    """The kinds of anchor set a user can give, for messages that ask for one."""
+    kinds = ["images: a folder with one sub-folder of face images per class (folder names may be any spelling "
+             "ercpipe.labels knows, e.g. joy / happy / hap; other names must equal the class)"]
+    if mine:
+        kinds.append("mine: {dataset: <a dataset with video>, visual: <visual setting>} to take faces from its "
+                     "training split")
+    kinds.append("official: a 35_anchor.pt (the released file holds IEMOCAP's and MELD's classes only; "
+                 "`ercpipe export-anchors` writes one for other classes from an encoded set)")
+    return ", ".join(kinds[:-1]) + f" or {kinds[-1]} (docs/anchors.md)"
 
 
 def _check_one_anchor_per_class(where: str, name: str, dataset: dict, workdir: Path) -> None:
@@ -681,7 +689,7 @@ def _check(config: dict, workdir: Path) -> None:
             if "visual" not in datasets[mine["dataset"]].get("modalities", ["visual"]):
                 raise ConfigError(f"{where}.mine.dataset: {mine['dataset']} declares no visual modality "
                                   f"(datasets.{mine['dataset']}.modalities), so it has no faces to mine; give the "
-                                  "anchor set images: (one folder per class) or official: (a 35_anchor.pt) instead")
+                                  f"anchor set {anchor_choices(mine=False)} instead")
             if is_pickle_dataset(datasets[mine["dataset"]]):
                 raise ConfigError(f"{where}.mine.dataset: {mine['dataset']} is a feature pickle, which has no video "
                                   "to take face images from; mine from a raw dataset or use official: / images:")
@@ -718,8 +726,9 @@ def _check(config: dict, workdir: Path) -> None:
         vega = resolved["loss"]["clip_loss"]
         if vega and exp.get("anchors") is None:
             raise ConfigError(f"{where}.anchors: null, but preset {resolved['preset']!r} trains the VEGA branch "
-                              "(loss.clip_loss: true), which needs anchors: name an anchor set, or train SDT "
-                              "with loss: {clip_loss: false} or a preset without VEGA (sdt, sdt-vega-backbone)")
+                              "(loss.clip_loss: true), which needs anchors: name an anchor set (anchors: {<name>: "
+                              f"...}} with {anchor_choices()}), or train SDT with loss: {{clip_loss: false}} or a "
+                              "preset without VEGA (sdt, sdt-vega-backbone)")
         if not vega and exp.get("anchors") is not None:
             raise ConfigError(f"{where}.anchors: {exp['anchors']!r} is never used because loss.clip_loss is false; "
                               "set anchors: null, or turn the VEGA branch on")

@@ -93,7 +93,11 @@ def test_schema_errors_name_the_key(demo_config, mutate, expected):
     (lambda c: c["experiments"]["iemocap_demo_sdt"].update(model={"dropout": 1.5}),
      "experiments.iemocap_demo_sdt: experiment key model.dropout: must be a number"),
     (lambda c: c["experiments"]["iemocap_demo_sdt_vega"].update(anchors=None),
-     "experiments.iemocap_demo_sdt_vega.anchors: null, but preset 'demo' trains the VEGA branch"),
+     r"experiments.iemocap_demo_sdt_vega.anchors: null, but preset 'demo' trains the VEGA branch .*needs anchors: "
+     r"name an anchor set \(anchors: \{<name>: ...\} with images: a folder with one sub-folder of face images per "
+     r"class .*, mine: \{dataset: .* or official: a 35_anchor.pt \(the released file holds IEMOCAP's and MELD's "
+     r"classes only; `ercpipe export-anchors` writes one for other classes from an encoded set\) \(docs/anchors.md\)"
+     r"\), or train SDT with loss: \{clip_loss: false\}"),
     (lambda c: c["experiments"]["iemocap_demo_sdt"].update(anchors="demo_faces"),
      "experiments.iemocap_demo_sdt.anchors: 'demo_faces' is never used"),
     (lambda c: c.update(selections={"best": {"candidates": ["iemocap_demo_sdt", "nope"]}}),
@@ -179,6 +183,11 @@ def test_schema_errors_name_the_key(demo_config, mutate, expected):
     (lambda c: c["anchors"].update(mined={"mine": {"dataset": "iemocap_demo", "visual": "densenet121",
                                                    "per_class": 3, "min_per_class": 4}}),
      r"anchors.mined.mine: anchor mining setting min_per_class \(4\) exceeds per_class \(3\)"),
+    (lambda c: c["datasets"]["meld_demo"].update(modalities=["text", "audio"])
+     or c["anchors"].update(mined={"mine": {"dataset": "meld_demo", "visual": "densenet121"}}),
+     r"anchors.mined.mine.dataset: meld_demo declares no visual modality .* give the anchor set images: a folder "
+     r"with one sub-folder of face images per class .* or official: a 35_anchor.pt \(the released file holds "
+     r"IEMOCAP's and MELD's classes only; `ercpipe export-anchors` writes one"),
 ])
 def test_reference_errors_name_the_key(demo_config, mutate, expected):
     bad = copy.deepcopy(demo_config)
