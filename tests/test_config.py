@@ -273,6 +273,30 @@ def test_a_dataset_nothing_uses_and_a_config_without_experiments_are_said(demo_c
     assert "makes nothing of it" not in result.stdout + result.stderr and "has no experiments" not in result.stdout
 
 
+def test_a_csv_without_valid_rows_stops_the_workflow_before_any_job(demo_config, tmp_path):
+    """Known when the DAG is built, it was said only by the fine-tuning and training jobs, after the manifest and
+    every extraction had run, with a `datasets.<name>.valid_split` left for the user to fill in."""
+    path = tmp_path / "m.csv"
+    path.write_text("dialogue_id,utterance_id,split,speaker,label,text\n" + "".join(
+        f"{d},{d}_u{u},{'test' if d == 's0' else 'train'},{'AB'[u]},{['calm', 'angry'][u]},hi {u}\n"
+        for d in ("t0", "t1", "t2", "s0") for u in range(2)))
+    config = copy.deepcopy(demo_config)
+    config["datasets"] = {"mine": {"format": "csv", "manifest": str(path), "classes": ["calm", "angry"],
+                                   "modalities": ["text"]}}
+    config["anchors"] = {}
+    config["experiments"] = {"mine_sdt": {"dataset": "mine", "features": {"text": "minilm"}, "preset": "demo",
+                                          "loss": {"clip_loss": False}, "anchors": None, "seeds": [0]}}
+    result = dry_run(config, tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "Job stats" not in output
+    assert "datasets.mine: " + str(path) + " has no valid rows; training and fine-tuning choose their epoch on " \
+           "valid, so hold out train dialogues with `valid_split: {fraction: 0.1, seed: 0}`" in output
+    assert "Needed by experiments.mine_sdt" in output
+    # Selecting on test (the official protocol) needs no valid rows: it plans.
+    config["experiments"]["mine_sdt"]["train"] = {"paper_compat": True}
+    assert dry_run(config, tmp_path).returncode == 0
+
+
 def test_the_order_of_modalities_does_not_change_what_a_rule_is_given(demo_config):
     written = copy.deepcopy(demo_config)
     written["datasets"]["meld_demo"]["modalities"] = ["visual", "text", "audio"]

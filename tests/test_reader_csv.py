@@ -333,7 +333,7 @@ def test_valid_split_holds_out_seeded_train_dialogues(tmp_path):
 def test_valid_split_refusals_and_the_missing_valid_note(tmp_path, caplog):
     path = train_test_csv(tmp_path / "m.csv")
     _, _, summary = build(path, tmp_path / "kept", modalities=["text"])
-    assert "m.csv has no valid rows" in caplog.text  # in the manifest job's log too
+    assert "datasets.mine: " in caplog.text and "m.csv has no valid rows" in caplog.text  # the manifest job's log
     assert summary["valid_split"]["protocol"] == "none"
     assert "m.csv has no valid rows; training and fine-tuning choose their epoch on valid, so hold out train " \
            "dialogues with `valid_split: {fraction: 0.1, seed: 0}`" in summary["valid_split"]["note"]
@@ -458,3 +458,4 @@ def test_an_empty_speaker_cell_is_flagged_with_its_line(tmp_path):
                                         "a speaker share one speaker slot: write the speaker's name (or an id, e.g. "
                                         "unknown1) if it is known")
     assert summary["flag_counts"] == {"empty_speaker": 2}
+

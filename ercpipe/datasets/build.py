@@ -88,7 +88,7 @@ def apply_valid_split(frame: pd.DataFrame, result: ReadResult) -> pd.DataFrame:
     shards) do not re-run when only the validation split changes (SPLIT_KEYS)."""
     record = result.info.get("valid_split") or {}
     if record.get("protocol") == "none":
-        logger.warning("dataset %s", record["note"])
+        logger.warning("datasets.%s: %s", ", ".join(sorted(set(frame["dataset"]))) or "?", record["note"])
     moved = set(record.get("dialogues") or ())
     if not moved:
         return frame

@@ -55,6 +55,7 @@ class RawFingerprint:
     issues: str = ""
     finetune: str = ""
     classes: tuple[str, ...] = ()  # the reader's class list, in label-id order
+    no_valid: str = ""  # why the dataset has no valid rows (a CSV without them and without valid_split), else ""
 
 
 def _digest(*parts: object) -> str:
@@ -100,8 +101,10 @@ def fingerprint(frame: pd.DataFrame, settings: dict, n_shards: int, sources=(), 
         modality_shards[modality] = tuple(digests)
     issues = "" if result is None else _digest(result.issues.frame().astype(str).values.tolist(), result.checks,
                                                  result.info, settings)
-    finetune, classes = "", ()
+    finetune, classes, no_valid = "", (), ""
     if result is not None:
+        record = result.info.get("valid_split") or {}
+        no_valid = record.get("note", "") if record.get("protocol") == "none" else ""
         from ercpipe.datasets.build import finetune_rows  # the readers: imported only when a dataset is read
 
         read = finetune_rows(frame, result)
@@ -110,7 +113,7 @@ def fingerprint(frame: pd.DataFrame, settings: dict, n_shards: int, sources=(), 
                            [[f for f in str(row).split(";") if f in FINETUNE_VIEW["flags"]] for row in read["flags"]],
                            classes)
     return RawFingerprint(everything, tuple(shards), tuple(sorted(str(s) for s in sources)), modality_shards, issues,
-                          finetune, classes)
+                          finetune, classes, no_valid)
 
 
 @contextlib.contextmanager

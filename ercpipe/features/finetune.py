@@ -242,8 +242,8 @@ def finetune_text_encoder(manifest_path, settings: dict, out_dir: Path, threads:
     for split in TRAIN_SPLITS:
         if not counts.get(split):
             raise ValueError(f"{manifest_path}: no {split} rows; fine-tuning needs train rows to learn from and "
-                             "valid rows to choose the epoch (a dataset without valid rows: "
-                             "datasets.<name>.valid_split: {fraction: 0.1, seed: 0} holds out train dialogues)")
+                             f"valid rows to choose the epoch (a dataset without valid rows: "
+                             f"{manifest_io.valid_split_hint(rows)})")
     classes = list(classes) if classes is not None else _classes(rows, manifest_path)
     random.seed(train["seed"])
     np.random.seed(train["seed"])

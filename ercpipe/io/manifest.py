@@ -151,6 +151,13 @@ def write(df: pd.DataFrame, path: str | Path) -> None:
         df.to_csv(tmp, sep="\t", index=False, quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
 
 
+def valid_split_hint(frame: pd.DataFrame) -> str:
+    """How a dataset without valid rows gets them, with its config key (the manifest's `dataset` column names it)."""
+    names = sorted(set(frame["dataset"])) if "dataset" in frame else []
+    name = names[0] if len(names) == 1 else "<name>"
+    return f"datasets.{name}.valid_split: {{fraction: 0.1, seed: 0}} holds out train dialogues"
+
+
 def read(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.exists():

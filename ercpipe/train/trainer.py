@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from ercpipe.device import device_description, resolve_device, rng_state, set_rng_state
 from ercpipe.errors import ErcpipeError
 from ercpipe.io import features as feature_io
+from ercpipe.io import manifest as manifest_io
 from ercpipe.io.atomic import atomic_path, remove_stale_temporaries, write_json
 from ercpipe.model.anchors import subsample_anchor_images
 from ercpipe.model.batch import standardize
@@ -333,8 +334,8 @@ def run_training(manifest_path, feature_paths: dict, anchor_path, experiment: di
         raise TrainingError(
             f"{manifest_path} has no '{selection_split}' dialogues, so no epoch can be selected. "
             + ("Give the manifest a valid split (IEMOCAP standard split, MELD dev; a dataset without one: "
-               "datasets.<name>.valid_split: {fraction: 0.1, seed: 0} holds out train dialogues) or set "
-               "train.paper_compat: true to select on test as the official code does." if not paper_compat else ""))
+               f"{manifest_io.valid_split_hint(manifest_io.read(manifest_path))}) or set train.paper_compat: true "
+               "to select on test as the official code does." if not paper_compat else ""))
 
     feature_stats = None
     if train_cfg["feature_norm"] == "standardize":

@@ -176,6 +176,9 @@ def all_targets():
     if unreadable:
         raise WorkflowError("\n".join(unreadable) + "\nFix it (or take the dataset out of the config); the other "
                             "datasets' files can still be made by naming them as targets.")
+    without_valid = valid_split_problems()
+    if without_valid:  # known now; the jobs would fail after the manifest and every extraction had run
+        raise WorkflowError("\n".join(without_valid))
     # Every seed's files are targets too: Snakemake does not remake a missing file whose consumers' outputs
     # exist, so a training job's outputs that were removed (Ctrl-C removes a failed job's outputs) or deleted
     # would otherwise never come back, and the old summary would stand.
@@ -191,6 +194,24 @@ def all_targets():
         targets.append("results/benchmarks.tsv")
     targets += [path for name in EXPORTS for path in export_outputs(name)]
     return targets
+
+
+def valid_split_problems():
+    """One line per raw dataset without valid rows that an experiment choosing its epoch on valid (all but
+    train.paper_compat ones) or a fine-tuned text setting uses: the dotted key to set and who needs it."""
+    problems = []
+    for ds in RAW_DATASETS:
+        fingerprint = raw_fingerprint(ds)
+        if not getattr(fingerprint, "no_valid", ""):
+            continue
+        needs = [f"experiments.{name}" for name, exp in EXPERIMENTS.items() if exp["dataset"] == ds
+                 and not resolve_experiment(exp)["train"]["paper_compat"]]
+        needs += [f"features.text.{Path(folder).name} (fine-tuning)" for folder in finetuned_encoders()
+                  if Path(folder).parent.parent.name == ds]
+        if needs:
+            problems.append(f"datasets.{ds}: {fingerprint.no_valid}. Needed by {', '.join(needs[:4])}"
+                            + (f" and {len(needs) - 4} more" if len(needs) > 4 else ""))
+    return problems
 
 
 def finetuned_encoders():
