@@ -1,6 +1,7 @@
 """`ercpipe` command line: the library's entry points for use without Snakemake.
 
     ercpipe predict --checkpoint results/.../model.pt --conversation talk.csv [--out predictions.tsv]
+    ercpipe predict --checkpoint results/{dataset}/{experiment or selection} [--seed N] --conversation talk.csv
     ercpipe predict --checkpoint results/.../model.pt --manifest features/x/manifest.tsv \
         --features text=features/x/text/minilm.h5 audio=... [--split test]
     ercpipe import-pickle IEMOCAP.pkl --allow-pickle --dataset iemocap_pkl --out-dir features/iemocap_pkl \
@@ -65,11 +66,11 @@ def _predict(args, parser) -> None:
 
     if args.conversation:
         frame = infer.predict_conversation(args.checkpoint, args.conversation, args.out, work_dir=args.work_dir,
-                                           threads=args.threads, device=args.device)
+                                           threads=args.threads, device=args.device, seed=args.seed)
     else:
         features = _modality_paths(args.features, parser)
         frame = infer.predict_features(args.checkpoint, args.manifest, features, args.out,
-                                       splits=args.split or None, device=args.device)
+                                       splits=args.split or None, device=args.device, seed=args.seed)
     if args.out:  # the table is in the file: a whole split printed thousands of lines to the terminal too
         labelled = frame[frame["label"] != ""]
         right = (labelled["label"] == labelled["prediction"]).mean() if len(labelled) else None
@@ -154,7 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     p = commands.add_parser("predict", parents=[common], help="per-utterance emotions from a trained checkpoint")
-    p.add_argument("--checkpoint", required=True, help="model.pt written by the train_model rule")
+    p.add_argument("--checkpoint", required=True,
+                   help="model.pt written by the train_model rule, its seed folder, or an experiment's or selection's "
+                        "results folder (results/{dataset}/{name}: its runs' mean class probabilities)")
+    p.add_argument("--seed", type=int, help="with a results folder: only the runs of this seed")
     p.add_argument("--conversation", help="CSV/TSV of a new conversation (columns: see ercpipe.infer)")
     p.add_argument("--work-dir", help="keep the conversation's manifest and features here (default: a temp dir)")
     p.add_argument("--manifest", help="a pipeline manifest.tsv whose feature files are given with --features")

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import json
 import logging
 import re
 import tempfile
@@ -64,10 +65,81 @@ def _load(checkpoint: str | Path, device: str):
     return model, classes, (config.get("train") or {}).get("amp", "off")
 
 
+def checkpoint_files(checkpoint: str | Path, seed: int | None = None) -> list[Path]:
+    """The model.pt files a --checkpoint names: a file itself; a run's seed folder; an experiment's results folder
+    (every seed's run, or `seed`'s); a selection's results folder (its chosen experiment's runs, or for a chosen
+    ensemble every member's runs of the seed(s)). Their predictions are averaged (`predict_features`)."""
+    path = Path(checkpoint)
+    if path.is_file() or (path / "model.pt").is_file():
+        if seed is not None:
+            raise InferenceError(f"{path} is one run; a seed is chosen among the runs of an experiment's or a "
+                                 "selection's results folder (results/{dataset}/{name})")
+        return [path if path.is_file() else path / "model.pt"]
+    summary_path = path / "summary.json"
+    if not summary_path.is_file():
+        raise InferenceError(f"{path} is neither a model.pt nor a folder holding one or a summary.json; give a run's "
+                             "model.pt (results/{dataset}/{experiment}/seed{n}/model.pt), its seed folder, or an "
+                             "experiment's or selection's results folder")
+    summary = json.loads(summary_path.read_text())
+    selection = summary.get("selection") or {}
+    chosen = selection.get("chosen")
+    if chosen in (selection.get("ensembles") or {}):
+        entry = selection["ensembles"][chosen]
+        paths = entry.get("summaries") or [str(path.parent / name / "summary.json") for name in entry["members"]]
+        members = [(name, _project_path(member, summary_path)) for name, member in zip(entry["members"], paths)]
+    else:
+        members = [(chosen or path.name, summary_path)]
+    files = []
+    for name, member_path in members:
+        member = summary if member_path == summary_path else json.loads(member_path.read_text())
+        seeds = list(member["seeds"])
+        if seed is not None and seed not in seeds:
+            raise InferenceError(f"{summary_path}: {name} ran seeds {seeds}, not {seed}")
+        files += [_project_path(run, member_path) / "model.pt" for s, run in zip(seeds, member["runs"])
+                  if seed is None or s == seed]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise InferenceError(f"{summary_path} names run(s) without a model.pt: {missing[:3]}; run the workflow for "
+                             "them again, or give one run's model.pt")
+    return files
+
+
+def _project_path(recorded: str, summary_file: Path) -> Path:
+    """A path a summary records (relative to the project it ran in): as it is, or under the project that holds
+    `summary_file` (results/{dataset}/{name}/summary.json) when predict runs from another folder."""
+    path = Path(recorded)
+    if path.is_absolute() or path.exists():
+        return path
+    return summary_file.resolve().parents[3] / path
+
+
+def _averaged(frames: list[pd.DataFrame], names: list[str]) -> pd.DataFrame:
+    """One model's predictions as they are; several models' with their class probabilities averaged (the
+    selection's ensembles are made the same way: ercpipe.train.ensemble)."""
+    if len(frames) == 1:
+        return frames[0]
+    from ercpipe.train.ensemble import mean_probabilities
+
+    classes = [c[len("prob_"):] for c in frames[0].columns if c.startswith("prob_")]
+    logger.info("mean class probabilities of %d models: %s", len(frames), ", ".join(names))
+    return mean_probabilities(dict(zip(names, frames)), classes)
+
+
 def predict_features(checkpoint: str | Path, manifest_path: str | Path, feature_paths: dict[str, str | Path],
                      out_path: str | Path | None = None, splits: Sequence[str] | None = None,
-                     device: str = "auto", batch_size: int = 32) -> pd.DataFrame:
-    """Predictions for the utterances of `manifest_path` (optionally only `splits`) from feature files."""
+                     device: str = "auto", batch_size: int = 32, seed: int | None = None) -> pd.DataFrame:
+    """Predictions for the utterances of `manifest_path` (optionally only `splits`) from feature files, by the
+    model(s) `checkpoint` names (checkpoint_files; several: their mean class probabilities)."""
+    files = checkpoint_files(checkpoint, seed)
+    frame = _averaged([_predict_features_one(f, manifest_path, feature_paths, splits, device, batch_size)
+                       for f in files], [str(f) for f in files])
+    if out_path is not None:
+        write_predictions(frame, out_path)
+    return frame
+
+
+def _predict_features_one(checkpoint: Path, manifest_path: str | Path, feature_paths: dict[str, str | Path],
+                          splits: Sequence[str] | None, device: str, batch_size: int) -> pd.DataFrame:
     from ercpipe.model.checkpoint import feature_expectations
     from ercpipe.model.inference import predict
     from ercpipe.train.data import load_dialogues
@@ -106,8 +178,6 @@ def predict_features(checkpoint: str | Path, manifest_path: str | Path, feature_
     absent = {u: ";".join(m for m in modalities if not bool(d.present[m][i]))
               for d in dialogues for i, u in enumerate(d.utterance_ids)}
     frame["absent"] = frame["utterance_id"].map(absent)
-    if out_path is not None:
-        write_predictions(frame, out_path)
     return frame
 
 
@@ -330,20 +400,38 @@ def extract_conversation_features(manifest_path: Path, sources: dict[str, dict],
 
 
 def predict_conversation(checkpoint: str | Path, conversation: str | Path, out_path: str | Path | None = None,
-                         work_dir: str | Path | None = None, threads: int = 1, device: str = "auto") -> pd.DataFrame:
-    """Per-utterance emotions of a new conversation (media + transcript); see the module docstring."""
-    model, classes, _ = _load(checkpoint, device)
+                         work_dir: str | Path | None = None, threads: int = 1, device: str = "auto",
+                         seed: int | None = None) -> pd.DataFrame:
+    """Per-utterance emotions of a new conversation (media + transcript); see the module docstring. Several
+    models (checkpoint_files) each get the features their training used (extracted once per kind) and their
+    class probabilities are averaged."""
+    files = checkpoint_files(checkpoint, seed)
+    extracted: dict[str, tuple[Path, dict]] = {}
     with tempfile.TemporaryDirectory(prefix="ercpipe-infer-") as tmp:
         work = Path(work_dir) if work_dir else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        visual = (model.feature_sources.get("visual") or {}).get("settings") or {}
-        manifest_path = conversation_manifest(conversation, classes, work, model.spec.modalities,
-                                              model.spec.n_speakers, model.speaker_slots,
-                                              face_selection=visual.get("face_selection")
-                                              if "visual" in model.spec.modalities else None)
-        feature_paths = extract_conversation_features(manifest_path, model.feature_sources, model.spec.modalities,
-                                                      work / "features", threads=threads, device=device)
-        frame = predict_features(checkpoint, manifest_path, feature_paths, device=device)
+        frames = []
+        for file in files:
+            model, classes, _ = _load(file, device)
+            # Models trained on the same features (seeds of one experiment) share one extraction.
+            kind = json.dumps([model.feature_sources, list(model.spec.modalities), model.spec.n_speakers,
+                               model.speaker_slots, list(classes)], sort_keys=True, default=str)
+            if kind not in extracted:
+                # The first kind keeps the folder layout a single model has always used (--work-dir).
+                folder = work if not extracted else work / f"models{len(extracted) + 1}"
+                folder.mkdir(parents=True, exist_ok=True)
+                visual = (model.feature_sources.get("visual") or {}).get("settings") or {}
+                manifest_path = conversation_manifest(conversation, classes, folder, model.spec.modalities,
+                                                      model.spec.n_speakers, model.speaker_slots,
+                                                      face_selection=visual.get("face_selection")
+                                                      if "visual" in model.spec.modalities else None)
+                extracted[kind] = manifest_path, extract_conversation_features(
+                    manifest_path, model.feature_sources, model.spec.modalities, folder / "features", threads=threads,
+                    device=device)
+            del model
+            manifest_path, feature_paths = extracted[kind]
+            frames.append(_predict_features_one(file, manifest_path, feature_paths, None, device, 32))
+        frame = _averaged(frames, [str(f) for f in files])
     if out_path is not None:
         write_predictions(frame, out_path)
     return frame
@@ -367,5 +455,5 @@ def format_predictions(frame: pd.DataFrame) -> str:
     return table.to_string(index=False)
 
 
-__all__ = ["InferenceError", "format_predictions", "predict_conversation", "predict_features",
-           "read_conversation", "write_predictions"]
+__all__ = ["InferenceError", "checkpoint_files", "format_predictions", "predict_conversation",
+           "predict_features", "read_conversation", "write_predictions"]

@@ -1,6 +1,7 @@
 """Inference: a trained checkpoint on the pipeline's feature files and on a new raw conversation."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -60,6 +61,83 @@ def test_predictions_on_feature_files_match_the_training_run(trained):
                                                    r"this dataset's classes"):
         infer.predict_features(trained["checkpoint"], Path(str(trained["manifest"]).replace(DATASET, "iemocap_demo")),
                                other)
+
+
+def test_a_results_folder_predicts_with_its_runs_and_a_selected_ensemble_as_the_selection_did(trained, tmp_path):
+    """A published experiment or selection (results/{dataset}/{name}) had no model.pt of its own: the user had to
+    pick a seed's file, and a selection whose winner was an ensemble could not be used at all."""
+    from ercpipe.train.ensemble import ensemble_predictions
+
+    workdir = trained["workdir"]
+    manifest, features = (workdir / "features/iemocap_demo/manifest.tsv",
+                          {m: Path(str(p).replace(DATASET, "iemocap_demo")) for m, p in trained["features"].items()})
+    folder = workdir / "results/iemocap_demo/iemocap_demo_sdt"
+    seeds = json.loads((folder / "summary.json").read_text())["seeds"]
+    assert infer.checkpoint_files(folder) == [folder / f"seed{s}/model.pt" for s in seeds]
+    assert infer.checkpoint_files(folder, seed=seeds[-1]) == [folder / f"seed{seeds[-1]}/model.pt"]
+    assert infer.checkpoint_files(folder / "seed0") == [folder / "seed0/model.pt"]
+    runs = [pd.read_csv(folder / f"seed{s}/predictions.tsv", sep="\t", keep_default_na=False) for s in seeds]
+    every = infer.predict_features(folder, manifest, features, splits=["test"])
+    tested = [run[run["split"] == "test"].set_index("utterance_id").loc[every["utterance_id"]] for run in runs]
+    np.testing.assert_allclose(_probabilities(every), np.mean([_probabilities(t) for t in tested], axis=0), atol=1e-5)
+    # A selection whose winner is an ensemble of the two iemocap experiments (as select_experiment writes it).
+    members = {name: json.loads((workdir / f"results/iemocap_demo/{name}/summary.json").read_text())
+               for name in ("iemocap_demo_sdt_vega", "iemocap_demo_sdt")}
+    members = {name: {**m, "runs": [str(workdir / run) for run in m["runs"]]} for name, m in members.items()}
+    selection = tmp_path / "results/iemocap_demo/picked"  # another project: the run paths are the workdir's
+    selection.mkdir(parents=True)
+    (selection / "summary.json").write_text(json.dumps({"seeds": seeds, "runs": ["ensemble of ..."] * len(seeds),
+        "selection": {"chosen": "ensemble_top2", "ensembles": {"ensemble_top2": {
+            "members": list(members), "summaries": [str(workdir / f"results/iemocap_demo/{m}/summary.json")
+                                                    for m in members]}}}}))
+    assert infer.checkpoint_files(selection, seed=0) == [
+        workdir / f"results/iemocap_demo/{m}/seed0/model.pt" for m in members]
+    frame = infer.predict_features(selection, manifest, features, splits=["valid", "test"], seed=0)
+    published = ensemble_predictions(members, 0).set_index("utterance_id").loc[frame["utterance_id"]]
+    assert frame["prediction"].tolist() == published["prediction"].tolist()
+    np.testing.assert_allclose(_probabilities(frame), _probabilities(published), atol=1e-5)
+    with pytest.raises(infer.InferenceError, match=r"picked/summary.json: iemocap_demo_sdt_vega ran seeds "
+                                                   r"\[[0-9, ]+\], not 7"):
+        infer.checkpoint_files(selection, seed=7)
+    with pytest.raises(infer.InferenceError, match=r"is one run; a seed is chosen among the runs"):
+        infer.checkpoint_files(folder / "seed0/model.pt", seed=0)
+    with pytest.raises(infer.InferenceError, match=r"neither a model.pt nor a folder holding one or a summary.json"):
+        infer.checkpoint_files(workdir / "results/iemocap_demo")
+
+
+def test_an_ensemble_of_models_on_other_features_predicts_a_conversation_with_each_ones_features(trained, tmp_path):
+    """Members of a selection's ensemble may read other text settings (plain / speaker context, other fine-tuned
+    encoders): each kind is extracted once, and the mean of the members' probabilities is the prediction."""
+    payload = torch.load(trained["checkpoint"], weights_only=True)
+    text = payload["features"]["text"]
+    short = {**text, "settings": {**text["settings"], "max_length": 8}}
+    short["setting_hash"] = feature_io.settings_hash(short["settings"])
+    summaries = []
+    for name, features in (("full", payload["features"]), ("short", {**payload["features"], "text": short})):
+        (tmp_path / f"results/meld_demo/{name}/seed0").mkdir(parents=True)
+        torch.save({**payload, "features": features}, tmp_path / f"results/meld_demo/{name}/seed0/model.pt")
+        summaries.append(tmp_path / f"results/meld_demo/{name}/summary.json")
+        run = str(tmp_path / f"results/meld_demo/{name}/seed0")
+        summaries[-1].write_text(json.dumps({"seeds": [0], "runs": [run]}))
+    selection = tmp_path / "results/meld_demo/picked"
+    selection.mkdir()
+    (selection / "summary.json").write_text(json.dumps({"seeds": [0], "runs": ["ensemble"], "selection": {
+        "chosen": "ensemble_top2", "ensembles": {"ensemble_top2": {"members": ["full", "short"],
+                                                                    "summaries": [str(s) for s in summaries]}}}}))
+    rows = manifest_io.read(trained["manifest"])
+    rows = rows[rows["split"] == "test"]
+    path = tmp_path / "talk.csv"
+    pd.DataFrame({"dialogue_id": rows["dialogue_id"], "utterance_id": rows["utterance_id"], "speaker": rows["speaker"],
+                  "text": rows["text"]}).to_csv(path, index=False)
+    alone = [infer.predict_conversation(tmp_path / f"results/meld_demo/{name}", path) for name in ("full", "short")]
+    assert not np.allclose(_probabilities(alone[0]), _probabilities(alone[1]), atol=1e-6)  # other text features
+    frame = infer.predict_conversation(selection, path, work_dir=tmp_path / "work")
+    np.testing.assert_allclose(_probabilities(frame), (_probabilities(alone[0]) + _probabilities(alone[1])) / 2,
+                               atol=1e-6)
+    assert frame["prediction"].tolist() == [c[len("prob_"):] for c in
+                                            frame.filter(like="prob_").idxmax(axis=1)]
+    # One extraction per kind of features: the first where a single model keeps them, the second beside it.
+    assert (tmp_path / "work/features").is_dir() and (tmp_path / "work/models2/features").is_dir()
 
 
 def test_a_new_raw_conversation_gets_the_same_predictions_as_the_pipeline(trained, tmp_path, caplog):

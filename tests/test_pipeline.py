@@ -98,6 +98,33 @@ def test_changing_a_training_hyperparameter_reruns_no_extraction(pipeline_run, t
     assert jobs == {"train_model": 2, "aggregate_experiment": 1, "benchmark_summary": 1, "all": 1}
 
 
+def test_corpus_defaults_written_out_and_model_modalities_in_another_order_rerun_nothing(pipeline_run, tmp_path):
+    """The synthetic corpus's params held its settings as written: a default written out regenerated the corpus and
+    re-ran everything of that dataset (27 jobs). model.modalities in another order re-trained (the layers were
+    built in the written order, so the initial weights differed)."""
+    from ercpipe.synthetic import resolve_settings
+
+    def change(config):
+        for fmt in ("iemocap", "meld"):
+            config.setdefault("synthetic", {})[fmt] = resolve_settings(fmt, config.get("synthetic", {}).get(fmt))
+        model = config["experiments"]["iemocap_demo_sdt"].setdefault("model", {})
+        model["modalities"] = ["visual", "audio", "text"]
+
+    assert _changed(pipeline_run, tmp_path, change) == {}
+
+
+def test_a_class_list_on_a_generated_corpus_rebuilds_every_modality_copy(pipeline_run, tmp_path):
+    """The copies of a generated corpus's shard rows (one per modality) kept the old rows after a reader setting
+    changed: the merge failed ("shards hold 51 rows for 42 manifest utterances"), or left stale notes."""
+    def change(config):
+        config["datasets"]["iemocap_demo"].update(classes=["hap", "sad", "neu", "ang"], relabel={"exc": "hap"})
+
+    jobs = _changed(pipeline_run, tmp_path, change)
+    assert jobs["modality_manifest_shard"] == 6  # text, audio, visual x 2 shards, of iemocap_demo only
+    assert jobs["text_features_shard"] == jobs["audio_features_shard"] == jobs["visual_features_shard"] == 2
+    assert jobs["build_manifest"] == 1 and "synthetic_corpus" not in jobs
+
+
 def test_the_anchor_settings_written_another_way_rerun_nothing_and_a_batch_size_encodes(pipeline_run, tmp_path):
     """encode_anchors' params held the clip block as written: its defaults written out, `ViT-B/32` for ViT-B-32 or
     a batch size re-encoded the anchors and retrained every VEGA experiment; `batch_size`, which the schema

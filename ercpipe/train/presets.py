@@ -211,6 +211,11 @@ def resolve_experiment(experiment_cfg: dict) -> dict:
         elif not set(chosen) <= set(features):
             raise ValueError(f"experiment key model.modalities: {sorted(set(chosen) - set(features))} have no "
                              f"feature setting under features: (it has {sorted(features)})")
+    chosen = resolved["model"].get("modalities")
+    if isinstance(chosen, list) and set(chosen) <= set(MODALITIES):
+        # One order, MODALITIES': the model builds its layers in this order, so [visual, text] written for
+        # [text, visual] drew other initial weights and re-trained (dataset modalities are ordered the same way).
+        resolved["model"]["modalities"] = [m for m in MODALITIES if m in chosen]
     if (resolved["loss"]["class_weights"] == "auto" and resolved["train"]["paper_compat"]
             and resolved["model"]["head_type"] == "sdt"):
         # The hard-coded vectors are the VEGA code's; the SDT code weighs by its own training split (spec 4.2),

@@ -122,7 +122,10 @@ def select_experiment(summary_paths: Mapping[str, str | Path], out_dir: str | Pa
     selection = {"metric": metric, "chosen": chosen, "candidates": list(summaries),
                  "ranking": [{k: r[k] for k in ("experiment", "mean", "std", "n")} for r in ranking],
                  "chosen_summary": str(Path(summary_paths[chosen])) if chosen in summary_paths else None,
-                 "ensembles": {name: e["ensemble"] for name, e in ensembles.items()},
+                 # with the members' summaries, where `ercpipe predict` finds their runs' model.pt files
+                 "ensembles": {name: {**e["ensemble"], "summaries": [str(summary_paths[m]) for m in
+                                                                     e["ensemble"]["members"]]}
+                               for name, e in ensembles.items()},
                  "skipped": list(skipped or [])}
     _write_predictions(out_dir / "predictions", summaries, chosen, ensembles, predictions)
     write_json(out_dir / "summary.json", {**summaries[chosen], "selection": selection})

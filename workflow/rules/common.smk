@@ -312,8 +312,8 @@ if not (workflow.remote_exec or workflow.subprocess_exec):
                        "features/{dataset}/manifest.tsv or features/{dataset}/{modality}/{setting}.h5.")
     elif unused_datasets():
         for name in unused_datasets():
-            logger.warning(f"datasets.{name}: no experiment, selection, export or anchor mining uses it, so `snakemake` "
-                           f"(rule all) makes nothing of it; add an experiment, or name its files as targets, e.g. "
+            logger.warning(f"datasets.{name}: no experiment, selection, export or anchor mining uses it, so "
+                           f"`snakemake` (rule all) makes nothing of it; add an experiment, or name its files as targets, e.g. "
                            f"features/{name}/manifest.tsv or features/{name}/{{modality}}/{{setting}}.h5")
 
 
@@ -365,10 +365,12 @@ def shard_resource(kind, key):
 
 def modality_digest(wildcards):
     """The digest of what one modality's extraction reads of a shard (rows, flags, media;
-    ercpipe.datasets.MODALITY_VIEWS): the `rows` param of rule modality_manifest_shard; empty for a
-    generated corpus."""
+    ercpipe.datasets.MODALITY_VIEWS): the `rows` param of rule modality_manifest_shard; for a generated corpus,
+    the reader settings (a changed class list or relabelling left the copies of the old rows in place)."""
     fingerprint = readable_fingerprint(wildcards.dataset)
-    return "" if fingerprint is None else fingerprint.modality_shards[wildcards.modality][int(wildcards.shard)]
+    if fingerprint is None:  # a generated corpus is not there to be read: its reader settings stand for its rows
+        return reader_config(wildcards.dataset, without=NOT_SHARD_KEYS)
+    return fingerprint.modality_shards[wildcards.modality][int(wildcards.shard)]
 
 
 def raw_digest(part):
@@ -395,10 +397,10 @@ def dataset_class_list(dataset):
 
 
 def finetune_rows_digest(wildcards):
-    """The digest of what fine-tuning reads of a raw dataset (the `rows` param of rule finetune_manifest); empty
-    for a generated corpus, whose job follows the corpus folder."""
+    """The digest of what fine-tuning reads of a raw dataset (the `rows` param of rule finetune_manifest); for a
+    generated corpus, whose files are not there to be read, its reader settings."""
     fingerprint = readable_fingerprint(wildcards.dataset)
-    return "" if fingerprint is None else fingerprint.finetune
+    return reader_config(wildcards.dataset, without=FACE_KEYS) if fingerprint is None else fingerprint.finetune
 
 
 def text_encoder_input(wildcards):
@@ -406,6 +408,13 @@ def text_encoder_input(wildcards):
     if settings.get("finetune"):
         return {"encoder": f"features/{wildcards.dataset}/text_encoders/{wildcards.setting}"}
     return {}
+
+
+def synthetic_corpus_settings(fmt):
+    """A synthetic corpus's settings, defaults filled in (written out, they re-run nothing)."""
+    from ercpipe.synthetic import resolve_settings  # OpenCV: only for a config with a generated corpus
+
+    return canonical(resolve_settings(fmt, config.get("synthetic", {}).get(fmt)))
 
 
 def synthetic_anchor_settings(wildcards):

@@ -6,7 +6,7 @@ rule synthetic_corpus:
         root=directory("raw/synthetic/{dataset}"),
     params:
         fmt=lambda wc: DATASETS[wc.dataset]["format"],
-        settings=lambda wc: canonical(config.get("synthetic", {}).get(DATASETS[wc.dataset]["format"], {})),
+        settings=lambda wc: synthetic_corpus_settings(DATASETS[wc.dataset]["format"]),
     log:
         "logs/synthetic_corpus/{dataset}.log",
     resources:
