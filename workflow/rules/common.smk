@@ -313,8 +313,8 @@ if not (workflow.remote_exec or workflow.subprocess_exec):
     elif unused_datasets():
         for name in unused_datasets():
             logger.warning(f"datasets.{name}: no experiment, selection, export or anchor mining uses it, so "
-                           f"`snakemake` (rule all) makes nothing of it; add an experiment, or name its files as targets, e.g. "
-                           f"features/{name}/manifest.tsv or features/{name}/{{modality}}/{{setting}}.h5")
+                           f"`snakemake` (rule all) makes nothing of it; add an experiment, or name its files as "
+                           f"targets, e.g. features/{name}/manifest.tsv or features/{name}/{{modality}}/{{setting}}.h5")
 
 
 def raw_input(wildcards):
