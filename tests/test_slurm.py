@@ -124,3 +124,75 @@ def test_the_slurm_profile_without_sbatch_says_so_before_any_job(tmp_path):
     assert result.returncode != 0
     assert "submits every job with sbatch, which is not on this machine's PATH" in result.stdout + result.stderr
     assert not (tmp_path / "features").exists()  # no job ran
+
+
+STATUS = REPO / "profiles" / "generic" / "status.sh"
+
+
+def _status(job: str, path: str | None = None) -> str:
+    import os
+    import subprocess
+
+    env = {**os.environ, **({"PATH": path} if path else {})}
+    result = subprocess.run([str(STATUS), job], capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def test_the_generic_profiles_status_script_follows_real_slurm_jobs(tmp_path):
+    """profiles/generic named a status.sh that did not exist: without a status command, a job the scheduler killed
+    left Snakemake waiting for ever. Here the script follows real jobs through sbatch / squeue / scontrol."""
+    import subprocess
+    import time
+
+    reason = slurm_cluster.unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    config = yaml.safe_load((REPO / "profiles" / "generic" / "config.yaml").read_text())
+    assert config["cluster-generic-status-cmd"] == "profiles/generic/status.sh"
+    with slurm_cluster.local_slurm(tmp_path / "slurm-state", memory_mb=2000):
+        def submit(command: str) -> str:
+            return subprocess.run(["sbatch", "--parsable", "-o", "/dev/null", "--mem", "100", "--wrap", command],
+                                  capture_output=True, text=True, check=True, cwd=tmp_path).stdout.strip()
+
+        jobs = {"exit 3": submit("exit 3"), "true": submit("true"), "sleep 120": submit("sleep 120")}
+        deadline = time.time() + 120
+        while {_status(jobs["exit 3"]), _status(jobs["true"])} & {"running"} and time.time() < deadline:
+            time.sleep(1)
+        assert _status(jobs["exit 3"]) == "failed" and _status(jobs["true"]) == "success"
+        assert _status(jobs["true"] + ";cluster") == "success"  # what --parsable prints on a federation
+        assert _status(jobs["sleep 120"]) == "running"
+        subprocess.run(["scancel", jobs["sleep 120"]], check=True)
+        while _status(jobs["sleep 120"]) == "running" and time.time() < deadline:
+            time.sleep(1)
+        assert _status(jobs["sleep 120"]) == "failed"  # as a job killed for its limits
+        assert _status("999999") == "failed"  # no such job: never "running", which would wait for ever
+
+
+@pytest.mark.parametrize("tools, cases", [
+    # LSF: bjobs -noheader -o stat; bsub prints "Job <N> is submitted ...".
+    ({"bjobs": 'case "$4" in 11) echo DONE;; 12) echo EXIT;; 13) echo RUN;; *) exit 255;; esac'},
+     {"Job <11> is submitted to queue <normal>.": "success", "12": "failed", "13": "running", "14": "failed"}),
+    # SGE: qstat -j knows queued and running jobs; qacct the finished ones.
+    ({"qstat": '[ "$2" = 21 ]', "qacct": 'case "$2" in 22) printf "failed       0\\nexit_status  0\\n";; '
+                                         '23) printf "failed       0\\nexit_status  1\\n";; *) exit 1;; esac'},
+     {"21": "running", "22": "success", "23": "failed", "24": "failed"}),
+    # PBS Pro: a finished job only with -x (state F, Exit_status); Torque: state C, exit_status.
+    ({"qstat": 'case "$*" in "-f 31.pbs") printf "Job Id: 31.pbs\\n    job_state = R\\n";; '
+               '"-f -x 32.pbs") printf "Job Id: 32.pbs\\n    job_state = F\\n    Exit_status = 0\\n";; '
+               '"-f 33.torque") printf "Job Id: 33.torque\\n    job_state = C\\n    exit_status = 271\\n";; '
+               '*) exit 153;; esac'},
+     {"31.pbs": "running", "32.pbs": "success", "33.torque": "failed", "34.pbs": "failed"}),
+])
+def test_the_generic_profiles_status_script_reads_other_schedulers(tmp_path, tools, cases):
+    """Stand-ins print what LSF, SGE and PBS print (their documented formats; none of them runs here)."""
+    import shutil
+
+    bin_dir = tmp_path / "bin"  # the shell tools the script uses, the stand-ins, and no SLURM
+    bin_dir.mkdir()
+    for tool in ("bash", "awk", "grep", "cut", "head", "cat"):
+        (bin_dir / tool).symlink_to(shutil.which(tool))
+    for name, body in tools.items():
+        (bin_dir / name).write_text(f"#!{shutil.which('bash')}\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    assert {job: _status(job, str(bin_dir)) for job in cases} == cases

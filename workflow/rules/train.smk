@@ -29,7 +29,9 @@ rule train_model:
     threads: 2
     resources:
         mem_mb=per_attempt(8000),
-        runtime=per_attempt(600),
+        # Not per attempt: a timed-out training resumes from its saved state, so a retry needs no more time, and
+        # twice a long limit (24 h) is past many partitions' MaxTime: sbatch refused the retry.
+        runtime=600,
         gpu=GPU,
     conda:
         "../../envs/train.yaml"
