@@ -692,7 +692,8 @@ def _check(config: dict, workdir: Path) -> None:
                                   f"anchor set {anchor_choices(mine=False)} instead")
             if is_pickle_dataset(datasets[mine["dataset"]]):
                 raise ConfigError(f"{where}.mine.dataset: {mine['dataset']} is a feature pickle, which has no video "
-                                  "to take face images from; mine from a raw dataset or use official: / images:")
+                                  f"to take face images from; mine from a raw dataset, or give the anchor set "
+                                  f"{anchor_choices(mine=False)}")
             if mine["visual"] not in config.get("features", {}).get("visual", {}):
                 raise ConfigError(f"{where}.mine.visual: unknown visual feature setting {mine['visual']!r}")
             try:

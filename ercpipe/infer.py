@@ -105,12 +105,16 @@ def checkpoint_files(checkpoint: str | Path, seed: int | None = None) -> list[Pa
 
 
 def _project_path(recorded: str, summary_file: Path) -> Path:
-    """A path a summary records (relative to the project it ran in): as it is, or under the project that holds
-    `summary_file` (results/{dataset}/{name}/summary.json) when predict runs from another folder."""
+    """A path a summary records, relative to the project it ran in: under the project that holds `summary_file`
+    (results/{dataset}/{name}/summary.json), whatever folder predict runs from (another project's results/ there
+    must not be taken); as recorded when the summary is not in such a place (a copied summary)."""
     path = Path(recorded)
-    if path.is_absolute() or path.exists():
+    if path.is_absolute():
         return path
-    return summary_file.resolve().parents[3] / path
+    parents = summary_file.resolve().parents
+    if len(parents) > 3 and parents[2].name == "results" and (parents[3] / path).exists():
+        return parents[3] / path
+    return path
 
 
 def _averaged(frames: list[pd.DataFrame], names: list[str]) -> pd.DataFrame:

@@ -63,7 +63,8 @@ def test_predictions_on_feature_files_match_the_training_run(trained):
                                other)
 
 
-def test_a_results_folder_predicts_with_its_runs_and_a_selected_ensemble_as_the_selection_did(trained, tmp_path):
+def test_a_results_folder_predicts_with_its_runs_and_a_selected_ensemble_as_the_selection_did(trained, tmp_path,
+                                                                                           monkeypatch):
     """A published experiment or selection (results/{dataset}/{name}) had no model.pt of its own: the user had to
     pick a seed's file, and a selection whose winner was an ensemble could not be used at all."""
     from ercpipe.train.ensemble import ensemble_predictions
@@ -76,6 +77,13 @@ def test_a_results_folder_predicts_with_its_runs_and_a_selected_ensemble_as_the_
     assert infer.checkpoint_files(folder) == [folder / f"seed{s}/model.pt" for s in seeds]
     assert infer.checkpoint_files(folder, seed=seeds[-1]) == [folder / f"seed{seeds[-1]}/model.pt"]
     assert infer.checkpoint_files(folder / "seed0") == [folder / "seed0/model.pt"]
+    # From another project's folder, whose results/ has a run of the same name: still the summary's own project.
+    other = tmp_path / "other_project"
+    (other / "results/iemocap_demo/iemocap_demo_sdt/seed0").mkdir(parents=True)
+    (other / "results/iemocap_demo/iemocap_demo_sdt/seed0/model.pt").write_bytes(b"another model")
+    monkeypatch.chdir(other)
+    assert infer.checkpoint_files(folder, seed=0) == [folder / "seed0/model.pt"]
+    monkeypatch.chdir(workdir)
     runs = [pd.read_csv(folder / f"seed{s}/predictions.tsv", sep="\t", keep_default_na=False) for s in seeds]
     every = infer.predict_features(folder, manifest, features, splits=["test"])
     tested = [run[run["split"] == "test"].set_index("utterance_id").loc[every["utterance_id"]] for run in runs]

@@ -452,6 +452,10 @@ def test_an_empty_speaker_cell_is_flagged_with_its_line(tmp_path):
     df, issues, summary = build(path, tmp_path / "out", modalities=["text"])
     frame = df.set_index("utterance_id")
     assert frame["flags"].to_dict() == {"u0": "empty_speaker", "u1": "", "u2": "empty_speaker", "u3": ""}
+    # A last speaker column left out of a row whose speaker is unknown reads as empty, as before: not a short row.
+    last = write(tmp_path / "last.csv", ["c1,u0,train,calm,Hi,Ann", "c1,u1,train,angry,No"],
+                 "dialogue_id,utterance_id,split,label,text,speaker")
+    assert build(last, tmp_path / "last", modalities=["text"])[0]["flags"].tolist() == ["", "empty_speaker"]
     assert frame["speaker_slot"].tolist() == [0, 1, 0, 0]  # kept: the unnamed rows share a slot, as said
     rows = issues[issues["reason"] == "empty_speaker"].set_index("utterance_id")
     assert rows.loc["u2", "detail"] == (f"{path}, line 4: the speaker cell is empty; the rows of dialogue c1 without "

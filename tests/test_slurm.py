@@ -161,6 +161,7 @@ def test_the_generic_profiles_status_script_follows_real_slurm_jobs(tmp_path):
             time.sleep(1)
         assert _status(jobs["exit 3"]) == "failed" and _status(jobs["true"]) == "success"
         assert _status(jobs["true"] + ";cluster") == "success"  # what --parsable prints on a federation
+        assert _status(f"Submitted batch job {jobs['true']}") == "success"  # sbatch without --parsable
         assert _status(jobs["sleep 120"]) == "running"
         subprocess.run(["scancel", jobs["sleep 120"]], check=True)
         while _status(jobs["sleep 120"]) == "running" and time.time() < deadline:
@@ -176,7 +177,7 @@ def test_the_generic_profiles_status_script_follows_real_slurm_jobs(tmp_path):
     # SGE: qstat -j knows queued and running jobs; qacct the finished ones.
     ({"qstat": '[ "$2" = 21 ]', "qacct": 'case "$2" in 22) printf "failed       0\\nexit_status  0\\n";; '
                                          '23) printf "failed       0\\nexit_status  1\\n";; *) exit 1;; esac'},
-     {"21": "running", "22": "success", "23": "failed", "24": "failed"}),
+     {"21": "running", 'Your job 22 ("smk.x") has been submitted': "success", "23": "failed", "24": "failed"}),
     # PBS Pro: a finished job only with -x (state F, Exit_status); Torque: state C, exit_status.
     ({"qstat": 'case "$*" in "-f 31.pbs") printf "Job Id: 31.pbs\\n    job_state = R\\n";; '
                '"-f -x 32.pbs") printf "Job Id: 32.pbs\\n    job_state = F\\n    Exit_status = 0\\n";; '

@@ -320,6 +320,17 @@ def test_shards_computed_on_different_devices_are_said_and_recorded(tmp_path, ca
     with caplog.at_level("WARNING", logger="ercpipe.io.features"):
         feature_io.merge(parts[::2], tmp_path / "same.h5", ["a", "b", "d"])
     assert feature_io.read(tmp_path / "same.h5").attrs["computed_on"] == gpu and not caplog.text
+    # Another GPU of the same model computes alike: recorded, not warned about; a shard written before files
+    # recorded their device keeps the merged file from claiming one.
+    other_gpu = gpu.replace("cuda:0", "cuda:1")
+    feature_io.write(parts[2], feature_io.FeatureSet(["d"], np.ones((1, 3)), np.ones(1, bool),
+                                                     {"modality": "text", "settings": {}, "computed_on": other_gpu}))
+    feature_io.write(parts[1], feature_io.FeatureSet(["c"], np.ones((1, 3)), np.ones(1, bool),
+                                                     {"modality": "text", "settings": {}}))
+    with caplog.at_level("WARNING", logger="ercpipe.io.features"):
+        feature_io.merge(parts, tmp_path / "gpus.h5", ["a", "b", "c", "d"])
+    assert feature_io.read(tmp_path / "gpus.h5").attrs["computed_on"] == f"{gpu}; {other_gpu}; not recorded"
+    assert not caplog.text
 
 
 def test_settings_are_validated_and_load_errors_say_what_to_do(tiny_model):

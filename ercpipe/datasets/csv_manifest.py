@@ -244,12 +244,16 @@ def _looks_like_rows(field: str, width: int, delimiter: str) -> str | None:
     return None
 
 
+# Required columns whose cell may be empty (an unknown speaker: flagged empty_speaker): a short row may lack them.
+MAY_BE_EMPTY = ("speaker",)
+
+
 def _short_row_problem(header: list[str], count: int, required: tuple[str, ...], whole_rows: bool) -> str | None:
-    # A row with fewer fields than the header: the columns past its end are read as empty when none of them
-    # is required (a writer that leaves trailing empty cells out), else the row was cut short or lost a
-    # delimiter, and reading on would shift or blank a value that matters.
+    # A row with fewer fields than the header: the columns past its end are read as empty when each of them may
+    # be (a writer that leaves trailing empty cells out), else the row was cut short or lost a delimiter, and
+    # reading on would shift or blank a value that matters.
     absent = [name for name in header[count:] if name]
-    needed = absent if whole_rows else [name for name in absent if name in required]
+    needed = absent if whole_rows else [name for name in absent if name in required and name not in MAY_BE_EMPTY]
     if not needed:
         return None
     return (f"{count} field(s) but the header has {len(header)}: no value for {needed[:6]}; the row was cut short "

@@ -21,6 +21,7 @@ import functools
 import hashlib
 import json
 import logging
+import re
 import subprocess
 from collections import Counter
 from dataclasses import dataclass, field
@@ -433,6 +434,12 @@ def _merged_utterance_attrs(parts: Sequence[FeatureSet], manifest_ids: list[str]
     return out
 
 
+def same_kind(first: str, second: str) -> bool:
+    """Whether two device descriptions (ercpipe.device.device_description: feature files' `computed_on`, a run's
+    `devices`) name the same kind of device and precision: cuda:0 and cuda:1 of one model compute alike."""
+    return re.sub(r"^cuda:\d+ ", "cuda ", first) == re.sub(r"^cuda:\d+ ", "cuda ", second)
+
+
 def merge(shard_paths: Sequence[str | Path], out_path: str | Path, manifest_ids: Sequence[str]) -> FeatureSet:
     """Concatenate shard files and reorder them to manifest order; every id must appear exactly once."""
     parts = [read(p) for p in shard_paths]
@@ -452,11 +459,17 @@ def merge(shard_paths: Sequence[str | Path], out_path: str | Path, manifest_ids:
                                f"utterances (unexpected ids {extra})")
     attrs = dict(merged.attrs)
     attrs.update(_merged_utterance_attrs(parts, list(manifest_ids)))
-    devices = sorted({p.attrs["computed_on"] for p in non_empty if p.attrs.get("computed_on")})
-    if len(devices) > 1:  # e.g. a shard re-run on a CPU node: fp32 rows beside fp16-autocast ones
-        logger.warning("%s: its shards were computed on %s; the rows differ by that precision (re-run the shards on "
-                       "one kind of device for uniform features)", out_path, " and ".join(devices))
+    # Shards written before files recorded it say nothing: "not recorded" keeps the merged file from claiming one.
+    devices = sorted({p.attrs.get("computed_on") or "not recorded" for p in non_empty})
+    if len(devices) > 1:
         attrs["computed_on"] = "; ".join(devices)
+        known = [d for d in devices if d != "not recorded"]
+        if any(not same_kind(known[0], other) for other in known[1:]):
+            # e.g. a shard re-run on a CPU node: fp32 rows beside fp16-autocast ones
+            logger.warning("%s: its shards were computed on %s; the rows differ by that precision (re-run the shards "
+                           "on one kind of device for uniform features)", out_path, " and ".join(known))
+    elif devices == ["not recorded"]:
+        attrs.pop("computed_on", None)
     attrs["settings"] = attrs.get("settings", {})
     attrs.pop("created", None)
     attrs.pop("format_version", None)

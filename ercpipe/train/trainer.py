@@ -379,7 +379,7 @@ def run_training(manifest_path, feature_paths: dict, anchor_path, experiment: di
     # Each device the run has trained on, in order: a run resumed elsewhere (a GPU job re-run on a CPU node)
     # continues in another precision and summation order, which its metrics must not hide.
     here, before = device_label(device, train_cfg["amp"]), state.setdefault("devices", [])
-    if before and before[-1] != here:
+    if before and not feature_io.same_kind(before[-1], here):
         logger.warning("this run trained on %s until epoch %d and continues on %s: its weights differ from an "
                        "uninterrupted run on either (metrics.json lists both)", before[-1], state["epoch"], here)
     if not before or before[-1] != here:

@@ -10,14 +10,22 @@
 # the other branches read each scheduler's documented output (tests/test_slurm.py: stand-ins that print it).
 set -u
 submitted="${1:?usage: status.sh JOBID (what the submit command printed)}"
-if [[ $submitted =~ \<([0-9]+)\> ]]; then  # LSF's bsub: "Job <123> is submitted to queue <normal>."
+# sbatch --parsable: "123" or "123;cluster"; PBS qsub: "123.server"; else the first number in what was printed:
+# "Submitted batch job 123" (sbatch), "Your job 456 (...) has been submitted" (SGE qsub without -terse),
+# "Job <789> is submitted to queue <normal>." (LSF bsub).
+if [[ $submitted =~ ^([0-9][^;[:space:]]*) ]]; then
     id="${BASH_REMATCH[1]}"
-else  # sbatch --parsable: "123" or "123;cluster"; qsub: "123.server"
-    id="${submitted%%[;[:space:]]*}"
+elif [[ $submitted =~ (^|[^0-9])([0-9]+)([^0-9]|$) ]]; then
+    id="${BASH_REMATCH[2]}"
+else
+    echo "status.sh: no job id in '$submitted'" >&2
+    echo failed
+    exit 0
 fi
 
 if command -v sacct >/dev/null 2>&1 || command -v scontrol >/dev/null 2>&1; then
-    state=$(sacct -j "$id" -X -n -o State 2>/dev/null | awk 'NR == 1 {print $1}')
+    # Whole state names (sacct cuts a column at 10 characters: CONFIGURI+), first word ("CANCELLED by 0").
+    state=$(sacct -j "$id" -X -n --parsable2 -o State 2>/dev/null | awk 'NR == 1 {print $1}')
     if [ -z "$state" ]; then  # no accounting: scontrol knows a job until MinJobAge after its end
         state=$(scontrol show job "$id" 2>/dev/null | grep -o 'JobState=[A-Z_]*' | head -n 1 | cut -d= -f2)
     fi

@@ -307,9 +307,9 @@ if not (workflow.remote_exec or workflow.subprocess_exec):
     for problem in unreadable_datasets():
         logger.warning(problem)
     if not EXPERIMENTS and not EXPORTS:
-        logger.warning("The config has no experiments, selections or exports: `snakemake` (rule all) makes only what "
-                       "anchor mining needs. Add an experiment (README, \"Your data\"), or name files as targets, e.g. "
-                       "features/{dataset}/manifest.tsv or features/{dataset}/{modality}/{setting}.h5.")
+        logger.warning("The config has no experiments, selections or exports: `snakemake` (rule all) makes nothing "
+                       "but what anchor mining needs. Add an experiment (README, \"Your data\"), or name files as "
+                       "targets, e.g. features/{dataset}/manifest.tsv or features/{dataset}/{modality}/{setting}.h5.")
     elif unused_datasets():
         for name in unused_datasets():
             logger.warning(f"datasets.{name}: no experiment, selection, export or anchor mining uses it, so "
