@@ -143,12 +143,14 @@ def predict_features(checkpoint: str | Path, manifest_path: str | Path, feature_
 
 
 def _predict_features_one(checkpoint: Path, manifest_path: str | Path, feature_paths: dict[str, str | Path],
-                          splits: Sequence[str] | None, device: str, batch_size: int) -> pd.DataFrame:
+                          splits: Sequence[str] | None, device: str, batch_size: int,
+                          loaded: tuple | None = None) -> pd.DataFrame:
+    """One model's predictions; `loaded`: what _load gave for it already."""
     from ercpipe.model.checkpoint import feature_expectations
     from ercpipe.model.inference import predict
     from ercpipe.train.data import load_dialogues
 
-    model, classes, amp = _load(checkpoint, device)
+    model, classes, amp = loaded or _load(checkpoint, device)
     modalities = model.spec.modalities
     missing = [m for m in modalities if m not in feature_paths]
     unused = [m for m in feature_paths if m not in modalities]
@@ -416,7 +418,8 @@ def predict_conversation(checkpoint: str | Path, conversation: str | Path, out_p
         work.mkdir(parents=True, exist_ok=True)
         frames = []
         for file in files:
-            model, classes, _ = _load(file, device)
+            loaded = _load(file, device)
+            model, classes, _ = loaded
             # Models trained on the same features (seeds of one experiment) share one extraction.
             kind = json.dumps([model.feature_sources, list(model.spec.modalities), model.spec.n_speakers,
                                model.speaker_slots, list(classes)], sort_keys=True, default=str)
@@ -432,9 +435,9 @@ def predict_conversation(checkpoint: str | Path, conversation: str | Path, out_p
                 extracted[kind] = manifest_path, extract_conversation_features(
                     manifest_path, model.feature_sources, model.spec.modalities, folder / "features", threads=threads,
                     device=device)
-            del model
             manifest_path, feature_paths = extracted[kind]
-            frames.append(_predict_features_one(file, manifest_path, feature_paths, None, device, 32))
+            frames.append(_predict_features_one(file, manifest_path, feature_paths, None, device, 32, loaded))
+            del model, loaded  # one model in memory at a time
         frame = _averaged(frames, [str(f) for f in files])
     if out_path is not None:
         write_predictions(frame, out_path)
