@@ -519,7 +519,9 @@ def test_run_errors(dataset, tmp_path):
     no_valid = frame.assign(split=frame["split"].replace("valid", "train"))
     manifest_io.write(no_valid, tmp_path / "novalid" / "manifest.tsv")
     (tmp_path / "novalid" / "summary.json").write_text((dataset["root"] / "summary.json").read_text())
-    with pytest.raises(TrainingError, match=r"no 'valid' dialogues.*datasets.<name>.valid_split: \{fraction: 0.1, seed: 0\}.*paper_compat"):
+    # The dataset's own key, from the manifest (it said datasets.<name>.valid_split, for the user to fill in).
+    with pytest.raises(TrainingError, match=r"no 'valid' dialogues.*datasets\.synth\.valid_split: \{fraction: 0\.1, "
+                                            r"seed: 0\}.*paper_compat"):
         train(dataset, tmp_path / "b", manifest=tmp_path / "novalid" / "manifest.tsv")
     with pytest.raises(anchor_io.AnchorFileError, match="expects ViT-B-32"):
         train(dataset, tmp_path / "c", {**TINY, "model": {**TINY["model"], "clip_model": "ViT-B-32"}})
