@@ -310,7 +310,7 @@ if not (workflow.remote_exec or workflow.subprocess_exec):
         logger.warning("The config has no experiments, selections or exports: `snakemake` (rule all) makes nothing "
                        "but what anchor mining needs. Add an experiment (README, \"Your data\"), or name files as "
                        "targets, e.g. features/{dataset}/manifest.tsv or features/{dataset}/{modality}/{setting}.h5.")
-    elif unused_datasets():
+    else:
         for name in unused_datasets():
             logger.warning(f"datasets.{name}: no experiment, selection, export or anchor mining uses it, so "
                            f"`snakemake` (rule all) makes nothing of it; add an experiment, or name its files as "
