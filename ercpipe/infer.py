@@ -85,7 +85,9 @@ def checkpoint_files(checkpoint: str | Path, seed: int | None = None) -> list[Pa
     chosen = selection.get("chosen")
     if chosen in (selection.get("ensembles") or {}):
         entry = selection["ensembles"][chosen]
-        paths = entry.get("summaries") or [str(path.parent / name / "summary.json") for name in entry["members"]]
+        # (a selection written before it recorded them: its members are its siblings)
+        paths = entry.get("summaries") or [str((path.parent / name / "summary.json").resolve())
+                                           for name in entry["members"]]
         members = [(name, _project_path(member, summary_path)) for name, member in zip(entry["members"], paths)]
     else:
         members = [(chosen or path.name, summary_path)]

@@ -367,3 +367,20 @@ def test_the_pipeline_feature_files_match_their_config_settings(pipeline_run):
             assert expected.setting_hash is not None
             assert feature_io.mismatches(feature_io.read(path), expected) == [], path
             assert recorded[modality]["setting_hash"] == expected.setting_hash
+
+
+def test_a_selection_written_before_it_recorded_its_members_summaries_finds_its_siblings(tmp_path, monkeypatch):
+    """Its ensemble's members are the experiments beside it (results/{dataset}/{member}), from any folder."""
+    for name in ("a", "b"):
+        run = tmp_path / f"proj/results/ds/{name}/seed0"
+        run.mkdir(parents=True)
+        (run / "model.pt").write_bytes(b"a model")
+        (run.parent / "summary.json").write_text(json.dumps({"seeds": [0], "runs": [f"results/ds/{name}/seed0"]}))
+    selection = tmp_path / "proj/results/ds/picked"
+    selection.mkdir()
+    (selection / "summary.json").write_text(json.dumps({"seeds": [0], "runs": ["ensemble"], "selection": {
+        "chosen": "ensemble_top2", "ensembles": {"ensemble_top2": {"members": ["a", "b"]}}}}))
+    expected = [tmp_path / f"proj/results/ds/{name}/seed0/model.pt" for name in ("a", "b")]
+    for where, given in ((tmp_path, "proj/results/ds/picked"), (tmp_path / "proj", "results/ds/picked")):
+        monkeypatch.chdir(where)
+        assert infer.checkpoint_files(given) == expected
