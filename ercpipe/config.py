@@ -508,19 +508,15 @@ def path_problems(config: dict, workdir: Path = Path(".")) -> list[str]:
     features = config.get("features", {})
     for name, settings in features.get("text", {}).items():
         model = settings.get("model")
-        folder = None
         if isinstance(model, str) and text_model_is_path(model):
             where = f"features.text.{name}.model"
             fix = ("point it at a local model directory (saved with save_pretrained, holding config.json), "
                    "or give a Hugging Face name such as roberta-large or org/name (docs/features-text.md)")
             problem = _path_problem(where, model, "folder", workdir, fix)
-            folder = Path(model) if Path(model).is_absolute() else workdir / model
-            if problem is None and not (folder / "config.json").is_file():
+            if problem is None and _local_text_model(model, workdir) is None:
                 problem = f"{where}: folder {model} holds no config.json, so it is not a saved model; {fix}"
             problems.append(problem)
-            folder = None if problem else folder
-        elif model == PACKAGED_MINILM:
-            folder = text_model_dir(PACKAGED_MINILM)
+        folder = _local_text_model(model, workdir)
         if folder is not None:  # a hub name's limits are checked by the extraction job, which loads it
             problems += _text_model_problems(f"features.text.{name}", settings, folder)
     for name, settings in features.get("visual", {}).items():
