@@ -72,7 +72,7 @@ from process_stats import markdown_table, peak_rss_mb  # noqa: E402
 
 from ercpipe.model import ModelSpec, SDTVegaLoss, build_model, count_parameters  # noqa: E402
 from ercpipe.model.batch import Dialogue, collate  # noqa: E402
-from ercpipe.model.inference import autocast_context, eval_batches, run_eval  # noqa: E402
+from ercpipe.model.inference import autocast_context, effective_amp, eval_batches, run_eval  # noqa: E402
 from ercpipe.testing.reference_sdt_vega import reference_forward  # noqa: E402
 from ercpipe.train.data import batches, mask_feature_dims  # noqa: E402
 from ercpipe.train.presets import preset  # noqa: E402
@@ -639,6 +639,9 @@ def main() -> None:
     print(f"SDT-VEGA official configuration on IEMOCAP-shaped random data; device {device} ({cpu}), torch "
           f"{torch.__version__}, {os.cpu_count()} CPUs, threads {args.threads or torch.get_num_threads()}; "
           f"load average {os.getloadavg()[0]:.2f}", flush=True)
+    if device == "cpu" and args.amp_mode == "bf16" and effective_amp(torch.device("cpu"), "bf16") == "off":
+        print("this CPU has no bf16 kernels (no AVX-512): train.amp bf16 trains in fp32 here, so the bf16 rows "
+              "below are fp32 runs (docs/training.md, 'Mixed precision')", flush=True)
     out: dict = {}
     if args.profile:
         result = run_worker("profile", args, device)

@@ -949,8 +949,13 @@ def test_fp16_on_cuda_learns_and_resumes_after_sigkill(dataset, tmp_path, caplog
     assert_same_run(out, train(dataset, out, experiment), tmp_path / "uninterrupted", reference)
 
 
-def test_bf16_on_the_cpu_trains_and_learns(dataset, tmp_path, caplog):
-    """train.amp = bf16 is bf16 autocast on the CPU too (fp16 stays fp32 there); a seed gives the same run."""
+def test_bf16_on_the_cpu_trains_and_learns(dataset, tmp_path, caplog, monkeypatch):
+    """train.amp = bf16 is bf16 autocast on a CPU with bf16 kernels (fp16 stays fp32 there); a seed gives the
+    same run. The probe is told yes, so that the autocast path runs on any CPU (slowly without the kernels: the
+    next test is what such a CPU does)."""
+    from ercpipe.model import inference
+
+    monkeypatch.setattr(inference, "cpu_has_bf16_kernels", lambda: True)
     experiment = {**TINY, "train": {**TINY["train"], "amp": "bf16"}}
     with caplog.at_level(logging.INFO, logger="ercpipe.train.trainer"):
         metrics = train(dataset, tmp_path / "a", experiment)
@@ -958,6 +963,21 @@ def test_bf16_on_the_cpu_trains_and_learns(dataset, tmp_path, caplog):
     assert metrics["test"]["accuracy"] > 60
     again = train(dataset, tmp_path / "b", experiment)
     assert again["test"] == metrics["test"]
+
+
+@pytest.mark.skipif(TEST_DEVICE != "cpu", reason="the CPU's bf16 kernels")
+def test_bf16_on_a_cpu_without_bf16_kernels_trains_in_fp32_and_says_so(dataset, tmp_path, caplog, monkeypatch):
+    """Without bf16 kernels (AVX2-only CPUs) torch's bf16 products run ~20x slower than fp32: the run trains in
+    fp32, exactly as train.amp: off would, with a warning and the fact in metrics.json."""
+    from ercpipe.model import inference
+
+    monkeypatch.setattr(inference, "cpu_has_bf16_kernels", lambda: False)
+    with caplog.at_level(logging.INFO, logger="ercpipe.train.trainer"):
+        metrics = train(dataset, tmp_path / "bf16", {**TINY, "train": {**TINY["train"], "amp": "bf16"}})
+    assert "this CPU has no bf16 kernels" in caplog.text and "trains in fp32" in caplog.text
+    assert metrics["devices"] == ["cpu, bf16 requested, fp32 on this CPU (no bf16 kernels)"]
+    fp32 = train(dataset, tmp_path / "fp32", {**TINY, "train": {**TINY["train"], "amp": "off"}})
+    assert metrics["test"] == fp32["test"] and metrics["valid"] == fp32["valid"]
 
 
 def test_a_new_selection_overwrites_the_previous_weights_in_place():

@@ -37,7 +37,8 @@ from ercpipe.model.anchors import subsample_anchor_images
 from ercpipe.model.batch import standardize
 from ercpipe.model.checkpoint import (CHECKPOINT_FORMAT, CheckpointError, checkpoint_payload, load_checkpoint_file,
                                       model_from_payload, save_torch)
-from ercpipe.model.inference import EvalResult, autocast_context, eval_batches, predictions_frame, run_eval
+from ercpipe.model.inference import (EvalResult, autocast_context, effective_amp, eval_batches,
+                                     predictions_frame, run_eval)
 from ercpipe.labels import official_class_list
 from ercpipe.model.losses import SDTVegaLoss, inverse_frequency_weights, paper_class_weights
 from ercpipe.model.sdt import ModelSpec, SDTVega, build_model, count_parameters
@@ -171,10 +172,14 @@ def limit_allocator_caches() -> None:
 
 
 def amp_description(device: torch.device, amp: str) -> str:
-    """What train.amp does on this device (ercpipe.model.inference.autocast_context)."""
-    if amp == "off" or (device.type == "cpu" and amp == "fp16"):
-        return "off (fp32)" if amp == "off" else "fp16 requested, fp32 on the CPU"
-    return f"{amp} autocast"
+    """What train.amp does on this device (ercpipe.model.inference.effective_amp)."""
+    if amp == "off":
+        return "off (fp32)"
+    if effective_amp(device, amp) != "off":
+        return f"{amp} autocast"
+    if amp == "fp16":
+        return "fp16 requested, fp32 on the CPU"
+    return "bf16 requested, fp32 on this CPU (no bf16 kernels)"
 
 
 def device_label(device: torch.device, amp: str) -> str:
@@ -367,6 +372,10 @@ def run_training(manifest_path, feature_paths: dict, anchor_path, experiment: di
                 "device %s, amp %s, %d CPU thread(s)", f"{count_parameters(model):,}", f"{count_parameters(model, True):,}",
                 len(train_dialogues), "+".join(train_splits), selection_split, len(selection_dialogues), device,
                 amp_description(device, train_cfg["amp"]), torch.get_num_threads())
+    if train_cfg["amp"] == "bf16" and effective_amp(device, "bf16") == "off":
+        logger.warning("train.amp is bf16, but this CPU has no bf16 kernels (no AVX-512): bf16 autocast runs "
+                       "about 20x slower than fp32 here, so this run trains in fp32 (metrics.json: devices). Set "
+                       "train.amp: off to say so, or train on a CPU with avx512_bf16 / AMX or on a GPU")
 
     state = {"epoch": 0, "history": [], "best_score": -math.inf, "best_epoch": 0, "bad_epochs": 0,
              "finished": False, "skipped_steps": 0}
