@@ -59,7 +59,7 @@ def pipeline_run(tmp_path_factory):
     return workdir, configfile, result.stdout
 
 
-# `make test` runs the suite on one pytest-xdist worker per core plus one (Makefile). Each module stays on one worker, so
+# `make test` runs one pytest-xdist worker per core plus one (Makefile). Each module stays on one worker, so
 # its module-scoped fixtures (a trained model, a DAG run) are built once, and the modules that read the demo DAG's
 # session run (pipeline_run) form one unit, handed out first since it is the longest, then the modules with a DAG
 # fixture. (xdist's own `loadgroup` cannot do this under pytest 9.2: the group it appends to a test's id is lost.)
