@@ -295,3 +295,52 @@ def test_an_interrupted_finetuning_resumes_with_the_uninterrupted_result(corpus,
                                          r"read .*delete it to fine-tune from the start"):
         finetune.finetune_text_encoder(root / "manifest.tsv", settings, tmp_path / "tuned", threads=1,
                                        device=TEST_DEVICE)
+
+
+def test_mixed_precision_finetuning_learns_resumes_and_is_recorded(corpus, tmp_path, caplog, monkeypatch):
+    """finetune.amp autocasts the encoder as train.amp does the SDT; the weights stay fp32, a killed run resumes with
+    the uninterrupted result, and an encoder is only used by a setting of its own precision."""
+    import torch
+    from safetensors.torch import load_file
+
+    from ercpipe.model import inference
+
+    monkeypatch.setattr(inference, "cpu_has_bf16_kernels", lambda: True)  # the autocast path on any CPU
+    root, _, model = corpus
+    settings = {"model": str(model), "pooling": "mean", "finetune": {**TRAINING, "epochs": 4, "amp": "bf16"}}
+    whole = tmp_path / "whole"
+    finetune.finetune_text_encoder(root / "manifest.tsv", settings, whole, threads=1, device=TEST_DEVICE)
+    metrics = json.loads((whole / "metrics.json").read_text())
+    assert metrics["precision"] == "bf16 autocast" and metrics["settings"]["finetune"]["amp"] == "bf16"
+    assert metrics["valid_at_selected_epoch"]["accuracy"] >= 0.8, metrics["history"]
+    assert all(w.dtype == torch.float32 for w in load_file(whole / "model.safetensors").values())
+
+    out = tmp_path / "tuned"
+    with pytest.raises(StopAfter):
+        finetune.finetune_text_encoder(root / "manifest.tsv", settings, out, threads=1, device=TEST_DEVICE,
+                                       on_epoch_end=lambda epoch: (_ for _ in ()).throw(StopAfter()))
+    finetune.finetune_text_encoder(root / "manifest.tsv", settings, out, threads=1, device=TEST_DEVICE)
+    assert json.loads((out / "metrics.json").read_text())["history"] == metrics["history"]
+    weights, expected = load_file(out / "model.safetensors"), load_file(whole / "model.safetensors")
+    assert all(torch.equal(weights[k], expected[k]) for k in expected)
+
+    # An fp32 setting does not take the bf16 encoder (nor the other way round).
+    with pytest.raises(ValueError, match=r"fine-tuned with other settings \(finetune.amp 'bf16' there, 'off' here\)"):
+        text.extract_shard(root / "manifest.tsv", {**settings, "finetune": {**settings["finetune"], "amp": "off"}},
+                           tmp_path / "x.h5", device=TEST_DEVICE, context=ExtractionContext(encoder_dir=whole))
+    with pytest.raises(ValueError, match="amp must be one of"):
+        finetune.finetune_settings({"amp": "fp8"})
+    # amp: off is the default and stored as before the key existed: encoders fine-tuned then stay valid.
+    assert "amp" not in finetune.training_view({"model": str(model), "finetune": {"amp": "off"}})["finetune"]
+
+    if TEST_DEVICE == "cpu":  # fp16 runs as fp32 on a CPU, said in the log: the fp32 run's very weights
+        runs = {}
+        for amp in ("off", "fp16"):
+            caplog.clear()
+            with caplog.at_level("INFO", logger="ercpipe"):
+                finetune.finetune_text_encoder(root / "manifest.tsv", {**settings, "finetune": {
+                    **TRAINING, "epochs": 2, "amp": amp}}, tmp_path / amp, threads=1, device=TEST_DEVICE)
+            runs[amp] = load_file(tmp_path / amp / "model.safetensors")
+        assert "finetune.amp is fp16, which runs as fp32 on cpu" in caplog.text
+        assert all(torch.equal(runs["off"][k], runs["fp16"][k]) for k in runs["off"])
+        assert json.loads((tmp_path / "fp16" / "metrics.json").read_text())["precision"] == "fp32"

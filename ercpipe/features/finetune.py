@@ -10,7 +10,9 @@ appears only when complete; `text.extract_shard(..., context=ExtractionContext(e
 
 Inputs are built exactly as the extractor builds them (same pooling and context settings), so the
 head is trained on the vectors the extractor will later write. Utterances with empty text are left
-out (and counted in metrics.json). Computation is float32 (no mixed precision).
+out (and counted in metrics.json). Computation is float32 unless `amp` asks for autocast (fp16 with a
+GradScaler on CUDA, bf16 on CUDA or a CPU with bf16 kernels; ercpipe.model.inference.effective_amp); the weights
+stay float32 either way.
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ from ercpipe.features import text_encoder as text_mod  # the encoder, not the ex
 from ercpipe.io import manifest as manifest_io
 from ercpipe.io.atomic import atomic_dir, write_json
 from ercpipe.model.checkpoint import save_torch
+from ercpipe.model.inference import autocast_context, effective_amp
 from ercpipe.model.losses import inverse_frequency_weights, paper_class_weights
 
 logger = logging.getLogger(__name__)
@@ -161,11 +164,12 @@ class _Classifier(torch.nn.Module):
         return self.head(self.text.forward_pooled(batch))
 
 
-def _evaluate(model: _Classifier, inputs: list, y: np.ndarray, batch_size: int, n_classes: int) -> dict:
+def _evaluate(model: _Classifier, inputs: list, y: np.ndarray, batch_size: int, n_classes: int,
+              amp: str = "off") -> dict:
     model.eval()
     predictions = np.zeros(len(inputs), dtype=np.int64)
     order = sorted(range(len(inputs)), key=lambda i: len(inputs[i].ids))  # less padding
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast_context(model.text.device, amp):
         for start in range(0, len(order), batch_size):
             chunk = order[start:start + batch_size]
             predictions[chunk] = model([inputs[i] for i in chunk]).argmax(-1).cpu().numpy()
@@ -259,8 +263,14 @@ def finetune_text_encoder(manifest_path, settings: dict, out_dir: Path, threads:
                          f"and {len(valid_x)} valid utterances; both must be > 0")
     weights, weights_source = loss_class_weights(train.get("class_weights", "none"), classes, train_y, manifest_path)
     loss_weight = None if weights is None else torch.as_tensor(weights, dtype=torch.float32, device=encoder.device)
-    logger.info("fine-tuning %s on %d train utterances, choosing the epoch on %d valid, %d classes %s, device %s",
-                view["model"], len(train_x), len(valid_x), len(classes), classes, encoder.device)
+    requested = train.get("amp", "off")  # the training view leaves the default out
+    amp = effective_amp(encoder.device, requested)
+    if amp != requested:
+        logger.warning("finetune.amp is %s, which runs as fp32 on %s (fp16: CUDA only; bf16: CUDA or a CPU with bf16 "
+                       "kernels)", requested, encoder.device)
+    logger.info("fine-tuning %s on %d train utterances, choosing the epoch on %d valid, %d classes %s, device %s, "
+                "%s", view["model"], len(train_x), len(valid_x), len(classes), classes, encoder.device,
+                "fp32" if amp == "off" else f"{amp} autocast")
 
     batch = train["batch_size"]
     steps = train["epochs"] * math.ceil(len(train_x) / batch)
@@ -268,13 +278,14 @@ def finetune_text_encoder(manifest_path, settings: dict, out_dir: Path, threads:
     optimizer = torch.optim.AdamW(model.parameters(), lr=train["lr"], weight_decay=train["weight_decay"])
     scheduler = warmup_linear_decay(optimizer, warmup_steps, steps)
     generator = torch.Generator().manual_seed(train["seed"])
+    scaler = torch.amp.GradScaler("cuda", enabled=encoder.device.type == "cuda" and amp == "fp16")
 
     state_path = resume_path(out_dir)
     identity = _input_identity(view, classes, data)
     resumed = _load_resume(state_path, identity)
     if resumed is None:
         history = [{"epoch": 0, "train_loss": None,
-                    "valid": _evaluate(model, valid_x, valid_y, batch, len(classes))}]
+                    "valid": _evaluate(model, valid_x, valid_y, batch, len(classes), amp)}]
         best_epoch, best_score, elapsed = 0, history[0]["valid"]["weighted_f1"], 0.0
         best_state = _cpu_copy(model.encoder.state_dict())
         logger.info("epoch 0 (before training): valid %s", history[0]["valid"])
@@ -288,6 +299,8 @@ def finetune_text_encoder(manifest_path, settings: dict, out_dir: Path, threads:
         optimizer.load_state_dict(resumed["optimizer"])
         scheduler.load_state_dict(resumed["scheduler"])
         generator.set_state(resumed["generator"])
+        if resumed.get("scaler"):
+            scaler.load_state_dict(resumed["scaler"])
         set_rng_state(resumed["rng"], encoder.device)
         if best_state is None:
             best_state = _cpu_copy(model.encoder.state_dict())
@@ -300,16 +313,19 @@ def finetune_text_encoder(manifest_path, settings: dict, out_dir: Path, threads:
         losses = []
         for chunk in tqdm(_epoch_batches(lengths, batch, train["group_by_length"], generator),
                           desc=f"fine-tune epoch {epoch}", unit="batch"):
-            logits = model([train_x[i] for i in chunk])
             target = torch.from_numpy(train_y[chunk]).to(encoder.device)
-            loss = torch.nn.functional.cross_entropy(logits, target, weight=loss_weight)
+            with autocast_context(encoder.device, amp):
+                logits = model([train_x[i] for i in chunk])
+            loss = torch.nn.functional.cross_entropy(logits.float(), target, weight=loss_weight)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)  # the clipping norm is of the true gradients
             torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
-            optimizer.step()
+            scaler.step(optimizer)  # skipped when fp16 gradients overflowed (the scale then shrinks)
+            scaler.update()
             scheduler.step()
             losses.append(float(loss.detach()))
-        valid = _evaluate(model, valid_x, valid_y, batch, len(classes))
+        valid = _evaluate(model, valid_x, valid_y, batch, len(classes), amp)
         history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "valid": valid})
         logger.info("epoch %d: train loss %.4f, valid %s", epoch, history[-1]["train_loss"], valid)
         if valid["weighted_f1"] > best_score:
@@ -322,6 +338,7 @@ def finetune_text_encoder(manifest_path, settings: dict, out_dir: Path, threads:
                 "best_score": best_score, "seconds": elapsed, "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "generator": generator.get_state(), "rng": rng_state(encoder.device),
+                "scaler": scaler.state_dict() if scaler.is_enabled() else None,
                 # the selected weights only when they are neither the pretrained encoder's nor this epoch's
                 "best_encoder": best_state if 0 < best_epoch < epoch else None})
             if on_epoch_end is not None:
@@ -336,6 +353,7 @@ def finetune_text_encoder(manifest_path, settings: dict, out_dir: Path, threads:
         "class_weights": {"source": weights_source, "values": None if weights is None else [float(w) for w in weights]},
         "skipped_empty_text": skipped, "splits_read": list(TRAIN_SPLITS),
         "seconds": elapsed, "device": str(encoder.device),
+        "precision": "fp32" if amp == "off" else f"{amp} autocast",
     }
     with atomic_dir(out_dir) as tmp:
         model.encoder.save_pretrained(tmp)

@@ -95,8 +95,10 @@ FINETUNE_DEFAULTS: dict = {
     "head_dropout": 0.1,  # dropout before the linear classification head
     "group_by_length": True,  # batches of similar-length inputs (less padding; see finetune._epoch_batches)
     "class_weights": "none",  # the fine-tuning loss: none | train (inverse train frequency) | paper (official)
+    "amp": "off",  # off | fp16 | bf16: autocast as train.amp does (fp16: CUDA only; bf16: CUDA, CPUs with bf16 kernels)
 }
 FINETUNE_CLASS_WEIGHTS = ("none", "train", "paper")
+FINETUNE_AMP = ("off", "fp16", "bf16")
 
 
 def require_known_packaged(model: str) -> None:
@@ -170,6 +172,9 @@ def finetune_settings(settings: dict | None) -> dict:
     if not isinstance(out["group_by_length"], bool):
         raise SettingError("finetune.group_by_length", "text fine-tuning setting group_by_length must be true or "
                            f"false, got {out['group_by_length']!r}")
+    if out["amp"] not in FINETUNE_AMP:
+        raise SettingError("finetune.amp", "text fine-tuning setting amp must be one of "
+                           f"{list(FINETUNE_AMP)}, got {out['amp']!r}")
     if out["class_weights"] not in FINETUNE_CLASS_WEIGHTS:
         raise SettingError("finetune.class_weights", "text fine-tuning setting class_weights must be one of "
                            f"{list(FINETUNE_CLASS_WEIGHTS)}, got {out['class_weights']!r}")
@@ -274,10 +279,11 @@ def training_view(settings: dict) -> dict:
                          f"{sorted(FINETUNE_DEFAULTS)}) to fine-tune its encoder")
     train = dict(settings["finetune"])
     train["max_length"] = train["max_length"] or settings["max_length"]
-    if train["class_weights"] == "none":
-        # Encoders fine-tuned before the key existed were unweighted and stored no class_weights: leaving the
-        # default out keeps them valid for extraction instead of refusing them as stale.
-        del train["class_weights"]
+    # Encoders fine-tuned before these keys existed were unweighted fp32 and stored neither: leaving the defaults
+    # out keeps them valid for extraction instead of refusing them as stale (and re-fine-tuning them).
+    for key, before in (("class_weights", "none"), ("amp", "off")):
+        if train[key] == before:
+            del train[key]
     return {"model": settings["model"], "pooling": settings["pooling"], "context": settings["context"],
             "finetune": train}
 
