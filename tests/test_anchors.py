@@ -3,6 +3,7 @@ formats, and anchor mining from training faces (with the real MTCNN on a real vi
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import shutil
@@ -367,6 +368,13 @@ def test_for_classes_maps_dataset_labels(tiny_anchor_file):
     np.testing.assert_array_equal(feats[1], a.image_features["happy"])
     with pytest.raises(anchors.AnchorFileError, match=r"no anchors for class\(es\) 'neu' \(as 'neutral'\)"):
         a.for_classes(["hap", "neu"])
+    # A set whose stored names are a dataset's spellings (written by hand) is matched the same way.
+    hand = dataclasses.replace(a, class_names=["Sad", "joy", "angry"],
+                               image_features={"Sad": a.image_features["sad"], "joy": a.image_features["happy"],
+                                               "angry": a.image_features["anger"]})
+    centers, feats = hand.for_classes(["anger", "hap", "sad"])
+    np.testing.assert_array_equal(centers, a.centers[[2, 1, 0]])
+    np.testing.assert_array_equal(feats[1], a.image_features["happy"])
 
 
 def test_read_checks_clip_model_and_file(tiny_anchor_file, tmp_path):

@@ -1,6 +1,7 @@
 """SDT / SDT-VEGA module: parameter counts, padding, the eager reference, anchors, ablations, official keys."""
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 
@@ -522,3 +523,80 @@ def test_a_checkpoint_write_that_runs_out_of_room_names_the_file_and_the_space(t
     assert last.startswith(f"OSError: could not write {tmp_path / 'last.pt'}: the write stopped after 1 MiB with ")
     assert "MiB free on its disk" in last and "ulimit -f" in last
     assert list(tmp_path.iterdir()) == []  # no partial file under any name
+
+
+def test_wrong_inputs_of_a_direct_call_are_named():
+    """A library user calling the model with their own tensors got torch's shape or dtype errors from deep inside
+    (or, for speaker slot n_speakers, silently the padding row's zero embedding)."""
+    model = small_model()
+    batch = collate([random_dialogue(n, seed=60 + n) for n in (5, 3)])
+    features, speakers, mask = batch.features, batch.speakers, batch.mask
+    width = SMALL_DIMS["text"]
+    cases = [
+        ({**features, "text": torch.randn(2, 5, width + 1)}, speakers, mask,
+         rf"text features have shape \(2, 5, {width + 1}\), expected \[B, L, width\] = \[2, 5, {width}\]"),
+        ({**features, "audio": features["audio"].double()}, speakers, mask,
+         r"audio features are torch.float64, the model's weights torch.float32: convert them"),
+        ({k: v for k, v in features.items() if k != "visual"}, speakers, mask, r"features lack \['visual'\]"),
+        ({**features, "text": features["text"].numpy()}, speakers, mask, r"text features must be a torch tensor"),
+        (features, speakers[:, :4], mask, r"speakers must be a \[B, L\] = \[2, 5\] tensor"),
+        (features, speakers, mask[0], r"mask must be a \[B, L\] tensor"),
+        (features, torch.where(mask, model.spec.n_speakers, 0), mask,
+         rf"speaker slots must be in 0..{model.spec.n_speakers - 1}"),
+        (features, torch.where(mask, -1, 0), mask, r"speaker slots must be in 0\.\."),
+    ]
+    for feats, spk, msk, message in cases:
+        with pytest.raises(ValueError, match=message):
+            model(feats, spk, msk)
+    model(features, torch.where(mask, speakers, 99), mask)  # padded positions' slots are never read
+    with pytest.raises(RuntimeError, match="with_vega=False"):
+        build_model(small_spec())(features, speakers, mask)  # a VEGA model without anchors
+
+
+def test_the_data_fields_of_a_spec_are_whole_numbers():
+    for kw, name in (({"n_classes": 0}, "n_classes"), ({"n_classes": "3"}, "n_classes"),
+                     ({"n_speakers": 0}, "n_speakers"), ({"clip_dim": 0}, "clip_dim"),
+                     ({"input_dims": {**SMALL_DIMS, "text": 4.0}}, r"input_dims\['text'\]")):
+        with pytest.raises(ValueError, match=rf"{name} must be a whole number >= \d, got"):
+            small_spec(**kw)
+
+
+def test_an_unlabelled_batch_has_a_zero_loss_not_nan():
+    from ercpipe.train.presets import resolve_experiment
+
+    model = small_model().train()
+    batch = collate([random_dialogue(n, seed=70 + n) for n in (4, 2)])
+    out = model(batch.features, batch.speakers, batch.mask)
+    loss_fn = SDTVegaLoss(resolve_experiment({"preset": "official"})["loss"], None)
+    loss, parts = loss_fn(model, out, torch.full_like(batch.labels, -1), batch.mask)
+    assert float(loss.detach()) == 0.0 and list(parts) == ["total"]
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_predict_names_what_is_wrong_with_its_dialogues():
+    from ercpipe.model.inference import predict
+
+    model = small_model()
+    good = [random_dialogue(n, seed=80 + n) for n in (3, 4)]
+    assert len(predict(model, good)) == 7
+    without_visual = dataclasses.replace(good[1], features={k: v for k, v in good[1].features.items() if k != "visual"})
+    cases = [(good[0], TypeError, r"a list of dialogues; for one write predict\(model, \[dialogue\]\)"),
+             ([], ValueError, "no dialogues"),
+             ([good[0], without_visual], ValueError, rf"dialogue {good[1].dialogue_id} lacks \['visual'\]"),
+             ([dataclasses.replace(good[0], labels=torch.tensor([0, 4, 1]))], ValueError,
+              r"has label id 4, but the model has 4 classes .* \(label ids 0..3, -1 = unlabelled\)")]
+    for dialogues, error, message in cases:
+        with pytest.raises(error, match=message):
+            predict(model, dialogues)
+    with pytest.raises(ValueError, match="batch_size must be a whole number >= 1"):
+        predict(model, good, batch_size=0)
+
+
+def test_inverse_frequency_weights_name_a_label_outside_the_classes():
+    from ercpipe.model.losses import inverse_frequency_weights
+
+    weights, absent = inverse_frequency_weights(np.array([0, 1, 1, -1]), 3)
+    assert weights.tolist() == [2.0, 1.0, 2.0] and absent == [2]
+    with pytest.raises(ValueError, match=r"label id 5 is not below n_classes 3"):
+        inverse_frequency_weights(np.array([0, 1, 5]), 3)

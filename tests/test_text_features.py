@@ -75,6 +75,17 @@ def test_a_half_precision_checkpoint_is_loaded_in_fp32(tiny_model, tmp_path):
     assert encoded.dtype == np.float32 and np.isfinite(encoded).all()
 
 
+
+def test_encode_takes_a_list_and_missing_texts_are_zero_rows(tiny_model):
+    """A bare string was encoded one vector per character; None and NaN (pandas' missing values) as the words."""
+    encoder = text.TextEncoder({"model": str(tiny_model), "pooling": "mean"}, device="cpu")
+    with pytest.raises(TypeError, match=r"a list of texts; for one text write encode\(\[text\]\)"):
+        encoder.encode("hello there")
+    encoded = encoder.encode(["hello there", None, float("nan"), ""])
+    assert encoded.shape == (4, encoder.dim) and np.abs(encoded[0]).sum() > 0
+    assert not encoded[1:].any()
+
+
 def test_minilm_mean_pooling_matches_sentence_transformers(minilm):
     sentences = ["I am very happy today.", "I feel so glad and cheerful today!", "The train leaves at noon.",
                  "Stock prices fell sharply on Monday."]

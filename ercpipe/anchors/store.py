@@ -75,7 +75,9 @@ class AnchorSet:
         Dataset labels are matched through canonical_emotion ("hap", "joy" -> "happy"), so one
         anchor set serves every dataset whose classes it covers.
         """
-        index = {name: i for i, name in enumerate(self.class_names)}
+        # Stored names are matched through canonical_emotion too: a set written by hand (AnchorSet(...).write)
+        # may spell its classes as a dataset does ("angry" for "anger").
+        index = {canonical_emotion(name): i for i, name in enumerate(self.class_names)}
         wanted = [canonical_emotion(c) for c in dataset_classes]
         missing = [f"{label!r} (as {name!r})" for label, name in zip(dataset_classes, wanted) if name not in index]
         if missing:
@@ -83,7 +85,7 @@ class AnchorSet:
                 f"anchor set ({self.source or self.clip_name}) has no anchors for class(es) {', '.join(missing)}; "
                 f"it holds {self.class_names}. Add an image folder for each missing class and rebuild the anchors.")
         centers = np.stack([self.centers[index[name]] for name in wanted]).astype(np.float32, copy=False)
-        return centers, [self.image_features[name] for name in wanted]
+        return centers, [self.image_features[self.class_names[index[name]]] for name in wanted]
 
     def check(self, where: str = "anchor set") -> None:
         """Raise AnchorFileError naming the first broken invariant (shapes, norms, names)."""

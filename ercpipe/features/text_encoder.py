@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -336,7 +337,11 @@ class TextEncoder:
         return TextFeatures(features, present, absent, truncated, unknown_only)
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
-        """Vectors for free-standing texts (no context); an empty text gives a row of zeros."""
-        rows = pd.DataFrame({"utterance_id": [str(i) for i in range(len(texts))], "text": list(texts),
+        """Vectors for free-standing texts (no context); an empty or missing text (None, NaN) gives a row of
+        zeros."""
+        if isinstance(texts, (str, bytes)):
+            raise TypeError("encode takes a list of texts; for one text write encode([text])")
+        texts = ["" if t is None or (isinstance(t, float) and math.isnan(t)) else t for t in texts]
+        rows = pd.DataFrame({"utterance_id": [str(i) for i in range(len(texts))], "text": texts,
                              "flags": "", "speaker": "", "dialogue_id": [str(i) for i in range(len(texts))]})
         return self.encode_rows(rows).features

@@ -130,10 +130,22 @@ def predict(model: SDTVega, dialogues: Sequence[Dialogue], batch_size: int = 32,
         device = resolve_device(device)
         model.to(device)
     classes = model.classes or [str(i) for i in range(model.spec.n_classes)]
-    missing = [m for m in model.spec.modalities if dialogues and m not in dialogues[0].features]
-    if missing:
-        raise ValueError(f"the model needs {list(model.spec.modalities)} features; the dialogues lack {missing}")
+    if isinstance(dialogues, Dialogue):
+        raise TypeError("predict takes a list of dialogues; for one write predict(model, [dialogue])")
     dialogues = list(dialogues)
+    if not dialogues:
+        raise ValueError("predict got no dialogues")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a whole number >= 1 (dialogues per forward pass), got {batch_size!r}")
+    for d in dialogues:
+        missing = [m for m in model.spec.modalities if m not in d.features]
+        if missing:
+            raise ValueError(f"the model needs {list(model.spec.modalities)} features; dialogue {d.dialogue_id} "
+                             f"lacks {missing}")
+        if len(d.labels) and int(d.labels.max()) >= len(classes):
+            raise ValueError(f"dialogue {d.dialogue_id} has label id {int(d.labels.max())}, but the model has "
+                             f"{len(classes)} classes {list(classes)} "
+                             f"(label ids 0..{len(classes) - 1}, -1 = unlabelled)")
     check_dialogue_widths(model, dialogues)
     if getattr(model, "feature_stats", None):
         dialogues = [dataclasses.replace(d, features=dict(d.features)) for d in dialogues]

@@ -53,6 +53,9 @@ def inverse_frequency_weights(train_labels: np.ndarray, n_classes: int) -> tuple
     its id is returned so the caller can report it.
     """
     labels = np.asarray(train_labels)
+    if labels.size and labels.max() >= n_classes:
+        raise ValueError(f"label id {int(labels.max())} is not below n_classes {n_classes} "
+                         f"(label ids 0..{n_classes - 1}, -1 = unlabelled)")
     counts = np.bincount(labels[labels >= 0], minlength=n_classes).astype(np.float64)
     if counts.sum() == 0:
         raise ValueError("no labelled training utterances: cannot compute class weights")
@@ -105,6 +108,9 @@ class SDTVegaLoss:
         cfg = self.cfg
         valid = mask.bool() & (labels >= 0)
         y = labels[valid]
+        if y.numel() == 0:  # no labelled utterance (a user's unlabelled batch): zero, not a mean over nothing (NaN)
+            total = sum(t.float().sum() for t in output["logits"].values()) * 0.0
+            return total, {"total": total.detach()}
         weight = self._weights(y.device)
 
         def flat(t: torch.Tensor) -> torch.Tensor:

@@ -118,6 +118,40 @@ class SDTVega(nn.Module):
 
     # ------------------------------------------------------------------------------------- forward
 
+    def _check_inputs(self, features: dict, speakers: torch.Tensor, mask: torch.Tensor) -> None:
+        """A ValueError naming what is wrong with the inputs of a direct call (the library's own batches pass);
+        no device synchronisation: the speaker range is checked for CPU tensors only (the trainer checks the
+        slots when it loads the data)."""
+        spec = self.spec
+        if not isinstance(mask, torch.Tensor) or mask.dim() != 2:
+            raise ValueError(f"mask must be a [B, L] tensor (True = utterance), got "
+                             f"{tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__}")
+        b, length = mask.shape
+        if not isinstance(speakers, torch.Tensor) or tuple(speakers.shape) != (b, length):
+            got = tuple(speakers.shape) if isinstance(speakers, torch.Tensor) else type(speakers).__name__
+            raise ValueError(f"speakers must be a [B, L] = [{b}, {length}] tensor of slot ids like mask, got {got}")
+        missing = [m for m in spec.modalities if m not in features]
+        if missing:
+            raise ValueError(f"features lack {missing}: the model takes {{{', '.join(spec.modalities)}}} "
+                             f"(full names), each [B, L, width]; got keys {sorted(features)}")
+        weight_dtype = next(iter(self.inputs.values())).weight.dtype
+        for m in spec.modalities:
+            x = features[m]
+            if not isinstance(x, torch.Tensor):
+                raise ValueError(f"{m} features must be a torch tensor, got {type(x).__name__} "
+                                 "(torch.from_numpy(array).float())")
+            if tuple(x.shape) != (b, length, spec.input_dims[m]):
+                raise ValueError(f"{m} features have shape {tuple(x.shape)}, expected [B, L, width] = "
+                                 f"[{b}, {length}, {spec.input_dims[m]}] (mask's [B, L], the spec's input width)")
+            if x.dtype != weight_dtype and not (x.is_floating_point() and torch.is_autocast_enabled(x.device.type)):
+                raise ValueError(f"{m} features are {x.dtype}, the model's weights {weight_dtype}: convert them "
+                                 f"(x.to({weight_dtype}); NumPy arrays are float64 by default)")
+        if spec.speaker_embeddings and speakers.device.type == "cpu":
+            slots = speakers[mask.bool()]
+            if slots.numel() and (int(slots.min()) < 0 or int(slots.max()) >= spec.n_speakers):
+                raise ValueError(f"speaker slots must be in 0..{spec.n_speakers - 1} (n_speakers "
+                                 f"{spec.n_speakers}) at utterances, got {int(slots.min())}..{int(slots.max())}")
+
     def forward(self, features: dict[str, torch.Tensor], speakers: torch.Tensor, mask: torch.Tensor,
                 with_vega: bool = True) -> dict:
         """Returns logits {t, a, v, all} [B, L, C], anchor_logits (same keys, or None), fused F [B, L, d].
@@ -126,6 +160,7 @@ class SDTVega(nn.Module):
         projections still run in single-branch mode, where classification depends on them).
         """
         spec, short = self.spec, self.spec.short
+        self._check_inputs(features, speakers, mask)
         layout = Layout(mask)
         b, length = layout.batch, layout.length
         additive = None
@@ -137,12 +172,8 @@ class SDTVega(nn.Module):
             # the padding row S (zero, never updated) is kept only for the official layout and counts.
             spk = self.speaker_embeddings(layout.pack(speakers.long()))
             additive = spk if additive is None else additive + spk
-        projected = {}
-        for m in spec.modalities:
-            x = features[m]
-            if x.shape[:2] != (b, length):
-                raise ValueError(f"{m} features have shape {tuple(x.shape)}, expected ({b}, {length}, D)")
-            projected[MODALITY_SHORT[m]] = self.inputs[MODALITY_SHORT[m]](layout.pack(x))
+        projected = {MODALITY_SHORT[m]: self.inputs[MODALITY_SHORT[m]](layout.pack(features[m]))
+                     for m in spec.modalities}
 
         reduced: dict[str, torch.Tensor] = {}
         for target in short:

@@ -10,6 +10,8 @@ A checkpoint stores `to_dict()`, keyed by these field names.
 """
 from __future__ import annotations
 
+import numbers
+
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -76,6 +78,12 @@ class ModelSpec:
         missing = [m for m in self.modalities if m not in self.input_dims]
         if missing:
             raise ValueError(f"no input width for modality {missing}; input_dims has {sorted(self.input_dims)}")
+        # What describes the data (not config keys): whole numbers, else nn.Linear fails later with a size error.
+        for name, value, least in ([("n_classes", self.n_classes, 1), ("n_speakers", self.n_speakers, 1),
+                                    ("clip_dim", self.clip_dim, 1)]
+                                   + [(f"input_dims[{m!r}]", self.input_dims[m], 1) for m in self.modalities]):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+                raise ValueError(f"{name} must be a whole number >= {least}, got {value!r}")
         problem = combination_problem(asdict(self))
         if problem:
             raise ValueError(f"{problem[0]}: {problem[1]}")
