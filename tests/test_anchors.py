@@ -375,6 +375,10 @@ def test_for_classes_maps_dataset_labels(tiny_anchor_file):
     centers, feats = hand.for_classes(["anger", "hap", "sad"])
     np.testing.assert_array_equal(centers, a.centers[[2, 1, 0]])
     np.testing.assert_array_equal(feats[1], a.image_features["happy"])
+    twice = dataclasses.replace(hand, class_names=["Sad", "joy", "happy"],
+                                image_features={**hand.image_features, "happy": a.image_features["happy"]})
+    with pytest.raises(anchors.AnchorFileError, match=r"one emotion under two names .*'happy', 'happy'"):
+        twice.for_classes(["hap", "sad"])
 
 
 def test_read_checks_clip_model_and_file(tiny_anchor_file, tmp_path):

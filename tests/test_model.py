@@ -549,6 +549,8 @@ def test_wrong_inputs_of_a_direct_call_are_named():
         with pytest.raises(ValueError, match=message):
             model(feats, spk, msk)
     model(features, torch.where(mask, speakers, 99), mask)  # padded positions' slots are never read
+    no_speakers = small_model(speaker_embeddings=False)
+    no_speakers(features, None, mask)  # the slots are not read at all
     with pytest.raises(RuntimeError, match="with_vega=False"):
         build_model(small_spec())(features, speakers, mask)  # a VEGA model without anchors
 
@@ -579,7 +581,7 @@ def test_predict_names_what_is_wrong_with_its_dialogues():
 
     model = small_model()
     good = [random_dialogue(n, seed=80 + n) for n in (3, 4)]
-    assert len(predict(model, good)) == 7
+    assert len(predict(model, good)) == 7 and len(predict(model, good, batch_size=np.int64(1))) == 7
     without_visual = dataclasses.replace(good[1], features={k: v for k, v in good[1].features.items() if k != "visual"})
     cases = [(good[0], TypeError, r"a list of dialogues; for one write predict\(model, \[dialogue\]\)"),
              ([], ValueError, "no dialogues"),

@@ -81,8 +81,8 @@ def test_encode_takes_a_list_and_missing_texts_are_zero_rows(tiny_model):
     encoder = text.TextEncoder({"model": str(tiny_model), "pooling": "mean"}, device="cpu")
     with pytest.raises(TypeError, match=r"a list of texts; for one text write encode\(\[text\]\)"):
         encoder.encode("hello there")
-    encoded = encoder.encode(["hello there", None, float("nan"), ""])
-    assert encoded.shape == (4, encoder.dim) and np.abs(encoded[0]).sum() > 0
+    encoded = encoder.encode(["hello there", None, float("nan"), "", np.float32("nan"), pd.NA])
+    assert encoded.shape == (6, encoder.dim) and np.abs(encoded[0]).sum() > 0
     assert not encoded[1:].any()
 
 
@@ -451,3 +451,17 @@ def test_a_model_folder_without_tokenizer_or_with_damaged_weights_is_refused(tmp
     weights.write_bytes(weights.read_bytes()[:100_000])
     with pytest.raises(OSError, match=rf"\['{weights.name}'\] is probably truncated or damaged"):
         load_tokenizer_and_model(str(trunc))
+
+
+def test_the_finetune_amp_default_keeps_the_hash_of_files_extracted_before_the_key():
+    """`finetune.amp: off` (the default) is left out of what a text feature file stores, so the files of a
+    fine-tuned setting keep their hash and are not extracted again (values computed at commit 3c15c20)."""
+    setting = {"model": "packaged:minilm", "context": {"previous": 2, "speaker_names": True},
+               "finetune": {"epochs": 3, "lr": 1.0e-4, "batch_size": 32}}
+    assert feature_io.expected_hash("text", setting) == "ddeacc67e0688997"
+    assert feature_io.expected_hash("text", {"model": "roberta-large", "finetune": True}) == "859a129675600719"
+    assert feature_io.expected_hash("text", {**setting, "finetune": {**setting["finetune"], "amp": "off"}}) \
+        == "ddeacc67e0688997"
+    bf16 = {**setting, "finetune": {**setting["finetune"], "amp": "bf16"}}
+    assert text.stored_settings(bf16)["finetune"]["amp"] == "bf16"
+    assert feature_io.expected_hash("text", bf16) != "ddeacc67e0688997"

@@ -78,6 +78,11 @@ class AnchorSet:
         # Stored names are matched through canonical_emotion too: a set written by hand (AnchorSet(...).write)
         # may spell its classes as a dataset does ("angry" for "anger").
         index = {canonical_emotion(name): i for i, name in enumerate(self.class_names)}
+        if len(index) < len(self.class_names):
+            canonical = [canonical_emotion(n) for n in self.class_names]
+            raise AnchorFileError(f"anchor set ({self.source or self.clip_name}) holds one emotion under two names "
+                                  f"{self.class_names} (canonical: {canonical}); keep one folder per emotion and "
+                                  "rebuild the anchors")
         wanted = [canonical_emotion(c) for c in dataset_classes]
         missing = [f"{label!r} (as {name!r})" for label, name in zip(dataset_classes, wanted) if name not in index]
         if missing:

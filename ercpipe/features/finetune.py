@@ -286,7 +286,7 @@ def finetune_text_encoder(manifest_path, settings: dict, out_dir: Path, threads:
     if resumed is None:
         history = [{"epoch": 0, "train_loss": None,
                     "valid": _evaluate(model, valid_x, valid_y, batch, len(classes), amp)}]
-        best_epoch, best_score, elapsed = 0, history[0]["valid"]["weighted_f1"], 0.0
+        best_epoch, best_score, elapsed, skipped_steps = 0, history[0]["valid"]["weighted_f1"], 0.0, 0
         best_state = _cpu_copy(model.encoder.state_dict())
         logger.info("epoch 0 (before training): valid %s", history[0]["valid"])
     else:
@@ -301,6 +301,7 @@ def finetune_text_encoder(manifest_path, settings: dict, out_dir: Path, threads:
         generator.set_state(resumed["generator"])
         if resumed.get("scaler"):
             scaler.load_state_dict(resumed["scaler"])
+        skipped_steps = int(resumed.get("skipped_steps") or 0)
         set_rng_state(resumed["rng"], encoder.device)
         if best_state is None:
             best_state = _cpu_copy(model.encoder.state_dict())
@@ -321,8 +322,11 @@ def finetune_text_encoder(manifest_path, settings: dict, out_dir: Path, threads:
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)  # the clipping norm is of the true gradients
             torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
+            scale = scaler.get_scale() if scaler.is_enabled() else None
             scaler.step(optimizer)  # skipped when fp16 gradients overflowed (the scale then shrinks)
             scaler.update()
+            if scale is not None and scaler.get_scale() < scale:
+                skipped_steps += 1
             scheduler.step()
             losses.append(float(loss.detach()))
         valid = _evaluate(model, valid_x, valid_y, batch, len(classes), amp)
@@ -338,7 +342,7 @@ def finetune_text_encoder(manifest_path, settings: dict, out_dir: Path, threads:
                 "best_score": best_score, "seconds": elapsed, "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "generator": generator.get_state(), "rng": rng_state(encoder.device),
-                "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+                "scaler": scaler.state_dict() if scaler.is_enabled() else None, "skipped_steps": skipped_steps,
                 # the selected weights only when they are neither the pretrained encoder's nor this epoch's
                 "best_encoder": best_state if 0 < best_epoch < epoch else None})
             if on_epoch_end is not None:
@@ -354,6 +358,7 @@ def finetune_text_encoder(manifest_path, settings: dict, out_dir: Path, threads:
         "skipped_empty_text": skipped, "splits_read": list(TRAIN_SPLITS),
         "seconds": elapsed, "device": str(encoder.device),
         "precision": "fp32" if amp == "off" else f"{amp} autocast",
+        "skipped_steps": skipped_steps,  # fp16 steps the GradScaler skipped (overflowing gradients); else 0
     }
     with atomic_dir(out_dir) as tmp:
         model.encoder.save_pretrained(tmp)

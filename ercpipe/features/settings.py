@@ -99,6 +99,7 @@ FINETUNE_DEFAULTS: dict = {
 }
 FINETUNE_CLASS_WEIGHTS = ("none", "train", "paper")
 FINETUNE_AMP = ("off", "fp16", "bf16")
+VIEW_LEAVES_OUT = {"class_weights": "none", "amp": "off"}  # training_view omits these keys at these values
 
 
 def require_known_packaged(model: str) -> None:
@@ -268,6 +269,10 @@ def stored_text_settings(settings: dict | None, encoder_dir: str | Path | None =
     out = text_settings(settings)
     if encoder_dir is not None and out["finetune"] is None:
         out = text_settings({**out, "model": str(encoder_dir)})
+    if out["finetune"] is not None and out["finetune"]["amp"] == "off":
+        # Files extracted before `finetune.amp` existed hold no such key: its default left out keeps their hash
+        # (and the shards' params), so they are not extracted again.
+        out["finetune"] = {k: v for k, v in out["finetune"].items() if k != "amp"}
     return out
 
 
@@ -281,7 +286,7 @@ def training_view(settings: dict) -> dict:
     train["max_length"] = train["max_length"] or settings["max_length"]
     # Encoders fine-tuned before these keys existed were unweighted fp32 and stored neither: leaving the defaults
     # out keeps them valid for extraction instead of refusing them as stale (and re-fine-tuning them).
-    for key, before in (("class_weights", "none"), ("amp", "off")):
+    for key, before in VIEW_LEAVES_OUT.items():
         if train[key] == before:
             del train[key]
     return {"model": settings["model"], "pooling": settings["pooling"], "context": settings["context"],

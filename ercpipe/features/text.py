@@ -74,7 +74,7 @@ def check_encoder_dir(settings: dict, encoder_dir: Path | None) -> None:
         from ercpipe.io.features import flat_keys
 
         # The view leaves some defaults out (settings_mod.training_view): show them as the defaults they are.
-        defaults = {f"finetune.{k}": v for k, v in settings_mod.FINETUNE_DEFAULTS.items()}
+        defaults = {f"finetune.{k}": v for k, v in settings_mod.VIEW_LEAVES_OUT.items()}
         got, want = ({**defaults, **flat_keys(view)} for view in (made_with or {}, wanted))
         differ = sorted(k for k in got.keys() | want.keys() if got.get(k) != want.get(k))
         shown = "; ".join(f"{k} {got.get(k)!r} there, {want.get(k)!r} here" for k in differ[:3])

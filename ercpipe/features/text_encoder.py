@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -341,7 +340,8 @@ class TextEncoder:
         zeros."""
         if isinstance(texts, (str, bytes)):
             raise TypeError("encode takes a list of texts; for one text write encode([text])")
-        texts = ["" if t is None or (isinstance(t, float) and math.isnan(t)) else t for t in texts]
+        texts = ["" if t is None or (not isinstance(t, str) and pd.api.types.is_scalar(t) and pd.isna(t)) else t
+                 for t in texts]
         rows = pd.DataFrame({"utterance_id": [str(i) for i in range(len(texts))], "text": texts,
                              "flags": "", "speaker": "", "dialogue_id": [str(i) for i in range(len(texts))]})
         return self.encode_rows(rows).features

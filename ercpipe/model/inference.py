@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import numbers
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -135,7 +136,7 @@ def predict(model: SDTVega, dialogues: Sequence[Dialogue], batch_size: int = 32,
     dialogues = list(dialogues)
     if not dialogues:
         raise ValueError("predict got no dialogues")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
         raise ValueError(f"batch_size must be a whole number >= 1 (dialogues per forward pass), got {batch_size!r}")
     for d in dialogues:
         missing = [m for m in model.spec.modalities if m not in d.features]

@@ -127,7 +127,7 @@ class SDTVega(nn.Module):
             raise ValueError(f"mask must be a [B, L] tensor (True = utterance), got "
                              f"{tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__}")
         b, length = mask.shape
-        if not isinstance(speakers, torch.Tensor) or tuple(speakers.shape) != (b, length):
+        if spec.speaker_embeddings and (not isinstance(speakers, torch.Tensor) or tuple(speakers.shape) != (b, length)):
             got = tuple(speakers.shape) if isinstance(speakers, torch.Tensor) else type(speakers).__name__
             raise ValueError(f"speakers must be a [B, L] = [{b}, {length}] tensor of slot ids like mask, got {got}")
         missing = [m for m in spec.modalities if m not in features]
