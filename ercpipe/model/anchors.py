@@ -60,8 +60,8 @@ class AnchorBank(nn.Module):
         """L2-normalized anchors [C, k]; stochastic only when `sample` (training, or eval if so configured)."""
         if not self.ready:
             raise RuntimeError("the VEGA branch needs anchors: call model.set_anchors(centers, image_features) "
-                               "(from ercpipe.anchors.read(path).for_classes(classes)) before the forward pass, or call "
-                               "the model with with_vega=False to predict without them (the backbone's logits)")
+                               "(from ercpipe.anchors.read(path).for_classes(classes)) before the forward pass, or "
+                               "call the model with with_vega=False to predict without them (the backbone's logits)")
         anchors = self.centers
         self.last_mode = "center"
         if sample and self.p_random > 0.0:
