@@ -544,6 +544,7 @@ def test_wrong_inputs_of_a_direct_call_are_named():
         (features, torch.where(mask, model.spec.n_speakers, 0), mask,
          rf"speaker slots must be in 0..{model.spec.n_speakers - 1}"),
         (features, torch.where(mask, -1, 0), mask, r"speaker slots must be in 0\.\."),
+        (features, speakers, mask.flip(1), r"each row must be its utterances first, then padding"),
     ]
     for feats, spk, msk, message in cases:
         with pytest.raises(ValueError, match=message):

@@ -146,6 +146,9 @@ class SDTVega(nn.Module):
             if x.dtype != weight_dtype and not (x.is_floating_point() and torch.is_autocast_enabled(x.device.type)):
                 raise ValueError(f"{m} features are {x.dtype}, the model's weights {weight_dtype}: convert them "
                                  f"(x.to({weight_dtype}); NumPy arrays are float64 by default)")
+        if mask.device.type == "cpu" and bool((mask[:, 1:].bool() & ~mask[:, :-1].bool()).any()):
+            raise ValueError("mask: each row must be its utterances first, then padding (True...True False...False); "
+                             "positions count from the row's start, so left or inner padding changes the results")
         if spec.speaker_embeddings and speakers.device.type == "cpu":
             slots = speakers[mask.bool()]
             if slots.numel() and (int(slots.min()) < 0 or int(slots.max()) >= spec.n_speakers):
