@@ -38,7 +38,7 @@ demo: apt-demo $(STAMP)
 # One pytest-xdist worker per core plus one, at most 4 (each holds torch and a DAG run's memory, ~2 GiB at peak;
 # tests/conftest.py keeps each module on one worker). The extra worker fills the time the others spend waiting on
 # subprocesses, SLURM and Snakemake's polling: on 2 cores the suite took 17 min 47 s with 3 workers (168 % CPU)
-# against 22-23 min with 2. TEST_WORKERS=0 runs serially.
+# against 22-23 min with 2 (earlier fresh-clone runs). TEST_WORKERS=0 runs serially.
 TEST_WORKERS ?= $(shell python3 -c "import os; print(min(4, len(os.sched_getaffinity(0)) + 1))")
 test: apt-test $(STAMP)
 	$(VENV)/bin/pytest -n $(TEST_WORKERS) --maxprocesses 4 tests
