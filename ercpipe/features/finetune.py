@@ -237,7 +237,7 @@ def finetune_text_encoder(manifest_path, settings: dict, out_dir: Path, threads:
     called after that state is written (tests stop a run there).
     """
     view = training_view(settings)
-    train = view["finetune"]
+    train = {**settings_mod.VIEW_LEAVES_OUT, **view["finetune"]}  # the defaults the view leaves out, back in
     torch.set_num_threads(max(1, int(threads)))
     manifest = manifest_io.read(manifest_path)
     rows = manifest[manifest["split"].isin(TRAIN_SPLITS)].reset_index(drop=True)  # test never goes further
@@ -261,9 +261,9 @@ def finetune_text_encoder(manifest_path, settings: dict, out_dir: Path, threads:
     if not train_x or not valid_x:
         raise ValueError(f"{manifest_path}: after leaving out empty transcripts there are {len(train_x)} train "
                          f"and {len(valid_x)} valid utterances; both must be > 0")
-    weights, weights_source = loss_class_weights(train.get("class_weights", "none"), classes, train_y, manifest_path)
+    weights, weights_source = loss_class_weights(train["class_weights"], classes, train_y, manifest_path)
     loss_weight = None if weights is None else torch.as_tensor(weights, dtype=torch.float32, device=encoder.device)
-    requested = train.get("amp", "off")  # the training view leaves the default out
+    requested = train["amp"]
     amp = effective_amp(encoder.device, requested)
     if amp != requested:
         logger.warning("finetune.amp is %s, which runs as fp32 on %s (fp16: CUDA only; bf16: CUDA or a CPU with bf16 "
