@@ -19,12 +19,24 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         device = torch.device(device)
     except RuntimeError:
         raise DeviceError(f"device {device!r} is not a device name; use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):  # mps, xpu, meta ...: torch accepts the name, the pipeline runs neither
+        raise DeviceError(f"device {str(device)!r} is not supported; use auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise DeviceError(f"device {device} was requested but CUDA is not available; use device='cpu' or 'auto'")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise DeviceError(f"device {device} was requested but this process sees {torch.cuda.device_count()} GPU(s) "
                           f"(cuda:0 .. cuda:{torch.cuda.device_count() - 1}; CUDA_VISIBLE_DEVICES renumbers them)")
     return device
+
+
+def cuda_has_bf16(device: torch.device) -> bool:
+    """Whether this GPU computes bf16 natively (compute capability 8.0 and later: A100, H100, RTX 30xx ...; ROCm
+    builds: yes). Older ones (V100, T4) emulate it, and torch's autocast accepts that without a word, slower than
+    fp32; bf16 settings run in fp32 there instead (ercpipe.model.inference.effective_amp, the text `dtype`)."""
+    if torch.version.hip:
+        return True
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return torch.cuda.get_device_capability(index)[0] >= 8
 
 
 def device_description(device: torch.device, precision: str) -> str:

@@ -324,6 +324,21 @@ def test_mixed_precision_finetuning_learns_resumes_and_is_recorded(corpus, tmp_p
     assert json.loads((out / "metrics.json").read_text())["history"] == metrics["history"]
     weights, expected = load_file(out / "model.safetensors"), load_file(whole / "model.safetensors")
     assert all(torch.equal(weights[k], expected[k]) for k in expected)
+    assert metrics["devices"] == json.loads((out / "metrics.json").read_text())["devices"] == [
+        f"{TEST_DEVICE}, bf16 autocast" if TEST_DEVICE == "cpu" else metrics["devices"][0]]
+
+    if TEST_DEVICE == "cpu":  # resumed where bf16 runs as fp32 (another node): said, and both are recorded
+        moved = tmp_path / "moved"
+        with pytest.raises(StopAfter):
+            finetune.finetune_text_encoder(root / "manifest.tsv", settings, moved, threads=1, device=TEST_DEVICE,
+                                           on_epoch_end=lambda epoch: (_ for _ in ()).throw(StopAfter()))
+        monkeypatch.setattr(inference, "cpu_has_bf16_kernels", lambda: False)
+        caplog.clear()
+        with caplog.at_level("INFO", logger="ercpipe"):
+            finetune.finetune_text_encoder(root / "manifest.tsv", settings, moved, threads=1, device=TEST_DEVICE)
+        assert "this fine-tuning ran on cpu, bf16 autocast until epoch 1 and continues on cpu, fp32" in caplog.text
+        assert json.loads((moved / "metrics.json").read_text())["devices"] == ["cpu, bf16 autocast", "cpu, fp32"]
+        monkeypatch.setattr(inference, "cpu_has_bf16_kernels", lambda: True)
 
     # An fp32 setting does not take the bf16 encoder (nor the other way round).
     with pytest.raises(ValueError, match=r"fine-tuned with other settings \(finetune.amp 'bf16' there, 'off' here\)"):

@@ -588,7 +588,11 @@ def test_predict_names_what_is_wrong_with_its_dialogues():
              ([], ValueError, "no dialogues"),
              ([good[0], without_visual], ValueError, rf"dialogue {good[1].dialogue_id} lacks \['visual'\]"),
              ([dataclasses.replace(good[0], labels=torch.tensor([0, 4, 1]))], ValueError,
-              r"has label id 4, but the model has 4 classes .* \(label ids 0..3, -1 = unlabelled\)")]
+              r"has label id 4, but the model has 4 classes .* \(label ids 0..3, -1 = unlabelled\)"),
+             # checked before batching, so that a GPU run gets it too (the forward checks CPU batches only)
+             ([dataclasses.replace(good[0], speakers=torch.tensor([0, 9, 1]))], ValueError,
+              rf"dialogue {good[0].dialogue_id} has speaker slots 0..9, but the model has "
+              rf"{model.spec.n_speakers} \(slots 0..{model.spec.n_speakers - 1}\)")]
     for dialogues, error, message in cases:
         with pytest.raises(error, match=message):
             predict(model, dialogues)

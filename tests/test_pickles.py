@@ -129,6 +129,33 @@ def test_vega_7_tuple_round_trip(tmp_path):
     assert len(visual.attrs["source_sha256"]) == 64
 
 
+def test_a_pickle_of_tensors_saved_on_a_gpu_imports_on_a_machine_without_one(tmp_path, monkeypatch):
+    """Features kept as torch tensors in a GPU session are pickled with their device: torch's unpickling then needs
+    CUDA, and the import stopped with "not a pickle of the expected layout". They are rebuilt on the CPU. The GPU
+    is simulated: every storage is written as if it were on cuda:0."""
+    import torch
+    import torch.serialization
+
+    parts = iemocap_parts()
+    for modality in DIMS:
+        parts[modality] = {vid: torch.from_numpy(array) for vid, array in parts[modality].items()}
+    with monkeypatch.context() as patched:
+        patched.setattr(torch.serialization, "location_tag", lambda storage: "cuda:0")
+        source = _dump(vega_tuple(parts), tmp_path / "gpu.pkl")
+    assert b"cuda:0" in source.read_bytes()
+    if not torch.cuda.is_available():  # what the file does to torch's own unpickling here
+        with pytest.raises(RuntimeError, match="CUDA"):
+            pickle.loads(source.read_bytes())
+    loaded = pickles.load_pickle(source, allow_pickle=True)
+    assert loaded[2]["Ses01F_impro01"].device.type == "cpu"
+    summary = pickles.import_pickle(source, tmp_path / "manifest.tsv", _paths(tmp_path), allow_pickle=True)
+    assert summary["layout"] == "vega7"
+    frame = manifest_io.read(tmp_path / "manifest.tsv")
+    text = feature_io.read(tmp_path / "text.h5", expected_ids=frame["utterance_id"].tolist())
+    np.testing.assert_array_equal(text.rows(frame["utterance_id"].tolist()[:4])[0],
+                                  parts["text"]["Ses01F_impro01"].numpy())
+
+
 def test_sdt_12_tuple_imports_names_and_sentences_and_exports_the_vega_subset(tmp_path):
     parts = iemocap_parts(seed=3)
     original = sdt12_tuple(parts)

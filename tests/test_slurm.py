@@ -99,6 +99,39 @@ def test_the_cluster_profile_keeps_its_settings_over_the_workflow_profile(monkey
     assert local.show_failed_logs is True  # what profiles/default gives a local run
 
 
+def test_uncommenting_the_slurm_profiles_gpu_lines_keeps_every_rules_settings(monkeypatch, tmp_path):
+    """The profile's GPU lines, uncommented as its comment says, give each GPU rule a partition and keep
+    train_model's memory and time: a second `train_model:` block (how they were written before) silently
+    replaced the first, so training lost either its GPU partition or its 16 GB."""
+    from snakemake.cli import parse_args
+
+    from ercpipe.config import check_config_files
+
+    text = (REPO / "profiles" / "slurm" / "config.yaml").read_text()
+    gpu_rules = {"train_model", "finetune_text_encoder", "text_features_shard", "visual_features_shard",
+                 "encode_anchors"}
+    rules_with_gpu = set()
+    for smk in (REPO / "workflow" / "rules").glob("*.smk"):
+        for name, body in re.findall(r"^rule (\w+):(.*?)(?=^rule |\Z)", smk.read_text(), flags=re.S | re.M):
+            if "gpu=GPU" in body:
+                rules_with_gpu.add(name)
+    assert rules_with_gpu == gpu_rules
+    uncommented = re.sub(r"^(\s*)# (\s*\w+:( \w+)?)$", r"\1\2", text, flags=re.M)
+    assert uncommented.count("slurm_partition: gpu") == len(gpu_rules)
+    profile = tmp_path / "slurm"
+    profile.mkdir()
+    (profile / "config.yaml").write_text(uncommented)
+    check_config_files([profile / "config.yaml"])  # no key twice in one block
+    monkeypatch.chdir(REPO)
+    _, args = parse_args(["--profile", str(profile), "-n"])
+    resources = args.set_resources  # what Snakemake will apply: rule -> {key: Resource}
+    assert {rule for rule, keys in resources.items() if "slurm_partition" in keys} == gpu_rules
+    assert set(resources["train_model"]) == {"mem_mb", "runtime", "slurm_partition", "gpu_model"}
+    values = yaml.safe_load(uncommented)["set-resources"]
+    assert {rule for rule, keys in values.items() if keys.get("slurm_partition") == "gpu"} == gpu_rules
+    assert values["train_model"]["mem_mb"] == "16000 * attempt" and values["train_model"]["runtime"] == 720
+
+
 def test_the_slurm_profile_without_sbatch_says_so_before_any_job(tmp_path):
     """Without SLURM's tools every job used to fail after ~20 s with "No such file or directory: 'sacct'"."""
     import os

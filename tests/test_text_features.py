@@ -76,6 +76,27 @@ def test_a_half_precision_checkpoint_is_loaded_in_fp32(tiny_model, tmp_path):
 
 
 
+def test_non_finite_vectors_stop_the_encoder_with_their_likely_cause(tiny_model, tmp_path):
+    """An encoder that overflows under the `dtype` autocast (fp16 on a GPU) gave NaN rows that stopped only the
+    feature file's write, after the whole shard, with no hint at the setting. The overflow is simulated with an
+    inf weight; the autocast case by switching autocast on for this CPU encoder."""
+    broken = tmp_path / "tiny-inf"
+    model = AutoModel.from_pretrained(tiny_model)
+    with torch.no_grad():
+        model.get_input_embeddings().weight.fill_(float("inf"))
+    model.save_pretrained(broken)
+    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(broken)
+    encoder = text.TextEncoder({"model": str(broken), "pooling": "mean", "dtype": "bf16"}, device="cpu")
+    texts = ["hello there", "", "so happy"]
+    with pytest.raises(ValueError, match=r"gave non-finite vectors for 2 of 3 utterance\(s\) \(0, 2\): it ran in "
+                                         r"fp32, so its weights hold NaN / inf"):
+        encoder.encode(texts)
+    encoder.autocast_dtype = torch.bfloat16
+    with pytest.raises(ValueError, match=r"non-finite vectors .* the encoder ran under bf16 autocast, whose range it "
+                                         r"exceeded: set the text setting dtype: fp32"):
+        encoder.encode(texts)
+
+
 def test_encode_takes_a_list_and_missing_texts_are_zero_rows(tiny_model):
     """A bare string was encoded one vector per character; None and NaN (pandas' missing values) as the words."""
     encoder = text.TextEncoder({"model": str(tiny_model), "pooling": "mean"}, device="cpu")

@@ -757,6 +757,9 @@ def test_a_checkpoint_of_another_version_or_a_device_that_is_not_here_is_named(v
             load_model(tmp_path / name)
     with pytest.raises(DeviceError, match=r"device 'gpu' is not a device name; use auto, cpu, cuda or cuda:N"):
         resolve_device("gpu")
+    for name in ("mps", "meta", "xpu:0"):  # names torch knows; the pipeline computes on neither
+        with pytest.raises(DeviceError, match=rf"device '{name}' is not supported; use auto, cpu, cuda or cuda:N"):
+            resolve_device(name)
 
 
 def test_a_gpu_job_without_a_gpu_stops_and_resume_keeps_only_the_training_gpus_generator(monkeypatch):
@@ -963,6 +966,34 @@ def test_bf16_on_the_cpu_trains_and_learns(dataset, tmp_path, caplog, monkeypatc
     assert metrics["test"]["accuracy"] > 60
     again = train(dataset, tmp_path / "b", experiment)
     assert again["test"] == metrics["test"]
+
+
+def test_bf16_on_a_gpu_without_native_bf16_runs_in_fp32_in_training_and_text_extraction(monkeypatch):
+    """GPUs before compute capability 8.0 (V100, T4) emulate bf16, and autocast accepts it without a word, slower
+    than fp32: train.amp / finetune.amp bf16 and the text `dtype` bf16 run in fp32 there and say so. fp16 is
+    unaffected. The GPU is simulated (its capability is what is asked)."""
+    from ercpipe.features.settings import text_settings
+    from ercpipe.features.text_encoder import TextEncoder
+    from ercpipe.model.inference import effective_amp
+    from ercpipe.train.trainer import amp_description
+
+    capability = {"value": (7, 0)}
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: capability["value"])
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=None: "Tesla V100")
+    gpu = torch.device("cuda")
+    encoder = TextEncoder.__new__(TextEncoder)  # its settings and device only: no model is moved to the GPU
+    encoder.device, encoder.settings = gpu, text_settings({"dtype": "bf16"})
+    assert effective_amp(gpu, "bf16") == "off" and effective_amp(gpu, "fp16") == "fp16"
+    assert amp_description(gpu, "bf16") == "bf16 requested, fp32 on this GPU (no native bf16: compute capability " \
+                                           "below 8.0)"
+    assert encoder._autocast_dtype() is None
+    encoder.autocast_dtype = None
+    assert encoder.computed_on == "cuda:0 (Tesla V100), bf16 requested, fp32 (no native bf16)"
+    capability["value"] = (8, 0)
+    assert effective_amp(gpu, "bf16") == "bf16" and amp_description(gpu, "bf16") == "bf16 autocast"
+    assert encoder._autocast_dtype() is torch.bfloat16
 
 
 @pytest.mark.skipif(TEST_DEVICE != "cpu", reason="the CPU's bf16 kernels")

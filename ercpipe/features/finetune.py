@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from ercpipe import labels as labels_mod
 from ercpipe.datasets import FINETUNE_VIEW
-from ercpipe.device import rng_state, set_rng_state
+from ercpipe.device import device_description, rng_state, set_rng_state
 from ercpipe.features import settings as settings_mod
 from ercpipe.features import text_encoder as text_mod  # the encoder, not the extraction module
 from ercpipe.io import manifest as manifest_io
@@ -267,10 +267,10 @@ def finetune_text_encoder(manifest_path, settings: dict, out_dir: Path, threads:
     amp = effective_amp(encoder.device, requested)
     if amp != requested:
         logger.warning("finetune.amp is %s, which runs as fp32 on %s (fp16: CUDA only; bf16: CUDA or a CPU with bf16 "
-                       "kernels)", requested, encoder.device)
+                       "kernels or a GPU of compute capability 8.0+)", requested, encoder.device)
+    precision = "fp32" if amp == "off" else f"{amp} autocast"
     logger.info("fine-tuning %s on %d train utterances, choosing the epoch on %d valid, %d classes %s, device %s, "
-                "%s", view["model"], len(train_x), len(valid_x), len(classes), classes, encoder.device,
-                "fp32" if amp == "off" else f"{amp} autocast")
+                "%s", view["model"], len(train_x), len(valid_x), len(classes), classes, encoder.device, precision)
 
     batch = train["batch_size"]
     steps = train["epochs"] * math.ceil(len(train_x) / batch)
@@ -307,6 +307,14 @@ def finetune_text_encoder(manifest_path, settings: dict, out_dir: Path, threads:
             best_state = _cpu_copy(model.encoder.state_dict())
         logger.info("resuming from %s after epoch %d of %d (best valid weighted F1 %.4f at epoch %d)", state_path,
                     resumed["epoch"], train["epochs"], best_score, best_epoch)
+    devices = list(resumed.get("devices") or []) if resumed is not None else []
+    here = device_description(encoder.device, precision)
+    if devices and devices[-1] != here:
+        logger.warning("this fine-tuning ran on %s until epoch %d and continues on %s: its weights differ from an "
+                       "uninterrupted run on either (metrics.json: devices lists both)", devices[-1],
+                       resumed["epoch"], here)
+    if not devices or devices[-1] != here:
+        devices.append(here)
     lengths = [len(x.ids) for x in train_x]
     for epoch in range(len(history), train["epochs"] + 1):
         started = time.perf_counter()
@@ -343,6 +351,7 @@ def finetune_text_encoder(manifest_path, settings: dict, out_dir: Path, threads:
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "generator": generator.get_state(), "rng": rng_state(encoder.device),
                 "scaler": scaler.state_dict() if scaler.is_enabled() else None, "skipped_steps": skipped_steps,
+                "devices": devices,
                 # the selected weights only when they are neither the pretrained encoder's nor this epoch's
                 "best_encoder": best_state if 0 < best_epoch < epoch else None})
             if on_epoch_end is not None:
@@ -357,7 +366,8 @@ def finetune_text_encoder(manifest_path, settings: dict, out_dir: Path, threads:
         "class_weights": {"source": weights_source, "values": None if weights is None else [float(w) for w in weights]},
         "skipped_empty_text": skipped, "splits_read": list(TRAIN_SPLITS),
         "seconds": elapsed, "device": str(encoder.device),
-        "precision": "fp32" if amp == "off" else f"{amp} autocast",
+        "devices": devices,  # where and in what precision it ran, e.g. ["cuda:0 (NVIDIA H100 ...), fp16 autocast"]
+        "precision": precision,
         "skipped_steps": skipped_steps,  # fp16 steps the GradScaler skipped (overflowing gradients); else 0
     }
     with atomic_dir(out_dir) as tmp:

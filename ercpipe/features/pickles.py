@@ -22,6 +22,7 @@ Unpickling can run arbitrary code, so loading requires an explicit allow_pickle=
 """
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
@@ -104,6 +105,24 @@ def _file_kind(path: Path) -> str:
     return ""
 
 
+def _storage_on_the_cpu(data: bytes):
+    """torch.storage._load_from_bytes with the storage mapped to the CPU: a tensor pickled on a GPU names its device,
+    and torch's own loader then needs CUDA. The bytes are torch.save's zip format of one storage."""
+    import torch
+
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+
+
+class _CpuTensorUnpickler(pickle.Unpickler):
+    """pickle.Unpickler that rebuilds torch tensors on the CPU whatever device they were pickled from (features
+    saved from a GPU session), as the importer converts them to NumPy anyway."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) == ("torch.storage", "_load_from_bytes"):
+            return _storage_on_the_cpu
+        return super().find_class(module, name)
+
+
 def load_pickle(path: str | Path, *, allow_pickle: bool = False,
                 how_to_allow: str = "pass allow_pickle=True") -> tuple:
     """The raw tuple of a feature pickle; refuses unless allow_pickle=True (unpickling can run code).
@@ -125,7 +144,8 @@ def load_pickle(path: str | Path, *, allow_pickle: bool = False,
             f"trust where the file comes from, {how_to_allow}")
     try:
         with open(path, "rb") as handle:
-            obj = pickle.load(handle, encoding="latin1")  # latin1: the IEMOCAP releases were pickled by Python 2
+            # latin1: the IEMOCAP releases were pickled by Python 2
+            obj = _CpuTensorUnpickler(handle, encoding="latin1").load()
     except Exception as err:  # noqa: BLE001 - a file that is not a pickle raises almost anything
         reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise PickleFormatError(

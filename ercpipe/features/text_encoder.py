@@ -42,7 +42,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from ercpipe.device import device_description, resolve_device
+from ercpipe.device import cuda_has_bf16, device_description, resolve_device
 from ercpipe.features import settings as settings_mod
 from ercpipe.io import manifest as manifest_io
 
@@ -167,6 +167,19 @@ class TextEncoder:
         self.separator_ids = self._ids([separator])[0]
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self.dim = int(self.model.config.hidden_size)
+        self.autocast_dtype = self._autocast_dtype()
+
+    def _autocast_dtype(self) -> torch.dtype | None:
+        """The `dtype` setting's autocast: on a GPU only (the CPU computes in fp32, as documented), and bf16 only
+        on a GPU with native bf16 (ercpipe.device.cuda_has_bf16; older ones emulate it, slower than fp32)."""
+        dtype = self.settings["dtype"]
+        if self.device.type != "cuda" or dtype == "fp32":
+            return None
+        if dtype == "bf16" and not cuda_has_bf16(self.device):
+            logger.warning("text dtype bf16: %s has no native bf16 (compute capability below 8.0), so the encoder "
+                           "runs in fp32 (set dtype: fp16 or fp32)", self.device)
+            return None
+        return DTYPES[dtype]
 
     # ---- tokenization
 
@@ -272,8 +285,11 @@ class TextEncoder:
     @property
     def computed_on(self) -> str:
         """The device and precision of the vectors (feature files record it: `computed_on`)."""
-        autocast = self.device.type == "cuda" and self.settings["dtype"] != "fp32"
-        return device_description(self.device, f"{self.settings['dtype']} autocast" if autocast else "fp32")
+        if self.autocast_dtype is not None:
+            return device_description(self.device, f"{self.settings['dtype']} autocast")
+        if self.device.type == "cuda" and self.settings["dtype"] == "bf16":
+            return device_description(self.device, "bf16 requested, fp32 (no native bf16)")
+        return device_description(self.device, "fp32")
 
     def forward_pooled(self, batch: list[EncodedInput]) -> torch.Tensor:
         """Pooled float32 vectors [B, D] for a batch of inputs (gradients flow unless in inference mode)."""
@@ -285,8 +301,8 @@ class TextEncoder:
             attention[b, :len(item.ids)] = 1
         ids, attention = ids.to(self.device), attention.to(self.device)
         k = self.settings["last_layers"]
-        autocast = (torch.autocast(device_type=self.device.type, dtype=DTYPES[self.settings["dtype"]])
-                    if self.device.type == "cuda" and self.settings["dtype"] != "fp32" else contextlib.nullcontext())
+        autocast = (contextlib.nullcontext() if self.autocast_dtype is None
+                    else torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype))
         with autocast:
             output = self.model(input_ids=ids, attention_mask=attention, output_hidden_states=k > 1)
         if k > 1:
@@ -328,12 +344,28 @@ class TextEncoder:
         features = np.zeros((len(ids), self.dim), dtype=np.float32)
         if runnable:
             features[runnable] = self.encode_inputs([inputs[n] for n in runnable], desc)
+        self._check_finite(features, ids)
         truncated = {ids[n]: inputs[n].truncated_from for n in runnable if inputs[n].truncated_from}
         present = np.array([item is not None for item in inputs], dtype=bool)
         unk = self.tokenizer.unk_token_id
         unknown_only = [ids[n] for n in runnable if unk is not None
                         and set(inputs[n].ids[inputs[n].target_start:inputs[n].target_end]) == {unk}]
         return TextFeatures(features, present, absent, truncated, unknown_only)
+
+    def _check_finite(self, features: np.ndarray, ids: list[str]) -> None:
+        """Non-finite vectors stop here, with the likely cause (fp16 autocast overflows in some encoders), instead
+        of at the feature file's write after the whole shard, saying only that values are not finite."""
+        bad = np.flatnonzero(~np.isfinite(features).all(axis=1))
+        if not len(bad):
+            return
+        if self.autocast_dtype is not None:
+            hint = (f"the encoder ran under {self.settings['dtype']} autocast, whose range it exceeded: set the text "
+                    "setting dtype: fp32 (or bf16, on a GPU of compute capability 8.0+)")
+        else:
+            hint = "it ran in fp32, so its weights hold NaN / inf or it overflows: check the model"
+        shown = ", ".join(ids[n] for n in bad[:5]) + (", ..." if len(bad) > 5 else "")
+        raise ValueError(f"text model {self.settings['model']!r} gave non-finite vectors for {len(bad)} of "
+                         f"{len(ids)} utterance(s) ({shown}): {hint}")
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """Vectors for free-standing texts (no context); an empty or missing text (None, NaN) gives a row of

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ercpipe.device import resolve_device
+from ercpipe.device import cuda_has_bf16, resolve_device
 from ercpipe.model.batch import Batch, Dialogue, collate, standardize
 from ercpipe.model.checkpoint import check_dialogue_widths
 from ercpipe.model.sdt import SDTVega
@@ -31,15 +31,30 @@ def cpu_has_bf16_kernels() -> bool:
         return True
 
 
+def has_bf16_kernels(device: torch.device) -> bool:
+    """Whether bf16 autocast is worth running on this device: a CPU with bf16 kernels (cpu_has_bf16_kernels), a GPU
+    with native bf16 (ercpipe.device.cuda_has_bf16: compute capability 8.0 and later)."""
+    return cpu_has_bf16_kernels() if device.type == "cpu" else cuda_has_bf16(device)
+
+
 def effective_amp(device: torch.device, amp: str) -> str:
     """What the train.amp setting runs as on this device: "fp16" = fp16 autocast on CUDA, fp32 ("off") on the
-    CPU (fp16 matrix products are slow there); "bf16" = bf16 autocast on CUDA and on a CPU with bf16 kernels
-    (cpu_has_bf16_kernels; fast where it has avx512_bf16 / AMX), fp32 on a CPU without them; "off" = fp32."""
+    CPU (fp16 matrix products are slow there); "bf16" = bf16 autocast on a CPU or GPU with bf16 kernels
+    (has_bf16_kernels; fast on a CPU with avx512_bf16 / AMX), fp32 on one without them; "off" = fp32."""
     if amp == "off" or device.type not in ("cuda", "cpu"):
         return "off"
-    if device.type == "cpu" and (amp != "bf16" or not cpu_has_bf16_kernels()):
+    if device.type == "cpu" and amp != "bf16":
+        return "off"
+    if amp == "bf16" and not has_bf16_kernels(device):
         return "off"
     return amp
+
+
+def bf16_fallback_note(device: torch.device) -> str:
+    """Why a bf16 setting runs in fp32 on this device (effective_amp), as logs and metrics.json say it."""
+    if device.type == "cpu":
+        return "fp32 on this CPU (no bf16 kernels)"
+    return "fp32 on this GPU (no native bf16: compute capability below 8.0)"
 
 
 def autocast_context(device: torch.device, amp: str):
@@ -147,6 +162,13 @@ def predict(model: SDTVega, dialogues: Sequence[Dialogue], batch_size: int = 32,
             raise ValueError(f"dialogue {d.dialogue_id} has label id {int(d.labels.max())}, but the model has "
                              f"{len(classes)} classes {list(classes)} "
                              f"(label ids 0..{len(classes) - 1}, -1 = unlabelled)")
+        # Checked here on the CPU tensors: the forward checks CPU batches only, and on a GPU an out-of-range slot is
+        # a device-side assert that names nothing and leaves the CUDA context unusable.
+        n_speakers = model.spec.n_speakers
+        if model.spec.speaker_embeddings and len(d.speakers) and not 0 <= int(d.speakers.min()) <= \
+                int(d.speakers.max()) < n_speakers:
+            raise ValueError(f"dialogue {d.dialogue_id} has speaker slots {int(d.speakers.min())}.."
+                             f"{int(d.speakers.max())}, but the model has {n_speakers} (slots 0..{n_speakers - 1})")
     check_dialogue_widths(model, dialogues)
     if getattr(model, "feature_stats", None):
         dialogues = [dataclasses.replace(d, features=dict(d.features)) for d in dialogues]

@@ -37,7 +37,7 @@ from ercpipe.model.anchors import subsample_anchor_images
 from ercpipe.model.batch import standardize
 from ercpipe.model.checkpoint import (CHECKPOINT_FORMAT, CheckpointError, checkpoint_payload, load_checkpoint_file,
                                       model_from_payload, save_torch)
-from ercpipe.model.inference import (EvalResult, autocast_context, effective_amp, eval_batches,
+from ercpipe.model.inference import (EvalResult, autocast_context, bf16_fallback_note, effective_amp, eval_batches,
                                      predictions_frame, run_eval)
 from ercpipe.labels import official_class_list
 from ercpipe.model.losses import SDTVegaLoss, inverse_frequency_weights, paper_class_weights
@@ -179,7 +179,7 @@ def amp_description(device: torch.device, amp: str) -> str:
         return f"{amp} autocast"
     if amp == "fp16":
         return "fp16 requested, fp32 on the CPU"
-    return "bf16 requested, fp32 on this CPU (no bf16 kernels)"
+    return f"bf16 requested, {bf16_fallback_note(device)}"
 
 
 def device_label(device: torch.device, amp: str) -> str:
@@ -373,9 +373,11 @@ def run_training(manifest_path, feature_paths: dict, anchor_path, experiment: di
                 len(train_dialogues), "+".join(train_splits), selection_split, len(selection_dialogues), device,
                 amp_description(device, train_cfg["amp"]), torch.get_num_threads())
     if train_cfg["amp"] == "bf16" and effective_amp(device, "bf16") == "off":
-        logger.warning("train.amp is bf16, but this CPU has no bf16 kernels (no AVX-512): bf16 autocast runs "
-                       "about 20x slower than fp32 here, so this run trains in fp32 (metrics.json: devices). Set "
-                       "train.amp: off to say so, or train on a CPU with avx512_bf16 / AMX or on a GPU")
+        logger.warning("train.amp is bf16, but %s: bf16 autocast runs slower than fp32 here (about 20x on an AVX2 "
+                       "CPU), so this run trains in fp32 (metrics.json: devices). Set train.amp: off to say so, or "
+                       "train on a CPU with avx512_bf16 / AMX or on a GPU of compute capability 8.0 or later",
+                       "this CPU has no bf16 kernels (no AVX-512)" if device.type == "cpu"
+                       else f"{device} has no native bf16 (compute capability below 8.0)")
 
     state = {"epoch": 0, "history": [], "best_score": -math.inf, "best_epoch": 0, "bad_epochs": 0,
              "finished": False, "skipped_steps": 0}
