@@ -143,7 +143,26 @@ def _check_config(args, parser) -> None:
 
     for path in args.files:
         check_config_file(path)
-        print(f"{path}: YAML, keys and schema are fine (paths and the rest: snakemake -n --configfile {path})")
+        print(f"{path}: YAML, keys, schema, names and presets are fine (paths and the rest: snakemake -n "
+              f"--configfile {path})")
+
+
+# The commands' input files, as their messages name them.
+INPUT_ARGUMENTS = {"checkpoint": "--checkpoint", "conversation": "--conversation", "manifest": "--manifest",
+                   "pt": "the input file", "anchors": "the input file"}
+
+
+def _refuse_out_over_an_input(args, out: str, parser: argparse.ArgumentParser) -> None:
+    """--out naming one of the command's own inputs replaced it with the output (a conversation with its
+    predictions, a manifest with a pickle); for predict, a checkpoint folder's model.pt too."""
+    target = Path(out).resolve()
+    inputs = [(label, getattr(args, name)) for name, label in INPUT_ARGUMENTS.items() if getattr(args, name, None)]
+    inputs += [("--features", pair.partition("=")[2]) for pair in getattr(args, "features", None) or []]
+    for flag, given in inputs:
+        path = Path(given).resolve()
+        if target == path or (flag == "--checkpoint" and path.is_dir() and target.suffix == ".pt"
+                              and path in target.parents):
+            parser.error(f"--out {out} would replace {flag} {given}; write the output to another file")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -220,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_export_anchors, parser=p)
 
     p = commands.add_parser("check-config", parents=[common],
-                            help="a config file's YAML syntax (with its line), repeated keys and schema")
+                            help="a config file's YAML syntax (with its line), repeated keys, schema, names, presets")
     p.add_argument("files", nargs="+", metavar="FILE")
     p.set_defaults(run=_check_config, parser=p)
     return parser
@@ -234,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     out = getattr(args, "out", None)
     if out and Path(out).is_dir():  # before any work (predict writes at the end)
         command_parser.error(f"--out {out} is a folder; give the path of a file to write")
+    if out:
+        _refuse_out_over_an_input(args, out, command_parser)
     try:
         args.run(args, command_parser)
     except USER_ERRORS as err:

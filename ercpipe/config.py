@@ -140,8 +140,9 @@ SCHEMA_PATH = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "co
 
 def check_config_file(path) -> None:
     """What can be checked of one config file on its own: YAML syntax (file, line, column), keys written twice,
-    the JSON schema (every bad key as a dotted path). ConfigError at the first kind of problem found. Paths,
-    names and the rest need the workflow: `snakemake -n --configfile FILE`."""
+    the JSON schema (every bad key as a dotted path), names that become folders and each experiment's preset and
+    keys. ConfigError at the first kind of problem found. Paths and the rest need the project folder:
+    `snakemake -n --configfile FILE`."""
     import yaml
 
     problem = yaml_syntax_problem(path)
@@ -151,8 +152,16 @@ def check_config_file(path) -> None:
     config = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     if not isinstance(config, dict):
         raise ConfigError(f"{path}: holds {type(config).__name__}, not a mapping of keys (datasets:, experiments: ...)")
+    from ercpipe.train.presets import resolve_experiment  # here: presets imports this module; light, no torch
+
     try:
         validate_schema(config, SCHEMA_PATH)
+        check_names(config)
+        for name, experiment in (config.get("experiments") or {}).items():
+            try:
+                resolve_experiment(experiment)
+            except ValueError as err:
+                raise ConfigError(f"experiments.{name}: {err}") from None
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from None
 

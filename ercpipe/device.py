@@ -22,7 +22,8 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if device.type not in ("cpu", "cuda"):  # mps, xpu, meta ...: torch accepts the name, the pipeline runs neither
         raise DeviceError(f"device {str(device)!r} is not supported; use auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise DeviceError(f"device {device} was requested but CUDA is not available; use device='cpu' or 'auto'")
+        raise DeviceError(f"device {device} was requested but CUDA is not available here; use cpu or auto "
+                          "(--device on the command line, device= in Python)")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise DeviceError(f"device {device} was requested but this process sees {torch.cuda.device_count()} GPU(s) "
                           f"(cuda:0 .. cuda:{torch.cuda.device_count() - 1}; CUDA_VISIBLE_DEVICES renumbers them)")

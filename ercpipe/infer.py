@@ -80,7 +80,7 @@ def checkpoint_files(checkpoint: str | Path, seed: int | None = None) -> list[Pa
         raise InferenceError(f"{path} is neither a model.pt nor a folder holding one or a summary.json; give a run's "
                              "model.pt (results/{dataset}/{experiment}/seed{n}/model.pt), its seed folder, or an "
                              "experiment's or selection's results folder")
-    summary = json.loads(summary_path.read_text())
+    summary = _results_summary(summary_path)
     selection = summary.get("selection") or {}
     chosen = selection.get("chosen")
     if chosen in (selection.get("ensembles") or {}):
@@ -93,7 +93,7 @@ def checkpoint_files(checkpoint: str | Path, seed: int | None = None) -> list[Pa
         members = [(chosen or path.name, summary_path)]
     files = []
     for name, member_path in members:
-        member = summary if member_path == summary_path else json.loads(member_path.read_text())
+        member = summary if member_path == summary_path else _results_summary(member_path)
         seeds = list(member["seeds"])
         if seed is not None and seed not in seeds:
             raise InferenceError(f"{summary_path}: {name} ran seeds {seeds}, not {seed}")
@@ -104,6 +104,24 @@ def checkpoint_files(checkpoint: str | Path, seed: int | None = None) -> list[Pa
         raise InferenceError(f"{summary_path} names run(s) without a model.pt: {missing[:3]}; run the workflow for "
                              "them again, or give one run's model.pt")
     return files
+
+
+def _results_summary(path: Path) -> dict:
+    """An experiment's or selection's summary.json (results/{dataset}/{name}/summary.json): its runs and seeds. A
+    dataset's summary.json (features/{dataset}/, an import-pickle folder) or a damaged file is named as such."""
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InferenceError(f"{path} cannot be read as JSON ({err}); it is damaged or not a summary.json the "
+                             "workflow wrote: run the workflow for that experiment again") from None
+    if not isinstance(summary, dict) or not isinstance(summary.get("seeds"), list) or \
+            not isinstance(summary.get("runs"), list):
+        kind = ("a dataset's summary (features/{dataset}/ or an import-pickle folder), not a results folder's"
+                if isinstance(summary, dict) and "utterances" in summary else "not an experiment's or selection's")
+        raise InferenceError(f"{path} is {kind}: --checkpoint takes a run's model.pt "
+                             "(results/{dataset}/{experiment}/seed{n}/model.pt), its seed folder, or an experiment's "
+                             "or selection's results folder (results/{dataset}/{name})")
+    return summary
 
 
 def _project_path(recorded: str, summary_file: Path) -> Path:
@@ -208,6 +226,8 @@ def read_conversation(path: str | Path, classes: Sequence[str]) -> Conversation:
     from ercpipe.io.manifest import ManifestError
 
     path = Path(path)
+    if path.is_dir():
+        raise InferenceError(f"conversation file {path} is a folder; give a CSV (or .tsv) file of the conversation")
     if not path.is_file():
         raise InferenceError(f"conversation file {path} does not exist")
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
@@ -215,7 +235,13 @@ def read_conversation(path: str | Path, classes: Sequence[str]) -> Conversation:
         records = read_csv_records(path, ("speaker",), delimiter)
     except ManifestError as err:
         raise InferenceError(f"{err} (conversation format: ercpipe.infer)") from None
-    unknown = sorted(set(records[0].values if records else ()) - set(OPTIONAL_COLUMNS) - {"speaker"})
+    header = set(records[0].values if records else ())
+    unknown = sorted(header - set(OPTIONAL_COLUMNS) - {"speaker"})
+    for column in unknown:  # "Dialogue_ID" was ignored: two conversations were predicted as one, labels dropped
+        meant = re.sub(r"[\s-]+", "_", column.strip()).lower()
+        if meant in OPTIONAL_COLUMNS and meant not in header:
+            raise InferenceError(f"{path}: column {column!r} is not read (column names are lower case); rename it "
+                                 f"to {meant!r}")
     if unknown:
         logger.info("%s: ignoring column(s) %s", path, unknown)
     if not records:
@@ -225,6 +251,7 @@ def read_conversation(path: str | Path, classes: Sequence[str]) -> Conversation:
     numbers = rows.groupby("dialogue_id", sort=False).cumcount().map(lambda n: f"u{n:03d}")  # within its dialogue
     rows["utterance_id"] = rows["utterance_id"].where(rows["utterance_id"] != "",
                                                      rows["dialogue_id"] + "_" + numbers)
+    rows["label"] = rows["label"].str.strip()  # as the other cells are ("joy " from a spreadsheet)
     labelled = bool((rows["label"] != "").any())
     if labelled:
         for record, label in zip(records, rows["label"]):
@@ -244,6 +271,48 @@ def _letter_slots(speaker_slots: dict[str, int] | None) -> dict[str, int]:
         if letter is None or rule.setdefault(letter.group(1), slot) != slot:
             return {}
     return rule
+
+
+def _training_slots(conversation, rows: pd.DataFrame, speaker_slots: dict[str, int],
+                    by_letter: dict[str, int]) -> pd.DataFrame:
+    """Speaker slots for a file without a speaker_slot column, from a model trained with a fixed slot per speaker:
+    a speaker in the training table keeps its slot, one whose name ends in a letter the table follows (IEMOCAP's
+    M / F) takes that letter's; the others take, in each dialogue, the lowest slots the known speakers leave free,
+    in order of first appearance (the known ones used to lose their slots as soon as one speaker was unknown)."""
+    def fixed(name: str) -> int | None:
+        if name in speaker_slots:
+            return int(speaker_slots[name])
+        letter = SIDE_LETTER.search(name)
+        return by_letter.get(letter.group(1)) if by_letter and letter else None
+
+    slots = {name: fixed(name) for name in rows["speaker"].unique()}
+    known = sorted(name for name, slot in slots.items() if slot is not None)
+    unknown = [name for name, slot in slots.items() if slot is None]
+    if not known:
+        example = ", ".join(f"{name}={slot}" for name, slot in list(speaker_slots.items())[:4])
+        logger.warning("%s: the model was trained with a fixed slot per speaker (e.g. %s), which this file's "
+                       "speakers are not in; their slots follow the order of first appearance in each dialogue. "
+                       "Give a speaker_slot column to use training's convention", conversation, example)
+        return rows
+    assigned = []
+    for _, dialogue in rows.groupby("dialogue_id", sort=False):
+        here = {name: slots[name] for name in dialogue["speaker"].unique() if slots[name] is not None}
+        free = (slot for slot in range(len(slots) + max(slots[n] for n in known) + 1) if slot not in here.values())
+        here.update({name: next(free) for name in dialogue["speaker"].unique() if name not in here})
+        assigned.append(dialogue["speaker"].map(lambda name: str(here[name])))
+    rows = rows.assign(speaker_slot=pd.concat(assigned).loc[rows.index])
+    in_table = [name for name in known if name in speaker_slots]
+    if in_table:
+        logger.info("%s: speaker slots from the training data's table (%s)", conversation,
+                    ", ".join(f"{name}={slots[name]}" for name in in_table))
+    if len(in_table) < len(known):
+        logger.info("%s: speaker slots by the letter ending each name, as in the training data (%s)", conversation,
+                    ", ".join(f"{name}={slots[name]}" for name in known if name not in speaker_slots))
+    if unknown:
+        logger.warning("%s: speaker(s) %s are not in the training data's slot table; in each dialogue they take the "
+                       "slots its known speakers leave free, in order of first appearance. Give a speaker_slot column "
+                       "to choose", conversation, unknown[:5])
+    return rows
 
 
 def _check_side_letters(conversation, speakers, dialogues, face_selection: dict | None) -> None:
@@ -292,23 +361,8 @@ def conversation_manifest(conversation: str | Path, classes: Sequence[str], out_
     rows["label"] = rows["label"].where(rows["label"] != "", classes[0])
     if (rows["speaker_slot"] == "").all():
         rows = rows.drop(columns="speaker_slot")
-        if speaker_slots and set(rows["speaker"]) <= set(speaker_slots):
-            rows["speaker_slot"] = rows["speaker"].map(lambda name: str(speaker_slots[name]))
-            logger.info("%s: speaker slots from the training data's table (%s)", conversation,
-                        ", ".join(f"{name}={speaker_slots[name]}" for name in sorted(set(rows["speaker"]))))
-        elif by_letter and all(SIDE_LETTER.search(n) and SIDE_LETTER.search(n).group(1) in by_letter
-                               for n in rows["speaker"]):
-            def slot(name: str) -> int:
-                return speaker_slots[name] if name in speaker_slots else by_letter[SIDE_LETTER.search(name).group(1)]
-
-            rows["speaker_slot"] = rows["speaker"].map(lambda name: str(slot(name)))
-            logger.info("%s: speaker slots by the letter ending each name, as in the training data (%s)", conversation,
-                        ", ".join(f"{name}={slot(name)}" for name in sorted(set(rows["speaker"]))))
-        elif speaker_slots:
-            example = ", ".join(f"{name}={slot}" for name, slot in list(speaker_slots.items())[:4])
-            logger.warning("%s: the model was trained with a fixed slot per speaker (e.g. %s), which this file's "
-                           "speakers are not in; their slots follow the order of first appearance in each dialogue. "
-                           "Give a speaker_slot column to use training's convention", conversation, example)
+        if speaker_slots:
+            rows = _training_slots(conversation, rows, speaker_slots, by_letter)
     # One line per row in the staged copy (the reader collapses whitespace anyway), so that an error about
     # its line k + 2 can name the conversation file's own line.
     rows = rows.apply(lambda column: column.str.replace(r"[\r\n]+", " ", regex=True))
@@ -372,9 +426,19 @@ def _reader_log_as_the_conversation(module: str, drop: str, rewrite: Callable[[s
         target.removeFilter(keep)
 
 
+def checkpoint_project(file: Path) -> Path | None:
+    """The pipeline folder a run's model.pt belongs to (results/{dataset}/{experiment}/seed{n}/model.pt), or None
+    for a model.pt elsewhere: paths its features recorded relative to that folder are found from anywhere."""
+    parents = Path(file).resolve().parents
+    return parents[4] if len(parents) > 4 and parents[3].name == "results" else None
+
+
 def extract_conversation_features(manifest_path: Path, sources: dict[str, dict], modalities: Sequence[str],
-                                  out_dir: Path, threads: int = 1, device: str = "auto") -> dict[str, Path]:
-    """Run the training features' extractors (from the checkpoint's `sources`) on the conversation."""
+                                  out_dir: Path, threads: int = 1, device: str = "auto",
+                                  project: Path | None = None) -> dict[str, Path]:
+    """Run the training features' extractors (from the checkpoint's `sources`) on the conversation. `project`:
+    the pipeline folder the checkpoint belongs to (checkpoint_project), where a fine-tuned encoder recorded by a
+    relative path is looked for when it is not under the current folder."""
     from ercpipe.features import ExtractionContext, extract_shard
 
     paths = {}
@@ -389,9 +453,13 @@ def extract_conversation_features(manifest_path: Path, sources: dict[str, dict],
         # What each extractor needs besides its setting, as the pipeline's rules give it.
         if m == "text":
             encoder_dir = source.get("encoder_dir") or None
+            if encoder_dir and not Path(encoder_dir).is_dir() and project is not None and \
+                    not Path(encoder_dir).is_absolute() and (project / encoder_dir).is_dir():
+                encoder_dir = str(project / encoder_dir)
             if encoder_dir and not Path(encoder_dir).is_dir():
                 raise InferenceError(f"the text features were made with the fine-tuned encoder {encoder_dir}, which "
-                                     "does not exist here; run from the pipeline's folder or re-create it")
+                                     f"does not exist here{f' nor under {project}' if project else ''}; run the "
+                                     "pipeline again to re-create it")
             context = ExtractionContext(encoder_dir=encoder_dir)
         elif m == "audio":
             from ercpipe.datasets.media_prep import write_utterance_audio
@@ -436,7 +504,7 @@ def predict_conversation(checkpoint: str | Path, conversation: str | Path, out_p
                                                       if "visual" in model.spec.modalities else None)
                 extracted[kind] = manifest_path, extract_conversation_features(
                     manifest_path, model.feature_sources, model.spec.modalities, folder / "features", threads=threads,
-                    device=device)
+                    device=device, project=checkpoint_project(file))
             manifest_path, feature_paths = extracted[kind]
             frames.append(_predict_features_one(file, manifest_path, feature_paths, None, device, 32, loaded))
             del model, loaded  # one model in memory at a time
@@ -447,8 +515,10 @@ def predict_conversation(checkpoint: str | Path, conversation: str | Path, out_p
 
 
 def write_predictions(frame: pd.DataFrame, out_path: str | Path) -> None:
+    """Tab-separated, or comma-separated under a .csv name (a spreadsheet opens it by its name)."""
+    sep = "," if Path(out_path).suffix.lower() == ".csv" else "\t"
     with atomic_path(out_path) as tmp:
-        frame.to_csv(tmp, sep="\t", index=False, lineterminator="\n", float_format="%.6g")
+        frame.to_csv(tmp, sep=sep, index=False, lineterminator="\n", float_format="%.6g")
 
 
 def format_predictions(frame: pd.DataFrame) -> str:

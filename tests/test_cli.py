@@ -11,6 +11,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import yaml
 import torch
 
 EXE = str(Path(sys.executable).with_name("ercpipe"))
@@ -192,6 +193,25 @@ def test_arguments_that_would_overwrite_or_misplace_outputs_are_refused(files, t
                      "--out", "a.h5", cwd=tmp_path)
     assert result.returncode == 2 and "CLIP 'ViT-B-23' is not a model open_clip knows (did you mean" in result.stderr
     assert not (tmp_path / "a.h5").exists() and not (tmp_path / "o").exists()
+    # --out naming an input replaced it: the conversation with its predictions, a manifest with a pickle, a model.
+    (tmp_path / "talk.csv").write_text("speaker,text\nA,hi\n")
+    (tmp_path / "run" / "seed0").mkdir(parents=True)
+    for args, refusal in (
+            (["predict", "--checkpoint", "c.pt", "--conversation", "talk.csv", "--out", "./talk.csv"],
+             "ercpipe predict: error: --out ./talk.csv would replace --conversation talk.csv; write the output to "
+             "another file"),
+            (["predict", "--checkpoint", "run", "--conversation", "talk.csv", "--out", "run/seed0/model.pt"],
+             "ercpipe predict: error: --out run/seed0/model.pt would replace --checkpoint run; write the output to "
+             "another file"),
+            (["export-vega", "--manifest", "m.tsv", "--features", "text=a.h5", "audio=b.h5", "visual=c.h5", "--out",
+              "b.h5"], "ercpipe export-vega: error: --out b.h5 would replace --features b.h5; write the output to "
+                       "another file"),
+            (["export-anchors", "35_anchor.pt", "--out", "35_anchor.pt"],
+             "ercpipe export-anchors: error: --out 35_anchor.pt would replace the input file 35_anchor.pt; write the "
+             "output to another file")):
+        result = ercpipe(*args, cwd=tmp_path)
+        assert result.returncode == 2 and result.stderr.splitlines()[-1] == refusal, result.stderr
+    assert (tmp_path / "talk.csv").read_text() == "speaker,text\nA,hi\n"
 
 
 def test_check_config_names_the_line_snakemake_does_not(tmp_path):
@@ -200,7 +220,21 @@ def test_check_config_names_the_line_snakemake_does_not(tmp_path):
     repo = Path(__file__).resolve().parents[1]
     good = ercpipe("check-config", str(repo / "config.yaml"), str(repo / "workflow/configs/meld_text.yaml"),
                    cwd=tmp_path)
-    assert good.returncode == 0 and good.stdout.count("YAML, keys and schema are fine") == 2, good.stderr
+    assert good.returncode == 0 and good.stdout.count("YAML, keys, schema, names and presets are fine") == 2, \
+        good.stderr
+    # A name that cannot be a folder name and a misspelt preset stop the run: said without the workflow too.
+    demo = yaml.safe_load((repo / "config.yaml").read_text())
+    spaced = {**demo, "datasets": {"meld demo" if k == "meld_demo" else k: v for k, v in demo["datasets"].items()}}
+    (tmp_path / "name.yaml").write_text(yaml.safe_dump(spaced))
+    result = ercpipe("check-config", "name.yaml", cwd=tmp_path)
+    assert result.returncode == 2 and "name.yaml: datasets.meld demo:" in result.stderr, result.stderr
+    experiment = next(iter(demo["experiments"]))
+    misspelt = {**demo, "experiments": {**demo["experiments"], experiment: {
+        **demo["experiments"][experiment], "preset": "offical"}}}
+    (tmp_path / "preset.yaml").write_text(yaml.safe_dump(misspelt))
+    result = ercpipe("check-config", "preset.yaml", cwd=tmp_path)
+    assert result.returncode == 2 and f"preset.yaml: experiments.{experiment}: " in result.stderr, result.stderr
+    assert "offical" in result.stderr
     (tmp_path / "bad.yaml").write_text("datasets:\n  mine: {format: csv, manifest: m.csv\nexperiments: {}\n")
     assert_one_line(ercpipe("check-config", "bad.yaml", cwd=tmp_path),
                     "bad.yaml, line 3, column 12: expected ',' or '}', but got ':' (while parsing a flow mapping "

@@ -114,6 +114,16 @@ def test_a_results_folder_predicts_with_its_runs_and_a_selected_ensemble_as_the_
         infer.checkpoint_files(folder / "seed0/model.pt", seed=0)
     with pytest.raises(infer.InferenceError, match=r"neither a model.pt nor a folder holding one or a summary.json"):
         infer.checkpoint_files(workdir / "results/iemocap_demo")
+    # A dataset's folder also holds a summary.json (a KeyError: 'seeds' before), and a damaged one is named.
+    with pytest.raises(infer.InferenceError, match=r"features/iemocap_demo/summary.json is a dataset's summary "
+                                                   r"\(features/\{dataset\}/ or an import-pickle folder\), not a "
+                                                   r"results folder's: --checkpoint takes a run's model.pt"):
+        infer.checkpoint_files(workdir / "features/iemocap_demo")
+    (tmp_path / "cut").mkdir()
+    (tmp_path / "cut/summary.json").write_text('{"seeds": [0],\n')
+    with pytest.raises(infer.InferenceError, match=r"cut/summary.json cannot be read as JSON \(.*line 2.*\); it is "
+                                                   r"damaged"):
+        infer.checkpoint_files(tmp_path / "cut")
 
 
 def test_an_ensemble_of_models_on_other_features_predicts_a_conversation_with_each_ones_features(trained, tmp_path):
@@ -280,6 +290,30 @@ def test_speakers_a_fixed_slot_table_does_not_know_are_warned_about(tmp_path, ca
     assert "Give a speaker_slot column" in caplog.text
 
 
+@pytest.mark.parametrize("table", [{"Ses01_F": 1, "Ses01_M": 0}, {"Ses01_F": 1, "Ses01_M": 0, "Joey": 2}])
+def test_known_speakers_keep_their_training_slot_beside_unknown_ones(tmp_path, caplog, table):
+    """One unknown speaker in a file used to send every speaker to first-appearance slots: Ses01_M (slot 0 in
+    training) became 1, the female actor's. Known speakers, by name or by the letter the table follows, keep their
+    slots; the unknown take the lowest free ones per dialogue."""
+    path = tmp_path / "mixed.csv"
+    path.write_text("dialogue_id,speaker,text\n"
+                    "d1,Alice,hello\nd1,Ses01_M,hi\nd1,Bob,hey\n"
+                    "d2,Ses02_F,so glad\nd2,Alice,me too\n"
+                    "d3,Carol,who\nd3,Dan,knows\n")
+    with caplog.at_level("INFO"):
+        manifest = infer.conversation_manifest(path, ["hap", "sad"], tmp_path, modalities=["text"], n_speakers=9,
+                                               speaker_slots=table)
+    frame = manifest_io.read(manifest)
+    if "Joey" in table:  # a table that no letter rule explains: Ses02_F is unknown too
+        expected = [1, 0, 2, 0, 1, 0, 1]
+    else:
+        expected = [1, 0, 2, 1, 0, 0, 1]
+    assert frame["speaker_slot"].tolist() == expected
+    assert "speaker slots from the training data's table (Ses01_M=0)" in caplog.text
+    assert "are not in the training data's slot table; in each dialogue they take the slots" in caplog.text
+    assert ("by the letter ending each name" in caplog.text) == ("Joey" not in table)
+
+
 def test_a_text_model_reads_no_media_and_an_unlabelled_conversation_warns_of_no_class(tmp_path, caplog):
     """Only the model's modalities are looked for; the placeholder labels of an unlabelled file are no labels."""
     (tmp_path / "chat.csv").write_text("speaker,text\nAnn,hello\nBob,hi\n")
@@ -292,6 +326,54 @@ def test_a_text_model_reads_no_media_and_an_unlabelled_conversation_warns_of_no_
     full = infer.conversation_manifest(tmp_path / "chat.csv", ["neutral", "joy"], tmp_path / "all",
                                        ("text", "audio", "visual"))
     assert manifest_io.read(full)["flags"].str.contains("missing_audio").all()
+
+
+def test_a_conversation_column_in_other_capitals_is_refused_and_label_cells_are_stripped(tmp_path, caplog):
+    """"Dialogue_ID" was ignored with an INFO line: two conversations were predicted as one and "Label" dropped the
+    labels, silently. A spreadsheet's " joy" was refused although every other cell is stripped."""
+    path = tmp_path / "talk.csv"
+    for header, column in (("Dialogue_ID,speaker,text", "Dialogue_ID"), ("dialogue id,speaker,text", "dialogue id"),
+                           ("dialogue_id,speaker,text,Label", "Label")):
+        path.write_text(header + "\n" + "\n".join(["d1,Ann,hi", "d2,Bob,hey"]) + (",joy\n" if "Label" in header
+                                                                                 else "\n"))
+        meant = column.lower().replace(" ", "_")
+        with pytest.raises(infer.InferenceError, match=rf"talk.csv: column '{column}' is not read \(column names are "
+                                                       rf"lower case\); rename it to '{meant}'"):
+            infer.read_conversation(path, ["neutral", "joy"])
+    path.write_text("speaker,text,label,Notes\nAnn,hi, joy \nBob,hey,neutral\n")
+    with caplog.at_level("INFO"):
+        conversation = infer.read_conversation(path, ["neutral", "joy"])
+    assert conversation.rows["label"].tolist() == ["joy", "neutral"]
+    assert "ignoring column(s) ['Notes']" in caplog.text  # a column of the user's own is only mentioned
+    with pytest.raises(infer.InferenceError, match=r"conversation file .* is a folder; give a CSV"):
+        infer.read_conversation(tmp_path, ["neutral", "joy"])
+
+
+def test_a_fine_tuned_encoder_recorded_relative_to_the_project_is_found_from_any_folder(tmp_path, monkeypatch):
+    """Text features record their fine-tuned encoder relative to the pipeline folder (features/{dataset}/encoders/
+    ...): predicting a conversation from outside that folder stopped, saying the encoder does not exist."""
+    from ercpipe.testing.tiny_models import write_tiny_roberta
+
+    project = tmp_path / "project"
+    write_tiny_roberta(project / "features/d/encoders/ft0", ["hello there", "so happy today", "I am angry"] * 4)
+    run = project / "results/d/exp/seed0/model.pt"
+    run.parent.mkdir(parents=True)
+    run.write_bytes(b"")
+    assert infer.checkpoint_project(run) == project.resolve()
+    assert infer.checkpoint_project(tmp_path / "model.pt") is None
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    (elsewhere / "talk.csv").write_text("speaker,text\nAnn,hello there\nBob,so happy\n")
+    manifest = infer.conversation_manifest(elsewhere / "talk.csv", ["neutral", "joy"], elsewhere, ("text",))
+    sources = {"text": {"extractor": "transformers", "encoder_dir": "features/d/encoders/ft0",
+                        "settings": {"model": "packaged:minilm", "pooling": "mean"}}}
+    with pytest.raises(infer.InferenceError, match=r"fine-tuned encoder features/d/encoders/ft0, which does not "
+                                                   r"exist here; run the pipeline again"):
+        infer.extract_conversation_features(manifest, sources, ["text"], elsewhere / "f", device="cpu")
+    paths = infer.extract_conversation_features(manifest, sources, ["text"], elsewhere / "g", device="cpu",
+                                                project=infer.checkpoint_project(run))
+    assert feature_io.read(paths["text"]).features.shape == (2, 32)  # the tiny encoder's width, not MiniLM's 384
 
 
 def test_conversation_errors_name_the_problem(trained, tmp_path):
@@ -339,6 +421,9 @@ def test_command_line(trained, tmp_path):
                              capture_output=True, text=True, timeout=300)
     assert len(printed.stdout.strip().splitlines()) == len(written) + 1 and "prediction" in printed.stdout
     assert set(written["split"]) == {"test"}  # as the pipeline's predictions.tsv has it
+    infer.write_predictions(written, tmp_path / "predictions.csv")  # a .csv name gets commas (it got tabs)
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "predictions.csv", keep_default_na=False), written,
+                                  check_exact=False, atol=1e-5)
     # An option of the other mode is refused, not ignored.
     for extra, message in ((["--conversation", str(out), "--split", "test"], "--split goes with --manifest"),
                            (["--manifest", str(trained["manifest"]), "--features", *features, "--work-dir",

@@ -299,6 +299,9 @@ def test_export_checks_each_files_modality_and_zeros_absent_rows(tmp_path):
     paths = _paths(tmp_path)
     with pytest.raises(ValueError, match=r"text.h5 holds 'text' features but was given as the 'audio' file"):
         pickles.export_vega(tmp_path / "manifest.tsv", {**paths, "audio": paths["text"]}, tmp_path / "bad.pkl")
+    with pytest.raises(ValueError, match=r"no audio or visual feature file was given \(--features on the command "
+                                         r"line, feature_paths in Python\); .* a text-only dataset cannot be exported"):
+        pickles.export_vega(tmp_path / "manifest.tsv", {"text": paths["text"]}, tmp_path / "bad.pkl")
     visual = feature_io.read(paths["visual"])
     absent = ~visual.present
     assert absent.any()  # the pickle's all-zero row

@@ -760,6 +760,10 @@ def test_a_checkpoint_of_another_version_or_a_device_that_is_not_here_is_named(v
     for name in ("mps", "meta", "xpu:0"):  # names torch knows; the pipeline computes on neither
         with pytest.raises(DeviceError, match=rf"device '{name}' is not supported; use auto, cpu, cuda or cuda:N"):
             resolve_device(name)
+    if not torch.cuda.is_available():  # the message serves the command line and Python alike
+        with pytest.raises(DeviceError, match=r"device cuda was requested but CUDA is not available here; use cpu or "
+                                              r"auto \(--device on the command line, device= in Python\)"):
+            resolve_device("cuda")
 
 
 def test_a_gpu_job_without_a_gpu_stops_and_resume_keeps_only_the_training_gpus_generator(monkeypatch):

@@ -443,7 +443,9 @@ def _check_modalities(feature_paths: Mapping[str, object], require_all: bool) ->
         raise ValueError(f"feature_paths has unknown modality key(s) {unknown}; use {list(MODALITIES)}")
     missing = [m for m in MODALITIES if m not in feature_paths]
     if require_all and missing:
-        raise ValueError(f"feature_paths lacks {missing}; the VEGA tuple holds text, audio and visual")
+        raise ValueError(f"no {' or '.join(missing)} feature file was given (--features on the command line, "
+                         "feature_paths in Python); the VEGA tuple holds text, audio and visual features, so a "
+                         "text-only dataset cannot be exported to it (the VEGA code needs all three)")
 
 
 # ----------------------------------------------------------------------------------------- validation split
