@@ -509,6 +509,11 @@ def predict_conversation(checkpoint: str | Path, conversation: str | Path, out_p
             frames.append(_predict_features_one(file, manifest_path, feature_paths, None, device, 32, loaded))
             del model, loaded  # one model in memory at a time
         frame = _averaged(frames, [str(f) for f in files])
+        # Rows in the file's order (the manifest groups each dialogue's rows, so a file that interleaves
+        # dialogues came back in another order than the user's rows).
+        first_manifest = next(iter(extracted.values()))[0]
+        order = pd.read_csv(first_manifest.parent / "conversation.csv", dtype=str, keep_default_na=False)
+        frame = frame.set_index("utterance_id", drop=False).loc[order["utterance_id"]].reset_index(drop=True)
     if out_path is not None:
         write_predictions(frame, out_path)
     return frame

@@ -211,8 +211,11 @@ def test_a_minimal_transcript_without_ids_or_media(trained, tmp_path, caplog):
     mixed = tmp_path / "mixed.csv"
     mixed.write_text("dialogue_id,speaker,text\nd1,Ann,hi\nd2,Bob,hello\nd1,Bob,bye\nd2,Ann,yo\n")
     with caplog.at_level("WARNING"):
-        infer.predict_conversation(trained["checkpoint"], mixed)
+        predicted = infer.predict_conversation(trained["checkpoint"], mixed)
     assert f"csv {mixed}: the rows of 2 dialogue(s) are not next to each other" in caplog.text
+    # The rows come back in the file's order (they came grouped by dialogue), each dialogue numbered in itself.
+    assert predicted["utterance_id"].tolist() == ["d1_u000", "d2_u000", "d1_u001", "d2_u001"]
+    assert predicted["speaker"].tolist() == ["Ann", "Bob", "Bob", "Ann"]
     assert "conversation.csv" not in caplog.text
 
 
