@@ -154,15 +154,20 @@ INPUT_ARGUMENTS = {"checkpoint": "--checkpoint", "conversation": "--conversation
 
 def _refuse_out_over_an_input(args, out: str, parser: argparse.ArgumentParser) -> None:
     """--out naming one of the command's own inputs replaced it with the output (a conversation with its
-    predictions, a manifest with a pickle); for predict, a checkpoint folder's model.pt too."""
+    predictions, a manifest with a pickle); for predict, also a file the workflow wrote in the checkpoint's folder
+    (a model.pt, the run's predictions.tsv), which would then no longer be what the workflow made."""
     target = Path(out).resolve()
     inputs = [(label, getattr(args, name)) for name, label in INPUT_ARGUMENTS.items() if getattr(args, name, None)]
     inputs += [("--features", pair.partition("=")[2]) for pair in getattr(args, "features", None) or []]
     for flag, given in inputs:
-        path = Path(given).resolve()
-        if target == path or (flag == "--checkpoint" and path.is_dir() and target.suffix == ".pt"
-                              and path in target.parents):
+        if target == Path(given).resolve():
             parser.error(f"--out {out} would replace {flag} {given}; write the output to another file")
+    checkpoint = Path(getattr(args, "checkpoint", None) or "").resolve()
+    if getattr(args, "checkpoint", None) and (target.exists() or target.suffix == ".pt") and (
+            (checkpoint.is_dir() and checkpoint in target.parents)
+            or (checkpoint.name == "model.pt" and target.parent == checkpoint.parent)):  # a run's seed folder
+        parser.error(f"--out {out} would replace a file the workflow wrote beside --checkpoint {args.checkpoint}; "
+                     "write the output to another file")
 
 
 def build_parser() -> argparse.ArgumentParser:

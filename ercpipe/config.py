@@ -157,11 +157,17 @@ def check_config_file(path) -> None:
     try:
         validate_schema(config, SCHEMA_PATH)
         check_names(config)
-        for name, experiment in (config.get("experiments") or {}).items():
+        experiments = [(f"experiments.{name}", experiment)
+                       for name, experiment in (config.get("experiments") or {}).items()]
+        experiments += [(f"selections.{name}.search.experiment", selection["search"]["experiment"])
+                        for name, selection in (config.get("selections") or {}).items()
+                        if isinstance(selection, dict) and isinstance(selection.get("search"), dict)
+                        and isinstance(selection["search"].get("experiment"), dict)]
+        for where, experiment in experiments:
             try:
                 resolve_experiment(experiment)
             except ValueError as err:
-                raise ConfigError(f"experiments.{name}: {err}") from None
+                raise ConfigError(f"{where}: {err}") from None
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from None
 

@@ -294,9 +294,11 @@ def _training_slots(conversation, rows: pd.DataFrame, speaker_slots: dict[str, i
                        "speakers are not in; their slots follow the order of first appearance in each dialogue. "
                        "Give a speaker_slot column to use training's convention", conversation, example)
         return rows
-    assigned = []
-    for _, dialogue in rows.groupby("dialogue_id", sort=False):
+    assigned, shared = [], []
+    for dialogue_id, dialogue in rows.groupby("dialogue_id", sort=False):
         here = {name: slots[name] for name in dialogue["speaker"].unique() if slots[name] is not None}
+        if len(set(here.values())) < len(here):  # e.g. Ses01_M and Ses02_M: one slot, one speaker to the model
+            shared.append(f"{dialogue_id}: " + ", ".join(sorted(here)))
         free = (slot for slot in range(len(slots) + max(slots[n] for n in known) + 1) if slot not in here.values())
         here.update({name: next(free) for name in dialogue["speaker"].unique() if name not in here})
         assigned.append(dialogue["speaker"].map(lambda name: str(here[name])))
@@ -311,7 +313,11 @@ def _training_slots(conversation, rows: pd.DataFrame, speaker_slots: dict[str, i
     if unknown:
         logger.warning("%s: speaker(s) %s are not in the training data's slot table; in each dialogue they take the "
                        "slots its known speakers leave free, in order of first appearance. Give a speaker_slot column "
-                       "to choose", conversation, unknown[:5])
+                       "to choose", conversation, [name or "(empty)" for name in unknown[:5]])
+    if shared:
+        logger.warning("%s: speakers that the training data's table gives one slot are in one dialogue (%s); the model "
+                       "takes them for one speaker. Give a speaker_slot column to tell them apart", conversation,
+                       "; ".join(shared[:3]))
     return rows
 
 
@@ -344,8 +350,9 @@ def conversation_manifest(conversation: str | Path, classes: Sequence[str], out_
     """Read the conversation through the pipeline's CSV reader (media checks, text repair) into a manifest.
     `modalities` / `n_speakers`: the model's, checked before any feature is extracted; only the modalities
     the model reads are looked for (no media flags for the others). `speaker_slots`: the training data's fixed
-    speaker -> slot table (checkpoint), used when the file gives no speaker_slot and knows every speaker (or,
-    when the table follows the letter ending the names, as IEMOCAP's M / F, every speaker ends in such a letter).
+    speaker -> slot table (checkpoint), used when the file gives no speaker_slot: known speakers (by name, or by
+    the letter ending the name when the table follows one, as IEMOCAP's M / F) keep their slots, the others take
+    the free ones (_training_slots).
     `face_selection`: the visual features' face rule; a side rule needs speakers named by that letter."""
     from ercpipe.datasets.build import read_dataset
     from ercpipe.io.manifest import ManifestError
@@ -438,7 +445,7 @@ def extract_conversation_features(manifest_path: Path, sources: dict[str, dict],
                                   project: Path | None = None) -> dict[str, Path]:
     """Run the training features' extractors (from the checkpoint's `sources`) on the conversation. `project`:
     the pipeline folder the checkpoint belongs to (checkpoint_project), where a fine-tuned encoder recorded by a
-    relative path is looked for when it is not under the current folder."""
+    relative path is looked for first (then under the current folder)."""
     from ercpipe.features import ExtractionContext, extract_shard
 
     paths = {}
@@ -453,8 +460,9 @@ def extract_conversation_features(manifest_path: Path, sources: dict[str, dict],
         # What each extractor needs besides its setting, as the pipeline's rules give it.
         if m == "text":
             encoder_dir = source.get("encoder_dir") or None
-            if encoder_dir and not Path(encoder_dir).is_dir() and project is not None and \
-                    not Path(encoder_dir).is_absolute() and (project / encoder_dir).is_dir():
+            # The checkpoint's own project first: another project's encoder of the same name must not be taken.
+            if encoder_dir and project is not None and not Path(encoder_dir).is_absolute() and \
+                    (project / encoder_dir).is_dir():
                 encoder_dir = str(project / encoder_dir)
             if encoder_dir and not Path(encoder_dir).is_dir():
                 raise InferenceError(f"the text features were made with the fine-tuned encoder {encoder_dir}, which "

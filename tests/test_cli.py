@@ -196,13 +196,18 @@ def test_arguments_that_would_overwrite_or_misplace_outputs_are_refused(files, t
     # --out naming an input replaced it: the conversation with its predictions, a manifest with a pickle, a model.
     (tmp_path / "talk.csv").write_text("speaker,text\nA,hi\n")
     (tmp_path / "run" / "seed0").mkdir(parents=True)
+    (tmp_path / "run" / "seed0" / "predictions.tsv").write_text("the workflow's\n")
     for args, refusal in (
             (["predict", "--checkpoint", "c.pt", "--conversation", "talk.csv", "--out", "./talk.csv"],
              "ercpipe predict: error: --out ./talk.csv would replace --conversation talk.csv; write the output to "
              "another file"),
             (["predict", "--checkpoint", "run", "--conversation", "talk.csv", "--out", "run/seed0/model.pt"],
-             "ercpipe predict: error: --out run/seed0/model.pt would replace --checkpoint run; write the output to "
-             "another file"),
+             "ercpipe predict: error: --out run/seed0/model.pt would replace a file the workflow wrote beside "
+             "--checkpoint run; write the output to another file"),
+            (["predict", "--checkpoint", "run/seed0/model.pt", "--conversation", "talk.csv", "--out",
+              "run/seed0/predictions.tsv"], "ercpipe predict: error: --out run/seed0/predictions.tsv would replace a "
+                                            "file the workflow wrote beside --checkpoint run/seed0/model.pt; write the "
+                                            "output to another file"),
             (["export-vega", "--manifest", "m.tsv", "--features", "text=a.h5", "audio=b.h5", "visual=c.h5", "--out",
               "b.h5"], "ercpipe export-vega: error: --out b.h5 would replace --features b.h5; write the output to "
                        "another file"),
@@ -212,6 +217,12 @@ def test_arguments_that_would_overwrite_or_misplace_outputs_are_refused(files, t
         result = ercpipe(*args, cwd=tmp_path)
         assert result.returncode == 2 and result.stderr.splitlines()[-1] == refusal, result.stderr
     assert (tmp_path / "talk.csv").read_text() == "speaker,text\nA,hi\n"
+    assert (tmp_path / "run" / "seed0" / "predictions.tsv").read_text() == "the workflow's\n"
+    (tmp_path / "mine.tsv").write_text("an older prediction of mine\n")
+    for out in ("run/new.tsv", "mine.tsv"):  # a new file in a results folder, an old output beside a checkpoint
+        result = ercpipe("predict", "--checkpoint", "run" if out.startswith("run") else "c.pt", "--conversation",
+                         "talk.csv", "--out", out, cwd=tmp_path)
+        assert "would replace" not in result.stderr, result.stderr
 
 
 def test_check_config_names_the_line_snakemake_does_not(tmp_path):
@@ -235,6 +246,12 @@ def test_check_config_names_the_line_snakemake_does_not(tmp_path):
     result = ercpipe("check-config", "preset.yaml", cwd=tmp_path)
     assert result.returncode == 2 and f"preset.yaml: experiments.{experiment}: " in result.stderr, result.stderr
     assert "offical" in result.stderr
+    recipe = yaml.safe_load((repo / "workflow/configs/meld_text.yaml").read_text())
+    recipe["selections"]["text_recipe"]["search"]["experiment"]["preset"] = "sdt-vega-bakbone"
+    (tmp_path / "search.yaml").write_text(yaml.safe_dump(recipe))
+    result = ercpipe("check-config", "search.yaml", cwd=tmp_path)
+    assert result.returncode == 2 and "search.yaml: selections.text_recipe.search.experiment: " in result.stderr
+    assert "sdt-vega-bakbone" in result.stderr
     (tmp_path / "bad.yaml").write_text("datasets:\n  mine: {format: csv, manifest: m.csv\nexperiments: {}\n")
     assert_one_line(ercpipe("check-config", "bad.yaml", cwd=tmp_path),
                     "bad.yaml, line 3, column 12: expected ',' or '}', but got ':' (while parsing a flow mapping "

@@ -324,8 +324,9 @@ def test_mixed_precision_finetuning_learns_resumes_and_is_recorded(corpus, tmp_p
     assert json.loads((out / "metrics.json").read_text())["history"] == metrics["history"]
     weights, expected = load_file(out / "model.safetensors"), load_file(whole / "model.safetensors")
     assert all(torch.equal(weights[k], expected[k]) for k in expected)
-    assert metrics["devices"] == json.loads((out / "metrics.json").read_text())["devices"] == [
-        f"{TEST_DEVICE}, bf16 autocast" if TEST_DEVICE == "cpu" else metrics["devices"][0]]
+    assert metrics["devices"] == json.loads((out / "metrics.json").read_text())["devices"]  # resumed: one entry
+    assert len(metrics["devices"]) == 1 and metrics["devices"][0].startswith(TEST_DEVICE)
+    assert metrics["devices"][0].endswith(", bf16 autocast")
 
     if TEST_DEVICE == "cpu":  # resumed where bf16 runs as fp32 (another node): said, and both are recorded
         moved = tmp_path / "moved"

@@ -315,6 +315,17 @@ def test_known_speakers_keep_their_training_slot_beside_unknown_ones(tmp_path, c
     assert "speaker slots from the training data's table (Ses01_M=0)" in caplog.text
     assert "are not in the training data's slot table; in each dialogue they take the slots" in caplog.text
     assert ("by the letter ending each name" in caplog.text) == ("Joey" not in table)
+    assert "one slot are in one dialogue" not in caplog.text
+    # Two known speakers of one slot in a dialogue are one speaker to the model: said.
+    path.write_text("dialogue_id,speaker,text\nd1,Ses01_M,hello\nd1,Ses01_M,hi\nd1,Joey,hey\nd2,Joey,yo\n")
+    table = {**table, "Joey": 0}
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        manifest = infer.conversation_manifest(path, ["hap", "sad"], tmp_path, modalities=["text"], n_speakers=9,
+                                               speaker_slots=table)
+    assert manifest_io.read(manifest)["speaker_slot"].tolist() == [0, 0, 0, 0]
+    assert "speakers that the training data's table gives one slot are in one dialogue (d1: Joey, Ses01_M)" in \
+        caplog.text
 
 
 def test_a_text_model_reads_no_media_and_an_unlabelled_conversation_warns_of_no_class(tmp_path, caplog):
@@ -377,6 +388,11 @@ def test_a_fine_tuned_encoder_recorded_relative_to_the_project_is_found_from_any
     paths = infer.extract_conversation_features(manifest, sources, ["text"], elsewhere / "g", device="cpu",
                                                 project=infer.checkpoint_project(run))
     assert feature_io.read(paths["text"]).features.shape == (2, 32)  # the tiny encoder's width, not MiniLM's 384
+    # Run from another project holding an encoder of the same name: the checkpoint's own is taken, not this one.
+    write_tiny_roberta(elsewhere / "features/d/encoders/ft0", ["something else entirely"] * 4, hidden_size=16)
+    paths = infer.extract_conversation_features(manifest, sources, ["text"], elsewhere / "h", device="cpu",
+                                                project=infer.checkpoint_project(run))
+    assert feature_io.read(paths["text"]).features.shape == (2, 32)
 
 
 def test_conversation_errors_name_the_problem(trained, tmp_path):

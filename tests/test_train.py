@@ -972,7 +972,7 @@ def test_bf16_on_the_cpu_trains_and_learns(dataset, tmp_path, caplog, monkeypatc
     assert again["test"] == metrics["test"]
 
 
-def test_bf16_on_a_gpu_without_native_bf16_runs_in_fp32_in_training_and_text_extraction(monkeypatch):
+def test_bf16_on_a_gpu_without_native_bf16_runs_in_fp32_in_training_and_text_extraction(monkeypatch, caplog):
     """GPUs before compute capability 8.0 (V100, T4) emulate bf16, and autocast accepts it without a word, slower
     than fp32: train.amp / finetune.amp bf16 and the text `dtype` bf16 run in fp32 there and say so. fp16 is
     unaffected. The GPU is simulated (its capability is what is asked)."""
@@ -992,8 +992,10 @@ def test_bf16_on_a_gpu_without_native_bf16_runs_in_fp32_in_training_and_text_ext
     assert effective_amp(gpu, "bf16") == "off" and effective_amp(gpu, "fp16") == "fp16"
     assert amp_description(gpu, "bf16") == "bf16 requested, fp32 on this GPU (no native bf16: compute capability " \
                                            "below 8.0)"
-    assert encoder._autocast_dtype() is None
-    encoder.autocast_dtype = None
+    with caplog.at_level(logging.WARNING, logger="ercpipe.features.text_encoder"):
+        encoder.autocast_dtype = encoder._autocast_dtype()  # as __init__ sets it
+    assert encoder.autocast_dtype is None and "cuda has no native bf16 (compute capability below 8.0), so the " \
+                                              "encoder runs in fp32" in caplog.text
     assert encoder.computed_on == "cuda:0 (Tesla V100), bf16 requested, fp32 (no native bf16)"
     capability["value"] = (8, 0)
     assert effective_amp(gpu, "bf16") == "bf16" and amp_description(gpu, "bf16") == "bf16 autocast"

@@ -35,6 +35,7 @@ from ercpipe.datasets import FINETUNE_VIEW
 from ercpipe.device import device_description, rng_state, set_rng_state
 from ercpipe.features import settings as settings_mod
 from ercpipe.features import text_encoder as text_mod  # the encoder, not the extraction module
+from ercpipe.io import features as feature_io
 from ercpipe.io import manifest as manifest_io
 from ercpipe.io.atomic import atomic_dir, write_json
 from ercpipe.model.checkpoint import save_torch
@@ -309,7 +310,7 @@ def finetune_text_encoder(manifest_path, settings: dict, out_dir: Path, threads:
                     resumed["epoch"], train["epochs"], best_score, best_epoch)
     devices = list(resumed.get("devices") or []) if resumed is not None else []
     here = device_description(encoder.device, precision)
-    if devices and devices[-1] != here:
+    if devices and not feature_io.same_kind(devices[-1], here):  # another GPU of the same model is no change
         logger.warning("this fine-tuning ran on %s until epoch %d and continues on %s: its weights differ from an "
                        "uninterrupted run on either (metrics.json: devices lists both)", devices[-1],
                        resumed["epoch"], here)
