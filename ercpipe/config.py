@@ -75,7 +75,17 @@ def validate_schema(config: dict, schema_path: str | Path) -> None:
                     f"{value.capitalize()})" if "." not in where else
                     f" (write {value} without quotes; a nested key cannot be set with --config, which reads the "
                     "values inside {...} as text: set it in a copy of the config file)")
-        problems.append(f"  {where}: {err.message}{hint}")
+        message = err.message
+        if err.validator in ("oneOf", "anyOf") and err.context:
+            # "... is not valid under any of the given schemas" names no key: say what the closest form (an
+            # alternative of the value's own kind, with the fewest errors) lacks or has too many of.
+            forms: dict = {}
+            for sub in err.context:
+                forms.setdefault(sub.schema_path[0], []).append(sub)
+            closest = min(forms.values(), key=lambda errors: (
+                any(e.validator in ("type", "enum", "const") and not e.path for e in errors), len(errors)))
+            message += f" (closest form: {'; '.join(e.message for e in closest)})"
+        problems.append(f"  {where}: {message}{hint}")
     if problems:
         raise ConfigError("config does not match workflow/schemas/config.schema.yaml:\n" + "\n".join(problems))
 

@@ -256,8 +256,10 @@ def read_conversation(path: str | Path, classes: Sequence[str]) -> Conversation:
     if labelled:
         for record, label in zip(records, rows["label"]):
             if label and label not in classes:
+                spelt = [c for c in classes if c.lower() == label.lower()]
                 raise InferenceError(f"{path}, line {record.line}: label {label!r} is not one of the model's classes "
-                                     f"{list(classes)}")
+                                     f"{list(classes)}" + (f" (it differs from {spelt[0]!r} only in case)" if spelt
+                                                           else ""))
     rows["split"] = "test"
     return Conversation(rows, labelled, [r.line for r in records], "text" in records[0].values)
 

@@ -28,12 +28,13 @@ def feature_coverage(manifest_path: str | Path, feature_paths: Sequence[str | Pa
         hit = df["flags"].map(lambda f, name=flag: manifest.has_flag(f, name))
         if hit.any():
             table[f"flag: {flag}"] = hit.astype(int)
-    reasons = []
+    reasons, attrs = [], {}
     for path in feature_paths:
         fs = features.read(path, expected_ids=ids)
         name = f"{fs.attrs.get('modality', Path(path).parent.name)}/{Path(path).stem}"
         table[f"{name} missing"] = (~fs.present).astype(int)
         reasons.append(_absent_reasons(name, fs, df))
+        attrs[name] = fs.attrs
     order = {s: i for i, s in enumerate(manifest.SPLITS)}
     per_split = table.groupby("split").sum().sort_index(key=lambda s: s.map(order))
     per_split.loc["all"] = per_split.sum()
@@ -69,6 +70,15 @@ def feature_coverage(manifest_path: str | Path, feature_paths: Sequence[str | Pa
                              "The reason each feature file records for the utterances it holds as zeros (the first "
                              "word of it; the extraction job's log and the dataset's issues.tsv name each "
                              "utterance)."))
+        labels, labels_note = _labels_per_split(df, summary.get("classes"))
+        if len(labels):
+            sections.append(("Labels per split", labels, labels_note))
+        unread = _text_not_fully_read(attrs)
+        if len(unread):
+            sections.append(("Text the encoder read only in part", unread,
+                             "Utterances cut at the text setting's max_length (truncated), and utterances made only of "
+                             "tokens the tokenizer does not know (unknown_only: emoji, another script; their vectors "
+                             "carry no words). The feature file's attributes of those names list each one."))
         checks = release_checks(summary.get("checks") or [])
         if len(checks):
             differ = int((checks["ok"] == "no").sum())
@@ -97,6 +107,39 @@ def _absent_reasons(name: str, fs: features.FeatureSet, df: pd.DataFrame) -> pd.
     counts = counts.sort_values("all", ascending=False, kind="stable").reset_index()
     counts.insert(0, "feature", name)
     return counts
+
+
+def _labels_per_split(df: pd.DataFrame, classes: Sequence[str] | None) -> tuple[pd.DataFrame, str]:
+    """Utterances per class and split, and what a class missing from valid or test means (the reader's and the
+    training's logs say it too, but few read those)."""
+    labelled = df[df["label"] != ""]
+    if labelled.empty:
+        return pd.DataFrame(), ""
+    splits = [s for s in manifest.SPLITS if (labelled["split"] == s).any()]
+    order = list(dict.fromkeys([*(classes or []), *sorted(labelled["label"].unique())]))
+    counts = pd.crosstab(labelled["label"], labelled["split"]).reindex(index=order, columns=splits, fill_value=0)
+    counts["all"] = counts.sum(axis=1)
+    note = "Labelled utterances per class and split."
+    for split, meaning in (("train", "no model can learn it"),
+                           ("valid", "choosing the epoch (and a selection's candidate) on valid does not see it"),
+                           ("test", "its test F1 is not defined, and test scores say nothing about it")):
+        absent = [c for c in order if split in counts and counts.at[c, split] == 0]
+        if absent and split in counts:
+            note += f" <b>No {split} utterance of {', '.join(absent)}</b>: {meaning}."
+    return counts.rename_axis("class").reset_index(), note
+
+
+def _text_not_fully_read(attrs_by_file: dict[str, dict]) -> pd.DataFrame:
+    """Per text feature file: how many utterances were truncated or are unknown tokens only (its attributes)."""
+    rows = []
+    for name, attrs in attrs_by_file.items():
+        if attrs.get("modality") != "text":
+            continue
+        truncated = json.loads(attrs.get("truncated") or "{}")
+        unknown_only = json.loads(attrs.get("unknown_only") or "[]")
+        if truncated or unknown_only:
+            rows.append({"feature": name, "truncated": len(truncated), "unknown_only": len(unknown_only)})
+    return pd.DataFrame(rows)
 
 
 def release_checks(checks: Sequence[dict]) -> pd.DataFrame:

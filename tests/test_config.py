@@ -63,6 +63,13 @@ def test_the_schema_takes_every_clip_key_the_code_takes(demo_config):
     (lambda c: c.update(selections={"best": {"candidates": ["iemocap_demo_sdt", "iemocap_demo_sdt_vega"],
                                              "metric": "test.weighted_f1"}}), "selections.best.metric"),
     (lambda c: c.update(selections={"best": {"candidates": ["iemocap_demo_sdt"]}}), "selections.best.candidates"),
+    # A value with several allowed forms said only "not valid under any of the given schemas": the closest form's
+    # problem is named (a misspelt key, a value out of range).
+    (lambda c: c["datasets"]["meld_demo"].update(valid_split={"fraction": 0.1, "sed": 3}),
+     "datasets.meld_demo.valid_split: {'fraction': 0.1, 'sed': 3} is not valid under any of the given schemas "
+     ".closest form: Additional properties are not allowed .'sed' was unexpected.."),
+    (lambda c: c["datasets"]["meld_demo"].update(valid_split={"fraction": 0.1, "seed": -1}),
+     ".closest form: -1 is less than the minimum of 0."),
 ])
 def test_schema_errors_name_the_key(demo_config, mutate, expected):
     bad = copy.deepcopy(demo_config)

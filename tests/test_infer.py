@@ -358,6 +358,10 @@ def test_a_conversation_column_in_other_capitals_is_refused_and_label_cells_are_
     with caplog.at_level("INFO"):
         conversation = infer.read_conversation(path, ["neutral", "joy"])
     assert conversation.rows["label"].tolist() == ["joy", "neutral"]
+    path.write_text("speaker,text,label\nAnn,hi,Neutral\n")
+    with pytest.raises(infer.InferenceError, match=r"line 2: label 'Neutral' is not one of the model's classes "
+                                                   r"\['neutral', 'joy'\] \(it differs from 'neutral' only in case\)"):
+        infer.read_conversation(path, ["neutral", "joy"])
     assert "ignoring column(s) ['Notes']" in caplog.text  # a column of the user's own is only mentioned
     with pytest.raises(infer.InferenceError, match=r"conversation file .* is a folder; give a CSV"):
         infer.read_conversation(tmp_path, ["neutral", "joy"])

@@ -178,6 +178,19 @@ def test_a_training_job_whose_outputs_were_removed_runs_again(pickle_run):
         assert jobs.get("train_model") == 1 and jobs.get("aggregate_experiment") == 1, (removed, jobs)
         assert not {"import_pickle", "import_pickle_features"} & set(jobs), jobs
     assert planned_jobs(snakemake(workdir, configfile, "-n").stdout) == {}
+    # A deleted manifest, feature file or anchor file was never made again ("Nothing to be done"), though predict
+    # --manifest and the exports read them.
+    for path, rule in ((workdir / "features/meld_sdt/manifest.tsv", "import_pickle"),
+                       (next((workdir / "features/meld_sdt/text").glob("*.h5")), "import_pickle_features"),
+                       (next((workdir / "anchors").glob("*/*.h5")), "import_official_anchors")):
+        aside = workdir / f"aside_{path.name}"
+        path.rename(aside)
+        try:
+            jobs = planned_jobs(snakemake(workdir, configfile, "-n").stdout)
+        finally:
+            aside.rename(path)
+        assert jobs.get(rule) == 1, (path, jobs)
+    assert planned_jobs(snakemake(workdir, configfile, "-n").stdout) == {}
 
 
 def test_how_often_the_resume_state_is_written_re_trains_nothing(pickle_run):

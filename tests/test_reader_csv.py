@@ -350,6 +350,42 @@ def test_valid_split_refusals_and_the_missing_valid_note(tmp_path, caplog):
     assert not (tmp_path / "out" / "manifest.tsv").exists()
 
 
+def test_a_dialogue_id_reused_in_two_splits_is_refused_with_the_usual_fix(tmp_path):
+    """MELD-style exports number each split's dialogues from 0: the refusal says how to make the ids unique."""
+    path = write(tmp_path / "m.csv", ["d0,a,train,Ann,calm,hi,,,,", "d0,b,test,Bob,calm,yo,,,,"])
+    with pytest.raises(ManifestError, match=r"has rows in several splits \['test', 'train'\]; a dialogue belongs to "
+                                            r"one split. If each split numbers its dialogues from 0 .*with the split "
+                                            r"as a prefix \(train_dia0, test_dia0\)"):
+        build(path, tmp_path / "out", modalities=["text"])
+
+
+def test_the_coverage_page_shows_labels_per_split_and_text_the_encoder_read_in_part(tmp_path):
+    """A class without valid utterances (selection cannot see it), truncated and emoji-only utterances were said
+    only in job logs; the coverage page, which the report shows, now says them."""
+    from ercpipe.io import features as feature_io
+    from ercpipe.report import feature_coverage
+
+    path = write(tmp_path / "m.csv", ["c1,a,train,Ann,calm,hi,,,,", "c1,b,train,Bob,angry,no,,,,",
+                                      "c1,c,train,Ann,happy,yes,,,,", "c2,d,valid,Ann,calm,ok,,,,",
+                                      "c2,e,valid,Bob,angry,😀,,,,", "c3,f,test,Cy,happy,fine,,,,"])
+    df, _, _ = build(path, tmp_path / "out", modalities=["text"])
+    ids = df["utterance_id"].tolist()
+    feature_io.write(tmp_path / "minilm.h5", feature_io.FeatureSet(
+        ids, np.zeros((len(ids), 2), np.float32), np.ones(len(ids), bool),
+        {"modality": "text", "truncated": json.dumps({ids[0]: 600}), "unknown_only": json.dumps([ids[4]])}))
+    feature_coverage(tmp_path / "out/manifest.tsv", [tmp_path / "minilm.h5"], tmp_path / "coverage.tsv",
+                     tmp_path / "coverage.html", tmp_path / "out/summary.json")
+    page = (tmp_path / "coverage.html").read_text()
+    section = page.split("<h3>Labels per split</h3>")[1].split("<h3>")[0]
+    rows = [re.findall(r"<td>([^<]*)</td>", row) for row in section.split("</thead>")[1].split("</tr>")[:-1]]
+    assert rows == [["calm", "1", "1", "0", "2"], ["angry", "1", "1", "0", "2"], ["happy", "1", "0", "1", "2"]]
+    assert "<b>No valid utterance of happy</b>: choosing the epoch" in section
+    assert "<b>No test utterance of calm, angry</b>" in section
+    unread = page.split("<h3>Text the encoder read only in part</h3>")[1].split("<h3>")[0]
+    assert [re.findall(r"<td>([^<]*)</td>", row) for row in unread.split("</thead>")[1].split("</tr>")[:-1]] == [
+        ["text/minilm", "1", "1"]]
+
+
 def test_only_declared_media_is_looked_at(data_dir, tmp_path):
     lines = ["c1,u0,train,Ann,calm,one,audio/gone.wav,,,", "c1,u1,train,Bob,calm,two,,,,",
              "c1,u2,train,Bob,calm,three,audio/call1.wav,x,1.0,"]  # times that say nothing without media

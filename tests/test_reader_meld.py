@@ -375,7 +375,7 @@ def test_the_coverage_page_tells_flags_to_fix_from_flags_that_record(built, tmp_
     feature_coverage(tmp_path / "manifest.tsv", [tmp_path / "text.h5", tmp_path / "faces.h5", tmp_path / "audio.h5"],
                      tmp_path / "coverage.tsv", tmp_path / "coverage.html")
     page = (tmp_path / "coverage.html").read_text()
-    section = page.split("<h3>Why utterances lack a feature</h3>")[1]
+    section = page.split("<h3>Why utterances lack a feature</h3>")[1].split("<h3>")[0]
     header = re.findall(r"<th>([^<]*)</th>", section.split("</thead>")[0])
     rows = [re.findall(r"<td>([^<]*)</td>", row) for row in section.split("</thead>")[1].split("</tr>")[:-1]]
     assert header[:2] == ["feature", "reason"] and header[-1] == "all"

@@ -592,7 +592,9 @@ def read(name: str, cfg: dict, probe: bool | Collection[str] = True) -> ReadResu
         dialogue_rows = [e[2] for e in entries]
         if len({r["split"] for r in dialogue_rows}) > 1:
             raise ManifestError(f"{where} has rows in several splits {sorted({r['split'] for r in dialogue_rows})}; "
-                                "a dialogue belongs to one split")
+                                "a dialogue belongs to one split. If each split numbers its dialogues from 0 (as "
+                                "MELD does), make the ids unique, e.g. with the split as a prefix (train_dia0, "
+                                "test_dia0)")
         number_dialogue(dialogue_rows)
         slots = [r["_slot"] for r in dialogue_rows]
         if any(s is None for s in slots) and any(s is not None for s in slots):

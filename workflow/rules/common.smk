@@ -187,6 +187,11 @@ def all_targets():
     targets += [f"{selection_dir(name)}/summary.json" for name in SELECTIONS]
     targets += [f"results/{ds}/coverage.tsv" for ds in datasets_in_use()]
     targets += [f"features/{ds}/issues.tsv" for ds in datasets_in_use()]
+    # The manifests, feature files and anchor files too: `ercpipe predict --manifest` and the exports read them, and
+    # one deleted after the run would otherwise stay missing while Snakemake calls the run complete.
+    targets += [f"features/{ds}/manifest.tsv" for ds in datasets_in_use()]
+    targets += [path for ds in datasets_in_use() for path in feature_files_of(ds)]
+    targets += [anchor_path(name) for name in anchor_sets_in_use()]
     # Fine-tuned encoders too: `ercpipe predict --conversation` loads the one a checkpoint was trained with, and a
     # fine-tuning job stopped while its text features exist would otherwise leave it missing for good.
     targets += finetuned_encoders()
