@@ -44,6 +44,8 @@ ENV_FILES = sorted((REPO / "envs").glob("*.yaml"))
 # calls: (rule, ercpipe module, imported top-level module) -> why. Everything else must be in the rule's env.
 LAZY_IMPORTS_NOT_REACHED = {
     ("*", "ercpipe.config", "jsonschema"): "validate_schema() runs in the Snakefile's process only (common.smk)",
+    ("*", "ercpipe.features.pickles", "torch"):
+        "only a pickle holding torch tensors reaches it, and unpickling such a file needs torch anyway",
     ("mine_anchor_images", "ercpipe.anchors.clip", "open_clip"):
         "mining selects face crops by their visual features; it encodes nothing with CLIP",
     ("mine_anchor_images", "ercpipe.anchors.store", "open_clip"):
