@@ -162,10 +162,11 @@ def _refuse_out_over_an_input(args, out: str, parser: argparse.ArgumentParser) -
     for flag, given in inputs:
         if target == Path(given).resolve():
             parser.error(f"--out {out} would replace {flag} {given}; write the output to another file")
-    checkpoint = Path(getattr(args, "checkpoint", None) or "").resolve()
-    if getattr(args, "checkpoint", None) and (target.exists() or target.suffix == ".pt") and (
-            (checkpoint.is_dir() and checkpoint in target.parents)
-            or (checkpoint.name == "model.pt" and target.parent == checkpoint.parent)):  # a run's seed folder
+    if not getattr(args, "checkpoint", None) or not (target.exists() or target.suffix == ".pt"):
+        return
+    checkpoint = Path(args.checkpoint).resolve()
+    if (checkpoint.is_dir() and checkpoint in target.parents) or \
+            (checkpoint.name == "model.pt" and target.parent == checkpoint.parent):  # a run's seed folder
         parser.error(f"--out {out} would replace a file the workflow wrote beside --checkpoint {args.checkpoint}; "
                      "write the output to another file")
 

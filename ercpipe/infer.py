@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import itertools
 import json
 import logging
 import re
@@ -301,7 +302,8 @@ def _training_slots(conversation, rows: pd.DataFrame, speaker_slots: dict[str, i
         here = {name: slots[name] for name in dialogue["speaker"].unique() if slots[name] is not None}
         if len(set(here.values())) < len(here):  # e.g. Ses01_M and Ses02_M: one slot, one speaker to the model
             shared.append(f"{dialogue_id}: " + ", ".join(sorted(here)))
-        free = (slot for slot in range(len(slots) + max(slots[n] for n in known) + 1) if slot not in here.values())
+        taken = set(here.values())
+        free = (slot for slot in itertools.count() if slot not in taken)
         here.update({name: next(free) for name in dialogue["speaker"].unique() if name not in here})
         assigned.append(dialogue["speaker"].map(lambda name: str(here[name])))
     rows = rows.assign(speaker_slot=pd.concat(assigned).loc[rows.index])

@@ -123,8 +123,8 @@ def _labels_per_split(df: pd.DataFrame, classes: Sequence[str] | None) -> tuple[
     for split, meaning in (("train", "no model can learn it"),
                            ("valid", "choosing the epoch (and a selection's candidate) on valid does not see it"),
                            ("test", "its test F1 is not defined, and test scores say nothing about it")):
-        absent = [c for c in order if split in counts and counts.at[c, split] == 0]
-        if absent and split in counts:
+        absent = [c for c in order if counts.at[c, split] == 0] if split in counts else []
+        if absent:
             note += f" <b>No {split} utterance of {', '.join(absent)}</b>: {meaning}."
     return counts.rename_axis("class").reset_index(), note
 
