@@ -216,6 +216,7 @@ def test_a_minimal_transcript_without_ids_or_media(trained, tmp_path, caplog):
     # The rows come back in the file's order (they came grouped by dialogue), each dialogue numbered in itself.
     assert predicted["utterance_id"].tolist() == ["d1_u000", "d2_u000", "d1_u001", "d2_u001"]
     assert predicted["speaker"].tolist() == ["Ann", "Bob", "Bob", "Ann"]
+    assert predicted["flags"].str.contains("scattered_dialogue").all()
     assert "conversation.csv" not in caplog.text
 
 

@@ -264,6 +264,11 @@ def test_tolerated_oddities(tmp_path, caplog):
     assert df["utterance_id"].tolist() == ["u0", "u2", "u1"]
     assert df["text"].tolist() == ["two lines", "y", "x"] and df["label"].tolist()[2] == "fröhlich"
     assert "the rows of 1 dialogue(s) are not next to each other in the file (e.g. ['d1'])" in caplog.text
+    assert ["scattered_dialogue" in f.split(";") for f in df["flags"]] == [True, True, False]  # and in issues.tsv
+    issues = pd.read_csv(tmp_path / "out" / "issues.tsv", sep="\t", keep_default_na=False)
+    issues = issues[issues["reason"] == "scattered_dialogue"].reset_index(drop=True)
+    assert issues[["utterance_id", "line"]].values.tolist() == [["u0", 2], ["u2", 5]]
+    assert "dialogue d1's rows are on lines 2, 5, with other dialogues' rows between them" in issues["detail"][0]
     with pytest.raises(ValueError, match=r"`classes` must be names .*without spaces around them; got \['calm '\]"):
         build_manifest("mine", {"format": "csv", "manifest": str(path), "classes": ["calm ", "x"]}, tmp_path / "o2")
     with pytest.raises(ValueError, match=r"got \[0, 1\] \(quote numbers"):

@@ -589,6 +589,11 @@ def read(name: str, cfg: dict, probe: bool | Collection[str] = True) -> ReadResu
             entries.sort(key=lambda e: e[0])
         elif entries[-1][1] - entries[0][1] != len(entries) - 1:
             scattered.append(dialogue_id)
+            for entry in entries:  # in issues.tsv too: a reused id merges two conversations into one context
+                flag_row(entry[2], "scattered_dialogue", issues,
+                         f"dialogue {dialogue_id}'s rows are on lines {_lines(e[2] for e in entries)}, with other "
+                         "dialogues' rows between them; they are read as one dialogue in file order. If the id was "
+                         "reused for two conversations, give them different dialogue_ids")
         dialogue_rows = [e[2] for e in entries]
         if len({r["split"] for r in dialogue_rows}) > 1:
             raise ManifestError(f"{where} has rows in several splits {sorted({r['split'] for r in dialogue_rows})}; "

@@ -44,11 +44,12 @@ FLAG_NAMES: dict[str, str] = {
     "overlap": "the utterance overlaps the previous one of the same speaker",
     "relabelled": "the label was mapped from another class by the configured relabelling",
     "text_fixed": "the transcript had mis-decoded characters that were repaired",
+    "scattered_dialogue": "the dialogue's rows are not next to each other in the file (read in file order as one)",
 }
 
 # Flags that record what the reader noticed or repaired; the row is used as it is and nothing needs doing. The
 # others cost the utterance a modality (or its times) until the raw file is fixed.
-NOTED_FLAGS: tuple[str, ...] = ("overlap", "relabelled", "text_fixed")
+NOTED_FLAGS: tuple[str, ...] = ("overlap", "relabelled", "text_fixed", "scattered_dialogue")
 
 _DTYPES = {
     "dataset": str, "split": str, "dialogue_id": str, "utterance_index": "int64", "utterance_id": str,
