@@ -456,6 +456,11 @@ def _path_problem(where: str, value: str, kind: str, workdir: Path, fix: str) ->
         found = "folder" if resolved.is_dir() else "file"
         return f"{where}: {value} is a {found}, not a {kind}; {fix}"
     relative = "" if path.is_absolute() else f" (relative paths start from the working directory {workdir})"
+    link = next((p for p in (resolved, *resolved.parents) if p.is_symlink() and not p.exists()), None)
+    if link is not None:  # storage that is not mounted now (a cluster's scratch or a lab share): the link is fine
+        return (f"{where}: {value} does not exist: {link} is a link to {os.readlink(link)}, which does not exist "
+                "(storage not mounted?). Mount it again, or fix the link; every snakemake command with this config "
+                "stops here, so run --unlock with a config that does not declare it (e.g. --configfile config.yaml)")
     for form in ("NFC", "NFD"):
         # A folder copied from macOS spells "ü" as "u" + a combining mark (NFD): it prints as the name typed.
         other = Path(unicodedata.normalize(form, str(resolved)))

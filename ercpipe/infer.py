@@ -35,6 +35,7 @@ import csv
 import itertools
 import json
 import logging
+import os
 import re
 import tempfile
 from pathlib import Path
@@ -132,10 +133,21 @@ def _project_path(recorded: str, summary_file: Path) -> Path:
     path = Path(recorded)
     if path.is_absolute():
         return path
-    parents = summary_file.resolve().parents
-    if len(parents) > 3 and parents[2].name == "results" and (parents[3] / path).exists():
-        return parents[3] / path
+    project = _results_project(summary_file, 2)
+    if project is not None and (project / path).exists():
+        return project / path
     return path
+
+
+def _results_project(file: str | Path, depth: int) -> Path | None:
+    """The pipeline folder holding `file` when the file's `depth`-th parent is its results/ folder, else None. The
+    path as given is looked at before the one its links resolve to: results/ may be a link to scratch storage, and
+    the project is where the link is."""
+    for path in (Path(os.path.abspath(file)), Path(file).resolve()):
+        parents = path.parents
+        if len(parents) > depth + 1 and parents[depth].name == "results":
+            return parents[depth + 1]
+    return None
 
 
 def _averaged(frames: list[pd.DataFrame], names: list[str]) -> pd.DataFrame:
@@ -440,16 +452,16 @@ def _reader_log_as_the_conversation(module: str, drop: str, rewrite: Callable[[s
 def checkpoint_project(file: Path) -> Path | None:
     """The pipeline folder a run's model.pt belongs to (results/{dataset}/{experiment}/seed{n}/model.pt), or None
     for a model.pt elsewhere: paths its features recorded relative to that folder are found from anywhere."""
-    parents = Path(file).resolve().parents
-    return parents[4] if len(parents) > 4 and parents[3].name == "results" else None
+    return _results_project(file, 3)
 
 
 def extract_conversation_features(manifest_path: Path, sources: dict[str, dict], modalities: Sequence[str],
                                   out_dir: Path, threads: int = 1, device: str = "auto",
                                   project: Path | None = None) -> dict[str, Path]:
     """Run the training features' extractors (from the checkpoint's `sources`) on the conversation. `project`:
-    the pipeline folder the checkpoint belongs to (checkpoint_project), where a fine-tuned encoder recorded by a
-    relative path is looked for first (then under the current folder)."""
+    the pipeline folder the checkpoint belongs to (checkpoint_project), where the files the settings name by a
+    relative path (a fine-tuned encoder, a local text model, face-embedding weights) are looked for first (then
+    under the current folder), as the pipeline's jobs found them from that folder."""
     from ercpipe.features import ExtractionContext, extract_shard
 
     paths = {}
@@ -463,15 +475,12 @@ def extract_conversation_features(manifest_path: Path, sources: dict[str, dict],
         out = out_dir / f"{m}.h5"
         # What each extractor needs besides its setting, as the pipeline's rules give it.
         if m == "text":
-            encoder_dir = source.get("encoder_dir") or None
-            # The checkpoint's own project first: another project's encoder of the same name must not be taken.
-            if encoder_dir and project is not None and not Path(encoder_dir).is_absolute() and \
-                    (project / encoder_dir).is_dir():
-                encoder_dir = str(project / encoder_dir)
+            encoder_dir = _in_project(source.get("encoder_dir") or None, project, Path.is_dir)
             if encoder_dir and not Path(encoder_dir).is_dir():
                 raise InferenceError(f"the text features were made with the fine-tuned encoder {encoder_dir}, which "
                                      f"does not exist here{f' nor under {project}' if project else ''}; run the "
                                      "pipeline again to re-create it")
+            settings = dict(settings, model=_text_model_in_project(settings.get("model"), project))
             context = ExtractionContext(encoder_dir=encoder_dir)
         elif m == "audio":
             from ercpipe.datasets.media_prep import write_utterance_audio
@@ -482,9 +491,55 @@ def extract_conversation_features(manifest_path: Path, sources: dict[str, dict],
         else:  # the stored visual setting holds the dataset's face selection
             settings = dict(settings)
             context = ExtractionContext(face_selection=settings.pop("face_selection", None))
+            settings["weights"] = _visual_weights_in_project(settings.get("weights"), source.get("weights_source"),
+                                                             project)
         extract_shard(m, manifest_path, settings, out, threads=threads, device=device, context=context)
         paths[m] = out
     return paths
+
+
+def _in_project(recorded: str | None, project: Path | None, exists) -> str | None:
+    """A path a setting recorded as the config wrote it: a relative one under the checkpoint's project when it is
+    there (`exists`: Path.is_dir / Path.is_file), so that a file of the same name under the current folder, from
+    another project, is not taken; otherwise as recorded."""
+    if recorded and project is not None and not Path(recorded).is_absolute() and exists(project / recorded):
+        return str(project / recorded)
+    return recorded
+
+
+def _text_model_in_project(model: str | None, project: Path | None) -> str | None:
+    """The text `model` setting: a local model folder is looked for under the project first (a hub name too, as
+    the pipeline uses a folder of that name when there is one); a folder found nowhere is named."""
+    from ercpipe.config import text_model_is_path
+
+    found = _in_project(model, project, lambda path: (path / "config.json").is_file())
+    if found == model and isinstance(model, str) and text_model_is_path(model) and not Path(model).is_dir():
+        raise InferenceError(f"the text features were made with the model folder {model} (features.text.*.model), "
+                             f"which exists neither {f'under {project} nor ' if project else ''}under the current "
+                             "folder; copy it along with the checkpoint, or run predict from the project folder")
+    return found
+
+
+def _visual_weights_in_project(weights: str | None, weights_source: str | None, project: Path | None) -> str | None:
+    """The face embedder's `weights` setting: a relative file under the project first. When the checkpoint recorded
+    the file's digest (weights_source: "{path} (sha256 {digest})"), a file that differs is refused: it would give
+    other features than training's without an error."""
+    if weights in (None, "random"):
+        return weights
+    from ercpipe.io.digest import file_digest
+
+    found = _in_project(weights, project, Path.is_file)
+    if not Path(found).is_file():
+        raise InferenceError(f"the visual features were made with the weights file {weights} (features.visual.*."
+                             f"weights), which exists neither {f'under {project} nor ' if project else ''}under the "
+                             "current folder; copy it along with the checkpoint, or run predict from the project "
+                             "folder")
+    recorded = re.search(r"\(sha256 ([0-9a-f]+)\)$", weights_source or "")
+    if recorded and file_digest(found, len(recorded.group(1))) != recorded.group(1):
+        raise InferenceError(f"the weights file {found} is not the one the model's visual features were made with "
+                             f"(sha256 {recorded.group(1)} recorded, {file_digest(found, len(recorded.group(1)))} "
+                             "here); give the checkpoint the file it was trained with")
+    return found
 
 
 def predict_conversation(checkpoint: str | Path, conversation: str | Path, out_path: str | Path | None = None,

@@ -22,11 +22,11 @@ def demo_config() -> dict:
     return yaml.safe_load((REPO / "config.yaml").read_text())
 
 
-def dry_run(config: dict, tmp_path: Path) -> subprocess.CompletedProcess:
+def dry_run(config: dict, tmp_path: Path, *options: str) -> subprocess.CompletedProcess:
     cfg = tmp_path / "config.yaml"
     cfg.write_text(yaml.safe_dump(config))
     return subprocess.run([SNAKEMAKE, "-n", "--configfile", str(cfg), "-d", str(tmp_path), "-s",
-                           str(REPO / "Snakefile")], capture_output=True, text=True, timeout=300)
+                           str(REPO / "Snakefile"), *options], capture_output=True, text=True, timeout=300)
 
 
 def test_demo_config_is_valid(demo_config):
@@ -278,6 +278,11 @@ def test_a_dataset_nothing_uses_and_a_config_without_experiments_are_said(demo_c
     assert "makes nothing of it" not in result.stdout + result.stderr
     result = dry_run(demo_config, tmp_path / "demo")
     assert "makes nothing of it" not in result.stdout + result.stderr and "has no experiments" not in result.stdout
+    assert "--rerun-triggers without params" not in result.stdout + result.stderr
+    # A raw fix or a changed setting is seen only through params: leaving the trigger out keeps old results.
+    result = dry_run(demo_config, tmp_path / "demo", "--rerun-triggers", "mtime", "input")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "--rerun-triggers without params: a fixed raw file" in result.stdout + result.stderr
 
 
 def test_a_csv_without_valid_rows_stops_the_workflow_before_any_job(demo_config, tmp_path):
@@ -500,6 +505,24 @@ def test_a_wrong_path_names_the_key_the_path_and_the_fix(demo_config, tmp_path, 
     with pytest.raises(pipeline_config.ConfigError) as caught:
         pipeline_config.check(config, tmp_path)
     assert str(caught.value) == expected.format(wd=tmp_path)
+
+
+def test_a_root_behind_a_link_to_unmounted_storage_names_the_link(demo_config, tmp_path):
+    """raw/IEMOCAP_full_release -> /scratch/... after the scratch storage went away: "does not exist" named only the
+    link's own path, which the user can see is there (ls shows it), and not its target."""
+    config = _with_paths(demo_config, tmp_path)
+    (tmp_path / "IEMOCAP_link").symlink_to(tmp_path / "scratch" / "IEMOCAP_full_release")
+    config["datasets"]["real"]["root"] = "IEMOCAP_link"
+    with pytest.raises(pipeline_config.ConfigError) as caught:
+        pipeline_config.check(config, tmp_path)
+    assert str(caught.value).startswith(
+        f"datasets.real.root: IEMOCAP_link does not exist: {tmp_path}/IEMOCAP_link is a link "
+        f"to {tmp_path}/scratch/IEMOCAP_full_release, which does not exist (storage not mounted?). Mount it again")
+    # A link further up the path: that one is named.
+    (tmp_path / "mnt").symlink_to(tmp_path / "share")
+    config["datasets"]["real"]["root"] = str(tmp_path / "mnt" / "IEMOCAP_full_release")
+    with pytest.raises(pipeline_config.ConfigError, match=r"mnt is a link to .*share, which does not exist"):
+        pipeline_config.check(config, tmp_path)
 
 
 def test_a_folder_named_in_the_other_unicode_form_is_pointed_out(demo_config, tmp_path):

@@ -400,6 +400,41 @@ def test_a_fine_tuned_encoder_recorded_relative_to_the_project_is_found_from_any
     assert feature_io.read(paths["text"]).features.shape == (2, 32)
 
 
+def test_files_the_settings_name_relative_to_the_project_are_taken_from_the_checkpoints_project(tmp_path,
+                                                                                                  monkeypatch):
+    """A visual `weights` file or a local text `model` folder written relative to the project was looked up under
+    the current folder: from elsewhere predict failed saying the config is wrong, and from another project holding
+    a file of the same name it predicted with that file's weights, silently. results/ may be a link to scratch."""
+    from ercpipe.io.digest import file_digest
+
+    project, scratch, elsewhere = tmp_path / "project", tmp_path / "scratch", tmp_path / "elsewhere"
+    (scratch / "d/exp/seed0").mkdir(parents=True)
+    (scratch / "d/exp/seed0/model.pt").write_bytes(b"")
+    (project / "models/tiny").mkdir(parents=True)
+    (project / "results").symlink_to(scratch)
+    (project / "models/dn.pth").write_bytes(b"trained with these")
+    (project / "models/tiny/config.json").write_text("{}")
+    (elsewhere / "models").mkdir(parents=True)
+    (elsewhere / "models/dn.pth").write_bytes(b"another project's weights")
+    monkeypatch.chdir(elsewhere)
+    run = project / "results/d/exp/seed0/model.pt"
+    assert infer.checkpoint_project(run) == project  # the link's side, not the scratch folder's
+    recorded = f"models/dn.pth (sha256 {file_digest(project / 'models/dn.pth')})"
+    assert infer._visual_weights_in_project("models/dn.pth", recorded, project) == str(project / "models/dn.pth")
+    with pytest.raises(infer.InferenceError, match=r"weights file models/dn.pth is not the one the model's visual "
+                                                   r"features were made with \(sha256 \w+ recorded, \w+ here\)"):
+        infer._visual_weights_in_project("models/dn.pth", recorded, None)  # a copied model.pt: the current folder
+    with pytest.raises(infer.InferenceError, match=r"weights file models/other.pth \(features.visual.\*.weights\), "
+                                                   r"which exists neither under .*project nor under the current"):
+        infer._visual_weights_in_project("models/other.pth", None, project)
+    assert infer._visual_weights_in_project("random", None, project) == "random"
+    assert infer._text_model_in_project("models/tiny", project) == str(project / "models/tiny")
+    assert infer._text_model_in_project("packaged:minilm", project) == "packaged:minilm"
+    with pytest.raises(infer.InferenceError, match=r"model folder models/r/gone \(features.text.\*.model\), which "
+                                                   r"exists neither under"):
+        infer._text_model_in_project("models/r/gone", project)  # models/gone: a hub id
+
+
 def test_conversation_errors_name_the_problem(trained, tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("who,text\nAnn,hello\n")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import snakemake.report
 from snakemake.logging import logger
+from snakemake.settings.enums import RerunTrigger
 from snakemake.utils import validate
 
 from ercpipe import config as pipeline_config
@@ -171,7 +172,23 @@ def run_files(name, files=RUN_FILES):
     return [f"{experiment_dir(name)}/seed{seed}/{file}" for seed in EXPERIMENTS[name]["seeds"] for file in files]
 
 
+@functools.cache
+def warn_without_params_trigger():
+    """Fixed raw files reach the jobs only through params digests (the media are no inputs, the text files ancient
+    ones), and so do changed settings: without that trigger old results pass for current ones. Said once, while
+    the DAG is built (the trigger set is not known when the Snakefile is parsed)."""
+    settings = workflow.dag_settings
+    if settings is None or workflow.remote_exec or workflow.subprocess_exec:
+        return
+    if RerunTrigger.PARAMS not in settings.rerun_triggers:
+        logger.warning("--rerun-triggers without params: a fixed raw file (a transcript or label line, a replaced "
+                       "clip) and a changed setting re-run nothing, so results made before the change stay as if "
+                       "current. Keep params in the list (e.g. --rerun-triggers mtime params) unless that is meant "
+                       "(docs/design.md, 'Re-runs after the raw data changed')")
+
+
 def all_targets():
+    warn_without_params_trigger()
     unreadable = unreadable_datasets()
     if unreadable:
         raise WorkflowError("\n".join(unreadable) + "\nFix it (or take the dataset out of the config); the other "
@@ -285,6 +302,7 @@ def raw_fingerprint(dataset):
 
 def readable_fingerprint(dataset):
     """raw_fingerprint, raising the reader's error for a dataset that cannot be read (input and params functions)."""
+    warn_without_params_trigger()  # a target named on the command line does not go through rule all
     fingerprint = raw_fingerprint(dataset)
     if isinstance(fingerprint, UnreadableRaw):
         raise WorkflowError(fingerprint)
