@@ -405,7 +405,7 @@ def conversation_manifest(conversation: str | Path, classes: Sequence[str], out_
     try:
         # A conversation need not show every class (and its placeholder labels are no labels at all).
         with _reader_log_as_the_conversation("csv_manifest", "of `classes` label no row", own_lines):
-            frame, result = read_dataset("conversation", settings)
+            frame, result = read_dataset("conversation", settings, media_required=False)
     except ManifestError as err:
         raise InferenceError(own_lines(str(err))) from None
     # What the reader found wrong with a row (a clip that cannot be read, times past the end of the file): the

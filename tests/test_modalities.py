@@ -12,6 +12,7 @@ import yaml
 
 from ercpipe import config as pipeline_config
 from ercpipe.datasets.build import build_manifest
+from ercpipe.io.manifest import ManifestError
 from ercpipe.synthetic.faces import DRAWABLE_EMOTIONS
 
 from test_meld_text import slice_meld_csvs
@@ -32,13 +33,18 @@ def test_a_text_only_dataset_records_no_media_flags(meld_csvs, tmp_path):
     shutil.copytree(meld_csvs, clips)
     for folder in ("train_splits", "dev_splits_complete", "output_repeated_splits_test"):
         (clips / folder).mkdir()
+    # Not one clip there: the reader stops (every row flagged, the pipeline ran on zeros, said only in job logs).
+    with pytest.raises(ManifestError, match=r"dataset meld: not one of the \d+ audio files its utterances name exists "
+                                            r"\(e.g. .*train_splits/dia0_utt0.mp4 does not exist\)\. Check datasets.meld.root"):
+        build_manifest("meld", {"format": "meld", "root": str(clips)}, tmp_path / "none")
+    (clips / "train_splits/dia0_utt0.mp4").write_bytes(b"")  # one clip there (a damaged one): the others are flags
     build_manifest("meld", {"format": "meld", "root": str(clips)}, tmp_path / "all")
     text = pd.read_csv(tmp_path / "text/issues.tsv", sep="\t")
     everything = pd.read_csv(tmp_path / "all/issues.tsv", sep="\t")
     # Without the declaration every missing clip is flagged twice; with it, only the real problems remain.
-    media = {"missing_audio", "missing_video", "corrupt_video", "no_audio_stream", "no_video"}
+    media = {"missing_audio", "missing_video", "corrupt_video", "corrupt_audio", "no_audio_stream", "no_video"}
     n = len(pd.read_csv(tmp_path / "all/manifest.tsv", sep="\t"))
-    assert (everything["reason"] == "missing_video").sum() == n
+    assert (everything["reason"] == "missing_video").sum() == n - 1
     assert not set(text["reason"]) & media
     assert sorted(text.drop(columns=["detail", "file"]).values.tolist()) == sorted(
         everything.loc[~everything["reason"].isin(media)].drop(columns=["detail", "file"]).values.tolist())

@@ -603,6 +603,9 @@ def test_transcripts_alone_declared_text_only(tmp_path, caplog):
     assert set(issues["action"]) == {"rejected"}
     assert not [r for r in caplog.records if "missing" in r.getMessage()]
     assert summary["modalities"] == ["text"] and summary["checks"] == with_media[2]["checks"]
-    build_manifest("iemocap_all", cfg(root), tmp_path / "all")  # undeclared: every clip is flagged missing
-    flags = manifest_io.read(tmp_path / "all" / "manifest.tsv")["flags"]
-    assert flags.str.contains("missing_audio").all() and flags.str.contains("missing_video").all()
+    # Undeclared: every utterance's media missing stops the reader (it flagged them all, and the pipeline ran on
+    # zeros), naming a file and the declaration.
+    with pytest.raises(ManifestError, match=r"dataset iemocap_all: not one of the \d+ audio files its utterances "
+                                            r"name exists \(e.g. .*Ses01F_impro01_F\d+.wav does not exist\)\. Check "
+                                            r"datasets.iemocap_all.root .*modalities, e.g. \[text\]\)"):
+        build_manifest("iemocap_all", cfg(root), tmp_path / "all")

@@ -37,9 +37,11 @@ READERS: dict[str, Callable[..., ReadResult]] = {
 }
 
 
-def read_dataset(name: str, dataset_cfg: dict, probe: bool | Collection[str] = True
+def read_dataset(name: str, dataset_cfg: dict, probe: bool | Collection[str] = True, media_required: bool = True
                  ) -> tuple[pd.DataFrame, ReadResult]:
-    """Run the configured reader; returns the normalized, validated manifest frame and the reader's result."""
+    """Run the configured reader; returns the normalized, validated manifest frame and the reader's result.
+    media_required: a declared modality of which not one file exists is an error (a dataset); False keeps
+    flags (a conversation to predict, which goes on without that modality and says so)."""
     fmt = dataset_cfg.get("format")
     if fmt not in READERS:
         raise ValueError(f"dataset {name}: format {fmt!r} is not one of {sorted(READERS)}")
@@ -48,6 +50,8 @@ def read_dataset(name: str, dataset_cfg: dict, probe: bool | Collection[str] = T
         probe = False  # no media to look at
     result = READERS[fmt](name, dict(dataset_cfg), probe=probe)
     _drop_undeclared_media(result, modalities)
+    if media_required:
+        _refuse_media_missing_everywhere(name, result, modalities)
     frame = manifest_io.normalize(result.frame)
     manifest_io.validate(frame, result.classes, source=f"dataset {name} ({fmt})")
     return frame, result
@@ -60,6 +64,29 @@ MEDIA_FLAGS: dict[str, frozenset[str]] = {
 }
 MEDIA_COLUMNS: dict[str, tuple[str, ...]] = {"audio": ("audio_path", "audio_start", "audio_end"),
                                             "visual": ("video_path", "video_start", "video_end")}
+
+
+MISSING_FLAGS: dict[str, str] = {"audio": "missing_audio", "visual": "missing_video"}
+
+
+def _refuse_media_missing_everywhere(name: str, result: ReadResult, modalities: list[str]) -> None:
+    """A ManifestError when not one of the media files a declared modality's rows name exists: a release whose
+    clip folders are there but empty (archives not unpacked into them) or a wrong `root` flagged every row,
+    and the whole pipeline then ran on zeros for that modality, saying so only in the extraction logs. A real
+    release misses a few files, which stay flags."""
+    frame = result.frame
+    flags = frame["flags"].astype(str).str.split(";")
+    for modality, flag in MISSING_FLAGS.items():
+        column = MEDIA_COLUMNS[modality][0]
+        named = frame[column].astype(str) != ""
+        if modality not in modalities or not named.any() or not flags[named].map(lambda f: flag in f).all():
+            continue
+        example = next((i.detail for i in result.issues.issues if i.reason == flag and i.detail), "")
+        raise ManifestError(
+            f"dataset {name}: not one of the {int(named.sum())} {modality} files its utterances name exists"
+            + (f" (e.g. {example.split(' does not exist')[0]} does not exist)" if example else "") + f". Check datasets.{name}.root and that "
+            "the media are unpacked there; for a run without them, declare the modalities the dataset has "
+            f"(datasets.{name}.modalities, e.g. [text])")
 
 
 def _drop_undeclared_media(result: ReadResult, modalities: list[str]) -> None:
@@ -119,8 +146,9 @@ def build_manifest_shard(name: str, dataset_cfg: dict, shard: int, n_shards: int
     issues = IssueLog([i for i in result.issues.issues if i.action == "flagged" and i.utterance_id in ids])
     manifest_io.write_issues(issues, issues_out)
     manifest_io.write(rows, manifest_out)
-    logger.info("dataset %s, shard %d of %d: %d utterances in %d dialogue(s), %d media file(s) opened, %d flag(s)",
-                name, shard, n_shards, len(rows), rows["dialogue_id"].nunique(), len(media), len(issues.issues))
+    logger.info("dataset %s, shard %d of %d: %d utterances in %d dialogue(s), %d of %d media file(s) "
+                "there, %d flag(s)", name, shard, n_shards, len(rows), rows["dialogue_id"].nunique(),
+                _existing(media), len(media), len(issues.issues))
 
 
 def build_modality_shard(name: str, dataset_cfg: dict, shard: int, n_shards: int, modality: str,
@@ -136,8 +164,14 @@ def build_modality_shard(name: str, dataset_cfg: dict, shard: int, n_shards: int
         frame, _ = read_dataset(name, dataset_cfg, probe=media)
         rows = manifest_io.shard_rows(frame, shard, n_shards)
     manifest_io.write(rows, manifest_out)
-    logger.info("dataset %s, shard %d of %d, %s: %d utterances in %d dialogue(s), %d media file(s) opened", name,
-                shard, n_shards, modality, len(rows), rows["dialogue_id"].nunique(), len(media))
+    logger.info("dataset %s, shard %d of %d, %s: %d utterances in %d dialogue(s), %d of %d media file(s) "
+                "there", name, shard, n_shards, modality, len(rows), rows["dialogue_id"].nunique(), _existing(media),
+                len(media))
+
+
+def _existing(paths) -> int:
+    """How many of the media files exist (the others were flagged missing, not opened)."""
+    return sum(1 for path in paths if Path(path).is_file())
 
 
 def finetune_rows(frame: pd.DataFrame, result: ReadResult) -> pd.DataFrame:

@@ -209,7 +209,9 @@ def _check_clips(rows: list[dict], issues: IssueLog, probe: bool | Collection[st
     workers = max(1, min(4, os.cpu_count() or 1))
     with ThreadPoolExecutor(max_workers=workers) as pool:
         infos = pool.map(probe_file, [row["video_path"] for row in opened])
-        for row, info in zip(opened, tqdm(infos, total=len(opened), desc="probing MELD clips", unit="clip")):
+        # tqdm first: zip stops at the first iterator to run out, and a bar that is never asked past its last
+        # item never shows it (it ended at 692/693).
+        for info, row in zip(tqdm(infos, total=len(opened), desc="probing MELD clips", unit="clip"), opened):
             _flag_clip(row, info, issues)
 
 
