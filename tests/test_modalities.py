@@ -35,7 +35,8 @@ def test_a_text_only_dataset_records_no_media_flags(meld_csvs, tmp_path):
         (clips / folder).mkdir()
     # Not one clip there: the reader stops (every row flagged, the pipeline ran on zeros, said only in job logs).
     with pytest.raises(ManifestError, match=r"dataset meld: not one of the \d+ audio files its utterances name exists "
-                                            r"\(e.g. .*train_splits/dia0_utt0.mp4 does not exist\)\. Check datasets.meld.root"):
+                                            r"\(e.g. .*train_splits/dia0_utt0.mp4 does not exist\)\. Check "
+                                            r"datasets.meld.root"):
         build_manifest("meld", {"format": "meld", "root": str(clips)}, tmp_path / "none")
     (clips / "train_splits/dia0_utt0.mp4").write_bytes(b"")  # one clip there (a damaged one): the others are flags
     build_manifest("meld", {"format": "meld", "root": str(clips)}, tmp_path / "all")

@@ -84,7 +84,8 @@ def _refuse_media_missing_everywhere(name: str, result: ReadResult, modalities: 
         example = next((i.detail for i in result.issues.issues if i.reason == flag and i.detail), "")
         raise ManifestError(
             f"dataset {name}: not one of the {int(named.sum())} {modality} files its utterances name exists"
-            + (f" (e.g. {example.split(' does not exist')[0]} does not exist)" if example else "") + f". Check datasets.{name}.root and that "
+            + (f" (e.g. {example.split(' does not exist')[0]} does not exist)" if example else "")
+            + f". Check datasets.{name}.root and that "
             "the media are unpacked there; for a run without them, declare the modalities the dataset has "
             f"(datasets.{name}.modalities, e.g. [text])")
 
