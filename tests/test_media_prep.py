@@ -189,8 +189,9 @@ def test_a_window_after_the_end_of_the_file_says_so(manifest, tmp_path):
     assert status == "corrupt_audio"
     assert "starts at 206.5 s, after the end of the file (3.00 s); check its times" in detail
     # An end before the start (flagged bad_time by the reader) is said to be so, not called silence.
-    _, detail = _window_report(root, tmp_path / "back", 2.0, 1.0)
+    status, detail = _window_report(root, tmp_path / "back", 2.0, 1.0)
     assert "the window [2.0, 1.0) s is empty (its end is not after its start" in detail
+    assert status == "bad_time"  # the coverage page counted it as silent audio
 
 
 def test_channels_are_averaged_not_summed(tmp_path):

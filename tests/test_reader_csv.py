@@ -132,13 +132,14 @@ def test_a_media_folder_the_user_may_not_enter_is_named(data_dir, tmp_path):
 def test_a_time_that_is_not_seconds_never_leaves_half_a_window(data_dir, tmp_path):
     """A decimal comma in one of the two times kept the other: "2,0" to 3.0 cut 0-3 s from a dialogue's recording,
     three utterances, as the utterance's audio and faces, while issues.tsv said the whole file was used."""
-    for name in ("d1.wav", "own.wav"):
+    for name in ("d1.wav", "own.wav", "v1.wav"):
         write_wav(data_dir / "audio" / name, seconds=4.0)
     header = HEADER + ",video_start,video_end"
     lines = ["d1,u0,train,Ann,calm,one,audio/d1.wav,0.0,1.0,audio/d1.wav,0.0,1.0",
              'd1,u1,train,Bob,angry,two,audio/d1.wav,"2,0",3.0,audio/d1.wav,"2,0",3.0',
              "d1,u2,train,Ann,happy,three,audio/d1.wav,3.0,4.0,audio/d1.wav,3.0,4.0",
-             'd2,v0,test,Ann,calm,four,audio/own.wav,"0,5",2.0,,,']
+             'd2,v0,test,Ann,calm,four,audio/own.wav,"0,5",2.0,,,',
+             "d2,v1,test,Bob,calm,five,audio/v1.wav,00:00:01.500,00:00:02.000,,,"]
     df, issues, _ = build(write(data_dir / "m.csv", lines, header), tmp_path / "out")
     rows = df.set_index("utterance_id")
     for column in ("audio_start", "audio_end", "video_start", "video_end"):
@@ -146,7 +147,9 @@ def test_a_time_that_is_not_seconds_never_leaves_half_a_window(data_dir, tmp_pat
     assert rows.loc["u1", "audio_path"] == rows.loc["u1", "video_path"] == ""  # shared: no media rather than 0-3 s
     assert rows.loc["v0", "audio_path"].endswith("own.wav")  # its own file: the whole of it, as issues.tsv says
     detail = issues[issues["reason"] == "bad_time"].set_index("utterance_id")["detail"]
-    assert sorted(detail.index) == ["u1", "v0"]
+    assert sorted(detail.index) == ["u1", "v0", "v1"]
+    assert "'00:00:01.500', '00:00:02.000' are not seconds (write them as seconds, e.g. 62.5 for 00:01:02.500)" \
+        in detail["v1"]
     # One issue per row naming both modalities' times, and how to write them.
     assert detail["u1"].count("are not seconds (write the decimal point as '.')") == 2
     assert "so the utterance gets no audio" in detail["u1"] and "so the utterance gets no video" in detail["u1"]
@@ -175,6 +178,14 @@ def test_probe_media_flags_a_video_path_without_video_and_reads_names_with_a_col
     monkeypatch.chdir(data_dir / "audio")
     info = probe("take:1.wav")
     assert info.decodable and info.has_audio and info.error == ""
+    # A still image given as the video is read as a one-frame video, as the face extraction reads it: probing
+    # called it "truncated ... cut short", so training (no probe) used its face and predict (probing) did not.
+    from PIL import Image
+
+    pixels = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(data_dir / "still.jpg")  # (FFmpeg's image2 demuxer; a tiny one is jpeg_pipe)
+    info = probe(data_dir / "still.jpg")
+    assert info.decodable and info.has_video and not info.has_audio and info.error == ""
 
 
 @pytest.mark.parametrize("lines, header, message", [

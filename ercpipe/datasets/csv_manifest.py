@@ -404,7 +404,8 @@ def _row_times(row: dict, record: CsvRecord) -> None:
         start, end = parse_seconds(raw_start), parse_seconds(raw_end)
         if start is None or end is None:
             # Never half a window: a start read as the beginning of the file would cut the wrong stretch of it.
-            comma = " (write the decimal point as '.')" if "," in raw_start + raw_end else ""
+            comma = (" (write them as seconds, e.g. 62.5 for 00:01:02.500)" if ":" in raw_start + raw_end else
+                     " (write the decimal point as '.')" if "," in raw_start + raw_end else "")
             row["_time_problems"].append((kind, f"{kind} times {raw_start!r}, {raw_end!r} are not seconds{comma}",
                                           True))
             start = end = math.nan

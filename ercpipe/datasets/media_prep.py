@@ -77,7 +77,7 @@ def utterance_audio(row, out_dir: Path) -> tuple[str, str]:
         wav.unlink(missing_ok=True)
         if samples == 0 and not math.isnan(row.audio_start) and not math.isnan(row.audio_end) \
                 and row.audio_end <= row.audio_start:
-            return "silent_audio", (f"{row.audio_path}: the window [{row.audio_start}, {row.audio_end}) s is empty (its "
+            return "bad_time", (f"{row.audio_path}: the window [{row.audio_start}, {row.audio_end}) s is empty (its "
                                     "end is not after its start; the row is flagged bad_time): fix the times")
         if samples == 0 and not math.isnan(row.audio_start):
             length = probe(row.audio_path).duration

@@ -147,6 +147,8 @@ def _cut_short(container, stream) -> str:
         length, what = float(container.duration / av.time_base), "its header gives {:.2f} s"
     else:
         return ""
+    if length <= 1.0:  # nothing can end more than a second early (a still image read as a one-frame video)
+        return ""
     origin = _origin(container)
     try:
         container.seek(int((max(0.0, length - 0.5) + origin) / stream.time_base), stream=stream, any_frame=True,
