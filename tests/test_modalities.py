@@ -34,18 +34,25 @@ def test_a_text_only_dataset_records_no_media_flags(meld_csvs, tmp_path):
     for folder in ("train_splits", "dev_splits_complete", "output_repeated_splits_test"):
         (clips / folder).mkdir()
     # Not one clip there: the reader stops (every row flagged, the pipeline ran on zeros, said only in job logs).
-    with pytest.raises(ManifestError, match=r"dataset meld: not one of the \d+ audio files its utterances name exists "
+    with pytest.raises(ManifestError, match=r"dataset meld: not one of the \d+ audio files its train utterances name "
+                                            r"exists "
                                             r"\(e.g. .*train_splits/dia0_utt0.mp4 does not exist\)\. Check "
                                             r"datasets.meld.root"):
         build_manifest("meld", {"format": "meld", "root": str(clips)}, tmp_path / "none")
+    # Per split: MELD ships one archive per split, and one left unpacked is named.
     (clips / "train_splits/dia0_utt0.mp4").write_bytes(b"")  # one clip there (a damaged one): the others are flags
+    (clips / "dev_splits_complete/dia0_utt0.mp4").write_bytes(b"")
+    with pytest.raises(ManifestError, match=r"not one of the \d+ audio files its test utterances name exists \(e.g. "
+                                            r".*output_repeated_splits_test/dia0_utt0.mp4 does not exist\)"):
+        build_manifest("meld", {"format": "meld", "root": str(clips)}, tmp_path / "none")
+    (clips / "output_repeated_splits_test/dia0_utt0.mp4").write_bytes(b"")
     build_manifest("meld", {"format": "meld", "root": str(clips)}, tmp_path / "all")
     text = pd.read_csv(tmp_path / "text/issues.tsv", sep="\t")
     everything = pd.read_csv(tmp_path / "all/issues.tsv", sep="\t")
     # Without the declaration every missing clip is flagged twice; with it, only the real problems remain.
     media = {"missing_audio", "missing_video", "corrupt_video", "corrupt_audio", "no_audio_stream", "no_video"}
     n = len(pd.read_csv(tmp_path / "all/manifest.tsv", sep="\t"))
-    assert (everything["reason"] == "missing_video").sum() == n - 1
+    assert (everything["reason"] == "missing_video").sum() == n - 3
     assert not set(text["reason"]) & media
     assert sorted(text.drop(columns=["detail", "file"]).values.tolist()) == sorted(
         everything.loc[~everything["reason"].isin(media)].drop(columns=["detail", "file"]).values.tolist())

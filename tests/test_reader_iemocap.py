@@ -167,6 +167,30 @@ def test_summary_counts_and_reference_checks(built):
     assert summary["checks_ok"] is False
 
 
+def test_a_split_file_of_ones_own_is_the_reference_of_the_checks(release, tmp_path):
+    """With a split file of one's own the totals were still the standard release's (151 dialogues, 5810 / 1623
+    utterances), so a complete subset never passed its checks; per-dialogue counts were shown only when wrong."""
+    split = {"train": ["Ses01F_impro01"], "valid": ["Ses01M_impro01"], "test": ["Ses05F_impro01"],
+             "utterances_per_dialogue": {"Ses01F_impro01": 3, "Ses01M_impro01": 3, "Ses05F_impro01": 2}}
+    (tmp_path / "split.json").write_text(json.dumps(split))
+    build_manifest("d", cfg(release, split_file=str(tmp_path / "split.json")), tmp_path / "own")
+    summary = json.loads((tmp_path / "own/summary.json").read_text())
+    checks = {c["check"]: (c["expected"], c["found"]) for c in summary["checks"]}
+    assert checks == {"dialogues": (3, 3), "train+valid utterances": (6, 6), "test utterances": (2, 2),
+                      "split-file dialogues present in the raw tree": (3, 3),
+                      "dialogues whose utterance count matches the split file": (3, 3)}
+    assert summary["checks_ok"] is True
+    split["utterances_per_dialogue"]["Ses05F_impro01"] = 5
+    del split["utterances_per_dialogue"]["Ses01M_impro01"]  # no count for a train+valid dialogue: no such total
+    (tmp_path / "split.json").write_text(json.dumps(split))
+    build_manifest("d", cfg(release, split_file=str(tmp_path / "split.json")), tmp_path / "wrong")
+    summary = json.loads((tmp_path / "wrong/summary.json").read_text())
+    checks = {c["check"]: (c["expected"], c["found"]) for c in summary["checks"]}
+    assert "train+valid utterances" not in checks and checks["test utterances"] == (5, 2)
+    assert checks["dialogues whose utterance count matches the split file"] == (2, 1)
+    assert checks["utterances in Ses05F_impro01"] == (5, 2) and summary["checks_ok"] is False
+
+
 def test_default_split_file_is_the_standard_split(release, tmp_path):
     assert iemocap.DEFAULT_SPLIT_FILE.read_text() == SHARED_SPLIT.read_text()
     build_manifest("d", {"format": "iemocap", "root": str(release)}, tmp_path)
@@ -461,6 +485,11 @@ def test_wrong_root_names_path_and_expected_layout(release, tmp_path):
         build_manifest("d", cfg(tmp_path / "nowhere"), tmp_path / "out")
     with pytest.raises(ManifestError, match=rf"{release.parent}.*no Session<N>.*use it as root"):
         build_manifest("d", cfg(release.parent), tmp_path / "out")
+    # A folder inside the release: its session, or the session's dialog folder, names the release to use.
+    for inside in (release / "Session1", release / "Session1" / "dialog"):
+        with pytest.raises(ManifestError, match=rf"no Session<N>.*; {release / 'Session1'} is one session of the "
+                                                rf"release: use the folder that holds it, {release}, as root"):
+            build_manifest("d", cfg(inside), tmp_path / "out")
     assert not (tmp_path / "out" / "manifest.tsv").exists()
 
 
@@ -605,7 +634,7 @@ def test_transcripts_alone_declared_text_only(tmp_path, caplog):
     assert summary["modalities"] == ["text"] and summary["checks"] == with_media[2]["checks"]
     # Undeclared: every utterance's media missing stops the reader (it flagged them all, and the pipeline ran on
     # zeros), naming a file and the declaration.
-    with pytest.raises(ManifestError, match=r"dataset iemocap_all: not one of the \d+ audio files its utterances "
+    with pytest.raises(ManifestError, match=r"dataset iemocap_all: not one of the \d+ audio files its train utterances "
                                             r"name exists \(e.g. .*Ses01F_impro01_F\d+.wav does not exist\)\. Check "
                                             r"datasets.iemocap_all.root .*modalities, e.g. \[text\]\)"):
         build_manifest("iemocap_all", cfg(root), tmp_path / "all")

@@ -15,7 +15,7 @@ import pandas as pd
 from ercpipe.datasets import FINETUNE_VIEW, MODALITY_VIEWS, ReadResult, csv_manifest, iemocap, meld
 from ercpipe.datasets.summary import write_issues_and_summary, write_manifest
 from ercpipe.io import manifest as manifest_io
-from ercpipe.io.manifest import IssueLog, ManifestError
+from ercpipe.io.manifest import SPLITS, IssueLog, ManifestError
 from ercpipe.labels import MODALITIES
 
 logger = logging.getLogger(__name__)
@@ -70,24 +70,30 @@ MISSING_FLAGS: dict[str, str] = {"audio": "missing_audio", "visual": "missing_vi
 
 
 def _refuse_media_missing_everywhere(name: str, result: ReadResult, modalities: list[str]) -> None:
-    """A ManifestError when not one of the media files a declared modality's rows name exists: a release whose
-    clip folders are there but empty (archives not unpacked into them) or a wrong `root` flagged every row,
-    and the whole pipeline then ran on zeros for that modality, saying so only in the extraction logs. A real
-    release misses a few files, which stay flags."""
+    """A ManifestError when not one of the media files (two or more) a declared modality's rows of a split name
+    exists: a release whose clip folders are there but empty (archives not unpacked into them) or a wrong
+    `root` flagged every row, and the whole pipeline then ran on zeros for that modality, saying so only in the
+    extraction logs. A real release misses a few files, which stay flags."""
     frame = result.frame
-    flags = frame["flags"].astype(str).str.split(";")
+    missing = {flag: frame["flags"].astype(str).str.split(";").map(lambda f, flag=flag: flag in f)
+               for flag in MISSING_FLAGS.values()}
     for modality, flag in MISSING_FLAGS.items():
-        column = MEDIA_COLUMNS[modality][0]
-        named = frame[column].astype(str) != ""
-        if modality not in modalities or not named.any() or not flags[named].map(lambda f: flag in f).all():
+        if modality not in modalities:
             continue
-        example = next((i.detail for i in result.issues.issues if i.reason == flag and i.detail), "")
-        raise ManifestError(
-            f"dataset {name}: not one of the {int(named.sum())} {modality} files its utterances name exists"
-            + (f" (e.g. {example.split(' does not exist')[0]} does not exist)" if example else "")
-            + f". Check datasets.{name}.root and that "
-            "the media are unpacked there; for a run without them, declare the modalities the dataset has "
-            f"(datasets.{name}.modalities, e.g. [text])")
+        named = frame[MEDIA_COLUMNS[modality][0]].astype(str) != ""
+        for split in SPLITS:  # per split: one split's archive left unpacked (MELD ships one per split)
+            rows = named & (frame["split"] == split)
+            # (one file missing is a missing file, even if it is a split's only one: a flag)
+            if frame.loc[rows, MEDIA_COLUMNS[modality][0]].nunique() < 2 or not missing[flag][rows].all():
+                continue
+            ids = set(frame.loc[rows, "utterance_id"])
+            example = next((i.detail for i in result.issues.issues
+                            if i.reason == flag and i.detail and i.utterance_id in ids), "")
+            raise ManifestError(
+                f"dataset {name}: not one of the {int(rows.sum())} {modality} files its {split} utterances name "
+                "exists" + (f" (e.g. {example.split(' does not exist')[0]} does not exist)" if example else "")
+                + f". Check datasets.{name}.root and that the media are unpacked there; for a run without them, "
+                f"declare the modalities the dataset has (datasets.{name}.modalities, e.g. [text])")
 
 
 def _drop_undeclared_media(result: ReadResult, modalities: list[str]) -> None:

@@ -98,6 +98,10 @@ def check_root(root: Path) -> list[Path]:
     if not sessions:
         nested = [p for p in root.iterdir() if p.is_dir() and (p / "Session1").is_dir()]
         hint = f"; {nested[0]} looks like the release folder: use it as root" if nested else ""
+        # A folder inside the release (Session1, Session1/dialog): the release is up the tree.
+        inside = next((p for p in (root, root.parent) if _SESSION.match(p.name) and (p / "dialog").is_dir()), None)
+        if inside is not None:
+            hint = f"; {inside} is one session of the release: use the folder that holds it, {inside.parent}, as root"
         found = sorted(p.name for p in root.iterdir())[:10]
         raise ManifestError(f"IEMOCAP root {root} holds no Session<N> folder (found {found}); expected the "
                             f"IEMOCAP_full_release folder with Session1 .. Session5{hint}")
@@ -457,29 +461,41 @@ def _time_order(rows: list[dict]) -> list[dict]:
 
 
 def reference_checks(rows_per_dialogue: dict[str, int], split_of: dict[str, str], expected: dict[str, int],
-                     split_counts: dict[str, int], standard_labels: bool = True) -> list[dict]:
-    """Every way the manifest differs from the standard release (ok=False entries are differences). The
-    utterance counts are the six-class setting's: with other classes or a relabelling (standard_labels False)
-    only the dialogues are compared."""
+                     split_counts: dict[str, int], standard_labels: bool = True,
+                     standard_split: bool = True) -> list[dict]:
+    """Every way the manifest differs from the standard release (ok=False entries are differences); with a split
+    file of one's own (standard_split False), from that file: its dialogues and, where it gives them, its
+    utterance counts, so that a complete subset passes. The utterance counts are the six-class setting's: with
+    other classes or a relabelling (standard_labels False) only the dialogues are compared."""
     absent = sorted(d for d in split_of if d not in rows_per_dialogue)
     present = {"check": "split-file dialogues present in the raw tree", "ok": not absent,
                "expected": len(split_of), "found": len(split_of) - len(absent), "missing": absent}
     if not standard_labels:
         return [present]
     train_valid = split_counts.get("train", 0) + split_counts.get("valid", 0)
-    checks = [
-        {"check": "dialogues", "ok": len(rows_per_dialogue) == REFERENCE_DIALOGUES, "expected": REFERENCE_DIALOGUES,
-         "found": len(rows_per_dialogue)},
-        {"check": "train+valid utterances", "ok": train_valid == REFERENCE_TRAIN_VALID,
-         "expected": REFERENCE_TRAIN_VALID, "found": train_valid},
-        {"check": "test utterances", "ok": split_counts.get("test", 0) == REFERENCE_TEST, "expected": REFERENCE_TEST,
-         "found": split_counts.get("test", 0)},
-    ]
+    if standard_split:
+        totals = {"dialogues": REFERENCE_DIALOGUES, "train+valid": REFERENCE_TRAIN_VALID, "test": REFERENCE_TEST}
+    else:
+        def counted(splits):
+            dialogues = [d for d, split in split_of.items() if split in splits]
+            return sum(expected[d] for d in dialogues) if all(d in expected for d in dialogues) else None
+
+        totals = {"dialogues": len(split_of), "train+valid": counted(("train", "valid")), "test": counted(("test",))}
+    checks = [{"check": "dialogues", "ok": len(rows_per_dialogue) == totals["dialogues"],
+               "expected": totals["dialogues"], "found": len(rows_per_dialogue)}]
+    for name, found in (("train+valid", train_valid), ("test", split_counts.get("test", 0))):
+        if totals[name] is not None:
+            checks.append({"check": f"{name} utterances", "ok": found == totals[name], "expected": totals[name],
+                           "found": found})
     checks.append(present)
-    for dialogue in sorted(rows_per_dialogue):
-        if dialogue in expected and expected[dialogue] != rows_per_dialogue[dialogue]:
-            checks.append({"check": f"utterances in {dialogue}", "ok": False, "expected": expected[dialogue],
-                           "found": rows_per_dialogue[dialogue]})
+    compared = [d for d in sorted(rows_per_dialogue) if d in expected]
+    differ = [d for d in compared if expected[d] != rows_per_dialogue[d]]
+    if compared:  # said when they all match too, so that a reader sees they were compared
+        checks.append({"check": "dialogues whose utterance count matches the split file", "ok": not differ,
+                       "expected": len(compared), "found": len(compared) - len(differ)})
+    for dialogue in differ:
+        checks.append({"check": f"utterances in {dialogue}", "ok": False, "expected": expected[dialogue],
+                       "found": rows_per_dialogue[dialogue]})
     return checks
 
 
@@ -560,7 +576,8 @@ def read(name: str, cfg: dict, probe: bool | Collection[str] = True) -> ReadResu
         logger.info("IEMOCAP: classes %s%s are not the six-class setting: the utterance counts are not compared "
                     "with the standard release", list(settings["classes"]),
                     f" with relabel {settings['relabel']}" if settings["relabel"] else "")
-    checks = reference_checks({d: len(by_dialogue[d]) for d in order}, split_of, expected, split_counts, standard)
+    checks = reference_checks({d: len(by_dialogue[d]) for d in order}, split_of, expected, split_counts, standard,
+                              standard_split=Path(settings["split_file"]) == DEFAULT_SPLIT_FILE)
     differences = [c for c in checks if not c["ok"]]
     absent = next(c["missing"] for c in checks if c["check"] == "split-file dialogues present in the raw tree")
     if absent:
