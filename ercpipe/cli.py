@@ -72,12 +72,24 @@ def _predict(args, parser) -> None:
         frame = infer.predict_features(args.checkpoint, args.manifest, features, args.out,
                                        splits=args.split or None, device=args.device, seed=args.seed)
     if args.out:  # the table is in the file: a whole split printed thousands of lines to the terminal too
-        labelled = frame[frame["label"] != ""]
-        right = (labelled["label"] == labelled["prediction"]).mean() if len(labelled) else None
-        accuracy = f"; accuracy on the {len(labelled)} labelled: {right:.1%}" if right is not None else ""
-        print(f"{len(frame)} utterance(s) predicted{accuracy}; written to {args.out}")
+        print(f"{len(frame)} utterance(s) predicted{_accuracy_note(frame)}; written to {args.out}")
     else:
         print(infer.format_predictions(frame))
+
+
+def _accuracy_note(frame) -> str:
+    """"; accuracy on the N labelled: x %", per split when the rows come from several (valid chose the epoch, test
+    did not: one pooled number mixed them)."""
+    labelled = frame[frame["label"] != ""]
+    if labelled.empty:
+        return ""
+    right = labelled["label"] == labelled["prediction"]
+    splits = labelled["split"].unique() if "split" in labelled else []
+    if len(splits) > 1:
+        return "; accuracy on the labelled: " + ", ".join(
+            f"{split} {right[labelled['split'] == split].mean():.1%} ({int((labelled['split'] == split).sum())})"
+            for split in splits)
+    return f"; accuracy on the {len(labelled)} labelled: {right.mean():.1%}"
 
 
 def _import_pickle(args, parser) -> None:

@@ -126,7 +126,8 @@ def _labels_per_split(df: pd.DataFrame, classes: Sequence[str] | None) -> tuple[
         absent = [c for c in order if counts.at[c, split] == 0] if split in counts else []
         if absent:
             note += f" <b>No {split} utterance of {', '.join(absent)}</b>: {meaning}."
-    return counts.rename_axis("class").reset_index(), note
+    # (the columns' axis name, "split", drew an empty column of that name in the page)
+    return counts.rename_axis(index="class", columns=None).reset_index(), note
 
 
 def _text_not_fully_read(attrs_by_file: dict[str, dict]) -> pd.DataFrame:

@@ -260,3 +260,17 @@ def test_check_config_names_the_line_snakemake_does_not(tmp_path):
     result = ercpipe("check-config", "schema.yaml", cwd=tmp_path)
     assert result.returncode == 2 and "schema.yaml: config does not match" in result.stderr
     assert "datasets.mine.format: 'csvv' is not one of" in result.stderr
+
+
+def test_the_accuracy_printed_after_predict_is_per_split_when_several_are_predicted():
+    """`--split test valid` printed one accuracy over both (valid chose the epoch, test did not)."""
+    import pandas as pd
+
+    from ercpipe.cli import _accuracy_note
+
+    frame = pd.DataFrame({"split": ["valid", "valid", "test", "test", "test", "test"],
+                          "label": ["joy", "sad", "joy", "sad", "sad", ""],
+                          "prediction": ["joy", "sad", "joy", "joy", "joy", "sad"]})
+    assert _accuracy_note(frame) == "; accuracy on the labelled: valid 100.0% (2), test 33.3% (3)"
+    assert _accuracy_note(frame[frame["split"] == "test"]) == "; accuracy on the 3 labelled: 33.3%"
+    assert _accuracy_note(frame[frame["label"] == ""]) == ""

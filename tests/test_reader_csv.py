@@ -395,6 +395,8 @@ def test_the_coverage_page_shows_labels_per_split_and_text_the_encoder_read_in_p
     section = page.split("<h3>Labels per split</h3>")[1].split("<h3>")[0]
     rows = [re.findall(r"<td>([^<]*)</td>", row) for row in section.split("</thead>")[1].split("</tr>")[:-1]]
     assert rows == [["calm", "1", "1", "0", "2"], ["angry", "1", "1", "0", "2"], ["happy", "1", "0", "1", "2"]]
+    header = re.findall(r"<th>([^<]*)</th>", section.split("</thead>")[0])
+    assert header == ["class", "train", "valid", "test", "all"]  # no empty "split" column (crosstab's axis name)
     assert "<b>No valid utterance of happy</b>: choosing the epoch" in section
     assert "<b>No test utterance of calm, angry</b>" in section
     unread = page.split("<h3>Text the encoder read only in part</h3>")[1].split("<h3>")[0]

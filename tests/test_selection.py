@@ -75,6 +75,19 @@ def test_a_tie_goes_to_the_candidate_listed_first(tmp_path):
     assert select_experiment(paths, tmp_path / "sel") == "late"
 
 
+def test_a_tie_in_all_but_the_last_bits_is_a_tie(tmp_path):
+    """Equal scores reached with other predictions differ in their last bits (106640/1197 came out as
+    89.08939014202171 and ...173 at two epochs of a demo run); the later epoch or candidate was taken, against the
+    documented rule. Epoch selection, fine-tuning's and the candidates' ranking share ercpipe.scores."""
+    from ercpipe.scores import is_better
+
+    assert not is_better(89.08939014202173, 89.08939014202171) and not is_better(89.08939014202171, 89.08939014202173)
+    assert is_better(89.09, 89.08939014202171) and not is_better(89.0, 89.08939014202171)
+    paths = {"late": write_summary(tmp_path, "late", valid=[89.08939014202171], test=[1.0]),
+             "early": write_summary(tmp_path, "early", valid=[89.08939014202173], test=[2.0])}
+    assert select_experiment(paths, tmp_path / "sel") == "late"
+
+
 @pytest.mark.parametrize("metric", ["test.weighted_f1", "train.loss"])
 def test_only_dev_scores_may_choose(tmp_path, metric):
     paths = {n: write_summary(tmp_path, n, valid=[50.0], test=[50.0]) for n in ("a", "b")}

@@ -40,6 +40,7 @@ from ercpipe.io import manifest as manifest_io
 from ercpipe.io.atomic import atomic_dir, write_json
 from ercpipe.model.checkpoint import save_torch
 from ercpipe.model.inference import autocast_context, effective_amp
+from ercpipe.scores import is_better
 from ercpipe.model.losses import inverse_frequency_weights, paper_class_weights
 
 logger = logging.getLogger(__name__)
@@ -341,7 +342,7 @@ def finetune_text_encoder(manifest_path, settings: dict, out_dir: Path, threads:
         valid = _evaluate(model, valid_x, valid_y, batch, len(classes), amp)
         history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "valid": valid})
         logger.info("epoch %d: train loss %.4f, valid %s", epoch, history[-1]["train_loss"], valid)
-        if valid["weighted_f1"] > best_score:
+        if is_better(valid["weighted_f1"], best_score):  # a tie keeps the earlier epoch
             best_epoch, best_score = epoch, valid["weighted_f1"]
             best_state = _cpu_copy(model.encoder.state_dict())
         elapsed += time.perf_counter() - started

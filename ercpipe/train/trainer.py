@@ -44,6 +44,7 @@ from ercpipe.model.losses import SDTVegaLoss, inverse_frequency_weights, paper_c
 from ercpipe.model.sdt import ModelSpec, SDTVega, build_model, count_parameters
 from ercpipe.model.spec import spec_from_experiment
 from ercpipe.train.data import DialogueData, batches, load_dialogues, mask_feature_dims, standardization
+from ercpipe.scores import is_better
 from ercpipe.train.metrics import SCALAR_METRICS, classification_metrics, weighted_f1
 from ercpipe.runlog import job_end_time
 from ercpipe.train.presets import active_settings, inactive_keys, resolve_experiment
@@ -537,7 +538,7 @@ def _run_epoch(epoch, model, loss_fn, optimizer, scaler, scheduler, train_dialog
         row.update({f"T_{branch}_{m}": v for m, v in temps.items()})
     score = metrics[train_cfg["selection_metric"]]
     compared = round(score, 2) if paper_compat else score
-    improved = compared > state["best_score"]  # strict: a tie keeps the earlier epoch (O19)
+    improved = is_better(compared, state["best_score"])  # strict: a tie keeps the earlier epoch (O19)
     best = None
     if improved:
         state.update(best_score=compared, best_epoch=epoch, bad_epochs=0)
