@@ -79,6 +79,12 @@ def feature_coverage(manifest_path: str | Path, feature_paths: Sequence[str | Pa
                              "Utterances cut at the text setting's max_length (truncated), and utterances made only of "
                              "tokens the tokenizer does not know (unknown_only: emoji, another script; their vectors "
                              "carry no words). The feature file's attributes of those names list each one."))
+        rejected = summary.get("rejected_counts") or {}
+        if rejected:  # issues.tsv lists them, but the report offers a TSV only as a download
+            sections.append(("Rows left out of the manifest", pd.DataFrame(
+                {"reason": list(rejected), "rows": [int(n) for n in rejected.values()]}),
+                "Raw rows the reader rejected, per reason (e.g. a label that is not one of the classes); the "
+                "dataset's issues.tsv names each with its file and line."))
         checks = release_checks(summary.get("checks") or [])
         if len(checks):
             differ = int((checks["ok"] == "no").sum())

@@ -402,6 +402,17 @@ def test_the_coverage_page_shows_labels_per_split_and_text_the_encoder_read_in_p
     unread = page.split("<h3>Text the encoder read only in part</h3>")[1].split("<h3>")[0]
     assert [re.findall(r"<td>([^<]*)</td>", row) for row in unread.split("</thead>")[1].split("</tr>")[:-1]] == [
         ["text/minilm", "1", "1"]]
+    assert "Rows left out of the manifest" not in page
+    # Rejected rows (an IEMOCAP label outside the classes) were only in issues.tsv, a download in the report.
+    summary = json.loads((tmp_path / "out/summary.json").read_text())
+    summary["rejected_counts"] = {"label_not_in_classes": 3, "not_evaluated": 1}
+    (tmp_path / "out/summary.json").write_text(json.dumps(summary))
+    feature_coverage(tmp_path / "out/manifest.tsv", [tmp_path / "minilm.h5"], tmp_path / "coverage.tsv",
+                     tmp_path / "coverage.html", tmp_path / "out/summary.json")
+    left_out = (tmp_path / "coverage.html").read_text().split("<h3>Rows left out of the manifest</h3>")[1]
+    assert [re.findall(r"<td>([^<]*)</td>", row) for row in
+            left_out.split("</thead>")[1].split("</tbody>")[0].split("</tr>")[:-1]] == [
+        ["label_not_in_classes", "3"], ["not_evaluated", "1"]]
 
 
 def test_only_declared_media_is_looked_at(data_dir, tmp_path):
