@@ -724,3 +724,34 @@ def test_an_iemocap_relabel_target_that_is_not_a_class_is_a_config_error(tmp_pat
     config = {"datasets": {"i": {"format": "iemocap", "root": str(tmp_path), "relabel": {"exc": "joy"}}}}
     with pytest.raises(pipeline_config.ConfigError, match=r"datasets\.i: iemocap relabel: 'exc' -> 'joy'"):
         pipeline_config.check(config, tmp_path)
+
+
+def test_the_reports_workflow_page_says_which_weights_the_features_and_anchors_came_from(demo_config):
+    """The report named feature settings only: nothing said the demo's DenseNet and CLIP are random-init, and a
+    reader took them for ImageNet / OpenAI weights. Rendered as Snakemake renders it (Jinja, then docutils)."""
+    import jinja2
+    from docutils.core import publish_parts
+
+    def page(config: dict) -> str:
+        class Snakemake:  # what Snakemake hands the template
+            pass
+
+        Snakemake.config = config
+        text = jinja2.Environment().from_string((REPO / "workflow/report/workflow.rst").read_text()).render(
+            snakemake=Snakemake, categories={}, files={})
+        html = publish_parts(text, writer="html")["html_body"]
+        assert "system-message" not in html, html  # valid reStructuredText
+        return " ".join(html.split())
+
+    demo = page(demo_config)
+    assert ("Models the features were computed with: text minilm: packaged:minilm; audio is10: openSMILE IS10; "
+            "visual densenet121: densenet121, <strong>random-init weights</strong>") in demo
+    assert "Anchor set demo_faces: CLIP ViT-B-32, <strong>random-init weights</strong>" in demo
+    real = copy.deepcopy(demo_config)
+    real["features"]["visual"]["densenet121"]["weights"] = "models/densenet121.pth"
+    real["features"]["text"]["minilm"]["finetune"] = {"epochs": 3}
+    real["anchors"]["demo_faces"]["clip"]["pretrained"] = "openai"
+    real_page = page(real)
+    assert "random-init" not in real_page and "visual densenet121: densenet121, weights models/densenet121.pth" \
+        in real_page and "Anchor set demo_faces: CLIP ViT-B-32, weights openai" in real_page
+    assert "text minilm: packaged:minilm fine-tuned on the train split" in real_page
