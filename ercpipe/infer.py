@@ -480,8 +480,8 @@ def extract_conversation_features(manifest_path: Path, sources: dict[str, dict],
                 raise InferenceError(f"the text features were made with the fine-tuned encoder {encoder_dir}, which "
                                      f"does not exist here{f' nor under {project}' if project else ''}; run the "
                                      "pipeline again to re-create it")
-            settings = dict(settings, model=_text_model_in_project(settings.get("model"), project))
-            context = ExtractionContext(encoder_dir=encoder_dir)
+            _check_text_model(settings.get("model"), project)
+            context = ExtractionContext(encoder_dir=encoder_dir, base_dir=project)
         elif m == "audio":
             from ercpipe.datasets.media_prep import write_utterance_audio
 
@@ -490,9 +490,8 @@ def extract_conversation_features(manifest_path: Path, sources: dict[str, dict],
             context = ExtractionContext(audio_dir=wavs)
         else:  # the stored visual setting holds the dataset's face selection
             settings = dict(settings)
-            context = ExtractionContext(face_selection=settings.pop("face_selection", None))
-            settings["weights"] = _visual_weights_in_project(settings.get("weights"), source.get("weights_source"),
-                                                             project)
+            context = ExtractionContext(face_selection=settings.pop("face_selection", None), base_dir=project)
+            _check_visual_weights(settings.get("weights"), source.get("weights_source"), project)
         extract_shard(m, manifest_path, settings, out, threads=threads, device=device, context=context)
         paths[m] = out
     return paths
@@ -501,45 +500,50 @@ def extract_conversation_features(manifest_path: Path, sources: dict[str, dict],
 def _in_project(recorded: str | None, project: Path | None, exists) -> str | None:
     """A path a setting recorded as the config wrote it: a relative one under the checkpoint's project when it is
     there (`exists`: Path.is_dir / Path.is_file), so that a file of the same name under the current folder, from
-    another project, is not taken; otherwise as recorded."""
-    if recorded and project is not None and not Path(recorded).is_absolute() and exists(project / recorded):
-        return str(project / recorded)
-    return recorded
+    another project, is not taken; otherwise as recorded. The extractors look it up the same way
+    (ExtractionContext.base_dir); the setting itself keeps the recorded spelling, which its hash covers."""
+    from ercpipe.features.interface import under_base
+
+    return under_base(project, recorded, exists) if recorded else recorded
 
 
-def _text_model_in_project(model: str | None, project: Path | None) -> str | None:
-    """The text `model` setting: a local model folder is looked for under the project first (a hub name too, as
-    the pipeline uses a folder of that name when there is one); a folder found nowhere is named."""
+def _where_looked(value: str, project: Path | None) -> str:
+    if Path(value).is_absolute():
+        return "which does not exist"
+    return f"which exists neither {f'under {project} nor ' if project else ''}under the current folder"
+
+
+def _check_text_model(model: str | None, project: Path | None) -> None:
+    """A text `model` folder (a path, not a hub name) that is found nowhere is named before any extraction."""
     from ercpipe.config import text_model_is_path
 
-    found = _in_project(model, project, lambda path: (path / "config.json").is_file())
-    if found == model and isinstance(model, str) and text_model_is_path(model) and not Path(model).is_dir():
+    if not isinstance(model, str) or not text_model_is_path(model):
+        return
+    found = _in_project(model, project, Path.is_dir)
+    if not Path(found).is_dir():
         raise InferenceError(f"the text features were made with the model folder {model} (features.text.*.model), "
-                             f"which exists neither {f'under {project} nor ' if project else ''}under the current "
-                             "folder; copy it along with the checkpoint, or run predict from the project folder")
-    return found
+                             f"{_where_looked(model, project)}; copy it along with the checkpoint, or run predict "
+                             "from the project folder")
 
 
-def _visual_weights_in_project(weights: str | None, weights_source: str | None, project: Path | None) -> str | None:
-    """The face embedder's `weights` setting: a relative file under the project first. When the checkpoint recorded
-    the file's digest (weights_source: "{path} (sha256 {digest})"), a file that differs is refused: it would give
-    other features than training's without an error."""
+def _check_visual_weights(weights: str | None, weights_source: str | None, project: Path | None) -> None:
+    """The face embedder's `weights` file is there (under the project first), and, when the checkpoint recorded
+    its digest (weights_source: "{path} (sha256 {digest})"), the same file: another one would give other features
+    than training's without an error."""
     if weights in (None, "random"):
-        return weights
+        return
     from ercpipe.io.digest import file_digest
 
     found = _in_project(weights, project, Path.is_file)
     if not Path(found).is_file():
         raise InferenceError(f"the visual features were made with the weights file {weights} (features.visual.*."
-                             f"weights), which exists neither {f'under {project} nor ' if project else ''}under the "
-                             "current folder; copy it along with the checkpoint, or run predict from the project "
-                             "folder")
+                             f"weights), {_where_looked(weights, project)}; copy it along with the checkpoint, or "
+                             "run predict from the project folder")
     recorded = re.search(r"\(sha256 ([0-9a-f]+)\)$", weights_source or "")
     if recorded and file_digest(found, len(recorded.group(1))) != recorded.group(1):
         raise InferenceError(f"the weights file {found} is not the one the model's visual features were made with "
                              f"(sha256 {recorded.group(1)} recorded, {file_digest(found, len(recorded.group(1)))} "
                              "here); give the checkpoint the file it was trained with")
-    return found
 
 
 def predict_conversation(checkpoint: str | Path, conversation: str | Path, out_path: str | Path | None = None,

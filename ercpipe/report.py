@@ -89,8 +89,9 @@ def feature_coverage(manifest_path: str | Path, feature_paths: Sequence[str | Pa
         if len(checks):
             differ = int((checks["ok"] == "no").sum())
             sections.append(("Checks against the release", checks,
-                             f"{differ} of {len(checks)} differ from the dataset as its owners ship it "
-                             "(expected on a subset; on the whole release, a sign of missing or extra files)."
+                             f"{differ} of {len(checks)} differ from what the release (or the dataset's split "
+                             "file) says it holds (expected on a subset of the release; otherwise a sign of missing "
+                             "or extra files)."
                              if differ else "The raw data matches the release on every check."))
         write_html(html_path, html_page(f"Feature coverage: {Path(manifest_path).parent.name}", sections))
     return per_split

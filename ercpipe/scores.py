@@ -7,6 +7,8 @@ the candidate listed first; scores that really differ do so by far more than SCO
 """
 from __future__ import annotations
 
+import functools
+
 SCORE_TOLERANCE = 1e-9
 
 
@@ -15,6 +17,13 @@ def is_better(score: float, best: float) -> bool:
     return score > best + SCORE_TOLERANCE
 
 
-def tie_key(score: float) -> float:
-    """`score` with float noise removed, to sort by (equal scores then keep the given order)."""
-    return round(score, 9)
+def best_first(scores: list[float]) -> list[int]:
+    """Indices of `scores` best first by is_better; equal ones (within the tolerance) keep their given order."""
+    def compare(i: int, j: int) -> int:
+        if is_better(scores[i], scores[j]):
+            return -1
+        if is_better(scores[j], scores[i]):
+            return 1
+        return i - j
+
+    return sorted(range(len(scores)), key=functools.cmp_to_key(compare))

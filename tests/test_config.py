@@ -741,7 +741,7 @@ def test_the_reports_workflow_page_says_which_weights_the_features_and_anchors_c
             snakemake=Snakemake, categories={}, files={})
         html = publish_parts(text, writer="html")["html_body"]
         assert "system-message" not in html, html  # valid reStructuredText
-        return " ".join(html.split())
+        return " ".join(re.sub(r"<(?!/?strong)[^>]+>", "", html).split())  # ``literals`` as plain text
 
     demo = page(demo_config)
     assert ("Models the features were computed with: text minilm: packaged:minilm; audio is10: openSMILE IS10; "
@@ -749,9 +749,11 @@ def test_the_reports_workflow_page_says_which_weights_the_features_and_anchors_c
     assert "Anchor set demo_faces: CLIP ViT-B-32, <strong>random-init weights</strong>" in demo
     real = copy.deepcopy(demo_config)
     real["features"]["visual"]["densenet121"]["weights"] = "models/densenet121.pth"
-    real["features"]["text"]["minilm"]["finetune"] = {"epochs": 3}
+    real["features"]["text"]["minilm"]["finetune"] = {}  # the defaults: fine-tuned all the same
     real["anchors"]["demo_faces"]["clip"]["pretrained"] = "openai"
+    real["features"]["visual"]["dn_"] = {"backbone": "densenet121", "weights": "w*|_.pth"}  # no RST markup
     real_page = page(real)
+    assert "visual dn_: densenet121, weights w*|_.pth" in real_page
     assert "random-init" not in real_page and "visual densenet121: densenet121, weights models/densenet121.pth" \
         in real_page and "Anchor set demo_faces: CLIP ViT-B-32, weights openai" in real_page
     assert "text minilm: packaged:minilm fine-tuned on the train split" in real_page

@@ -404,35 +404,53 @@ def test_files_the_settings_name_relative_to_the_project_are_taken_from_the_chec
                                                                                                   monkeypatch):
     """A visual `weights` file or a local text `model` folder written relative to the project was looked up under
     the current folder: from elsewhere predict failed saying the config is wrong, and from another project holding
-    a file of the same name it predicted with that file's weights, silently. results/ may be a link to scratch."""
+    a file of the same name it predicted with that file's weights, silently. results/ may be a link to scratch.
+    The setting keeps its spelling (its hash is what the checkpoint compares the new features with)."""
+    import torchvision
+
+    from ercpipe.features.visual import load_embedder
     from ercpipe.io.digest import file_digest
+    from ercpipe.testing.tiny_models import write_tiny_roberta
 
     project, scratch, elsewhere = tmp_path / "project", tmp_path / "scratch", tmp_path / "elsewhere"
     (scratch / "d/exp/seed0").mkdir(parents=True)
     (scratch / "d/exp/seed0/model.pt").write_bytes(b"")
-    (project / "models/tiny").mkdir(parents=True)
+    (project / "models").mkdir(parents=True)
     (project / "results").symlink_to(scratch)
-    (project / "models/dn.pth").write_bytes(b"trained with these")
-    (project / "models/tiny/config.json").write_text("{}")
+    torch.save(torchvision.models.densenet121(weights=None).state_dict(), project / "models/dn.pth")
+    write_tiny_roberta(project / "models/tiny", ["hello there", "so happy today", "I am angry"] * 4)
     (elsewhere / "models").mkdir(parents=True)
     (elsewhere / "models/dn.pth").write_bytes(b"another project's weights")
     monkeypatch.chdir(elsewhere)
     run = project / "results/d/exp/seed0/model.pt"
     assert infer.checkpoint_project(run) == project  # the link's side, not the scratch folder's
+    # Text, end to end from another folder: the project's model is read, the setting as recorded is stored.
+    (elsewhere / "talk.csv").write_text("speaker,text\nAnn,hello there\nBob,so happy\n")
+    manifest = infer.conversation_manifest(elsewhere / "talk.csv", ["neutral", "joy"], elsewhere, ("text",))
+    recorded_text = {"model": "models/tiny", "pooling": "mean"}
+    paths = infer.extract_conversation_features(manifest, {"text": {"extractor": "text", "settings": recorded_text}},
+                                                ["text"], elsewhere / "f", device="cpu", project=project)
+    written = feature_io.read(paths["text"])
+    assert written.features.shape == (2, 32)  # the tiny model's width
+    settings = written.attrs["settings"]
+    assert (json.loads(settings) if isinstance(settings, str) else settings)["model"] == "models/tiny"
+    with pytest.raises(infer.InferenceError, match=r"model folder models/r/gone \(features.text.\*.model\), which "
+                                                   r"exists neither under .*project nor under the current folder"):
+        infer._check_text_model("models/r/gone", project)  # (models/gone would be a hub id)
+    infer._check_text_model("packaged:minilm", project)
+    # Visual: the embedder loads the project's file, and one that differs from the recorded digest is refused.
+    embedder = load_embedder({"backbone": "densenet121", "weights": "models/dn.pth"}, "cpu", base_dir=project)
+    assert embedder.weights_source.startswith(str(project / "models/dn.pth"))
     recorded = f"models/dn.pth (sha256 {file_digest(project / 'models/dn.pth')})"
-    assert infer._visual_weights_in_project("models/dn.pth", recorded, project) == str(project / "models/dn.pth")
+    infer._check_visual_weights("models/dn.pth", recorded, project)
     with pytest.raises(infer.InferenceError, match=r"weights file models/dn.pth is not the one the model's visual "
                                                    r"features were made with \(sha256 \w+ recorded, \w+ here\)"):
-        infer._visual_weights_in_project("models/dn.pth", recorded, None)  # a copied model.pt: the current folder
+        infer._check_visual_weights("models/dn.pth", recorded, None)  # a copied model.pt: the current folder's
     with pytest.raises(infer.InferenceError, match=r"weights file models/other.pth \(features.visual.\*.weights\), "
                                                    r"which exists neither under .*project nor under the current"):
-        infer._visual_weights_in_project("models/other.pth", None, project)
-    assert infer._visual_weights_in_project("random", None, project) == "random"
-    assert infer._text_model_in_project("models/tiny", project) == str(project / "models/tiny")
-    assert infer._text_model_in_project("packaged:minilm", project) == "packaged:minilm"
-    with pytest.raises(infer.InferenceError, match=r"model folder models/r/gone \(features.text.\*.model\), which "
-                                                   r"exists neither under"):
-        infer._text_model_in_project("models/r/gone", project)  # models/gone: a hub id
+        infer._check_visual_weights("models/other.pth", None, project)
+    with pytest.raises(infer.InferenceError, match=r"weights file /nowhere/dn.pth .*, which does not exist;"):
+        infer._check_visual_weights("/nowhere/dn.pth", None, project)
 
 
 def test_conversation_errors_name_the_problem(trained, tmp_path):

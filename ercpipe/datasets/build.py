@@ -90,7 +90,8 @@ def _refuse_media_missing_everywhere(name: str, result: ReadResult, modalities: 
             example = next((i.detail for i in result.issues.issues
                             if i.reason == flag and i.detail and i.utterance_id in ids), "")
             raise ManifestError(
-                f"dataset {name}: not one of the {int(rows.sum())} {modality} files its {split} utterances name "
+                f"dataset {name}: not one of the {frame.loc[rows, MEDIA_COLUMNS[modality][0]].nunique()} "
+                f"{modality} files its {split} utterances name "
                 "exists" + (f" (e.g. {example.split(' does not exist')[0]} does not exist)" if example else "")
                 + f". Check datasets.{name}.root and that the media are unpacked there; for a run without them, "
                 f"declare the modalities the dataset has (datasets.{name}.modalities, e.g. [text])")

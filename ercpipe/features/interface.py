@@ -23,11 +23,22 @@ class ExtractionContext:
     audio_dir: Path | None = None  # audio: the utterance WAVs and _report.tsv (rule utterance_audio)
     face_selection: dict | None = None  # visual: which face is the speaker (the dataset's face_selection)
     encoder_dir: Path | None = None  # text: a fine-tuned encoder (rule finetune_text_encoder), else None
+    # visual weights and a text model folder the setting gives by a relative path: the folder they are looked for
+    # in first (predict: the project the checkpoint was trained in), else the current folder. The setting keeps
+    # its spelling, which the feature file records and the checkpoint compares.
+    base_dir: Path | None = None
 
     def __post_init__(self) -> None:  # paths given as strings (Snakemake's inputs) become Paths, "" None
-        for name in ("audio_dir", "encoder_dir"):
+        for name in ("audio_dir", "encoder_dir", "base_dir"):
             value = getattr(self, name)
             object.__setattr__(self, name, Path(value) if value not in (None, "") else None)
 
 
 NO_CONTEXT = ExtractionContext()
+
+
+def under_base(base_dir: Path | None, value: str, exists=Path.exists) -> str:
+    """`value`, a path a setting gives, under `base_dir` when it is relative and there (`exists`), else as given."""
+    if base_dir is not None and value and not Path(value).is_absolute() and exists(base_dir / value):
+        return str(base_dir / value)
+    return value

@@ -95,7 +95,7 @@ def extract_shard(manifest_path, settings: dict | None, out_path, *, threads: in
     check_encoder_dir(settings, encoder_dir)
     torch.set_num_threads(max(1, int(threads)))
     rows = manifest_io.read(manifest_path)
-    encoder = TextEncoder(settings, device, encoder_dir=encoder_dir)
+    encoder = TextEncoder(settings, device, encoder_dir=encoder_dir, base_dir=(context or NO_CONTEXT).base_dir)
     logger.info("text %s: %d utterances, model %s%s (%d-d), pooling %s, last %d layer(s), context %s, "
                 "device %s, %d thread(s)", manifest_path, len(rows), settings["model"],
                 f" fine-tuned in {encoder_dir}" if encoder_dir else "", encoder.dim,

@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 
 from ercpipe.device import cuda_has_bf16, device_description, resolve_device
 from ercpipe.features import settings as settings_mod
+from ercpipe.features.interface import under_base
 from ercpipe.io import manifest as manifest_io
 
 # Defaults and settings resolution live in ercpipe.features.settings (light: training checks feature files
@@ -147,11 +148,13 @@ class TextEncoder:
     """A loaded tokenizer + encoder with the pooling / context settings applied."""
 
     def __init__(self, settings: dict | None, device: str | torch.device = "auto",
-                 encoder_dir: str | Path | None = None):
-        """`encoder_dir`: a fine-tuned model directory loaded in place of settings["model"]."""
+                 encoder_dir: str | Path | None = None, base_dir: Path | None = None):
+        """`encoder_dir`: a fine-tuned model directory loaded in place of settings["model"]; `base_dir`: where a
+        model folder given by a relative path is looked for first (ExtractionContext.base_dir)."""
         self.settings = text_settings(settings)
         self.device = resolve_device(device) if isinstance(device, str) else device
-        self.tokenizer, model = load_tokenizer_and_model(str(encoder_dir) if encoder_dir else self.settings["model"])
+        model_path = under_base(base_dir, self.settings["model"], lambda path: (path / "config.json").is_file())
+        self.tokenizer, model = load_tokenizer_and_model(str(encoder_dir) if encoder_dir else model_path)
         self.model = model.to(self.device).eval()
         problems = settings_mod.text_model_problems(self.settings, self.model.config.to_dict(),
                                                     getattr(self.tokenizer, "model_max_length", None))

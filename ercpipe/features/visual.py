@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from ercpipe.features import denseface as denseface_mod
 from ercpipe.device import device_description, resolve_device
 from ercpipe.features import settings as settings_mod
-from ercpipe.features.interface import NO_CONTEXT, ExtractionContext
+from ercpipe.features.interface import NO_CONTEXT, ExtractionContext, under_base
 from ercpipe.io import features as feature_io
 from ercpipe.io import manifest as manifest_io
 from ercpipe.io.digest import file_digest
@@ -427,11 +427,14 @@ def _load_densenet121_state(model: torch.nn.Module, path: Path) -> None:
     model.load_state_dict(state, strict=True)
 
 
-def load_embedder(settings: dict, device: str | torch.device = "auto") -> FaceEmbedder:
-    """The configured backbone with its weights; random init (seeded) is logged and reported."""
+def load_embedder(settings: dict, device: str | torch.device = "auto", base_dir: Path | None = None) -> FaceEmbedder:
+    """The configured backbone with its weights; random init (seeded) is logged and reported. A relative weights
+    file is looked for under `base_dir` first (ExtractionContext.base_dir)."""
     settings = visual_settings(settings)
     device = resolve_device(device) if isinstance(device, str) else device
     backbone, weights = settings["backbone"], settings["weights"]
+    if weights not in (None, "random"):
+        weights = under_base(base_dir, weights, Path.is_file)
     warning = ""
     if backbone == "densenet121":
         model = _seeded(lambda: torchvision.models.densenet121(weights=None))
@@ -525,7 +528,7 @@ def extract_shard(manifest_path, settings: dict | None, out_path, *, threads: in
     logger.info("visual %s: %d utterances, %s on %s, %d thread(s), face selection %s", manifest_path, len(ids),
                 settings["backbone"], torch_device, torch.get_num_threads(), face_selection)
     detector = build_detector(settings, torch_device)
-    embedder = load_embedder(settings, torch_device)
+    embedder = load_embedder(settings, torch_device, (context or NO_CONTEXT).base_dir)
 
     feats = np.zeros((len(ids), embedder.dim), dtype=np.float32)
     present = np.zeros(len(ids), dtype=bool)

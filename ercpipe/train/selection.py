@@ -21,7 +21,7 @@ import pandas as pd
 from ercpipe.errors import ErcpipeError
 from ercpipe.io.atomic import atomic_dir, atomic_path, write_json
 from ercpipe.report import experiment_summary_sections, html_page, write_html
-from ercpipe.scores import tie_key
+from ercpipe.scores import best_first
 from ercpipe.train.aggregation import write_summary_table
 
 logger = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ def rank_candidates(summaries: Mapping[str, dict], metric: str) -> list[dict]:
                                  "valid split?); a selection needs every candidate scored on dev")
         rows.append({"experiment": name, "order": order, "mean": score["mean"], "std": score["std"],
                      "n": score["n"], "values": score["values"]})
-    rows.sort(key=lambda r: (-tie_key(r["mean"]), r["order"]))
+    rows = [rows[i] for i in best_first([r["mean"] for r in rows])]
     return rows
 
 
