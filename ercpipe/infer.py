@@ -507,23 +507,24 @@ def _in_project(recorded: str | None, project: Path | None, exists) -> str | Non
     return under_base(project, recorded, exists) if recorded else recorded
 
 
-def _where_looked(value: str, project: Path | None) -> str:
-    if Path(value).is_absolute():
-        return "which does not exist"
-    return f"which exists neither {f'under {project} nor ' if project else ''}under the current folder"
+def _found(value: str, project: Path | None, exists, what: str) -> str:
+    """`value` found under the project or the current folder (_in_project), or an InferenceError naming `what` (the
+    setting it came from) and where it was looked for."""
+    found = _in_project(value, project, exists)
+    if exists(Path(found)):
+        return found
+    where = ("which does not exist" if Path(value).is_absolute() else
+             f"which exists neither {f'under {project} nor ' if project else ''}under the current folder")
+    raise InferenceError(f"the {what.format(value)}, {where}; copy it along with the checkpoint, or run predict from "
+                         "the project folder")
 
 
 def _check_text_model(model: str | None, project: Path | None) -> None:
     """A text `model` folder (a path, not a hub name) that is found nowhere is named before any extraction."""
     from ercpipe.config import text_model_is_path
 
-    if not isinstance(model, str) or not text_model_is_path(model):
-        return
-    found = _in_project(model, project, Path.is_dir)
-    if not Path(found).is_dir():
-        raise InferenceError(f"the text features were made with the model folder {model} (features.text.*.model), "
-                             f"{_where_looked(model, project)}; copy it along with the checkpoint, or run predict "
-                             "from the project folder")
+    if isinstance(model, str) and text_model_is_path(model):
+        _found(model, project, Path.is_dir, "text features were made with the model folder {} (features.text.*.model)")
 
 
 def _check_visual_weights(weights: str | None, weights_source: str | None, project: Path | None) -> None:
@@ -534,11 +535,8 @@ def _check_visual_weights(weights: str | None, weights_source: str | None, proje
         return
     from ercpipe.io.digest import file_digest
 
-    found = _in_project(weights, project, Path.is_file)
-    if not Path(found).is_file():
-        raise InferenceError(f"the visual features were made with the weights file {weights} (features.visual.*."
-                             f"weights), {_where_looked(weights, project)}; copy it along with the checkpoint, or "
-                             "run predict from the project folder")
+    found = _found(weights, project, Path.is_file,
+                   "visual features were made with the weights file {} (features.visual.*.weights)")
     recorded = re.search(r"\(sha256 ([0-9a-f]+)\)$", weights_source or "")
     if recorded and file_digest(found, len(recorded.group(1))) != recorded.group(1):
         raise InferenceError(f"the weights file {found} is not the one the model's visual features were made with "

@@ -80,19 +80,20 @@ def _refuse_media_missing_everywhere(name: str, result: ReadResult, modalities: 
     for modality, flag in MISSING_FLAGS.items():
         if modality not in modalities:
             continue
-        named = frame[MEDIA_COLUMNS[modality][0]].astype(str) != ""
+        column = MEDIA_COLUMNS[modality][0]
+        named = frame[column].astype(str) != ""
         for split in SPLITS:  # per split: one split's archive left unpacked (MELD ships one per split)
             rows = named & (frame["split"] == split)
+            files = frame.loc[rows, column].nunique()
             # (one file missing is a missing file, even if it is a split's only one: a flag)
-            if frame.loc[rows, MEDIA_COLUMNS[modality][0]].nunique() < 2 or not missing[flag][rows].all():
+            if files < 2 or not missing[flag][rows].all():
                 continue
             ids = set(frame.loc[rows, "utterance_id"])
             example = next((i.detail for i in result.issues.issues
                             if i.reason == flag and i.detail and i.utterance_id in ids), "")
             raise ManifestError(
-                f"dataset {name}: not one of the {frame.loc[rows, MEDIA_COLUMNS[modality][0]].nunique()} "
-                f"{modality} files its {split} utterances name "
-                "exists" + (f" (e.g. {example.split(' does not exist')[0]} does not exist)" if example else "")
+                f"dataset {name}: not one of the {files} {modality} files its {split} utterances name exists"
+                + (f" (e.g. {example.split(' does not exist')[0]} does not exist)" if example else "")
                 + f". Check datasets.{name}.root and that the media are unpacked there; for a run without them, "
                 f"declare the modalities the dataset has (datasets.{name}.modalities, e.g. [text])")
 
