@@ -84,11 +84,9 @@ def _accuracy_note(frame) -> str:
     if labelled.empty:
         return ""
     right = labelled["label"] == labelled["prediction"]
-    splits = labelled["split"].unique() if "split" in labelled else []
-    if len(splits) > 1:
+    if "split" in labelled and labelled["split"].nunique() > 1:
         return "; accuracy on the labelled: " + ", ".join(
-            f"{split} {right[labelled['split'] == split].mean():.1%} ({int((labelled['split'] == split).sum())})"
-            for split in splits)
+            f"{split} {hits.mean():.1%} ({len(hits)})" for split, hits in right.groupby(labelled["split"], sort=False))
     return f"; accuracy on the {len(labelled)} labelled: {right.mean():.1%}"
 
 

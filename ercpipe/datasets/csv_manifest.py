@@ -581,7 +581,8 @@ def read(name: str, cfg: dict, probe: bool | Collection[str] = True) -> ReadResu
     rows: list[dict] = []
     scattered: list[str] = []
     for dialogue_id, entries in dialogues.items():
-        where = f"{path}: dialogue {dialogue_id} (lines {_lines(e[2] for e in entries)})"
+        lines = _lines(e[2] for e in entries)
+        where = f"{path}: dialogue {dialogue_id} (lines {lines})"
         given = [e[0] for e in entries]
         if any(g is not None for g in given):
             if any(g is None for g in given) or len(set(given)) != len(given):
@@ -590,11 +591,11 @@ def read(name: str, cfg: dict, probe: bool | Collection[str] = True) -> ReadResu
             entries.sort(key=lambda e: e[0])
         elif entries[-1][1] - entries[0][1] != len(entries) - 1:
             scattered.append(dialogue_id)
+            detail = (f"dialogue {dialogue_id}'s rows are on lines {lines}, with other dialogues' rows between them; "
+                      "they are read as one dialogue in file order. If the id was reused for two conversations, give "
+                      "them different dialogue_ids")
             for entry in entries:  # in issues.tsv too: a reused id merges two conversations into one context
-                flag_row(entry[2], "scattered_dialogue", issues,
-                         f"dialogue {dialogue_id}'s rows are on lines {_lines(e[2] for e in entries)}, with other "
-                         "dialogues' rows between them; they are read as one dialogue in file order. If the id was "
-                         "reused for two conversations, give them different dialogue_ids")
+                flag_row(entry[2], "scattered_dialogue", issues, detail)
         dialogue_rows = [e[2] for e in entries]
         if len({r["split"] for r in dialogue_rows}) > 1:
             raise ManifestError(f"{where} has rows in several splits {sorted({r['split'] for r in dialogue_rows})}; "
