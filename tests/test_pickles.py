@@ -156,6 +156,25 @@ def test_a_pickle_of_tensors_saved_on_a_gpu_imports_on_a_machine_without_one(tmp
                                   parts["text"]["Ses01F_impro01"].numpy())
 
 
+def test_a_re_import_stopped_between_its_feature_files_leaves_no_manifest_beside_the_mix(tmp_path):
+    """The manifest means "these files are one import": a second pickle imported into the same folder that
+    stops after its text and audio files (a kill; here the visual file cannot be written) must not leave
+    the first import's manifest beside them, or export-vega and predict take the mix of both pickles."""
+    first = _dump(vega_tuple(iemocap_parts(seed=0)), tmp_path / "first.pkl")
+    pickles.import_pickle(first, tmp_path / "manifest.tsv", _paths(tmp_path), allow_pickle=True)
+    (tmp_path / "blocker").write_text("a file where the visual file's folder would be")
+    second = _dump(vega_tuple(iemocap_parts(seed=1)), tmp_path / "second.pkl")
+    paths = {**_paths(tmp_path), "visual": tmp_path / "blocker" / "visual.h5"}
+    with pytest.raises(OSError):
+        pickles.import_pickle(second, tmp_path / "manifest.tsv", paths, allow_pickle=True)
+    assert feature_io.read(tmp_path / "text.h5").attrs["source_file"] == str(second)  # the mix is on disk
+    assert not (tmp_path / "manifest.tsv").exists()
+    with pytest.raises(manifest_io.ManifestError, match="does not exist"):
+        pickles.export_vega(tmp_path / "manifest.tsv", _paths(tmp_path), tmp_path / "out.pkl")
+    with pytest.raises(ValueError, match="written as manifest.tsv"):
+        pickles.import_pickle(first, tmp_path / "other.tsv", {}, allow_pickle=True)
+
+
 def test_sdt_12_tuple_imports_names_and_sentences_and_exports_the_vega_subset(tmp_path):
     parts = iemocap_parts(seed=3)
     original = sdt12_tuple(parts)

@@ -560,6 +560,12 @@ def import_pickle(pickle_path: str | Path, manifest_path: str | Path | None, fea
     valid, split_record, checks = choose_valid(ds, valid_split, valid_dialogues)
     frame, feature_sets = to_project(ds, dataset=dataset, valid_dialogues=valid)
     digest = file_digest(pickle_path, length=64)
+    if manifest_path is not None:
+        if Path(manifest_path).name != "manifest.tsv":  # beside issues.tsv and summary.json, as every route writes it
+            raise ValueError(f"{manifest_path}: the manifest is written as manifest.tsv; give a path of that name")
+        # The manifest is written last and means that the folder's files are one import. A re-import killed
+        # between its feature files would otherwise leave the previous manifest beside a mix of both pickles.
+        Path(manifest_path).unlink(missing_ok=True)
     for m, path in feature_paths.items():
         fs = feature_sets[m]
         fs.attrs.update({"source_file": str(pickle_path), "source_sha256": digest})
@@ -583,8 +589,6 @@ def import_pickle(pickle_path: str | Path, manifest_path: str | Path | None, fea
         name = dataset or ds.fmt
         write_manifest(name, dataset_format or PICKLE_FORMAT_OF_LAYOUT[ds.layout], frame, result,
                        Path(manifest_path).parent)
-        if Path(manifest_path).name != "manifest.tsv":  # write_manifest names it manifest.tsv
-            (Path(manifest_path).parent / "manifest.tsv").replace(manifest_path)
     logger.info("imported %s (%s, %s): %s", pickle_path, ds.layout, ds.fmt,
                 {k: v for k, v in summary.items() if k != "valid_split"})
     return summary
