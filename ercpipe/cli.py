@@ -14,13 +14,15 @@
 Errors on bad input (ercpipe.errors.ErcpipeError and the library's other ValueErrors, a missing or
 unreadable file) are printed as one line, `ercpipe: error: <message>` naming the file or key and the fix,
 with exit status 2 (as argparse does for a bad command line); `ercpipe --debug ...` shows the traceback
-instead. Anything else is a bug and keeps its traceback.
+instead. Anything else is a bug and keeps its traceback. SIGTERM (`kill`, `timeout`, `scancel`) stops a command
+as Ctrl-C does, with exit status 143: its temporary files and folders are removed on the way out.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -271,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         command_parser.error(f"--out {out} is a folder; give the path of a file to write")
     if out:
         _refuse_out_over_an_input(args, out, command_parser)
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         args.run(args, command_parser)
     except USER_ERRORS as err:
@@ -278,7 +281,16 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"{parser.prog}: error: {one_line(err)}", file=sys.stderr)
         return 2
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def _exit_on_sigterm(signum: int, frame) -> None:
+    # SIGTERM's default action ends the process where it is: no `finally` and no atexit, so predict's working
+    # folder (a copy of the user's conversation and its audio) and openSMILE's config folder stayed in /tmp.
+    print("ercpipe: stopped by SIGTERM", file=sys.stderr)
+    raise SystemExit(128 + signum)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -161,8 +164,8 @@ def test_an_ensemble_of_models_on_other_features_predicts_a_conversation_with_ea
     assert (tmp_path / "work/features").is_dir() and (tmp_path / "work/models2/features").is_dir()
 
 
-def test_a_new_raw_conversation_gets_the_same_predictions_as_the_pipeline(trained, tmp_path, caplog):
-    """Media + transcript in, emotions out: the checkpoint's extractors run again and agree exactly."""
+def _test_split_as_a_conversation(trained, path: Path) -> pd.DataFrame:
+    """The pipeline's test utterances written to `path` as a raw conversation (media paths, no labels)."""
     rows = manifest_io.read(trained["manifest"])
     rows = rows[rows["split"] == "test"]
     workdir = trained["workdir"]
@@ -171,8 +174,14 @@ def test_a_new_raw_conversation_gets_the_same_predictions_as_the_pipeline(traine
         "text": rows["text"],
         "audio_path": [str(workdir / p) if p else "" for p in rows["audio_path"]],
         "video_path": [str(workdir / p) if p else "" for p in rows["video_path"]]})
-    path = tmp_path / "talk.csv"
     conversation.to_csv(path, index=False)
+    return conversation
+
+
+def test_a_new_raw_conversation_gets_the_same_predictions_as_the_pipeline(trained, tmp_path, caplog):
+    """Media + transcript in, emotions out: the checkpoint's extractors run again and agree exactly."""
+    path = tmp_path / "talk.csv"
+    conversation = _test_split_as_a_conversation(trained, path)
     expected = infer.predict_features(trained["checkpoint"], trained["manifest"], trained["features"], splits=["test"])
     with caplog.at_level("WARNING"):
         frame = infer.predict_conversation(trained["checkpoint"], path, tmp_path / "out.tsv",
@@ -193,6 +202,27 @@ def test_a_new_raw_conversation_gets_the_same_predictions_as_the_pipeline(traine
     assert frame["absent"].tolist() == expected["absent"].tolist()
     written = pd.read_csv(tmp_path / "out.tsv", sep="\t", keep_default_na=False)
     assert written["prediction"].tolist() == frame["prediction"].tolist()
+
+
+def test_a_conversation_stopped_by_sigterm_leaves_no_working_files(trained, tmp_path):
+    """`kill`, `timeout` and `scancel` send SIGTERM: the command stops as after Ctrl-C, and its working folder
+    (a copy of the conversation, the utterances' audio) and openSMILE's config folder do not stay in TMPDIR."""
+    path = tmp_path / "talk.csv"
+    _test_split_as_a_conversation(trained, path)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    command = [str(Path(sys.executable).with_name("ercpipe")), "predict", "--checkpoint", str(trained["checkpoint"]),
+               "--conversation", str(path), "--out", str(tmp_path / "out.tsv")]
+    process = subprocess.Popen(command, env={**os.environ, "TMPDIR": str(tmp)}, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    # Stopped once the conversation's audio is being cut: the working folder holds files, openSMILE is loaded.
+    while not list(tmp.glob("ercpipe-infer-*/**/*.wav")) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr[-2000:]
+    assert "stopped by SIGTERM" in stderr
+    assert list(tmp.iterdir()) == [] and not (tmp_path / "out.tsv").exists()
 
 
 def test_a_minimal_transcript_without_ids_or_media(trained, tmp_path, caplog):
