@@ -309,6 +309,32 @@ def test_a_csv_without_valid_rows_stops_the_workflow_before_any_job(demo_config,
     assert dry_run(config, tmp_path).returncode == 0
 
 
+def test_the_readers_warnings_are_said_by_every_snakemake_call(demo_config, tmp_path):
+    """A class that labels no row (a typo, or a relabel key that matches nothing) was said only in the manifest
+    job's log, which Snakemake shows when a job fails: the run went on without it."""
+    path = tmp_path / "m.csv"
+    path.write_text("dialogue_id,utterance_id,split,speaker,label,text\n" + "".join(
+        f"{d},{d}_u{u},{split},{'AB'[u]},{['calm', 'angry'][u]},hi {u}\n"
+        for d, split in (("t0", "train"), ("v0", "valid"), ("s0", "test")) for u in range(2)))
+    config = copy.deepcopy(demo_config)
+    config["datasets"] = {"mine": {"format": "csv", "manifest": str(path), "classes": ["calm", "angry", "contempt"],
+                                   "modalities": ["text"]}}
+    config["anchors"] = {}
+    config["experiments"] = {"mine_sdt": {"dataset": "mine", "features": {"text": "minilm"}, "preset": "demo",
+                                          "loss": {"clip_loss": False}, "anchors": None, "seeds": [0]}}
+    result = dry_run(config, tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    said = [line for line in (result.stdout + result.stderr).splitlines() if "label no row" in line]
+    assert said == [f"dataset mine: csv {path}: class(es) ['contempt'] of `classes` label no row"]
+    # More shards than dialogues: empty shard jobs, each starting its extractor, were planned without a word.
+    config["datasets"]["mine"].update(classes=["calm", "angry"], shards=5)
+    result = dry_run(config, tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    said = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("dataset mine:")]
+    assert said == ["dataset mine: `shards: 5` is more than its 3 dialogue(s): 2 shard(s) get no rows, and each still "
+                    "runs one job per step (which starts its extractor); give fewer shards"]
+
+
 def test_the_order_of_modalities_does_not_change_what_a_rule_is_given(demo_config):
     written = copy.deepcopy(demo_config)
     written["datasets"]["meld_demo"]["modalities"] = ["visual", "text", "audio"]

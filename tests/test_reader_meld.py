@@ -175,6 +175,29 @@ def test_real_csvs_text_only(meld_csv_dir, tmp_path):
     assert row["text"] == "also I was the point person on my company’s transition from the KL-5 to GR-6 system."
 
 
+def test_dev_and_test_csvs_under_each_others_names_stop_the_reader(meld_csv_dir, tmp_path, caplog):
+    """Swapped, the release's test split became the validation split that chooses epochs and models, and only
+    summary.json's checks said so."""
+    root = tmp_path / "MELD.Raw"
+    root.mkdir()
+    for name, source in (("train_sent_emo.csv", "train_sent_emo.csv"), ("dev_sent_emo.csv", "test_sent_emo.csv"),
+                         ("test_sent_emo.csv", "dev_sent_emo.csv")):
+        shutil.copy(meld_csv_dir / source, root / name)
+    config = {"format": "meld", "root": str(root), "modalities": ["text"]}
+    with pytest.raises(ManifestError, match=r"dev_sent_emo.csv holds 2610 utterances in 280 dialogues and .*"
+                                            r"test_sent_emo.csv 1109 in 114: the release's test and dev counts, "
+                                            r"exchanged"):
+        build_manifest("m", config, tmp_path / "out")
+    # A subset is not a swap: it reads, and the failed checks are a warning (the workflow shows it, test_config).
+    shutil.copy(meld_csv_dir / "dev_sent_emo.csv", root / "dev_sent_emo.csv")
+    lines = (meld_csv_dir / "test_sent_emo.csv").read_text(encoding="utf-8").splitlines(keepends=True)
+    (root / "test_sent_emo.csv").write_text("".join(lines[:101]), encoding="utf-8")
+    with caplog.at_level("WARNING"):
+        build_manifest("m", config, tmp_path / "out")
+    assert "MELD: 2 check(s) against the release failed (test utterances: 100, expected 2610, test dialogues: " in (
+        caplog.text)
+
+
 def test_encodings_bom_cp1252_and_mojibake(tmp_path):
     root = make_meld(tmp_path / "MELD.Raw", with_clips=False)
     rows = [("Itâ€™s Ã©clair â€” ok", "Ross", "joy", 0, 0, "00:00:01,000", "00:00:02,000"),
@@ -235,6 +258,8 @@ def test_wrong_root_and_missing_csv(tmp_path):
      r"train_sent_emo.csv, line 3: emotion 'happiness' is not one of MELD's classes"),
     (lambda rows: rows[:1] + [("x", "Ross", "joy", "zero", 1, "00:00:09,000", "00:00:10,000")],
      r"train_sent_emo.csv, line 3: Dialogue_ID 'zero' is not an integer"),
+    (lambda rows: rows[:1] + [("x", "Ross", "joy", 0, -1, "00:00:09,000", "00:00:10,000")],
+     r"train_sent_emo.csv, line 3: Utterance_ID '-1' is negative"),  # it was put first in its dialogue
     (lambda rows: [(f"line {i}", f"Friend{i}", "joy", 0, i, "00:00:01,000", "00:00:02,000") for i in range(10)],
      r"dialogue train_dia0 has 10 speakers .*at most 9"),
 ])

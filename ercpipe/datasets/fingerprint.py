@@ -34,7 +34,7 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
@@ -56,6 +56,7 @@ class RawFingerprint:
     finetune: str = ""
     classes: tuple[str, ...] = ()  # the reader's class list, in label-id order
     no_valid: str = ""  # why the dataset has no valid rows (a CSV without them and without valid_split), else ""
+    warnings: tuple[str, ...] = ()  # what the reader warned of (not digested: the manifest job's log has them too)
 
 
 def _digest(*parts: object) -> str:
@@ -116,24 +117,44 @@ def fingerprint(frame: pd.DataFrame, settings: dict, n_shards: int, sources=(), 
                           finetune, classes, no_valid)
 
 
+class _Collected(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
 @contextlib.contextmanager
-def _quiet(name: str = "ercpipe"):
-    """The readers' warnings (e.g. IEMOCAP's differences from the release) belong in the manifest job's log,
-    not in every `snakemake` call."""
+def _warnings_collected(name: str = "ercpipe"):
+    """The readers' warnings (a relabel key that matches no label, a class no row has, a failed check against
+    the release), collected for the workflow to say once per `snakemake` call: shown only in the manifest
+    job's log, they were never seen. Their INFO lines belong in that log alone."""
     logger = logging.getLogger(name)
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    collected = _Collected()
+    level, propagate = logger.level, logger.propagate
+    logger.setLevel(logging.WARNING)
+    logger.propagate = False
+    logger.addHandler(collected)
     try:
-        yield
+        yield collected.messages
     finally:
+        logger.removeHandler(collected)
         logger.setLevel(level)
+        logger.propagate = propagate
 
 
 def dataset_fingerprint(name: str, dataset_cfg: dict, n_shards: int) -> RawFingerprint:
     """Read the raw dataset without opening media and digest it (ManifestError / ValueError if unreadable)."""
     from ercpipe.datasets.build import read_dataset
 
-    with _quiet():
+    with _warnings_collected() as warnings:
         frame, result = read_dataset(name, dataset_cfg, probe=False)
+    empty = sum(1 for shard in dialogue_shards(frame, n_shards) if not shard)
+    if empty:
+        warnings.append(f"`shards: {n_shards}` is more than its {frame['dialogue_id'].nunique()} dialogue(s): "
+                        f"{empty} shard(s) get no rows, and each still runs one job per step (which starts its "
+                        "extractor); give fewer shards")
     sources = [s for s in result.sources if Path(s).is_file()]
-    return fingerprint(frame, dataset_cfg, n_shards, sources, result)
+    return replace(fingerprint(frame, dataset_cfg, n_shards, sources, result), warnings=tuple(warnings))

@@ -107,12 +107,30 @@ def clip_folder(root: Path, meld_split: str, clip_dir: str, name: str = "<name>"
                         f"(datasets.{name}.modalities: [text]); then no clip is looked for")
 
 
+def _refuse_swapped_splits(root: Path, checks: list[dict]) -> None:
+    """Stop when dev and test hold each other's counts: the two CSVs (and clip folders) were given each other's
+    names, and the release's test split would choose the epochs and models."""
+    found = {c["check"]: c["found"] for c in checks}
+    for unit, reference in (("utterances", REFERENCE_UTTERANCES), ("dialogues", REFERENCE_DIALOGUES)):
+        if (found[f"valid {unit}"], found[f"test {unit}"]) != (reference["test"], reference["valid"]):
+            return
+    names = {split: csv_name for _, split, csv_name, _ in SPLIT_FILES}
+    raise ManifestError(f"{root / names['valid']} holds {found['valid utterances']} utterances in "
+                        f"{found['valid dialogues']} dialogues and {root / names['test']} "
+                        f"{found['test utterances']} in {found['test dialogues']}: the release's test and dev "
+                        "counts, exchanged: the two files have each other's names. Give them back their names (as they "
+                        "are, the release's test split would choose the epochs and models)")
+
+
 def _int_field(record: CsvRecord, column: str, path: Path) -> int:
     value = record.values[column].strip()
     try:
-        return int(value)
+        number = int(value)
     except ValueError:
         raise ManifestError(f"{path}, line {record.line}: {column} {value!r} is not an integer") from None
+    if number < 0:  # ids count from 0; a negative one would order the utterance before its dialogue's first
+        raise ManifestError(f"{path}, line {record.line}: {column} {value!r} is negative; the release numbers from 0")
+    return number
 
 
 def _split_rows(name: str, root: Path, meld_split: str, split: str, csv_name: str, clip_dir: Path,
@@ -242,6 +260,12 @@ def read(name: str, cfg: dict, probe: bool | Collection[str] = True) -> ReadResu
         checks.append({"check": f"{split} dialogues", "ok": len(dialogues) == REFERENCE_DIALOGUES[split],
                        "expected": REFERENCE_DIALOGUES[split], "found": len(dialogues)})
         logger.info("MELD %s: %d utterances in %d dialogues", meld_split, n_rows, len(dialogues))
+    _refuse_swapped_splits(root, checks)
+    failed = [c for c in checks if not c["ok"]]
+    if failed:
+        logger.warning("MELD: %d check(s) against the release failed (%s); a subset of MELD is fine, a damaged or "
+                       "mixed-up copy is not (summary.json's checks)", len(failed),
+                       ", ".join(f"{c['check']}: {c['found']}, expected {c['expected']}" for c in failed))
     if clips:
         _check_clips(rows, issues, probe if settings["probe_media"] else False)
     speakers = max((r["speaker_slot"] for r in rows), default=-1) + 1

@@ -329,6 +329,9 @@ def unused_datasets():
 if not (workflow.remote_exec or workflow.subprocess_exec):
     for problem in unreadable_datasets():
         logger.warning(problem)
+    for name in RAW_DATASETS:
+        for message in getattr(raw_fingerprint(name), "warnings", ()):  # a readable dataset's reader warnings
+            logger.warning(f"dataset {name}: {message}")
     if not EXPERIMENTS and not EXPORTS:
         logger.warning("The config has no experiments, selections or exports: `snakemake` (rule all) makes nothing "
                        "but what anchor mining needs. Add an experiment (README, \"Your data\"), or name files as "
