@@ -91,18 +91,24 @@ def test_flags_times_media_and_text(data_dir, tmp_path):
         "c2,v0,train,Ann,calm,other file,audio/call2.wav,0.2,0.6,",  # other file: no overlap with c1
         "c3,w0,train,Ann,calm,windows,audio\\call2.wav,,,",        # a Windows separator
         "c3,w1,train,Ann,calm,empty,audio/empty.wav,,,",         # 0 bytes: flagged without probing
+        "c4,x0,train,Ann,calm,drive,C:\\data\\call2.wav,,,",      # a Windows drive path
+        "c4,x1,train,Ann,calm,home,~/audio/call2.wav,,,",          # '~' is not expanded in a cell
     ]
     (data_dir / "audio" / "empty.wav").write_bytes(b"")
     df, issues, summary = build(write(data_dir / "m.csv", lines), tmp_path / "out")
     flags = {u: set(f.split(";")) - {"no_video", ""} for u, f in zip(df["utterance_id"], df["flags"])}
     assert flags == {"u0": set(), "u1": {"overlap"}, "u2": {"bad_time"}, "u3": {"bad_time", "empty_text"},
                      "u4": {"missing_audio", "text_fixed"}, "u5": {"missing_audio"}, "v0": set(),
-                     "w0": {"missing_audio"}, "w1": {"corrupt_audio"}}
+                     "w0": {"missing_audio"}, "w1": {"corrupt_audio"}, "x0": {"missing_audio"},
+                     "x1": {"missing_audio"}}
     details = issues[issues["reason"].isin(["missing_audio", "corrupt_audio"])].set_index("utterance_id")["detail"]
     assert details["u4"] == f"{data_dir / 'audio/gone.wav'} does not exist (the CSV gives 'audio/gone.wav'); fix the " \
                             "path or restore the file"
     assert "the CSV gives 'audio\\call2.wav', with '\\' as the folder separator; write '/'" in details["w0"]
     assert details["w1"].endswith("empty.wav: empty file (0 bytes); replace it with a complete copy")
+    assert "the CSV gives 'C:\\data\\call2.wav', a Windows drive path; write the file's path on this machine" in (
+        details["x0"])
+    assert "the CSV gives '~/audio/call2.wav'; '~' and '$VARIABLES' in a CSV cell are not expanded" in details["x1"]
     assert df.set_index("utterance_id").loc["u4", "text"] == "It’s"
     bad = issues[(issues["reason"] == "bad_time") & (issues["utterance_id"] == "u3")].iloc[0]
     assert bad["file"] == str(data_dir / "m.csv") and bad["line"] == "5" and "'abc'" in bad["detail"]
@@ -313,6 +319,21 @@ def test_bad_config(tmp_path):
     (tmp_path / "bin.csv").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(100))
     with pytest.raises(ManifestError, match=r"bin.csv is not a text file"):
         build(tmp_path / "bin.csv", tmp_path / "out")
+    # What a spreadsheet leaves instead of CSV text is named: a workbook, UTF-16 without its byte-order mark.
+    (tmp_path / "book.csv").write_bytes(b"PK\x03\x04\x14\x00\x06\x00" + bytes(60))
+    with pytest.raises(ManifestError, match=r"book.csv is not a text file \(it holds NUL bytes\): a zip archive, as "
+                                            r"an Excel .xlsx workbook is; expected UTF-8 text"):
+        build(tmp_path / "book.csv", tmp_path / "out")
+    (tmp_path / "utf16.csv").write_bytes(path.read_text().encode("utf-16-le"))
+    with pytest.raises(ManifestError, match=r"UTF-16 text without a byte-order mark"):
+        build(tmp_path / "utf16.csv", tmp_path / "out")
+    (tmp_path / "sep.csv").write_text("sep=,\n" + path.read_text())
+    with pytest.raises(ManifestError, match=r"line 1 \('sep=,'\) is a spreadsheet's separator line, not the header: "
+                                            r"delete it"):
+        build(tmp_path / "sep.csv", tmp_path / "out")
+    with pytest.raises(ValueError, match=re.escape("`classes` names ['calm'] more than once; give each class once")):
+        build_manifest("mine", {"format": "csv", "manifest": str(path), "classes": ["calm", "angry", "calm"]},
+                       tmp_path / "out")
     # Composed and decomposed "café" are one label once NFC-normalized: a phantom class id with no data before.
     expected = "`classes` entries 'caf\\xe9', 'cafe\\u0301' are the same name written with different Unicode"
     with pytest.raises(ValueError, match=re.escape(expected)):

@@ -282,8 +282,14 @@ def test_the_four_class_setup(release, tmp_path):
     assert rejected["detail"].str.endswith("is not one of ['hap', 'sad', 'neu', 'ang']").all()
     assert pipeline_config.dataset_classes(cfg(release, classes=["hap", "sad", "neu", "ang"])) == \
         ["hap", "sad", "neu", "ang"]
-    with pytest.raises(ValueError, match=r"iemocap classes: at least two distinct names of .*got \['hap', 'joy'\]"):
+    with pytest.raises(ValueError, match=r"iemocap classes: at least two distinct names of .*got \['hap', 'joy'\]: "
+                                         r"\['joy'\] is not among them"):
         build_manifest("d", cfg(release, classes=["hap", "joy"]), tmp_path / "bad")
+    with pytest.raises(ValueError, match=r"got \['Hap', 'sad', 'sad'\]: \['Hap'\] is not among them \(names are "
+                                         r"lower-case\)"):
+        build_manifest("d", cfg(release, classes=["Hap", "sad", "sad"]), tmp_path / "bad")
+    with pytest.raises(ValueError, match=r"got \['hap', 'sad', 'hap'\]: \['hap'\] given more than once"):
+        build_manifest("d", cfg(release, classes=["hap", "sad", "hap"]), tmp_path / "bad")
     with pytest.raises(ValueError, match=r"relabel: 'exc' -> 'fru', but the target must be one of the classes"):
         build_manifest("d", cfg(release, classes=["hap", "sad"], relabel={"exc": "fru"}), tmp_path / "bad")
 

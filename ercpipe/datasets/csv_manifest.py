@@ -102,6 +102,17 @@ def decode_text(raw: bytes) -> DecodedText:
     return DecodedText("\n".join(lines), fixed, encoding + "+cp1252")
 
 
+def _binary_kind(head: bytes) -> str:
+    """What a file that is not text looks like, as a clause for the message ("" when unknown)."""
+    if head.startswith(b"PK\x03\x04"):
+        return ": a zip archive, as an Excel .xlsx workbook is"
+    if head.startswith(b"\xd0\xcf\x11\xe0"):
+        return ": an old Excel .xls workbook"
+    if len(head) >= 8 and (head[1::2].count(0) > 0.9 * len(head[1::2]) or head[0::2].count(0) > 0.9 * len(head[0::2])):
+        return ": UTF-16 text without a byte-order mark, by its every other byte"
+    return ""
+
+
 def read_text(path: Path) -> DecodedText:
     """Read and decode a text file; an unreadable file is a ManifestError naming it."""
     try:
@@ -110,7 +121,8 @@ def read_text(path: Path) -> DecodedText:
         raise ManifestError(f"cannot read {path}: {err.strerror or err}; check that it is a readable file") from err
     nul = -1 if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) else raw.find(b"\x00")
     if 0 <= nul < 4096:
-        raise ManifestError(f"{path} is not a text file (it holds NUL bytes); expected UTF-8 text")
+        raise ManifestError(f"{path} is not a text file (it holds NUL bytes){_binary_kind(raw[:4096])}; expected "
+                            "UTF-8 text (a spreadsheet saves it as 'CSV UTF-8')")
     if nul >= 0:
         line = raw.count(b"\n", 0, nul) + 1
         raise ManifestError(f"{path}, line {line}: a NUL byte (byte {nul}) in a text file; remove it, or re-save "
@@ -232,6 +244,9 @@ def _header_problem(header: list[str], required: tuple[str, ...], delimiter: str
             "name means tabs, any other name commas): save it that way" if other
             else f"; column names are case-sensitive: rename {', '.join(f'{h!r} to {c!r}' for c, h in cased.items())}"
             if cased else "")
+    if header and header[0].strip().lower().startswith("sep="):
+        hint = (f"; line 1 ({delimiter.join(header).strip()!r}) is a spreadsheet's separator line, not the header: "
+                "delete it, so that the column names come first")
     return f"header lacks column(s) {missing}; found {header[:20]}; required: {list(required)}{hint}"
 
 
@@ -362,9 +377,15 @@ def _resolve(base: Path, value: str, real_base: Path | None = None) -> str:
 
 def _missing_detail(path: str, given: str) -> str:
     """What issues.tsv says of a media file that is not there, with the likely cause when the CSV shows one."""
+    if re.match(r"^[A-Za-z]:[\\/]", given) and os.sep != "\\":
+        return (f"{path} does not exist: the CSV gives '{given}', a Windows drive path; write the file's path on "
+                "this machine, best relative to the CSV's folder (with '/' between folders)")
     if "\\" in given and os.sep != "\\":
         return (f"{path} does not exist: the CSV gives '{given}', with '\\' as the folder separator; write '/' "
                 "(it works on every system)")
+    if given.startswith(("~", "$")):
+        return (f"{path} does not exist: the CSV gives '{given}'; '~' and '$VARIABLES' in a CSV cell are not "
+                "expanded: write the path itself, or relative to the CSV's folder")
     return missing_file_detail(path, f" (the CSV gives '{given}'); fix the path or restore the file")
 
 
@@ -476,7 +497,7 @@ def read(name: str, cfg: dict, probe: bool | Collection[str] = True) -> ReadResu
     if not settings["manifest"]:
         raise ValueError("dataset format 'csv' needs `manifest` (the CSV file; see docs/manifest.md)")
     classes = tuple(settings["classes"] or ())
-    if len(classes) < 2 or len(set(classes)) != len(classes):
+    if len(set(classes)) < 2:
         raise ValueError(f"dataset format 'csv' needs `classes`: at least two distinct class names in label-id "
                          f"order; got {list(classes)}")
     odd = [c for c in classes if not isinstance(c, str) or c != c.strip() or not c]
@@ -487,6 +508,9 @@ def read(name: str, cfg: dict, probe: bool | Collection[str] = True) -> ReadResu
     same = [c for c in dict.fromkeys(classes) if classes.count(c) > 1]
     if same:
         given = [c for c in settings["classes"] if unicodedata.normalize("NFC", c) in same]
+        if len(set(given)) < len(given):  # written the same way twice
+            raise ValueError(f"dataset format 'csv': `classes` names {sorted(set(given))} more than once; give each "
+                             "class once, in label-id order")
         raise ValueError(f"dataset format 'csv': `classes` entries {', '.join(map(ascii, given))} are the same "
                          "name written with different Unicode characters (equal after NFC normalization, as labels "
                          "are compared); keep one of them")

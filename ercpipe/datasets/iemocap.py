@@ -256,9 +256,13 @@ def _settings(cfg: dict) -> dict:
     settings = reader_settings(cfg, DEFAULTS, "iemocap")
     classes = tuple(settings["classes"] or IEMOCAP_CLASSES)
     unknown = [c for c in classes if c not in IEMOCAP_CLASSES]
-    if unknown or len(set(classes)) != len(classes) or len(classes) < 2:
+    repeated = sorted({c for c in classes if classes.count(c) > 1}, key=str)
+    if unknown or repeated or len(classes) < 2:
+        problem = (f"{unknown} {'is' if len(unknown) == 1 else 'are'} not among them (names are lower-case)"
+                   if unknown else f"{repeated} given more than once" if repeated else "fewer than two given")
         raise ValueError(f"iemocap classes: at least two distinct names of {list(IEMOCAP_CLASSES)} in label-id order "
-                         f"(e.g. the 4-class setup [hap, sad, neu, ang] with relabel {{exc: hap}}); got {list(classes)}")
+                         f"(e.g. the 4-class setup [hap, sad, neu, ang] with relabel {{exc: hap}}); got "
+                         f"{list(classes)}: {problem}")
     # Labels are compared lower-cased (the files' Neu / neu), so the keys are too: `Sur` used to match nothing.
     relabel = {str(raw).strip().lower(): target for raw, target in (settings["relabel"] or {}).items()}
     if len(relabel) != len(settings["relabel"] or {}):
