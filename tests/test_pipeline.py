@@ -125,6 +125,20 @@ def test_a_class_list_on_a_generated_corpus_rebuilds_every_modality_copy(pipelin
     assert jobs["build_manifest"] == 1 and "synthetic_corpus" not in jobs
 
 
+def test_a_generated_corpus_declared_without_audio_extracts_nothing_again(pipeline_run, tmp_path):
+    """`modalities` stood in the settings that the generated corpus's modality views re-run on: declaring one
+    medium fewer re-extracted the text and faces (identical features) as well; a real dataset's did not."""
+    def change(config):
+        config["datasets"]["iemocap_demo"]["modalities"] = ["text", "visual"]
+        for name in ("iemocap_demo_sdt_vega", "iemocap_demo_sdt"):
+            config["experiments"][name]["features"].pop("audio")
+
+    jobs = _changed(pipeline_run, tmp_path, change)
+    assert not {"modality_manifest_shard", "text_features_shard", "visual_features_shard", "audio_features_shard",
+                "synthetic_corpus"} & set(jobs), jobs
+    assert jobs["build_manifest_shard"] == 2 and jobs["train_model"] == 3, jobs  # its manifest rows lost their audio
+
+
 def test_the_anchor_settings_written_another_way_rerun_nothing_and_a_batch_size_encodes(pipeline_run, tmp_path):
     """encode_anchors' params held the clip block as written: its defaults written out, `ViT-B/32` for ViT-B-32 or
     a batch size re-encoded the anchors and retrained every VEGA experiment; `batch_size`, which the schema

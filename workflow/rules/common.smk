@@ -18,7 +18,7 @@ from ercpipe.features.settings import training_view
 from ercpipe.io.atomic import staged_attribute_path
 from ercpipe.io.digest import path_digest
 from ercpipe.io.features import expected_settings
-from ercpipe.labels import vega_label_order
+from ercpipe.labels import MODALITIES, vega_label_order
 from ercpipe.resources import extraction_resources
 from ercpipe.train.presets import active_settings, resolve_experiment, without_non_training_keys
 
@@ -389,13 +389,20 @@ def shard_resource(kind, key):
     return value
 
 
+def corpus_view_settings(dataset, without):
+    """The reader settings that stand for a generated corpus's rows in a view of them (a modality's, fine-tuning's).
+    The corpus holds every medium: its `modalities` decide which views are made, not what one holds (as the digests
+    of a real dataset's views show), so they are given as every modality, the value they always had by default."""
+    return canonical({**reader_config(dataset, without), "modalities": list(MODALITIES)})
+
+
 def modality_digest(wildcards):
     """The digest of what one modality's extraction reads of a shard (rows, flags, media;
     ercpipe.datasets.MODALITY_VIEWS): the `rows` param of rule modality_manifest_shard; for a generated corpus,
     the reader settings (a changed class list or relabelling left the copies of the old rows in place)."""
     fingerprint = readable_fingerprint(wildcards.dataset)
     if fingerprint is None:  # a generated corpus is not there to be read: its reader settings stand for its rows
-        return reader_config(wildcards.dataset, without=NOT_SHARD_KEYS)
+        return corpus_view_settings(wildcards.dataset, NOT_SHARD_KEYS)
     return fingerprint.modality_shards[wildcards.modality][int(wildcards.shard)]
 
 
@@ -426,7 +433,9 @@ def finetune_rows_digest(wildcards):
     """The digest of what fine-tuning reads of a raw dataset (the `rows` param of rule finetune_manifest); for a
     generated corpus, whose files are not there to be read, its reader settings."""
     fingerprint = readable_fingerprint(wildcards.dataset)
-    return reader_config(wildcards.dataset, without=FACE_KEYS) if fingerprint is None else fingerprint.finetune
+    if fingerprint is None:
+        return corpus_view_settings(wildcards.dataset, FACE_KEYS)
+    return fingerprint.finetune
 
 
 def text_encoder_input(wildcards):
