@@ -839,7 +839,8 @@ def test_aggregate(vega_run, dataset, tmp_path):
         aggregate([vega_run[0], stale], tmp_path / "refused")
     # With one seed, or every seed left over, the seeds agree: the experiment's settings now decide.
     with pytest.raises(Exception, match=rf"{stale} was trained with train.epochs = 3, but the experiment now sets 10 "
-                                        r"\(1 setting\(s\) differ\): it is left over from earlier settings"):
+                                        r"\(1 setting\(s\) differ\): it is left over from earlier settings, "
+                                        r"e.g. a run with --rerun-triggers that leave out params"):
         aggregate([stale], tmp_path / "refused", expected=resolve_experiment(TINY))
     # ... and so do the feature settings and anchors it was trained on (a changed `features:` is not a training key).
     with pytest.raises(Exception, match=r"was trained with features.text = None, but the experiment now sets "

@@ -56,6 +56,11 @@ def _read_run(run_dir: Path) -> dict:
     return json.loads(path.read_text())
 
 
+# How a seed's results come to be older than the experiment's settings.
+LEFT_OVER_CAUSES = ("a run with --rerun-triggers that leave out params (a changed setting then re-trains nothing), "
+                    "or a job that outlived a killed Snakemake and finished after the config changed")
+
+
 def _check_same_settings(run_dirs: Sequence[Path], runs: Sequence[dict], expected: dict | None = None) -> None:
     """Every seed of an experiment must have been trained with the same settings (those a resume state must
     match too, ercpipe.train.trainer.training_config), and with `expected` (the experiment's resolved config,
@@ -84,8 +89,7 @@ def _check_same_settings(run_dirs: Sequence[Path], runs: Sequence[dict], expecte
                 raise AggregateError(
                     f"{run_dir} was trained with {key} = {got.get(key)!r}, but the experiment now sets "
                     f"{wanted.get(key)!r} ({len(differ)} setting(s) differ): it is left over from earlier settings, "
-                    "e.g. a job that outlived a killed Snakemake and finished after the config changed; delete "
-                    f"{run_dir}/metrics.json and run Snakemake again")
+                    f"e.g. {LEFT_OVER_CAUSES}; delete {run_dir}/metrics.json and run Snakemake again")
     first = settings(runs[0])
     for run_dir, run in zip(run_dirs[1:], runs[1:]):
         other = settings(run)
@@ -94,8 +98,8 @@ def _check_same_settings(run_dirs: Sequence[Path], runs: Sequence[dict], expecte
             key = differ[0]
             raise AggregateError(
                 f"{run_dir} was trained with {key} = {other.get(key)!r}, {run_dirs[0]} with {first.get(key)!r} "
-                f"({len(differ)} setting(s) differ): one of them is left over from other settings, e.g. a job that "
-                "outlived a killed Snakemake; delete the stale seed folder's metrics.json and run Snakemake again")
+                f"({len(differ)} setting(s) differ): one of them is left over from other settings, e.g. "
+                f"{LEFT_OVER_CAUSES}; delete the stale seed folder's metrics.json and run Snakemake again")
 
 
 def aggregate(run_dirs: Sequence[str | Path], out_dir: str | Path, expected: dict | None = None) -> None:
