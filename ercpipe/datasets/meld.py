@@ -108,8 +108,8 @@ def clip_folder(root: Path, meld_split: str, clip_dir: str, name: str = "<name>"
 
 
 def _refuse_swapped_splits(root: Path, checks: list[dict]) -> None:
-    """Stop when dev and test hold each other's counts: the two CSVs (and clip folders) were given each other's
-    names, and the release's test split would choose the epochs and models."""
+    """Stop when dev and test hold each other's counts: the two CSVs were given each other's names, and the
+    release's test split would choose the epochs and models."""
     found = {c["check"]: c["found"] for c in checks}
     for unit, reference in (("utterances", REFERENCE_UTTERANCES), ("dialogues", REFERENCE_DIALOGUES)):
         if (found[f"valid {unit}"], found[f"test {unit}"]) != (reference["test"], reference["valid"]):
