@@ -278,7 +278,7 @@ def test_utterance_audio_streams_exactly_the_samples_of_load_audio(speech, tmp_p
         container.mux(stream.encode(None))
     for kind, source in sources.items():
         out = tmp_path / f"{kind}.wav"
-        samples, peak = stream_utterance_wav(source, *window, out)
+        samples, peak, mean = stream_utterance_wav(source, *window, out)
         expected = load_audio(source, *window)
         assert samples == expected.size, kind
         if samples == 0:
@@ -287,6 +287,7 @@ def test_utterance_audio_streams_exactly_the_samples_of_load_audio(speech, tmp_p
         write_wav(tmp_path / "ref.wav", expected)
         assert out.read_bytes() == (tmp_path / "ref.wav").read_bytes(), kind
         assert peak == pytest.approx(float(np.max(np.abs(expected))))
+        assert mean == pytest.approx(float(np.mean(expected, dtype=np.float64)), abs=1e-7)
 
 
 _PEAK_RSS = """

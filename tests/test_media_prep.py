@@ -1,6 +1,7 @@
 """Utterance audio step: 16 kHz mono WAVs per shard, a report row for every utterance, atomic output."""
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import av
@@ -14,6 +15,7 @@ from ercpipe.datasets.build import build_manifest
 from ercpipe.datasets.media_prep import REPORT_NAME, write_utterance_audio
 from ercpipe.io import manifest as manifest_io
 from ercpipe.io import media
+from ercpipe.io.media import SAMPLE_RATE
 
 
 def write_clip(path: Path, seconds: float = 1.0, audio: bool = True, silent: bool = False) -> None:
@@ -304,14 +306,20 @@ def test_a_window_late_in_a_long_recording_is_seeked_to_and_gives_the_samples_of
     rng = np.random.default_rng(0)
     seconds = 40
     noise = (0.2 * rng.standard_normal(seconds * 16000)).astype(np.float32)
-    noise[100:200] = np.nan  # decoding from the start stops here (corrupt_audio): the window is read by a seek
+    noise[100:200] = np.nan  # a damaged stretch: corrupt_audio for the windows that hold it, and only for them
     sf.write(str(tmp_path / "long.wav"), noise, 16000, subtype="FLOAT")
     start, end = 31.25, 33.5
     assert start > AUDIO_SEEK_AFTER
     np.testing.assert_array_equal(load_audio(tmp_path / "long.wav", start, end),
                                   noise[int(start * 16000):int(end * 16000)])
-    with pytest.raises(MediaError, match="non-finite samples"):
-        load_audio(tmp_path / "long.wav", 1.0, 2.0)
+    with pytest.raises(MediaError, match=r"non-finite samples \(NaN or inf\) at 0.006 s"):
+        load_audio(tmp_path / "long.wav", 0.0, 1.0)
+    # A window decoded from the start past the damage (it used to be corrupt_audio, unlike one read by a seek).
+    np.testing.assert_array_equal(load_audio(tmp_path / "long.wav", 1.0, 2.0), noise[16000:32000])
+    noise[int(32.0 * 16000)] = np.inf
+    sf.write(str(tmp_path / "long.wav"), noise, 16000, subtype="FLOAT")
+    with pytest.raises(MediaError, match=r"non-finite samples \(NaN or inf\) at 32.000 s"):  # timed after a seek too
+        load_audio(tmp_path / "long.wav", start, end)
 
     # 48 kHz stereo AAC in an .m4a, a tone whose pitch changes every second (the window's place is audible).
     t = np.arange(seconds * 48000) / 48000
@@ -329,6 +337,60 @@ def test_a_window_late_in_a_long_recording_is_seeked_to_and_gives_the_samples_of
     assert abs(window.size - reference.size) <= 1
     n = min(window.size, reference.size)
     assert np.max(np.abs(window[:n] - reference[:n])) < 0.02 and np.corrcoef(window[:n], reference[:n])[0, 1] > 0.999
+
+
+def test_a_late_window_of_an_ogg_vorbis_recording_is_where_decoding_from_the_start_puts_it(tmp_path):
+    """After a seek, FFmpeg's Vorbis frame times are not where their samples are (libvorbis switches block sizes
+    at transients): some windows came out 128 samples (8 ms) late, their features a little different."""
+    from ercpipe.io.media import AUDIO_SEEK_AFTER, load_audio
+
+    rng = np.random.default_rng(0)
+    bursts = np.zeros(40 * 16000, np.float32)  # speech-like: noise bursts and gaps, the transients that switch
+    for at in range(0, bursts.size, 4000):
+        n = int(rng.integers(800, 3000))
+        bursts[at:at + n] = 0.3 * rng.standard_normal(n)
+    sf.write(str(tmp_path / "src.wav"), bursts, 16000)
+    subprocess.run(["sox", str(tmp_path / "src.wav"), str(tmp_path / "long.ogg")], check=True)  # libvorbis
+    whole = load_audio(tmp_path / "long.ogg")
+    for start in (7.3, 12.25, 17.7, 20.1, 25.05, 28.9, 31.25, 35.5):  # 20.1 and 25.05 moved
+        assert start > AUDIO_SEEK_AFTER
+        window = load_audio(tmp_path / "long.ogg", start, start + 2.0)
+        np.testing.assert_array_equal(window, whole[int(round(start * 16000)):int(round((start + 2.0) * 16000))])
+
+
+def test_a_recording_under_a_wav_name_in_another_format_is_judged_by_decoding(tmp_path):
+    """An MP3 or AIFF saved as .wav was flagged corrupt_audio ("not a WAV file") when probed, and used when not."""
+    from ercpipe.io.media import probe
+
+    subprocess.run(["sox", "-n", "-r", "16000", "-c", "1", "-t", "aiff", str(tmp_path / "aiff.wav"), "synth", "1",
+                    "sine", "440"], check=True)
+    info = probe(tmp_path / "aiff.wav")
+    assert info.decodable and info.has_audio, info.error
+    (tmp_path / "text.wav").write_text("not audio at all, just a file with a .wav name" * 20)
+    assert not probe(tmp_path / "text.wav").decodable
+
+
+def test_a_recording_beyond_full_scale_or_off_its_zero_line_is_said_in_the_report(tmp_path):
+    """A float WAV louder than full scale was clipped in the 16-bit WAV, and a DC offset changed the energy
+    features more than any lossy codec, both reported as plain ok."""
+    t = np.arange(2 * SAMPLE_RATE) / SAMPLE_RATE
+    tone = (0.8 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+    sf.write(str(tmp_path / "loud.wav"), 3 * tone, SAMPLE_RATE, subtype="FLOAT")
+    sf.write(str(tmp_path / "offset.wav"), 0.5 * tone + 0.3, SAMPLE_RATE, subtype="FLOAT")
+    sf.write(str(tmp_path / "plain.wav"), tone, SAMPLE_RATE, subtype="FLOAT")
+    header = "dialogue_id,utterance_id,split,speaker,label,text,audio_path\n"
+    (tmp_path / "m.csv").write_text(header + "".join(f"d1,{name},train,A,calm,x,{tmp_path / name}.wav\n"
+                                                     for name in ("loud", "offset", "plain")))
+    build_manifest("w", {"format": "csv", "manifest": str(tmp_path / "m.csv"), "classes": ["calm", "other"],
+                         "modalities": ["text", "audio"]}, tmp_path / "features")
+    write_utterance_audio(tmp_path / "features/manifest.tsv", 0, 1, tmp_path / "audio", threads=1)
+    report = pd.read_csv(tmp_path / "audio" / REPORT_NAME, sep="\t", keep_default_na=False).set_index("utterance_id")
+    assert (report["status"] == "ok").all()
+    assert report.at["loud", "detail"] == ("2.000 s; peak 2.40 beyond full scale, clipped in the 16-bit WAV (the "
+                                           "loudest stretches' features change; lower the recording's gain to keep "
+                                           "them)")
+    assert report.at["offset", "detail"].startswith("2.000 s; DC offset +0.30 of full scale")
+    assert report.at["plain", "detail"] == "2.000 s"
 
 
 def _write_tracks(path: Path, video_frames: int, tracks: list[tuple[float, bool]]) -> None:

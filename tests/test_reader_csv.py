@@ -145,7 +145,8 @@ def test_a_time_that_is_not_seconds_never_leaves_half_a_window(data_dir, tmp_pat
              'd1,u1,train,Bob,angry,two,audio/d1.wav,"2,0",3.0,audio/d1.wav,"2,0",3.0',
              "d1,u2,train,Ann,happy,three,audio/d1.wav,3.0,4.0,audio/d1.wav,3.0,4.0",
              'd2,v0,test,Ann,calm,four,audio/own.wav,"0,5",2.0,,,',
-             "d2,v1,test,Bob,calm,five,audio/v1.wav,00:00:01.500,00:00:02.000,,,"]
+             "d2,v1,test,Bob,calm,five,audio/v1.wav,00:00:01.500,00:00:02.000,,,",
+             "d2,v2,test,Ann,calm,six,audio/v1.wav,-1.0,1.0,,,"]
     df, issues, _ = build(write(data_dir / "m.csv", lines, header), tmp_path / "out")
     rows = df.set_index("utterance_id")
     for column in ("audio_start", "audio_end", "video_start", "video_end"):
@@ -153,7 +154,8 @@ def test_a_time_that_is_not_seconds_never_leaves_half_a_window(data_dir, tmp_pat
     assert rows.loc["u1", "audio_path"] == rows.loc["u1", "video_path"] == ""  # shared: no media rather than 0-3 s
     assert rows.loc["v0", "audio_path"].endswith("own.wav")  # its own file: the whole of it, as issues.tsv says
     detail = issues[issues["reason"] == "bad_time"].set_index("utterance_id")["detail"]
-    assert sorted(detail.index) == ["u1", "v0", "v1"]
+    assert sorted(detail.index) == ["u1", "v0", "v1", "v2"]
+    assert "'-1.0', '1.0' are not seconds (negative: times count from the file's start)" in detail["v2"]
     assert "'00:00:01.500', '00:00:02.000' are not seconds (write them as seconds, e.g. 62.5 for 00:01:02.500)" \
         in detail["v1"]
     # One issue per row naming both modalities' times, and how to write them.

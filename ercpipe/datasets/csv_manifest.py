@@ -426,7 +426,9 @@ def _row_times(row: dict, record: CsvRecord) -> None:
         if start is None or end is None:
             # Never half a window: a start read as the beginning of the file would cut the wrong stretch of it.
             comma = (" (write them as seconds, e.g. 62.5 for 00:01:02.500)" if ":" in raw_start + raw_end else
-                     " (write the decimal point as '.')" if "," in raw_start + raw_end else "")
+                     " (write the decimal point as '.')" if "," in raw_start + raw_end else
+                     " (negative: times count from the file's start)"
+                     if raw_start.strip().startswith("-") or raw_end.strip().startswith("-") else "")
             row["_time_problems"].append((kind, f"{kind} times {raw_start!r}, {raw_end!r} are not seconds{comma}",
                                           True))
             start = end = math.nan

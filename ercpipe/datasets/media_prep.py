@@ -67,7 +67,7 @@ def utterance_audio(row, out_dir: Path) -> tuple[str, str]:
     if Path(row.audio_path).is_file():
         require_readable(row.audio_path)  # stop: a chmod fixes it without a new mtime, so zeros would stay
     try:
-        samples, peak = stream_utterance_wav(row.audio_path, row.audio_start, row.audio_end, wav)
+        samples, peak, mean = stream_utterance_wav(row.audio_path, row.audio_start, row.audio_end, wav)
     except MediaError as err:
         return err.reason, str(err)
     except (OSError, ValueError, UnicodeDecodeError) as err:
@@ -89,26 +89,45 @@ def utterance_audio(row, out_dir: Path) -> tuple[str, str]:
         what = "no samples" if samples == 0 else "digital silence"
         return "silent_audio", f"{row.audio_path}{window}: {what}"
     seconds = samples / SAMPLE_RATE
+    detail = f"{seconds:.3f} s"
     if not math.isnan(row.audio_start) and not math.isnan(row.audio_end) \
             and seconds < row.audio_end - row.audio_start - 0.1:
         # Kept (the utterance's start is there), but said: the times may be wrong, or the file cut short.
-        return "ok", (f"{seconds:.3f} s: the window [{row.audio_start}, {row.audio_end}) s runs past the end of "
-                      f"{row.audio_path} ({probe(row.audio_path).duration:.2f} s); check its times")
-    return "ok", f"{seconds:.3f} s"
+        detail += (f": the window [{row.audio_start}, {row.audio_end}) s runs past the end of {row.audio_path} "
+                   f"({probe(row.audio_path).duration:.2f} s); check its times")
+    return "ok", "; ".join([detail, *_level_notes(peak, mean)])
+
+
+# A recording's mean level beyond this (in full scale) is a shifted zero line, not speech: IS10's energy features
+# follow it (a DC offset of 0.3 moved the IS10 vector further than any lossy codec did).
+DC_OFFSET = 0.05
+
+
+def _level_notes(peak: float, mean: float) -> list[str]:
+    """What the WAV's levels say about the recording, for the report's detail (the row keeps its audio)."""
+    notes = []
+    if peak > 1.0:  # a float recording, or a decoder's overshoot: the 16-bit WAV holds at most full scale
+        notes.append(f"peak {peak:.2f} beyond full scale, clipped in the 16-bit WAV (the loudest stretches' "
+                     "features change; lower the recording's gain to keep them)")
+    if abs(mean) > DC_OFFSET:
+        notes.append(f"DC offset {mean:+.2f} of full scale (the zero line is shifted, and the energy features with "
+                     "it; remove it, e.g. `sox in.wav out.wav highpass 10`)")
+    return notes
 
 
 def stream_utterance_wav(path, start: float | None, end: float | None, out_path: Path,
-                         sample_rate: int = SAMPLE_RATE) -> tuple[int, float]:
+                         sample_rate: int = SAMPLE_RATE) -> tuple[int, float, float]:
     """Write the [start, end) window of the first audio stream of `path` to `out_path` (mono, 16-bit PCM)
-    about a second at a time; returns (samples written, peak |amplitude|). No file is left behind on an
-    error. The samples are those of ercpipe.io.media.load_audio(path, start, end).
+    about a second at a time; returns (samples written, peak |amplitude|, mean amplitude) of the samples before
+    their conversion to 16 bits. No file is left behind on an error. The samples are those of
+    ercpipe.io.media.load_audio(path, start, end).
     """
-    written, peak = 0, 0.0
+    written, peak, total = 0, 0.0, 0.0
     sink = None
     pending: list[np.ndarray] = []  # decoded blocks are small: write about a second at a time
 
     def flush() -> None:
-        nonlocal written, peak, sink
+        nonlocal written, peak, total, sink
         if not pending:
             return
         block = np.concatenate(pending)
@@ -119,6 +138,7 @@ def stream_utterance_wav(path, start: float | None, end: float | None, out_path:
         sink.write(block)
         written += block.size
         peak = max(peak, float(np.max(np.abs(block))))
+        total += float(np.sum(block, dtype=np.float64))
 
     try:
         try:
@@ -133,7 +153,7 @@ def stream_utterance_wav(path, start: float | None, end: float | None, out_path:
     except BaseException:
         Path(out_path).unlink(missing_ok=True)
         raise
-    return written, peak
+    return written, peak, total / written if written else 0.0
 
 
 def write_utterance_audio(manifest_path, shard: int, n_shards: int, out_dir: Path, threads: int = 1) -> None:

@@ -56,6 +56,9 @@ def require_readable(path: str | Path) -> None:
         pass  # missing, a folder, ...: what the caller flags when it opens the file
 
 
+NOT_RIFF = "not a WAV file (no RIFF/WAVE header)"
+
+
 def wav_problem(path: str | Path) -> str:
     """What is wrong with a WAV file's RIFF structure, from its first bytes and its size (no decoding), or "":
     empty, not RIFF/WAVE, no data chunk, or a data chunk the file does not hold whole (cut short: a decoder
@@ -67,7 +70,7 @@ def wav_problem(path: str | Path) -> str:
     with open(path, "rb") as fh:
         head = fh.read(12)
         if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
-            return "not a WAV file (no RIFF/WAVE header)" if head[:4] not in (b"RF64", b"BW64") else ""
+            return NOT_RIFF if head[:4] not in (b"RF64", b"BW64") else ""
         offset = 12
         while offset + 8 <= size:
             fh.seek(offset)
@@ -97,7 +100,9 @@ def probe(path: str | Path) -> MediaInfo:
         return MediaInfo(str(path), True, False, False, False, 0.0, "empty file (0 bytes)")
     if path.suffix.lower() == ".wav" and path.is_file():
         problem = wav_problem(path)  # checks that it can be read
-        if problem:
+        # Another format under a .wav name (an MP3 or AIFF renamed) is judged by decoding it, as any other file:
+        # flagged as not a WAV, a usable recording lost its audio with probe_media on and kept it with it off.
+        if problem and problem != NOT_RIFF:
             return MediaInfo(str(path), True, False, False, False, 0.0, problem)
     elif path.is_file():
         require_readable(path)
@@ -187,6 +192,10 @@ def _origin(container) -> float:
 # Audio windows starting later than this are decoded from a seek to AUDIO_SEEK_MARGIN seconds before them.
 AUDIO_SEEK_AFTER = 5.0
 AUDIO_SEEK_MARGIN = 2.0
+# Decoders whose frame times after a seek are not where their samples are: Vorbis (libvorbis switches between
+# short and long blocks, and FFmpeg's first frame after a seek was 128 samples off, moving some windows by 8 ms).
+# Their windows are decoded from the start.
+SEEK_INEXACT_CODECS = frozenset({"vorbis"})
 
 
 def iter_audio(path: str | Path, start: float | None = None, end: float | None = None,
@@ -197,10 +206,11 @@ def iter_audio(path: str | Path, start: float | None = None, end: float | None =
     _origin). A window that starts after AUDIO_SEEK_AFTER seconds is decoded from a seek to AUDIO_SEEK_MARGIN
     before it (an utterance late in an hour-long recording used to be decoded from the file's start, once per
     utterance): the same samples for PCM; for a compressed track the decoder settles within its first frames
-    after the seek, long before the window, and the resampler's phase may move by a fraction of a sample.
+    after the seek, long before the window, and the resampler's phase may move by a fraction of a sample
+    (Vorbis, whose frame times after a seek are off, is decoded from the start: SEEK_INEXACT_CODECS).
     Channels are averaged (FFmpeg's own mono downmix adds them with gains that clip a loud stereo or 5.1 track). Blocks are the
     resampler's frames (a few ms each), so a long file is never held whole. Non-finite samples (a damaged
-    float WAV) are corrupt_audio.
+    float WAV) in the window are corrupt_audio.
     """
     lo, hi = _window(start, end)
     path = Path(path)
@@ -220,16 +230,21 @@ def iter_audio(path: str | Path, start: float | None = None, end: float | None =
                 nonlocal position
                 for out in frames:
                     block = out.to_ndarray().mean(axis=0, dtype=np.float32)
-                    if not np.isfinite(block).all():
-                        at = (position + int(np.argmin(np.isfinite(block)))) / sample_rate
-                        raise MediaError("corrupt_audio", path, f"non-finite samples (NaN or inf) at {at:.3f} s")
                     begin, position = position, position + block.size  # this block: samples [begin, position)
                     a, b = max(i0, begin), position if i1 is None else min(i1, position)
                     if b > a:
-                        yield block[a - begin:b - begin]
+                        part = block[a - begin:b - begin]
+                        # Only the window's own samples: a damaged stretch elsewhere in the recording is not this
+                        # utterance's (whether it was decoded depended on where the seek landed).
+                        if not np.isfinite(part).all():
+                            at = first_t + (a + int(np.argmin(np.isfinite(part)))) / sample_rate
+                            raise MediaError("corrupt_audio", path, f"non-finite samples (NaN or inf) at {at:.3f} s")
+                        yield part
 
-            frames = _decode_from(container, stream, lo - AUDIO_SEEK_MARGIN, origin) if lo > AUDIO_SEEK_AFTER \
+            seek = lo > AUDIO_SEEK_AFTER and stream.codec_context.name not in SEEK_INEXACT_CODECS
+            frames = _decode_from(container, stream, lo - AUDIO_SEEK_MARGIN, origin) if seek \
                 else container.decode(stream)
+            first_t = 0.0
             for i, frame in enumerate(frames):
                 if i0 is None:  # the window is fixed by the first frame's time
                     first_t = max(0.0, _seconds(frame.pts, stream, origin)) if frame.pts is not None else 0.0
