@@ -27,3 +27,12 @@ def mining_settings(settings: dict | None) -> dict:
         raise ValueError(f"anchor mining setting min_per_class ({out['min_per_class']}) exceeds per_class "
                          f"({out['per_class']}); lower min_per_class or raise per_class")
     return out
+
+
+def mining_params(entry: dict) -> dict:
+    """A `mine:` entry less the settings written at their default value: the mining job's params, so that writing
+    a default out re-mines nothing (and re-trains nothing), as leaving it out does. The miner fills them in again."""
+    resolved = mining_settings({key: entry[key] for key in DEFAULT_MINING if key in entry})
+    defaults = {"per_class": DEFAULT_MINING["per_class"],
+                "min_per_class": min(DEFAULT_MINING["min_per_class"], resolved["per_class"])}
+    return {key: value for key, value in entry.items() if not (key in defaults and resolved[key] == defaults[key])}

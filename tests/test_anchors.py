@@ -20,9 +20,11 @@ from PIL import Image, ImageDraw
 
 from ercpipe import anchors
 from ercpipe.anchors import clip as clip_mod
+from ercpipe.anchors.images import check_mined_unchanged
 from ercpipe.io import features as feature_io
 from ercpipe.io import manifest as manifest_io
 from ercpipe.io.media import MediaError
+from ercpipe.mining_setting import mining_params
 from ercpipe.labels import IEMOCAP_CLASSES, MELD_CLASSES, canonical_emotion
 
 TINY = {"model": "ViT-S-32-alt", "pretrained": None}  # smallest open_clip ViT here: 256-d, ~20 ms per image
@@ -636,6 +638,15 @@ def test_mining_uses_only_training_utterances(tmp_path):
     # The mined folder is itself an anchor image set (mined.tsv is ignored as a non-image file).
     scanned = anchors.scan_image_set(out, ["hap", "sad"])
     assert [len(v) for v in scanned.values()] == [3, 3]
+    # It is encoded as mined: an edit inside it was read by the next encoding (another CLIP model) only, so the
+    # set's anchor files held different images. A copy that loses the files' times is still the same set.
+    check_mined_unchanged(out, ["hap", "sad"])
+    shutil.copytree(out, tmp_path / "copied", copy_function=shutil.copy)
+    check_mined_unchanged(tmp_path / "copied", ["hap", "sad"])
+    (out / mined.loc[mined["status"] == "ok", "image"].iloc[0]).unlink()
+    with pytest.raises(anchors.AnchorImageError, match=r"mined was changed after it was mined \(an image added, "
+                                                       r"removed or edited\).* give the copy as an `images:` set"):
+        anchors.encode_image_set(out, ["hap", "sad"], {"model": "ViT-B-32", "pretrained": None}, tmp_path / "a.h5")
 
 
 def test_mining_needs_enough_training_utterances(tmp_path):
@@ -655,6 +666,12 @@ def test_mining_needs_enough_training_utterances(tmp_path):
     assert anchors.mining_settings({}) == {"per_class": 35, "min_per_class": 5}
     with pytest.raises(ValueError, match=r"min_per_class \(4\) exceeds per_class \(3\); lower min_per_class"):
         anchors.mining_settings({"per_class": 3, "min_per_class": 4})
+    # The job's params: a default written out is no change (it re-mined, re-encoded and re-trained).
+    entry = {"dataset": "d", "visual": "densenet121"}
+    for written in ({}, {"per_class": 35}, {"min_per_class": 5}, {"per_class": 35, "min_per_class": 5}):
+        assert mining_params({**entry, **written}) == entry, written
+    assert mining_params({**entry, "per_class": 3, "min_per_class": 3}) == {**entry, "per_class": 3}
+    assert mining_params({**entry, "per_class": 3, "min_per_class": 2}) == {**entry, "per_class": 3, "min_per_class": 2}
 
 
 def test_a_class_without_any_face_names_why_and_no_impossible_setting(tmp_path):

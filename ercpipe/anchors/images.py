@@ -81,13 +81,15 @@ def _exif_turned(path: Path) -> bool:
         return False
 
 
-def image_set_digest(images_dir: str | Path, class_names: Sequence[str], length: int = 16) -> str:
+def image_set_digest(images_dir: str | Path, class_names: Sequence[str], length: int = 16,
+                     content: bool = False) -> str:
     """What encoding the set reads, cheaply (no image decoded): the path, size and mtime of every image file in
     the folders of the requested classes (as scan_image_set finds them; the same digest as
     ercpipe.io.digest.folder_digest of a folder holding only those), plus the names of the images whose
     EXIF orientation turns them (encoded upright since this was fixed: only a set holding some changes). Folders
     of other classes, hidden folders and files, and files beside the class folders count for nothing. "" for a
-    missing folder."""
+    missing folder. content: each file's bytes instead of its size and mtime (a copy that loses the times keeps
+    the digest)."""
     import hashlib
 
     root = Path(images_dir)
@@ -102,7 +104,8 @@ def image_set_digest(images_dir: str | Path, class_names: Sequence[str], length:
                        and Path(e.name).suffix.lower() in IMAGE_EXTENSIONS)
         for name in names:
             file = root / folder / name
-            digest.update(file_entry(root, file))
+            digest.update(f"{folder}/{name}\0{hashlib.sha256(file.read_bytes()).hexdigest()}\n".encode(
+                "utf-8", "surrogateescape") if content else file_entry(root, file))
             if file.is_file() and _exif_turned(file):
                 turned.append(f"{folder}/{name}")
     out = digest.hexdigest()[:length]
@@ -237,6 +240,23 @@ def encode_images(paths: Sequence[Path], model, preprocess, device, batch_size: 
     return np.concatenate(parts).astype(np.float32, copy=False)
 
 
+# Written by the mining job beside the images it mined: their image_set_digest, checked before they are encoded.
+MINED_DIGEST = ".image_set_digest"
+
+
+def check_mined_unchanged(images_dir: Path, class_names: Sequence[str]) -> None:
+    """Refuse a mined folder whose images changed after mining: a later encoding (another CLIP model) read the edit
+    and the first did not, so one "mined set" held different images in its anchor files."""
+    recorded = images_dir / MINED_DIGEST
+    if not recorded.is_file():  # not mined, or mined before the digest was written
+        return
+    if recorded.read_text().strip() != image_set_digest(images_dir, class_names, content=True):
+        raise AnchorImageError(
+            f"{images_dir} was changed after it was mined (an image added, removed or edited): its anchor "
+            "files would not hold one set of images. To curate mined images, copy the folder and give the copy as an "
+            "`images:` set; to undo the change, mine the set again (`--forcerun mine_anchor_images`)")
+
+
 def encode_image_set(images_dir: str | Path, class_names: Sequence[str], clip: dict, out_path: str | Path,
                      device: str = "auto", batch_size: int = 32) -> None:
     """Encode an image set with CLIP and write anchors/{set}/{clip_name}.h5 (see ercpipe.anchors.store)."""
@@ -244,6 +264,7 @@ def encode_image_set(images_dir: str | Path, class_names: Sequence[str], clip: d
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     settings = clip_settings(clip)
     images_dir = Path(images_dir)
+    check_mined_unchanged(images_dir, class_names)
     images = scan_image_set(images_dir, class_names)
     from ercpipe.device import resolve_device  # torch; only needed when encoding
 

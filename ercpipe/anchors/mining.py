@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from ercpipe.anchors.images import MINED_DIGEST, image_set_digest
 from ercpipe.errors import ErcpipeError
 from ercpipe.features.settings import face_selection_for
 from ercpipe.io import features as feature_io
@@ -151,3 +152,4 @@ def mine_anchor_images(manifest_path: str | Path, visual_h5_path: str | Path, cl
                         sum(r["class"] == name for r in records))
         pd.DataFrame(records, columns=list(MINED_COLUMNS)).to_csv(tmp / "mined.tsv", sep="\t", index=False,
                                                                  lineterminator="\n")
+        (tmp / MINED_DIGEST).write_text(image_set_digest(tmp, classes, content=True) + "\n")

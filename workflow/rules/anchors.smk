@@ -31,7 +31,7 @@ rule mine_anchor_images:
     output:
         images=directory("anchors/{anchor_set}/mined"),
     params:
-        settings=lambda wc: canonical(ANCHORS[wc.anchor_set]["mine"]),
+        settings=lambda wc: canonical(mining_params(ANCHORS[wc.anchor_set]["mine"])),
         face_settings=lambda wc: feature_setting_params("visual", ANCHORS[wc.anchor_set]["mine"]["visual"]),
         face_selection=lambda wc: canonical(
             pipeline_config.face_selection(DATASETS[ANCHORS[wc.anchor_set]["mine"]["dataset"]])

@@ -19,6 +19,7 @@ from ercpipe.io.atomic import staged_attribute_path
 from ercpipe.io.digest import path_digest
 from ercpipe.io.features import expected_settings
 from ercpipe.labels import MODALITIES, vega_label_order
+from ercpipe.mining_setting import mining_params
 from ercpipe.resources import extraction_resources
 from ercpipe.train.presets import active_settings, resolve_experiment, without_non_training_keys
 
