@@ -143,6 +143,11 @@ def _import_anchors(args, parser) -> None:
     print(f"{args.out}: {len(anchors.class_names)} classes, {anchors.dim}-d, CLIP {args.clip_model}")
 
 
+def _pretrained(value: str) -> str | None:
+    # A command line has no YAML null: `none` (or `null`) is the random-init CLIP a config writes as null.
+    return None if value.strip().lower() in ("none", "null") else value
+
+
 def _export_anchors(args, parser) -> None:
     from ercpipe.anchors import export_official
 
@@ -242,8 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-pickle", action="store_true", help="load a full pickle if weights_only loading fails")
     p.add_argument("--classes", nargs="+", required=True, help="class names in label-id order")
     p.add_argument("--clip-model", required=True, help="open_clip name of the CLIP that made the file (ViT-B-32)")
-    p.add_argument("--pretrained", default="openai",
-                   help="the weights of that CLIP (an open_clip tag or a checkpoint's name; default: openai)")
+    p.add_argument("--pretrained", default="openai", type=_pretrained,
+                   help="the weights of that CLIP (an open_clip tag or a checkpoint's name; none: random init, as "
+                        "the demo's; default: openai)")
     p.add_argument("--out", required=True)
     p.set_defaults(run=_import_anchors, parser=p)
 

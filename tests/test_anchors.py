@@ -148,7 +148,9 @@ def test_scan_reports_every_bad_input_at_once(tmp_path):
     message = str(err.value)
     assert "no folder for class 'neutral'" in message and f"{root}/neutral/" in message and "neu" in message
     assert "folders there that name no class of the dataset: Neutral_faces" in message
+    # Its one file is of a format that is not read (a phone's .HEIC alike): named, with the fix.
     assert f"class folder {root / 'sad'} holds no images" in message
+    assert "it holds 1 file(s) of other formats (notes.txt): convert them to one of those formats" in message
     assert f"unreadable image {root / 'happy' / 'garbage.png'}" in message
     assert f"unreadable image {root / 'anger' / 'truncated.png'}" in message
     assert str(root / "anger" / "img0.png") not in message
@@ -285,12 +287,23 @@ def test_an_image_name_that_is_not_utf8_is_named_before_any_encoding(tmp_path, c
         anchors.scan_image_set(root, ["hap", "sad"])
     assert "ignored 1 file(s) in class folders that are not image files" in caplog.text
     assert "sad/notes.docx" in caplog.text
+    # What Windows leaves in a folder it showed is no image to convert.
+    (root / "sad" / "Thumbs.db").write_bytes(b"\xd0\xcf")
+    (root / "happy" / "desktop.ini").write_text("[.ShellClassInfo]")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        anchors.scan_image_set(root, ["hap", "sad"])
+    assert "Thumbs.db" not in caplog.text and "desktop.ini" not in caplog.text and "sad/notes.docx" in caplog.text
 
 
 def test_scan_rejects_two_folders_for_one_class_and_a_missing_set(tmp_path):
     root = make_image_set(tmp_path / "dup", {"happy": 1, "joy": 1})
     with pytest.raises(anchors.AnchorImageError, match="'happy' and 'joy' both hold class 'happy'"):
         anchors.scan_image_set(root, ["hap"])
+    # ... said with the set's other problems, not alone (a missing class was found one fix later).
+    with pytest.raises(anchors.AnchorImageError, match=r"both hold class 'happy': merge them into one folder\n  "
+                                                       r"no folder for class 'sad'"):
+        anchors.scan_image_set(root, ["hap", "sad"])
     with pytest.raises(anchors.AnchorImageError, match="is not a folder"):
         anchors.scan_image_set(tmp_path / "nowhere", ["hap"])
 

@@ -130,6 +130,10 @@ def _unreadable_reason(path: Path) -> str:
     return ""
 
 
+# Files an operating system leaves in folders it shows (Windows' thumbnail cache and folder settings): noted as
+# hidden files are, not warned of as images in a format that is not read.
+SYSTEM_FILES = frozenset({"thumbs.db", "desktop.ini"})
+
 def scan_image_set(images_dir: str | Path, class_names: Sequence[str]) -> dict[str, list[Path]]:
     """Images per canonical class (dataset label order), each sorted by name; every image checked with PIL.
 
@@ -144,16 +148,18 @@ def scan_image_set(images_dir: str | Path, class_names: Sequence[str]) -> dict[s
     wanted = _canonical_classes(class_names)
     folders: dict[str, Path] = {}
     ignored: list[str] = []
+    doubled: list[str] = []
     for entry in sorted(images_dir.iterdir()):
         name = canonical_emotion(entry.name)
         if not entry.is_dir() or entry.name.startswith(".") or name not in wanted:
             ignored.append(entry.name + ("/" if entry.is_dir() else ""))
             continue
-        if name in folders:
-            raise AnchorImageError(f"{images_dir}: folders {folders[name].name!r} and {entry.name!r} both hold "
-                                   f"class {name!r}; merge them into one folder")
+        if name in folders:  # said with the set's other problems (the first folder is checked meanwhile)
+            doubled.append(f"folders {folders[name].name!r} and {entry.name!r} both hold class {name!r}: merge them "
+                           "into one folder")
+            continue
         folders[name] = entry
-    problems: list[str] = []
+    problems: list[str] = doubled
     # Folders that name no requested class: a misnamed class folder ("Sad_faces") is among them.
     unmatched = [e.name for e in sorted(images_dir.iterdir()) if e.is_dir() and not e.name.startswith(".")
                  and canonical_emotion(e.name) not in wanted]
@@ -169,9 +175,9 @@ def scan_image_set(images_dir: str | Path, class_names: Sequence[str]) -> dict[s
     images: dict[str, list[Path]] = {}
     nested: list[str] = []
     for name, folder in folders.items():
-        files, subfolders = [], []
+        files, subfolders, other_files = [], [], []
         for entry in sorted(folder.iterdir()):
-            if entry.name.startswith("."):
+            if entry.name.startswith(".") or entry.name.lower() in SYSTEM_FILES:
                 ignored.append(f"{folder.name}/{entry.name}")
             elif entry.is_file() and entry.suffix.lower() in IMAGE_EXTENSIONS:
                 if not _utf8_name(entry):
@@ -187,10 +193,13 @@ def scan_image_set(images_dir: str | Path, class_names: Sequence[str]) -> dict[s
                 subfolders.append(f"{folder.name}/{entry.name}/")
             else:
                 ignored.append(f"{folder.name}/{entry.name}")
+                other_files.append(entry.name)
         nested += subfolders
         if not files:
             fix = (f"its sub-folders {subfolders} are not read: move their images up" if subfolders
-                   else "add images to it")
+                   else f"it holds {len(other_files)} file(s) of other formats ({', '.join(other_files[:5])}"
+                        f"{' ...' if len(other_files) > 5 else ''}): convert them to one of those formats"
+                   if other_files else "add images to it")
             problems.append(f"class folder {folder} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))}); {fix}")
         for path in tqdm(files, desc=f"check {folder.name}", unit="img", leave=False, disable=len(files) < 50):
             reason = _unreadable_reason(path)
@@ -204,7 +213,8 @@ def scan_image_set(images_dir: str | Path, class_names: Sequence[str]) -> dict[s
                        ", ".join(nested[:20]) + (" ..." if len(nested) > 20 else ""))
     # A file in a class folder that is not an image file is a warning (an image saved as .jfif or .heic would
     # otherwise be dropped unnoticed); hidden files and what is beside the class folders are only noted.
-    in_classes = [e for e in ignored if "/" in e.rstrip("/") and not Path(e).name.startswith(".")]
+    in_classes = [e for e in ignored if "/" in e.rstrip("/") and not Path(e).name.startswith(".")
+                  and Path(e).name.lower() not in SYSTEM_FILES]
     noted = [e for e in ignored if e not in in_classes]
     if noted:
         logger.info("%s: ignored %d entries that are not images of requested classes: %s", images_dir, len(noted),
