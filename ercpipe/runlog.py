@@ -5,6 +5,7 @@ import contextlib
 import fcntl
 import io
 import logging
+import multiprocessing
 import os
 import re
 import socket
@@ -82,6 +83,14 @@ class ProgressLines(io.TextIOBase):
 
 class JobAlreadyRunning(ErcpipeError, RuntimeError):
     """Another process runs the same job (same log file) and would write the same outputs."""
+
+
+def worker_context():
+    """The multiprocessing context of a job's worker processes: fork where the platform has it. The rule scripts run
+    as Snakemake `script:` files, which spawn and forkserver would import again in every worker (re-running the
+    job); start the pool before the job makes objects a fork must not copy (an openSMILE instance, threads)."""
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
 
 
 @contextlib.contextmanager

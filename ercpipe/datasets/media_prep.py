@@ -28,8 +28,10 @@ import csv
 import logging
 import math
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -39,6 +41,7 @@ from tqdm.auto import tqdm
 from ercpipe.io import manifest as manifest_io
 from ercpipe.io.atomic import atomic_dir
 from ercpipe.io.media import SAMPLE_RATE, SILENCE_PEAK, MediaError, iter_audio, probe, require_readable
+from ercpipe.runlog import worker_context
 
 logger = logging.getLogger(__name__)
 
@@ -163,9 +166,16 @@ def write_utterance_audio(manifest_path, shard: int, n_shards: int, out_dir: Pat
     where = str(manifest_path) if n_shards == 1 else f"{manifest_path} (shard {shard} of {n_shards})"
     logger.info("utterance audio of %s: %d utterances, %d thread(s)", where, len(rows), threads)
     with atomic_dir(out_dir) as tmp:
-        with ThreadPoolExecutor(max_workers=max(1, int(threads))) as pool:
-            results = list(tqdm(pool.map(lambda r: utterance_audio(r, tmp), rows.itertuples(index=False)),
-                                total=len(rows), desc="utterance audio", unit="utt"))
+        records = [SimpleNamespace(**record) for record in rows.to_dict("records")]
+        write = partial(utterance_audio, out_dir=tmp)
+        if int(threads) > 1:
+            # Processes: decoding runs in PyAV's Python loop, and two threads took longer than one (200 AAC clips:
+            # 4.3 s against 3.8 s; two processes 2.2 s).
+            with ProcessPoolExecutor(max_workers=int(threads), mp_context=worker_context()) as pool:
+                results = list(tqdm(pool.map(write, records, chunksize=4), total=len(records),
+                                    desc="utterance audio", unit="utt"))
+        else:
+            results = [write(record) for record in tqdm(records, desc="utterance audio", unit="utt")]
         report = pd.DataFrame({"utterance_id": rows["utterance_id"].tolist(),
                                "status": [status for status, _ in results],
                                "detail": [detail for _, detail in results]})

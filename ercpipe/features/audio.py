@@ -31,7 +31,6 @@ import json
 import logging
 import shutil
 import tempfile
-import multiprocessing
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -51,6 +50,7 @@ from ercpipe.features.interface import NO_CONTEXT, ExtractionContext
 from ercpipe.io import features as feature_io
 from ercpipe.io import manifest as manifest_io
 from ercpipe.io.media import SILENCE_PEAK
+from ercpipe.runlog import worker_context
 
 logger = logging.getLogger(__name__)
 
@@ -281,14 +281,6 @@ def _worker_utterance(utterance_id: str, flags: str) -> tuple[np.ndarray | None,
     return _process_worker(utterance_id, flags)
 
 
-def _pool_context():
-    """fork where the platform has it: the rule scripts run as Snakemake `script:` files, which spawn and
-    forkserver would import again in every worker (re-running the job); the pool starts before any
-    openSMILE instance exists in this process."""
-    methods = multiprocessing.get_all_start_methods()
-    return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-
-
 def extract_shard(manifest_path, settings: dict | None, out_path, *, threads: int = 1, device: str = "auto",
                   context: ExtractionContext | None = None) -> None:
     """openSMILE features for the utterances of the manifest (a job's shard manifest), written to `out_path`
@@ -318,7 +310,7 @@ def extract_shard(manifest_path, settings: dict | None, out_path, *, threads: in
         # Processes, not threads: see the module docstring ("Parallelism"). The streaming config is written
         # here first, so forked workers share it (a worker's exit runs no atexit clean-up).
         _stream_source_conf()
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context(), initializer=_start_worker,
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=worker_context(), initializer=_start_worker,
                                    initargs=(settings, audio_dir, report, dim))
         results = pool.map(_worker_utterance, ids, flags)
     else:
