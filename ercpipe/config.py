@@ -489,6 +489,18 @@ def _text_model_problems(where: str, settings: dict, folder: Path) -> list[str]:
     return [f"{where}.{key}: {problem}" for key, problem in text_model_problems(resolved, model_config, tokenizer_max)]
 
 
+def _sentence_transformers_module(folder: Path) -> str:
+    """The sub-folder holding the transformer of a sentence-transformers folder (modules.json's Transformer entry,
+    e.g. 0_Transformer), or ""."""
+    try:
+        modules = json.loads((folder / "modules.json").read_text())
+    except (ValueError, OSError):
+        return ""
+    return next((str(m.get("path")) for m in modules if isinstance(m, dict) and m.get("path")
+                 and str(m.get("type", "")).endswith("Transformer") and (folder / m["path"] / "config.json").is_file()),
+                "") if isinstance(modules, list) else ""
+
+
 def _local_text_model(model, workdir: Path) -> Path | None:
     """The folder of a text model on this machine (a saved model's path, or the packaged MiniLM), or None for a
     hub name or a path that holds no saved model (path_problems names that)."""
@@ -544,7 +556,11 @@ def path_problems(config: dict, workdir: Path = Path(".")) -> list[str]:
                    "or give a Hugging Face name such as roberta-large or org/name (docs/features-text.md)")
             problem = _path_problem(where, model, "folder", workdir, fix)
             if problem is None and _local_text_model(model, workdir) is None:
-                problem = f"{where}: folder {model} holds no config.json, so it is not a saved model; {fix}"
+                inner = _sentence_transformers_module(Path(workdir) / model)
+                problem = (f"{where}: folder {model} holds no config.json, so it is not a saved model; " + (
+                    f"it is a sentence-transformers folder whose transformer is in {inner}/: give "
+                    f"{model.rstrip('/')}/{inner} (with normalize: true if its modules.json lists a Normalize step)"
+                    if inner else fix))
             problems.append(problem)
         folder = _local_text_model(model, workdir)
         if folder is not None:  # a hub name's limits are checked by the extraction job, which loads it

@@ -481,6 +481,7 @@ def extract_conversation_features(manifest_path: Path, sources: dict[str, dict],
                                      f"does not exist here{f' nor under {project}' if project else ''}; run the "
                                      "pipeline again to re-create it")
             _check_text_model(settings.get("model"), project)
+            _check_text_identity(settings.get("model"), encoder_dir, source, project)
             context = ExtractionContext(encoder_dir=encoder_dir, base_dir=project)
         elif m == "audio":
             from ercpipe.datasets.media_prep import write_utterance_audio
@@ -525,6 +526,25 @@ def _check_text_model(model: str | None, project: Path | None) -> None:
 
     if isinstance(model, str) and text_model_is_path(model):
         _found(model, project, Path.is_dir, "text features were made with the model folder {} (features.text.*.model)")
+
+
+def _check_text_identity(model: str, encoder_dir: str | None, source: dict, project: Path | None) -> None:
+    """The text model predict would load is the one the features were made with, when the checkpoint recorded its
+    files' digest or hub commit: another model saved under the same folder (or a hub cache moved on to a newer
+    commit) gave other features than training's without an error."""
+    recorded = {key: source.get(key) for key in ("model_sha256", "model_commit") if source.get(key)}
+    if not recorded:  # made before the digest was recorded
+        return
+    from ercpipe.features.text_encoder import model_location, model_identity
+
+    location = model_location(model, encoder_dir, project)
+    here = model_identity(location)
+    for key, value in recorded.items():
+        if here[key] != value:
+            what = "files' digest" if key == "model_sha256" else "hub commit"
+            raise InferenceError(f"the text model {location} is not the one the model's text features were made with "
+                                 f"({what} {value} recorded, {here[key] or 'none'} here); give predict that model "
+                                 "(for a hub name: `hf download NAME --revision COMMIT`)")
 
 
 def _check_visual_weights(weights: str | None, weights_source: str | None, project: Path | None) -> None:

@@ -605,6 +605,21 @@ def test_a_local_text_models_depth_and_length_are_checked_before_any_job(demo_co
         pipeline_config.check(config, tmp_path)  # the tokenizer's own limit is lower
     config["features"]["text"]["local"]["max_length"] = 256
     pipeline_config.check(config, tmp_path)
+    # A sentence-transformers folder keeps its transformer in a sub-folder: the message names it.
+    config = _with_paths(demo_config, tmp_path / "st_project")
+    st = tmp_path / "st_project" / "models" / "st"
+    (st / "0_Transformer").mkdir(parents=True)
+    (st / "0_Transformer" / "config.json").write_text(json.dumps({"model_type": "bert", "num_hidden_layers": 6}))
+    (st / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "0_Transformer", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
+    config["features"]["text"]["local"]["model"] = "./models/st"
+    with pytest.raises(pipeline_config.ConfigError) as caught:
+        pipeline_config.check(config, tmp_path / "st_project")
+    assert str(caught.value) == ("features.text.local.model: folder ./models/st holds no config.json, so it is not a "
+                                 "saved model; it is a sentence-transformers folder whose transformer is in "
+                                 "0_Transformer/: give ./models/st/0_Transformer (with normalize: true if its "
+                                 "modules.json lists a Normalize step)")
 
 
 def test_hub_names_and_tags_are_not_paths(demo_config, tmp_path):

@@ -467,6 +467,16 @@ def test_files_the_settings_name_relative_to_the_project_are_taken_from_the_chec
     with pytest.raises(infer.InferenceError, match=r"model folder models/r/gone \(features.text.\*.model\), which "
                                                    r"exists neither under .*project nor under the current folder"):
         infer._check_text_model("models/r/gone", project)  # (models/gone would be a hub id)
+    # The features record the model's files' digest; another model saved in that folder was used silently.
+    recorded = {"model_sha256": written.attrs["model_sha256"]}
+    assert len(recorded["model_sha256"]) == 16 and written.attrs["model_commit"] == ""
+    infer._check_text_identity("models/tiny", None, recorded, project)
+    infer._check_text_identity("models/tiny", None, {}, project)  # a checkpoint from before: nothing to compare
+    write_tiny_roberta(project / "models/tiny", ["other words entirely", "and more"] * 6)
+    with pytest.raises(infer.InferenceError, match=r"text model .*project/models/tiny is not the one the model's "
+                                                   r"text features were made with \(files' digest \w+ recorded, \w+ "
+                                                   r"here\)"):
+        infer._check_text_identity("models/tiny", None, recorded, project)
     infer._check_text_model("packaged:minilm", project)
     # Visual: the embedder loads the project's file, and one that differs from the recorded digest is refused.
     embedder = load_embedder({"backbone": "densenet121", "weights": "models/dn.pth"}, "cpu", base_dir=project)

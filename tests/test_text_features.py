@@ -486,3 +486,50 @@ def test_the_finetune_amp_default_keeps_the_hash_of_files_extracted_before_the_k
     bf16 = {**setting, "finetune": {**setting["finetune"], "amp": "bf16"}}
     assert text.stored_settings(bf16)["finetune"]["amp"] == "bf16"
     assert feature_io.expected_hash("text", bf16) != "ddeacc67e0688997"
+
+
+def test_a_hub_names_commit_is_the_one_the_local_cache_resolves_it_to(tmp_path, monkeypatch):
+    """transformers 5 no longer keeps the commit in the model's config: model_commit was "" for every hub name, so a
+    cache moved on to a newer snapshot went unnoticed by predict."""
+    from huggingface_hub import constants
+
+    from ercpipe.features.text_encoder import model_identity
+
+    repo = tmp_path / "hub" / "models--myorg--tiny"
+    (repo / "refs").mkdir(parents=True)
+    for commit in ("a" * 40, "b" * 40):
+        (repo / "snapshots" / commit).mkdir(parents=True)
+        (repo / "snapshots" / commit / "config.json").write_text("{}")
+    (repo / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert model_identity("myorg/tiny") == {"model_sha256": "", "model_commit": "a" * 40}
+    (repo / "refs" / "main").write_text("b" * 40)
+    assert model_identity("myorg/tiny")["model_commit"] == "b" * 40
+    assert model_identity("myorg/not-cached") == {"model_sha256": "", "model_commit": ""}
+    assert len(model_identity("packaged:minilm")["model_sha256"]) == 16
+
+
+def test_model_limits_under_other_config_names_and_models_that_are_no_encoders():
+    """DistilBERT's n_layers and GPT-2's n_layer / n_positions were not read: last_layers past the layers was
+    clamped silently, a max_length past the positions crashed in the model; a T5 failed in its decoder with a
+    misleading message and a GPT-2 ignored `next` context."""
+    from ercpipe.features.settings import text_model_problems, text_settings
+
+    settings = text_settings({"model": "./m", "last_layers": 5, "max_length": 64})
+    distil = {"model_type": "distilbert", "n_layers": 2, "max_position_embeddings": 512,
+              "architectures": ["DistilBertModel"]}
+    assert text_model_problems(settings, distil) == [
+        ("last_layers", "last_layers=5 but model './m' has only 2 hidden layers; set last_layers to at most 2")]
+    gpt2 = {"model_type": "gpt2", "n_layer": 6, "n_positions": 32, "architectures": ["GPT2LMHeadModel"]}
+    problems = dict(text_model_problems(settings, gpt2))
+    assert problems["model"].startswith("model './m' is a decoder model (GPT2LMHeadModel): each position sees only")
+    assert problems["max_length"] == "max_length=64 exceeds what model './m' accepts (32 tokens); set max_length to " \
+                                     "at most 32"
+    assert "a decoder model (gpt2)" in dict(text_model_problems(settings, {**gpt2, "architectures": ["GPT2Model"]}))[
+        "model"]
+    t5 = {"model_type": "t5", "num_layers": 6, "is_encoder_decoder": True, "architectures": ["T5Model"]}
+    assert dict(text_model_problems(settings, t5))["model"] == (
+        "model './m' is an encoder-decoder model (e.g. T5, BART); give an encoder model (BERT, RoBERTa, DeBERTa, "
+        "MiniLM, XLM-R, ...)")
+    assert text_model_problems(settings, {"model_type": "bert", "num_hidden_layers": 6,
+                                          "max_position_embeddings": 512, "architectures": ["BertModel"]}) == []

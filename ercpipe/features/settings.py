@@ -228,18 +228,50 @@ _POSITIONS_AFTER_PADDING = frozenset({"roberta", "xlm-roberta", "xlm-roberta-xl"
                                       "data2vec-text", "longformer", "mpnet", "ibert", "luke"})
 
 
+# config.json's names for the same numbers in some architectures (DistilBERT: n_layers; GPT-2: n_layer, n_positions;
+# T5: num_layers): read only under the first name, a DistilBERT's last_layers past its layers was clamped silently.
+_CONFIG_ALIASES = {"num_hidden_layers": ("num_hidden_layers", "n_layers", "n_layer", "num_layers"),
+                   "max_position_embeddings": ("max_position_embeddings", "n_positions")}
+
+
+def _config_value(model_config: dict, name: str):
+    return next((model_config[key] for key in _CONFIG_ALIASES[name] if key in model_config), None)
+
+
+_DECODER_TYPES = frozenset({"gpt2", "gpt_neo", "gpt_neox", "gptj", "opt", "bloom", "llama", "mistral", "mixtral",
+                            "qwen2", "phi", "phi3", "gemma", "gemma2", "falcon"})
+
+
+def _not_an_encoder(model_config: dict) -> str:
+    """Why the model is no encoder of whole sentences (an encoder-decoder, or a decoder whose positions see only
+    the words before them, so that `next` context changes nothing), or ""."""
+    if model_config.get("is_encoder_decoder"):
+        return "an encoder-decoder model (e.g. T5, BART)"
+    decoders = [a for a in model_config.get("architectures") or () if a.endswith(("ForCausalLM", "LMHeadModel"))]
+    if model_config.get("model_type") in _DECODER_TYPES and not decoders:  # saved without its head (GPT2Model)
+        decoders = [str(model_config["model_type"])]
+    if decoders or model_config.get("is_decoder"):
+        return f"a decoder model ({', '.join(decoders) or 'is_decoder'}): each position sees only the words before it"
+    return ""
+
+
 def text_model_problems(settings: dict, model_config: dict, tokenizer_max_length=None) -> list[tuple[str, str]]:
-    """(key, what is wrong and what to do) for each validated text setting the model cannot take: last_layers
-    past its hidden layers, max_length or finetune.max_length past the tokens it accepts. `model_config`:
-    the model's config.json values; `tokenizer_max_length`: its tokenizer's model_max_length (or None)."""
+    """(key, what is wrong and what to do) for each validated text setting the model cannot take: a model that is
+    no encoder, last_layers past its hidden layers, max_length or finetune.max_length past the tokens it accepts.
+    `model_config`: the model's config.json values; `tokenizer_max_length`: its tokenizer's model_max_length (or
+    None)."""
     model = settings["model"]
     problems = []
-    layers = model_config.get("num_hidden_layers")
+    kind = _not_an_encoder(model_config)
+    if kind:
+        problems.append(("model", f"model {model!r} is {kind}; give an encoder model (BERT, RoBERTa, DeBERTa, "
+                                  "MiniLM, XLM-R, ...)"))
+    layers = _config_value(model_config, "num_hidden_layers")
     if isinstance(layers, int) and layers > 0 and settings["last_layers"] > layers:
         problems.append(("last_layers", f"last_layers={settings['last_layers']} but model {model!r} has only "
                                         f"{layers} hidden layers; set last_layers to at most {layers}"))
     limits = []
-    positions = model_config.get("max_position_embeddings")
+    positions = _config_value(model_config, "max_position_embeddings")
     if isinstance(positions, int) and positions > 0:
         if model_config.get("model_type") in _POSITIONS_AFTER_PADDING:
             pad = model_config.get("pad_token_id")

@@ -20,7 +20,7 @@ import torch
 from ercpipe.features import settings as settings_mod
 from ercpipe.features.interface import NO_CONTEXT, ExtractionContext
 from ercpipe.features.text_encoder import (PACKAGED_MINILM, EncodedInput, TextEncoder, TextFeatures, feature_dim,
-                                           load_tokenizer_and_model, resolve_model_path)
+                                           load_tokenizer_and_model, model_identity, resolve_model_path)
 from ercpipe.io import features as feature_io
 from ercpipe.io import manifest as manifest_io
 
@@ -110,8 +110,8 @@ def extract_shard(manifest_path, settings: dict | None, out_path, *, threads: in
         "truncated": json.dumps(result.truncated, sort_keys=True),
         "unknown_only": json.dumps(result.unknown_only),
         "encoder_dir": str(encoder_dir) if encoder_dir else "",
-        # the hub commit the weights came from (transformers knows it for a hub name; "" for a local directory)
-        "model_commit": str(getattr(encoder.model.config, "_commit_hash", None) or "")}))
+        # the model's files' digest (a folder) or the hub commit (a name): predict checks that it has the same model
+        **model_identity(encoder.loaded_from)}))
 
 
 # The encoder's names, as this module has always offered them (text.TextEncoder, text.feature_dim, ...).

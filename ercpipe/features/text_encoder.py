@@ -64,6 +64,32 @@ def resolve_model_path(model: str) -> str:
     return model
 
 
+def model_location(model: str, encoder_dir: str | Path | None = None, base_dir: Path | None = None) -> str:
+    """What load_tokenizer_and_model is given for a setting's `model`: the fine-tuned `encoder_dir` when there is
+    one, else the model (a relative folder under `base_dir` first, ExtractionContext.base_dir)."""
+    if encoder_dir:
+        return str(encoder_dir)
+    return under_base(base_dir, model, lambda path: (path / "config.json").is_file())
+
+
+def model_identity(location: str) -> dict[str, str]:
+    """What the text features record of the model they were made with, for predict to compare: the digest of a
+    folder's files (model_sha256; the packaged MiniLM's too), or the hub commit the local cache resolves a name
+    to (model_commit; transformers 5 no longer keeps it in the model's config). "" where unknown."""
+    from ercpipe.io.digest import model_folder_sha256
+
+    path = resolve_model_path(location)
+    if Path(path).is_dir():
+        return {"model_sha256": model_folder_sha256(path), "model_commit": ""}
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(path, "config.json")  # .../snapshots/{commit}/config.json
+    except (ImportError, ValueError, OSError):
+        found = None
+    return {"model_sha256": "", "model_commit": Path(found).parent.name if isinstance(found, str) else ""}
+
+
 def feature_dim(settings: dict | None) -> int:
     """Width of the vectors for these settings (reads the model's config, not its weights)."""
     from transformers import AutoConfig
@@ -153,8 +179,8 @@ class TextEncoder:
         model folder given by a relative path is looked for first (ExtractionContext.base_dir)."""
         self.settings = text_settings(settings)
         self.device = resolve_device(device) if isinstance(device, str) else device
-        model_path = under_base(base_dir, self.settings["model"], lambda path: (path / "config.json").is_file())
-        self.tokenizer, model = load_tokenizer_and_model(str(encoder_dir) if encoder_dir else model_path)
+        self.loaded_from = model_location(self.settings["model"], encoder_dir, base_dir)
+        self.tokenizer, model = load_tokenizer_and_model(self.loaded_from)
         self.model = model.to(self.device).eval()
         problems = settings_mod.text_model_problems(self.settings, self.model.config.to_dict(),
                                                     getattr(self.tokenizer, "model_max_length", None))

@@ -31,6 +31,25 @@ def folder_digest(path: str | os.PathLike, length: int = 16) -> str:
     return digest.hexdigest()[:length]
 
 
+# What transformers reads of a model folder: the weights, config and tokenizer files (not a README or a notebook).
+MODEL_FILE_SUFFIXES = frozenset({".safetensors", ".bin", ".json", ".model", ".txt"})
+
+
+def model_folder_sha256(path: str | os.PathLike, length: int = 16) -> str:
+    """A digest of the bytes of a model folder's files (MODEL_FILE_SUFFIXES, hidden ones left out), with their
+    paths: what a text model's features record, so that predict can tell the model it is given from the one
+    they were made with, wherever the folder was copied (its times need not survive)."""
+    root = Path(path)
+    digest = hashlib.sha256()
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(f for f in files if not f.startswith(".") and Path(f).suffix in MODEL_FILE_SUFFIXES):
+            file = Path(folder) / name
+            digest.update(f"{file.relative_to(root).as_posix()}\0{file_digest(file, 64)}\n".encode("utf-8",
+                                                                                                  "surrogateescape"))
+    return digest.hexdigest()[:length]
+
+
 def file_entry(root: Path, file: Path) -> bytes:
     """What a folder digest holds of one file: its path below `root`, size and mtime ("unreadable" for a dangling
     link). surrogateescape: a name that is not UTF-8 (from a zip made on Windows) is digested as its bytes."""

@@ -143,8 +143,11 @@ def load_dialogues(manifest_path: str | Path, feature_paths: dict[str, str | Pat
             continue
         sources[m] = {k: fs.attrs.get(k) for k in ("extractor", "model", "settings", "encoder_dir", "setting_hash")}
         sources[m].update(path=str(feature_paths[m]), dim=fs.dim, content_sha256=content_digest(fs))
-        if fs.attrs.get("weights_source"):  # the face embedder's file and digest: predict checks it is the same
-            sources[m]["weights_source"] = fs.attrs["weights_source"]
+        # What the features were made with, for predict to check it has the same: the face embedder's file and
+        # digest, the text model's files' digest or hub commit.
+        for key in ("weights_source", "model_sha256", "model_commit"):
+            if fs.attrs.get(key):
+                sources[m][key] = fs.attrs[key]
         feats = np.ascontiguousarray(fs.features, dtype=np.float32)
         absent = ~fs.present
         # An absent modality row is zeros by contract; enforce it so a stale value can never leak in.
