@@ -19,7 +19,7 @@ from ercpipe.anchors.clip import clip_name, clip_settings, load_clip
 from ercpipe.anchors.store import AnchorSet, write
 from ercpipe.io.features import package_versions, settings_hash
 from ercpipe.io.filekind import IMAGE_EXTENSIONS
-from ercpipe.io.digest import file_entry
+from ercpipe.io.digest import file_digest, file_entry
 from ercpipe.labels import canonical_emotion, emotion_aliases
 
 logger = logging.getLogger(__name__)
@@ -104,8 +104,8 @@ def image_set_digest(images_dir: str | Path, class_names: Sequence[str], length:
                        and Path(e.name).suffix.lower() in IMAGE_EXTENSIONS)
         for name in names:
             file = root / folder / name
-            digest.update(f"{folder}/{name}\0{hashlib.sha256(file.read_bytes()).hexdigest()}\n".encode(
-                "utf-8", "surrogateescape") if content else file_entry(root, file))
+            digest.update(f"{folder}/{name}\0{file_digest(file, 64)}\n".encode("utf-8", "surrogateescape")
+                          if content else file_entry(root, file))
             if file.is_file() and _exif_turned(file):
                 turned.append(f"{folder}/{name}")
     out = digest.hexdigest()[:length]
