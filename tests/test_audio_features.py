@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -369,3 +371,24 @@ def _opensmile_on_file(path: Path, feature_set: str) -> np.ndarray:
     native.free()
     assert len(rows) == 1
     return rows[0].reshape(-1)
+
+
+def test_the_opensmile_stream_config_is_one_file_per_user_that_no_killed_job_leaves_behind(tmp_path):
+    """A folder of its own per process, removed at exit, stayed behind every killed audio job (SIGKILL, or
+    SIGTERM's default action, runs no atexit)."""
+    code = "from ercpipe.features import audio; print(audio._stream_source_conf())"
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    paths = {subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                            check=True).stdout.strip() for _ in range(2)}
+    assert paths == {str(tmp_path / f"ercpipe-opensmile-{os.getuid()}" / "stream_source.conf.inc")}
+    assert [p.name for p in tmp_path.iterdir()] == [f"ercpipe-opensmile-{os.getuid()}"]
+    assert (tmp_path / f"ercpipe-opensmile-{os.getuid()}").stat().st_mode & 0o777 == 0o700
+    # Killed while it holds the config: nothing of its own is left (the shared file stays, whole).
+    process = subprocess.Popen([sys.executable, "-c", code + "; import time; time.sleep(60)"], env=env,
+                               stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() in paths
+    process.kill()
+    process.wait()
+    assert [p.name for p in tmp_path.iterdir()] == [f"ercpipe-opensmile-{os.getuid()}"]
+    assert (tmp_path / f"ercpipe-opensmile-{os.getuid()}" / "stream_source.conf.inc").read_text() == \
+        audio._STREAM_SOURCE_CONF

@@ -26,10 +26,9 @@ config and options); the tests check it.
 """
 from __future__ import annotations
 
-import atexit
 import json
 import logging
-import shutil
+import os
 import tempfile
 import threading
 import time
@@ -49,6 +48,7 @@ from ercpipe.features import settings as settings_mod
 from ercpipe.features.interface import NO_CONTEXT, ExtractionContext
 from ercpipe.io import features as feature_io
 from ercpipe.io import manifest as manifest_io
+from ercpipe.io.atomic import write_text
 from ercpipe.io.media import SILENCE_PEAK
 from ercpipe.runlog import worker_context
 
@@ -112,14 +112,20 @@ _conf_path: Path | None = None
 
 
 def _stream_source_conf() -> Path:
-    """The streaming source config, written once per process into a private temporary directory."""
+    """The streaming source config, written once per user into the temporary folder and kept there: its content
+    never changes, and a folder of its own per process stayed behind every job that was killed (no atexit runs on
+    SIGKILL or on SIGTERM's default action). Written under a temporary name and renamed, so that jobs starting
+    together never read half of it; a folder of that name that is not this user's own is not used."""
     global _conf_path
     with _conf_lock:
-        if _conf_path is None or not _conf_path.exists():
-            folder = Path(tempfile.mkdtemp(prefix="ercpipe-opensmile-"))
-            atexit.register(shutil.rmtree, folder, True)
+        if _conf_path is None or not _conf_path.is_file():
+            folder = Path(tempfile.gettempdir()) / f"ercpipe-opensmile-{os.getuid()}"
+            folder.mkdir(mode=0o700, exist_ok=True)
+            if folder.is_symlink() or folder.stat().st_uid != os.getuid():
+                folder = Path(tempfile.mkdtemp(prefix="ercpipe-opensmile-"))
             path = folder / "stream_source.conf.inc"
-            path.write_text(_STREAM_SOURCE_CONF)
+            if not path.is_file() or path.read_text() != _STREAM_SOURCE_CONF:
+                write_text(path, _STREAM_SOURCE_CONF)
             _conf_path = path
         return _conf_path
 
@@ -308,7 +314,7 @@ def extract_shard(manifest_path, settings: dict | None, out_path, *, threads: in
     pool = None
     if workers > 1:
         # Processes, not threads: see the module docstring ("Parallelism"). The streaming config is written
-        # here first, so forked workers share it (a worker's exit runs no atexit clean-up).
+        # here first, so forked workers share it.
         _stream_source_conf()
         pool = ProcessPoolExecutor(max_workers=workers, mp_context=worker_context(), initializer=_start_worker,
                                    initargs=(settings, audio_dir, report, dim))
