@@ -35,19 +35,31 @@ def folder_digest(path: str | os.PathLike, length: int = 16) -> str:
 MODEL_FILE_SUFFIXES = frozenset({".safetensors", ".bin", ".json", ".model", ".txt"})
 
 
+# model_folder_sha256's results in this process, by what the folder's files are on disk: `ercpipe predict` checks a
+# model before extracting with it, and the extraction records the same digest (roberta-large: 1.4 GB read twice).
+_MODEL_DIGESTS: dict[tuple, str] = {}
+
+
 def model_folder_sha256(path: str | os.PathLike, length: int = 16) -> str:
     """A digest of the bytes of a model folder's files (MODEL_FILE_SUFFIXES, hidden ones left out), with their
     paths: what a text model's features record, so that predict can tell the model it is given from the one
     they were made with, wherever the folder was copied (its times need not survive)."""
     root = Path(path)
-    digest = hashlib.sha256()
-    for folder, dirs, files in os.walk(root, followlinks=True):
+    files = []
+    for folder, dirs, names in os.walk(root, followlinks=True):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(f for f in files if not f.startswith(".") and Path(f).suffix in MODEL_FILE_SUFFIXES):
-            file = Path(folder) / name
-            digest.update(f"{file.relative_to(root).as_posix()}\0{file_digest(file, 64)}\n".encode("utf-8",
-                                                                                                  "surrogateescape"))
-    return digest.hexdigest()[:length]
+        files += [Path(folder) / name for name in sorted(names)
+                  if not name.startswith(".") and Path(name).suffix in MODEL_FILE_SUFFIXES]
+    stats = [file.stat() for file in files]
+    key = (str(root.resolve()), length,
+           tuple((str(f), s.st_size, s.st_mtime_ns, s.st_ctime_ns, s.st_ino, s.st_dev) for f, s in zip(files, stats)))
+    if key not in _MODEL_DIGESTS:
+        digest = hashlib.sha256()
+        for file in files:
+            digest.update(f"{file.relative_to(root).as_posix()}\0{file_digest(file, 64)}\n".encode(
+                "utf-8", "surrogateescape"))
+        _MODEL_DIGESTS[key] = digest.hexdigest()[:length]
+    return _MODEL_DIGESTS[key]
 
 
 def file_entry(root: Path, file: Path) -> bytes:
