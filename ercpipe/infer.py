@@ -464,7 +464,9 @@ def extract_conversation_features(manifest_path: Path, sources: dict[str, dict],
     under the current folder), as the pipeline's jobs found them from that folder."""
     from ercpipe.features import ExtractionContext, extract_shard
 
-    paths = {}
+    # Every model file is checked before any extraction: a wrong face-embedding file used to be found after the
+    # audio of a long recording had been cut and its features computed.
+    contexts = {}
     for m in modalities:
         source = sources.get(m) or {}
         settings = source.get("settings")
@@ -472,7 +474,6 @@ def extract_conversation_features(manifest_path: Path, sources: dict[str, dict],
             raise InferenceError(f"the checkpoint's {m} features were not made by an ercpipe extractor (they were "
                                  "imported, e.g. from a pickle), so they cannot be made for a new conversation; "
                                  "extract them the same way yourself and use predict_features")
-        out = out_dir / f"{m}.h5"
         # What each extractor needs besides its setting, as the pipeline's rules give it.
         if m == "text":
             encoder_dir = _in_project(source.get("encoder_dir") or None, project, Path.is_dir)
@@ -482,17 +483,23 @@ def extract_conversation_features(manifest_path: Path, sources: dict[str, dict],
                                      "pipeline again to re-create it")
             _check_text_model(settings.get("model"), project)
             _check_text_identity(settings.get("model"), encoder_dir, source, project)
-            context = ExtractionContext(encoder_dir=encoder_dir, base_dir=project)
+            contexts[m] = settings, ExtractionContext(encoder_dir=encoder_dir, base_dir=project)
         elif m == "audio":
+            contexts[m] = settings, None  # the utterances' WAVs, cut below
+        else:  # the stored visual setting holds the dataset's face selection
+            settings = dict(settings)
+            context = ExtractionContext(face_selection=settings.pop("face_selection", None), base_dir=project)
+            _check_visual_weights(settings.get("weights"), source.get("weights_source"), project)
+            contexts[m] = settings, context
+    paths = {}
+    for m, (settings, context) in contexts.items():
+        out = out_dir / f"{m}.h5"
+        if m == "audio":
             from ercpipe.datasets.media_prep import write_utterance_audio
 
             wavs = out_dir / "audio"
             write_utterance_audio(manifest_path, 0, 1, wavs, threads=threads)
             context = ExtractionContext(audio_dir=wavs)
-        else:  # the stored visual setting holds the dataset's face selection
-            settings = dict(settings)
-            context = ExtractionContext(face_selection=settings.pop("face_selection", None), base_dir=project)
-            _check_visual_weights(settings.get("weights"), source.get("weights_source"), project)
         extract_shard(m, manifest_path, settings, out, threads=threads, device=device, context=context)
         paths[m] = out
     return paths

@@ -386,6 +386,46 @@ def test_predict_with_another_setting_or_other_ids_names_the_file(trained, corpu
     assert len(lines) == 3 and all("0 missing" in line and "2 extra" in line for line in lines)
 
 
+def test_predict_refuses_features_made_by_another_model_file_under_the_same_setting(trained, corpus, tmp_path):
+    """Another text model or face-embedding file saved under the path a setting names gives features with the same
+    setting hash; the checkpoint's record of the files' digests tells them apart (predict --manifest took them)."""
+    out, _ = trained
+    made = feature_io.read(corpus["paths"]["text_mean"])
+    assert len(made.attrs["model_sha256"]) == 16  # the packaged MiniLM's files
+    other = tmp_path / "minilm.h5"
+    feature_io.write(other, feature_io.FeatureSet(made.utterance_ids, made.features, made.present,
+                                                  {**made.attrs, "model_sha256": "0123456789abcdef"}))
+    with pytest.raises(feature_io.FeatureFileError) as err:
+        infer.predict_features(out / "model.pt", corpus["manifest"], {**feature_paths(corpus), "text": other},
+                               device="cpu")
+    message = str(err.value)
+    assert message.startswith(f"{other} does not match the checkpoint {out / 'model.pt'}, trained on text features")
+    assert (f"made with another text model (files' digest 0123456789abcdef instead of {made.attrs['model_sha256']})"
+            in message)
+    assert "give the text file made with that setting and model" in message
+    # The face embedder's weights: only the digest is compared, not the path's spelling.
+    visual = feature_io.read(corpus["paths"]["visual"])
+    recorded, another = tmp_path / "recorded.h5", tmp_path / "another.h5"
+    for path, source in ((recorded, "weights/dn.pth (sha256 aaaaaaaaaaaaaaaa)"),
+                         (another, "/elsewhere/weights/dn.pth (sha256 bbbbbbbbbbbbbbbb)")):
+        feature_io.write(path, feature_io.FeatureSet(visual.utterance_ids, visual.features, visual.present,
+                                                     {**visual.attrs, "weights_source": source}))
+    checkpoint = tmp_path / "visual_run"
+    train(corpus, checkpoint, {**feature_paths(corpus), "visual": recorded}, settings=None, face_selection=None)
+    model, _, _ = load_model(checkpoint / "model.pt")
+    assert model.feature_sources["visual"]["weights_source"].endswith("(sha256 aaaaaaaaaaaaaaaa)")
+    with pytest.raises(feature_io.FeatureFileError, match=r"another\.h5 does not match the checkpoint .*: made with "
+                                                         r"another face-embedding weights file \(sha256 "
+                                                         r"bbbbbbbbbbbbbbbb instead of aaaaaaaaaaaaaaaa\)"):
+        infer.predict_features(checkpoint / "model.pt", corpus["manifest"],
+                               {**feature_paths(corpus), "visual": another}, device="cpu")
+    moved = tmp_path / "moved.h5"  # the same file recorded under another path: accepted
+    feature_io.write(moved, feature_io.FeatureSet(visual.utterance_ids, visual.features, visual.present, {
+        **visual.attrs, "weights_source": "/x/dn.pth (sha256 aaaaaaaaaaaaaaaa)"}))
+    infer.predict_features(checkpoint / "model.pt", corpus["manifest"], {**feature_paths(corpus), "visual": moved},
+                           device="cpu", splits=["test"])
+
+
 def test_predict_on_dialogues_of_another_width_is_a_clear_error(trained, corpus):
     out, _ = trained
     model, _, classes = load_model(out / "model.pt")

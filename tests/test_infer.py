@@ -495,6 +495,21 @@ def test_files_the_settings_name_relative_to_the_project_are_taken_from_the_chec
         infer._check_visual_weights("/nowhere/dn.pth", None, project)
 
 
+def test_every_model_file_is_checked_before_any_extraction(tmp_path):
+    """A wrong face-embedding file is found before the audio is cut and its features computed (it used to be found
+    after them, minutes later on a long recording)."""
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models/dn.pth").write_bytes(b"not the weights the features were made with")
+    sources = {"audio": {"extractor": "opensmile", "settings": {"feature_set": "IS10", "level": "functionals"}},
+               "visual": {"extractor": "mtcnn+densenet121",
+                          "settings": {"backbone": "densenet121", "weights": "models/dn.pth"},
+                          "weights_source": "models/dn.pth (sha256 0123456789abcdef)"}}
+    with pytest.raises(infer.InferenceError, match=r"weights file .*models/dn.pth is not the one"):
+        infer.extract_conversation_features(tmp_path / "no_manifest.tsv", sources, ["audio", "visual"],
+                                            tmp_path / "work", device="cpu", project=tmp_path)
+    assert not (tmp_path / "work").exists()
+
+
 def test_conversation_errors_name_the_problem(trained, tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("who,text\nAnn,hello\n")

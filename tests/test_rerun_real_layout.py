@@ -463,3 +463,18 @@ def test_a_local_model_replaced_under_the_same_path_reruns_what_read_it(tmp_path
     snakemake(tmp_path, config, "--cores", "1", target)
     assert not np.allclose(feature_io.read(tmp_path / target).features, before)
     assert planned_jobs(snakemake(tmp_path, config, "-n", target).stdout) == {}
+
+    # A shard job that fails (here a damaged weights file; on a cluster: memory, time, a full disk) after such a
+    # change: Snakemake removes the shard, and the merged file of the earlier model used to stay, so the next run
+    # planned nothing for the features ("Nothing to be done") once the model was mended.
+    after = feature_io.read(tmp_path / target).features
+    weights = tmp_path / "models" / "tiny" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    failed = snakemake(tmp_path, config, "--cores", "1", target, check=False)
+    assert failed.returncode != 0 and "model.safetensors" in failed.stdout
+    assert not (tmp_path / target).exists()
+    write_tiny_roberta(tmp_path / "models" / "tiny", texts * 3, hidden_size=16, layers=1, seed=2)
+    assert planned_jobs(snakemake(tmp_path, config, "-n", target).stdout) == {"text_features_shard": 1,
+                                                                             "merge_features": 1}
+    snakemake(tmp_path, config, "--cores", "1", target)
+    assert not np.allclose(feature_io.read(tmp_path / target).features, after)

@@ -41,7 +41,11 @@ def extractor(modality: str) -> ModuleType:
 
 def extract_shard(modality: str, manifest_path: str | Path, settings: dict | None, out_path: str | Path, *,
                   threads: int = 1, device: str = "auto", context: ExtractionContext | None = None) -> None:
-    """Run the `modality` extractor on every row of `manifest_path`, writing `out_path`."""
+    """Run the `modality` extractor on every row of `manifest_path`, writing `out_path` (a pipeline shard file's
+    merged file is removed first: feature_io.remove_merged_file)."""
+    from ercpipe.io.features import remove_merged_file
+
+    remove_merged_file(out_path, modality)
     extractor(modality).extract_shard(manifest_path, settings, out_path, threads=threads, device=device,
                                       context=context)
 

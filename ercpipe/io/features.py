@@ -130,7 +130,9 @@ class Expectation:
     settings: the settings the file must record (all of them, or with `partial` only those given);
     setting_hash: their hash, when complete. source: who expects it, as a noun phrase for messages
     ("the config's text setting 'minilm'"); fix: what to do when the file does not match (None = the
-    pipeline's fix: delete the file and re-run its rules).
+    pipeline's fix: delete the file and re-run its rules). made_with: what the file must have been made with
+    (feature_identity: a checkpoint's record of its training features); a key the file does not record is not
+    compared.
     """
     modality: str | None = None
     settings: dict | None = None
@@ -141,6 +143,24 @@ class Expectation:
     ids_from: str = "the manifest"
     source: str = "what is expected"
     fix: str | None = None
+    made_with: dict | None = None
+
+
+# What a feature file records of the model files that made it (for files a setting names by path, whose setting
+# stays the same when another file is saved there): the face embedder's weights file, the text model's files, the
+# hub commit a text model's name resolved to.
+IDENTITY_KEYS = {"weights_sha256": ("face-embedding weights file", "sha256"),
+                 "model_sha256": ("text model", "files' digest"), "model_commit": ("text model", "hub commit")}
+
+
+def feature_identity(attrs: dict) -> dict[str, str]:
+    """The IDENTITY_KEYS a feature file's (or a checkpoint source's) attributes record; weights_source is
+    "{path} (sha256 {digest})", of which only the digest is compared (the path may be spelled otherwise)."""
+    identity = {key: str(attrs[key]) for key in ("model_sha256", "model_commit") if attrs.get(key)}
+    weights = re.search(r"\(sha256 ([0-9a-f]+)\)$", str(attrs.get("weights_source") or ""))
+    if weights:
+        identity["weights_sha256"] = weights.group(1)
+    return identity
 
 
 def expect(modality: str, setting: dict | None, *, face_selection: dict | None = None, name: str | None = None,
@@ -236,6 +256,11 @@ def mismatches(fs: "FeatureSet", expected: Expectation) -> list[str]:
                         f"(made with {describe_settings(made)})")
     if expected.dim is not None and fs.dim != expected.dim:
         problems.append(f"width {fs.dim} instead of {expected.dim}")
+    made_with = feature_identity(attrs)
+    for key, value in (expected.made_with or {}).items():
+        if made_with.get(key) and made_with[key] != value:
+            noun, label = IDENTITY_KEYS[key]
+            problems.append(f"made with another {noun} ({label} {made_with[key]} instead of {value})")
     if expected.ids is not None and list(expected.ids) != fs.utterance_ids:
         wanted, have = set(expected.ids), set(fs.utterance_ids)
         missing = [u for u in expected.ids if u not in have]
@@ -438,6 +463,25 @@ def same_kind(first: str, second: str) -> bool:
     """Whether two device descriptions (ercpipe.device.device_description: feature files' `computed_on`, a run's
     `devices`) name the same kind of device and precision: cuda:0 and cuda:1 of one model compute alike."""
     return re.sub(r"^cuda:\d+ ", "cuda ", first) == re.sub(r"^cuda:\d+ ", "cuda ", second)
+
+
+def remove_merged_file(shard_path: str | Path, modality: str) -> None:
+    """Remove the merged file a pipeline shard file feeds (features/{dataset}/{modality}/{setting}/shard{k}.h5 feeds
+    features/{dataset}/{modality}/{setting}.h5) as its shard job starts; a path of another layout (predict's
+    working files) is left alone. A shard job runs when its setting, model files or inputs changed, so the
+    merged file is then out of date. If the job failed, Snakemake removed the shard, and the merged file stayed
+    (rule merge_features has no params): the next run planned neither the shard nor the merge (Snakemake does not
+    remake a missing input of an output that is there), so training stopped on the old features, and a target of
+    the features alone said "Nothing to be done"."""
+    shard_path = Path(shard_path)
+    if not re.fullmatch(r"shard\d+\.h5", shard_path.name) or shard_path.parent.parent.name != modality:
+        return
+    merged = shard_path.parent.with_name(shard_path.parent.name + ".h5")
+    try:
+        merged.unlink()  # (the dataset's other shard jobs may be removing it too)
+    except FileNotFoundError:
+        return
+    logger.info("removed %s: it is made again from this shard and the others", merged)
 
 
 def merge(shard_paths: Sequence[str | Path], out_path: str | Path, manifest_ids: Sequence[str]) -> FeatureSet:
