@@ -8,11 +8,16 @@ it has always been (ValueError, RuntimeError, PermissionError), so code that cat
 An ErcpipeError means bad input (a config key, a file, a setting), never a bug; its message names the
 file or dotted config key and what to change. `ercpipe` (ercpipe/cli.py) prints it as one line,
 ``ercpipe: error: <message>``, with exit status 2, and the traceback only with ``--debug``.
-This module imports nothing: the Snakefile imports the library at parse time.
+This module imports nothing of the library: the Snakefile imports the library at parse time.
 """
 from __future__ import annotations
 
-__all__ = ["ErcpipeError", "one_line"]
+import errno
+
+__all__ = ["DISK_FULL", "ErcpipeError", "is_out_of_memory", "one_line"]
+
+# A write that failed for want of room: a full disk, a file size limit (ulimit -f), a quota.
+DISK_FULL = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
 
 
 class ErcpipeError(Exception):
@@ -41,3 +46,13 @@ def one_line(err: BaseException) -> str:
         else:
             out = f"{out}; {line}"
     return out
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """True for the forms an allocation that failed takes when a library loads or computes: MemoryError, ENOMEM, a
+    torch allocator's RuntimeError, a shared library that cannot be mapped (ImportError "failed to map segment")."""
+    if isinstance(err, MemoryError) or (isinstance(err, OSError) and err.errno == errno.ENOMEM):
+        return True
+    text = str(err)
+    return any(sign in text for sign in ("Cannot allocate memory", "out of memory", "can't allocate memory",
+                                         "failed to map segment"))

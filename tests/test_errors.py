@@ -29,6 +29,7 @@ KNOWN = [
     ("ercpipe.model.checkpoint", "CheckpointError", ValueError),
     ("ercpipe.train.aggregation", "AggregateError", ValueError),
     ("ercpipe.infer", "InferenceError", ValueError),
+    ("ercpipe.io.atomic", "WriteFailedError", OSError),
 ]
 
 

@@ -343,6 +343,30 @@ def test_resume_state_of_other_feature_files_is_discarded(corpus, tmp_path, capl
     assert metrics["protocol"]["epochs_run"] == SDT["train"]["epochs"]
 
 
+def test_a_feature_file_write_that_runs_out_of_room_names_the_file_and_leaves_nothing(tmp_path):
+    """A full disk or a file size limit while HDF5 wrote a feature file ended the job in a segmentation fault
+    (HDF5 could not close the file it had failed to write), after a message naming only the temporary file."""
+    out = tmp_path / "features" / "d" / "audio" / "is10.h5"
+    code = (
+        "import resource, signal\n"
+        "import numpy as np\n"
+        "from ercpipe.io import features\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead of killing\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))\n"
+        "ids = [f'u{i}' for i in range(2000)]\n"
+        "values = np.random.default_rng(0).normal(size=(2000, 1582)).astype(np.float32)\n"
+        "fs = features.FeatureSet(ids, values, np.ones(2000, bool), {'modality': 'audio', 'extractor': 'x', "
+        "'model': 'x', 'settings': {}})\n"
+        f"features.write({str(out)!r}, fs)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, (result.returncode, result.stderr[-2000:])  # not -11 (SIGSEGV)
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"ercpipe.io.atomic.WriteFailedError: could not write {out}: the write stopped after 1 MiB "
+                           "with "), last
+    assert "ulimit -f" in last and "File too large" in last
+    assert list(out.parent.iterdir()) == []
+
+
 # ------------------------------------------------------------------------------------------ prediction
 
 def test_predict_with_a_file_of_another_width_names_the_file(trained, corpus, tmp_path):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 import av
@@ -434,3 +435,19 @@ def test_an_empty_video_track_is_no_video_and_the_sound_is_kept(tmp_path):
     info = media.probe(path)
     assert info.decodable and info.has_audio and not info.has_video, info
     assert np.sqrt(np.mean(media.load_audio(path) ** 2)) > 0.1
+
+
+def test_a_wav_write_that_runs_out_of_room_names_the_file(tmp_path):
+    """libsndfile says only "System error." when the disk is full (or a file size limit is reached)."""
+    out = tmp_path / "audio" / "u1.wav"
+    code = ("import resource, signal\n"
+            "import numpy as np\n"
+            "from ercpipe.io.media import write_wav\n"
+            "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))\n"
+            f"write_wav({str(out)!r}, np.zeros(16000, np.float32))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"ercpipe.io.atomic.WriteFailedError: could not write {out}: the write stopped after 4 KiB"
+                           " with "), last
+    assert "LibsndfileError: System error." in last and list(out.parent.iterdir()) == []

@@ -520,7 +520,8 @@ def test_a_checkpoint_write_that_runs_out_of_room_names_the_file_and_the_space(t
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"OSError: could not write {tmp_path / 'last.pt'}: the write stopped after 1 MiB with ")
+    assert last.startswith(f"ercpipe.io.atomic.WriteFailedError: could not write {tmp_path / 'last.pt'}: the write "
+                           "stopped after 1 MiB with ")
     assert "MiB free on its disk" in last and "ulimit -f" in last
     assert list(tmp_path.iterdir()) == []  # no partial file under any name
 

@@ -475,3 +475,28 @@ def test_an_empty_dialogue_is_said_and_listed_not_dropped_silently(tmp_path, cap
     written = json.loads((tmp_path / "summary.json").read_text())
     assert written["not_imported"]["first"] == ["Ses02F_impro01"] and summary["dialogues"] == 3
     assert "Ses02F_impro01" not in set(manifest_io.read(tmp_path / "manifest.tsv")["dialogue_id"])
+
+
+def test_a_full_disk_during_the_command_line_import_names_the_file_and_what_to_do(tmp_path):
+    """`ercpipe import-pickle` onto a full disk printed `[Errno 28] Can't close file`, without a file name, and then
+    crashed with a segmentation fault (HDF5 could not close the file it had failed to write). Here: a file size
+    limit of 4 KiB, below a feature file's size."""
+    import resource
+    import subprocess
+    import sys
+
+    source = _dump(meld_13_tuple(), tmp_path / "MELD.pkl")
+    out = tmp_path / "features" / "meld_pkl"
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+
+    result = subprocess.run([str(Path(sys.executable).with_name("ercpipe")), "import-pickle", str(source),
+                             "--allow-pickle", "--out-dir", str(out), "--valid-fraction", "0.5"],
+                            capture_output=True, text=True, timeout=300, preexec_fn=limit)
+    assert result.returncode == 2, result.stderr[-2000:]  # not -11 (SIGSEGV)
+    last = result.stderr.splitlines()[-1]  # (after the import's INFO lines)
+    assert last.startswith(f"ercpipe: error: could not write {out}/"), result.stderr
+    assert "ulimit -f" in last and "Traceback" not in result.stderr
+    assert not [p for p in out.rglob("*") if p.is_file() and p.name.startswith(".")]  # no temporary file left
+    assert not (out / "manifest.tsv").exists()

@@ -533,3 +533,20 @@ def test_model_limits_under_other_config_names_and_models_that_are_no_encoders()
         "MiniLM, XLM-R, ...)")
     assert text_model_problems(settings, {"model_type": "bert", "num_hidden_layers": 6,
                                           "max_position_embeddings": 512, "architectures": ["BertModel"]}) == []
+
+
+def test_a_model_that_does_not_fit_in_memory_is_not_called_damaged():
+    """A job whose memory limit was too small for its text model was told that the weights file was probably
+    damaged and should be downloaded again (roberta-large: 1.4 GB)."""
+    code = (
+        "import re, resource\n"
+        "import torch, transformers\n"
+        "from ercpipe.features.text_encoder import load_tokenizer_and_model\n"
+        "size = int(re.search(r'VmSize:\\s+(\\d+) kB', open('/proc/self/status').read()).group(1)) * 1024\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (size + (40 << 20), resource.RLIM_INFINITY))  # MiniLM: ~90 MB\n"
+        "load_tokenizer_and_model('packaged:minilm')\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("MemoryError: cannot load text encoder 'packaged:minilm': not enough memory for it"), last
+    assert "give the job more memory" in last and "damaged" not in last

@@ -29,7 +29,7 @@ import numpy as np
 
 from ercpipe import clip_setting
 from ercpipe.errors import ErcpipeError
-from ercpipe.io.atomic import atomic_path
+from ercpipe.io.atomic import atomic_hdf5
 from ercpipe.io.digest import file_digest
 from ercpipe.io.filekind import file_kind
 from ercpipe.io.features import package_versions, settings_hash
@@ -131,25 +131,24 @@ def write(path: str | Path, anchors: AnchorSet) -> None:
     """Write an anchor set atomically (layout in the module docstring)."""
     path = Path(path)
     anchors.check(str(path))
-    with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("class_names", data=np.array(anchors.class_names, dtype=object), dtype=_STR)
-            f.create_dataset("centers", data=np.asarray(anchors.centers, dtype=np.float32))
-            feats_group, paths_group = f.create_group("image_features"), f.create_group("image_paths")
-            for i, name in enumerate(anchors.class_names):
-                feats_group.create_dataset(str(i), data=np.asarray(anchors.image_features[name], dtype=np.float32))
-                paths_group.create_dataset(str(i), data=np.array(anchors.image_paths.get(name, []), dtype=object),
-                                           dtype=_STR)
-            attrs = {
-                "kind": KIND, "format_version": FORMAT_VERSION, "clip_model": anchors.clip_model,
-                "clip_name": anchors.clip_name or anchors.clip_model, "pretrained": anchors.pretrained or "",
-                "dim": int(anchors.dim), "setting_hash": anchors.setting_hash or settings_hash(anchors.settings),
-                "settings": _json_attr(anchors.settings), "versions": _json_attr(anchors.versions),
-                "source": anchors.source, "counts": _json_attr(anchors.counts()),
-                "dataset_labels": _json_attr(list(anchors.dataset_labels)),
-                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            }
-            f.attrs.update(attrs)
+    with atomic_hdf5(path) as f:
+        f.create_dataset("class_names", data=np.array(anchors.class_names, dtype=object), dtype=_STR)
+        f.create_dataset("centers", data=np.asarray(anchors.centers, dtype=np.float32))
+        feats_group, paths_group = f.create_group("image_features"), f.create_group("image_paths")
+        for i, name in enumerate(anchors.class_names):
+            feats_group.create_dataset(str(i), data=np.asarray(anchors.image_features[name], dtype=np.float32))
+            paths_group.create_dataset(str(i), data=np.array(anchors.image_paths.get(name, []), dtype=object),
+                                       dtype=_STR)
+        attrs = {
+            "kind": KIND, "format_version": FORMAT_VERSION, "clip_model": anchors.clip_model,
+            "clip_name": anchors.clip_name or anchors.clip_model, "pretrained": anchors.pretrained or "",
+            "dim": int(anchors.dim), "setting_hash": anchors.setting_hash or settings_hash(anchors.settings),
+            "settings": _json_attr(anchors.settings), "versions": _json_attr(anchors.versions),
+            "source": anchors.source, "counts": _json_attr(anchors.counts()),
+            "dataset_labels": _json_attr(list(anchors.dataset_labels)),
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+        f.attrs.update(attrs)
     logger.info("wrote anchors %s: CLIP %s, dim %d, images per class %s", path, anchors.clip_name or anchors.clip_model,
                 anchors.dim, anchors.counts())
 

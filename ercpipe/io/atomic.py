@@ -5,12 +5,18 @@ A killed job therefore never leaves a file under the final name that looks compl
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
 import shutil
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
+
+from ercpipe.errors import DISK_FULL, ErcpipeError
+
+if TYPE_CHECKING:
+    import h5py
 
 
 def _tmp_sibling(path: Path) -> Path:
@@ -44,9 +50,30 @@ def remove_stale_temporaries(final: Path) -> None:
             shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
 
 
+class WriteFailedError(ErcpipeError, OSError):
+    """A write that stopped, with a message naming the final file, the room left and what to do (write_failed)."""
+
+
+def write_failed(final: Path, tmp: Path, err: BaseException) -> WriteFailedError:
+    """The error to raise for a write of `final` (through `tmp`) that stopped: it names the final file (the
+    system's names no file, or the temporary one), what was written and the room left."""
+    written = tmp.stat().st_size if tmp.is_file() else 0
+    try:
+        free = f"{shutil.disk_usage(tmp.parent).free / 2**20:.0f} MiB free on its disk"
+    except OSError:
+        free = "its disk's free space unknown"
+    size = f"{written / 2**20:.0f} MiB" if written >= 2**20 else f"{written / 2**10:.0f} KiB"
+    failed = WriteFailedError(f"could not write {final}: the write stopped after {size} with "
+                              f"{free} ({type(err).__name__}: {err}); free space or raise the file size limit "
+                              "(ulimit -f) or the quota, then run again")
+    failed.errno = getattr(err, "errno", None) or errno.EIO  # (given to the constructor, it would lead the message)
+    return failed
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path to write to; on clean exit it is renamed to `path`, else removed."""
+    """Yield a temporary path to write to; on clean exit it is renamed to `path`, else removed. A write that
+    fails for want of room (DISK_FULL) is raised as write_failed's OSError."""
     final = Path(path)
     if final.is_dir():
         raise IsADirectoryError(f"{final} is a folder; give the path of a file to write")
@@ -54,7 +81,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     remove_stale_temporaries(final)
     tmp = _tmp_sibling(final)
     try:
-        yield tmp
+        try:
+            yield tmp
+        except OSError as err:
+            if err.errno not in DISK_FULL or isinstance(err, WriteFailedError):
+                raise
+            raise write_failed(final, tmp, err) from err
         if not tmp.exists():
             raise FileNotFoundError(f"nothing was written to the temporary file for {final}")
         os.replace(tmp, final)
@@ -64,6 +96,22 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
                 shutil.rmtree(tmp)
             else:
                 tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_hdf5(path: str | os.PathLike) -> Iterator["h5py.File"]:
+    """An HDF5 file to fill, built in memory and written to `path` through atomic_path on clean exit. HDF5 writing
+    to disk itself could not close a file whose write had failed (a full disk, ulimit -f): the job then ended in a
+    segmentation fault at exit, and the message named only the temporary file."""
+    import io
+
+    import h5py
+
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as handle:
+        yield handle
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buffer.getbuffer())
 
 
 @contextlib.contextmanager

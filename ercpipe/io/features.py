@@ -35,7 +35,7 @@ import numpy as np
 from ercpipe.errors import ErcpipeError
 from ercpipe.features import settings as extractor_settings
 from ercpipe.features.settings import IMPORTED, is_imported_setting
-from ercpipe.io.atomic import atomic_path
+from ercpipe.io.atomic import atomic_hdf5
 from ercpipe.io.filekind import file_kind
 
 FORMAT_VERSION = 1
@@ -382,20 +382,19 @@ def write(path: str | Path, fs: FeatureSet) -> None:
     attrs = dict(fs.attrs)
     settings = attrs.pop("settings", {})
     attrs.setdefault("setting_hash", settings_hash(settings))
-    with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("utterance_id", data=np.array(fs.utterance_ids, dtype=object), dtype=_STR)
-            chunk_rows = max(1, min(n, max(1, (1 << 20) // max(1, feats.shape[1] * 4))))
-            f.create_dataset("features", data=feats, chunks=(chunk_rows, feats.shape[1]) if n else None,
-                             compression="gzip" if n else None, compression_opts=4 if n else None,
-                             shuffle=bool(n))
-            f.create_dataset("present", data=present)
-            f.attrs["format_version"] = FORMAT_VERSION
-            f.attrs["dim"] = int(feats.shape[1])
-            f.attrs["settings"] = json.dumps(settings, sort_keys=True, default=str)
-            f.attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-            for key, value in attrs.items():
-                f.attrs[key] = json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else value
+    with atomic_hdf5(path) as f:
+        f.create_dataset("utterance_id", data=np.array(fs.utterance_ids, dtype=object), dtype=_STR)
+        chunk_rows = max(1, min(n, max(1, (1 << 20) // max(1, feats.shape[1] * 4))))
+        f.create_dataset("features", data=feats, chunks=(chunk_rows, feats.shape[1]) if n else None,
+                         compression="gzip" if n else None, compression_opts=4 if n else None,
+                         shuffle=bool(n))
+        f.create_dataset("present", data=present)
+        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["dim"] = int(feats.shape[1])
+        f.attrs["settings"] = json.dumps(settings, sort_keys=True, default=str)
+        f.attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        for key, value in attrs.items():
+            f.attrs[key] = json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else value
 
 
 def _unreadable(path: Path, err: Exception) -> str:

@@ -16,7 +16,7 @@ import numpy as np
 import soundfile as sf
 
 from ercpipe.errors import ErcpipeError
-from ercpipe.io.atomic import atomic_path
+from ercpipe.io.atomic import atomic_path, write_failed
 
 SAMPLE_RATE = 16000
 
@@ -284,7 +284,10 @@ def is_silent(signal: np.ndarray) -> bool:
 
 def write_wav(path: str | Path, signal: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
     with atomic_path(path) as tmp:
-        sf.write(str(tmp), np.asarray(signal, dtype=np.float32), sample_rate, subtype="PCM_16", format="WAV")
+        try:
+            sf.write(str(tmp), np.asarray(signal, dtype=np.float32), sample_rate, subtype="PCM_16", format="WAV")
+        except sf.LibsndfileError as err:  # a full disk is libsndfile's "System error."
+            raise write_failed(Path(path), tmp, err) from err
 
 
 def read_wav(path: str | Path) -> tuple[np.ndarray, int]:

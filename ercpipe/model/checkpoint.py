@@ -16,7 +16,7 @@ import torch
 from ercpipe.device import resolve_device
 from ercpipe.errors import ErcpipeError
 from ercpipe.io import features as feature_io
-from ercpipe.io.atomic import atomic_path
+from ercpipe.io.atomic import atomic_path, write_failed
 from ercpipe.model.batch import Dialogue
 from ercpipe.model.convert import our_key
 from ercpipe.model.sdt import ModelSpec, SDTVega, build_model
@@ -59,8 +59,6 @@ def save_torch(obj, path: str | Path) -> None:
     """torch.save, atomically (a killed job leaves the previous file or none, never half a file), the same bytes for
     the same tensors. A write that fails (a full disk, a file size limit) names the file and the free space;
     torch's own message is about its zip writer's position ("unexpected pos ...")."""
-    import shutil
-
     with atomic_path(path) as tmp:
         try:
             # Into an open file: given a path, torch names the archive's root folder after it (the temporary
@@ -68,11 +66,7 @@ def save_torch(obj, path: str | Path) -> None:
             with open(tmp, "wb") as handle:
                 torch.save(obj, handle)
         except (RuntimeError, OSError) as err:
-            written = tmp.stat().st_size if tmp.exists() else 0
-            free = shutil.disk_usage(tmp.parent).free
-            raise OSError(f"could not write {path}: the write stopped after {written / 2**20:.0f} MiB with "
-                          f"{free / 2**20:.0f} MiB free on its disk ({type(err).__name__}: {err}); free space or "
-                          "raise the file size limit (ulimit -f), then run again") from err
+            raise write_failed(Path(path), tmp, err) from err
 
 
 def load_checkpoint_file(path: str | Path) -> dict:
