@@ -270,6 +270,11 @@ def experiment_summary_sections(summary: dict) -> list[tuple[str, pd.DataFrame |
     if summary["paper_compat"]:
         note += (" <span class='warn'>paper-compat protocol: the epoch was chosen on the TEST split, as the "
                  "official code does; these test numbers are optimistic.</span>")
+    from ercpipe.train.aggregation import mixed_provenance_note
+
+    mixed = mixed_provenance_note(summary)
+    if mixed:
+        note += f" <span class='warn'>{html.escape(mixed[0].upper() + mixed[1:])}.</span>"
     sections = [("Overall", overall, note)]
     undefined = ("– : undefined in every run (recall and F1 of a class with no utterance in the split, "
                  "precision of a class never predicted); \"k of N runs\": defined in only k runs, averaged over them.")

@@ -7,6 +7,7 @@ above chance within a few CPU-seconds.
 """
 from __future__ import annotations
 
+import html
 import json
 import logging
 import os
@@ -828,7 +829,7 @@ def test_a_run_resumed_on_another_device_says_so_and_lists_both(dataset, tmp_pat
 
 # ------------------------------------------------------------------------------------------ aggregation
 
-def test_aggregate(vega_run, dataset, tmp_path):
+def test_aggregate(vega_run, dataset, tmp_path, caplog):
     second = tmp_path / "seed1"
     train(dataset, second, seed=1)
     # A seed trained with other settings (a job that outlived a killed Snakemake) is named, not averaged in.
@@ -865,8 +866,24 @@ def test_aggregate(vega_run, dataset, tmp_path):
                                np.mean([r["test"]["confusion"] for r in runs], axis=0))
     table = pd.read_csv(out / "summary.tsv", sep="\t")
     assert "valid.accuracy" in set(table["metric"])
+    assert summary["mixed_provenance"] == [] and summary["provenance"][1]["seed"] == 1
+    assert summary["provenance"][0]["ercpipe"] == runs[0]["versions"]["ercpipe"]
+    assert "not all trained alike" not in (out / "summary.html").read_text()
     with pytest.raises(Exception, match="has not finished"):
         aggregate([tmp_path / "missing"], out)
+    # A seed added after a `git pull`, with another thread count: averaged, and said (it used to be silent).
+    added = json.loads((second / "metrics.json").read_text())
+    added["versions"]["ercpipe"], added["threads"] = "0.1.0+gdeadbeef", 7
+    (second / "metrics.json").write_text(json.dumps(added))
+    with caplog.at_level(logging.WARNING, logger="ercpipe.train.aggregation"):
+        aggregate([vega_run[0], second], out, expected=resolve_experiment(TINY))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["mixed_provenance"] == ["ercpipe", "threads"]
+    said = (f"the seeds were not all trained alike: the ercpipe code (version and commit) "
+            f"({runs[0]['versions']['ercpipe']}: seed(s) 0; 0.1.0+gdeadbeef: seed(s) 1), the thread count "
+            f"({runs[0]['threads']}: seed(s) 0; 7: seed(s) 1); the mean mixes them")
+    assert said in caplog.text
+    assert html.escape("The" + said[3:]) in (out / "summary.html").read_text()
 
 
 def test_undefined_per_class_scores_are_none_and_summarised_over_the_runs_that_define_them():

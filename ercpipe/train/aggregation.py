@@ -121,7 +121,47 @@ def aggregate(run_dirs: Sequence[str | Path], out_dir: str | Path, expected: dic
     _plot_confusion(None if confusion is None else np.array(confusion), summary["classes"], len(runs),
                     _test_selected_note(runs), out_dir / "confusion.png")
     _plot_tsne(run_dirs, _test_selected_note(runs), out_dir / "tsne.png")
+    note = mixed_provenance_note(summary)
+    if note:
+        logger.warning("%s: %s", out_dir, note)
     logger.info("aggregated %d runs into %s", len(runs), out_dir)
+
+
+# What else a seed's numbers depend on, besides its settings and seed (metrics.json). Seeds that differ in them are
+# still averaged (each is a valid run), but the summary says so: a seed added after a `git pull` or on a machine
+# with another thread count joins a mean of seeds made otherwise, which re-running all of them would not give.
+PROVENANCE = {"ercpipe": "the ercpipe code (version and commit)", "torch": "torch", "threads": "the thread count",
+              "devices": "the device", "inputs": "the feature and anchor files' contents"}
+
+
+def _provenance(run: dict) -> dict:
+    versions = run.get("versions") or {}
+    return {"seed": run.get("seed"), "ercpipe": versions.get("ercpipe"), "torch": versions.get("torch"),
+            "threads": run.get("threads"), "devices": run.get("devices") or run.get("device"),
+            "inputs": run.get("inputs")}
+
+
+def mixed_provenance_note(summary: dict) -> str:
+    """One sentence naming what the seeds of a summary were made with differently ('' when nothing)."""
+    mixed = summary.get("mixed_provenance") or []
+    if not mixed:
+        return ""
+    parts = []
+    for key in mixed:
+        groups: dict[str, list] = {}
+        for p in summary["provenance"]:
+            value = p.get(key)
+            shown = "other contents" if key == "inputs" else (", ".join(map(str, value)) if isinstance(value, list)
+                                                              else str(value))
+            groups.setdefault(json.dumps(value, sort_keys=True) if key == "inputs" else shown, []).append(p["seed"])
+        if key == "inputs":
+            parts.append(f"{PROVENANCE[key]} ({len(groups)} versions: seeds "
+                         + "; ".join(", ".join(map(str, seeds)) for seeds in groups.values()) + ")")
+        else:
+            parts.append(f"{PROVENANCE[key]} (" + "; ".join(f"{value}: seed(s) {', '.join(map(str, seeds))}"
+                                                           for value, seeds in groups.items()) + ")")
+    return ("the seeds were not all trained alike: " + ", ".join(parts) + "; the mean mixes them (to compare "
+            "like with like, re-train the older seeds: --forcerun train_model, or delete their metrics.json)")
 
 
 def summarize_runs(runs: Sequence[dict], run_dirs: Sequence[str]) -> dict:
@@ -147,8 +187,11 @@ def summarize_runs(runs: Sequence[dict], run_dirs: Sequence[str]) -> dict:
                                 "n": int(len(values)), "values": values.tolist()}
     confusion = {split: np.mean([np.array(r[split]["confusion"], dtype=float) for r in runs], axis=0).tolist()
                  for split in ("valid", "test") if all(r.get(split) for r in runs)}
+    provenance = [_provenance(r) for r in runs]
+    mixed = [key for key in PROVENANCE if len({json.dumps(p.get(key), sort_keys=True) for p in provenance}) > 1]
     summary = {
         "n_runs": len(runs), "runs": [str(p) for p in run_dirs], "seeds": [r["seed"] for r in runs],
+        "provenance": provenance, "mixed_provenance": mixed,
         "classes": classes, "protocol": runs[0]["protocol"] | {"selected_epoch": None, "epochs_run": None},
         "paper_compat": runs[0]["protocol"]["paper_compat"],
         "std": "sample standard deviation over runs (ddof=1); 0 for a single run",
