@@ -132,8 +132,9 @@ def test_a_job_stopped_with_ctrl_c_says_so_in_its_log(tmp_path):
 
 
 def test_outputs_name_the_commit_of_the_code_and_whether_it_was_changed(tmp_path):
-    """ercpipe's version number is the same for every commit; the versions an output records carry the commit of
-    the checkout the job ran from, and ".modified" where its code (not the config) differs from it."""
+    """ercpipe's version number is the same for every commit; the versions an output records carry the last commit
+    of the checkout the job ran from that changed its code, and ".modified" where its code (not the config) differs
+    from it."""
     import shutil
     import subprocess
     import sys
@@ -159,6 +160,9 @@ def test_outputs_name_the_commit_of_the_code_and_whether_it_was_changed(tmp_path
     with open(project / "config.yaml", "a") as config:
         config.write("# a user's edit\n")
     assert recorded().endswith(f"+g{head}")  # the config is not the code
+    for command in (["add", "config.yaml"], ["commit", "-q", "-m", "the user's config"]):  # nor is its commit
+        subprocess.run([*git, *command], check=True, timeout=60)
+    assert recorded().endswith(f"+g{head}")
     with open(project / "ercpipe" / "labels.py", "a") as code:
         code.write("# a change to the code\n")
     assert recorded().endswith(f"+g{head}.modified")

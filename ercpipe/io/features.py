@@ -310,9 +310,12 @@ def package_versions(names: Iterable[str]) -> dict[str, str]:
 
 @functools.lru_cache(maxsize=1)
 def code_revision() -> str | None:
-    """The commit of the git checkout ercpipe runs from, with ".modified" where the pipeline's code (ercpipe,
-    workflow, scripts, envs, the Snakefile, new files there included; not config.yaml or data) differs from it;
-    None outside a git checkout or without git. ercpipe's version number alone is the same for every commit."""
+    """The last commit of the git checkout ercpipe runs from that changed the pipeline's code (ercpipe, workflow,
+    scripts, envs, the Snakefile; not config.yaml, docs or data), with ".modified" where that code differs from the
+    checkout's commit (new files there included); None outside a git checkout or without git. ercpipe's version
+    number alone is the same for every commit; a commit of one's config changes no code, so runs before and after
+    it record the same code (aggregation compares the seeds' records)."""
+    code = ["ercpipe", "workflow", "scripts", "envs", "Snakefile"]
     import ercpipe
 
     root = Path(ercpipe.__file__).resolve().parents[1]
@@ -320,11 +323,10 @@ def code_revision() -> str | None:
         return None
     try:
         git = ["git", "-C", str(root)]
-        commit = subprocess.run([*git, "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
-                                timeout=30, check=True).stdout.strip()
-        changed = subprocess.run([*git, "status", "--porcelain", "--untracked-files=normal", "--", "ercpipe", "workflow",
-                                  "scripts", "envs", "Snakefile"], capture_output=True, text=True, timeout=30,
-                                 check=True).stdout.strip()
+        commit = subprocess.run([*git, "log", "-1", "--format=%H", "HEAD", "--", *code], capture_output=True,
+                                text=True, timeout=30, check=True).stdout.strip()[:12]
+        changed = subprocess.run([*git, "status", "--porcelain", "--untracked-files=normal", "--", *code],
+                                 capture_output=True, text=True, timeout=30, check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return commit + (".modified" if changed else "") if commit else None
