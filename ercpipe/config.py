@@ -236,10 +236,22 @@ def reader_config(name: str, cfg: dict, without: Collection[str] = ()) -> dict:
 def one_spelling(path: str | os.PathLike) -> Path:
     """A path the config names, spelled one way: normalized, and an absolute path inside the working directory as
     the relative one. The params and manifests hold such paths (a root's media paths, a pickle input), so
-    root: /abs/project/raw/x, ./raw/x and raw/x must give the same rows and jobs (and re-run nothing)."""
+    root: /abs/project/raw/x, ./raw/x and raw/x must give the same rows and jobs (and re-run nothing). The working
+    directory may be spelled through a link too (`$PWD` on a cluster whose /home links to /gpfs/home: the system
+    gives the link's target as the working directory): a leading part of the path that is the working directory
+    counts as it."""
     path = Path(os.path.normpath(path))
-    if path.is_absolute() and path.is_relative_to(Path.cwd()):
-        return path.relative_to(Path.cwd())
+    if not path.is_absolute():
+        return path
+    cwd = Path.cwd()
+    if path.is_relative_to(cwd):
+        return path.relative_to(cwd)
+    for parent in path.parents:
+        try:
+            if os.path.samefile(parent, cwd):
+                return path.relative_to(parent)
+        except OSError:  # not there (a root that does not exist yet is reported elsewhere)
+            continue
     return path
 
 

@@ -235,10 +235,14 @@ def test_the_roots_written_as_absolute_paths_rerun_nothing(first_run, tmp_path):
     every shard's audio and faces."""
     workdir, configfile = first_run
     config = yaml.safe_load(configfile.read_text())
-    for dataset in config["datasets"].values():
-        dataset["root"] = str(workdir / dataset["root"])
-    result = snakemake(workdir, write_config(tmp_path, config, "absolute.yaml"), "-n")
-    assert "Nothing to be done" in result.stdout, result.stdout[-3000:]
+    link = tmp_path / "link"  # the project spelled through a link ($PWD where /home links to /gpfs/home)
+    link.symlink_to(workdir)
+    for base, name in ((workdir, "absolute.yaml"), (link, "linked.yaml")):
+        for dataset, original in zip(config["datasets"].values(),
+                                     yaml.safe_load(configfile.read_text())["datasets"].values()):
+            dataset["root"] = str(base / original["root"])
+        result = snakemake(workdir, write_config(tmp_path, config, name), "-n")
+        assert "Nothing to be done" in result.stdout, (name, result.stdout[-3000:])
 
 
 def test_removing_one_dialogues_files_reruns_only_the_shards_whose_rows_change(run_copy):
