@@ -127,6 +127,7 @@ def test_extract_shard_writes_features_and_records_absent_rows(audio_shard, spee
     assert set(absent) == {"d0_u2", "d1_u0", "d1_u1", "d1_u2"}
     assert fs.attrs["modality"] == "audio" and fs.attrs["extractor"] == "opensmile" and fs.attrs["model"] == "IS10"
     assert fs.attrs["versions"]["opensmile"] == "2.6.0"
+    assert fs.attrs["versions"]["av"] == __import__("av").__version__  # FFmpeg decoded and resampled the WAVs
 
 
 @needs_espeak

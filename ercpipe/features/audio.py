@@ -336,5 +336,5 @@ def extract_shard(manifest_path, settings: dict | None, out_path, *, threads: in
     feature_io.log_absent_summary("audio", absent, len(ids), logger)
     feature_io.write(out_path, feature_io.FeatureSet(ids, feats, present, {
         "modality": "audio", "extractor": "opensmile", "model": settings["feature_set"],
-        "settings": settings, "versions": feature_io.package_versions(["opensmile", "ercpipe"]),
+        "settings": settings, "versions": feature_io.package_versions(["opensmile", "av", "ercpipe"]),
         "absent": json.dumps(absent, sort_keys=True)}))
