@@ -129,7 +129,8 @@ def _labels_per_split(df: pd.DataFrame, classes: Sequence[str] | None) -> tuple[
     note = "Labelled utterances per class and split."
     for split, meaning in (("train", "no model can learn it"),
                            ("valid", "choosing the epoch (and a selection's candidate) on valid does not see it"),
-                           ("test", "its test F1 is not defined, and test scores say nothing about it")):
+                           ("test", "its test recall is not defined, and a test prediction of it is an error "
+                                    "(F1 0 where it is predicted, which lowers macro F1)")):
         absent = [c for c in order if counts.at[c, split] == 0] if split in counts else []
         if absent:
             note += f" <b>No {split} utterance of {', '.join(absent)}</b>: {meaning}."

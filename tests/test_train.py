@@ -827,6 +827,17 @@ def test_a_run_resumed_on_another_device_says_so_and_lists_both(dataset, tmp_pat
     assert again["devices"] == ["cpu, off (fp32)"] and "continues on" not in caplog.text
 
 
+def test_a_diverged_training_stops_naming_the_epoch_and_what_to_change(dataset, tmp_path):
+    """A learning rate far too high made every weight NaN; the run finished, kept the NaN model (every prediction
+    class 0, its accuracy reported as a result), and the aggregation then failed inside t-SNE."""
+    out = tmp_path / "diverged"
+    with pytest.raises(TrainingError, match=r"training diverged in epoch 1: \d+ weight tensor\(s\) became NaN or inf "
+                                            r"\(e\.g\. .*; mean training losses: .*nan.*\); lower train\.lr, set "
+                                            r"train\.grad_clip"):
+        train(dataset, out, {**TINY, "train": {**TINY["train"], "lr": 1e9, "optimizer": "sgd"}})
+    assert not (out / "model.pt").exists() and not (out / "metrics.json").exists()
+
+
 # ------------------------------------------------------------------------------------------ aggregation
 
 def test_aggregate(vega_run, dataset, tmp_path, caplog):

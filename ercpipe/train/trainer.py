@@ -523,6 +523,21 @@ class _StopSignals:
         return False
 
 
+def _check_finite_weights(model, epoch: int, row: dict) -> None:
+    """Stop a run whose weights became NaN or inf (a diverged training: a learning rate too high for the features'
+    scales). Its NaN model used to be kept and scored: every prediction class 0, its accuracy read as a result, and
+    the aggregation failing later in t-SNE. Checked once per epoch, on the weights rather than each step's loss
+    (no device sync per step; the fp16 loss scaler's skipped steps leave the weights finite)."""
+    bad = [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+    if bad:
+        losses = ", ".join(f"{k[len('train_'):]} {v:.4g}" for k, v in row.items() if k.startswith("train_"))
+        raise TrainingError(
+            f"training diverged in epoch {epoch}: {len(bad)} weight tensor(s) became NaN or inf (e.g. {bad[0]}; mean "
+            f"training losses: {losses}); lower train.lr, set train.grad_clip, or check the features' scales "
+            "(train.feature_norm: standardize); the last saved state is from before, and a changed setting starts "
+            "afresh")
+
+
 def _run_epoch(epoch, model, loss_fn, optimizer, scaler, scheduler, train_dialogues, select_batches, cfg, device,
                data, state, selection_split, paper_compat, spec, seed, feature_stats, previous_best=None) -> dict:
     """Train one epoch, score the selection split, update `state` (history, best epoch, early stopping).
@@ -531,6 +546,7 @@ def _run_epoch(epoch, model, loss_fn, optimizer, scaler, scheduler, train_dialog
     start = time.time()
     row = {"epoch": epoch}
     row.update(train_epoch(model, loss_fn, optimizer, scaler, scheduler, train_dialogues, cfg, device))
+    _check_finite_weights(model, epoch, row)
     result = run_eval(model, select_batches, device, train_cfg["amp"], loss_fn)
     metrics = split_metrics(result, data.classes)
     row.update(history_row(selection_split, metrics))
