@@ -99,13 +99,31 @@ def checkpoint_files(checkpoint: str | Path, seed: int | None = None) -> list[Pa
         seeds = list(member["seeds"])
         if seed is not None and seed not in seeds:
             raise InferenceError(f"{summary_path}: {name} ran seeds {seeds}, not {seed}")
-        files += [_project_path(run, member_path) / "model.pt" for s, run in zip(seeds, member["runs"])
-                  if seed is None or s == seed]
+        digests = member.get("run_metrics_sha256") or [None] * len(seeds)  # (absent before they were recorded)
+        for s, run, digest in zip(seeds, member["runs"], digests):
+            if seed is not None and s != seed:
+                continue
+            folder = _project_path(run, member_path)
+            _check_same_training(folder, digest, name, member_path)
+            files.append(folder / "model.pt")
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
         raise InferenceError(f"{summary_path} names run(s) without a model.pt: {missing[:3]}; run the workflow for "
                              "them again, or give one run's model.pt")
     return files
+
+
+def _check_same_training(run: Path, digest: str | None, name: str, summary_path: Path) -> None:
+    """A run a summary names must still be the training it summarised (its metrics.json's digest, recorded by the
+    aggregation): a seed trained again since (a killed re-run, a target of that experiment alone, changed settings)
+    was used silently in place of the one the selection had ranked."""
+    from ercpipe.io.digest import file_digest
+
+    metrics = run / "metrics.json"
+    if digest and metrics.is_file() and file_digest(metrics, len(digest)) != digest:
+        raise InferenceError(f"{run} was trained again after {summary_path} was written, so it is not the run "
+                             f"{name}'s results describe (its metrics.json changed); run Snakemake again to bring "
+                             f"{summary_path.parent} up to date, or give that run's model.pt itself")
 
 
 def _results_summary(path: Path) -> dict:

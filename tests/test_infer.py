@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -122,6 +123,18 @@ def test_a_results_folder_predicts_with_its_runs_and_a_selected_ensemble_as_the_
                                                    r"\(features/\{dataset\}/ or an import-pickle folder\), not a "
                                                    r"results folder's: --checkpoint takes a run's model.pt"):
         infer.checkpoint_files(workdir / "features/iemocap_demo")
+    # A seed trained again after the summary (a killed re-run, a target of the experiment alone) was used silently
+    # in place of the run the summary, or a selection copying it, had ranked.
+    copy = tmp_path / "project/results/iemocap_demo/iemocap_demo_sdt"
+    shutil.copytree(folder, copy)
+    assert json.loads((copy / "summary.json").read_text())["run_metrics_sha256"]
+    assert infer.checkpoint_files(copy) == [copy / f"seed{s}/model.pt" for s in seeds]
+    retrained = copy / f"seed{seeds[0]}/metrics.json"
+    retrained.write_text(retrained.read_text().replace('"seed"', '"seed" ', 1))
+    with pytest.raises(infer.InferenceError, match=rf"seed{seeds[0]} was trained again after .*iemocap_demo_sdt/"
+                                                   r"summary.json was written, so it is not the run iemocap_demo_sdt's "
+                                                   r"results describe .*run Snakemake again"):
+        infer.checkpoint_files(copy)
     (tmp_path / "cut").mkdir()
     (tmp_path / "cut/summary.json").write_text('{"seeds": [0],\n')
     with pytest.raises(infer.InferenceError, match=r"cut/summary.json cannot be read as JSON \(.*line 2.*\); it is "

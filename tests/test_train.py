@@ -897,6 +897,23 @@ def test_aggregate(vega_run, dataset, tmp_path, caplog):
     assert html.escape("The" + said[3:]) in (out / "summary.html").read_text()
 
 
+def test_keys_that_shape_no_training_neither_block_aggregation_nor_resume(tmp_path):
+    """model.clip_model (a check of the anchor file) is in a run's metrics.json but not in the job's params, which
+    aggregation compares it with: an experiment that set it could never be aggregated, and deleting the seed's
+    metrics.json as told re-trained it into the same refusal."""
+    from ercpipe.train.aggregation import _check_same_settings
+    from ercpipe.train.presets import without_non_training_keys
+    from ercpipe.train.trainer import training_config
+
+    configured = resolve_experiment({**TINY, "model": {**TINY["model"], "clip_model": "ViT-B-32"},
+                                     "train": {**TINY["train"], "checkpoint_every": 3}})
+    params = without_non_training_keys(configured)  # what the job's params (and aggregation's `expected`) hold
+    assert "clip_model" not in params["model"] and "clip_model" in configured["model"]
+    assert training_config(params) == training_config(configured)
+    runs = [{"config": configured}, {"config": configured}]
+    _check_same_settings([tmp_path / "seed0", tmp_path / "seed1"], runs, expected=params)
+
+
 def test_undefined_per_class_scores_are_none_and_summarised_over_the_runs_that_define_them():
     """A class with no test utterance used to score recall / F1 0 (and a never-predicted one precision 0), which
     pulled its mean towards 0 and read as a failure of the model."""

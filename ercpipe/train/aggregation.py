@@ -12,6 +12,7 @@ import pandas as pd
 
 from ercpipe.errors import ErcpipeError
 from ercpipe.io.atomic import atomic_path, write_json
+from ercpipe.io.digest import file_digest
 from ercpipe.io.features import flat_keys
 from ercpipe.report import experiment_summary_html, write_html
 from ercpipe.train.metrics import SCALAR_METRICS
@@ -112,6 +113,9 @@ def aggregate(run_dirs: Sequence[str | Path], out_dir: str | Path, expected: dic
     runs = [_read_run(p) for p in run_dirs]
     _check_same_settings(run_dirs, runs, expected)
     summary = summarize_runs(runs, [str(p) for p in run_dirs])
+    # Which trainings these are: a seed trained again later (a killed re-run, a partial target) leaves this summary,
+    # and a selection that copies it, describing models no longer there; predict compares (infer.checkpoint_files).
+    summary["run_metrics_sha256"] = [file_digest(p / "metrics.json") for p in run_dirs]
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "summary.json", summary)
     write_summary_table(summary["metrics"], out_dir / "summary.tsv")

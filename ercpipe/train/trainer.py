@@ -47,7 +47,7 @@ from ercpipe.train.data import DialogueData, batches, load_dialogues, mask_featu
 from ercpipe.scores import is_better
 from ercpipe.train.metrics import SCALAR_METRICS, classification_metrics, weighted_f1
 from ercpipe.runlog import job_end_time
-from ercpipe.train.presets import active_settings, inactive_keys, resolve_experiment
+from ercpipe.train.presets import active_settings, inactive_keys, resolve_experiment, without_non_training_keys
 
 logger = logging.getLogger(__name__)
 
@@ -609,10 +609,11 @@ def _last_payload(model, optimizer, scaler, scheduler, cfg, seed, state, device,
 
 def training_config(cfg: dict) -> dict:
     """The sections that shape the training, without the keys inactive under the others (presets.inactive_keys)
-    and train.checkpoint_every (it only says when the state is written)."""
+    and the NON_TRAINING_KEYS (when the state is written, which CLIP the anchors must come from): the run's
+    metrics.json holds those, the job's params do not, and aggregation compared the two (an experiment setting
+    model.clip_model could never be aggregated)."""
     out = {k: cfg.get(k) for k in ("preset", "model", "loss", "train")}
-    out["train"] = {k: v for k, v in (out["train"] or {}).items() if k != "checkpoint_every"}
-    return active_settings(out)
+    return active_settings(without_non_training_keys(out))
 
 
 def _resume(path: Path, best_path: Path, cfg, seed, model, optimizer, scaler, scheduler, device,
