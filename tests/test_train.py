@@ -825,6 +825,20 @@ def test_a_run_resumed_on_another_device_says_so_and_lists_both(dataset, tmp_pat
     with caplog.at_level(logging.INFO, logger="ercpipe.train.trainer"):
         again = train(dataset, tmp_path / "uninterrupted")
     assert again["devices"] == ["cpu, off (fp32)"] and "continues on" not in caplog.text
+    assert again["thread_counts"] == [1] and "continues with" not in caplog.text
+    # The thread count too: a run killed under --cores 3 and resumed under --cores 1 (marked here as well) was
+    # neither run, and metrics.json said 1 thread.
+    out = tmp_path / "threads"
+    kill_training_after(dataset, out, epoch=2)
+    last = torch.load(out / "last.pt", weights_only=True)
+    assert last["state"]["thread_counts"] == [1]
+    torch.save({**last, "state": {**last["state"], "thread_counts": [3]}}, out / "last.pt")
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="ercpipe.train.trainer"):
+        metrics = train(dataset, out)
+    assert (f"this run trained with 3 CPU thread(s) until epoch {last['state']['epoch']} and continues with 1: its "
+            "weights differ from an uninterrupted run with either" in caplog.text)
+    assert metrics["thread_counts"] == [3, 1] and metrics["threads"] == 1
 
 
 def test_a_diverged_training_stops_naming_the_epoch_and_what_to_change(dataset, tmp_path):
@@ -884,7 +898,7 @@ def test_aggregate(vega_run, dataset, tmp_path, caplog):
         aggregate([tmp_path / "missing"], out)
     # A seed added after a `git pull`, with another thread count: averaged, and said (it used to be silent).
     added = json.loads((second / "metrics.json").read_text())
-    added["versions"]["ercpipe"], added["threads"] = "0.1.0+gdeadbeef", 7
+    added["versions"]["ercpipe"], added["threads"], added["thread_counts"] = "0.1.0+gdeadbeef", 7, [7]
     (second / "metrics.json").write_text(json.dumps(added))
     with caplog.at_level(logging.WARNING, logger="ercpipe.train.aggregation"):
         aggregate([vega_run[0], second], out, expected=resolve_experiment(TINY))

@@ -141,7 +141,8 @@ PROVENANCE = {"ercpipe": "the ercpipe code (version and commit)", "torch": "torc
 def _provenance(run: dict) -> dict:
     versions = run.get("versions") or {}
     return {"seed": run.get("seed"), "ercpipe": versions.get("ercpipe"), "torch": versions.get("torch"),
-            "threads": run.get("threads"), "devices": run.get("devices") or run.get("device"),
+            "threads": run.get("thread_counts") or run.get("threads"),
+            "devices": run.get("devices") or run.get("device"),
             "inputs": run.get("inputs")}
 
 

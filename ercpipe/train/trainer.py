@@ -396,6 +396,17 @@ def run_training(manifest_path, feature_paths: dict, anchor_path, experiment: di
                        "uninterrupted run on either (metrics.json lists both)", before[-1], state["epoch"], here)
     if not before or before[-1] != here:
         before.append(here)
+    # The same for the thread count on a CPU (the sums' order follows it): a run killed under --cores 1 and resumed
+    # under --cores 2 is neither run.
+    counts = state.setdefault("thread_counts", [])
+    if device.type == "cpu":
+        threads_here = torch.get_num_threads()
+        if counts and counts[-1] != threads_here:
+            logger.warning("this run trained with %d CPU thread(s) until epoch %d and continues with %d: its weights "
+                           "differ from an uninterrupted run with either (metrics.json's thread_counts lists both)",
+                           counts[-1], state["epoch"], threads_here)
+        if not counts or counts[-1] != threads_here:
+            counts.append(threads_here)
 
     def save_state() -> None:
         save_torch(_last_payload(model, optimizer, scaler, scheduler, cfg, seed, state, device, identity, best),
@@ -716,6 +727,7 @@ def _finish(out_dir, cfg, data, seed, state, payload, device, selection_split, t
         },
         # CPU results are bit-identical at equal thread counts only (the products' summation order follows them)
         "classes": list(data.classes), "seed": seed, "device": str(device), "threads": torch.get_num_threads(),
+        "thread_counts": state.get("thread_counts", []),
         "devices": state.get("devices", []),
         # What the run read and ran, for a colleague who has only results/: each feature file's setting hash and
         # content digest, the labels' and the anchors' digests; the code's commit and the libraries.
