@@ -16,7 +16,7 @@ from ercpipe.datasets.build import build_manifest
 from ercpipe.datasets.media_prep import REPORT_NAME, write_utterance_audio
 from ercpipe.io import manifest as manifest_io
 from ercpipe.io import media
-from ercpipe.io.media import SAMPLE_RATE
+from ercpipe.io.media import SAMPLE_RATE, write_wav
 
 
 def write_clip(path: Path, seconds: float = 1.0, audio: bool = True, silent: bool = False) -> None:
@@ -451,3 +451,29 @@ def test_a_wav_write_that_runs_out_of_room_names_the_file(tmp_path):
     assert last.startswith(f"ercpipe.io.atomic.WriteFailedError: could not write {out}: the write stopped after 4 KiB"
                            " with "), last
     assert "LibsndfileError: System error." in last and list(out.parent.iterdir()) == []
+    # Another libsndfile error is not called a full disk.
+    with pytest.raises(sf.LibsndfileError, match="SF_INFO"):
+        write_wav(tmp_path / "bad_rate.wav", np.zeros(100, np.float32), sample_rate=0)
+
+
+def test_a_full_disk_while_cutting_utterance_audio_stops_the_job_naming_the_file(tmp_path):
+    """The pipeline's WAV cutting (rule utterance_audio) wrote through libsndfile unwrapped: a full disk gave
+    "System error." alone, and an ENOSPC there would have been recorded as the recording's corrupt_audio."""
+    source = tmp_path / "talk.wav"
+    sf.write(str(source), np.random.default_rng(0).uniform(-0.5, 0.5, 48000).astype(np.float32), 16000)
+    out = tmp_path / "wavs"
+    out.mkdir()
+    code = ("import math, resource, signal\n"
+            "from types import SimpleNamespace\n"
+            "from ercpipe.datasets.media_prep import utterance_audio\n"
+            "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192))\n"
+            f"row = SimpleNamespace(utterance_id='d0_u0', flags='', audio_path={str(source)!r}, audio_start=0.5, "
+            "audio_end=2.5)\n"
+            f"print(utterance_audio(row, __import__('pathlib').Path({str(out)!r})))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "corrupt_audio" not in result.stdout, (result.stdout, result.stderr[-1500:])
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"ercpipe.io.atomic.WriteFailedError: could not write {out / 'd0_u0.wav'}: the write "
+                           "stopped after"), last
+    assert list(out.iterdir()) == []

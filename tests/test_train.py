@@ -909,6 +909,14 @@ def test_aggregate(vega_run, dataset, tmp_path, caplog):
             f"({runs[0]['threads']}: seed(s) 0; 7: seed(s) 1); the mean mixes them")
     assert said in caplog.text
     assert html.escape("The" + said[3:]) in (out / "summary.html").read_text()
+    # Only what changes results counts: threads on a GPU, a GPU's index, one count written as a number (older runs).
+    from ercpipe.train.aggregation import _provenance
+
+    older, newer = {"device": "cpu", "threads": 1}, {"device": "cpu", "threads": 1, "thread_counts": [1]}
+    assert _provenance(older)["threads"] == _provenance(newer)["threads"] == [1]
+    gpus = [_provenance({"device": f"cuda:{k}", "threads": 4 * (k + 1), "devices": [f"cuda:{k} (H100), off (fp32)"]})
+            for k in (0, 1)]
+    assert gpus[0]["threads"] is None and gpus[0]["devices"] == gpus[1]["devices"] == ["cuda (H100), off (fp32)"]
 
 
 def test_keys_that_shape_no_training_neither_block_aggregation_nor_resume(tmp_path):

@@ -39,8 +39,10 @@ import soundfile as sf
 from tqdm.auto import tqdm
 
 from ercpipe.io import manifest as manifest_io
-from ercpipe.io.atomic import atomic_dir
-from ercpipe.io.media import SAMPLE_RATE, SILENCE_PEAK, MediaError, iter_audio, probe, require_readable
+from ercpipe.errors import DISK_FULL
+from ercpipe.io.atomic import WriteFailedError, atomic_dir, write_failed
+from ercpipe.io.media import (SAMPLE_RATE, SILENCE_PEAK, MediaError, iter_audio, probe, require_readable,
+                              sndfile_write_error)
 from ercpipe.runlog import worker_context
 
 logger = logging.getLogger(__name__)
@@ -73,7 +75,11 @@ def utterance_audio(row, out_dir: Path) -> tuple[str, str]:
         samples, peak, mean = stream_utterance_wav(row.audio_path, row.audio_start, row.audio_end, wav)
     except MediaError as err:
         return err.reason, str(err)
+    except WriteFailedError:  # the WAV could not be written (a full disk): the job's problem, not the recording's
+        raise
     except (OSError, ValueError, UnicodeDecodeError) as err:
+        if isinstance(err, OSError) and err.errno in DISK_FULL:
+            raise write_failed(wav, wav, err) from err
         # PyAV raises these (not FFmpegError) for some damaged containers and headers.
         return "corrupt_audio", f"{row.audio_path}: {type(err).__name__}: {err}"
     if samples == 0 or peak < SILENCE_PEAK:  # ercpipe.io.media.is_silent
@@ -145,14 +151,17 @@ def stream_utterance_wav(path, start: float | None, end: float | None, out_path:
 
     try:
         try:
-            for block in iter_audio(path, start, end, sample_rate):
-                pending.append(block)
-                if sum(x.size for x in pending) >= sample_rate:
-                    flush()
-            flush()
-        finally:
-            if sink is not None:
-                sink.close()
+            try:
+                for block in iter_audio(path, start, end, sample_rate):
+                    pending.append(block)
+                    if sum(x.size for x in pending) >= sample_rate:
+                        flush()
+                flush()
+            finally:
+                if sink is not None:
+                    sink.close()
+        except sf.LibsndfileError as err:  # only the sink is libsndfile's (PyAV decodes)
+            raise sndfile_write_error(Path(out_path), Path(out_path), err) from err
     except BaseException:
         Path(out_path).unlink(missing_ok=True)
         raise

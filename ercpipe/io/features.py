@@ -469,13 +469,15 @@ def same_kind(first: str, second: str) -> bool:
 def remove_merged_file(shard_path: str | Path, modality: str) -> None:
     """Remove the merged file a pipeline shard file feeds (features/{dataset}/{modality}/{setting}/shard{k}.h5 feeds
     features/{dataset}/{modality}/{setting}.h5) as its shard job starts; a path of another layout (predict's
-    working files) is left alone. A shard job runs when its setting, model files or inputs changed, so the
-    merged file is then out of date. If the job failed, Snakemake removed the shard, and the merged file stayed
-    (rule merge_features has no params): the next run planned neither the shard nor the merge (Snakemake does not
-    remake a missing input of an output that is there), so training stopped on the old features, and a target of
-    the features alone said "Nothing to be done"."""
+    working files, a library user's own) is left alone. A shard job runs when its setting, model files or inputs
+    changed, so the merged file is then out of date. If the job failed, Snakemake removed the shard, and the merged
+    file stayed (rule merge_features has no params): the next run planned neither the shard nor the merge (Snakemake
+    does not remake a missing input of an output that is there), so training stopped on the old features, and a
+    target of the features alone said "Nothing to be done"."""
     shard_path = Path(shard_path)
-    if not re.fullmatch(r"shard\d+\.h5", shard_path.name) or shard_path.parent.parent.name != modality:
+    parents = shard_path.parents
+    if not re.fullmatch(r"shard\d+\.h5", shard_path.name) or len(parents) < 4 or parents[1].name != modality \
+            or parents[3].name != "features":
         return
     merged = shard_path.parent.with_name(shard_path.parent.name + ".h5")
     try:

@@ -286,8 +286,18 @@ def write_wav(path: str | Path, signal: np.ndarray, sample_rate: int = SAMPLE_RA
     with atomic_path(path) as tmp:
         try:
             sf.write(str(tmp), np.asarray(signal, dtype=np.float32), sample_rate, subtype="PCM_16", format="WAV")
-        except sf.LibsndfileError as err:  # a full disk is libsndfile's "System error."
-            raise write_failed(Path(path), tmp, err) from err
+        except sf.LibsndfileError as err:
+            raise sndfile_write_error(Path(path), tmp, err) from err
+
+
+# libsndfile's code for a failed system call (a full disk, a file size limit: "System error.").
+SNDFILE_SYSTEM_ERROR = 2
+
+
+def sndfile_write_error(final: Path, tmp: Path, err: "sf.LibsndfileError") -> Exception:
+    """What to raise for libsndfile's error while writing `final`: its "System error." (which names no file) as
+    write_failed's message; any other error (a bad sample rate) as it is."""
+    return write_failed(final, tmp, err) if err.code == SNDFILE_SYSTEM_ERROR else err
 
 
 def read_wav(path: str | Path) -> tuple[np.ndarray, int]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -139,10 +140,16 @@ PROVENANCE = {"ercpipe": "the ercpipe code (version and commit)", "torch": "torc
 
 
 def _provenance(run: dict) -> dict:
+    """A run's PROVENANCE, normalised so that only differences that change results count: the thread count on a
+    CPU only (a GPU computes the same with any), as a list of the run's counts (older runs recorded one number),
+    and devices without a GPU's index (cuda:0 and cuda:1 of one kind compute alike)."""
     versions = run.get("versions") or {}
+    on_cpu = str(run.get("device", "cpu")).startswith("cpu")
+    threads = (run.get("thread_counts") or ([run["threads"]] if run.get("threads") is not None else None)) \
+        if on_cpu else None
+    devices = run.get("devices") or [run.get("device")]
     return {"seed": run.get("seed"), "ercpipe": versions.get("ercpipe"), "torch": versions.get("torch"),
-            "threads": run.get("thread_counts") or run.get("threads"),
-            "devices": run.get("devices") or run.get("device"),
+            "threads": threads, "devices": [re.sub(r"^cuda:\d+ ", "cuda ", str(d)) for d in devices],
             "inputs": run.get("inputs")}
 
 
