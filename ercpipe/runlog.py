@@ -93,6 +93,31 @@ def worker_context():
     return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
 
 
+def _is_snakemake(pid: int) -> bool:
+    """Whether process `pid` runs Snakemake (Linux: its command line)."""
+    try:
+        return b"snakemake" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def _snakemake_ancestor() -> int | None:
+    """The pid of the Snakemake this job runs under (the nearest ancestor running it; None elsewhere, or off
+    Linux): a job it still runs is no left-over of a killed one."""
+    pid = os.getppid()
+    for _ in range(8):  # snakemake -> a shell -> python: a few levels at most
+        if pid <= 1:
+            return None
+        if _is_snakemake(pid):
+            return pid
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return None
+        pid = int(stat.rsplit(")", 1)[1].split()[1])  # the field after the state: the parent's pid
+    return None
+
+
 @contextlib.contextmanager
 def only_run_of_this_job(log_path: str | os.PathLike) -> Iterator[None]:
     """Hold an exclusive lock beside the job's log file for the whole job, or refuse to start.
@@ -109,13 +134,22 @@ def only_run_of_this_job(log_path: str | os.PathLike) -> Iterator[None]:
         except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip() or "unknown pid"
+            starter = re.search(r"started by Snakemake pid (\d+) on (\S+)", holder)
+            if starter and starter.group(2) == socket.gethostname() and _is_snakemake(int(starter.group(1))):
+                raise JobAlreadyRunning(
+                    f"this job is already running ({holder}; lock {lock_path}), and the Snakemake that started it is "
+                    "still running: another Snakemake in this project runs it now (one started with --nolock, or "
+                    "two Snakemakes given overlapping targets); two copies would write the same outputs. Let it "
+                    "finish, then run Snakemake again") from None
             raise JobAlreadyRunning(
                 f"this job is already running ({holder}; lock {lock_path}), probably left over from a Snakemake that "
                 "was killed; it would overwrite this job's outputs when it ends. Stop it (kill PID on that host) or "
                 "let it finish, then run Snakemake again") from None
         handle.seek(0)
         handle.truncate()
-        handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        starter = _snakemake_ancestor()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}"
+                     + (f", started by Snakemake pid {starter} on {socket.gethostname()}" if starter else "") + "\n")
         handle.flush()
         yield
     finally:
@@ -186,8 +220,9 @@ def _keep_a_replaced_log(stream, log_path: str | os.PathLike) -> None:
     stream.flush()
     stream.seek(0)
     with open(log_path, "a", encoding="utf-8") as current:
-        current.write(f"--- below: the log of pid {os.getpid()}, a run of this job left over from an earlier "
-                      f"Snakemake, which went on after this file replaced its log ---\n{stream.read()}")
+        current.write(f"--- below: the log of pid {os.getpid()}, the run of this job that was already running when "
+                      "another copy was started (and refused, above), and went on after that replaced its log "
+                      f"file ---\n{stream.read()}")
 
 
 @contextlib.contextmanager

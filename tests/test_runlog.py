@@ -94,6 +94,37 @@ def test_a_second_run_of_a_job_still_running_stops_naming_the_first(tmp_path):
     assert "second run" in log.read_text()
 
 
+def test_a_job_run_by_a_snakemake_still_running_is_not_called_left_over(tmp_path):
+    """Under --nolock (or two Snakemakes with overlapping targets) the refusal said the running copy was probably
+    left over from a killed Snakemake and told the user to kill it: a healthy job of the other Snakemake."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import pytest
+
+    from ercpipe.runlog import JobAlreadyRunning
+
+    log = tmp_path / "logs" / "seed0.log"
+    job = ("import sys, time\nfrom ercpipe.runlog import rule_logging\n"
+           f"with rule_logging({str(log)!r}):\n    print('ready', file=sys.__stdout__, flush=True)\n    time.sleep(60)\n")
+    # A stand-in for Snakemake: a parent process whose command line names it, which runs the job and waits.
+    starter = subprocess.Popen(["bash", "-c", f'"{sys.executable}" -c "$1"; true', "snakemake", job],
+                               stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert starter.stdout.readline().strip() == "ready"
+        assert f"started by Snakemake pid {starter.pid} on " in (log.parent / ".seed0.log.lock").read_text()
+        with pytest.raises(JobAlreadyRunning, match=r"this job is already running \(pid \d+ on .*, started by "
+                                                    rf"Snakemake pid {starter.pid} on .*\), and the Snakemake that "
+                                                    r"started it is still running: .*--nolock.*Let it finish"):
+            with rule_logging(log):
+                raise AssertionError("the second run must not start")
+    finally:
+        os.killpg(starter.pid, signal.SIGKILL)
+        starter.wait()
+
+
 def test_temporaries_of_killed_writers_are_removed_by_the_next_write(tmp_path):
     """A killed job leaves its `.NAME.tmpPID` behind (a fine-tuned encoder, a training state of a GB); the pid in
     the name made the next run never find it."""
