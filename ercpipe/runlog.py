@@ -138,9 +138,9 @@ def only_run_of_this_job(log_path: str | os.PathLike) -> Iterator[None]:
             if starter and starter.group(2) == socket.gethostname() and _is_snakemake(int(starter.group(1))):
                 raise JobAlreadyRunning(
                     f"this job is already running ({holder}; lock {lock_path}), and the Snakemake that started it is "
-                    "still running: another Snakemake in this project runs it now (one started with --nolock, or "
-                    "two Snakemakes given overlapping targets); two copies would write the same outputs. Let it "
-                    "finish, then run Snakemake again") from None
+                    "still running: another Snakemake in this project runs it now (one started with --nolock, two "
+                    "Snakemakes given overlapping targets, or a cluster job's Snakemake); two copies would write the "
+                    "same outputs. Let it finish, then run Snakemake again") from None
             raise JobAlreadyRunning(
                 f"this job is already running ({holder}; lock {lock_path}), probably left over from a Snakemake that "
                 "was killed; it would overwrite this job's outputs when it ends. Stop it (kill PID on that host) or "
