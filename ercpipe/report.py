@@ -241,6 +241,36 @@ def _support(metric: dict | None) -> str:
     return "" if metric is None else f"{metric['mean']:.0f}"
 
 
+# What else a seed's numbers depend on, besides its settings and seed (metrics.json). Seeds that differ in them are
+# still averaged (each is a valid run), but the summary says so: a seed added after a `git pull` or on a machine
+# with another thread count joins a mean of seeds made otherwise, which re-running all of them would not give.
+PROVENANCE = {"ercpipe": "the ercpipe code (version and commit)", "torch": "torch", "threads": "the thread count",
+              "devices": "the device", "inputs": "the feature and anchor files' contents"}
+
+
+def mixed_provenance_note(summary: dict) -> str:
+    """One sentence naming what the seeds of a summary were made with differently ('' when nothing)."""
+    mixed = summary.get("mixed_provenance") or []
+    if not mixed:
+        return ""
+    parts = []
+    for key in mixed:
+        groups: dict[str, list] = {}
+        for p in summary["provenance"]:
+            value = p.get(key)
+            shown = "other contents" if key == "inputs" else (", ".join(map(str, value)) if isinstance(value, list)
+                                                              else str(value))
+            groups.setdefault(json.dumps(value, sort_keys=True) if key == "inputs" else shown, []).append(p["seed"])
+        if key == "inputs":
+            parts.append(f"{PROVENANCE[key]} ({len(groups)} versions: seeds "
+                         + "; ".join(", ".join(map(str, seeds)) for seeds in groups.values()) + ")")
+        else:
+            parts.append(f"{PROVENANCE[key]} (" + "; ".join(f"{value}: seed(s) {', '.join(map(str, seeds))}"
+                                                           for value, seeds in groups.items()) + ")")
+    return ("the seeds were not all trained alike: " + ", ".join(parts) + "; the mean mixes them (to compare "
+            "like with like, re-train the older seeds: --forcerun train_model, or delete their metrics.json)")
+
+
 def experiment_summary_html(summary: dict, title: str) -> str:
     """The aggregate of one experiment: overall metrics per split, per-class test metrics, the protocol."""
     return html_page(title, experiment_summary_sections(summary))
@@ -271,8 +301,6 @@ def experiment_summary_sections(summary: dict) -> list[tuple[str, pd.DataFrame |
     if summary["paper_compat"]:
         note += (" <span class='warn'>paper-compat protocol: the epoch was chosen on the TEST split, as the "
                  "official code does; these test numbers are optimistic.</span>")
-    from ercpipe.train.aggregation import mixed_provenance_note
-
     mixed = mixed_provenance_note(summary)
     if mixed:
         note += f" <span class='warn'>{html.escape(mixed[0].upper() + mixed[1:])}.</span>"

@@ -15,7 +15,7 @@ from ercpipe.errors import ErcpipeError
 from ercpipe.io.atomic import atomic_path, write_json
 from ercpipe.io.digest import file_digest
 from ercpipe.io.features import flat_keys
-from ercpipe.report import experiment_summary_html, write_html
+from ercpipe.report import PROVENANCE, experiment_summary_html, mixed_provenance_note, write_html
 from ercpipe.train.metrics import SCALAR_METRICS
 
 logger = logging.getLogger(__name__)
@@ -132,13 +132,6 @@ def aggregate(run_dirs: Sequence[str | Path], out_dir: str | Path, expected: dic
     logger.info("aggregated %d runs into %s", len(runs), out_dir)
 
 
-# What else a seed's numbers depend on, besides its settings and seed (metrics.json). Seeds that differ in them are
-# still averaged (each is a valid run), but the summary says so: a seed added after a `git pull` or on a machine
-# with another thread count joins a mean of seeds made otherwise, which re-running all of them would not give.
-PROVENANCE = {"ercpipe": "the ercpipe code (version and commit)", "torch": "torch", "threads": "the thread count",
-              "devices": "the device", "inputs": "the feature and anchor files' contents"}
-
-
 def _provenance(run: dict) -> dict:
     """A run's PROVENANCE, normalised so that only differences that change results count: the thread count on a
     CPU only (a GPU computes the same with any), as a list of the run's counts (older runs recorded one number),
@@ -151,29 +144,6 @@ def _provenance(run: dict) -> dict:
     return {"seed": run.get("seed"), "ercpipe": versions.get("ercpipe"), "torch": versions.get("torch"),
             "threads": threads, "devices": [re.sub(r"^cuda:\d+ ", "cuda ", str(d)) for d in devices],
             "inputs": run.get("inputs")}
-
-
-def mixed_provenance_note(summary: dict) -> str:
-    """One sentence naming what the seeds of a summary were made with differently ('' when nothing)."""
-    mixed = summary.get("mixed_provenance") or []
-    if not mixed:
-        return ""
-    parts = []
-    for key in mixed:
-        groups: dict[str, list] = {}
-        for p in summary["provenance"]:
-            value = p.get(key)
-            shown = "other contents" if key == "inputs" else (", ".join(map(str, value)) if isinstance(value, list)
-                                                              else str(value))
-            groups.setdefault(json.dumps(value, sort_keys=True) if key == "inputs" else shown, []).append(p["seed"])
-        if key == "inputs":
-            parts.append(f"{PROVENANCE[key]} ({len(groups)} versions: seeds "
-                         + "; ".join(", ".join(map(str, seeds)) for seeds in groups.values()) + ")")
-        else:
-            parts.append(f"{PROVENANCE[key]} (" + "; ".join(f"{value}: seed(s) {', '.join(map(str, seeds))}"
-                                                           for value, seeds in groups.items()) + ")")
-    return ("the seeds were not all trained alike: " + ", ".join(parts) + "; the mean mixes them (to compare "
-            "like with like, re-train the older seeds: --forcerun train_model, or delete their metrics.json)")
 
 
 def summarize_runs(runs: Sequence[dict], run_dirs: Sequence[str]) -> dict:
