@@ -579,14 +579,15 @@ def _check_visual_weights(weights: str | None, weights_source: str | None, proje
     if weights in (None, "random"):
         return
     from ercpipe.io.digest import file_digest
+    from ercpipe.io.features import feature_identity
 
     found = _found(weights, project, Path.is_file,
                    "visual features were made with the weights file {} (features.visual.*.weights)")
-    recorded = re.search(r"\(sha256 ([0-9a-f]+)\)$", weights_source or "")
-    if recorded and file_digest(found, len(recorded.group(1))) != recorded.group(1):
+    recorded = feature_identity({"weights_source": weights_source}).get("weights_sha256")
+    if recorded and file_digest(found, len(recorded)) != recorded:
         raise InferenceError(f"the weights file {found} is not the one the model's visual features were made with "
-                             f"(sha256 {recorded.group(1)} recorded, {file_digest(found, len(recorded.group(1)))} "
-                             "here); give the checkpoint the file it was trained with")
+                             f"(sha256 {recorded} recorded, {file_digest(found, len(recorded))} here); give the "
+                             "checkpoint the file it was trained with")
 
 
 def predict_conversation(checkpoint: str | Path, conversation: str | Path, out_path: str | Path | None = None,

@@ -460,10 +460,15 @@ def _merged_utterance_attrs(parts: Sequence[FeatureSet], manifest_ids: list[str]
     return out
 
 
+def device_kind(description: str) -> str:
+    """A device description (ercpipe.device.device_description: feature files' `computed_on`, a run's `devices`)
+    without the GPU's index: cuda:0 and cuda:1 of one model compute alike."""
+    return re.sub(r"^cuda:\d+ ", "cuda ", description)
+
+
 def same_kind(first: str, second: str) -> bool:
-    """Whether two device descriptions (ercpipe.device.device_description: feature files' `computed_on`, a run's
-    `devices`) name the same kind of device and precision: cuda:0 and cuda:1 of one model compute alike."""
-    return re.sub(r"^cuda:\d+ ", "cuda ", first) == re.sub(r"^cuda:\d+ ", "cuda ", second)
+    """Whether two device descriptions name the same kind of device and precision (device_kind)."""
+    return device_kind(first) == device_kind(second)
 
 
 def remove_merged_file(shard_path: str | Path, modality: str) -> None:

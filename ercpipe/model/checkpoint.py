@@ -145,16 +145,17 @@ def feature_expectations(model: SDTVega, checkpoint: str | Path | None = None) -
     for m in model.spec.modalities:
         source = (getattr(model, "feature_sources", None) or {}).get(m) or {}
         settings = source.get("settings") if isinstance(source.get("settings"), dict) else None
+        identity = feature_io.feature_identity(source)  # the model files' digests the training features recorded
         if feature_io.is_imported_setting(settings):
             # Imported from a pickle: no extractor of ours made them, so there is nothing to run again.
             fix = f"give the {m} file imported from the same pickle (ercpipe import-pickle) the model was trained on"
         else:
-            made = "that setting and model" if feature_io.feature_identity(source) else "that setting"
+            made = "that setting and model" if identity else "that setting"
             fix = (f"give the {m} file made with {made}, or extract it again with {made} "
                    "(ercpipe predict --conversation runs the checkpoint's extractors on raw media)")
         expected[m] = feature_io.Expectation(
             modality=m, settings=settings, setting_hash=source.get("setting_hash") or None,
-            dim=model.spec.input_dims.get(m), made_with=feature_io.feature_identity(source) or None,
+            dim=model.spec.input_dims.get(m), made_with=identity or None,
             source=f"the checkpoint {checkpoint}, trained on {trained_on(model, m)}", fix=fix)
     return expected
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import re
 from pathlib import Path
 from typing import Sequence
 
@@ -14,7 +13,7 @@ import pandas as pd
 from ercpipe.errors import ErcpipeError
 from ercpipe.io.atomic import atomic_path, write_json
 from ercpipe.io.digest import file_digest
-from ercpipe.io.features import flat_keys
+from ercpipe.io.features import device_kind, flat_keys
 from ercpipe.report import PROVENANCE, experiment_summary_html, mixed_provenance_note, write_html
 from ercpipe.train.metrics import SCALAR_METRICS
 
@@ -142,7 +141,7 @@ def _provenance(run: dict) -> dict:
         if on_cpu else None
     devices = run.get("devices") or [run.get("device")]
     return {"seed": run.get("seed"), "ercpipe": versions.get("ercpipe"), "torch": versions.get("torch"),
-            "threads": threads, "devices": [re.sub(r"^cuda:\d+ ", "cuda ", str(d)) for d in devices],
+            "threads": threads, "devices": [device_kind(str(d)) for d in devices],
             "inputs": run.get("inputs")}
 
 
