@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import errno
 
-__all__ = ["DISK_FULL", "ErcpipeError", "is_out_of_memory", "one_line"]
+__all__ = ["DISK_FULL", "MORE_MEMORY", "ErcpipeError", "is_out_of_memory", "one_line"]
 
 # A write that failed for want of room: a full disk, a file size limit (ulimit -f), a quota.
 DISK_FULL = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
@@ -46,6 +46,10 @@ def one_line(err: BaseException) -> str:
         else:
             out = f"{out}; {line}"
     return out
+
+
+# What to do when a job runs out of memory (is_out_of_memory), for the messages that say so.
+MORE_MEMORY = "give the job more memory (the rule's mem_mb resource, a cluster job's memory limit)"
 
 
 def is_out_of_memory(err: BaseException) -> bool:

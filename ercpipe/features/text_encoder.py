@@ -43,7 +43,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ercpipe.device import cuda_has_bf16, device_description, resolve_device
-from ercpipe.errors import is_out_of_memory
+from ercpipe.errors import MORE_MEMORY, is_out_of_memory
 from ercpipe.features import settings as settings_mod
 from ercpipe.features.interface import under_base
 from ercpipe.io import manifest as manifest_io
@@ -126,8 +126,7 @@ def load_tokenizer_and_model(model: str, kind: str = "encoder"):
     except Exception as err:  # noqa: BLE001 - a damaged weights file: SafetensorError, UnpicklingError, ...
         if is_out_of_memory(err):  # (MemoryError is an Exception): the files are fine
             raise MemoryError(f"cannot load text {kind} {model!r}: not enough memory for it ({type(err).__name__}: "
-                              f"{err}); give the job more memory (the rule's mem_mb resource, a cluster job's "
-                              "memory limit) or use a smaller model") from err
+                              f"{err}); {MORE_MEMORY} or use a smaller model") from err
         weights = [p.name for p in Path(path).glob("*.safetensors")] + [p.name for p in Path(path).glob("*.bin")] \
             if local else []
         raise OSError(f"cannot load text {kind} {model!r}: its files cannot be read ({type(err).__name__}: {err}); "

@@ -29,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ercpipe.device import device_description, resolve_device, rng_state, set_rng_state
-from ercpipe.errors import ErcpipeError, is_out_of_memory
+from ercpipe.errors import MORE_MEMORY, ErcpipeError, is_out_of_memory
 from ercpipe.io import features as feature_io
 from ercpipe.io import manifest as manifest_io
 from ercpipe.io.atomic import atomic_path, remove_stale_temporaries, write_json
@@ -637,9 +637,8 @@ def _resume(path: Path, best_path: Path, cfg, seed, model, optimizer, scaler, sc
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001
         if is_out_of_memory(err):  # the state is fine: deleting it would throw the epochs run away
-            raise MemoryError(f"{path} could not be loaded: not enough memory ({type(err).__name__}: {err}); give "
-                              "the job more memory (the rule's mem_mb resource, a cluster job's memory limit) and "
-                              "run again: training resumes from it") from err
+            raise MemoryError(f"{path} could not be loaded: not enough memory ({type(err).__name__}: {err}); "
+                              f"{MORE_MEMORY} and run again: training resumes from it") from err
         raise CheckpointError(f"{path} cannot be read ({type(err).__name__}: {err}); "
                               "delete it to start afresh") from err
     # Only what shapes the training must match; pipeline keys (e.g. the list of seeds) may change.
