@@ -22,8 +22,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
+import threading
 from pathlib import Path
 
 from ercpipe.config import NAME_PATTERN
@@ -279,24 +281,79 @@ def main(argv: list[str] | None = None) -> int:
         command_parser.error(f"--out {out} is a folder; give the path of a file to write")
     if out:
         _refuse_out_over_an_input(args, out, command_parser)
-    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    try:
-        args.run(args, command_parser)
-    except USER_ERRORS as err:
-        if args.debug:
-            raise
-        print(f"{parser.prog}: error: {one_line(err)}", file=sys.stderr)
-        return 2
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    with StopOnSigterm() as stop:
+        try:
+            args.run(args, command_parser)
+        except USER_ERRORS as err:
+            if args.debug:
+                raise
+            print(f"{parser.prog}: error: {one_line(err)}", file=sys.stderr)
+            return 2
+    if stop.received:  # it came as the command ended, too late to stop it: its outputs are complete
+        return 128 + stop.received
     return 0
 
 
-def _exit_on_sigterm(signum: int, frame) -> None:
-    # SIGTERM's default action ends the process where it is: no `finally` and no atexit, so predict's working
-    # folder (a copy of the user's conversation and its audio) and openSMILE's config folder stayed in /tmp.
-    print("ercpipe: stopped by SIGTERM", file=sys.stderr)
-    raise SystemExit(128 + signum)
+class StoppedBySignal(SystemExit):
+    """What StopOnSigterm raises: SystemExit, whose code (128 + the signal) is the process's exit status."""
+
+
+class StopOnSigterm:
+    """While a command runs, SIGTERM (`kill`, `timeout`, `scancel`) raises SystemExit(143) as Ctrl-C raises
+    KeyboardInterrupt, so that `finally` blocks and context managers clean up: SIGTERM's default action ends the
+    process where it is, and predict's working folder (a copy of the user's conversation and its audio) stayed in
+    the temporary folder.
+
+    A handler's exception can be lost: Python drops one raised while a `__del__` runs (printing "Exception
+    ignored"), and PyAV loses one raised while its resampler ends a frame. The command then went on, wrote its
+    output and exited 0 (4 of 22 stops during predict's audio stage). So the stop is asked again every RETRY_S
+    until the command has ended: a repeat that comes while the stop is being handled (a `finally`, an `__exit__`
+    on its way out) leaves that cleanup alone; one that comes where nothing handles it raises it again.
+    """
+
+    RETRY_S = 0.5
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._retry: threading.Timer | None = None
+
+    def __enter__(self) -> StopOnSigterm:
+        self._previous_handler = signal.signal(signal.SIGTERM, self._handle)
+        self._previous_hook = sys.unraisablehook
+        sys.unraisablehook = self._unraisable
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
+        signal.signal(signal.SIGTERM, self._previous_handler)
+        sys.unraisablehook = self._previous_hook
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.received is None:
+            print("ercpipe: stopped by SIGTERM", file=sys.stderr)
+        self.received = signum
+        self._retry = threading.Timer(self.RETRY_S, os.kill, (os.getpid(), signum))
+        self._retry.daemon = True
+        self._retry.start()
+        if not _is_handling_a_stop():
+            raise StoppedBySignal(128 + signum)
+
+    def _unraisable(self, unraisable) -> None:
+        # A stop dropped by Python is asked again (above); its "Exception ignored" message would only confuse.
+        if not (self.received and isinstance(unraisable.exc_value, StoppedBySignal)):
+            self._previous_hook(unraisable)
+
+
+def _is_handling_a_stop() -> bool:
+    """Whether the main thread is in a `finally`, `except` or `__exit__` that a StoppedBySignal (or an error
+    raised while it was handled) passes through."""
+    err = sys.exc_info()[1]
+    while err is not None:
+        if isinstance(err, StoppedBySignal):
+            return True
+        err = err.__context__
+    return False
 
 
 if __name__ == "__main__":

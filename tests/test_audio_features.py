@@ -393,3 +393,28 @@ def test_the_opensmile_stream_config_is_one_file_per_user_that_no_killed_job_lea
     assert [p.name for p in tmp_path.iterdir()] == [f"ercpipe-opensmile-{os.getuid()}"]
     assert (tmp_path / f"ercpipe-opensmile-{os.getuid()}" / "stream_source.conf.inc").read_text() == \
         audio._STREAM_SOURCE_CONF
+
+
+def test_a_stop_while_opensmile_finishes_ends_its_thread_first(tmp_path):
+    """The CLI's SIGTERM raises SystemExit wherever the main thread is, also while it waits for openSMILE's
+    thread to finish the buffered audio: that thread was left running, and the interpreter then aborted at exit
+    ("FATAL: exception not rethrown", status -6) instead of exiting 143. The raise is made to come in that wait."""
+    code = """
+import threading, numpy as np, opensmile
+from ercpipe.features import audio
+join = threading.Thread.join
+def interrupted_join(thread, *args, **kwargs):
+    if thread.name == "opensmile-run" and not getattr(thread, "interrupted", False):
+        thread.interrupted = True
+        raise SystemExit(143)
+    return join(thread, *args, **kwargs)
+threading.Thread.join = interrupted_join
+smile = opensmile.Smile(feature_set=opensmile.FeatureSet.IS10, feature_level=opensmile.FeatureLevel.Functionals)
+signal = np.random.default_rng(0).normal(0, 0.1, 16000 * 20).astype(np.float32)
+audio.functionals(smile, signal, 16000)
+print("not stopped")
+"""
+    for _ in range(3):
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 143, done.stderr[-2000:]
+        assert "not stopped" not in done.stdout and "FATAL" not in done.stderr

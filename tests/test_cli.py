@@ -293,3 +293,86 @@ def test_the_accuracy_printed_after_predict_is_per_split_when_several_are_predic
     assert _accuracy_note(frame) == "; accuracy on the labelled: valid 100.0% (2), test 33.3% (3)"
     assert _accuracy_note(frame[frame["split"] == "test"]) == "; accuracy on the 3 labelled: 33.3%"
     assert _accuracy_note(frame[frame["label"] == ""]) == ""
+
+
+
+_SIGNALLED_WHILE_COLLECTED = """
+class Signalled:
+    def __del__(self):
+        signal.raise_signal(signal.SIGTERM)
+        sum(range(1000))  # the handler runs here, inside __del__, whose exception Python drops
+
+Signalled()
+"""
+_SIGNALLED_IN_CODE_THAT_LOSES_IT = """
+try:
+    signal.raise_signal(signal.SIGTERM)
+    sum(range(1000))
+except BaseException:  # as PyAV's resampler loses one raised while it ends a frame
+    pass
+"""
+
+
+@pytest.mark.parametrize("lost", [_SIGNALLED_WHILE_COLLECTED, _SIGNALLED_IN_CODE_THAT_LOSES_IT],
+                         ids=["in_a_del", "in_a_library"])
+def test_a_sigterm_that_is_lost_still_stops_the_command(lost):
+    """The handler's exception raised while a `__del__` runs is dropped by Python, and PyAV loses one raised while
+    it ends a frame: predict went on, wrote its output and exited 0. The stop is asked again."""
+    code = "import signal, time\nfrom ercpipe.cli import StopOnSigterm\nwith StopOnSigterm():\n" + \
+        "".join(f"    {line}\n" for line in lost.strip().splitlines()) + \
+        "    for _ in range(300):\n        time.sleep(0.01)\n    print('went on')\n"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 143, done.stderr
+    assert "went on" not in done.stdout
+    assert done.stderr.count("stopped by SIGTERM") == 1 and "Exception ignored" not in done.stderr
+
+
+def test_the_repeated_stop_leaves_the_cleanup_of_the_first_alone():
+    """The stop is asked again until the command has ended; a repeat during the cleanup that the first one runs
+    (here 1.5 s, three repeats) does not interrupt it."""
+    code = """
+import signal, time
+from ercpipe.cli import StopOnSigterm
+with StopOnSigterm():
+    try:
+        signal.raise_signal(signal.SIGTERM)
+        sum(range(1000))
+    finally:
+        start = time.monotonic()
+        while time.monotonic() - start < 1.5:
+            sum(range(1000))
+        print("cleaned up")
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 143, done.stderr
+    assert done.stdout.split() == ["cleaned", "up"]
+
+
+def test_a_sigterm_as_the_command_ends_gives_its_status(tmp_path):
+    """A stop that comes too late to stop anything (dropped in the command's last frames) still sets the exit
+    status, as a scheduler's time limit must show, and its retry does not outlive the command; the outputs are
+    complete (written atomically)."""
+    code = """
+import signal, sys, time
+from pathlib import Path
+from ercpipe import cli
+
+class SignalledWhileCollected:
+    def __del__(self):
+        signal.raise_signal(signal.SIGTERM)
+        sum(range(1000))
+
+def write_then_signalled(args, parser):
+    Path(args.files[0]).write_text("done\\n")
+    SignalledWhileCollected()
+
+cli._check_config = write_then_signalled
+status = cli.main(["check-config", sys.argv[1]])
+time.sleep(1.0)  # past the retry's delay: it was cancelled
+print("status", status, signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)
+"""
+    out = tmp_path / "out.txt"
+    done = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["status", "143", "True"]
+    assert out.read_text() == "done\n"

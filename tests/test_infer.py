@@ -1,6 +1,7 @@
 """Inference: a trained checkpoint on the pipeline's feature files and on a new raw conversation."""
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import shutil
@@ -226,7 +227,10 @@ def test_a_conversation_stopped_by_sigterm_leaves_no_working_files(trained, tmp_
     tmp.mkdir()
     command = [str(Path(sys.executable).with_name("ercpipe")), "predict", "--checkpoint", str(trained["checkpoint"]),
                "--conversation", str(path), "--out", str(tmp_path / "out.tsv")]
-    process = subprocess.Popen(command, env={**os.environ, "TMPDIR": str(tmp)}, stderr=subprocess.PIPE, text=True)
+    # torch keeps its per-user cache folder in TMPDIR (made when transformers imports torch._dynamo) unless a
+    # process imported it before: this test's own may have, and its environment would carry the folder's path.
+    env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}
+    process = subprocess.Popen(command, env={**env, "TMPDIR": str(tmp)}, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     # Stopped once the conversation's audio is being cut: the working folder holds files, openSMILE is loaded.
     while not list(tmp.glob("ercpipe-infer-*/**/*.wav")) and process.poll() is None and time.monotonic() < deadline:
@@ -235,8 +239,10 @@ def test_a_conversation_stopped_by_sigterm_leaves_no_working_files(trained, tmp_
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 143, stderr[-2000:]
     assert "stopped by SIGTERM" in stderr
-    # openSMILE's config stays in its one folder per user (ercpipe.features.audio._stream_source_conf).
-    assert {p.name for p in tmp.iterdir()} <= {f"ercpipe-opensmile-{os.getuid()}"}
+    # openSMILE's config stays in its one folder per user (ercpipe.features.audio._stream_source_conf), and so
+    # does torch's cache folder.
+    kept = {f"ercpipe-opensmile-{os.getuid()}", f"torchinductor_{getpass.getuser()}"}
+    assert {p.name for p in tmp.iterdir()} <= kept
     assert not (tmp_path / "out.tsv").exists()
 
 

@@ -173,12 +173,15 @@ def _stream_functionals(smile: opensmile.Smile, blocks, sample_rate: int) -> np.
                                        "stays full); stopped")
                 time.sleep(0.002)
         native.external_audio_source_set_eoi(source)
+        # Inside the `try`: an exception while waiting (the CLI's SIGTERM handler raises one) must not leave
+        # openSMILE running in its daemon thread, which aborted the interpreter at exit ("FATAL: exception not
+        # rethrown": the thread is unwound through openSMILE's C++ frames).
+        runner.join()
     except BaseException:
         native.abort()
         runner.join()
         native.free()
         raise
-    runner.join()
     native.free()
     if failure:
         raise failure[0]
