@@ -69,6 +69,28 @@ def test_another_dev_metric_can_choose(tmp_path):
     assert select_experiment(paths, tmp_path / "sel", metric="valid.macro_f1") == "b"
 
 
+def test_candidates_of_different_seeds_are_ranked_with_a_warning(tmp_path, caplog):
+    """One seed's dev score against the mean of three: the lone seed varies more and wins by chance more often,
+    and the means are not paired; it is said in the log, summary.json and on the page."""
+    paths = {"three": write_summary(tmp_path, "three", valid=[60.0, 59.0, 61.0], test=[60.0, 59.0, 61.0]),
+             "one": write_summary(tmp_path, "one", valid=[62.0], test=[58.0])}
+    with caplog.at_level("WARNING"):
+        assert select_experiment(paths, tmp_path / "sel") == "one"
+    assert "the candidates ran different seeds (three [0, 1, 2]; one [0])" in caplog.text
+    published = json.loads((tmp_path / "sel" / "summary.json").read_text())
+    assert published["selection"]["unequal_seeds"] == {"three": [0, 1, 2], "one": [0]}
+    assert "The candidates ran different seeds</b> (three [0, 1, 2]; one [0])" in \
+        (tmp_path / "sel" / "summary.html").read_text()
+    # The same seeds in another order are the same seeds.
+    caplog.clear()
+    summary = json.loads(paths["one"].read_text())
+    paths["one"].write_text(json.dumps(summary | {"seeds": [2, 0, 1], "runs": summary["runs"] * 3}))
+    with caplog.at_level("WARNING"):
+        select_experiment(paths, tmp_path / "sel2")
+    assert "different seeds" not in caplog.text
+    assert json.loads((tmp_path / "sel2" / "summary.json").read_text())["selection"]["unequal_seeds"] is None
+
+
 def test_a_tie_goes_to_the_candidate_listed_first(tmp_path):
     paths = {"late": write_summary(tmp_path, "late", valid=[60.0, 61.0], test=[1.0]),
              "early": write_summary(tmp_path, "early", valid=[61.0, 60.0], test=[2.0])}

@@ -94,6 +94,7 @@ def select_experiment(summary_paths: Mapping[str, str | Path], out_dir: str | Pa
     classes = {json.dumps(s["classes"]) for s in summaries.values()}
     if len(classes) != 1:
         raise SelectionError(f"the candidates {list(summaries)} predict different classes {sorted(classes)}")
+    unequal_seeds = _unequal_seeds(out_dir, summaries)
     ranking = rank_candidates(summaries, metric)
     ensembles: dict[str, dict] = {}
     sizes = ensemble_sizes(ensemble, len(summaries))
@@ -127,7 +128,7 @@ def select_experiment(summary_paths: Mapping[str, str | Path], out_dir: str | Pa
                  "ensembles": {name: {**e["ensemble"], "summaries": [str(summary_paths[m]) for m in
                                                                      e["ensemble"]["members"]]}
                                for name, e in ensembles.items()},
-                 "skipped": list(skipped or [])}
+                 "skipped": list(skipped or []), "unequal_seeds": unequal_seeds}
     _write_predictions(out_dir / "predictions", summaries, chosen, ensembles, predictions)
     write_json(out_dir / "summary.json", {**summaries[chosen], "selection": selection})
     write_summary_table(summaries[chosen]["metrics"], out_dir / "summary.tsv")
@@ -135,6 +136,18 @@ def select_experiment(summary_paths: Mapping[str, str | Path], out_dir: str | Pa
     logger.info("selection %s: %s chosen by %s (%s)", out_dir.name, chosen, metric,
                 ", ".join(f"{r['experiment']} {r['mean']:.2f}" for r in ranking))
     return chosen
+
+
+def _unequal_seeds(out_dir, summaries: Mapping[str, dict]) -> dict[str, list[int]] | None:
+    """Each candidate's seeds when they differ (else None), with a warning: the means are then not paired, and a
+    candidate of fewer seeds varies more, so it comes out best by chance more often."""
+    seeds = {name: list(summary.get("seeds") or []) for name, summary in summaries.items()}
+    if len({tuple(sorted(s)) for s in seeds.values()}) == 1:
+        return None
+    logger.warning("selection %s: the candidates ran different seeds (%s); their dev means are not compared seed "
+                   "for seed, and one of fewer seeds wins by chance more often; give every candidate the same "
+                   "`seeds`", Path(out_dir).name, "; ".join(f"{name} {s}" for name, s in seeds.items()))
+    return seeds
 
 
 def _write_predictions(folder: Path, summaries: Mapping[str, dict], chosen: str, ensembles: Mapping[str, dict],
@@ -169,6 +182,10 @@ def _selection_html(name: str, chosen_summary: dict, table: pd.DataFrame, select
         if selection["chosen"] in selection["ensembles"]:
             members = selection["ensembles"][selection["chosen"]]["members"]
             note += f" The chosen one averages {html.escape(', '.join(members))}."
+    if selection["unequal_seeds"]:
+        note += (" <b>The candidates ran different seeds</b> (" + html.escape("; ".join(
+            f"{name} {seeds}" for name, seeds in selection["unequal_seeds"].items())) + "): their means are not "
+            "compared seed for seed, and one of fewer seeds comes out best by chance more often.")
     for left_out in selection["skipped"]:
         note += f" Left out: class_weights {html.escape(left_out['class_weights'])} ({html.escape(left_out['reason'])})."
     # Scores in percent to two decimals, as the summaries below show them (selection.tsv keeps four).
