@@ -294,10 +294,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-class StoppedBySignal(SystemExit):
-    """What StopOnSigterm raises: SystemExit, whose code (128 + the signal) is the process's exit status."""
-
-
 class StopOnSigterm:
     """While a command runs, SIGTERM (`kill`, `timeout`, `scancel`) raises SystemExit(143) as Ctrl-C raises
     KeyboardInterrupt, so that `finally` blocks and context managers clean up: SIGTERM's default action ends the
@@ -315,6 +311,7 @@ class StopOnSigterm:
 
     def __init__(self) -> None:
         self.received: int | None = None
+        self._raised: list[SystemExit] = []  # the stops raised so far (one, unless some were lost)
         self._retry: threading.Timer | None = None
 
     def __enter__(self) -> StopOnSigterm:
@@ -336,24 +333,27 @@ class StopOnSigterm:
         self._retry = threading.Timer(self.RETRY_S, os.kill, (os.getpid(), signum))
         self._retry.daemon = True
         self._retry.start()
-        if not _is_handling_a_stop():
-            raise StoppedBySignal(128 + signum)
+        if not self._is_handling_a_stop():
+            self._raised.append(SystemExit(128 + signum))
+            raise self._raised[-1]
+
+    def _is_stop(self, err: BaseException | None) -> bool:
+        return any(err is stop for stop in self._raised)
+
+    def _is_handling_a_stop(self) -> bool:
+        """Whether the main thread is in a `finally`, `except` or `__exit__` that a stop (or an error raised while
+        it was handled) passes through."""
+        err = sys.exc_info()[1]
+        while err is not None:
+            if self._is_stop(err):
+                return True
+            err = err.__context__
+        return False
 
     def _unraisable(self, unraisable) -> None:
         # A stop dropped by Python is asked again (above); its "Exception ignored" message would only confuse.
-        if not (self.received and isinstance(unraisable.exc_value, StoppedBySignal)):
+        if not self._is_stop(unraisable.exc_value):
             self._previous_hook(unraisable)
-
-
-def _is_handling_a_stop() -> bool:
-    """Whether the main thread is in a `finally`, `except` or `__exit__` that a StoppedBySignal (or an error
-    raised while it was handled) passes through."""
-    err = sys.exc_info()[1]
-    while err is not None:
-        if isinstance(err, StoppedBySignal):
-            return True
-        err = err.__context__
-    return False
 
 
 if __name__ == "__main__":
