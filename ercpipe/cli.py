@@ -313,6 +313,7 @@ class StopOnSigterm:
         self.received: int | None = None
         self._raised: list[SystemExit] = []  # the stops raised so far (one, unless some were lost)
         self._retry: threading.Timer | None = None
+        self._closed = False
 
     def __enter__(self) -> StopOnSigterm:
         self._previous_handler = signal.signal(signal.SIGTERM, self._handle)
@@ -321,6 +322,9 @@ class StopOnSigterm:
         return self
 
     def __exit__(self, *exc) -> None:
+        # Closed before the handler goes: a repeat that comes meanwhile starts no further one, which would find
+        # SIGTERM's default action back and end the process (status -15) after the command returned.
+        self._closed = True
         if self._retry is not None:
             self._retry.cancel()
         signal.signal(signal.SIGTERM, self._previous_handler)
@@ -330,12 +334,17 @@ class StopOnSigterm:
         if self.received is None:
             print("ercpipe: stopped by SIGTERM", file=sys.stderr)
         self.received = signum
-        self._retry = threading.Timer(self.RETRY_S, os.kill, (os.getpid(), signum))
-        self._retry.daemon = True
-        self._retry.start()
+        if not self._closed:
+            self._retry = threading.Timer(self.RETRY_S, self._ask_again, (signum,))
+            self._retry.daemon = True
+            self._retry.start()
         if not self._is_handling_a_stop():
             self._raised.append(SystemExit(128 + signum))
             raise self._raised[-1]
+
+    def _ask_again(self, signum: int) -> None:
+        if not self._closed:
+            os.kill(os.getpid(), signum)
 
     def _is_stop(self, err: BaseException | None) -> bool:
         return any(err is stop for stop in self._raised)

@@ -231,10 +231,11 @@ def test_a_conversation_stopped_by_sigterm_leaves_no_working_files(trained, tmp_
     # process imported it before: this test's own may have, and its environment would carry the folder's path.
     env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}
     process = subprocess.Popen(command, env={**env, "TMPDIR": str(tmp)}, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 600
     # Stopped once the conversation's audio is being cut: the working folder holds files, openSMILE is loaded.
     while not list(tmp.glob("ercpipe-infer-*/**/*.wav")) and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
+    assert process.poll() is None and time.monotonic() < deadline, "no WAV appeared while predict ran"
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 143, stderr[-2000:]
