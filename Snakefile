@@ -56,6 +56,7 @@ report: "workflow/report/workflow.rst"
 
 onstart:
     check_cluster_tools()
+    check_interpreter_path()
 
 
 # `all` only collects targets; everything else is a real job (sbatch on a cluster).

@@ -418,3 +418,39 @@ print("not stopped")
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
         assert done.returncode == 143, done.stderr[-2000:]
         assert "not stopped" not in done.stdout and "FATAL" not in done.stderr
+
+
+def test_a_temporary_folder_named_in_other_letters_gives_the_same_features(tmp_path):
+    """openSMILE reads its options as ASCII, and its streaming config lives in the temporary folder: TMPDIR=/tmp/é
+    stopped every audio job with a UnicodeEncodeError from inside opensmile. An ASCII system folder is used then."""
+    code = """
+import numpy as np
+from ercpipe.features import audio
+signal = np.random.default_rng(0).normal(0, 0.1, 16000 * 2).astype(np.float32)
+values = audio.functionals(audio.make_smile({}), signal, 16000)
+print(audio._stream_source_conf()); np.save(__import__("sys").argv[1], values)
+"""
+    results = {}
+    for name in ("plain", "tmp é"):
+        (tmp_path / name).mkdir()
+        done = subprocess.run([sys.executable, "-c", code, str(tmp_path / f"{name}.npy")], capture_output=True,
+                              text=True, env={**os.environ, "TMPDIR": str(tmp_path / name)}, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        results[name] = done.stdout.strip(), np.load(tmp_path / f"{name}.npy")
+    assert results["plain"][0].startswith(str(tmp_path / "plain"))
+    assert results["tmp é"][0].isascii() and results["tmp é"][0].endswith(f"ercpipe-opensmile-{os.getuid()}/"
+                                                                          "stream_source.conf.inc")
+    np.testing.assert_array_equal(results["plain"][1], results["tmp é"][1])
+
+
+def test_opensmile_installed_under_other_letters_is_named_as_the_cause(tmp_path):
+    """The same limit for openSMILE's own config files: an environment at /home/x/Émotions/.venv failed with
+    "'ascii' codec can't encode character" alone. The message names the folder and how to install elsewhere."""
+    package = tmp_path / "envé" / "opensmile"
+    shutil.copytree(Path(audio.opensmile.__file__).parent, package)
+    code = "from ercpipe.features import audio; audio.make_smile({})"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(package.parent), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 1
+    assert f"OpenSmilePathError: openSMILE reads only paths of ASCII characters, and its config files are under " \
+           f"{package}; install the environment at such a path" in done.stderr

@@ -704,6 +704,28 @@ def test_csv_dataset_without_root_runs(tmp_path):
     assert "failed: DeviceError: use_gpu is true but this job sees no usable GPU" in log.read_text()
 
 
+def test_an_interpreter_at_a_path_the_shell_splits_is_refused_before_any_job(tmp_path):
+    """Snakemake runs a job's script with its interpreter's path unquoted: a venv inside a project folder named
+    with a space made every job fail with "/tmp/my: No such file or directory". Said once, before any job; a dry
+    run (no script) is not refused."""
+    _csv_dataset(tmp_path)
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump(CSV_CONFIG))
+    venv = tmp_path / "my project" / ".venv"
+    venv.parent.mkdir()
+    venv.symlink_to(Path(sys.executable).parent.parent)
+    python = venv / "bin" / Path(sys.executable).name
+    command = [str(python), "-m", "snakemake", "--cores", "1", "--until", "build_manifest", "--configfile", str(cfg),
+               "-d", str(tmp_path), "-s", str(REPO / "Snakefile")]
+    result = subprocess.run([*command, "-n"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "build_manifest" in result.stdout, result.stderr[-3000:]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert (f"Snakemake runs every job's script with this Python, {python}, whose path it does not quote"
+            in result.stderr), result.stderr[-3000:]
+    assert "No such file or directory" not in result.stderr and not (tmp_path / "features").exists()
+
+
 def test_two_classes_spelling_one_emotion_cannot_share_an_anchor_set(tmp_path):
     """'joy' and 'happy' both read as happy: the VEGA branch got the same anchors for both, with no word."""
     _csv_dataset(tmp_path)

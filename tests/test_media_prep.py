@@ -371,6 +371,24 @@ def test_a_recording_under_a_wav_name_in_another_format_is_judged_by_decoding(tm
     assert not probe(tmp_path / "text.wav").decodable
 
 
+@pytest.mark.parametrize("project", ["plain", "it's $x é"])
+def test_a_damaged_file_is_described_the_same_wherever_the_project_is(tmp_path, monkeypatch, project):
+    """The detail names the file as the dataset gives it (relative), in the same words whatever the project's
+    folder: PyAV quotes the absolute path with repr, which took double quotes under a folder with a ', and the
+    relative path was then left in them (issues.tsv differed between two copies of one project)."""
+    from ercpipe.io.media import probe
+
+    folder = tmp_path / project
+    (folder / "clips").mkdir(parents=True)
+    (folder / "clips" / "bad.mp4").write_bytes(b"not a video at all" * 50)
+    monkeypatch.chdir(folder)
+    info = probe(Path("clips/bad.mp4"))
+    assert not info.decodable
+    assert info.error.startswith("InvalidDataError: [Errno 1094995529] Invalid data found when processing input: "
+                                 "'clips/bad.mp4'"), info.error
+    assert str(tmp_path) not in info.error
+
+
 def test_a_recording_beyond_full_scale_or_off_its_zero_line_is_said_in_the_report(tmp_path):
     """A float WAV louder than full scale was clipped in the 16-bit WAV, and a DC offset changed the energy
     features more than any lossy codec, both reported as plain ok."""

@@ -44,6 +44,7 @@ from opensmile.core.lib import OpenSMILE
 from tqdm.auto import tqdm
 
 from ercpipe.datasets.media_prep import REPORT_NAME
+from ercpipe.errors import ErcpipeError
 from ercpipe.features import settings as settings_mod
 from ercpipe.features.interface import NO_CONTEXT, ExtractionContext
 from ercpipe.io import features as feature_io
@@ -68,8 +69,19 @@ def feature_dim(settings: dict | None) -> int:
     return FEATURE_SETS[audio_settings(settings)["feature_set"]][1]
 
 
+class OpenSmilePathError(ErcpipeError, OSError):
+    """openSMILE was to read a path that is not ASCII: it encodes its options and its config file's path as ASCII
+    (a UnicodeEncodeError from inside opensmile was all one saw)."""
+
+
 def make_smile(settings: dict) -> opensmile.Smile:
     settings = audio_settings(settings)
+    package = Path(opensmile.__file__).parent
+    if not str(package).isascii():
+        raise OpenSmilePathError(
+            f"openSMILE reads only paths of ASCII characters, and its config files are under {package}; install "
+            "the environment at such a path (`make venv VENV=/path/to/venv`, or `snakemake --use-conda "
+            "--conda-prefix /path/to/envs`)")
     return opensmile.Smile(FEATURE_SETS[settings["feature_set"]][0], LEVELS[settings["level"]])
 
 
@@ -119,7 +131,7 @@ def _stream_source_conf() -> Path:
     global _conf_path
     with _conf_lock:
         if _conf_path is None or not _conf_path.is_file():
-            folder = Path(tempfile.gettempdir()) / f"ercpipe-opensmile-{os.getuid()}"
+            folder = _ascii_temp_folder() / f"ercpipe-opensmile-{os.getuid()}"
             folder.mkdir(mode=0o700, exist_ok=True)
             if folder.is_symlink() or folder.stat().st_uid != os.getuid():
                 folder = Path(tempfile.mkdtemp(prefix="ercpipe-opensmile-"))
@@ -128,6 +140,19 @@ def _stream_source_conf() -> Path:
                 write_text(path, _STREAM_SOURCE_CONF)
             _conf_path = path
         return _conf_path
+
+
+def _ascii_temp_folder() -> Path:
+    """The temporary folder, or where it is not all ASCII (openSMILE reads its options as ASCII: TMPDIR=/tmp/é
+    stopped every audio job), the first ASCII system one that can be written."""
+    folder = Path(tempfile.gettempdir())
+    if str(folder).isascii():
+        return folder
+    for candidate in (Path("/tmp"), Path("/var/tmp"), Path("/dev/shm")):
+        if candidate.is_dir() and os.access(candidate, os.W_OK | os.X_OK):
+            return candidate
+    raise OpenSmilePathError(f"openSMILE reads only paths of ASCII characters, and the temporary folder is {folder} "
+                             "(TMPDIR); set TMPDIR to a folder whose path is ASCII")
 
 
 def _stream_functionals(smile: opensmile.Smile, blocks, sample_rate: int) -> np.ndarray:

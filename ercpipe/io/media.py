@@ -131,8 +131,11 @@ def probe(path: str | Path) -> MediaInfo:
             return MediaInfo(str(path), True, False, False, False, duration, f"its {kind} track holds no frame")
     except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as err:
         # FFmpeg names the absolute path it was given; the path as the dataset gives it reads the same anywhere.
-        return MediaInfo(str(path), True, False, False, False, 0.0,
-                         f"{type(err).__name__}: {str(err).replace(_local(path), str(path))}")
+        # PyAV quotes it with repr, whose quote marks depend on the path (a project folder named with a ' gets
+        # double quotes): the quoted forms are swapped first, so the text does not depend on where the project is.
+        local, given = _local(path), str(path)
+        detail = str(err).replace(repr(local), repr(given)).replace(local, given)
+        return MediaInfo(str(path), True, False, False, False, 0.0, f"{type(err).__name__}: {detail}")
     if cut:
         return MediaInfo(str(path), True, False, has_audio, has_video, duration, cut)
     return MediaInfo(str(path), True, True, has_audio, has_video, duration)

@@ -2,7 +2,9 @@
 import collections
 import functools
 import re
+import shlex
 import shutil
+import sys
 from pathlib import Path
 
 import snakemake.report
@@ -681,3 +683,21 @@ def check_cluster_tools():
         raise WorkflowError("the slurm executor (--profile profiles/slurm) submits every job with sbatch, which is "
                             "not on this machine's PATH: run Snakemake on the cluster's login node, or run "
                             "locally without the profile (--cores N)")
+
+
+def check_interpreter_path():
+    """Snakemake runs a job's script as `<this interpreter> <script>` with the interpreter's path unquoted (9.x), so
+    a shell splits a path with a space (or reads its $ or quote): every job failed with "/tmp/my: No such file or
+    directory". It happens where the venv sits in a project folder so named (`make venv` puts it at .venv); the
+    project folder itself may keep its name. With --use-conda every job runs the `python` of its own env (each of
+    the rules names one), so the check is for runs without it. (Called from onstart: a dry run runs no script.)"""
+    from snakemake_interface_executor_plugins.settings import DeploymentMethod
+
+    if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method:
+        return
+    if shlex.quote(sys.executable) != sys.executable:
+        raise WorkflowError(f"Snakemake runs every job's script with this Python, {sys.executable}, whose path it "
+                            "does not quote, so the shell would split it at its space (or read its $ or quote) "
+                            "and every job would fail: put the virtual environment at a path of plain characters "
+                            "(`make venv VENV=/path/to/venv`) and run that one's snakemake; the project folder "
+                            "may keep its name")
