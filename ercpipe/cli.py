@@ -14,8 +14,8 @@
 Errors on bad input (ercpipe.errors.ErcpipeError and the library's other ValueErrors, a missing or
 unreadable file) are printed as one line, `ercpipe: error: <message>` naming the file or key and the fix,
 with exit status 2 (as argparse does for a bad command line); `ercpipe --debug ...` shows the traceback
-instead. Anything else is a bug and keeps its traceback. SIGTERM (`kill`, `timeout`, `scancel`) stops a command
-as Ctrl-C does, with exit status 143: its temporary files and folders are removed on the way out.
+instead. Anything else is a bug and keeps its traceback. SIGTERM (`kill`, `timeout`, `scancel`) and Ctrl-C stop
+a command with one line and exit status 143 or 130: its temporary files and folders are removed on the way out.
 """
 from __future__ import annotations
 
@@ -281,11 +281,13 @@ def main(argv: list[str] | None = None) -> int:
         command_parser.error(f"--out {out} is a folder; give the path of a file to write")
     if out:
         _refuse_out_over_an_input(args, out, command_parser)
-    with StopOnSigterm() as stop:
+    with StopOnSignals() as stop:
         try:
             args.run(args, command_parser)
-        except USER_ERRORS as err:
-            if args.debug:
+        except BaseException as err:
+            if stop.received:  # the stop, or what a library made of it: the handler has said it
+                return 128 + stop.received
+            if args.debug or not isinstance(err, USER_ERRORS):
                 raise
             print(f"{parser.prog}: error: {one_line(err)}", file=sys.stderr)
             return 2
@@ -294,57 +296,61 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-class StopOnSigterm:
-    """While a command runs, SIGTERM (`kill`, `timeout`, `scancel`) raises SystemExit(143) as Ctrl-C raises
-    KeyboardInterrupt, so that `finally` blocks and context managers clean up: SIGTERM's default action ends the
-    process where it is, and predict's working folder (a copy of the user's conversation and its audio) stayed in
-    the temporary folder.
+class StopOnSignals:
+    """While a command runs, SIGTERM (`kill`, `timeout`, `scancel`) raises SystemExit and SIGINT (Ctrl-C)
+    KeyboardInterrupt, so that `finally` blocks and context managers clean up, and main() exits with 128 + the
+    signal and one line saying so. SIGTERM's default action ends the process where it is: predict's working folder
+    (a copy of the user's conversation and its audio) stayed in the temporary folder.
 
-    A handler's exception can be lost: Python drops one raised while a `__del__` runs (printing "Exception
-    ignored"), and PyAV loses one raised while its resampler ends a frame. The command then went on, wrote its
-    output and exited 0 (4 of 22 stops during predict's audio stage). So the stop is asked again every RETRY_S
-    until the command has ended: a repeat that comes while the stop is being handled (a `finally`, an `__exit__`
-    on its way out) leaves that cleanup alone; one that comes where nothing handles it raises it again.
+    A handler's exception can be lost: Python drops one raised while a `__del__` or a weakref callback runs
+    (printing "Exception ignored"), and PyAV loses one raised while its resampler ends a frame. The command then
+    went on, wrote its output and exited 0 (4 of 22 SIGTERMs during predict's audio stage; Ctrl-C likewise in
+    predict, export-vega and import-pickle). So the stop is asked again every RETRY_S until the command has ended:
+    a repeat that comes while the stop is being handled (a `finally`, an `__exit__` on its way out) leaves that
+    cleanup alone; one that comes where nothing handles it raises it again.
     """
 
     RETRY_S = 0.5
+    SIGNALS = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "SIGINT (Ctrl-C)"}
 
     def __init__(self) -> None:
         self.received: int | None = None
-        self._raised: list[SystemExit] = []  # the stops raised so far (one, unless some were lost)
+        self._raised: list[BaseException] = []  # the stops raised so far (one, unless some were lost)
         self._retry: threading.Timer | None = None
         self._closed = False
 
-    def __enter__(self) -> StopOnSigterm:
-        self._previous_handler = signal.signal(signal.SIGTERM, self._handle)
+    def __enter__(self) -> StopOnSignals:
+        self._previous_handlers = {signum: signal.signal(signum, self._handle) for signum in self.SIGNALS}
         self._previous_hook = sys.unraisablehook
         sys.unraisablehook = self._unraisable
         return self
 
     def __exit__(self, *exc) -> None:
-        # Closed before the handler goes: a repeat that comes meanwhile starts no further one, which would find
-        # SIGTERM's default action back and end the process (status -15) after the command returned.
+        # Closed before the handlers go: a repeat that comes meanwhile starts no further one, which would find
+        # the signal's default action back and end the process after the command returned.
         self._closed = True
         if self._retry is not None:
             self._retry.cancel()
-        signal.signal(signal.SIGTERM, self._previous_handler)
+        for signum, previous in self._previous_handlers.items():
+            signal.signal(signum, previous)
         sys.unraisablehook = self._previous_hook
 
     def _handle(self, signum: int, frame) -> None:
         if self.received is None:
-            print("ercpipe: stopped by SIGTERM", file=sys.stderr)
-        self.received = signum
+            print(f"ercpipe: stopped by {self.SIGNALS[signum]}", file=sys.stderr)
+            self.received = signum
         if not self._closed:
-            self._retry = threading.Timer(self.RETRY_S, self._ask_again, (signum,))
+            self._retry = threading.Timer(self.RETRY_S, self._ask_again)
             self._retry.daemon = True
             self._retry.start()
         if not self._is_handling_a_stop():
-            self._raised.append(SystemExit(128 + signum))
-            raise self._raised[-1]
+            stop = SystemExit(128 + self.received) if self.received == signal.SIGTERM else KeyboardInterrupt()
+            self._raised.append(stop)
+            raise stop
 
-    def _ask_again(self, signum: int) -> None:
+    def _ask_again(self) -> None:
         if not self._closed:
-            os.kill(os.getpid(), signum)
+            os.kill(os.getpid(), self.received)
 
     def _is_stop(self, err: BaseException | None) -> bool:
         return any(err is stop for stop in self._raised)
@@ -363,7 +369,6 @@ class StopOnSigterm:
         # A stop dropped by Python is asked again (above); its "Exception ignored" message would only confuse.
         if not self._is_stop(unraisable.exc_value):
             self._previous_hook(unraisable)
-
 
 if __name__ == "__main__":
     sys.exit(main())

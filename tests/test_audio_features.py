@@ -395,29 +395,65 @@ def test_the_opensmile_stream_config_is_one_file_per_user_that_no_killed_job_lea
         audio._STREAM_SOURCE_CONF
 
 
-def test_a_stop_while_opensmile_finishes_ends_its_thread_first(tmp_path):
-    """The CLI's SIGTERM raises SystemExit wherever the main thread is, also while it waits for openSMILE's
-    thread to finish the buffered audio: that thread was left running, and the interpreter then aborted at exit
-    ("FATAL: exception not rethrown", status -6) instead of exiting 143. The raise is made to come in that wait."""
-    code = """
-import threading, numpy as np, opensmile
+# openSMILE in a process of its own with a stop (SystemExit, as the CLI's SIGTERM handler raises) made to come at
+# a chosen point of _stream_functionals; it prints how many runs began and returned before the stop went on.
+_STOPPED_OPENSMILE = """
+import sys, threading, numpy as np, opensmile
+from opensmile.core.lib import OpenSMILE
 from ercpipe.features import audio
-join = threading.Thread.join
-def interrupted_join(thread, *args, **kwargs):
-    if thread.name == "opensmile-run" and not getattr(thread, "interrupted", False):
-        thread.interrupted = True
+when = sys.argv[1]
+runs = {"began": 0, "returned": 0}
+run, start, wait = OpenSMILE.run, threading.Thread.start, threading.Event.wait
+eoi = OpenSMILE.external_audio_source_set_eoi
+before_run = threading.Event()
+def counted_run(native):
+    if when == "before_run":  # the thread waits until the stop came
+        wait(before_run)
+    runs["began"] += 1
+    run(native)
+    runs["returned"] += 1
+OpenSMILE.run = counted_run
+def interrupted_start(thread):
+    if when == "before_start":
         raise SystemExit(143)
-    return join(thread, *args, **kwargs)
-threading.Thread.join = interrupted_join
+    start(thread)
+    before_run.set()
+    if when in ("after_start", "before_run"):
+        raise SystemExit(143)
+threading.Thread.start = interrupted_start
+def interrupted_eoi(native, source):  # the stop comes in the wait for the end of the buffered audio
+    eoi(native, source)
+    if when == "while_finishing":
+        threading.Event.wait = lambda event, timeout=None: (setattr(threading.Event, "wait", wait),
+                                                             (_ for _ in ()).throw(SystemExit(143)))
+OpenSMILE.external_audio_source_set_eoi = interrupted_eoi
 smile = opensmile.Smile(feature_set=opensmile.FeatureSet.IS10, feature_level=opensmile.FeatureLevel.Functionals)
 signal = np.random.default_rng(0).normal(0, 0.1, 16000 * 20).astype(np.float32)
-audio.functionals(smile, signal, 16000)
-print("not stopped")
+try:
+    audio.functionals(smile, signal, 16000)
+    print("not stopped")
+finally:
+    print("runs", runs["began"], runs["returned"])
 """
+
+
+@pytest.mark.parametrize("when", ["before_start", "after_start", "before_run", "while_finishing"])
+def test_a_stop_inside_opensmile_ends_its_run_before_it_goes_on(when):
+    """The CLI's SIGTERM or Ctrl-C raises wherever the main thread is. openSMILE's run was left going in its
+    daemon thread, and the process crashed at exit (status -11 or -6, "FATAL: exception not rethrown", predict's
+    working folder left behind), when the stop came while the thread was being started (long on a loaded
+    machine), before its run began (openSMILE refuses to abort a run not begun), or in the wait for the end of the
+    buffered audio (Python 3.11's Thread.join, interrupted, marks a running thread stopped)."""
     for _ in range(3):
-        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        done = subprocess.run([sys.executable, "-c", _STOPPED_OPENSMILE, when], capture_output=True, text=True,
+                              timeout=120)
         assert done.returncode == 143, done.stderr[-2000:]
-        assert "not stopped" not in done.stdout and "FATAL" not in done.stderr
+        (line,) = done.stdout.splitlines()  # "not stopped" is not printed
+        _, began, returned = line.split()
+        assert began == returned, done.stderr[-2000:]
+        if when != "after_start":  # there, whether the run began depends on which thread comes first
+            assert began == ("0" if when == "before_start" else "1"), line
+        assert "Traceback" not in done.stderr, done.stderr[-2000:]
 
 
 def test_a_temporary_folder_named_in_other_letters_gives_the_same_features(tmp_path):

@@ -296,83 +296,99 @@ def test_the_accuracy_printed_after_predict_is_per_split_when_several_are_predic
 
 
 
-_SIGNALLED_WHILE_COLLECTED = """
-class Signalled:
+# A command run by `ercpipe` (main) in a process of its own; SIGNAL is the one the test sends.
+_COMMAND = """
+import signal, sys, time
+from pathlib import Path
+from ercpipe import cli
+SIGNAL = getattr(signal, sys.argv[1])
+
+class SignalledWhileCollected:
     def __del__(self):
-        signal.raise_signal(signal.SIGTERM)
+        signal.raise_signal(SIGNAL)
         sum(range(1000))  # the handler runs here, inside __del__, whose exception Python drops
 
-Signalled()
+def command(args, parser):
+{body}
+
+cli._check_config = command
+status = cli.main(["check-config", sys.argv[2]])
+time.sleep(1.0)  # past a repeat's delay: none comes once the command has returned
+print("status", status, signal.getsignal(signal.SIGTERM) is signal.SIG_DFL,
+      signal.getsignal(signal.SIGINT) is signal.default_int_handler)
 """
-_SIGNALLED_IN_CODE_THAT_LOSES_IT = """
+_STATUS = {"SIGTERM": "143", "SIGINT": "130"}
+_SAID = {"SIGTERM": "ercpipe: stopped by SIGTERM", "SIGINT": "ercpipe: stopped by SIGINT (Ctrl-C)"}
+
+
+def _run_command(body: str, signal_name: str, tmp_path) -> subprocess.CompletedProcess:
+    code = _COMMAND.format(body="".join(f"    {line}\n" for line in body.strip().splitlines()))
+    done = subprocess.run([sys.executable, "-c", code, signal_name, str(tmp_path / "out.txt")], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count(_SAID[signal_name]) == 1, done.stderr
+    assert "Exception ignored" not in done.stderr and "Traceback" not in done.stderr, done.stderr
+    return done
+
+
+_LOST_IN_A_DEL = "SignalledWhileCollected()"
+_LOST_IN_A_LIBRARY = """
 try:
-    signal.raise_signal(signal.SIGTERM)
+    signal.raise_signal(SIGNAL)
     sum(range(1000))
 except BaseException:  # as PyAV's resampler loses one raised while it ends a frame
     pass
 """
 
 
-@pytest.mark.parametrize("lost", [_SIGNALLED_WHILE_COLLECTED, _SIGNALLED_IN_CODE_THAT_LOSES_IT],
-                         ids=["in_a_del", "in_a_library"])
-def test_a_sigterm_that_is_lost_still_stops_the_command(lost):
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("lost", [_LOST_IN_A_DEL, _LOST_IN_A_LIBRARY], ids=["in_a_del", "in_a_library"])
+def test_a_stop_that_is_lost_still_stops_the_command(lost, signal_name, tmp_path):
     """The handler's exception raised while a `__del__` runs is dropped by Python, and PyAV loses one raised while
-    it ends a frame: predict went on, wrote its output and exited 0. The stop is asked again."""
-    code = "import signal, time\nfrom ercpipe.cli import StopOnSigterm\nwith StopOnSigterm():\n" + \
-        "".join(f"    {line}\n" for line in lost.strip().splitlines()) + \
-        "    for _ in range(300):\n        time.sleep(0.01)\n    print('went on')\n"
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 143, done.stderr
-    assert "went on" not in done.stdout
-    assert done.stderr.count("stopped by SIGTERM") == 1 and "Exception ignored" not in done.stderr
+    it ends a frame: predict went on, wrote its output and exited 0 (SIGTERM, and Ctrl-C also in export-vega and
+    import-pickle). The stop is asked again; the command says it once and exits 143 or 130."""
+    done = _run_command(lost + "\nfor _ in range(300):\n    time.sleep(0.01)\nprint('went on')", signal_name,
+                        tmp_path)
+    assert done.stdout.split() == ["status", _STATUS[signal_name], "True", "True"]
 
 
-def test_the_repeated_stop_leaves_the_cleanup_of_the_first_alone():
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGINT"])
+def test_the_repeated_stop_leaves_the_cleanup_of_the_first_alone(signal_name, tmp_path):
     """The stop is asked again until the command has ended; a repeat during the cleanup that the first one runs
     (here 1.5 s, three repeats) does not interrupt it."""
-    code = """
-import signal, time
-from ercpipe.cli import StopOnSigterm
-with StopOnSigterm():
-    try:
-        signal.raise_signal(signal.SIGTERM)
+    done = _run_command("""
+try:
+    signal.raise_signal(SIGNAL)
+    sum(range(1000))
+finally:
+    start = time.monotonic()
+    while time.monotonic() - start < 1.5:
         sum(range(1000))
-    finally:
-        start = time.monotonic()
-        while time.monotonic() - start < 1.5:
-            sum(range(1000))
-        print("cleaned up")
-"""
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 143, done.stderr
-    assert done.stdout.split() == ["cleaned", "up"]
+    print("cleaned up")
+""", signal_name, tmp_path)
+    assert done.stdout.split() == ["cleaned", "up", "status", _STATUS[signal_name], "True", "True"]
 
 
-def test_a_sigterm_as_the_command_ends_gives_its_status(tmp_path):
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGINT"])
+def test_a_stop_as_the_command_ends_gives_its_status(signal_name, tmp_path):
     """A stop that comes too late to stop anything (dropped in the command's last frames) still sets the exit
-    status, as a scheduler's time limit must show, and its retry does not outlive the command; the outputs are
+    status, as a scheduler's time limit must show, and its repeats do not outlive the command; the outputs are
     complete (written atomically)."""
-    code = """
-import signal, sys, time
-from pathlib import Path
-from ercpipe import cli
+    done = _run_command('Path(args.files[0]).write_text("done\\n")\nSignalledWhileCollected()', signal_name,
+                        tmp_path)
+    assert done.stdout.split() == ["status", _STATUS[signal_name], "True", "True"]
+    assert (tmp_path / "out.txt").read_text() == "done\n"
 
-class SignalledWhileCollected:
-    def __del__(self):
-        signal.raise_signal(signal.SIGTERM)
-        sum(range(1000))
 
-def write_then_signalled(args, parser):
-    Path(args.files[0]).write_text("done\\n")
-    SignalledWhileCollected()
-
-cli._check_config = write_then_signalled
-status = cli.main(["check-config", sys.argv[1]])
-time.sleep(1.0)  # past the retry's delay: it was cancelled
-print("status", status, signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)
-"""
-    out = tmp_path / "out.txt"
-    done = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["status", "143", "True"]
-    assert out.read_text() == "done\n"
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGINT"])
+def test_a_library_error_made_of_the_stop_is_the_stop(signal_name, tmp_path):
+    """A library may turn the interruption into an error of its own (import-anchors exited 1 with a traceback
+    after Ctrl-C): after a stop, how the command ended is the stop."""
+    done = _run_command("""
+try:
+    signal.raise_signal(SIGNAL)
+    sum(range(1000))
+except BaseException as err:
+    raise RuntimeError("interrupted") from err
+""", signal_name, tmp_path)
+    assert done.stdout.split() == ["status", _STATUS[signal_name], "True", "True"]

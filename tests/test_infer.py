@@ -218,9 +218,10 @@ def test_a_new_raw_conversation_gets_the_same_predictions_as_the_pipeline(traine
     assert written["prediction"].tolist() == frame["prediction"].tolist()
 
 
-def test_a_conversation_stopped_by_sigterm_leaves_no_working_files(trained, tmp_path):
-    """`kill`, `timeout` and `scancel` send SIGTERM: the command stops as after Ctrl-C, and its working folder
-    (a copy of the conversation, the utterances' audio) does not stay in TMPDIR."""
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "ctrl_c"])
+def test_a_conversation_stopped_leaves_no_working_files(trained, tmp_path, stop):
+    """`kill`, `timeout` and `scancel` send SIGTERM, Ctrl-C SIGINT: the command stops with one line, and its
+    working folder (a copy of the conversation, the utterances' audio) does not stay in TMPDIR."""
     path = tmp_path / "talk.csv"
     _test_split_as_a_conversation(trained, path)
     tmp = tmp_path / "tmp"
@@ -236,10 +237,11 @@ def test_a_conversation_stopped_by_sigterm_leaves_no_working_files(trained, tmp_
     while not list(tmp.glob("ercpipe-infer-*/**/*.wav")) and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert process.poll() is None and time.monotonic() < deadline, "no WAV appeared while predict ran"
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(stop)
     _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 143, stderr[-2000:]
-    assert "stopped by SIGTERM" in stderr
+    assert process.returncode == 128 + stop, stderr[-2000:]
+    assert f"ercpipe: stopped by {'SIGTERM' if stop == signal.SIGTERM else 'SIGINT (Ctrl-C)'}" in stderr
+    assert "Traceback" not in stderr, stderr[-2000:]
     # openSMILE's config stays in its one folder per user (ercpipe.features.audio._stream_source_conf), and so
     # does torch's cache folder.
     kept = {f"ercpipe-opensmile-{os.getuid()}", f"torchinductor_{getpass.getuser()}"}

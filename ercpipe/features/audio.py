@@ -40,7 +40,7 @@ import opensmile
 import pandas as pd
 import soundfile as sf
 from opensmile.core.config import config as smile_config
-from opensmile.core.lib import OpenSMILE
+from opensmile.core.lib import OpenSMILE, OpenSmileException
 from tqdm.auto import tqdm
 
 from ercpipe.datasets.media_prep import REPORT_NAME
@@ -174,22 +174,36 @@ def _stream_functionals(smile: opensmile.Smile, blocks, sample_rate: int) -> np.
     rows: list[np.ndarray] = []
     native.external_sink_set_callback_ex(sink, lambda data, meta: rows.append(np.array(data, dtype=np.float32)))
     failure: list[BaseException] = []
+    # The feeding thread may stop at any point (an error, or the CLI's signal handler raising while it waits),
+    # also while the thread below is starting. openSMILE must then be ended before it is freed and before the
+    # interpreter exits: a run left going in the daemon thread crashed the process at exit (status -11 or -6), and
+    # openSMILE refuses to abort a run that has not begun (which then waits for input for ever). The run's end is
+    # awaited on an Event, never with Thread.join: Python 3.11's join, interrupted by a signal handler's exception,
+    # marks a thread that still runs as stopped (and frees openSMILE under it).
+    gate = threading.Lock()
+    begun = {"run": False, "cancelled": False}
+    ended = threading.Event()
 
     def run() -> None:
         try:
+            with gate:
+                if begun["cancelled"]:
+                    return
+                begun["run"] = True
             native.run()
         except BaseException as err:  # noqa: BLE001 - handed to the feeding thread
             failure.append(err)
+        finally:
+            ended.set()
 
-    runner = threading.Thread(target=run, name="opensmile-run", daemon=True)
-    runner.start()
     try:
+        threading.Thread(target=run, name="opensmile-run", daemon=True).start()
         for block in blocks:
             scaled = np.asarray(block, dtype=np.float32) * 32768
             data = scaled.astype(np.int16).tobytes()
             refused_since = None
             while not native.external_audio_source_write_data(source, data):
-                if not runner.is_alive():
+                if ended.is_set():
                     reason = failure[0] if failure else "no error given"
                     raise RuntimeError(f"openSMILE stopped before the end of its input: {reason}")
                 refused_since = refused_since or time.monotonic()
@@ -198,14 +212,9 @@ def _stream_functionals(smile: opensmile.Smile, blocks, sample_rate: int) -> np.
                                        "stays full); stopped")
                 time.sleep(0.002)
         native.external_audio_source_set_eoi(source)
-        # Inside the `try`: an exception while waiting (the CLI's SIGTERM handler raises one) must not leave
-        # openSMILE running in its daemon thread, which aborted the interpreter at exit ("FATAL: exception not
-        # rethrown": the thread is unwound through openSMILE's C++ frames).
-        runner.join()
+        ended.wait()
     except BaseException:
-        native.abort()
-        runner.join()
-        native.free()
+        _end_run(native, source, gate, begun, ended)
         raise
     native.free()
     if failure:
@@ -213,6 +222,27 @@ def _stream_functionals(smile: opensmile.Smile, blocks, sample_rate: int) -> np.
     if not rows:
         return np.full(smile.num_features, np.nan, dtype=np.float32)
     return np.vstack(rows).astype(np.float32, copy=False).reshape(-1)
+
+
+def _end_run(native: OpenSMILE, source: str, gate: threading.Lock, begun: dict, ended: threading.Event) -> None:
+    """End _stream_functionals' openSMILE run after the feeding thread stopped, wherever the run is, and free it.
+    A stop that comes meanwhile is raised once openSMILE has returned."""
+    with gate:  # from here on the thread, if it has not begun the run, never will
+        begun["cancelled"] = True
+    late = None
+    if begun["run"]:
+        try:
+            native.abort()
+        except OpenSmileException:  # not running yet (or ended): the end of input makes it return at once
+            native.external_audio_source_set_eoi(source)
+        while not ended.is_set():
+            try:
+                ended.wait()
+            except BaseException as err:  # noqa: BLE001 - raised below, once openSMILE no longer runs
+                late = late or err
+    native.free()
+    if late is not None:
+        raise late
 
 
 def functionals(smile: opensmile.Smile, signal: np.ndarray, sample_rate: int) -> np.ndarray:
