@@ -724,6 +724,14 @@ def test_an_interpreter_at_a_path_the_shell_splits_is_refused_before_any_job(tmp
     assert (f"Snakemake runs every job's script with this Python, {python}, whose path it does not quote"
             in result.stderr), result.stderr[-3000:]
     assert "No such file or directory" not in result.stderr and not (tmp_path / "features").exists()
+    # Letters of other scripts are no shell syntax: such a path runs.
+    plain = tmp_path / "émotions" / ".venv"
+    plain.parent.mkdir()
+    plain.symlink_to(Path(sys.executable).parent.parent)
+    command[0] = str(plain / "bin" / Path(sys.executable).name)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "features" / "mine" / "manifest.tsv").exists()
 
 
 def test_two_classes_spelling_one_emotion_cannot_share_an_anchor_set(tmp_path):

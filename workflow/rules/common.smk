@@ -2,7 +2,6 @@
 import collections
 import functools
 import re
-import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -685,6 +684,11 @@ def check_cluster_tools():
                             "locally without the profile (--cores N)")
 
 
+# What a shell reads in an unquoted word: it splits at blanks and expands or redirects at the rest (letters of any
+# script are words like any other).
+SHELL_SPECIAL = frozenset(" \t\n'\"\\$`;&|<>()*?[]{}!")
+
+
 def check_interpreter_path():
     """Snakemake runs a job's script as `<this interpreter> <script>` with the interpreter's path unquoted (9.x), so
     a shell splits a path with a space (or reads its $ or quote): every job failed with "/tmp/my: No such file or
@@ -695,7 +699,7 @@ def check_interpreter_path():
 
     if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method:
         return
-    if shlex.quote(sys.executable) != sys.executable:
+    if set(sys.executable) & SHELL_SPECIAL:
         raise WorkflowError(f"Snakemake runs every job's script with this Python, {sys.executable}, whose path it "
                             "does not quote, so the shell would split it at its space (or read its $ or quote) "
                             "and every job would fail: put the virtual environment at a path of plain characters "
