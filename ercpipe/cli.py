@@ -316,7 +316,6 @@ class StopOnSignals:
     def __init__(self) -> None:
         self.received: int | None = None
         self._raised: list[BaseException] = []  # the stops raised so far (one, unless some were lost)
-        self._retry: threading.Timer | None = None
         self._closed = False
 
     def __enter__(self) -> StopOnSignals:
@@ -326,11 +325,10 @@ class StopOnSignals:
         return self
 
     def __exit__(self, *exc) -> None:
-        # Closed before the handlers go: a repeat that comes meanwhile starts no further one, which would find
-        # the signal's default action back and end the process after the command returned.
+        # Closed before the handlers go: a pending repeat then sends nothing, and one that comes meanwhile starts
+        # no further one; either would find the signal's default action back and end the process after the command
+        # returned.
         self._closed = True
-        if self._retry is not None:
-            self._retry.cancel()
         for signum, previous in self._previous_handlers.items():
             signal.signal(signum, previous)
         sys.unraisablehook = self._previous_hook
@@ -340,9 +338,9 @@ class StopOnSignals:
             print(f"ercpipe: stopped by {self.SIGNALS[signum]}", file=sys.stderr)
             self.received = signum
         if not self._closed:
-            self._retry = threading.Timer(self.RETRY_S, self._ask_again)
-            self._retry.daemon = True
-            self._retry.start()
+            retry = threading.Timer(self.RETRY_S, self._ask_again)
+            retry.daemon = True
+            retry.start()
         if not self._is_handling_a_stop():
             stop = SystemExit(128 + self.received) if self.received == signal.SIGTERM else KeyboardInterrupt()
             self._raised.append(stop)

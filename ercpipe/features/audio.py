@@ -69,6 +69,9 @@ def feature_dim(settings: dict | None) -> int:
     return FEATURE_SETS[audio_settings(settings)["feature_set"]][1]
 
 
+ASCII_ONLY = "openSMILE reads only paths of ASCII characters"
+
+
 class OpenSmilePathError(ErcpipeError, OSError):
     """openSMILE was to read a path that is not ASCII: it encodes its options and its config file's path as ASCII
     (a UnicodeEncodeError from inside opensmile was all one saw)."""
@@ -79,7 +82,7 @@ def make_smile(settings: dict) -> opensmile.Smile:
     package = Path(opensmile.__file__).parent
     if not str(package).isascii():
         raise OpenSmilePathError(
-            f"openSMILE reads only paths of ASCII characters, and its config files are under {package}; install "
+            f"{ASCII_ONLY}, and its config files are under {package}; install "
             "the environment at such a path (`make venv VENV=/path/to/venv`, or `snakemake --use-conda "
             "--conda-prefix /path/to/envs`)")
     return opensmile.Smile(FEATURE_SETS[settings["feature_set"]][0], LEVELS[settings["level"]])
@@ -151,8 +154,8 @@ def _ascii_temp_folder() -> Path:
     for candidate in (Path("/tmp"), Path("/var/tmp"), Path("/dev/shm")):
         if candidate.is_dir() and os.access(candidate, os.W_OK | os.X_OK):
             return candidate
-    raise OpenSmilePathError(f"openSMILE reads only paths of ASCII characters, and the temporary folder is {folder} "
-                             "(TMPDIR); set TMPDIR to a folder whose path is ASCII")
+    raise OpenSmilePathError(f"{ASCII_ONLY}, and the temporary folder is {folder} (TMPDIR); set TMPDIR to a "
+                             "folder whose path is ASCII")
 
 
 def _stream_functionals(smile: opensmile.Smile, blocks, sample_rate: int) -> np.ndarray:
@@ -173,29 +176,7 @@ def _stream_functionals(smile: opensmile.Smile, blocks, sample_rate: int) -> np.
                       log_file=smile.logfile, debug=smile.verbose)
     rows: list[np.ndarray] = []
     native.external_sink_set_callback_ex(sink, lambda data, meta: rows.append(np.array(data, dtype=np.float32)))
-    failure: list[BaseException] = []
-    # The feeding thread may stop at any point (an error, or the CLI's signal handler raising while it waits),
-    # also while the thread below is starting. openSMILE must then be ended before it is freed and before the
-    # interpreter exits: a run left going in the daemon thread crashed the process at exit (status -11 or -6), and
-    # openSMILE refuses to abort a run that has not begun (which then waits for input for ever). The run's end is
-    # awaited on an Event, never with Thread.join: Python 3.11's join, interrupted by a signal handler's exception,
-    # marks a thread that still runs as stopped (and frees openSMILE under it).
-    gate = threading.Lock()
-    begun = {"run": False, "cancelled": False}
-    ended = threading.Event()
-
-    def run() -> None:
-        try:
-            with gate:
-                if begun["cancelled"]:
-                    return
-                begun["run"] = True
-            native.run()
-        except BaseException as err:  # noqa: BLE001 - handed to the feeding thread
-            failure.append(err)
-        finally:
-            ended.set()
-
+    run = _NativeRun(native, source)
     try:
         threading.Thread(target=run, name="opensmile-run", daemon=True).start()
         for block in blocks:
@@ -203,8 +184,8 @@ def _stream_functionals(smile: opensmile.Smile, blocks, sample_rate: int) -> np.
             data = scaled.astype(np.int16).tobytes()
             refused_since = None
             while not native.external_audio_source_write_data(source, data):
-                if ended.is_set():
-                    reason = failure[0] if failure else "no error given"
+                if run.ended.is_set():
+                    reason = run.failure or "no error given"
                     raise RuntimeError(f"openSMILE stopped before the end of its input: {reason}")
                 refused_since = refused_since or time.monotonic()
                 if time.monotonic() - refused_since > STALL_SECONDS:
@@ -212,37 +193,67 @@ def _stream_functionals(smile: opensmile.Smile, blocks, sample_rate: int) -> np.
                                        "stays full); stopped")
                 time.sleep(0.002)
         native.external_audio_source_set_eoi(source)
-        ended.wait()
+        run.ended.wait()
     except BaseException:
-        _end_run(native, source, gate, begun, ended)
+        run.end_and_free()
         raise
     native.free()
-    if failure:
-        raise failure[0]
+    if run.failure is not None:
+        raise run.failure
     if not rows:
         return np.full(smile.num_features, np.nan, dtype=np.float32)
     return np.vstack(rows).astype(np.float32, copy=False).reshape(-1)
 
 
-def _end_run(native: OpenSMILE, source: str, gate: threading.Lock, begun: dict, ended: threading.Event) -> None:
-    """End _stream_functionals' openSMILE run after the feeding thread stopped, wherever the run is, and free it.
-    A stop that comes meanwhile is raised once openSMILE has returned."""
-    with gate:  # from here on the thread, if it has not begun the run, never will
-        begun["cancelled"] = True
-    late = None
-    if begun["run"]:
+class _NativeRun:
+    """openSMILE's run of one signal, the target of its helper thread, and its end when the feeding thread stops.
+
+    The feeding thread may stop at any point (an error, or the CLI's signal handler raising while it waits), also
+    while the helper thread is starting. openSMILE must then be ended before it is freed and before the interpreter
+    exits: a run left going in the daemon thread crashed the process at exit (status -11 or -6), and openSMILE
+    refuses to abort a run that has not begun (which then waits for input for ever). The run's end is awaited on an
+    Event, never with Thread.join: Python 3.11's join, interrupted by a signal handler's exception, marks a thread
+    that still runs as stopped (and openSMILE was freed under it).
+    """
+
+    def __init__(self, native: OpenSMILE, source: str) -> None:
+        self.native, self.source = native, source
+        self.failure: BaseException | None = None  # what the run raised, handed to the feeding thread
+        self.ended = threading.Event()
+        self._gate = threading.Lock()  # makes "begin the run" and "cancel it" exclusive
+        self._begun = self._cancelled = False
+
+    def __call__(self) -> None:
         try:
-            native.abort()
-        except OpenSmileException:  # not running yet (or ended): the end of input makes it return at once
-            native.external_audio_source_set_eoi(source)
-        while not ended.is_set():
+            with self._gate:
+                if self._cancelled:
+                    return
+                self._begun = True
+            self.native.run()
+        except BaseException as err:  # noqa: BLE001 - handed to the feeding thread
+            self.failure = err
+        finally:
+            self.ended.set()
+
+    def end_and_free(self) -> None:
+        """End the run wherever it is and free openSMILE; a stop that comes meanwhile is raised once openSMILE
+        has returned."""
+        with self._gate:  # from here on the thread, if it has not begun the run, never will
+            self._cancelled = True
+        late = None
+        if self._begun:
             try:
-                ended.wait()
-            except BaseException as err:  # noqa: BLE001 - raised below, once openSMILE no longer runs
-                late = late or err
-    native.free()
-    if late is not None:
-        raise late
+                self.native.abort()
+            except OpenSmileException:  # not running yet (or ended): the end of input makes it return at once
+                self.native.external_audio_source_set_eoi(self.source)
+            while not self.ended.is_set():
+                try:
+                    self.ended.wait()
+                except BaseException as err:  # noqa: BLE001 - raised below, once openSMILE no longer runs
+                    late = late or err
+        self.native.free()
+        if late is not None:
+            raise late
 
 
 def functionals(smile: opensmile.Smile, signal: np.ndarray, sample_rate: int) -> np.ndarray:
