@@ -238,9 +238,37 @@ def rule_logging(log_path: str | os.PathLike | None, threads: int = 1) -> Iterat
     slower than 1-thread there (3.3 against 46 s per epoch with PASSIVE; the same numbers either way).
     An exception is logged with its message before it propagates, so the log says what went wrong.
     """
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    with _job_settings(threads):
+        with _routed_logging(log_path) as logger:
+            yield logger
+
+
+@contextlib.contextmanager
+def _job_settings(threads: int) -> Iterator[None]:
+    """The numeric libraries' thread settings and the logging state a job sets, undone when it ends: a job run
+    in-process (a test, a notebook) leaves the caller's process as it was."""
+    thread_vars = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_WAIT_POLICY")
+    saved_env = {var: os.environ.get(var) for var in thread_vars}
+    root = logging.getLogger()
+    saved_level = root.level
+    warnings_captured = logging._warnings_showwarning is not None  # logging keeps no public flag for this
+    for var in thread_vars[:3]:
         os.environ[var] = str(threads)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read when the OpenMP runtime starts (torch's import)
+    try:
+        yield
+    finally:
+        for var, value in saved_env.items():
+            if value is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = value
+        root.setLevel(saved_level)
+        logging.captureWarnings(warnings_captured)
+
+
+@contextlib.contextmanager
+def _routed_logging(log_path: str | os.PathLike | None) -> Iterator[logging.Logger]:
     logger = logging.getLogger("ercpipe")
     if log_path is None:
         logging.basicConfig(level=logging.INFO, format=_FORMAT)

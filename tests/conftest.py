@@ -15,6 +15,10 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Run inside a scheduler's job (an interactive SLURM allocation), training would read that job's time limit from
+# squeue and stop early, and the jobs' logs would name its limits: the tests see a workstation, as on CI.
+for _var in [v for v in os.environ if v.startswith("SLURM_")] + ["ERCPIPE_JOB_END_TIME"]:
+    os.environ.pop(_var, None)
 
 REPO = Path(__file__).resolve().parents[1]
 # The torch device of the training and fine-tuning tests: cpu (CI); ERCPIPE_TEST_DEVICE=cuda runs them on a GPU,

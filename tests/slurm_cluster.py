@@ -48,6 +48,9 @@ def _slurm_conf(state: Path, spool: Path, cpus: int, memory_mb: int) -> str:
         "SelectType=select/cons_tres",
         "SelectTypeParameters=CR_Core_Memory",
         "ReturnToService=2",
+        # The node's CPUs and memory are what the tests configure, not what this host has: slurmd otherwise marks
+        # a node configured with more memory than the host's invalid, and no job ever starts.
+        "SlurmdParameters=config_overrides",
         f"StateSaveLocation={state}/ctld",
         f"SlurmdSpoolDir={spool}",
         f"SlurmctldPidFile={state}/slurmctld.pid",

@@ -482,13 +482,11 @@ class _Named(dict):
             raise AttributeError(key) from None
 
 
-def run_train_script(corpus, out: Path, paths: dict, params: dict, monkeypatch) -> None:
+def run_train_script(corpus, out: Path, paths: dict, params: dict) -> None:
     """scripts/train_model.py as the train_model rule runs it (a stand-in for the `snakemake` object)."""
     import runpy
     from types import SimpleNamespace
 
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        monkeypatch.setenv(var, "1")  # rule_logging sets them; restored after the test
     experiment = {"dataset": "demo", "features": {m: Path(p).stem for m, p in paths.items()}, "anchors": None, **SDT}
     snake = SimpleNamespace(
         input=_Named(manifest=str(corpus["manifest"]), **{f"features_{m}": str(p) for m, p in paths.items()}),
@@ -498,16 +496,16 @@ def run_train_script(corpus, out: Path, paths: dict, params: dict, monkeypatch) 
     runpy.run_path(str(REPO / "scripts" / "train_model.py"), init_globals={"snakemake": snake})
 
 
-def test_the_rule_script_passes_the_feature_settings_on(corpus, tmp_path, monkeypatch):
+def test_the_rule_script_passes_the_feature_settings_on(corpus, tmp_path):
     stale = {**feature_paths(corpus), "text": corpus["paths"]["text_cls"]}
     params = {"feature_settings": SETTINGS, "face_selection": LARGEST}
     with pytest.raises(feature_io.FeatureFileError, match=r"minilm_cls\.h5 does not match the config's text "
                                                          r"setting 'minilm_cls': made with pooling: cls instead of "
                                                          r"pooling: mean"):
-        run_train_script(corpus, tmp_path / "stale", stale, params, monkeypatch)
+        run_train_script(corpus, tmp_path / "stale", stale, params)
     assert "pooling: cls instead of pooling: mean" in (tmp_path / "stale" / "train.log").read_text()
-    run_train_script(corpus, tmp_path / "ok", feature_paths(corpus), params, monkeypatch)
+    run_train_script(corpus, tmp_path / "ok", feature_paths(corpus), params)
     assert (tmp_path / "ok" / "model.pt").exists()
     # A rule that does not pass them (yet) trains without the settings check.
-    run_train_script(corpus, tmp_path / "old", stale, {}, monkeypatch)
+    run_train_script(corpus, tmp_path / "old", stale, {})
     assert (tmp_path / "old" / "model.pt").exists()

@@ -219,6 +219,27 @@ def test_idle_openmp_threads_sleep_unless_the_environment_says_otherwise(tmp_pat
         assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
 
 
+def test_a_job_run_in_process_leaves_the_callers_settings_as_they_were(tmp_path, monkeypatch):
+    """A job run in the caller's process (a test, a notebook) set the thread counts, the root log level and the
+    capture of warnings for good: later work in that process ran single-threaded and logged at INFO."""
+    import logging
+    import os
+    import warnings
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "level", logging.WARNING)
+    showwarning = warnings.showwarning
+    with rule_logging(tmp_path / "a.log", threads=2):
+        assert os.environ["OMP_NUM_THREADS"] == os.environ["MKL_NUM_THREADS"] == "2"
+        assert root.level == logging.INFO and warnings.showwarning is not showwarning
+    assert os.environ["OMP_NUM_THREADS"] == "7"
+    assert "MKL_NUM_THREADS" not in os.environ and "OMP_WAIT_POLICY" not in os.environ
+    assert root.level == logging.WARNING and warnings.showwarning is showwarning
+
+
 def test_a_job_whose_log_was_replaced_while_it_ran_appends_its_log(tmp_path):
     """Snakemake deletes a job's log before starting it again: a left-over run of the job (a killed Snakemake's)
     wrote on to the deleted file, and the log held only the re-run's refusal; the left-over run's record was lost."""
