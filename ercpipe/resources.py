@@ -45,6 +45,7 @@ import pandas as pd
 
 from ercpipe.errors import ErcpipeError
 from ercpipe.features.settings import AUDIO_FEATURE_SETS, VISUAL_DEFAULTS
+from ercpipe.io.digest import stat_identity
 
 # Fixed reservations of the rules before this module: the least any job of the rule gets.
 FLOORS: dict[str, dict[str, int]] = {
@@ -176,12 +177,12 @@ def wav_durations(audio_dir, utterance_ids: list[str]) -> pd.Series:
     (the row has no audio: the report says why)."""
     if not Path(audio_dir).is_dir():
         raise FileNotFoundError(errno.ENOENT, "utterance-audio directory does not exist", str(audio_dir))
-    key = (str(audio_dir), Path(audio_dir).stat().st_mtime_ns, tuple(utterance_ids))
+    key = (str(audio_dir), stat_identity(audio_dir), tuple(utterance_ids))
     return pd.Series(_wav_durations(*key), index=list(utterance_ids), dtype="float64")
 
 
 @lru_cache(maxsize=64)
-def _wav_durations(audio_dir: str, _mtime: int, utterance_ids: tuple[str, ...]) -> tuple[float, ...]:
+def _wav_durations(audio_dir: str, _state: tuple, utterance_ids: tuple[str, ...]) -> tuple[float, ...]:
     return tuple(wav_seconds(Path(audio_dir) / f"{u}.wav") for u in utterance_ids)
 
 
@@ -207,11 +208,11 @@ def _shard_rows(manifest_path, shard: int, n_shards: int) -> pd.DataFrame:
     path = Path(manifest_path)
     if not path.exists():
         raise FileNotFoundError(errno.ENOENT, "manifest does not exist", str(manifest_path))
-    return _cached_rows(str(path), path.stat().st_mtime_ns, shard, n_shards).copy()
+    return _cached_rows(str(path), stat_identity(path), shard, n_shards).copy()
 
 
 @lru_cache(maxsize=16)
-def _cached_rows(path: str, _mtime: int, shard: int, n_shards: int) -> pd.DataFrame:
+def _cached_rows(path: str, _state: tuple, shard: int, n_shards: int) -> pd.DataFrame:
     from ercpipe.io import manifest as manifest_io
 
     return manifest_io.shard_rows(manifest_io.read(path), shard, n_shards)

@@ -86,6 +86,22 @@ def test_audio_reservation_follows_the_longest_utterances(shard):
     assert runtime == resources.FLOORS["audio"]["runtime"]  # 3 h of audio: about 11 min, under the floor
 
 
+def test_a_manifest_replaced_within_one_clock_tick_is_read_again(shard, tmp_path):
+    """The rows of a shard were cached by the manifest's mtime: a manifest written again (temp file + rename)
+    within one tick of a coarse file-system clock kept its mtime, and the old rows were served."""
+    import os
+
+    manifest, audio_dir = shard
+    mtime = manifest.stat().st_mtime_ns
+    before = resources.extraction_resources(manifest, 0, 2, "audio", 1, audio_dir=audio_dir)
+    replacement = write_manifest(tmp_path / "new.tsv", {"d0": ["c"], "d1": ["d"]})  # d0 without its long rows
+    os.utime(replacement, ns=(mtime, mtime))
+    replacement.replace(manifest)
+    assert manifest.stat().st_mtime_ns == mtime
+    after = resources.extraction_resources(manifest, 0, 2, "audio", 1, audio_dir=audio_dir)
+    assert before["mem_mb"] > after["mem_mb"] == resources.FLOORS["audio"]["mem_mb"]
+
+
 @pytest.mark.parametrize("feature_set, seconds, measured_peak_mb", [
     # bench/bench_audio_memory.py on the project machine (docs/features.md), the extractor's path.
     ("IS10", 600, 342), ("eGeMAPSv02", 600, 331), ("ComParE_2016", 600, 422),

@@ -50,9 +50,7 @@ def model_folder_sha256(path: str | os.PathLike, length: int = 16) -> str:
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         files += [Path(folder) / name for name in sorted(names)
                   if not name.startswith(".") and Path(name).suffix in MODEL_FILE_SUFFIXES]
-    stats = [file.stat() for file in files]
-    key = (str(root.resolve()), length,
-           tuple((str(f), s.st_size, s.st_mtime_ns, s.st_ctime_ns, s.st_ino, s.st_dev) for f, s in zip(files, stats)))
+    key = (str(root.resolve()), length, tuple((str(f), stat_identity(f)) for f in files))
     if key not in _MODEL_DIGESTS:
         digest = hashlib.sha256()
         for file in files:
@@ -60,6 +58,14 @@ def model_folder_sha256(path: str | os.PathLike, length: int = 16) -> str:
                 "utf-8", "surrogateescape"))
         _MODEL_DIGESTS[key] = digest.hexdigest()[:length]
     return _MODEL_DIGESTS[key]
+
+
+def stat_identity(path: str | os.PathLike) -> tuple[int, ...]:
+    """What tells one state of a file from the next for an in-process cache: a file replaced (written to a temp
+    file and renamed) or rewritten within one tick of the file system's clock keeps its mtime, not its inode or
+    ctime."""
+    st = os.stat(path)
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def file_entry(root: Path, file: Path) -> bytes:
