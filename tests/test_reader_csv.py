@@ -164,6 +164,30 @@ def test_a_time_that_is_not_seconds_never_leaves_half_a_window(data_dir, tmp_pat
     assert detail["v0"].endswith("own.wav is used; fix the times")
 
 
+def test_a_window_with_only_a_start_or_only_an_end_is_bad_time(data_dir, tmp_path):
+    """An empty end was read as the file's end (an empty start as 0): 7 s to the end of a dialogue's recording,
+    the other speakers' utterances, became the utterance's faces, with no word in issues.tsv."""
+    for name in ("d1.wav", "own.wav"):
+        write_wav(data_dir / "audio" / name, seconds=4.0)
+    header = HEADER + ",video_start,video_end"
+    lines = ["d1,u0,train,Ann,calm,one,audio/d1.wav,0.0,1.0,audio/d1.wav,0.0,1.0",
+             "d1,u1,train,Bob,angry,two,audio/d1.wav,1.0,2.0,audio/d1.wav,2.0,",
+             "d1,u2,train,Ann,happy,three,audio/d1.wav,,3.0,audio/d1.wav,2.0,3.0",
+             "d2,v0,test,Ann,calm,four,audio/own.wav,1.5,,audio/own.wav,,"]
+    df, issues, _ = build(write(data_dir / "m.csv", lines, header), tmp_path / "out")
+    rows = df.set_index("utterance_id")
+    assert rows.loc["u1", "video_path"] == "" and rows.loc["u1", "audio_path"].endswith("d1.wav")  # shared file
+    assert (rows.loc["u1", "audio_start"], rows.loc["u1", "audio_end"]) == (1.0, 2.0)  # its audio window is whole
+    assert rows.loc["u2", "audio_path"] == "" and rows.loc["u2", "video_path"].endswith("d1.wav")
+    assert rows.loc["v0", "audio_path"].endswith("own.wav") and math.isnan(rows.loc["v0", "audio_start"])
+    detail = issues[issues["reason"] == "bad_time"].set_index("utterance_id")["detail"]
+    assert sorted(detail.index) == ["u1", "u2", "v0"]
+    assert detail["u1"].startswith("video_start 2.0 has no video_end (give both, or neither for the whole file); ")
+    assert "so the utterance gets no video" in detail["u1"]
+    assert detail["u2"].startswith("audio_end 3.0 has no audio_start")
+    assert detail["v0"].endswith("own.wav is used; fix the times")
+
+
 def test_probe_media_flags_corrupt_audio(data_dir, tmp_path):
     (data_dir / "audio" / "broken.wav").write_bytes(b"RIFF....WAVEfmt " + b"\x01" * 64)
     lines = ["c1,u0,train,Ann,calm,ok,audio/call1.wav,,,", "c1,u1,train,Ann,calm,bad,audio/broken.wav,,,"]

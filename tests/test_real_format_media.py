@@ -99,6 +99,10 @@ def test_an_mp4_cut_short_after_its_index_is_not_decodable(tmp_path):
     info = media.probe(cut)
     assert not info.decodable and info.error.startswith("truncated: its index lists 3.00 s of video")
     assert len(visual.sample_frames(cut, None, None, 10.0, 100)) < 30  # what decoding alone would give
+    # Without probing (the readers' default), a window in the lost tail gets no frame, and the extractor says why.
+    assert visual.sample_frames(cut, 2.5, 3.0, 2.0, 4) == []
+    reason, detail = media.empty_window_problem(cut, 2.5, 3.0, "video")
+    assert reason == "corrupt_video" and detail.startswith(f"{cut}: truncated: its index lists 3.00 s of video")
 
 
 def _write_video(path: Path, size=(96, 64), seconds: float = 10.0, fps: int = 25, fmt: str | None = None,
@@ -186,6 +190,49 @@ def test_the_picture_stream_is_the_largest_and_a_tiny_picture_has_no_face(detect
     tiny = _write_video(tmp_path / "tiny.mp4", size=(16, 16), seconds=1.0)
     frames = visual.sample_frames(tiny, None, None, 2.0, 4)
     assert visual.detect_faces(detector, frames, max_side=None) == [[], []]  # MTCNN itself fails on these
+
+
+def test_a_raw_h264_stream_without_timestamps_is_timed_by_its_frame_rate(tmp_path):
+    """A camera's or DVR's raw .h264 has no timestamps and cannot be seeked: its frames were skipped (the whole
+    file had "no frame inside the window") and a window's seek failed as a corrupt video (EPERM)."""
+    raw = _write_video(tmp_path / "cam.h264", seconds=4.0, fmt="h264")
+    timed = _write_video(tmp_path / "cam.mp4", seconds=4.0)  # the same frames in a container
+    for lo, hi in ((None, None), (1.0, 2.0), (2.5, 3.3)):
+        got = visual.sample_timed_frames(raw, lo, hi, 2.0, 16)
+        want = visual.sample_timed_frames(timed, lo, hi, 2.0, 16)
+        assert [round(t, 3) for t, _ in got] == [round(t, 3) for t, _ in want] and got, (lo, hi)
+        assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(got, want)), (lo, hi)
+
+
+def test_an_audio_files_cover_image_is_not_its_video(tmp_path):
+    """An MP3's album art is a video stream marked as an attached picture: it was taken as the utterance's
+    picture (faces of the cover), or, for a window, the file was called corrupt."""
+    from PIL import Image
+    import io
+
+    cover = io.BytesIO()
+    Image.fromarray(np.full((64, 64, 3), 200, np.uint8)).save(cover, format="JPEG")
+    path = tmp_path / "song.mp3"
+    with av.open(str(path), "w", format="mp3") as container:
+        audio = container.add_stream("libmp3lame", rate=44100)
+        art = container.add_stream("mjpeg")
+        art.width, art.height, art.pix_fmt = 64, 64, "yuvj420p"
+        art.disposition = av.stream.Disposition.attached_pic
+        packet = av.Packet(cover.getvalue())
+        packet.stream, packet.pts, packet.dts, packet.is_keyframe = art, 0, 0, True
+        container.mux(packet)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 3 * 44100), np.float32), format="fltp", layout="mono")
+        frame.sample_rate = 44100
+        container.mux(audio.encode(frame))
+        container.mux(audio.encode())
+    with av.open(str(path)) as container:
+        assert container.streams.video[0].disposition & av.stream.Disposition.attached_pic  # what the case is
+    info = media.probe(path)
+    assert info.decodable and info.has_audio and not info.has_video
+    for lo, hi in ((None, None), (1.0, 2.0)):
+        with pytest.raises(media.MediaError) as err:
+            visual.sample_frames(path, lo, hi, 2.0, 4)
+        assert err.value.reason == "no_video"
 
 
 class _CountingContainer:

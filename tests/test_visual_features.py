@@ -202,19 +202,22 @@ def visual_manifest(videos, tmp_path_factory) -> Path:
          "video_end": float("nan"), "flags": "bad_time"},
         {"utterance_id": "junk", "speaker": "Ses01_F", "video_path": str(junk), "video_start": 0.0,
          "video_end": 1.0},
+        # An end before the start (a CSV row): the reader flags it and keeps the row's own file.
+        {"utterance_id": "reversed", "speaker": "Ses01_F", "video_path": str(videos["mp4"]), "video_start": 1.0,
+         "video_end": 0.5, "flags": "bad_time"},
     ]), path)
     return path
 
 
-def test_extract_shard_denseface_records_every_absent_row(visual_manifest, tmp_path):
+def test_extract_shard_denseface_records_every_absent_row(visual_manifest, videos, tmp_path):
     settings = {"backbone": "denseface", "weights": "random", "fps": 2}
     out = tmp_path / "shard.h5"
     visual.extract_shard(visual_manifest, settings, out, threads=2, device="cpu",
                          context=ExtractionContext(face_selection=SIDE))
     expected_hash = feature_io.settings_hash(visual.stored_settings(settings, SIDE))
     fs = feature_io.read(out, expected_dim=342, expected_hash=expected_hash)
-    assert fs.utterance_ids == ["f_mp4", "m_avi", "nobody", "gone", "flagged", "late", "untimed", "junk"]
-    assert fs.present.tolist() == [True, True, False, False, False, False, False, False]
+    assert fs.utterance_ids == ["f_mp4", "m_avi", "nobody", "gone", "flagged", "late", "untimed", "junk", "reversed"]
+    assert fs.present.tolist() == [True, True, False, False, False, False, False, False, False]
     assert np.all(fs.features[~fs.present] == 0)
     assert np.isfinite(fs.features).all() and np.abs(fs.features[:2]).sum(axis=1).min() > 0
     assert not np.allclose(fs.features[0], fs.features[1])  # the left and the right face differ
@@ -222,7 +225,10 @@ def test_extract_shard_denseface_records_every_absent_row(visual_manifest, tmp_p
     assert absent["nobody"].startswith("no_face")
     assert absent["gone"].startswith("missing_video")
     assert absent["flagged"].startswith("no_video: ") and "flagged by the dataset's reader" in absent["flagged"]
-    assert absent["late"].startswith("no_frames")
+    # Where the window or the file is at fault, the reason says which (it said "no frame inside the window").
+    assert absent["late"] == (f"corrupt_video: {videos['mp4']}: the utterance starts at 50.0 s, after the end of "
+                              "the file (2.00 s); check its times")
+    assert absent["reversed"].startswith(f"bad_time: {videos['mp4']}: the window [1.0, 0.5) s is empty")
     assert absent["untimed"].startswith("bad_time: no usable times to cut the video")
     assert absent["junk"].startswith("corrupt_video") and "junk.mp4" in absent["junk"]
     assert fs.attrs["extractor"] == "mtcnn+denseface" and fs.attrs["model"] == "denseface"

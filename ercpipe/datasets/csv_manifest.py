@@ -432,6 +432,13 @@ def _row_times(row: dict, record: CsvRecord) -> None:
             row["_time_problems"].append((kind, f"{kind} times {raw_start!r}, {raw_end!r} are not seconds{comma}",
                                           True))
             start = end = math.nan
+        elif math.isnan(start) != math.isnan(end):
+            # Half a window: the extractors would read an empty end as the file's end (an empty start as 0),
+            # which in a dialogue's recording is the other speakers' utterances.
+            given, seconds, missing = ("start", start, "end") if math.isnan(end) else ("end", end, "start")
+            row["_time_problems"].append((kind, f"{kind}_{given} {seconds} has no {kind}_{missing} (give both, or "
+                                                f"neither for the whole file)", True))
+            start = end = math.nan
         elif math.isfinite(start) and math.isfinite(end) and end <= start:
             row["_time_problems"].append((kind, f"{kind} end {end} is not after start {start}", False))
         row[f"{kind}_start"], row[f"{kind}_end"] = start, end

@@ -41,8 +41,8 @@ from tqdm.auto import tqdm
 from ercpipe.io import manifest as manifest_io
 from ercpipe.errors import DISK_FULL
 from ercpipe.io.atomic import WriteFailedError, atomic_dir, write_failed
-from ercpipe.io.media import (SAMPLE_RATE, SILENCE_PEAK, MediaError, iter_audio, probe, require_readable,
-                              sndfile_write_error)
+from ercpipe.io.media import (SAMPLE_RATE, SILENCE_PEAK, MediaError, empty_window_problem, iter_audio, probe,
+                              require_readable, sndfile_write_error)
 from ercpipe.runlog import worker_context
 
 logger = logging.getLogger(__name__)
@@ -84,15 +84,10 @@ def utterance_audio(row, out_dir: Path) -> tuple[str, str]:
         return "corrupt_audio", f"{row.audio_path}: {type(err).__name__}: {err}"
     if samples == 0 or peak < SILENCE_PEAK:  # ercpipe.io.media.is_silent
         wav.unlink(missing_ok=True)
-        if samples == 0 and not math.isnan(row.audio_start) and not math.isnan(row.audio_end) \
-                and row.audio_end <= row.audio_start:
-            return "bad_time", (f"{row.audio_path}: the window [{row.audio_start}, {row.audio_end}) s is empty (its "
-                                    "end is not after its start; the row is flagged bad_time): fix the times")
-        if samples == 0 and not math.isnan(row.audio_start):
-            length = probe(row.audio_path).duration
-            if 0 < length <= row.audio_start:  # the readers call this corrupt_audio too
-                return "corrupt_audio", (f"{row.audio_path}: the utterance starts at {row.audio_start} s, after the "
-                                         f"end of the file ({length:.2f} s); check its times")
+        problem = empty_window_problem(row.audio_path, row.audio_start, row.audio_end, "audio") if samples == 0 \
+            else None
+        if problem:
+            return problem
         window = "" if math.isnan(row.audio_start) and math.isnan(row.audio_end) else \
             f" in [{row.audio_start}, {row.audio_end}) s"
         what = "no samples" if samples == 0 else "digital silence"

@@ -37,7 +37,7 @@ from ercpipe.features.interface import NO_CONTEXT, ExtractionContext, under_base
 from ercpipe.io import features as feature_io
 from ercpipe.io import manifest as manifest_io
 from ercpipe.io.digest import file_digest
-from ercpipe.io.media import MediaError, count_sampled_frames, iter_frames, require_readable
+from ercpipe.io.media import MediaError, count_sampled_frames, empty_window_problem, iter_frames, require_readable
 
 logger = logging.getLogger(__name__)
 
@@ -566,7 +566,10 @@ def extract_shard(manifest_path, settings: dict | None, out_path, *, threads: in
                     desc="visual", unit="utt")
     for i, (row, frames, reason) in enumerate(progress):
         if not reason and not frames:
-            reason = "no_frames (the video has no frame inside the utterance's time window)"
+            # Probed only here, for the rare row without a frame: the window's or the file's fault says what to fix.
+            problem = empty_window_problem(row.video_path, row.video_start, row.video_end, "video")
+            reason = ": ".join(problem) if problem else \
+                "no_frames (the video has no frame inside the utterance's time window)"
         frame_count += len(frames or [])
         if reason:
             absent[row.utterance_id] = reason

@@ -109,7 +109,7 @@ def probe(path: str | Path) -> MediaInfo:
     try:
         with av.open(_local(path)) as container:
             has_audio = len(container.streams.audio) > 0
-            has_video = len(container.streams.video) > 0
+            has_video = len(_picture_streams(container)) > 0
             duration = float(container.duration / av.time_base) if container.duration else 0.0
             # Opening succeeds on some truncated files; decoding one packet proves the file is usable.
             stream = _video_stream(container, path) if has_video else \
@@ -139,6 +139,23 @@ def probe(path: str | Path) -> MediaInfo:
     if cut:
         return MediaInfo(str(path), True, False, has_audio, has_video, duration, cut)
     return MediaInfo(str(path), True, True, has_audio, has_video, duration)
+
+
+def empty_window_problem(path: str | Path, start: float, end: float, kind: str) -> tuple[str, str] | None:
+    """Why a window of `path` gave no samples or frames when the window or the file is at fault, as (reason,
+    detail): an empty window (bad_time), a file cut short, or a window that starts after the file ends
+    (corrupt_{kind}, as the readers call it when they probe). None when neither explains it (the file holds
+    nothing there)."""
+    if not math.isnan(start) and not math.isnan(end) and end <= start:
+        return "bad_time", (f"{path}: the window [{start}, {end}) s is empty (its end is not after its start; the "
+                            "row is flagged bad_time): fix the times")
+    info = probe(path)
+    if not info.decodable:
+        return f"corrupt_{kind}", f"{path}: {info.error}"
+    if not math.isnan(start) and 0 < info.duration <= start:
+        return f"corrupt_{kind}", (f"{path}: the utterance starts at {start} s, after the end of the file "
+                                   f"({info.duration:.2f} s); check its times")
+    return None
 
 
 def _cut_short(container, stream) -> str:
@@ -333,14 +350,36 @@ def _audio_stream(container):
     return next((a for a in streams if a.disposition & av.stream.Disposition.default), streams[0])
 
 
+def _picture_streams(container) -> list:
+    """The video streams that are pictures of the recording: not a cover image (an MP3's or M4A's album art, a
+    thumbnail track), which is one still, not the utterance's faces."""
+    return [v for v in container.streams.video if not v.disposition & av.stream.Disposition.attached_pic]
+
+
 def _video_stream(container, path: Path):
     """The picture: the largest video stream that is not a cover image (a file can carry a thumbnail
     track or a second, smaller camera before the main one)."""
-    streams = [v for v in container.streams.video if not v.disposition & av.stream.Disposition.attached_pic] \
-        or list(container.streams.video)
+    streams = _picture_streams(container)
     if not streams:
         raise MediaError("no_video", path)
     return max(streams, key=lambda v: ((v.codec_context.width or 0) * (v.codec_context.height or 0), -v.index))
+
+
+# FFmpeg's AVFMT_NOTIMESTAMPS: a raw elementary stream (.h264, .hevc, .m4v, as cameras and DVRs write them), whose
+# frames carry no timestamps and which cannot be seeked; its frames are timed by their index at its frame rate.
+_NO_TIMESTAMPS = 0x0080
+
+
+def _frame_rate_if_untimed(container, stream, path: Path) -> float | None:
+    """The frame rate by which frames are timed, for a file whose frames carry no timestamps; None otherwise."""
+    if not container.format.flags & _NO_TIMESTAMPS:
+        return None
+    rate = stream.guessed_rate or stream.average_rate
+    if not rate:
+        raise MediaError("corrupt_video", path, "its frames carry no timestamps and it gives no frame rate (a raw "
+                                                "video stream): put it in a container, e.g. `ffmpeg -framerate FPS "
+                                                "-i FILE -c copy FILE.mp4` with the camera's frame rate")
+    return float(rate)
 
 
 def _decode_from(container, stream, lo: float, origin: float):
@@ -385,11 +424,14 @@ def iter_frames(path: str | Path, start: float | None = None, end: float | None 
             stream = _video_stream(container, path)
             stream.thread_type = "AUTO"
             origin = _origin(container)
-            frames = _decode_from(container, stream, lo, origin) if lo > 0 else container.decode(stream)
-            for frame in frames:
-                if frame.pts is None:
+            rate = _frame_rate_if_untimed(container, stream, path)
+            # A file without timestamps cannot be seeked: it is decoded from its start.
+            frames = _decode_from(container, stream, lo, origin) if lo > 0 and rate is None else \
+                container.decode(stream)
+            for decoded, frame in enumerate(frames):
+                if frame.pts is None and rate is None:
                     continue
-                t = _seconds(frame.pts, stream, origin)
+                t = decoded / rate if frame.pts is None else _seconds(frame.pts, stream, origin)
                 if t >= hi:
                     break
                 if not grid.take(t):
