@@ -204,6 +204,20 @@ def test_a_raw_h264_stream_without_timestamps_is_timed_by_its_frame_rate(tmp_pat
         assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(got, want)), (lo, hi)
 
 
+def test_a_window_between_two_frames_takes_the_frame_on_screen(tmp_path):
+    """A 1-fps camera: an utterance from 2.3 to 2.8 s had no frame inside its window and got no face, while a
+    player shows the frame of second 2 all along. A window past the last frame still has none."""
+    clip = _write_video(tmp_path / "slow.mp4", seconds=5.0, fps=1)
+    on_screen = visual.sample_timed_frames(clip, 2.0, 2.5, 2.0, 16)
+    assert [round(t, 3) for t, _ in on_screen] == [2.0]
+    for lo, hi in ((2.3, 2.8), (2.01, 2.99)):
+        got = visual.sample_timed_frames(clip, lo, hi, 2.0, 16)
+        assert [round(t, 3) for t, _ in got] == [2.0] and np.array_equal(got[0][1], on_screen[0][1]), (lo, hi)
+        assert media.count_sampled_frames(clip, lo, hi, 2.0) == 1  # the prediction agrees: no second decoding
+    assert visual.sample_timed_frames(clip, 6.0, 7.0, 2.0, 16) == []
+    assert media.count_sampled_frames(clip, 6.0, 7.0, 2.0) == 0
+
+
 def test_an_audio_files_cover_image_is_not_its_video(tmp_path):
     """An MP3's album art is a video stream marked as an attached picture: it was taken as the utterance's
     picture (faces of the cover), or, for a window, the file was called corrupt."""

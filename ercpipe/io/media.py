@@ -410,13 +410,17 @@ def iter_frames(path: str | Path, start: float | None = None, end: float | None 
     """Yield (time in seconds, RGB uint8 frame [H, W, 3]) sampled every 1/fps s inside [start, end).
 
     A frame is taken at the first decoded frame at or after each sampling instant, so an utterance
-    shorter than 1/fps still yields its first frame. With `keep`, the i-th sampled frame (from 0) is
-    converted to RGB only where keep(i) is true and is None otherwise (its time is still yielded).
+    shorter than 1/fps still yields its first frame. A window that falls between two frames (a camera at a
+    low or variable frame rate) yields the frame on screen at its start, the last one before it, with that
+    frame's time. With `keep`, the i-th sampled frame (from 0) is converted to RGB only where keep(i) is
+    true and is None otherwise (its time is still yielded).
     """
     lo, hi = _window(start, end)
     path = Path(path)
     if not path.exists():
         raise MediaError("missing_video", path)
+    if hi <= lo:
+        return  # an empty window has no frame, not even the one on screen at its start
     grid = _SamplingGrid(lo, fps)
     index = 0
     try:
@@ -428,13 +432,19 @@ def iter_frames(path: str | Path, start: float | None = None, end: float | None 
             # A file without timestamps cannot be seeked: it is decoded from its start.
             frames = _decode_from(container, stream, lo, origin) if lo > 0 and rate is None else \
                 container.decode(stream)
+            before = None  # (time, frame) of the last frame before the window
             for decoded, frame in enumerate(frames):
                 if frame.pts is None and rate is None:
                     continue
                 t = decoded / rate if frame.pts is None else _seconds(frame.pts, stream, origin)
                 if t >= hi:
+                    if index == 0 and before is not None:  # the window lies between two frames
+                        t, frame = before
+                        yield t, (_upright(frame, stream.sample_aspect_ratio) if keep is None or keep(0) else None)
                     break
                 if not grid.take(t):
+                    if t < lo:
+                        before = (t, frame)
                     continue
                 yield t, (_upright(frame, stream.sample_aspect_ratio) if keep is None or keep(index) else None)
                 index += 1
@@ -471,6 +481,8 @@ def count_sampled_frames(path: str | Path, start: float | None = None, end: floa
     path = Path(path)
     if not path.exists():
         return None
+    if hi <= lo:
+        return 0
     times: list[float] = []
     try:
         with av.open(_local(path)) as container:
@@ -483,10 +495,13 @@ def count_sampled_frames(path: str | Path, start: float | None = None, end: floa
                     continue  # the demuxer's final flush packet
                 if packet.pts is None:
                     return None
+                times.append(_seconds(packet.pts, stream, origin))
                 if packet.dts is not None and _seconds(packet.dts, stream, origin) >= hi:
                     break  # decoding order: every later packet has dts, hence pts, >= hi
-                times.append(_seconds(packet.pts, stream, origin))
     except (av.error.FFmpegError, MediaError, OSError, ValueError, UnicodeDecodeError):
         return None
     grid = _SamplingGrid(lo, fps)
-    return sum(1 for t in sorted(times) if t < hi and grid.take(t))
+    count = sum(1 for t in sorted(times) if t < hi and grid.take(t))
+    if count == 0 and any(t >= hi for t in times) and any(t < lo for t in times):
+        return 1  # the window lies between two frames: iter_frames yields the one before it
+    return count
