@@ -8,8 +8,10 @@ import logging
 import multiprocessing
 import os
 import re
+import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Iterator
@@ -238,9 +240,66 @@ def rule_logging(log_path: str | os.PathLike | None, threads: int = 1) -> Iterat
     slower than 1-thread there (3.3 against 46 s per epoch with PASSIVE; the same numbers either way).
     An exception is logged with its message before it propagates, so the log says what went wrong.
     """
-    with _job_settings(threads):
-        with _routed_logging(log_path) as logger:
-            yield logger
+    with _job_settings(threads), _routed_logging(log_path) as logger, _stops_once_complete():
+        yield logger
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class _Job:
+    """The job rule_logging runs in this process: whether its outputs are complete (outputs_complete)."""
+
+    def __init__(self) -> None:
+        self.complete = False
+
+
+_job: _Job | None = None
+
+
+def outputs_complete() -> None:
+    """Say that the running job's outputs are all written: from here on a SIGTERM or SIGINT is logged and ignored,
+    so the job ends with status 0. Snakemake deletes the outputs of a job that dies by a signal, and training and
+    fine-tuning delete their resume state once their outputs are written: a stop that came while such a job wound
+    down (its log already said the encoder was saved, or "done") cost the whole run, and a SLURM job whose time
+    limit landed there got the same time again. Called by rule_logging when the job's body returns, and earlier by
+    the trainer and the fine-tuning at the point their outputs are complete. Outside a job it does nothing."""
+    if _job is None or _job.complete:
+        return
+    _job.complete = True
+    if threading.current_thread() is threading.main_thread():
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, _ignore_stop)
+
+
+def outputs_are_complete() -> bool:
+    return _job is not None and _job.complete
+
+
+def _ignore_stop(signum: int, frame) -> None:
+    logger.warning("%s after the job's outputs were complete: ignored; the job ends normally",
+                   signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def _stops_once_complete() -> Iterator[None]:
+    """A job's stop signals: theirs as the process had them (a SIGTERM ends the job where it is, a handler such as
+    the trainer's finishes its epoch first) until the outputs are complete, ignored after (outputs_complete).
+    In a job process (one Snakemake runs) they stay ignored until the process has ended, through the
+    interpreter's shutdown; a job run in-process (a test, a notebook) gets the caller's handlers back."""
+    global _job
+    main = threading.current_thread() is threading.main_thread()
+    saved = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS} if main else {}
+    outer, _job = _job, _Job()
+    try:
+        yield
+        outputs_complete()
+    finally:
+        complete, _job = _job.complete, outer
+        if not (complete and _snakemake_ancestor() is not None):
+            for signum, handler in saved.items():
+                if handler is not None:
+                    signal.signal(signum, handler)
 
 
 @contextlib.contextmanager

@@ -297,6 +297,39 @@ def test_an_interrupted_finetuning_resumes_with_the_uninterrupted_result(corpus,
                                        device=TEST_DEVICE)
 
 
+_STOPPED_AS_IT_ENDS = """
+import json, os, pathlib, signal, sys
+from ercpipe.features import finetune
+from ercpipe.runlog import rule_logging
+manifest, settings, out, log, device = json.loads(sys.argv[1])
+real_unlink = pathlib.Path.unlink
+def unlink(self, missing_ok=False):
+    if self.name.endswith(".resume.pt"):  # the encoder is saved; its resume state goes next
+        os.kill(os.getpid(), signal.SIGTERM)
+    return real_unlink(self, missing_ok=missing_ok)
+pathlib.Path.unlink = unlink
+with rule_logging(log):
+    finetune.finetune_text_encoder(manifest, settings, pathlib.Path(out), threads=1, device=device)
+"""
+
+
+def test_a_sigterm_after_the_encoder_is_saved_does_not_fail_the_job(corpus, tmp_path):
+    """The log said "fine-tuned encoder saved", then a SIGTERM ended the job by the default action: Snakemake
+    deleted the encoder, and the resume state was gone, so the re-run fine-tuned from the first epoch."""
+    import subprocess
+    import sys
+
+    root, _, model = corpus
+    settings = {"model": str(model), "pooling": "mean", "finetune": {**TRAINING, "epochs": 2}}
+    out, log = tmp_path / "tuned", tmp_path / "finetune.log"
+    arguments = json.dumps([str(root / "manifest.tsv"), settings, str(out), str(log), TEST_DEVICE])
+    result = subprocess.run([sys.executable, "-c", _STOPPED_AS_IT_ENDS, arguments], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:] + log.read_text()[-2000:]
+    assert "SIGTERM after the job's outputs were complete: ignored" in log.read_text()
+    assert (out / "metrics.json").is_file() and not finetune.resume_path(out).exists()
+
+
 def test_mixed_precision_finetuning_learns_resumes_and_is_recorded(corpus, tmp_path, caplog, monkeypatch):
     """finetune.amp autocasts the encoder as train.amp does the SDT; the weights stay fp32, a killed run resumes with
     the uninterrupted result, and an encoder is only used by a setting of its own precision."""

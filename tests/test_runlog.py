@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import re
 
+import pytest
 from tqdm.auto import tqdm
 
 from ercpipe.runlog import rule_logging
@@ -238,6 +239,46 @@ def test_a_job_run_in_process_leaves_the_callers_settings_as_they_were(tmp_path,
     assert os.environ["OMP_NUM_THREADS"] == "7"
     assert "MKL_NUM_THREADS" not in os.environ and "OMP_WAIT_POLICY" not in os.environ
     assert root.level == logging.WARNING and warnings.showwarning is showwarning
+
+
+_ENDING_JOB = """
+import os, signal, sys, time
+from ercpipe.runlog import outputs_complete, rule_logging
+log = sys.argv[1]
+with rule_logging(log):
+    outputs_complete()
+    os.kill(os.getpid(), signal.SIGINT)  # while the job winds down: logged and ignored
+    time.sleep(0.2)
+print("default handler after the job:", signal.getsignal(signal.SIGTERM) == signal.SIG_DFL, flush=True)
+os.kill(os.getpid(), signal.SIGTERM)  # as the process ends (a job process only: ignored)
+time.sleep(0.2)
+print("ended normally", flush=True)
+"""
+
+
+@pytest.mark.parametrize("under_snakemake", [True, False])
+def test_a_stop_once_the_jobs_outputs_are_complete_does_not_fail_it(tmp_path, under_snakemake):
+    """A SIGTERM that came after a job had written its outputs (its log said "done", the interpreter was shutting
+    down) ended it by the default action: Snakemake then deleted the complete outputs. In a job process stops stay
+    ignored to the end; run in-process (not under Snakemake), the caller's handlers come back after the job."""
+    import signal
+    import subprocess
+    import sys
+
+    script = tmp_path / "job.py"
+    script.write_text(_ENDING_JOB)
+    log = tmp_path / "job.log"
+    command = [sys.executable, str(script), str(log)]
+    if under_snakemake:  # a parent whose command line names snakemake, as a job's shell does
+        command = ["sh", "-c", '"$@"; exit $?', "snakemake-job", *command]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert "SIGINT after the job's outputs were complete: ignored; the job ends normally" in log.read_text()
+    assert "done in" in log.read_text()
+    if under_snakemake:
+        assert result.returncode == 0 and "ended normally" in result.stdout, result.stderr
+    else:
+        assert result.returncode == -signal.SIGTERM, result.stderr
+        assert "default handler after the job: True" in result.stdout
 
 
 def test_a_job_whose_log_was_replaced_while_it_ran_appends_its_log(tmp_path):

@@ -659,6 +659,42 @@ def test_sigterm_writes_the_state_after_the_current_epoch_and_resumes(vega_run, 
     assert not (out / "last.pt").exists()
 
 
+FINISH_SCRIPT = """
+import json, os, signal, sys
+from ercpipe.runlog import rule_logging
+from ercpipe.train import run_training, trainer
+a = json.loads(sys.argv[1])
+real = getattr(trainer, a["at"])
+def signalled(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)
+    return real(*args, **kwargs)
+setattr(trainer, a["at"], signalled)
+with rule_logging(a["log"]):
+    run_training(a["manifest"], a["features"], a["anchors"], a["experiment"], a["seed"], a["out"],
+                 device=a["device"], threads=1)
+"""
+
+
+@pytest.mark.parametrize("at, logged", [
+    ("_finish", "received SIGTERM during the final evaluation: the run finishes first"),
+    ("remove_stale_temporaries", "SIGTERM after the job's outputs were complete: ignored; the job ends normally"),
+])
+def test_a_sigterm_once_the_epochs_are_done_lets_the_job_finish(vega_run, dataset, tmp_path, at, logged):
+    """A SIGTERM during the final evaluation ended the job by the default action, without a word in its log, and
+    its re-run repeated up to checkpoint_every epochs; one after metrics.json (the resume state then deleted) failed
+    a job whose log said it was done: Snakemake deleted its outputs and the whole run was trained again."""
+    out, log = tmp_path / "run", tmp_path / "train.log"
+    args = {"manifest": str(dataset["manifest"]), "features": {m: str(p) for m, p in dataset["features"].items()},
+            "anchors": str(dataset["anchors"]), "experiment": resolve_experiment(TINY), "seed": 0, "out": str(out),
+            "device": TEST_DEVICE, "at": at, "log": str(log)}
+    result = subprocess.run([sys.executable, "-c", FINISH_SCRIPT, json.dumps(args)], cwd=REPO,
+                            env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:] + log.read_text()[-2000:]
+    assert logged in log.read_text() and "done in" in log.read_text()
+    assert_same_run(out, json.loads((out / "metrics.json").read_text()), *vega_run)
+    assert not (out / "last.pt").exists()
+
+
 def test_an_exception_between_epochs_keeps_the_completed_epoch(dataset, tmp_path):
     class Stop(Exception):
         pass

@@ -42,6 +42,7 @@ from ercpipe.model.checkpoint import save_torch
 from ercpipe.model.inference import autocast_context, effective_amp
 from ercpipe.scores import is_better
 from ercpipe.model.losses import inverse_frequency_weights, paper_class_weights
+from ercpipe.runlog import outputs_complete
 
 logger = logging.getLogger(__name__)
 
@@ -376,5 +377,6 @@ def finetune_text_encoder(manifest_path, settings: dict, out_dir: Path, threads:
         model.encoder.save_pretrained(tmp)
         encoder.tokenizer.save_pretrained(tmp)
         write_json(Path(tmp) / "metrics.json", metrics)
+    outputs_complete()  # before the resume state goes: a stop from here on must not fail the job
     state_path.unlink(missing_ok=True)  # complete: a forced re-run fine-tunes from the start
     logger.info("fine-tuned encoder saved to %s (epoch %d, valid weighted F1 %.4f)", out_dir, best_epoch, best_score)

@@ -46,7 +46,7 @@ from ercpipe.model.spec import spec_from_experiment
 from ercpipe.train.data import DialogueData, batches, load_dialogues, mask_feature_dims, standardization
 from ercpipe.scores import is_better
 from ercpipe.train.metrics import SCALAR_METRICS, classification_metrics, weighted_f1
-from ercpipe.runlog import job_end_time
+from ercpipe.runlog import job_end_time, outputs_are_complete, outputs_complete
 from ercpipe.train.presets import active_settings, inactive_keys, resolve_experiment, without_non_training_keys
 
 logger = logging.getLogger(__name__)
@@ -451,8 +451,12 @@ def run_training(manifest_path, feature_paths: dict, anchor_path, experiment: di
                 save_state()
                 logger.warning("run interrupted after epoch %d; its state is in %s", state["epoch"], last_path)
             raise
-    return _finish(out_dir, cfg, data, seed, state, best, device, selection_split, train_splits, weights,
-                   weights_source, anchor_info, loss_fn, anchor_set, identity)
+        # A stop during the final evaluation waits for it too: the outputs are minutes away at most, while stopping
+        # here would repeat up to checkpoint_every epochs (the last epoch writes no state) and, with the default
+        # action, end the job with no word in its log.
+        stop_signal.finishing = True
+        return _finish(out_dir, cfg, data, seed, state, best, device, selection_split, train_splits, weights,
+                       weights_source, anchor_info, loss_fn, anchor_set, identity)
 
 
 class _JobEnd:
@@ -499,6 +503,7 @@ class _StopSignals:
 
     def __init__(self):
         self.received: int | None = None
+        self.finishing = False  # the epochs are done: the final evaluation and the outputs are under way
         self._received_at = 0.0
         self._previous: dict = {}
 
@@ -510,8 +515,12 @@ class _StopSignals:
                 return
             self._raise(signum, "second signal: stopping without writing the state")
         self.received, self._received_at = signum, time.monotonic()
-        logger.warning("received %s: stopping after the current epoch (its state is written first)",
-                       signal.Signals(signum).name)
+        if self.finishing:
+            logger.warning("received %s during the final evaluation: the run finishes first (its outputs are "
+                           "written; a second signal stops it at once)", signal.Signals(signum).name)
+        else:
+            logger.warning("received %s: stopping after the current epoch (its state is written first)",
+                           signal.Signals(signum).name)
 
     def _raise(self, signum: int, message: str):
         logger.warning("%s: %s", signal.Signals(signum).name, message)
@@ -529,8 +538,9 @@ class _StopSignals:
         return self
 
     def __exit__(self, *exc):
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
+        if not outputs_are_complete():  # else the job's outputs are written: stops stay ignored (outputs_complete)
+            for signum, handler in self._previous.items():
+                signal.signal(signum, handler)
         return False
 
 
@@ -746,6 +756,7 @@ def _finish(out_dir, cfg, data, seed, state, payload, device, selection_split, t
     }
     save_torch(payload, out_dir / BEST_NAME)
     write_json(out_dir / "metrics.json", metrics)
+    outputs_complete()  # before the resume state goes: a stop from here on must not fail the job
     # The run is complete: the resume state is no longer needed (a forced re-run trains from scratch).
     (out_dir / LAST_NAME).unlink(missing_ok=True)
     remove_stale_temporaries(out_dir / LAST_NAME)  # a state a killed run was writing when it stopped
