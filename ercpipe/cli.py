@@ -183,11 +183,21 @@ def _refuse_out_over_an_input(args, out: str, parser: argparse.ArgumentParser) -
             parser.error(f"--out {out} would replace {flag} {given}; write the output to another file")
     if not getattr(args, "checkpoint", None) or not (target.exists() or target.suffix == ".pt"):
         return
+    from ercpipe.infer import InferenceError, checkpoint_files
+
     checkpoint = Path(args.checkpoint).resolve()
     if (checkpoint.is_dir() and checkpoint in target.parents) or \
             (checkpoint.name == "model.pt" and target.parent == checkpoint.parent):  # a run's seed folder
         parser.error(f"--out {out} would replace a file the workflow wrote beside --checkpoint {args.checkpoint}; "
                      "write the output to another file")
+    try:  # a selection's or an ensemble's runs are in its siblings' folders
+        runs = {file.resolve().parent for file in checkpoint_files(args.checkpoint, getattr(args, "seed", None))}
+    except InferenceError:
+        return  # the command says what is wrong with --checkpoint
+    run = next((run for run in runs if run == target.parent or run in target.parents), None)
+    if run is not None:
+        parser.error(f"--out {out} would replace a file of the run {run}, which --checkpoint {args.checkpoint} "
+                     "names; write the output to another file")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -51,6 +51,7 @@ logger = logging.getLogger(__name__)
 
 OPTIONAL_COLUMNS = ("utterance_id", "dialogue_id", "label", "text", "speaker_slot", "audio_path", "audio_start",
                     "audio_end", "video_path", "video_start", "video_end")
+KEY_COLUMNS = ("utterance_id", "dialogue_id", "label", "speaker_slot")  # cells the reader strips and normalises
 
 
 class InferenceError(ErcpipeError, ValueError):
@@ -253,7 +254,7 @@ IEMOCAP_DIALOGUE = re.compile(r"^Ses\d\d[FM]_")
 def read_conversation(path: str | Path, classes: Sequence[str]) -> Conversation:
     """The conversation file as bring-your-own manifest rows. Read as the CSV reader reads (encodings,
     quoting, a row with more fields than the header: an error naming the line)."""
-    from ercpipe.datasets.csv_manifest import read_csv_records
+    from ercpipe.datasets.csv_manifest import key_cell, read_csv_records, speaker_cell
     from ercpipe.io.manifest import ManifestError
 
     path = Path(path)
@@ -278,11 +279,15 @@ def read_conversation(path: str | Path, classes: Sequence[str]) -> Conversation:
     if not records:
         raise InferenceError(f"{path} has a header but no utterances")
     rows = pd.DataFrame([{c: r.values.get(c, "") for c in ("speaker", *OPTIONAL_COLUMNS)} for r in records])
-    rows["dialogue_id"] = rows["dialogue_id"].where(rows["dialogue_id"] != "", path.stem)
+    # Ids, labels and speakers as the reader will key them: its manifest is matched back to these rows, and slots
+    # and face sides are looked up by these names ("Ses05_F " from a spreadsheet got the other actor's slot).
+    for column in KEY_COLUMNS:
+        rows[column] = rows[column].map(key_cell)
+    rows["speaker"] = rows["speaker"].map(speaker_cell)
+    rows["dialogue_id"] = rows["dialogue_id"].where(rows["dialogue_id"] != "", key_cell(path.stem))
     numbers = rows.groupby("dialogue_id", sort=False).cumcount().map(lambda n: f"u{n:03d}")  # within its dialogue
     rows["utterance_id"] = rows["utterance_id"].where(rows["utterance_id"] != "",
                                                      rows["dialogue_id"] + "_" + numbers)
-    rows["label"] = rows["label"].str.strip()  # as the other cells are ("joy " from a spreadsheet)
     labelled = bool((rows["label"] != "").any())
     if labelled:
         for record, label in zip(records, rows["label"]):
@@ -435,6 +440,11 @@ def conversation_manifest(conversation: str | Path, classes: Sequence[str], out_
                        f" ({own_lines(issue.detail)})" if issue.detail else "")
     if n_speakers is not None and len(frame) and int(frame["speaker_slot"].max()) >= n_speakers:
         worst = frame.loc[frame["speaker_slot"].idxmax()]
+        if "speaker_slot" in rows:  # the file's own values: the slot is the fault, not the count of speakers
+            line = lines[rows.index[rows["utterance_id"] == worst["utterance_id"]][0]]
+            raise InferenceError(f"{conversation}, line {line}: speaker_slot {int(worst['speaker_slot'])} is not one "
+                                 f"of the model's {n_speakers} speaker slots (0 to {n_speakers - 1}); give slots in "
+                                 "that range")
         raise InferenceError(f"{conversation}: dialogue {worst['dialogue_id']} has {int(worst['speaker_slot']) + 1} "
                              f"speakers, but the model was trained with {n_speakers} speaker slots; split the "
                              "conversation, or give speaker_slot values below that")

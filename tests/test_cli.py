@@ -3,6 +3,7 @@ no traceback (unless --debug)."""
 from __future__ import annotations
 
 import argparse
+import json
 import pickle
 import subprocess
 import sys
@@ -237,6 +238,17 @@ def test_arguments_that_would_overwrite_or_misplace_outputs_are_refused(files, t
         assert result.returncode == 2 and result.stderr.splitlines()[-1] == refusal, result.stderr
     assert (tmp_path / "talk.csv").read_text() == "speaker,text\nA,hi\n"
     assert (tmp_path / "run" / "seed0" / "predictions.tsv").read_text() == "the workflow's\n"
+    # A selection's chosen runs are in a sibling folder: its model.pt was overwritten with the predictions.
+    (tmp_path / "run" / "seed0" / "model.pt").write_bytes(b"the workflow's model")
+    (tmp_path / "pick").mkdir()
+    (tmp_path / "pick" / "summary.json").write_text(json.dumps({
+        "seeds": [0], "runs": [str(tmp_path / "run" / "seed0")], "selection": {"chosen": "run"}}))
+    result = ercpipe("predict", "--checkpoint", "pick", "--conversation", "talk.csv", "--out", "run/seed0/model.pt",
+                     cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.splitlines()[-1] == (
+        f"ercpipe predict: error: --out run/seed0/model.pt would replace a file of the run {tmp_path / 'run' / 'seed0'}"
+        ", which --checkpoint pick names; write the output to another file"), result.stderr
+    assert (tmp_path / "run" / "seed0" / "model.pt").read_bytes() == b"the workflow's model"
     (tmp_path / "mine.tsv").write_text("an older prediction of mine\n")
     for out in ("run/new.tsv", "mine.tsv"):  # a new file in a results folder, an old output beside a checkpoint
         result = ercpipe("predict", "--checkpoint", "run" if out.startswith("run") else "c.pt", "--conversation",

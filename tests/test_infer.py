@@ -383,6 +383,43 @@ def test_known_speakers_keep_their_training_slot_beside_unknown_ones(tmp_path, c
         caplog.text
 
 
+def test_cells_are_keyed_as_the_reader_keys_them(tmp_path):
+    """"Ses05_F " (a spreadsheet's trailing space) took the male actor's slot while the output showed "Ses05_F", and a
+    face-by-side model refused it; an id " a1 " or one spelt with a combining accent (as macOS writes file names)
+    crashed predict after the whole extraction, when the rows were put back in the file's order."""
+    accent = "Re\u0301ne_1"  # "Réne_1" spelt "e" + a combining mark
+    path = tmp_path / f"Cafe\u0301.csv"
+    path.write_text(f"utterance_id,speaker,text\n a1 ,Ses05_F ,hello\n{accent},Ses05_M,hi\n,Ses05_F,bye\n",
+                    encoding="utf-8")
+    rows = infer.read_conversation(path, ["hap", "sad"]).rows
+    assert rows["speaker"].tolist() == ["Ses05_F", "Ses05_M", "Ses05_F"]
+    assert rows["utterance_id"].tolist() == ["a1", "R\u00e9ne_1", "Caf\u00e9_u002"]
+    side = {"mode": "side", "sides": {"F": "left", "M": "right"}}
+    manifest = infer.conversation_manifest(path, ["hap", "sad"], tmp_path, modalities=["text"], n_speakers=2,
+                                           speaker_slots={"Ses01_F": 1, "Ses01_M": 0}, face_selection=side)
+    frame = manifest_io.read(manifest)
+    assert frame["speaker_slot"].tolist() == [1, 0, 1]  # the table's letter rule: F 1, M 0
+    assert frame["utterance_id"].tolist() == rows["utterance_id"].tolist()
+
+
+def test_quoted_text_over_lines_with_commas_is_read_and_an_open_quote_still_refused(tmp_path, caplog):
+    """What pandas or a spreadsheet writes for a text with a line break: its second line holds a comma, so in a
+    two-column file it parsed as a row, and the file was refused as having a quote "not closed"."""
+    path = tmp_path / "talk.csv"
+    path.write_text('speaker,text\nAnn,"Well, I have to finish\nthe report, by Monday."\nBob,ok\n')
+    with caplog.at_level("WARNING"):
+        rows = infer.read_conversation(path, ["hap", "sad"]).rows
+    assert rows["speaker"].tolist() == ["Ann", "Bob"]
+    assert rows["text"].tolist() == ["Well, I have to finish\nthe report, by Monday.", "ok"]
+    assert "line 2: the quoted text field that starts on this line runs to line 3, and its line 'the report, by " \
+           "Monday.' reads like a row of the file; it is taken as text" in caplog.text
+    # A quote left open, closed by a stray one further down: the line it swallowed names a speaker of the file.
+    path.write_text('speaker,text\nAnn,"Well, I\nBob,no way"\nAnn,fine\nBob,ok\n')
+    with pytest.raises(infer.InferenceError, match=r"talk.csv, line 2: the quoted text field .* holds what looks like "
+                                                   r"a row \('Bob,no way'\): a quote on line 2 is not closed"):
+        infer.read_conversation(path, ["hap", "sad"])
+
+
 def test_a_text_model_reads_no_media_and_an_unlabelled_conversation_warns_of_no_class(tmp_path, caplog):
     """Only the model's modalities are looked for; the placeholder labels of an unlabelled file are no labels."""
     (tmp_path / "chat.csv").write_text("speaker,text\nAnn,hello\nBob,hi\n")
@@ -551,6 +588,11 @@ def test_conversation_errors_name_the_problem(trained, tmp_path):
     bad.write_text("speaker,text\n" + "".join(f"S{k},hi\n" for k in range(12)))
     with pytest.raises(infer.InferenceError, match=r"bad.csv: dialogue bad has 12 speakers, but the model was "
                                                    r"trained with \d+ speaker slots"):
+        infer.predict_conversation(trained["checkpoint"], bad)
+    # A slot the file gives was said to be the dialogue's count of speakers (2 speakers, slot 40: "41 speakers").
+    bad.write_text("speaker,text,speaker_slot\nAnn,hello,0\nBob,hi,40\n")
+    with pytest.raises(infer.InferenceError, match=r"bad.csv, line 3: speaker_slot 40 is not one of the model's \d+ "
+                                                   r"speaker slots \(0 to \d+\); give slots in that range"):
         infer.predict_conversation(trained["checkpoint"], bad)
     bad.write_text("speaker,text,label\nAnn,hello,angry-ish\n")
     with pytest.raises(infer.InferenceError, match=r"line 2: label 'angry-ish' is not one of the model's classes"):

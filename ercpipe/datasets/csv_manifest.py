@@ -297,6 +297,7 @@ def read_csv_records(path: Path, required: tuple[str, ...], delimiter: str = ","
     if problem:
         raise ManifestError(f"{path}: {problem}")
     records: list[CsvRecord] = []
+    row_like_lines: list[tuple[int, int, str, str]] = []  # (first line, last line, column, the line)
     previous_end = reader.line_num
     start = previous_end + 1
     try:
@@ -314,10 +315,7 @@ def read_csv_records(path: Path, required: tuple[str, ...], delimiter: str = ","
                 for name, value in zip(header, fields):
                     row_like = _looks_like_rows(value, len(header), delimiter)
                     if row_like is not None:
-                        raise ManifestError(
-                            f"{path}, line {start}: the quoted {name} field that starts on this line runs to line "
-                            f"{previous_end} and holds what looks like a row ({row_like[:60]!r}): a quote on line "
-                            f"{start} is not closed; close it, or write a quote inside quoted text as two (\"\")")
+                        row_like_lines.append((start, previous_end, name, row_like))
             if len(fields) < len(header):
                 short = _short_row_problem(header, len(fields), required, whole_rows)
                 if short:
@@ -331,7 +329,26 @@ def read_csv_records(path: Path, required: tuple[str, ...], delimiter: str = ","
             f"{path}, line {start}: cannot parse the row that starts on this line ({err}); check its quotes: a field "
             "that starts with a quote must end with one right before the delimiter, and a quote inside quoted text "
             "is written as two (\"\")") from err
+    for start, end, name, line in row_like_lines:
+        _judge_row_like_line(path, header, delimiter, records, start, end, name, line)
     return records
+
+
+def _judge_row_like_line(path: Path, header: list[str], delimiter: str, records: list[CsvRecord], start: int,
+                         end: int, name: str, line: str) -> None:
+    """A quoted field over several lines, one of which parses as a row of the file: a quote left open swallowed
+    the rows after it (a stray quote further down closed it) when that line names a dialogue or speaker of the file;
+    else it is most likely text with line breaks and the delimiter in it ("Well, I have to finish" / "the report,
+    by Monday."), valid CSV that was refused: read, with a warning."""
+    keys = [column for column in ("dialogue_id", "speaker") if column in header]
+    cells = dict(zip(header, (cell.strip() for cell in next(csv.reader([line], delimiter=delimiter)))))
+    if not keys or any(cells[k] and cells[k] in {r.values.get(k, "").strip() for r in records} for k in keys):
+        raise ManifestError(f"{path}, line {start}: the quoted {name} field that starts on this line runs to line "
+                            f"{end} and holds what looks like a row ({line[:60]!r}): a quote on line {start} is not "
+                            "closed; close it, or write a quote inside quoted text as two (\"\")")
+    logger.warning("%s, line %d: the quoted %s field that starts on this line runs to line %d, and its line %r reads "
+                   "like a row of the file; it is taken as text with line breaks. If a quote on line %d was left "
+                   "open, close it (the rows after it are this text)", path, start, name, end, line[:60], start)
 
 
 def parse_seconds(value: str) -> float | None:
@@ -414,6 +431,18 @@ def _check_media(row: dict, issues: IssueLog, probe_media: bool | Collection[str
                 flag_row(row, "no_video", issues, f"{path}: the file has no video stream")
             else:
                 flag_past_end(row, kind, info.duration, issues)
+
+
+def key_cell(value: str) -> str:
+    """An id, label or speaker cell as the reader keys rows by it: stripped ("joy " from a spreadsheet), and NFC (a
+    name typed on another system can spell "ö" as "o" + a combining mark)."""
+    return unicodedata.normalize("NFC", value.strip())
+
+
+def speaker_cell(value: str) -> str:
+    """A speaker's name: key_cell, and a run of spaces is one ("Ann  Lee" and "Ann Lee" are one speaker;
+    transcripts have their runs of spaces collapsed too)."""
+    return " ".join(key_cell(value).split())
 
 
 def _row_times(row: dict, record: CsvRecord) -> None:
@@ -556,11 +585,8 @@ def read(name: str, cfg: dict, probe: bool | Collection[str] = True) -> ReadResu
     dialogues: dict[str, list[tuple[int | None, int, dict]]] = {}
     seen: dict[str, int] = {}
     for order, record in enumerate(records):
-        # NFC: a label or speaker typed on another system can spell "ö" as "o" + a combining mark.
-        values = {k: unicodedata.normalize("NFC", v.strip()) for k, v in record.values.items()
-                  if k in REQUIRED_COLUMNS}
-        # "Ann  Lee" and "Ann Lee" are one speaker (transcripts have their runs of spaces collapsed too).
-        values["speaker"] = " ".join(values["speaker"].split())
+        values = {k: key_cell(v) for k, v in record.values.items() if k in REQUIRED_COLUMNS}
+        values["speaker"] = speaker_cell(values["speaker"])
         for column in REQUIRED_COLUMNS:
             if not values[column] and column != "speaker":
                 raise ManifestError(f"{path}, line {record.line}: empty {column}; every row needs "
