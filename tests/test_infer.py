@@ -388,7 +388,7 @@ def test_cells_are_keyed_as_the_reader_keys_them(tmp_path):
     face-by-side model refused it; an id " a1 " or one spelt with a combining accent (as macOS writes file names)
     crashed predict after the whole extraction, when the rows were put back in the file's order."""
     accent = "Re\u0301ne_1"  # "Réne_1" spelt "e" + a combining mark
-    path = tmp_path / f"Cafe\u0301.csv"
+    path = tmp_path / "Cafe\u0301.csv"
     path.write_text(f"utterance_id,speaker,text\n a1 ,Ses05_F ,hello\n{accent},Ses05_M,hi\n,Ses05_F,bye\n",
                     encoding="utf-8")
     rows = infer.read_conversation(path, ["hap", "sad"]).rows
