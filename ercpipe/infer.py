@@ -187,8 +187,12 @@ def predict_features(checkpoint: str | Path, manifest_path: str | Path, feature_
     """Predictions for the utterances of `manifest_path` (optionally only `splits`) from feature files, by the
     model(s) `checkpoint` names (checkpoint_files; several: their mean class probabilities)."""
     files = checkpoint_files(checkpoint, seed)
-    frame = _averaged([_predict_features_one(f, manifest_path, feature_paths, splits, device, batch_size)
-                       for f in files], [str(f) for f in files])
+    unread: list[set[str]] = []  # per model, the modalities given that it does not read
+    frame = _averaged([_predict_features_one(f, manifest_path, feature_paths, splits, device, batch_size,
+                                             unread=unread) for f in files], [str(f) for f in files])
+    unused = sorted(set.intersection(*unread)) if unread else []
+    if unused:  # a file an ensemble's other member reads is used
+        logger.warning("%s: the %s feature file(s) given are read by none of its model(s)", checkpoint, unused)
     if out_path is not None:
         write_predictions(frame, out_path)
     return frame
@@ -196,8 +200,9 @@ def predict_features(checkpoint: str | Path, manifest_path: str | Path, feature_
 
 def _predict_features_one(checkpoint: Path, manifest_path: str | Path, feature_paths: dict[str, str | Path],
                           splits: Sequence[str] | None, device: str, batch_size: int,
-                          loaded: tuple | None = None) -> pd.DataFrame:
-    """One model's predictions; `loaded`: what _load gave for it already."""
+                          loaded: tuple | None = None, unread: list[set[str]] | None = None) -> pd.DataFrame:
+    """One model's predictions; `loaded`: what _load gave for it already; `unread`: gets the modalities of
+    `feature_paths` this model does not read."""
     from ercpipe.model.checkpoint import feature_expectations
     from ercpipe.model.inference import predict
     from ercpipe.train.data import load_dialogues
@@ -209,9 +214,8 @@ def _predict_features_one(checkpoint: Path, manifest_path: str | Path, feature_p
     if missing:
         raise InferenceError(f"{checkpoint} was trained on {list(modalities)}; give a feature file for {missing}" +
                              (f" (the {unused} file(s) given are not read by this model)" if unused else ""))
-    if unused:
-        logger.warning("%s was trained on %s: the %s feature file(s) given are not read", checkpoint,
-                       list(modalities), unused)
+    if unread is not None:
+        unread.append(set(unused))
     manifest = manifest_io.read(manifest_path).set_index("utterance_id")
     unknown = sorted(set(manifest["label"]) - set(classes) - {""})
     if unknown:  # the classes are the checkpoint's: a label outside them means a model of another dataset

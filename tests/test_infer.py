@@ -178,6 +178,25 @@ def test_an_ensemble_of_models_on_other_features_predicts_a_conversation_with_ea
     assert (tmp_path / "work/features").is_dir() and (tmp_path / "work/models2/features").is_dir()
 
 
+def test_a_feature_file_only_some_ensemble_members_read_is_not_called_unread(tmp_path, monkeypatch, caplog):
+    """--manifest with an ensemble whose members read other modalities warned, per member, that the files the
+    other members read were "not read"."""
+    reads = {"text_model": {"text"}, "audio_model": {"text", "audio"}}
+
+    def one(checkpoint, manifest, features, splits, device, batch_size, loaded=None, unread=None):
+        unread.append(set(features) - reads[checkpoint.name])
+        return pd.DataFrame({"utterance_id": ["u0"], "prob_a": [1.0]})
+
+    monkeypatch.setattr(infer, "checkpoint_files", lambda checkpoint, seed: [Path(name) for name in reads])
+    monkeypatch.setattr(infer, "_predict_features_one", one)
+    monkeypatch.setattr(infer, "_averaged", lambda frames, names: frames[0])
+    given = {"text": "t.h5", "audio": "a.h5", "visual": "v.h5"}
+    with caplog.at_level("WARNING"):
+        infer.predict_features(tmp_path / "picked", tmp_path / "manifest.tsv", given)
+    assert "the ['visual'] feature file(s) given are read by none of its model(s)" in caplog.text
+    assert "audio" not in caplog.text
+
+
 def _test_split_as_a_conversation(trained, path: Path) -> pd.DataFrame:
     """The pipeline's test utterances written to `path` as a raw conversation (media paths, no labels)."""
     rows = manifest_io.read(trained["manifest"])
