@@ -104,6 +104,22 @@ def test_import_anchors_refusal_names_the_flag(tmp_path):
                             "it came from, add --allow-pickle")
 
 
+def test_an_anchor_file_that_would_run_a_command_is_refused_naming_the_call(tmp_path):
+    """torch words a blocked module's global otherwise ("... whose module posix is blocked"): the refusal showed
+    only torch's pointer to its documentation."""
+    class Payload:
+        def __reduce__(self):
+            return (__import__("os").system, (f"touch {tmp_path / 'ran'}",))
+
+    torch.save({"anchor_center": torch.zeros(2, 4), "anchor_img_dict": {}, "args": Payload()},
+               tmp_path / "35_anchor.pt")
+    result = ercpipe("import-anchors", "35_anchor.pt", "--classes", "hap", "sad", "--clip-model", "ViT-B-32",
+                     "--out", "a.h5", cwd=tmp_path)
+    assert result.returncode == 2 and "(torch.load weights_only=True: it would call posix.system (module posix, " \
+        "which runs code or commands)) and needs full unpickling" in result.stderr, result.stderr
+    assert not (tmp_path / "ran").exists()
+
+
 def test_debug_shows_the_traceback(files, tmp_path):
     for args in (["--debug", "import-pickle", "IEMOCAP.pkl", "--out-dir", "o"],
                  ["import-pickle", "IEMOCAP.pkl", "--out-dir", "o", "--debug"]):

@@ -273,9 +273,33 @@ def test_malformed_content_names_the_dialogue_and_what_to_fix(change, message):
         pickles.parse_pickle(_with(change), source="x.pkl")
 
 
+def test_a_gzipped_pickle_and_values_beyond_float32_are_named_as_such(tmp_path):
+    import gzip
+
+    path = tmp_path / "IEMOCAP.pkl"
+    path.write_bytes(gzip.compress(pickle.dumps(vega_tuple(iemocap_parts()))))
+    with pytest.raises(pickles.PickleFormatError, match=r"it is gzip-compressed: decompress it first"):
+        pickles.load_pickle(path, allow_pickle=True)
+    parts = iemocap_parts()  # a finite float64 that float32 cannot hold was called "non-finite"
+    first = next(iter(parts["audio"]))
+    parts["audio"][first] = np.array(parts["audio"][first], dtype=np.float64)
+    parts["audio"][first][1, 0] = 1e40
+    with pytest.raises(pickles.PickleFormatError, match=rf"dialogue {first} audio: utterance 1 has feature values "
+                                                        r"beyond float32's range"):
+        pickles.parse_pickle(vega_tuple(parts))
+
+
 def test_speakers_of_the_other_dataset_and_unlisted_dialogues_are_named(tmp_path):
-    with pytest.raises(pickles.PickleFormatError, match=r"MELD speaker 'F' is not a one-hot vector .*labels: iemocap"):
+    declared_meld = (r"declared MELD \(labels: meld, or --format meld\), but every dialogue id is IEMOCAP's .*Set the "
+                     r"dataset's labels: iemocap")
+    with pytest.raises(pickles.PickleFormatError, match=declared_meld):
         pickles.to_project(pickles.parse_pickle(vega_tuple(iemocap_parts()), fmt="meld"))
+    # Its speakers as one-hot vectors passed as MELD's: every label was renamed (frustrated read as disgust), silently.
+    parts = iemocap_parts()
+    parts["speakers"] = {d: [[1, 0] if s == "M" else [0, 1] for s in v] for d, v in parts["speakers"].items()}
+    with pytest.raises(pickles.PickleFormatError, match=declared_meld):
+        pickles.parse_pickle(vega_tuple(parts), fmt="meld")
+    assert pickles.parse_pickle(vega_tuple(parts)).fmt == "iemocap"  # undeclared: guessed right
     parts = iemocap_parts()
     parts["train"] = ["Ses01F_impro01"]
     _, manifest, _ = _round_trip(tmp_path, vega_tuple(parts))

@@ -239,6 +239,9 @@ def _unpickling_reason(err: BaseException) -> str:
     found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
     if found:
         return f"it holds an object of class {found.group(1)}"
+    found = re.search(r"unsupported GLOBAL ([\w.]+) whose module ([\w.]+) is blocked", text)
+    if found:  # torch refuses such modules (os, subprocess ...) outright: the file would run their code
+        return f"it would call {found.group(1)} (module {found.group(2)}, which runs code or commands)"
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return lines[-1] if lines else type(err).__name__
 

@@ -102,6 +102,8 @@ def _file_kind(path: Path) -> str:
         return "; it is a zip archive (torch.save writes these: not a feature pickle)"
     if kind == "an empty file":
         return "; the file is empty"
+    if kind == "a gzip-compressed file":
+        return "; it is gzip-compressed: decompress it first (gunzip, or gzip -dc FILE > FILE.pkl)"
     return ""
 
 
@@ -217,6 +219,11 @@ def _matrix(value, n: int, where: str) -> np.ndarray:
                                     f"{widths[0]}; every utterance of a modality needs the same width")
     if np.iscomplexobj(value):
         raise PickleFormatError(f"{where}: complex feature values; expected real numbers")
+    array = np.asarray(value)
+    if array.dtype.kind == "f" and np.isfinite(array).all() and not np.isfinite(array.astype(np.float32)).all():
+        row = int(np.where(~np.isfinite(array.astype(np.float32)).all(axis=-1).reshape(-1))[0][0])
+        raise PickleFormatError(f"{where}: utterance {row} has feature values beyond float32's range (|x| > 3.4e38); "
+                                "the features are stored as float32: scale them first")
     array = np.asarray(value, dtype=np.float32)
     if array.ndim == 3 and array.shape[0] == 1:
         array = array[0]
@@ -265,6 +272,7 @@ def parse_pickle(obj: Sequence, fmt: str | None = None, source: str = "pickle",
     speakers = _str_keys(obj[pos["speakers"]], "speakers", source)
     labels = _str_keys(obj[pos["labels"]], "labels", source)
     raw_features = {m: _str_keys(obj[pos[m]], m, source) for m in MODALITIES}
+    declared = fmt is not None
     fmt = fmt or _guess_format(layout, speakers)
     if fmt not in CLASSES_BY_FORMAT:
         raise ValueError(f"fmt {fmt!r} is not one of {sorted(CLASSES_BY_FORMAT)}")
@@ -308,11 +316,19 @@ def parse_pickle(obj: Sequence, fmt: str | None = None, source: str = "pickle",
         except (TypeError, ValueError) as err:  # None or strings where numbers belong, ragged nested lists
             raise PickleFormatError(f"{source}: dialogue {vid}: {type(err).__name__}: {err}; the pickle does not "
                                     f"follow {LAYOUT_NAMES[layout]}'s layout there") from err
+    if declared and fmt == "meld" and not classes and dialogues and all(IEMOCAP_DIALOGUE.match(d) for d in dialogues):
+        # Its speakers passed as MELD's (one-hot vectors, as some IEMOCAP conversions store them), so every label
+        # would be named after MELD's classes: frustrated read as disgust.
+        raise PickleFormatError(f"{source}: declared MELD (labels: meld, or --format meld), but every dialogue id is "
+                                f"IEMOCAP's (e.g. {dialogues[0]}); its label ids would be named after MELD's classes. "
+                                "Set the dataset's labels: iemocap (or ercpipe import-pickle --format iemocap), or "
+                                "give its `classes:` in label-id order")
     used = {int(i) for ids in ds.labels.values() for i in ids}
     if not classes and used and max(used) + 1 < len(class_names):
-        logger.warning("%s: the labels use class ids 0..%d only, but the class names are %s's %d (%s), guessed "
-                       "from the pickle; if the dataset has other classes, give them in label-id order as the "
-                       "dataset's `classes:`", source, max(used), fmt, len(class_names), ", ".join(class_names))
+        logger.warning("%s: the labels use class ids 0..%d only, but the class names are %s's %d (%s), %s; if the "
+                       "dataset has other classes, give them in label-id order as the dataset's `classes:`", source,
+                       max(used), fmt, len(class_names), ", ".join(class_names),
+                       "as declared" if declared else "guessed from the pickle")
     for m in MODALITIES:
         width = {vid: a.shape[1] for vid, a in ds.features[m].items()}
         if len(set(width.values())) > 1:

@@ -9,8 +9,8 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", "
 
 
 def file_kind(path: str | Path) -> str:
-    """'an HDF5 file', 'a zip archive (torch.save writes these)', 'a pickle', 'an empty file', 'a text file' or
-    'a binary file' (unrecognised); 'a folder' for a directory."""
+    """'an HDF5 file', 'a zip archive (torch.save writes these)', 'a gzip-compressed file', 'a pickle', 'an empty
+    file', 'a text file' or 'a binary file' (unrecognised); 'a folder' for a directory."""
     path = Path(path)
     if path.is_dir():
         return "a folder"
@@ -22,6 +22,8 @@ def file_kind(path: str | Path) -> str:
         return "an HDF5 file"
     if head.startswith(b"PK\x03\x04"):
         return "a zip archive (torch.save writes these)"
+    if head.startswith(b"\x1f\x8b"):
+        return "a gzip-compressed file"
     if head[:1] == b"\x80" and 2 <= head[1] <= 5:  # pickle protocols 2-5 open with PROTO
         return "a pickle"
     try:
