@@ -701,6 +701,9 @@ def _check(config: dict, workdir: Path) -> None:
         if ds.get("synthetic"):
             if ds["format"] not in ("iemocap", "meld"):
                 raise ConfigError(f"{where}.synthetic: only iemocap and meld corpora can be generated")
+            if "root" in ds:  # a copy of the demo's config given a real root trained on the generated corpus
+                raise ConfigError(f"{where}: synthetic: true generates a corpus under raw/synthetic/, so root "
+                                  f"{ds['root']!r} is not read; remove synthetic: true to use the raw data there")
             from ercpipe.synthetic.settings import resolve_settings
 
             try:  # what the synthetic_corpus job will do with them, now rather than when it runs
@@ -767,6 +770,10 @@ def _check(config: dict, workdir: Path) -> None:
             raise ConfigError(f"{where}.anchors: unknown anchor set {exp['anchors']!r}; known: {sorted(anchors)}")
         if len(set(exp["seeds"])) != len(exp["seeds"]):
             raise ConfigError(f"{where}.seeds: seeds must be distinct")
+        fractional = [s for s in exp["seeds"] if not isinstance(s, int)]  # JSON Schema's integer takes 1.0
+        if fractional:
+            raise ConfigError(f"{where}.seeds: {fractional[0]!r} is not a whole number; write seeds as 0, 1, ... "
+                              "(not 1.0): each names a run's folder, seed{n}")
         try:
             resolved = resolve_experiment(exp)
         except ValueError as err:

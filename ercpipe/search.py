@@ -114,6 +114,9 @@ def expand_searches(config: dict, classes_of: Callable[[str], list[str]]) -> dic
         if search.get("contexts") and text is None:
             raise SearchError(f"{where}.contexts: a context is part of a text setting; give text")
         template = search["experiment"]
+        if "dataset" in template:  # it was overwritten without a word
+            raise SearchError(f"{where}.experiment.dataset: the search trains on {where}.dataset; leave it out of the "
+                              "experiment")
         if "class_weights" in (template.get("loss") or {}):
             raise SearchError(f"{where}.experiment.loss.class_weights: the search sets each candidate's class "
                               f"weighting ({where}.class_weights); leave it out of the experiment")

@@ -87,6 +87,13 @@ def test_schema_errors_name_the_key(demo_config, mutate, expected):
      "experiments.iemocap_demo_sdt.anchors: unknown anchor set"),
     (lambda c: c["datasets"].update(real={"format": "meld", "root": "raw/does/not/exist"}),
      "datasets.real.root: folder raw/does/not/exist does not exist"),
+    # A copy of the demo's config given a real root trained on the generated corpus, without a word.
+    (lambda c: c["datasets"]["iemocap_demo"].update(root="raw/IEMOCAP_full_release"),
+     r"datasets.iemocap_demo: synthetic: true generates a corpus under raw/synthetic/, so root "
+     r"'raw/IEMOCAP_full_release' is not read; remove synthetic: true to use the raw data there"),
+    # JSON Schema's integer takes 1.0: Snakemake then looked for a folder seed1.0 that no rule makes.
+    (lambda c: c["experiments"]["iemocap_demo_sdt"].update(seeds=[0, 1.0]),
+     r"experiments.iemocap_demo_sdt.seeds: 1.0 is not a whole number; write seeds as 0, 1, ... \(not 1.0\)"),
     (lambda c: c["datasets"].update(mine={"format": "csv", "classes": ["a", "b"]}),
      "datasets.mine.manifest: required for format csv"),
     (lambda c: c["datasets"].update(mine={"format": "csv", "manifest": "m.csv", "classes": ["a", "b"],

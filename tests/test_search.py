@@ -120,6 +120,9 @@ def test_finetune_class_weights_same_gives_each_candidate_an_encoder_weighted_li
      r"^selections.text_recipe.search.text.finetune.lr: text fine-tuning setting lr must be a number"),
     (lambda s: s["search"]["experiment"].setdefault("loss", {}).update(class_weights="train"),
      r"^selections.text_recipe.search.experiment.loss.class_weights: the search sets each candidate's class"),
+    # Overwritten without a word: the schema's description says "without dataset".
+    (lambda s: s["search"]["experiment"].update(dataset="other"),
+     r"^selections.text_recipe.search.experiment.dataset: the search trains on selections.text_recipe.search.dataset"),
     # The packaged model's input limit: it named features.text.text_recipe_plain_ft0.max_length, once per setting.
     (lambda s: s["search"]["text"].update(max_length=1024),
      r"^selections.text_recipe.search.text.max_length: max_length=1024 exceeds what model 'packaged:minilm' accepts"),
