@@ -8,6 +8,7 @@ calls it at parse time, also in every cluster job.
 """
 from __future__ import annotations
 
+import copy
 import difflib
 import json
 import os
@@ -178,6 +179,15 @@ def check_config_file(path) -> None:
                 resolve_experiment(experiment)
             except ValueError as err:
                 raise ConfigError(f"{where}: {err}") from None
+        check_extractor_settings(config)
+        # The experiments and text settings a search makes, checked as snakemake -n checks them, where the
+        # searched datasets' classes need no file (a feature pickle without labels: or classes: needs its file).
+        datasets = config.get("datasets") or {}
+        searched = [s["search"].get("dataset") for s in (config.get("selections") or {}).values()
+                    if isinstance(s, dict) and isinstance(s.get("search"), dict)]
+        if searched and all(name not in datasets or not is_pickle_dataset(datasets[name])
+                            or datasets[name].get("labels") or datasets[name].get("classes") for name in searched):
+            expand_searches(copy.deepcopy(config), Path(path).parent, schema_path=SCHEMA_PATH)
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from None
 

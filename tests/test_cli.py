@@ -299,6 +299,21 @@ def test_check_config_names_the_line_snakemake_does_not(tmp_path):
     result = ercpipe("check-config", "search.yaml", cwd=tmp_path)
     assert result.returncode == 2 and "search.yaml: selections.text_recipe.search.experiment: " in result.stderr
     assert "sdt-vega-bakbone" in result.stderr
+    # Said "schema ... fine" for what snakemake -n refuses: a key the experiments a search makes may not have, a
+    # misspelt feature-setting key.
+    recipe = yaml.safe_load((repo / "workflow/configs/meld_text.yaml").read_text())
+    recipe["selections"]["text_recipe"]["search"]["experiment"]["epochs"] = 5
+    (tmp_path / "search.yaml").write_text(yaml.safe_dump(recipe))
+    result = ercpipe("check-config", "search.yaml", cwd=tmp_path)
+    assert result.returncode == 2 and "search.yaml: config does not match workflow/schemas/config.schema.yaml: " \
+        "selections.text_recipe.search.experiment: Additional properties are not allowed ('epochs' was " \
+        "unexpected) (in every experiment this search makes)" in result.stderr, result.stderr
+    setting = next(iter(demo["features"]["text"]))
+    demo["features"]["text"][setting]["poolng"] = "mean"
+    (tmp_path / "setting.yaml").write_text(yaml.safe_dump(demo))
+    result = ercpipe("check-config", "setting.yaml", cwd=tmp_path)
+    assert result.returncode == 2 and f"setting.yaml: features.text.{setting}.poolng: unknown key" in result.stderr, \
+        result.stderr
     (tmp_path / "bad.yaml").write_text("datasets:\n  mine: {format: csv, manifest: m.csv\nexperiments: {}\n")
     assert_one_line(ercpipe("check-config", "bad.yaml", cwd=tmp_path),
                     "bad.yaml, line 3, column 12: expected ',' or '}', but got ':' (while parsing a flow mapping "
