@@ -431,7 +431,7 @@ def conversation_manifest(conversation: str | Path, classes: Sequence[str], out_
 
     try:
         # A conversation need not show every class (and its placeholder labels are no labels at all).
-        with _reader_log_as_the_conversation("csv_manifest", "of `classes` label no row", own_lines):
+        with _log_as_the_conversation(["datasets.csv_manifest"], own_lines, drop="of `classes` label no row"):
             frame, result = read_dataset("conversation", settings, media_required=False)
     except ManifestError as err:
         raise InferenceError(own_lines(str(err))) from None
@@ -461,24 +461,31 @@ def conversation_manifest(conversation: str | Path, classes: Sequence[str], out_
 
 
 @contextlib.contextmanager
-def _reader_log_as_the_conversation(module: str, drop: str, rewrite: Callable[[str], str]):
-    """While the block runs, the log records of ercpipe.datasets.<module> that contain `drop` (a reader warning
-    that means nothing for a conversation) are dropped, and the others pass through `rewrite` (the staged copy's
-    path and lines become the user's file's)."""
-    target = logging.getLogger(f"ercpipe.datasets.{module}")
+def _log_as_the_conversation(modules: Sequence[str], rewrite: Callable[[str], str], drop: str | None = None):
+    """While the block runs, the log records of the modules `modules` (ercpipe.<module>) that contain `drop` (a
+    reader warning that means nothing for a conversation) are dropped, and the others pass through `rewrite` (the
+    staged copy's path and lines become the user's file's: the copy is in a folder deleted when predict ends)."""
+    targets = [logging.getLogger(f"ercpipe.{module}") for module in modules]
 
     def keep(record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        if drop in message:
+        if drop is not None and drop in message:
             return False
         record.msg, record.args = rewrite(message), ()
         return True
 
-    target.addFilter(keep)
+    for target in targets:
+        target.addFilter(keep)
     try:
         yield
     finally:
-        target.removeFilter(keep)
+        for target in targets:
+            target.removeFilter(keep)
+
+
+# The modules whose log lines name the manifest they read: predict's is a staged copy of the conversation.
+EXTRACTION_LOGGERS = ("datasets.media_prep", "features.audio", "features.text", "features.visual", "train.data",
+                      "io.features")
 
 
 def checkpoint_project(file: Path) -> Path | None:
@@ -611,7 +618,7 @@ def predict_conversation(checkpoint: str | Path, conversation: str | Path, out_p
     models (checkpoint_files) each get the features their training used (extracted once per kind) and their
     class probabilities are averaged."""
     files = checkpoint_files(checkpoint, seed)
-    extracted: dict[str, tuple[Path, dict]] = {}
+    extracted: dict[str, tuple[Path, dict, Callable[[str], str]]] = {}  # manifest, features, log rewrite
     with tempfile.TemporaryDirectory(prefix="ercpipe-infer-") as tmp:
         work = Path(work_dir) if work_dir else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
@@ -631,11 +638,14 @@ def predict_conversation(checkpoint: str | Path, conversation: str | Path, out_p
                                                       model.spec.n_speakers, model.speaker_slots,
                                                       face_selection=visual.get("face_selection")
                                                       if "visual" in model.spec.modalities else None)
-                extracted[kind] = manifest_path, extract_conversation_features(
-                    manifest_path, model.feature_sources, model.spec.modalities, folder / "features", threads=threads,
-                    device=device, project=checkpoint_project(file))
-            manifest_path, feature_paths = extracted[kind]
-            frames.append(_predict_features_one(file, manifest_path, feature_paths, None, device, 32, loaded))
+                as_given = _the_conversation(manifest_path, conversation, None if work_dir else work)
+                with _log_as_the_conversation(EXTRACTION_LOGGERS, as_given):
+                    extracted[kind] = manifest_path, extract_conversation_features(
+                        manifest_path, model.feature_sources, model.spec.modalities, folder / "features",
+                        threads=threads, device=device, project=checkpoint_project(file)), as_given
+            manifest_path, feature_paths, as_given = extracted[kind]
+            with _log_as_the_conversation(EXTRACTION_LOGGERS, as_given):
+                frames.append(_predict_features_one(file, manifest_path, feature_paths, None, device, 32, loaded))
             del model, loaded  # one model in memory at a time
         frame = _averaged(frames, [str(f) for f in files])
         # Rows in the file's order (the manifest groups each dialogue's rows, so a file that interleaves
@@ -646,6 +656,15 @@ def predict_conversation(checkpoint: str | Path, conversation: str | Path, out_p
     if out_path is not None:
         write_predictions(frame, out_path)
     return frame
+
+
+def _the_conversation(manifest_path: Path, conversation: str | Path, deleted: Path | None) -> Callable[[str], str]:
+    """A log line's text with the staged manifest named as the user's conversation file, and a working folder that
+    is `deleted` when predict ends as what it was."""
+    def rewrite(text: str) -> str:
+        text = text.replace(str(manifest_path), str(conversation))
+        return text.replace(str(deleted), "(predict's temporary folder)") if deleted is not None else text
+    return rewrite
 
 
 def write_predictions(frame: pd.DataFrame, out_path: str | Path) -> None:

@@ -273,7 +273,12 @@ def test_a_minimal_transcript_without_ids_or_media(trained, tmp_path, caplog):
     path = tmp_path / "chat.csv"
     path.write_text("speaker,text,label\nAnn,I can't believe you did that!,anger\nBob,Oh wow that's great,joy\n"
                     "Ann,,\n")
-    frame = infer.predict_conversation(trained["checkpoint"], path)
+    with caplog.at_level("INFO", logger="ercpipe"):
+        frame = infer.predict_conversation(trained["checkpoint"], path)
+    # The extractors' lines name the user's file, not the staged copy in a folder deleted when predict ends.
+    assert f"utterance audio of {path}: 3 of 3 rows without audio" in caplog.text
+    assert "ercpipe-infer-" not in caplog.text, caplog.text
+    caplog.clear()
     assert frame["utterance_id"].tolist() == ["chat_u000", "chat_u001", "chat_u002"]
     assert frame["label"].tolist() == ["anger", "joy", ""]
     assert set(frame["prediction"]) <= set(model_classes)
