@@ -219,11 +219,6 @@ def _matrix(value, n: int, where: str) -> np.ndarray:
                                     f"{widths[0]}; every utterance of a modality needs the same width")
     if np.iscomplexobj(value):
         raise PickleFormatError(f"{where}: complex feature values; expected real numbers")
-    array = np.asarray(value)
-    if array.dtype.kind == "f" and np.isfinite(array).all() and not np.isfinite(array.astype(np.float32)).all():
-        row = int(np.where(~np.isfinite(array.astype(np.float32)).all(axis=-1).reshape(-1))[0][0])
-        raise PickleFormatError(f"{where}: utterance {row} has feature values beyond float32's range (|x| > 3.4e38); "
-                                "the features are stored as float32: scale them first")
     array = np.asarray(value, dtype=np.float32)
     if array.ndim == 3 and array.shape[0] == 1:
         array = array[0]
@@ -233,6 +228,10 @@ def _matrix(value, n: int, where: str) -> np.ndarray:
         raise PickleFormatError(f"{where}: feature array of shape {array.shape} for {n} utterances; expected ({n}, D)")
     if not np.isfinite(array).all():
         row = int(np.where(~np.isfinite(array).all(axis=1))[0][0])
+        # Only on this failure: a finite float64 value that float32 cannot hold became inf in the cast.
+        if np.isfinite(np.asarray(value, dtype=np.float64).reshape(array.shape)[row]).all():
+            raise PickleFormatError(f"{where}: utterance {row} has feature values beyond float32's range (|x| > "
+                                    "3.4e38); the features are stored as float32: scale them first")
         raise PickleFormatError(f"{where}: utterance {row} has non-finite feature values")
     return array
 
