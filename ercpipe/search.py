@@ -104,6 +104,10 @@ def expand_searches(config: dict, classes_of: Callable[[str], list[str]]) -> dic
         if search.get("finetune_seeds") and not (text and text.get("finetune")):
             raise SearchError(f"{where}.finetune_seeds: only a fine-tuned text setting has a fine-tuning seed; give "
                               "text.finetune or leave finetune_seeds out")
+        fractional = [seed for seed in search.get("finetune_seeds") or [] if not isinstance(seed, int)]
+        if fractional:  # JSON Schema's integer takes 0.0; it would reach the generated finetune.seed
+            raise SearchError(f"{where}.finetune_seeds: {fractional[0]!r} is not a whole number; write 0, 1, ... "
+                              "(each names a fine-tuned encoder's folder)")
         finetune_weighting = search.get("finetune_class_weights", "none")
         if finetune_weighting not in FINETUNE_CLASS_WEIGHTS:
             raise SearchError(f"{where}.finetune_class_weights: one of {list(FINETUNE_CLASS_WEIGHTS)}, got "

@@ -235,6 +235,17 @@ def test_a_key_written_twice_in_the_config_file_is_named_with_its_lines(demo_con
             f"in the same block (first on line {first})") in result.stdout + result.stderr
 
 
+def test_a_bad_value_given_with_config_is_not_blamed_on_the_config_file_alone(demo_config, tmp_path):
+    """The header named only the config files, where the user looked in vain for the value set on the command line."""
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump(demo_config))
+    result = subprocess.run([SNAKEMAKE, "-n", "--configfile", str(cfg), "--config", "use_gpu=yes", "-d", str(tmp_path),
+                             "-s", str(REPO / "Snakefile")], capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert (f"Invalid config (config files: {cfg}; set with --config: use_gpu):"
+            in result.stdout + result.stderr), result.stdout + result.stderr
+
+
 @pytest.mark.parametrize("text, expected", [
     ("datasets:\n  demo:\n    format: csv\n   manifest: m.csv\n",
      r"line 4, column 4: expected <block end>, but found '<block mapping start>' \(while parsing a block mapping on "

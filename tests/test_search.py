@@ -107,6 +107,9 @@ def test_finetune_class_weights_same_gives_each_candidate_an_encoder_weighted_li
     (lambda s: s["search"].update(finetune_seeds=list(range(5)), contexts={f"c{i}": {} for i in range(3)}),
      f"45 candidates; a search compares at most {MAX_CANDIDATES}"),
     (lambda s: s["search"]["text"].pop("finetune"), "finetune_seeds: only a fine-tuned text setting"),
+    # JSON Schema's integer takes 0.0: it was named as the generated setting's finetune.seed.
+    (lambda s: s["search"].update(finetune_seeds=[0.0, 1]),
+     r"^selections.text_recipe.search.finetune_seeds: 0.0 is not a whole number"),
     (lambda s: s["search"].update(dataset="nope"), "search.dataset: unknown dataset 'nope'"),
     (lambda s: s["search"]["experiment"].update(features={"text": "x"}), "the search makes the text settings"),
     (lambda s: s["search"].update(contexts={"plain": {}}, finetune_seeds=[0], class_weights=["none"]),

@@ -340,6 +340,9 @@ def test_settings_are_validated():
         visual.face_selection_settings({"mode": "side", "sides": {"F": "top"}})
     with pytest.raises(ValueError, match=r"unknown face_selection key\(s\) \['sides'\]"):
         visual.face_selection_settings({"mode": "largest_central", "sides": {}})
+    # A misspelt key in side mode was answered "needs sides", which did not name it.
+    with pytest.raises(ValueError, match=r"unknown face_selection key\(s\) \['sidez'\] for mode 'side'"):
+        visual.face_selection_settings({"mode": "side", "sidez": {"F": "left", "M": "right"}})
 
 
 # ----------------------------------------------------------------------------------------- frame sampling

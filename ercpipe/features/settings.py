@@ -422,6 +422,8 @@ def face_selection_settings(face_selection: dict | None) -> dict:
         extra = sorted(set(face_selection) - {"mode"})
     elif mode == "side":
         extra = sorted(set(face_selection) - {"mode", "sides", "marked_actor"})
+        if extra:  # before the missing-sides message, which a misspelt `sides` would otherwise get
+            raise ValueError(f"unknown face_selection key(s) {extra} for mode {mode!r} (its keys: sides, marked_actor)")
         sides, marked = face_selection.get("sides"), face_selection.get("marked_actor")
         if marked is not None:
             if sides is not None:

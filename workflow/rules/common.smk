@@ -38,7 +38,10 @@ try:
         pipeline_config.check_drawable_anchors(config, DRAWABLE_EMOTIONS)
 except pipeline_config.ConfigError as err:
     files = ", ".join(map(str, workflow.configfiles)) or "none"
-    raise WorkflowError(f"Invalid config (config files: {files}): {err}") from None
+    # A value given with --config replaces the files' value for that top-level key: name both sources.
+    overrides = ", ".join(sorted(workflow.config_settings.config))
+    source = f"config files: {files}" + (f"; set with --config: {overrides}" if overrides else "")
+    raise WorkflowError(f"Invalid config ({source}): {err}") from None
 validate(config, schema="../schemas/config.schema.yaml")
 
 DATASETS = config["datasets"]
