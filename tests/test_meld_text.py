@@ -222,6 +222,8 @@ def test_a_report_is_refused_while_jobs_are_pending_and_built_for_finished_targe
     assert "job(s) have not run, failed, or must run again for the current config (" in refused.stdout
     assert f"train_model x{trainings}," in refused.stdout
     assert "snakemake <target files> --report FILE" in refused.stdout
+    # The message alone, not followed by the stack frames of the code that refused.
+    assert "Error: --report: " in refused.stdout and 'File "' not in refused.stdout
     # What is finished under the new config can still be reported, by naming it.
     snakemake(workdir, stale, "results/meld_text/coverage.tsv", "--report", str(workdir / "coverage.html"))
     assert (workdir / "coverage.html").stat().st_size > 0

@@ -1,5 +1,4 @@
 # Config validation and the helpers the rules share.
-import collections
 import functools
 import re
 import shutil
@@ -12,11 +11,11 @@ from snakemake.settings.enums import RerunTrigger
 from snakemake.utils import validate
 
 from ercpipe import config as pipeline_config
+from ercpipe import report_guard
 from ercpipe.clip_setting import ENCODING_KEYS, clip_settings
 from ercpipe.datasets import FACE_KEYS, NOT_SHARD_KEYS
 from ercpipe.datasets.fingerprint import dataset_fingerprint
 from ercpipe.features.settings import training_view
-from ercpipe.io.atomic import staged_attribute_path
 from ercpipe.io.digest import path_digest
 from ercpipe.io.features import expected_settings
 from ercpipe.labels import MODALITIES, vega_label_order
@@ -643,38 +642,8 @@ def export_inputs(wildcards):
     return inputs
 
 
-def refuse_reports_with_pending_jobs(auto_report):
-    """Snakemake's --report embeds whatever files exist: after a changed setting it would show the results of the
-    old one as current, and after a failed job it stops on a missing file without saying why. `create_report`
-    imports `snakemake.report.auto_report` when it runs, after building the DAG; this wrapper looks at that DAG
-    first and refuses while any job is still to run for the current config and targets."""
-
-    async def checked(dag, *args, **kwargs):
-        pending = [job for job in dag.needrun_jobs() if job.output]  # not `all`, which only collects targets
-        if pending:
-            rules = collections.Counter(job.rule.name for job in pending)
-            examples = [f"{job.rule.name}: {job.output[0]}" for job in pending[:3]]
-            raise WorkflowError(
-                f"--report: {len(pending)} job(s) have not run, failed, or must run again for the current config "
-                f"({', '.join(f'{rule} x{n}' for rule, n in rules.most_common())}; e.g. {'; '.join(examples)}). "
-                "A report now would show outputs of earlier settings as current, or stop on a missing file. Run "
-                "the same snakemake command without --report first (--keep-going finishes what can finish), or "
-                "report only finished targets: snakemake <target files> --report FILE (`snakemake -n` lists "
-                "the pending jobs).")
-        # auto_report(dag, report_plugin, report_settings, global_report_settings); the html/zip reporter opens
-        # report_settings.path in place, so it writes a staged copy (a killed report keeps the last good one).
-        settings = args[1] if len(args) > 1 else kwargs.get("report_settings")
-        if getattr(settings, "path", None) is None:
-            return await auto_report(dag, *args, **kwargs)
-        with staged_attribute_path(settings):
-            return await auto_report(dag, *args, **kwargs)
-
-    checked.ercpipe_pending_check = True
-    return checked
-
-
 if not getattr(snakemake.report.auto_report, "ercpipe_pending_check", False):  # the Snakefile may be read twice
-    snakemake.report.auto_report = refuse_reports_with_pending_jobs(snakemake.report.auto_report)
+    snakemake.report.auto_report = report_guard.refuse_reports_with_pending_jobs(snakemake.report.auto_report)
 
 
 def check_cluster_tools():

@@ -1,5 +1,5 @@
 # Feature coverage per dataset and the benchmark summary, both shown in `snakemake --report` (which
-# refuses while jobs are pending: common.smk, refuse_reports_with_pending_jobs).
+# refuses while jobs are pending: ercpipe.report_guard).
 
 
 rule feature_coverage:
