@@ -814,6 +814,10 @@ def _check(config: dict, workdir: Path) -> None:
             raise ConfigError(f"{where}: an experiment has the same name; both would write results/<dataset>/{name}/, "
                               "so rename one")
         unknown = [c for c in sel["candidates"] if c not in experiments]
+        nested = [c for c in unknown if c in config.get("selections", {})]
+        if nested:
+            raise ConfigError(f"{where}.candidates: {nested} name selections; a selection's candidates are "
+                              "experiments (list the experiments those selections choose among)")
         if unknown:
             raise ConfigError(f"{where}.candidates: unknown experiment(s) {unknown}; known: {sorted(experiments)}")
         if len(set(sel["candidates"])) != len(sel["candidates"]):
@@ -822,6 +826,15 @@ def _check(config: dict, workdir: Path) -> None:
         if len(on) != 1:
             raise ConfigError(f"{where}.candidates: the candidates train on different datasets {sorted(on)}; "
                               "a dev score only compares models on the same dev split")
+        compat = [c for c in sel["candidates"] if resolve_experiment(experiments[c])["train"]["paper_compat"]]
+        if compat and sel.get("search"):
+            raise ConfigError(f"{where}.search.experiment.train.paper_compat: true makes every candidate choose its "
+                              "epochs on the test split; a selection on dev among them would still report a "
+                              "test-tuned number: set it to false")
+        if compat:  # the selection job refuses them too, but only after they have trained
+            raise ConfigError(f"{where}.candidates: {compat} set train.paper_compat: true, so they choose their "
+                              "epochs on the test split; a selection on dev among them would still report a "
+                              "test-tuned number: leave them out, or set paper_compat: false")
         if sel.get("ensemble") is not None:
             if sel["ensemble"] != "all" and sel["ensemble"] > len(sel["candidates"]):
                 raise ConfigError(f"{where}.ensemble: {sel['ensemble']} members, but there are only "

@@ -91,12 +91,19 @@ def checkpoint_files(checkpoint: str | Path, seed: int | None = None) -> list[Pa
         # (a selection written before it recorded them: its members are its siblings)
         paths = entry.get("summaries") or [str((path.parent / name / "summary.json").resolve())
                                            for name in entry["members"]]
-        members = [(name, _project_path(member, summary_path)) for name, member in zip(entry["members"], paths)]
+        # The runs the selection averaged, as it recorded them; a member's own summary.json is written again when
+        # one of its seeds is re-trained, and would vouch for the new run (before they were recorded: that file).
+        recorded = entry.get("member_runs") or {}
+        members = [(name, _project_path(member, summary_path), recorded.get(name))
+                   for name, member in zip(entry["members"], paths)]
     else:
-        members = [(chosen or path.name, summary_path)]
+        members = [(chosen or path.name, summary_path, None)]
     files = []
-    for name, member_path in members:
-        member = summary if member_path == summary_path else _results_summary(member_path)
+    for name, member_path, member in members:
+        if member is not None:
+            member_path = summary_path  # what the runs must still be is the selection's record
+        else:
+            member = summary if member_path == summary_path else _results_summary(member_path)
         seeds = list(member["seeds"])
         if seed is not None and seed not in seeds:
             raise InferenceError(f"{summary_path}: {name} ran seeds {seeds}, not {seed}")

@@ -116,12 +116,20 @@ def test_schema_errors_name_the_key(demo_config, mutate, expected):
      "experiments.iemocap_demo_sdt.anchors: 'demo_faces' is never used"),
     (lambda c: c.update(selections={"best": {"candidates": ["iemocap_demo_sdt", "nope"]}}),
      r"selections.best.candidates: unknown experiment\(s\) \['nope'\]"),
+    (lambda c: c.update(selections={"inner": {"candidates": ["iemocap_demo_sdt", "iemocap_demo_sdt_vega"]},
+                                    "outer": {"candidates": ["inner", "iemocap_demo_sdt"]}}),
+     r"selections.outer.candidates: \['inner'\] name selections; a selection's candidates are experiments"),
     (lambda c: c.update(selections={"best": {"candidates": ["iemocap_demo_sdt", "meld_demo_sdt_vega"]}}),
      "selections.best.candidates: the candidates train on different datasets"),
     (lambda c: c.update(selections={"iemocap_demo_sdt": {"candidates": ["iemocap_demo_sdt", "iemocap_demo_sdt_vega"]}}),
      "selections.iemocap_demo_sdt: an experiment has the same name"),
     (lambda c: c.update(selections={"best": {"candidates": ["iemocap_demo_sdt", "iemocap_demo_sdt"]}}),
      "selections.best.candidates: candidates must be distinct"),
+    # Refused by the selection job only after the candidates had trained (hours with a real recipe).
+    (lambda c: c["experiments"]["iemocap_demo_sdt"]["train"].update(paper_compat=True) or c.update(
+        selections={"best": {"candidates": ["iemocap_demo_sdt_vega", "iemocap_demo_sdt"]}}),
+     r"selections.best.candidates: \['iemocap_demo_sdt'\] set train.paper_compat: true, so they choose their epochs "
+     "on the test split"),
     # Extractor settings: resolved through ercpipe.features.settings (the schema takes any object there).
     (lambda c: c["features"]["audio"]["is10"].update(feature_set="IS11"),
      r"features.audio.is10.feature_set: audio feature_set 'IS11' is not one of \['ComParE_2016'"),

@@ -143,6 +143,48 @@ def test_a_results_folder_predicts_with_its_runs_and_a_selected_ensemble_as_the_
         infer.checkpoint_files(tmp_path / "cut")
 
 
+def test_a_selected_ensemble_whose_member_was_trained_again_is_refused(trained, tmp_path, monkeypatch):
+    """A member's summary.json is written again when one of its seeds is re-trained (a target of that experiment
+    alone), and predict took the new run's digest from it: the selection's ensemble was then predicted with a run it
+    had never averaged, without a word. The runs it averaged are recorded in the selection."""
+    from ercpipe.io.digest import file_digest
+    from ercpipe.train.selection import select_experiment
+
+    project = tmp_path / "project"
+    shutil.copytree(trained["workdir"] / "results/iemocap_demo", project / "results/iemocap_demo")
+    monkeypatch.chdir(project)
+    # Members need the same seeds: the VEGA experiment and a copy of it under another name.
+    names = ("iemocap_demo_sdt_vega", "twin")
+    shutil.copytree("results/iemocap_demo/iemocap_demo_sdt_vega", "results/iemocap_demo/twin")
+    twin = json.loads(Path("results/iemocap_demo/twin/summary.json").read_text())
+    twin["runs"] = [run.replace("iemocap_demo_sdt_vega", "twin") for run in twin["runs"]]
+    Path("results/iemocap_demo/twin/summary.json").write_text(json.dumps(twin))
+    summaries = {name: Path(f"results/iemocap_demo/{name}/summary.json") for name in names}
+    select_experiment(summaries, "results/iemocap_demo/picked", ensemble=2)
+    picked = project / "results/iemocap_demo/picked"
+    # Whether the ensemble wins the demo's dev scores is not this test's point: make it the winner.
+    written = json.loads((picked / "summary.json").read_text())
+    assert set(written["selection"]["ensembles"]["ensemble_top2"]["member_runs"]) == set(names)
+    written["selection"]["chosen"] = "ensemble_top2"
+    (picked / "summary.json").write_text(json.dumps(written))
+    seeds = json.loads(summaries[names[1]].read_text())["seeds"]
+    assert len(infer.checkpoint_files(picked)) == 2 * len(seeds)
+    # The twin's first seed trained again, and its summary aggregated again with the new run.
+    metrics = project / f"results/iemocap_demo/{names[1]}/seed{seeds[0]}/metrics.json"
+    metrics.write_text(metrics.read_text().replace('"seed"', '"seed" ', 1))
+    member = json.loads(summaries[names[1]].read_text())
+    member["run_metrics_sha256"][0] = file_digest(metrics)
+    summaries[names[1]].write_text(json.dumps(member))
+    with pytest.raises(infer.InferenceError, match=rf"twin/seed{seeds[0]} was trained again after "
+                                                   r".*picked/summary.json was written, so it is not the run "
+                                                   r"twin's results describe .*run Snakemake again to "
+                                                   r"bring .*picked up to date"):
+        infer.checkpoint_files(picked)
+    for other in seeds[1:]:  # the other seeds' runs are still those averaged
+        assert infer.checkpoint_files(picked, seed=other) == [
+            project / f"results/iemocap_demo/{name}/seed{other}/model.pt" for name in names]
+
+
 def test_an_ensemble_of_models_on_other_features_predicts_a_conversation_with_each_ones_features(trained, tmp_path):
     """Members of a selection's ensemble may read other text settings (plain / speaker context, other fine-tuned
     encoders): each kind is extracted once, and the mean of the members' probabilities is the prediction."""

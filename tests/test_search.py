@@ -158,6 +158,18 @@ def test_a_problem_of_an_experiment_a_search_makes_names_the_search_key(tmp_path
     assert str(err.value).endswith("(in text_recipe_plain_ft0_none, one of the experiments this search makes)")
 
 
+def test_a_search_of_paper_compat_candidates_is_refused_before_any_job(tmp_path):
+    """The selection job refused them, but only after every candidate had trained."""
+    config = load("meld_text.yaml")
+    config["selections"]["text_recipe"]["search"]["experiment"]["train"]["paper_compat"] = True
+    pipeline_config.expand_searches(config)
+    (tmp_path / "raw" / "MELD.Raw").mkdir(parents=True)
+    with pytest.raises(pipeline_config.ConfigError, match=r"^selections.text_recipe.search.experiment.train."
+                                                          r"paper_compat: true makes every candidate choose its "
+                                                          r"epochs on the test split"):
+        pipeline_config.check(config, tmp_path)
+
+
 def test_a_schema_problem_of_the_experiments_a_search_makes_names_the_search_key():
     """A typo the key checks do not see (seeds written `seed`) reached Snakemake's own validation, which printed
     the whole schema and a generated experiment name the user never wrote."""

@@ -195,6 +195,23 @@ def test_the_ensemble_averages_its_members_probabilities_seed_by_seed(tmp_path):
     assert ensemble_row["valid.weighted_f1 mean"] == pytest.approx(np.mean(dev_scores), abs=1e-4)
 
 
+def test_an_ensemble_of_members_that_chose_epochs_by_different_metrics_says_so(tmp_path):
+    """Its summary copied the first member's protocol, so its page said every member's epochs were chosen by that
+    member's metric."""
+    from ercpipe.train.ensemble import ensemble_summary
+
+    rng = np.random.default_rng(2)
+    labels = {"valid": rng.integers(0, 3, 20).tolist(), "test": rng.integers(0, 3, 20).tolist()}
+    paths = {name: write_member(tmp_path, name, {0: {"valid": random_probs(rng, 20), "test": random_probs(rng, 20)}},
+                                labels, 40.0) for name in ("d", "a")}
+    members = {name: json.loads(path.read_text()) for name, path in paths.items()}
+    assert members["a"]["protocol"]["selection_metric"] == "weighted_f1"
+    assert ensemble_summary(members)["protocol"]["selection_metric"] == "weighted_f1"  # alike: as it was
+    members["d"]["protocol"]["selection_metric"] = "macro_f1"
+    assert ensemble_summary(members)["protocol"]["selection_metric"] == (
+        "each member's own (d: macro_f1, a: weighted_f1)")
+
+
 def test_ensemble_all_ranks_every_count_of_the_best_and_dev_chooses_how_many(tmp_path):
     rng = np.random.default_rng(1)
     labels = {"valid": rng.integers(0, 3, 40).tolist(), "test": rng.integers(0, 3, 30).tolist()}

@@ -102,12 +102,16 @@ def ensemble_summary(members: Mapping[str, dict], predictions: dict | None = Non
         if summary["classes"] != classes:
             raise EnsembleError(f"member {name} predicts {summary['classes']}, {names[0]} predicts {classes}")
     class_id = {c: i for i, c in enumerate(classes)}
+    protocol = {**summaries[0]["protocol"], "selected_epoch": None, "epochs_run": None}
+    chose_by = {name: summary["protocol"].get("selection_metric") for name, summary in members.items()}
+    if len(set(chose_by.values())) > 1:  # the first member's alone would be shown as every member's
+        protocol["selection_metric"] = ("each member's own (" + ", ".join(f"{name}: {metric}" for name, metric in
+                                                                         chose_by.items()) + ")")
     runs, run_names = [], []
     for seed in seeds:
         averaged = ensemble_predictions(members, seed, predictions)
         run = {"seed": seed, "classes": classes,
-               "protocol": {**summaries[0]["protocol"], "selected_epoch": None, "epochs_run": None,
-                            "note": f"ensemble: mean class probabilities of {names}, seed {seed}"}}
+               "protocol": {**protocol, "note": f"ensemble: mean class probabilities of {names}, seed {seed}"}}
         for split, rows in averaged.groupby("split", sort=False):
             labelled = rows[rows["label"] != ""]
             unknown = sorted(set(labelled["label"]) - set(class_id))

@@ -67,6 +67,10 @@ def ensemble_sizes(ensemble: int | str | None, n_candidates: int) -> list[int]:
     return [ensemble]
 
 
+# What a selection records of each member of its ensembles: the runs it averaged, as their summary listed them then.
+MEMBER_RUN_KEYS = ("seeds", "runs", "run_metrics_sha256")
+
+
 def select_experiment(summary_paths: Mapping[str, str | Path], out_dir: str | Path,
                       metric: str = "valid.weighted_f1", ensemble: int | str | None = None,
                       skipped: list[dict] | None = None) -> str:
@@ -124,9 +128,12 @@ def select_experiment(summary_paths: Mapping[str, str | Path], out_dir: str | Pa
     selection = {"metric": metric, "chosen": chosen, "candidates": list(summaries),
                  "ranking": [{k: r[k] for k in ("experiment", "mean", "std", "n")} for r in ranking],
                  "chosen_summary": str(Path(summary_paths[chosen])) if chosen in summary_paths else None,
-                 # with the members' summaries, where `ercpipe predict` finds their runs' model.pt files
+                 # with the members' summaries, where `ercpipe predict` finds their runs' model.pt files, and the
+                 # runs averaged here (a member's summary is written again when one of its seeds is re-trained)
                  "ensembles": {name: {**e["ensemble"], "summaries": [str(summary_paths[m]) for m in
-                                                                     e["ensemble"]["members"]]}
+                                                                     e["ensemble"]["members"]],
+                                      "member_runs": {m: {k: summaries[m].get(k) for k in MEMBER_RUN_KEYS}
+                                                      for m in e["ensemble"]["members"]}}
                                for name, e in ensembles.items()},
                  "skipped": list(skipped or []), "unequal_seeds": unequal_seeds}
     _write_predictions(out_dir / "predictions", summaries, chosen, ensembles, predictions)
