@@ -168,6 +168,7 @@ def check_config_file(path) -> None:
     try:
         validate_schema(config, SCHEMA_PATH)
         check_names(config)
+        check_datasets_and_anchor_sets(config)
         experiments = [(f"experiments.{name}", experiment)
                        for name, experiment in (config.get("experiments") or {}).items()]
         experiments += [(f"selections.{name}.search.experiment", selection["search"]["experiment"])
@@ -549,7 +550,8 @@ def path_problems(config: dict, workdir: Path = Path(".")) -> list[str]:
         if is_pickle_dataset(ds):
             if ds.get("path") is not None:
                 problems.append(_path_problem(f"{where}.path", ds["path"], "file", workdir,
-                                              f"point it at the {fmt} file (README, 'Your data'; docs/features.md)"))
+                                              f"point it at the {fmt} file (docs/features-text.md, 'Pickle "
+                                              "datasets in the pipeline')"))
         elif ds.get("synthetic"):
             pass  # its root is an output of the synthetic_corpus rule
         elif fmt == "csv" and ds.get("root") is not None:
@@ -690,9 +692,10 @@ def _searched_experiment_key(message: str, config: dict) -> str:
     return message
 
 
-def _check(config: dict, workdir: Path) -> None:
-    check_names(config)
-    check_extractor_settings(config)
+def check_datasets_and_anchor_sets(config: dict) -> None:
+    """The datasets' and anchor sets' keys, checked without opening a file (so `ercpipe check-config` runs them
+    too): another format's keys, a missing root, manifest or classes, the synthetic corpus's settings, an anchor
+    set's source and CLIP setting."""
     datasets = config.get("datasets", {})
     for name, ds in datasets.items():
         where = f"datasets.{name}"
@@ -743,6 +746,14 @@ def _check(config: dict, workdir: Path) -> None:
                                         if k not in clip_setting.ENCODING_KEYS})
         except ValueError as err:
             raise ConfigError(f"{where}.clip: {err}") from None
+
+
+def _check(config: dict, workdir: Path) -> None:
+    check_names(config)
+    check_extractor_settings(config)
+    check_datasets_and_anchor_sets(config)
+    datasets = config.get("datasets", {})
+    anchors = config.get("anchors", {})
     problems = path_problems(config, workdir)
     if problems:
         raise ConfigError("\n".join(problems))
@@ -905,7 +916,8 @@ def _check_pickle_keys(name: str, ds: dict) -> None:
         raise ConfigError(f"{where}.{wrong[0]}: not a key of format {ds['format']} (an imported feature pickle has "
                           "no raw folder); its keys: path, allow_pickle, labels, classes, valid_split")
     if "path" not in ds:
-        raise ConfigError(f"{where}.path: required for format {ds['format']}: the pickle file (docs/features.md)")
+        raise ConfigError(f"{where}.path: required for format {ds['format']}: the pickle file (docs/features-text.md, "
+                          "'Pickle datasets in the pipeline')")
     if ds.get("allow_pickle") is not True:
         raise ConfigError(
             f"{where}.allow_pickle: {ds['format']} datasets are read by unpickling {ds['path']}, which can run "

@@ -314,6 +314,14 @@ def test_check_config_names_the_line_snakemake_does_not(tmp_path):
     result = ercpipe("check-config", "setting.yaml", cwd=tmp_path)
     assert result.returncode == 2 and f"setting.yaml: features.text.{setting}.poolng: unknown key" in result.stderr, \
         result.stderr
+    # Dataset keys that need no file to check (a CSV without classes, another format's key): snakemake -n refused
+    # them after check-config said "fine".
+    (tmp_path / "classes.yaml").write_text("datasets:\n  mine: {format: csv, manifest: m.csv}\n")
+    assert_one_line(ercpipe("check-config", "classes.yaml", cwd=tmp_path),
+                    "classes.yaml: datasets.mine.classes: required for format csv (see docs/manifest.md)")
+    (tmp_path / "relabel.yaml").write_text("datasets:\n  m: {format: meld, root: raw/MELD.Raw, relabel: {sur: hap}}\n")
+    result = ercpipe("check-config", "relabel.yaml", cwd=tmp_path)
+    assert result.returncode == 2 and "relabel.yaml: datasets.m.relabel: not a setting of format meld" in result.stderr
     (tmp_path / "bad.yaml").write_text("datasets:\n  mine: {format: csv, manifest: m.csv\nexperiments: {}\n")
     assert_one_line(ercpipe("check-config", "bad.yaml", cwd=tmp_path),
                     "bad.yaml, line 3, column 12: expected ',' or '}', but got ':' (while parsing a flow mapping "
