@@ -28,12 +28,13 @@ def feature_coverage(manifest_path: str | Path, feature_paths: Sequence[str | Pa
         hit = df["flags"].map(lambda f, name=flag: manifest.has_flag(f, name))
         if hit.any():
             table[f"flag: {flag}"] = hit.astype(int)
-    reasons, attrs = [], {}
+    reasons, attrs, unflagged = [], {}, []
     for path in feature_paths:
         fs = features.read(path, expected_ids=ids)
         name = f"{fs.attrs.get('modality', Path(path).parent.name)}/{Path(path).stem}"
         table[f"{name} missing"] = (~fs.present).astype(int)
         reasons.append(_absent_reasons(name, fs, df))
+        unflagged.append(_defects_found_by_extraction(name, fs, df))
         attrs[name] = fs.attrs
     order = {s: i for i, s in enumerate(manifest.SPLITS)}
     per_split = table.groupby("split").sum().sort_index(key=lambda s: s.map(order))
@@ -65,11 +66,23 @@ def feature_coverage(manifest_path: str | Path, feature_paths: Sequence[str | Pa
                      + ("experiments on it have no test scores." if empty == ["test"] else "nothing can train on it."))
         sections = [("Per split", per_split, note)]
         why = pd.concat(reasons, ignore_index=True) if reasons else pd.DataFrame()
+        found = pd.concat(unflagged, ignore_index=True) if unflagged else pd.DataFrame()
         if len(why):
             sections.append(("Why utterances lack a feature", why,
                              "The reason each feature file records for the utterances it holds as zeros (the first "
-                             "word of it; the extraction job's log and the dataset's issues.tsv name each "
-                             "utterance)."))
+                             "word of it; the extraction job's log names each utterance, and the dataset's "
+                             "issues.tsv each one the reader flagged"
+                             + ("; the defects it did not flag are listed below)." if len(found) else ").")))
+        if len(found):
+            shown = found.head(MAX_LISTED_DEFECTS)
+            sections.append(("Media defects the reader did not flag", shown,
+                             f"{len(found)} utterance(s) whose media the extraction could not use, for a reason the "
+                             "reader records when it opens the media files (probe_media: true; the default for "
+                             "MELD, not for a CSV dataset), so issues.tsv does not list them"
+                             + (f" (the first {len(shown)} here; the feature files' absent attribute holds all)"
+                                if len(shown) < len(found) else "")
+                             + ". Fix or replace each file and run again: the extraction re-runs only for the "
+                             "shards it is in."))
         labels, labels_note = _labels_per_split(df, summary.get("classes"))
         if len(labels):
             sections.append(("Labels per split", labels, labels_note))
@@ -114,6 +127,26 @@ def _absent_reasons(name: str, fs: features.FeatureSet, df: pd.DataFrame) -> pd.
     counts = counts.sort_values("all", ascending=False, kind="stable").reset_index()
     counts.insert(0, "feature", name)
     return counts
+
+
+# Rows of the coverage page's table of media defects found by the extraction alone (every one is in the files).
+MAX_LISTED_DEFECTS = 200
+
+
+def _defects_found_by_extraction(name: str, fs: features.FeatureSet, df: pd.DataFrame) -> pd.DataFrame:
+    """The utterances a feature file holds as zeros for a raw-data defect (a manifest flag's name: corrupt_video,
+    no_audio_stream, ...) that the reader did not record in the row's flags, with the whole reason (it names the
+    file): found only when the media were opened to extract, as when the reader does not probe them."""
+    recorded = fs.attrs.get("absent") or {}
+    recorded = json.loads(recorded) if isinstance(recorded, str) else recorded
+    rows = []
+    for (utterance, split, flags), present in zip(df[["utterance_id", "split", "flags"]].itertuples(index=False),
+                                                  fs.present):
+        reason = str(recorded.get(utterance, ""))
+        defect = reason.split(":")[0].split(" ")[0]
+        if not present and defect in manifest.FLAG_NAMES and not manifest.has_flag(flags, defect):
+            rows.append({"utterance": utterance, "split": split, "feature": name, "reason": reason})
+    return pd.DataFrame(rows)
 
 
 def _labels_per_split(df: pd.DataFrame, classes: Sequence[str] | None) -> tuple[pd.DataFrame, str]:

@@ -379,7 +379,10 @@ def test_the_coverage_page_tells_flags_to_fix_from_flags_that_record(built, tmp_
     from ercpipe.io import features as feature_io
     from ercpipe.report import feature_coverage
 
-    df = built[0]
+    df = built[0].copy()
+    # The reader found the last utterance's audio missing (the extractor says so too, below).
+    last_flags = df["flags"].iloc[-1]
+    df.loc[df.index[-1], "flags"] = f"{last_flags};missing_audio" if last_flags else "missing_audio"
     manifest_io.write(df, tmp_path / "manifest.tsv")
     ids = df["utterance_id"].tolist()
     feature_io.write(tmp_path / "text.h5", feature_io.FeatureSet(ids, np.zeros((len(ids), 2), np.float32),
@@ -413,6 +416,12 @@ def test_the_coverage_page_tells_flags_to_fix_from_flags_that_record(built, tmp_
     first = df["split"].iloc[0]
     assert by_split[first] == str(sum(df["split"].iloc[:2] == first))
     assert "overlap, text_fixed: noted or repaired by the reader, nothing to do." in page
+    # A defect the reader did not flag (it had not opened the clip) is named with its file on the page, not left
+    # to an issues.tsv that does not hold it; one the reader flagged is not listed again.
+    listed = page.split("<h3>Media defects the reader did not flag</h3>")[1].split("<h3>")[0]
+    rows = [re.findall(r"<td>([^<]*)</td>", row) for row in listed.split("</thead>")[1].split("</tr>")[:-1]]
+    assert rows == [[ids[2], df["split"].iloc[2], "visual/faces", "corrupt_video: x.mp4: InvalidDataError"]]
+    assert "issues.tsv does not list them" in listed
     assert ("<b>missing_audio, missing_video, corrupt_video, corrupt_audio, no_audio_stream, bad_time</b>: the "
             "utterance lost a modality or its times; the dataset's issues.tsv names each file and what to do.") in page
 
