@@ -162,6 +162,33 @@ def test_a_phone_videos_display_rotation_is_applied(tmp_path):
     assert frames[0][:8, :8].mean() > 200 and frames[0][-8:, -8:].mean() < 50
 
 
+@pytest.mark.parametrize("rotation, shown", [
+    ({"degrees": 0, "hflip": True}, lambda img: img[:, ::-1]),  # a mirrored front camera: it came out upside down
+    ({"degrees": 0, "vflip": True}, lambda img: img[::-1]),  # it came out as stored
+    ({"degrees": 90, "hflip": True}, lambda img: np.rot90(img, 1)[:, ::-1]),
+    ({"degrees": 90}, lambda img: np.rot90(img, 1)),
+    ({"degrees": 180}, lambda img: np.rot90(img, 2)),
+])
+def test_a_mirrored_videos_display_matrix_is_applied_as_a_player_does(tmp_path, rotation, shown):
+    """PyAV's frame.rotation reads a mirror as a half turn; the whole display matrix says what a player shows: the
+    stored picture turned counterclockwise by `degrees`, then mirrored."""
+    stored = np.zeros((32, 64, 3), np.uint8)
+    stored[:16, :32] = (255, 0, 0)  # red top left, blue top right, black bottom
+    stored[:16, 32:] = (0, 0, 255)
+    path = tmp_path / "matrix.mp4"
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("libx264", rate=4, options={"crf": "0"})
+        video.width, video.height, video.pix_fmt = 64, 32, "yuv444p"
+        video.set_display_rotation(**rotation)
+        for _ in range(4):
+            container.mux(video.encode(av.VideoFrame.from_ndarray(stored, format="rgb24")))
+        container.mux(video.encode())
+    (frame,) = visual.sample_frames(path, None, None, 1.0, 1)
+    expected = shown(stored)
+    assert frame.shape == expected.shape
+    assert np.abs(frame.astype(int) - expected).max() < 40
+
+
 @pytest.mark.parametrize("aspect, shape", [(2, (32, 128)), (0.5, (64, 64))])
 def test_an_anamorphic_videos_pixels_are_stretched_to_the_shape_a_player_shows(tmp_path, aspect, shape):
     """A DVD or broadcast source stores non-square pixels (sample aspect ratio); its faces were taken squeezed."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -465,8 +466,33 @@ def _upright(frame, sample_aspect=None) -> np.ndarray:
         else:
             height = int(round(height / sample_aspect))
     rgb = frame.to_ndarray(format="rgb24", width=width, height=height)
-    turns = int(round(getattr(frame, "rotation", 0) / 90)) % 4
+    orientation = _display_orientation(frame)
+    if orientation is not None:
+        transpose, flip_rows, flip_columns = orientation
+        if not (transpose or flip_rows or flip_columns):
+            return rgb
+        shown = rgb.transpose(1, 0, 2) if transpose else rgb
+        return np.ascontiguousarray(shown[::-1 if flip_rows else 1, ::-1 if flip_columns else 1])
+    turns = int(round(getattr(frame, "rotation", 0) / 90)) % 4  # a rotation that is not a quarter turn: the nearest
     return np.ascontiguousarray(np.rot90(rgb, k=turns)) if turns else rgb
+
+
+def _display_orientation(frame) -> tuple[bool, bool, bool] | None:
+    """How the frame's display matrix (the track header's; a phone's portrait video, a mirrored front camera)
+    turns the stored picture into the shown one, as (transpose, flip rows, flip columns); None for a matrix that is
+    not a quarter turn with or without a mirror. A stored pixel (column p, row q) is shown at (a p + c q, b p + d q)
+    (libavutil/display.h). frame.rotation alone reads a mirror as a half turn, so a mirrored video came out upside
+    down and its faces were not found."""
+    for data in getattr(frame, "side_data", ()):
+        if str(getattr(data, "type", "")).rsplit(".", 1)[-1] != "DISPLAYMATRIX":
+            continue
+        a, b, _, c, d, *_ = struct.unpack("=9i", bytes(data))
+        if a == d == 0 and b and c:  # shown column from the stored row, shown row from the stored column
+            return True, b < 0, c < 0
+        if b == c == 0 and a and d:
+            return False, d < 0, a < 0
+        return None
+    return False, False, False
 
 
 def count_sampled_frames(path: str | Path, start: float | None = None, end: float | None = None,
