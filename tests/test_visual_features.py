@@ -107,17 +107,17 @@ def test_marked_actor_mirrors_the_sides_by_dialogue(videos, detector):
     """IEMOCAP's dialogue names carry the actor who wears the markers (Ses01F_..., Ses01M_...); with marked_actor
     that actor sits on the given side in every dialogue, so the F actor's side flips between F and M dialogues."""
     rule = visual.face_selection_settings({"mode": "side", "marked_actor": "left"})
-    assert visual.face_selection_for(rule, "Ses01F_impro01_F000")["sides"] == {"F": "left", "M": "right"}
-    assert visual.face_selection_for(rule, "Ses01M_script02_1_F003")["sides"] == {"M": "left", "F": "right"}
+    assert visual.face_selection_for(rule, "Ses01F_impro01")["sides"] == {"F": "left", "M": "right"}
+    assert visual.face_selection_for(rule, "Ses01M_script02_1")["sides"] == {"M": "left", "F": "right"}
     assert visual.face_selection_for(SIDE, "anything") is SIDE
     settings = visual.visual_settings({"weights": "random"})
-    for utterance, skin in (("Ses01F_impro01_F000", LEFT_SKIN), ("Ses01M_impro01_F000", RIGHT_SKIN)):
+    for dialogue, skin in (("Ses01F_impro01", LEFT_SKIN), ("Ses01M_impro01", RIGHT_SKIN)):
         crops = visual.utterance_face_crops(videos["mp4"], 0.3, 1.5, "Ses01_F", settings,
-                                            visual.face_selection_for(rule, utterance), detector=detector)
+                                            visual.face_selection_for(rule, dialogue), detector=detector)
         np.testing.assert_allclose(skin_of(crops[0]), skin, atol=20)
-    with pytest.raises(ValueError, match=r"utterance 'call1_u0': face_selection marked_actor reads the marked actor "
-                                         r"from IEMOCAP ids"):
-        visual.face_selection_for(rule, "call1_u0")
+    with pytest.raises(ValueError, match=r"dialogue 'call1': face_selection marked_actor reads the marked actor "
+                                         r"from IEMOCAP dialogue ids"):
+        visual.face_selection_for(rule, "call1")
     with pytest.raises(ValueError, match="sides .* or marked_actor .*, not both"):
         visual.face_selection_settings({"mode": "side", "marked_actor": "left", "sides": {"F": "left"}})
 
@@ -207,6 +207,24 @@ def visual_manifest(videos, tmp_path_factory) -> Path:
          "video_end": 0.5, "flags": "bad_time"},
     ]), path)
     return path
+
+
+def test_marked_actor_reads_the_dialogue_id_whatever_the_utterance_ids(videos, tmp_path):
+    """`ercpipe predict` accepts a conversation by its IEMOCAP dialogue ids, whose utterance ids may be anything; the
+    extractor read the marked actor from the utterance id and failed after decoding every frame."""
+    path = tmp_path / "manifest.tsv"
+    manifest_io.write(manifest([
+        {"utterance_id": "turn1", "dialogue_id": "Ses01F_impro01", "speaker": "Ses01_F",
+         "video_path": str(videos["mp4"]), "video_start": 0.0, "video_end": 1.0},
+        {"utterance_id": "turn2", "dialogue_id": "Ses01M_impro01", "speaker": "Ses01_F",
+         "video_path": str(videos["mp4"]), "video_start": 0.0, "video_end": 1.0}]), path)
+    rule = {"mode": "side", "marked_actor": "left"}
+    out = tmp_path / "faces.h5"
+    visual.extract_shard(path, {"backbone": "denseface", "weights": "random", "fps": 2}, out, device="cpu",
+                         context=ExtractionContext(face_selection=rule))
+    fs = feature_io.read(out)
+    assert fs.present.tolist() == [True, True]
+    assert not np.allclose(fs.features[0], fs.features[1])  # F sits left in an F dialogue, right in an M one
 
 
 def test_extract_shard_denseface_records_every_absent_row(visual_manifest, videos, tmp_path):

@@ -132,7 +132,7 @@ def mine_anchor_images(manifest_path: str | Path, visual_h5_path: str | Path, cl
                           "split": row.split, "distance": float(row.distance), "status": "ok", "image": ""}
                 try:
                     crops = crop_fn(row.video_path, _time(row.video_start), _time(row.video_end), row.speaker,
-                                    face_settings, face_selection_for(face_selection, row.utterance_id))
+                                    face_settings, face_selection_for(face_selection, row.dialogue_id))
                 except MediaError as err:
                     crops, record["status"] = [], f"media_error: {err}"
                 if not crops:

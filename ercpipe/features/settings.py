@@ -445,16 +445,18 @@ def face_selection_settings(face_selection: dict | None) -> dict:
 _IEMOCAP_MARKED = re.compile(r"^Ses\d\d([FM])_")
 
 
-def face_selection_for(face_selection: dict, utterance_id: str) -> dict:
-    """The rule for one utterance: with `marked_actor`, the sides of its IEMOCAP dialogue (the actor named in the
-    id, Ses01F_... -> F, sits at marked_actor, the other actor opposite); any other rule as it is."""
+def face_selection_for(face_selection: dict, dialogue_id: str) -> dict:
+    """The rule for an utterance of this dialogue: with `marked_actor`, the sides of the IEMOCAP dialogue (the actor
+    named in its id, Ses01F_... -> F, sits at marked_actor, the other actor opposite); any other rule as it is. The
+    dialogue's id, not the utterance's: `ercpipe predict` checks a conversation's dialogue ids, and a conversation's
+    utterance ids may be anything."""
     marked = (face_selection or {}).get("marked_actor")
     if marked is None or face_selection.get("mode") != "side":
         return face_selection
-    match = _IEMOCAP_MARKED.match(utterance_id)
+    match = _IEMOCAP_MARKED.match(dialogue_id)
     if match is None:
-        raise ValueError(f"utterance {utterance_id!r}: face_selection marked_actor reads the marked actor from "
-                         "IEMOCAP ids (Ses01F_impro01_..., F or M after the session); give sides instead")
+        raise ValueError(f"dialogue {dialogue_id!r}: face_selection marked_actor reads the marked actor from "
+                         "IEMOCAP dialogue ids (Ses01F_impro01, F or M after the session); give sides instead")
     letter = match.group(1)
     other_side = "right" if marked == "left" else "left"
     return {"mode": "side", "sides": {letter: marked, "M" if letter == "F" else "F": other_side}}

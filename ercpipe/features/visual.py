@@ -549,7 +549,7 @@ def extract_shard(manifest_path, settings: dict | None, out_path, *, threads: in
         for i, faces_per_frame in detection.done():
             row, frames = waiting.pop(i)
             crops = crops_from_faces(frames, faces_per_frame, row.speaker, settings,
-                                     face_selection_for(face_selection, row.utterance_id))
+                                     face_selection_for(face_selection, row.dialogue_id))
             face_count += len(crops)
             if not crops:
                 absent[row.utterance_id] = f"no_face (no speaker face in {len(frames)} sampled frame(s))"
