@@ -372,11 +372,15 @@ def test_sdt_learns(dataset, tmp_path):
 
 
 def test_validation_selection_never_reads_test_labels(vega_run, dataset, tmp_path):
-    """Scrambling the test labels changes nothing before the final test evaluation."""
+    """Scrambling the test labels changes nothing before the final test evaluation; nor does a test dialogue with
+    more speakers than any training one (the speaker table's size moved every initial weight)."""
     frame = manifest_io.read(dataset["manifest"])
     test_rows = frame["split"] == "test"
     rng = np.random.default_rng(5)
     frame.loc[test_rows, "label"] = rng.choice(list(IEMOCAP_CLASSES), size=int(test_rows.sum()))
+    crowded = (frame["dialogue_id"] == frame.loc[test_rows, "dialogue_id"].iloc[0]).to_numpy()
+    frame.loc[crowded, "speaker_slot"] = np.arange(int(crowded.sum())) % 5
+    assert frame["speaker_slot"].max() > frame.loc[frame["split"] == "train", "speaker_slot"].max()
     root = tmp_path / "scrambled"
     manifest_io.write(frame, root / "manifest.tsv")
     (root / "summary.json").write_text((dataset["root"] / "summary.json").read_text())

@@ -48,7 +48,10 @@ class SDTVega(nn.Module):
         # official order, so a seed gives the same initial weights.
         if spec.speaker_embeddings:
             # Row S is the padding slot: zero and never updated (padding_idx), for any number of speakers (O4).
-            self.speaker_embeddings = nn.Embedding(spec.n_speakers + 1, d, padding_idx=spec.n_speakers)
+            # Drawn first, so its size shifts every later layer's initial weights: only the training split's slots
+            # are drawn here (untrained_slots adds the others).
+            drawn = spec.trained_speakers or spec.n_speakers
+            self.speaker_embeddings = untrained_slots(nn.Embedding(drawn + 1, d, padding_idx=drawn), spec.n_speakers)
         # Kernel-size-1, bias-free "temporal convolution" = per-utterance linear map (spec 2.2, O3).
         self.inputs = nn.ModuleDict({MODALITY_SHORT[m]: nn.Linear(spec.input_dims[m], d, bias=False)
                                      for m in spec.modalities})
@@ -204,6 +207,21 @@ class SDTVega(nn.Module):
                                  * torch.nn.functional.normalize(g, dim=-1, eps=1e-12) @ anchors.to(g.dtype).T)
                 for m, g in projections.items()}
         return {"logits": logits, "anchor_logits": anchor_logits, "fused": layout.unpack(fused)}
+
+
+def untrained_slots(table: nn.Embedding, n_speakers: int) -> nn.Embedding:
+    """`table` (its last row the padding slot) grown to n_speakers slots: the new rows, for slots that only valid or
+    test dialogues use, come from a generator of their own (seeded from the run's seed), so that how many there
+    are changes no other initial weight. `table` itself when it has them all."""
+    drawn, width = table.num_embeddings - 1, table.embedding_dim
+    if drawn >= n_speakers:
+        return table
+    weight = table.weight.detach()
+    generator = torch.Generator().manual_seed((torch.initial_seed() + 1) % 2**63)
+    extra = torch.randn(n_speakers - drawn, width, generator=generator, device="cpu").to(weight.device, weight.dtype)
+    padding = torch.zeros(1, width, device=weight.device, dtype=weight.dtype)
+    return nn.Embedding(n_speakers + 1, width, padding_idx=n_speakers,
+                        _weight=torch.cat([weight[:drawn], extra, padding]))
 
 
 def _log_temperature(spec: ModelSpec) -> nn.Parameter:

@@ -67,6 +67,10 @@ class ModelSpec:
     p_random_anchor: float = _key(0.4, number(0.0, 1.0))
     anchor_logit_scale: float = _key(100.0, number(0.0, lo_open=True))
     anchor_sampling_at_eval: bool = _key(False, boolean)
+    # Speaker slots the training split uses, when fewer than n_speakers (slots only valid or test dialogues use):
+    # only their rows are drawn from the seed's stream (ercpipe.model.sdt), so a test dialogue with more speakers
+    # changes no initial weight. None: every slot's row drawn there.
+    trained_speakers: int | None = None
 
     def __post_init__(self) -> None:
         self.modalities = tuple(self.modalities)
@@ -84,6 +88,10 @@ class ModelSpec:
                                    + [(f"input_dims[{m!r}]", self.input_dims[m], 1) for m in self.modalities]):
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
                 raise ValueError(f"{name} must be a whole number >= {least}, got {value!r}")
+        if self.trained_speakers is not None and not (
+                isinstance(self.trained_speakers, numbers.Integral) and 1 <= self.trained_speakers <= self.n_speakers):
+            raise ValueError(f"trained_speakers must be None or a whole number from 1 to n_speakers "
+                             f"({self.n_speakers}), got {self.trained_speakers!r}")
         problem = combination_problem(asdict(self))
         if problem:
             raise ValueError(f"{problem[0]}: {problem[1]}")
@@ -161,11 +169,12 @@ def spec_values(experiment: dict) -> dict:
 
 
 def spec_from_experiment(experiment: dict, *, input_dims: dict[str, int], n_classes: int, n_speakers: int,
-                         clip_dim: int) -> ModelSpec:
+                         clip_dim: int, trained_speakers: int | None = None) -> ModelSpec:
     """The ModelSpec of a resolved experiment (ercpipe.train.presets.resolve_experiment) on data of these widths,
-    classes and speaker slots, with anchors of width clip_dim."""
+    classes and speaker slots (of which the training split uses `trained_speakers`), with anchors of width
+    clip_dim."""
     temperature = experiment["loss"]["kl_temperature"]
     learnable = temperature == "learnable"
     return ModelSpec(input_dims=dict(input_dims), n_classes=n_classes, n_speakers=n_speakers, clip_dim=clip_dim,
-                     learnable_temperatures=learnable, fixed_temperature=1.0 if learnable else float(temperature),
+                     trained_speakers=trained_speakers, learnable_temperatures=learnable, fixed_temperature=1.0 if learnable else float(temperature),
                      **spec_values(experiment))

@@ -48,6 +48,8 @@ class DialogueData:
     # order of first appearance (IEMOCAP: 0 = the male, 1 = the female actor); None otherwise. Checkpoints keep
     # it, so that a new conversation by the same speakers gets the slots training used.
     speaker_slots: dict[str, int] | None = None
+    # Slots of the training split when fewer than n_speakers (ModelSpec.trained_speakers); None otherwise.
+    trained_speakers: int | None = None
 
     def split(self, *names: str) -> list[Dialogue]:
         return [d for d in self.dialogues if d.split in names]
@@ -171,8 +173,14 @@ def load_dialogues(manifest_path: str | Path, feature_paths: dict[str, str | Pat
     labels = np.array([class_index.get(lab, -1) for lab in df["label"]], dtype=np.int64)
     slots = df["speaker_slot"].to_numpy(dtype=np.int64)
     needed = int(slots.max()) + 1 if len(slots) else 1
+    trained_speakers = None
     if n_speakers is None:
         n_speakers = needed
+        # The model draws initial rows for these slots only (ModelSpec.trained_speakers): a test dialogue with
+        # more speakers than any training one must not change the weights training starts from.
+        train_rows = (df["split"] == "train").to_numpy()
+        if train_rows.any() and int(slots[train_rows].max()) + 1 < needed:
+            trained_speakers = int(slots[train_rows].max()) + 1
     elif n_speakers < needed:
         row = int(np.argmax(slots))
         raise DataError(f"{manifest_path}: utterance {ids[row]} has speaker_slot {int(slots[row])}, but the "
@@ -197,7 +205,7 @@ def load_dialogues(manifest_path: str | Path, feature_paths: dict[str, str | Pat
                 len(df), manifest_path, {s: len([d for d in dialogues if d.split == s]) for s in manifest_io.SPLITS},
                 dims, n_speakers)
     return DialogueData(dialogues, classes, modalities, dims, n_speakers, str(manifest_path), absent_counts, sources,
-                        fixed_speaker_slots(df))
+                        fixed_speaker_slots(df), trained_speakers)
 
 
 def _warn_untrained(df: pd.DataFrame, labels: np.ndarray, slots: np.ndarray, classes: Sequence[str],

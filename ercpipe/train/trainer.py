@@ -77,7 +77,7 @@ def seed_everything(seed: int) -> None:
 
 def model_spec(cfg: dict, data: DialogueData, clip_dim: int) -> ModelSpec:
     return spec_from_experiment(cfg, input_dims=data.dims, n_classes=len(data.classes), n_speakers=data.n_speakers,
-                                clip_dim=clip_dim)
+                                clip_dim=clip_dim, trained_speakers=data.trained_speakers)
 
 
 def _dataset_format(manifest_path) -> str | None:
