@@ -212,6 +212,19 @@ def check_names(config: dict) -> None:
                 fixed = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name)).strip("._") or "name"
                 raise ConfigError(f"{where}.{name}: this name becomes part of file paths; use letters, digits, '_', "
                                   f"'-' and '.' only, not starting with '.' (e.g. {fixed})")
+            taken = RESERVED_NAMES.get(where, {}).get(name)
+            if taken:
+                raise ConfigError(f"{where}.{name}: the name is taken by {taken}; rename it")
+
+
+# Names whose folder would be a file or folder the workflow writes itself (results/<dataset>/coverage.tsv,
+# results/benchmarks/): Snakemake stopped on a ChildIOException that named no config key.
+_RESULTS_OF_A_DATASET = {"export": "results/<dataset>/export/ (exports:)",
+                         "coverage.tsv": "results/<dataset>/coverage.tsv",
+                         "coverage.html": "results/<dataset>/coverage.html"}
+RESERVED_NAMES: dict[str, dict[str, str]] = {
+    "datasets": {name: f"results/{name}" for name in ("benchmarks", "benchmarks.tsv", "benchmarks.html")},
+    "experiments": _RESULTS_OF_A_DATASET, "selections": _RESULTS_OF_A_DATASET}
 
 
 def normalize_modalities(config: dict) -> None:
@@ -414,12 +427,14 @@ def anchor_classes(config: dict, set_name: str) -> list[str]:
     """Canonical class names an anchor set must cover: every class of every dataset that uses it (experiments,
     exports, mining); an official: set's file holds them in this order (its `classes`, else its dataset's)."""
     names: list[str] = list(config["anchors"][set_name].get("classes") or [])
-    # Experiments in name order, so the same config written in another key order gives the same list.
-    for _, exp in sorted(config.get("experiments", {}).items()):
-        if exp.get("anchors") == set_name:
-            for label in dataset_classes(config["datasets"][exp["dataset"]]):
-                if canonical_emotion(label) not in names:
-                    names.append(canonical_emotion(label))
+    # The datasets of the experiments using it, in name order: the same config in another key order, or with
+    # another experiment on a dataset already there, gives the same list (it is the set's params: a new order
+    # re-encoded the set and re-trained every experiment using it, for the same anchors).
+    for dataset in sorted({exp["dataset"] for exp in config.get("experiments", {}).values()
+                           if exp.get("anchors") == set_name}):
+        for label in dataset_classes(config["datasets"][dataset]):
+            if canonical_emotion(label) not in names:
+                names.append(canonical_emotion(label))
     for export in sorted(config.get("exports", {})):
         source = export_source(config, export)
         if source["anchors"] == set_name:  # a row for every label id of the exported pickle
@@ -976,10 +991,6 @@ def _check_feature_settings(config: dict, where: str, dataset: str, features: di
 
 def _check_exports(config: dict, inspected: dict, workdir: Path) -> None:
     experiments, datasets = config.get("experiments", {}), config.get("datasets", {})
-    for section in ("experiments", "selections"):
-        if "export" in config.get(section, {}):
-            raise ConfigError(f"{section}.export: the name is taken by results/<dataset>/export/ (exports:); "
-                              "rename it")
     for name, entry in config.get("exports", {}).items():
         where = f"exports.{name}"
         if bool(entry.get("experiment")) == bool(entry.get("dataset")):

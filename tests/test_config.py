@@ -116,6 +116,13 @@ def test_schema_errors_name_the_key(demo_config, mutate, expected):
      "experiments.iemocap_demo_sdt.anchors: 'demo_faces' is never used"),
     (lambda c: c.update(selections={"best": {"candidates": ["iemocap_demo_sdt", "nope"]}}),
      r"selections.best.candidates: unknown experiment\(s\) \['nope'\]"),
+    # Names of the workflow's own files: Snakemake stopped on a ChildIOException naming no key.
+    (lambda c: c["experiments"].update({"coverage.html": c["experiments"].pop("iemocap_demo_sdt")}),
+     r"experiments.coverage.html: the name is taken by results/<dataset>/coverage.html; rename it"),
+    (lambda c: c["experiments"].update(export=c["experiments"].pop("iemocap_demo_sdt")),
+     r"experiments.export: the name is taken by results/<dataset>/export/ \(exports:\); rename it"),
+    (lambda c: c["datasets"].update({"benchmarks.html": c["datasets"]["meld_demo"]}),
+     r"datasets.benchmarks.html: the name is taken by results/benchmarks.html; rename it"),
     (lambda c: c.update(selections={"inner": {"candidates": ["iemocap_demo_sdt", "iemocap_demo_sdt_vega"]},
                                     "outer": {"candidates": ["inner", "iemocap_demo_sdt"]}}),
      r"selections.outer.candidates: \['inner'\] name selections; a selection's candidates are experiments"),
@@ -434,6 +441,11 @@ def test_anchor_classes_cover_every_dataset_using_the_set(demo_config):
     # IEMOCAP's six and MELD's seven classes, merged through the aliases (hap = joy = happy ...).
     assert sorted(names) == sorted(["happy", "sad", "neutral", "anger", "excited", "frustration", "surprise",
                                     "fear", "disgust"])
+    # Another experiment on a dataset already using the set, named to sort first: the same list in the same order
+    # (the list is the set's params; a new order re-encoded it and re-trained every experiment using it).
+    more = copy.deepcopy(demo_config)
+    more["experiments"]["a_meld_second"] = {**more["experiments"]["meld_demo_sdt_vega"], "seeds": [1]}
+    assert pipeline_config.anchor_classes(more, "demo_faces") == names
 
 
 # The configurations for the feature pickles need pickle files to check: tests/test_pickle_pipeline.py makes them.
