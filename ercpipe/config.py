@@ -716,6 +716,7 @@ def check_datasets_and_anchor_sets(config: dict) -> None:
         where = f"datasets.{name}"
         if is_pickle_dataset(ds):
             _check_pickle_keys(name, ds)
+            _check_not_an_own_export(config, name, ds)
             continue
         wrong = [k for k in PICKLE_ONLY_KEYS if k in ds and not (k == "valid_split" and ds["format"] == "csv")]
         if wrong == ["valid_split"]:
@@ -761,6 +762,22 @@ def check_datasets_and_anchor_sets(config: dict) -> None:
                                         if k not in clip_setting.ENCODING_KEYS})
         except ValueError as err:
             raise ConfigError(f"{where}.clip: {err}") from None
+
+
+def _check_not_an_own_export(config: dict, name: str, ds: dict) -> None:
+    """A pickle dataset reading what an `exports:` entry of the same config writes: its import ran on the file as it
+    was before the run (its content is the import's params, taken when the jobs are planned), so after a changed
+    setting it lagged one run behind, and a project without the file could not start at all."""
+    path = one_spelling(ds["path"])
+    for export in config.get("exports") or {}:
+        try:
+            written = one_spelling(Path(export_name_dir(config, export)) / "features.pkl")
+        except KeyError:  # an export naming an unknown experiment: _check_exports says so
+            continue
+        if path == written:
+            raise ConfigError(f"datasets.{name}.path: {ds['path']} is written by exports.{export} of this same "
+                              "config, and a dataset cannot import its own run's export (it would lag one run "
+                              "behind it); import it with a config of its own, or from a copy of the file")
 
 
 def _check(config: dict, workdir: Path) -> None:

@@ -414,6 +414,13 @@ def test_config_errors_name_the_key(tmp_path):
                    c.update(exports={"x": {"experiment": "iemocap_vega_sdt_vega"}})))
     assert "exports.x: give either experiment" in error(
         lambda c: c.update(exports={"x": {"experiment": "iemocap_vega_sdt_vega", "dataset": "iemocap_vega"}}))
+    # A dataset reading this config's own export lagged one run behind it, and a project without the file could
+    # not start: refused, naming both keys.
+    assert ("datasets.again.path: ./results/iemocap_vega/export/x/features.pkl is written by exports.x of this same "
+            "config, and a dataset cannot import its own run's export") in error(
+        lambda c: (c.update(exports={"x": {"experiment": "iemocap_vega_sdt_vega"}}),
+                   c["datasets"].update(again={**c["datasets"]["iemocap_vega"],
+                                               "path": "./results/iemocap_vega/export/x/features.pkl"})))
     # Without validation dialogues only an experiment that selects on test can train (it used to fail in training).
     assert ("experiments.iemocap_vega_sdt_vega: dataset iemocap_vega has no validation dialogues (datasets.iemocap_"
             "vega.valid_split: none), so no epoch can be selected") in error(
