@@ -63,6 +63,26 @@ def test_the_best_dev_mean_is_chosen_whatever_test_says(tmp_path):
     assert "<td>59.95</td>" in page and "<td>0.07</td>" in page and "59.950000" not in page
 
 
+def test_a_chosen_candidate_with_the_official_class_weights_is_said_to_carry_test_counts(tmp_path):
+    """The page said test scores played no part; a `paper` candidate's fixed weights were computed by the official
+    code's authors from the whole dataset's class counts, test included."""
+    paths = {"paper": write_summary(tmp_path, "paper", valid=[60.0], test=[60.0]),
+             "plain": write_summary(tmp_path, "plain", valid=[50.0], test=[50.0])}
+    for name, source in (("paper", "paper (official hard-coded MELD whole-dataset counts, includes test labels)"),
+                         ("plain", "none")):
+        run = Path(json.loads(paths[name].read_text())["runs"][0])
+        (run / "metrics.json").write_text(json.dumps({"class_weights": {"source": source, "values": None}}))
+    select_experiment(paths, tmp_path / "sel")
+    assert json.loads((tmp_path / "sel/summary.json").read_text())["selection"]["official_class_weights"] == ["paper"]
+    assert ("paper weigh the classes with the official code's fixed vector (loss.class_weights: paper), which its "
+            "authors computed from the whole dataset's class counts, test included") in (
+        tmp_path / "sel/summary.html").read_text()
+    paths["plain"] = write_summary(tmp_path, "plain2", valid=[70.0], test=[50.0])
+    select_experiment(paths, tmp_path / "sel2")
+    assert json.loads((tmp_path / "sel2/summary.json").read_text())["selection"]["official_class_weights"] == []
+    assert "fixed vector" not in (tmp_path / "sel2/summary.html").read_text()
+
+
 def test_another_dev_metric_can_choose(tmp_path):
     paths = {"a": write_summary(tmp_path, "a", valid=[50.0], test=[50.0]),
              "b": write_summary(tmp_path, "b", valid=[52.0], test=[40.0])}

@@ -135,7 +135,9 @@ def select_experiment(summary_paths: Mapping[str, str | Path], out_dir: str | Pa
                                       "member_runs": {m: {k: summaries[m].get(k) for k in MEMBER_RUN_KEYS}
                                                       for m in e["ensemble"]["members"]}}
                                for name, e in ensembles.items()},
-                 "skipped": list(skipped or []), "unequal_seeds": unequal_seeds}
+                 "skipped": list(skipped or []), "unequal_seeds": unequal_seeds,
+                 "official_class_weights": _with_official_class_weights(
+                     ensembles[chosen]["ensemble"]["members"] if chosen in ensembles else [chosen], summaries)}
     _write_predictions(out_dir / "predictions", summaries, chosen, ensembles, predictions)
     write_json(out_dir / "summary.json", {**summaries[chosen], "selection": selection})
     write_summary_table(summaries[chosen]["metrics"], out_dir / "summary.tsv")
@@ -143,6 +145,23 @@ def select_experiment(summary_paths: Mapping[str, str | Path], out_dir: str | Pa
     logger.info("selection %s: %s chosen by %s (%s)", out_dir.name, chosen, metric,
                 ", ".join(f"{r['experiment']} {r['mean']:.2f}" for r in ranking))
     return chosen
+
+
+def _with_official_class_weights(names: list[str], summaries: Mapping[str, dict]) -> list[str]:
+    """Which of these experiments weigh their classes with the official code's fixed vector (loss.class_weights:
+    paper), which its authors computed from the whole dataset's class counts, test included (their runs'
+    metrics.json says so)."""
+    out = []
+    for name in names:
+        for run in summaries[name].get("runs") or []:
+            try:
+                weights = json.loads((Path(run) / "metrics.json").read_text()).get("class_weights") or {}
+            except (OSError, ValueError):
+                continue
+            if str(weights.get("source", "")).startswith("paper"):
+                out.append(name)
+                break
+    return out
 
 
 def _unequal_seeds(out_dir, summaries: Mapping[str, dict]) -> dict[str, list[int]] | None:
@@ -193,6 +212,11 @@ def _selection_html(name: str, chosen_summary: dict, table: pd.DataFrame, select
         note += (" <b>The candidates ran different seeds</b> (" + html.escape("; ".join(
             f"{name} {seeds}" for name, seeds in selection["unequal_seeds"].items())) + "): their means are not "
             "compared seed for seed, and one of fewer seeds comes out best by chance more often.")
+    official = selection.get("official_class_weights")
+    if official:
+        note += (f" {html.escape(', '.join(official))} weigh the classes with the official code's fixed vector "
+                 "(loss.class_weights: paper), which its authors computed from the whole dataset's class counts, "
+                 "test included; the choice itself read dev scores only.")
     for left_out in selection["skipped"]:
         note += f" Left out: class_weights {html.escape(left_out['class_weights'])} ({html.escape(left_out['reason'])})."
     # Scores in percent to two decimals, as the summaries below show them (selection.tsv keeps four).
