@@ -49,8 +49,8 @@ from ercpipe.io.atomic import atomic_path
 
 logger = logging.getLogger(__name__)
 
-OPTIONAL_COLUMNS = ("utterance_id", "dialogue_id", "label", "text", "speaker_slot", "audio_path", "audio_start",
-                    "audio_end", "video_path", "video_start", "video_end")
+OPTIONAL_COLUMNS = ("utterance_id", "dialogue_id", "utterance_index", "label", "text", "speaker_slot", "audio_path",
+                    "audio_start", "audio_end", "video_path", "video_start", "video_end")
 KEY_COLUMNS = ("utterance_id", "dialogue_id", "label", "speaker_slot")  # cells the reader strips and normalises
 
 

@@ -500,6 +500,19 @@ def test_a_text_model_reads_no_media_and_an_unlabelled_conversation_warns_of_no_
     assert manifest_io.read(full)["flags"].str.contains("missing_audio").all()
 
 
+def test_a_conversations_utterance_index_orders_it_as_the_csv_reader_does(tmp_path):
+    """A manifest CSV reused as the conversation: its utterance_index was ignored with an INFO line, so the model
+    read the dialogue in file order, with other neighbours as context than the pipeline gave it."""
+    (tmp_path / "chat.csv").write_text("speaker,text,utterance_index\nBob,second,1\nAnn,first,0\nAnn,third,2\n")
+    frame = manifest_io.read(infer.conversation_manifest(tmp_path / "chat.csv", ["neutral", "joy"], tmp_path,
+                                                         ("text",)))
+    assert frame["text"].tolist() == ["first", "second", "third"]
+    (tmp_path / "half.csv").write_text("speaker,text,utterance_index\nBob,second,1\nAnn,first,\n")
+    with pytest.raises(infer.InferenceError, match=r"half.csv: dialogue half \(lines 2, 3\): utterance_index must be "
+                                                   r"given for every row"):
+        infer.conversation_manifest(tmp_path / "half.csv", ["neutral", "joy"], tmp_path, ("text",))
+
+
 def test_a_conversation_column_in_other_capitals_is_refused_and_label_cells_are_stripped(tmp_path, caplog):
     """"Dialogue_ID" was ignored with an INFO line: two conversations were predicted as one and "Label" dropped the
     labels, silently. A spreadsheet's " joy" was refused although every other cell is stripped."""

@@ -71,6 +71,24 @@ def test_parameter_counts_equal_the_spec(kw, total, trainable):
     assert count_parameters(model, trainable_only=True) == trainable
 
 
+def test_speaker_slots_only_valid_or_test_use_shift_no_other_initial_weight():
+    """The speaker table is built first: its size moved every later layer's initial weights, so a test dialogue with
+    more speakers changed the run. Its checkpoint record keeps the form older versions read when nothing differs."""
+    torch.manual_seed(0)
+    two = build_model(ModelSpec(IEMOCAP_DIMS, 6, 2))
+    torch.manual_seed(0)
+    five = build_model(ModelSpec(IEMOCAP_DIMS, 6, 5, trained_speakers=2))
+    for (name, a), (_, b) in zip(two.state_dict().items(), five.state_dict().items()):
+        if name == "speaker_embeddings.weight":
+            assert torch.equal(a[:2], b[:2]) and b.shape == (6, a.shape[1]) and not b[5].any()
+        else:
+            assert torch.equal(a, b), name
+    assert "trained_speakers" not in ModelSpec(IEMOCAP_DIMS, 6, 2).to_dict()
+    assert ModelSpec.from_dict(ModelSpec(IEMOCAP_DIMS, 6, 5, trained_speakers=2).to_dict()).trained_speakers == 2
+    with pytest.raises(ValueError, match="trained_speakers must be None or a whole number from 1 to n_speakers"):
+        ModelSpec(IEMOCAP_DIMS, 6, 2, trained_speakers=3)
+
+
 def test_vega_only_parameters_with_a_768_d_clip_space_are_the_papers_4_7m():
     with_vega = build_model(ModelSpec(IEMOCAP_DIMS, 6, 2, clip_dim=768), device="meta")
     without = build_model(ModelSpec(IEMOCAP_DIMS, 6, 2, vega=False), device="meta")

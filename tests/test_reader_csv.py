@@ -521,6 +521,19 @@ def test_a_speaker_written_with_a_run_of_spaces_is_the_same_speaker(data_dir, tm
     assert df["speaker"].tolist() == ["Ann Lee", "Bob", "Ann Lee"] and df["speaker_slot"].tolist() == [0, 1, 0]
 
 
+def test_a_speaker_and_text_spelt_in_another_unicode_form_or_mis_decoded_are_one_spelling(tmp_path):
+    """"JosÃ©" (mojibake) and "Jose" + a combining accent (a Mac's NFD) were other speakers than "José", each with a
+    slot of its own; an NFD transcript was tokenized as other tokens by a cased tokenizer."""
+    lines = ["d1,u0,train,José,calm,Café déjà vu", "d1,u1,train,Bob,calm,hi",
+             "d1,u2,train,Jose\u0301,calm,Cafe\u0301 de\u0301ja\u0300 vu", "d1,u3,train,JosÃ©,calm,ok"]
+    df, issues, _ = build(write(tmp_path / "m.csv", lines, "dialogue_id,utterance_id,split,speaker,label,text"),
+                          tmp_path / "out", modalities=["text"])
+    assert df["speaker"].tolist() == ["José", "Bob", "José", "José"] and df["speaker_slot"].tolist() == [0, 1, 0, 0]
+    assert df["text"].tolist()[2] == df["text"].tolist()[0] == "Café déjà vu"
+    assert df["flags"].tolist() == ["", "", "", "text_fixed"]
+    assert issues["detail"].tolist() == ["mis-decoded characters repaired: speaker 'Ã©' -> 'é'"]
+
+
 def test_a_class_without_train_or_valid_utterances_is_warned_about(data_dir, tmp_path, caplog):
     lines = ["c1,u0,train,Ann,calm,one,,,,", "c1,u1,train,Bob,angry,two,,,,", "v1,v0,valid,Ann,calm,x,,,,",
              "t1,w0,test,Ann,happy,three,,,,"]

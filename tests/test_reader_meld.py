@@ -216,6 +216,19 @@ def test_encodings_bom_cp1252_and_mojibake(tmp_path):
     assert texts["train_dia0_utt1"] == texts["dev_dia0_utt1"] == "Don’t café"
     assert "text_fixed" in flags["train_dia0_utt0"] and "text_fixed" in flags["train_dia0_utt1"]
     assert "text_fixed" not in flags["train_dia0_utt2"] and "text_fixed" not in flags["dev_dia0_utt1"]
+    # A speaker spelt in NFD (a Mac) or as mojibake was another speaker, with a slot of its own; CSV datasets and
+    # `ercpipe predict` read them as one.
+    rows = [("a", "José", "joy", 0, 0, "00:00:01,000", "00:00:02,000"),
+            ("b", "Ross", "joy", 0, 1, "00:00:03,000", "00:00:04,000"),
+            ("c", "Jose\u0301", "joy", 0, 2, "00:00:05,000", "00:00:06,000"),
+            ("d", "JosÃ©", "joy", 0, 3, "00:00:07,000", "00:00:08,000")]
+    write_csv(root / "train_sent_emo.csv", rows)
+    build_manifest("m", {"format": "meld", "root": str(root), "probe_media": False, "modalities": ["text"]},
+                   tmp_path / "out2")
+    df, _, _ = read_outputs(tmp_path / "out2")
+    train = df[df["split"] == "train"]
+    assert train["speaker"].tolist() == ["José", "Ross", "José", "José"]
+    assert train["speaker_slot"].tolist() == [0, 1, 0, 0] and "text_fixed" in train["flags"].iat[3]
 
 
 def test_repair_mojibake_leaves_good_text_alone():

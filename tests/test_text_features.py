@@ -268,6 +268,20 @@ def test_a_speaker_name_longer_than_the_input_is_cut_to_half_of_it(minilm, caplo
     assert result.present.all() and np.isfinite(result.features).all()
 
 
+def test_a_neighbour_without_tokens_adds_nothing_to_the_context(minilm):
+    """A turn of only a zero-width space has no token for MiniLM; its speaker's name and separators entered the
+    neighbours' inputs (the docs: empty neighbours count towards the window but add nothing)."""
+    encoder = text.TextEncoder({"model": "packaged:minilm", "context": {"previous": 1, "next": 1,
+                                                                          "speaker_names": True}}, device="cpu")
+    frame = make_manifest({"d": [("Ann", "hello"), ("Bob", "\u200b"), ("Ann", "bye")]})
+    inputs = encoder.build_inputs(frame["text"].tolist(), frame["speaker"].tolist(), frame["dialogue_id"].tolist(),
+                                  [True] * 3)
+    assert [encoder.tokenizer.decode(inputs[n].ids) for n in (0, 2)] == ["[CLS] ann : hello [SEP]",
+                                                                           "[CLS] ann : bye [SEP]"]
+    result = encoder.encode_rows(frame)
+    assert result.present.tolist() == [True, False, True] and result.absent["d_1"].startswith("no_tokens")
+
+
 def test_utterances_of_unknown_tokens_only_are_listed(tmp_path, minilm, caplog):
     """Emoji-only lines are all [UNK] for MiniLM's vocabulary: the same vector for each, so they are named."""
     frame = make_manifest({"d": [("A", CORPUS[0]), ("B", "\U0001F600\U0001F600"), ("A", "ok \U0001F600")]})

@@ -192,9 +192,10 @@ def _collapse(text: str) -> str:
 
 
 def clean_text(text: str) -> tuple[str, bool]:
-    """Mojibake repaired and whitespace runs (tabs, newlines) collapsed; returns (text, repaired)."""
+    """Mojibake repaired, NFC (text saved on a Mac may spell "é" as "e" + a combining accent, which a cased
+    tokenizer reads as other tokens) and whitespace runs (tabs, newlines) collapsed; returns (text, repaired)."""
     repaired, changed = repair_mojibake(text)
-    return _collapse(repaired), changed
+    return _collapse(unicodedata.normalize("NFC", repaired)), changed
 
 
 def text_fixed_detail(raw: dict[str, str], undecodable: bool) -> str:
@@ -440,9 +441,9 @@ def key_cell(value: str) -> str:
 
 
 def speaker_cell(value: str) -> str:
-    """A speaker's name: key_cell, and a run of spaces is one ("Ann  Lee" and "Ann Lee" are one speaker;
-    transcripts have their runs of spaces collapsed too)."""
-    return " ".join(key_cell(value).split())
+    """A speaker's name as every reader and `ercpipe predict` key it: clean_text's (mojibake repaired, NFC, a run
+    of spaces one: "Ann  Lee", "Ann Lee" and "JosÃ©" / "José" are one speaker each), stripped."""
+    return clean_text(value)[0]
 
 
 def _row_times(row: dict, record: CsvRecord) -> None:
@@ -587,6 +588,7 @@ def read(name: str, cfg: dict, probe: bool | Collection[str] = True) -> ReadResu
     for order, record in enumerate(records):
         values = {k: key_cell(v) for k, v in record.values.items() if k in REQUIRED_COLUMNS}
         values["speaker"] = speaker_cell(values["speaker"])
+        speaker_repaired = repair_mojibake(record.values["speaker"])[1]
         for column in REQUIRED_COLUMNS:
             if not values[column] and column != "speaker":
                 raise ManifestError(f"{path}, line {record.line}: empty {column}; every row needs "
@@ -623,9 +625,9 @@ def read(name: str, cfg: dict, probe: bool | Collection[str] = True) -> ReadResu
         row["_slot"] = slot
         if slot is not None and slot < 0:
             raise ManifestError(f"{path}, line {record.line}: speaker_slot {slot} must be >= 0")
-        if record.fixed or repaired:
-            flag_row(row, "text_fixed", issues, text_fixed_detail({"text": record.values.get("text", "")},
-                                                                  record.fixed))
+        if record.fixed or repaired or speaker_repaired:
+            flag_row(row, "text_fixed", issues, text_fixed_detail(
+                {"text": record.values.get("text", ""), "speaker": record.values["speaker"]}, record.fixed))
         if not text:
             flag_row(row, "empty_text", issues)
         if not values["speaker"]:  # kept, and said: the dialogue's unnamed rows are one speaker to the model

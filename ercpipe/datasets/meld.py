@@ -43,7 +43,8 @@ from tqdm.auto import tqdm
 
 from ercpipe.datasets import (ReadResult, assign_speaker_slots, declared_media, flag_overlaps, flag_row,
                               missing_file_detail, new_row, number_dialogue, probes, reader_settings, rows_to_frame)
-from ercpipe.datasets.csv_manifest import CsvRecord, clean_text, read_csv_records, text_fixed_detail
+from ercpipe.datasets.csv_manifest import (CsvRecord, clean_text, read_csv_records, repair_mojibake, speaker_cell,
+                                          text_fixed_detail)
 from ercpipe.io.manifest import IssueLog, ManifestError
 from ercpipe.labels import MELD_CLASSES
 
@@ -160,7 +161,7 @@ def _split_rows(name: str, root: Path, meld_split: str, split: str, csv_name: st
             raise ManifestError(f"{path}, line {record.line}: emotion {record.values['Emotion']!r} is not one of "
                                 f"MELD's classes {list(MELD_CLASSES)}; fix the CSV")
         text, text_repaired = clean_text(record.values["Utterance"])
-        speaker, speaker_repaired = clean_text(record.values["Speaker"])
+        speaker, speaker_repaired = speaker_cell(record.values["Speaker"]), repair_mojibake(record.values["Speaker"])[1]
         clip = clip_dir / f"dia{dialogue}_utt{utterance}.mp4"
         row = new_row(dataset=name, split=split, dialogue_id=f"{meld_split}_dia{dialogue}",
                       utterance_id=f"{meld_split}_dia{dialogue}_utt{utterance}", speaker=speaker, label=emotion,

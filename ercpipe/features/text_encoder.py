@@ -244,13 +244,16 @@ class TextEncoder:
         positions: dict[str, list[int]] = {}
         for i, d in enumerate(dialogue_ids):
             positions.setdefault(d, []).append(i)
+        # A neighbour the tokenizer gives no token (only a zero-width space) is an empty one: without this its
+        # speaker's name and separators entered the context.
+        neighbours = [u and bool(ids) for u, ids in zip(usable, text_ids)]
         out: list[EncodedInput | None] = [None] * len(texts)
         for rows in positions.values():
             for k, i in enumerate(rows):
                 if not usable[i]:
                     continue
                 out[i] = self._one_input(i, [rows[j] for j in range(max(0, k - ctx["previous"]), k)][::-1],
-                                         rows[k + 1:k + 1 + ctx["next"]], text_ids, prefix_ids, usable, budget)
+                                         rows[k + 1:k + 1 + ctx["next"]], text_ids, prefix_ids, neighbours, budget)
         return out
 
     def _one_input(self, i: int, before: list[int], after: list[int], text_ids: list[list[int]],

@@ -99,6 +99,8 @@ class ModelSpec:
     def to_dict(self) -> dict:
         out = asdict(self)
         out["modalities"] = list(self.modalities)
+        if out["trained_speakers"] is None:  # as before the field existed: an older ercpipe can load the checkpoint
+            del out["trained_speakers"]
         return out
 
     @classmethod

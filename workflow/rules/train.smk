@@ -108,6 +108,10 @@ rule select_experiment:
         metric=lambda wc: SELECTIONS[wc.selection].get("metric", "valid.weighted_f1"),
         ensemble=lambda wc: SELECTIONS[wc.selection].get("ensemble"),
         skipped=lambda wc: SELECTIONS[wc.selection].get("skipped", []),
+        # The version of what ercpipe.train.selection writes: a new value re-makes every selection once (seconds),
+        # so that one made by an older ercpipe gets what it lacks (2: the ensemble members' runs, which predict
+        # checks, and the official class weights' note).
+        record=2,
     log:
         "logs/select_experiment/{dataset}/{selection}.log",
     resources:
