@@ -51,7 +51,7 @@ def feature_coverage(manifest_path: str | Path, feature_paths: Sequence[str | Pa
         if noted:
             note += f" {', '.join(noted)}: noted or repaired by the reader, nothing to do."
         if to_fix:
-            note += (f" <b>{', '.join(to_fix)}</b>: the utterance lost a modality or its times; the dataset's "
+            note += (f" <b>{', '.join(to_fix)}</b>: the utterance lost a modality, its text or its times; the dataset's "
                      "issues.tsv names each file and what to do.")
         summary = json.loads(Path(summary_path).read_text()) if summary_path else {}
         declared = summary.get("modalities")

@@ -436,7 +436,7 @@ def test_the_coverage_page_tells_flags_to_fix_from_flags_that_record(built, tmp_
     assert rows == [[ids[2], df["split"].iloc[2], "visual/faces", "corrupt_video: x.mp4: InvalidDataError"]]
     assert "issues.tsv does not list them" in listed
     assert ("<b>missing_audio, missing_video, corrupt_video, corrupt_audio, no_audio_stream, bad_time</b>: the "
-            "utterance lost a modality or its times; the dataset's issues.tsv names each file and what to do.") in page
+            "utterance lost a modality, its text or its times; the dataset's issues.tsv names each file and what to do.") in page
 
 
 def test_a_row_cut_short_is_an_error_naming_its_line_and_missing_columns(tmp_path):
