@@ -255,6 +255,7 @@ class Conversation(NamedTuple):
     labelled: bool  # some row has a label
     lines: list[int]  # each row's line in the file
     has_text: bool  # the file has a text column
+    undecodable: list[bool]  # each row's line was not UTF-8 (read as cp1252; the staged copy is UTF-8)
 
 
 # The letter that ends a speaker's name as a word of its own: Ses01_F, F, "Jim M" (IEMOCAP's actors), not "Pam".
@@ -308,7 +309,8 @@ def read_conversation(path: str | Path, classes: Sequence[str]) -> Conversation:
                                      f"{list(classes)}" + (f" (it differs from {spelt[0]!r} only in case)" if spelt
                                                            else ""))
     rows["split"] = "test"
-    return Conversation(rows, labelled, [r.line for r in records], "text" in records[0].values)
+    return Conversation(rows, labelled, [r.line for r in records], "text" in records[0].values,
+                        [r.fixed for r in records])
 
 
 def _letter_slots(speaker_slots: dict[str, int] | None) -> dict[str, int]:
@@ -407,7 +409,7 @@ def conversation_manifest(conversation: str | Path, classes: Sequence[str], out_
     from ercpipe.datasets.build import read_dataset
     from ercpipe.io.manifest import ManifestError
 
-    rows, labelled, lines, has_text = read_conversation(conversation, classes)
+    rows, labelled, lines, has_text, undecodable = read_conversation(conversation, classes)
     _check_side_letters(conversation, rows["speaker"], rows["dialogue_id"], face_selection)
     by_letter = _letter_slots(speaker_slots)
     if "text" in modalities and not has_text:
@@ -459,6 +461,16 @@ def conversation_manifest(conversation: str | Path, classes: Sequence[str], out_
         raise InferenceError(f"{conversation}: dialogue {worst['dialogue_id']} has {int(worst['speaker_slot']) + 1} "
                              f"speakers, but the model was trained with {n_speakers} speaker slots; split the "
                              "conversation, or give speaker_slot values below that")
+    # The staged copy is UTF-8: a line of the file that was not (read as cp1252) is flagged as the CSV reader flags
+    # it, and said.
+    repaired = {uid: line for uid, line, fixed in zip(rows["utterance_id"], lines, undecodable) if fixed}
+    unflagged = frame["utterance_id"].isin(repaired) & ~frame["flags"].map(
+        lambda flags: manifest_io.has_flag(flags, "text_fixed"))
+    frame.loc[unflagged, "flags"] = frame.loc[unflagged, "flags"].map(
+        lambda flags: manifest_io.add_flag(flags, "text_fixed"))
+    for uid in frame.loc[unflagged, "utterance_id"]:
+        logger.warning("%s, line %d: utterance %s: not UTF-8, read as cp1252 (text_fixed); save the file as UTF-8",
+                       conversation, repaired[uid], uid)
     frame["label"] = frame["utterance_id"].map(dict(zip(rows["utterance_id"], given)))
     manifest_path = out_dir / "manifest.tsv"
     manifest_io.write(frame, manifest_path)

@@ -513,6 +513,17 @@ def test_a_conversations_utterance_index_orders_it_as_the_csv_reader_does(tmp_pa
         infer.conversation_manifest(tmp_path / "half.csv", ["neutral", "joy"], tmp_path, ("text",))
 
 
+def test_a_conversation_line_that_is_not_utf8_is_flagged_as_the_csv_reader_flags_it(tmp_path, caplog):
+    """The staged copy is UTF-8, so the reader saw nothing to repair and the row lost its text_fixed flag."""
+    (tmp_path / "old.csv").write_bytes(b"speaker,text\nAnn,How\x92d it go?\nBob,fine\n")
+    with caplog.at_level("WARNING"):
+        frame = manifest_io.read(infer.conversation_manifest(tmp_path / "old.csv", ["neutral", "joy"], tmp_path,
+                                                             ("text",)))
+    assert frame["text"].tolist() == ["How\u2019d it go?", "fine"]
+    assert frame["flags"].tolist() == ["text_fixed", ""]
+    assert f"{tmp_path / 'old.csv'}, line 2: utterance old_u000: not UTF-8, read as cp1252" in caplog.text
+
+
 def test_a_conversation_column_in_other_capitals_is_refused_and_label_cells_are_stripped(tmp_path, caplog):
     """"Dialogue_ID" was ignored with an INFO line: two conversations were predicted as one and "Label" dropped the
     labels, silently. A spreadsheet's " joy" was refused although every other cell is stripped."""
