@@ -161,9 +161,12 @@ def _check_config(args, parser) -> None:
     from ercpipe.config import check_config_file
 
     for path in args.files:
-        check_config_file(path)
+        missing = check_config_file(path)
         print(f"{path}: YAML, keys, schema, names and presets are fine (paths and the rest: snakemake -n "
               f"--configfile {path})")
+        for problem in missing:  # not an error here: Snakemake merges several --configfile's
+            print(f"{path}: not given here, so another --configfile must give it (else snakemake -n refuses): "
+                  f"{problem}")
 
 
 # The commands' input files, as their messages name them.

@@ -149,11 +149,12 @@ def check_config_files(paths) -> None:
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
 
 
-def check_config_file(path) -> None:
+def check_config_file(path) -> list[str]:
     """What can be checked of one config file on its own: YAML syntax (file, line, column), keys written twice,
-    the JSON schema (every bad key as a dotted path), names that become folders and each experiment's preset and
-    keys. ConfigError at the first kind of problem found. Paths and the rest need the project folder:
-    `snakemake -n --configfile FILE`."""
+    the JSON schema (every bad key as a dotted path), names that become folders, each experiment's preset and
+    keys, each dataset's and anchor set's keys. ConfigError at the first kind of problem found. Returns the
+    required keys the file lacks, which another --configfile merged with it may give (Snakemake merges several).
+    Paths and the rest need the project folder: `snakemake -n --configfile FILE`."""
     import yaml
 
     problem = yaml_syntax_problem(path)
@@ -165,10 +166,11 @@ def check_config_file(path) -> None:
         raise ConfigError(f"{path}: holds {type(config).__name__}, not a mapping of keys (datasets:, experiments: ...)")
     from ercpipe.train.presets import resolve_experiment  # here: presets imports this module; light, no torch
 
+    missing: list[str] = []
     try:
         validate_schema(config, SCHEMA_PATH)
         check_names(config)
-        check_datasets_and_anchor_sets(config)
+        check_datasets_and_anchor_sets(config, missing)  # another --configfile merged with it may give them
         experiments = [(f"experiments.{name}", experiment)
                        for name, experiment in (config.get("experiments") or {}).items()]
         experiments += [(f"selections.{name}.search.experiment", selection["search"]["experiment"])
@@ -186,11 +188,12 @@ def check_config_file(path) -> None:
         datasets = config.get("datasets") or {}
         searched = [s["search"].get("dataset") for s in (config.get("selections") or {}).values()
                     if isinstance(s, dict) and isinstance(s.get("search"), dict)]
-        if searched and all(name not in datasets or not is_pickle_dataset(datasets[name])
+        if searched and not missing and all(name not in datasets or not is_pickle_dataset(datasets[name])
                             or datasets[name].get("labels") or datasets[name].get("classes") for name in searched):
             expand_searches(copy.deepcopy(config), Path(path).parent, schema_path=SCHEMA_PATH)
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from None
+    return missing
 
 
 # Datasets, experiments, selections, anchor sets, exports and feature settings name folders and files.
@@ -613,7 +616,7 @@ def path_problems(config: dict, workdir: Path = Path(".")) -> list[str]:
                 f"set it to a {backbone} checkpoint file, \"random\" (random init: demo and tests only) or null "
                 "(densenet121: the ImageNet weights in the torch hub cache; docs/features.md)"))
     for name, an in config.get("anchors", {}).items():
-        if an.get("official"):
+        if an.get("official") and own_export(config, an["official"], "35_anchor.pt") is None:  # else made here
             problems.append(_path_problem(f"anchors.{name}.official", an["official"], "file", workdir,
                                           "point it at the official 35_anchor.pt (docs/anchors.md)"))
         if an.get("images"):
@@ -707,15 +710,22 @@ def _searched_experiment_key(message: str, config: dict) -> str:
     return message
 
 
-def check_datasets_and_anchor_sets(config: dict) -> None:
+def check_datasets_and_anchor_sets(config: dict, missing: list[str] | None = None) -> None:
     """The datasets' and anchor sets' keys, checked without opening a file (so `ercpipe check-config` runs them
     too): another format's keys, a missing root, manifest or classes, the synthetic corpus's settings, an anchor
-    set's source and CLIP setting."""
+    set's source and CLIP setting. With a `missing` list (one file of several that Snakemake may merge), a required
+    key that is not there is added to it rather than refused: another file may give it."""
+
+    def required(problem: str) -> None:
+        if missing is None:
+            raise ConfigError(problem)
+        missing.append(problem)
+
     datasets = config.get("datasets", {})
     for name, ds in datasets.items():
         where = f"datasets.{name}"
         if is_pickle_dataset(ds):
-            _check_pickle_keys(name, ds)
+            _check_pickle_keys(name, ds, None if missing is None else required)
             _check_not_an_own_export(config, name, ds)
             continue
         wrong = [k for k in PICKLE_ONLY_KEYS if k in ds and not (k == "valid_split" and ds["format"] == "csv")]
@@ -740,11 +750,11 @@ def check_datasets_and_anchor_sets(config: dict) -> None:
             except ValueError as err:
                 raise ConfigError(str(err)) from None
         elif "root" not in ds and ds["format"] != "csv":
-            raise ConfigError(f"{where}.root: give the raw dataset folder (or set synthetic: true)")
+            required(f"{where}.root: give the raw dataset folder (or set synthetic: true)")
         if ds["format"] == "csv":
             for key in ("manifest", "classes"):
                 if key not in ds:
-                    raise ConfigError(f"{where}.{key}: required for format csv (see docs/manifest.md)")
+                    required(f"{where}.{key}: required for format csv (see docs/manifest.md)")
             if isinstance(ds.get("valid_split"), dict) and "standard" in ds["valid_split"]:
                 raise ConfigError(f"{where}.valid_split.standard: only an IEMOCAP feature pickle has standard "
                                   "validation dialogues; a CSV holds out {fraction: 0.1, seed: 0} or {dialogues: [ids]}")
@@ -752,9 +762,12 @@ def check_datasets_and_anchor_sets(config: dict) -> None:
     for name, an in anchors.items():
         where = f"anchors.{name}"
         sources = [k for k in ("images", "synthetic", "mine", "official") if an.get(k)]
-        if len(sources) != 1:
+        if len(sources) > 1:
             raise ConfigError(f"{where}: give exactly one of images (a folder), synthetic, mine, official (a "
                               f"35_anchor.pt file); got {sources}")
+        if not sources:
+            required(f"{where}: give exactly one of images (a folder), synthetic, mine, official (a 35_anchor.pt "
+                     "file); got none")
         if "allow_pickle" in an and not an.get("official"):
             raise ConfigError(f"{where}.allow_pickle: only for official: anchor files")
         try:  # as the anchor job reads it (a "null" in quotes, an empty model name)
@@ -764,20 +777,27 @@ def check_datasets_and_anchor_sets(config: dict) -> None:
             raise ConfigError(f"{where}.clip: {err}") from None
 
 
+def own_export(config: dict, path: str, file_name: str) -> str | None:
+    """The `exports:` entry of this config that writes `path` (its features.pkl or 35_anchor.pt), or None."""
+    for export in config.get("exports") or {}:
+        try:
+            if one_spelling(path) == one_spelling(Path(export_name_dir(config, export)) / file_name):
+                return export
+        except KeyError:  # an export naming an unknown experiment: _check_exports says so
+            continue
+    return None
+
+
 def _check_not_an_own_export(config: dict, name: str, ds: dict) -> None:
     """A pickle dataset reading what an `exports:` entry of the same config writes: its import ran on the file as it
     was before the run (its content is the import's params, taken when the jobs are planned), so after a changed
-    setting it lagged one run behind, and a project without the file could not start at all."""
-    path = one_spelling(ds["path"])
-    for export in config.get("exports") or {}:
-        try:
-            written = one_spelling(Path(export_name_dir(config, export)) / "features.pkl")
-        except KeyError:  # an export naming an unknown experiment: _check_exports says so
-            continue
-        if path == written:
-            raise ConfigError(f"datasets.{name}.path: {ds['path']} is written by exports.{export} of this same "
-                              "config, and a dataset cannot import its own run's export (it would lag one run "
-                              "behind it); import it with a config of its own, or from a copy of the file")
+    setting it lagged one run behind, and a project without the file could not start at all. (An official: anchor
+    set may read the export's 35_anchor.pt: its import is an ordinary input, made after the export.)"""
+    export = own_export(config, ds["path"], "features.pkl") if ds.get("path") else None
+    if export is not None:
+        raise ConfigError(f"datasets.{name}.path: {ds['path']} is written by exports.{export} of this same "
+                          "config, and a dataset cannot import its own run's export (it would lag one run "
+                          "behind it); import it with a config of its own, or from a copy of the file")
 
 
 def _check(config: dict, workdir: Path) -> None:
@@ -941,15 +961,21 @@ def check_extractor_settings(config: dict) -> None:
                 raise ConfigError(f"{where}: {err}") from None
 
 
-def _check_pickle_keys(name: str, ds: dict) -> None:
+def _check_pickle_keys(name: str, ds: dict, required=None) -> None:
     where = f"datasets.{name}"
     wrong = [k for k in RAW_ONLY_KEYS if k in ds]
     if wrong:
         raise ConfigError(f"{where}.{wrong[0]}: not a key of format {ds['format']} (an imported feature pickle has "
                           "no raw folder); its keys: path, allow_pickle, labels, classes, valid_split")
     if "path" not in ds:
-        raise ConfigError(f"{where}.path: required for format {ds['format']}: the pickle file (docs/features-text.md, "
-                          "'Pickle datasets in the pipeline')")
+        problem = (f"{where}.path: required for format {ds['format']}: the pickle file (docs/features-text.md, "
+                   "'Pickle datasets in the pipeline')")
+        if required is None:
+            raise ConfigError(problem)
+        return required(problem)
+    if "allow_pickle" not in ds and required is not None:  # one file of several: another may say it
+        return required(f"{where}.allow_pickle: required (true) for format {ds['format']}: unpickling runs whatever "
+                        "code the file holds")
     if ds.get("allow_pickle") is not True:
         raise ConfigError(
             f"{where}.allow_pickle: {ds['format']} datasets are read by unpickling {ds['path']}, which can run "

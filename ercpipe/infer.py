@@ -434,8 +434,14 @@ def conversation_manifest(conversation: str | Path, classes: Sequence[str], out_
 
     def own_lines(text: str) -> str:
         """`text` naming the conversation file and its own line numbers instead of the staged copy's."""
+        def own_line(number: re.Match) -> str:
+            k = int(number.group(0))
+            return str(lines[k - 2]) if 2 <= k < len(lines) + 2 else number.group(0)
+
         text = re.sub(re.escape(str(staged)) + r", line (\d+)",
                       lambda m: f"{conversation}, line {lines[int(m.group(1)) - 2]}", text)
+        # The reader's "(lines 2, 3, 4)" of a dialogue: a cell over several lines of the file is one line here.
+        text = re.sub(r"\(lines [0-9, ]+", lambda m: re.sub(r"[0-9]+", own_line, m.group(0)), text)
         return text.replace(str(staged), str(conversation))
 
     try:

@@ -76,9 +76,10 @@ def feature_coverage(manifest_path: str | Path, feature_paths: Sequence[str | Pa
         if len(found):
             shown = found.head(MAX_LISTED_DEFECTS)
             sections.append(("Media defects the reader did not flag", shown,
-                             f"{len(found)} utterance(s) whose media the extraction could not use, for a reason the "
-                             "reader records when it opens the media files (probe_media: true; the default for "
-                             "MELD, not for a CSV dataset), so issues.tsv does not list them"
+                             f"{len(found)} utterance(s) whose media the extraction could not use, for a defect the "
+                             "reader did not record, so issues.tsv does not list them: it opens the media files only "
+                             "with probe_media: true (the default for MELD, not for a CSV dataset), and silent audio "
+                             "only the extraction finds"
                              + (f" (the first {len(shown)} here; the feature files' absent attribute holds all)"
                                 if len(shown) < len(found) else "")
                              + ". Fix or replace each file and run again: the extraction re-runs only for the "
@@ -139,13 +140,15 @@ def _defects_found_by_extraction(name: str, fs: features.FeatureSet, df: pd.Data
     file): found only when the media were opened to extract, as when the reader does not probe them."""
     recorded = fs.attrs.get("absent") or {}
     recorded = json.loads(recorded) if isinstance(recorded, str) else recorded
+    column = {"audio": "audio_path", "visual": "video_path"}.get(fs.attrs.get("modality"))
+    files = df[column] if column in df else pd.Series("", index=df.index)
     rows = []
-    for (utterance, split, flags), present in zip(df[["utterance_id", "split", "flags"]].itertuples(index=False),
-                                                  fs.present):
+    for (utterance, split, flags), media, present in zip(
+            df[["utterance_id", "split", "flags"]].itertuples(index=False), files, fs.present):
         reason = str(recorded.get(utterance, ""))
         defect = reason.split(":")[0].split(" ")[0]
         if not present and defect in manifest.FLAG_NAMES and not manifest.has_flag(flags, defect):
-            rows.append({"utterance": utterance, "split": split, "feature": name, "reason": reason})
+            rows.append({"utterance": utterance, "split": split, "feature": name, "file": media, "reason": reason})
     return pd.DataFrame(rows)
 
 

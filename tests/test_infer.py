@@ -507,9 +507,11 @@ def test_a_conversations_utterance_index_orders_it_as_the_csv_reader_does(tmp_pa
     frame = manifest_io.read(infer.conversation_manifest(tmp_path / "chat.csv", ["neutral", "joy"], tmp_path,
                                                          ("text",)))
     assert frame["text"].tolist() == ["first", "second", "third"]
-    (tmp_path / "half.csv").write_text("speaker,text,utterance_index\nBob,second,1\nAnn,first,\n")
-    with pytest.raises(infer.InferenceError, match=r"half.csv: dialogue half \(lines 2, 3\): utterance_index must be "
-                                                   r"given for every row"):
+    # A cell over two lines of the file: the lines named are the file's, not the staged copy's (2, 3, 4).
+    (tmp_path / "half.csv").write_text('speaker,text,utterance_index\nBob,"second\nline two",1\nAnn,first,\n'
+                                       "Ann,third,2\n")
+    with pytest.raises(infer.InferenceError, match=r"half.csv: dialogue half \(lines 2, 4, 5\): utterance_index must "
+                                                   r"be given for every row"):
         infer.conversation_manifest(tmp_path / "half.csv", ["neutral", "joy"], tmp_path, ("text",))
 
 

@@ -343,6 +343,21 @@ def test_missing_allow_pickle_stops_before_any_job_naming_the_key(tmp_path):
     assert result.returncode != 0 and "set datasets.iemocap_vega.allow_pickle: true" in result.stdout
 
 
+def test_an_official_anchor_set_read_from_this_configs_own_export_is_made_in_the_same_run(tmp_path):
+    """Its file was required to exist before any job, so a project holding such a set could not start."""
+    iemocap_vega(tmp_path / "inputs" / "IEMOCAP_features.pkl")
+    official_anchors(tmp_path / "inputs" / "35_anchor.pt")
+    config = _one_dataset_config()
+    config["exports"] = {"x": {"experiment": "iemocap_vega_sdt_vega"}}
+    config["anchors"]["again"] = {"official": "results/iemocap_vega/export/x/35_anchor.pt", "allow_pickle": True,
+                                  "clip": {"model": "ViT-B-32", "pretrained": "openai"}}
+    config["experiments"]["again_exp"] = {**config["experiments"]["iemocap_vega_sdt_vega"], "anchors": "again"}
+    result = _dry_run(tmp_path, config)
+    assert result.returncode == 0, result.stdout
+    planned = planned_jobs(result.stdout)
+    assert planned["export_official_anchors"] == 1 and planned["import_official_anchors"] == 2
+
+
 @pytest.mark.parametrize("make, expected", [
     (lambda p: p.write_bytes(pickle.dumps((1, 2, 3), protocol=4)),
      "inputs/IEMOCAP_features.pkl is not a pickle of the expected layout: expected a 7-tuple (VEGA) or a "

@@ -433,7 +433,8 @@ def test_the_coverage_page_tells_flags_to_fix_from_flags_that_record(built, tmp_
     # to an issues.tsv that does not hold it; one the reader flagged is not listed again.
     listed = page.split("<h3>Media defects the reader did not flag</h3>")[1].split("<h3>")[0]
     rows = [re.findall(r"<td>([^<]*)</td>", row) for row in listed.split("</thead>")[1].split("</tr>")[:-1]]
-    assert rows == [[ids[2], df["split"].iloc[2], "visual/faces", "corrupt_video: x.mp4: InvalidDataError"]]
+    assert rows == [[ids[2], df["split"].iloc[2], "visual/faces", df["video_path"].iloc[2],
+                     "corrupt_video: x.mp4: InvalidDataError"]]
     assert "issues.tsv does not list them" in listed
     assert ("<b>missing_audio, missing_video, corrupt_video, corrupt_audio, no_audio_stream, bad_time</b>: the "
             "utterance lost a modality, its text or its times; the dataset's issues.tsv names each file and what to do.") in page
