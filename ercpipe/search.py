@@ -34,7 +34,7 @@ import itertools
 from typing import Callable, NamedTuple
 
 from ercpipe.errors import ErcpipeError
-from ercpipe.labels import official_class_list
+from ercpipe.labels import IEMOCAP_CLASSES, MELD_CLASSES, official_class_list
 
 MAX_CANDIDATES = 24  # a handful of settings that differ between datasets, not a grid search
 SEARCH_CLASS_WEIGHTS = ("none", "train", "paper")
@@ -52,6 +52,11 @@ class Candidate(NamedTuple):
     finetune_seed: int | None
     class_weights: str
     finetune_class_weights: str | None  # the weighting of its encoder's own fine-tuning; None = unweighted
+
+
+# Where `paper` weights exist: the same classes in another order have none (their vector is by label id).
+OFFICIAL_ORDERS = (f"IEMOCAP's and MELD's classes in their label-id order (IEMOCAP: {', '.join(IEMOCAP_CLASSES)}; "
+                   f"MELD: {', '.join(MELD_CLASSES)}; any spelling of each name)")
 
 
 def candidates(selection: str, search: dict) -> list[Candidate]:
@@ -133,10 +138,10 @@ def expand_searches(config: dict, classes_of: Callable[[str], list[str]]) -> dic
         if "paper" in weights and official_class_list(classes_of(dataset)) is None:
             weights.remove("paper")
             skipped.append({"class_weights": "paper", "reason": f"dataset {dataset} has classes "
-                            f"{list(classes_of(dataset))}; official weights exist only for IEMOCAP's and MELD's"})
+                            f"{list(classes_of(dataset))}; official weights exist only for {OFFICIAL_ORDERS}"})
             if not weights:  # an empty list would search `none`, which the user did not ask for
-                raise SearchError(f"{where}.class_weights: 'paper' (the official weights) exists only for IEMOCAP's "
-                                  f"and MELD's classes, and dataset {dataset} has {list(classes_of(dataset))}; give "
+                raise SearchError(f"{where}.class_weights: 'paper' (the official weights) exists only for "
+                                  f"{OFFICIAL_ORDERS}, and dataset {dataset} has {list(classes_of(dataset))}; give "
                                   "none or train")
         rows = candidates(name, {**search, "class_weights": weights})
         if len(rows) > MAX_CANDIDATES:

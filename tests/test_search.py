@@ -57,6 +57,15 @@ def test_official_weights_are_left_out_where_the_classes_have_none_and_the_reaso
     assert not any(c.endswith("_paper") for c in selection["candidates"])
     assert selection["skipped"][0]["class_weights"] == "paper"
     assert "official weights exist only for IEMOCAP's and MELD's" in selection["skipped"][0]["reason"]
+    # MELD's classes in another order have none either: the note says the order counts (it read as if MELD's
+    # classes had no weights).
+    config = load("csv_text.yaml")
+    config["datasets"]["mydata"]["classes"] = sorted(["neutral", "surprise", "fear", "sadness", "joy", "disgust",
+                                                      "anger"])
+    pipeline_config.expand_searches(config)
+    assert ("MELD's classes in their label-id order (IEMOCAP: hap, sad, neu, ang, exc, fru; MELD: neutral, surprise, "
+            "fear, sadness, joy, disgust, anger; any spelling of each name)") in (
+        config["selections"]["text_recipe"]["skipped"][0]["reason"])
     config = load("iemocap_text.yaml")
     pipeline_config.expand_searches(config)
     assert len(config["selections"]["text_recipe"]["candidates"]) == 18
