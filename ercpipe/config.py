@@ -725,7 +725,7 @@ def check_datasets_and_anchor_sets(config: dict, missing: list[str] | None = Non
     for name, ds in datasets.items():
         where = f"datasets.{name}"
         if is_pickle_dataset(ds):
-            _check_pickle_keys(name, ds, None if missing is None else required)
+            _check_pickle_keys(name, ds, missing)
             _check_not_an_own_export(config, name, ds)
             continue
         wrong = [k for k in PICKLE_ONLY_KEYS if k in ds and not (k == "valid_split" and ds["format"] == "csv")]
@@ -961,7 +961,8 @@ def check_extractor_settings(config: dict) -> None:
                 raise ConfigError(f"{where}: {err}") from None
 
 
-def _check_pickle_keys(name: str, ds: dict, required=None) -> None:
+def _check_pickle_keys(name: str, ds: dict, missing: list[str] | None = None) -> None:
+    """As check_datasets_and_anchor_sets: with a `missing` list, a required key not there is added to it."""
     where = f"datasets.{name}"
     wrong = [k for k in RAW_ONLY_KEYS if k in ds]
     if wrong:
@@ -970,12 +971,12 @@ def _check_pickle_keys(name: str, ds: dict, required=None) -> None:
     if "path" not in ds:
         problem = (f"{where}.path: required for format {ds['format']}: the pickle file (docs/features-text.md, "
                    "'Pickle datasets in the pipeline')")
-        if required is None:
+        if missing is None:
             raise ConfigError(problem)
-        return required(problem)
-    if "allow_pickle" not in ds and required is not None:  # one file of several: another may say it
-        return required(f"{where}.allow_pickle: required (true) for format {ds['format']}: unpickling runs whatever "
-                        "code the file holds")
+        return missing.append(problem)
+    if "allow_pickle" not in ds and missing is not None:  # one file of several: another may say it
+        return missing.append(f"{where}.allow_pickle: required (true) for format {ds['format']}: unpickling runs "
+                              "whatever code the file holds")
     if ds.get("allow_pickle") is not True:
         raise ConfigError(
             f"{where}.allow_pickle: {ds['format']} datasets are read by unpickling {ds['path']}, which can run "
