@@ -35,7 +35,7 @@ def test_the_dag_writes_every_output(pipeline_run):
     # The page says these flags need a fix (ercpipe.report: test_reader_meld checks the flags that need none).
     page = (workdir / "results/meld_demo/coverage.html").read_text()
     assert ("<b>missing_audio, missing_video, corrupt_video, corrupt_audio, no_audio_stream</b>: the utterance lost "
-            "a modality or its times; the dataset's issues.tsv names each file and what to do.") in page
+            "a modality, its text or its times; the dataset's issues.tsv names each file and what to do.") in page
     assert "nothing to do" not in page
     for experiment, dataset, seeds in (("iemocap_demo_sdt_vega", "iemocap_demo", 2), ("iemocap_demo_sdt",
                                                                                       "iemocap_demo", 1),
