@@ -51,8 +51,8 @@ def feature_coverage(manifest_path: str | Path, feature_paths: Sequence[str | Pa
         if noted:
             note += f" {', '.join(noted)}: noted or repaired by the reader, nothing to do."
         if to_fix:
-            note += (f" <b>{', '.join(to_fix)}</b>: the utterance lost a modality, its text or its times; the dataset's "
-                     "issues.tsv names each file and what to do.")
+            note += (f" <b>{', '.join(to_fix)}</b>: the utterance lost a modality, its text or its times; the "
+                     "dataset's issues.tsv names each file and what to do.")
         summary = json.loads(Path(summary_path).read_text()) if summary_path else {}
         declared = summary.get("modalities")
         if declared:
@@ -114,10 +114,9 @@ def feature_coverage(manifest_path: str | Path, feature_paths: Sequence[str | Pa
 def _absent_reasons(name: str, fs: features.FeatureSet, df: pd.DataFrame) -> pd.DataFrame:
     """Utterances without the feature, per reason (the file's `absent` attribute: no_face, corrupt_video, ...)
     and split; rows in order of count."""
-    recorded = fs.attrs.get("absent") or {}
-    recorded = json.loads(recorded) if isinstance(recorded, str) else recorded
+    recorded = _absent_attribute(fs)
     rows = pd.DataFrame({"split": df["split"].to_numpy()[~fs.present],
-                         "reason": [str(recorded.get(u, "not recorded")).split(":")[0].split(" ")[0]
+                         "reason": [_reason_word(recorded.get(u, "not recorded"))
                                     for u, present in zip(df["utterance_id"], fs.present) if not present]})
     if rows.empty:
         return pd.DataFrame()
@@ -130,6 +129,17 @@ def _absent_reasons(name: str, fs: features.FeatureSet, df: pd.DataFrame) -> pd.
     return counts
 
 
+def _absent_attribute(fs: features.FeatureSet) -> dict[str, str]:
+    """A feature file's `absent` attribute: utterance id -> why it has no vector."""
+    recorded = fs.attrs.get("absent") or {}
+    return json.loads(recorded) if isinstance(recorded, str) else recorded
+
+
+def _reason_word(reason: str) -> str:
+    """The reason's first word (a flag name such as corrupt_video, or no_face), without its detail."""
+    return str(reason).split(":")[0].split(" ")[0]
+
+
 # Rows of the coverage page's table of media defects found by the extraction alone (every one is in the files).
 MAX_LISTED_DEFECTS = 200
 
@@ -138,15 +148,14 @@ def _defects_found_by_extraction(name: str, fs: features.FeatureSet, df: pd.Data
     """The utterances a feature file holds as zeros for a raw-data defect (a manifest flag's name: corrupt_video,
     no_audio_stream, ...) that the reader did not record in the row's flags, with the whole reason (it names the
     file): found only when the media were opened to extract, as when the reader does not probe them."""
-    recorded = fs.attrs.get("absent") or {}
-    recorded = json.loads(recorded) if isinstance(recorded, str) else recorded
+    recorded = _absent_attribute(fs)
     column = {"audio": "audio_path", "visual": "video_path"}.get(fs.attrs.get("modality"))
     files = df[column] if column in df else pd.Series("", index=df.index)
     rows = []
     for (utterance, split, flags), media, present in zip(
             df[["utterance_id", "split", "flags"]].itertuples(index=False), files, fs.present):
         reason = str(recorded.get(utterance, ""))
-        defect = reason.split(":")[0].split(" ")[0]
+        defect = _reason_word(reason)
         if not present and defect in manifest.FLAG_NAMES and not manifest.has_flag(flags, defect):
             rows.append({"utterance": utterance, "split": split, "feature": name, "file": media, "reason": reason})
     return pd.DataFrame(rows)
